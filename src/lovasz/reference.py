@@ -1,0 +1,202 @@
+"""NumPy float64 reference of the Lovász losses: the oracle every backend is tested against.
+
+Written for clarity, not speed: plain loops that follow Algorithm 1 of
+Berman, Rannen Triki and Blaschko, "The Lovász-Softmax loss", CVPR 2018
+(arXiv:1705.08790). Inputs are channels-first: probas ``[B, C, *spatial]``
+(or ``[B, *spatial]`` foreground probabilities, read as the two classes
+``[1 - p, p]``), labels ``[B, *spatial]``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lovasz._validation import (
+    check_classes,
+    check_ignore,
+    check_reduction,
+    hinge_layout,
+    multilabel_layout,
+    softmax_layout,
+)
+
+__all__ = [
+    "jaccard_loss",
+    "lovasz_grad",
+    "lovasz_extension",
+    "lovasz_hinge_flat",
+    "lovasz_softmax_flat",
+    "lovasz_softmax",
+    "lovasz_hinge",
+    "lovasz_multilabel",
+]
+
+
+def jaccard_loss(mistakes, gt) -> float:
+    """Jaccard loss ``1 - |gt ∩ pred| / |gt ∪ pred|`` of the set of ``mistakes`` (0/1 per pixel).
+
+    The prediction is the ground truth with the mistaken pixels flipped. An empty
+    union (no ground truth, no mistake) has loss 0.
+    """
+    mistakes = np.asarray(mistakes, dtype=bool)
+    gt = np.asarray(gt, dtype=bool)
+    pred = gt ^ mistakes
+    union = np.sum(gt | pred)
+    return 0.0 if union == 0 else 1.0 - np.sum(gt & pred) / union
+
+
+def lovasz_grad(gt_sorted) -> np.ndarray:
+    """Gradient of the Lovász extension w.r.t. the errors sorted in decreasing order.
+
+    ``grad[k] = J(k+1) - J(k)`` where ``J(k)`` is the Jaccard loss of the first ``k``
+    sorted pixels taken as mistakes, and ``J(0) = 0``.
+    """
+    gt_sorted = np.asarray(gt_sorted, dtype=np.float64)
+    gts = gt_sorted.sum()
+    grad = np.zeros(len(gt_sorted))
+    previous = 0.0
+    cum_fg = cum_bg = 0.0
+    for k, g in enumerate(gt_sorted):
+        cum_fg += g
+        cum_bg += 1.0 - g
+        intersection = gts - cum_fg
+        union = gts + cum_bg
+        jaccard = 1.0 - intersection / union
+        grad[k] = jaccard - previous
+        previous = jaccard
+    return grad
+
+
+def lovasz_extension(errors, gt) -> float:
+    """Lovász extension of the Jaccard loss of ``gt`` at the error vector ``errors``."""
+    errors = np.asarray(errors, dtype=np.float64)
+    gt = np.asarray(gt, dtype=np.float64)
+    if errors.size == 0:
+        return 0.0
+    order = np.argsort(-errors, kind="stable")
+    return float(np.dot(errors[order], lovasz_grad(gt[order])))
+
+
+def lovasz_hinge_flat(logits, labels) -> float:
+    """Binary Lovász hinge of flat ``logits [P]`` against 0/1 ``labels [P]``."""
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels)
+    signs = 2.0 * labels - 1.0
+    errors = 1.0 - logits * signs
+    return lovasz_extension(np.maximum(errors, 0.0), labels)
+
+
+def lovasz_softmax_flat(probas, labels, classes="present", weights=None) -> float:
+    """Lovász-Softmax of flat ``probas [P, C]`` against ``labels [P]``: weighted mean over the classes."""
+    probas = np.asarray(probas, dtype=np.float64)
+    labels = np.asarray(labels)
+    num_classes = probas.shape[1]
+    classes = check_classes(classes, num_classes)
+    class_list = range(num_classes) if isinstance(classes, str) else classes
+    total = weight_sum = 0.0
+    for c in class_list:
+        fg = (labels == c).astype(np.float64)
+        if classes == "present" and fg.sum() == 0:
+            continue
+        w = 1.0 if weights is None else float(weights[c])
+        total += w * lovasz_extension(np.abs(fg - probas[:, c]), fg)
+        weight_sum += w
+    return total / weight_sum if weight_sum > 0 else 0.0
+
+
+def _softmax(x, axis):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _reduce(per_set, reduction):
+    per_set = np.asarray(per_set, dtype=np.float64)
+    if reduction == "none":
+        return per_set
+    return per_set.sum() if reduction == "sum" else per_set.mean()
+
+
+def _sets(*arrays, per_image):
+    """Yield the sets the loss is computed on: each image, or the whole batch as one."""
+    if per_image:
+        for items in zip(*arrays):
+            yield items
+    else:
+        yield arrays
+
+
+def lovasz_softmax(probas, labels, classes="present", per_image=False, ignore=None, *,
+                   from_logits=False, weights=None, reduction="mean"):
+    """Multi-class Lovász-Softmax; see :func:`lovasz.torch.lovasz_softmax` for the arguments.
+
+    ``reduction='none'`` gives one loss per image with ``per_image``, else a 0-d array.
+    """
+    probas = np.asarray(probas, dtype=np.float64)
+    labels = np.asarray(labels)
+    sigmoid, num_classes = softmax_layout(probas.shape, labels.shape)
+    classes = check_classes(classes, num_classes)
+    ignore = check_ignore(ignore)
+    reduction = check_reduction(reduction)
+    if sigmoid:
+        if from_logits:
+            probas = 1.0 / (1.0 + np.exp(-probas))
+        probas = np.stack([1.0 - probas, probas], axis=1)
+    elif from_logits:
+        probas = _softmax(probas, axis=1)
+    losses = []
+    for prob, lab in _sets(probas, labels, per_image=per_image):
+        prob = np.moveaxis(prob, 1 if not per_image else 0, -1).reshape(-1, num_classes)
+        lab = lab.reshape(-1)
+        keep = np.ones(lab.shape, bool) if ignore is None else lab != ignore
+        losses.append(lovasz_softmax_flat(prob[keep], lab[keep], classes, weights))
+    out = _reduce(losses, reduction)
+    return out if per_image or reduction != "none" else out[0]
+
+
+def lovasz_hinge(logits, labels, per_image=True, ignore=None, *, reduction="mean"):
+    """Binary Lovász hinge; see :func:`lovasz.torch.lovasz_hinge` for the arguments."""
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels)
+    hinge_layout(logits.shape, labels.shape)
+    ignore = check_ignore(ignore)
+    reduction = check_reduction(reduction)
+    logits = logits.reshape(labels.shape)
+    losses = []
+    for log, lab in _sets(logits, labels, per_image=per_image):
+        log, lab = log.reshape(-1), lab.reshape(-1)
+        keep = np.ones(lab.shape, bool) if ignore is None else lab != ignore
+        losses.append(lovasz_hinge_flat(log[keep], lab[keep]) if keep.any() else 0.0)
+    out = _reduce(losses, reduction)
+    return out if per_image or reduction != "none" else out[0]
+
+
+def lovasz_multilabel(logits, targets, classes="present", per_image=True, ignore=None, *,
+                      weights=None, reduction="mean"):
+    """One Lovász hinge per channel of ``logits [B, C, *spatial]``, averaged over the channels.
+
+    ``classes='present'`` averages over the channels with a positive target in the set.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    targets = np.asarray(targets)
+    num_classes = multilabel_layout(logits.shape, targets.shape)
+    classes = check_classes(classes, num_classes)
+    ignore = check_ignore(ignore)
+    reduction = check_reduction(reduction)
+    class_list = range(num_classes) if isinstance(classes, str) else classes
+    losses = []
+    for log, tgt in _sets(logits, targets, per_image=per_image):
+        channel_axis = 0 if per_image else 1
+        total = weight_sum = 0.0
+        for c in class_list:
+            lc = np.take(log, c, axis=channel_axis).reshape(-1)
+            tc = np.take(tgt, c, axis=channel_axis).reshape(-1)
+            keep = np.ones(tc.shape, bool) if ignore is None else tc != ignore
+            lc, tc = lc[keep], tc[keep]
+            if classes == "present" and not np.any(tc == 1):
+                continue
+            w = 1.0 if weights is None else float(weights[c])
+            total += w * (lovasz_hinge_flat(lc, tc) if tc.size else 0.0)
+            weight_sum += w
+        losses.append(total / weight_sum if weight_sum > 0 else 0.0)
+    out = _reduce(losses, reduction)
+    return out if per_image or reduction != "none" else out[0]

@@ -1,0 +1,444 @@
+"""Lovász-Softmax and Lovász hinge losses for PyTorch.
+
+A drop-in for the original ``pytorch/lovasz_losses.py`` of Berman et al.
+(same names, arguments, defaults and values), vectorised: every (set, class)
+row goes through one sorting kernel, with no Python loop over images or
+classes, no host synchronisation and no data-dependent shape, so the losses
+run under ``torch.compile(fullgraph=True)``.
+
+Argument order: these functions take ``(prediction, labels)``, as the original
+does; Keras losses take ``(y_true, y_pred)``.
+
+Reference: M. Berman, A. Rannen Triki, M. B. Blaschko, "The Lovász-Softmax loss:
+a tractable surrogate for the optimization of the intersection-over-union
+measure in neural networks", CVPR 2018, arXiv:1705.08790.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from lovasz import _validation as V
+from lovasz._torch_core import BACKGROUND, FOREGROUND, IGNORED, lovasz_rows, _sorted_jaccard_grad
+
+__all__ = [
+    "lovasz_grad",
+    "flatten_probas",
+    "flatten_binary_scores",
+    "lovasz_softmax_flat",
+    "lovasz_hinge_flat",
+    "lovasz_softmax",
+    "lovasz_hinge",
+    "lovasz_multilabel",
+    "LovaszLoss",
+]
+
+Classes = Union[str, Sequence[int]]
+Weights = Optional[Union[Tensor, Sequence[float]]]
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _check_prediction(x, name: str) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor; got dtype {x.dtype}")
+
+
+def _check_labels(labels, prediction: Tensor, name: str, allow_float: bool) -> None:
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor; got {type(labels).__name__}")
+    if labels.is_complex() or (labels.is_floating_point() and not allow_float):
+        raise TypeError(
+            f"{name} must be an integer tensor of class indices (not one-hot, not probabilities); "
+            f"got dtype {labels.dtype}"
+        )
+    if labels.device != prediction.device:
+        raise ValueError(f"{name} must be on the device of the prediction ({prediction.device}); got {labels.device}")
+
+
+def _check_values(labels: Tensor, valid: Optional[Tensor], allowed: str, ok: Tensor, name: str) -> None:
+    """Raise if a non-ignored label is not allowed.
+
+    Eager CPU tensors raise a ``ValueError`` at once. On an accelerator the check
+    is queued with ``torch._assert_async`` (no host sync); under ``torch.compile``
+    it is skipped, since raising there would need the data on the host.
+    """
+    if torch.compiler.is_compiling():
+        return
+    bad = ~ok if valid is None else valid & ~ok
+    message = f"{name} must be {allowed} at every non-ignored pixel"
+    if labels.device.type != "cpu":
+        torch._assert_async(~bad.any(), message)
+        return
+    if bad.any():
+        raise ValueError(f"{message}; found {labels[bad].flatten()[0].item()}")
+
+
+def _as_weights(weights: Weights, num_classes: int, like: Tensor, name: str) -> Optional[Tensor]:
+    if weights is None:
+        return None
+    w = torch.as_tensor(weights, device=like.device)
+    V.check_weights_shape(w.shape, num_classes, name)
+    if not (w.is_floating_point() or w.dtype in (torch.int32, torch.int64)):
+        raise TypeError(f"{name} must hold real numbers; got dtype {w.dtype}")
+    return w.to(like.dtype)
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """float64 stays float64; half precision (and float32) is computed in float32."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+# ----------------------------------------------------------------------------- shared machinery
+
+
+def _codes(is_fg: Tensor, ignored: Optional[Tensor]) -> Tensor:
+    codes = is_fg.to(torch.uint8)
+    return codes if ignored is None else codes.masked_fill_(ignored, IGNORED)
+
+
+def _rows(x: Tensor, per_image: bool) -> Tensor:
+    """``[B, K, N]`` to rows: ``[B*K, N]`` per image, or ``[K, B*N]`` for the batch as one set."""
+    b, k, n = x.shape
+    return x.reshape(b * k, n) if per_image else x.transpose(0, 1).reshape(k, b * n)
+
+
+def _class_selection(classes, num_classes: int) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    """Which class rows to compute, and how many times each counts (a list may repeat a class)."""
+    if isinstance(classes, str):
+        return None, None
+    unique = sorted(set(classes))
+    return torch.tensor(unique), torch.tensor([classes.count(c) for c in unique])
+
+
+def _lovasz_classes(pred: Tensor, codes: Tensor, hinge: bool, classes, num_classes: int,
+                    per_image: bool, weights: Optional[Tensor], reduction: str) -> Tensor:
+    """Loss of ``pred [B, C, N]`` against ``codes [B, C, N]``: one row per (set, class), then the means."""
+    batch = pred.shape[0]
+    ids, counts = _class_selection(classes, num_classes)
+    if ids is not None:
+        ids = ids.to(pred.device)
+        pred, codes = pred.index_select(1, ids), codes.index_select(1, ids)
+    num_rows = pred.shape[1]
+    need_grad = torch.is_grad_enabled() and pred.requires_grad
+    loss, present, _ = lovasz_rows(_rows(pred, per_image), _rows(codes, per_image), hinge, need_grad)
+    num_sets = batch if per_image else 1
+    loss, present = loss.view(num_sets, num_rows), present.view(num_sets, num_rows)
+
+    w = torch.ones(num_rows, dtype=loss.dtype, device=loss.device)
+    if counts is not None:
+        w = w * counts.to(device=loss.device, dtype=loss.dtype)
+    if weights is not None:
+        w = w * (weights if ids is None else weights.index_select(0, ids)).to(loss.dtype)
+    w = w.expand(num_sets, num_rows)
+    if classes == "present":
+        w = w * present
+    total, weight_sum = (loss * w).sum(-1), w.sum(-1)
+    per_set = torch.where(weight_sum != 0, total / torch.where(weight_sum != 0, weight_sum, 1), 0)
+    return _reduce(per_set, reduction, per_image)
+
+
+def _reduce(per_set: Tensor, reduction: str, per_image: bool) -> Tensor:
+    if reduction == "none":
+        return per_set if per_image else per_set[0]
+    return per_set.sum() if reduction == "sum" else per_set.mean()
+
+
+# ----------------------------------------------------------------------------- public functions
+
+
+def lovasz_softmax(probas: Tensor, labels: Tensor, classes: Classes = "present", per_image: bool = False,
+                   ignore: Optional[int] = None, *, from_logits: bool = False, weights: Weights = None,
+                   reduction: str = "mean") -> Tensor:
+    r"""Multi-class Lovász-Softmax loss: a convex surrogate of ``1 - IoU`` averaged over classes.
+
+    For each class ``c`` the errors ``m_i = |[y_i = c] - p_i(c)|`` are sorted in
+    decreasing order and the loss is the Lovász extension
+    ``sum_k m_(k) (J(k) - J(k-1))`` of the Jaccard loss ``J`` (Algorithm 1 of the
+    paper); the class losses are then averaged.
+
+    Args:
+        probas: ``[B, C, *spatial]`` class probabilities (logits with ``from_logits``),
+            or ``[B, *spatial]`` / ``[B, 1, *spatial]`` sigmoid output: the probability
+            of class 1, read as the two classes ``[1 - p, p]``.
+            Note the order: ``(probas, labels)``, unlike Keras' ``(y_true, y_pred)``.
+        labels: ``[B, *spatial]`` integer class indices in ``[0, C - 1]``, or ``ignore``.
+        classes: ``'present'`` averages over the classes present in the labels of each
+            set, ``'all'`` over every class, or a list of class indices.
+        per_image: compute the loss of each image and average (optimises per-image IoU);
+            otherwise the batch is one set of pixels (closer to dataset IoU).
+        ignore: label value of pixels that take no part (e.g. 255).
+        from_logits: ``probas`` are logits; a softmax (sigmoid for one channel) is taken inside.
+        weights: ``[C]`` per-class weights; the class average becomes a weighted average.
+        reduction: ``'mean'`` or ``'sum'`` over the images with ``per_image``, or
+            ``'none'`` for one loss per image, shape ``[B]``. Without ``per_image`` the
+            batch is one set and every reduction gives the same 0-d loss.
+
+    Returns:
+        A 0-d tensor (``[B]`` for ``per_image`` with ``reduction='none'``) in the dtype of
+        ``probas``. Half precision is computed in float32 inside. A set with no pixel,
+        or with no class to average, contributes 0 with zero gradient.
+
+    Example:
+        >>> probas = torch.tensor([[[0.9, 0.4], [0.1, 0.6]]])  # [B=1, C=2, N=2]
+        >>> labels = torch.tensor([[0, 1]])
+        >>> lovasz_softmax(probas, labels)
+        tensor(0.3250)
+        >>> lovasz_softmax(probas, torch.tensor([[0, 255]]), ignore=255)
+        tensor(0.1000)
+    """
+    _check_prediction(probas, "probas")
+    _check_labels(labels, probas, "labels", allow_float=False)
+    if probas.ndim >= 2 and probas.shape[1] == 1 and probas.ndim == labels.ndim + 1:
+        probas = probas.squeeze(1)  # one channel: the foreground probability, as in the original
+    sigmoid, num_classes = V.softmax_layout(probas.shape, labels.shape)
+    classes = V.check_classes(classes, num_classes)
+    ignore = V.check_ignore(ignore)
+    reduction = V.check_reduction(reduction)
+    dtype = _compute_dtype(probas)
+    w = _as_weights(weights, num_classes, probas.to(dtype), "weights")
+
+    batch = labels.shape[0]
+    pred = probas.to(dtype)
+    if sigmoid:
+        pred = pred.sigmoid() if from_logits else pred
+        pred = torch.stack([1 - pred, pred], dim=1)
+    elif from_logits:
+        pred = pred.softmax(dim=1)
+    pred = pred.reshape(batch, num_classes, -1)
+    lab = labels.reshape(batch, 1, -1)
+    ignored = None if ignore is None else lab == ignore
+    _check_values(lab, None if ignored is None else ~ignored, f"in [0, {num_classes - 1}]",
+                  (lab >= 0) & (lab < num_classes), "labels")
+    class_ids = torch.arange(num_classes, device=lab.device)
+    codes = _codes(lab == class_ids.view(1, -1, 1), None if ignored is None else ignored.expand_as(pred))
+    loss = _lovasz_classes(pred, codes, False, classes, num_classes, per_image, w, reduction)
+    return loss.to(probas.dtype)
+
+
+def lovasz_hinge(logits: Tensor, labels: Tensor, per_image: bool = True, ignore: Optional[int] = None, *,
+                 reduction: str = "mean") -> Tensor:
+    r"""Binary Lovász hinge loss: a convex surrogate of ``1 - IoU`` of the foreground.
+
+    The errors are the hinge margins ``m_i = max(0, 1 - s_i x_i)`` with signs
+    ``s_i = 2 y_i - 1``, and the loss is their Lovász extension of the Jaccard loss.
+
+    Args:
+        logits: ``[B, *spatial]`` or ``[B, 1, *spatial]`` raw scores (before any sigmoid).
+            Note the order: ``(logits, labels)``, unlike Keras' ``(y_true, y_pred)``.
+        labels: ``[B, *spatial]`` binary masks, 0 or 1 (integer, bool or float), or ``ignore``.
+        per_image: compute the loss of each image and average; otherwise the batch is one set.
+        ignore: label value of pixels that take no part.
+        reduction: ``'mean'`` / ``'sum'`` over images, or ``'none'`` for ``[B]`` (with
+            ``per_image``; otherwise every reduction gives the same 0-d loss).
+
+    Returns:
+        A 0-d tensor (``[B]`` with ``per_image`` and ``reduction='none'``) in the dtype of ``logits``.
+
+    Example:
+        >>> logits = torch.tensor([[2.0, -1.0, 0.5]])
+        >>> lovasz_hinge(logits, torch.tensor([[1, 0, 1]]))
+        tensor(0.2500)
+    """
+    _check_prediction(logits, "logits")
+    _check_labels(labels, logits, "labels", allow_float=True)
+    V.hinge_layout(logits.shape, labels.shape)
+    ignore = V.check_ignore(ignore)
+    reduction = V.check_reduction(reduction)
+    batch = labels.shape[0]
+    pred = logits.to(_compute_dtype(logits)).reshape(batch, 1, -1)
+    lab = labels.reshape(batch, 1, -1)
+    ignored = None if ignore is None else lab == ignore
+    _check_values(lab, None if ignored is None else ~ignored, "0 or 1", (lab == 0) | (lab == 1), "labels")
+    codes = _codes(lab == 1, ignored)
+    loss = _lovasz_classes(pred, codes, True, "all", 1, per_image, None, reduction)
+    return loss.to(logits.dtype)
+
+
+def lovasz_multilabel(logits: Tensor, targets: Tensor, classes: Classes = "present", per_image: bool = True,
+                      ignore: Optional[int] = None, *, from_logits: bool = True, weights: Weights = None,
+                      reduction: str = "mean") -> Tensor:
+    r"""Multi-label Lovász loss: one binary Lovász loss per channel, averaged over channels.
+
+    With ``from_logits`` (the default) each channel gets the Lovász hinge of its
+    logits; otherwise ``logits`` are probabilities and each channel gets the
+    Lovász-Softmax term of its foreground, with errors ``|t - p|``.
+
+    Args:
+        logits: ``[B, C, *spatial]`` scores (or probabilities without ``from_logits``).
+        targets: ``[B, C, *spatial]`` 0/1 masks, one per channel, or ``ignore``.
+        classes: ``'present'`` averages over the channels with a positive target in the
+            set, ``'all'`` over every channel, or a list of channel indices.
+        per_image: compute the loss of each image and average (the default, as for the hinge).
+        ignore: target value of pixels that take no part, per channel.
+        weights: ``[C]`` per-channel weights for the average.
+        reduction: as in :func:`lovasz_hinge`.
+
+    Returns:
+        A 0-d tensor (``[B]`` with ``per_image`` and ``reduction='none'``) in the dtype of ``logits``.
+
+    Example:
+        >>> logits = torch.tensor([[[2.0, -1.0], [-3.0, 1.0]]])  # [B=1, C=2, N=2]
+        >>> lovasz_multilabel(logits, torch.tensor([[[1, 0], [0, 1]]]))
+        tensor(0.)
+    """
+    _check_prediction(logits, "logits")
+    _check_labels(targets, logits, "targets", allow_float=True)
+    num_classes = V.multilabel_layout(logits.shape, targets.shape)
+    classes = V.check_classes(classes, num_classes)
+    ignore = V.check_ignore(ignore)
+    reduction = V.check_reduction(reduction)
+    dtype = _compute_dtype(logits)
+    w = _as_weights(weights, num_classes, logits.to(dtype), "weights")
+    batch = logits.shape[0]
+    pred = logits.to(dtype).reshape(batch, num_classes, -1)
+    tgt = targets.reshape(batch, num_classes, -1)
+    ignored = None if ignore is None else tgt == ignore
+    _check_values(tgt, None if ignored is None else ~ignored, "0 or 1", (tgt == 0) | (tgt == 1), "targets")
+    codes = _codes(tgt == 1, ignored)
+    loss = _lovasz_classes(pred, codes, from_logits, classes, num_classes, per_image, w, reduction)
+    return loss.to(logits.dtype)
+
+
+# ----------------------------------------------------------------------------- the original's flat API
+
+
+def lovasz_grad(gt_sorted: Tensor) -> Tensor:
+    """Gradient of the Lovász extension w.r.t. errors sorted in decreasing order (Algorithm 1).
+
+    ``gt_sorted`` is ``[P]`` 0/1 ground truth in the order of the sorted errors; the
+    result ``[P]`` holds ``J(k) - J(k-1)``, computed in closed form from the counts.
+
+    Example:
+        >>> lovasz_grad(torch.tensor([1, 0, 1]))
+        tensor([0.5000, 0.1667, 0.3333])
+    """
+    if not isinstance(gt_sorted, Tensor) or gt_sorted.ndim != 1:
+        raise ValueError(f"gt_sorted must be a 1-D tensor; got {getattr(gt_sorted, 'shape', type(gt_sorted))}")
+    dtype = torch.float64 if gt_sorted.dtype == torch.float64 else torch.float32
+    if gt_sorted.numel() == 0:
+        return gt_sorted.new_zeros(0, dtype=dtype)
+    return _sorted_jaccard_grad(gt_sorted.round().to(torch.int32), dtype)
+
+
+def flatten_probas(probas: Tensor, labels: Tensor, ignore: Optional[int] = None) -> Tuple[Tensor, Tensor]:
+    """Flatten ``[B, C, *spatial]`` (or sigmoid ``[B, *spatial]``) to ``[P, C]`` and labels to ``[P]``.
+
+    Pixels labelled ``ignore`` are removed, as in the original (a data-dependent shape:
+    the losses themselves mask instead).
+    """
+    if probas.ndim == labels.ndim:
+        probas = probas.unsqueeze(1)
+    probas = torch.movedim(probas, 1, -1).reshape(-1, probas.shape[1])
+    labels = labels.reshape(-1)
+    if ignore is None:
+        return probas, labels
+    valid = labels != ignore
+    return probas[valid], labels[valid]
+
+
+def flatten_binary_scores(scores: Tensor, labels: Tensor, ignore: Optional[int] = None) -> Tuple[Tensor, Tensor]:
+    """Flatten scores and labels to ``[P]``, removing pixels labelled ``ignore``, as in the original."""
+    scores, labels = scores.reshape(-1), labels.reshape(-1)
+    if ignore is None:
+        return scores, labels
+    valid = labels != ignore
+    return scores[valid], labels[valid]
+
+
+def lovasz_softmax_flat(probas: Tensor, labels: Tensor, classes: Classes = "present") -> Tensor:
+    """Lovász-Softmax of flat ``probas [P, C]`` (or sigmoid ``[P]``) against ``labels [P]``.
+
+    See :func:`lovasz_softmax`.
+    """
+    if probas.ndim == 2:
+        probas = probas.transpose(0, 1)
+    return lovasz_softmax(probas.unsqueeze(0), labels.unsqueeze(0), classes=classes, per_image=False)
+
+
+def lovasz_hinge_flat(logits: Tensor, labels: Tensor) -> Tensor:
+    """Lovász hinge of flat ``logits [P]`` against 0/1 ``labels [P]``. See :func:`lovasz_hinge`."""
+    return lovasz_hinge(logits.unsqueeze(0), labels.unsqueeze(0), per_image=False)
+
+
+# ----------------------------------------------------------------------------- module
+
+MODES = ("binary", "multiclass", "multilabel")
+
+
+class LovaszLoss(nn.Module):
+    """Lovász loss as an ``nn.Module`` taking ``(input, target)``, as smp's losses do.
+
+    - ``mode='binary'``: input ``[B, 1, *spatial]`` or ``[B, *spatial]``, target 0/1 of the
+      same shape or ``[B, *spatial]``; :func:`lovasz_hinge` on logits, or, with
+      ``from_logits=False``, the Lovász-Softmax term of the foreground on probabilities.
+    - ``mode='multiclass'``: input ``[B, C, *spatial]``, target ``[B, *spatial]`` class
+      indices; :func:`lovasz_softmax` (softmax taken inside with ``from_logits``).
+    - ``mode='multilabel'``: input and target ``[B, C, *spatial]``; :func:`lovasz_multilabel`.
+
+    ``per_image=None`` takes the original's default for the mode: True for binary and
+    multi-label (the hinge), False for multi-class. ``ignore_index``, ``class_weights``
+    and ``reduction`` are the functions' ``ignore``, ``weights`` and ``reduction``.
+
+    Example:
+        >>> loss_fn = LovaszLoss("multiclass")
+        >>> logits = torch.randn(2, 3, 8, 8, requires_grad=True)
+        >>> loss = loss_fn(logits, torch.randint(0, 3, (2, 8, 8)))
+        >>> loss.backward()
+    """
+
+    def __init__(self, mode: str = "multiclass", *, from_logits: bool = True, per_image: Optional[bool] = None,
+                 classes: Classes = "present", ignore_index: Optional[int] = None,
+                 class_weights: Weights = None, reduction: str = "mean"):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
+        if not isinstance(classes, str):
+            classes = list(classes)
+        V.check_classes(classes, 1 << 30)  # the form only; the range is checked against the input
+        self.mode = mode
+        self.from_logits = bool(from_logits)
+        self.per_image = (mode != "multiclass") if per_image is None else bool(per_image)
+        self.classes = classes
+        self.ignore_index = V.check_ignore(ignore_index, "ignore_index")
+        self.reduction = V.check_reduction(reduction)
+        if class_weights is not None:
+            class_weights = torch.as_tensor(class_weights, dtype=torch.float32)
+        self.register_buffer("class_weights", class_weights)
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        if self.mode == "multiclass":
+            return lovasz_softmax(input, target, self.classes, self.per_image, self.ignore_index,
+                                  from_logits=self.from_logits, weights=self.class_weights,
+                                  reduction=self.reduction)
+        if self.mode == "multilabel":
+            return lovasz_multilabel(input, target, self.classes, self.per_image, self.ignore_index,
+                                     from_logits=self.from_logits, weights=self.class_weights,
+                                     reduction=self.reduction)
+        return self._binary(input, target)
+
+    def _binary(self, input: Tensor, target: Tensor) -> Tensor:
+        _check_prediction(input, "input")
+        _check_labels(target, input, "target", allow_float=True)
+        if input.ndim >= 2 and input.shape[1] == 1 and input.ndim == target.ndim + 1:
+            target = target.unsqueeze(1)  # [B, 1, *spatial] input with a [B, *spatial] target
+        if input.ndim < 1 or input.shape != target.shape:
+            raise ValueError(
+                f"target must have the shape of input {V.fmt(input.shape)} in binary mode (or that shape "
+                f"without the channel dim for a [B, 1, *spatial] input); got {V.fmt(target.shape)}"
+            )
+        batch = input.shape[0]
+        # One channel, always counted: the Lovász hinge on logits, the foreground term on probabilities.
+        return lovasz_multilabel(input.reshape(batch, 1, -1), target.reshape(batch, 1, -1), "all",
+                                 self.per_image, self.ignore_index, from_logits=self.from_logits,
+                                 reduction=self.reduction)
+
+    def extra_repr(self) -> str:
+        return (f"mode={self.mode!r}, from_logits={self.from_logits}, per_image={self.per_image}, "
+                f"classes={self.classes!r}, ignore_index={self.ignore_index}, reduction={self.reduction!r}")

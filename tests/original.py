@@ -1,0 +1,28 @@
+"""Load the original implementation (the copy shipped in segmentation-models-pytorch) by path.
+
+The package's ``__init__`` imports timm and torchvision, so the file is loaded alone,
+with its one relative import (the mode constants) stubbed.
+"""
+
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+
+def load_original():
+    """Return the original ``lovasz.py`` module, or None when segmentation-models-pytorch is not installed."""
+    spec = importlib.util.find_spec("segmentation_models_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "losses" / "lovasz.py"
+    pkg = types.ModuleType("_smp_losses")
+    pkg.__path__ = [str(path.parent)]
+    constants = types.ModuleType("_smp_losses.constants")
+    constants.BINARY_MODE, constants.MULTICLASS_MODE, constants.MULTILABEL_MODE = "binary", "multiclass", "multilabel"
+    sys.modules.setdefault("_smp_losses", pkg)
+    sys.modules.setdefault("_smp_losses.constants", constants)
+    module_spec = importlib.util.spec_from_file_location("_smp_losses.lovasz", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
