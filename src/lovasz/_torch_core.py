@@ -124,13 +124,14 @@ def _(pred, codes, hinge, need_grad):
 
 
 def _setup_context(ctx, inputs, output):
+    ctx.need_grad = inputs[3]
     ctx.save_for_backward(output[2])
 
 
 def _backward(ctx, grad_loss, _grad_present, _grad_grad):
-    (grad,) = ctx.saved_tensors
-    if grad.numel() == 0 and grad_loss is not None:
+    if not ctx.need_grad:
         raise RuntimeError("lovasz_rows was called with need_grad=False but a gradient was requested")
+    (grad,) = ctx.saved_tensors
     return grad_loss.unsqueeze(-1) * grad, None, None, None
 
 

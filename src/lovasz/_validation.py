@@ -63,23 +63,17 @@ def softmax_layout(probas_shape, labels_shape, channel_axis: int = 1) -> Tuple[b
     labels' shape (one foreground probability per pixel, read as two classes).
     """
     p, l = tuple(probas_shape), tuple(labels_shape)
-    if len(l) < 1:
-        raise ValueError(f"labels must have shape [B, *spatial]; got a scalar of shape {fmt(l)}")
+    if len(p) < 2:
+        raise ValueError(f"probas must have shape [B, C, *spatial] or [B, *spatial]; got {fmt(p)}")
     if p == l:
-        if len(p) < 2:
-            raise ValueError(f"probas must have shape [B, C, *spatial] or [B, *spatial]; got {fmt(p)}")
         return True, 2
-    if len(p) != len(l) + 1:
-        raise ValueError(
-            f"labels must have shape [B, *spatial] to match probas of shape [B, C, *spatial] "
-            f"(or probas [B, *spatial] sigmoid output); got probas {fmt(p)} and labels {fmt(l)}"
-        )
     ax = channel_axis % len(p)
     expected = p[:ax] + p[ax + 1:]
     if expected != l:
         where = "channels-first [B, C, *spatial]" if ax == 1 else "channels-last [B, *spatial, C]"
         raise ValueError(
-            f"labels must have shape {fmt(expected)} to match probas {fmt(p)} ({where}); got {fmt(l)}"
+            f"labels must have shape {fmt(expected)} to match probas {fmt(p)} ({where}; or the shape of "
+            f"probas for sigmoid output); got {fmt(l)}"
         )
     if p[ax] < 1:
         raise ValueError(f"probas must have at least one class channel; got shape {fmt(p)}")

@@ -426,12 +426,13 @@ class LovaszLoss(nn.Module):
     def _binary(self, input: Tensor, target: Tensor) -> Tensor:
         _check_prediction(input, "input")
         _check_labels(target, input, "target", allow_float=True)
+        given = target.shape
         if input.ndim >= 2 and input.shape[1] == 1 and input.ndim == target.ndim + 1:
             target = target.unsqueeze(1)  # [B, 1, *spatial] input with a [B, *spatial] target
         if input.ndim < 1 or input.shape != target.shape:
             raise ValueError(
                 f"target must have the shape of input {V.fmt(input.shape)} in binary mode (or that shape "
-                f"without the channel dim for a [B, 1, *spatial] input); got {V.fmt(target.shape)}"
+                f"without the channel dim for a [B, 1, *spatial] input); got {V.fmt(given)}"
             )
         batch = input.shape[0]
         # One channel, always counted: the Lovász hinge on logits, the foreground term on probabilities.

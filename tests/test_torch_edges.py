@@ -1,0 +1,325 @@
+"""Where the original fails, lovasz.torch works; bad input gets a clear error."""
+
+import numpy as np
+import pytest
+
+from conftest import require
+from lovasz import reference as R
+
+torch = require("torch")
+L = require("lovasz.torch")
+
+
+def rand_case(batch=2, num_classes=4, spatial=(5, 6), seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    probas = torch.randn(batch, num_classes, *spatial, generator=g).softmax(1).to(dtype)
+    labels = torch.randint(0, num_classes, (batch, *spatial), generator=g)
+    return probas, labels
+
+
+def assert_zero_with_zero_grad(fn, x, *args, **kwargs):
+    x = x.clone().requires_grad_()
+    loss = fn(x, *args, **kwargs)
+    assert loss.shape == () and loss.item() == 0 and not torch.isnan(loss)
+    loss.backward()
+    assert torch.count_nonzero(x.grad) == 0
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+def test_all_ignored_gives_zero_with_zero_grad(per_image):
+    probas, labels = rand_case()
+    labels[:] = 255
+    assert_zero_with_zero_grad(L.lovasz_softmax, probas, labels, per_image=per_image, ignore=255)
+    assert_zero_with_zero_grad(L.lovasz_hinge, probas[:, 0], labels, per_image=per_image, ignore=255)
+    assert_zero_with_zero_grad(L.lovasz_multilabel, probas, torch.full(probas.shape, 255), per_image=per_image,
+                               ignore=255)
+
+
+def test_all_ignored_image_counts_as_zero_in_the_mean():
+    probas, labels = rand_case(batch=3)
+    labels[1] = 255
+    expected = R.lovasz_softmax(probas.double().numpy(), labels.numpy(), per_image=True, ignore=255)
+    got = L.lovasz_softmax(probas, labels, per_image=True, ignore=255)
+    assert got.item() == pytest.approx(expected, abs=1e-6)
+    per_image = L.lovasz_softmax(probas, labels, per_image=True, ignore=255, reduction="none")
+    assert per_image.shape == (3,) and per_image[1] == 0
+
+
+def test_one_valid_pixel():
+    probas, labels = rand_case(batch=1)
+    labels[:] = 255
+    labels[0, 2, 3] = 1
+    p = probas.clone().requires_grad_()
+    loss = L.lovasz_softmax(p, labels, ignore=255)
+    # one pixel of class 1: error 1 - p, its only step J(1) = 1
+    assert loss.item() == pytest.approx(1 - probas[0, 1, 2, 3].item(), abs=1e-6)
+    loss.backward()
+    assert p.grad[0, 1, 2, 3] == -1 and torch.count_nonzero(p.grad) == 1
+    x = torch.randn(1, 4, 4, requires_grad=True)
+    hinge = L.lovasz_hinge(x, labels[:, 0, :4] if False else torch.where(labels[:, :4, :4] == 1, 1, 255),
+                           ignore=255)
+    assert hinge.item() == pytest.approx(max(0.0, 1 - x[0, 2, 3].item()), abs=1e-6)
+
+
+def test_float64_in_float64_out():
+    probas, labels = rand_case(dtype=torch.float64)
+    p = probas.clone().requires_grad_()
+    loss = L.lovasz_softmax(p, labels)
+    assert loss.dtype == torch.float64
+    loss.backward()
+    assert p.grad.dtype == torch.float64
+    assert loss.item() == pytest.approx(R.lovasz_softmax(probas.numpy(), labels.numpy()), rel=1e-12)
+
+
+@pytest.mark.parametrize("classes", ["present", "all", [1]])
+def test_sigmoid_input(classes):
+    g = torch.Generator().manual_seed(5)
+    p = torch.rand(3, 7, 7, generator=g)
+    labels = torch.randint(0, 2, (3, 7, 7), generator=g)
+    two = torch.stack([1 - p, p], 1)
+    assert L.lovasz_softmax(p, labels, classes).item() == pytest.approx(
+        L.lovasz_softmax(two, labels, classes).item(), abs=1e-6)
+    # [B, 1, *spatial] is the same single foreground channel
+    assert L.lovasz_softmax(p[:, None], labels, classes).item() == pytest.approx(
+        L.lovasz_softmax(p, labels, classes).item(), abs=1e-7)
+
+
+def test_non_contiguous_and_channels_last():
+    probas, labels = rand_case(batch=2, num_classes=3, spatial=(8, 8))
+    expected = L.lovasz_softmax(probas, labels, per_image=True)
+    cl = probas.contiguous(memory_format=torch.channels_last)
+    assert not cl.is_contiguous()
+    assert L.lovasz_softmax(cl, labels, per_image=True).item() == pytest.approx(expected.item(), abs=1e-7)
+    strided = torch.randn(2, 3, 8, 16).softmax(1)[..., ::2]
+    lab = labels.transpose(1, 2).contiguous().transpose(1, 2)
+    assert L.lovasz_softmax(strided, lab).item() == pytest.approx(
+        L.lovasz_softmax(strided.contiguous(), lab.contiguous()).item(), abs=1e-7)
+    g = cl.clone().requires_grad_()
+    L.lovasz_softmax(g, labels).backward()
+    assert g.grad.shape == cl.shape
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision(dtype):
+    """Half inputs are computed in float32 and the result rounded once to the input dtype.
+
+    So the result is the float32 loss of the same inputs, rounded: within 1e-3 of it,
+    plus half a unit in the last place of the dtype (bfloat16 has 8 bits: 0.004 near 1).
+    """
+    probas, labels = rand_case(batch=2, num_classes=5, spatial=(16, 16))
+    logits = torch.randn(2, 16, 16) * 2
+    binary = labels.clamp(max=1)
+    for fn, x, lab in [(L.lovasz_softmax, probas, labels), (L.lovasz_hinge, logits, binary)]:
+        low = x.to(dtype).requires_grad_()
+        loss = fn(low, lab, per_image=True)
+        assert loss.dtype == dtype
+        loss.backward()
+        assert low.grad.dtype == dtype and torch.isfinite(low.grad).all()
+        same_inputs = fn(low.detach().float(), lab, per_image=True)
+        assert loss == same_inputs.to(dtype)
+        half_ulp = torch.finfo(dtype).eps * abs(same_inputs.item())
+        assert abs(loss.float().item() - same_inputs.item()) <= 1e-3 + half_ulp
+        full = fn(x, lab, per_image=True)
+        assert abs(loss.float().item() - full.item()) <= 1e-3 + half_ulp + (1e-2 if dtype == torch.bfloat16 else 0)
+
+
+def test_autocast():
+    probas, labels = rand_case()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = L.lovasz_softmax(probas, labels, from_logits=True)
+    assert torch.isfinite(loss)
+
+
+def test_perfect_prediction_and_from_logits():
+    labels = torch.randint(0, 3, (2, 6, 6))
+    one_hot = torch.nn.functional.one_hot(labels, 3).permute(0, 3, 1, 2).float()
+    assert L.lovasz_softmax(one_hot, labels).item() == 0
+    assert L.lovasz_softmax(one_hot * 50, labels, from_logits=True).item() == pytest.approx(0, abs=1e-6)
+    logits = torch.randn(2, 3, 6, 6)
+    assert L.lovasz_softmax(logits, labels, from_logits=True).item() == pytest.approx(
+        L.lovasz_softmax(logits.softmax(1), labels).item(), abs=1e-7)
+    assert L.lovasz_hinge(one_hot[:, 1] * 4 - 2, (labels == 1).long()).item() == 0
+
+
+def test_weights_and_reductions():
+    probas, labels = rand_case(batch=3)
+    per_class = torch.stack([L.lovasz_softmax(probas, labels, classes=[c]) for c in range(4)])
+    w = torch.tensor([1.0, 2.0, 0.5, 3.0])
+    present = torch.tensor([(labels == c).any().item() for c in range(4)], dtype=torch.float32)
+    expected = (per_class * w * present).sum() / (w * present).sum()
+    assert L.lovasz_softmax(probas, labels, weights=w).item() == pytest.approx(expected.item(), abs=1e-6)
+    assert L.lovasz_softmax(probas, labels, weights=[1.0, 2.0, 0.5, 3.0]).item() == pytest.approx(
+        expected.item(), abs=1e-6)
+    none = L.lovasz_softmax(probas, labels, per_image=True, reduction="none")
+    assert none.shape == (3,)
+    assert L.lovasz_softmax(probas, labels, per_image=True, reduction="sum").item() == pytest.approx(
+        none.sum().item(), abs=1e-6)
+    assert L.lovasz_softmax(probas, labels, reduction="none").shape == ()
+
+
+def test_labels_at_ignored_pixels_may_be_anything():
+    probas, labels = rand_case()
+    masked = labels.clone()
+    masked[:, :2] = 255
+    kept = L.lovasz_softmax(probas[:, :, 2:], labels[:, 2:])
+    assert L.lovasz_softmax(probas, masked, ignore=255).item() == pytest.approx(kept.item(), abs=1e-7)
+    masked[:, :2] = -1
+    assert L.lovasz_softmax(probas, masked, ignore=-1).item() == pytest.approx(kept.item(), abs=1e-7)
+
+
+def test_zero_pixels():
+    probas = torch.rand(2, 3, 0, 4, requires_grad=True)
+    loss = L.lovasz_softmax(probas, torch.zeros(2, 0, 4, dtype=torch.long))
+    assert loss.item() == 0
+    loss.backward()
+
+
+def test_multilabel_is_mean_of_channel_hinges():
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(2, 3, 6, 6, generator=g)
+    targets = torch.randint(0, 2, (2, 3, 6, 6), generator=g)
+    per_channel = [L.lovasz_hinge(logits[:, c], targets[:, c], reduction="none") for c in range(3)]
+    expected = torch.stack(per_channel, 1).mean(1).mean()
+    assert L.lovasz_multilabel(logits, targets).item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- the module
+
+
+def test_module_modes_match_functions():
+    g = torch.Generator().manual_seed(8)
+    logits = torch.randn(2, 4, 6, 6, generator=g)
+    labels = torch.randint(0, 4, (2, 6, 6), generator=g)
+    assert L.LovaszLoss("multiclass")(logits, labels).item() == pytest.approx(
+        L.lovasz_softmax(logits, labels, from_logits=True).item())
+    assert L.LovaszLoss("multiclass", from_logits=False, per_image=True)(logits.softmax(1), labels).item() == \
+        pytest.approx(L.lovasz_softmax(logits.softmax(1), labels, per_image=True).item())
+    binary = (labels == 1).long()
+    hinge = L.lovasz_hinge(logits[:, 0], binary)
+    assert L.LovaszLoss("binary")(logits[:, :1], binary).item() == pytest.approx(hinge.item())
+    assert L.LovaszLoss("binary")(logits[:, :1], binary[:, None].float()).item() == pytest.approx(hinge.item())
+    assert L.LovaszLoss("binary")(logits[:, 0], binary).item() == pytest.approx(hinge.item())
+    probs = logits[:, 0].sigmoid()
+    assert L.LovaszLoss("binary", from_logits=False)(probs, binary).item() == pytest.approx(
+        L.lovasz_softmax(probs, binary, classes=[1], per_image=True).item(), abs=1e-6)
+    multi = torch.randint(0, 2, (2, 4, 6, 6), generator=g)
+    assert L.LovaszLoss("multilabel", ignore_index=255)(logits, multi).item() == pytest.approx(
+        L.lovasz_multilabel(logits, multi, ignore=255).item())
+    weighted = L.LovaszLoss("multiclass", class_weights=[1, 2, 3, 4], reduction="none", per_image=True)
+    assert weighted(logits, labels).shape == (2,)
+    assert "multiclass" in repr(weighted)
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("call,error,words", [
+    (lambda: L.lovasz_softmax(torch.rand(2, 3, 4, 4), torch.zeros(2, 1, 4, 4, dtype=torch.long)),
+     ValueError, ["labels", "[2, 4, 4]", "[2, 1, 4, 4]"]),
+    (lambda: L.lovasz_softmax(torch.rand(2, 3, 4, 4), torch.zeros(2, 4, 5, dtype=torch.long)),
+     ValueError, ["labels", "[2, 4, 4]", "[2, 4, 5]"]),
+    (lambda: L.lovasz_softmax(torch.rand(2, 3, 4, 4), torch.full((2, 4, 4), 3)),
+     ValueError, ["labels", "[0, 2]", "3"]),
+    (lambda: L.lovasz_softmax(torch.rand(2, 3, 4, 4), torch.full((2, 4, 4), 7), ignore=255),
+     ValueError, ["labels", "non-ignored", "7"]),
+    (lambda: L.lovasz_softmax(torch.rand(2, 3, 4, 4), torch.zeros(2, 4, 4)),
+     TypeError, ["labels", "integer", "float32"]),
+    (lambda: L.lovasz_softmax(torch.zeros(2, 3, 4, 4, dtype=torch.long), torch.zeros(2, 4, 4, dtype=torch.long)),
+     TypeError, ["probas", "floating", "int64"]),
+    (lambda: L.lovasz_softmax(np.zeros((2, 3)), torch.zeros(2, dtype=torch.long)),
+     TypeError, ["probas", "Tensor", "ndarray"]),
+    (lambda: L.lovasz_softmax(torch.rand(2, 3, 4), torch.zeros(2, 4, dtype=torch.long), classes="some"),
+     ValueError, ["classes", "'present'", "'some'"]),
+    (lambda: L.lovasz_softmax(torch.rand(2, 3, 4), torch.zeros(2, 4, dtype=torch.long), classes=[5]),
+     ValueError, ["classes", "[0, 2]", "5"]),
+    (lambda: L.lovasz_softmax(torch.rand(2, 3, 4), torch.zeros(2, 4, dtype=torch.long), classes=[]),
+     ValueError, ["classes", "empty"]),
+    (lambda: L.lovasz_softmax(torch.rand(2, 3, 4), torch.zeros(2, 4, dtype=torch.long), reduction="avg"),
+     ValueError, ["reduction", "'avg'"]),
+    (lambda: L.lovasz_softmax(torch.rand(2, 3, 4), torch.zeros(2, 4, dtype=torch.long), weights=[1, 2]),
+     ValueError, ["weights", "[3]", "[2]"]),
+    (lambda: L.lovasz_softmax(torch.rand(2, 3, 4), torch.zeros(2, 4, dtype=torch.long), ignore="255"),
+     TypeError, ["ignore", "'255'"]),
+    (lambda: L.lovasz_hinge(torch.randn(2, 4), torch.full((2, 4), 2)),
+     ValueError, ["labels", "0 or 1", "2"]),
+    (lambda: L.lovasz_hinge(torch.randn(2, 3, 4), torch.zeros(2, 4)),
+     ValueError, ["labels", "[2, 3, 4]", "[2, 4]"]),
+    (lambda: L.lovasz_multilabel(torch.randn(2, 3, 4), torch.zeros(2, 4)),
+     ValueError, ["targets", "[2, 3, 4]", "[2, 4]"]),
+    (lambda: L.LovaszLoss("binaryy"), ValueError, ["mode", "'binaryy'"]),
+    (lambda: L.LovaszLoss("binary")(torch.randn(2, 1, 4), torch.zeros(2, 5)),
+     ValueError, ["target", "[2, 1, 4]", "[2, 5]"]),
+])
+def test_errors_name_argument_expectation_and_value(call, error, words):
+    with pytest.raises(error) as info:
+        call()
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
+
+
+# ----------------------------------------------------------------------------- gradcheck and compile
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+def test_gradcheck_float64(per_image):
+    g = torch.Generator().manual_seed(9)
+    logits = torch.randn(2, 3, 4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 3, (2, 4, 3), generator=g)
+    labels[0, 0, 0] = 255
+    assert torch.autograd.gradcheck(
+        lambda x: L.lovasz_softmax(x, labels, per_image=per_image, ignore=255, from_logits=True), (logits,))
+    scores = torch.randn(2, 4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: L.lovasz_hinge(x, labels.clamp(max=1), per_image=per_image),
+                                    (scores,))
+    assert torch.autograd.gradcheck(
+        lambda x: L.lovasz_multilabel(x, (labels[:, None] == torch.arange(3).view(1, 3, 1, 1)).long(),
+                                      per_image=per_image, classes="all"), (logits,))
+
+
+COMPILE_OPTIONS = [
+    ("softmax", dict(classes="present", per_image=False, ignore=None)),
+    ("softmax", dict(classes="all", per_image=True, ignore=255, reduction="none")),
+    ("softmax", dict(classes=[2, 0], per_image=False, ignore=255, from_logits=True,
+                     weights=torch.tensor([1.0, 2.0, 3.0]))),
+    ("hinge", dict(per_image=True, ignore=255)),
+    ("hinge", dict(per_image=False, reduction="sum")),
+    ("multilabel", dict(per_image=True, ignore=255, classes="present")),
+]
+
+
+@pytest.mark.parametrize("kind,options", COMPILE_OPTIONS, ids=[f"{k}-{i}" for i, (k, _) in enumerate(COMPILE_OPTIONS)])
+def test_torch_compile_fullgraph(kind, options):
+    g = torch.Generator().manual_seed(10)
+    x = torch.randn(2, 3, 5, 5, generator=g)
+    labels = torch.randint(0, 3, (2, 5, 5), generator=g)
+    if options.get("ignore") == 255:
+        labels[0, 0] = 255
+    if kind == "softmax":
+        fn, target = L.lovasz_softmax, labels
+    elif kind == "hinge":
+        fn, target, x = L.lovasz_hinge, torch.where(labels == 255, 255, labels.clamp(max=1)), x[:, 0]
+    else:
+        fn, target = L.lovasz_multilabel, torch.where(torch.rand(x.shape, generator=g) < 0.1, 255,
+                                                      (x > 0.5).long())
+
+    def step(inp):
+        return fn(inp, target, **options).sum()
+
+    eager_x, compiled_x = x.clone().requires_grad_(), x.clone().requires_grad_()
+    expected = step(eager_x)
+    expected.backward()
+    torch._dynamo.reset()
+    got = torch.compile(step, fullgraph=True, backend="aot_eager")(compiled_x)
+    got.backward()
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(compiled_x.grad, eager_x.grad)
+
+
+def test_torch_compile_inductor():
+    x = torch.randn(2, 3, 5, 5, requires_grad=True)
+    labels = torch.randint(0, 3, (2, 5, 5))
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda t: L.lovasz_softmax(t, labels, from_logits=True), fullgraph=True)
+    loss = compiled(x)
+    loss.backward()
+    assert loss.item() == pytest.approx(L.lovasz_softmax(x.detach(), labels, from_logits=True).item(), abs=1e-6)
