@@ -5,7 +5,7 @@ import itertools
 import pytest
 
 from conftest import require
-from original import load_original
+from lovasz.peers import load_original
 
 torch = require("torch")
 L = require("lovasz.torch")

@@ -1,4 +1,5 @@
-"""Load the original implementation (the copy shipped in segmentation-models-pytorch) by path.
+"""Peer implementations for tests and benchmarks: the original, loaded by path from
+segmentation-models-pytorch 0.6.0 (its copy of ``pytorch/lovasz_losses.py``).
 
 The package's ``__init__`` imports timm and torchvision, so the file is loaded alone,
 with its one relative import (the mode constants) stubbed.

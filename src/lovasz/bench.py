@@ -1,0 +1,256 @@
+"""Side-by-side benchmark of the PyTorch Lovász losses: lovasz.torch, the original, kornia, and a bare sort.
+
+Method: for each case, inputs are made from a fixed seed; each implementation runs
+forward + backward once to warm up, then ``--repeats`` times, and the median is
+reported. The floor is a bare ``torch.sort`` (descending, with indices) of a
+float32 errors matrix of the same ``[rows, pixels]`` shape: no exact method can
+avoid it. Peak memory is measured in a fresh process per (case, implementation)
+as the rise of the resident set's high-water mark (Linux ``/proc``) during one
+forward + backward. Ratios compare implementations timed in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+import torch
+
+import lovasz
+import lovasz.torch as L
+from lovasz.peers import load_original
+
+
+@dataclass
+class Case:
+    name: str
+    shape: tuple
+    kind: str  # softmax | hinge
+    per_image: bool
+    classes: str = "present"
+    kornia_same: bool = False  # kornia computes this exact quantity (per image, all classes, from logits)
+
+    @property
+    def rows_pixels(self):
+        batch, channels, spatial = self.shape[0], self.shape[1], self.shape[2:]
+        pixels = 1
+        for s in spatial:
+            pixels *= s
+        return (batch * channels, pixels) if self.per_image else (channels, batch * pixels)
+
+
+CASES = [
+    Case("multiclass batch", (8, 19, 256, 256), "softmax", per_image=False),
+    Case("multiclass per-image", (8, 19, 256, 256), "softmax", per_image=True, classes="all", kornia_same=True),
+    Case("multiclass per-image", (4, 21, 128, 128), "softmax", per_image=True, classes="all", kornia_same=True),
+    Case("binary hinge per-image", (16, 1, 256, 256), "hinge", per_image=True, kornia_same=True),
+    Case("3-D volume batch", (2, 4, 64, 64, 64), "softmax", per_image=False),
+]
+QUICK_CASES = [
+    Case("multiclass batch", (2, 5, 32, 32), "softmax", per_image=False),
+    Case("multiclass per-image", (2, 5, 32, 32), "softmax", per_image=True, classes="all", kornia_same=True),
+    Case("binary hinge per-image", (2, 1, 32, 32), "hinge", per_image=True, kornia_same=True),
+]
+IMPLEMENTATIONS = ("lovasz", "original", "kornia", "sort floor")
+
+
+def make_inputs(case: Case):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(*case.shape, generator=g)
+    if case.kind == "hinge":
+        labels = torch.randint(0, 2, (case.shape[0], *case.shape[2:]), generator=g)
+    else:
+        labels = torch.randint(0, case.shape[1], (case.shape[0], *case.shape[2:]), generator=g)
+    return logits, labels
+
+
+def step_function(case: Case, impl: str) -> Optional[Callable[[], None]]:
+    """A forward + backward step of ``impl`` on ``case``, or None where ``impl`` does not apply."""
+    logits, labels = make_inputs(case)
+    if impl == "sort floor":
+        errors = torch.rand(*case.rows_pixels, generator=torch.Generator().manual_seed(1))
+        return lambda: torch.sort(errors, dim=1, descending=True)
+    if impl == "lovasz":
+        if case.kind == "hinge":
+            loss = lambda x: L.lovasz_hinge(x[:, 0], labels, per_image=case.per_image)
+        else:
+            loss = lambda x: L.lovasz_softmax(x, labels, case.classes, case.per_image, from_logits=True)
+    elif impl == "original":
+        original = load_original()
+        if original is None:
+            raise ModuleNotFoundError("segmentation-models-pytorch==0.6.0 (pip install --no-deps)")
+        if case.kind == "hinge":
+            loss = lambda x: original._lovasz_hinge(x[:, 0], labels, per_image=case.per_image)
+        else:
+            loss = lambda x: original._lovasz_softmax(x.softmax(1), labels, case.classes, case.per_image)
+    elif impl == "kornia":
+        if not case.kornia_same:
+            return None
+        import kornia.losses as K
+
+        if case.kind == "hinge":
+            loss = lambda x: K.lovasz_hinge_loss(x, labels)
+        else:
+            loss = lambda x: K.lovasz_softmax_loss(x, labels)
+    else:
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}; got {impl!r}")
+
+    def step():
+        x = logits.detach().requires_grad_()
+        loss(x).backward()
+
+    return step
+
+
+def time_step(step: Callable[[], None], repeats: int) -> float:
+    step()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _status_kib(field_name: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field_name} not in /proc/self/status")
+
+
+def peak_memory_here(case: Case, impl: str) -> Optional[int]:
+    """Rise of peak RSS (bytes) during one step, measured in this process (call in a fresh one)."""
+    step = step_function(case, impl)
+    if step is None:
+        return None
+    step()  # first call allocates lazily-initialised state; measure the second
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the high-water mark
+    before = _status_kib("VmRSS")
+    step()
+    return (_status_kib("VmHWM") - before) * 1024
+
+
+def peak_memory(case_index: int, impl: str, quick: bool) -> Optional[int]:
+    if not Path("/proc/self/clear_refs").exists():
+        return None
+    cmd = [sys.executable, "-m", "lovasz.bench", "--memory-probe", str(case_index), impl] + (["--quick"] if quick else [])
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if out.returncode != 0:
+        return None
+    value = out.stdout.strip().splitlines()[-1]
+    return None if value == "None" else int(value)
+
+
+def machine() -> Dict[str, object]:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "torch": torch.__version__, "lovasz": lovasz.__version__,
+            "platform": platform.platform()}
+
+
+@dataclass
+class Row:
+    case: str
+    shape: tuple
+    impl: str
+    seconds: Optional[float] = None
+    peak_bytes: Optional[int] = None
+    note: str = ""
+    ratios: Dict[str, float] = field(default_factory=dict)
+
+
+def run(repeats: int, quick: bool, memory: bool, progress: Callable[[str], None] = print):
+    rows = []
+    for index, case in enumerate(QUICK_CASES if quick else CASES):
+        measured = {}
+        for impl in IMPLEMENTATIONS:
+            row = Row(case.name, case.shape, impl)
+            progress(f"  {case.name} {list(case.shape)}: {impl}")
+            try:
+                step = step_function(case, impl)
+            except ModuleNotFoundError as error:
+                row.note = f"missing: {error}"
+                rows.append(row)
+                continue
+            if step is None:
+                row.note = "computes another quantity"
+                rows.append(row)
+                continue
+            row.seconds = time_step(step, repeats)
+            if memory and impl != "sort floor":
+                row.peak_bytes = peak_memory(index, impl, quick)
+            measured[impl] = row
+            rows.append(row)
+        ours = measured.get("lovasz")
+        if ours is not None:
+            for impl, row in measured.items():
+                if impl != "lovasz":
+                    ours.ratios[impl] = row.seconds / ours.seconds
+    return rows
+
+
+def _ratio_text(peer: str, ratio: float) -> str:
+    """``ratio`` is the peer's time over ours."""
+    if peer == "sort floor":
+        return f"{1 / ratio:.2f}x the sort floor"
+    return f"{ratio:.2f}x faster than {peer}" if ratio >= 1 else f"{1 / ratio:.2f}x slower than {peer}"
+
+
+def render(rows) -> str:
+    header = f"{'case':<24} {'shape':<20} {'impl':<11} {'median ms':>10} {'peak MiB':>9}  notes"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        ms = f"{r.seconds * 1e3:10.1f}" if r.seconds is not None else f"{'-':>10}"
+        mib = f"{r.peak_bytes / 2**20:9.0f}" if r.peak_bytes is not None else f"{'-':>9}"
+        note = r.note
+        if r.ratios:
+            note = ", ".join(_ratio_text(k, v) for k, v in r.ratios.items())
+        lines.append(f"{r.case:<24} {str(list(r.shape)):<20} {r.impl:<11} {ms} {mib}  {note}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="lovasz bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per implementation (median reported)")
+    parser.add_argument("--quick", action="store_true", help="small shapes, for a smoke test")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
+    parser.add_argument("--out", type=Path, default=Path("bench-output"), help="folder for results.json")
+    parser.add_argument("--memory-probe", nargs=2, metavar=("CASE", "IMPL"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1; got {args.repeats}")
+    if args.memory_probe:
+        case = (QUICK_CASES if args.quick else CASES)[int(args.memory_probe[0])]
+        print(peak_memory_here(case, args.memory_probe[1]))
+        return 0
+    print(f"lovasz bench: forward + backward, float32, CPU, median of {args.repeats} after a warm-up")
+    rows = run(args.repeats, args.quick, not args.no_memory)
+    table = render(rows)
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = {"machine": machine(), "repeats": args.repeats,
+              "rows": [{**r.__dict__, "shape": list(r.shape)} for r in rows]}
+    (args.out / "results.json").write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

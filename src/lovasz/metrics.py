@@ -1,0 +1,170 @@
+"""IoU metrics from confusion counts, for NumPy arrays and torch tensors (kept on their device).
+
+Which loss optimises which metric (Wang et al., "Revisiting evaluation metrics
+for semantic segmentation", NeurIPS 2023):
+
+- ``dataset_miou``: counts summed over all images, IoU per class, mean over
+  classes. Batch-mode Lovász-Softmax (``per_image=False``) is its surrogate on
+  each batch.
+- ``per_image_miou``: IoU of each class in each image, averaged over the classes
+  that occur in the image (in its labels or its prediction), then over images.
+  ``per_image=True`` optimises this one.
+
+``iou`` and ``iou_binary`` reproduce the helpers of the original module
+(percentages, ``EMPTY=1.``).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import numpy as np
+
+__all__ = ["confusion_counts", "iou_per_class", "dataset_miou", "per_image_miou", "IoUMeter", "iou", "iou_binary"]
+
+
+def _is_torch(x) -> bool:
+    return type(x).__module__.startswith("torch")
+
+
+def confusion_counts(pred, target, num_classes: int, ignore_index: Optional[int] = None):
+    """Per-image intersection and union counts of each class.
+
+    Args:
+        pred, target: ``[B, *spatial]`` integer class maps (NumPy or torch, same kind).
+        num_classes: number of classes ``C``.
+        ignore_index: target value of pixels left out of every count.
+
+    Returns:
+        ``(intersection, union)``, each ``[B, C]`` integer counts.
+    """
+    if tuple(pred.shape) != tuple(target.shape) or len(pred.shape) < 1:
+        raise ValueError(f"pred and target must both have shape [B, *spatial]; got {list(pred.shape)} and "
+                         f"{list(target.shape)}")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int; got {num_classes!r}")
+    batch = pred.shape[0]
+    if _is_torch(pred):
+        import torch
+
+        classes = torch.arange(num_classes, device=pred.device).view(1, -1, 1)
+        p, t = pred.reshape(batch, 1, -1), target.reshape(batch, 1, -1)
+        valid = torch.ones_like(t, dtype=torch.bool) if ignore_index is None else t != ignore_index
+        pc, tc = (p == classes) & valid, (t == classes) & valid
+        return (pc & tc).sum(-1), (pc | tc).sum(-1)
+    classes = np.arange(num_classes).reshape(1, -1, 1)
+    p, t = np.asarray(pred).reshape(batch, 1, -1), np.asarray(target).reshape(batch, 1, -1)
+    valid = np.ones(t.shape, bool) if ignore_index is None else t != ignore_index
+    pc, tc = (p == classes) & valid, (t == classes) & valid
+    return (pc & tc).sum(-1), (pc | tc).sum(-1)
+
+
+def _ratio(intersection, union):
+    """IoU where the union is non-zero, NaN elsewhere (a class that is absent counts nowhere)."""
+    if _is_torch(union):
+        import torch
+
+        return torch.where(union > 0, intersection / union.clamp_min(1), torch.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, intersection / np.maximum(union, 1), np.nan)
+
+
+def _nanmean(x, axis=None):
+    if _is_torch(x):
+        import torch
+
+        out = x.nanmean() if axis is None else x.nanmean(axis)
+        return torch.nan_to_num(out, nan=0.0)
+    with np.errstate(invalid="ignore"):
+        count = np.sum(~np.isnan(x), axis=axis)
+        return np.where(count > 0, np.nansum(x, axis=axis) / np.maximum(count, 1), 0.0)
+
+
+def iou_per_class(pred, target, num_classes: int, ignore_index: Optional[int] = None):
+    """``[C]`` IoU of each class over the whole batch; NaN for a class absent from labels and predictions."""
+    inter, union = confusion_counts(pred, target, num_classes, ignore_index)
+    return _ratio(inter.sum(0), union.sum(0))
+
+
+def dataset_miou(pred, target, num_classes: int, ignore_index: Optional[int] = None):
+    """Counts summed over all images, IoU per class, mean over the classes that occur."""
+    return _nanmean(iou_per_class(pred, target, num_classes, ignore_index))
+
+
+def per_image_miou(pred, target, num_classes: int, ignore_index: Optional[int] = None):
+    """IoU of each class in each image, mean over the classes occurring in that image, then over images."""
+    inter, union = confusion_counts(pred, target, num_classes, ignore_index)
+    return _nanmean(_nanmean(_ratio(inter, union), axis=1))
+
+
+class IoUMeter:
+    """Streaming IoU: ``update(pred, target)`` per batch, then ``compute()``; ``reset()`` starts over.
+
+    Example:
+        >>> meter = IoUMeter(num_classes=2)
+        >>> meter.update(np.array([[0, 1, 1]]), np.array([[0, 1, 0]]))
+        >>> {k: round(float(v), 3) for k, v in meter.compute().items() if k != "per_class"}
+        {'dataset_miou': 0.5, 'per_image_miou': 0.5, 'pixel_accuracy': 0.667}
+    """
+
+    def __init__(self, num_classes: int, ignore_index: Optional[int] = None):
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.reset()
+
+    def reset(self) -> None:
+        self.intersection = self.union = None
+        self.image_iou_sum, self.images, self.correct, self.pixels = 0.0, 0, 0, 0
+
+    def update(self, pred, target) -> None:
+        inter, union = confusion_counts(pred, target, self.num_classes, self.ignore_index)
+        batch_inter, batch_union = inter.sum(0), union.sum(0)
+        self.intersection = batch_inter if self.intersection is None else self.intersection + batch_inter
+        self.union = batch_union if self.union is None else self.union + batch_union
+        self.image_iou_sum += float(_nanmean(_ratio(inter, union), axis=1).sum())
+        self.images += int(inter.shape[0])
+        valid = target != self.ignore_index if self.ignore_index is not None else target == target
+        self.correct += int(((pred == target) & valid).sum())
+        self.pixels += int(valid.sum())
+
+    def compute(self) -> Dict[str, object]:
+        if self.intersection is None:
+            raise RuntimeError("IoUMeter.compute() called before any update()")
+        per_class = _ratio(self.intersection, self.union)
+        return {"dataset_miou": float(_nanmean(per_class)), "per_image_miou": self.image_iou_sum / self.images,
+                "pixel_accuracy": self.correct / max(self.pixels, 1), "per_class": per_class}
+
+
+# ----------------------------------------------------------------------------- the original's helpers
+
+
+def iou_binary(preds, labels, EMPTY=1.0, ignore=None, per_image=True):
+    """IoU of the foreground (class 1) in percent, as the original's ``iou_binary``.
+
+    An image with an empty union scores ``EMPTY``; with ``per_image`` the mean over images.
+    """
+    if not per_image:
+        preds, labels = (preds,), (labels,)
+    ious = []
+    for pred, label in zip(preds, labels):
+        pred, label = np.asarray(pred), np.asarray(label)
+        intersection = np.sum((label == 1) & (pred == 1))
+        union = np.sum((label == 1) | ((pred == 1) & (label != ignore)))
+        ious.append(EMPTY if not union else float(intersection) / float(union))
+    return 100 * float(np.mean(ious))
+
+
+def iou(preds, labels, C, EMPTY=1.0, ignore=None, per_image=False):
+    """Per-class IoU in percent, as the original's ``iou``: ``[C]`` (the ``ignore`` class left out)."""
+    if not per_image:
+        preds, labels = (preds,), (labels,)
+    ious = []
+    for pred, label in zip(preds, labels):
+        pred, label = np.asarray(pred), np.asarray(label)
+        image = []
+        for i in range(C):
+            if i != ignore:
+                intersection = np.sum((label == i) & (pred == i))
+                union = np.sum((label == i) | ((pred == i) & (label != ignore)))
+                image.append(EMPTY if not union else float(intersection) / float(union))
+        ious.append(image)
+    return 100 * np.array([np.mean(per_class) for per_class in zip(*ious)])

@@ -1,0 +1,25 @@
+"""`lovasz bench` end to end on small shapes: table, ratios, JSON, peers reported, never dropped."""
+
+import json
+
+from conftest import require
+
+require("torch")
+bench = require("lovasz.bench")
+
+
+def test_quick_bench_writes_table_and_json(tmp_path, capsys):
+    assert bench.main(["--quick", "--repeats", "1", "--no-memory", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert {"cpu", "torch", "torch_threads"} <= set(result["machine"])
+    impls = {(r["case"], r["impl"]) for r in result["rows"]}
+    assert len(impls) == len(bench.QUICK_CASES) * len(bench.IMPLEMENTATIONS)  # every peer has a row
+    ours = [r for r in result["rows"] if r["impl"] == "lovasz"]
+    assert all(r["seconds"] > 0 and "sort floor" in r["ratios"] for r in ours)
+    assert "the sort floor" in out and "computes another quantity" in out
+
+
+def test_peak_memory_probe_measures_a_step():
+    peak = bench.peak_memory_here(bench.QUICK_CASES[0], "lovasz")
+    assert peak is None or peak >= 0

@@ -1,0 +1,75 @@
+"""lovasz.metrics against hand counts and an independent confusion-matrix computation."""
+
+import numpy as np
+import pytest
+
+from conftest import require
+from lovasz import metrics as M
+
+torch = require("torch")
+
+
+def confusion_matrix(pred, target, num_classes, ignore=None):
+    """Independent: a bincount confusion matrix, rows = target, columns = prediction."""
+    keep = np.ones(target.shape, bool) if ignore is None else target != ignore
+    index = target[keep] * num_classes + pred[keep]
+    return np.bincount(index.ravel(), minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def iou_from_matrix(cm):
+    tp = np.diag(cm).astype(float)
+    union = cm.sum(0) + cm.sum(1) - tp
+    return np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+
+
+def test_hand_counts():
+    pred = np.array([[0, 1, 1, 2]])
+    target = np.array([[0, 1, 0, 255]])
+    inter, union = M.confusion_counts(pred, target, 3, ignore_index=255)
+    assert inter.tolist() == [[1, 1, 0]] and union.tolist() == [[2, 2, 0]]
+    assert M.dataset_miou(pred, target, 3, 255) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_against_confusion_matrix_numpy_and_torch(seed):
+    rng = np.random.default_rng(seed)
+    pred = rng.integers(0, 4, (3, 6, 7))
+    target = rng.integers(0, 4, (3, 6, 7))
+    target[rng.random(target.shape) < 0.2] = 255
+    expected = iou_from_matrix(confusion_matrix(pred, target, 4, 255))
+    np.testing.assert_allclose(M.iou_per_class(pred, target, 4, 255), expected)
+    assert M.dataset_miou(pred, target, 4, 255) == pytest.approx(np.nanmean(expected))
+    per_image = np.mean([np.nanmean(iou_from_matrix(confusion_matrix(p, t, 4, 255))) for p, t in zip(pred, target)])
+    assert M.per_image_miou(pred, target, 4, 255) == pytest.approx(per_image)
+    tp, tt = torch.from_numpy(pred), torch.from_numpy(target)
+    assert M.dataset_miou(tp, tt, 4, 255).item() == pytest.approx(np.nanmean(expected))
+    assert M.per_image_miou(tp, tt, 4, 255).item() == pytest.approx(per_image)
+
+
+def test_streaming_equals_one_shot():
+    rng = np.random.default_rng(9)
+    pred, target = rng.integers(0, 3, (6, 5, 5)), rng.integers(0, 3, (6, 5, 5))
+    meter = M.IoUMeter(3)
+    for i in range(0, 6, 2):
+        meter.update(pred[i:i + 2], target[i:i + 2])
+    out = meter.compute()
+    assert out["dataset_miou"] == pytest.approx(M.dataset_miou(pred, target, 3))
+    assert out["per_image_miou"] == pytest.approx(M.per_image_miou(pred, target, 3))
+    assert out["pixel_accuracy"] == pytest.approx(np.mean(pred == target))
+    meter.reset()
+    with pytest.raises(RuntimeError, match="before any update"):
+        meter.compute()
+
+
+def test_original_helpers():
+    preds = np.array([[[1, 1], [0, 0]], [[0, 0], [0, 0]]])
+    labels = np.array([[[1, 0], [0, 0]], [[0, 0], [0, 0]]])
+    # image 0: foreground IoU 1/2; image 1: empty union -> EMPTY = 1
+    assert M.iou_binary(preds, labels) == pytest.approx(75.0)
+    assert M.iou_binary(preds, labels, per_image=False) == pytest.approx(50.0)
+    np.testing.assert_allclose(M.iou(preds, labels, 2), [100 * 6 / 7, 50.0])
+
+
+def test_bad_shapes():
+    with pytest.raises(ValueError, match=r"pred and target .* \[2, 3\] and \[2, 4\]"):
+        M.confusion_counts(np.zeros((2, 3)), np.zeros((2, 4)), 2)
