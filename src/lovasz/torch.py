@@ -80,14 +80,15 @@ def _check_values(labels: Tensor, valid: Optional[Tensor], allowed: str, ok: Ten
         raise ValueError(f"{message}; found {labels[bad].flatten()[0].item()}")
 
 
-def _as_weights(weights: Weights, num_classes: int, like: Tensor, name: str) -> Optional[Tensor]:
+def _as_weights(weights: Weights, num_classes: int, dtype: torch.dtype, device: torch.device,
+                name: str) -> Optional[Tensor]:
     if weights is None:
         return None
-    w = torch.as_tensor(weights, device=like.device)
+    w = torch.as_tensor(weights, device=device)
     V.check_weights_shape(w.shape, num_classes, name)
     if not (w.is_floating_point() or w.dtype in (torch.int32, torch.int64)):
         raise TypeError(f"{name} must hold real numbers; got dtype {w.dtype}")
-    return w.to(like.dtype)
+    return w.to(dtype)
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -202,7 +203,7 @@ def lovasz_softmax(probas: Tensor, labels: Tensor, classes: Classes = "present",
     ignore = V.check_ignore(ignore)
     reduction = V.check_reduction(reduction)
     dtype = _compute_dtype(probas)
-    w = _as_weights(weights, num_classes, probas.to(dtype), "weights")
+    w = _as_weights(weights, num_classes, dtype, probas.device, "weights")
 
     batch = labels.shape[0]
     pred = probas.to(dtype)
@@ -295,7 +296,7 @@ def lovasz_multilabel(logits: Tensor, targets: Tensor, classes: Classes = "prese
     ignore = V.check_ignore(ignore)
     reduction = V.check_reduction(reduction)
     dtype = _compute_dtype(logits)
-    w = _as_weights(weights, num_classes, logits.to(dtype), "weights")
+    w = _as_weights(weights, num_classes, dtype, logits.device, "weights")
     batch = logits.shape[0]
     pred = logits.to(dtype).reshape(batch, num_classes, -1)
     tgt = targets.reshape(batch, num_classes, -1)
