@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from lovasz import _validation as V
-from lovasz._torch_core import BACKGROUND, FOREGROUND, IGNORED, lovasz_rows, _sorted_jaccard_grad
+from lovasz._torch_core import IGNORED, _sorted_jaccard_grad, lovasz_rows
 
 __all__ = [
     "lovasz_grad",
