@@ -7,13 +7,13 @@ predictions and a ``[R, N]`` matrix of codes (0 background, 1 foreground,
 gradient of each row's loss w.r.t. its predictions, so that backward is one
 multiply and nothing but that gradient is kept for it.
 
-Speed tricks, each measured (see benchmarks/):
+Speed tricks, each measured with ``lovasz bench``:
 
 - errors are non-negative floats, whose bit patterns sort like the numbers,
   so we sort integer keys: on CPU a least-significant-digit radix sort in two
   16-bit passes (NumPy's stable sort of 16-bit integers is a radix sort), rows
-  spread over threads, 2-3x faster than ``torch.sort`` of the floats; elsewhere
-  ``torch.sort`` of the integer keys;
+  spread over threads (about 1.5x faster than ``torch.sort`` of the int32 keys
+  in isolation, 14% end to end in batch mode); elsewhere ``torch.sort``;
 - the foreground bit rides in the key's lowest bit (the error loses one ulp),
   so no gather of the labels through the permutation is needed;
 - ignored pixels get the largest key and sort last, where their error is zero:
@@ -82,8 +82,7 @@ def _sort_keys(key: Tensor) -> Tuple[Tensor, Tensor]:
     if workers <= 1:
         perm = torch.from_numpy(_radix_argsort(keys))
     else:  # NumPy releases the GIL while sorting and gathering
-        blocks = np.array_split(np.arange(key.shape[0]), workers)
-        parts = _pool(workers).map(lambda rows: _radix_argsort(keys[rows[0]:rows[-1] + 1]), blocks)
+        parts = _pool(workers).map(_radix_argsort, np.array_split(keys, workers))  # blocks of rows
         perm = torch.from_numpy(np.concatenate(list(parts)))
     return key.gather(-1, perm), perm
 
