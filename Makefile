@@ -5,8 +5,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 TORCH := torch==2.13.0
+# The other backends, pinned to versions that install from PyPI as CPU builds.
+OTHER_FRAMEWORKS := tensorflow-cpu==2.21.0 jax==0.10.2 jaxlib==0.10.2
 # Frameworks the tests must find: a missing one fails the run instead of skipping its tests.
-export LOVASZ_REQUIRE := torch
+export LOVASZ_REQUIRE := torch,tensorflow,keras,jax
 
 .PHONY: demo test bench clean
 
@@ -19,7 +21,7 @@ $(VENV)/.demo-installed: pyproject.toml Makefile | $(PY)
 	touch $@
 
 $(VENV)/.test-installed: pyproject.toml Makefile $(VENV)/.demo-installed
-	$(PIP) -e ".[demo,test,bench]"
+	$(PIP) -e ".[demo,test,bench]" $(OTHER_FRAMEWORKS)
 	# The original implementation, to compare against: its __init__ needs timm and torchvision,
 	# so only the package's files are installed and lovasz.peers loads the one file by path.
 	$(PIP) --no-deps segmentation-models-pytorch==0.6.0

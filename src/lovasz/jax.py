@@ -1,0 +1,293 @@
+"""Lovász-Softmax and Lovász hinge losses for JAX, as pure functions.
+
+Channels-first ``[B, C, *spatial]`` by default, as in :mod:`lovasz.torch`; the
+``axis`` argument names the channel axis (``axis=-1`` for channels-last).
+Every (set, class) row goes through one ``jax.lax.sort`` that carries the
+foreground flags along with the errors. There is no Python branch on array
+values and no data-dependent shape (ignored pixels are masked), so the losses
+work under ``jax.jit``, ``jax.grad`` and ``jax.vmap``. The gradient flows into
+the sorted errors; the Jaccard steps are constants computed in closed form.
+
+Argument order: ``(prediction, labels)``, as in the original PyTorch code;
+Keras losses (:mod:`lovasz.keras`) take ``(y_true, y_pred)``.
+
+Reference: M. Berman, A. Rannen Triki, M. B. Blaschko, "The Lovász-Softmax loss",
+CVPR 2018, arXiv:1705.08790.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lovasz import _validation as V
+
+__all__ = ["lovasz_grad", "lovasz_softmax", "lovasz_hinge", "lovasz_multilabel"]
+
+Classes = Union[str, Sequence[int]]
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _check_prediction(x, name: str) -> jax.Array:
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"{name} must be a floating-point array; got dtype {x.dtype}")
+    return x
+
+
+def _check_labels(labels, name: str, allow_float: bool) -> jax.Array:
+    labels = jnp.asarray(labels)
+    if jnp.issubdtype(labels.dtype, jnp.complexfloating) or (
+            jnp.issubdtype(labels.dtype, jnp.floating) and not allow_float):
+        raise TypeError(
+            f"{name} must be an integer array of class indices (not one-hot, not probabilities); "
+            f"got dtype {labels.dtype}"
+        )
+    return labels.astype(jnp.int32) if labels.dtype == jnp.bool_ else labels
+
+
+def _check_values(labels, ok, valid, allowed: str, name: str) -> None:
+    """Raise ``ValueError`` on a bad non-ignored label when the values are concrete (not traced)."""
+    if isinstance(labels, jax.core.Tracer):
+        return  # under jit / grad / vmap the values are unknown: no branch on them
+    bad = ~ok if valid is None else valid & ~ok
+    if bool(bad.any()):
+        raise ValueError(f"{name} must be {allowed} at every non-ignored pixel; found {labels[bad][0]}")
+
+
+def _compute_dtype(x) -> jnp.dtype:
+    """float64 stays float64; half precision (and float32) is computed in float32."""
+    return jnp.float64 if x.dtype == jnp.float64 else jnp.float32
+
+
+def _as_weights(weights, num_classes: int, dtype) -> Optional[jax.Array]:
+    if weights is None:
+        return None
+    w = jnp.asarray(weights)
+    V.check_weights_shape(w.shape, num_classes)
+    if not (jnp.issubdtype(w.dtype, jnp.floating) or jnp.issubdtype(w.dtype, jnp.integer)):
+        raise TypeError(f"weights must hold real numbers; got dtype {w.dtype}")
+    return w.astype(dtype)
+
+
+# ----------------------------------------------------------------------------- the kernel
+
+
+def _jaccard_steps(fg_sorted: jax.Array, dtype) -> jax.Array:
+    """``J(k) - J(k-1)`` along the last axis of 0/1 ``fg_sorted`` (int32), in closed form.
+
+    A foreground pixel adds ``1 / U``, a background one ``I / (U (U - 1))``, with
+    ``I`` and ``U`` the intersection and union after k pixels: no cancellation.
+    """
+    fg_cum = jnp.cumsum(fg_sorted, axis=-1)
+    gts = fg_cum[..., -1:]
+    k = jnp.arange(1, fg_sorted.shape[-1] + 1, dtype=fg_cum.dtype)
+    intersection = (gts - fg_cum).astype(dtype)
+    union = (gts + k - fg_cum).astype(dtype)
+    background_step = intersection / (union * jnp.maximum(union - 1, 1))
+    steps = jnp.where(fg_sorted == 1, 1 / union, background_step)
+    return steps.at[..., :1].set(1 - intersection[..., :1] / union[..., :1])  # J(1); the formula divides by U(0)
+
+
+def _lovasz_rows(errors: jax.Array, fg: jax.Array, valid: Optional[jax.Array]) -> jax.Array:
+    """Lovász extension of each row of ``errors [R, N]`` against ``fg [R, N]`` (bool, False where ignored).
+
+    One ascending sort of ``-errors`` carries the flags along; ignored pixels get
+    the key ``+inf`` and sort last, where ``relu`` makes them add nothing.
+    """
+    key = -errors if valid is None else jnp.where(valid, -errors, jnp.inf)
+    neg_sorted, fg_sorted = jax.lax.sort((key, fg.astype(jnp.int32)), dimension=-1, num_keys=1)
+    steps = jax.lax.stop_gradient(_jaccard_steps(fg_sorted, errors.dtype))
+    return jnp.sum(jax.nn.relu(-neg_sorted) * steps, axis=-1)
+
+
+def _rows(x: jax.Array, per_image: bool) -> jax.Array:
+    """``[B, K, N]`` to rows: ``[B*K, N]`` per image, or ``[K, B*N]`` for the batch as one set."""
+    b, k, n = x.shape
+    return x.reshape(b * k, n) if per_image else x.transpose(1, 0, 2).reshape(k, b * n)
+
+
+def _lovasz_classes(pred, fg, valid, hinge: bool, classes, per_image: bool, weights, reduction: str):
+    """Loss of ``pred [B, K, N]`` against ``fg [B, K, N]``; ``valid`` broadcasts to them."""
+    if valid is not None:
+        valid = jnp.broadcast_to(valid, pred.shape)
+        fg = fg & valid
+    if not isinstance(classes, str):  # a list may repeat a class: each repetition counts
+        ids = np.asarray(classes)
+        pred, fg = pred[:, ids], fg[:, ids]
+        valid = None if valid is None else valid[:, ids]
+        weights = None if weights is None else weights[ids]
+    if hinge:  # max(0, 1 - s x), the max taken after the sort
+        errors = jnp.where(fg, 1 - pred, 1 + pred)
+    else:  # |[y = c] - p|
+        errors = jnp.abs(jnp.where(fg, 1 - pred, pred))
+    loss = _lovasz_rows(_rows(errors, per_image), _rows(fg, per_image),
+                        None if valid is None else _rows(valid, per_image))
+    present = _rows(fg, per_image).any(-1)
+
+    num_rows = pred.shape[1]
+    loss, present = loss.reshape(-1, num_rows), present.reshape(-1, num_rows)
+    w = jnp.ones_like(loss) if weights is None else jnp.broadcast_to(weights, loss.shape)
+    if classes == "present":
+        w = w * present
+    weight_sum = w.sum(-1)
+    per_set = jnp.where(weight_sum != 0, (loss * w).sum(-1) / jnp.where(weight_sum != 0, weight_sum, 1), 0)
+    if reduction == "none":
+        return per_set if per_image else per_set[0]
+    return per_set.sum() if reduction == "sum" else per_set.mean()
+
+
+def _channels_first(x: jax.Array, axis: int) -> jax.Array:
+    return jnp.moveaxis(x, axis, 1) if axis % x.ndim != 1 else x
+
+
+# ----------------------------------------------------------------------------- public functions
+
+
+def lovasz_softmax(probas, labels, classes: Classes = "present", per_image: bool = False,
+                   ignore: Optional[int] = None, *, from_logits: bool = False, weights=None,
+                   reduction: str = "mean", axis: int = 1) -> jax.Array:
+    r"""Multi-class Lovász-Softmax loss: a convex surrogate of ``1 - IoU`` averaged over classes.
+
+    For each class the errors ``|[y = c] - p(c)|`` are sorted in decreasing order and
+    the loss is their Lovász extension of the Jaccard loss (Algorithm 1 of the paper).
+
+    Args:
+        probas: ``[B, C, *spatial]`` class probabilities (logits with ``from_logits``), the
+            class axis at ``axis``; or ``[B, *spatial]`` sigmoid output, read as ``[1 - p, p]``.
+            Note the order: ``(probas, labels)``, unlike Keras' ``(y_true, y_pred)``.
+        labels: ``[B, *spatial]`` integer class indices in ``[0, C - 1]``, or ``ignore``.
+        classes: ``'present'``, ``'all'`` or a list of class indices to average over.
+        per_image: the loss of each image, averaged; otherwise the batch is one set.
+        ignore: label value of pixels that take no part (e.g. 255).
+        from_logits: ``probas`` are logits; a softmax (sigmoid for one channel) is taken inside.
+        weights: ``[C]`` per-class weights for the class average.
+        reduction: ``'mean'`` / ``'sum'`` over images, or ``'none'`` for ``[B]`` with ``per_image``
+            (without it the batch is one set and the result is 0-d).
+        axis: the class axis of ``probas`` (1, or -1 for channels-last).
+
+    Returns:
+        A 0-d array (``[B]`` with ``per_image`` and ``reduction='none'``) in the dtype of ``probas``.
+
+    Example:
+        >>> probas = jnp.array([[[0.9, 0.4], [0.1, 0.6]]])  # [B=1, C=2, N=2]
+        >>> round(float(lovasz_softmax(probas, jnp.array([[0, 1]]))), 6)
+        0.325
+    """
+    probas = _check_prediction(probas, "probas")
+    labels = _check_labels(labels, "labels", allow_float=False)
+    if probas.ndim == labels.ndim + 1 and probas.shape[axis] == 1:
+        probas = jnp.squeeze(probas, axis)  # one channel: the foreground probability
+    sigmoid, num_classes = V.softmax_layout(probas.shape, labels.shape, axis)
+    classes = V.check_classes(classes, num_classes)
+    ignore = V.check_ignore(ignore)
+    reduction = V.check_reduction(reduction)
+    dtype = _compute_dtype(probas)
+    w = _as_weights(weights, num_classes, dtype)
+
+    batch = labels.shape[0]
+    pred = probas.astype(dtype)
+    if sigmoid:
+        pred = jax.nn.sigmoid(pred) if from_logits else pred
+        pred = jnp.stack([1 - pred, pred], axis=1)
+    else:
+        pred = _channels_first(pred, axis)
+        pred = jax.nn.softmax(pred, axis=1) if from_logits else pred
+    pred = pred.reshape(batch, num_classes, -1)
+    lab = labels.reshape(batch, 1, -1)
+    valid = None if ignore is None else lab != ignore
+    _check_values(lab, (lab >= 0) & (lab < num_classes), valid, f"in [0, {num_classes - 1}]", "labels")
+    fg = lab == jnp.arange(num_classes).reshape(1, -1, 1)
+    loss = _lovasz_classes(pred, fg, valid, False, classes, per_image, w, reduction)
+    return loss.astype(probas.dtype)
+
+
+def lovasz_hinge(logits, labels, per_image: bool = True, ignore: Optional[int] = None, *,
+                 reduction: str = "mean") -> jax.Array:
+    r"""Binary Lovász hinge loss: a convex surrogate of ``1 - IoU`` of the foreground.
+
+    The errors are the hinge margins ``max(0, 1 - s x)`` with signs ``s = 2 y - 1``.
+
+    Args:
+        logits: ``[B, *spatial]`` or ``[B, 1, *spatial]`` raw scores (before any sigmoid).
+            Note the order: ``(logits, labels)``, unlike Keras' ``(y_true, y_pred)``.
+        labels: ``[B, *spatial]`` binary masks, 0 or 1 (integer, bool or float), or ``ignore``.
+        per_image: the loss of each image, averaged; otherwise the batch is one set.
+        ignore: label value of pixels that take no part.
+        reduction: ``'mean'`` / ``'sum'`` over images, or ``'none'`` for ``[B]`` with ``per_image``.
+
+    Returns:
+        A 0-d array (``[B]`` with ``per_image`` and ``reduction='none'``) in the dtype of ``logits``.
+
+    Example:
+        >>> float(lovasz_hinge(jnp.array([[2.0, -1.0, 0.5]]), jnp.array([[1, 0, 1]])))
+        0.25
+    """
+    logits = _check_prediction(logits, "logits")
+    labels = _check_labels(labels, "labels", allow_float=True)
+    V.hinge_layout(logits.shape, labels.shape)
+    ignore = V.check_ignore(ignore)
+    reduction = V.check_reduction(reduction)
+    batch = labels.shape[0]
+    pred = logits.astype(_compute_dtype(logits)).reshape(batch, 1, -1)
+    lab = labels.reshape(batch, 1, -1)
+    valid = None if ignore is None else lab != ignore
+    _check_values(lab, (lab == 0) | (lab == 1), valid, "0 or 1", "labels")
+    loss = _lovasz_classes(pred, lab == 1, valid, True, "all", per_image, None, reduction)
+    return loss.astype(logits.dtype)
+
+
+def lovasz_multilabel(logits, targets, classes: Classes = "present", per_image: bool = True,
+                      ignore: Optional[int] = None, *, from_logits: bool = True, weights=None,
+                      reduction: str = "mean", axis: int = 1) -> jax.Array:
+    r"""Multi-label Lovász loss: one binary Lovász loss per channel, averaged over channels.
+
+    With ``from_logits`` (the default) each channel gets the Lovász hinge of its
+    logits; otherwise ``logits`` are probabilities and each channel gets the
+    Lovász-Softmax term of its foreground.
+
+    Args:
+        logits: ``[B, C, *spatial]``, the channel axis at ``axis``.
+        targets: 0/1 masks of the shape of ``logits``, or ``ignore``.
+        classes: ``'present'`` (channels with a positive target in the set), ``'all'`` or a list.
+        per_image, ignore, weights, reduction, axis: as in :func:`lovasz_softmax`.
+
+    Returns:
+        A 0-d array (``[B]`` with ``per_image`` and ``reduction='none'``) in the dtype of ``logits``.
+    """
+    logits = _check_prediction(logits, "logits")
+    targets = _check_labels(targets, "targets", allow_float=True)
+    if logits.ndim >= 2 and logits.shape == targets.shape:
+        logits, targets = _channels_first(logits, axis), _channels_first(targets, axis)
+    num_classes = V.multilabel_layout(logits.shape, targets.shape)
+    classes = V.check_classes(classes, num_classes)
+    ignore = V.check_ignore(ignore)
+    reduction = V.check_reduction(reduction)
+    dtype = _compute_dtype(logits)
+    w = _as_weights(weights, num_classes, dtype)
+    batch = logits.shape[0]
+    pred = logits.astype(dtype).reshape(batch, num_classes, -1)
+    tgt = targets.reshape(batch, num_classes, -1)
+    valid = None if ignore is None else tgt != ignore
+    _check_values(tgt, (tgt == 0) | (tgt == 1), valid, "0 or 1", "targets")
+    loss = _lovasz_classes(pred, tgt == 1, valid, from_logits, classes, per_image, w, reduction)
+    return loss.astype(logits.dtype)
+
+
+def lovasz_grad(gt_sorted) -> jax.Array:
+    """Gradient of the Lovász extension w.r.t. errors sorted in decreasing order (Algorithm 1).
+
+    Example:
+        >>> [round(float(g), 4) for g in lovasz_grad(jnp.array([1, 0, 1]))]
+        [0.5, 0.1667, 0.3333]
+    """
+    gt_sorted = jnp.asarray(gt_sorted)
+    if gt_sorted.ndim != 1:
+        raise ValueError(f"gt_sorted must be a 1-D array; got shape {list(gt_sorted.shape)}")
+    dtype = jnp.float64 if gt_sorted.dtype == jnp.float64 else jnp.float32
+    return _jaccard_steps(jnp.round(gt_sorted).astype(jnp.int32), dtype)

@@ -1,0 +1,380 @@
+"""Lovász-Softmax and Lovász hinge losses for TensorFlow 2.
+
+A drop-in for the original ``tensorflow/lovasz_losses_tf.py`` of Berman et al.
+(same names and arguments, ``order='BHWC'`` channels-last by default), with the
+extensions of :mod:`lovasz.torch`: ``from_logits``, class ``weights``,
+``reduction``, :func:`lovasz_multilabel` and any spatial rank.
+
+Every (set, class) row goes through one ``tf.math.top_k`` sort: no ``map_fn``,
+no Python loop over images or classes, no data-dependent shape (ignored pixels
+are masked, not removed), so the losses run eagerly, in ``tf.function`` and
+with ``jit_compile=True`` (XLA). Gradients flow through ``tf.GradientTape``
+into the sorted errors; the Jaccard steps are constants computed in closed form.
+
+Argument order: these functions take ``(prediction, labels)``, as the original
+does; Keras losses (:mod:`lovasz.keras`) take ``(y_true, y_pred)``.
+
+Reference: M. Berman, A. Rannen Triki, M. B. Blaschko, "The Lovász-Softmax loss",
+CVPR 2018, arXiv:1705.08790.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import tensorflow as tf
+
+from lovasz import _validation as V
+
+__all__ = [
+    "lovasz_grad",
+    "flatten_probas",
+    "flatten_binary_scores",
+    "lovasz_softmax_flat",
+    "lovasz_hinge_flat",
+    "lovasz_softmax",
+    "lovasz_hinge",
+    "lovasz_multilabel",
+]
+
+ORDERS = ("BHWC", "BCHW")  # channels-last, channels-first; any number of spatial dims
+
+Classes = Union[str, Sequence[int]]
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _check_prediction(x, name: str) -> tf.Tensor:
+    x = tf.convert_to_tensor(x)
+    if not x.dtype.is_floating:
+        raise TypeError(f"{name} must be a floating-point tensor; got dtype {x.dtype.name}")
+    if x.shape.rank is None:
+        raise ValueError(f"{name} must have a known rank; got shape {x.shape}")
+    return x
+
+
+def _check_labels(labels, name: str, allow_float: bool) -> tf.Tensor:
+    labels = tf.convert_to_tensor(labels)
+    if labels.dtype.is_complex or (labels.dtype.is_floating and not allow_float):
+        raise TypeError(
+            f"{name} must be an integer tensor of class indices (not one-hot, not probabilities); "
+            f"got dtype {labels.dtype.name}"
+        )
+    return tf.cast(labels, tf.int32) if labels.dtype in (tf.bool, tf.uint8, tf.int8, tf.int16, tf.uint16) else labels
+
+
+def _check_order(order: str) -> bool:
+    """True for channels-last."""
+    if order not in ORDERS:
+        raise ValueError(f"order must be 'BHWC' (channels-last) or 'BCHW' (channels-first); got {order!r}")
+    return order == "BHWC"
+
+
+def _check_values(labels: tf.Tensor, ok: tf.Tensor, valid: Optional[tf.Tensor], allowed: str, name: str) -> None:
+    """Raise ``ValueError`` on a bad non-ignored label, eagerly only.
+
+    Inside ``tf.function`` (and XLA) the values are not known while tracing, and
+    an assertion op would cost a sync, so the check is skipped there.
+    """
+    if not tf.executing_eagerly():
+        return
+    bad = tf.logical_not(ok) if valid is None else tf.logical_and(valid, tf.logical_not(ok))
+    if bool(tf.reduce_any(bad)):
+        raise ValueError(f"{name} must be {allowed} at every non-ignored pixel; "
+                         f"found {tf.boolean_mask(labels, bad)[0].numpy()}")
+
+
+def _compute_dtype(x: tf.Tensor) -> tf.DType:
+    """float64 stays float64; half precision (and float32) is computed in float32."""
+    return tf.float64 if x.dtype == tf.float64 else tf.float32
+
+
+def _as_weights(weights, num_classes: int, dtype: tf.DType) -> Optional[tf.Tensor]:
+    if weights is None:
+        return None
+    w = tf.convert_to_tensor(weights)
+    V.check_weights_shape(w.shape, num_classes)
+    if not (w.dtype.is_floating or w.dtype.is_integer):
+        raise TypeError(f"weights must hold real numbers; got dtype {w.dtype.name}")
+    return tf.cast(w, dtype)
+
+
+# ----------------------------------------------------------------------------- the kernel
+
+
+def _jaccard_steps(fg_sorted: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
+    """``J(k) - J(k-1)`` along the last axis of 0/1 ``fg_sorted`` (int32), in closed form.
+
+    A foreground pixel adds ``1 / U``, a background one ``I / (U (U - 1))``, with
+    ``I`` and ``U`` the intersection and union after k pixels: no cancellation.
+    """
+    fg_cum = tf.cumsum(fg_sorted, axis=-1)
+    gts = fg_cum[..., -1:]
+    k = tf.range(1, tf.shape(fg_sorted)[-1] + 1, dtype=fg_cum.dtype)
+    intersection = tf.cast(gts - fg_cum, dtype)
+    union = tf.cast(gts + k - fg_cum, dtype)
+    background_step = intersection / (union * tf.maximum(union - 1, 1))
+    steps = tf.where(fg_sorted == 1, 1 / union, background_step)
+    first = 1 - intersection[..., :1] / union[..., :1]  # J(1); the formula divides by U(0)
+    return tf.concat([first, steps[..., 1:]], axis=-1)
+
+
+def _lovasz_rows(errors: tf.Tensor, fg: tf.Tensor, valid: Optional[tf.Tensor]) -> tf.Tensor:
+    """Lovász extension of each row of ``errors [R, N]`` against ``fg [R, N]`` (bool, False where ignored).
+
+    Ignored pixels get the key ``-inf``: they sort last, where ``relu`` makes them add nothing.
+    """
+    key = errors if valid is None else tf.where(valid, errors, tf.constant(-np.inf, errors.dtype))
+    errors_sorted, perm = tf.math.top_k(key, k=tf.shape(key)[-1], sorted=True)
+    fg_sorted = tf.gather(tf.cast(fg, tf.int32), perm, batch_dims=1)
+    steps = tf.stop_gradient(_jaccard_steps(fg_sorted, errors.dtype))
+    return tf.reduce_sum(tf.nn.relu(errors_sorted) * steps, axis=-1)
+
+
+def _rows(x: tf.Tensor, per_image: bool, channels_last: bool) -> tf.Tensor:
+    """``[B, K, N]`` (``[B, N, K]`` channels-last) to rows ``[B*K, N]`` per image or ``[K, B*N]``."""
+    if channels_last:
+        if not per_image:
+            return tf.transpose(tf.reshape(x, [-1, tf.shape(x)[2]]))
+        x = tf.transpose(x, [0, 2, 1])
+    elif not per_image:
+        x = tf.transpose(x, [1, 0, 2])
+        return tf.reshape(x, [tf.shape(x)[0], -1])
+    return tf.reshape(x, [-1, tf.shape(x)[2]])
+
+
+def _lovasz_classes(pred, fg, valid, hinge: bool, classes, per_image: bool, channels_last: bool,
+                    weights: Optional[tf.Tensor], reduction: str) -> tf.Tensor:
+    """Loss of ``pred [B, K, N]`` (``[B, N, K]`` channels-last) against ``fg``; ``valid`` broadcasts to it."""
+    axis = 2 if channels_last else 1
+    if valid is not None:
+        valid = tf.broadcast_to(valid, tf.shape(pred))
+        fg = tf.logical_and(fg, valid)
+    if not isinstance(classes, str):  # a list may repeat a class: each repetition counts
+        pred, fg = tf.gather(pred, classes, axis=axis), tf.gather(fg, classes, axis=axis)
+        valid = None if valid is None else tf.gather(valid, classes, axis=axis)
+        weights = None if weights is None else tf.gather(weights, classes)
+    if hinge:  # max(0, 1 - s x), the max taken after the sort
+        errors = tf.where(fg, 1 - pred, 1 + pred)
+    else:  # |[y = c] - p|
+        errors = tf.abs(tf.where(fg, 1 - pred, pred))
+    row = lambda x: _rows(x, per_image, channels_last)  # noqa: E731
+    loss = _lovasz_rows(row(errors), row(fg), None if valid is None else row(valid))
+    present = tf.reduce_any(row(fg), axis=-1)
+
+    num_rows = pred.shape[axis]
+    loss, present = tf.reshape(loss, [-1, num_rows]), tf.reshape(present, [-1, num_rows])
+    w = tf.ones_like(loss) if weights is None else tf.broadcast_to(weights, tf.shape(loss))
+    if classes == "present":
+        w = w * tf.cast(present, loss.dtype)
+    weight_sum = tf.reduce_sum(w, axis=-1)
+    per_set = tf.math.divide_no_nan(tf.reduce_sum(loss * w, axis=-1), weight_sum)
+    if reduction == "none":
+        return per_set if per_image else per_set[0]
+    return tf.reduce_sum(per_set) if reduction == "sum" else tf.reduce_mean(per_set)
+
+
+# ----------------------------------------------------------------------------- public functions
+
+
+def lovasz_softmax(probas, labels, classes: Classes = "present", per_image: bool = False,
+                   ignore: Optional[int] = None, order: str = "BHWC", *, from_logits: bool = False,
+                   weights=None, reduction: str = "mean") -> tf.Tensor:
+    r"""Multi-class Lovász-Softmax loss: a convex surrogate of ``1 - IoU`` averaged over classes.
+
+    For each class the errors ``|[y = c] - p(c)|`` are sorted in decreasing order and
+    the loss is their Lovász extension of the Jaccard loss (Algorithm 1 of the paper).
+
+    Args:
+        probas: ``[B, *spatial, C]`` (``order='BHWC'``) or ``[B, C, *spatial]`` (``'BCHW'``)
+            class probabilities (logits with ``from_logits``), or ``[B, *spatial]`` sigmoid
+            output, read as the two classes ``[1 - p, p]``.
+            Note the order: ``(probas, labels)``, unlike Keras' ``(y_true, y_pred)``.
+        labels: ``[B, *spatial]`` integer class indices in ``[0, C - 1]``, or ``ignore``.
+        classes: ``'present'``, ``'all'`` or a list of class indices to average over.
+        per_image: the loss of each image, averaged; otherwise the batch is one set.
+        ignore: label value of pixels that take no part (e.g. 255).
+        order: ``'BHWC'`` channels-last (the original's default) or ``'BCHW'`` channels-first.
+        from_logits: ``probas`` are logits; a softmax (sigmoid for one channel) is taken inside.
+        weights: ``[C]`` per-class weights for the class average.
+        reduction: ``'mean'`` / ``'sum'`` over images, or ``'none'`` for ``[B]`` with ``per_image``
+            (without it the batch is one set and the result is 0-d).
+
+    Returns:
+        A 0-d tensor (``[B]`` with ``per_image`` and ``reduction='none'``) in the dtype of ``probas``.
+
+    Example:
+        >>> probas = tf.constant([[[0.9, 0.1], [0.4, 0.6]]])  # [B=1, N=2, C=2]
+        >>> float(lovasz_softmax(probas, tf.constant([[0, 1]])))
+        0.325
+    """
+    probas = _check_prediction(probas, "probas")
+    labels = _check_labels(labels, "labels", allow_float=False)
+    channels_last = _check_order(order)
+    channel_axis = -1 if channels_last else 1
+    if probas.shape.rank == labels.shape.rank + 1 and probas.shape[channel_axis] == 1:
+        probas = tf.squeeze(probas, channel_axis)  # one channel: the foreground probability
+    sigmoid, num_classes = V.softmax_layout(probas.shape, labels.shape, channel_axis)
+    classes = V.check_classes(classes, num_classes)
+    ignore = V.check_ignore(ignore)
+    reduction = V.check_reduction(reduction)
+    dtype = _compute_dtype(probas)
+    w = _as_weights(weights, num_classes, dtype)
+
+    batch = tf.shape(labels)[0]
+    pred = tf.cast(probas, dtype)
+    if sigmoid:
+        pred = tf.sigmoid(pred) if from_logits else pred
+        pred = tf.stack([1 - pred, pred], axis=channel_axis)
+    elif from_logits:
+        pred = tf.nn.softmax(pred, axis=channel_axis)
+    lab = tf.reshape(labels, [batch, -1])
+    valid = None if ignore is None else lab != ignore
+    _check_values(lab, (lab >= 0) & (lab < num_classes), valid, f"in [0, {num_classes - 1}]", "labels")
+    if channels_last:
+        pred = tf.reshape(pred, [batch, -1, num_classes])
+        fg = tf.one_hot(lab, num_classes, on_value=True, off_value=False)
+        valid = None if valid is None else valid[:, :, None]
+    else:
+        pred = tf.reshape(pred, [batch, num_classes, -1])
+        fg = tf.one_hot(lab, num_classes, on_value=True, off_value=False, axis=1)
+        valid = None if valid is None else valid[:, None, :]
+    loss = _lovasz_classes(pred, fg, valid, False, classes, per_image, channels_last, w, reduction)
+    return tf.cast(loss, probas.dtype)
+
+
+def lovasz_hinge(logits, labels, per_image: bool = True, ignore: Optional[int] = None, *,
+                 reduction: str = "mean") -> tf.Tensor:
+    r"""Binary Lovász hinge loss: a convex surrogate of ``1 - IoU`` of the foreground.
+
+    The errors are the hinge margins ``max(0, 1 - s x)`` with signs ``s = 2 y - 1``.
+
+    Args:
+        logits: ``[B, *spatial]`` (or ``[B, *spatial, 1]`` / ``[B, 1, *spatial]``) raw scores.
+            Note the order: ``(logits, labels)``, unlike Keras' ``(y_true, y_pred)``.
+        labels: ``[B, *spatial]`` binary masks, 0 or 1 (integer, bool or float), or ``ignore``.
+        per_image: the loss of each image, averaged; otherwise the batch is one set.
+        ignore: label value of pixels that take no part.
+        reduction: ``'mean'`` / ``'sum'`` over images, or ``'none'`` for ``[B]`` with ``per_image``.
+
+    Returns:
+        A 0-d tensor (``[B]`` with ``per_image`` and ``reduction='none'``) in the dtype of ``logits``.
+
+    Example:
+        >>> float(lovasz_hinge(tf.constant([[2.0, -1.0, 0.5]]), tf.constant([[1, 0, 1]])))
+        0.25
+    """
+    logits = _check_prediction(logits, "logits")
+    labels = _check_labels(labels, "labels", allow_float=True)
+    if logits.shape.rank == labels.shape.rank + 1 and logits.shape[-1] == 1:
+        logits = tf.squeeze(logits, -1)  # [B, *spatial, 1], as Keras models give it
+    V.hinge_layout(logits.shape, labels.shape)
+    ignore = V.check_ignore(ignore)
+    reduction = V.check_reduction(reduction)
+    batch = tf.shape(labels)[0]
+    pred = tf.reshape(tf.cast(logits, _compute_dtype(logits)), [batch, 1, -1])
+    lab = tf.reshape(labels, [batch, 1, -1])
+    valid = None if ignore is None else lab != tf.cast(ignore, lab.dtype)
+    _check_values(lab, (lab == 0) | (lab == 1), valid, "0 or 1", "labels")
+    loss = _lovasz_classes(pred, lab == 1, valid, True, "all", per_image, False, None, reduction)
+    return tf.cast(loss, logits.dtype)
+
+
+def lovasz_multilabel(logits, targets, classes: Classes = "present", per_image: bool = True,
+                      ignore: Optional[int] = None, order: str = "BHWC", *, from_logits: bool = True,
+                      weights=None, reduction: str = "mean") -> tf.Tensor:
+    r"""Multi-label Lovász loss: one binary Lovász loss per channel, averaged over channels.
+
+    With ``from_logits`` (the default) each channel gets the Lovász hinge of its
+    logits; otherwise ``logits`` are probabilities and each channel gets the
+    Lovász-Softmax term of its foreground.
+
+    Args:
+        logits: ``[B, *spatial, C]`` (``order='BHWC'``) or ``[B, C, *spatial]`` (``'BCHW'``).
+        targets: 0/1 masks of the shape of ``logits``, or ``ignore``.
+        classes: ``'present'`` (channels with a positive target in the set), ``'all'`` or a list.
+        per_image, ignore, weights, reduction: as in :func:`lovasz_softmax`.
+
+    Returns:
+        A 0-d tensor (``[B]`` with ``per_image`` and ``reduction='none'``) in the dtype of ``logits``.
+    """
+    logits = _check_prediction(logits, "logits")
+    targets = _check_labels(targets, "targets", allow_float=True)
+    channels_last = _check_order(order)
+    shape = logits.shape.as_list()
+    channels_first_shape = shape if not channels_last else shape[:1] + shape[-1:] + shape[1:-1]
+    targets_shape = targets.shape.as_list()
+    if channels_last:
+        targets_shape = targets_shape[:1] + targets_shape[-1:] + targets_shape[1:-1]
+    num_classes = V.multilabel_layout(channels_first_shape, targets_shape)
+    classes = V.check_classes(classes, num_classes)
+    ignore = V.check_ignore(ignore)
+    reduction = V.check_reduction(reduction)
+    dtype = _compute_dtype(logits)
+    w = _as_weights(weights, num_classes, dtype)
+    batch = tf.shape(logits)[0]
+    layout = [batch, -1, num_classes] if channels_last else [batch, num_classes, -1]
+    pred = tf.reshape(tf.cast(logits, dtype), layout)
+    tgt = tf.reshape(targets, layout)
+    valid = None if ignore is None else tgt != tf.cast(ignore, tgt.dtype)
+    _check_values(tgt, (tgt == 0) | (tgt == 1), valid, "0 or 1", "targets")
+    loss = _lovasz_classes(pred, tgt == 1, valid, from_logits, classes, per_image, channels_last, w, reduction)
+    return tf.cast(loss, logits.dtype)
+
+
+# ----------------------------------------------------------------------------- the original's flat API
+
+
+def lovasz_grad(gt_sorted) -> tf.Tensor:
+    """Gradient of the Lovász extension w.r.t. errors sorted in decreasing order (Algorithm 1).
+
+    Example:
+        >>> lovasz_grad(tf.constant([1.0, 0.0, 1.0])).numpy().round(4).tolist()
+        [0.5, 0.1667, 0.3333]
+    """
+    gt_sorted = tf.convert_to_tensor(gt_sorted)
+    if gt_sorted.shape.rank != 1:
+        raise ValueError(f"gt_sorted must be a 1-D tensor; got shape {gt_sorted.shape}")
+    dtype = tf.float64 if gt_sorted.dtype == tf.float64 else tf.float32
+    return _jaccard_steps(tf.cast(tf.round(tf.cast(gt_sorted, dtype)), tf.int32), dtype)
+
+
+def flatten_probas(probas, labels, ignore: Optional[int] = None, order: str = "BHWC"):
+    """Flatten probas to ``[P, C]`` and labels to ``[P]``, removing pixels labelled ``ignore``.
+
+    As in the original (a data-dependent shape: the losses themselves mask instead).
+    """
+    probas, labels = tf.convert_to_tensor(probas), tf.convert_to_tensor(labels)
+    if probas.shape.rank == labels.shape.rank:
+        probas = probas[..., None]
+    elif not _check_order(order):
+        probas = tf.experimental.numpy.moveaxis(probas, 1, -1)
+    probas = tf.reshape(probas, [-1, probas.shape[-1]])
+    labels = tf.reshape(labels, [-1])
+    if ignore is None:
+        return probas, labels
+    valid = labels != ignore
+    return tf.boolean_mask(probas, valid), tf.boolean_mask(labels, valid)
+
+
+def flatten_binary_scores(scores, labels, ignore: Optional[int] = None):
+    """Flatten scores and labels to ``[P]``, removing pixels labelled ``ignore``, as in the original."""
+    scores, labels = tf.reshape(scores, [-1]), tf.reshape(labels, [-1])
+    if ignore is None:
+        return scores, labels
+    valid = labels != ignore
+    return tf.boolean_mask(scores, valid), tf.boolean_mask(labels, valid)
+
+
+def lovasz_softmax_flat(probas, labels, classes: Classes = "present") -> tf.Tensor:
+    """Lovász-Softmax of flat ``probas [P, C]`` (or sigmoid ``[P]``) against ``labels [P]``."""
+    probas, labels = tf.convert_to_tensor(probas), tf.convert_to_tensor(labels)
+    return lovasz_softmax(probas[None], labels[None], classes=classes, per_image=False)
+
+
+def lovasz_hinge_flat(logits, labels) -> tf.Tensor:
+    """Lovász hinge of flat ``logits [P]`` against 0/1 ``labels [P]``."""
+    logits, labels = tf.convert_to_tensor(logits), tf.convert_to_tensor(labels)
+    return lovasz_hinge(logits[None], labels[None], per_image=False)

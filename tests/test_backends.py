@@ -1,0 +1,171 @@
+"""Every backend against the NumPy oracle and against lovasz.torch: values and gradients.
+
+One parametrised module: TensorFlow eagerly, in ``tf.function`` and with XLA,
+and JAX eagerly, under ``jit`` and with channels-last ``axis=-1``. Each runs the
+shared sweep (and the edge cases) in float64 against the oracle, and compares
+its gradients with lovasz.torch, whose own gradients the oracle's finite
+differences check in test_torch_oracle.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+import pytest
+
+from cases import IGNORE, Case, sweep
+from conftest import require
+
+torch = require("torch")
+LT = require("lovasz.torch")
+
+FUNCTIONS = {"softmax": "lovasz_softmax", "hinge": "lovasz_hinge", "multilabel": "lovasz_multilabel"}
+
+
+def edge_cases():
+    rng = np.random.default_rng(7)
+    probas = rng.dirichlet(np.ones(4), size=(2, 3, 5)).transpose(0, 3, 1, 2)  # [2, 4, 3, 5]
+    logits = rng.normal(size=(2, 3, 5))
+    labels = rng.integers(0, 4, (2, 3, 5))
+    labels[labels == 2] = 1  # class 2 absent
+    ignored = np.full_like(labels, IGNORE)
+    one_valid = ignored.copy()
+    one_valid[0, 1, 2] = 3
+    binary_one = ignored.copy()
+    binary_one[1, 2, 4] = 1
+    targets = rng.integers(0, 2, (2, 4, 3, 5))
+    targets[:, 1] = 0  # an empty channel
+    for per_image in (False, True):
+        opts = dict(per_image=per_image, reduction="none" if per_image else "mean")
+        yield Case("softmax", probas, ignored, dict(opts, ignore=IGNORE))
+        yield Case("softmax", probas, one_valid, dict(opts, ignore=IGNORE))
+        yield Case("softmax", probas, labels, dict(opts, classes="all"))
+        yield Case("softmax", probas, labels, dict(opts, classes=[2, 1, 1]))
+        yield Case("hinge", logits, ignored, dict(opts, ignore=IGNORE))
+        yield Case("hinge", logits, binary_one, dict(opts, ignore=IGNORE))
+        yield Case("hinge", logits, np.zeros_like(labels), opts)
+        yield Case("multilabel", logits[:, None].repeat(4, 1), targets, dict(opts, classes="present"))
+        yield Case("multilabel", logits[:, None].repeat(4, 1), np.full_like(targets, IGNORE),
+                   dict(opts, ignore=IGNORE))
+
+
+SWEEP = list(sweep(240))
+EDGES = list(edge_cases())
+
+
+def torch_run(case: Case, dtype=torch.float64):
+    pred = torch.tensor(case.pred, dtype=dtype, requires_grad=True)
+    out = getattr(LT, FUNCTIONS[case.kind])(pred, torch.from_numpy(case.labels), **case.options)
+    out.sum().backward()
+    return out.detach().numpy(), pred.grad.numpy()
+
+
+def moves_channels(case: Case) -> bool:
+    """Channels-last applies to class-channel inputs: softmax with C channels, multi-label."""
+    return case.kind == "multilabel" or (case.kind == "softmax" and case.pred.ndim > case.labels.ndim)
+
+
+# ----------------------------------------------------------------------------- adapters
+
+
+@dataclasses.dataclass
+class Backend:
+    name: str
+    run: Callable  # (case, float64: bool) -> (value, grad), both NumPy, channels-first
+    cases: list
+
+
+def tf_backend(mode: str, cases) -> Backend:
+    def run(case: Case, float64: bool = True):
+        tf = require("tensorflow")
+        LTF = require("lovasz.tf")
+        fn = getattr(LTF, FUNCTIONS[case.kind])
+        last = moves_channels(case)
+        pred = np.moveaxis(case.pred, 1, -1) if last else case.pred
+        labels = np.moveaxis(case.labels, 1, -1) if case.kind == "multilabel" else case.labels
+        options = dict(case.options, **({} if case.kind == "hinge" else {"order": "BHWC"}))
+
+        def value_and_grad(x, y):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                out = fn(x, y, **options)
+                total = tf.reduce_sum(out)
+            return out, tape.gradient(total, x, unconnected_gradients="zero")
+
+        if mode != "eager":
+            value_and_grad = tf.function(value_and_grad, jit_compile=mode == "xla", reduce_retracing=False)
+        x = tf.constant(pred, dtype=tf.float64 if float64 else tf.float32)
+        out, grad = value_and_grad(x, tf.constant(labels))
+        grad = grad.numpy()
+        return out.numpy(), np.moveaxis(grad, -1, 1) if last else grad
+
+    return Backend(f"tf-{mode}", run, cases)
+
+
+def jax_backend(mode: str, cases) -> Backend:
+    def run(case: Case, float64: bool = True):
+        jax = require("jax")
+        jax.config.update("jax_enable_x64", True)
+        LJ = require("lovasz.jax")
+        fn = getattr(LJ, FUNCTIONS[case.kind])
+        options = {k: tuple(v) if isinstance(v, (list, np.ndarray)) else v for k, v in case.options.items()}
+        last = mode == "axis-1" and moves_channels(case)
+        pred, labels = case.pred, case.labels
+        if last:
+            options["axis"] = -1
+            pred = np.moveaxis(pred, 1, -1)
+            labels = np.moveaxis(labels, 1, -1) if case.kind == "multilabel" else labels
+
+        def loss(x, y):
+            out = fn(x, y, **options)
+            return out.sum(), out
+
+        value_and_grad = jax.value_and_grad(loss, has_aux=True)
+        if mode != "eager":
+            value_and_grad = jax.jit(value_and_grad)
+        x = jax.numpy.asarray(pred, dtype=jax.numpy.float64 if float64 else jax.numpy.float32)
+        (_, out), grad = value_and_grad(x, jax.numpy.asarray(labels))
+        grad = np.asarray(grad)
+        return np.asarray(out), np.moveaxis(grad, -1, 1) if last else grad
+
+    return Backend(f"jax-{mode}", run, cases)
+
+
+BACKENDS = [
+    tf_backend("eager", SWEEP + EDGES),
+    tf_backend("function", SWEEP[::4] + EDGES),
+    tf_backend("xla", SWEEP[1::4] + EDGES),
+    jax_backend("jit", SWEEP[::2] + EDGES),
+    jax_backend("eager", SWEEP[1::16] + EDGES[:4]),
+    jax_backend("axis-1", SWEEP[3::6]),
+]
+PARAMS = [pytest.param(b, c, id=f"{b.name}-{c.name}") for b in BACKENDS for c in b.cases]
+
+
+@pytest.mark.parametrize("backend,case", PARAMS)
+def test_backend_matches_oracle_and_torch(backend: Backend, case: Case):
+    value, grad = backend.run(case)
+    np.testing.assert_allclose(value, case.oracle(), rtol=1e-10, atol=1e-12)
+    assert value.shape == np.shape(case.oracle())
+    torch_value, torch_grad = torch_run(case)
+    np.testing.assert_allclose(value, torch_value, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(grad, torch_grad, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS[::3], ids=lambda b: b.name)
+@pytest.mark.parametrize("case", SWEEP[5:240:24], ids=lambda c: c.name)
+def test_float32_matches_torch_float32(backend: Backend, case: Case):
+    value, grad = backend.run(case, float64=False)
+    torch_value, torch_grad = torch_run(case, torch.float32)
+    assert value.dtype == np.float32
+    np.testing.assert_allclose(value, torch_value, rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(grad, torch_grad, rtol=2e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("backend", [BACKENDS[0], BACKENDS[3]], ids=lambda b: b.name)
+@pytest.mark.parametrize("case", SWEEP[2:240:40], ids=lambda c: c.name)
+def test_gradient_matches_oracle_finite_differences(backend: Backend, case: Case):
+    _, grad = backend.run(case)
+    np.testing.assert_allclose(grad, case.oracle_grad(), rtol=1e-5, atol=1e-7)
