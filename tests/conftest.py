@@ -16,3 +16,4 @@ def require(module: str):
     if top in REQUIRED:
         return importlib.import_module(module)  # a missing framework fails loudly
     return pytest.importorskip(module)
+collect_ignore = ["keras_checks.py"]  # run per backend, in its own process, by test_keras.py

@@ -10,6 +10,7 @@ differences check in test_torch_oracle.py.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -17,6 +18,7 @@ import pytest
 
 from cases import IGNORE, Case, sweep
 from conftest import require
+from lovasz import reference as R
 
 torch = require("torch")
 LT = require("lovasz.torch")
@@ -169,3 +171,97 @@ def test_float32_matches_torch_float32(backend: Backend, case: Case):
 def test_gradient_matches_oracle_finite_differences(backend: Backend, case: Case):
     _, grad = backend.run(case)
     np.testing.assert_allclose(grad, case.oracle_grad(), rtol=1e-5, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- framework specifics
+
+
+def test_jax_vmap_over_images_equals_per_image():
+    jax = require("jax")
+    LJ = require("lovasz.jax")
+    rng = np.random.default_rng(11)
+    probas = jax.numpy.asarray(rng.dirichlet(np.ones(3), size=(4, 6, 5)).transpose(0, 3, 1, 2), "float32")
+    labels = jax.numpy.asarray(rng.integers(0, 3, (4, 6, 5)))
+    per_image = LJ.lovasz_softmax(probas, labels, per_image=True, reduction="none")
+    one = jax.vmap(lambda p, l: LJ.lovasz_softmax(p[None], l[None]))(probas, labels)
+    np.testing.assert_allclose(np.asarray(one), np.asarray(per_image), rtol=1e-6)
+    grads = jax.jit(jax.vmap(jax.grad(lambda p, l: LJ.lovasz_softmax(p[None], l[None]))))(probas, labels)
+    whole = jax.grad(lambda p: LJ.lovasz_softmax(p, labels, per_image=True, reduction="sum"))(probas)
+    np.testing.assert_allclose(np.asarray(grads), np.asarray(whole), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_in_half_out(dtype):
+    tf = require("tensorflow")
+    jax = require("jax")
+    LTF, LJ = require("lovasz.tf"), require("lovasz.jax")
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(2, 5, 6, 4)).astype("float32")
+    labels = rng.integers(0, 4, (2, 5, 6))
+    expected = R.lovasz_softmax(np.moveaxis(logits, -1, 1), labels, from_logits=True)
+    x = tf.cast(tf.constant(logits), dtype)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        out = LTF.lovasz_softmax(x, tf.constant(labels), from_logits=True)
+    assert out.dtype == dtype and tape.gradient(out, x).dtype == dtype
+    np.testing.assert_allclose(float(out), expected, rtol=2e-2)
+    out = LJ.lovasz_softmax(jax.numpy.asarray(logits, dtype), labels, from_logits=True, axis=-1)
+    assert out.dtype == dtype
+    np.testing.assert_allclose(float(out), expected, rtol=2e-2)
+
+
+def test_tf_flat_api_and_lovasz_grad_match_the_reference():
+    tf = require("tensorflow")
+    LTF = require("lovasz.tf")
+    rng = np.random.default_rng(4)
+    probas = rng.dirichlet(np.ones(3), size=(2, 4, 5))  # BHWC
+    labels = rng.integers(0, 3, (2, 4, 5))
+    labels[0, 0] = 255
+    flat_p, flat_l = LTF.flatten_probas(tf.constant(probas), tf.constant(labels), ignore=255)
+    assert flat_p.shape == (40 - 5, 3) and flat_l.shape == (35,)
+    got = LTF.lovasz_softmax_flat(flat_p, flat_l)
+    expected = R.lovasz_softmax(np.moveaxis(probas, -1, 1), labels, ignore=255)
+    np.testing.assert_allclose(float(got), expected, rtol=1e-10)
+    scores, binary = rng.normal(size=(2, 4, 5)), rng.integers(0, 2, (2, 4, 5))
+    got = LTF.lovasz_hinge_flat(*LTF.flatten_binary_scores(tf.constant(scores), tf.constant(binary)))
+    np.testing.assert_allclose(float(got), R.lovasz_hinge(scores, binary, per_image=False), rtol=1e-10)
+    gt = rng.integers(0, 2, 50).astype("float64")
+    np.testing.assert_allclose(LTF.lovasz_grad(tf.constant(gt)).numpy(), R.lovasz_grad(gt), rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(require("lovasz.jax").lovasz_grad(gt)), R.lovasz_grad(gt), rtol=1e-6)
+
+
+@pytest.mark.parametrize("module", ["lovasz.tf", "lovasz.jax"])
+def test_bad_input_names_the_argument(module):
+    M = require(module)
+    channels_last = module == "lovasz.tf"
+    probas = np.full((2, 4, 4, 3) if channels_last else (2, 3, 4, 4), 1 / 3, "float32")
+    with pytest.raises(ValueError, match=r"labels must have shape \[2, 4, 4\]"):
+        M.lovasz_softmax(probas, np.zeros((2, 4, 5), "int32"))
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 2\] at every non-ignored pixel; found 7"):
+        M.lovasz_softmax(probas, np.full((2, 4, 4), 7, "int32"))
+    with pytest.raises(TypeError, match="labels must be an integer"):
+        M.lovasz_softmax(probas, np.zeros((2, 4, 4), "float32"))
+    with pytest.raises(ValueError, match="classes must lie in"):
+        M.lovasz_softmax(probas, np.zeros((2, 4, 4), "int32"), classes=[5])
+    scores = np.zeros((2, 4, 4), "float32")
+    with pytest.raises(ValueError, match="reduction"):
+        M.lovasz_hinge(scores, np.zeros((2, 4, 4), "int32"), reduction="avg")
+    with pytest.raises(ValueError, match="labels must be 0 or 1"):
+        M.lovasz_hinge(scores, np.full((2, 4, 4), 2, "int32"))
+    with pytest.raises(ValueError, match=r"weights must have shape \[3\]"):
+        M.lovasz_softmax(probas, np.zeros((2, 4, 4), "int32"), weights=[1.0, 2.0])
+    if channels_last:
+        with pytest.raises(ValueError, match="order must be"):
+            M.lovasz_softmax(probas, np.zeros((2, 4, 4), "int32"), order="NHWC")
+
+
+def test_tf_has_no_map_fn_and_traces_once_per_shape():
+    tf = require("tensorflow")
+    LTF = require("lovasz.tf")
+    source = Path(LTF.__file__).read_text()
+    assert "map_fn" not in source.replace("no ``map_fn``", "")
+    fn = tf.function(lambda p, l: LTF.lovasz_softmax(p, l, per_image=True, ignore=255), jit_compile=True)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        fn(tf.constant(rng.random((2, 4, 4, 3)), tf.float32), tf.constant(rng.integers(0, 3, (2, 4, 4))))
+    assert fn.experimental_get_tracing_count() == 1

@@ -1,0 +1,135 @@
+"""Keras 3 checks, run by test_keras.py once per backend in a fresh process with KERAS_BACKEND set.
+
+Not collected by the main run (conftest.collect_ignore): Keras picks its backend at import.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+import keras
+from lovasz import reference as R
+from lovasz.keras import LovaszHingeLoss, LovaszMultilabelLoss, LovaszSoftmaxLoss
+
+NUM_CLASSES = 3
+
+
+def test_backend_is_the_one_asked_for():
+    assert keras.backend.backend() == os.environ["KERAS_BACKEND"]
+
+
+def scenes(count=16, size=12, seed=0):
+    """Images whose classes a small conv net can learn: the class is the brightest input channel."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(count, size, size, NUM_CLASSES)).astype("float32")
+    y = x.argmax(-1)
+    return x, y
+
+
+def small_model(channels, dtype=None):
+    return keras.Sequential([
+        keras.Input((None, None, NUM_CLASSES)),
+        keras.layers.Conv2D(8, 3, padding="same", activation="relu", dtype=dtype),
+        keras.layers.Conv2D(channels, 1, dtype=dtype),
+    ])
+
+
+def fit_losses(loss, y, channels, dtype=None, epochs=8):
+    keras.utils.set_random_seed(0)
+    x, _ = scenes()
+    model = small_model(channels, dtype)
+    model.compile(optimizer=keras.optimizers.Adam(0.02), loss=loss)
+    history = model.fit(x, y, batch_size=4, epochs=epochs, verbose=0, shuffle=False)
+    return model, history.history["loss"]
+
+
+def labels_and_channels(kind):
+    x, y = scenes()
+    if kind == "softmax":
+        return y, NUM_CLASSES
+    if kind == "hinge":
+        return (y == 1).astype("float32")[..., None], 1
+    return (x > 0.5).astype("float32"), NUM_CLASSES
+
+
+LOSSES = {
+    "softmax": lambda: LovaszSoftmaxLoss(from_logits=True),
+    "softmax-per-image": lambda: LovaszSoftmaxLoss(from_logits=True, per_image=True, class_weights=[1, 2, 1]),
+    "hinge": lambda: LovaszHingeLoss(),
+    "multilabel": lambda: LovaszMultilabelLoss(),
+}
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_fit_lowers_the_loss(name):
+    y, channels = labels_and_channels(name.split("-")[0])
+    _, losses = fit_losses(LOSSES[name](), y, channels)
+    assert all(np.isfinite(losses)), losses
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_fit_under_mixed_precision():
+    keras.config.set_dtype_policy("mixed_float16" if keras.backend.backend() != "torch" else "mixed_bfloat16")
+    try:
+        y, channels = labels_and_channels("softmax")
+        model, losses = fit_losses(LovaszSoftmaxLoss(from_logits=True), y, channels, epochs=4)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert model.layers[0].compute_dtype != "float32"
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
+
+
+def test_values_match_the_oracle_with_sample_weight():
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(3, 5, 4, NUM_CLASSES)).astype("float32")
+    labels = rng.integers(0, NUM_CLASSES, (3, 5, 4))
+    labels[0, :2] = 255
+    weight = np.array([0.5, 2.0, 1.0], "float32")
+    first = np.moveaxis(logits, -1, 1)
+    loss = LovaszSoftmaxLoss(from_logits=True, per_image=True, ignore_class=255)
+    per_image = R.lovasz_softmax(first, labels, per_image=True, ignore=255, from_logits=True, reduction="none")
+    got = keras.ops.convert_to_numpy(loss(labels[..., None], logits, sample_weight=weight))
+    np.testing.assert_allclose(got, np.sum(weight * per_image) / 3, rtol=1e-5)
+    batch = LovaszSoftmaxLoss(from_logits=True, classes=[0, 2], ignore_class=255, data_format="channels_first")
+    got = keras.ops.convert_to_numpy(batch(labels, first))
+    expected = R.lovasz_softmax(first, labels, classes=[0, 2], ignore=255, from_logits=True)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    hinge = keras.ops.convert_to_numpy(LovaszHingeLoss(per_image=False)(labels[..., None] == 1, logits[..., :1]))
+    np.testing.assert_allclose(hinge, R.lovasz_hinge(logits[..., 0], labels == 1, per_image=False), rtol=1e-5)
+    targets = (logits > 0).astype("int32")
+    multi = keras.ops.convert_to_numpy(LovaszMultilabelLoss(data_format="channels_last")(targets, -logits))
+    np.testing.assert_allclose(multi, R.lovasz_multilabel(-first, np.moveaxis(targets, -1, 1)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_config_round_trips(name):
+    loss = LOSSES[name]()
+    config = loss.get_config()
+    assert type(loss).from_config(config).get_config() == config
+    again = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert type(again) is type(loss) and again.get_config() == config
+
+
+def test_saved_model_keeps_its_loss(tmp_path):
+    y, channels = labels_and_channels("softmax")
+    loss = LovaszSoftmaxLoss(from_logits=True, classes=[0, 1], ignore_class=255, class_weights=[1, 3, 1])
+    model, _ = fit_losses(loss, y, channels, epochs=1)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert type(loaded.loss) is LovaszSoftmaxLoss
+    assert loaded.loss.get_config() == loss.get_config()
+    x, _ = scenes()
+    np.testing.assert_allclose(loaded.evaluate(x, y, verbose=0), model.evaluate(x, y, verbose=0), rtol=1e-5)
+
+
+def test_bad_arguments_name_themselves():
+    with pytest.raises(ValueError, match="data_format"):
+        LovaszSoftmaxLoss(data_format="NHWC")
+    with pytest.raises(ValueError, match="classes"):
+        LovaszSoftmaxLoss(classes="some")
+    with pytest.raises(TypeError, match="ignore_class"):
+        LovaszHingeLoss(ignore_class="void")
+    with pytest.raises(ValueError, match="labels must have shape"):
+        LovaszSoftmaxLoss()(np.zeros((2, 4, 4)), np.zeros((2, 5, 4, 3), "float32"))
