@@ -1,4 +1,4 @@
-"""Side-by-side benchmark of the PyTorch Lovász losses: lovasz.torch, the original, kornia, and a bare sort.
+"""Side-by-side benchmark of the Lovász losses: lovasz.torch, the original, kornia, a bare sort, TF and JAX.
 
 Method: for each case, inputs are made from a fixed seed; each implementation runs
 forward + backward once to warm up, then ``--repeats`` times, and the median is
@@ -7,6 +7,8 @@ float32 errors matrix of the same ``[rows, pixels]`` shape: no exact method can
 avoid it. Peak memory is measured in a fresh process per (case, implementation)
 as the rise of the resident set's high-water mark (Linux ``/proc``) during one
 forward + backward. Ratios compare implementations timed in the same run.
+lovasz.tf runs in ``tf.function``, without and with XLA (``jit_compile``), on
+channels-last input, its default; lovasz.jax under ``jax.jit``.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ QUICK_CASES = [
     Case("multiclass per-image", (2, 5, 32, 32), "softmax", per_image=True, classes="all", kornia_same=True),
     Case("binary hinge per-image", (2, 1, 32, 32), "hinge", per_image=True, kornia_same=True),
 ]
-IMPLEMENTATIONS = ("lovasz", "original", "kornia", "sort floor")
+IMPLEMENTATIONS = ("lovasz", "original", "kornia", "sort floor", "lovasz.tf", "lovasz.tf xla", "lovasz.jax")
 
 
 def make_inputs(case: Case):
@@ -76,6 +78,10 @@ def make_inputs(case: Case):
 def step_function(case: Case, impl: str) -> Optional[Callable[[], None]]:
     """A forward + backward step of ``impl`` on ``case``, or None where ``impl`` does not apply."""
     logits, labels = make_inputs(case)
+    if impl.startswith("lovasz.tf"):
+        return _tf_step(case, logits.numpy(), labels.numpy(), xla=impl.endswith("xla"))
+    if impl == "lovasz.jax":
+        return _jax_step(case, logits.numpy(), labels.numpy())
     if impl == "sort floor":
         errors = torch.rand(*case.rows_pixels, generator=torch.Generator().manual_seed(1))
         return lambda: torch.sort(errors, dim=1, descending=True)
@@ -109,6 +115,43 @@ def step_function(case: Case, impl: str) -> Optional[Callable[[], None]]:
         loss(x).backward()
 
     return step
+
+
+def _tf_step(case: Case, logits, labels, xla: bool) -> Callable[[], None]:
+    import tensorflow as tf
+
+    import lovasz.tf as T
+
+    if case.kind == "hinge":
+        x, loss = tf.constant(logits[:, 0]), lambda x, y: T.lovasz_hinge(x, y, per_image=case.per_image)
+    else:
+        x = tf.constant(logits.transpose(0, *range(2, logits.ndim), 1))  # channels-last, lovasz.tf's default
+        loss = lambda x, y: T.lovasz_softmax(x, y, case.classes, case.per_image, from_logits=True)  # noqa: E731
+    y = tf.constant(labels)
+
+    @tf.function(jit_compile=xla)
+    def value_and_grad(x, y):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            value = loss(x, y)
+        return value, tape.gradient(value, x)
+
+    return lambda: [t.numpy() for t in value_and_grad(x, y)] and None
+
+
+def _jax_step(case: Case, logits, labels) -> Callable[[], None]:
+    import jax
+
+    import lovasz.jax as J
+
+    if case.kind == "hinge":
+        x, loss = jax.numpy.asarray(logits[:, 0]), lambda x, y: J.lovasz_hinge(x, y, per_image=case.per_image)
+    else:
+        x = jax.numpy.asarray(logits)
+        loss = lambda x, y: J.lovasz_softmax(x, y, case.classes, case.per_image, from_logits=True)  # noqa: E731
+    y = jax.numpy.asarray(labels)
+    value_and_grad = jax.jit(jax.value_and_grad(loss))
+    return lambda: jax.block_until_ready(value_and_grad(x, y)) and None
 
 
 def time_step(step: Callable[[], None], repeats: int) -> float:
@@ -214,7 +257,7 @@ def _ratio_text(peer: str, ratio: float) -> str:
 
 
 def render(rows) -> str:
-    header = f"{'case':<24} {'shape':<20} {'impl':<11} {'median ms':>10} {'peak MiB':>9}  notes"
+    header = f"{'case':<24} {'shape':<20} {'impl':<13} {'median ms':>10} {'peak MiB':>9}  notes"
     lines = [header, "-" * len(header)]
     for r in rows:
         ms = f"{r.seconds * 1e3:10.1f}" if r.seconds is not None else f"{'-':>10}"
@@ -222,7 +265,7 @@ def render(rows) -> str:
         note = r.note
         if r.ratios:
             note = ", ".join(_ratio_text(k, v) for k, v in r.ratios.items())
-        lines.append(f"{r.case:<24} {str(list(r.shape)):<20} {r.impl:<11} {ms} {mib}  {note}")
+        lines.append(f"{r.case:<24} {str(list(r.shape)):<20} {r.impl:<13} {ms} {mib}  {note}")
     return "\n".join(lines)
 
 
