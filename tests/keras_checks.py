@@ -10,7 +10,14 @@ import pytest
 
 import keras
 from lovasz import reference as R
-from lovasz.keras import LovaszHingeLoss, LovaszMultilabelLoss, LovaszSoftmaxLoss
+from lovasz.keras import (
+    CrossEntropyLovaszLoss,
+    LovaszHingeLoss,
+    LovaszMultilabelLoss,
+    LovaszSchedule,
+    LovaszScheduleCallback,
+    LovaszSoftmaxLoss,
+)
 
 NUM_CLASSES = 3
 
@@ -58,12 +65,13 @@ LOSSES = {
     "softmax-per-image": lambda: LovaszSoftmaxLoss(from_logits=True, per_image=True, class_weights=[1, 2, 1]),
     "hinge": lambda: LovaszHingeLoss(),
     "multilabel": lambda: LovaszMultilabelLoss(),
+    "ce+lovasz": lambda: CrossEntropyLovaszLoss(ce_weight=0.5, ignore_class=255),
 }
 
 
 @pytest.mark.parametrize("name", LOSSES)
 def test_fit_lowers_the_loss(name):
-    y, channels = labels_and_channels(name.split("-")[0])
+    y, channels = labels_and_channels(name.split("-")[0].replace("ce+lovasz", "softmax"))
     _, losses = fit_losses(LOSSES[name](), y, channels)
     assert all(np.isfinite(losses)), losses
     assert losses[-1] < 0.7 * losses[0], losses
@@ -133,3 +141,53 @@ def test_bad_arguments_name_themselves():
         LovaszHingeLoss(ignore_class="void")
     with pytest.raises(ValueError, match="labels must have shape"):
         LovaszSoftmaxLoss()(np.zeros((2, 4, 4)), np.zeros((2, 5, 4, 3), "float32"))
+
+
+def test_cross_entropy_lovasz_is_the_weighted_sum_ignoring_the_same_pixels():
+    rng = np.random.default_rng(5)
+    logits = rng.normal(size=(2, 4, 5, NUM_CLASSES)).astype("float32")
+    labels = rng.integers(0, NUM_CLASSES, (2, 4, 5))
+    labels[0, 0] = 255
+    valid = labels != 255
+    z = logits - logits.max(-1, keepdims=True)
+    log_softmax = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    ce = -np.take_along_axis(log_softmax, np.where(valid, labels, 0)[..., None], -1)[..., 0][valid].mean()
+    lovasz = R.lovasz_softmax(np.moveaxis(logits, -1, 1), labels, ignore=255, from_logits=True)
+    loss = CrossEntropyLovaszLoss(ce_weight=0.5, lovasz_weight=2.0, ignore_class=255)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loss(labels, logits)), 0.5 * ce + 2 * lovasz, rtol=1e-5)
+    scores = logits[..., 0]
+    binary = (labels == 1).astype("int32")
+    bce = np.mean(np.maximum(scores, 0) - scores * binary + np.log1p(np.exp(-np.abs(scores))), axis=(1, 2))
+    hinge = R.lovasz_hinge(scores, binary, reduction="none")
+    per_image = CrossEntropyLovaszLoss("binary", reduction=None)(binary[..., None], scores[..., None])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(per_image), bce + hinge, rtol=1e-5)
+
+
+def test_schedule_callback_moves_from_cross_entropy_to_lovasz():
+    y, channels = labels_and_channels("softmax")
+    loss = CrossEntropyLovaszLoss(ignore_class=255)
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append((loss.ce_weight, loss.lovasz_weight, logs["loss"]))
+
+    keras.utils.set_random_seed(0)
+    x, _ = scenes()
+    model = small_model(channels)
+    model.compile(optimizer=keras.optimizers.Adam(0.02), loss=loss)
+    schedule = LovaszScheduleCallback(LovaszSchedule(warmup=2, ramp=2))
+    model.fit(x, y, batch_size=4, epochs=5, verbose=0, callbacks=[schedule, Record()])
+    assert [s[:2] for s in seen] == [(1.0, 0.0), (1.0, 0.0), (0.5, 0.5), (0.0, 1.0), (0.0, 1.0)]
+    # the last epochs report the Lovász loss itself, so the train step was rebuilt with the new weights
+    lovasz = keras.ops.convert_to_numpy(LovaszSoftmaxLoss(from_logits=True)(y, model.predict(x, verbose=0)))
+    assert abs(seen[-1][2] - lovasz) < 0.1, (seen, lovasz)
+
+
+def test_schedule_callback_needs_the_combined_loss():
+    y, channels = labels_and_channels("softmax")
+    x, _ = scenes()
+    model = small_model(channels)
+    model.compile(loss=LovaszSoftmaxLoss(from_logits=True))
+    with pytest.raises(TypeError, match="CrossEntropyLovaszLoss"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[LovaszScheduleCallback(LovaszSchedule(warmup=1))])

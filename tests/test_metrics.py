@@ -73,3 +73,15 @@ def test_original_helpers():
 def test_bad_shapes():
     with pytest.raises(ValueError, match=r"pred and target .* \[2, 3\] and \[2, 4\]"):
         M.confusion_counts(np.zeros((2, 3)), np.zeros((2, 4)), 2)
+
+
+def test_per_class_image_miou_by_hand():
+    # image 0: class 0 IoU 1/2, class 1 IoU 1/2; image 1: class 0 IoU 1, class 1 absent
+    pred = np.array([[0, 1, 1], [0, 0, 0]])
+    target = np.array([[0, 0, 1], [0, 0, 0]])
+    # class 0: mean(1/2, 1) = 3/4; class 1: 1/2 (only image 0) -> 5/8
+    assert M.per_class_image_miou(pred, target, 2) == pytest.approx(5 / 8)
+    meter = M.IoUMeter(2)
+    meter.update(pred[:1], target[:1])
+    meter.update(pred[1:], target[1:])
+    assert meter.compute()["per_class_image_miou"] == pytest.approx(5 / 8)

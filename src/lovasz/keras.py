@@ -29,7 +29,8 @@ from keras import ops
 
 from lovasz import _validation as V
 
-__all__ = ["LovaszSoftmaxLoss", "LovaszHingeLoss", "LovaszMultilabelLoss"]
+__all__ = ["LovaszSoftmaxLoss", "LovaszHingeLoss", "LovaszMultilabelLoss", "CrossEntropyLovaszLoss",
+           "LovaszScheduleCallback", "LovaszSchedule"]
 
 DATA_FORMATS = ("channels_last", "channels_first")
 _BACKENDS = {"tensorflow": "lovasz.tf", "jax": "lovasz.jax", "torch": "lovasz.torch"}
@@ -188,3 +189,126 @@ class LovaszMultilabelLoss(_LovaszLoss):
     def get_config(self) -> dict:
         return {**super().get_config(), "from_logits": self.from_logits, "classes": self.classes,
                 "class_weights": self.class_weights}
+
+
+# ----------------------------------------------------------------------------- cross-entropy + Lovász
+
+_LOVASZ_OF_MODE = {"multiclass": LovaszSoftmaxLoss, "binary": LovaszHingeLoss, "multilabel": LovaszMultilabelLoss}
+
+
+@keras.saving.register_keras_serializable(package="lovasz")
+class CrossEntropyLovaszLoss(keras.losses.Loss):
+    """``ce_weight * cross-entropy + lovasz_weight * Lovász`` on logits; ``ignore_class`` for both terms.
+
+    ``mode`` is ``'multiclass'`` (sparse softmax cross-entropy and :class:`LovaszSoftmaxLoss`),
+    ``'binary'`` (binary cross-entropy and :class:`LovaszHingeLoss`) or ``'multilabel'``
+    (binary cross-entropy per channel and :class:`LovaszMultilabelLoss`). ``y_pred`` are
+    logits. The other arguments are those of the Lovász class; ``per_image`` defaults to
+    that class's default. The cross-entropy is the mean over the non-ignored pixels of
+    each image (``per_image``) or of the batch. :class:`LovaszScheduleCallback` changes
+    the two weights during ``fit``.
+    """
+
+    def __init__(self, mode: str = "multiclass", ce_weight: float = 1.0, lovasz_weight: float = 1.0,
+                 per_image: Optional[bool] = None, classes: Union[str, Sequence[int]] = "present",
+                 ignore_class: Optional[int] = None, data_format: Optional[str] = None,
+                 name: str = "cross_entropy_lovasz", reduction: str = "sum_over_batch_size", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        if mode not in _LOVASZ_OF_MODE:
+            raise ValueError(f"mode must be one of {tuple(_LOVASZ_OF_MODE)}; got {mode!r}")
+        options = dict(ignore_class=ignore_class, data_format=data_format, dtype=dtype)
+        if per_image is not None:
+            options["per_image"] = per_image
+        if mode != "binary":
+            options.update(classes=classes, from_logits=True)
+        self.mode = mode
+        self.lovasz = _LOVASZ_OF_MODE[mode](**options)
+        self.ce_weight, self.lovasz_weight = float(ce_weight), float(lovasz_weight)
+
+    def call(self, y_true, y_pred):
+        lovasz, terms = self.lovasz, []
+        if self.ce_weight:
+            terms.append(self.ce_weight * self._cross_entropy(y_true, y_pred))
+        if self.lovasz_weight or not terms:
+            terms.append(self.lovasz_weight * lovasz.call(y_true, y_pred))
+        return terms[0] if len(terms) == 1 else terms[0] + terms[1]
+
+    def _cross_entropy(self, y_true, y_pred):
+        axis = self.lovasz._channel_axis
+        rank = len(y_pred.shape)
+        ignore = self.lovasz.ignore_class
+        if self.mode == "multiclass":
+            labels = ops.cast(_squeeze_channel(y_true, axis, rank), "int32")
+            valid = ops.ones_like(labels, "float32") if ignore is None else ops.cast(ops.not_equal(labels, ignore), "float32")
+            labels = labels * ops.cast(valid, "int32")  # any class for ignored pixels: they weigh 0
+            pixel = ops.sparse_categorical_crossentropy(labels, y_pred, from_logits=True, axis=axis)
+        else:
+            if self.mode == "binary" and rank >= 2 and y_pred.shape[axis] == 1:
+                y_pred, y_true = ops.squeeze(y_pred, axis), _squeeze_channel(y_true, axis, rank)
+            valid = ops.ones_like(y_true, "float32") if ignore is None else ops.cast(ops.not_equal(y_true, ignore), "float32")
+            target = ops.cast(y_true, "float32") * valid
+            pixel = ops.binary_crossentropy(target, y_pred, from_logits=True)
+        axes = tuple(range(1, len(valid.shape))) if self.lovasz.per_image else None
+        total, count = ops.sum(pixel * valid, axis=axes), ops.sum(valid, axis=axes)
+        return ops.divide_no_nan(total, count)
+
+    def get_config(self) -> dict:
+        lovasz = self.lovasz.get_config()
+        config = {**super().get_config(), "mode": self.mode, "ce_weight": self.ce_weight,
+                  "lovasz_weight": self.lovasz_weight, "per_image": lovasz["per_image"],
+                  "ignore_class": lovasz["ignore_class"], "data_format": lovasz["data_format"]}
+        if self.mode != "binary":
+            config["classes"] = lovasz["classes"]
+        return config
+
+
+class LovaszScheduleCallback(keras.callbacks.Callback):
+    """Applies a :class:`lovasz.schedule.LovaszSchedule` to a :class:`CrossEntropyLovaszLoss` during ``fit``.
+
+    Args:
+        schedule: the weights of the two terms per epoch (or batch).
+        loss: the loss to change; by default the model's compiled loss.
+        by: ``'epoch'`` (the schedule counts epochs) or ``'batch'`` (training steps).
+
+    On the TensorFlow and JAX backends the train step is compiled with the weights
+    as constants, so a change of weights rebuilds it: a ramp counted in epochs
+    costs one retrace per epoch of the ramp, one counted in batches one per step.
+
+    Example:
+        >>> loss = CrossEntropyLovaszLoss("multiclass")
+        >>> callback = LovaszScheduleCallback(LovaszSchedule(warmup=5), loss)
+        >>> # model.compile(loss=loss); model.fit(x, y, epochs=10, callbacks=[callback])
+    """
+
+    def __init__(self, schedule, loss: Optional[CrossEntropyLovaszLoss] = None, by: str = "epoch"):
+        super().__init__()
+        if by not in ("epoch", "batch"):
+            raise ValueError(f"by must be 'epoch' or 'batch'; got {by!r}")
+        self.schedule, self.loss, self.by = schedule, loss, by
+        self._step = 0
+
+    def _target(self) -> CrossEntropyLovaszLoss:
+        loss = self.loss if self.loss is not None else getattr(self.model, "loss", None)
+        if not isinstance(loss, CrossEntropyLovaszLoss):
+            raise TypeError(f"LovaszScheduleCallback needs a lovasz.keras.CrossEntropyLovaszLoss (pass loss=, or "
+                            f"compile the model with one); got {type(loss).__name__}")
+        return loss
+
+    def _apply(self, t: int) -> None:
+        loss = self._target()
+        before = (loss.ce_weight, loss.lovasz_weight)
+        self.schedule.apply(loss, t)
+        if (loss.ce_weight, loss.lovasz_weight) != before and keras.backend.backend() != "torch":
+            self.model.make_train_function(force=True)  # the weights are compiled in: retrace
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.by == "epoch":
+            self._apply(epoch)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.by == "batch":
+            self._apply(self._step)
+            self._step += 1
+
+
+from lovasz.schedule import LovaszSchedule  # noqa: E402  re-exported for Keras users

@@ -9,6 +9,10 @@ for semantic segmentation", NeurIPS 2023):
 - ``per_image_miou``: IoU of each class in each image, averaged over the classes
   that occur in the image (in its labels or its prediction), then over images.
   ``per_image=True`` optimises this one.
+- ``per_class_image_miou``: IoU of each class in each image, averaged over the
+  images where the class occurs, then over classes (Wang et al.'s class-level
+  mIoU): small objects in many images weigh as much as large ones.
+  ``per_image=True`` with ``classes='present'`` is the closest surrogate.
 
 ``iou`` and ``iou_binary`` reproduce the helpers of the original module
 (percentages, ``EMPTY=1.``).
@@ -20,7 +24,8 @@ from typing import Dict, Optional
 
 import numpy as np
 
-__all__ = ["confusion_counts", "iou_per_class", "dataset_miou", "per_image_miou", "IoUMeter", "iou", "iou_binary"]
+__all__ = ["confusion_counts", "iou_per_class", "dataset_miou", "per_image_miou", "per_class_image_miou", "IoUMeter",
+           "iou", "iou_binary"]
 
 
 def _is_torch(x) -> bool:
@@ -64,7 +69,7 @@ def _ratio(intersection, union):
     if _is_torch(union):
         import torch
 
-        return torch.where(union > 0, intersection / union.clamp_min(1), torch.nan)
+        return torch.where(union > 0, intersection.double() / union.clamp_min(1), torch.nan)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(union > 0, intersection / np.maximum(union, 1), np.nan)
 
@@ -97,41 +102,84 @@ def per_image_miou(pred, target, num_classes: int, ignore_index: Optional[int] =
     return _nanmean(_nanmean(_ratio(inter, union), axis=1))
 
 
+def per_class_image_miou(pred, target, num_classes: int, ignore_index: Optional[int] = None):
+    """IoU of each class in each image, mean over the images where the class occurs, then over classes."""
+    inter, union = confusion_counts(pred, target, num_classes, ignore_index)
+    return _nanmean(_nanmean(_ratio(inter, union), axis=0))
+
+
+def _nansum0(x):
+    if _is_torch(x):
+        return x.nan_to_num(nan=0.0).sum(0)
+    return np.nansum(x, axis=0)
+
+
 class IoUMeter:
     """Streaming IoU: ``update(pred, target)`` per batch, then ``compute()``; ``reset()`` starts over.
+
+    The counts stay on the device of the inputs (no host sync in ``update``). Under
+    ``torch.distributed``, ``compute()`` sums the counts of every rank of
+    ``process_group`` (the default group if None) first, so each rank gets the
+    metric of the whole dataset; ``sync=False`` keeps each rank's own.
 
     Example:
         >>> meter = IoUMeter(num_classes=2)
         >>> meter.update(np.array([[0, 1, 1]]), np.array([[0, 1, 0]]))
         >>> {k: round(float(v), 3) for k, v in meter.compute().items() if k != "per_class"}
-        {'dataset_miou': 0.5, 'per_image_miou': 0.5, 'pixel_accuracy': 0.667}
+        {'dataset_miou': 0.5, 'per_image_miou': 0.5, 'per_class_image_miou': 0.5, 'pixel_accuracy': 0.667}
     """
 
-    def __init__(self, num_classes: int, ignore_index: Optional[int] = None):
+    def __init__(self, num_classes: int, ignore_index: Optional[int] = None, *, process_group=None,
+                 sync: bool = True):
         self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.process_group, self.sync = process_group, sync
         self.reset()
 
     def reset(self) -> None:
-        self.intersection = self.union = None
-        self.image_iou_sum, self.images, self.correct, self.pixels = 0.0, 0, 0, 0
+        # One float64 vector (exact for counts below 2**53), so a rank sync is one all_reduce:
+        # intersection [C], union [C], per-class image IoU sums [C], per-class image counts [C],
+        # then the sum of per-image mIoU, the image count, correct pixels and valid pixels.
+        self.state = None
 
     def update(self, pred, target) -> None:
         inter, union = confusion_counts(pred, target, self.num_classes, self.ignore_index)
-        batch_inter, batch_union = inter.sum(0), union.sum(0)
-        self.intersection = batch_inter if self.intersection is None else self.intersection + batch_inter
-        self.union = batch_union if self.union is None else self.union + batch_union
-        self.image_iou_sum += float(_nanmean(_ratio(inter, union), axis=1).sum())
-        self.images += int(inter.shape[0])
+        image_class = _ratio(inter, union)  # [B, C], NaN where the class occurs in neither
         valid = target != self.ignore_index if self.ignore_index is not None else target == target
-        self.correct += int(((pred == target) & valid).sum())
-        self.pixels += int(valid.sum())
+        if _is_torch(inter):
+            import torch
+
+            cat, f64 = torch.cat, (lambda x: torch.as_tensor(x, dtype=torch.float64, device=inter.device))
+            occurs = (~image_class.isnan()).sum(0)
+        else:
+            cat, f64 = np.concatenate, (lambda x: np.asarray(x, dtype=np.float64))
+            occurs = (~np.isnan(image_class)).sum(0)
+        scalars = [_nanmean(image_class, axis=1).sum(), inter.shape[0], ((pred == target) & valid).sum(), valid.sum()]
+        parts = [f64(inter.sum(0)), f64(union.sum(0)), f64(_nansum0(image_class)), f64(occurs)]
+        batch = cat(parts + [f64(x).reshape(1) for x in scalars])
+        self.state = batch if self.state is None else self.state + batch
+
+    def _synced_state(self):
+        state = self.state
+        if self.sync and _is_torch(state):
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                state = state.clone()
+                dist.all_reduce(state, group=self.process_group)
+        return state
 
     def compute(self) -> Dict[str, object]:
-        if self.intersection is None:
+        """``dataset_miou``, ``per_image_miou``, ``per_class_image_miou``, ``pixel_accuracy`` and ``per_class`` IoU."""
+        if self.state is None:
             raise RuntimeError("IoUMeter.compute() called before any update()")
-        per_class = _ratio(self.intersection, self.union)
-        return {"dataset_miou": float(_nanmean(per_class)), "per_image_miou": self.image_iou_sum / self.images,
-                "pixel_accuracy": self.correct / max(self.pixels, 1), "per_class": per_class}
+        state = self._synced_state()
+        c = self.num_classes
+        inter, union, class_sum, class_images = (state[i * c:(i + 1) * c] for i in range(4))
+        image_sum, images, correct, pixels = (float(v) for v in state[4 * c:])
+        per_class = _ratio(inter, union)
+        return {"dataset_miou": float(_nanmean(per_class)), "per_image_miou": image_sum / max(images, 1),
+                "per_class_image_miou": float(_nanmean(_ratio(class_sum, class_images))),
+                "pixel_accuracy": correct / max(pixels, 1), "per_class": per_class}
 
 
 # ----------------------------------------------------------------------------- the original's helpers

@@ -34,6 +34,8 @@ __all__ = [
     "lovasz_hinge",
     "lovasz_multilabel",
     "LovaszLoss",
+    "CrossEntropyLovaszLoss",
+    "LovaszSchedule",
 ]
 
 Classes = Union[str, Sequence[int]]
@@ -118,9 +120,25 @@ def _class_selection(classes, num_classes: int) -> Tuple[Optional[Tensor], Optio
     return torch.tensor(unique), torch.tensor([classes.count(c) for c in unique])
 
 
+def _gather_batch(x: Tensor, group) -> Tensor:
+    """``x [B, ...]`` of every rank of ``group``, concatenated along dim 0 in rank order.
+
+    Only this rank's own part carries gradient: each rank computes the same global
+    loss, so the gradient of its own slice is exactly its share of the global gradient.
+    """
+    import torch.distributed as dist
+
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, x.detach().contiguous(), group=group)
+    parts[dist.get_rank(group)] = x
+    return torch.cat(parts)
+
+
 def _lovasz_classes(pred: Tensor, codes: Tensor, hinge: bool, classes, num_classes: int,
-                    per_image: bool, weights: Optional[Tensor], reduction: str) -> Tensor:
+                    per_image: bool, weights: Optional[Tensor], reduction: str, process_group=None) -> Tensor:
     """Loss of ``pred [B, C, N]`` against ``codes [B, C, N]``: one row per (set, class), then the means."""
+    if process_group is not None and not per_image:
+        pred, codes = _gather_batch(pred, process_group), _gather_batch(codes, process_group)
     batch = pred.shape[0]
     ids, counts = _class_selection(classes, num_classes)
     if ids is not None:
@@ -156,7 +174,7 @@ def _reduce(per_set: Tensor, reduction: str, per_image: bool) -> Tensor:
 
 def lovasz_softmax(probas: Tensor, labels: Tensor, classes: Classes = "present", per_image: bool = False,
                    ignore: Optional[int] = None, *, from_logits: bool = False, weights: Weights = None,
-                   reduction: str = "mean") -> Tensor:
+                   reduction: str = "mean", process_group=None) -> Tensor:
     r"""Multi-class Lovász-Softmax loss: a convex surrogate of ``1 - IoU`` averaged over classes.
 
     For each class ``c`` the errors ``m_i = |[y_i = c] - p_i(c)|`` are sorted in
@@ -180,6 +198,11 @@ def lovasz_softmax(probas: Tensor, labels: Tensor, classes: Classes = "present",
         reduction: ``'mean'`` or ``'sum'`` over the images with ``per_image``, or
             ``'none'`` for one loss per image, shape ``[B]``. Without ``per_image`` the
             batch is one set and every reduction gives the same 0-d loss.
+        process_group: under ``torch.distributed``, a process group (e.g.
+            ``torch.distributed.group.WORLD``) whose ranks' batches form one set: without
+            ``per_image``, every rank gets the exact loss of the global batch, and the
+            gradient of its own pixels. Every rank must pass the same shapes. Per-image
+            losses are exact on each rank already and ignore it.
 
     Returns:
         A 0-d tensor (``[B]`` for ``per_image`` with ``reduction='none'``) in the dtype of
@@ -219,12 +242,12 @@ def lovasz_softmax(probas: Tensor, labels: Tensor, classes: Classes = "present",
                   (lab >= 0) & (lab < num_classes), "labels")
     class_ids = torch.arange(num_classes, device=lab.device)
     codes = _codes(lab == class_ids.view(1, -1, 1), None if ignored is None else ignored.expand_as(pred))
-    loss = _lovasz_classes(pred, codes, False, classes, num_classes, per_image, w, reduction)
+    loss = _lovasz_classes(pred, codes, False, classes, num_classes, per_image, w, reduction, process_group)
     return loss.to(probas.dtype)
 
 
 def lovasz_hinge(logits: Tensor, labels: Tensor, per_image: bool = True, ignore: Optional[int] = None, *,
-                 reduction: str = "mean") -> Tensor:
+                 reduction: str = "mean", process_group=None) -> Tensor:
     r"""Binary Lovász hinge loss: a convex surrogate of ``1 - IoU`` of the foreground.
 
     The errors are the hinge margins ``m_i = max(0, 1 - s_i x_i)`` with signs
@@ -238,6 +261,7 @@ def lovasz_hinge(logits: Tensor, labels: Tensor, per_image: bool = True, ignore:
         ignore: label value of pixels that take no part.
         reduction: ``'mean'`` / ``'sum'`` over images, or ``'none'`` for ``[B]`` (with
             ``per_image``; otherwise every reduction gives the same 0-d loss).
+        process_group: the global batch across ranks as one set; see :func:`lovasz_softmax`.
 
     Returns:
         A 0-d tensor (``[B]`` with ``per_image`` and ``reduction='none'``) in the dtype of ``logits``.
@@ -258,13 +282,13 @@ def lovasz_hinge(logits: Tensor, labels: Tensor, per_image: bool = True, ignore:
     ignored = None if ignore is None else lab == ignore
     _check_values(lab, None if ignored is None else ~ignored, "0 or 1", (lab == 0) | (lab == 1), "labels")
     codes = _codes(lab == 1, ignored)
-    loss = _lovasz_classes(pred, codes, True, "all", 1, per_image, None, reduction)
+    loss = _lovasz_classes(pred, codes, True, "all", 1, per_image, None, reduction, process_group)
     return loss.to(logits.dtype)
 
 
 def lovasz_multilabel(logits: Tensor, targets: Tensor, classes: Classes = "present", per_image: bool = True,
                       ignore: Optional[int] = None, *, from_logits: bool = True, weights: Weights = None,
-                      reduction: str = "mean") -> Tensor:
+                      reduction: str = "mean", process_group=None) -> Tensor:
     r"""Multi-label Lovász loss: one binary Lovász loss per channel, averaged over channels.
 
     With ``from_logits`` (the default) each channel gets the Lovász hinge of its
@@ -279,7 +303,7 @@ def lovasz_multilabel(logits: Tensor, targets: Tensor, classes: Classes = "prese
         per_image: compute the loss of each image and average (the default, as for the hinge).
         ignore: target value of pixels that take no part, per channel.
         weights: ``[C]`` per-channel weights for the average.
-        reduction: as in :func:`lovasz_hinge`.
+        reduction, process_group: as in :func:`lovasz_hinge`.
 
     Returns:
         A 0-d tensor (``[B]`` with ``per_image`` and ``reduction='none'``) in the dtype of ``logits``.
@@ -303,7 +327,7 @@ def lovasz_multilabel(logits: Tensor, targets: Tensor, classes: Classes = "prese
     ignored = None if ignore is None else tgt == ignore
     _check_values(tgt, None if ignored is None else ~ignored, "0 or 1", (tgt == 0) | (tgt == 1), "targets")
     codes = _codes(tgt == 1, ignored)
-    loss = _lovasz_classes(pred, codes, from_logits, classes, num_classes, per_image, w, reduction)
+    loss = _lovasz_classes(pred, codes, from_logits, classes, num_classes, per_image, w, reduction, process_group)
     return loss.to(logits.dtype)
 
 
@@ -385,7 +409,9 @@ class LovaszLoss(nn.Module):
 
     ``per_image=None`` takes the original's default for the mode: True for binary and
     multi-label (the hinge), False for multi-class. ``ignore_index``, ``class_weights``
-    and ``reduction`` are the functions' ``ignore``, ``weights`` and ``reduction``.
+    and ``reduction`` are the functions' ``ignore``, ``weights`` and ``reduction``;
+    ``process_group`` makes a batch-mode loss the exact loss of the global batch
+    across ranks (see :func:`lovasz_softmax`).
 
     Example:
         >>> loss_fn = LovaszLoss("multiclass")
@@ -396,7 +422,7 @@ class LovaszLoss(nn.Module):
 
     def __init__(self, mode: str = "multiclass", *, from_logits: bool = True, per_image: Optional[bool] = None,
                  classes: Classes = "present", ignore_index: Optional[int] = None,
-                 class_weights: Weights = None, reduction: str = "mean"):
+                 class_weights: Weights = None, reduction: str = "mean", process_group=None):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
@@ -409,6 +435,7 @@ class LovaszLoss(nn.Module):
         self.classes = classes
         self.ignore_index = V.check_ignore(ignore_index, "ignore_index")
         self.reduction = V.check_reduction(reduction)
+        self.process_group = process_group
         if class_weights is not None:
             class_weights = torch.as_tensor(class_weights, dtype=torch.float32)
         self.register_buffer("class_weights", class_weights)
@@ -417,11 +444,11 @@ class LovaszLoss(nn.Module):
         if self.mode == "multiclass":
             return lovasz_softmax(input, target, self.classes, self.per_image, self.ignore_index,
                                   from_logits=self.from_logits, weights=self.class_weights,
-                                  reduction=self.reduction)
+                                  reduction=self.reduction, process_group=self.process_group)
         if self.mode == "multilabel":
             return lovasz_multilabel(input, target, self.classes, self.per_image, self.ignore_index,
                                      from_logits=self.from_logits, weights=self.class_weights,
-                                     reduction=self.reduction)
+                                     reduction=self.reduction, process_group=self.process_group)
         return self._binary(input, target)
 
     def _binary(self, input: Tensor, target: Tensor) -> Tensor:
@@ -439,8 +466,12 @@ class LovaszLoss(nn.Module):
         # One channel, always counted: the Lovász hinge on logits, the foreground term on probabilities.
         return lovasz_multilabel(input.reshape(batch, 1, -1), target.reshape(batch, 1, -1), "all",
                                  self.per_image, self.ignore_index, from_logits=self.from_logits,
-                                 reduction=self.reduction)
+                                 reduction=self.reduction, process_group=self.process_group)
 
     def extra_repr(self) -> str:
         return (f"mode={self.mode!r}, from_logits={self.from_logits}, per_image={self.per_image}, "
                 f"classes={self.classes!r}, ignore_index={self.ignore_index}, reduction={self.reduction!r}")
+
+
+from lovasz._torch_combined import CrossEntropyLovaszLoss  # noqa: E402  (it builds on LovaszLoss above)
+from lovasz.schedule import LovaszSchedule  # noqa: E402,F401

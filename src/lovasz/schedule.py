@@ -1,0 +1,64 @@
+"""Cross-entropy first, then Lovász: the schedule the paper's authors recommend, framework-free.
+
+Training with the Lovász loss alone from scratch often fails; Berman et al.
+recommend optimising cross-entropy first and fine-tuning with Lovász-Softmax
+(or keeping both). :class:`LovaszSchedule` gives the two weights at a step or
+epoch ``t``; ``apply`` writes them into a combined loss (``ce_weight`` and
+``lovasz_weight`` attributes), such as :class:`lovasz.torch.CrossEntropyLovaszLoss`
+or :class:`lovasz.keras.CrossEntropyLovaszLoss` (whose Keras callback is
+:class:`lovasz.keras.LovaszScheduleCallback`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class LovaszSchedule:
+    """Cross-entropy alone for ``warmup`` steps (or epochs), then a linear ramp to Lovász.
+
+    Args:
+        warmup: steps (or epochs: the unit is whatever ``t`` counts) of cross-entropy alone.
+        ramp: length of the linear ramp after it; 0 switches at once.
+        final_ce_weight: the cross-entropy weight after the ramp: 0 for Lovász alone
+            (fine-tuning), 1 to keep both.
+        lovasz_weight: the Lovász weight after the ramp.
+
+    Example:
+        >>> schedule = LovaszSchedule(warmup=2, ramp=2)
+        >>> [schedule.weights(t) for t in range(5)]
+        [(1.0, 0.0), (1.0, 0.0), (0.5, 0.5), (0.0, 1.0), (0.0, 1.0)]
+    """
+
+    warmup: int
+    ramp: int = 0
+    final_ce_weight: float = 0.0
+    lovasz_weight: float = 1.0
+
+    def __post_init__(self):
+        for name in ("warmup", "ramp"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a non-negative int; got {value!r}")
+        for name in ("final_ce_weight", "lovasz_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"{name} must be a non-negative number; got {value!r}")
+
+    def progress(self, t: int) -> float:
+        """0 during the warm-up, rising linearly to 1 over the ramp."""
+        if t < self.warmup:
+            return 0.0
+        return 1.0 if self.ramp == 0 else min((t - self.warmup + 1) / self.ramp, 1.0)
+
+    def weights(self, t: int) -> Tuple[float, float]:
+        """``(ce_weight, lovasz_weight)`` at step or epoch ``t`` (counted from 0)."""
+        p = self.progress(t)
+        return 1.0 + (float(self.final_ce_weight) - 1.0) * p, float(self.lovasz_weight) * p
+
+    def apply(self, loss, t: int):
+        """Set ``loss.ce_weight`` and ``loss.lovasz_weight`` for ``t``; returns ``loss``."""
+        loss.ce_weight, loss.lovasz_weight = self.weights(t)
+        return loss

@@ -1,0 +1,105 @@
+"""Cross-entropy + Lovász as one loss, and the cross-entropy-then-Lovász schedule (PyTorch side)."""
+
+import pytest
+
+from conftest import require
+from lovasz.schedule import LovaszSchedule
+
+torch = require("torch")
+F = require("torch.nn.functional")
+L = require("lovasz.torch")
+
+
+def batch(seed=0, classes=4):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(2, classes, 5, 6, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, classes, (2, 5, 6), generator=g)
+    labels[0, 0] = 255
+    return logits, labels
+
+
+def test_multiclass_is_the_weighted_sum_of_its_terms_ignoring_the_same_pixels():
+    logits, labels = batch()
+    loss = L.CrossEntropyLovaszLoss(ignore_index=255, ce_weight=0.3, lovasz_weight=2.0)
+    ce = F.cross_entropy(logits, labels, ignore_index=255)
+    lovasz = L.lovasz_softmax(logits, labels, ignore=255, from_logits=True)
+    torch.testing.assert_close(loss(logits, labels), (0.3 * ce + 2.0 * lovasz).float())
+
+
+def test_class_weights_weigh_both_terms():
+    logits, labels = batch()
+    w = torch.tensor([1.0, 2.0, 0.5, 3.0], dtype=torch.float64)
+    loss = L.CrossEntropyLovaszLoss(ignore_index=255, class_weights=w)
+    ce = F.cross_entropy(logits, labels, weight=w, ignore_index=255)
+    lovasz = L.lovasz_softmax(logits, labels, ignore=255, from_logits=True, weights=w)
+    torch.testing.assert_close(loss(logits, labels), (ce + lovasz).float())
+
+
+@pytest.mark.parametrize("mode", ["binary", "multilabel"])
+def test_binary_and_multilabel_use_bce(mode):
+    g = torch.Generator().manual_seed(3)
+    shape = (2, 1, 5, 6) if mode == "binary" else (2, 3, 5, 6)
+    logits = torch.randn(*shape, generator=g)
+    target = torch.randint(0, 2, shape, generator=g)
+    target[0, 0, 0] = 255
+    valid = target != 255
+    loss = L.CrossEntropyLovaszLoss(mode, ignore_index=255)
+    bce = F.binary_cross_entropy_with_logits(logits[valid], target[valid].float())
+    lovasz = L.LovaszLoss(mode, ignore_index=255)(logits, target)
+    torch.testing.assert_close(loss(logits, target), bce + lovasz)
+    torch.testing.assert_close(loss(logits, target[:, 0]) if mode == "binary" else bce + lovasz, bce + lovasz)
+
+
+def test_every_pixel_ignored_gives_zero_not_nan():
+    logits, labels = batch()
+    logits.requires_grad_()
+    loss = L.CrossEntropyLovaszLoss(ignore_index=255)(logits, torch.full_like(labels, 255))
+    loss.backward()
+    assert loss.item() == 0 and torch.count_nonzero(logits.grad) == 0
+
+
+def test_zero_weight_term_is_skipped_and_both_zero_still_backpropagates():
+    logits, labels = batch()
+    loss = L.CrossEntropyLovaszLoss(ignore_index=255, lovasz_weight=0.0)
+    torch.testing.assert_close(loss(logits, labels), F.cross_entropy(logits, labels, ignore_index=255).float())
+    loss.ce_weight = 0.0
+    x = logits.clone().requires_grad_()
+    out = loss(x, labels)
+    out.backward()
+    assert out.item() == 0 and x.grad is not None
+
+
+def test_schedule_switches_and_ramps():
+    switch = LovaszSchedule(warmup=3)
+    assert [switch.weights(t) for t in (0, 2, 3, 10)] == [(1.0, 0.0), (1.0, 0.0), (0.0, 1.0), (0.0, 1.0)]
+    ramp = LovaszSchedule(warmup=1, ramp=4, final_ce_weight=1.0, lovasz_weight=0.5)
+    assert [ramp.weights(t) for t in range(6)] == [(1.0, 0.0), (1.0, 0.125), (1.0, 0.25), (1.0, 0.375),
+                                                   (1.0, 0.5), (1.0, 0.5)]
+    loss = ramp.apply(L.CrossEntropyLovaszLoss(), 2)
+    assert (loss.ce_weight, loss.lovasz_weight) == (1.0, 0.25)
+
+
+@pytest.mark.parametrize("bad", [dict(warmup=-1), dict(warmup=1.5), dict(warmup=1, ramp=True),
+                                 dict(warmup=1, final_ce_weight=-0.1)])
+def test_schedule_rejects_bad_arguments(bad):
+    with pytest.raises(ValueError, match=next(iter(k for k in bad if k != "warmup"), "warmup")):
+        LovaszSchedule(**bad)
+
+
+def test_schedule_in_a_plain_training_loop_reaches_lovasz():
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 4, 3, padding=1)
+    x = torch.randn(4, 3, 8, 8)
+    y = x[:, :3].argmax(1)  # learnable: the brightest channel
+    loss_fn, schedule = L.CrossEntropyLovaszLoss(), LovaszSchedule(warmup=5, ramp=5)
+    optimiser = torch.optim.Adam(model.parameters(), lr=0.05)
+    seen = []
+    for step in range(15):
+        schedule.apply(loss_fn, step)
+        seen.append((loss_fn.ce_weight, loss_fn.lovasz_weight))
+        loss = loss_fn(model(x), y)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    assert seen[0] == (1.0, 0.0) and seen[-1] == (0.0, 1.0)
+    assert L.lovasz_softmax(model(x), y, from_logits=True).item() < 0.5
