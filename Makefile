@@ -31,7 +31,7 @@ demo: $(VENV)/.demo-installed
 	$(PY) -m lovasz.cli demo $(ARGS)
 
 test: $(VENV)/.test-installed
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n auto $(ARGS)
 
 bench: $(VENV)/.test-installed
 	$(PY) -m lovasz.cli bench $(ARGS)
