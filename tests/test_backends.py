@@ -265,3 +265,15 @@ def test_tf_has_no_map_fn_and_traces_once_per_shape():
     for _ in range(3):
         fn(tf.constant(rng.random((2, 4, 4, 3)), tf.float32), tf.constant(rng.integers(0, 3, (2, 4, 4))))
     assert fn.experimental_get_tracing_count() == 1
+
+
+@pytest.mark.parametrize("module,others", [("lovasz.torch", ("tensorflow", "jax", "keras")),
+                                           ("lovasz.tf", ("torch",)), ("lovasz.jax", ("torch", "tensorflow"))])
+def test_each_module_imports_only_its_framework(module, others):
+    # (TensorFlow 2.21 itself imports Keras, and Keras imports JAX when it is installed.)
+    import subprocess
+    import sys
+
+    check = f"import sys, {module}; print([m for m in {others!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"

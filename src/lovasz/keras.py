@@ -102,8 +102,26 @@ def _weights_config(class_weights):
     return None if class_weights is None else [float(w) for w in class_weights]
 
 
+class _ClassAveragedLoss(_LovaszLoss):
+    """A Lovász loss averaged over class channels: adds ``from_logits``, ``classes`` and ``class_weights``."""
+
+    def __init__(self, *, from_logits: bool, classes, class_weights, **options):
+        super().__init__(**options)
+        self.from_logits = bool(from_logits)
+        self.classes = _classes_config(classes)
+        self.class_weights = _weights_config(class_weights)
+
+    def _run_classes(self, function: str, y_pred, labels):
+        return self._run(function, y_pred, labels, classes=self.classes, from_logits=self.from_logits,
+                         weights=self.class_weights)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "from_logits": self.from_logits, "classes": self.classes,
+                "class_weights": self.class_weights}
+
+
 @keras.saving.register_keras_serializable(package="lovasz")
-class LovaszSoftmaxLoss(_LovaszLoss):
+class LovaszSoftmaxLoss(_ClassAveragedLoss):
     """Lovász-Softmax loss for multi-class segmentation; see :func:`lovasz.torch.lovasz_softmax`.
 
     Args:
@@ -124,20 +142,13 @@ class LovaszSoftmaxLoss(_LovaszLoss):
                  classes: Union[str, Sequence[int]] = "present", ignore_class: Optional[int] = None,
                  class_weights: Optional[Sequence[float]] = None, data_format: Optional[str] = None,
                  name: str = "lovasz_softmax", reduction: str = "sum_over_batch_size", dtype=None):
-        super().__init__(per_image=per_image, ignore_class=ignore_class, data_format=data_format,
+        super().__init__(from_logits=from_logits, classes=classes, class_weights=class_weights,
+                         per_image=per_image, ignore_class=ignore_class, data_format=data_format,
                          name=name, reduction=reduction, dtype=dtype)
-        self.from_logits = bool(from_logits)
-        self.classes = _classes_config(classes)
-        self.class_weights = _weights_config(class_weights)
 
     def call(self, y_true, y_pred):
         labels = _squeeze_channel(y_true, self._channel_axis, len(y_pred.shape))
-        return self._run("lovasz_softmax", y_pred, ops.cast(labels, "int32"), classes=self.classes,
-                         from_logits=self.from_logits, weights=self.class_weights)
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "from_logits": self.from_logits, "classes": self.classes,
-                "class_weights": self.class_weights}
+        return self._run_classes("lovasz_softmax", y_pred, ops.cast(labels, "int32"))
 
 
 @keras.saving.register_keras_serializable(package="lovasz")
@@ -164,7 +175,7 @@ class LovaszHingeLoss(_LovaszLoss):
 
 
 @keras.saving.register_keras_serializable(package="lovasz")
-class LovaszMultilabelLoss(_LovaszLoss):
+class LovaszMultilabelLoss(_ClassAveragedLoss):
     """Multi-label Lovász loss, one binary loss per channel; see :func:`lovasz.torch.lovasz_multilabel`.
 
     ``y_pred`` and ``y_true`` are ``[B, *spatial, C]`` (channels-last). With ``from_logits``
@@ -176,19 +187,12 @@ class LovaszMultilabelLoss(_LovaszLoss):
                  classes: Union[str, Sequence[int]] = "present", ignore_class: Optional[int] = None,
                  class_weights: Optional[Sequence[float]] = None, data_format: Optional[str] = None,
                  name: str = "lovasz_multilabel", reduction: str = "sum_over_batch_size", dtype=None):
-        super().__init__(per_image=per_image, ignore_class=ignore_class, data_format=data_format,
+        super().__init__(from_logits=from_logits, classes=classes, class_weights=class_weights,
+                         per_image=per_image, ignore_class=ignore_class, data_format=data_format,
                          name=name, reduction=reduction, dtype=dtype)
-        self.from_logits = bool(from_logits)
-        self.classes = _classes_config(classes)
-        self.class_weights = _weights_config(class_weights)
 
     def call(self, y_true, y_pred):
-        return self._run("lovasz_multilabel", y_pred, ops.cast(y_true, "int32"), classes=self.classes,
-                         from_logits=self.from_logits, weights=self.class_weights)
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "from_logits": self.from_logits, "classes": self.classes,
-                "class_weights": self.class_weights}
+        return self._run_classes("lovasz_multilabel", y_pred, ops.cast(y_true, "int32"))
 
 
 # ----------------------------------------------------------------------------- cross-entropy + Lovász
