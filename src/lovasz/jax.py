@@ -126,9 +126,9 @@ def _lovasz_classes(pred, fg, valid, hinge: bool, classes, per_image: bool, weig
         errors = jnp.where(fg, 1 - pred, 1 + pred)
     else:  # |[y = c] - p|
         errors = jnp.abs(jnp.where(fg, 1 - pred, pred))
-    loss = _lovasz_rows(_rows(errors, per_image), _rows(fg, per_image),
-                        None if valid is None else _rows(valid, per_image))
-    present = _rows(fg, per_image).any(-1)
+    fg_rows = _rows(fg, per_image)
+    loss = _lovasz_rows(_rows(errors, per_image), fg_rows, None if valid is None else _rows(valid, per_image))
+    present = fg_rows.any(-1)
 
     num_rows = pred.shape[1]
     loss, present = loss.reshape(-1, num_rows), present.reshape(-1, num_rows)

@@ -58,6 +58,19 @@ def _squeeze_channel(x, axis: int, rank: int):
     return ops.squeeze(x, axis) if len(x.shape) == rank and x.shape[axis] == 1 else x
 
 
+def _drop_binary_channel(y_true, y_pred, axis: int):
+    """Binary input with a size-1 channel axis: drop it from the prediction and, if there, the target."""
+    rank = len(y_pred.shape)
+    if rank >= 2 and y_pred.shape[axis] == 1:
+        return _squeeze_channel(y_true, axis, rank), ops.squeeze(y_pred, axis)
+    return y_true, y_pred
+
+
+def _valid_mask(labels, ignore: Optional[int]):
+    """1.0 where a pixel takes part, 0.0 where it is labelled ``ignore``."""
+    return ops.ones_like(labels, "float32") if ignore is None else ops.cast(ops.not_equal(labels, ignore), "float32")
+
+
 class _LovaszLoss(keras.losses.Loss):
     """What the three losses share: options, the data format, the backend dispatch and the config."""
 
@@ -75,11 +88,12 @@ class _LovaszLoss(keras.losses.Loss):
     def _channel_axis(self) -> int:
         return -1 if self.data_format == "channels_last" else 1
 
-    def _run(self, function: str, y_pred, labels, **kwargs):
+    def _run(self, function: str, y_pred, labels, channels: bool = True, **kwargs):
+        """Call ``function`` of the backend's module; ``channels=False`` for inputs without a class axis."""
         backend, module = _functions()
         channels_last = self.data_format == "channels_last"
-        if not kwargs.pop("channels", True):
-            pass  # the hinge has no class axis
+        if not channels:
+            pass
         elif backend == "torch" and channels_last:
             y_pred = y_pred.movedim(-1, 1)
             labels = labels.movedim(-1, 1) if function == "lovasz_multilabel" else labels
@@ -167,10 +181,7 @@ class LovaszHingeLoss(_LovaszLoss):
                          name=name, reduction=reduction, dtype=dtype)
 
     def call(self, y_true, y_pred):
-        rank = len(y_pred.shape)
-        if rank >= 2 and y_pred.shape[self._channel_axis] == 1:
-            y_pred = ops.squeeze(y_pred, self._channel_axis)
-            y_true = _squeeze_channel(y_true, self._channel_axis, rank)
+        y_true, y_pred = _drop_binary_channel(y_true, y_pred, self._channel_axis)
         return self._run("lovasz_hinge", y_pred, ops.cast(y_true, "int32"), channels=False)
 
 
@@ -243,13 +254,13 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
         ignore = self.lovasz.ignore_class
         if self.mode == "multiclass":
             labels = ops.cast(_squeeze_channel(y_true, axis, rank), "int32")
-            valid = ops.ones_like(labels, "float32") if ignore is None else ops.cast(ops.not_equal(labels, ignore), "float32")
+            valid = _valid_mask(labels, ignore)
             labels = labels * ops.cast(valid, "int32")  # any class for ignored pixels: they weigh 0
             pixel = ops.sparse_categorical_crossentropy(labels, y_pred, from_logits=True, axis=axis)
         else:
-            if self.mode == "binary" and rank >= 2 and y_pred.shape[axis] == 1:
-                y_pred, y_true = ops.squeeze(y_pred, axis), _squeeze_channel(y_true, axis, rank)
-            valid = ops.ones_like(y_true, "float32") if ignore is None else ops.cast(ops.not_equal(y_true, ignore), "float32")
+            if self.mode == "binary":
+                y_true, y_pred = _drop_binary_channel(y_true, y_pred, axis)
+            valid = _valid_mask(y_true, ignore)
             target = ops.cast(y_true, "float32") * valid
             pixel = ops.binary_crossentropy(target, y_pred, from_logits=True)
         axes = tuple(range(1, len(valid.shape))) if self.lovasz.per_image else None

@@ -161,8 +161,9 @@ def _lovasz_classes(pred, fg, valid, hinge: bool, classes, per_image: bool, chan
     else:  # |[y = c] - p|
         errors = tf.abs(tf.where(fg, 1 - pred, pred))
     row = lambda x: _rows(x, per_image, channels_last)  # noqa: E731
-    loss = _lovasz_rows(row(errors), row(fg), None if valid is None else row(valid))
-    present = tf.reduce_any(row(fg), axis=-1)
+    fg_rows = row(fg)
+    loss = _lovasz_rows(row(errors), fg_rows, None if valid is None else row(valid))
+    present = tf.reduce_any(fg_rows, axis=-1)
 
     num_rows = pred.shape[axis]
     loss, present = tf.reshape(loss, [-1, num_rows]), tf.reshape(present, [-1, num_rows])
