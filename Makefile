@@ -7,8 +7,8 @@ PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 TORCH := torch==2.13.0
 # The other backends, pinned to versions that install from PyPI as CPU builds.
 OTHER_FRAMEWORKS := tensorflow-cpu==2.21.0 jax==0.10.2 jaxlib==0.10.2
-# Frameworks the tests must find: a missing one fails the run instead of skipping its tests.
-export LOVASZ_REQUIRE := torch,tensorflow,keras,jax
+# Frameworks (and the C kernel) the tests must find: a missing one fails the run instead of skipping.
+export LOVASZ_REQUIRE := torch,tensorflow,keras,jax,kernel
 
 .PHONY: demo test bench clean
 

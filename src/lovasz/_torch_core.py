@@ -1,58 +1,49 @@
 """The one kernel behind every PyTorch loss: the Lovász extension of many rows at once.
 
 A *row* is one (set, class) pair: the pixels of one image (``per_image``) or of
-the whole batch, for one class. The kernel takes a ``[R, N]`` matrix of
-predictions and a ``[R, N]`` matrix of codes (0 background, 1 foreground,
-2 ignored) and returns the loss of each row plus, in the same pass, the exact
-gradient of each row's loss w.r.t. its predictions, so that backward is one
-multiply and nothing but that gradient is kept for it.
+the whole batch, for one class. The kernel takes predictions and codes
+(0 background, 1 foreground, 2 ignored) in a ``[S, R, N]`` layout, where row
+``r`` is ``[:, r, :]`` (batch mode: ``S`` = images; per image: ``S = 1``, and
+``R`` = images x classes), and returns the loss of each row plus, in the same
+pass, the exact gradient of each row's loss w.r.t. its predictions, so that
+backward is one multiply and nothing but that gradient is kept for it.
 
-Speed tricks, each measured with ``lovasz bench``:
+Two paths, each measured with ``lovasz bench``:
 
-- errors are non-negative floats, whose bit patterns sort like the numbers,
-  so we sort integer keys: on CPU a least-significant-digit radix sort in two
-  16-bit passes (NumPy's stable sort of 16-bit integers is a radix sort), rows
-  spread over threads (about 1.5x faster than ``torch.sort`` of the int32 keys
-  in isolation, 14% end to end in batch mode); elsewhere ``torch.sort``;
-- the foreground bit rides in the key's lowest bit (the error loses one ulp),
-  so no gather of the labels through the permutation is needed;
-- ignored pixels get the largest key and sort last, where their error is zero:
-  masked, never indexed away, so every shape is static;
-- the gradient ``J(k) - J(k-1)`` is computed in closed form from the counts,
-  exact to a few ulps where the usual difference of two Jaccard values loses
-  digits to cancellation on large rows;
-- rows go through in chunks, which caps the temporaries' memory.
+- float32 on CPU: the C kernel ``_kernel.c`` (radix sort, zero errors left out
+  of the sort, rows read in place), blocks of rows on ``torch.get_num_threads()``
+  threads;
+- elsewhere (GPU, float64, or no compiled kernel): ``torch.sort`` of integer keys.
+  Non-negative float bits sort like the floats; the foreground bit rides in the
+  key's lowest bit (the error loses one ulp), so no gather of the labels is
+  needed; ignored pixels get the largest key and sort last, where their error is
+  zero, so every shape is static; rows go through in chunks to cap the memory.
+
+The gradient ``J(k) - J(k-1)`` is computed in closed form from the counts,
+exact to a few ulps where the usual difference of two Jaccard values loses
+digits to cancellation on large rows.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
-import numpy as np
 import torch
 from torch import Tensor
 
 BACKGROUND, FOREGROUND, IGNORED = 0, 1, 2
 
-# Elements per chunk of rows. On CPU, small chunks keep temporaries in cache
-# and the peak low; on a GPU, big chunks keep the device busy.
+# Elements per chunk of rows on the torch.sort path. On CPU, small chunks keep
+# temporaries in cache and the peak low; on a GPU, big chunks keep the device busy.
 _CHUNK_ELEMENTS = {"cpu": 1 << 20}
 _DEFAULT_CHUNK_ELEMENTS = 1 << 27
 
 _KEY_DTYPE = {torch.float32: torch.int32, torch.float64: torch.int64}
 
-
-def _rows_per_chunk(num_rows: int, num_pixels: int, device: torch.device) -> int:
-    budget = _CHUNK_ELEMENTS.get(device.type, _DEFAULT_CHUNK_ELEMENTS)
-    rows = max(budget // max(num_pixels, 1), 1)
-    if device.type == "cpu":
-        rows = max(rows, torch.get_num_threads())  # torch.sort parallelises over rows
-    return min(rows, num_rows)
-
-
-_RADIX_MIN_ELEMENTS = 1 << 16  # below this, the radix sort's fixed costs outweigh its speed
 _POOL_LOCK = threading.Lock()
 _POOL: Optional[ThreadPoolExecutor] = None
 
@@ -61,30 +52,49 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     global _POOL
     with _POOL_LOCK:
         if _POOL is None or _POOL._max_workers != workers:
-            _POOL = ThreadPoolExecutor(workers, thread_name_prefix="lovasz-sort")
+            _POOL = ThreadPoolExecutor(workers, thread_name_prefix="lovasz")
         return _POOL
 
 
-def _radix_argsort(keys: np.ndarray) -> np.ndarray:
-    """Stable ascending argsort of int32 ``keys [r, N]`` along the last axis, in two 16-bit passes."""
-    unsigned = keys.view(np.uint32) ^ np.uint32(1 << 31)  # signed order as unsigned order
-    low_first = np.argsort(unsigned.astype(np.uint16), axis=-1, kind="stable")
-    high = np.take_along_axis((unsigned >> 16).astype(np.uint16), low_first, axis=-1)
-    return np.take_along_axis(low_first, np.argsort(high, axis=-1, kind="stable"), axis=-1)
+@functools.lru_cache(maxsize=None)
+def c_kernel() -> Optional[Callable[..., int]]:
+    """The compiled ``lovasz_rows_f32``, or None where the package was installed without it."""
+    try:
+        from lovasz import _kernel
+    except ImportError:
+        return None
+    function = ctypes.CDLL(_kernel.__file__).lovasz_rows_f32
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    function.argtypes = [ptr, ptr, ptr, i64, i64, i64, ctypes.c_int, i64, i64, ptr, ptr]
+    function.restype = ctypes.c_int
+    return function
 
 
-def _sort_keys(key: Tensor) -> Tuple[Tensor, Tensor]:
-    """Ascending sort of integer keys along the last dim: ``(sorted, perm)``."""
-    if key.device.type != "cpu" or key.dtype != torch.int32 or key.numel() < _RADIX_MIN_ELEMENTS:
-        return torch.sort(key, dim=-1)
-    keys = key.numpy()
-    workers = min(torch.get_num_threads(), key.shape[0])
+def _use_c_kernel(pred: Tensor) -> bool:
+    return pred.device.type == "cpu" and pred.dtype == torch.float32 and pred.numel() < 1 << 32 \
+        and c_kernel() is not None
+
+
+def _rows_c(pred: Tensor, codes: Tensor, hinge: bool, grad: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """The C path: loss and presence of each row of ``[S, R, N]`` inputs, gradient into ``grad``."""
+    sets, num_rows, num_pixels = pred.shape
+    pred, codes = pred.contiguous(), codes.contiguous()
+    loss = pred.new_empty(num_rows)
+    present = torch.empty(num_rows, dtype=torch.bool)
+    kernel = c_kernel()
+    args = (pred.data_ptr(), codes.data_ptr(), 0 if grad is None else grad.data_ptr(), sets, num_rows, num_pixels,
+            int(hinge))
+    outputs = (loss.data_ptr(), present.data_ptr())
+    workers = min(torch.get_num_threads(), num_rows)
+    bounds = [num_rows * w // workers for w in range(workers + 1)]
+    blocks = list(zip(bounds[:-1], bounds[1:]))
     if workers <= 1:
-        perm = torch.from_numpy(_radix_argsort(keys))
-    else:  # NumPy releases the GIL while sorting and gathering
-        parts = _pool(workers).map(_radix_argsort, np.array_split(keys, workers))  # blocks of rows
-        perm = torch.from_numpy(np.concatenate(list(parts)))
-    return key.gather(-1, perm), perm
+        status = [kernel(*args, *block, *outputs) for block in blocks]
+    else:  # ctypes releases the GIL, so the blocks run in parallel
+        status = list(_pool(workers).map(lambda block: kernel(*args, *block, *outputs), blocks))
+    if any(status):
+        raise MemoryError(f"lovasz: no memory for the sort scratch of {sets * num_pixels} pixels")
+    return loss, present
 
 
 def _sorted_jaccard_grad(fg_sorted: Tensor, dtype: torch.dtype) -> Tensor:
@@ -107,20 +117,29 @@ def _sorted_jaccard_grad(fg_sorted: Tensor, dtype: torch.dtype) -> Tensor:
     return grad
 
 
+def _rows_per_chunk(num_rows: int, num_pixels: int, device: torch.device) -> int:
+    rows = max(_CHUNK_ELEMENTS.get(device.type, _DEFAULT_CHUNK_ELEMENTS) // max(num_pixels, 1), 1)
+    if device.type == "cpu":
+        rows = max(rows, torch.get_num_threads())  # torch.sort parallelises over rows
+    return min(rows, num_rows)
+
+
 def _chunk(pred: Tensor, codes: Tensor, hinge: bool, grad_out: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-    """Loss and foreground presence of each row; writes d loss / d pred into ``grad_out`` if given."""
-    fg = codes == FOREGROUND
-    if hinge:  # max(0, 1 - s * x) with s = +-1
-        errors = torch.where(fg, 1 - pred, 1 + pred).clamp_min_(0)
-    else:  # |[y = c] - p|
-        errors = torch.where(fg, 1 - pred, pred).abs_()
+    """The torch.sort path for ``[r, N]`` rows: loss and presence; writes d loss / d pred into ``grad_out``."""
+    fg, ignored = codes == FOREGROUND, codes == IGNORED
+    margin = torch.where(fg, 1 - pred, 1 + pred if hinge else pred)  # signed: its sign gives the slope
+    errors = margin.clamp_min(0) if hinge else margin.abs()
+    # d error / d pred: -1 for foreground, +1 for background, times d error / d margin (0 where the error is 0).
+    slope = None if grad_out is None else \
+        (margin > 0 if hinge else margin.sign()).to(pred.dtype).mul_(1 - 2 * fg.to(pred.dtype)).masked_fill_(ignored, 0)
+    del margin
     key_dtype = _KEY_DTYPE[errors.dtype]
     int_max = torch.iinfo(key_dtype).max
     # Non-negative float bits sort like the floats; clearing the sign bit turns -0.0 into 0.0.
     key = errors.view(key_dtype).bitwise_and_(int_max - 1).bitwise_or_(fg)
-    key = key.bitwise_not_().masked_fill_(codes == IGNORED, int_max)  # ascending sort = errors descending
+    key = key.bitwise_not_().masked_fill_(ignored, int_max)  # ascending sort = errors descending
     del errors
-    key_sorted, perm = _sort_keys(key)
+    key_sorted, perm = torch.sort(key, dim=-1)
     del key
     bits = key_sorted.bitwise_not_()  # ignored pixels become -0.0 errors: they add nothing
     fg_sorted = bits & 1
@@ -128,52 +147,71 @@ def _chunk(pred: Tensor, codes: Tensor, hinge: bool, grad_out: Optional[Tensor])
     grad = _sorted_jaccard_grad(fg_sorted, pred.dtype)
     loss = (errors_sorted * grad).sum(-1)
     if grad_out is not None:
-        # d loss / d pred = grad * d error / d pred, and d error / d pred = 1 - 2 [y = c] where the error is > 0.
-        grad.mul_(errors_sorted > 0).mul_(1 - 2 * fg_sorted.to(pred.dtype))
-        grad_out.scatter_(-1, perm, grad)
+        grad_out.scatter_(-1, perm, grad).mul_(slope)
     return loss, fg.any(-1)
+
+
+def _rows_torch(pred: Tensor, codes: Tensor, hinge: bool, grad: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """The torch.sort path: loss and presence of each row of ``[S, R, N]`` inputs, gradient into ``grad``."""
+    sets, num_rows, num_pixels = pred.shape
+    # [R, S*N]: a copy in batch mode (S > 1), a view per image.
+    pred_rows = pred.transpose(0, 1).reshape(num_rows, -1)
+    code_rows = codes.transpose(0, 1).reshape(num_rows, -1)
+    step = _rows_per_chunk(num_rows, sets * num_pixels, pred.device)
+    losses, present = [], []
+    for start in range(0, num_rows, step):
+        stop = min(start + step, num_rows)
+        grad_rows = None
+        if grad is not None:  # scatter fills every entry
+            grad_rows = grad[0, start:stop] if sets == 1 else pred.new_empty(stop - start, sets * num_pixels)
+        loss, has_fg = _chunk(pred_rows[start:stop], code_rows[start:stop], hinge, grad_rows)
+        if grad is not None and sets > 1:
+            grad[:, start:stop].copy_(grad_rows.view(stop - start, sets, num_pixels).transpose(0, 1))
+        losses.append(loss)
+        present.append(has_fg)
+    return torch.cat(losses), torch.cat(present)
 
 
 @torch.library.custom_op("lovasz::lovasz_rows", mutates_args=())
 def lovasz_rows(pred: Tensor, codes: Tensor, hinge: bool, need_grad: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    """Lovász extension of each row of ``pred [R, N]`` (float32 or float64) against ``codes [R, N]`` (uint8).
+    """Lovász extension of each row ``[:, r, :]`` of ``pred [S, R, N]`` (float32 or float64) against
+    ``codes [S, R, N]`` (uint8).
 
     Errors are ``|[y = c] - p|`` (softmax) or ``max(0, 1 - s x)`` (``hinge``).
     Returns ``loss [R]``, ``present [R]`` (bool: the row has a foreground pixel)
-    and, if ``need_grad``, ``d loss_r / d pred [R, N]`` (else an empty tensor).
+    and, if ``need_grad``, ``d loss_r / d pred [S, R, N]`` (else an empty tensor).
     """
-    num_rows, num_pixels = pred.shape
-    grad = torch.empty_like(pred) if need_grad else pred.new_empty(0)  # scatter fills every entry
-    if num_pixels == 0:
+    sets, num_rows, num_pixels = pred.shape
+    grad = torch.empty_like(pred, memory_format=torch.contiguous_format) if need_grad else pred.new_empty(0)
+    if sets * num_pixels == 0:
+        if need_grad:
+            grad.zero_()
         return pred.new_zeros(num_rows), codes.new_zeros(num_rows, dtype=torch.bool), grad
-    step = _rows_per_chunk(num_rows, num_pixels, pred.device)
-    losses, present = zip(*(
-        _chunk(pred[start:start + step], codes[start:start + step], hinge,
-               grad[start:start + step] if need_grad else None)
-        for start in range(0, num_rows, step)
-    ))
-    if len(losses) == 1:
-        return losses[0], present[0], grad
-    return torch.cat(losses), torch.cat(present), grad
+    rows = _rows_c if _use_c_kernel(pred) else _rows_torch
+    loss, present = rows(pred, codes, hinge, grad if need_grad else None)
+    return loss, present, grad
 
 
 @lovasz_rows.register_fake
 def _(pred, codes, hinge, need_grad):
-    num_rows = pred.shape[0]
-    grad = torch.empty_like(pred) if need_grad else pred.new_empty(0)
+    num_rows = pred.shape[1]
+    grad = torch.empty_like(pred, memory_format=torch.contiguous_format) if need_grad else pred.new_empty(0)
     return pred.new_empty(num_rows), pred.new_empty(num_rows, dtype=torch.bool), grad
 
 
 def _setup_context(ctx, inputs, output):
     ctx.need_grad = inputs[3]
     ctx.save_for_backward(output[2])
+    ctx.set_materialize_grads(False)  # the other outputs get no gradient: don't fill [S, R, N] zeros for them
 
 
 def _backward(ctx, grad_loss, _grad_present, _grad_grad):
+    if grad_loss is None:
+        return None, None, None, None
     if not ctx.need_grad:
         raise RuntimeError("lovasz_rows was called with need_grad=False but a gradient was requested")
     (grad,) = ctx.saved_tensors
-    return grad_loss.unsqueeze(-1) * grad, None, None, None
+    return grad_loss.view(1, -1, 1) * grad, None, None, None
 
 
 torch.library.register_autograd("lovasz::lovasz_rows", _backward, setup_context=_setup_context)

@@ -185,11 +185,17 @@ def peak_memory_here(case: Case, impl: str) -> Optional[int]:
     return (_status_kib("VmHWM") - before) * 1024
 
 
+# glibc keeps freed blocks under its (self-raising) mmap threshold for reuse, so a second
+# step could reuse the first one's memory unseen: with a fixed low threshold every large
+# block is mapped on allocation and unmapped on free, and the resident set follows what is live.
+_PROBE_ENV = {"PYTHONWARNINGS": "ignore", "MALLOC_MMAP_THRESHOLD_": str(1 << 16), "MALLOC_TRIM_THRESHOLD_": str(1 << 16)}
+
+
 def peak_memory(case_index: int, impl: str, quick: bool) -> Optional[int]:
     if not Path("/proc/self/clear_refs").exists():
         return None
     cmd = [sys.executable, "-m", "lovasz.bench", "--memory-probe", str(case_index), impl] + (["--quick"] if quick else [])
-    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **_PROBE_ENV})
     if out.returncode != 0:
         return None
     value = out.stdout.strip().splitlines()[-1]

@@ -107,9 +107,9 @@ def _codes(is_fg: Tensor, ignored: Optional[Tensor]) -> Tensor:
 
 
 def _rows(x: Tensor, per_image: bool) -> Tensor:
-    """``[B, K, N]`` to rows: ``[B*K, N]`` per image, or ``[K, B*N]`` for the batch as one set."""
+    """``[B, K, N]`` in the kernel's ``[S, R, N]`` layout: one row per (image, class), or per class."""
     b, k, n = x.shape
-    return x.reshape(b * k, n) if per_image else x.transpose(0, 1).reshape(k, b * n)
+    return x.reshape(1, b * k, n) if per_image else x
 
 
 def _class_selection(classes, num_classes: int) -> Tuple[Optional[Tensor], Optional[Tensor]]:
