@@ -5,14 +5,22 @@
  * per-image row), so rows are read in the prediction's own [B, C, N] layout
  * with no transpose. Codes are 0 background, 1 foreground, 2 ignored.
  *
- * Per row, in one pass: the error of each valid pixel becomes a 64-bit item,
- * (~error bits) << 32 | offset. Errors are non-negative floats, whose bits
- * sort like the numbers, so an ascending stable LSD radix sort of the items
- * orders the errors decreasingly (ties by offset). Pixels with
- * zero error (and ignored ones) would sort last, where they change neither the
- * loss nor any other pixel's Jaccard step: they are left out of the sort.
- * Then one pass over the sorted items accumulates the loss and writes
- * d loss / d pred = (J(k) - J(k-1)) * d error / d pred at each offset.
+ * The error of each valid pixel becomes a 64-bit item, (~error bits) << 32 |
+ * flags | offset. Errors are non-negative floats, whose bits sort like the
+ * numbers, so sorting the items ascending by their high word orders the errors
+ * decreasingly. Pixels with zero error (and ignored ones) would sort last, where
+ * they change neither the loss nor any other pixel's Jaccard step: they are
+ * left out of the sort.
+ *
+ * The sort is a radix sort in two levels, so that its scratch is one buffer of
+ * the row's items plus one of its largest bucket, and every pass but the first
+ * runs in cache: the items are scattered into 1024 buckets by the top 10 bits
+ * of their key (stable); then each bucket, in order, is sorted by the remaining
+ * 21 bits (LSD, 7 bits a pass, stable) and at once walked to accumulate the loss
+ * and write d loss / d pred = (J(k) - J(k-1)) * d error / d pred at each offset.
+ *
+ * `grad` may be `pred` itself: each pixel is read for the last time before its
+ * gradient is written.
  *
  * Loaded with ctypes (which releases the GIL): Python runs blocks of rows on
  * several threads. Compiled as an extension module so that pip builds it.
@@ -27,33 +35,88 @@
 
 enum { FOREGROUND = 1, IGNORED = 2 };
 
-/* 10-bit digits: 1024 buckets stay in L1; errors below 2 (every softmax error) share
- * the top two bits, so their fourth pass is skipped. */
-#define DIGIT_BITS 10
-#define PASSES ((32 + DIGIT_BITS - 1) / DIGIT_BITS)
-#define BUCKETS (1 << DIGIT_BITS)
+/* Keys are ~error bits with the error's sign bit clear, so key bit 31 is always set. */
+#define TOP_SHIFT 21 /* the first level: key bits 21..30 */
+#define TOP_BUCKETS 1024
+#define LOW_BITS 7 /* the second level: key bits 0..20, three passes */
+#define LOW_PASSES 3
+#define LOW_BUCKETS (1 << LOW_BITS)
+#define SMALL_BUCKET 32 /* sorted by insertion */
 /* The low word of an item: the pixel's offset from the row's start, and two flags. */
 #define FG_FLAG 0x80000000u
 #define NEGATIVE_FLAG 0x40000000u /* d error / d pred = -1 (else +1) */
 #define OFFSET_MASK 0x3fffffffu
 
-/* Stable ascending sort of items[0, m) by their high 32 bits; tmp is scratch of
- * the same size; hist[p] counts digit p of every key. Returns the buffer that holds the result. */
-static uint64_t *radix_sort(uint64_t *items, uint64_t *tmp, int64_t m, uint32_t hist[PASSES][BUCKETS]) {
-    for (int pass = 0; pass < PASSES; pass++) {
-        const int shift = 32 + DIGIT_BITS * pass;
-        uint32_t *count = hist[pass];
-        if (m == 0 || count[(items[0] >> shift) & (BUCKETS - 1)] == (uint32_t)m) continue; /* nothing moves */
+typedef struct {
+    const float *pred;
+    const uint8_t *codes;
+    float *grad; /* NULL: no gradient wanted */
+    int64_t segments, n, stride;
+    int hinge;
+} Row;
+
+enum { SKIP, ITEM };
+
+/* The item of the pixel at `offset`, or SKIP for an ignored pixel or a zero error
+ * (whose gradient is 0). Counts foreground pixels into *gts. */
+static inline int pixel_item(const Row *row, uint32_t offset, uint64_t *item, int64_t *gts) {
+    const int code = row->codes[offset];
+    if (code == IGNORED) return SKIP;
+    const int fg = code == FOREGROUND;
+    *gts += fg;
+    const float x = row->pred[offset];
+    /* the error is e(d) of a signed margin d; d error / d pred = d e / d d * d d / d pred */
+    float error;
+    int negative;
+    if (row->hinge) {
+        const float d = fg ? 1.0f - x : 1.0f + x;
+        error = d > 0.0f ? d : 0.0f;
+        negative = fg;
+    } else {
+        const float d = fg ? 1.0f - x : x;
+        error = fabsf(d);
+        negative = fg ^ (d < 0.0f);
+    }
+    if (isnan(x)) error = x; /* propagate NaN to the loss rather than drop the pixel */
+    if (error == 0.0f) return SKIP;
+    uint32_t bits;
+    memcpy(&bits, &error, sizeof bits);
+    const uint32_t key = ~(bits & 0x7fffffffu);
+    *item = (uint64_t)key << 32 | offset | (fg ? FG_FLAG : 0) | (negative ? NEGATIVE_FLAG : 0);
+    return ITEM;
+}
+
+static inline uint32_t top_digit(uint64_t item) { return (uint32_t)(item >> (32 + TOP_SHIFT)) & (TOP_BUCKETS - 1); }
+
+/* Stable ascending sort of items[0, m) by key bits 0..20; returns items or tmp, whichever holds the result. */
+static uint64_t *sort_bucket(uint64_t *items, uint64_t *tmp, int64_t m) {
+    if (m <= SMALL_BUCKET) {
+        for (int64_t i = 1; i < m; i++) {
+            const uint64_t item = items[i];
+            const uint64_t key = item >> 32;
+            int64_t j = i;
+            for (; j > 0 && items[j - 1] >> 32 > key; j--) items[j] = items[j - 1];
+            items[j] = item;
+        }
+        return items;
+    }
+    uint32_t count[LOW_PASSES][LOW_BUCKETS];
+    memset(count, 0, sizeof count);
+    for (int64_t i = 0; i < m; i++) {
+        const uint32_t key = (uint32_t)(items[i] >> 32);
+        for (int pass = 0; pass < LOW_PASSES; pass++) count[pass][(key >> (LOW_BITS * pass)) & (LOW_BUCKETS - 1)]++;
+    }
+    for (int pass = 0; pass < LOW_PASSES; pass++) {
+        const int shift = 32 + LOW_BITS * pass;
+        uint32_t *start = count[pass];
+        if (start[(items[0] >> shift) & (LOW_BUCKETS - 1)] == (uint32_t)m) continue; /* nothing moves */
         uint32_t total = 0;
-        for (int d = 0; d < BUCKETS; d++) { /* counts become start offsets */
-            const uint32_t c = count[d];
-            count[d] = total;
+        for (int d = 0; d < LOW_BUCKETS; d++) {
+            const uint32_t c = start[d];
+            start[d] = total;
             total += c;
         }
-        for (int64_t i = 0; i < m; i++) {
-            const uint64_t item = items[i];
-            tmp[count[(item >> shift) & (BUCKETS - 1)]++] = item;
-        }
+        for (int64_t i = 0; i < m; i++) tmp[start[(items[i] >> shift) & (LOW_BUCKETS - 1)]++] = items[i];
         uint64_t *swap = items;
         items = tmp;
         tmp = swap;
@@ -61,70 +124,71 @@ static uint64_t *radix_sort(uint64_t *items, uint64_t *tmp, int64_t m, uint32_t 
     return items;
 }
 
-static float lovasz_row(const float *pred, const uint8_t *codes, float *grad, int64_t segments, int64_t n,
-                        int64_t stride, int hinge, uint64_t *items, uint64_t *tmp, uint8_t *present) {
-    static __thread uint32_t hist[PASSES][BUCKETS];
-    memset(hist, 0, sizeof hist);
-    int64_t m = 0, gts = 0;
-    for (int64_t s = 0; s < segments; s++) {
-        for (int64_t i = 0; i < n; i++) {
-            const uint32_t offset = (uint32_t)(s * stride + i);
-            const int code = codes[offset];
-            if (code == IGNORED) {
-                if (grad) grad[offset] = 0.0f;
-                continue;
-            }
-            const int fg = code == FOREGROUND;
-            gts += fg;
-            const float x = pred[offset];
-            /* the error is e(d) of a signed margin d; d error / d pred = d e / d d * d d / d pred */
-            float error;
-            int negative;
-            if (hinge) {
-                const float d = fg ? 1.0f - x : 1.0f + x;
-                error = d > 0.0f ? d : 0.0f;
-                negative = fg;
-            } else {
-                const float d = fg ? 1.0f - x : x;
-                error = fabsf(d);
-                negative = fg ^ (d < 0.0f);
-            }
-            if (isnan(x)) error = x; /* propagate NaN to the loss rather than drop the pixel */
-            if (error == 0.0f) {
-                if (grad) grad[offset] = 0.0f;
-                continue;
-            }
-            uint32_t bits;
-            memcpy(&bits, &error, sizeof bits);
-            const uint32_t key = ~(bits & 0x7fffffffu);
-            for (int pass = 0; pass < PASSES; pass++) hist[pass][(key >> (DIGIT_BITS * pass)) & (BUCKETS - 1)]++;
-            const uint32_t low = offset | (fg ? FG_FLAG : 0) | (negative ? NEGATIVE_FLAG : 0);
-            items[m++] = (uint64_t)key << 32 | low;
+/* The loss of one row. `items` holds room for every pixel of the row, `*tmp` for *tmp_size
+ * items (grown as needed). Returns NAN with *failed set if memory runs out. */
+static float lovasz_row(const Row *row, uint64_t *items, uint64_t **tmp, int64_t *tmp_size, uint8_t *present,
+                        int *failed) {
+    uint32_t start[TOP_BUCKETS + 1];
+    memset(start, 0, sizeof start);
+    int64_t gts = 0;
+    uint64_t item;
+    for (int64_t s = 0; s < row->segments; s++) {
+        for (int64_t i = 0; i < row->n; i++) {
+            const uint32_t offset = (uint32_t)(s * row->stride + i);
+            if (pixel_item(row, offset, &item, &gts) == ITEM) start[top_digit(item) + 1]++;
         }
     }
     *present = gts > 0;
-    const uint64_t *sorted = radix_sort(items, tmp, m, hist);
+    int64_t largest = 0;
+    for (int d = 0; d < TOP_BUCKETS; d++) {
+        if (start[d + 1] > largest) largest = start[d + 1];
+        start[d + 1] += start[d];
+    }
+    if (largest > SMALL_BUCKET && largest > *tmp_size) {
+        free(*tmp);
+        *tmp = malloc((size_t)largest * sizeof **tmp);
+        *tmp_size = *tmp ? largest : 0;
+        if (!*tmp) {
+            *failed = 1;
+            return NAN;
+        }
+    }
+    uint32_t next[TOP_BUCKETS];
+    memcpy(next, start, sizeof next);
+    int64_t ignored_gts = 0;
+    for (int64_t s = 0; s < row->segments; s++) {
+        for (int64_t i = 0; i < row->n; i++) {
+            const uint32_t offset = (uint32_t)(s * row->stride + i);
+            if (pixel_item(row, offset, &item, &ignored_gts) == ITEM) items[next[top_digit(item)]++] = item;
+            else if (row->grad) row->grad[offset] = 0.0f; /* after its last read: grad may be pred */
+        }
+    }
 
     /* J(k) - J(k-1) with I = fg not yet taken, U = gts + bg taken: a foreground
      * pixel adds 1 / U, a background pixel I / (U (U - 1)), and J(1) = 1 when gts = 0. */
     double loss = 0.0;
     int64_t fg_taken = 0, bg_taken = 0;
-    for (int64_t k = 0; k < m; k++) {
-        const uint32_t low = (uint32_t)sorted[k];
-        const uint32_t bits = ~(uint32_t)(sorted[k] >> 32);
-        float error;
-        memcpy(&error, &bits, sizeof error);
-        double step;
-        if (low & FG_FLAG) {
-            fg_taken++;
-            step = 1.0 / (double)(gts + bg_taken);
-        } else {
-            bg_taken++;
-            const double union_ = (double)(gts + bg_taken);
-            step = union_ > 1.0 ? (double)(gts - fg_taken) / (union_ * (union_ - 1.0)) : 1.0;
+    for (int d = 0; d < TOP_BUCKETS; d++) {
+        const int64_t size = start[d + 1] - start[d];
+        if (size == 0) continue;
+        const uint64_t *sorted = sort_bucket(items + start[d], *tmp, size);
+        for (int64_t k = 0; k < size; k++) {
+            const uint32_t low = (uint32_t)sorted[k];
+            const uint32_t bits = ~(uint32_t)(sorted[k] >> 32);
+            float error;
+            memcpy(&error, &bits, sizeof error);
+            double step;
+            if (low & FG_FLAG) {
+                fg_taken++;
+                step = 1.0 / (double)(gts + bg_taken);
+            } else {
+                bg_taken++;
+                const double union_ = (double)(gts + bg_taken);
+                step = union_ > 1.0 ? (double)(gts - fg_taken) / (union_ * (union_ - 1.0)) : 1.0;
+            }
+            loss += (double)error * step;
+            if (row->grad) row->grad[low & OFFSET_MASK] = (float)(low & NEGATIVE_FLAG ? -step : step);
         }
-        loss += (double)error * step;
-        if (grad) grad[low & OFFSET_MASK] = (float)(low & NEGATIVE_FLAG ? -step : step);
     }
     return (float)loss;
 }
@@ -135,25 +199,22 @@ static float lovasz_row(const float *pred, const uint8_t *codes, float *grad, in
  * Returns 0, or -1 if scratch memory could not be allocated. */
 int lovasz_rows_f32(const float *pred, const uint8_t *codes, float *grad, int64_t sets, int64_t rows, int64_t n,
                     int hinge, int64_t row_begin, int64_t row_end, float *loss, uint8_t *present) {
-    const int64_t capacity = sets * n;
-    uint64_t *items = malloc((size_t)(capacity > 0 ? capacity : 1) * sizeof *items);
-    uint64_t *tmp = malloc((size_t)(capacity > 0 ? capacity : 1) * sizeof *tmp);
-    if (!items || !tmp) {
-        free(items);
-        free(tmp);
-        return -1;
-    }
-    for (int64_t r = row_begin; r < row_end; r++) {
+    const int64_t capacity = sets * n > 0 ? sets * n : 1;
+    uint64_t *items = malloc((size_t)capacity * sizeof *items);
+    uint64_t *tmp = NULL;
+    int64_t tmp_size = 0;
+    int failed = items == NULL;
+    for (int64_t r = row_begin; r < row_end && !failed; r++) {
         const int64_t base = r * n;
-        loss[r] = lovasz_row(pred + base, codes + base, grad ? grad + base : NULL, sets, n, rows * n, hinge,
-                             items, tmp, present + r);
+        const Row row = {pred + base, codes + base, grad ? grad + base : NULL, sets, n, rows * n, hinge};
+        loss[r] = lovasz_row(&row, items, &tmp, &tmp_size, present + r, &failed);
     }
     free(items);
     free(tmp);
-    return 0;
+    return failed ? -1 : 0;
 }
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernel",
-                                    "C kernel of lovasz.torch, called through ctypes.", -1, NULL};
+                                    "C kernel of lovasz.torch, called through ctypes.", -1, NULL, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__kernel(void) { return PyModule_Create(&module); }

@@ -71,7 +71,7 @@ def c_kernel() -> Optional[Callable[..., int]]:
 
 
 def _use_c_kernel(pred: Tensor) -> bool:
-    return pred.device.type == "cpu" and pred.dtype == torch.float32 and pred.numel() < 1 << 32 \
+    return pred.device.type == "cpu" and pred.dtype == torch.float32 and pred.numel() <= 1 << 30 \
         and c_kernel() is not None
 
 
@@ -172,46 +172,108 @@ def _rows_torch(pred: Tensor, codes: Tensor, hinge: bool, grad: Optional[Tensor]
     return torch.cat(losses), torch.cat(present)
 
 
-@torch.library.custom_op("lovasz::lovasz_rows", mutates_args=())
-def lovasz_rows(pred: Tensor, codes: Tensor, hinge: bool, need_grad: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    """Lovász extension of each row ``[:, r, :]`` of ``pred [S, R, N]`` (float32 or float64) against
-    ``codes [S, R, N]`` (uint8).
-
-    Errors are ``|[y = c] - p|`` (softmax) or ``max(0, 1 - s x)`` (``hinge``).
-    Returns ``loss [R]``, ``present [R]`` (bool: the row has a foreground pixel)
-    and, if ``need_grad``, ``d loss_r / d pred [S, R, N]`` (else an empty tensor).
-    """
+def _lovasz_rows(pred: Tensor, codes: Tensor, hinge: bool, grad: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """Loss and presence of each row ``[:, r, :]`` of ``[S, R, N]`` inputs; d loss_r / d pred into ``grad``."""
     sets, num_rows, num_pixels = pred.shape
-    grad = torch.empty_like(pred, memory_format=torch.contiguous_format) if need_grad else pred.new_empty(0)
     if sets * num_pixels == 0:
-        if need_grad:
+        if grad is not None:
             grad.zero_()
-        return pred.new_zeros(num_rows), codes.new_zeros(num_rows, dtype=torch.bool), grad
+        return pred.new_zeros(num_rows), codes.new_zeros(num_rows, dtype=torch.bool)
     rows = _rows_c if _use_c_kernel(pred) else _rows_torch
-    loss, present = rows(pred, codes, hinge, grad if need_grad else None)
-    return loss, present, grad
+    return rows(pred, codes, hinge, grad)
 
 
-@lovasz_rows.register_fake
-def _(pred, codes, hinge, need_grad):
-    num_rows = pred.shape[1]
+def _softmax_backward_(grad: Tensor, logits: Tensor, scale: Optional[Tensor]) -> None:
+    """``grad [B, C, N]`` := the gradient w.r.t. ``logits``, given ``grad / scale`` w.r.t. their softmax.
+
+    The softmax is recomputed in chunks of pixels, so that no temporary is the size
+    of the input and the probabilities are not kept: ``scale`` is ``[B, C, 1]`` or None.
+    """
+    batch, channels, num_pixels = grad.shape
+    step = max(_CHUNK_ELEMENTS.get(grad.device.type, _DEFAULT_CHUNK_ELEMENTS) // max(channels, 1), 1)
+    for b in range(batch):
+        for start in range(0, num_pixels, step):
+            g = grad[b, :, start:start + step]
+            if scale is not None:
+                g.mul_(scale[b])
+            probs = logits[b, :, start:start + step].softmax(0)
+            g.copy_(torch._softmax_backward_data(g, probs, 0, probs.dtype))
+
+
+def _set_losses(pred: Tensor, codes: Tensor, row_weights: Tensor, hinge: bool, softmax: bool, per_image: bool,
+                present_only: bool, class_ids: Optional[Tensor], need_grad: bool) -> Tuple[Tensor, Tensor]:
+    probs = pred.softmax(1) if softmax else pred
+    rows = (probs if class_ids is None else probs.index_select(1, class_ids)).contiguous()
+    del probs  # where it is a temporary, it lives on as ``rows`` or not at all
+    batch, num_rows, num_pixels = rows.shape
+    grad = None
+    if need_grad:
+        # Both kernels read a row before they write its gradient, so the gradient may
+        # overwrite the rows where they are a temporary of ours, not the caller's input.
+        grad = rows if rows is not pred else torch.empty_like(rows)
+    layout = (1, batch * num_rows, num_pixels) if per_image else rows.shape  # [S, R, N], see the module doc
+    loss, present = _lovasz_rows(rows.view(layout), codes.reshape(layout), hinge,
+                                 None if grad is None else grad.view(layout))
+    del rows
+    num_sets = batch if per_image else 1
+    w = row_weights.expand(num_sets, num_rows)
+    if present_only:
+        w = w * present.view(num_sets, num_rows)
+    weight_sum = w.sum(-1, keepdim=True)
+    coefficient = torch.where(weight_sum != 0, w / torch.where(weight_sum != 0, weight_sum, 1), 0)
+    per_set = (loss.view(num_sets, num_rows) * coefficient).sum(-1)
+    if grad is None:
+        return per_set, pred.new_empty(0)
+    scale = coefficient.unsqueeze(-1).expand(batch, num_rows, 1)  # d per_set / d row loss
+    if class_ids is not None:  # the classes left out get zero
+        grad = pred.new_zeros(pred.shape).index_copy_(1, class_ids, grad.mul_(scale))
+        scale = None
+    if softmax:
+        _softmax_backward_(grad, pred, scale)
+    elif scale is not None:
+        grad.mul_(scale)
+    return per_set, grad
+
+
+@torch.library.custom_op("lovasz::lovasz_loss", mutates_args=())
+def lovasz_loss(pred: Tensor, codes: Tensor, row_weights: Tensor, hinge: bool, softmax: bool, per_image: bool,
+                present_only: bool, class_ids: Optional[Tensor], need_grad: bool) -> Tuple[Tensor, Tensor]:
+    """Lovász loss of each set (image, or the batch) of ``pred [B, C, N]``, float32 or float64.
+
+    ``pred`` holds probabilities, logits with ``softmax`` (the softmax over ``C`` is
+    taken inside, so that neither it nor its gradient is kept), or hinge scores with
+    ``hinge``. ``codes [B, K, N]`` (uint8) mark the pixels of the ``K`` class rows,
+    the classes ``class_ids`` (every class when None). Errors are ``|[y = c] - p|``
+    (softmax) or ``max(0, 1 - s x)`` (``hinge``). A set's loss is the average of its
+    rows' losses weighted by ``row_weights [K]``, over the rows with a foreground
+    pixel if ``present_only``, and 0 if no weight is left.
+
+    Returns ``per_set [B]`` (``[1]`` unless ``per_image``) and, if ``need_grad``,
+    ``d per_set / d pred [B, C, N]``, each pixel's derivative of its own set's loss
+    (else an empty tensor): backward is one multiply.
+    """
+    return _set_losses(pred, codes, row_weights, hinge, softmax, per_image, present_only, class_ids, need_grad)
+
+
+@lovasz_loss.register_fake
+def _(pred, codes, row_weights, hinge, softmax, per_image, present_only, class_ids, need_grad):
     grad = torch.empty_like(pred, memory_format=torch.contiguous_format) if need_grad else pred.new_empty(0)
-    return pred.new_empty(num_rows), pred.new_empty(num_rows, dtype=torch.bool), grad
+    return pred.new_empty(pred.shape[0] if per_image else 1), grad
 
 
 def _setup_context(ctx, inputs, output):
-    ctx.need_grad = inputs[3]
-    ctx.save_for_backward(output[2])
-    ctx.set_materialize_grads(False)  # the other outputs get no gradient: don't fill [S, R, N] zeros for them
+    ctx.need_grad = inputs[-1]
+    ctx.save_for_backward(output[1])
+    ctx.set_materialize_grads(False)  # the gradient output gets no gradient: don't fill zeros for it
 
 
-def _backward(ctx, grad_loss, _grad_present, _grad_grad):
-    if grad_loss is None:
-        return None, None, None, None
+def _backward(ctx, grad_per_set, _grad_grad):
+    if grad_per_set is None:
+        return (None,) * 9
     if not ctx.need_grad:
-        raise RuntimeError("lovasz_rows was called with need_grad=False but a gradient was requested")
+        raise RuntimeError("lovasz_loss was called with need_grad=False but a gradient was requested")
     (grad,) = ctx.saved_tensors
-    return grad_loss.view(1, -1, 1) * grad, None, None, None
+    return (grad_per_set.view(-1, 1, 1) * grad,) + (None,) * 8
 
 
-torch.library.register_autograd("lovasz::lovasz_rows", _backward, setup_context=_setup_context)
+torch.library.register_autograd("lovasz::lovasz_loss", _backward, setup_context=_setup_context)

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from lovasz import _validation as V
-from lovasz._torch_core import IGNORED, _sorted_jaccard_grad, lovasz_rows
+from lovasz._torch_core import IGNORED, _sorted_jaccard_grad, lovasz_loss
 
 __all__ = [
     "lovasz_grad",
@@ -102,14 +102,8 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
 
 
 def _codes(is_fg: Tensor, ignored: Optional[Tensor]) -> Tensor:
-    codes = is_fg.to(torch.uint8)
+    codes = is_fg.view(torch.uint8)  # bool is one byte of 0 or 1: no copy
     return codes if ignored is None else codes.masked_fill_(ignored, IGNORED)
-
-
-def _rows(x: Tensor, per_image: bool) -> Tensor:
-    """``[B, K, N]`` in the kernel's ``[S, R, N]`` layout: one row per (image, class), or per class."""
-    b, k, n = x.shape
-    return x.reshape(1, b * k, n) if per_image else x
 
 
 def _class_selection(classes, num_classes: int) -> Tuple[Optional[Tensor], Optional[Tensor]]:
@@ -134,32 +128,25 @@ def _gather_batch(x: Tensor, group) -> Tensor:
     return torch.cat(parts)
 
 
-def _lovasz_classes(pred: Tensor, codes: Tensor, hinge: bool, classes, num_classes: int,
-                    per_image: bool, weights: Optional[Tensor], reduction: str, process_group=None) -> Tensor:
-    """Loss of ``pred [B, C, N]`` against ``codes [B, C, N]``: one row per (set, class), then the means."""
+def _lovasz_classes(pred: Tensor, codes: Tensor, hinge: bool, classes, num_classes: int, per_image: bool,
+                    weights: Optional[Tensor], reduction: str, process_group=None, softmax: bool = False) -> Tensor:
+    """Loss of ``pred [B, C, N]`` against ``codes [B, C, N]``: one row per (set, class), then the means.
+
+    With ``softmax``, ``pred`` holds logits and the softmax over ``C`` is taken inside the kernel.
+    """
     if process_group is not None and not per_image:
         pred, codes = _gather_batch(pred, process_group), _gather_batch(codes, process_group)
-    batch = pred.shape[0]
     ids, counts = _class_selection(classes, num_classes)
+    row_weights = torch.ones(num_classes, dtype=pred.dtype, device=pred.device)
+    if weights is not None:
+        row_weights = row_weights * weights.to(pred.dtype)
     if ids is not None:
         ids = ids.to(pred.device)
-        pred, codes = pred.index_select(1, ids), codes.index_select(1, ids)
-    num_rows = pred.shape[1]
+        codes = codes.index_select(1, ids)
+        row_weights = row_weights.index_select(0, ids) * counts.to(device=pred.device, dtype=pred.dtype)
     need_grad = torch.is_grad_enabled() and pred.requires_grad
-    loss, present, _ = lovasz_rows(_rows(pred, per_image), _rows(codes, per_image), hinge, need_grad)
-    num_sets = batch if per_image else 1
-    loss, present = loss.view(num_sets, num_rows), present.view(num_sets, num_rows)
-
-    w = torch.ones(num_rows, dtype=loss.dtype, device=loss.device)
-    if counts is not None:
-        w = w * counts.to(device=loss.device, dtype=loss.dtype)
-    if weights is not None:
-        w = w * (weights if ids is None else weights.index_select(0, ids)).to(loss.dtype)
-    w = w.expand(num_sets, num_rows)
-    if classes == "present":
-        w = w * present
-    total, weight_sum = (loss * w).sum(-1), w.sum(-1)
-    per_set = torch.where(weight_sum != 0, total / torch.where(weight_sum != 0, weight_sum, 1), 0)
+    per_set, _ = lovasz_loss(pred, codes, row_weights, hinge, softmax, per_image, classes == "present", ids,
+                             need_grad)
     return _reduce(per_set, reduction, per_image)
 
 
@@ -233,8 +220,6 @@ def lovasz_softmax(probas: Tensor, labels: Tensor, classes: Classes = "present",
     if sigmoid:
         pred = pred.sigmoid() if from_logits else pred
         pred = torch.stack([1 - pred, pred], dim=1)
-    elif from_logits:
-        pred = pred.softmax(dim=1)
     pred = pred.reshape(batch, num_classes, -1)
     lab = labels.reshape(batch, 1, -1)
     ignored = None if ignore is None else lab == ignore
@@ -242,7 +227,8 @@ def lovasz_softmax(probas: Tensor, labels: Tensor, classes: Classes = "present",
                   (lab >= 0) & (lab < num_classes), "labels")
     class_ids = torch.arange(num_classes, device=lab.device)
     codes = _codes(lab == class_ids.view(1, -1, 1), None if ignored is None else ignored.expand_as(pred))
-    loss = _lovasz_classes(pred, codes, False, classes, num_classes, per_image, w, reduction, process_group)
+    loss = _lovasz_classes(pred, codes, False, classes, num_classes, per_image, w, reduction, process_group,
+                           softmax=from_logits and not sigmoid)
     return loss.to(probas.dtype)
 
 
