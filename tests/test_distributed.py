@@ -1,6 +1,5 @@
 """Two CPU processes with gloo: the global-batch Lovász loss and the streaming metric across ranks."""
 
-import numpy as np
 import pytest
 
 from conftest import require

@@ -1,18 +1,24 @@
-"""The one kernel behind every PyTorch loss: the Lovász extension of many rows at once.
+"""The one op behind every PyTorch loss: ``lovasz::lovasz_loss``, a ``torch.library`` custom op.
 
 A *row* is one (set, class) pair: the pixels of one image (``per_image``) or of
-the whole batch, for one class. The kernel takes predictions and codes
-(0 background, 1 foreground, 2 ignored) in a ``[S, R, N]`` layout, where row
-``r`` is ``[:, r, :]`` (batch mode: ``S`` = images; per image: ``S = 1``, and
-``R`` = images x classes), and returns the loss of each row plus, in the same
-pass, the exact gradient of each row's loss w.r.t. its predictions, so that
-backward is one multiply and nothing but that gradient is kept for it.
+the whole batch, for one class. Rows are read in a ``[S, R, N]`` layout, row
+``r`` being ``[:, r, :]`` (batch mode: ``S`` = images, ``R`` = classes; per image:
+``S = 1``, ``R`` = images x classes), which is the prediction's own ``[B, C, N]``
+memory: no transpose.
 
-Two paths, each measured with ``lovasz bench``:
+The op computes the loss of each set and, in the same pass, its exact gradient,
+so that backward is one multiply and that gradient is all it keeps:
 
-- float32 on CPU: the C kernel ``_kernel.c`` (radix sort, zero errors left out
-  of the sort, rows read in place), blocks of rows on ``torch.get_num_threads()``
-  threads;
+- the softmax (for logits) is taken inside, and the gradient through it is
+  computed chunk by chunk from the logits, so neither the probabilities nor
+  their gradient outlive the forward pass;
+- the class weights and averages are folded into the gradient in forward;
+- the gradient overwrites the op's own temporaries (the probabilities).
+
+The rows themselves go one of two ways:
+
+- float32 on CPU: the C kernel ``_kernel.c`` (two-level radix sort, zero errors
+  left out of the sort), blocks of rows on ``torch.get_num_threads()`` threads;
 - elsewhere (GPU, float64, or no compiled kernel): ``torch.sort`` of integer keys.
   Non-negative float bits sort like the floats; the foreground bit rides in the
   key's lowest bit (the error loses one ulp), so no gather of the labels is
@@ -39,7 +45,7 @@ BACKGROUND, FOREGROUND, IGNORED = 0, 1, 2
 
 # Elements per chunk of rows on the torch.sort path. On CPU, small chunks keep
 # temporaries in cache and the peak low; on a GPU, big chunks keep the device busy.
-_CHUNK_ELEMENTS = {"cpu": 1 << 20}
+_CHUNK_ELEMENTS = {"cpu": 1 << 21}
 _DEFAULT_CHUNK_ELEMENTS = 1 << 27
 
 _KEY_DTYPE = {torch.float32: torch.int32, torch.float64: torch.int64}
