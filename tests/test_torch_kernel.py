@@ -9,14 +9,15 @@ from cases import Case, sweep
 torch = require("torch")
 L = require("lovasz.torch")
 core = require("lovasz._torch_core")
+ckernel = require("lovasz._ckernel")
 
-pytestmark = pytest.mark.skipif(core.c_kernel() is None and "kernel" not in REQUIRED,
+pytestmark = pytest.mark.skipif(ckernel.kernel() is None and "kernel" not in REQUIRED,
                                 reason="lovasz was installed without its C kernel")
 FUNCTIONS = {"softmax": L.lovasz_softmax, "hinge": L.lovasz_hinge, "multilabel": L.lovasz_multilabel}
 
 
 def test_kernel_is_built():
-    assert core.c_kernel() is not None, "the C kernel did not build: pip install needs a C compiler"
+    assert ckernel.kernel() is not None, "the C kernel did not build: pip install needs a C compiler"
 
 
 def value_and_grad(function, pred, *args, **kwargs):

@@ -1,4 +1,4 @@
-/* The CPU kernel of lovasz.torch: loss and gradient of float32 rows, with a radix sort.
+/* The CPU kernel of lovasz.torch and lovasz.jax: loss and gradient of float32 rows, with a radix sort.
  *
  * A row is one (set, class) pair: `segments` runs of `n` contiguous pixels,
  * `stride` elements apart (one run per image of a batch-mode row, one run for a
@@ -34,6 +34,7 @@
 #include <string.h>
 
 enum { FOREGROUND = 1, IGNORED = 2 };
+enum { SOFTMAX, HINGE, ERRORS }; /* how a prediction x becomes an error: see _ckernel.py */
 
 /* Keys are ~error bits with the error's sign bit clear, so key bit 31 is always set. */
 #define TOP_SHIFT 21 /* the first level: key bits 21..30 */
@@ -52,7 +53,7 @@ typedef struct {
     const uint8_t *codes;
     float *grad; /* NULL: no gradient wanted */
     int64_t segments, n, stride;
-    int hinge;
+    int mode;
 } Row;
 
 enum { SKIP, ITEM };
@@ -68,14 +69,14 @@ static inline int pixel_item(const Row *row, uint32_t offset, uint64_t *item, in
     /* the error is e(d) of a signed margin d; d error / d pred = d e / d d * d d / d pred */
     float error;
     int negative;
-    if (row->hinge) {
-        const float d = fg ? 1.0f - x : 1.0f + x;
-        error = d > 0.0f ? d : 0.0f;
-        negative = fg;
-    } else {
+    if (row->mode == SOFTMAX) {
         const float d = fg ? 1.0f - x : x;
         error = fabsf(d);
         negative = fg ^ (d < 0.0f);
+    } else {
+        const float d = row->mode == HINGE ? (fg ? 1.0f - x : 1.0f + x) : x;
+        error = d > 0.0f ? d : 0.0f;
+        negative = row->mode == HINGE && fg;
     }
     if (isnan(x)) error = x; /* propagate NaN to the loss rather than drop the pixel */
     if (error == 0.0f) return SKIP;
@@ -198,7 +199,7 @@ static float lovasz_row(const Row *row, uint64_t *items, uint64_t **tmp, int64_t
  * Writes loss[r], present[r] and, if grad is not NULL, the gradient in pred's layout.
  * Returns 0, or -1 if scratch memory could not be allocated. */
 int lovasz_rows_f32(const float *pred, const uint8_t *codes, float *grad, int64_t sets, int64_t rows, int64_t n,
-                    int hinge, int64_t row_begin, int64_t row_end, float *loss, uint8_t *present) {
+                    int mode, int64_t row_begin, int64_t row_end, float *loss, uint8_t *present) {
     const int64_t capacity = sets * n > 0 ? sets * n : 1;
     uint64_t *items = malloc((size_t)capacity * sizeof *items);
     uint64_t *tmp = NULL;
@@ -206,7 +207,7 @@ int lovasz_rows_f32(const float *pred, const uint8_t *codes, float *grad, int64_
     int failed = items == NULL;
     for (int64_t r = row_begin; r < row_end && !failed; r++) {
         const int64_t base = r * n;
-        const Row row = {pred + base, codes + base, grad ? grad + base : NULL, sets, n, rows * n, hinge};
+        const Row row = {pred + base, codes + base, grad ? grad + base : NULL, sets, n, rows * n, mode};
         loss[r] = lovasz_row(&row, items, &tmp, &tmp_size, present + r, &failed);
     }
     free(items);

@@ -17,7 +17,7 @@ so that backward is one multiply and that gradient is all it keeps:
 
 The rows themselves go one of two ways:
 
-- float32 on CPU: the C kernel ``_kernel.c`` (two-level radix sort, zero errors
+- float32 on CPU: the C kernel ``_kernel.c`` (through ``_ckernel``) (two-level radix sort, zero errors
   left out of the sort), blocks of rows on ``torch.get_num_threads()`` threads;
 - elsewhere (GPU, float64, or no compiled kernel): ``torch.sort`` of integer keys.
   Non-negative float bits sort like the floats; the foreground bit rides in the
@@ -32,14 +32,13 @@ digits to cancellation on large rows.
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import threading
-from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Optional, Tuple
+from typing import Optional, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from lovasz import _ckernel as C
 
 BACKGROUND, FOREGROUND, IGNORED = 0, 1, 2
 
@@ -50,57 +49,15 @@ _DEFAULT_CHUNK_ELEMENTS = 1 << 27
 
 _KEY_DTYPE = {torch.float32: torch.int32, torch.float64: torch.int64}
 
-_POOL_LOCK = threading.Lock()
-_POOL: Optional[ThreadPoolExecutor] = None
-
-
-def _pool(workers: int) -> ThreadPoolExecutor:
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None or _POOL._max_workers != workers:
-            _POOL = ThreadPoolExecutor(workers, thread_name_prefix="lovasz")
-        return _POOL
-
-
-@functools.lru_cache(maxsize=None)
-def c_kernel() -> Optional[Callable[..., int]]:
-    """The compiled ``lovasz_rows_f32``, or None where the package was installed without it."""
-    try:
-        from lovasz import _kernel
-    except ImportError:
-        return None
-    function = ctypes.CDLL(_kernel.__file__).lovasz_rows_f32
-    i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    function.argtypes = [ptr, ptr, ptr, i64, i64, i64, ctypes.c_int, i64, i64, ptr, ptr]
-    function.restype = ctypes.c_int
-    return function
-
-
 def _use_c_kernel(pred: Tensor) -> bool:
-    return pred.device.type == "cpu" and pred.dtype == torch.float32 and pred.numel() <= 1 << 30 \
-        and c_kernel() is not None
+    return pred.device.type == "cpu" and C.applies(np.float32 if pred.dtype == torch.float32 else None, pred.numel())
 
 
 def _rows_c(pred: Tensor, codes: Tensor, hinge: bool, grad: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
     """The C path: loss and presence of each row of ``[S, R, N]`` inputs, gradient into ``grad``."""
-    sets, num_rows, num_pixels = pred.shape
-    pred, codes = pred.contiguous(), codes.contiguous()
-    loss = pred.new_empty(num_rows)
-    present = torch.empty(num_rows, dtype=torch.bool)
-    kernel = c_kernel()
-    args = (pred.data_ptr(), codes.data_ptr(), 0 if grad is None else grad.data_ptr(), sets, num_rows, num_pixels,
-            int(hinge))
-    outputs = (loss.data_ptr(), present.data_ptr())
-    workers = min(torch.get_num_threads(), num_rows)
-    bounds = [num_rows * w // workers for w in range(workers + 1)]
-    blocks = list(zip(bounds[:-1], bounds[1:]))
-    if workers <= 1:
-        status = [kernel(*args, *block, *outputs) for block in blocks]
-    else:  # ctypes releases the GIL, so the blocks run in parallel
-        status = list(_pool(workers).map(lambda block: kernel(*args, *block, *outputs), blocks))
-    if any(status):
-        raise MemoryError(f"lovasz: no memory for the sort scratch of {sets * num_pixels} pixels")
-    return loss, present
+    loss, present = C.lovasz_rows(pred.detach().numpy(), codes.numpy(), C.HINGE if hinge else C.SOFTMAX,
+                                  None if grad is None else grad.detach().numpy(), torch.get_num_threads())
+    return torch.from_numpy(loss), torch.from_numpy(present)
 
 
 def _sorted_jaccard_grad(fg_sorted: Tensor, dtype: torch.dtype) -> Tensor:

@@ -2,11 +2,15 @@
 
 Channels-first ``[B, C, *spatial]`` by default, as in :mod:`lovasz.torch`; the
 ``axis`` argument names the channel axis (``axis=-1`` for channels-last).
-Every (set, class) row goes through one ``jax.lax.sort`` that carries the
-foreground flags along with the errors. There is no Python branch on array
-values and no data-dependent shape (ignored pixels are masked), so the losses
-work under ``jax.jit``, ``jax.grad`` and ``jax.vmap``. The gradient flows into
-the sorted errors; the Jaccard steps are constants computed in closed form.
+Every (set, class) row goes through one sort. On a CPU, float32 rows go to the
+C kernel of :mod:`lovasz.torch` through ``jax.pure_callback`` (a ``custom_vjp``
+whose forward pass returns the gradient too, so backward is one multiply);
+elsewhere, and in float64, through one ``jax.lax.sort`` that carries the
+foreground flags along with the errors, the gradient flowing into the sorted
+errors. ``jax.lax.platform_dependent`` picks one when the function is lowered.
+There is no Python branch on array values and no data-dependent shape (ignored
+pixels are masked), so the losses work under ``jax.jit``, ``jax.grad`` and
+``jax.vmap``. The Jaccard steps are computed in closed form.
 
 Argument order: ``(prediction, labels)``, as in the original PyTorch code;
 Keras losses (:mod:`lovasz.keras`) take ``(y_true, y_pred)``.
@@ -17,12 +21,15 @@ CVPR 2018, arXiv:1705.08790.
 
 from __future__ import annotations
 
+import functools
+import os
 from typing import Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lovasz import _ckernel as C
 from lovasz import _validation as V
 
 __all__ = ["lovasz_grad", "lovasz_softmax", "lovasz_hinge", "lovasz_multilabel"]
@@ -112,6 +119,63 @@ def _rows(x: jax.Array, per_image: bool) -> jax.Array:
     return x.reshape(b * k, n) if per_image else x.transpose(1, 0, 2).reshape(k, b * n)
 
 
+def _kernel_on_host(errors: np.ndarray, codes: np.ndarray, need_grad: bool):
+    """The C kernel on ``[..., S, R, N]`` errors; the leading axes come from ``vmap``."""
+    errors, codes = np.asarray(errors), np.asarray(codes)
+    lead, (sets, num_rows, num_pixels) = errors.shape[:-3], errors.shape[-3:]
+    loss = np.empty(lead + (num_rows,), np.float32)
+    grad = np.empty(errors.shape, np.float32) if need_grad else None
+    for index in np.ndindex(lead):
+        loss[index], _ = C.lovasz_rows(errors[index], codes[index], C.ERRORS,
+                                       None if grad is None else grad[index], os.cpu_count() or 1)
+    return (loss, grad) if need_grad else loss
+
+
+def _host_call(errors: jax.Array, codes: jax.Array, need_grad: bool):
+    loss = jax.ShapeDtypeStruct(errors.shape[:-3] + errors.shape[-2:-1], jnp.float32)
+    shapes = (loss, jax.ShapeDtypeStruct(errors.shape, jnp.float32)) if need_grad else loss
+    return jax.pure_callback(functools.partial(_kernel_on_host, need_grad=need_grad), shapes, errors, codes,
+                             vmap_method="broadcast_all")
+
+
+@jax.custom_vjp
+def _host_rows(errors: jax.Array, codes: jax.Array) -> jax.Array:
+    """Loss of each row ``[:, r, :]`` of float32 ``errors [S, R, N]`` (codes 0/1/2), by the C kernel."""
+    return _host_call(errors, codes, need_grad=False)
+
+
+def _host_rows_fwd(errors, codes):
+    loss, grad = _host_call(errors, codes, need_grad=True)  # the gradient comes with the loss
+    return loss, (grad, codes)
+
+
+def _host_rows_bwd(residuals, loss_cotangent):
+    grad, codes = residuals
+    return loss_cotangent[..., None, :, None] * grad, np.zeros(codes.shape, jax.dtypes.float0)
+
+
+_host_rows.defvjp(_host_rows_fwd, _host_rows_bwd)
+
+
+def _sorted_rows(errors: jax.Array, codes: jax.Array) -> jax.Array:
+    """:func:`_lovasz_rows` on the ``[S, R, N]`` layout of :func:`_host_rows`."""
+    sets, num_rows, num_pixels = errors.shape
+    rows = lambda x: x.transpose(1, 0, 2).reshape(num_rows, sets * num_pixels)  # noqa: E731
+    return _lovasz_rows(rows(errors), rows(codes) == 1, rows(codes) != 2)
+
+
+def _lovasz_kernel(errors: jax.Array, fg: jax.Array, valid: Optional[jax.Array], per_image: bool) -> jax.Array:
+    """Loss of each (set, class) row of ``errors [B, K, N]``: on a CPU by the C kernel where it applies."""
+    fg_rows = _rows(fg, per_image)
+    if not C.applies(errors.dtype, errors.size):
+        return _lovasz_rows(_rows(errors, per_image), fg_rows, None if valid is None else _rows(valid, per_image))
+    codes = fg.astype(jnp.uint8) if valid is None else jnp.where(valid, fg.astype(jnp.uint8), 2).astype(jnp.uint8)
+    b, k, n = errors.shape
+    layout = (1, b * k, n) if per_image else (b, k, n)  # [S, R, N]: row r is [:, r, :]
+    errors, codes = errors.reshape(layout), codes.reshape(layout)
+    return jax.lax.platform_dependent(errors, codes, cpu=_host_rows, default=_sorted_rows)
+
+
 def _lovasz_classes(pred, fg, valid, hinge: bool, classes, per_image: bool, weights, reduction: str):
     """Loss of ``pred [B, K, N]`` against ``fg [B, K, N]``; ``valid`` broadcasts to them."""
     if valid is not None:
@@ -126,9 +190,8 @@ def _lovasz_classes(pred, fg, valid, hinge: bool, classes, per_image: bool, weig
         errors = jnp.where(fg, 1 - pred, 1 + pred)
     else:  # |[y = c] - p|
         errors = jnp.abs(jnp.where(fg, 1 - pred, pred))
-    fg_rows = _rows(fg, per_image)
-    loss = _lovasz_rows(_rows(errors, per_image), fg_rows, None if valid is None else _rows(valid, per_image))
-    present = fg_rows.any(-1)
+    loss = _lovasz_kernel(errors, fg, valid, per_image)
+    present = _rows(fg, per_image).any(-1)
 
     num_rows = pred.shape[1]
     loss, present = loss.reshape(-1, num_rows), present.reshape(-1, num_rows)

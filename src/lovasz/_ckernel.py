@@ -1,0 +1,79 @@
+"""The C kernel (``_kernel.c``) through ctypes, on NumPy arrays: the CPU path of lovasz.torch and lovasz.jax.
+
+Framework-free, so that each backend module imports only its own framework.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Optional, Tuple
+
+import numpy as np
+
+# How the kernel reads a prediction x at a foreground (fg) or background pixel.
+SOFTMAX = 0  # error |[fg] - x|
+HINGE = 1  # error max(0, 1 - x) at fg, max(0, 1 + x) elsewhere
+ERRORS = 2  # x is the error itself (negative counts as 0); the gradient is d loss / d error
+
+MAX_ELEMENTS = 1 << 30  # a pixel's offset takes 30 bits of a sort item
+
+_POOL_LOCK = threading.Lock()
+_POOL: Optional[ThreadPoolExecutor] = None
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL._max_workers != workers:
+            _POOL = ThreadPoolExecutor(workers, thread_name_prefix="lovasz")
+        return _POOL
+
+
+@functools.lru_cache(maxsize=None)
+def kernel() -> Optional[Callable[..., int]]:
+    """The compiled ``lovasz_rows_f32``, or None where the package was installed without it."""
+    try:
+        from lovasz import _kernel
+    except ImportError:
+        return None
+    function = ctypes.CDLL(_kernel.__file__).lovasz_rows_f32
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    function.argtypes = [ptr, ptr, ptr, i64, i64, i64, ctypes.c_int, i64, i64, ptr, ptr]
+    function.restype = ctypes.c_int
+    return function
+
+
+def applies(dtype, size: int) -> bool:
+    """Whether the kernel can take float32 rows of ``size`` elements in all."""
+    return dtype == np.float32 and size <= MAX_ELEMENTS and kernel() is not None
+
+
+def lovasz_rows(pred: np.ndarray, codes: np.ndarray, mode: int, grad: Optional[np.ndarray],
+                threads: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Loss and presence of each row ``[:, r, :]`` of ``pred [S, R, N]`` (float32) and ``codes`` (uint8).
+
+    Writes d loss_r / d pred into ``grad`` (C-contiguous float32 of the same shape,
+    possibly ``pred`` itself) if given. Blocks of rows run on up to ``threads`` threads.
+    """
+    sets, num_rows, num_pixels = pred.shape
+    pred, codes = np.ascontiguousarray(pred), np.ascontiguousarray(codes)
+    assert grad is None or (grad.flags.c_contiguous and grad.shape == pred.shape and grad.dtype == np.float32)
+    loss = np.empty(num_rows, np.float32)
+    present = np.empty(num_rows, np.bool_)
+    args = (pred.ctypes.data, codes.ctypes.data, None if grad is None else grad.ctypes.data,
+            sets, num_rows, num_pixels, mode)
+    outputs = (loss.ctypes.data, present.ctypes.data)
+    run = kernel()
+    workers = max(min(threads, num_rows), 1)
+    bounds = [num_rows * w // workers for w in range(workers + 1)]
+    blocks = list(zip(bounds[:-1], bounds[1:]))
+    if workers == 1:
+        status = [run(*args, *block, *outputs) for block in blocks]
+    else:  # ctypes releases the GIL, so the blocks run in parallel
+        status = list(_pool(workers).map(lambda block: run(*args, *block, *outputs), blocks))
+    if any(status):
+        raise MemoryError(f"lovasz: no memory for the sort scratch of {sets * num_pixels} pixels")
+    return loss, present
