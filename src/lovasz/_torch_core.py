@@ -42,12 +42,14 @@ from lovasz import _ckernel as C
 
 BACKGROUND, FOREGROUND, IGNORED = 0, 1, 2
 
-# Elements per chunk of rows on the torch.sort path. On CPU, small chunks keep
-# temporaries in cache and the peak low; on a GPU, big chunks keep the device busy.
+# Elements per chunk, for the rows of the torch.sort path and for the softmax's gradient.
+# On CPU, small chunks keep temporaries in cache and the peak low; on a GPU, big chunks
+# keep the device busy.
 _CHUNK_ELEMENTS = {"cpu": 1 << 21}
 _DEFAULT_CHUNK_ELEMENTS = 1 << 27
 
 _KEY_DTYPE = {torch.float32: torch.int32, torch.float64: torch.int64}
+
 
 def _use_c_kernel(pred: Tensor) -> bool:
     return pred.device.type == "cpu" and C.applies(np.float32 if pred.dtype == torch.float32 else None, pred.numel())
