@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional, Tuple
@@ -30,6 +31,16 @@ def _pool(workers: int) -> ThreadPoolExecutor:
         if _POOL is None or _POOL._max_workers != workers:
             _POOL = ThreadPoolExecutor(workers, thread_name_prefix="lovasz")
         return _POOL
+
+
+def _forget_pool() -> None:
+    """A forked child has the pool object but not its threads: it makes its own."""
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 @functools.lru_cache(maxsize=None)

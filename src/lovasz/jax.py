@@ -119,6 +119,9 @@ def _rows(x: jax.Array, per_image: bool) -> jax.Array:
     return x.reshape(b * k, n) if per_image else x.transpose(1, 0, 2).reshape(k, b * n)
 
 
+_THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _kernel_on_host(errors: np.ndarray, codes: np.ndarray, need_grad: bool):
     """The C kernel on ``[..., S, R, N]`` errors; the leading axes come from ``vmap``."""
     errors, codes = np.asarray(errors), np.asarray(codes)
@@ -127,7 +130,7 @@ def _kernel_on_host(errors: np.ndarray, codes: np.ndarray, need_grad: bool):
     grad = np.empty(errors.shape, np.float32) if need_grad else None
     for index in np.ndindex(lead):
         loss[index], _ = C.lovasz_rows(errors[index], codes[index], C.ERRORS,
-                                       None if grad is None else grad[index], os.cpu_count() or 1)
+                                       None if grad is None else grad[index], _THREADS)
     return (loss, grad) if need_grad else loss
 
 
@@ -166,9 +169,9 @@ def _sorted_rows(errors: jax.Array, codes: jax.Array) -> jax.Array:
 
 def _lovasz_kernel(errors: jax.Array, fg: jax.Array, valid: Optional[jax.Array], per_image: bool) -> jax.Array:
     """Loss of each (set, class) row of ``errors [B, K, N]``: on a CPU by the C kernel where it applies."""
-    fg_rows = _rows(fg, per_image)
     if not C.applies(errors.dtype, errors.size):
-        return _lovasz_rows(_rows(errors, per_image), fg_rows, None if valid is None else _rows(valid, per_image))
+        return _lovasz_rows(_rows(errors, per_image), _rows(fg, per_image),
+                            None if valid is None else _rows(valid, per_image))
     codes = fg.astype(jnp.uint8) if valid is None else jnp.where(valid, fg.astype(jnp.uint8), 2).astype(jnp.uint8)
     b, k, n = errors.shape
     layout = (1, b * k, n) if per_image else (b, k, n)  # [S, R, N]: row r is [:, r, :]
