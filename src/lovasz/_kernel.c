@@ -56,35 +56,34 @@ typedef struct {
     int mode;
 } Row;
 
-enum { SKIP, ITEM };
-
-/* The item of the pixel at `offset`, or SKIP for an ignored pixel or a zero error
- * (whose gradient is 0). Counts foreground pixels into *gts. */
-static inline int pixel_item(const Row *row, uint32_t offset, uint64_t *item, int64_t *gts) {
-    const int code = row->codes[offset];
-    if (code == IGNORED) return SKIP;
-    const int fg = code == FOREGROUND;
+/* The item of the pixel at `offset`; *keep says whether it goes into the sort (not an
+ * ignored pixel, nor a zero error, whose gradient is 0). Free of branches on the data:
+ * labels and zero errors come in no order that a branch predictor could learn. */
+static inline uint64_t pixel_item(const Row *row, uint32_t offset, uint32_t *keep, int64_t *gts) {
+    const uint32_t code = row->codes[offset], fg = code == FOREGROUND;
     *gts += fg;
-    const float x = row->pred[offset];
-    /* the error is e(d) of a signed margin d; d error / d pred = d e / d d * d d / d pred */
-    float error;
-    int negative;
-    if (row->mode == SOFTMAX) {
-        const float d = fg ? 1.0f - x : x;
-        error = fabsf(d);
-        negative = fg ^ (d < 0.0f);
-    } else {
-        const float d = row->mode == HINGE ? (fg ? 1.0f - x : 1.0f + x) : x;
-        error = d > 0.0f ? d : 0.0f;
-        negative = row->mode == HINGE && fg;
-    }
-    if (isnan(x)) error = x; /* propagate NaN to the loss rather than drop the pixel */
-    if (error == 0.0f) return SKIP;
     uint32_t bits;
-    memcpy(&bits, &error, sizeof bits);
-    const uint32_t key = ~(bits & 0x7fffffffu);
-    *item = (uint64_t)key << 32 | offset | (fg ? FG_FLAG : 0) | (negative ? NEGATIVE_FLAG : 0);
-    return ITEM;
+    memcpy(&bits, &row->pred[offset], sizeof bits);
+    float x, flipped; /* x, and -x at the foreground */
+    memcpy(&x, &bits, sizeof x);
+    bits ^= fg << 31;
+    memcpy(&flipped, &bits, sizeof flipped);
+    /* the error is e(d) of a signed margin d; d error / d pred = d e / d d * d d / d pred */
+    float d;
+    uint32_t error_bits, negative;
+    if (row->mode == SOFTMAX) { /* e = |d|, d = 1 - x or x */
+        d = (float)fg + flipped;
+        memcpy(&bits, &d, sizeof bits);
+        error_bits = bits & 0x7fffffffu;
+        negative = fg ^ (bits >> 31);
+    } else { /* e = max(d, 0), d = 1 -+ x (hinge) or x (errors); NaN goes on to the loss */
+        d = row->mode == HINGE ? 1.0f + flipped : x;
+        memcpy(&bits, &d, sizeof bits);
+        error_bits = bits & -(uint32_t)((d > 0.0f) | (d != d));
+        negative = (row->mode == HINGE) & fg;
+    }
+    *keep = (code != IGNORED) & (error_bits != 0);
+    return (uint64_t)~error_bits << 32 | offset | fg << 31 | negative << 30;
 }
 
 static inline uint32_t top_digit(uint64_t item) { return (uint32_t)(item >> (32 + TOP_SHIFT)) & (TOP_BUCKETS - 1); }
@@ -127,16 +126,34 @@ static uint64_t *sort_bucket(uint64_t *items, uint64_t *tmp, int64_t m) {
 
 /* The loss of one row. `items` holds room for every pixel of the row, `*tmp` for *tmp_size
  * items (grown as needed). Returns NAN with *failed set if memory runs out. */
+/* A row's pixels go through in blocks: first their items, free of branches, into a small
+ * buffer; then the buffer into the histogram or the buckets. Addresses that come from a
+ * buffer are known early, where addresses computed from the data would keep the processor
+ * guessing whether a store and the next load meet. */
+#define BLOCK 1024
+
+typedef struct {
+    uint64_t item[BLOCK];
+    uint32_t keep[BLOCK];
+    int64_t length;
+} Block;
+
+static inline void block_items(const Row *row, int64_t s, int64_t i, Block *block, int64_t *gts) {
+    block->length = row->n - i < BLOCK ? row->n - i : BLOCK;
+    const uint32_t base = (uint32_t)(s * row->stride + i);
+    for (int64_t j = 0; j < block->length; j++) block->item[j] = pixel_item(row, base + (uint32_t)j, &block->keep[j], gts);
+}
+
 static float lovasz_row(const Row *row, uint64_t *items, uint64_t **tmp, int64_t *tmp_size, uint8_t *present,
                         int *failed) {
+    Block block;
     uint32_t start[TOP_BUCKETS + 1];
     memset(start, 0, sizeof start);
     int64_t gts = 0;
-    uint64_t item;
     for (int64_t s = 0; s < row->segments; s++) {
-        for (int64_t i = 0; i < row->n; i++) {
-            const uint32_t offset = (uint32_t)(s * row->stride + i);
-            if (pixel_item(row, offset, &item, &gts) == ITEM) start[top_digit(item) + 1]++;
+        for (int64_t i = 0; i < row->n; i += BLOCK) {
+            block_items(row, s, i, &block, &gts);
+            for (int64_t j = 0; j < block.length; j++) start[top_digit(block.item[j]) + 1] += block.keep[j];
         }
     }
     *present = gts > 0;
@@ -156,17 +173,24 @@ static float lovasz_row(const Row *row, uint64_t *items, uint64_t **tmp, int64_t
     }
     uint32_t next[TOP_BUCKETS];
     memcpy(next, start, sizeof next);
+    const uint32_t discard = start[TOP_BUCKETS]; /* the slot after the kept items takes those left out */
     int64_t ignored_gts = 0;
     for (int64_t s = 0; s < row->segments; s++) {
-        for (int64_t i = 0; i < row->n; i++) {
-            const uint32_t offset = (uint32_t)(s * row->stride + i);
-            if (pixel_item(row, offset, &item, &ignored_gts) == ITEM) items[next[top_digit(item)]++] = item;
-            else if (row->grad) row->grad[offset] = 0.0f; /* after its last read: grad may be pred */
+        for (int64_t i = 0; i < row->n; i += BLOCK) {
+            block_items(row, s, i, &block, &ignored_gts);
+            for (int64_t j = 0; j < block.length; j++) {
+                const uint32_t d = top_digit(block.item[j]), keep = block.keep[j];
+                items[keep ? next[d] : discard] = block.item[j];
+                next[d] += keep;
+            }
+            /* every gradient starts at 0, after the block's last read (grad may be pred) */
+            if (row->grad) memset(row->grad + s * row->stride + i, 0, (size_t)block.length * sizeof *row->grad);
         }
     }
 
-    /* J(k) - J(k-1) with I = fg not yet taken, U = gts + bg taken: a foreground
-     * pixel adds 1 / U, a background pixel I / (U (U - 1)), and J(1) = 1 when gts = 0. */
+    /* J(k) - J(k-1) with I = fg not yet taken, U = gts + bg taken: a foreground pixel
+     * adds 1 / U, a background pixel I / (U (U - 1)), and J(1) = 1 when gts = 0.
+     * Integer selects, free of branches on the labels. */
     double loss = 0.0;
     int64_t fg_taken = 0, bg_taken = 0;
     for (int d = 0; d < TOP_BUCKETS; d++) {
@@ -174,21 +198,24 @@ static float lovasz_row(const Row *row, uint64_t *items, uint64_t **tmp, int64_t
         if (size == 0) continue;
         const uint64_t *sorted = sort_bucket(items + start[d], *tmp, size);
         for (int64_t k = 0; k < size; k++) {
-            const uint32_t low = (uint32_t)sorted[k];
-            const uint32_t bits = ~(uint32_t)(sorted[k] >> 32);
+            const uint32_t low = (uint32_t)sorted[k], fg = low >> 31;
+            uint32_t bits = ~(uint32_t)(sorted[k] >> 32);
             float error;
             memcpy(&error, &bits, sizeof error);
-            double step;
-            if (low & FG_FLAG) {
-                fg_taken++;
-                step = 1.0 / (double)(gts + bg_taken);
-            } else {
-                bg_taken++;
-                const double union_ = (double)(gts + bg_taken);
-                step = union_ > 1.0 ? (double)(gts - fg_taken) / (union_ * (union_ - 1.0)) : 1.0;
-            }
+            fg_taken += fg;
+            bg_taken += fg ^ 1;
+            const int64_t union_ = gts + bg_taken;
+            int64_t num = fg ? 1 : gts - fg_taken, den = fg ? union_ : union_ * (union_ - 1);
+            num = den ? num : 1; /* the background formula's 0 / 0 */
+            den = den ? den : 1;
+            const double step = (double)num / (double)den;
             loss += (double)error * step;
-            if (row->grad) row->grad[low & OFFSET_MASK] = (float)(low & NEGATIVE_FLAG ? -step : step);
+            if (row->grad) {
+                const float value = (float)step;
+                memcpy(&bits, &value, sizeof bits);
+                bits ^= (low & NEGATIVE_FLAG) << 1; /* the sign of d error / d pred */
+                memcpy(&row->grad[low & OFFSET_MASK], &bits, sizeof bits);
+            }
         }
     }
     return (float)loss;
@@ -200,8 +227,7 @@ static float lovasz_row(const Row *row, uint64_t *items, uint64_t **tmp, int64_t
  * Returns 0, or -1 if scratch memory could not be allocated. */
 int lovasz_rows_f32(const float *pred, const uint8_t *codes, float *grad, int64_t sets, int64_t rows, int64_t n,
                     int mode, int64_t row_begin, int64_t row_end, float *loss, uint8_t *present) {
-    const int64_t capacity = sets * n > 0 ? sets * n : 1;
-    uint64_t *items = malloc((size_t)capacity * sizeof *items);
+    uint64_t *items = malloc((size_t)(sets * n + 1) * sizeof *items); /* + 1: a slot for the pixels left out */
     uint64_t *tmp = NULL;
     int64_t tmp_size = 0;
     int failed = items == NULL;

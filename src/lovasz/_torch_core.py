@@ -151,18 +151,25 @@ def _lovasz_rows(pred: Tensor, codes: Tensor, hinge: bool, grad: Optional[Tensor
 def _softmax_backward_(grad: Tensor, logits: Tensor, scale: Optional[Tensor]) -> None:
     """``grad [B, C, N]`` := the gradient w.r.t. ``logits``, given ``grad / scale`` w.r.t. their softmax.
 
-    The softmax is recomputed in chunks of pixels, so that no temporary is the size
-    of the input and the probabilities are not kept: ``scale`` is ``[B, C, 1]`` or None.
+    The softmax is recomputed in chunks (several images, or part of one), so that no
+    temporary is the size of the input and the probabilities are not kept: ``scale``
+    is ``[B, C, 1]`` or None.
     """
     batch, channels, num_pixels = grad.shape
-    step = max(_CHUNK_ELEMENTS.get(grad.device.type, _DEFAULT_CHUNK_ELEMENTS) // max(channels, 1), 1)
-    for b in range(batch):
-        for start in range(0, num_pixels, step):
-            g = grad[b, :, start:start + step]
-            if scale is not None:
-                g.mul_(scale[b])
-            probs = logits[b, :, start:start + step].softmax(0)
-            g.copy_(torch._softmax_backward_data(g, probs, 0, probs.dtype))
+    budget = _CHUNK_ELEMENTS.get(grad.device.type, _DEFAULT_CHUNK_ELEMENTS)
+    if channels * num_pixels <= budget:  # whole images
+        images = budget // max(channels * num_pixels, 1)
+        chunks = [(slice(b, b + images), slice(None)) for b in range(0, batch, images)]
+    else:  # runs of pixels of one image
+        step = max(budget // channels, 1)
+        chunks = [(slice(b, b + 1), slice(start, start + step))
+                  for b in range(batch) for start in range(0, num_pixels, step)]
+    for images, pixels in chunks:
+        g = grad[images, :, pixels]
+        if scale is not None:
+            g.mul_(scale[images])
+        probs = logits[images, :, pixels].softmax(1)
+        g.copy_(torch._softmax_backward_data(g, probs, 1, probs.dtype))
 
 
 def _set_losses(pred: Tensor, codes: Tensor, row_weights: Tensor, hinge: bool, softmax: bool, per_image: bool,
