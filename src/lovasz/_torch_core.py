@@ -156,7 +156,8 @@ def _softmax_backward_(grad: Tensor, logits: Tensor, scale: Optional[Tensor]) ->
     is ``[B, C, 1]`` or None.
     """
     batch, channels, num_pixels = grad.shape
-    budget = _CHUNK_ELEMENTS.get(grad.device.type, _DEFAULT_CHUNK_ELEMENTS)
+    # Each temporary at most an eighth of the input: a few chunks, and a peak close to the input's size.
+    budget = min(_CHUNK_ELEMENTS.get(grad.device.type, _DEFAULT_CHUNK_ELEMENTS), max(grad.numel() // 8, 1))
     if channels * num_pixels <= budget:  # whole images
         images = budget // max(channels * num_pixels, 1)
         chunks = [(slice(b, b + images), slice(None)) for b in range(0, batch, images)]
