@@ -12,11 +12,13 @@
  * they change neither the loss nor any other pixel's Jaccard step: they are
  * left out of the sort.
  *
- * The sort is a radix sort in two levels, so that its scratch is one buffer of
- * the row's items plus one of its largest bucket, and every pass but the first
- * runs in cache: the items are scattered into 1024 buckets by the top 10 bits
- * of their key (stable); then each bucket, in order, is sorted by the remaining
- * 21 bits (LSD, 7 bits a pass, stable) and at once walked to accumulate the loss
+ * Items are made free of branches, a block of pixels at a time (labels and zero
+ * errors come in no order a branch predictor could learn). The sort is a radix
+ * sort in two levels, so that its scratch is one buffer of the row's items plus
+ * one of its largest bucket, and every pass but the first runs in cache: the
+ * items are scattered into 1024 buckets by the top 10 bits of their key
+ * (stable); then each bucket, in order, is sorted by the remaining 21 bits (LSD,
+ * 7 bits a pass, stable) and at once walked to accumulate the loss
  * and write d loss / d pred = (J(k) - J(k-1)) * d error / d pred at each offset.
  *
  * `grad` may be `pred` itself: each pixel is read for the last time before its
@@ -124,8 +126,6 @@ static uint64_t *sort_bucket(uint64_t *items, uint64_t *tmp, int64_t m) {
     return items;
 }
 
-/* The loss of one row. `items` holds room for every pixel of the row, `*tmp` for *tmp_size
- * items (grown as needed). Returns NAN with *failed set if memory runs out. */
 /* A row's pixels go through in blocks: first their items, free of branches, into a small
  * buffer; then the buffer into the histogram or the buckets. Addresses that come from a
  * buffer are known early, where addresses computed from the data would keep the processor
@@ -144,6 +144,8 @@ static inline void block_items(const Row *row, int64_t s, int64_t i, Block *bloc
     for (int64_t j = 0; j < block->length; j++) block->item[j] = pixel_item(row, base + (uint32_t)j, &block->keep[j], gts);
 }
 
+/* The loss of one row. `items` holds room for every pixel of the row, `*tmp` for *tmp_size
+ * items (grown as needed). Returns NAN with *failed set if memory runs out. */
 static float lovasz_row(const Row *row, uint64_t *items, uint64_t **tmp, int64_t *tmp_size, uint8_t *present,
                         int *failed) {
     Block block;
