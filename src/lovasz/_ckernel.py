@@ -48,9 +48,10 @@ def kernel() -> Optional[Callable[..., int]]:
     """The compiled ``lovasz_rows_f32``, or None where the package was installed without it."""
     try:
         from lovasz import _kernel
-    except ImportError:
+
+        function = ctypes.CDLL(_kernel.__file__).lovasz_rows_f32
+    except (ImportError, OSError, AttributeError):  # not built, or not loadable here: torch.sort / lax.sort
         return None
-    function = ctypes.CDLL(_kernel.__file__).lovasz_rows_f32
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     function.argtypes = [ptr, ptr, ptr, i64, i64, i64, ctypes.c_int, i64, i64, ptr, ptr]
     function.restype = ctypes.c_int

@@ -35,6 +35,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#if defined(_WIN32)
+#define EXPORT __declspec(dllexport) /* for ctypes to find it */
+#else
+#define EXPORT
+#endif
+
 enum { FOREGROUND = 1, IGNORED = 2 };
 enum { SOFTMAX, HINGE, ERRORS }; /* how a prediction x becomes an error: see _ckernel.py */
 
@@ -141,7 +147,8 @@ typedef struct {
 static inline void block_items(const Row *row, int64_t s, int64_t i, Block *block, int64_t *gts) {
     block->length = row->n - i < BLOCK ? row->n - i : BLOCK;
     const uint32_t base = (uint32_t)(s * row->stride + i);
-    for (int64_t j = 0; j < block->length; j++) block->item[j] = pixel_item(row, base + (uint32_t)j, &block->keep[j], gts);
+    for (int64_t j = 0; j < block->length; j++)
+        block->item[j] = pixel_item(row, base + (uint32_t)j, &block->keep[j], gts);
 }
 
 /* The loss of one row. `items` holds room for every pixel of the row, `*tmp` for *tmp_size
@@ -227,8 +234,8 @@ static float lovasz_row(const Row *row, uint64_t *items, uint64_t **tmp, int64_t
  * (s * rows + r) * n; a row spans every set (batch mode: sets = B) or one (per image: sets = 1).
  * Writes loss[r], present[r] and, if grad is not NULL, the gradient in pred's layout.
  * Returns 0, or -1 if scratch memory could not be allocated. */
-int lovasz_rows_f32(const float *pred, const uint8_t *codes, float *grad, int64_t sets, int64_t rows, int64_t n,
-                    int mode, int64_t row_begin, int64_t row_end, float *loss, uint8_t *present) {
+EXPORT int lovasz_rows_f32(const float *pred, const uint8_t *codes, float *grad, int64_t sets, int64_t rows,
+                           int64_t n, int mode, int64_t row_begin, int64_t row_end, float *loss, uint8_t *present) {
     uint64_t *items = malloc((size_t)(sets * n + 1) * sizeof *items); /* + 1: a slot for the pixels left out */
     uint64_t *tmp = NULL;
     int64_t tmp_size = 0;
@@ -243,7 +250,7 @@ int lovasz_rows_f32(const float *pred, const uint8_t *codes, float *grad, int64_
     return failed ? -1 : 0;
 }
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernel",
-                                    "C kernel of lovasz.torch, called through ctypes.", -1, NULL, NULL, NULL, NULL, NULL};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernel", "C kernel of lovasz, called through ctypes.",
+                                    -1, NULL, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__kernel(void) { return PyModule_Create(&module); }

@@ -3,11 +3,13 @@
 Method: for each case, inputs are made from a fixed seed; each implementation runs
 forward + backward once to warm up, then ``--repeats`` times, and the median is
 reported. The floor is a bare ``torch.sort`` (descending, with indices) of a
-float32 errors matrix of the same ``[rows, pixels]`` shape: no exact method can
-avoid it. Peak memory of the PyTorch losses is measured in a fresh process per
+float32 errors matrix of the same ``[rows, pixels]`` shape: the floor of an exact
+method that sorts with ``torch.sort`` (lovasz.torch's CPU kernel sorts otherwise
+and goes below it). Peak memory of the PyTorch losses is measured in a fresh process per
 (case, implementation) as the rise of the resident set's high-water mark (Linux
 ``/proc``) during one forward + backward, with glibc's mmap threshold fixed so
-that freed blocks go back to the system and the resident set follows what is live. Ratios compare implementations timed in the same run.
+that freed blocks go back to the system and the resident set follows what is live.
+Ratios compare implementations timed in the same run.
 lovasz.tf runs in ``tf.function``, without and with XLA (``jit_compile``), on
 channels-last input, its default; lovasz.jax under ``jax.jit``.
 """
