@@ -48,6 +48,10 @@ BACKGROUND, FOREGROUND, IGNORED = 0, 1, 2
 _CHUNK_ELEMENTS = {"cpu": 1 << 21}
 _DEFAULT_CHUNK_ELEMENTS = 1 << 27
 
+
+def _chunk_elements(device: torch.device) -> int:
+    return _CHUNK_ELEMENTS.get(device.type, _DEFAULT_CHUNK_ELEMENTS)
+
 _KEY_DTYPE = {torch.float32: torch.int32, torch.float64: torch.int64}
 
 
@@ -83,7 +87,7 @@ def _sorted_jaccard_grad(fg_sorted: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def _rows_per_chunk(num_rows: int, num_pixels: int, device: torch.device) -> int:
-    rows = max(_CHUNK_ELEMENTS.get(device.type, _DEFAULT_CHUNK_ELEMENTS) // max(num_pixels, 1), 1)
+    rows = max(_chunk_elements(device) // max(num_pixels, 1), 1)
     if device.type == "cpu":
         rows = max(rows, torch.get_num_threads())  # torch.sort parallelises over rows
     return min(rows, num_rows)
@@ -157,7 +161,7 @@ def _softmax_backward_(grad: Tensor, logits: Tensor, scale: Optional[Tensor]) ->
     """
     batch, channels, num_pixels = grad.shape
     # Each temporary at most an eighth of the input: a few chunks, and a peak close to the input's size.
-    budget = min(_CHUNK_ELEMENTS.get(grad.device.type, _DEFAULT_CHUNK_ELEMENTS), max(grad.numel() // 8, 1))
+    budget = min(_chunk_elements(grad.device), max(grad.numel() // 8, 1))
     if channels * num_pixels <= budget:  # whole images
         images = budget // max(channels * num_pixels, 1)
         chunks = [(slice(b, b + images), slice(None)) for b in range(0, batch, images)]

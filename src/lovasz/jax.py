@@ -169,13 +169,12 @@ def _sorted_rows(errors: jax.Array, codes: jax.Array) -> jax.Array:
 
 def _lovasz_kernel(errors: jax.Array, fg: jax.Array, valid: Optional[jax.Array], per_image: bool) -> jax.Array:
     """Loss of each (set, class) row of ``errors [B, K, N]``: on a CPU by the C kernel where it applies."""
-    if not C.applies(errors.dtype, errors.size):
-        return _lovasz_rows(_rows(errors, per_image), _rows(fg, per_image),
-                            None if valid is None else _rows(valid, per_image))
     codes = fg.astype(jnp.uint8) if valid is None else jnp.where(valid, fg.astype(jnp.uint8), 2).astype(jnp.uint8)
     b, k, n = errors.shape
     layout = (1, b * k, n) if per_image else (b, k, n)  # [S, R, N]: row r is [:, r, :]
     errors, codes = errors.reshape(layout), codes.reshape(layout)
+    if not C.applies(errors.dtype, errors.size):
+        return _sorted_rows(errors, codes)
     return jax.lax.platform_dependent(errors, codes, cpu=_host_rows, default=_sorted_rows)
 
 
