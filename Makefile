@@ -7,10 +7,11 @@ PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 TORCH := torch==2.13.0
 # The other backends, pinned to versions that install from PyPI as CPU builds.
 OTHER_FRAMEWORKS := tensorflow-cpu==2.21.0 jax==0.10.2 jaxlib==0.10.2
+TRITON := triton==3.6.0
 # Frameworks (and the C kernel) the tests must find: a missing one fails the run instead of skipping.
-export LOVASZ_REQUIRE := torch,tensorflow,keras,jax,kernel
+export LOVASZ_REQUIRE := torch,tensorflow,keras,jax,kernel,triton
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench test-gpu bench-gpu kernel-inplace clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +23,8 @@ $(VENV)/.demo-installed: pyproject.toml Makefile | $(PY)
 
 $(VENV)/.test-installed: pyproject.toml Makefile $(VENV)/.demo-installed
 	$(PIP) -e ".[demo,test,bench]" $(OTHER_FRAMEWORKS)
+	# Triton: its interpreter runs the GPU path's kernels on the CPU in tests/test_torch_triton.py.
+	$(PIP) $(TRITON)
 	# The original implementation, to compare against: its __init__ needs timm and torchvision,
 	# so only the package's files are installed and lovasz.peers loads the one file by path.
 	$(PIP) --no-deps segmentation-models-pytorch==0.6.0
@@ -35,6 +38,24 @@ test: $(VENV)/.test-installed
 
 bench: $(VENV)/.test-installed
 	$(PY) -m lovasz.cli bench $(ARGS)
+
+# A GPU machine with its own Python and a CUDA build of torch: no venv, nothing downloaded. The source
+# tree goes on PYTHONPATH, and the C kernel is built in place where a compiler is there (optional).
+# Run as `make test-gpu PYTHON=python3`; the comparison with the original needs
+# segmentation-models-pytorch (pip install --no-deps), kornia is optional.
+GPU_DEVICE ?= cuda
+
+kernel-inplace:
+	-$(PYTHON) setup.py -q build_ext --inplace
+
+test-gpu: kernel-inplace
+	# JAX would take most of the GPU's memory in each test process: it allocates as it goes instead.
+	# Only torch must be there (LOVASZ_REQUIRE): the tests of a framework the interpreter lacks skip.
+	PYTHONPATH=src:$$PYTHONPATH LOVASZ_TEST_DEVICE=$(GPU_DEVICE) LOVASZ_REQUIRE=torch XLA_PYTHON_CLIENT_PREALLOCATE=false \
+		$(PYTHON) -m pytest -q -n 8 $(ARGS)
+
+bench-gpu: kernel-inplace
+	PYTHONPATH=src:$$PYTHONPATH $(PYTHON) -m lovasz.cli bench --device $(GPU_DEVICE) $(ARGS)
 
 clean:
 	rm -rf $(VENV) demo-output bench-output

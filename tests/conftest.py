@@ -1,3 +1,4 @@
+import functools
 import importlib
 import os
 import sys
@@ -8,6 +9,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 REQUIRED = {name for name in os.environ.get("LOVASZ_REQUIRE", "").split(",") if name}
+# The PyTorch tests give the library tensors on this device (LOVASZ_TEST_DEVICE=cuda, cuda:1, mps, ...).
+DEVICE_NAME = os.environ.get("LOVASZ_TEST_DEVICE", "").strip() or "cpu"
 
 
 def require(module: str):
@@ -16,4 +19,49 @@ def require(module: str):
     if top in REQUIRED:
         return importlib.import_module(module)  # a missing framework fails loudly
     return pytest.importorskip(module)
+
+
+@functools.lru_cache(maxsize=None)
+def torch_device():
+    """The torch.device of LOVASZ_TEST_DEVICE; a UsageError (the run fails) if it is not a working device."""
+    try:
+        import torch
+    except ImportError:
+        raise pytest.UsageError(f"LOVASZ_TEST_DEVICE={DEVICE_NAME} but torch is not installed") from None
+    try:
+        device = torch.device(DEVICE_NAME)
+    except RuntimeError as error:
+        raise pytest.UsageError(f"LOVASZ_TEST_DEVICE={DEVICE_NAME} is not a torch device: {error}") from None
+    if device.type == "meta":
+        raise pytest.UsageError("LOVASZ_TEST_DEVICE=meta holds no data: name a real device (cpu, cuda, ...)")
+    try:
+        probe = torch.ones(2, device=device)
+        assert (probe + 1).sum().item() == 4
+    except Exception as error:  # absent: "Torch not compiled with CUDA enabled", "no NVIDIA driver", bad index
+        raise pytest.UsageError(f"LOVASZ_TEST_DEVICE={DEVICE_NAME} but that device is not available here "
+                                f"({type(error).__name__}: {error})") from None
+    return probe.device  # "cuda" -> "cuda:0"
+
+
+def dev(x):
+    """A tensor (or NumPy array) on the test device; data made on the CPU stays identical on every device."""
+    import torch
+
+    return torch.as_tensor(x, device=torch_device())
+
+
+def host(t):
+    """A tensor as a NumPy array on the host, for comparisons."""
+    return t.detach().cpu().numpy()
+
+
+def pytest_configure(config):
+    if DEVICE_NAME != "cpu":  # the CPU is always there; torch is imported only when another device is asked for
+        torch_device()
+
+
+def pytest_report_header(config):
+    return f"lovasz test device (LOVASZ_TEST_DEVICE): {DEVICE_NAME}"
+
+
 collect_ignore = ["keras_checks.py"]  # run per backend, in its own process, by test_keras.py

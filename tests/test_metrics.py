@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import require
+from conftest import dev, require, torch_device
 from lovasz import metrics as M
 
 torch = require("torch")
@@ -41,17 +41,20 @@ def test_against_confusion_matrix_numpy_and_torch(seed):
     assert M.dataset_miou(pred, target, 4, 255) == pytest.approx(np.nanmean(expected))
     per_image = np.mean([np.nanmean(iou_from_matrix(confusion_matrix(p, t, 4, 255))) for p, t in zip(pred, target)])
     assert M.per_image_miou(pred, target, 4, 255) == pytest.approx(per_image)
-    tp, tt = torch.from_numpy(pred), torch.from_numpy(target)
+    tp, tt = dev(pred), dev(target)
     assert M.dataset_miou(tp, tt, 4, 255).item() == pytest.approx(np.nanmean(expected))
     assert M.per_image_miou(tp, tt, 4, 255).item() == pytest.approx(per_image)
 
 
-def test_streaming_equals_one_shot():
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_streaming_equals_one_shot(kind):
     rng = np.random.default_rng(9)
     pred, target = rng.integers(0, 3, (6, 5, 5)), rng.integers(0, 3, (6, 5, 5))
+    given = dev if kind == "torch" else np.asarray  # torch: the counts stay on the test device
     meter = M.IoUMeter(3)
     for i in range(0, 6, 2):
-        meter.update(pred[i:i + 2], target[i:i + 2])
+        meter.update(given(pred[i:i + 2]), given(target[i:i + 2]))
+    assert kind == "numpy" or meter.state.device == torch_device()
     out = meter.compute()
     assert out["dataset_miou"] == pytest.approx(M.dataset_miou(pred, target, 3))
     assert out["per_image_miou"] == pytest.approx(M.per_image_miou(pred, target, 3))

@@ -1,9 +1,12 @@
-"""Where the original fails, lovasz.torch works; bad input gets a clear error."""
+"""Where the original fails, lovasz.torch works; bad input gets a clear error.
+
+Inputs are drawn on the CPU and moved to the test device (LOVASZ_TEST_DEVICE).
+"""
 
 import numpy as np
 import pytest
 
-from conftest import require
+from conftest import dev, host, require, torch_device
 from lovasz import reference as R
 
 torch = require("torch")
@@ -14,7 +17,7 @@ def rand_case(batch=2, num_classes=4, spatial=(5, 6), seed=0, dtype=torch.float3
     g = torch.Generator().manual_seed(seed)
     probas = torch.randn(batch, num_classes, *spatial, generator=g).softmax(1).to(dtype)
     labels = torch.randint(0, num_classes, (batch, *spatial), generator=g)
-    return probas, labels
+    return dev(probas), dev(labels)
 
 
 def assert_zero_with_zero_grad(fn, x, *args, **kwargs):
@@ -31,14 +34,14 @@ def test_all_ignored_gives_zero_with_zero_grad(per_image):
     labels[:] = 255
     assert_zero_with_zero_grad(L.lovasz_softmax, probas, labels, per_image=per_image, ignore=255)
     assert_zero_with_zero_grad(L.lovasz_hinge, probas[:, 0], labels, per_image=per_image, ignore=255)
-    assert_zero_with_zero_grad(L.lovasz_multilabel, probas, torch.full(probas.shape, 255), per_image=per_image,
+    assert_zero_with_zero_grad(L.lovasz_multilabel, probas, dev(torch.full(probas.shape, 255)), per_image=per_image,
                                ignore=255)
 
 
 def test_all_ignored_image_counts_as_zero_in_the_mean():
     probas, labels = rand_case(batch=3)
     labels[1] = 255
-    expected = R.lovasz_softmax(probas.double().numpy(), labels.numpy(), per_image=True, ignore=255)
+    expected = R.lovasz_softmax(host(probas.double()), host(labels), per_image=True, ignore=255)
     got = L.lovasz_softmax(probas, labels, per_image=True, ignore=255)
     assert got.item() == pytest.approx(expected, abs=1e-6)
     per_image = L.lovasz_softmax(probas, labels, per_image=True, ignore=255, reduction="none")
@@ -55,7 +58,7 @@ def test_one_valid_pixel():
     assert loss.item() == pytest.approx(1 - probas[0, 1, 2, 3].item(), abs=1e-6)
     loss.backward()
     assert p.grad[0, 1, 2, 3] == -1 and torch.count_nonzero(p.grad) == 1
-    x = torch.randn(1, 4, 4, requires_grad=True)
+    x = dev(torch.randn(1, 4, 4)).requires_grad_()
     hinge = L.lovasz_hinge(x, torch.where(labels[:, :4, :4] == 1, 1, 255),
                            ignore=255)
     assert hinge.item() == pytest.approx(max(0.0, 1 - x[0, 2, 3].item()), abs=1e-6)
@@ -68,14 +71,14 @@ def test_float64_in_float64_out():
     assert loss.dtype == torch.float64
     loss.backward()
     assert p.grad.dtype == torch.float64
-    assert loss.item() == pytest.approx(R.lovasz_softmax(probas.numpy(), labels.numpy()), rel=1e-12)
+    assert loss.item() == pytest.approx(R.lovasz_softmax(host(probas), host(labels)), rel=1e-12)
 
 
 @pytest.mark.parametrize("classes", ["present", "all", [1]])
 def test_sigmoid_input(classes):
     g = torch.Generator().manual_seed(5)
-    p = torch.rand(3, 7, 7, generator=g)
-    labels = torch.randint(0, 2, (3, 7, 7), generator=g)
+    p = dev(torch.rand(3, 7, 7, generator=g))
+    labels = dev(torch.randint(0, 2, (3, 7, 7), generator=g))
     two = torch.stack([1 - p, p], 1)
     assert L.lovasz_softmax(p, labels, classes).item() == pytest.approx(
         L.lovasz_softmax(two, labels, classes).item(), abs=1e-6)
@@ -90,7 +93,7 @@ def test_non_contiguous_and_channels_last():
     cl = probas.contiguous(memory_format=torch.channels_last)
     assert not cl.is_contiguous()
     assert L.lovasz_softmax(cl, labels, per_image=True).item() == pytest.approx(expected.item(), abs=1e-7)
-    strided = torch.randn(2, 3, 8, 16).softmax(1)[..., ::2]
+    strided = dev(torch.randn(2, 3, 8, 16)).softmax(1)[..., ::2]
     lab = labels.transpose(1, 2).contiguous().transpose(1, 2)
     assert L.lovasz_softmax(strided, lab).item() == pytest.approx(
         L.lovasz_softmax(strided.contiguous(), lab.contiguous()).item(), abs=1e-7)
@@ -107,7 +110,7 @@ def test_half_precision(dtype):
     plus half a unit in the last place of the dtype (bfloat16 has 8 bits: 0.004 near 1).
     """
     probas, labels = rand_case(batch=2, num_classes=5, spatial=(16, 16))
-    logits = torch.randn(2, 16, 16) * 2
+    logits = dev(torch.randn(2, 16, 16)) * 2
     binary = labels.clamp(max=1)
     for fn, x, lab in [(L.lovasz_softmax, probas, labels), (L.lovasz_hinge, logits, binary)]:
         low = x.to(dtype).requires_grad_()
@@ -125,17 +128,17 @@ def test_half_precision(dtype):
 
 def test_autocast():
     probas, labels = rand_case()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(torch_device().type, dtype=torch.bfloat16):
         loss = L.lovasz_softmax(probas, labels, from_logits=True)
     assert torch.isfinite(loss)
 
 
 def test_perfect_prediction_and_from_logits():
-    labels = torch.randint(0, 3, (2, 6, 6))
+    labels = dev(torch.randint(0, 3, (2, 6, 6)))
     one_hot = torch.nn.functional.one_hot(labels, 3).permute(0, 3, 1, 2).float()
     assert L.lovasz_softmax(one_hot, labels).item() == 0
     assert L.lovasz_softmax(one_hot * 50, labels, from_logits=True).item() == pytest.approx(0, abs=1e-6)
-    logits = torch.randn(2, 3, 6, 6)
+    logits = dev(torch.randn(2, 3, 6, 6))
     assert L.lovasz_softmax(logits, labels, from_logits=True).item() == pytest.approx(
         L.lovasz_softmax(logits.softmax(1), labels).item(), abs=1e-7)
     assert L.lovasz_hinge(one_hot[:, 1] * 4 - 2, (labels == 1).long()).item() == 0
@@ -144,8 +147,8 @@ def test_perfect_prediction_and_from_logits():
 def test_weights_and_reductions():
     probas, labels = rand_case(batch=3)
     per_class = torch.stack([L.lovasz_softmax(probas, labels, classes=[c]) for c in range(4)])
-    w = torch.tensor([1.0, 2.0, 0.5, 3.0])
-    present = torch.tensor([(labels == c).any().item() for c in range(4)], dtype=torch.float32)
+    w = dev([1.0, 2.0, 0.5, 3.0])
+    present = dev([float((labels == c).any()) for c in range(4)])
     expected = (per_class * w * present).sum() / (w * present).sum()
     assert L.lovasz_softmax(probas, labels, weights=w).item() == pytest.approx(expected.item(), abs=1e-6)
     assert L.lovasz_softmax(probas, labels, weights=[1.0, 2.0, 0.5, 3.0]).item() == pytest.approx(
@@ -168,16 +171,16 @@ def test_labels_at_ignored_pixels_may_be_anything():
 
 
 def test_zero_pixels():
-    probas = torch.rand(2, 3, 0, 4, requires_grad=True)
-    loss = L.lovasz_softmax(probas, torch.zeros(2, 0, 4, dtype=torch.long))
+    probas = dev(torch.rand(2, 3, 0, 4)).requires_grad_()
+    loss = L.lovasz_softmax(probas, dev(torch.zeros(2, 0, 4, dtype=torch.long)))
     assert loss.item() == 0
     loss.backward()
 
 
 def test_multilabel_is_mean_of_channel_hinges():
     g = torch.Generator().manual_seed(7)
-    logits = torch.randn(2, 3, 6, 6, generator=g)
-    targets = torch.randint(0, 2, (2, 3, 6, 6), generator=g)
+    logits = dev(torch.randn(2, 3, 6, 6, generator=g))
+    targets = dev(torch.randint(0, 2, (2, 3, 6, 6), generator=g))
     per_channel = [L.lovasz_hinge(logits[:, c], targets[:, c], reduction="none") for c in range(3)]
     expected = torch.stack(per_channel, 1).mean(1).mean()
     assert L.lovasz_multilabel(logits, targets).item() == pytest.approx(expected.item(), abs=1e-6)
@@ -188,8 +191,8 @@ def test_multilabel_is_mean_of_channel_hinges():
 
 def test_module_modes_match_functions():
     g = torch.Generator().manual_seed(8)
-    logits = torch.randn(2, 4, 6, 6, generator=g)
-    labels = torch.randint(0, 4, (2, 6, 6), generator=g)
+    logits = dev(torch.randn(2, 4, 6, 6, generator=g))
+    labels = dev(torch.randint(0, 4, (2, 6, 6), generator=g))
     assert L.LovaszLoss("multiclass")(logits, labels).item() == pytest.approx(
         L.lovasz_softmax(logits, labels, from_logits=True).item())
     assert L.LovaszLoss("multiclass", from_logits=False, per_image=True)(logits.softmax(1), labels).item() == \
@@ -202,10 +205,11 @@ def test_module_modes_match_functions():
     probs = logits[:, 0].sigmoid()
     assert L.LovaszLoss("binary", from_logits=False)(probs, binary).item() == pytest.approx(
         L.lovasz_softmax(probs, binary, classes=[1], per_image=True).item(), abs=1e-6)
-    multi = torch.randint(0, 2, (2, 4, 6, 6), generator=g)
+    multi = dev(torch.randint(0, 2, (2, 4, 6, 6), generator=g))
     assert L.LovaszLoss("multilabel", ignore_index=255)(logits, multi).item() == pytest.approx(
         L.lovasz_multilabel(logits, multi, ignore=255).item())
     weighted = L.LovaszLoss("multiclass", class_weights=[1, 2, 3, 4], reduction="none", per_image=True)
+    weighted.to(torch_device())  # its class weights are a buffer: they move with the module
     assert weighted(logits, labels).shape == (2,)
     assert "multiclass" in repr(weighted)
 
@@ -213,41 +217,50 @@ def test_module_modes_match_functions():
 # ----------------------------------------------------------------------------- errors
 
 
+def d(*tensors):
+    """The tensors on the test device."""
+    return [dev(t) for t in tensors]
+
+
+# Out-of-range label values stay on the CPU: only there is the check eager (a ValueError); on an
+# accelerator it is queued with torch._assert_async, a device-side assert that would poison the device
+# for the rest of the run. Every other check is on shapes, dtypes and arguments: it runs on the test device.
 @pytest.mark.parametrize("call,error,words", [
-    (lambda: L.lovasz_softmax(torch.rand(2, 3, 4, 4), torch.zeros(2, 1, 4, 4, dtype=torch.long)),
+    (lambda: L.lovasz_softmax(*d(torch.rand(2, 3, 4, 4), torch.zeros(2, 1, 4, 4, dtype=torch.long))),
      ValueError, ["labels", "[2, 4, 4]", "[2, 1, 4, 4]"]),
-    (lambda: L.lovasz_softmax(torch.rand(2, 3, 4, 4), torch.zeros(2, 4, 5, dtype=torch.long)),
+    (lambda: L.lovasz_softmax(*d(torch.rand(2, 3, 4, 4), torch.zeros(2, 4, 5, dtype=torch.long))),
      ValueError, ["labels", "[2, 4, 4]", "[2, 4, 5]"]),
-    (lambda: L.lovasz_softmax(torch.rand(2, 3, 4, 4), torch.full((2, 4, 4), 3)),
+    (lambda: L.lovasz_softmax(torch.rand(2, 3, 4, 4), torch.full((2, 4, 4), 3)),  # CPU only
      ValueError, ["labels", "[0, 2]", "3"]),
-    (lambda: L.lovasz_softmax(torch.rand(2, 3, 4, 4), torch.full((2, 4, 4), 7), ignore=255),
+    (lambda: L.lovasz_softmax(torch.rand(2, 3, 4, 4), torch.full((2, 4, 4), 7), ignore=255),  # CPU only
      ValueError, ["labels", "non-ignored", "7"]),
-    (lambda: L.lovasz_softmax(torch.rand(2, 3, 4, 4), torch.zeros(2, 4, 4)),
+    (lambda: L.lovasz_softmax(*d(torch.rand(2, 3, 4, 4), torch.zeros(2, 4, 4))),
      TypeError, ["labels", "integer", "float32"]),
-    (lambda: L.lovasz_softmax(torch.zeros(2, 3, 4, 4, dtype=torch.long), torch.zeros(2, 4, 4, dtype=torch.long)),
+    (lambda: L.lovasz_softmax(*d(torch.zeros(2, 3, 4, 4, dtype=torch.long),
+                                 torch.zeros(2, 4, 4, dtype=torch.long))),
      TypeError, ["probas", "floating", "int64"]),
-    (lambda: L.lovasz_softmax(np.zeros((2, 3)), torch.zeros(2, dtype=torch.long)),
+    (lambda: L.lovasz_softmax(np.zeros((2, 3)), dev(torch.zeros(2, dtype=torch.long))),
      TypeError, ["probas", "Tensor", "ndarray"]),
-    (lambda: L.lovasz_softmax(torch.rand(2, 3, 4), torch.zeros(2, 4, dtype=torch.long), classes="some"),
+    (lambda: L.lovasz_softmax(*d(torch.rand(2, 3, 4), torch.zeros(2, 4, dtype=torch.long)), classes="some"),
      ValueError, ["classes", "'present'", "'some'"]),
-    (lambda: L.lovasz_softmax(torch.rand(2, 3, 4), torch.zeros(2, 4, dtype=torch.long), classes=[5]),
+    (lambda: L.lovasz_softmax(*d(torch.rand(2, 3, 4), torch.zeros(2, 4, dtype=torch.long)), classes=[5]),
      ValueError, ["classes", "[0, 2]", "5"]),
-    (lambda: L.lovasz_softmax(torch.rand(2, 3, 4), torch.zeros(2, 4, dtype=torch.long), classes=[]),
+    (lambda: L.lovasz_softmax(*d(torch.rand(2, 3, 4), torch.zeros(2, 4, dtype=torch.long)), classes=[]),
      ValueError, ["classes", "empty"]),
-    (lambda: L.lovasz_softmax(torch.rand(2, 3, 4), torch.zeros(2, 4, dtype=torch.long), reduction="avg"),
+    (lambda: L.lovasz_softmax(*d(torch.rand(2, 3, 4), torch.zeros(2, 4, dtype=torch.long)), reduction="avg"),
      ValueError, ["reduction", "'avg'"]),
-    (lambda: L.lovasz_softmax(torch.rand(2, 3, 4), torch.zeros(2, 4, dtype=torch.long), weights=[1, 2]),
+    (lambda: L.lovasz_softmax(*d(torch.rand(2, 3, 4), torch.zeros(2, 4, dtype=torch.long)), weights=[1, 2]),
      ValueError, ["weights", "[3]", "[2]"]),
-    (lambda: L.lovasz_softmax(torch.rand(2, 3, 4), torch.zeros(2, 4, dtype=torch.long), ignore="255"),
+    (lambda: L.lovasz_softmax(*d(torch.rand(2, 3, 4), torch.zeros(2, 4, dtype=torch.long)), ignore="255"),
      TypeError, ["ignore", "'255'"]),
-    (lambda: L.lovasz_hinge(torch.randn(2, 4), torch.full((2, 4), 2)),
+    (lambda: L.lovasz_hinge(torch.randn(2, 4), torch.full((2, 4), 2)),  # CPU only
      ValueError, ["labels", "0 or 1", "2"]),
-    (lambda: L.lovasz_hinge(torch.randn(2, 3, 4), torch.zeros(2, 4)),
+    (lambda: L.lovasz_hinge(*d(torch.randn(2, 3, 4), torch.zeros(2, 4))),
      ValueError, ["labels", "[2, 3, 4]", "[2, 4]"]),
-    (lambda: L.lovasz_multilabel(torch.randn(2, 3, 4), torch.zeros(2, 4)),
+    (lambda: L.lovasz_multilabel(*d(torch.randn(2, 3, 4), torch.zeros(2, 4))),
      ValueError, ["targets", "[2, 3, 4]", "[2, 4]"]),
     (lambda: L.LovaszLoss("binaryy"), ValueError, ["mode", "'binaryy'"]),
-    (lambda: L.LovaszLoss("binary")(torch.randn(2, 1, 4), torch.zeros(2, 5)),
+    (lambda: L.LovaszLoss("binary")(*d(torch.randn(2, 1, 4), torch.zeros(2, 5))),
      ValueError, ["target", "[2, 1, 4]", "[2, 5]"]),
 ])
 def test_errors_name_argument_expectation_and_value(call, error, words):
@@ -263,16 +276,17 @@ def test_errors_name_argument_expectation_and_value(call, error, words):
 @pytest.mark.parametrize("per_image", [False, True])
 def test_gradcheck_float64(per_image):
     g = torch.Generator().manual_seed(9)
-    logits = torch.randn(2, 3, 4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    logits = dev(torch.randn(2, 3, 4, 3, generator=g, dtype=torch.float64)).requires_grad_()
     labels = torch.randint(0, 3, (2, 4, 3), generator=g)
     labels[0, 0, 0] = 255
+    labels = dev(labels)
     assert torch.autograd.gradcheck(
         lambda x: L.lovasz_softmax(x, labels, per_image=per_image, ignore=255, from_logits=True), (logits,))
-    scores = torch.randn(2, 4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    scores = dev(torch.randn(2, 4, 3, generator=g, dtype=torch.float64)).requires_grad_()
     assert torch.autograd.gradcheck(lambda x: L.lovasz_hinge(x, labels.clamp(max=1), per_image=per_image),
                                     (scores,))
     assert torch.autograd.gradcheck(
-        lambda x: L.lovasz_multilabel(x, (labels[:, None] == torch.arange(3).view(1, 3, 1, 1)).long(),
+        lambda x: L.lovasz_multilabel(x, (labels[:, None] == dev(torch.arange(3)).view(1, 3, 1, 1)).long(),
                                       per_image=per_image, classes="all"), (logits,))
 
 
@@ -301,6 +315,8 @@ def test_torch_compile_fullgraph(kind, options):
     else:
         fn, target = L.lovasz_multilabel, torch.where(torch.rand(x.shape, generator=g) < 0.1, 255,
                                                       (x > 0.5).long())
+    x, target = dev(x), dev(target)  # compiled for the test device
+    options = {k: dev(v) if isinstance(v, torch.Tensor) else v for k, v in options.items()}
 
     def step(inp):
         return fn(inp, target, **options).sum()
@@ -316,8 +332,8 @@ def test_torch_compile_fullgraph(kind, options):
 
 
 def test_torch_compile_inductor():
-    x = torch.randn(2, 3, 5, 5, requires_grad=True)
-    labels = torch.randint(0, 3, (2, 5, 5))
+    x = dev(torch.randn(2, 3, 5, 5)).requires_grad_()
+    labels = dev(torch.randint(0, 3, (2, 5, 5)))
     torch._dynamo.reset()
     compiled = torch.compile(lambda t: L.lovasz_softmax(t, labels, from_logits=True), fullgraph=True)
     loss = compiled(x)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import require
+from conftest import dev, require
 
 torch = require("torch")
 L = require("lovasz.torch")
@@ -29,8 +29,8 @@ def saved_bytes(loss_fn, x):
 ])
 def test_softmax_keeps_only_the_gradient(per_image, options):
     g = torch.Generator().manual_seed(0)
-    logits = torch.randn(2, 3, 16, 16, generator=g)
-    labels = torch.randint(0, 3, (2, 16, 16), generator=g)
+    logits = dev(torch.randn(2, 3, 16, 16, generator=g))
+    labels = dev(torch.randint(0, 3, (2, 16, 16), generator=g))
     x = logits.requires_grad_() if options["from_logits"] else logits.softmax(1).requires_grad_()
     assert saved_bytes(lambda x: L.lovasz_softmax(x, labels, per_image=per_image, **options), x) == 4 * x.numel()
     assert x.grad.abs().sum() > 0
@@ -38,6 +38,6 @@ def test_softmax_keeps_only_the_gradient(per_image, options):
 
 @pytest.mark.parametrize("per_image", [False, True])
 def test_hinge_keeps_only_the_gradient(per_image):
-    x = torch.randn(4, 32, 32, requires_grad=True)
-    labels = torch.randint(0, 2, (4, 32, 32))
+    x = dev(torch.randn(4, 32, 32)).requires_grad_()
+    labels = dev(torch.randint(0, 2, (4, 32, 32)))
     assert saved_bytes(lambda x: L.lovasz_hinge(x, labels, per_image=per_image), x) == 4 * x.numel()

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import require
+from conftest import dev, host, require
 from cases import sweep
 
 torch = require("torch")
@@ -14,8 +14,8 @@ CASES = list(sweep(240))
 
 
 def run(case, dtype):
-    pred = torch.tensor(case.pred, dtype=dtype, requires_grad=True)
-    out = getattr(L, FUNCTIONS[case.kind])(pred, torch.from_numpy(case.labels), **case.options)
+    pred = dev(torch.tensor(case.pred, dtype=dtype)).requires_grad_()
+    out = getattr(L, FUNCTIONS[case.kind])(pred, dev(case.labels), **case.options)
     out.sum().backward()
     return out, pred.grad
 
@@ -24,16 +24,16 @@ def run(case, dtype):
 def test_value_matches_oracle(case):
     expected = case.oracle()
     out64, _ = run(case, torch.float64)
-    np.testing.assert_allclose(out64.detach().numpy(), expected, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(host(out64), expected, rtol=1e-10, atol=1e-12)
     out32, _ = run(case, torch.float32)
-    np.testing.assert_allclose(out32.detach().numpy(), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(host(out32), expected, rtol=1e-5, atol=1e-6)
     assert out32.dtype == torch.float32 and out64.dtype == torch.float64
 
 
 @pytest.mark.parametrize("case", CASES[::4], ids=lambda c: c.name)
 def test_gradient_matches_oracle(case):
     _, grad = run(case, torch.float64)
-    np.testing.assert_allclose(grad.numpy(), case.oracle_grad(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(host(grad), case.oracle_grad(), rtol=1e-5, atol=1e-7)
 
 
 def test_sweep_covers_the_options():

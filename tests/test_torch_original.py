@@ -1,10 +1,13 @@
-"""lovasz.torch against the original implementation (the copy in segmentation-models-pytorch 0.6.0)."""
+"""lovasz.torch against the original implementation (the copy in segmentation-models-pytorch 0.6.0).
+
+Inputs are drawn on the CPU and moved to the test device; both implementations run there.
+"""
 
 import itertools
 
 import pytest
 
-from conftest import require
+from conftest import dev, require
 from lovasz.peers import load_original
 
 torch = require("torch")
@@ -37,6 +40,7 @@ def test_softmax_equals_original(batch, num_classes, spatial, per_image, classes
     labels = torch.randint(0, num_classes, (batch, *spatial), generator=g)
     if ignore is not None:
         labels[torch.rand(labels.shape, generator=g) < 0.3] = ignore
+    probas, labels = dev(probas), dev(labels)
     la, lb, ga, gb = both(L.lovasz_softmax, ORIGINAL._lovasz_softmax, probas, labels,
                           classes=classes, per_image=per_image, ignore=ignore)
     torch.testing.assert_close(la, lb, rtol=0, atol=1e-5)
@@ -45,8 +49,8 @@ def test_softmax_equals_original(batch, num_classes, spatial, per_image, classes
 
 def test_sigmoid_with_listed_foreground_equals_original():
     g = torch.Generator().manual_seed(1)
-    probas = torch.rand(4, 8, 8, generator=g)
-    labels = torch.randint(0, 2, (4, 8, 8), generator=g)
+    probas = dev(torch.rand(4, 8, 8, generator=g))
+    labels = dev(torch.randint(0, 2, (4, 8, 8), generator=g))
     for per_image in (False, True):
         la, lb, ga, gb = both(L.lovasz_softmax, ORIGINAL._lovasz_softmax, probas, labels, classes=[1],
                               per_image=per_image)
@@ -62,6 +66,7 @@ def test_hinge_equals_original(batch, spatial, per_image, ignore):
     labels = torch.randint(0, 2, (batch, *spatial), generator=g)
     if ignore is not None:
         labels[torch.rand(labels.shape, generator=g) < 0.3] = ignore
+    logits, labels = dev(logits), dev(labels)
     la, lb, ga, gb = both(L.lovasz_hinge, ORIGINAL._lovasz_hinge, logits, labels, per_image=per_image, ignore=ignore)
     torch.testing.assert_close(la, lb, rtol=0, atol=1e-5)
     torch.testing.assert_close(ga, gb, rtol=0, atol=1e-5)
@@ -69,25 +74,26 @@ def test_hinge_equals_original(batch, spatial, per_image, ignore):
 
 def test_flat_functions_equal_original():
     g = torch.Generator().manual_seed(2)
-    probas = torch.randn(50, 4, generator=g).softmax(1)
-    labels = torch.randint(0, 4, (50,), generator=g)
+    probas = dev(torch.randn(50, 4, generator=g).softmax(1))
+    labels = dev(torch.randint(0, 4, (50,), generator=g))
     for classes in ("present", "all", [3, 1]):
         la, lb, ga, gb = both(L.lovasz_softmax_flat, ORIGINAL._lovasz_softmax_flat, probas, labels, classes=classes)
         torch.testing.assert_close(la, lb, rtol=0, atol=1e-5)
         torch.testing.assert_close(ga, gb, rtol=0, atol=1e-5)
-    logits = torch.randn(50, generator=g)
-    bits = torch.randint(0, 2, (50,), generator=g)
+    logits = dev(torch.randn(50, generator=g))
+    bits = dev(torch.randint(0, 2, (50,), generator=g))
     la, lb, ga, gb = both(L.lovasz_hinge_flat, ORIGINAL._lovasz_hinge_flat, logits, bits)
     torch.testing.assert_close(la, lb, rtol=0, atol=1e-5)
     torch.testing.assert_close(ga, gb, rtol=0, atol=1e-5)
-    gt = torch.randint(0, 2, (200,), generator=g)
+    gt = dev(torch.randint(0, 2, (200,), generator=g))
     torch.testing.assert_close(L.lovasz_grad(gt), ORIGINAL._lovasz_grad(gt.float()), rtol=0, atol=1e-6)
     scores, labels255 = torch.randn(2, 5, 5, generator=g), torch.randint(0, 2, (2, 5, 5), generator=g)
     labels255[0, 0] = 255
+    scores, labels255 = dev(scores), dev(labels255)
     for ours, theirs in zip(L.flatten_binary_scores(scores, labels255, 255),
                             ORIGINAL._flatten_binary_scores(scores, labels255, 255)):
         assert torch.equal(ours, theirs)
-    probas4 = torch.rand(2, 3, 5, 5, generator=g)
+    probas4 = dev(torch.rand(2, 3, 5, 5, generator=g))
     for ours, theirs in zip(L.flatten_probas(probas4, labels255, 255),
                             ORIGINAL._flatten_probas(probas4, labels255, 255)):
         assert torch.equal(ours, theirs)
@@ -104,6 +110,7 @@ def test_ties_give_equal_loss_and_a_subgradient(per_image):
     g = torch.Generator().manual_seed(3)
     probas = (torch.rand(2, 3, 6, 6, generator=g) * 4).round() / 4  # many exact ties
     labels = torch.randint(0, 3, (2, 6, 6), generator=g)
+    probas, labels = dev(probas), dev(labels)
     for classes in ("all", [0], [2, 1]):
         p = probas.clone().requires_grad_()
         loss = L.lovasz_softmax(p, labels, classes=classes, per_image=per_image)
@@ -111,6 +118,6 @@ def test_ties_give_equal_loss_and_a_subgradient(per_image):
         original = ORIGINAL._lovasz_softmax(probas, labels, classes=classes, per_image=per_image)
         torch.testing.assert_close(loss.detach(), original, rtol=0, atol=1e-6)
         for _ in range(200):
-            q = (probas + 0.3 * torch.randn(probas.shape, generator=g)).clamp(0, 1)
+            q = (probas + 0.3 * dev(torch.randn(probas.shape, generator=g))).clamp(0, 1)
             fq = L.lovasz_softmax(q, labels, classes=classes, per_image=per_image)
             assert fq >= loss.detach() + (p.grad * (q - probas)).sum() - 1e-5

@@ -1,11 +1,11 @@
-"""Hypothesis properties of lovasz.torch."""
+"""Hypothesis properties of lovasz.torch, on the test device (examples drawn on the host)."""
 
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 from hypothesis.extra.numpy import arrays
 
-from conftest import require
+from conftest import dev, require
 
 torch = require("torch")
 L = require("lovasz.torch")
@@ -21,7 +21,7 @@ def segmentations(draw, max_classes=5):
     logits = draw(arrays(np.float64, (batch, num_classes, pixels),
                          elements=st.floats(-4, 4, allow_nan=False, width=32)))
     labels = draw(arrays(np.int64, (batch, pixels), elements=st.integers(0, num_classes - 1)))
-    return torch.from_numpy(logits).softmax(1), torch.from_numpy(labels)
+    return dev(logits).softmax(1), dev(labels)
 
 
 @SETTINGS
@@ -30,7 +30,7 @@ def test_permuting_pixels_changes_nothing(case, rnd, per_image, classes):
     probas, labels = case
     order = list(range(labels.shape[1]))
     rnd.shuffle(order)
-    order = torch.tensor(order)
+    order = dev(order)
     a = L.lovasz_softmax(probas, labels, classes, per_image)
     b = L.lovasz_softmax(probas[..., order], labels[:, order], classes, per_image)
     assert a.item() == pytest.approx(b.item(), abs=1e-12)
@@ -40,7 +40,7 @@ def test_permuting_pixels_changes_nothing(case, rnd, per_image, classes):
 @given(segmentations(), st.data(), st.booleans())
 def test_ignored_pixels_equal_removed_pixels(case, data, per_image):
     probas, labels = case
-    keep = torch.tensor(data.draw(st.lists(st.booleans(), min_size=labels.shape[1], max_size=labels.shape[1])))
+    keep = dev(data.draw(st.lists(st.booleans(), min_size=labels.shape[1], max_size=labels.shape[1])))
     masked = torch.where(keep, labels, 255)
     a = L.lovasz_softmax(probas, masked, per_image=per_image, ignore=255)
     b = L.lovasz_softmax(probas[..., keep], labels[:, keep], per_image=per_image)
@@ -76,7 +76,7 @@ def test_perfect_predictions_give_zero(case, per_image):
 def test_one_hot_prediction_gives_one_minus_iou(case, data):
     probas, labels = case
     num_classes = probas.shape[1]
-    pred = torch.tensor(data.draw(arrays(np.int64, labels.shape, elements=st.integers(0, num_classes - 1))))
+    pred = dev(data.draw(arrays(np.int64, labels.shape, elements=st.integers(0, num_classes - 1))))
     one_hot = torch.nn.functional.one_hot(pred, num_classes).movedim(-1, 1).double()
     ious = [((labels == c) & (pred == c)).sum().double() / ((labels == c) | (pred == c)).sum()
             for c in range(num_classes) if (labels == c).any()]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import require
+from conftest import dev, require, torch_device
 from lovasz.schedule import LovaszSchedule
 
 torch = require("torch")
@@ -15,7 +15,7 @@ def batch(seed=0, classes=4):
     logits = torch.randn(2, classes, 5, 6, generator=g, dtype=torch.float64)
     labels = torch.randint(0, classes, (2, 5, 6), generator=g)
     labels[0, 0] = 255
-    return logits, labels
+    return dev(logits), dev(labels)
 
 
 def test_multiclass_is_the_weighted_sum_of_its_terms_ignoring_the_same_pixels():
@@ -28,7 +28,7 @@ def test_multiclass_is_the_weighted_sum_of_its_terms_ignoring_the_same_pixels():
 
 def test_class_weights_weigh_both_terms():
     logits, labels = batch()
-    w = torch.tensor([1.0, 2.0, 0.5, 3.0], dtype=torch.float64)
+    w = dev(torch.tensor([1.0, 2.0, 0.5, 3.0], dtype=torch.float64))
     loss = L.CrossEntropyLovaszLoss(ignore_index=255, class_weights=w)
     ce = F.cross_entropy(logits, labels, weight=w, ignore_index=255)
     lovasz = L.lovasz_softmax(logits, labels, ignore=255, from_logits=True, weights=w)
@@ -42,6 +42,7 @@ def test_binary_and_multilabel_use_bce(mode):
     logits = torch.randn(*shape, generator=g)
     target = torch.randint(0, 2, shape, generator=g)
     target[0, 0, 0] = 255
+    logits, target = dev(logits), dev(target)
     valid = target != 255
     loss = L.CrossEntropyLovaszLoss(mode, ignore_index=255)
     bce = F.binary_cross_entropy_with_logits(logits[valid], target[valid].float())
@@ -88,8 +89,8 @@ def test_schedule_rejects_bad_arguments(bad):
 
 def test_schedule_in_a_plain_training_loop_reaches_lovasz():
     torch.manual_seed(0)
-    model = torch.nn.Conv2d(3, 4, 3, padding=1)
-    x = torch.randn(4, 3, 8, 8)
+    model = torch.nn.Conv2d(3, 4, 3, padding=1).to(torch_device())
+    x = dev(torch.randn(4, 3, 8, 8))
     y = x[:, :3].argmax(1)  # learnable: the brightest channel
     loss_fn, schedule = L.CrossEntropyLovaszLoss(), LovaszSchedule(warmup=5, ramp=5)
     optimiser = torch.optim.Adam(model.parameters(), lr=0.05)

@@ -5,11 +5,11 @@ Framework-free, so that each backend module imports only its own framework.
 
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
 import functools
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional, Tuple
 
 import numpy as np
@@ -22,14 +22,14 @@ ERRORS = 2  # x is the error itself (negative counts as 0); the gradient is d lo
 MAX_ELEMENTS = 1 << 30  # a pixel's offset takes 30 bits of a sort item
 
 _POOL_LOCK = threading.Lock()
-_POOL: Optional[ThreadPoolExecutor] = None
+_POOL: Optional[concurrent.futures.ThreadPoolExecutor] = None
 
 
-def _pool(workers: int) -> ThreadPoolExecutor:
+def _pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
     global _POOL
     with _POOL_LOCK:
         if _POOL is None or _POOL._max_workers != workers:
-            _POOL = ThreadPoolExecutor(workers, thread_name_prefix="lovasz")
+            _POOL = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="lovasz")
         return _POOL
 
 
@@ -63,6 +63,38 @@ def applies(dtype, size: int) -> bool:
     return dtype == np.float32 and size <= MAX_ELEMENTS and kernel() is not None
 
 
+def _run_blocks(run: Callable[[Tuple[int, int]], int], blocks, workers: int):
+    """``run`` on every block, on the pool's threads (ctypes releases the GIL, so they run in parallel).
+
+    The blocks write into the caller's arrays, so no block may outlive this call: an
+    interrupt (Ctrl-C) that lands while they run is held until every submitted block has
+    finished, then raised. Where the pool takes no more work (the interpreter is shutting
+    down: an ``atexit`` handler, a thread still running after the main one), the rest runs here.
+    """
+    if workers == 1:
+        return [run(block) for block in blocks]
+    futures, interrupt, rest = [], None, []
+    try:
+        pool = _pool(workers)
+        for i, block in enumerate(blocks):
+            rest = blocks[i:]
+            futures.append(pool.submit(run, block))
+        rest = []
+    except RuntimeError:  # "cannot schedule new futures after (interpreter) shutdown"
+        pass
+    except BaseException as error:  # KeyboardInterrupt, or whatever a signal handler raises
+        interrupt, rest = error, []
+    while True:
+        try:
+            concurrent.futures.wait(futures)
+            break
+        except BaseException as error:
+            interrupt = interrupt or error
+    if interrupt is not None:
+        raise interrupt
+    return [future.result() for future in futures] + [run(block) for block in rest]
+
+
 def lovasz_rows(pred: np.ndarray, codes: np.ndarray, mode: int, grad: Optional[np.ndarray],
                 threads: int) -> Tuple[np.ndarray, np.ndarray]:
     """Loss and presence of each row ``[:, r, :]`` of ``pred [S, R, N]`` (float32) and ``codes`` (uint8).
@@ -78,14 +110,10 @@ def lovasz_rows(pred: np.ndarray, codes: np.ndarray, mode: int, grad: Optional[n
     args = (pred.ctypes.data, codes.ctypes.data, None if grad is None else grad.ctypes.data,
             sets, num_rows, num_pixels, mode)
     outputs = (loss.ctypes.data, present.ctypes.data)
-    run = kernel()
     workers = max(min(threads, num_rows), 1)
     bounds = [num_rows * w // workers for w in range(workers + 1)]
     blocks = list(zip(bounds[:-1], bounds[1:]))
-    if workers == 1:
-        status = [run(*args, *block, *outputs) for block in blocks]
-    else:  # ctypes releases the GIL, so the blocks run in parallel
-        status = list(_pool(workers).map(lambda block: run(*args, *block, *outputs), blocks))
+    status = _run_blocks(lambda block: kernel()(*args, *block, *outputs), blocks, workers)
     if any(status):
         raise MemoryError(f"lovasz: no memory for the sort scratch of {sets * num_pixels} pixels")
     return loss, present

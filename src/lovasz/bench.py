@@ -12,6 +12,13 @@ that freed blocks go back to the system and the resident set follows what is liv
 Ratios compare implementations timed in the same run.
 lovasz.tf runs in ``tf.function``, without and with XLA (``jit_compile``), on
 channels-last input, its default; lovasz.jax under ``jax.jit``.
+
+With ``--device cuda`` the shapes are those of real training (Cityscapes, ADE20K,
+a LiDAR range image, a CT volume, binary masks); steps are timed with CUDA
+events, and peak memory is ``torch.cuda.max_memory_allocated`` during one step
+over what was allocated before it. The row ``network`` is one training step of
+a compact U-Net (``lovasz.demo.model``, cross-entropy) whose output has the
+case's shape: what the rest of a step costs, next to the loss.
 """
 
 from __future__ import annotations
@@ -60,36 +67,54 @@ CASES = [
     Case("binary hinge per-image", (16, 1, 256, 256), "hinge", per_image=True, kornia_same=True),
     Case("3-D volume batch", (2, 4, 64, 64, 64), "softmax", per_image=False),
 ]
+CUDA_CASES = [
+    Case("Cityscapes batch", (8, 19, 512, 1024), "softmax", per_image=False),
+    Case("Cityscapes per-image", (8, 19, 512, 1024), "softmax", per_image=True),
+    Case("ADE20K batch", (16, 150, 512, 512), "softmax", per_image=False),
+    Case("LiDAR range image batch", (8, 20, 64, 2048), "softmax", per_image=False),
+    Case("3-D volume batch", (2, 14, 128, 128, 128), "softmax", per_image=False),
+    Case("binary hinge per-image", (32, 1, 512, 512), "hinge", per_image=True, kornia_same=True),
+]
 QUICK_CASES = [
     Case("multiclass batch", (2, 5, 32, 32), "softmax", per_image=False),
     Case("multiclass per-image", (2, 5, 32, 32), "softmax", per_image=True, classes="all", kornia_same=True),
     Case("binary hinge per-image", (2, 1, 32, 32), "hinge", per_image=True, kornia_same=True),
 ]
 IMPLEMENTATIONS = ("lovasz", "original", "kornia", "sort floor", "lovasz.tf", "lovasz.tf xla", "lovasz.jax")
+CUDA_IMPLEMENTATIONS = ("lovasz", "original", "kornia", "sort floor", "lovasz.jax", "network")
 # Peak memory is probed for the PyTorch losses: each probe is a fresh process, and TF's and
 # JAX's would spend minutes compiling for a figure that no one compares.
-MEMORY_PROBED = ("lovasz", "original", "kornia")
+MEMORY_PROBED = ("lovasz", "original", "kornia", "network")
 
 
-def make_inputs(case: Case):
+def cases(device: torch.device, quick: bool):
+    return QUICK_CASES if quick else CUDA_CASES if device.type == "cuda" else CASES
+
+
+def implementations(device: torch.device):
+    return CUDA_IMPLEMENTATIONS if device.type == "cuda" else IMPLEMENTATIONS
+
+
+def make_inputs(case: Case, device: torch.device = torch.device("cpu")):
+    """Seeded logits and labels, drawn on the CPU (the same values on every device), then moved."""
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(*case.shape, generator=g)
-    if case.kind == "hinge":
-        labels = torch.randint(0, 2, (case.shape[0], *case.shape[2:]), generator=g)
-    else:
-        labels = torch.randint(0, case.shape[1], (case.shape[0], *case.shape[2:]), generator=g)
-    return logits, labels
+    high = 2 if case.kind == "hinge" else case.shape[1]
+    labels = torch.randint(0, high, (case.shape[0], *case.shape[2:]), generator=g)
+    return logits.to(device), labels.to(device)
 
 
-def step_function(case: Case, impl: str) -> Optional[Callable[[], None]]:
+def step_function(case: Case, impl: str, device: torch.device = torch.device("cpu")) -> Optional[Callable[[], None]]:
     """A forward + backward step of ``impl`` on ``case``, or None where ``impl`` does not apply."""
-    logits, labels = make_inputs(case)
+    if impl == "network":
+        return _network_step(case, device)
+    logits, labels = make_inputs(case, device)
     if impl.startswith("lovasz.tf"):
-        return _tf_step(case, logits.numpy(), labels.numpy(), xla=impl.endswith("xla"))
+        return _tf_step(case, logits.cpu().numpy(), labels.cpu().numpy(), xla=impl.endswith("xla"))
     if impl == "lovasz.jax":
-        return _jax_step(case, logits.numpy(), labels.numpy())
+        return _jax_step(case, logits.cpu().numpy(), labels.cpu().numpy())
     if impl == "sort floor":
-        errors = torch.rand(*case.rows_pixels, generator=torch.Generator().manual_seed(1))
+        errors = torch.rand(*case.rows_pixels, generator=torch.Generator().manual_seed(1)).to(device)
         return lambda: torch.sort(errors, dim=1, descending=True)
     if impl == "lovasz":
         if case.kind == "hinge":
@@ -119,6 +144,25 @@ def step_function(case: Case, impl: str) -> Optional[Callable[[], None]]:
     def step():
         x = logits.detach().requires_grad_()
         loss(x).backward()
+
+    return step
+
+
+def _network_step(case: Case, device: torch.device) -> Callable[[], None]:
+    """One training step (forward, cross-entropy, backward) of a compact U-Net with the case's output shape."""
+    from lovasz.demo.model import UNet
+
+    spatial = case.shape[2:]
+    net = UNet(in_channels=3, num_classes=case.shape[1], dims=len(spatial)).to(device)
+    g = torch.Generator().manual_seed(2)
+    images = torch.randn(case.shape[0], 3, *spatial, generator=g).to(device)
+    _, labels = make_inputs(case, device)
+    ce = torch.nn.BCEWithLogitsLoss() if case.kind == "hinge" else torch.nn.CrossEntropyLoss()
+    target = labels.unsqueeze(1).float() if case.kind == "hinge" else labels
+
+    def step():
+        net.zero_grad(set_to_none=True)
+        ce(net(images), target).backward()
 
     return step
 
@@ -160,14 +204,35 @@ def _jax_step(case: Case, logits, labels) -> Callable[[], None]:
     return lambda: jax.block_until_ready(value_and_grad(x, y)) and None
 
 
-def time_step(step: Callable[[], None], repeats: int) -> float:
+def time_step(step: Callable[[], None], repeats: int, device: torch.device = torch.device("cpu")) -> float:
+    """Median seconds of ``repeats`` steps after a warm-up; on CUDA timed with events around each step."""
     step()  # warm-up
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
+        if device.type == "cuda":
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize(device)
+            start.record()
+            step()
+            stop.record()
+            stop.synchronize()
+            times.append(start.elapsed_time(stop) / 1e3)
+        else:
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def peak_memory_cuda(step: Callable[[], None], device: torch.device) -> int:
+    """Rise of ``torch.cuda.max_memory_allocated`` (bytes) during one step, after a first one."""
+    step()
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before
 
 
 def _status_kib(field_name: str) -> int:
@@ -209,16 +274,19 @@ def peak_memory(case_index: int, impl: str, quick: bool) -> Optional[int]:
     return None if value == "None" else int(value)
 
 
-def machine() -> Dict[str, object]:
+def machine(device: torch.device = torch.device("cpu")) -> Dict[str, object]:
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo") as f:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(), "torch": torch.__version__, "lovasz": lovasz.__version__,
-            "platform": platform.platform()}
+            "platform": platform.platform(), "device": str(device)}
+    if device.type == "cuda":
+        info.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda)
+    return info
 
 
 @dataclass
@@ -232,15 +300,16 @@ class Row:
     ratios: Dict[str, float] = field(default_factory=dict)
 
 
-def run(repeats: int, quick: bool, memory: bool, progress: Callable[[str], None] = print):
+def run(repeats: int, quick: bool, memory: bool, progress: Callable[[str], None] = print,
+        device: torch.device = torch.device("cpu")):
     rows = []
-    for index, case in enumerate(QUICK_CASES if quick else CASES):
+    for index, case in enumerate(cases(device, quick)):
         measured = {}
-        for impl in IMPLEMENTATIONS:
+        for impl in implementations(device):
             row = Row(case.name, case.shape, impl)
             progress(f"  {case.name} {list(case.shape)}: {impl}")
             try:
-                step = step_function(case, impl)
+                step = step_function(case, impl, device)
             except ModuleNotFoundError as error:
                 row.note = f"missing: {error}"
                 rows.append(row)
@@ -249,9 +318,21 @@ def run(repeats: int, quick: bool, memory: bool, progress: Callable[[str], None]
                 row.note = "computes another quantity"
                 rows.append(row)
                 continue
-            row.seconds = time_step(step, repeats)
-            if memory and impl in MEMORY_PROBED:
-                row.peak_bytes = peak_memory(index, impl, quick)
+            try:
+                row.seconds = time_step(step, repeats, device)
+                if memory and impl in MEMORY_PROBED:
+                    row.peak_bytes = peak_memory_cuda(step, device) if device.type == "cuda" \
+                        else peak_memory(index, impl, quick)
+            except Exception as error:  # a peer that fails (out of memory, say) is reported, not fatal
+                if impl == "lovasz":
+                    raise
+                row.seconds, row.note = None, f"failed: {type(error).__name__}: {str(error).splitlines()[0][:100]}"
+                rows.append(row)
+                continue
+            finally:
+                del step  # frees the case's inputs before the next implementation's
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
             measured[impl] = row
             rows.append(row)
         ours = measured.get("lovasz")
@@ -266,6 +347,8 @@ def _ratio_text(peer: str, ratio: float) -> str:
     """``ratio`` is the peer's time over ours."""
     if peer == "sort floor":
         return f"{1 / ratio:.2f}x the sort floor"
+    if peer == "network":
+        return f"{100 / (1 + ratio):.0f}% of a U-Net step + loss"
     return f"{ratio:.2f}x faster than {peer}" if ratio >= 1 else f"{1 / ratio:.2f}x slower than {peer}"
 
 
@@ -284,24 +367,39 @@ def render(rows) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="lovasz bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per implementation (median reported)")
-    parser.add_argument("--quick", action="store_true", help="small shapes, for a smoke test")
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
-    parser.add_argument("--out", type=Path, default=Path("bench-output"), help="folder for results.json")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed runs per implementation, median reported (default: 5 on CPU, 20 on CUDA)")
+    parser.add_argument("--device", default="cpu",
+                        help="torch device to run on, e.g. cpu or cuda (default: cpu); cuda uses training-size shapes")
+    parser.add_argument("--quick", action="store_true", help="small shapes, for a smoke test (default: off)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes (default: measured)")
+    parser.add_argument("--out", type=Path, default=Path("bench-output"),
+                        help="folder for results.json (default: bench-output)")
     parser.add_argument("--memory-probe", nargs=2, metavar=("CASE", "IMPL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error(f"--repeats must be at least 1; got {args.repeats}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as error:
+        parser.error(f"--device must be a torch device such as cpu or cuda; got {args.device!r} ({error})")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda, but torch sees no CUDA device (torch.cuda.is_available() is False)")
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device must be cpu or cuda; got {args.device!r}")
+    repeats = args.repeats if args.repeats is not None else 20 if device.type == "cuda" else 5
+    if repeats < 1:
+        parser.error(f"--repeats must be at least 1; got {repeats}")
     if args.memory_probe:
-        case = (QUICK_CASES if args.quick else CASES)[int(args.memory_probe[0])]
+        case = cases(device, args.quick)[int(args.memory_probe[0])]
         print(peak_memory_here(case, args.memory_probe[1]))
         return 0
-    print(f"lovasz bench: forward + backward, float32, CPU, median of {args.repeats} after a warm-up")
-    rows = run(args.repeats, args.quick, not args.no_memory)
+    # JAX takes most of a GPU's memory at its first use unless told otherwise, leaving torch too little.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    print(f"lovasz bench: forward + backward, float32, {device}, median of {repeats} after a warm-up")
+    rows = run(repeats, args.quick, not args.no_memory, device=device)
     table = render(rows)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
-    result = {"machine": machine(), "repeats": args.repeats,
+    result = {"machine": machine(device), "repeats": repeats,
               "rows": [{**r.__dict__, "shape": list(r.shape)} for r in rows]}
     (args.out / "results.json").write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out / 'results.json'}")

@@ -1,0 +1,94 @@
+"""The Triton path (float32 on a CUDA GPU) against the torch.sort path and the oracle.
+
+Without a GPU the kernels run in Triton's interpreter (TRITON_INTERPRET=1, set before
+Triton is imported, hence a child process), on CPU tensors: the same kernel code, so CI
+checks it on every change. On a GPU (LOVASZ_TEST_DEVICE=cuda) they run compiled.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import DEVICE_NAME, require
+
+torch = require("torch")
+require("lovasz.torch")
+if "triton" not in __import__("conftest").REQUIRED:
+    pytest.importorskip("triton")
+
+CHECK = textwrap.dedent("""
+    import itertools, torch
+    from lovasz import _torch_core as core, _triton_rows as T, reference as R
+    import lovasz.torch as L
+
+    device = torch.device({device!r})
+    g = torch.Generator().manual_seed(0)
+    for sets, rows, n, hinge, with_grad in itertools.product([1, 3], [1, 4], [1, 7, 2500], [False, True],
+                                                              [False, True]):
+        pred = torch.randn(sets, rows, n, generator=g) * (2 if hinge else 0.7) + (0 if hinge else 0.5)
+        pred[0, 0, :3] = torch.tensor([0.0, 1.0, -0.0])[: min(n, 3)]  # errors of exactly 0 and -0
+        codes = torch.randint(0, 3, (sets, rows, n), generator=g, dtype=torch.uint8)
+        if n == 7:
+            codes[:, 0] = 2  # a row with every pixel ignored
+            codes[:, -1] = codes[:, -1].clamp(max=0)  # a row without foreground
+        pred, codes = pred.to(device), codes.to(device)
+        expected_grad = torch.full_like(pred, 7.0, dtype=torch.float64)
+        loss, present = core._rows_torch(pred.double(), codes, hinge, expected_grad if with_grad else None)
+        grad = torch.full_like(pred, 7.0)  # poisoned: every entry must be written
+        got, got_present = T.rows(pred, codes, hinge, grad if with_grad else None, 3)
+        assert torch.equal(got_present, present), (got_present, present)
+        torch.testing.assert_close(got.double(), loss, rtol=1e-5, atol=1e-6)
+        if with_grad:
+            torch.testing.assert_close(grad.double(), expected_grad, rtol=1e-5, atol=1e-6)
+
+    # Whole losses through the path (forced on where it would not run by itself) against the oracle.
+    core._use_c_kernel = lambda pred: False
+    core._use_triton = lambda pred: pred.dtype == torch.float32
+    calls = []
+    rows = T.rows
+    T.rows = lambda *args: calls.append(1) or rows(*args)
+    probas = torch.randn(2, 3, 5, 6, generator=g).softmax(1)
+    labels = torch.randint(0, 3, (2, 5, 6), generator=g)
+    labels[0, 0] = 255
+    for per_image, classes in itertools.product([False, True], ["present", "all", [2, 0, 0]]):
+        x = probas.clone().to(device).requires_grad_()
+        loss = L.lovasz_softmax(x, labels.to(device), classes, per_image, 255)
+        loss.backward()
+        expected = R.lovasz_softmax(probas.double().numpy(), labels.numpy(), classes, per_image, 255)
+        assert abs(loss.item() - expected) < 1e-5, (loss.item(), expected)
+        x64 = probas.double().to(device).requires_grad_()
+        L.lovasz_softmax(x64, labels.to(device), classes, per_image, 255).backward()  # the torch.sort path
+        torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-5, atol=1e-6)
+    scores = torch.randn(3, 40, generator=g) * 2
+    masks = torch.randint(0, 2, (3, 40), generator=g)
+    for per_image in (False, True):
+        loss = L.lovasz_hinge(scores.to(device), masks.to(device), per_image)
+        expected = R.lovasz_hinge(scores.double().numpy(), masks.numpy(), per_image)
+        assert abs(loss.item() - expected) < 1e-5, (loss.item(), expected)
+    nan = scores.clone()
+    nan[0, 0] = float("nan")
+    assert torch.isnan(L.lovasz_hinge(nan.to(device), masks.to(device)))
+    assert len(calls) == 6 + 2 + 1, len(calls)  # every float32 call above took the path
+    print("triton path ok")
+""")
+
+
+def run_check(device: str, interpret: bool):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    if interpret:
+        env["TRITON_INTERPRET"] = "1"
+    out = subprocess.run([sys.executable, "-c", CHECK.format(device=device)], capture_output=True, text=True,
+                         timeout=600, env=env)
+    assert "triton path ok" in out.stdout, out.stdout + out.stderr
+
+
+def test_kernels_in_the_interpreter_match_the_sort_path_and_the_oracle():
+    run_check("cpu", interpret=True)
+
+
+@pytest.mark.skipif(not DEVICE_NAME.startswith("cuda"), reason="compiled kernels need LOVASZ_TEST_DEVICE=cuda")
+def test_compiled_kernels_match_the_sort_path_and_the_oracle():
+    run_check(DEVICE_NAME, interpret=False)
