@@ -1,5 +1,8 @@
 """Two CPU processes with gloo: the global-batch Lovász loss and the streaming metric across ranks."""
 
+import datetime
+import time
+
 import pytest
 
 from conftest import require
@@ -40,8 +43,29 @@ CASES = {
 }
 
 
+def _init(rank: int, init_file: str):
+    # A collective left waiting fails after this long rather than the default 30 minutes.
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD,
+                            timeout=datetime.timedelta(seconds=30))
+
+
+def _spawn(fn, tmp_path, timeout: float = 60.0):
+    """Run ``fn(rank, init_file)`` on WORLD processes; fail (and kill them) if they outlive ``timeout``."""
+    context = mp.start_processes(fn, args=(str(tmp_path / "rendezvous"),), nprocs=WORLD, join=False)
+    deadline = time.monotonic() + timeout
+    try:
+        while not context.join(timeout=max(deadline - time.monotonic(), 0.0)):  # raises if a rank failed
+            if time.monotonic() >= deadline:
+                pytest.fail(f"the ranks did not finish within {timeout} s (a hang in a collective?)")
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+
 def _rank_main(rank: int, init_file: str):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    _init(rank, init_file)
     try:
         mine = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
         for name, (kind, fn) in CASES.items():
@@ -76,4 +100,110 @@ def _rank_main(rank: int, init_file: str):
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not built")
 def test_two_ranks_equal_one_process_on_the_concatenated_batch(tmp_path):
-    mp.spawn(_rank_main, args=(str(tmp_path / "rendezvous"),), nprocs=WORLD, join=True)
+    _spawn(_rank_main, tmp_path)
+
+
+# ----------------------------------------------------------------------------- unequal shapes across ranks
+
+UNEQUAL = {  # (batch, height, width) of rank 0 and rank 1
+    "batch sizes": ((3, 6, 7), (1, 6, 7)),
+    "heights and widths": ((2, 6, 7), (2, 5, 9)),
+    "same element count, different batch": ((2, 6, 6), (1, 12, 6)),  # silently wrong when shapes were assumed
+    "batch and size": ((3, 4, 5), (1, 8, 9)),
+}
+
+
+def rank_batch(kind: str, case: int, rank: int, shape):
+    """Rank ``rank``'s batch of ``shape`` (batch, height, width), float64, the same in every process."""
+    g = torch.Generator().manual_seed(100 * case + rank)
+    b, h, w = shape
+    if kind == "hinge":
+        labels = torch.randint(0, 2, (b, h, w), generator=g)
+        labels[:, 0, :2] = 255
+        return torch.randn(b, h, w, generator=g, dtype=torch.float64), labels
+    if kind == "multilabel":
+        targets = torch.randint(0, 2, (b, 3, h, w), generator=g)
+        targets[:, 1] = 0 if rank == 0 else targets[:, 1]  # channel 1 only on rank 1
+        targets[:, 2, 0] = 255
+        return torch.randn(b, 3, h, w, generator=g, dtype=torch.float64), targets
+    labels = torch.randint(0, 4, (b, h, w), generator=g)
+    labels[:, :1, :3] = 255
+    labels[labels == 3] = 2 if rank == 0 else 3  # class 3 only on rank 1
+    return torch.randn(b, 4, h, w, generator=g, dtype=torch.float64), labels
+
+
+def pixel_union(kind: str, xs, ys):
+    """One [1, C, P] (hinge: [1, P]) batch holding every rank's pixels, class by class, and its labels."""
+    if kind == "hinge":
+        return torch.cat([x.reshape(-1) for x in xs])[None], torch.cat([y.reshape(-1) for y in ys])[None]
+    x = torch.cat([x.movedim(1, 0).reshape(x.shape[1], -1) for x in xs], 1)[None]
+    if kind == "multilabel":
+        return x, torch.cat([y.movedim(1, 0).reshape(y.shape[1], -1) for y in ys], 1)[None]
+    return x, torch.cat([y.reshape(-1) for y in ys])[None]
+
+
+UNEQUAL_LOSSES = {
+    "softmax logits, present": ("softmax", lambda x, y, **kw: L.lovasz_softmax(x, y, ignore=255, from_logits=True,
+                                                                              **kw)),
+    "softmax probabilities, present": ("softmax", lambda x, y, **kw: L.lovasz_softmax(x.softmax(1), y, ignore=255,
+                                                                                     **kw)),
+    "softmax probabilities, list": ("softmax", lambda x, y, **kw: L.lovasz_softmax(
+        x.softmax(1), y, [0, 2, 2, 3], ignore=255, weights=[1, 2, 3, 4], **kw)),
+    "softmax float32 logits": ("softmax", lambda x, y, **kw: L.lovasz_softmax(x.float(), y, "all", ignore=255,
+                                                                             from_logits=True, **kw)),
+    "hinge": ("hinge", lambda x, y, **kw: L.lovasz_hinge(x, y, per_image=False, ignore=255, **kw)),
+    "multilabel hinge": ("multilabel", lambda x, y, **kw: L.lovasz_multilabel(x, y, per_image=False, ignore=255,
+                                                                             **kw)),
+    "multilabel probabilities": ("multilabel", lambda x, y, **kw: L.lovasz_multilabel(
+        x.sigmoid(), y, per_image=False, ignore=255, from_logits=False, **kw)),
+    "module": ("softmax", lambda x, y, **kw: L.LovaszLoss("multiclass", ignore_index=255, **kw)(x, y)),
+}
+
+
+def _unequal_main(rank: int, init_file: str):
+    _init(rank, init_file)
+    try:
+        group = dist.group.WORLD
+        for case, (shape_name, shapes) in enumerate(UNEQUAL.items()):
+            for loss_name, (kind, fn) in UNEQUAL_LOSSES.items():
+                name = f"{shape_name}, {loss_name}, rank {rank}"
+                tol = 1e-5 if "float32" in loss_name else 1e-12
+                batches = [rank_batch(kind, case, r, shape) for r, shape in enumerate(shapes)]
+                leaves = [x.clone().requires_grad_() for x, _ in batches]
+                union_x, union_y = pixel_union(kind, leaves, [y for _, y in batches])
+                expected = fn(union_x, union_y)
+                expected.backward()  # the gradient lands, split per rank, in each rank's leaf
+                x, y = batches[rank]
+                local = x.clone().requires_grad_()
+                got = fn(local, y, process_group=group)
+                got.backward()
+                assert got.dtype == expected.dtype, name
+                torch.testing.assert_close(got, expected, rtol=tol, atol=tol, msg=f"{name}: value")
+                torch.testing.assert_close(local.grad, leaves[rank].grad, rtol=tol, atol=tol,
+                                           msg=f"{name}: gradient")
+
+        # Batches that cannot form one: every rank raises the same error, and no rank is left waiting.
+        mismatches = {
+            "rank 0 has 3 classes, rank 1 has 4 classes": (torch.randn(2, 3 + rank, 4, 5, dtype=torch.float64),
+                                                         torch.zeros(2, 4, 5, dtype=torch.long)),
+            "rank 0 has float32 predictions, rank 1 has float64 predictions": (
+                torch.randn(1 + rank, 4, 4, 5, dtype=(torch.float32, torch.float64)[rank]),
+                torch.zeros(1 + rank, 4, 5, dtype=torch.long)),
+        }
+        for expected_text, (x, y) in mismatches.items():
+            with pytest.raises(ValueError, match="process_group") as caught:
+                L.lovasz_softmax(x.requires_grad_(), y, from_logits=True, process_group=group)
+            messages = [None] * WORLD
+            dist.all_gather_object(messages, str(caught.value))  # the group is still in step
+            assert messages[0] == messages[1], messages
+            assert expected_text in messages[0], messages[0]
+        # ... and the group still works afterwards.
+        x, y = rank_batch("softmax", 0, rank, UNEQUAL["batch sizes"][rank])
+        assert torch.isfinite(L.lovasz_softmax(x, y, ignore=255, from_logits=True, process_group=group))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not built")
+def test_unequal_shapes_across_ranks_give_the_loss_of_the_union_of_their_pixels(tmp_path):
+    _spawn(_unequal_main, tmp_path)

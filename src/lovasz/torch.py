@@ -16,6 +16,7 @@ measure in neural networks", CVPR 2018, arXiv:1705.08790.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -86,11 +87,47 @@ def _as_weights(weights: Weights, num_classes: int, dtype: torch.dtype, device: 
                 name: str) -> Optional[Tensor]:
     if weights is None:
         return None
-    w = torch.as_tensor(weights, device=device)
+    on_device = isinstance(weights, Tensor) and weights.device == device
+    w = weights if on_device else torch.as_tensor(weights)
     V.check_weights_shape(w.shape, num_classes, name)
     if not (w.is_floating_point() or w.dtype in (torch.int32, torch.int64)):
         raise TypeError(f"{name} must hold real numbers; got dtype {w.dtype}")
-    return w.to(dtype)
+    return w.to(dtype) if on_device else _constant(tuple(w.tolist()), dtype, device)
+
+
+_CONSTANTS: "OrderedDict[tuple, Tensor]" = OrderedDict()  # (values, dtype, device) -> tensor, most recent last
+_MAX_CONSTANTS = 64
+
+
+def _constant(values: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A small tensor of Python numbers on ``device``, made without a copy from the host.
+
+    On a GPU a copy from pageable memory waits for the device, and a CUDA graph would
+    replay one from pinned memory out of a buffer freed since; filled on the device, the
+    numbers travel as kernel arguments. Kept for later calls (outside graph capture, whose
+    memory pool it would belong to), so a training loop makes each one once.
+    """
+    if device.type == "cpu" or torch.compiler.is_compiling():
+        return torch.tensor(values, dtype=dtype, device=device)
+    key = (values, dtype, device)
+    if key in _CONSTANTS:
+        _CONSTANTS.move_to_end(key)
+        return _CONSTANTS[key]
+    out = torch.empty(len(values), dtype=dtype, device=device)
+    for i, value in enumerate(values):
+        out[i].fill_(value)
+    if not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+        _CONSTANTS[key] = out
+        if len(_CONSTANTS) > _MAX_CONSTANTS:
+            _CONSTANTS.popitem(last=False)
+    return out
+
+
+def _result_dtype(x: Tensor) -> torch.dtype:
+    """The input's dtype; float32 for half-precision input under autocast, which gives its losses in float32."""
+    if x.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(x.device.type):
+        return torch.float32
+    return x.dtype
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -102,30 +139,16 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
 
 
 def _codes(is_fg: Tensor, ignored: Optional[Tensor]) -> Tensor:
-    codes = is_fg.view(torch.uint8)  # bool is one byte of 0 or 1: no copy
+    codes = is_fg.to(torch.uint8)  # not a bool->uint8 view: torch.jit.trace and older inductors reject it
     return codes if ignored is None else codes.masked_fill_(ignored, IGNORED)
 
 
-def _class_selection(classes, num_classes: int) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+def _class_selection(classes, dtype: torch.dtype, device: torch.device) -> Tuple[Optional[Tensor], Optional[Tensor]]:
     """Which class rows to compute, and how many times each counts (a list may repeat a class)."""
     if isinstance(classes, str):
         return None, None
-    unique = sorted(set(classes))
-    return torch.tensor(unique), torch.tensor([classes.count(c) for c in unique])
-
-
-def _gather_batch(x: Tensor, group) -> Tensor:
-    """``x [B, ...]`` of every rank of ``group``, concatenated along dim 0 in rank order.
-
-    Only this rank's own part carries gradient: each rank computes the same global
-    loss, so the gradient of its own slice is exactly its share of the global gradient.
-    """
-    import torch.distributed as dist
-
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(parts, x.detach().contiguous(), group=group)
-    parts[dist.get_rank(group)] = x
-    return torch.cat(parts)
+    unique = tuple(sorted(set(classes)))
+    return _constant(unique, torch.int64, device), _constant(tuple(classes.count(c) for c in unique), dtype, device)
 
 
 def _lovasz_classes(pred: Tensor, codes: Tensor, hinge: bool, classes, num_classes: int, per_image: bool,
@@ -135,15 +158,16 @@ def _lovasz_classes(pred: Tensor, codes: Tensor, hinge: bool, classes, num_class
     With ``softmax``, ``pred`` holds logits and the softmax over ``C`` is taken inside the kernel.
     """
     if process_group is not None and not per_image:
-        pred, codes = _gather_batch(pred, process_group), _gather_batch(codes, process_group)
-    ids, counts = _class_selection(classes, num_classes)
+        from lovasz._torch_distributed import gather_global_batch
+
+        pred, codes = gather_global_batch(pred, codes, process_group)
+    ids, counts = _class_selection(classes, pred.dtype, pred.device)
     row_weights = torch.ones(num_classes, dtype=pred.dtype, device=pred.device)
     if weights is not None:
         row_weights = row_weights * weights.to(pred.dtype)
     if ids is not None:
-        ids = ids.to(pred.device)
         codes = codes.index_select(1, ids)
-        row_weights = row_weights.index_select(0, ids) * counts.to(device=pred.device, dtype=pred.dtype)
+        row_weights = row_weights.index_select(0, ids) * counts
     need_grad = torch.is_grad_enabled() and pred.requires_grad
     per_set, _ = lovasz_loss(pred, codes, row_weights, hinge, softmax, per_image, classes == "present", ids,
                              need_grad)
@@ -188,7 +212,9 @@ def lovasz_softmax(probas: Tensor, labels: Tensor, classes: Classes = "present",
         process_group: under ``torch.distributed``, a process group (e.g.
             ``torch.distributed.group.WORLD``) whose ranks' batches form one set: without
             ``per_image``, every rank gets the exact loss of the global batch, and the
-            gradient of its own pixels. Every rank must pass the same shapes. Per-image
+            gradient of its own pixels. Batch sizes and spatial sizes may differ across
+            ranks (the loss is that of the union of all their pixels); class counts and
+            precisions must match, else every rank raises the same ``ValueError``. Per-image
             losses are exact on each rank already and ignore it.
 
     Returns:
@@ -229,7 +255,7 @@ def lovasz_softmax(probas: Tensor, labels: Tensor, classes: Classes = "present",
     codes = _codes(lab == class_ids.view(1, -1, 1), None if ignored is None else ignored.expand_as(pred))
     loss = _lovasz_classes(pred, codes, False, classes, num_classes, per_image, w, reduction, process_group,
                            softmax=from_logits and not sigmoid)
-    return loss.to(probas.dtype)
+    return loss.to(_result_dtype(probas))
 
 
 def lovasz_hinge(logits: Tensor, labels: Tensor, per_image: bool = True, ignore: Optional[int] = None, *,
@@ -269,7 +295,7 @@ def lovasz_hinge(logits: Tensor, labels: Tensor, per_image: bool = True, ignore:
     _check_values(lab, None if ignored is None else ~ignored, "0 or 1", (lab == 0) | (lab == 1), "labels")
     codes = _codes(lab == 1, ignored)
     loss = _lovasz_classes(pred, codes, True, "all", 1, per_image, None, reduction, process_group)
-    return loss.to(logits.dtype)
+    return loss.to(_result_dtype(logits))
 
 
 def lovasz_multilabel(logits: Tensor, targets: Tensor, classes: Classes = "present", per_image: bool = True,
@@ -314,7 +340,7 @@ def lovasz_multilabel(logits: Tensor, targets: Tensor, classes: Classes = "prese
     _check_values(tgt, None if ignored is None else ~ignored, "0 or 1", (tgt == 0) | (tgt == 1), "targets")
     codes = _codes(tgt == 1, ignored)
     loss = _lovasz_classes(pred, codes, from_logits, classes, num_classes, per_image, w, reduction, process_group)
-    return loss.to(logits.dtype)
+    return loss.to(_result_dtype(logits))
 
 
 # ----------------------------------------------------------------------------- the original's flat API
