@@ -48,16 +48,16 @@ BACKGROUND, FOREGROUND, IGNORED = 0, 1, 2
 
 # Elements per chunk, for the rows of the torch.sort path and for the softmax's gradient.
 # On CPU, small chunks keep temporaries in cache and the peak low. On a GPU, big chunks keep
-# the device busy, but each element of a chunk holds about 50 bytes of temporaries: a quarter
-# of the input, between 4M and 32M elements (on an H100 at 8x19x512x1024: 21 ms and 1.3 GB at
-# 16M, 26 ms and 0.6 GB at 4M, 20 ms and 4 GB at 64M).
+# the device busy, but each element of a chunk holds about 32 bytes of temporaries (the keys,
+# sorted keys, the int64 permutation and the sort's scratch): a sixteenth of the input,
+# between 4M and 32M elements, keeps them under half the input's size.
 _CHUNK_ELEMENTS = {"cpu": 1 << 21}
 
 
 def _chunk_elements(device: torch.device, total: int = 0) -> int:
     if device.type in _CHUNK_ELEMENTS:
         return _CHUNK_ELEMENTS[device.type]
-    return max(1 << 22, min(total // 4, 1 << 25))
+    return max(1 << 22, min(total // 16, 1 << 25))
 
 _KEY_DTYPE = {torch.float32: torch.int32, torch.float64: torch.int64}
 

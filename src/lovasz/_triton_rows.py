@@ -44,7 +44,7 @@ def _keys(pred_ptr, codes_ptr, key_ptr, num_pixels, row_pixels, pred_set_stride,
     fg = code == 1
     if HINGE:
         margin = tl.where(fg, 1.0 - x, 1.0 + x)
-        error = tl.maximum(margin, 0.0)
+        error = tl.where(margin < 0.0, 0.0, margin)  # not tl.maximum, which drops a NaN on a GPU
         negative = margin < 0.0  # error 0: the slope is 0 anyway
     else:
         margin = tl.where(fg, 1.0 - x, x)
