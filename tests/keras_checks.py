@@ -191,3 +191,83 @@ def test_schedule_callback_needs_the_combined_loss():
     model.compile(loss=LovaszSoftmaxLoss(from_logits=True))
     with pytest.raises(TypeError, match="CrossEntropyLovaszLoss"):
         model.fit(x, y, epochs=1, verbose=0, callbacks=[LovaszScheduleCallback(LovaszSchedule(warmup=1))])
+
+
+def value_and_grad(loss, y_true, y_pred):
+    """``loss(y_true, y_pred)`` and its gradient with respect to ``y_pred``, as NumPy, on the active backend."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        x = tf.constant(y_pred)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = loss(y_true, x)
+            total = tf.reduce_sum(out)
+        return out.numpy(), tape.gradient(total, x, unconnected_gradients="zero").numpy()
+    if backend == "jax":
+        import jax
+
+        (_, out), grad = jax.value_and_grad(lambda x: (lambda o: (o.sum(), o))(loss(y_true, x)), has_aux=True)(
+            jax.numpy.asarray(y_pred))
+        return np.asarray(out), np.asarray(grad)
+    import torch
+
+    x = torch.tensor(y_pred, requires_grad=True)
+    out = loss(y_true, x)
+    out.sum().backward()
+    return out.detach().numpy(), x.grad.numpy()
+
+
+EMPTY_LOSSES = {
+    **LOSSES,
+    "softmax-per-image-none": lambda: LovaszSoftmaxLoss(per_image=True, ignore_class=255, reduction=None),
+    "hinge-batch": lambda: LovaszHingeLoss(per_image=False),
+    "ce+lovasz-binary": lambda: CrossEntropyLovaszLoss("binary"),
+}
+
+
+@pytest.mark.parametrize("name", EMPTY_LOSSES)
+@pytest.mark.parametrize("shape", [(0, 4, 5), (2, 0, 5)], ids=["empty-batch", "empty-images"])
+def test_empty_input_gives_zero_and_a_zero_gradient(name, shape):
+    loss = EMPTY_LOSSES[name]()
+    channels = 1 if "binary" in name or name.startswith("hinge") else NUM_CLASSES
+    y_pred = np.zeros(shape + (channels,), "float32")
+    y_true = np.zeros(shape + ((NUM_CLASSES,) if name == "multilabel" else (1,)), "float32")
+    value, grad = value_and_grad(loss, y_true, y_pred)
+    assert value.shape == ((shape[0],) if name.endswith("-none") else ())
+    np.testing.assert_array_equal(value, 0)
+    assert grad.shape == y_pred.shape and not grad.any()
+
+
+def test_labels_as_masks_floats_and_small_integers():
+    rng = np.random.default_rng(8)
+    scores = rng.normal(size=(2, 4, 5)).astype("float32")
+    masks = rng.integers(0, 2, (2, 4, 5))
+    hinge = LovaszHingeLoss(ignore_class=255)
+    expected = keras.ops.convert_to_numpy(hinge(masks, scores))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(hinge(masks[..., None], scores)), expected, rtol=1e-6)
+    logits = rng.normal(size=(2, 4, 5, NUM_CLASSES)).astype("float32")
+    labels = rng.integers(0, NUM_CLASSES, (2, 4, 5))
+    labels[0, 0] = 255
+    softmax = LovaszSoftmaxLoss(from_logits=True, ignore_class=255)
+    expected = keras.ops.convert_to_numpy(softmax(labels, logits))
+    for dtype in ("uint8", "int16", "float16", "float64"):
+        got = keras.ops.convert_to_numpy(softmax(labels.astype(dtype)[..., None], logits))
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+    half = labels.astype("float32")
+    half[1, 1, 1] = 1.5
+    with pytest.raises(ValueError, match=r"labels must be whole numbers \(class indices\).*found 1.5"):
+        softmax(half, logits)
+    with pytest.raises(ValueError, match="labels must be 0 or 1 at every non-ignored pixel; found 0.5"):
+        hinge(np.full((2, 4, 5), 0.5, "float32"), scores)
+    with pytest.raises(ValueError, match="targets must be 0 or 1 at every non-ignored pixel; found 0.5"):
+        LovaszMultilabelLoss()(np.full(logits.shape, 0.5, "float32"), logits)
+
+
+def test_classes_are_never_truncated():
+    with pytest.raises(TypeError, match="classes must contain integer class indices; got an array of dtype float64"):
+        LovaszSoftmaxLoss(classes=np.array([1.7]))
+    with pytest.raises(ValueError, match=r"classes must be a 1-D list of class indices; got .*shape \[1, 2\]"):
+        LovaszMultilabelLoss(classes=np.array([[0, 1]]))
+    assert LovaszSoftmaxLoss(classes=np.array([0, 2])).classes == [0, 2]

@@ -10,6 +10,7 @@ differences check in test_torch_oracle.py.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Callable
 
@@ -205,7 +206,8 @@ def test_jax_sort_path_matches_the_c_kernel(sets):
         weights = jax.numpy.arange(1.0, 5.0)
         host = jax.grad(lambda e: (rows(e, codes) * weights).sum())(errors)
         xla = jax.grad(lambda e: (LJ._sorted_rows(e, codes) * weights).sum())(errors)
-        np.testing.assert_allclose(host, xla, rtol=1e-6, atol=1e-7)
+        # XLA on a GPU divides to within 2 ulp, not 0.5: its float32 gradient differs a little more.
+        np.testing.assert_allclose(host, xla, rtol=1e-6 if jax.default_backend() == "cpu" else 3e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -257,8 +259,8 @@ def test_bad_input_names_the_argument(module):
         M.lovasz_softmax(probas, np.zeros((2, 4, 5), "int32"))
     with pytest.raises(ValueError, match=r"labels must be in \[0, 2\] at every non-ignored pixel; found 7"):
         M.lovasz_softmax(probas, np.full((2, 4, 4), 7, "int32"))
-    with pytest.raises(TypeError, match="labels must be an integer"):
-        M.lovasz_softmax(probas, np.zeros((2, 4, 4), "float32"))
+    with pytest.raises(ValueError, match="labels must be whole numbers"):
+        M.lovasz_softmax(probas, np.full((2, 4, 4), 0.5, "float32"))
     with pytest.raises(ValueError, match="classes must lie in"):
         M.lovasz_softmax(probas, np.zeros((2, 4, 4), "int32"), classes=[5])
     scores = np.zeros((2, 4, 4), "float32")
@@ -289,9 +291,253 @@ def test_tf_has_no_map_fn_and_traces_once_per_shape():
                                            ("lovasz.tf", ("torch",)), ("lovasz.jax", ("torch", "tensorflow"))])
 def test_each_module_imports_only_its_framework(module, others):
     # (TensorFlow 2.21 itself imports Keras, and Keras imports JAX when it is installed.)
+    require({"lovasz.torch": "torch", "lovasz.tf": "tensorflow", "lovasz.jax": "jax"}[module])
     import subprocess
     import sys
 
     check = f"import sys, {module}; print([m for m in {others!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+# ----------------------------------------------------------------------------- reliability: shapes, dtypes, edges
+
+MODES = [("lovasz.tf", "eager"), ("lovasz.tf", "function"), ("lovasz.tf", "xla"),
+         ("lovasz.jax", "eager"), ("lovasz.jax", "jit")]
+
+
+def call(module: str, mode: str, kind: str, pred, labels, channels_last=None, **options):
+    """``kind`` of ``module`` in ``mode``: (value, gradient) as NumPy; ``channels_last`` picks order / axis."""
+    if channels_last is not None:
+        options["order" if module == "lovasz.tf" else "axis"] = (
+            ("BHWC" if channels_last else "BCHW") if module == "lovasz.tf" else (-1 if channels_last else 1))
+    fn = getattr(require(module), FUNCTIONS[kind])
+    if module == "lovasz.tf":
+        tf = require("tensorflow")
+
+        def value_and_grad(x, y):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                out = fn(x, y, **options)
+                total = tf.reduce_sum(out)
+            return out, tape.gradient(total, x, unconnected_gradients="zero")
+
+        if mode != "eager":
+            value_and_grad = tf.function(value_and_grad, jit_compile=mode == "xla")
+        out, grad = value_and_grad(tf.convert_to_tensor(pred), tf.convert_to_tensor(labels))
+        return out.numpy(), grad.numpy()
+    jax = require("jax")
+    value_and_grad = jax.value_and_grad(lambda x, y: (lambda out: (out.sum(), out))(fn(x, y, **options)),
+                                        has_aux=True)
+    if mode == "jit":
+        value_and_grad = jax.jit(value_and_grad)
+    (_, out), grad = value_and_grad(jax.numpy.asarray(pred), jax.numpy.asarray(labels))
+    return np.asarray(out), np.asarray(grad)
+
+
+def assert_same(got, expected, rtol=1e-5):
+    for g, e in zip(got, expected):
+        assert np.shape(g) == np.shape(e)
+        np.testing.assert_allclose(g, e, rtol=rtol, atol=1e-6)
+
+
+@pytest.mark.parametrize("module,mode", MODES)
+def test_labels_with_a_trailing_size_1_axis(module, mode):
+    rng = np.random.default_rng(20)
+    probas = rng.dirichlet(np.ones(3), size=(2, 4, 5)).astype("float32")  # [B, H, W, C]
+    labels = rng.integers(0, 3, (2, 4, 5))
+    labels[0, 0] = 255
+    run = functools.partial(call, module, mode)
+    for last, pred in [(True, probas), (False, np.moveaxis(probas, -1, 1))]:
+        assert_same(run("softmax", pred, labels[..., None], last, ignore=255),
+                    run("softmax", pred, labels, last, ignore=255))
+    binary = (labels == 1).astype("int32")
+    sigmoid = probas[..., 1]  # [B, H, W] probabilities, and the same as one channel of [B, 1, H, W]
+    for pred in (sigmoid, sigmoid[:, None]):
+        assert_same(run("softmax", pred, binary[..., None], False), run("softmax", pred, binary, False))
+    logits = rng.normal(size=(2, 4, 5)).astype("float32")
+    hinges = [logits, logits[:, None]] + ([logits[..., None]] if module == "lovasz.tf" else [])
+    for pred in hinges:  # [B, H, W], [B, 1, H, W] (and [B, H, W, 1] for TF) logits
+        value, grad = run("hinge", pred, binary[..., None], ignore=255)
+        expected = run("hinge", logits, binary, ignore=255)
+        assert_same((value, grad.reshape(logits.shape)), expected)
+    # only the unambiguous case: a trailing axis that is not 1, or labels that match nothing, still raise
+    for bad in (labels[..., None].repeat(2, -1), labels[:, :, :4, None]):
+        with pytest.raises(ValueError, match="labels must have shape"):
+            run("softmax", probas, bad, True)
+    with pytest.raises(ValueError, match="labels must have shape"):
+        run("hinge", logits, binary[..., None].repeat(2, -1))
+
+
+@pytest.mark.parametrize("module,mode", MODES)
+def test_float_labels_holding_class_indices(module, mode):
+    rng = np.random.default_rng(21)
+    probas = rng.dirichlet(np.ones(3), size=(2, 4, 5)).astype("float32")
+    labels = rng.integers(0, 3, (2, 4, 5))
+    labels[1, 2] = 255
+    expected = call(module, mode, "softmax", probas, labels, True, ignore=255, per_image=True)
+    for dtype in ("float16", "float32", "float64"):
+        got = call(module, mode, "softmax", probas, labels.astype(dtype), True, ignore=255, per_image=True)
+        assert_same(got, expected)
+    half = labels.astype("float32")
+    half[0, 1, 1] = 1.5
+    if mode != "eager":  # values are not known while tracing: not checked there, as the label range is not
+        call(module, mode, "softmax", probas, half, True, ignore=255)
+        return
+    with pytest.raises(ValueError, match=r"labels must be whole numbers \(class indices\) at every non-ignored "
+                                         r"pixel; found 1.5"):
+        call(module, mode, "softmax", probas, half, True, ignore=255)
+    half[0, 1, 1] = np.nan
+    with pytest.raises(ValueError, match="labels must be whole numbers.*found nan"):
+        call(module, mode, "softmax", probas, half, True)
+    half[0, 1, 1] = 7
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 2\] at every non-ignored pixel; found 7"):
+        call(module, mode, "softmax", probas, half, True)
+    with pytest.raises(ValueError, match="labels must be 0 or 1 at every non-ignored pixel; found 0.5"):
+        call(module, mode, "hinge", probas[..., 0], np.full((2, 4, 5), 0.5, "float32"))
+    with pytest.raises(ValueError, match="targets must be 0 or 1 at every non-ignored pixel; found 0.5"):
+        call(module, mode, "multilabel", probas, np.full(probas.shape, 0.5, "float32"), True)
+
+
+@pytest.mark.parametrize("module,mode", MODES)
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64", "bool"])
+def test_every_integer_label_dtype(module, mode, dtype):
+    rng = np.random.default_rng(22)
+    high = 2 if dtype == "bool" else 3
+    probas = rng.dirichlet(np.ones(high), size=(2, 4, 5)).astype("float32")
+    labels = rng.integers(0, high, (2, 4, 5))
+    ignore = 255 if dtype != "bool" and np.iinfo(dtype).max >= 255 else None
+    if ignore is not None:
+        labels[0, 0] = ignore
+    targets = (probas > 0.3).astype("int64")
+    run = functools.partial(call, module, mode)
+    for kind, pred, lab, last in [("softmax", probas, labels, True), ("hinge", probas[..., 0], labels % 2, None),
+                                  ("multilabel", probas, targets, True)]:
+        if kind != "softmax" and ignore is not None:
+            lab = np.where(labels[..., None] == ignore, ignore, lab) if kind == "multilabel" else \
+                np.where(labels == ignore, ignore, lab)
+        assert_same(run(kind, pred, lab.astype(dtype), last, ignore=ignore), run(kind, pred, lab, last, ignore=ignore))
+
+
+@pytest.mark.parametrize("module,mode", MODES)
+@pytest.mark.parametrize("shape", [(0, 4, 5), (2, 0, 5)], ids=["empty-batch", "empty-images"])
+def test_empty_input_is_an_all_ignored_one(module, mode, shape):
+    rng = np.random.default_rng(23)
+    probas = rng.dirichlet(np.ones(3), size=shape).astype("float32")
+    ignored = np.full(shape, IGNORE)
+    cases = [("softmax", probas, True), ("softmax", probas[..., 0], None), ("hinge", probas[..., 0], None),
+             ("multilabel", probas, True)]
+    for kind, pred, last in cases:
+        for per_image, reduction in [(False, "mean"), (False, "none"), (True, "mean"), (True, "sum"), (True, "none")]:
+            opts = dict(per_image=per_image, reduction=reduction, ignore=IGNORE)
+            labels = np.broadcast_to(ignored[..., None], pred.shape) if kind == "multilabel" else ignored
+            value, grad = call(module, mode, kind, pred, labels, last, **opts)
+            shape_of = (shape[0],) if per_image and reduction == "none" else ()
+            assert value.shape == shape_of and value.dtype == np.float32
+            np.testing.assert_array_equal(value, 0)
+            assert grad.shape == pred.shape and not grad.any()
+    if module == "lovasz.tf" and mode != "eager":  # sizes known only when run: an empty set takes another branch
+        tf = require("tensorflow")
+        LTF = require("lovasz.tf")
+
+        @tf.function(jit_compile=mode == "xla", input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32),
+                                                                 tf.TensorSpec([None, None, None], tf.int64)])
+        def dynamic(x, y):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                out = LTF.lovasz_softmax(x, y, ignore=IGNORE)
+            return out, tape.gradient(out, x)
+
+        value, grad = dynamic(probas, ignored)
+        assert float(value) == 0 and grad.shape == probas.shape and not grad.numpy().any()
+        full = rng.dirichlet(np.ones(3), size=(2, 4, 5)).astype("float32")
+        labels = rng.integers(0, 3, (2, 4, 5))
+        assert_same([x.numpy() for x in dynamic(full, labels)], call(module, "eager", "softmax", full, labels, True))
+
+
+@pytest.mark.parametrize("module,mode", MODES)
+def test_nan_counts_where_it_takes_part_and_not_where_ignored(module, mode):
+    rng = np.random.default_rng(24)
+    logits = rng.normal(size=(2, 4, 5, 3)).astype("float32")
+    labels = rng.integers(0, 3, (2, 4, 5))
+    labels[0, 0, 0] = IGNORE
+    binary = np.where(labels == IGNORE, IGNORE, labels % 2)
+    targets = np.where(labels[..., None] == IGNORE, IGNORE, logits > 0)
+    cases = [("softmax", logits, labels, dict(from_logits=True)),
+             ("softmax", 1 / (1 + np.exp(-logits)), labels, {}),
+             ("softmax", logits[..., 0], binary, dict(from_logits=True)),
+             ("hinge", logits[..., 0], binary, {}),
+             ("multilabel", logits, targets, {})]
+    for kind, pred, lab, options in cases:
+        last = None if kind == "hinge" or pred.ndim == 3 else True
+        for per_image in (False, True):
+            run = functools.partial(call, module, mode, kind, channels_last=last, ignore=IGNORE,
+                                    per_image=per_image, **options)
+            value, grad = run(pred, lab)
+            for bad in (np.nan, np.inf, -np.inf):
+                at_ignored = pred.copy()
+                at_ignored[0, 0, 0] = bad
+                got_value, got_grad = run(at_ignored, lab)
+                np.testing.assert_allclose(got_value, value, rtol=1e-6)
+                assert not got_grad[0, 0, 0].any()
+                np.testing.assert_allclose(got_grad, grad, rtol=1e-6, atol=1e-8)
+            at_valid = pred.copy()
+            at_valid[1, 2, 3] = np.nan
+            assert np.isnan(run(at_valid, lab)[0]).all()
+
+
+@pytest.mark.parametrize("module", ["lovasz.tf", "lovasz.jax"])
+def test_bad_arguments_raise_our_errors(module):
+    M = require(module)
+    tensor = require("tensorflow").constant if module == "lovasz.tf" else require("jax").numpy.asarray
+    channels_last = module == "lovasz.tf"
+    probas = np.full((2, 4, 4, 3) if channels_last else (2, 3, 4, 4), 1 / 3, "float32")
+    labels = np.zeros((2, 4, 4), "int32")
+    softmax = functools.partial(M.lovasz_softmax, probas, labels)
+    multilabel = functools.partial(M.lovasz_multilabel, probas, np.zeros(probas.shape, "int32"))
+    for fn in (softmax, multilabel):
+        for classes, error, message in [
+                (tensor([1.7]), TypeError, "classes must contain integer class indices; got an array of dtype float"),
+                (np.array([1.0]), TypeError, "classes must contain integer class indices; got an array of dtype float"),
+                ([tensor(1.7)], TypeError, "classes must contain integer class indices; got .*1.7"),
+                ([1.7], TypeError, "classes must contain integer class indices; got 1.7 of type float"),
+                (np.array([[0, 1]]), ValueError, r"classes must be a 1-D list of class indices; got .*shape \[1, 2\]"),
+                (tensor([[0, 1]]), ValueError, r"classes must be a 1-D list of class indices; got .*shape \[1, 2\]"),
+                ([5], ValueError, r"classes must lie in \[0, 2\] for 3 classes; got 5"),
+                ("some", ValueError, "classes must be 'present', 'all' or a list"),
+                (2, TypeError, "classes must be 'present', 'all' or a list")]:
+            with pytest.raises(error, match="^" + message):
+                fn(classes=classes)
+        assert np.isfinite(float(fn(classes=tensor([0, 2]))))
+        for weights, error, message in [
+                ("balanced", TypeError, r"weights must be \[3\] real numbers \(one weight per class\) or None; "
+                                        r"got 'balanced'"),
+                ([[1.0], [2.0, 3.0]], TypeError, r"weights must be \[3\] real numbers .*got \[\[1.0\], \[2.0, 3.0\]\]"),
+                ({0: 1.0}, TypeError, r"weights must be \[3\] real numbers"),
+                ([1j, 1j, 1j], TypeError, r"weights must be \[3\] real numbers"),
+                ([[1.0, 2.0, 3.0]], ValueError, r"weights must have shape \[3\] \(one weight per class\); got \[1, 3"),
+                (2.0, ValueError, r"weights must have shape \[3\] .*; got \[\]")]:
+            with pytest.raises(error, match="^" + message):
+                fn(weights=weights)
+        with pytest.raises(ValueError, match=r"^reduction must be one of \('mean', 'sum', 'none'\); got 'avg'"):
+            fn(reduction="avg")
+        with pytest.raises(TypeError, match="^ignore must be an int or None; got 255.0"):
+            fn(ignore=255.0)
+    with pytest.raises(TypeError, match="^labels must be .*class indices.*got .*(str|<U1)"):
+        M.lovasz_softmax(probas, np.full((2, 4, 4), "a"))
+    with pytest.raises(TypeError, match="^probas must be a floating-point (tensor|array); got NoneType"):
+        M.lovasz_softmax(None, labels)
+    with pytest.raises(TypeError, match="^logits must be a floating-point (tensor|array); got .*str"):
+        M.lovasz_hinge("abc", labels)
+    with pytest.raises(ValueError, match=r"^logits must have shape \[B, C, \*spatial\]; got \[3\]"):
+        M.lovasz_multilabel(np.zeros(3, "float32"), np.zeros(3, "int32"))
+    if not channels_last:
+        for axis in (5, 4, 0, -5):
+            with pytest.raises(ValueError, match=rf"^axis must be a class axis of the rank-4 prediction, in \[1, 3\] "
+                                                 rf"or \[-3, -1\] \(0 is the batch axis\); got {axis}"):
+                M.lovasz_softmax(probas, labels, axis=axis)
+            with pytest.raises(ValueError, match="^axis must be a class axis"):
+                M.lovasz_multilabel(probas, np.zeros(probas.shape, "int32"), axis=axis)
+        for axis in (1.0, "1", None):
+            with pytest.raises(TypeError, match=r"^axis must be an int \(the class axis"):
+                M.lovasz_softmax(probas, labels, axis=axis)

@@ -198,16 +198,16 @@ def test_module_modes_match_functions():
     assert L.LovaszLoss("multiclass", from_logits=False, per_image=True)(logits.softmax(1), labels).item() == \
         pytest.approx(L.lovasz_softmax(logits.softmax(1), labels, per_image=True).item())
     binary = (labels == 1).long()
-    hinge = L.lovasz_hinge(logits[:, 0], binary)
+    hinge = L.lovasz_hinge(logits[:, 0], binary, per_image=False)  # smp's default in every mode
     assert L.LovaszLoss("binary")(logits[:, :1], binary).item() == pytest.approx(hinge.item())
     assert L.LovaszLoss("binary")(logits[:, :1], binary[:, None].float()).item() == pytest.approx(hinge.item())
     assert L.LovaszLoss("binary")(logits[:, 0], binary).item() == pytest.approx(hinge.item())
     probs = logits[:, 0].sigmoid()
     assert L.LovaszLoss("binary", from_logits=False)(probs, binary).item() == pytest.approx(
-        L.lovasz_softmax(probs, binary, classes=[1], per_image=True).item(), abs=1e-6)
+        L.lovasz_softmax(probs, binary, classes=[1]).item(), abs=1e-6)
     multi = dev(torch.randint(0, 2, (2, 4, 6, 6), generator=g))
     assert L.LovaszLoss("multilabel", ignore_index=255)(logits, multi).item() == pytest.approx(
-        L.lovasz_multilabel(logits, multi, ignore=255).item())
+        L.lovasz_multilabel(logits, multi, ignore=255, per_image=False).item())
     weighted = L.LovaszLoss("multiclass", class_weights=[1, 2, 3, 4], reduction="none", per_image=True)
     weighted.to(torch_device())  # its class weights are a buffer: they move with the module
     assert weighted(logits, labels).shape == (2,)
@@ -226,16 +226,26 @@ def d(*tensors):
 # accelerator it is queued with torch._assert_async, a device-side assert that would poison the device
 # for the rest of the run. Every other check is on shapes, dtypes and arguments: it runs on the test device.
 @pytest.mark.parametrize("call,error,words", [
-    (lambda: L.lovasz_softmax(*d(torch.rand(2, 3, 4, 4), torch.zeros(2, 1, 4, 4, dtype=torch.long))),
-     ValueError, ["labels", "[2, 4, 4]", "[2, 1, 4, 4]"]),
+    (lambda: L.lovasz_softmax(*d(torch.rand(2, 3, 4, 4), torch.zeros(2, 2, 4, 4, dtype=torch.long))),
+     ValueError, ["labels", "[2, 4, 4]", "[2, 2, 4, 4]"]),
     (lambda: L.lovasz_softmax(*d(torch.rand(2, 3, 4, 4), torch.zeros(2, 4, 5, dtype=torch.long))),
      ValueError, ["labels", "[2, 4, 4]", "[2, 4, 5]"]),
     (lambda: L.lovasz_softmax(torch.rand(2, 3, 4, 4), torch.full((2, 4, 4), 3)),  # CPU only
      ValueError, ["labels", "[0, 2]", "3"]),
     (lambda: L.lovasz_softmax(torch.rand(2, 3, 4, 4), torch.full((2, 4, 4), 7), ignore=255),  # CPU only
      ValueError, ["labels", "non-ignored", "7"]),
-    (lambda: L.lovasz_softmax(*d(torch.rand(2, 3, 4, 4), torch.zeros(2, 4, 4))),
-     TypeError, ["labels", "integer", "float32"]),
+    (lambda: L.lovasz_softmax(torch.rand(2, 3, 4, 4), torch.full((2, 4, 4), 1.5)),  # CPU only
+     ValueError, ["labels", "whole number", "1.5"]),
+    (lambda: L.lovasz_softmax(*d(torch.rand(2, 3, 4, 4), torch.zeros(2, 4, 4, dtype=torch.complex64))),
+     TypeError, ["labels", "class indices", "complex64"]),
+    (lambda: L.lovasz_softmax(*d(torch.rand(2, 3, 4), torch.zeros(2, 4, dtype=torch.long)),
+                              classes=torch.tensor([1.7])),
+     TypeError, ["classes", "integer", "float32"]),
+    (lambda: L.lovasz_softmax(*d(torch.rand(2, 3, 4), torch.zeros(2, 4, dtype=torch.long)),
+                              classes=torch.tensor([[0, 1]])),
+     ValueError, ["classes", "1-D", "[1, 2]"]),
+    (lambda: L.lovasz_softmax(*d(torch.rand(2, 3, 4), torch.zeros(2, 4, dtype=torch.long)), weights="balanced"),
+     TypeError, ["weights", "real numbers", "'balanced'"]),
     (lambda: L.lovasz_softmax(*d(torch.zeros(2, 3, 4, 4, dtype=torch.long),
                                  torch.zeros(2, 4, 4, dtype=torch.long))),
      TypeError, ["probas", "floating", "int64"]),

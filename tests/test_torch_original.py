@@ -121,3 +121,26 @@ def test_ties_give_equal_loss_and_a_subgradient(per_image):
             q = (probas + 0.3 * dev(torch.randn(probas.shape, generator=g))).clamp(0, 1)
             fq = L.lovasz_softmax(q, labels, classes=classes, per_image=per_image)
             assert fq >= loss.detach() + (p.grad * (q - probas)).sum() - 1e-5
+
+
+@pytest.mark.parametrize("mode,per_image,ignore_index", [("binary", False, None), ("binary", True, 255),
+                                                         ("multiclass", False, 255), ("multiclass", True, None)])
+def test_module_takes_smp_positional_arguments_and_defaults(mode, per_image, ignore_index):
+    """smp's LovaszLoss(mode, per_image, ignore_index, from_logits): same order, defaults and values."""
+    g = torch.Generator().manual_seed(5)
+    channels = 1 if mode == "binary" else 4
+    logits = torch.randn(3, channels, 6, 7, generator=g)
+    target = torch.randint(0, max(channels, 2), (3, 6, 7), generator=g)
+    if ignore_index is not None:
+        target[:, 0] = ignore_index
+    if mode == "binary":
+        target = target[:, None]
+    defaults = [(L.LovaszLoss(mode), ORIGINAL.LovaszLoss(mode))] if ignore_index is None else []
+    for ours, theirs in defaults + [(L.LovaszLoss(mode, per_image, ignore_index, True),
+                                     ORIGINAL.LovaszLoss(mode, per_image, ignore_index, True))]:
+        a, b = dev(logits).requires_grad_(), dev(logits).requires_grad_()
+        la, lb = ours(a, dev(target)), theirs(b, dev(target))
+        la.backward()
+        lb.backward()
+        torch.testing.assert_close(la, lb, rtol=0, atol=1e-5)
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-5)

@@ -41,7 +41,7 @@ class CrossEntropyLovaszLoss(nn.Module):
     """
 
     def __init__(self, mode: str = "multiclass", *, ce_weight: float = 1.0, lovasz_weight: float = 1.0,
-                 per_image: Optional[bool] = None, classes="present", ignore_index: Optional[int] = None,
+                 per_image: bool = False, classes="present", ignore_index: Optional[int] = None,
                  class_weights=None, process_group=None):
         super().__init__()
         from lovasz.torch import LovaszLoss

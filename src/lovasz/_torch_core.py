@@ -40,9 +40,12 @@ from typing import Optional, Tuple
 
 import numpy as np
 import torch
+import torch._dynamo  # noqa: F401  (the op's first call would import it: a Ctrl-C there left it half-imported)
 from torch import Tensor
 
 from lovasz import _ckernel as C
+
+C.kernel()  # loaded with the module, not inside a first call that a Ctrl-C could interrupt
 
 BACKGROUND, FOREGROUND, IGNORED = 0, 1, 2
 
@@ -207,7 +210,9 @@ def _softmax_backward_(grad: Tensor, logits: Tensor, scale: Optional[Tensor]) ->
         g = grad[images, :, pixels]
         if scale is not None:
             g.mul_(scale[images])
-        probs = logits[images, :, pixels].softmax(1)
+        # NaN where the logits hold NaN or inf: 0 instead, so an ignored pixel's zero gradient stays 0
+        # (a pixel that is not ignored has made the loss NaN already).
+        probs = logits[images, :, pixels].softmax(1).nan_to_num_(0.0)
         g.copy_(torch._softmax_backward_data(g, probs, 1, probs.dtype))
 
 
@@ -272,8 +277,16 @@ def _(pred, codes, row_weights, hinge, softmax, per_image, present_only, class_i
     return pred.new_empty(pred.shape[0] if per_image else 1), grad
 
 
+_SECOND_ORDER_WITH_SOFTMAX = (
+    "lovasz_softmax(from_logits=True) takes the softmax inside and keeps only the first derivative, so it "
+    "has no second derivative (create_graph=True: Hessian-vector products, gradient penalties; also "
+    "torch.func.grad, which differentiates that way); pass probabilities instead, "
+    "lovasz_softmax(logits.softmax(1), labels), whose derivatives of every order are exact")
+
+
 def _setup_context(ctx, inputs, output):
-    ctx.need_grad = inputs[-1]
+    ctx.need_grad, ctx.softmax = inputs[-1], inputs[4]
+    ctx.mark_non_differentiable(output[1])
     ctx.save_for_backward(output[1])
     ctx.set_materialize_grads(False)  # the gradient output gets no gradient: don't fill zeros for it
 
@@ -283,8 +296,52 @@ def _backward(ctx, grad_per_set, _grad_grad):
         return (None,) * 9
     if not ctx.need_grad:
         raise RuntimeError("lovasz_loss was called with need_grad=False but a gradient was requested")
+    # The loss is piecewise linear in the errors, so the saved gradient is piecewise constant in the
+    # prediction: its own derivative is zero, and create_graph=True is exact, except through the
+    # softmax taken inside, whose curvature the saved gradient no longer knows.
+    if ctx.softmax and torch.is_grad_enabled():
+        raise RuntimeError(_SECOND_ORDER_WITH_SOFTMAX)
     (grad,) = ctx.saved_tensors
     return (grad_per_set.view(-1, 1, 1) * grad,) + (None,) * 8
 
 
 torch.library.register_autograd("lovasz::lovasz_loss", _backward, setup_context=_setup_context)
+
+
+class _LovaszSets(torch.autograd.Function):
+    """The op with the autograd that ``torch.func`` and forward mode need: ``setup_context`` and a JVP.
+
+    The JVP is one dot product: the op has each set's gradient already.
+    """
+
+    @staticmethod
+    def forward(*inputs):
+        return lovasz_loss(*inputs)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _setup_context(ctx, inputs, output)
+        ctx.save_for_forward(output[1])
+        ctx.num_sets = output[0].shape[0]
+
+    @staticmethod
+    def backward(ctx, grad_per_set, grad_grad):
+        return _backward(ctx, grad_per_set, grad_grad)
+
+    @staticmethod
+    def jvp(ctx, pred_tangent, *_):
+        if not ctx.need_grad:
+            raise RuntimeError("lovasz_loss was called with need_grad=False but a tangent was given")
+        (grad,) = ctx.saved_tensors
+        return (grad * pred_tangent).reshape(ctx.num_sets, -1).sum(1), None
+
+
+def lovasz_sets(pred: Tensor, codes: Tensor, row_weights: Tensor, hinge: bool, softmax: bool, per_image: bool,
+                present_only: bool, class_ids: Optional[Tensor], need_grad: bool) -> Tensor:
+    """``lovasz_loss``'s per-set losses, differentiable in every autograd mode: reverse (also
+    with ``create_graph``), forward (``torch.autograd.forward_ad``) and ``torch.func``. Under
+    ``torch.compile`` the op itself is called, with its registered autograd."""
+    args = (pred, codes, row_weights, hinge, softmax, per_image, present_only, class_ids, need_grad)
+    if torch.compiler.is_compiling():
+        return lovasz_loss(*args)[0]
+    return _LovaszSets.apply(*args)[0]

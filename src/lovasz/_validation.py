@@ -6,6 +6,7 @@ run at trace time under ``torch.compile``, ``tf.function`` and ``jax.jit``.
 
 from __future__ import annotations
 
+import operator
 from typing import Optional, Sequence, Tuple
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -18,25 +19,41 @@ def check_reduction(reduction) -> str:
 
 
 def check_classes(classes, num_classes: int) -> object:
-    """Return 'present', 'all' or a tuple of ints, validated against ``num_classes``."""
+    """Return 'present', 'all' or a tuple of ints in ``[0, num_classes)``.
+
+    A list, array or tensor of classes must be 1-D and hold integers: a float 1.7 is an
+    error, never class 1 (``int`` would truncate it; ``operator.index`` refuses it).
+    """
     if isinstance(classes, str):
         if classes not in ("present", "all"):
             raise ValueError(f"classes must be 'present', 'all' or a list of class indices; got {classes!r}")
         return classes
+    shape = getattr(classes, "shape", None)
+    if shape is not None and len(shape) != 1:
+        raise ValueError(f"classes must be a 1-D list of class indices; got an array of shape {list(shape)}")
     try:
-        listed = tuple(classes)
+        listed = list(classes)
     except TypeError:
         raise TypeError(
             f"classes must be 'present', 'all' or a list of class indices; got {type(classes).__name__}"
         ) from None
     if not listed:
         raise ValueError("classes must not be an empty list")
+    indices = []
     for c in listed:
-        if isinstance(c, bool) or not isinstance(c, int) and not hasattr(c, "__index__"):
-            raise TypeError(f"classes must contain integers; got {c!r} of type {type(c).__name__}")
-        if not 0 <= int(c) < num_classes:
-            raise ValueError(f"classes must lie in [0, {num_classes - 1}] for {num_classes} classes; got {int(c)}")
-    return tuple(int(c) for c in listed)
+        try:
+            if isinstance(c, bool):
+                raise TypeError
+            indices.append(operator.index(c))
+        except (TypeError, AttributeError, ValueError):
+            dtype = getattr(classes, "dtype", None)
+            came = f"an array of dtype {getattr(dtype, 'name', dtype)}" if dtype is not None else \
+                f"{c!r} of type {type(c).__name__}"
+            raise TypeError(f"classes must contain integer class indices; got {came}") from None
+    for c in indices:
+        if not 0 <= c < num_classes:
+            raise ValueError(f"classes must lie in [0, {num_classes - 1}] for {num_classes} classes; got {c}")
+    return tuple(indices)
 
 
 def check_ignore(ignore, name: str = "ignore") -> Optional[int]:
@@ -65,7 +82,8 @@ def softmax_layout(probas_shape, labels_shape, channel_axis: int = 1) -> Tuple[b
     p, l = tuple(probas_shape), tuple(labels_shape)
     if len(p) < 2:
         raise ValueError(f"probas must have shape [B, C, *spatial] or [B, *spatial]; got {fmt(p)}")
-    if p == l:
+    # Lengths first: torch.export would compare the sizes pairwise and guard on unequal dims.
+    if len(p) == len(l) and p == l:
         return True, 2
     ax = channel_axis % len(p)
     expected = p[:ax] + p[ax + 1:]
@@ -85,7 +103,7 @@ def hinge_layout(logits_shape, labels_shape) -> None:
     s, l = tuple(logits_shape), tuple(labels_shape)
     if len(s) < 1:
         raise ValueError(f"logits must have shape [B, *spatial]; got a scalar of shape {fmt(s)}")
-    if s == l or (len(s) == len(l) + 1 and len(s) >= 2 and s[1] == 1 and s[:1] + s[2:] == l):
+    if (len(s) == len(l) and s == l) or (len(s) == len(l) + 1 and len(s) >= 2 and s[1] == 1 and s[:1] + s[2:] == l):
         return
     raise ValueError(
         f"labels must have shape [B, *spatial] to match logits [B, *spatial] or [B, 1, *spatial]; "
@@ -100,3 +118,19 @@ def multilabel_layout(logits_shape, targets_shape) -> int:
     if s != t:
         raise ValueError(f"targets must have the shape of logits {fmt(s)} ([B, C, *spatial] of 0/1); got {fmt(t)}")
     return int(s[1])
+
+
+def without_axis(shape, axis: int) -> tuple:
+    """``shape`` with dim ``axis`` left out (a negative axis counts from the end)."""
+    s = tuple(shape)
+    if not s:
+        return s
+    axis %= len(s)
+    return s[:axis] + s[axis + 1:]
+
+
+def trailing_label_axis(labels_shape, accepted_shapes) -> bool:
+    """Whether labels are an accepted shape plus a trailing size-1 axis (``[B, H, W, 1]``, as Keras
+    gives sparse labels), and not an accepted shape themselves: the one case where dropping it is unambiguous."""
+    l, accepted = tuple(labels_shape), [tuple(s) for s in accepted_shapes]
+    return len(l) >= 2 and l[-1] == 1 and l not in accepted and l[:-1] in accepted

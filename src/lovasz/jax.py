@@ -22,6 +22,7 @@ CVPR 2018, arXiv:1705.08790.
 from __future__ import annotations
 
 import functools
+import math
 import os
 from typing import Optional, Sequence, Union
 
@@ -40,22 +41,39 @@ Classes = Union[str, Sequence[int]]
 # ----------------------------------------------------------------------------- checks
 
 
+def _to_array(x, name: str, what: str) -> jax.Array:
+    try:
+        return jnp.asarray(x)
+    except (TypeError, ValueError):
+        dtype = f" of dtype {x.dtype}" if hasattr(x, "dtype") else ""
+        raise TypeError(f"{name} must be {what}; got {type(x).__name__}{dtype}") from None
+
+
 def _check_prediction(x, name: str) -> jax.Array:
-    x = jnp.asarray(x)
+    x = _to_array(x, name, "a floating-point array")
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"{name} must be a floating-point array; got dtype {x.dtype}")
     return x
 
 
-def _check_labels(labels, name: str, allow_float: bool) -> jax.Array:
-    labels = jnp.asarray(labels)
-    if jnp.issubdtype(labels.dtype, jnp.complexfloating) or (
-            jnp.issubdtype(labels.dtype, jnp.floating) and not allow_float):
-        raise TypeError(
-            f"{name} must be an integer array of class indices (not one-hot, not probabilities); "
-            f"got dtype {labels.dtype}"
-        )
+def _check_labels(labels, name: str) -> jax.Array:
+    """Integer, bool or float labels; floats must hold whole numbers, checked as the label range is."""
+    labels = _to_array(labels, name, "an array of class indices")
+    if not (jnp.issubdtype(labels.dtype, jnp.integer) or jnp.issubdtype(labels.dtype, jnp.floating)
+            or labels.dtype == jnp.bool_):
+        raise TypeError(f"{name} must be an array of integer class indices (not one-hot, not probabilities); "
+                        f"got dtype {labels.dtype}")
     return labels.astype(jnp.int32) if labels.dtype == jnp.bool_ else labels
+
+
+def _check_axis(axis, ndim: int) -> int:
+    """The class axis of a prediction of rank ``ndim``: any but the batch axis."""
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"axis must be an int (the class axis: 1, or -1 for channels-last); got {axis!r}")
+    if ndim >= 2 and not (-ndim <= axis < ndim and axis % ndim != 0):
+        raise ValueError(f"axis must be a class axis of the rank-{ndim} prediction, in [1, {ndim - 1}] or "
+                         f"[{1 - ndim}, -1] (0 is the batch axis); got {axis}")
+    return int(axis)
 
 
 def _check_values(labels, ok, valid, allowed: str, name: str) -> None:
@@ -75,10 +93,14 @@ def _compute_dtype(x) -> jnp.dtype:
 def _as_weights(weights, num_classes: int, dtype) -> Optional[jax.Array]:
     if weights is None:
         return None
-    w = jnp.asarray(weights)
+    try:
+        w = None if isinstance(weights, (str, bytes)) else jnp.asarray(weights)
+    except (TypeError, ValueError):  # ragged lists, dicts, ...
+        w = None
+    if w is None or not (jnp.issubdtype(w.dtype, jnp.floating) or jnp.issubdtype(w.dtype, jnp.integer)):
+        raise TypeError(f"weights must be [{num_classes}] real numbers (one weight per class) or None; "
+                        f"got {weights!r}")
     V.check_weights_shape(w.shape, num_classes)
-    if not (jnp.issubdtype(w.dtype, jnp.floating) or jnp.issubdtype(w.dtype, jnp.integer)):
-        raise TypeError(f"weights must hold real numbers; got dtype {w.dtype}")
     return w.astype(dtype)
 
 
@@ -204,7 +226,8 @@ def _lovasz_classes(pred, fg, valid, hinge: bool, classes, per_image: bool, weig
     per_set = jnp.where(weight_sum != 0, (loss * w).sum(-1) / jnp.where(weight_sum != 0, weight_sum, 1), 0)
     if reduction == "none":
         return per_set if per_image else per_set[0]
-    return per_set.sum() if reduction == "sum" else per_set.mean()
+    # the mean of no image (an empty batch) is 0, as for an all-ignored one
+    return per_set.sum() if reduction == "sum" else per_set.sum() / max(per_set.size, 1)
 
 
 def _channels_first(x: jax.Array, axis: int) -> jax.Array:
@@ -226,7 +249,9 @@ def lovasz_softmax(probas, labels, classes: Classes = "present", per_image: bool
         probas: ``[B, C, *spatial]`` class probabilities (logits with ``from_logits``), the
             class axis at ``axis``; or ``[B, *spatial]`` sigmoid output, read as ``[1 - p, p]``.
             Note the order: ``(probas, labels)``, unlike Keras' ``(y_true, y_pred)``.
-        labels: ``[B, *spatial]`` integer class indices in ``[0, C - 1]``, or ``ignore``.
+        labels: ``[B, *spatial]`` (or ``[B, *spatial, 1]``) class indices in ``[0, C - 1]``, or
+            ``ignore``: integers, or floats holding whole numbers. Out-of-range and non-whole
+            labels raise ``ValueError`` when the values are known; under ``jax.jit`` they are not checked.
         classes: ``'present'``, ``'all'`` or a list of class indices to average over.
         per_image: the loss of each image, averaged; otherwise the batch is one set.
         ignore: label value of pixels that take no part (e.g. 255).
@@ -245,8 +270,11 @@ def lovasz_softmax(probas, labels, classes: Classes = "present", per_image: bool
         0.325
     """
     probas = _check_prediction(probas, "probas")
-    labels = _check_labels(labels, "labels", allow_float=False)
-    if probas.ndim == labels.ndim + 1 and probas.shape[axis] == 1:
+    labels = _check_labels(labels, "labels")
+    axis = _check_axis(axis, probas.ndim)
+    if V.trailing_label_axis(labels.shape, [probas.shape, V.without_axis(probas.shape, axis)]):
+        labels = labels[..., 0]  # [B, *spatial, 1], as Keras gives sparse labels
+    if probas.ndim >= 2 and probas.ndim == labels.ndim + 1 and probas.shape[axis] == 1:
         probas = jnp.squeeze(probas, axis)  # one channel: the foreground probability
     sigmoid, num_classes = V.softmax_layout(probas.shape, labels.shape, axis)
     classes = V.check_classes(classes, num_classes)
@@ -255,18 +283,21 @@ def lovasz_softmax(probas, labels, classes: Classes = "present", per_image: bool
     dtype = _compute_dtype(probas)
     w = _as_weights(weights, num_classes, dtype)
 
-    batch = labels.shape[0]
-    pred = probas.astype(dtype)
+    batch, pixels = labels.shape[0], math.prod(labels.shape[1:])  # no -1: the batch may be empty
+    lab = labels.reshape(batch, 1, pixels)
+    valid = None if ignore is None else lab != ignore
+    if jnp.issubdtype(lab.dtype, jnp.floating):  # class indices as floats: whole numbers only (1.5 is no class)
+        _check_values(lab, lab == jnp.round(lab), valid, "whole numbers (class indices)", "labels")
+    _check_values(lab, (lab >= 0) & (lab < num_classes), valid, f"in [0, {num_classes - 1}]", "labels")
+    pred = probas.astype(dtype) if sigmoid else _channels_first(probas.astype(dtype), axis)
+    pred = pred.reshape(batch, 1 if sigmoid else num_classes, pixels)
+    if valid is not None:  # a NaN at an ignored pixel must reach neither the loss nor the gradient
+        pred = jnp.where(valid, pred, 0)
     if sigmoid:
         pred = jax.nn.sigmoid(pred) if from_logits else pred
-        pred = jnp.stack([1 - pred, pred], axis=1)
-    else:
-        pred = _channels_first(pred, axis)
-        pred = jax.nn.softmax(pred, axis=1) if from_logits else pred
-    pred = pred.reshape(batch, num_classes, -1)
-    lab = labels.reshape(batch, 1, -1)
-    valid = None if ignore is None else lab != ignore
-    _check_values(lab, (lab >= 0) & (lab < num_classes), valid, f"in [0, {num_classes - 1}]", "labels")
+        pred = jnp.concatenate([1 - pred, pred], axis=1)
+    elif from_logits:
+        pred = jax.nn.softmax(pred, axis=1)
     fg = lab == jnp.arange(num_classes).reshape(1, -1, 1)
     loss = _lovasz_classes(pred, fg, valid, False, classes, per_image, w, reduction)
     return loss.astype(probas.dtype)
@@ -281,7 +312,8 @@ def lovasz_hinge(logits, labels, per_image: bool = True, ignore: Optional[int] =
     Args:
         logits: ``[B, *spatial]`` or ``[B, 1, *spatial]`` raw scores (before any sigmoid).
             Note the order: ``(logits, labels)``, unlike Keras' ``(y_true, y_pred)``.
-        labels: ``[B, *spatial]`` binary masks, 0 or 1 (integer, bool or float), or ``ignore``.
+        labels: ``[B, *spatial]`` (or ``[B, *spatial, 1]``) binary masks, 0 or 1 (integer, bool
+            or float), or ``ignore``.
         per_image: the loss of each image, averaged; otherwise the batch is one set.
         ignore: label value of pixels that take no part.
         reduction: ``'mean'`` / ``'sum'`` over images, or ``'none'`` for ``[B]`` with ``per_image``.
@@ -294,13 +326,16 @@ def lovasz_hinge(logits, labels, per_image: bool = True, ignore: Optional[int] =
         0.25
     """
     logits = _check_prediction(logits, "logits")
-    labels = _check_labels(labels, "labels", allow_float=True)
+    labels = _check_labels(labels, "labels")
+    s = logits.shape
+    if V.trailing_label_axis(labels.shape, [s, V.without_axis(s, 1)] if len(s) >= 2 and s[1] == 1 else [s]):
+        labels = labels[..., 0]  # [B, *spatial, 1], as Keras gives masks
     V.hinge_layout(logits.shape, labels.shape)
     ignore = V.check_ignore(ignore)
     reduction = V.check_reduction(reduction)
-    batch = labels.shape[0]
-    pred = logits.astype(_compute_dtype(logits)).reshape(batch, 1, -1)
-    lab = labels.reshape(batch, 1, -1)
+    layout = (labels.shape[0], 1, math.prod(labels.shape[1:]))  # no -1: the batch may be empty
+    pred = logits.astype(_compute_dtype(logits)).reshape(layout)
+    lab = labels.reshape(layout)
     valid = None if ignore is None else lab != ignore
     _check_values(lab, (lab == 0) | (lab == 1), valid, "0 or 1", "labels")
     loss = _lovasz_classes(pred, lab == 1, valid, True, "all", per_image, None, reduction)
@@ -326,7 +361,8 @@ def lovasz_multilabel(logits, targets, classes: Classes = "present", per_image: 
         A 0-d array (``[B]`` with ``per_image`` and ``reduction='none'``) in the dtype of ``logits``.
     """
     logits = _check_prediction(logits, "logits")
-    targets = _check_labels(targets, "targets", allow_float=True)
+    targets = _check_labels(targets, "targets")
+    axis = _check_axis(axis, logits.ndim)
     if logits.ndim >= 2 and logits.shape == targets.shape:
         logits, targets = _channels_first(logits, axis), _channels_first(targets, axis)
     num_classes = V.multilabel_layout(logits.shape, targets.shape)
@@ -335,9 +371,9 @@ def lovasz_multilabel(logits, targets, classes: Classes = "present", per_image: 
     reduction = V.check_reduction(reduction)
     dtype = _compute_dtype(logits)
     w = _as_weights(weights, num_classes, dtype)
-    batch = logits.shape[0]
-    pred = logits.astype(dtype).reshape(batch, num_classes, -1)
-    tgt = targets.reshape(batch, num_classes, -1)
+    layout = (logits.shape[0], num_classes, math.prod(logits.shape[2:]))  # no -1: the batch may be empty
+    pred = logits.astype(dtype).reshape(layout)
+    tgt = targets.reshape(layout)
     valid = None if ignore is None else tgt != ignore
     _check_values(tgt, (tgt == 0) | (tgt == 1), valid, "0 or 1", "targets")
     loss = _lovasz_classes(pred, tgt == 1, valid, from_logits, classes, per_image, w, reduction)

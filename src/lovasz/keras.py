@@ -62,8 +62,36 @@ def _drop_binary_channel(y_true, y_pred, axis: int):
     """Binary input with a size-1 channel axis: drop it from the prediction and, if there, the target."""
     rank = len(y_pred.shape)
     if rank >= 2 and y_pred.shape[axis] == 1:
-        return _squeeze_channel(y_true, axis, rank), ops.squeeze(y_pred, axis)
+        y_true, y_pred = _squeeze_channel(y_true, axis, rank), ops.squeeze(y_pred, axis)
+    if len(y_true.shape) == len(y_pred.shape) + 1 and y_true.shape[-1] == 1:
+        y_true = ops.squeeze(y_true, -1)  # [B, *spatial, 1] masks for a [B, *spatial] prediction
     return y_true, y_pred
+
+
+def _torch_class_ids(labels):
+    """Float labels (Keras gives ``y_true`` in the loss dtype) as integers for lovasz.torch, which takes no floats.
+
+    They must be whole numbers (1.5 is no class), checked as lovasz.tf and lovasz.jax check them.
+    """
+    import torch
+
+    if not labels.is_floating_point():
+        return labels
+    if not torch.compiler.is_compiling():
+        bad = ~torch.isfinite(labels) | (labels != labels.round())
+        message = "labels must be whole numbers (class indices) at every non-ignored pixel"
+        if labels.device.type != "cpu":
+            torch._assert_async(~bad.any(), message)  # no wait for the device
+        elif bad.any():
+            raise ValueError(f"{message}; found {labels[bad][0].item()}")
+    return labels.long()
+
+
+def _reduced(loss, reduction):
+    """Keras passes an empty ``[0]`` loss (an empty batch) through unreduced: a reduced loss is 0-d, 0 there."""
+    if reduction not in (None, "none") and tuple(loss.shape) == (0,):
+        return ops.sum(loss)
+    return loss
 
 
 def _valid_mask(labels, ignore: Optional[int]):
@@ -88,9 +116,16 @@ class _LovaszLoss(keras.losses.Loss):
     def _channel_axis(self) -> int:
         return -1 if self.data_format == "channels_last" else 1
 
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        return _reduced(super().__call__(y_true, y_pred, sample_weight), self.reduction)
+
     def _run(self, function: str, y_pred, labels, channels: bool = True, **kwargs):
         """Call ``function`` of the backend's module; ``channels=False`` for inputs without a class axis."""
         backend, module = _functions()
+        if y_pred.shape[0] == 0:  # an empty batch: 0, as for an all-ignored one (lovasz.torch cannot reshape it)
+            return ops.sum(y_pred, axis=tuple(range(1, len(y_pred.shape)))) if self.per_image else ops.sum(y_pred)
+        if backend == "torch" and function == "lovasz_softmax":
+            labels = _torch_class_ids(labels)
         channels_last = self.data_format == "channels_last"
         if not channels:
             pass
@@ -162,7 +197,7 @@ class LovaszSoftmaxLoss(_ClassAveragedLoss):
 
     def call(self, y_true, y_pred):
         labels = _squeeze_channel(y_true, self._channel_axis, len(y_pred.shape))
-        return self._run_classes("lovasz_softmax", y_pred, ops.cast(labels, "int32"))
+        return self._run_classes("lovasz_softmax", y_pred, labels)  # float labels are checked to be whole there
 
 
 @keras.saving.register_keras_serializable(package="lovasz")
@@ -182,7 +217,7 @@ class LovaszHingeLoss(_LovaszLoss):
 
     def call(self, y_true, y_pred):
         y_true, y_pred = _drop_binary_channel(y_true, y_pred, self._channel_axis)
-        return self._run("lovasz_hinge", y_pred, ops.cast(y_true, "int32"), channels=False)
+        return self._run("lovasz_hinge", y_pred, y_true, channels=False)
 
 
 @keras.saving.register_keras_serializable(package="lovasz")
@@ -203,7 +238,7 @@ class LovaszMultilabelLoss(_ClassAveragedLoss):
                          name=name, reduction=reduction, dtype=dtype)
 
     def call(self, y_true, y_pred):
-        return self._run_classes("lovasz_multilabel", y_pred, ops.cast(y_true, "int32"))
+        return self._run_classes("lovasz_multilabel", y_pred, y_true)
 
 
 # ----------------------------------------------------------------------------- cross-entropy + Lovász
@@ -247,6 +282,9 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
         if self.lovasz_weight or not terms:
             terms.append(self.lovasz_weight * lovasz.call(y_true, y_pred))
         return terms[0] if len(terms) == 1 else terms[0] + terms[1]
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        return _reduced(super().__call__(y_true, y_pred, sample_weight), self.reduction)
 
     def _cross_entropy(self, y_true, y_pred):
         axis = self.lovasz._channel_axis

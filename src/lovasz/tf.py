@@ -46,8 +46,16 @@ Classes = Union[str, Sequence[int]]
 # ----------------------------------------------------------------------------- checks
 
 
+def _to_tensor(x, name: str, what: str) -> tf.Tensor:
+    try:
+        return tf.convert_to_tensor(x)
+    except (TypeError, ValueError):
+        dtype = f" of dtype {x.dtype}" if hasattr(x, "dtype") else ""
+        raise TypeError(f"{name} must be {what}; got {type(x).__name__}{dtype}") from None
+
+
 def _check_prediction(x, name: str) -> tf.Tensor:
-    x = tf.convert_to_tensor(x)
+    x = _to_tensor(x, name, "a floating-point tensor")
     if not x.dtype.is_floating:
         raise TypeError(f"{name} must be a floating-point tensor; got dtype {x.dtype.name}")
     if x.shape.rank is None:
@@ -55,14 +63,19 @@ def _check_prediction(x, name: str) -> tf.Tensor:
     return x
 
 
-def _check_labels(labels, name: str, allow_float: bool) -> tf.Tensor:
-    labels = tf.convert_to_tensor(labels)
-    if labels.dtype.is_complex or (labels.dtype.is_floating and not allow_float):
-        raise TypeError(
-            f"{name} must be an integer tensor of class indices (not one-hot, not probabilities); "
-            f"got dtype {labels.dtype.name}"
-        )
-    return tf.cast(labels, tf.int32) if labels.dtype in (tf.bool, tf.uint8, tf.int8, tf.int16, tf.uint16) else labels
+def _check_labels(labels, name: str) -> tf.Tensor:
+    """Integer labels in a signed type that ``one_hot`` and the ``ignore`` comparison take; floats as they are.
+
+    Float labels must hold whole numbers: the functions check that as they check the label range.
+    """
+    labels = _to_tensor(labels, name, "a tensor of class indices")
+    dtype = labels.dtype
+    if dtype.is_floating:
+        return labels
+    if not (dtype.is_integer or dtype == tf.bool):
+        raise TypeError(f"{name} must be a tensor of integer class indices (not one-hot, not probabilities); "
+                        f"got dtype {dtype.name}")
+    return tf.cast(labels, tf.int64 if dtype in (tf.int64, tf.uint32, tf.uint64) else tf.int32)
 
 
 def _check_order(order: str) -> bool:
@@ -86,6 +99,12 @@ def _check_values(labels: tf.Tensor, ok: tf.Tensor, valid: Optional[tf.Tensor], 
                          f"found {tf.boolean_mask(labels, bad)[0].numpy()}")
 
 
+def _size(x: tf.Tensor, start: int, stop: Optional[int] = None):
+    """The number of elements in dims ``start:stop`` of ``x``, for reshapes: TF infers no ``-1`` for an empty tensor."""
+    n = x.shape[start:stop].num_elements()
+    return n if n is not None else tf.reduce_prod(tf.shape(x)[start:stop])
+
+
 def _compute_dtype(x: tf.Tensor) -> tf.DType:
     """float64 stays float64; half precision (and float32) is computed in float32."""
     return tf.float64 if x.dtype == tf.float64 else tf.float32
@@ -94,10 +113,14 @@ def _compute_dtype(x: tf.Tensor) -> tf.DType:
 def _as_weights(weights, num_classes: int, dtype: tf.DType) -> Optional[tf.Tensor]:
     if weights is None:
         return None
-    w = tf.convert_to_tensor(weights)
+    try:
+        w = None if isinstance(weights, (str, bytes)) else tf.convert_to_tensor(weights)
+    except (TypeError, ValueError):  # ragged lists, dicts, ...
+        w = None
+    if w is None or not (w.dtype.is_floating or w.dtype.is_integer):
+        raise TypeError(f"weights must be [{num_classes}] real numbers (one weight per class) or None; "
+                        f"got {weights!r}")
     V.check_weights_shape(w.shape, num_classes)
-    if not (w.dtype.is_floating or w.dtype.is_integer):
-        raise TypeError(f"weights must hold real numbers; got dtype {w.dtype.name}")
     return tf.cast(w, dtype)
 
 
@@ -127,7 +150,9 @@ def _lovasz_rows(errors: tf.Tensor, fg: tf.Tensor, valid: Optional[tf.Tensor]) -
     Ignored pixels get the key ``-inf``: they sort last, where ``relu`` makes them add nothing.
     """
     key = errors if valid is None else tf.where(valid, errors, tf.constant(-np.inf, errors.dtype))
-    errors_sorted, perm = tf.math.top_k(key, k=tf.shape(key)[-1], sorted=True)
+    _, perm = tf.math.top_k(tf.stop_gradient(key), k=tf.shape(key)[-1], sorted=True)
+    # the gradient goes through the gather, not top_k, whose gradient fails on rows of no pixel (an empty batch)
+    errors_sorted = tf.gather(key, perm, batch_dims=1)
     fg_sorted = tf.gather(tf.cast(fg, tf.int32), perm, batch_dims=1)
     steps = tf.stop_gradient(_jaccard_steps(fg_sorted, errors.dtype))
     return tf.reduce_sum(tf.nn.relu(errors_sorted) * steps, axis=-1)
@@ -142,7 +167,8 @@ def _rows(x: tf.Tensor, per_image: bool, channels_last: bool) -> tf.Tensor:
     elif not per_image:
         x = tf.transpose(x, [1, 0, 2])
         return tf.reshape(x, [tf.shape(x)[0], -1])
-    return tf.reshape(x, [-1, tf.shape(x)[2]])
+    shape = tf.shape(x)
+    return tf.reshape(x, [shape[0] * shape[1], shape[2]])  # no -1: the rows may be empty
 
 
 def _lovasz_classes(pred, fg, valid, hinge: bool, classes, per_image: bool, channels_last: bool,
@@ -174,7 +200,8 @@ def _lovasz_classes(pred, fg, valid, hinge: bool, classes, per_image: bool, chan
     per_set = tf.math.divide_no_nan(tf.reduce_sum(loss * w, axis=-1), weight_sum)
     if reduction == "none":
         return per_set if per_image else per_set[0]
-    return tf.reduce_sum(per_set) if reduction == "sum" else tf.reduce_mean(per_set)
+    total = tf.reduce_sum(per_set)  # the mean of no image (an empty batch) is 0, as for an all-ignored one
+    return total if reduction == "sum" else tf.math.divide_no_nan(total, tf.cast(tf.size(per_set), total.dtype))
 
 
 # ----------------------------------------------------------------------------- public functions
@@ -193,7 +220,9 @@ def lovasz_softmax(probas, labels, classes: Classes = "present", per_image: bool
             class probabilities (logits with ``from_logits``), or ``[B, *spatial]`` sigmoid
             output, read as the two classes ``[1 - p, p]``.
             Note the order: ``(probas, labels)``, unlike Keras' ``(y_true, y_pred)``.
-        labels: ``[B, *spatial]`` integer class indices in ``[0, C - 1]``, or ``ignore``.
+        labels: ``[B, *spatial]`` (or ``[B, *spatial, 1]``) class indices in ``[0, C - 1]``, or
+            ``ignore``: integers, or floats holding whole numbers. Out-of-range and non-whole
+            labels raise ``ValueError`` eagerly; inside ``tf.function`` they are not checked.
         classes: ``'present'``, ``'all'`` or a list of class indices to average over.
         per_image: the loss of each image, averaged; otherwise the batch is one set.
         ignore: label value of pixels that take no part (e.g. 255).
@@ -212,9 +241,11 @@ def lovasz_softmax(probas, labels, classes: Classes = "present", per_image: bool
         0.325
     """
     probas = _check_prediction(probas, "probas")
-    labels = _check_labels(labels, "labels", allow_float=False)
+    labels = _check_labels(labels, "labels")
     channels_last = _check_order(order)
     channel_axis = -1 if channels_last else 1
+    if V.trailing_label_axis(labels.shape, [probas.shape, V.without_axis(probas.shape, channel_axis)]):
+        labels = tf.squeeze(labels, -1)  # [B, *spatial, 1], as Keras gives sparse labels
     if probas.shape.rank == labels.shape.rank + 1 and probas.shape[channel_axis] == 1:
         probas = tf.squeeze(probas, channel_axis)  # one channel: the foreground probability
     sigmoid, num_classes = V.softmax_layout(probas.shape, labels.shape, channel_axis)
@@ -224,24 +255,30 @@ def lovasz_softmax(probas, labels, classes: Classes = "present", per_image: bool
     dtype = _compute_dtype(probas)
     w = _as_weights(weights, num_classes, dtype)
 
-    batch = tf.shape(labels)[0]
-    pred = tf.cast(probas, dtype)
+    batch, pixels = tf.shape(labels)[0], _size(labels, 1)
+    lab = tf.reshape(labels, [batch, pixels])
+    valid = None if ignore is None else lab != ignore
+    if lab.dtype.is_floating:  # class indices as floats: whole numbers only (1.5 is no class)
+        _check_values(lab, tf.equal(lab, tf.round(lab)), valid, "whole numbers (class indices)", "labels")
+    _check_values(lab, (lab >= 0) & (lab < num_classes), valid, f"in [0, {num_classes - 1}]", "labels")
+    lab = tf.cast(lab, tf.int32) if lab.dtype.is_floating else lab
+
+    class_axis = 2 if channels_last else 1  # of pred [B, N, C] or [B, C, N]
+    if sigmoid:
+        pred = tf.reshape(tf.cast(probas, dtype), [batch, pixels])
+    else:
+        pred = tf.reshape(tf.cast(probas, dtype), [batch, pixels, num_classes] if channels_last
+                          else [batch, num_classes, pixels])
+        valid = None if valid is None else tf.expand_dims(valid, class_axis)
+    if valid is not None:  # a NaN at an ignored pixel must reach neither the loss nor the gradient
+        pred = tf.where(valid, pred, tf.zeros((), dtype))
     if sigmoid:
         pred = tf.sigmoid(pred) if from_logits else pred
-        pred = tf.stack([1 - pred, pred], axis=channel_axis)
+        pred = tf.stack([1 - pred, pred], axis=class_axis)
+        valid = None if valid is None else tf.expand_dims(valid, class_axis)
     elif from_logits:
-        pred = tf.nn.softmax(pred, axis=channel_axis)
-    lab = tf.reshape(labels, [batch, -1])
-    valid = None if ignore is None else lab != ignore
-    _check_values(lab, (lab >= 0) & (lab < num_classes), valid, f"in [0, {num_classes - 1}]", "labels")
-    if channels_last:
-        pred = tf.reshape(pred, [batch, -1, num_classes])
-        fg = tf.one_hot(lab, num_classes, on_value=True, off_value=False)
-        valid = None if valid is None else valid[:, :, None]
-    else:
-        pred = tf.reshape(pred, [batch, num_classes, -1])
-        fg = tf.one_hot(lab, num_classes, on_value=True, off_value=False, axis=1)
-        valid = None if valid is None else valid[:, None, :]
+        pred = tf.nn.softmax(pred, axis=class_axis)
+    fg = tf.one_hot(lab, num_classes, on_value=True, off_value=False, axis=class_axis)
     loss = _lovasz_classes(pred, fg, valid, False, classes, per_image, channels_last, w, reduction)
     return tf.cast(loss, probas.dtype)
 
@@ -255,7 +292,8 @@ def lovasz_hinge(logits, labels, per_image: bool = True, ignore: Optional[int] =
     Args:
         logits: ``[B, *spatial]`` (or ``[B, *spatial, 1]`` / ``[B, 1, *spatial]``) raw scores.
             Note the order: ``(logits, labels)``, unlike Keras' ``(y_true, y_pred)``.
-        labels: ``[B, *spatial]`` binary masks, 0 or 1 (integer, bool or float), or ``ignore``.
+        labels: ``[B, *spatial]`` (or ``[B, *spatial, 1]``) binary masks, 0 or 1 (integer, bool
+            or float), or ``ignore``.
         per_image: the loss of each image, averaged; otherwise the batch is one set.
         ignore: label value of pixels that take no part.
         reduction: ``'mean'`` / ``'sum'`` over images, or ``'none'`` for ``[B]`` with ``per_image``.
@@ -268,15 +306,19 @@ def lovasz_hinge(logits, labels, per_image: bool = True, ignore: Optional[int] =
         0.25
     """
     logits = _check_prediction(logits, "logits")
-    labels = _check_labels(labels, "labels", allow_float=True)
+    labels = _check_labels(labels, "labels")
+    s = tuple(logits.shape)
+    accepted = [s] + [V.without_axis(s, a) for a in (1, -1) if len(s) >= 2 and s[a] == 1]
+    if V.trailing_label_axis(labels.shape, accepted):
+        labels = tf.squeeze(labels, -1)  # [B, *spatial, 1], as Keras gives masks
     if logits.shape.rank == labels.shape.rank + 1 and logits.shape[-1] == 1:
         logits = tf.squeeze(logits, -1)  # [B, *spatial, 1], as Keras models give it
     V.hinge_layout(logits.shape, labels.shape)
     ignore = V.check_ignore(ignore)
     reduction = V.check_reduction(reduction)
-    batch = tf.shape(labels)[0]
-    pred = tf.reshape(tf.cast(logits, _compute_dtype(logits)), [batch, 1, -1])
-    lab = tf.reshape(labels, [batch, 1, -1])
+    layout = [tf.shape(labels)[0], 1, _size(labels, 1)]
+    pred = tf.reshape(tf.cast(logits, _compute_dtype(logits)), layout)
+    lab = tf.reshape(labels, layout)
     valid = None if ignore is None else lab != tf.cast(ignore, lab.dtype)
     _check_values(lab, (lab == 0) | (lab == 1), valid, "0 or 1", "labels")
     loss = _lovasz_classes(pred, lab == 1, valid, True, "all", per_image, False, None, reduction)
@@ -302,21 +344,22 @@ def lovasz_multilabel(logits, targets, classes: Classes = "present", per_image: 
         A 0-d tensor (``[B]`` with ``per_image`` and ``reduction='none'``) in the dtype of ``logits``.
     """
     logits = _check_prediction(logits, "logits")
-    targets = _check_labels(targets, "targets", allow_float=True)
+    targets = _check_labels(targets, "targets")
     channels_last = _check_order(order)
-    shape = logits.shape.as_list()
-    channels_first_shape = shape if not channels_last else shape[:1] + shape[-1:] + shape[1:-1]
-    targets_shape = targets.shape.as_list()
-    if channels_last:
-        targets_shape = targets_shape[:1] + targets_shape[-1:] + targets_shape[1:-1]
-    num_classes = V.multilabel_layout(channels_first_shape, targets_shape)
+
+    def channels_first(shape):
+        shape = shape.as_list()
+        return shape[:1] + shape[-1:] + shape[1:-1] if channels_last and len(shape) >= 2 else shape
+
+    num_classes = V.multilabel_layout(channels_first(logits.shape), channels_first(targets.shape))
     classes = V.check_classes(classes, num_classes)
     ignore = V.check_ignore(ignore)
     reduction = V.check_reduction(reduction)
     dtype = _compute_dtype(logits)
     w = _as_weights(weights, num_classes, dtype)
     batch = tf.shape(logits)[0]
-    layout = [batch, -1, num_classes] if channels_last else [batch, num_classes, -1]
+    pixels = _size(logits, 1, -1) if channels_last else _size(logits, 2)
+    layout = [batch, pixels, num_classes] if channels_last else [batch, num_classes, pixels]
     pred = tf.reshape(tf.cast(logits, dtype), layout)
     tgt = tf.reshape(targets, layout)
     valid = None if ignore is None else tgt != tf.cast(ignore, tgt.dtype)

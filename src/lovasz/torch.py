@@ -16,6 +16,7 @@ measure in neural networks", CVPR 2018, arXiv:1705.08790.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from typing import Optional, Sequence, Tuple, Union
 
@@ -23,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from lovasz import _validation as V
-from lovasz._torch_core import IGNORED, _sorted_jaccard_grad, lovasz_loss
+from lovasz._torch_core import IGNORED, _sorted_jaccard_grad, lovasz_sets
 
 __all__ = [
     "lovasz_grad",
@@ -53,16 +54,41 @@ def _check_prediction(x, name: str) -> None:
         raise TypeError(f"{name} must be a floating-point tensor; got dtype {x.dtype}")
 
 
-def _check_labels(labels, prediction: Tensor, name: str, allow_float: bool) -> None:
+# Integer dtypes without the comparison kernels the checks need: read as int64.
+_WIDENED_LABELS = (torch.uint16, torch.uint32, torch.uint64)
+
+
+def _check_labels(labels, prediction: Tensor, name: str) -> Tensor:
+    """``labels`` if they are a real tensor on the prediction's device; uint16/32/64 become int64."""
     if not isinstance(labels, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor; got {type(labels).__name__}")
-    if labels.is_complex() or (labels.is_floating_point() and not allow_float):
-        raise TypeError(
-            f"{name} must be an integer tensor of class indices (not one-hot, not probabilities); "
-            f"got dtype {labels.dtype}"
-        )
+    if labels.is_complex():
+        raise TypeError(f"{name} must hold class indices (integers, or floats of whole numbers); "
+                        f"got dtype {labels.dtype}")
     if labels.device != prediction.device:
         raise ValueError(f"{name} must be on the device of the prediction ({prediction.device}); got {labels.device}")
+    return labels.to(torch.int64) if labels.dtype in _WIDENED_LABELS else labels
+
+
+def _drop_label_axis(labels: Tensor, accepted) -> Tensor:
+    """Labels of an accepted shape with an extra size-1 axis, last (``[B, H, W, 1]``, as Keras pipelines
+    give them) or second (``[B, 1, H, W]``), lose it; anything else is left to the shape check."""
+    given = tuple(labels.shape)
+    # Lengths first: torch.export would compare the sizes pairwise and guard on unequal dims.
+    if any(len(shape) == len(given) and shape == given for shape in accepted):
+        return labels
+    for shape in accepted:
+        if len(given) == len(shape) + 1 and given[-1] == 1 and given[:-1] == shape:
+            return labels.squeeze(-1)
+        if len(given) == len(shape) + 1 and len(given) >= 3 and given[1] == 1 and given[:1] + given[2:] == shape:
+            return labels.squeeze(1)
+    return labels
+
+
+def _check_whole(labels: Tensor, valid: Optional[Tensor], name: str) -> None:
+    """Float labels must hold whole numbers (class indices): 1.5 is an error, never class 1."""
+    if labels.is_floating_point():
+        _check_values(labels, valid, "a whole number (a class index)", labels == labels.round(), name)
 
 
 def _check_values(labels: Tensor, valid: Optional[Tensor], allowed: str, ok: Tensor, name: str) -> None:
@@ -88,7 +114,10 @@ def _as_weights(weights: Weights, num_classes: int, dtype: torch.dtype, device: 
     if weights is None:
         return None
     on_device = isinstance(weights, Tensor) and weights.device == device
-    w = weights if on_device else torch.as_tensor(weights)
+    try:
+        w = weights if on_device else torch.as_tensor(weights)
+    except (TypeError, ValueError, RuntimeError):  # a string such as 'balanced', a ragged list, a dict
+        raise TypeError(f"{name} must be [C] real numbers (one weight per class) or None; got {weights!r}") from None
     V.check_weights_shape(w.shape, num_classes, name)
     if not (w.is_floating_point() or w.dtype in (torch.int32, torch.int64)):
         raise TypeError(f"{name} must hold real numbers; got dtype {w.dtype}")
@@ -168,16 +197,24 @@ def _lovasz_classes(pred: Tensor, codes: Tensor, hinge: bool, classes, num_class
     if ids is not None:
         codes = codes.index_select(1, ids)
         row_weights = row_weights.index_select(0, ids) * counts
-    need_grad = torch.is_grad_enabled() and pred.requires_grad
-    per_set, _ = lovasz_loss(pred, codes, row_weights, hinge, softmax, per_image, classes == "present", ids,
-                             need_grad)
+    need_grad = (torch.is_grad_enabled() and pred.requires_grad) or _has_tangent(pred)
+    per_set = lovasz_sets(pred, codes, row_weights, hinge, softmax, per_image, classes == "present", ids, need_grad)
     return _reduce(per_set, reduction, per_image)
+
+
+def _has_tangent(x: Tensor) -> bool:
+    """Whether ``x`` carries a forward-mode tangent (``torch.autograd.forward_ad``, ``torch.func.jvp``)."""
+    if torch.compiler.is_compiling():
+        return False
+    return torch.autograd.forward_ad.unpack_dual(x).tangent is not None
 
 
 def _reduce(per_set: Tensor, reduction: str, per_image: bool) -> Tensor:
     if reduction == "none":
         return per_set if per_image else per_set[0]
-    return per_set.sum() if reduction == "sum" else per_set.mean()
+    if reduction == "sum" or per_set.shape[0] == 0:  # the mean of no image is 0, like an all-ignored batch
+        return per_set.sum()
+    return per_set.mean()
 
 
 # ----------------------------------------------------------------------------- public functions
@@ -231,7 +268,9 @@ def lovasz_softmax(probas: Tensor, labels: Tensor, classes: Classes = "present",
         tensor(0.1000)
     """
     _check_prediction(probas, "probas")
-    _check_labels(labels, probas, "labels", allow_float=False)
+    labels = _check_labels(labels, probas, "labels")
+    if probas.ndim >= 3:
+        labels = _drop_label_axis(labels, [tuple(probas.shape), tuple(probas.shape[:1] + probas.shape[2:])])
     if probas.ndim >= 2 and probas.shape[1] == 1 and probas.ndim == labels.ndim + 1:
         probas = probas.squeeze(1)  # one channel: the foreground probability, as in the original
     sigmoid, num_classes = V.softmax_layout(probas.shape, labels.shape)
@@ -246,9 +285,11 @@ def lovasz_softmax(probas: Tensor, labels: Tensor, classes: Classes = "present",
     if sigmoid:
         pred = pred.sigmoid() if from_logits else pred
         pred = torch.stack([1 - pred, pred], dim=1)
-    pred = pred.reshape(batch, num_classes, -1)
-    lab = labels.reshape(batch, 1, -1)
+    pixels = math.prod(labels.shape[1:])  # not -1: an empty batch has no size to infer it from
+    pred = pred.reshape(batch, num_classes, pixels)
+    lab = labels.reshape(batch, 1, pixels)
     ignored = None if ignore is None else lab == ignore
+    _check_whole(lab, None if ignored is None else ~ignored, "labels")
     _check_values(lab, None if ignored is None else ~ignored, f"in [0, {num_classes - 1}]",
                   (lab >= 0) & (lab < num_classes), "labels")
     class_ids = torch.arange(num_classes, device=lab.device)
@@ -284,13 +325,17 @@ def lovasz_hinge(logits: Tensor, labels: Tensor, per_image: bool = True, ignore:
         tensor(0.2500)
     """
     _check_prediction(logits, "logits")
-    _check_labels(labels, logits, "labels", allow_float=True)
+    labels = _check_labels(labels, logits, "labels")
+    accepted = [tuple(logits.shape)]
+    if logits.ndim >= 2 and logits.shape[1] == 1:
+        accepted.append(tuple(logits.shape[:1] + logits.shape[2:]))
+    labels = _drop_label_axis(labels, accepted)
     V.hinge_layout(logits.shape, labels.shape)
     ignore = V.check_ignore(ignore)
     reduction = V.check_reduction(reduction)
-    batch = labels.shape[0]
-    pred = logits.to(_compute_dtype(logits)).reshape(batch, 1, -1)
-    lab = labels.reshape(batch, 1, -1)
+    batch, pixels = labels.shape[0], math.prod(labels.shape[1:])
+    pred = logits.to(_compute_dtype(logits)).reshape(batch, 1, pixels)
+    lab = labels.reshape(batch, 1, pixels)
     ignored = None if ignore is None else lab == ignore
     _check_values(lab, None if ignored is None else ~ignored, "0 or 1", (lab == 0) | (lab == 1), "labels")
     codes = _codes(lab == 1, ignored)
@@ -326,7 +371,7 @@ def lovasz_multilabel(logits: Tensor, targets: Tensor, classes: Classes = "prese
         tensor(0.)
     """
     _check_prediction(logits, "logits")
-    _check_labels(targets, logits, "targets", allow_float=True)
+    targets = _check_labels(targets, logits, "targets")
     num_classes = V.multilabel_layout(logits.shape, targets.shape)
     classes = V.check_classes(classes, num_classes)
     ignore = V.check_ignore(ignore)
@@ -334,8 +379,9 @@ def lovasz_multilabel(logits: Tensor, targets: Tensor, classes: Classes = "prese
     dtype = _compute_dtype(logits)
     w = _as_weights(weights, num_classes, dtype, logits.device, "weights")
     batch = logits.shape[0]
-    pred = logits.to(dtype).reshape(batch, num_classes, -1)
-    tgt = targets.reshape(batch, num_classes, -1)
+    pixels = math.prod(logits.shape[2:])
+    pred = logits.to(dtype).reshape(batch, num_classes, pixels)
+    tgt = targets.reshape(batch, num_classes, pixels)
     ignored = None if ignore is None else tgt == ignore
     _check_values(tgt, None if ignored is None else ~ignored, "0 or 1", (tgt == 0) | (tgt == 1), "targets")
     codes = _codes(tgt == 1, ignored)
@@ -419,11 +465,14 @@ class LovaszLoss(nn.Module):
       indices; :func:`lovasz_softmax` (softmax taken inside with ``from_logits``).
     - ``mode='multilabel'``: input and target ``[B, C, *spatial]``; :func:`lovasz_multilabel`.
 
-    ``per_image=None`` takes the original's default for the mode: True for binary and
-    multi-label (the hinge), False for multi-class. ``ignore_index``, ``class_weights``
-    and ``reduction`` are the functions' ``ignore``, ``weights`` and ``reduction``;
-    ``process_group`` makes a batch-mode loss the exact loss of the global batch
-    across ranks (see :func:`lovasz_softmax`).
+    The first four arguments are segmentation-models-pytorch's, in its order and with its
+    defaults (``per_image=False`` in every mode), so ``LovaszLoss(mode, per_image,
+    ignore_index, from_logits)`` is a drop-in for smp's class. Two differences, on purpose:
+    multi-label computes one hinge per channel (smp flattens every channel into one
+    hinge), and ``from_logits=False`` is honoured (smp ignores it). ``classes``,
+    ``class_weights`` and ``reduction`` are the functions' ``classes``, ``weights`` and
+    ``reduction``; ``process_group`` makes a batch-mode loss the exact loss of the global
+    batch across ranks (see :func:`lovasz_softmax`).
 
     Example:
         >>> loss_fn = LovaszLoss("multiclass")
@@ -432,9 +481,9 @@ class LovaszLoss(nn.Module):
         >>> loss.backward()
     """
 
-    def __init__(self, mode: str = "multiclass", *, from_logits: bool = True, per_image: Optional[bool] = None,
-                 classes: Classes = "present", ignore_index: Optional[int] = None,
-                 class_weights: Weights = None, reduction: str = "mean", process_group=None):
+    def __init__(self, mode: str = "multiclass", per_image: bool = False, ignore_index: Optional[int] = None,
+                 from_logits: bool = True, *, classes: Classes = "present", class_weights: Weights = None,
+                 reduction: str = "mean", process_group=None):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
@@ -443,7 +492,7 @@ class LovaszLoss(nn.Module):
         V.check_classes(classes, 1 << 30)  # the form only; the range is checked against the input
         self.mode = mode
         self.from_logits = bool(from_logits)
-        self.per_image = (mode != "multiclass") if per_image is None else bool(per_image)
+        self.per_image = bool(per_image)
         self.classes = classes
         self.ignore_index = V.check_ignore(ignore_index, "ignore_index")
         self.reduction = V.check_reduction(reduction)
@@ -465,7 +514,7 @@ class LovaszLoss(nn.Module):
 
     def _binary(self, input: Tensor, target: Tensor) -> Tensor:
         _check_prediction(input, "input")
-        _check_labels(target, input, "target", allow_float=True)
+        target = _check_labels(target, input, "target")
         given = target.shape
         if input.ndim >= 2 and input.shape[1] == 1 and input.ndim == target.ndim + 1:
             target = target.unsqueeze(1)  # [B, 1, *spatial] input with a [B, *spatial] target
@@ -474,9 +523,9 @@ class LovaszLoss(nn.Module):
                 f"target must have the shape of input {V.fmt(input.shape)} in binary mode (or that shape "
                 f"without the channel dim for a [B, 1, *spatial] input); got {V.fmt(given)}"
             )
-        batch = input.shape[0]
+        batch, pixels = input.shape[0], math.prod(input.shape[1:])
         # One channel, always counted: the Lovász hinge on logits, the foreground term on probabilities.
-        return lovasz_multilabel(input.reshape(batch, 1, -1), target.reshape(batch, 1, -1), "all",
+        return lovasz_multilabel(input.reshape(batch, 1, pixels), target.reshape(batch, 1, pixels), "all",
                                  self.per_image, self.ignore_index, from_logits=self.from_logits,
                                  reduction=self.reduction, process_group=self.process_group)
 

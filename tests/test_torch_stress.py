@@ -1,0 +1,369 @@
+"""lovasz.torch under stress: interrupts, threads, processes, interpreter shutdown, memory failure,
+every autograd mode, trace and export, empty and odd inputs. Each either gives the right answer or
+raises a clear error; none crashes or answers wrong without a word.
+
+The process-level checks run in child processes (a crash there is a failed assert here, not a
+dead test run), on the CPU where they are about the C kernel's thread pool.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from conftest import dev, host, require, torch_device
+from lovasz import reference as R
+
+torch = require("torch")
+L = require("lovasz.torch")
+ORIGINAL = require("lovasz.peers").load_original()
+
+
+def run_child(code: str, timeout: float = 300, env=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **(env or {})}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+# ----------------------------------------------------------------------------- processes and threads
+
+
+def test_ctrl_c_during_the_kernel_waits_for_every_block_then_raises():
+    """Interrupts land at spread-out moments of calls that run the C kernel on 2 threads; freed
+    buffers are poisoned (MALLOC_PERTURB_), so a block still writing into one would crash or corrupt."""
+    out = run_child("""
+        import signal, time, torch
+        import lovasz.torch as L
+
+        def interrupt(*_):
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGALRM, interrupt)
+        torch.set_num_threads(2)
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(2, 16, 256, 512, generator=g)
+        y = torch.randint(0, 16, (2, 256, 512), generator=g)
+
+        def step():
+            xr = x.clone().requires_grad_()
+            loss = L.lovasz_softmax(xr, y, from_logits=True, per_image=True)
+            loss.backward()
+            return loss.item(), xr.grad
+
+        expected, expected_grad = step()
+        start = time.perf_counter()
+        step()
+        duration = time.perf_counter() - start
+        interrupted = 0
+        for i in range(16):
+            signal.setitimer(signal.ITIMER_REAL, duration * (i + 0.5) / 16)
+            try:
+                step()
+                signal.setitimer(signal.ITIMER_REAL, 0)  # inside: a signal on the way lands in the try
+            except KeyboardInterrupt:
+                interrupted += 1
+            value, grad = step()  # later calls are right
+            assert value == expected and torch.equal(grad, expected_grad)
+        print("survived", interrupted)
+    """, env={"MALLOC_PERTURB_": "165", "MALLOC_CHECK_": "3"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "survived" in out.stdout
+    assert int(out.stdout.split()[-1]) >= 8  # most interrupts landed inside a call
+
+
+def test_calls_after_the_main_thread_finished_and_at_exit():
+    out = run_child("""
+        import atexit, threading, time, torch
+        import lovasz.torch as L
+
+        torch.set_num_threads(2)
+        x, y = torch.randn(4, 64, 64), torch.randint(0, 2, (4, 64, 64))
+        expected = L.lovasz_hinge(x, y).item()
+
+        def late():
+            time.sleep(0.5)  # the main thread has returned: the interpreter is shutting down
+            print("thread", L.lovasz_hinge(x, y).item() == expected, flush=True)
+
+        atexit.register(lambda: print("atexit", L.lovasz_hinge(x, y).item() == expected, flush=True))
+        threading.Thread(target=late).start()
+    """)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "thread True" in out.stdout and "atexit True" in out.stdout, out.stdout + out.stderr
+
+
+def test_no_lazy_import_inside_a_call():
+    """torch._dynamo is imported with lovasz.torch: a Ctrl-C inside the first call cannot leave it
+    half-imported, because that call imports nothing."""
+    out = run_child("""
+        import sys, torch
+        import lovasz.torch as L
+        before = set(sys.modules)
+        x = torch.randn(1, 3, 4, 4, requires_grad=True)
+        L.lovasz_softmax(x, torch.randint(0, 3, (1, 4, 4)), from_logits=True).backward()
+        L.lovasz_hinge(x[:, 0], torch.randint(0, 2, (1, 4, 4))).backward()
+        print(sorted(m for m in set(sys.modules) - before if m.split(".")[0] in ("torch", "lovasz")))
+    """)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_threads_give_the_serial_results():
+    from concurrent.futures import ThreadPoolExecutor
+
+    g = torch.Generator().manual_seed(1)
+    inputs = [(dev(torch.randn(2, 5, 40, 40, generator=g)), dev(torch.randint(0, 5, (2, 40, 40), generator=g)))
+              for _ in range(8)]
+
+    def loss_and_grad(pair):
+        x = pair[0].clone().requires_grad_()
+        loss = L.lovasz_softmax(x, pair[1], from_logits=True, per_image=True)
+        loss.backward()
+        return loss.detach(), x.grad
+
+    serial = [loss_and_grad(p) for p in inputs]
+    with ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(loss_and_grad, inputs * 3))
+    for (a, ga), (b, gb) in zip(serial * 3, threaded):
+        assert torch.equal(a, b) and torch.equal(ga, gb)
+
+
+def test_dataloader_workers_fork_and_spawn(tmp_path):
+    script = tmp_path / "workers.py"  # spawn re-imports the main module: it must be a file
+    script.write_text(textwrap.dedent("""
+        import multiprocessing as mp
+        import torch
+        import lovasz.torch as L
+
+        class Losses(torch.utils.data.Dataset):
+            def __len__(self):
+                return 4
+
+            def __getitem__(self, i):
+                g = torch.Generator().manual_seed(i)
+                return L.lovasz_softmax(torch.randn(2, 3, 32, 32, generator=g),
+                                        torch.randint(0, 3, (2, 32, 32), generator=g), from_logits=True)
+
+        def child(queue):
+            # As DataLoader does in its workers: torch's own OpenMP ops hang in a forked child of a
+            # parent that ran them on several threads (a plain softmax does), with or without lovasz.
+            torch.set_num_threads(1)
+            queue.put(float(Losses()[0]))
+
+        if __name__ == "__main__":
+            torch.set_num_threads(2)
+            expected = [float(Losses()[i]) for i in range(4)]  # the parent's thread pool exists before fork
+            for context in ("fork", "spawn"):
+                loader = torch.utils.data.DataLoader(Losses(), batch_size=None, num_workers=2,
+                                                     multiprocessing_context=context, timeout=120)
+                assert [float(v) for v in loader] == expected, context
+                queue = mp.get_context(context).Queue()
+                process = mp.get_context(context).Process(target=child, args=(queue,))
+                process.start()
+                assert queue.get(timeout=120) == expected[0], context
+                process.join(60)
+            print("ok")
+    """))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=400, env=env)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
+
+
+def test_memory_failure_is_an_error_not_a_crash():
+    """With the address space capped, a call fails with MemoryError or torch's allocation error;
+    once the cap is lifted the next call is right."""
+    out = run_child("""
+        import resource, torch
+        import lovasz.torch as L
+        x = torch.randn(1, 8, 1024, 1024)
+        y = torch.randint(0, 8, (1, 1024, 1024))
+        expected = L.lovasz_softmax(x, y, from_logits=True).item()
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        with open("/proc/self/status") as f:
+            used = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize"))
+        resource.setrlimit(resource.RLIMIT_AS, (used + (16 << 20), hard))
+        try:
+            L.lovasz_softmax(x, y, from_logits=True)
+            print("no failure")
+        except MemoryError:
+            print("MemoryError")
+        except RuntimeError as error:
+            print("RuntimeError", "memory" in str(error).lower() or "allocate" in str(error).lower())
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+        print("after", L.lovasz_softmax(x, y, from_logits=True).item() == expected)
+    """)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.split("\n")
+    assert lines[0] in ("MemoryError", "RuntimeError True", "no failure"), out.stdout
+    assert "after True" in out.stdout
+
+
+# ----------------------------------------------------------------------------- autograd modes
+
+
+def _inputs(seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 3, 5, 6, generator=g, dtype=dtype)
+    y = torch.randint(0, 3, (2, 5, 6), generator=g)
+    return dev(x), dev(y), dev(torch.randn(2, 3, 5, 6, generator=g, dtype=dtype))
+
+
+LOSSES = {
+    "softmax from logits": lambda x, y: L.lovasz_softmax(x, y, from_logits=True),
+    "softmax of probabilities": lambda x, y: L.lovasz_softmax(x.softmax(1), y, classes=[0, 2], per_image=True),
+    "hinge": lambda x, y: L.lovasz_hinge(x[:, 0], (y == 1).long(), per_image=False),
+    "multilabel": lambda x, y: L.lovasz_multilabel(x, (y[:, None] == dev(torch.arange(3)).view(1, 3, 1, 1)).long()),
+}
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_forward_mode_equals_reverse_mode(name):
+    fn = LOSSES[name]
+    x, y, v = _inputs()
+    a = x.clone().requires_grad_()
+    fn(a, y).backward()
+    expected = (a.grad * v).sum()
+    with torch.autograd.forward_ad.dual_level():
+        tangent = torch.autograd.forward_ad.unpack_dual(fn(torch.autograd.forward_ad.make_dual(x, v), y)).tangent
+    assert tangent is not None
+    torch.testing.assert_close(tangent, expected)
+    _, tangent = torch.func.jvp(lambda t: fn(t, y), (x,), (v,))
+    torch.testing.assert_close(tangent, expected)
+
+
+@pytest.mark.parametrize("name", ["softmax of probabilities", "hinge", "multilabel"])
+def test_torch_func_grad(name):
+    fn = LOSSES[name]
+    x, y, _ = _inputs()
+    a = x.clone().requires_grad_()
+    fn(a, y).backward()
+    torch.testing.assert_close(torch.func.grad(lambda t: fn(t, y))(x), a.grad)
+
+
+def test_second_derivative_equals_the_original():
+    """Hessian-vector products through the softmax, and through a curved map before the hinge."""
+    if ORIGINAL is None:
+        pytest.skip("segmentation-models-pytorch is not installed")
+    x, y, v = _inputs(dtype=torch.float32)
+
+    def hvp(fn):
+        a = x.clone().requires_grad_()
+        (g,) = torch.autograd.grad(fn(a), a, create_graph=True)
+        (h,) = torch.autograd.grad((g * v).sum(), a)
+        return h
+
+    mask = (y == 1).long()
+    for ours, original in [
+        (lambda a: L.lovasz_softmax(a.softmax(1), y, per_image=True),
+         lambda a: ORIGINAL._lovasz_softmax(a.softmax(1), y, per_image=True)),
+        (lambda a: L.lovasz_hinge(torch.tanh(a[:, 0]), mask), lambda a: ORIGINAL._lovasz_hinge(torch.tanh(a[:, 0]), mask)),
+    ]:
+        expected = hvp(original)
+        assert expected.abs().max() > 1e-4  # a real curvature term, not a zero matching a zero
+        torch.testing.assert_close(hvp(ours), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_second_derivative_with_the_softmax_inside_is_a_clear_error():
+    x, y, _ = _inputs()
+    a = x.clone().requires_grad_()
+    with pytest.raises(RuntimeError, match=r"from_logits=True.*second derivative.*logits\.softmax\(1\)"):
+        torch.autograd.grad(L.lovasz_softmax(a, y, from_logits=True), a, create_graph=True)
+    with pytest.raises(RuntimeError, match="second derivative"):
+        torch.func.grad(lambda t: L.lovasz_softmax(t, y, from_logits=True))(x)
+
+
+# ----------------------------------------------------------------------------- trace and export
+
+
+class _Loss(torch.nn.Module):
+    def forward(self, x, y):
+        return L.lovasz_softmax(x, y, from_logits=True, ignore=255, per_image=True)
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # shapes become constants: that is tracing
+def test_jit_trace_gives_the_eager_values_on_new_inputs():
+    x, y, _ = _inputs(dtype=torch.float32)
+    traced = torch.jit.trace(_Loss(), (x, y), check_trace=False)
+    x2, y2, _ = _inputs(seed=1, dtype=torch.float32)
+    torch.testing.assert_close(traced(x2, y2), _Loss()(x2, y2))
+
+
+def test_export_with_dynamic_height_and_width():
+    x, y, _ = _inputs(dtype=torch.float32)
+    height, width = torch.export.Dim("height", min=2, max=2048), torch.export.Dim("width", min=2, max=2048)
+    exported = torch.export.export(_Loss(), (x, y), dynamic_shapes={"x": {2: height, 3: width},
+                                                                   "y": {1: height, 2: width}})
+    g = torch.Generator().manual_seed(3)
+    x2 = dev(torch.randn(2, 3, 17, 9, generator=g))
+    y2 = dev(torch.randint(0, 3, (2, 17, 9), generator=g))
+    torch.testing.assert_close(exported.module()(x2, y2), _Loss()(x2, y2))
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 4, 5), (2, 3, 0, 5)])
+@pytest.mark.parametrize("per_image", [False, True])
+def test_empty_input_is_an_all_ignored_one(shape, per_image):
+    x = dev(torch.randn(*shape)).requires_grad_()
+    labels = dev(torch.zeros(shape[:1] + shape[2:], dtype=torch.long))
+    targets = dev(torch.zeros(shape, dtype=torch.long))
+    calls = [
+        lambda r: L.lovasz_softmax(x, labels, per_image=per_image, from_logits=True, reduction=r),
+        lambda r: L.lovasz_softmax(x[:, 0], labels, per_image=per_image, reduction=r),
+        lambda r: L.lovasz_hinge(x[:, 0], labels, per_image=per_image, reduction=r),
+        lambda r: L.lovasz_multilabel(x, targets, per_image=per_image, reduction=r),
+        lambda r: L.LovaszLoss("multiclass", per_image, reduction=r)(x, labels),
+        lambda r: L.CrossEntropyLovaszLoss("multiclass", per_image=per_image)(x, labels),
+    ]
+    for call in calls:
+        for reduction in ("mean", "sum"):
+            loss = call(reduction)
+            assert loss.shape == () and loss.item() == 0
+            (grad,) = torch.autograd.grad(loss, x)
+            assert grad.shape == x.shape and torch.count_nonzero(grad) == 0
+    none = L.lovasz_softmax(x, labels, per_image=per_image, from_logits=True, reduction="none")
+    assert none.shape == ((shape[0],) if per_image else ())
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
+                                   torch.uint16, torch.uint32, torch.uint64, torch.float32, torch.float64])
+def test_every_label_dtype_holding_class_indices(dtype):
+    x, y, _ = _inputs(dtype=torch.float32)
+    expected = L.lovasz_softmax(x, y, from_logits=True)
+    labels = y.cpu().to(dtype).to(y.device) if dtype in (torch.uint16, torch.uint32, torch.uint64) else y.to(dtype)
+    torch.testing.assert_close(L.lovasz_softmax(x, labels, from_logits=True), expected)
+    mask = (y == 1).to(dtype) if dtype.is_floating_point else (y == 1).cpu().to(dtype).to(y.device)
+    torch.testing.assert_close(L.lovasz_hinge(x[:, 0], mask), L.lovasz_hinge(x[:, 0], (y == 1).long()))
+
+
+def test_labels_with_a_size_1_axis():
+    x, y, _ = _inputs(dtype=torch.float32)
+    expected = L.lovasz_softmax(x, y, from_logits=True)
+    torch.testing.assert_close(L.lovasz_softmax(x, y[..., None], from_logits=True), expected)  # [B, H, W, 1]
+    torch.testing.assert_close(L.lovasz_softmax(x, y[:, None], from_logits=True), expected)  # [B, 1, H, W]
+    mask = (y == 1).long()
+    for scores in (x[:, 0], x[:, :1]):
+        torch.testing.assert_close(L.lovasz_hinge(scores, mask[..., None]), L.lovasz_hinge(x[:, 0], mask))
+
+
+def test_nan_and_inf():
+    x, y, _ = _inputs(dtype=torch.float32)
+    bad = x.clone()
+    bad[0, :, 0, 0] = float("nan")
+    assert torch.isnan(L.lovasz_softmax(bad, y, from_logits=True))
+    assert torch.isnan(L.lovasz_hinge(bad[:, 0], (y == 1).long()))
+    labels = y.clone()
+    labels[0, 0, 0] = 255
+    for value in (float("nan"), float("inf"), -float("inf")):
+        bad = x.clone()
+        bad[0, :, 0, 0] = value
+        for fn in (lambda t: L.lovasz_softmax(t, labels, from_logits=True, ignore=255),
+                   lambda t: L.lovasz_hinge(t[:, 0], (y == 1).long().masked_fill(labels == 255, 255), ignore=255)):
+            a = bad.clone().requires_grad_()
+            loss = fn(a)
+            loss.backward()
+            assert torch.isfinite(loss) and torch.isfinite(a.grad).all() and a.grad[0, :, 0, 0].eq(0).all()
+            torch.testing.assert_close(loss, fn(x))
