@@ -110,6 +110,7 @@ UNEQUAL = {  # (batch, height, width) of rank 0 and rank 1
     "heights and widths": ((2, 6, 7), (2, 5, 9)),
     "same element count, different batch": ((2, 6, 6), (1, 12, 6)),  # silently wrong when shapes were assumed
     "batch and size": ((3, 4, 5), (1, 8, 9)),
+    "an empty last batch": ((2, 6, 7), (0, 6, 7)),
 }
 
 

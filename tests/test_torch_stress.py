@@ -361,6 +361,8 @@ def test_nan_and_inf():
         bad = x.clone()
         bad[0, :, 0, 0] = value
         for fn in (lambda t: L.lovasz_softmax(t, labels, from_logits=True, ignore=255),
+                   lambda t: L.lovasz_softmax(t[:, 0], (labels == 1).long().masked_fill(labels == 255, 255),
+                                              from_logits=True, ignore=255),
                    lambda t: L.lovasz_hinge(t[:, 0], (y == 1).long().masked_fill(labels == 255, 255), ignore=255)):
             a = bad.clone().requires_grad_()
             loss = fn(a)

@@ -281,14 +281,16 @@ def lovasz_softmax(probas: Tensor, labels: Tensor, classes: Classes = "present",
     w = _as_weights(weights, num_classes, dtype, probas.device, "weights")
 
     batch = labels.shape[0]
-    pred = probas.to(dtype)
-    if sigmoid:
-        pred = pred.sigmoid() if from_logits else pred
-        pred = torch.stack([1 - pred, pred], dim=1)
     pixels = math.prod(labels.shape[1:])  # not -1: an empty batch has no size to infer it from
-    pred = pred.reshape(batch, num_classes, pixels)
     lab = labels.reshape(batch, 1, pixels)
     ignored = None if ignore is None else lab == ignore
+    pred = probas.to(dtype)
+    if sigmoid:
+        if from_logits and ignored is not None:  # NaN/inf logits at ignored pixels: no NaN through the sigmoid
+            pred = torch.where(ignored.view(pred.shape), 0, pred)
+        pred = pred.sigmoid() if from_logits else pred
+        pred = torch.stack([1 - pred, pred], dim=1)
+    pred = pred.reshape(batch, num_classes, pixels)
     _check_whole(lab, None if ignored is None else ~ignored, "labels")
     _check_values(lab, None if ignored is None else ~ignored, f"in [0, {num_classes - 1}]",
                   (lab >= 0) & (lab < num_classes), "labels")
