@@ -80,6 +80,20 @@ class Backend:
     cases: list
 
 
+def tf_value_and_grad(fn, options: dict, mode: str):
+    """``(x, y) -> (fn(x, y, **options), its gradient)`` in TF's ``mode``: eager, function or xla."""
+    tf = require("tensorflow")
+
+    def value_and_grad(x, y):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = fn(x, y, **options)
+            total = tf.reduce_sum(out)
+        return out, tape.gradient(total, x, unconnected_gradients="zero")
+
+    return value_and_grad if mode == "eager" else tf.function(value_and_grad, jit_compile=mode == "xla")
+
+
 def tf_backend(mode: str, cases) -> Backend:
     def run(case: Case, float64: bool = True):
         tf = require("tensorflow")
@@ -90,15 +104,7 @@ def tf_backend(mode: str, cases) -> Backend:
         labels = np.moveaxis(case.labels, 1, -1) if case.kind == "multilabel" else case.labels
         options = dict(case.options, **({} if case.kind == "hinge" else {"order": "BHWC"}))
 
-        def value_and_grad(x, y):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                out = fn(x, y, **options)
-                total = tf.reduce_sum(out)
-            return out, tape.gradient(total, x, unconnected_gradients="zero")
-
-        if mode != "eager":
-            value_and_grad = tf.function(value_and_grad, jit_compile=mode == "xla", reduce_retracing=False)
+        value_and_grad = tf_value_and_grad(fn, options, mode)
         x = tf.constant(pred, dtype=tf.float64 if float64 else tf.float32)
         out, grad = value_and_grad(x, tf.constant(labels))
         grad = grad.numpy()
@@ -314,16 +320,7 @@ def call(module: str, mode: str, kind: str, pred, labels, channels_last=None, **
     fn = getattr(require(module), FUNCTIONS[kind])
     if module == "lovasz.tf":
         tf = require("tensorflow")
-
-        def value_and_grad(x, y):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                out = fn(x, y, **options)
-                total = tf.reduce_sum(out)
-            return out, tape.gradient(total, x, unconnected_gradients="zero")
-
-        if mode != "eager":
-            value_and_grad = tf.function(value_and_grad, jit_compile=mode == "xla")
+        value_and_grad = tf_value_and_grad(fn, options, mode)
         out, grad = value_and_grad(tf.convert_to_tensor(pred), tf.convert_to_tensor(labels))
         return out.numpy(), grad.numpy()
     jax = require("jax")
