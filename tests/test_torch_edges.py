@@ -270,6 +270,14 @@ def d(*tensors):
     (lambda: L.lovasz_multilabel(*d(torch.randn(2, 3, 4), torch.zeros(2, 4))),
      ValueError, ["targets", "[2, 3, 4]", "[2, 4]"]),
     (lambda: L.LovaszLoss("binaryy"), ValueError, ["mode", "'binaryy'"]),
+    (lambda: L.LovaszLoss("binary")(torch.randn(2, 1, 4), torch.full((2, 4), 2)),  # CPU only
+     ValueError, ["target", "0 or 1", "2"]),
+    (lambda: L.LovaszLoss("multiclass")(torch.randn(2, 3, 4), torch.full((2, 4), 5)),  # CPU only
+     ValueError, ["target", "[0, 2]", "5"]),
+    (lambda: L.LovaszLoss("multiclass")(*d(torch.randn(2, 3, 4), torch.zeros(2, 5, dtype=torch.long))),
+     ValueError, ["target", "input [2, 3, 4]", "[2, 5]"]),
+    (lambda: L.LovaszLoss("multilabel")(*d(torch.randn(2, 3, 4), torch.zeros(2, 4))),
+     ValueError, ["target", "input [2, 3, 4]", "[2, 4]"]),
     (lambda: L.LovaszLoss("binary")(*d(torch.randn(2, 1, 4), torch.zeros(2, 5))),
      ValueError, ["target", "[2, 1, 4]", "[2, 5]"]),
 ])

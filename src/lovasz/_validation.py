@@ -73,15 +73,17 @@ def fmt(shape: Sequence[int]) -> str:
     return "[" + ", ".join(str(int(s)) for s in shape) + "]"
 
 
-def softmax_layout(probas_shape, labels_shape, channel_axis: int = 1) -> Tuple[bool, int]:
-    """Check the shapes of ``lovasz_softmax``'s inputs.
+def softmax_layout(probas_shape, labels_shape, channel_axis: int = 1,
+                   names: Tuple[str, str] = ("probas", "labels")) -> Tuple[bool, int]:
+    """Check the shapes of ``lovasz_softmax``'s inputs (called ``names`` in the messages).
 
     Returns ``(sigmoid, num_classes)``: ``sigmoid`` is True when ``probas`` has the
     labels' shape (one foreground probability per pixel, read as two classes).
     """
     p, l = tuple(probas_shape), tuple(labels_shape)
+    probas, labels = names
     if len(p) < 2:
-        raise ValueError(f"probas must have shape [B, C, *spatial] or [B, *spatial]; got {fmt(p)}")
+        raise ValueError(f"{probas} must have shape [B, C, *spatial] or [B, *spatial]; got {fmt(p)}")
     # Lengths first: torch.export would compare the sizes pairwise and guard on unequal dims.
     if len(p) == len(l) and p == l:
         return True, 2
@@ -90,11 +92,11 @@ def softmax_layout(probas_shape, labels_shape, channel_axis: int = 1) -> Tuple[b
     if expected != l:
         where = "channels-first [B, C, *spatial]" if ax == 1 else "channels-last [B, *spatial, C]"
         raise ValueError(
-            f"labels must have shape {fmt(expected)} to match probas {fmt(p)} ({where}; or the shape of "
-            f"probas for sigmoid output); got {fmt(l)}"
+            f"{labels} must have shape {fmt(expected)} to match {probas} {fmt(p)} ({where}; or the shape of "
+            f"{probas} for sigmoid output); got {fmt(l)}"
         )
     if p[ax] < 1:
-        raise ValueError(f"probas must have at least one class channel; got shape {fmt(p)}")
+        raise ValueError(f"{probas} must have at least one class channel; got shape {fmt(p)}")
     return False, int(p[ax])
 
 
@@ -111,12 +113,13 @@ def hinge_layout(logits_shape, labels_shape) -> None:
     )
 
 
-def multilabel_layout(logits_shape, targets_shape) -> int:
+def multilabel_layout(logits_shape, targets_shape, names: Tuple[str, str] = ("logits", "targets")) -> int:
     s, t = tuple(logits_shape), tuple(targets_shape)
+    logits, targets = names
     if len(s) < 2:
-        raise ValueError(f"logits must have shape [B, C, *spatial]; got {fmt(s)}")
-    if s != t:
-        raise ValueError(f"targets must have the shape of logits {fmt(s)} ([B, C, *spatial] of 0/1); got {fmt(t)}")
+        raise ValueError(f"{logits} must have shape [B, C, *spatial]; got {fmt(s)}")
+    if len(s) != len(t) or s != t:
+        raise ValueError(f"{targets} must have the shape of {logits} {fmt(s)} ([B, C, *spatial] of 0/1); got {fmt(t)}")
     return int(s[1])
 
 

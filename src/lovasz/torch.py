@@ -267,13 +267,21 @@ def lovasz_softmax(probas: Tensor, labels: Tensor, classes: Classes = "present",
         >>> lovasz_softmax(probas, torch.tensor([[0, 255]]), ignore=255)
         tensor(0.1000)
     """
-    _check_prediction(probas, "probas")
-    labels = _check_labels(labels, probas, "labels")
+    return _softmax(probas, labels, classes, per_image, ignore, from_logits, weights, reduction, process_group,
+                    ("probas", "labels"))
+
+
+def _softmax(probas, labels, classes, per_image, ignore, from_logits, weights, reduction, process_group,
+             names: Tuple[str, str]) -> Tensor:
+    """:func:`lovasz_softmax`, its inputs called ``names`` in error messages."""
+    pname, lname = names
+    _check_prediction(probas, pname)
+    labels = _check_labels(labels, probas, lname)
     if probas.ndim >= 3:
         labels = _drop_label_axis(labels, [tuple(probas.shape), tuple(probas.shape[:1] + probas.shape[2:])])
     if probas.ndim >= 2 and probas.shape[1] == 1 and probas.ndim == labels.ndim + 1:
         probas = probas.squeeze(1)  # one channel: the foreground probability, as in the original
-    sigmoid, num_classes = V.softmax_layout(probas.shape, labels.shape)
+    sigmoid, num_classes = V.softmax_layout(probas.shape, labels.shape, names=names)
     classes = V.check_classes(classes, num_classes)
     ignore = V.check_ignore(ignore)
     reduction = V.check_reduction(reduction)
@@ -291,9 +299,9 @@ def lovasz_softmax(probas: Tensor, labels: Tensor, classes: Classes = "present",
         pred = pred.sigmoid() if from_logits else pred
         pred = torch.stack([1 - pred, pred], dim=1)
     pred = pred.reshape(batch, num_classes, pixels)
-    _check_whole(lab, None if ignored is None else ~ignored, "labels")
+    _check_whole(lab, None if ignored is None else ~ignored, lname)
     _check_values(lab, None if ignored is None else ~ignored, f"in [0, {num_classes - 1}]",
-                  (lab >= 0) & (lab < num_classes), "labels")
+                  (lab >= 0) & (lab < num_classes), lname)
     class_ids = torch.arange(num_classes, device=lab.device)
     codes = _codes(lab == class_ids.view(1, -1, 1), None if ignored is None else ignored.expand_as(pred))
     loss = _lovasz_classes(pred, codes, False, classes, num_classes, per_image, w, reduction, process_group,
@@ -372,9 +380,17 @@ def lovasz_multilabel(logits: Tensor, targets: Tensor, classes: Classes = "prese
         >>> lovasz_multilabel(logits, torch.tensor([[[1, 0], [0, 1]]]))
         tensor(0.)
     """
-    _check_prediction(logits, "logits")
-    targets = _check_labels(targets, logits, "targets")
-    num_classes = V.multilabel_layout(logits.shape, targets.shape)
+    return _multilabel(logits, targets, classes, per_image, ignore, from_logits, weights, reduction, process_group,
+                       ("logits", "targets"))
+
+
+def _multilabel(logits, targets, classes, per_image, ignore, from_logits, weights, reduction, process_group,
+                names: Tuple[str, str]) -> Tensor:
+    """:func:`lovasz_multilabel`, its inputs called ``names`` in error messages."""
+    pname, tname = names
+    _check_prediction(logits, pname)
+    targets = _check_labels(targets, logits, tname)
+    num_classes = V.multilabel_layout(logits.shape, targets.shape, names)
     classes = V.check_classes(classes, num_classes)
     ignore = V.check_ignore(ignore)
     reduction = V.check_reduction(reduction)
@@ -385,7 +401,7 @@ def lovasz_multilabel(logits: Tensor, targets: Tensor, classes: Classes = "prese
     pred = logits.to(dtype).reshape(batch, num_classes, pixels)
     tgt = targets.reshape(batch, num_classes, pixels)
     ignored = None if ignore is None else tgt == ignore
-    _check_values(tgt, None if ignored is None else ~ignored, "0 or 1", (tgt == 0) | (tgt == 1), "targets")
+    _check_values(tgt, None if ignored is None else ~ignored, "0 or 1", (tgt == 0) | (tgt == 1), tname)
     codes = _codes(tgt == 1, ignored)
     loss = _lovasz_classes(pred, codes, from_logits, classes, num_classes, per_image, w, reduction, process_group)
     return loss.to(_result_dtype(logits))
@@ -504,14 +520,12 @@ class LovaszLoss(nn.Module):
         self.register_buffer("class_weights", class_weights)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        options = (self.per_image, self.ignore_index, self.from_logits, self.class_weights, self.reduction,
+                   self.process_group, ("input", "target"))
         if self.mode == "multiclass":
-            return lovasz_softmax(input, target, self.classes, self.per_image, self.ignore_index,
-                                  from_logits=self.from_logits, weights=self.class_weights,
-                                  reduction=self.reduction, process_group=self.process_group)
+            return _softmax(input, target, self.classes, *options)
         if self.mode == "multilabel":
-            return lovasz_multilabel(input, target, self.classes, self.per_image, self.ignore_index,
-                                     from_logits=self.from_logits, weights=self.class_weights,
-                                     reduction=self.reduction, process_group=self.process_group)
+            return _multilabel(input, target, self.classes, *options)
         return self._binary(input, target)
 
     def _binary(self, input: Tensor, target: Tensor) -> Tensor:
@@ -527,9 +541,9 @@ class LovaszLoss(nn.Module):
             )
         batch, pixels = input.shape[0], math.prod(input.shape[1:])
         # One channel, always counted: the Lovász hinge on logits, the foreground term on probabilities.
-        return lovasz_multilabel(input.reshape(batch, 1, pixels), target.reshape(batch, 1, pixels), "all",
-                                 self.per_image, self.ignore_index, from_logits=self.from_logits,
-                                 reduction=self.reduction, process_group=self.process_group)
+        return _multilabel(input.reshape(batch, 1, pixels), target.reshape(batch, 1, pixels), "all", self.per_image,
+                           self.ignore_index, self.from_logits, None, self.reduction, self.process_group,
+                           ("input", "target"))
 
     def extra_repr(self) -> str:
         return (f"mode={self.mode!r}, from_logits={self.from_logits}, per_image={self.per_image}, "
