@@ -278,6 +278,10 @@ def d(*tensors):
      ValueError, ["target", "input [2, 3, 4]", "[2, 5]"]),
     (lambda: L.LovaszLoss("multilabel")(*d(torch.randn(2, 3, 4), torch.zeros(2, 4))),
      ValueError, ["target", "input [2, 3, 4]", "[2, 4]"]),
+    (lambda: L.LovaszLoss("multiclass", class_weights=[1.0, 2.0])(*d(torch.randn(2, 3, 4),
+                                                                   torch.zeros(2, 4, dtype=torch.long))),
+     ValueError, ["class_weights", "[3]", "[2]"]),
+    (lambda: L.CrossEntropyLovaszLoss(class_weights="balanced"), TypeError, ["class_weights", "'balanced'"]),
     (lambda: L.LovaszLoss("binary")(*d(torch.randn(2, 1, 4), torch.zeros(2, 5))),
      ValueError, ["target", "[2, 1, 4]", "[2, 5]"]),
 ])

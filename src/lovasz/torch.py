@@ -268,25 +268,25 @@ def lovasz_softmax(probas: Tensor, labels: Tensor, classes: Classes = "present",
         tensor(0.1000)
     """
     return _softmax(probas, labels, classes, per_image, ignore, from_logits, weights, reduction, process_group,
-                    ("probas", "labels"))
+                    ("probas", "labels", "weights"))
 
 
 def _softmax(probas, labels, classes, per_image, ignore, from_logits, weights, reduction, process_group,
-             names: Tuple[str, str]) -> Tensor:
+             names: Tuple[str, str, str]) -> Tensor:
     """:func:`lovasz_softmax`, its inputs called ``names`` in error messages."""
-    pname, lname = names
+    pname, lname, wname = names
     _check_prediction(probas, pname)
     labels = _check_labels(labels, probas, lname)
     if probas.ndim >= 3:
         labels = _drop_label_axis(labels, [tuple(probas.shape), tuple(probas.shape[:1] + probas.shape[2:])])
     if probas.ndim >= 2 and probas.shape[1] == 1 and probas.ndim == labels.ndim + 1:
         probas = probas.squeeze(1)  # one channel: the foreground probability, as in the original
-    sigmoid, num_classes = V.softmax_layout(probas.shape, labels.shape, names=names)
+    sigmoid, num_classes = V.softmax_layout(probas.shape, labels.shape, names=names[:2])
     classes = V.check_classes(classes, num_classes)
     ignore = V.check_ignore(ignore)
     reduction = V.check_reduction(reduction)
     dtype = _compute_dtype(probas)
-    w = _as_weights(weights, num_classes, dtype, probas.device, "weights")
+    w = _as_weights(weights, num_classes, dtype, probas.device, wname)
 
     batch = labels.shape[0]
     pixels = math.prod(labels.shape[1:])  # not -1: an empty batch has no size to infer it from
@@ -381,21 +381,21 @@ def lovasz_multilabel(logits: Tensor, targets: Tensor, classes: Classes = "prese
         tensor(0.)
     """
     return _multilabel(logits, targets, classes, per_image, ignore, from_logits, weights, reduction, process_group,
-                       ("logits", "targets"))
+                       ("logits", "targets", "weights"))
 
 
 def _multilabel(logits, targets, classes, per_image, ignore, from_logits, weights, reduction, process_group,
-                names: Tuple[str, str]) -> Tensor:
+                names: Tuple[str, str, str]) -> Tensor:
     """:func:`lovasz_multilabel`, its inputs called ``names`` in error messages."""
-    pname, tname = names
+    pname, tname, wname = names
     _check_prediction(logits, pname)
     targets = _check_labels(targets, logits, tname)
-    num_classes = V.multilabel_layout(logits.shape, targets.shape, names)
+    num_classes = V.multilabel_layout(logits.shape, targets.shape, names[:2])
     classes = V.check_classes(classes, num_classes)
     ignore = V.check_ignore(ignore)
     reduction = V.check_reduction(reduction)
     dtype = _compute_dtype(logits)
-    w = _as_weights(weights, num_classes, dtype, logits.device, "weights")
+    w = _as_weights(weights, num_classes, dtype, logits.device, wname)
     batch = logits.shape[0]
     pixels = math.prod(logits.shape[2:])
     pred = logits.to(dtype).reshape(batch, num_classes, pixels)
@@ -473,6 +473,21 @@ def lovasz_hinge_flat(logits: Tensor, labels: Tensor) -> Tensor:
 MODES = ("binary", "multiclass", "multilabel")
 
 
+def _class_weights_buffer(class_weights: Weights) -> Optional[Tensor]:
+    """``class_weights`` as a float32 ``[C]`` tensor (the modules' buffer), or None; its length is
+    checked against the input's classes at each call."""
+    if class_weights is None:
+        return None
+    try:
+        weights = torch.as_tensor(class_weights, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError):  # a string (a file name), a ragged list, a dict
+        raise TypeError(f"class_weights must be [C] real numbers (one weight per class) or None; "
+                        f"got {class_weights!r}") from None
+    if weights.ndim != 1:
+        raise ValueError(f"class_weights must be 1-D, one weight per class; got shape {V.fmt(weights.shape)}")
+    return weights
+
+
 class LovaszLoss(nn.Module):
     """Lovász loss as an ``nn.Module`` taking ``(input, target)``, as smp's losses do.
 
@@ -515,13 +530,11 @@ class LovaszLoss(nn.Module):
         self.ignore_index = V.check_ignore(ignore_index, "ignore_index")
         self.reduction = V.check_reduction(reduction)
         self.process_group = process_group
-        if class_weights is not None:
-            class_weights = torch.as_tensor(class_weights, dtype=torch.float32)
-        self.register_buffer("class_weights", class_weights)
+        self.register_buffer("class_weights", _class_weights_buffer(class_weights))
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         options = (self.per_image, self.ignore_index, self.from_logits, self.class_weights, self.reduction,
-                   self.process_group, ("input", "target"))
+                   self.process_group, ("input", "target", "class_weights"))
         if self.mode == "multiclass":
             return _softmax(input, target, self.classes, *options)
         if self.mode == "multilabel":
@@ -543,7 +556,7 @@ class LovaszLoss(nn.Module):
         # One channel, always counted: the Lovász hinge on logits, the foreground term on probabilities.
         return _multilabel(input.reshape(batch, 1, pixels), target.reshape(batch, 1, pixels), "all", self.per_image,
                            self.ignore_index, self.from_logits, None, self.reduction, self.process_group,
-                           ("input", "target"))
+                           ("input", "target", "class_weights"))
 
     def extra_repr(self) -> str:
         return (f"mode={self.mode!r}, from_logits={self.from_logits}, per_image={self.per_image}, "
