@@ -25,7 +25,7 @@ class CrossEntropyLovaszLoss(nn.Module):
     - ``mode='binary'``: binary cross-entropy with logits and :func:`lovasz_hinge`.
     - ``mode='multilabel'``: binary cross-entropy per channel and :func:`lovasz_multilabel`.
 
-    ``per_image``, ``classes``, ``ignore_index``, ``class_weights`` and ``process_group``
+    ``per_image``, ``classes``, ``ignore_index``, ``class_weights``, ``margin``, ``symmetric`` and ``process_group``
     are those of :class:`LovaszLoss`; ``class_weights`` also weigh the cross-entropy (as PyTorch's
     ``weight``: a weighted mean over pixels). Ignored pixels take no part in either
     term; a batch with every pixel ignored gives 0, not NaN. Both weights are plain
@@ -42,13 +42,13 @@ class CrossEntropyLovaszLoss(nn.Module):
 
     def __init__(self, mode: str = "multiclass", *, ce_weight: float = 1.0, lovasz_weight: float = 1.0,
                  per_image: bool = False, classes="present", ignore_index: Optional[int] = None,
-                 class_weights=None, process_group=None):
+                 class_weights=None, margin: str = "relu", symmetric: bool = False, process_group=None):
         super().__init__()
         from lovasz.torch import LovaszLoss
 
         self.lovasz = LovaszLoss(mode, from_logits=True, per_image=per_image, classes=classes,
-                                 ignore_index=ignore_index, class_weights=class_weights,
-                                 process_group=process_group)
+                                 ignore_index=ignore_index, class_weights=class_weights, margin=margin,
+                                 symmetric=symmetric, process_group=process_group)
         self.mode, self.ignore_index = mode, self.lovasz.ignore_index
         self.ce_weight, self.lovasz_weight = float(ce_weight), float(lovasz_weight)
 

@@ -56,6 +56,18 @@ def check_classes(classes, num_classes: int) -> object:
     return tuple(indices)
 
 
+MARGINS = ("relu", "elu")
+
+
+def check_hinge_variant(margin, symmetric) -> Tuple[str, bool]:
+    """The hinge's ``margin`` ('relu': ``max(0, m)``; 'elu': ``elu(m) + 1``) and ``symmetric`` flag."""
+    if margin not in MARGINS:
+        raise ValueError(f"margin must be one of {MARGINS} (max(0, m) or elu(m) + 1 of the margin m); got {margin!r}")
+    if not isinstance(symmetric, bool):
+        raise TypeError(f"symmetric must be True or False; got {symmetric!r}")
+    return margin, symmetric
+
+
 def check_ignore(ignore, name: str = "ignore") -> Optional[int]:
     if ignore is None:
         return None

@@ -77,13 +77,25 @@ def lovasz_extension(errors, gt) -> float:
     return float(np.dot(errors[order], lovasz_grad(gt[order])))
 
 
-def lovasz_hinge_flat(logits, labels) -> float:
-    """Binary Lovász hinge of flat ``logits [P]`` against 0/1 ``labels [P]``."""
+def lovasz_hinge_flat(logits, labels, margin="relu") -> float:
+    """Binary Lovász hinge of flat ``logits [P]`` against 0/1 ``labels [P]``.
+
+    The errors are ``max(0, m)`` of the margins ``m = 1 - s x`` (``s = 2y - 1``), or with
+    ``margin='elu'`` ``elu(m) + 1`` (positive everywhere, smooth at 0).
+    """
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels)
     signs = 2.0 * labels - 1.0
-    errors = 1.0 - logits * signs
-    return lovasz_extension(np.maximum(errors, 0.0), labels)
+    m = 1.0 - logits * signs
+    errors = np.maximum(m, 0.0) if margin == "relu" else np.where(m > 0, m, np.expm1(np.minimum(m, 0.0))) + 1.0
+    return lovasz_extension(errors, labels)
+
+
+def _symmetric(loss, logits, labels, ignore, **options):
+    """The mean of ``loss(x, y)`` and ``loss(-x, 1 - y)`` (ignored labels stay ignored)."""
+    flipped = np.where(labels == ignore, labels, 1 - labels) if ignore is not None else 1 - labels
+    return (np.asarray(loss(logits, labels, ignore=ignore, **options))
+            + np.asarray(loss(-logits, flipped, ignore=ignore, **options))) / 2
 
 
 def lovasz_softmax_flat(probas, labels, classes="present", weights=None) -> float:
@@ -153,25 +165,29 @@ def lovasz_softmax(probas, labels, classes="present", per_image=False, ignore=No
     return out if per_image or reduction != "none" else out[0]
 
 
-def lovasz_hinge(logits, labels, per_image=True, ignore=None, *, reduction="mean"):
+def lovasz_hinge(logits, labels, per_image=True, ignore=None, *, reduction="mean", margin="relu",
+                 symmetric=False):
     """Binary Lovász hinge; see :func:`lovasz.torch.lovasz_hinge` for the arguments."""
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels)
     hinge_layout(logits.shape, labels.shape)
     ignore = check_ignore(ignore)
     reduction = check_reduction(reduction)
+    if symmetric:
+        return _symmetric(lovasz_hinge, logits, labels, ignore, per_image=per_image, reduction=reduction,
+                          margin=margin)
     logits = logits.reshape(labels.shape)
     losses = []
     for log, lab in _sets(logits, labels, per_image=per_image):
         log, lab = log.reshape(-1), lab.reshape(-1)
         keep = np.ones(lab.shape, bool) if ignore is None else lab != ignore
-        losses.append(lovasz_hinge_flat(log[keep], lab[keep]) if keep.any() else 0.0)
+        losses.append(lovasz_hinge_flat(log[keep], lab[keep], margin) if keep.any() else 0.0)
     out = _reduce(losses, reduction)
     return out if per_image or reduction != "none" else out[0]
 
 
 def lovasz_multilabel(logits, targets, classes="present", per_image=True, ignore=None, *,
-                      weights=None, reduction="mean"):
+                      weights=None, reduction="mean", margin="relu", symmetric=False):
     """One Lovász hinge per channel of ``logits [B, C, *spatial]``, averaged over the channels.
 
     ``classes='present'`` averages over the channels with a positive target in the set.
@@ -182,6 +198,9 @@ def lovasz_multilabel(logits, targets, classes="present", per_image=True, ignore
     classes = check_classes(classes, num_classes)
     ignore = check_ignore(ignore)
     reduction = check_reduction(reduction)
+    if symmetric:
+        return _symmetric(lovasz_multilabel, logits, targets, ignore, classes=classes, per_image=per_image,
+                          weights=weights, reduction=reduction, margin=margin)
     class_list = range(num_classes) if isinstance(classes, str) else classes
     losses = []
     for log, tgt in _sets(logits, targets, per_image=per_image):
@@ -195,7 +214,7 @@ def lovasz_multilabel(logits, targets, classes="present", per_image=True, ignore
             if classes == "present" and not np.any(tc == 1):
                 continue
             w = 1.0 if weights is None else float(weights[c])
-            total += w * (lovasz_hinge_flat(lc, tc) if tc.size else 0.0)
+            total += w * (lovasz_hinge_flat(lc, tc, margin) if tc.size else 0.0)
             weight_sum += w
         losses.append(total / weight_sum if weight_sum > 0 else 0.0)
     out = _reduce(losses, reduction)

@@ -21,10 +21,11 @@ from collections import OrderedDict
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lovasz import _validation as V
-from lovasz._torch_core import IGNORED, _sorted_jaccard_grad, lovasz_sets
+from lovasz._torch_core import FOREGROUND, IGNORED, _sorted_jaccard_grad, lovasz_sets
 
 __all__ = [
     "lovasz_grad",
@@ -202,6 +203,26 @@ def _lovasz_classes(pred: Tensor, codes: Tensor, hinge: bool, classes, num_class
     return _reduce(per_set, reduction, per_image)
 
 
+def _hinge_classes(pred: Tensor, codes: Tensor, classes, num_classes: int, per_image: bool, weights: Optional[Tensor],
+                   reduction: str, process_group, margin: str, symmetric: bool) -> Tensor:
+    """The Lovász hinge of ``pred [B, K, N]`` against ``codes``, with its two variants of practice.
+
+    ``margin='elu'``: the errors are ``elu(m) + 1`` of the margins ``m = 1 - s x``, which is the plain
+    hinge ``max(0, 1 - s x')`` at ``x' = -s elu(1 - s x)`` (positive, so never clipped): the kernels
+    need no mode of their own, and autograd takes the ELU's derivative. ``symmetric``: the mean with
+    the hinge of the flipped problem, ``-x'`` against ``1 - y`` (ignored pixels stay ignored).
+    """
+    if margin == "elu":
+        signs = (codes == FOREGROUND).to(pred.dtype).mul_(2).sub_(1)
+        pred = -signs * F.elu(1 - signs * pred)
+    loss = _lovasz_classes(pred, codes, True, classes, num_classes, per_image, weights, reduction, process_group)
+    if symmetric:
+        flipped = torch.where(codes == IGNORED, codes, 1 - codes)
+        loss = (loss + _lovasz_classes(-pred, flipped, True, classes, num_classes, per_image, weights, reduction,
+                                       process_group)) / 2
+    return loss
+
+
 def _has_tangent(x: Tensor) -> bool:
     """Whether ``x`` carries a forward-mode tangent (``torch.autograd.forward_ad``, ``torch.func.jvp``)."""
     if torch.compiler.is_compiling():
@@ -310,7 +331,8 @@ def _softmax(probas, labels, classes, per_image, ignore, from_logits, weights, r
 
 
 def lovasz_hinge(logits: Tensor, labels: Tensor, per_image: bool = True, ignore: Optional[int] = None, *,
-                 reduction: str = "mean", process_group=None) -> Tensor:
+                 reduction: str = "mean", margin: str = "relu", symmetric: bool = False,
+                 process_group=None) -> Tensor:
     r"""Binary Lovász hinge loss: a convex surrogate of ``1 - IoU`` of the foreground.
 
     The errors are the hinge margins ``m_i = max(0, 1 - s_i x_i)`` with signs
@@ -324,6 +346,10 @@ def lovasz_hinge(logits: Tensor, labels: Tensor, per_image: bool = True, ignore:
         ignore: label value of pixels that take no part.
         reduction: ``'mean'`` / ``'sum'`` over images, or ``'none'`` for ``[B]`` (with
             ``per_image``; otherwise every reduction gives the same 0-d loss).
+        margin: ``'relu'`` (the paper's ``max(0, m)``) or ``'elu'``: ``elu(m) + 1``, positive
+            and smooth everywhere (Kaggle TGS Salt), which keeps a gradient on every pixel.
+        symmetric: the mean of this loss and that of the flipped problem, ``-logits`` against
+            ``1 - labels``, so the background is scored too (Kaggle Airbus ship detection).
         process_group: the global batch across ranks as one set; see :func:`lovasz_softmax`.
 
     Returns:
@@ -343,19 +369,21 @@ def lovasz_hinge(logits: Tensor, labels: Tensor, per_image: bool = True, ignore:
     V.hinge_layout(logits.shape, labels.shape)
     ignore = V.check_ignore(ignore)
     reduction = V.check_reduction(reduction)
+    margin, symmetric = V.check_hinge_variant(margin, symmetric)
     batch, pixels = labels.shape[0], math.prod(labels.shape[1:])
     pred = logits.to(_compute_dtype(logits)).reshape(batch, 1, pixels)
     lab = labels.reshape(batch, 1, pixels)
     ignored = None if ignore is None else lab == ignore
     _check_values(lab, None if ignored is None else ~ignored, "0 or 1", (lab == 0) | (lab == 1), "labels")
     codes = _codes(lab == 1, ignored)
-    loss = _lovasz_classes(pred, codes, True, "all", 1, per_image, None, reduction, process_group)
+    loss = _hinge_classes(pred, codes, "all", 1, per_image, None, reduction, process_group, margin, symmetric)
     return loss.to(_result_dtype(logits))
 
 
 def lovasz_multilabel(logits: Tensor, targets: Tensor, classes: Classes = "present", per_image: bool = True,
                       ignore: Optional[int] = None, *, from_logits: bool = True, weights: Weights = None,
-                      reduction: str = "mean", process_group=None) -> Tensor:
+                      reduction: str = "mean", margin: str = "relu", symmetric: bool = False,
+                      process_group=None) -> Tensor:
     r"""Multi-label Lovász loss: one binary Lovász loss per channel, averaged over channels.
 
     With ``from_logits`` (the default) each channel gets the Lovász hinge of its
@@ -370,7 +398,8 @@ def lovasz_multilabel(logits: Tensor, targets: Tensor, classes: Classes = "prese
         per_image: compute the loss of each image and average (the default, as for the hinge).
         ignore: target value of pixels that take no part, per channel.
         weights: ``[C]`` per-channel weights for the average.
-        reduction, process_group: as in :func:`lovasz_hinge`.
+        reduction, margin, symmetric, process_group: as in :func:`lovasz_hinge` (the two hinge
+            variants need ``from_logits=True``).
 
     Returns:
         A 0-d tensor (``[B]`` with ``per_image`` and ``reduction='none'``) in the dtype of ``logits``.
@@ -381,11 +410,11 @@ def lovasz_multilabel(logits: Tensor, targets: Tensor, classes: Classes = "prese
         tensor(0.)
     """
     return _multilabel(logits, targets, classes, per_image, ignore, from_logits, weights, reduction, process_group,
-                       ("logits", "targets", "weights"))
+                       ("logits", "targets", "weights"), margin, symmetric)
 
 
 def _multilabel(logits, targets, classes, per_image, ignore, from_logits, weights, reduction, process_group,
-                names: Tuple[str, str, str]) -> Tensor:
+                names: Tuple[str, str, str], margin: str = "relu", symmetric: bool = False) -> Tensor:
     """:func:`lovasz_multilabel`, its inputs called ``names`` in error messages."""
     pname, tname, wname = names
     _check_prediction(logits, pname)
@@ -394,6 +423,10 @@ def _multilabel(logits, targets, classes, per_image, ignore, from_logits, weight
     classes = V.check_classes(classes, num_classes)
     ignore = V.check_ignore(ignore)
     reduction = V.check_reduction(reduction)
+    margin, symmetric = V.check_hinge_variant(margin, symmetric)
+    if not from_logits and (margin != "relu" or symmetric):
+        raise ValueError(f"margin={margin!r} and symmetric={symmetric} are variants of the hinge: they need "
+                         "from_logits=True (scores), not probabilities")
     dtype = _compute_dtype(logits)
     w = _as_weights(weights, num_classes, dtype, logits.device, wname)
     batch = logits.shape[0]
@@ -403,7 +436,11 @@ def _multilabel(logits, targets, classes, per_image, ignore, from_logits, weight
     ignored = None if ignore is None else tgt == ignore
     _check_values(tgt, None if ignored is None else ~ignored, "0 or 1", (tgt == 0) | (tgt == 1), tname)
     codes = _codes(tgt == 1, ignored)
-    loss = _lovasz_classes(pred, codes, from_logits, classes, num_classes, per_image, w, reduction, process_group)
+    if from_logits:
+        loss = _hinge_classes(pred, codes, classes, num_classes, per_image, w, reduction, process_group, margin,
+                              symmetric)
+    else:
+        loss = _lovasz_classes(pred, codes, False, classes, num_classes, per_image, w, reduction, process_group)
     return loss.to(_result_dtype(logits))
 
 
@@ -504,8 +541,9 @@ class LovaszLoss(nn.Module):
     multi-label computes one hinge per channel (smp flattens every channel into one
     hinge), and ``from_logits=False`` is honoured (smp ignores it). ``classes``,
     ``class_weights`` and ``reduction`` are the functions' ``classes``, ``weights`` and
-    ``reduction``; ``process_group`` makes a batch-mode loss the exact loss of the global
-    batch across ranks (see :func:`lovasz_softmax`).
+    ``reduction``; ``margin`` and ``symmetric`` are the hinge's variants (binary and
+    multi-label modes, see :func:`lovasz_hinge`); ``process_group`` makes a batch-mode loss
+    the exact loss of the global batch across ranks (see :func:`lovasz_softmax`).
 
     Example:
         >>> loss_fn = LovaszLoss("multiclass")
@@ -516,7 +554,7 @@ class LovaszLoss(nn.Module):
 
     def __init__(self, mode: str = "multiclass", per_image: bool = False, ignore_index: Optional[int] = None,
                  from_logits: bool = True, *, classes: Classes = "present", class_weights: Weights = None,
-                 reduction: str = "mean", process_group=None):
+                 reduction: str = "mean", margin: str = "relu", symmetric: bool = False, process_group=None):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
@@ -529,6 +567,10 @@ class LovaszLoss(nn.Module):
         self.classes = classes
         self.ignore_index = V.check_ignore(ignore_index, "ignore_index")
         self.reduction = V.check_reduction(reduction)
+        self.margin, self.symmetric = V.check_hinge_variant(margin, symmetric)
+        if mode == "multiclass" and (self.margin != "relu" or self.symmetric):
+            raise ValueError("margin and symmetric are variants of the hinge (modes 'binary' and 'multilabel'); "
+                             f"got margin={margin!r}, symmetric={symmetric} with mode='multiclass'")
         self.process_group = process_group
         self.register_buffer("class_weights", _class_weights_buffer(class_weights))
 
@@ -538,7 +580,7 @@ class LovaszLoss(nn.Module):
         if self.mode == "multiclass":
             return _softmax(input, target, self.classes, *options)
         if self.mode == "multilabel":
-            return _multilabel(input, target, self.classes, *options)
+            return _multilabel(input, target, self.classes, *options, self.margin, self.symmetric)
         return self._binary(input, target)
 
     def _binary(self, input: Tensor, target: Tensor) -> Tensor:
@@ -556,11 +598,13 @@ class LovaszLoss(nn.Module):
         # One channel, always counted: the Lovász hinge on logits, the foreground term on probabilities.
         return _multilabel(input.reshape(batch, 1, pixels), target.reshape(batch, 1, pixels), "all", self.per_image,
                            self.ignore_index, self.from_logits, None, self.reduction, self.process_group,
-                           ("input", "target", "class_weights"))
+                           ("input", "target", "class_weights"), self.margin, self.symmetric)
 
     def extra_repr(self) -> str:
         return (f"mode={self.mode!r}, from_logits={self.from_logits}, per_image={self.per_image}, "
-                f"classes={self.classes!r}, ignore_index={self.ignore_index}, reduction={self.reduction!r}")
+                f"classes={self.classes!r}, ignore_index={self.ignore_index}, reduction={self.reduction!r}"
+                + (f", margin={self.margin!r}" if self.margin != "relu" else "")
+                + (", symmetric=True" if self.symmetric else ""))
 
 
 from lovasz._torch_combined import CrossEntropyLovaszLoss  # noqa: E402  (it builds on LovaszLoss above)
