@@ -66,7 +66,12 @@ _KEY_DTYPE = {torch.float32: torch.int32, torch.float64: torch.int64}
 
 
 def _use_c_kernel(pred: Tensor) -> bool:
-    return pred.device.type == "cpu" and C.applies(np.float32 if pred.dtype == torch.float32 else None, pred.numel())
+    if pred.device.type != "cpu" or pred.dtype != torch.float32:
+        return False
+    if C.kernel() is None:
+        C.warn_missing("lovasz.torch")
+        return False
+    return C.applies(np.float32, pred.numel())
 
 
 @functools.lru_cache(maxsize=None)

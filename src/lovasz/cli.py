@@ -1,4 +1,4 @@
-"""The ``lovasz`` command: ``lovasz bench`` (and ``lovasz demo`` where installed)."""
+"""The ``lovasz`` command: ``lovasz bench``, ``lovasz info`` (and ``lovasz demo`` where installed)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 COMMANDS = {
     "bench": ("lovasz.bench", "time the PyTorch losses against the original, kornia and a bare sort"),
     "demo": ("lovasz.demo", "train a small U-Net with cross-entropy and with Lovász-Softmax, compare IoU"),
+    "info": ("lovasz.info", "versions, the C kernel's state (and why), threads and devices"),
 }
 
 

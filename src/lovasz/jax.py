@@ -195,6 +195,8 @@ def _lovasz_kernel(errors: jax.Array, fg: jax.Array, valid: Optional[jax.Array],
     b, k, n = errors.shape
     layout = (1, b * k, n) if per_image else (b, k, n)  # [S, R, N]: row r is [:, r, :]
     errors, codes = errors.reshape(layout), codes.reshape(layout)
+    if errors.dtype == jnp.float32 and C.kernel() is None and jax.default_backend() == "cpu":
+        C.warn_missing("lovasz.jax")
     if not C.applies(errors.dtype, errors.size):
         return _sorted_rows(errors, codes)
     return jax.lax.platform_dependent(errors, codes, cpu=_host_rows, default=_sorted_rows)
