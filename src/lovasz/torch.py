@@ -347,7 +347,8 @@ def lovasz_hinge(logits: Tensor, labels: Tensor, per_image: bool = True, ignore:
         reduction: ``'mean'`` / ``'sum'`` over images, or ``'none'`` for ``[B]`` (with
             ``per_image``; otherwise every reduction gives the same 0-d loss).
         margin: ``'relu'`` (the paper's ``max(0, m)``) or ``'elu'``: ``elu(m) + 1``, positive
-            and smooth everywhere (Kaggle TGS Salt), which keeps a gradient on every pixel.
+            and smooth everywhere (Kaggle TGS Salt): pixels already right by the margin still
+            get a gradient.
         symmetric: the mean of this loss and that of the flipped problem, ``-logits`` against
             ``1 - labels``, so the background is scored too (Kaggle Airbus ship detection).
         process_group: the global batch across ranks as one set; see :func:`lovasz_softmax`.
