@@ -1,4 +1,4 @@
-"""`lovasz demo --quick` end to end: table printed, figure and JSON written."""
+"""`lovasz demo --quick` end to end: table printed, figure and JSON written; `--seeds N` summarised."""
 
 import json
 import re
@@ -23,6 +23,71 @@ def test_quick_demo_writes_figure_json_and_table(tmp_path, capsys):
     for run in summary["runs"].values():
         assert 0 <= run["dataset_miou"] <= 1 and len(run["per_class_iou"]) == len(CLASS_NAMES)
     assert (tmp_path / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "±" not in out and "Paired difference" not in out  # one seed: today's table, no std
+    assert summary["seeds"] == [0] and summary["per_seed"][0]["runs"] == summary["runs"]
+    assert summary["summary"]["runs"]["cross-entropy"]["dataset_miou"] == {
+        "mean": summary["runs"]["cross-entropy"]["dataset_miou"], "std": None}
+
+
+def test_several_seeds_summary_matches_the_per_seed_scores(tmp_path, capsys):
+    assert demo.main(["--quick", "--seeds", "2", "--seed", "3", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "seeds 3 to 4" in out and "Paired difference to cross-entropy over the same 2 seeds" in out
+    assert "seed 3: dataset mIoU" in out and "seed 4: dataset mIoU" in out
+    written = json.loads((tmp_path / "demo.json").read_text())
+    assert written["seeds"] == [3, 4] and [s["seed"] for s in written["per_seed"]] == [3, 4]
+    assert written["runs"] == written["per_seed"][0]["runs"]  # the first seed, as in the figure
+    assert written["per_seed"][0]["class_frequencies"] != written["per_seed"][1]["class_frequencies"]  # new data
+    summary = written["summary"]
+    assert summary["seeds"] == 2 and set(summary["runs"]) == set(demo.RUNS)
+    assert set(summary["paired_differences"]) == set(demo.RUNS[1:])
+
+    def values(run, key):
+        return np.array([s["runs"][run][key] for s in written["per_seed"]], dtype=float)
+
+    for run in demo.RUNS:
+        for key in demo.METRICS + ("seconds_per_epoch",):
+            stats = summary["runs"][run][key]
+            np.testing.assert_allclose(stats["mean"], values(run, key).mean(0))
+            np.testing.assert_allclose(stats["std"], values(run, key).std(0, ddof=1))
+    for run in demo.RUNS[1:]:
+        for key in demo.METRICS:
+            difference = values(run, key) - values("cross-entropy", key)
+            stats = summary["paired_differences"][run][key]
+            np.testing.assert_allclose(stats["mean"], difference.mean(0))
+            np.testing.assert_allclose(stats["std"], difference.std(0, ddof=1))
+            assert np.array_equal(stats["positive"], (difference > 0).sum(0))
+    assert len(summary["runs"]["cross-entropy"]["per_class_iou"]["std"]) == len(CLASS_NAMES)
+
+
+def test_summary_of_known_scores():
+    def seed(ce, lovasz):
+        run = lambda miou, building: {"pixel_accuracy": 0.9, "dataset_miou": miou, "per_image_miou": miou,
+                                      "per_class_iou": [0.9, 0.8, building, 0.7], "seconds_per_epoch": 1.0}
+        return {"cross-entropy": run(*ce), "CE then Lovász": run(*ce), "CE + Lovász": run(*lovasz)}
+
+    summary = demo.summarise([seed((0.5, 0.2), (0.55, 0.3)), seed((0.6, 0.3), (0.58, 0.3)),
+                              seed((0.7, 0.4), (0.75, 0.5))])
+    ce = summary["runs"]["cross-entropy"]["dataset_miou"]
+    assert ce["mean"] == pytest.approx(0.6) and ce["std"] == pytest.approx(0.1)
+    gain = summary["paired_differences"]["CE + Lovász"]
+    assert gain["dataset_miou"]["mean"] == pytest.approx(0.08 / 3) and gain["dataset_miou"]["positive"] == 2
+    assert gain["dataset_miou"]["std"] == pytest.approx(np.std([0.05, -0.02, 0.05], ddof=1))
+    assert gain["per_class_iou"]["positive"] == [0, 0, 2, 0]
+    assert summary["paired_differences"]["CE then Lovász"]["dataset_miou"]["positive"] == 0
+    text = demo.tables(summary, CLASS_NAMES)
+    assert "0.600 ± 0.100" in text and "+0.027 ± 0.040 (2/3)" in text
+    one = demo.summarise([seed((0.5, 0.2), (0.55, 0.3))])
+    assert one["runs"]["CE + Lovász"]["dataset_miou"] == {"mean": 0.55, "std": None}
+    assert "±" not in demo.tables(one, CLASS_NAMES)
+
+
+@pytest.mark.parametrize("seeds", ["0", "-2"])
+def test_seeds_below_one_is_refused(tmp_path, capsys, seeds):
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main(["--quick", "--seeds", seeds, "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert f"--seeds must be at least 1; got {seeds}" in capsys.readouterr().err
 
 
 def test_dataset_is_seeded_and_has_every_class():

@@ -7,6 +7,11 @@ cross-entropy plus Lovász-Softmax. Held-out images are scored with
 written to ``--out``. ``--data DIR`` trains on a folder of the user's images and
 masks instead (layout in :mod:`lovasz.demo.folder`); ``--mode binary`` uses
 binary cross-entropy and the Lovász hinge on one output channel.
+
+``--seeds N`` repeats all of it for the seeds ``--seed`` .. ``--seed + N - 1``
+(each one new data, or a new held-out split of ``--data``, and a new
+initialisation) and reports the mean and standard deviation over seeds of each
+run and metric, and each Lovász run's paired difference to cross-entropy.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from lovasz.torch import CrossEntropyLovaszLoss, LovaszSchedule
 RUNS = ("cross-entropy", "CE then Lovász", "CE + Lovász")
 IGNORE_INDEX = 255
 SYNTHETIC_BINARY_CLASS = CLASS_NAMES.index("building")  # --mode binary on the synthetic scenes
+METRICS = ("pixel_accuracy", "dataset_miou", "per_image_miou", "per_class_iou")  # compared across seeds
 
 
 def make_loss(run: str, epochs: int, mode: str):
@@ -58,13 +64,13 @@ def evaluate(model, images, labels, batch_size: int, num_classes: int, binary: b
     return meter.compute(), torch.cat(predictions)
 
 
-def train(run, initial_state, data, args, device, num_classes: int):
+def train(run, initial_state, data, args, device, num_classes: int, seed: int):
     train_x, train_y, val_x, val_y = data
     binary = args.mode == "binary"
     model = UNet(in_channels=train_x.shape[1], num_classes=1 if binary else num_classes).to(device)
     model.load_state_dict(initial_state)
     optimiser = torch.optim.Adam(model.parameters(), lr=args.lr)
-    shuffle = torch.Generator().manual_seed(args.seed)
+    shuffle = torch.Generator().manual_seed(seed)
     curve, seconds = [], []
     criterion, schedule = make_loss(run, args.epochs, args.mode)
     for epoch in tqdm(range(args.epochs), desc=f"{run:>15}", unit="epoch", leave=False):
@@ -86,19 +92,75 @@ def train(run, initial_state, data, args, device, num_classes: int):
             "predictions": predictions.cpu()}
 
 
-def table(results, class_names) -> str:
-    header = ["run", "pixel acc", "dataset mIoU", "per-image mIoU"] + [f"IoU {n}" for n in class_names] + ["s/epoch"]
-    rows = []
-    for run, r in results.items():
-        s = r["scores"]
-        rows.append([run, f"{s['pixel_accuracy']:.3f}", f"{s['dataset_miou']:.3f}", f"{s['per_image_miou']:.3f}"]
-                    + [f"{float(v):.3f}" for v in s["per_class"]] + [f"{r['seconds_per_epoch']:.1f}"])
+def scores(result) -> dict:
+    """One run's held-out scores, curve and speed, as written to demo.json."""
+    s = result["scores"]
+    return {"pixel_accuracy": s["pixel_accuracy"], "dataset_miou": s["dataset_miou"],
+            "per_image_miou": s["per_image_miou"], "per_class_iou": [float(v) for v in s["per_class"]],
+            "seconds_per_epoch": result["seconds_per_epoch"], "curve": result["curve"]}
+
+
+def summarise(per_seed) -> dict:
+    """Mean and standard deviation (ddof=1; None for one seed) over seeds of every run and metric, and
+    each Lovász run's paired difference to cross-entropy: its mean, std and on how many seeds it was positive.
+
+    ``per_seed``: one ``{run: scores(...)}`` per seed. A per-class entry holds one value per class.
+    """
+    def over_seeds(run, key):
+        return np.array([runs[run][key] for runs in per_seed], dtype=float)
+
+    def stats(values):
+        return {"mean": values.mean(0).tolist(), "std": values.std(0, ddof=1).tolist() if len(values) > 1 else None}
+
+    def difference(run, key):
+        d = over_seeds(run, key) - over_seeds(RUNS[0], key)
+        return {**stats(d), "positive": (d > 0).sum(0).tolist()}
+
+    return {"seeds": len(per_seed),
+            "runs": {run: {key: stats(over_seeds(run, key)) for key in METRICS + ("seconds_per_epoch",)}
+                     for run in RUNS},
+            "paired_differences": {run: {key: difference(run, key) for key in METRICS} for run in RUNS[1:]}}
+
+
+def markdown_table(header, rows) -> str:
     widths = [max(len(str(row[i])) for row in [header] + rows) for i in range(len(header))]
     fmt = lambda row: "| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + " |"
     return "\n".join([fmt(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [fmt(r) for r in rows])
 
 
-def figure(path: Path, val_x, val_y, results, class_names, samples: int = 4) -> None:
+def tables(summary, class_names) -> str:
+    """Mean (± std with several seeds) per run and metric; with several seeds, the paired differences too."""
+    columns = [("pixel acc", "pixel_accuracy", None), ("dataset mIoU", "dataset_miou", None),
+               ("per-image mIoU", "per_image_miou", None)]
+    columns += [(f"IoU {name}", "per_class_iou", i) for i, name in enumerate(class_names)]
+
+    def cell(stats, index=None, digits=3, signed=False):
+        value = lambda v: v if index is None else v[index]
+        mean = value(stats["mean"])
+        mean = 0.0 if round(mean, digits) == 0 else mean  # 0.000, neither +0.000 nor -0.000
+        text = f"{mean:{'+' if signed and mean else ''}.{digits}f}"
+        if stats["std"] is not None:
+            text += f" ± {value(stats['std']):.{digits}f}"
+        if "positive" in stats:
+            text += f" ({value(stats['positive'])}/{summary['seeds']})"
+        return text
+
+    header = [c[0] for c in columns]
+    text = markdown_table(["run"] + header + ["s/epoch"], [
+        [run] + [cell(r[key], i) for _, key, i in columns] + [cell(r["seconds_per_epoch"], digits=1)]
+        for run, r in summary["runs"].items()])
+    if summary["seeds"] > 1:
+        text += f"\n\nPaired difference to cross-entropy over the same {summary['seeds']} seeds " \
+                "(mean ± std; in brackets, on how many seeds it was positive):\n"
+        text += markdown_table(["run"] + header, [
+            [f"{run} - CE"] + [cell(d[key], i, signed=True) for _, key, i in columns]
+            for run, d in summary["paired_differences"].items()])
+    return text
+
+
+def figure(path: Path, val_x, val_y, results, class_names, final_miou=None, samples: int = 4) -> None:
+    """Predictions and mIoU curves of one seed's ``results``; with ``final_miou`` (``{run: [per seed]}``)
+    of several seeds, a panel of every seed's final held-out mIoU beside the curves."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -127,10 +189,20 @@ def figure(path: Path, val_x, val_y, results, class_names, samples: int = 4) -> 
             ax.set_xticks([]), ax.set_yticks([])
             if row == 0:
                 ax.set_title(columns[col], fontsize=9)
-    ax = fig.add_subplot(grid[samples, :])
+    several = final_miou is not None and len(next(iter(final_miou.values()))) > 1
+    ax = fig.add_subplot(grid[samples, :-2] if several else grid[samples, :])
     for run, r in results.items():
         ax.plot(range(1, len(r["curve"]) + 1), r["curve"], marker="o", label=run)
     ax.set_xlabel("epoch"), ax.set_ylabel("held-out dataset mIoU"), ax.legend(), ax.grid(alpha=0.3)
+    if several:
+        ax.set_title("first seed", fontsize=9)
+        ax = fig.add_subplot(grid[samples, -2:])
+        finals = np.array(list(final_miou.values())).T  # [seeds, runs]
+        for i, seed_finals in enumerate(finals):
+            ax.plot(seed_finals, color="grey", alpha=0.6, marker="o", markersize=3, label=None if i else "one seed")
+        ax.plot(finals.mean(0), color="black", marker="s", label="mean")
+        ax.set_xticks(range(len(final_miou)), [run.replace(" then ", "\nthen ") for run in final_miou], fontsize=8)
+        ax.set_title(f"final dataset mIoU, {len(finals)} seeds", fontsize=9), ax.legend(), ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -141,6 +213,10 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--size", type=int, default=64, help="image side in pixels (a multiple of 4)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=1, metavar="N",
+                        help="repeat for the seeds SEED .. SEED+N-1 (new data or held-out split, new "
+                             "initialisation) and report mean ± std and the paired differences to "
+                             "cross-entropy (default: %(default)s)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=Path("demo-output"))
     parser.add_argument("--lr", type=float, default=3e-3)
@@ -160,6 +236,8 @@ def main(argv=None) -> int:
         parser.error(f"--size must be a multiple of 4 and at least 8; got {args.size}")
     if args.epochs < 1:
         parser.error(f"--epochs must be at least 1; got {args.epochs}")
+    if args.seeds < 1:
+        parser.error(f"--seeds must be at least 1; got {args.seeds}")
     device = torch.device(args.device)
     binary = args.mode == "binary"
 
@@ -168,43 +246,62 @@ def main(argv=None) -> int:
             images, masks, _ = load_folder(args.data, binary, IGNORE_INDEX)
         except DataFolderError as error:
             parser.error(f"--data: {error}")
-        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))
-        held_out = order[:max(1, len(images) // 4)]
-        train_index = order[len(held_out):]
-        train_x, train_y, val_x, val_y = images[train_index], masks[train_index], images[held_out], masks[held_out]
+        held_out_count = max(1, len(images) // 4)
+
+        def make_data(seed):  # a seeded quarter held out
+            order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+            held_out, train_index = order[:held_out_count], order[held_out_count:]
+            return images[train_index], masks[train_index], images[held_out], masks[held_out]
+
         num_classes = 2 if binary else int(masks[masks != IGNORE_INDEX].max().item()) + 1
         class_names = ("background", "foreground") if binary else tuple(f"class {c}" for c in range(num_classes))
-        source = f"{args.data}: {len(train_x)} training and {len(val_x)} held-out images of " \
-                 f"{train_x.shape[2]}x{train_x.shape[3]}"
+        source = f"{args.data}: {len(images) - held_out_count} training and {held_out_count} held-out images of " \
+                 f"{images.shape[2]}x{images.shape[3]}"
     else:
-        train_x, train_y = make_dataset(args.train_images, args.size, seed=args.seed)
-        val_x, val_y = make_dataset(max(8, args.train_images // 4), args.size, seed=args.seed + 1)
-        if binary:
-            train_y, val_y = (train_y == SYNTHETIC_BINARY_CLASS).long(), (val_y == SYNTHETIC_BINARY_CLASS).long()
+        def make_data(seed):
+            train_x, train_y = make_dataset(args.train_images, args.size, seed=seed)
+            val_x, val_y = make_dataset(max(8, args.train_images // 4), args.size, seed=seed + 1)
+            if binary:
+                train_y, val_y = (train_y == SYNTHETIC_BINARY_CLASS).long(), (val_y == SYNTHETIC_BINARY_CLASS).long()
+            return train_x, train_y, val_x, val_y
+
         class_names = ("rest", CLASS_NAMES[SYNTHETIC_BINARY_CLASS]) if binary else CLASS_NAMES
         num_classes = len(class_names)
-        source = f"{args.train_images} training and {len(val_x)} held-out synthetic images of {args.size}x{args.size}"
-    torch.manual_seed(args.seed)
-    initial_state = copy.deepcopy(UNet(train_x.shape[1], 1 if binary else num_classes).state_dict())
-    valid = train_y[train_y != IGNORE_INDEX]
-    frequencies = np.bincount(valid.numpy().ravel(), minlength=num_classes) / max(valid.numel(), 1)
-    print(f"lovasz demo ({args.mode}): {source}, {args.epochs} epochs; class frequencies "
-          + ", ".join(f"{n} {f:.1%}" for n, f in zip(class_names, frequencies)))
-    data = (train_x, train_y, val_x, val_y)
-    results = {run: train(run, initial_state, data, args, device, num_classes) for run in RUNS}
+        source = f"{args.train_images} training and {max(8, args.train_images // 4)} held-out synthetic images " \
+                 f"of {args.size}x{args.size}"
 
-    print(table(results, class_names))
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    per_seed = []
+    for seed in tqdm(seeds, desc="seeds", unit="seed", disable=len(seeds) == 1):
+        data = make_data(seed)
+        valid = data[1][data[1] != IGNORE_INDEX]
+        frequencies = np.bincount(valid.numpy().ravel(), minlength=num_classes) / max(valid.numel(), 1)
+        if not per_seed:
+            tqdm.write(f"lovasz demo ({args.mode}): {source}, {args.epochs} epochs"
+                       + (f", seeds {seeds[0]} to {seeds[-1]}; class frequencies (seed {seed}) " if len(seeds) > 1
+                          else "; class frequencies ")
+                       + ", ".join(f"{n} {f:.1%}" for n, f in zip(class_names, frequencies)))
+        torch.manual_seed(seed)  # one initialisation per seed, shared by its three runs
+        initial_state = copy.deepcopy(UNet(data[0].shape[1], 1 if binary else num_classes).state_dict())
+        results = {run: train(run, initial_state, data, args, device, num_classes, seed) for run in RUNS}
+        if not per_seed:
+            shown = (*data[2:], results)  # the figure shows the first seed
+        per_seed.append({"seed": seed, "class_frequencies": frequencies.tolist(),
+                         "runs": {run: scores(r) for run, r in results.items()}})
+        if len(seeds) > 1:
+            tqdm.write(f"seed {seed}: dataset mIoU "
+                       + ", ".join(f"{run} {r['scores']['dataset_miou']:.3f}" for run, r in results.items()))
+
+    summary = summarise([entry["runs"] for entry in per_seed])
+    print(tables(summary, class_names))
     args.out.mkdir(parents=True, exist_ok=True)
-    figure(args.out / "demo.png", val_x, val_y, results, class_names)
-    summary = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-               "class_names": list(class_names), "class_frequencies": frequencies.tolist(),
-               "runs": {run: {"pixel_accuracy": r["scores"]["pixel_accuracy"],
-                              "dataset_miou": r["scores"]["dataset_miou"],
-                              "per_image_miou": r["scores"]["per_image_miou"],
-                              "per_class_iou": [float(v) for v in r["scores"]["per_class"]],
-                              "seconds_per_epoch": r["seconds_per_epoch"], "curve": r["curve"]}
-                        for run, r in results.items()}}
-    (args.out / "demo.json").write_text(json.dumps(summary, indent=2))
+    final_miou = {run: [entry["runs"][run]["dataset_miou"] for entry in per_seed] for run in RUNS}
+    figure(args.out / "demo.png", *shown, class_names, final_miou)
+    output = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+              "class_names": list(class_names), "class_frequencies": per_seed[0]["class_frequencies"],
+              "runs": per_seed[0]["runs"],  # the first seed's, as shown in the figure
+              "seeds": seeds, "per_seed": per_seed, "summary": summary}
+    (args.out / "demo.json").write_text(json.dumps(output, indent=2))
     print(f"wrote {args.out / 'demo.png'} and {args.out / 'demo.json'}")
     return 0
 
