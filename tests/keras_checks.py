@@ -271,3 +271,51 @@ def test_classes_are_never_truncated():
     with pytest.raises(ValueError, match=r"classes must be a 1-D list of class indices; got .*shape \[1, 2\]"):
         LovaszMultilabelLoss(classes=np.array([[0, 1]]))
     assert LovaszSoftmaxLoss(classes=np.array([0, 2])).classes == [0, 2]
+
+
+def count_tf_kernel_calls(monkeypatch):
+    """A list that grows by one at each call of lovasz.tf's C kernel (the TensorFlow backend only)."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("lovasz.tf's paths: the TensorFlow backend only")
+    import lovasz._ckernel as C
+    import lovasz.tf as LTF
+
+    if C.kernel() is None:
+        pytest.skip("lovasz was installed without its C kernel")
+    calls, host = [], LTF._host_rows
+    monkeypatch.setattr(LTF, "_host_rows", lambda *args, **kwargs: calls.append(1) or host(*args, **kwargs))
+    return calls
+
+
+def test_tensorflow_fit_takes_the_c_kernel_by_default(monkeypatch):
+    import tensorflow as tf
+
+    calls = count_tf_kernel_calls(monkeypatch)
+    y, channels = labels_and_channels("softmax")
+    model, losses = fit_losses(LovaszSoftmaxLoss(from_logits=True), y, channels)
+    if all(d.device_type == "CPU" for d in tf.config.list_physical_devices()):
+        assert model.jit_compile is False  # Keras 3: jit_compile="auto" compiles with XLA only where a GPU is
+        assert len(calls) >= 8 * 4  # every step of every epoch
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+@pytest.mark.parametrize("name", ["softmax-per-image", "hinge", "multilabel"])
+def test_tensorflow_fit_with_jit_compile_sorts_in_xla(name, monkeypatch):
+    calls = count_tf_kernel_calls(monkeypatch)
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    y, channels = labels_and_channels(name.split("-")[0])
+    x, _ = scenes()
+    model = small_model(channels)
+    model.compile(optimizer=keras.optimizers.Adam(0.02), loss=LOSSES[name](), jit_compile=True)
+    losses = model.fit(x, y, batch_size=4, epochs=8, verbose=0, shuffle=False).history["loss"]
+    assert model.jit_compile is True and calls == []
+    assert all(np.isfinite(losses)) and losses[-1] < 0.7 * losses[0], losses
+    # the same model and data, without XLA: the C kernel (on a CPU) gives the same losses
+    keras.utils.set_random_seed(0)
+    again = small_model(channels)
+    again.compile(optimizer=keras.optimizers.Adam(0.02), loss=LOSSES[name](), jit_compile=False)
+    expected = again.fit(x, y, batch_size=4, epochs=8, verbose=0, shuffle=False).history["loss"]
+    assert calls or not all(d.device_type == "CPU" for d in tf.config.list_logical_devices())
+    np.testing.assert_allclose(losses, expected, rtol=1e-3)

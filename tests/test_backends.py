@@ -180,6 +180,187 @@ def test_gradient_matches_oracle_finite_differences(backend: Backend, case: Case
     np.testing.assert_allclose(grad, case.oracle_grad(), rtol=1e-5, atol=1e-7)
 
 
+# ----------------------------------------------------------------------------- TF's float32 paths
+
+class TFPaths:
+    """Counts, while active, the calls of lovasz.tf's C kernel (run) and of its XLA sort (traced).
+
+    With ``kernel=False`` the C kernel is turned off, as where lovasz is installed without it.
+    """
+
+    def __init__(self, kernel: bool = True):
+        self.kernel, self.host_calls, self.packed_traces = kernel, 0, 0
+
+    def __enter__(self):
+        self.LTF = require("lovasz.tf")
+        self.saved = self.LTF._host_rows, self.LTF._packed_sort, self.LTF._use_kernel
+        host, packed, use = self.saved
+
+        def counted_host(*args, **kwargs):
+            self.host_calls += 1
+            return host(*args, **kwargs)
+
+        def counted_packed(*args):
+            self.packed_traces += 1
+            return packed(*args)
+
+        self.LTF._host_rows, self.LTF._packed_sort = counted_host, counted_packed
+        self.LTF._use_kernel = use if self.kernel else lambda pred: False
+        return self
+
+    def __exit__(self, *exc):
+        self.LTF._host_rows, self.LTF._packed_sort, self.LTF._use_kernel = self.saved
+
+
+def tf_cpu_only() -> bool:
+    """Whether TF sees no GPU or TPU: its graphs then run on the CPU, where the kernel and the packed sort apply."""
+    tf = require("tensorflow")
+    return all(d.device_type == "CPU" for d in tf.config.list_logical_devices())
+
+
+TF_FLOAT32 = [("eager", True, SWEEP + EDGES), ("function", True, SWEEP[::4] + EDGES),
+              ("xla", True, SWEEP[1::4] + EDGES),
+              ("eager", False, SWEEP[2::4] + EDGES), ("function", False, SWEEP[3::8])]  # False: the kernel off
+
+
+@pytest.mark.parametrize("mode,kernel,case", [
+    pytest.param(mode, kernel, c, id=f"tf-{mode}-{'kernel' if kernel else 'sort'}-{c.name}")
+    for mode, kernel, cases in TF_FLOAT32 for c in cases])
+def test_tf_float32_paths_match_the_oracle(mode, kernel, case: Case):
+    """Float32 takes the C kernel eagerly and in tf.function, XLA's sort of packed keys under XLA, and
+    ``top_k`` without the kernel: each gives the oracle's values and gradients (lovasz.torch's in float64,
+    which test_torch_oracle.py checks against the oracle's finite differences) on the float32 input."""
+    rounded = dataclasses.replace(case, pred=case.pred.astype(np.float32).astype(np.float64))
+    with TFPaths(kernel) as paths:
+        value, grad = tf_backend(mode, []).run(rounded, float64=False)
+    assert value.dtype == grad.dtype == np.float32
+    if tf_cpu_only():
+        assert (paths.host_calls > 0) == (kernel and mode != "xla")
+        assert (paths.packed_traces > 0) == (mode == "xla")
+    np.testing.assert_allclose(value, rounded.oracle(), rtol=1e-5, atol=1e-6)
+    _, torch_grad = torch_run(rounded)
+    np.testing.assert_allclose(grad, torch_grad, rtol=1e-4, atol=2e-6)
+
+
+@pytest.mark.parametrize("case", SWEEP[6:240:60], ids=lambda c: c.name)
+def test_tf_float32_kernel_gradient_matches_oracle_finite_differences(case: Case):
+    rounded = dataclasses.replace(case, pred=case.pred.astype(np.float32).astype(np.float64))
+    with TFPaths() as paths:
+        _, grad = tf_backend("function", []).run(rounded, float64=False)
+    assert paths.host_calls > 0 or not tf_cpu_only()
+    np.testing.assert_allclose(grad, rounded.oracle_grad(), rtol=1e-4, atol=2e-6)
+
+
+def test_tf_takes_the_c_kernel_eagerly_and_in_tf_function_only():
+    """The choice is automatic: the C kernel for float32 on a CPU, eagerly and in tf.function (a dynamic
+    shape too); XLA's sort under jit_compile (also in a function it calls); top_k in float64, where the
+    kernel is not installed, and where the graph places the loss on another device."""
+    tf = require("tensorflow")
+    LTF = require("lovasz.tf")
+    if require("lovasz._ckernel").kernel() is None:
+        pytest.skip("lovasz was installed without its C kernel")
+    rng = np.random.default_rng(30)
+    probas = rng.dirichlet(np.ones(3), size=(2, 6, 5)).astype("float32")
+    labels = rng.integers(0, 3, (2, 6, 5))
+    labels[0, 0] = IGNORE
+    options = dict(per_image=True, ignore=IGNORE)
+    expected = R.lovasz_softmax(np.moveaxis(probas, -1, 1).astype(np.float64), labels, **options)
+    eager = tf_value_and_grad(LTF.lovasz_softmax, options, "eager")
+    inner = tf.function(eager)
+    dynamic = tf.function(eager, input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32),
+                                                  tf.TensorSpec([None, None, None], tf.int64)])
+
+    def on_another_device(x, y):
+        with tf.device("/device:GPU:0"):  # placed on the CPU when run here (soft placement)
+            return eager(x, y)
+
+    runs = {"eager": (eager, "kernel"), "tf.function": (inner, "kernel"), "dynamic shape": (dynamic, "kernel"),
+            "xla": (tf.function(eager, jit_compile=True), "packed"),
+            # (a function first traced outside XLA keeps that trace, C kernel and all, when XLA calls it)
+            "tf.function called under xla": (tf.function(lambda x, y: tf.function(eager)(x, y), jit_compile=True),
+                                             "packed"),
+            "another device": (tf.function(on_another_device), "top_k")}
+    on_cpu = {"eager": "CPU" in tf.constant(probas).device}
+    for name, (run, path) in runs.items():
+        if not on_cpu.get(name, tf_cpu_only()):
+            path = "top_k"  # TF places the ops on a GPU
+        with TFPaths() as paths:
+            value, grad = run(tf.constant(probas), tf.constant(labels))
+        assert (paths.host_calls, paths.packed_traces > 0) == ((1, False) if path == "kernel" else
+                                                              (0, path == "packed")), name
+        np.testing.assert_allclose(float(value), expected, rtol=1e-5, err_msg=name)
+        assert grad.shape == probas.shape and np.isfinite(grad.numpy()).all()
+    for x in (tf.constant(probas, tf.float64), tf.constant(probas, tf.float16)):
+        with TFPaths() as paths:
+            value, _ = eager(x, tf.constant(labels))
+        # half precision is computed in float32
+        assert paths.host_calls == (1 if x.dtype == tf.float16 and on_cpu["eager"] else 0)
+        np.testing.assert_allclose(float(value), expected, rtol=1e-3 if x.dtype == tf.float16 else 1e-6)
+    C = require("lovasz._ckernel")
+    saved = C.kernel
+    C.kernel = lambda: None  # as where lovasz is installed without it
+    try:
+        with TFPaths() as paths:
+            value, _ = tf.function(eager)(tf.constant(probas * 0.5), tf.constant(labels))
+    finally:
+        C.kernel = saved
+    assert paths.host_calls == 0
+    expected = R.lovasz_softmax(np.moveaxis(probas * 0.5, -1, 1).astype(np.float64), labels, **options)
+    np.testing.assert_allclose(float(value), expected, rtol=1e-5)
+
+
+def test_tf_kernel_computes_a_gradient_where_a_tape_watches_and_for_tf_gradients():
+    tf = require("tensorflow")
+    LTF = require("lovasz.tf")
+    if require("lovasz._ckernel").kernel() is None:
+        pytest.skip("lovasz was installed without its C kernel")
+    rng = np.random.default_rng(32)
+    logits = rng.normal(size=(2, 5, 4, 3)).astype("float32")
+    labels = rng.integers(0, 3, (2, 5, 4))
+    x, y = tf.constant(logits), tf.constant(labels)
+    loss = functools.partial(LTF.lovasz_softmax, from_logits=True, per_image=True)
+    expected = R.lovasz_softmax(np.moveaxis(logits, -1, 1).astype(np.float64), labels, from_logits=True,
+                                per_image=True)
+    host, asked = LTF._host_rows, []
+    LTF._host_rows = lambda *args, **kwargs: asked.append(kwargs["need_grad"]) or host(*args, **kwargs)
+    try:
+        value = loss(x, y)  # evaluation: no gradient made
+        taped, taped_grad = tf_value_and_grad(loss, {}, "function")(x, y)
+
+        @tf.function
+        def symbolic(x, y):  # no tape: tf.gradients runs the kernel again, for the gradient
+            value = loss(x, y)
+            return value, tf.gradients(value, x)[0]
+
+        symbolic_value, symbolic_grad = symbolic(x, y)
+    finally:
+        LTF._host_rows = host
+    assert asked[:2] == [False, True] and sorted(asked[2:]) == [False, True]
+    for v in (value, taped, symbolic_value):
+        np.testing.assert_allclose(float(v), expected, rtol=1e-5)
+    np.testing.assert_array_equal(symbolic_grad.numpy(), taped_grad.numpy())
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+def test_tf_float32_paths_agree_on_larger_input(per_image):
+    tf = require("tensorflow")
+    LTF = require("lovasz.tf")
+    rng = np.random.default_rng(31)
+    logits = rng.normal(size=(3, 40, 30, 6)).astype("float32")
+    labels = rng.integers(0, 6, (3, 40, 30))
+    labels[rng.random(labels.shape) < 0.1] = IGNORE
+    options = dict(per_image=per_image, ignore=IGNORE, from_logits=True, classes="all")
+    got = {}
+    for mode, kernel in [("eager", True), ("function", True), ("xla", True), ("eager", False)]:
+        with TFPaths(kernel):
+            got[mode, kernel] = [t.numpy() for t in tf_value_and_grad(LTF.lovasz_softmax, options, mode)(
+                tf.constant(logits), tf.constant(labels))]
+    expected = R.lovasz_softmax(np.moveaxis(logits, -1, 1).astype(np.float64), labels, **options)
+    for key, (value, grad) in got.items():
+        np.testing.assert_allclose(value, expected, rtol=1e-5, err_msg=str(key))
+        np.testing.assert_allclose(grad, got["eager", False][1], rtol=1e-4, atol=1e-7, err_msg=str(key))
+
+
 # ----------------------------------------------------------------------------- framework specifics
 
 

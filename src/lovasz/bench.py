@@ -10,8 +10,9 @@ and goes below it). Peak memory of the PyTorch losses is measured in a fresh pro
 ``/proc``) during one forward + backward, with glibc's mmap threshold fixed so
 that freed blocks go back to the system and the resident set follows what is live.
 Ratios compare implementations timed in the same run.
-lovasz.tf runs in ``tf.function``, without and with XLA (``jit_compile``), on
-channels-last input, its default; lovasz.jax under ``jax.jit``.
+lovasz.tf runs in ``tf.function`` (its C kernel), with XLA (``jit_compile``, its
+sort of packed keys) and eagerly, on channels-last input, its default; lovasz.jax
+under ``jax.jit``. ``--impl`` picks the implementations to time.
 
 With ``--device cuda`` the shapes are those of real training (Cityscapes, ADE20K,
 a LiDAR range image, a CT volume, binary masks); steps are timed with CUDA
@@ -33,7 +34,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Sequence
 
 import torch
 
@@ -80,7 +81,8 @@ QUICK_CASES = [
     Case("multiclass per-image", (2, 5, 32, 32), "softmax", per_image=True, classes="all", kornia_same=True),
     Case("binary hinge per-image", (2, 1, 32, 32), "hinge", per_image=True, kornia_same=True),
 ]
-IMPLEMENTATIONS = ("lovasz", "original", "kornia", "sort floor", "lovasz.tf", "lovasz.tf xla", "lovasz.jax")
+IMPLEMENTATIONS = ("lovasz", "original", "kornia", "sort floor", "lovasz.tf", "lovasz.tf xla", "lovasz.tf eager",
+                   "lovasz.jax")
 CUDA_IMPLEMENTATIONS = ("lovasz", "original", "kornia", "sort floor", "lovasz.jax", "network")
 # Peak memory is probed for the PyTorch losses: each probe is a fresh process, and TF's and
 # JAX's would spend minutes compiling for a figure that no one compares.
@@ -110,7 +112,8 @@ def step_function(case: Case, impl: str, device: torch.device = torch.device("cp
         return _network_step(case, device)
     logits, labels = make_inputs(case, device)
     if impl.startswith("lovasz.tf"):
-        return _tf_step(case, logits.cpu().numpy(), labels.cpu().numpy(), xla=impl.endswith("xla"))
+        mode = impl.split()[1] if " " in impl else "function"
+        return _tf_step(case, logits.cpu().numpy(), labels.cpu().numpy(), mode)
     if impl == "lovasz.jax":
         return _jax_step(case, logits.cpu().numpy(), labels.cpu().numpy())
     if impl == "sort floor":
@@ -167,7 +170,8 @@ def _network_step(case: Case, device: torch.device) -> Callable[[], None]:
     return step
 
 
-def _tf_step(case: Case, logits, labels, xla: bool) -> Callable[[], None]:
+def _tf_step(case: Case, logits, labels, mode: str) -> Callable[[], None]:
+    """lovasz.tf's forward + backward in ``mode``: ``function`` (tf.function), ``xla`` (jit_compile) or ``eager``."""
     import tensorflow as tf
 
     import lovasz.tf as T
@@ -179,12 +183,14 @@ def _tf_step(case: Case, logits, labels, xla: bool) -> Callable[[], None]:
         loss = lambda x, y: T.lovasz_softmax(x, y, case.classes, case.per_image, from_logits=True)  # noqa: E731
     y = tf.constant(labels)
 
-    @tf.function(jit_compile=xla)
     def value_and_grad(x, y):
         with tf.GradientTape() as tape:
             tape.watch(x)
             value = loss(x, y)
         return value, tape.gradient(value, x)
+
+    if mode != "eager":
+        value_and_grad = tf.function(value_and_grad, jit_compile=mode == "xla")
 
     return lambda: [t.numpy() for t in value_and_grad(x, y)] and None
 
@@ -301,11 +307,11 @@ class Row:
 
 
 def run(repeats: int, quick: bool, memory: bool, progress: Callable[[str], None] = print,
-        device: torch.device = torch.device("cpu")):
+        device: torch.device = torch.device("cpu"), impls: Optional[Sequence[str]] = None):
     rows = []
     for index, case in enumerate(cases(device, quick)):
         measured = {}
-        for impl in implementations(device):
+        for impl in impls or implementations(device):
             row = Row(case.name, case.shape, impl)
             progress(f"  {case.name} {list(case.shape)}: {impl}")
             try:
@@ -353,7 +359,7 @@ def _ratio_text(peer: str, ratio: float) -> str:
 
 
 def render(rows) -> str:
-    header = f"{'case':<24} {'shape':<20} {'impl':<13} {'median ms':>10} {'peak MiB':>9}  notes"
+    header = f"{'case':<24} {'shape':<20} {'impl':<15} {'median ms':>10} {'peak MiB':>9}  notes"
     lines = [header, "-" * len(header)]
     for r in rows:
         ms = f"{r.seconds * 1e3:10.1f}" if r.seconds is not None else f"{'-':>10}"
@@ -361,7 +367,7 @@ def render(rows) -> str:
         note = r.note
         if r.ratios:
             note = ", ".join(_ratio_text(k, v) for k, v in r.ratios.items())
-        lines.append(f"{r.case:<24} {str(list(r.shape)):<20} {r.impl:<13} {ms} {mib}  {note}")
+        lines.append(f"{r.case:<24} {str(list(r.shape)):<20} {r.impl:<15} {ms} {mib}  {note}")
     return "\n".join(lines)
 
 
@@ -375,6 +381,10 @@ def main(argv=None) -> int:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes (default: measured)")
     parser.add_argument("--out", type=Path, default=Path("bench-output"),
                         help="folder for results.json (default: bench-output)")
+    parser.add_argument("--impl", action="append", metavar="NAME",
+                        help="time only this implementation; repeat for several; ratios need lovasz "
+                             f"(default: all; on CPU {', '.join(IMPLEMENTATIONS)}; on CUDA "
+                             f"{', '.join(CUDA_IMPLEMENTATIONS)})")
     parser.add_argument("--memory-probe", nargs=2, metavar=("CASE", "IMPL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
@@ -385,6 +395,9 @@ def main(argv=None) -> int:
         parser.error("--device cuda, but torch sees no CUDA device (torch.cuda.is_available() is False)")
     if device.type not in ("cpu", "cuda"):
         parser.error(f"--device must be cpu or cuda; got {args.device!r}")
+    for impl in args.impl or ():
+        if impl not in implementations(device):
+            parser.error(f"--impl must be one of {', '.join(implementations(device))} on {device.type}; got {impl!r}")
     repeats = args.repeats if args.repeats is not None else 20 if device.type == "cuda" else 5
     if repeats < 1:
         parser.error(f"--repeats must be at least 1; got {repeats}")
@@ -395,7 +408,7 @@ def main(argv=None) -> int:
     # JAX takes most of a GPU's memory at its first use unless told otherwise, leaving torch too little.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     print(f"lovasz bench: forward + backward, float32, {device}, median of {repeats} after a warm-up")
-    rows = run(repeats, args.quick, not args.no_memory, device=device)
+    rows = run(repeats, args.quick, not args.no_memory, device=device, impls=args.impl)
     table = render(rows)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)

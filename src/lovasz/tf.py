@@ -5,11 +5,25 @@ A drop-in for the original ``tensorflow/lovasz_losses_tf.py`` of Berman et al.
 extensions of :mod:`lovasz.torch`: ``from_logits``, class ``weights``,
 ``reduction``, :func:`lovasz_multilabel` and any spatial rank.
 
-Every (set, class) row goes through one ``tf.math.top_k`` sort: no ``map_fn``,
-no Python loop over images or classes, no data-dependent shape (ignored pixels
-are masked, not removed), so the losses run eagerly, in ``tf.function`` and
-with ``jit_compile=True`` (XLA). Gradients flow through ``tf.GradientTape``
-into the sorted errors; the Jaccard steps are constants computed in closed form.
+All (set, class) rows go through one sort: no ``map_fn``, no Python loop over
+images or classes, no data-dependent shape (ignored pixels are masked, not
+removed), so the losses run eagerly, in ``tf.function`` and with
+``jit_compile=True`` (XLA). The sort is chosen when the function is traced
+(eagerly, at each call):
+
+- float32 on a CPU, eagerly or in ``tf.function``: the C kernel of
+  :mod:`lovasz.torch` (``_kernel.c``), through ``tf.numpy_function`` inside a
+  ``tf.custom_gradient``; it returns the gradient with the loss (where a
+  ``GradientTape`` watches the input), so backward is one multiply;
+- float32 on a CPU under XLA (where a host callback cannot run): XLA's sort of
+  one int64 key per pixel that packs the error, the pixel's index and its
+  label, and no gather; backward scatters the Jaccard steps;
+- elsewhere (float64, a GPU, lovasz installed without its kernel): one
+  ``tf.math.top_k``, the gradient flowing into the gathered errors.
+
+The Jaccard steps are computed in closed form. A ``tf.function`` first traced
+outside XLA keeps that trace (with the C kernel) when a ``jit_compile=True``
+function calls it, and XLA rejects it: call the loss itself there.
 
 Argument order: these functions take ``(prediction, labels)``, as the original
 does; Keras losses (:mod:`lovasz.keras`) take ``(y_true, y_pred)``.
@@ -20,12 +34,23 @@ CVPR 2018, arXiv:1705.08790.
 
 from __future__ import annotations
 
+import functools
+import os
 from typing import Optional, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
 
+from lovasz import _ckernel as C
 from lovasz import _validation as V
+
+try:  # TF internals, present in TF 2.16-2.21: without them, the C kernel runs eagerly only, and XLA uses top_k
+    from tensorflow.compiler.tf2xla.ops import gen_xla_ops  # XlaSort: XLA's sort of one operand
+    from tensorflow.python.eager import record
+    from tensorflow.python.framework import ops as tf_ops
+    from tensorflow.python.ops import control_flow_util
+except ImportError:  # pragma: no cover
+    gen_xla_ops = record = tf_ops = control_flow_util = None
 
 __all__ = [
     "lovasz_grad",
@@ -148,7 +173,11 @@ def _lovasz_rows(errors: tf.Tensor, fg: tf.Tensor, valid: Optional[tf.Tensor]) -
     """Lovász extension of each row of ``errors [R, N]`` against ``fg [R, N]`` (bool, False where ignored).
 
     Ignored pixels get the key ``-inf``: they sort last, where ``relu`` makes them add nothing.
+    Under XLA on a CPU, float32 rows take :func:`_packed_rows` instead.
     """
+    if errors.dtype == tf.float32 and not tf.executing_eagerly() and gen_xla_ops is not None and _in_xla() \
+            and _on_cpu(errors):
+        return _packed_rows(errors, fg, valid)
     key = errors if valid is None else tf.where(valid, errors, tf.constant(-np.inf, errors.dtype))
     _, perm = tf.math.top_k(tf.stop_gradient(key), k=tf.shape(key)[-1], sorted=True)
     # the gradient goes through the gather, not top_k, whose gradient fails on rows of no pixel (an empty batch)
@@ -156,6 +185,43 @@ def _lovasz_rows(errors: tf.Tensor, fg: tf.Tensor, valid: Optional[tf.Tensor]) -
     fg_sorted = tf.gather(tf.cast(fg, tf.int32), perm, batch_dims=1)
     steps = tf.stop_gradient(_jaccard_steps(fg_sorted, errors.dtype))
     return tf.reduce_sum(tf.nn.relu(errors_sorted) * steps, axis=-1)
+
+
+def _packed_rows(errors: tf.Tensor, fg: tf.Tensor, valid: Optional[tf.Tensor]) -> tf.Tensor:
+    """:func:`_lovasz_rows` for float32 under XLA: one sort of one int64 key per pixel, no gather.
+
+    The key is ``(0x7fffffff - error bits) << 32 | index << 1 | fg``: a non-negative float's
+    bits order like the number, so one ascending integer sort orders the errors decreasingly
+    (ties by pixel index, as ``top_k``), and the sorted keys hold the errors, the flags and
+    the permutation. Negative errors (and ignored pixels) count as 0: they sort last, where
+    they add nothing. Backward scatters each pixel's step to its place.
+    """
+    if valid is not None:
+        errors = tf.where(valid, errors, tf.zeros((), errors.dtype))
+    errors = tf.where(errors < 0, tf.zeros((), errors.dtype), errors)  # NaN stays NaN
+    return _packed_sort(errors, tf.cast(fg, tf.int64))
+
+
+@tf.custom_gradient
+def _packed_sort(errors: tf.Tensor, fg: tf.Tensor):
+    num_rows, num_pixels = tf.shape(errors)[0], tf.shape(errors)[1]
+    bits = tf.bitwise.bitwise_and(tf.bitcast(errors, tf.int32), 0x7FFFFFFF)  # -0.0 and a negative NaN too
+    high = tf.bitwise.left_shift(tf.cast(0x7FFFFFFF - bits, tf.int64), 32)
+    low = tf.bitwise.bitwise_or(tf.bitwise.left_shift(tf.range(num_pixels, dtype=tf.int64), 1), fg)
+    key = gen_xla_ops.xla_sort(tf.bitwise.bitwise_or(high, low))
+    errors_sorted = tf.bitcast(0x7FFFFFFF - tf.cast(tf.bitwise.right_shift(key, 32), tf.int32), tf.float32)
+    steps = _jaccard_steps(tf.cast(tf.bitwise.bitwise_and(key, 1), tf.int32), tf.float32)
+    loss = tf.reduce_sum(errors_sorted * steps, axis=-1)
+
+    def backward(loss_cotangent):
+        index = tf.cast(tf.bitwise.bitwise_and(tf.bitwise.right_shift(key, 1), 0x7FFFFFFF), tf.int64)
+        index += tf.range(tf.cast(num_rows, tf.int64), dtype=tf.int64)[:, None] * tf.cast(num_pixels, tf.int64)
+        grad = tf.where(errors_sorted > 0, steps * loss_cotangent[:, None], tf.zeros((), tf.float32))
+        size = tf.cast(num_rows, tf.int64) * tf.cast(num_pixels, tf.int64)
+        flat = tf.scatter_nd(tf.reshape(index, [-1, 1]), tf.reshape(grad, [-1]), size[None])
+        return tf.reshape(flat, [num_rows, num_pixels]), None
+
+    return loss, backward
 
 
 def _rows(x: tf.Tensor, per_image: bool, channels_last: bool) -> tf.Tensor:
@@ -171,6 +237,126 @@ def _rows(x: tf.Tensor, per_image: bool, channels_last: bool) -> tf.Tensor:
     return tf.reshape(x, [shape[0] * shape[1], shape[2]])  # no -1: the rows may be empty
 
 
+def _sorted_losses(pred, fg, valid, hinge: bool, per_image: bool, channels_last: bool):
+    """Loss and presence ``[rows]`` of each row by a sort in TF: any dtype, any device, under XLA too."""
+    if hinge:  # max(0, 1 - s x), the max taken after the sort
+        errors = tf.where(fg, 1 - pred, 1 + pred)
+    else:  # |[y = c] - p|
+        errors = tf.abs(tf.where(fg, 1 - pred, pred))
+    row = lambda x: _rows(x, per_image, channels_last)  # noqa: E731
+    fg_rows = row(fg)
+    loss = _lovasz_rows(row(errors), fg_rows, None if valid is None else row(valid))
+    return loss, tf.reduce_any(fg_rows, axis=-1)
+
+
+# ----------------------------------------------------------------------------- the C kernel on a CPU
+
+_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+_ALIGN = 64  # TF takes a returned array without a copy where it is this aligned
+
+
+def _aligned_empty(shape, dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts on a ``_ALIGN``-byte boundary."""
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(size + _ALIGN, np.uint8)
+    start = -raw.ctypes.data % _ALIGN
+    return raw[start:start + size].view(dtype).reshape(shape)
+
+
+def _host_rows(pred: np.ndarray, codes: np.ndarray, mode: int, need_grad: bool):
+    """The C kernel on ``[S, R, N]`` rows: loss ``[R]``, presence ``[R]`` and (``need_grad``) d loss_r / d pred."""
+    grad = _aligned_empty(pred.shape, np.float32) if need_grad else None  # not pred: TF's input may share its buffer
+    threads = tf.config.threading.get_intra_op_parallelism_threads() or _CORES  # 0: TF's default, every core
+    loss, present = C.lovasz_rows(pred, codes, mode, grad, threads)
+    return (loss, present, grad) if need_grad else (loss, present)
+
+
+def _host_call(pred: tf.Tensor, codes: tf.Tensor, mode: int, need_grad: bool):
+    outputs = tf.numpy_function(functools.partial(_host_rows, mode=mode, need_grad=need_grad), [pred, codes],
+                                [tf.float32, tf.bool] + [tf.float32] * need_grad, stateful=False,
+                                name="lovasz_c_kernel")
+    for output, shape in zip(outputs, [pred.shape[1:2], pred.shape[1:2], pred.shape]):
+        output.set_shape(shape)
+    return outputs
+
+
+def _kernel_rows(pred: tf.Tensor, codes: tf.Tensor, mode: int):
+    """Loss ``[R]`` and presence ``[R]`` of the rows ``[:, r, :]`` of float32 ``pred [S, R, N]``, by the C kernel.
+
+    Where a ``GradientTape`` watches ``pred``, the kernel returns the gradient with the
+    loss and backward is one multiply; elsewhere (evaluation) it computes no gradient,
+    and a later ``tf.gradients`` runs it again for one.
+    """
+    need_grad = record is None or record.should_record_backprop([pred])
+
+    @tf.custom_gradient
+    def rows(pred, codes):
+        outputs = _host_call(pred, codes, mode, need_grad)
+
+        def backward(loss_cotangent, present_cotangent):
+            grad = outputs[2] if need_grad else _host_call(pred, codes, mode, True)[2]
+            return grad * tf.reshape(loss_cotangent, [1, -1, 1]), None
+
+        return tuple(outputs[:2]), backward
+
+    return rows(pred, codes)
+
+
+def _kernel_losses(pred, fg, valid, hinge: bool, per_image: bool, channels_last: bool):
+    """:func:`_sorted_losses` by the C kernel, on rows read in place from ``[B, K, N]``."""
+    codes = tf.cast(fg, tf.uint8)
+    if valid is not None:
+        codes = tf.where(valid, codes, tf.constant(2, tf.uint8))  # 0 background, 1 foreground, 2 ignored
+    if channels_last:
+        pred, codes = tf.transpose(pred, [0, 2, 1]), tf.transpose(codes, [0, 2, 1])
+    shape = tf.shape(pred)
+    layout = [1, shape[0] * shape[1], shape[2]] if per_image else shape  # [S, R, N]: row r is [:, r, :]
+    return _kernel_rows(tf.reshape(pred, layout), tf.reshape(codes, layout), C.HINGE if hinge else C.SOFTMAX)
+
+
+def _kernel_or_sort(pred, fg, valid, hinge: bool, per_image: bool, channels_last: bool):
+    """The C kernel where the sizes fit its item format; chosen when run if they are not known when traced."""
+    args = (pred, fg, valid, hinge, per_image, channels_last)
+    size = pred.shape.num_elements()
+    if size is not None:
+        return (_kernel_losses if size <= C.MAX_ELEMENTS else _sorted_losses)(*args)
+    return tf.cond(tf.size(pred, tf.int64) <= C.MAX_ELEMENTS, lambda: _kernel_losses(*args),
+                   lambda: _sorted_losses(*args))
+
+
+def _in_xla() -> bool:
+    """Whether the graph being built is compiled by XLA (``jit_compile=True``, and functions called from one).
+
+    TF marks such graphs with an XLA control-flow context (``OptionalXlaContext`` in
+    ``tf.function``); a host callback cannot run in them.
+    """
+    if control_flow_util is None:
+        return True  # not known: as if it were
+    return control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph())
+
+
+def _on_cpu(x: tf.Tensor) -> bool:
+    """Whether ``x`` is on a CPU: its device (eagerly, or a ``tf.device`` scope in a graph).
+
+    Without one, TF places it on a GPU or TPU where there is one: a CPU only on a machine without.
+    """
+    device_type = tf.DeviceSpec.from_string(x.device).device_type if x.device else None
+    if device_type:
+        return device_type == "CPU"
+    return all(d.device_type == "CPU" for d in tf.config.list_logical_devices())
+
+
+def _use_kernel(pred: tf.Tensor) -> bool:
+    """The C kernel takes float32 rows on a CPU, eagerly and in ``tf.function``, not under XLA (where
+    a host callback cannot run), and only where lovasz was installed with it."""
+    if pred.dtype != tf.float32 or C.kernel() is None:
+        return False
+    if not tf.executing_eagerly() and _in_xla():
+        return False
+    return _on_cpu(pred)
+
+
 def _lovasz_classes(pred, fg, valid, hinge: bool, classes, per_image: bool, channels_last: bool,
                     weights: Optional[tf.Tensor], reduction: str) -> tf.Tensor:
     """Loss of ``pred [B, K, N]`` (``[B, N, K]`` channels-last) against ``fg``; ``valid`` broadcasts to it."""
@@ -182,14 +368,10 @@ def _lovasz_classes(pred, fg, valid, hinge: bool, classes, per_image: bool, chan
         pred, fg = tf.gather(pred, classes, axis=axis), tf.gather(fg, classes, axis=axis)
         valid = None if valid is None else tf.gather(valid, classes, axis=axis)
         weights = None if weights is None else tf.gather(weights, classes)
-    if hinge:  # max(0, 1 - s x), the max taken after the sort
-        errors = tf.where(fg, 1 - pred, 1 + pred)
-    else:  # |[y = c] - p|
-        errors = tf.abs(tf.where(fg, 1 - pred, pred))
-    row = lambda x: _rows(x, per_image, channels_last)  # noqa: E731
-    fg_rows = row(fg)
-    loss = _lovasz_rows(row(errors), fg_rows, None if valid is None else row(valid))
-    present = tf.reduce_any(fg_rows, axis=-1)
+    if _use_kernel(pred):
+        loss, present = _kernel_or_sort(pred, fg, valid, hinge, per_image, channels_last)
+    else:
+        loss, present = _sorted_losses(pred, fg, valid, hinge, per_image, channels_last)
 
     num_rows = pred.shape[axis]
     loss, present = tf.reshape(loss, [-1, num_rows]), tf.reshape(present, [-1, num_rows])
