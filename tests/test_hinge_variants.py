@@ -140,3 +140,45 @@ def test_jax_matches_the_oracle(jit):
                 a = torch.tensor(x, requires_grad=True)
                 getattr(L, fn.__name__)(a, torch.from_numpy(y), **options).backward()
                 np.testing.assert_allclose(np.asarray(grad), a.grad.numpy(), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["eager", "function", "xla"])
+def test_tf_matches_the_oracle(mode):
+    tf = require("tensorflow")
+    LT = require("lovasz.tf")
+    rng = np.random.default_rng(6)
+    logits = rng.normal(size=(3, 5, 6, 4)) * 2  # channels-last, lovasz.tf's default
+    targets = rng.integers(0, 2, (3, 5, 6, 4))
+    targets[rng.random(targets.shape) < 0.2] = 255
+    for margin in ("relu", "elu"):
+        for per_image in (False, True):
+            options = dict(per_image=per_image, ignore=255, margin=margin, symmetric=True)
+            for fn, x, y, expected in [
+                (LT.lovasz_hinge, logits[..., 0], targets[..., 0],
+                 R.lovasz_hinge(logits[..., 0], targets[..., 0], **options)),
+                (LT.lovasz_multilabel, logits, targets,
+                 R.lovasz_multilabel(np.moveaxis(logits, -1, 1), np.moveaxis(targets, -1, 1), **options)),
+            ]:
+                for dtype, tol in ((tf.float64, 1e-10), (tf.float32, 1e-5)):
+                    call = lambda a, b: fn(a, b, **options)  # noqa: E731
+                    if mode != "eager":
+                        call = tf.function(call, jit_compile=mode == "xla")
+                    got = call(tf.constant(x, dtype), tf.constant(y))
+                    np.testing.assert_allclose(float(got), expected, rtol=tol, atol=tol)
+
+
+def test_keras_losses_take_the_variants():
+    require("tensorflow")
+    K = require("lovasz.keras")
+    loss = K.LovaszHingeLoss(margin="elu", symmetric=True)
+    config = loss.get_config()
+    assert config["margin"] == "elu" and config["symmetric"] is True
+    assert type(loss).from_config(config).get_config() == config
+    multi = K.LovaszMultilabelLoss(margin="elu", symmetric=True, per_image=False)
+    rng = np.random.default_rng(7)
+    logits, targets = rng.normal(size=(2, 4, 5, 3)), rng.integers(0, 2, (2, 4, 5, 3))
+    expected = R.lovasz_multilabel(np.moveaxis(logits, -1, 1), np.moveaxis(targets, -1, 1), per_image=False,
+                                   margin="elu", symmetric=True)
+    np.testing.assert_allclose(float(multi(targets, logits.astype("float32"))), expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="from_logits=True"):
+        K.LovaszMultilabelLoss(from_logits=False, margin="elu")

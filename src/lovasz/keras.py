@@ -206,18 +206,24 @@ class LovaszHingeLoss(_LovaszLoss):
 
     ``y_pred`` are raw scores (logits: no sigmoid), ``[B, *spatial]`` or with a size-1
     channel axis; ``y_true`` 0/1 masks of the same shape (or without the channel axis).
-    ``per_image`` defaults to True, as in the original.
+    ``per_image`` defaults to True, as in the original. ``margin`` (``'relu'`` or ``'elu'``:
+    ``elu(m) + 1``) and ``symmetric`` are the hinge's variants of practice.
     """
 
     def __init__(self, per_image: bool = True, ignore_class: Optional[int] = None,
                  data_format: Optional[str] = None, name: str = "lovasz_hinge",
-                 reduction: str = "sum_over_batch_size", dtype=None):
+                 reduction: str = "sum_over_batch_size", dtype=None, margin: str = "relu", symmetric: bool = False):
         super().__init__(per_image=per_image, ignore_class=ignore_class, data_format=data_format,
                          name=name, reduction=reduction, dtype=dtype)
+        self.margin, self.symmetric = V.check_hinge_variant(margin, symmetric)
 
     def call(self, y_true, y_pred):
         y_true, y_pred = _drop_binary_channel(y_true, y_pred, self._channel_axis)
-        return self._run("lovasz_hinge", y_pred, y_true, channels=False)
+        return self._run("lovasz_hinge", y_pred, y_true, channels=False, margin=self.margin,
+                         symmetric=self.symmetric)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "margin": self.margin, "symmetric": self.symmetric}
 
 
 @keras.saving.register_keras_serializable(package="lovasz")
@@ -226,19 +232,29 @@ class LovaszMultilabelLoss(_ClassAveragedLoss):
 
     ``y_pred`` and ``y_true`` are ``[B, *spatial, C]`` (channels-last). With ``from_logits``
     (the default here, as for the hinge) each channel gets the Lovász hinge of its scores;
-    otherwise the Lovász-Softmax term of its foreground probability.
+    otherwise the Lovász-Softmax term of its foreground probability. ``margin`` and
+    ``symmetric`` are the hinge's variants, as in :class:`LovaszHingeLoss` (``from_logits`` only).
     """
 
     def __init__(self, from_logits: bool = True, per_image: bool = True,
                  classes: Union[str, Sequence[int]] = "present", ignore_class: Optional[int] = None,
                  class_weights: Optional[Sequence[float]] = None, data_format: Optional[str] = None,
-                 name: str = "lovasz_multilabel", reduction: str = "sum_over_batch_size", dtype=None):
+                 name: str = "lovasz_multilabel", reduction: str = "sum_over_batch_size", dtype=None,
+                 margin: str = "relu", symmetric: bool = False):
         super().__init__(from_logits=from_logits, classes=classes, class_weights=class_weights,
                          per_image=per_image, ignore_class=ignore_class, data_format=data_format,
                          name=name, reduction=reduction, dtype=dtype)
+        self.margin, self.symmetric = V.check_hinge_variant(margin, symmetric)
+        if not self.from_logits and (self.margin != "relu" or self.symmetric):
+            raise ValueError(f"margin={margin!r} and symmetric={symmetric} are variants of the hinge: they need "
+                             "from_logits=True (scores), not probabilities")
 
     def call(self, y_true, y_pred):
-        return self._run_classes("lovasz_multilabel", y_pred, y_true)
+        return self._run("lovasz_multilabel", y_pred, y_true, classes=self.classes, from_logits=self.from_logits,
+                         weights=self.class_weights, margin=self.margin, symmetric=self.symmetric)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "margin": self.margin, "symmetric": self.symmetric}
 
 
 # ----------------------------------------------------------------------------- cross-entropy + Lovász

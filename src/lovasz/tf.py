@@ -465,8 +465,23 @@ def lovasz_softmax(probas, labels, classes: Classes = "present", per_image: bool
     return tf.cast(loss, probas.dtype)
 
 
+def _hinge_classes(pred, fg, valid, classes, per_image: bool, channels_last: bool, weights, reduction: str,
+                   margin: str, symmetric: bool) -> tf.Tensor:
+    """The Lovász hinge with its variants: ``elu(m) + 1`` of the margins is the plain hinge at
+    ``x' = -s elu(1 - s x)``; ``symmetric`` averages with the flipped problem, ``-x'`` against ``1 - y``."""
+    if margin == "elu":
+        signs = tf.where(fg, tf.ones_like(pred), -tf.ones_like(pred))
+        pred = -signs * tf.nn.elu(1 - signs * pred)
+    loss = _lovasz_classes(pred, fg, valid, True, classes, per_image, channels_last, weights, reduction)
+    if symmetric:  # not fg: the ignored pixels are left out again by valid
+        flipped = _lovasz_classes(-pred, tf.logical_not(fg), valid, True, classes, per_image, channels_last,
+                                  weights, reduction)
+        loss = (loss + flipped) / 2
+    return loss
+
+
 def lovasz_hinge(logits, labels, per_image: bool = True, ignore: Optional[int] = None, *,
-                 reduction: str = "mean") -> tf.Tensor:
+                 reduction: str = "mean", margin: str = "relu", symmetric: bool = False) -> tf.Tensor:
     r"""Binary Lovász hinge loss: a convex surrogate of ``1 - IoU`` of the foreground.
 
     The errors are the hinge margins ``max(0, 1 - s x)`` with signs ``s = 2 y - 1``.
@@ -479,6 +494,8 @@ def lovasz_hinge(logits, labels, per_image: bool = True, ignore: Optional[int] =
         per_image: the loss of each image, averaged; otherwise the batch is one set.
         ignore: label value of pixels that take no part.
         reduction: ``'mean'`` / ``'sum'`` over images, or ``'none'`` for ``[B]`` with ``per_image``.
+        margin: ``'relu'`` (``max(0, m)``) or ``'elu'`` (``elu(m) + 1``), of the margins ``m = 1 - s x``.
+        symmetric: the mean with the loss of ``-logits`` against ``1 - labels``.
 
     Returns:
         A 0-d tensor (``[B]`` with ``per_image`` and ``reduction='none'``) in the dtype of ``logits``.
@@ -498,18 +515,20 @@ def lovasz_hinge(logits, labels, per_image: bool = True, ignore: Optional[int] =
     V.hinge_layout(logits.shape, labels.shape)
     ignore = V.check_ignore(ignore)
     reduction = V.check_reduction(reduction)
+    margin, symmetric = V.check_hinge_variant(margin, symmetric)
     layout = [tf.shape(labels)[0], 1, _size(labels, 1)]
     pred = tf.reshape(tf.cast(logits, _compute_dtype(logits)), layout)
     lab = tf.reshape(labels, layout)
     valid = None if ignore is None else lab != tf.cast(ignore, lab.dtype)
     _check_values(lab, (lab == 0) | (lab == 1), valid, "0 or 1", "labels")
-    loss = _lovasz_classes(pred, lab == 1, valid, True, "all", per_image, False, None, reduction)
+    loss = _hinge_classes(pred, lab == 1, valid, "all", per_image, False, None, reduction, margin, symmetric)
     return tf.cast(loss, logits.dtype)
 
 
 def lovasz_multilabel(logits, targets, classes: Classes = "present", per_image: bool = True,
                       ignore: Optional[int] = None, order: str = "BHWC", *, from_logits: bool = True,
-                      weights=None, reduction: str = "mean") -> tf.Tensor:
+                      weights=None, reduction: str = "mean", margin: str = "relu",
+                      symmetric: bool = False) -> tf.Tensor:
     r"""Multi-label Lovász loss: one binary Lovász loss per channel, averaged over channels.
 
     With ``from_logits`` (the default) each channel gets the Lovász hinge of its
@@ -521,6 +540,7 @@ def lovasz_multilabel(logits, targets, classes: Classes = "present", per_image: 
         targets: 0/1 masks of the shape of ``logits``, or ``ignore``.
         classes: ``'present'`` (channels with a positive target in the set), ``'all'`` or a list.
         per_image, ignore, weights, reduction: as in :func:`lovasz_softmax`.
+        margin, symmetric: the hinge's variants, as in :func:`lovasz_hinge` (``from_logits`` only).
 
     Returns:
         A 0-d tensor (``[B]`` with ``per_image`` and ``reduction='none'``) in the dtype of ``logits``.
@@ -537,6 +557,10 @@ def lovasz_multilabel(logits, targets, classes: Classes = "present", per_image: 
     classes = V.check_classes(classes, num_classes)
     ignore = V.check_ignore(ignore)
     reduction = V.check_reduction(reduction)
+    margin, symmetric = V.check_hinge_variant(margin, symmetric)
+    if not from_logits and (margin != "relu" or symmetric):
+        raise ValueError(f"margin={margin!r} and symmetric={symmetric} are variants of the hinge: they need "
+                         "from_logits=True (scores), not probabilities")
     dtype = _compute_dtype(logits)
     w = _as_weights(weights, num_classes, dtype)
     batch = tf.shape(logits)[0]
@@ -546,7 +570,11 @@ def lovasz_multilabel(logits, targets, classes: Classes = "present", per_image: 
     tgt = tf.reshape(targets, layout)
     valid = None if ignore is None else tgt != tf.cast(ignore, tgt.dtype)
     _check_values(tgt, (tgt == 0) | (tgt == 1), valid, "0 or 1", "targets")
-    loss = _lovasz_classes(pred, tgt == 1, valid, from_logits, classes, per_image, channels_last, w, reduction)
+    if from_logits:
+        loss = _hinge_classes(pred, tgt == 1, valid, classes, per_image, channels_last, w, reduction, margin,
+                              symmetric)
+    else:
+        loss = _lovasz_classes(pred, tgt == 1, valid, False, classes, per_image, channels_last, w, reduction)
     return tf.cast(loss, logits.dtype)
 
 
