@@ -77,7 +77,7 @@ def warn_missing(framework: str) -> None:
     global _WARNED
     if not _WARNED:
         _WARNED = True
-        warnings.warn(f"lovasz: the C kernel is not loaded ({why_not()}), so {framework} sorts float32 rows on "
+        warnings.warn(f"lovasz: the C kernel is not loaded ({why_not() or 'unknown reason'}), so {framework} sorts float32 rows on "
                       "the CPU with its own sort, 3-4x slower, with the same values; reinstall lovasz with a C "
                       "compiler present to build it (`lovasz info` shows the state)", RuntimeWarning, stacklevel=3)
 

@@ -350,7 +350,11 @@ def _on_cpu(x: tf.Tensor) -> bool:
 def _use_kernel(pred: tf.Tensor) -> bool:
     """The C kernel takes float32 rows on a CPU, eagerly and in ``tf.function``, not under XLA (where
     a host callback cannot run), and only where lovasz was installed with it."""
-    if pred.dtype != tf.float32 or C.kernel() is None:
+    if pred.dtype != tf.float32:
+        return False
+    if C.kernel() is None:
+        if _on_cpu(pred):
+            C.warn_missing("lovasz.tf")
         return False
     if not tf.executing_eagerly() and _in_xla():
         return False
