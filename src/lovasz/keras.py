@@ -68,25 +68,6 @@ def _drop_binary_channel(y_true, y_pred, axis: int):
     return y_true, y_pred
 
 
-def _torch_class_ids(labels):
-    """Float labels (Keras gives ``y_true`` in the loss dtype) as integers for lovasz.torch, which takes no floats.
-
-    They must be whole numbers (1.5 is no class), checked as lovasz.tf and lovasz.jax check them.
-    """
-    import torch
-
-    if not labels.is_floating_point():
-        return labels
-    if not torch.compiler.is_compiling():
-        bad = ~torch.isfinite(labels) | (labels != labels.round())
-        message = "labels must be whole numbers (class indices) at every non-ignored pixel"
-        if labels.device.type != "cpu":
-            torch._assert_async(~bad.any(), message)  # no wait for the device
-        elif bad.any():
-            raise ValueError(f"{message}; found {labels[bad][0].item()}")
-    return labels.long()
-
-
 def _reduced(loss, reduction):
     """Keras passes an empty ``[0]`` loss (an empty batch) through unreduced: a reduced loss is 0-d, 0 there."""
     if reduction not in (None, "none") and tuple(loss.shape) == (0,):
@@ -122,10 +103,6 @@ class _LovaszLoss(keras.losses.Loss):
     def _run(self, function: str, y_pred, labels, channels: bool = True, **kwargs):
         """Call ``function`` of the backend's module; ``channels=False`` for inputs without a class axis."""
         backend, module = _functions()
-        if y_pred.shape[0] == 0:  # an empty batch: 0, as for an all-ignored one (lovasz.torch cannot reshape it)
-            return ops.sum(y_pred, axis=tuple(range(1, len(y_pred.shape)))) if self.per_image else ops.sum(y_pred)
-        if backend == "torch" and function == "lovasz_softmax":
-            labels = _torch_class_ids(labels)
         channels_last = self.data_format == "channels_last"
         if not channels:
             pass

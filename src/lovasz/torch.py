@@ -89,7 +89,7 @@ def _drop_label_axis(labels: Tensor, accepted) -> Tensor:
 def _check_whole(labels: Tensor, valid: Optional[Tensor], name: str) -> None:
     """Float labels must hold whole numbers (class indices): 1.5 is an error, never class 1."""
     if labels.is_floating_point():
-        _check_values(labels, valid, "a whole number (a class index)", labels == labels.round(), name)
+        _check_values(labels, valid, "whole numbers (class indices)", labels == labels.round(), name)
 
 
 def _check_values(labels: Tensor, valid: Optional[Tensor], allowed: str, ok: Tensor, name: str) -> None:
