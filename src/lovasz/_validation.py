@@ -59,12 +59,16 @@ def check_classes(classes, num_classes: int) -> object:
 MARGINS = ("relu", "elu")
 
 
-def check_hinge_variant(margin, symmetric) -> Tuple[str, bool]:
-    """The hinge's ``margin`` ('relu': ``max(0, m)``; 'elu': ``elu(m) + 1``) and ``symmetric`` flag."""
+def check_hinge_variant(margin, symmetric, from_logits: bool = True) -> Tuple[str, bool]:
+    """The hinge's ``margin`` ('relu': ``max(0, m)``; 'elu': ``elu(m) + 1``) and ``symmetric`` flag;
+    variants of the hinge, so only on scores (``from_logits``), not on probabilities."""
     if margin not in MARGINS:
         raise ValueError(f"margin must be one of {MARGINS} (max(0, m) or elu(m) + 1 of the margin m); got {margin!r}")
     if not isinstance(symmetric, bool):
         raise TypeError(f"symmetric must be True or False; got {symmetric!r}")
+    if not from_logits and (margin != "relu" or symmetric):
+        raise ValueError(f"margin={margin!r} and symmetric={symmetric} are variants of the hinge: they need "
+                         "from_logits=True (scores), not probabilities")
     return margin, symmetric
 
 

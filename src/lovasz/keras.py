@@ -221,10 +221,7 @@ class LovaszMultilabelLoss(_ClassAveragedLoss):
         super().__init__(from_logits=from_logits, classes=classes, class_weights=class_weights,
                          per_image=per_image, ignore_class=ignore_class, data_format=data_format,
                          name=name, reduction=reduction, dtype=dtype)
-        self.margin, self.symmetric = V.check_hinge_variant(margin, symmetric)
-        if not self.from_logits and (self.margin != "relu" or self.symmetric):
-            raise ValueError(f"margin={margin!r} and symmetric={symmetric} are variants of the hinge: they need "
-                             "from_logits=True (scores), not probabilities")
+        self.margin, self.symmetric = V.check_hinge_variant(margin, symmetric, self.from_logits)
 
     def call(self, y_true, y_pred):
         return self._run("lovasz_multilabel", y_pred, y_true, classes=self.classes, from_logits=self.from_logits,

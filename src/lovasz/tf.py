@@ -561,10 +561,7 @@ def lovasz_multilabel(logits, targets, classes: Classes = "present", per_image: 
     classes = V.check_classes(classes, num_classes)
     ignore = V.check_ignore(ignore)
     reduction = V.check_reduction(reduction)
-    margin, symmetric = V.check_hinge_variant(margin, symmetric)
-    if not from_logits and (margin != "relu" or symmetric):
-        raise ValueError(f"margin={margin!r} and symmetric={symmetric} are variants of the hinge: they need "
-                         "from_logits=True (scores), not probabilities")
+    margin, symmetric = V.check_hinge_variant(margin, symmetric, from_logits)
     dtype = _compute_dtype(logits)
     w = _as_weights(weights, num_classes, dtype)
     batch = tf.shape(logits)[0]

@@ -424,10 +424,7 @@ def _multilabel(logits, targets, classes, per_image, ignore, from_logits, weight
     classes = V.check_classes(classes, num_classes)
     ignore = V.check_ignore(ignore)
     reduction = V.check_reduction(reduction)
-    margin, symmetric = V.check_hinge_variant(margin, symmetric)
-    if not from_logits and (margin != "relu" or symmetric):
-        raise ValueError(f"margin={margin!r} and symmetric={symmetric} are variants of the hinge: they need "
-                         "from_logits=True (scores), not probabilities")
+    margin, symmetric = V.check_hinge_variant(margin, symmetric, from_logits)
     dtype = _compute_dtype(logits)
     w = _as_weights(weights, num_classes, dtype, logits.device, wname)
     batch = logits.shape[0]
