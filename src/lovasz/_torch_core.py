@@ -183,7 +183,7 @@ def _rows_torch(pred: Tensor, codes: Tensor, hinge: bool, grad: Optional[Tensor]
 def _lovasz_rows(pred: Tensor, codes: Tensor, hinge: bool, grad: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
     """Loss and presence of each row ``[:, r, :]`` of ``[S, R, N]`` inputs; d loss_r / d pred into ``grad``."""
     sets, num_rows, num_pixels = pred.shape
-    if sets * num_pixels == 0:
+    if pred.numel() == 0:  # no pixel, or no row (no class asked for): nothing to sort
         if grad is not None:
             grad.zero_()
         return pred.new_zeros(num_rows), codes.new_zeros(num_rows, dtype=torch.bool)
