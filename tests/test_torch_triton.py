@@ -44,6 +44,22 @@ CHECK = textwrap.dedent("""
         if with_grad:
             torch.testing.assert_close(grad.double(), expected_grad, rtol=1e-5, atol=1e-6)
 
+    # The softmax's backward: one kernel against torch's, NaN and inf logits, weights, strided logits.
+    from lovasz import _triton_softmax as S
+    for batch, channels, n, weighted in itertools.product([1, 2], [1, 3, 19, 150], [1, 300], [False, True]):
+        wide = torch.randn(batch, channels + 2, n, generator=g) * 3
+        logits = wide[:, 1:-1] if weighted else wide[:, :channels].transpose(1, 2).contiguous().transpose(1, 2)
+        logits[0, 0, 0] = float("nan")
+        logits[-1, -1, -1] = float("inf") if n > 1 else logits[-1, -1, -1]
+        grad_probs = torch.randn(batch, channels, n, generator=g)
+        scale = torch.rand(batch, channels, 1, generator=g) if weighted else None
+        p = logits.double().softmax(1).nan_to_num(0.0)
+        weighted_grad = grad_probs.double() * (scale.double() if weighted else 1)
+        expected = torch._softmax_backward_data(weighted_grad, p, 1, torch.float64)
+        got = grad_probs.clone().to(device)
+        S.softmax_backward_(got, logits.to(device), None if scale is None else scale.to(device))
+        torch.testing.assert_close(got.double().cpu(), expected, rtol=1e-5, atol=1e-6)
+
     # Whole losses through the path (forced on where it would not run by itself) against the oracle.
     core._use_c_kernel = lambda pred: False
     core._use_triton = lambda pred: pred.dtype == torch.float32
@@ -62,6 +78,12 @@ CHECK = textwrap.dedent("""
         x64 = probas.double().to(device).requires_grad_()
         L.lovasz_softmax(x64, labels.to(device), classes, per_image, 255).backward()  # the torch.sort path
         torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-5, atol=1e-6)
+        # Logits: the softmax inside, and its backward in its kernel.
+        logits = probas.log().to(device).requires_grad_()
+        L.lovasz_softmax(logits, labels.to(device), classes, per_image, 255, from_logits=True).backward()
+        logits64 = probas.log().double().to(device).requires_grad_()
+        L.lovasz_softmax(logits64, labels.to(device), classes, per_image, 255, from_logits=True).backward()
+        torch.testing.assert_close(logits.grad.double(), logits64.grad, rtol=1e-5, atol=1e-6)
     scores = torch.randn(3, 40, generator=g) * 2
     masks = torch.randint(0, 2, (3, 40), generator=g)
     for per_image in (False, True):
@@ -71,7 +93,7 @@ CHECK = textwrap.dedent("""
     nan = scores.clone()
     nan[0, 0] = float("nan")
     assert torch.isnan(L.lovasz_hinge(nan.to(device), masks.to(device)))
-    assert len(calls) == 6 + 2 + 1, len(calls)  # every float32 call above took the path
+    assert len(calls) == 6 * 2 + 2 + 1, len(calls)  # every float32 call above took the path
     print("triton path ok")
 """)
 

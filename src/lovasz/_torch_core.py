@@ -20,7 +20,8 @@ The rows themselves go one of three ways:
 - float32 on CPU: the C kernel ``_kernel.c`` (through ``_ckernel``) (two-level radix sort, zero errors
   left out of the sort), blocks of rows on ``torch.get_num_threads()`` threads;
 - float32 on a CUDA GPU with Triton installed: ``_triton_rows``, Triton kernels around
-  one ``torch.sort`` (each pass of the path below fused into three);
+  one ``torch.sort`` (each pass of the path below fused into three); the softmax's backward
+  (``from_logits=True``) in one more, ``_triton_softmax``;
 - elsewhere (float64, or neither of the above): ``torch.sort`` of integer keys.
   Non-negative float bits sort like the floats; the foreground bit rides in the
   key's lowest bit (the error loses one ulp), so no gather of the labels is
@@ -35,6 +36,7 @@ digits to cancellation on large rows.
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 from typing import Optional, Tuple
 
@@ -75,19 +77,19 @@ def _use_c_kernel(pred: Tensor) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _triton_rows():
-    """The Triton path's module, or None where Triton is not installed or ``LOVASZ_TRITON=0``."""
+def _triton(module: str):
+    """A Triton module of lovasz (``_triton_rows``, ``_triton_softmax``), or None where Triton is not
+    installed or ``LOVASZ_TRITON=0``."""
     if os.environ.get("LOVASZ_TRITON", "1") == "0":
         return None
     try:
-        from lovasz import _triton_rows
+        return importlib.import_module(f"lovasz.{module}")
     except ImportError:
         return None
-    return _triton_rows
 
 
 def _use_triton(pred: Tensor) -> bool:
-    return pred.device.type == "cuda" and pred.dtype == torch.float32 and _triton_rows() is not None
+    return pred.device.type == "cuda" and pred.dtype == torch.float32 and _triton("_triton_rows") is not None
 
 
 def _rows_c(pred: Tensor, codes: Tensor, hinge: bool, grad: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
@@ -190,8 +192,11 @@ def _lovasz_rows(pred: Tensor, codes: Tensor, hinge: bool, grad: Optional[Tensor
     if _use_c_kernel(pred):
         return _rows_c(pred, codes, hinge, grad)
     if _use_triton(pred):
-        return _triton_rows().rows(pred, codes, hinge, grad, _rows_per_chunk(num_rows, sets * num_pixels, pred.device))
+        return _triton("_triton_rows").rows(pred, codes, hinge, grad, _rows_per_chunk(num_rows, sets * num_pixels, pred.device))
     return _rows_torch(pred, codes, hinge, grad)
+
+
+_TRITON_MAX_CHANNELS = 1024  # a pixel's channels are one tile of registers there
 
 
 def _softmax_backward_(grad: Tensor, logits: Tensor, scale: Optional[Tensor]) -> None:
@@ -202,6 +207,9 @@ def _softmax_backward_(grad: Tensor, logits: Tensor, scale: Optional[Tensor]) ->
     is ``[B, C, 1]`` or None.
     """
     batch, channels, num_pixels = grad.shape
+    if _use_triton(grad) and channels <= _TRITON_MAX_CHANNELS:
+        _triton("_triton_softmax").softmax_backward_(grad, logits, scale)
+        return
     # Each temporary at most an eighth of the input: a few chunks, and a peak close to the input's size.
     budget = min(_chunk_elements(grad.device, grad.numel()), max(grad.numel() // 8, 1))
     if channels * num_pixels <= budget:  # whole images

@@ -60,9 +60,9 @@ def report() -> List[Tuple[str, str]]:
             except Exception as error:  # a broken install: say so rather than fail the report
                 rows.append((name, f"error: {type(error).__name__}: {error}"))
     if importlib.util.find_spec("torch") is not None:
-        from lovasz._torch_core import _triton_rows
+        from lovasz._torch_core import _triton
 
-        rows.append(("GPU path", "Triton kernels, on CUDA devices" if _triton_rows() is not None else
+        rows.append(("GPU path", "Triton kernels, on CUDA devices" if _triton("_triton_rows") is not None else
                      "torch.sort (Triton not installed, or LOVASZ_TRITON=0)"))
     return rows
 

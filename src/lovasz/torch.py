@@ -173,6 +173,25 @@ def _codes(is_fg: Tensor, ignored: Optional[Tensor]) -> Tensor:
     return codes if ignored is None else codes.masked_fill_(ignored, IGNORED)
 
 
+def _class_codes(lab: Tensor, num_classes: int, ignored: Optional[Tensor]) -> Tensor:
+    """The codes ``[B, C, N]`` of class labels ``lab [B, 1, N]``: one scatter, not ``C`` comparisons.
+
+    1 at a pixel's class, 0 at the others; IGNORED at every class of an ignored pixel;
+    all 0 where a label is out of range (raised about before, except under torch.compile).
+    """
+    batch, _, pixels = lab.shape
+    valid = (lab >= 0) & (lab < num_classes)
+    if ignored is None:
+        codes = torch.zeros(batch, num_classes, pixels, dtype=torch.uint8, device=lab.device)
+        mark = valid.to(torch.uint8)
+    else:
+        valid &= ~ignored
+        codes = ignored.to(torch.uint8).mul_(IGNORED).expand(batch, num_classes, pixels).contiguous()
+        mark = valid.to(torch.uint8).masked_fill_(ignored, IGNORED)
+    # Each pixel writes one place: its class, or class 0 (with the value already there) if it has none.
+    return codes.scatter_(1, torch.where(valid, lab, 0).long(), mark)
+
+
 def _class_selection(classes, dtype: torch.dtype, device: torch.device) -> Tuple[Optional[Tensor], Optional[Tensor]]:
     """Which class rows to compute, and how many times each counts (a list may repeat a class)."""
     if isinstance(classes, str):
@@ -323,8 +342,7 @@ def _softmax(probas, labels, classes, per_image, ignore, from_logits, weights, r
     _check_whole(lab, None if ignored is None else ~ignored, lname)
     _check_values(lab, None if ignored is None else ~ignored, f"in [0, {num_classes - 1}]",
                   (lab >= 0) & (lab < num_classes), lname)
-    class_ids = torch.arange(num_classes, device=lab.device)
-    codes = _codes(lab == class_ids.view(1, -1, 1), None if ignored is None else ignored.expand_as(pred))
+    codes = _class_codes(lab, num_classes, ignored)
     loss = _lovasz_classes(pred, codes, False, classes, num_classes, per_image, w, reduction, process_group,
                            softmax=from_logits and not sigmoid)
     return loss.to(_result_dtype(probas))
