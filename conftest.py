@@ -7,6 +7,9 @@ import os
 _REQUIRED = {name for name in os.environ.get("LOVASZ_REQUIRE", "").split(",") if name}
 _FRAMEWORK_MODULES = {"tensorflow": ["tf.py"], "keras": ["keras.py"], "jax": ["jax.py"]}
 
-collect_ignore = [f"src/lovasz/{module}" for framework, modules in _FRAMEWORK_MODULES.items()
-                  if framework not in _REQUIRED and importlib.util.find_spec(framework) is None
-                  for module in modules]
+collect_ignore = [
+    f"src/lovasz/{module}"
+    for framework, modules in _FRAMEWORK_MODULES.items()
+    if framework not in _REQUIRED and importlib.util.find_spec(framework) is None
+    for module in modules
+]

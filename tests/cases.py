@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 import numpy as np
 
@@ -25,7 +24,7 @@ class Case:
         opts = ",".join(f"{k}={v}" for k, v in self.options.items())
         return f"{self.kind}{list(self.pred.shape)}[{opts}]"
 
-    def oracle(self, pred: Optional[np.ndarray] = None):
+    def oracle(self, pred: np.ndarray | None = None):
         fn = {"softmax": R.lovasz_softmax, "hinge": R.lovasz_hinge, "multilabel": R.lovasz_multilabel}[self.kind]
         return fn(self.pred if pred is None else pred, self.labels, **self.options)
 
@@ -37,8 +36,11 @@ class Case:
             up, down = self.pred.copy(), self.pred.copy()
             up[index] += eps
             down[index] -= eps
-            grad[index] = np.sum(out * (np.asarray(self.oracle(up)) - np.asarray(self.oracle(down)))) / (2 * eps) \
-                if out.ndim else (self.oracle(up) - self.oracle(down)) / (2 * eps)
+            grad[index] = (
+                np.sum(out * (np.asarray(self.oracle(up)) - np.asarray(self.oracle(down)))) / (2 * eps)
+                if out.ndim
+                else (self.oracle(up) - self.oracle(down)) / (2 * eps)
+            )
         return grad
 
 

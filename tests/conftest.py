@@ -21,7 +21,7 @@ def require(module: str):
     return pytest.importorskip(module)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def torch_device():
     """The torch.device of LOVASZ_TEST_DEVICE; a UsageError (the run fails) if it is not a working device."""
     try:
@@ -38,8 +38,9 @@ def torch_device():
         probe = torch.ones(2, device=device)
         assert (probe + 1).sum().item() == 4
     except Exception as error:  # absent: "Torch not compiled with CUDA enabled", "no NVIDIA driver", bad index
-        raise pytest.UsageError(f"LOVASZ_TEST_DEVICE={DEVICE_NAME} but that device is not available here "
-                                f"({type(error).__name__}: {error})") from None
+        raise pytest.UsageError(
+            f"LOVASZ_TEST_DEVICE={DEVICE_NAME} but that device is not available here ({type(error).__name__}: {error})"
+        ) from None
     return probe.device  # "cuda" -> "cuda:0"
 
 

@@ -5,10 +5,10 @@ Not collected by the main run (conftest.collect_ignore): Keras picks its backend
 
 import os
 
+import keras
 import numpy as np
 import pytest
 
-import keras
 from lovasz import reference as R
 from lovasz.keras import (
     CrossEntropyLovaszLoss,
@@ -35,11 +35,13 @@ def scenes(count=16, size=12, seed=0):
 
 
 def small_model(channels, dtype=None):
-    return keras.Sequential([
-        keras.Input((None, None, NUM_CLASSES)),
-        keras.layers.Conv2D(8, 3, padding="same", activation="relu", dtype=dtype),
-        keras.layers.Conv2D(channels, 1, dtype=dtype),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((None, None, NUM_CLASSES)),
+            keras.layers.Conv2D(8, 3, padding="same", activation="relu", dtype=dtype),
+            keras.layers.Conv2D(channels, 1, dtype=dtype),
+        ]
+    )
 
 
 def fit_losses(loss, y, channels, dtype=None, epochs=8):
@@ -209,7 +211,8 @@ def value_and_grad(loss, y_true, y_pred):
         import jax
 
         (_, out), grad = jax.value_and_grad(lambda x: (lambda o: (o.sum(), o))(loss(y_true, x)), has_aux=True)(
-            jax.numpy.asarray(y_pred))
+            jax.numpy.asarray(y_pred)
+        )
         return np.asarray(out), np.asarray(grad)
     import torch
 

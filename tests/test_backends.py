@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
-
 from cases import IGNORE, Case, sweep
+
 from conftest import require
 from lovasz import reference as R
 
@@ -50,8 +50,7 @@ def edge_cases():
         yield Case("hinge", logits, binary_one, dict(opts, ignore=IGNORE))
         yield Case("hinge", logits, np.zeros_like(labels), opts)
         yield Case("multilabel", logits[:, None].repeat(4, 1), targets, dict(opts, classes="present"))
-        yield Case("multilabel", logits[:, None].repeat(4, 1), np.full_like(targets, IGNORE),
-                   dict(opts, ignore=IGNORE))
+        yield Case("multilabel", logits[:, None].repeat(4, 1), np.full_like(targets, IGNORE), dict(opts, ignore=IGNORE))
 
 
 SWEEP = list(sweep(240))
@@ -182,6 +181,7 @@ def test_gradient_matches_oracle_finite_differences(backend: Backend, case: Case
 
 # ----------------------------------------------------------------------------- TF's float32 paths
 
+
 class TFPaths:
     """Counts, while active, the calls of lovasz.tf's C kernel (run) and of its XLA sort (traced).
 
@@ -218,14 +218,23 @@ def tf_cpu_only() -> bool:
     return all(d.device_type == "CPU" for d in tf.config.list_logical_devices())
 
 
-TF_FLOAT32 = [("eager", True, SWEEP + EDGES), ("function", True, SWEEP[::4] + EDGES),
-              ("xla", True, SWEEP[1::4] + EDGES),
-              ("eager", False, SWEEP[2::4] + EDGES), ("function", False, SWEEP[3::8])]  # False: the kernel off
+TF_FLOAT32 = [
+    ("eager", True, SWEEP + EDGES),
+    ("function", True, SWEEP[::4] + EDGES),
+    ("xla", True, SWEEP[1::4] + EDGES),
+    ("eager", False, SWEEP[2::4] + EDGES),
+    ("function", False, SWEEP[3::8]),
+]  # False: the kernel off
 
 
-@pytest.mark.parametrize("mode,kernel,case", [
-    pytest.param(mode, kernel, c, id=f"tf-{mode}-{'kernel' if kernel else 'sort'}-{c.name}")
-    for mode, kernel, cases in TF_FLOAT32 for c in cases])
+@pytest.mark.parametrize(
+    "mode,kernel,case",
+    [
+        pytest.param(mode, kernel, c, id=f"tf-{mode}-{'kernel' if kernel else 'sort'}-{c.name}")
+        for mode, kernel, cases in TF_FLOAT32
+        for c in cases
+    ],
+)
 def test_tf_float32_paths_match_the_oracle(mode, kernel, case: Case):
     """Float32 takes the C kernel eagerly and in tf.function, XLA's sort of packed keys under XLA, and
     ``top_k`` without the kernel: each gives the oracle's values and gradients (lovasz.torch's in float64,
@@ -267,27 +276,36 @@ def test_tf_takes_the_c_kernel_eagerly_and_in_tf_function_only():
     expected = R.lovasz_softmax(np.moveaxis(probas, -1, 1).astype(np.float64), labels, **options)
     eager = tf_value_and_grad(LTF.lovasz_softmax, options, "eager")
     inner = tf.function(eager)
-    dynamic = tf.function(eager, input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32),
-                                                  tf.TensorSpec([None, None, None], tf.int64)])
+    dynamic = tf.function(
+        eager,
+        input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32), tf.TensorSpec([None, None, None], tf.int64)],
+    )
 
     def on_another_device(x, y):
         with tf.device("/device:GPU:0"):  # placed on the CPU when run here (soft placement)
             return eager(x, y)
 
-    runs = {"eager": (eager, "kernel"), "tf.function": (inner, "kernel"), "dynamic shape": (dynamic, "kernel"),
-            "xla": (tf.function(eager, jit_compile=True), "packed"),
-            # (a function first traced outside XLA keeps that trace, C kernel and all, when XLA calls it)
-            "tf.function called under xla": (tf.function(lambda x, y: tf.function(eager)(x, y), jit_compile=True),
-                                             "packed"),
-            "another device": (tf.function(on_another_device), "top_k")}
+    runs = {
+        "eager": (eager, "kernel"),
+        "tf.function": (inner, "kernel"),
+        "dynamic shape": (dynamic, "kernel"),
+        "xla": (tf.function(eager, jit_compile=True), "packed"),
+        # (a function first traced outside XLA keeps that trace, C kernel and all, when XLA calls it)
+        "tf.function called under xla": (
+            tf.function(lambda x, y: tf.function(eager)(x, y), jit_compile=True),
+            "packed",
+        ),
+        "another device": (tf.function(on_another_device), "top_k"),
+    }
     on_cpu = {"eager": "CPU" in tf.constant(probas).device}
     for name, (run, path) in runs.items():
         if not on_cpu.get(name, tf_cpu_only()):
             path = "top_k"  # TF places the ops on a GPU
         with TFPaths() as paths:
             value, grad = run(tf.constant(probas), tf.constant(labels))
-        assert (paths.host_calls, paths.packed_traces > 0) == ((1, False) if path == "kernel" else
-                                                              (0, path == "packed")), name
+        assert (paths.host_calls, paths.packed_traces > 0) == (
+            (1, False) if path == "kernel" else (0, path == "packed")
+        ), name
         np.testing.assert_allclose(float(value), expected, rtol=1e-5, err_msg=name)
         assert grad.shape == probas.shape and np.isfinite(grad.numpy()).all()
     for x in (tf.constant(probas, tf.float64), tf.constant(probas, tf.float16)):
@@ -320,8 +338,7 @@ def test_tf_kernel_computes_a_gradient_where_a_tape_watches_and_for_tf_gradients
     labels = rng.integers(0, 3, (2, 5, 4))
     x, y = tf.constant(logits), tf.constant(labels)
     loss = functools.partial(LTF.lovasz_softmax, from_logits=True, per_image=True)
-    expected = R.lovasz_softmax(np.moveaxis(logits, -1, 1).astype(np.float64), labels, from_logits=True,
-                                per_image=True)
+    expected = R.lovasz_softmax(np.moveaxis(logits, -1, 1).astype(np.float64), labels, from_logits=True, per_image=True)
     host, asked = LTF._host_rows, []
     LTF._host_rows = lambda *args, **kwargs: asked.append(kwargs["need_grad"]) or host(*args, **kwargs)
     try:
@@ -354,8 +371,10 @@ def test_tf_float32_paths_agree_on_larger_input(per_image):
     got = {}
     for mode, kernel in [("eager", True), ("function", True), ("xla", True), ("eager", False)]:
         with TFPaths(kernel):
-            got[mode, kernel] = [t.numpy() for t in tf_value_and_grad(LTF.lovasz_softmax, options, mode)(
-                tf.constant(logits), tf.constant(labels))]
+            got[mode, kernel] = [
+                t.numpy()
+                for t in tf_value_and_grad(LTF.lovasz_softmax, options, mode)(tf.constant(logits), tf.constant(labels))
+            ]
     expected = R.lovasz_softmax(np.moveaxis(logits, -1, 1).astype(np.float64), labels, **options)
     for key, (value, grad) in got.items():
         np.testing.assert_allclose(value, expected, rtol=1e-5, err_msg=str(key))
@@ -475,8 +494,14 @@ def test_tf_has_no_map_fn_and_traces_once_per_shape():
     assert fn.experimental_get_tracing_count() == 1
 
 
-@pytest.mark.parametrize("module,others", [("lovasz.torch", ("tensorflow", "jax", "keras")),
-                                           ("lovasz.tf", ("torch",)), ("lovasz.jax", ("torch", "tensorflow"))])
+@pytest.mark.parametrize(
+    "module,others",
+    [
+        ("lovasz.torch", ("tensorflow", "jax", "keras")),
+        ("lovasz.tf", ("torch",)),
+        ("lovasz.jax", ("torch", "tensorflow")),
+    ],
+)
 def test_each_module_imports_only_its_framework(module, others):
     # (TensorFlow 2.21 itself imports Keras, and Keras imports JAX when it is installed.)
     require({"lovasz.torch": "torch", "lovasz.tf": "tensorflow", "lovasz.jax": "jax"}[module])
@@ -490,15 +515,21 @@ def test_each_module_imports_only_its_framework(module, others):
 
 # ----------------------------------------------------------------------------- reliability: shapes, dtypes, edges
 
-MODES = [("lovasz.tf", "eager"), ("lovasz.tf", "function"), ("lovasz.tf", "xla"),
-         ("lovasz.jax", "eager"), ("lovasz.jax", "jit")]
+MODES = [
+    ("lovasz.tf", "eager"),
+    ("lovasz.tf", "function"),
+    ("lovasz.tf", "xla"),
+    ("lovasz.jax", "eager"),
+    ("lovasz.jax", "jit"),
+]
 
 
 def call(module: str, mode: str, kind: str, pred, labels, channels_last=None, **options):
     """``kind`` of ``module`` in ``mode``: (value, gradient) as NumPy; ``channels_last`` picks order / axis."""
     if channels_last is not None:
         options["order" if module == "lovasz.tf" else "axis"] = (
-            ("BHWC" if channels_last else "BCHW") if module == "lovasz.tf" else (-1 if channels_last else 1))
+            ("BHWC" if channels_last else "BCHW") if module == "lovasz.tf" else (-1 if channels_last else 1)
+        )
     fn = getattr(require(module), FUNCTIONS[kind])
     if module == "lovasz.tf":
         tf = require("tensorflow")
@@ -506,8 +537,7 @@ def call(module: str, mode: str, kind: str, pred, labels, channels_last=None, **
         out, grad = value_and_grad(tf.convert_to_tensor(pred), tf.convert_to_tensor(labels))
         return out.numpy(), grad.numpy()
     jax = require("jax")
-    value_and_grad = jax.value_and_grad(lambda x, y: (lambda out: (out.sum(), out))(fn(x, y, **options)),
-                                        has_aux=True)
+    value_and_grad = jax.value_and_grad(lambda x, y: (lambda out: (out.sum(), out))(fn(x, y, **options)), has_aux=True)
     if mode == "jit":
         value_and_grad = jax.jit(value_and_grad)
     (_, out), grad = value_and_grad(jax.numpy.asarray(pred), jax.numpy.asarray(labels))
@@ -528,8 +558,9 @@ def test_labels_with_a_trailing_size_1_axis(module, mode):
     labels[0, 0] = 255
     run = functools.partial(call, module, mode)
     for last, pred in [(True, probas), (False, np.moveaxis(probas, -1, 1))]:
-        assert_same(run("softmax", pred, labels[..., None], last, ignore=255),
-                    run("softmax", pred, labels, last, ignore=255))
+        assert_same(
+            run("softmax", pred, labels[..., None], last, ignore=255), run("softmax", pred, labels, last, ignore=255)
+        )
     binary = (labels == 1).astype("int32")
     sigmoid = probas[..., 1]  # [B, H, W] probabilities, and the same as one channel of [B, 1, H, W]
     for pred in (sigmoid, sigmoid[:, None]):
@@ -563,8 +594,11 @@ def test_float_labels_holding_class_indices(module, mode):
     if mode != "eager":  # values are not known while tracing: not checked there, as the label range is not
         call(module, mode, "softmax", probas, half, True, ignore=255)
         return
-    with pytest.raises(ValueError, match=r"labels must be whole numbers \(class indices\) at every non-ignored "
-                                         r"pixel; found 1.5"):
+    with pytest.raises(
+        ValueError,
+        match=r"labels must be whole numbers \(class indices\) at every non-ignored "
+        r"pixel; found 1.5",
+    ):
         call(module, mode, "softmax", probas, half, True, ignore=255)
     half[0, 1, 1] = np.nan
     with pytest.raises(ValueError, match="labels must be whole numbers.*found nan"):
@@ -590,11 +624,17 @@ def test_every_integer_label_dtype(module, mode, dtype):
         labels[0, 0] = ignore
     targets = (probas > 0.3).astype("int64")
     run = functools.partial(call, module, mode)
-    for kind, pred, lab, last in [("softmax", probas, labels, True), ("hinge", probas[..., 0], labels % 2, None),
-                                  ("multilabel", probas, targets, True)]:
+    for kind, pred, lab, last in [
+        ("softmax", probas, labels, True),
+        ("hinge", probas[..., 0], labels % 2, None),
+        ("multilabel", probas, targets, True),
+    ]:
         if kind != "softmax" and ignore is not None:
-            lab = np.where(labels[..., None] == ignore, ignore, lab) if kind == "multilabel" else \
-                np.where(labels == ignore, ignore, lab)
+            lab = (
+                np.where(labels[..., None] == ignore, ignore, lab)
+                if kind == "multilabel"
+                else np.where(labels == ignore, ignore, lab)
+            )
         assert_same(run(kind, pred, lab.astype(dtype), last, ignore=ignore), run(kind, pred, lab, last, ignore=ignore))
 
 
@@ -604,8 +644,12 @@ def test_empty_input_is_an_all_ignored_one(module, mode, shape):
     rng = np.random.default_rng(23)
     probas = rng.dirichlet(np.ones(3), size=shape).astype("float32")
     ignored = np.full(shape, IGNORE)
-    cases = [("softmax", probas, True), ("softmax", probas[..., 0], None), ("hinge", probas[..., 0], None),
-             ("multilabel", probas, True)]
+    cases = [
+        ("softmax", probas, True),
+        ("softmax", probas[..., 0], None),
+        ("hinge", probas[..., 0], None),
+        ("multilabel", probas, True),
+    ]
     for kind, pred, last in cases:
         for per_image, reduction in [(False, "mean"), (False, "none"), (True, "mean"), (True, "sum"), (True, "none")]:
             opts = dict(per_image=per_image, reduction=reduction, ignore=IGNORE)
@@ -619,8 +663,13 @@ def test_empty_input_is_an_all_ignored_one(module, mode, shape):
         tf = require("tensorflow")
         LTF = require("lovasz.tf")
 
-        @tf.function(jit_compile=mode == "xla", input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32),
-                                                                 tf.TensorSpec([None, None, None], tf.int64)])
+        @tf.function(
+            jit_compile=mode == "xla",
+            input_signature=[
+                tf.TensorSpec([None, None, None, 3], tf.float32),
+                tf.TensorSpec([None, None, None], tf.int64),
+            ],
+        )
         def dynamic(x, y):
             with tf.GradientTape() as tape:
                 tape.watch(x)
@@ -642,16 +691,19 @@ def test_nan_counts_where_it_takes_part_and_not_where_ignored(module, mode):
     labels[0, 0, 0] = IGNORE
     binary = np.where(labels == IGNORE, IGNORE, labels % 2)
     targets = np.where(labels[..., None] == IGNORE, IGNORE, logits > 0)
-    cases = [("softmax", logits, labels, dict(from_logits=True)),
-             ("softmax", 1 / (1 + np.exp(-logits)), labels, {}),
-             ("softmax", logits[..., 0], binary, dict(from_logits=True)),
-             ("hinge", logits[..., 0], binary, {}),
-             ("multilabel", logits, targets, {})]
+    cases = [
+        ("softmax", logits, labels, dict(from_logits=True)),
+        ("softmax", 1 / (1 + np.exp(-logits)), labels, {}),
+        ("softmax", logits[..., 0], binary, dict(from_logits=True)),
+        ("hinge", logits[..., 0], binary, {}),
+        ("multilabel", logits, targets, {}),
+    ]
     for kind, pred, lab, options in cases:
         last = None if kind == "hinge" or pred.ndim == 3 else True
         for per_image in (False, True):
-            run = functools.partial(call, module, mode, kind, channels_last=last, ignore=IGNORE,
-                                    per_image=per_image, **options)
+            run = functools.partial(
+                call, module, mode, kind, channels_last=last, ignore=IGNORE, per_image=per_image, **options
+            )
             value, grad = run(pred, lab)
             for bad in (np.nan, np.inf, -np.inf):
                 at_ignored = pred.copy()
@@ -676,26 +728,32 @@ def test_bad_arguments_raise_our_errors(module):
     multilabel = functools.partial(M.lovasz_multilabel, probas, np.zeros(probas.shape, "int32"))
     for fn in (softmax, multilabel):
         for classes, error, message in [
-                (tensor([1.7]), TypeError, "classes must contain integer class indices; got an array of dtype float"),
-                (np.array([1.0]), TypeError, "classes must contain integer class indices; got an array of dtype float"),
-                ([tensor(1.7)], TypeError, "classes must contain integer class indices; got .*1.7"),
-                ([1.7], TypeError, "classes must contain integer class indices; got 1.7 of type float"),
-                (np.array([[0, 1]]), ValueError, r"classes must be a 1-D list of class indices; got .*shape \[1, 2\]"),
-                (tensor([[0, 1]]), ValueError, r"classes must be a 1-D list of class indices; got .*shape \[1, 2\]"),
-                ([5], ValueError, r"classes must lie in \[0, 2\] for 3 classes; got 5"),
-                ("some", ValueError, "classes must be 'present', 'all' or a list"),
-                (2, TypeError, "classes must be 'present', 'all' or a list")]:
+            (tensor([1.7]), TypeError, "classes must contain integer class indices; got an array of dtype float"),
+            (np.array([1.0]), TypeError, "classes must contain integer class indices; got an array of dtype float"),
+            ([tensor(1.7)], TypeError, "classes must contain integer class indices; got .*1.7"),
+            ([1.7], TypeError, "classes must contain integer class indices; got 1.7 of type float"),
+            (np.array([[0, 1]]), ValueError, r"classes must be a 1-D list of class indices; got .*shape \[1, 2\]"),
+            (tensor([[0, 1]]), ValueError, r"classes must be a 1-D list of class indices; got .*shape \[1, 2\]"),
+            ([5], ValueError, r"classes must lie in \[0, 2\] for 3 classes; got 5"),
+            ("some", ValueError, "classes must be 'present', 'all' or a list"),
+            (2, TypeError, "classes must be 'present', 'all' or a list"),
+        ]:
             with pytest.raises(error, match="^" + message):
                 fn(classes=classes)
         assert np.isfinite(float(fn(classes=tensor([0, 2]))))
         for weights, error, message in [
-                ("balanced", TypeError, r"weights must be \[3\] real numbers \(one weight per class\) or None; "
-                                        r"got 'balanced'"),
-                ([[1.0], [2.0, 3.0]], TypeError, r"weights must be \[3\] real numbers .*got \[\[1.0\], \[2.0, 3.0\]\]"),
-                ({0: 1.0}, TypeError, r"weights must be \[3\] real numbers"),
-                ([1j, 1j, 1j], TypeError, r"weights must be \[3\] real numbers"),
-                ([[1.0, 2.0, 3.0]], ValueError, r"weights must have shape \[3\] \(one weight per class\); got \[1, 3"),
-                (2.0, ValueError, r"weights must have shape \[3\] .*; got \[\]")]:
+            (
+                "balanced",
+                TypeError,
+                r"weights must be \[3\] real numbers \(one weight per class\) or None; "
+                r"got 'balanced'",
+            ),
+            ([[1.0], [2.0, 3.0]], TypeError, r"weights must be \[3\] real numbers .*got \[\[1.0\], \[2.0, 3.0\]\]"),
+            ({0: 1.0}, TypeError, r"weights must be \[3\] real numbers"),
+            ([1j, 1j, 1j], TypeError, r"weights must be \[3\] real numbers"),
+            ([[1.0, 2.0, 3.0]], ValueError, r"weights must have shape \[3\] \(one weight per class\); got \[1, 3"),
+            (2.0, ValueError, r"weights must have shape \[3\] .*; got \[\]"),
+        ]:
             with pytest.raises(error, match="^" + message):
                 fn(weights=weights)
         with pytest.raises(ValueError, match=r"^reduction must be one of \('mean', 'sum', 'none'\); got 'avg'"):
@@ -712,8 +770,11 @@ def test_bad_arguments_raise_our_errors(module):
         M.lovasz_multilabel(np.zeros(3, "float32"), np.zeros(3, "int32"))
     if not channels_last:
         for axis in (5, 4, 0, -5):
-            with pytest.raises(ValueError, match=rf"^axis must be a class axis of the rank-4 prediction, in \[1, 3\] "
-                                                 rf"or \[-3, -1\] \(0 is the batch axis\); got {axis}"):
+            with pytest.raises(
+                ValueError,
+                match=rf"^axis must be a class axis of the rank-4 prediction, in \[1, 3\] "
+                rf"or \[-3, -1\] \(0 is the batch axis\); got {axis}",
+            ):
                 M.lovasz_softmax(probas, labels, axis=axis)
             with pytest.raises(ValueError, match="^axis must be a class axis"):
                 M.lovasz_multilabel(probas, np.zeros(probas.shape, "int32"), axis=axis)

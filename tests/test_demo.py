@@ -26,7 +26,9 @@ def test_quick_demo_writes_figure_json_and_table(tmp_path, capsys):
     assert "±" not in out and "Paired difference" not in out  # one seed: today's table, no std
     assert summary["seeds"] == [0] and summary["per_seed"][0]["runs"] == summary["runs"]
     assert summary["summary"]["runs"]["cross-entropy"]["dataset_miou"] == {
-        "mean": summary["runs"]["cross-entropy"]["dataset_miou"], "std": None}
+        "mean": summary["runs"]["cross-entropy"]["dataset_miou"],
+        "std": None,
+    }
 
 
 def test_several_seeds_summary_matches_the_per_seed_scores(tmp_path, capsys):
@@ -62,12 +64,18 @@ def test_several_seeds_summary_matches_the_per_seed_scores(tmp_path, capsys):
 
 def test_summary_of_known_scores():
     def seed(ce, lovasz):
-        run = lambda miou, building: {"pixel_accuracy": 0.9, "dataset_miou": miou, "per_image_miou": miou,
-                                      "per_class_iou": [0.9, 0.8, building, 0.7], "seconds_per_epoch": 1.0}
+        run = lambda miou, building: {
+            "pixel_accuracy": 0.9,
+            "dataset_miou": miou,
+            "per_image_miou": miou,
+            "per_class_iou": [0.9, 0.8, building, 0.7],
+            "seconds_per_epoch": 1.0,
+        }
         return {"cross-entropy": run(*ce), "CE then Lovász": run(*ce), "CE + Lovász": run(*lovasz)}
 
-    summary = demo.summarise([seed((0.5, 0.2), (0.55, 0.3)), seed((0.6, 0.3), (0.58, 0.3)),
-                              seed((0.7, 0.4), (0.75, 0.5))])
+    summary = demo.summarise(
+        [seed((0.5, 0.2), (0.55, 0.3)), seed((0.6, 0.3), (0.58, 0.3)), seed((0.7, 0.4), (0.75, 0.5))]
+    )
     ce = summary["runs"]["cross-entropy"]["dataset_miou"]
     assert ce["mean"] == pytest.approx(0.6) and ce["std"] == pytest.approx(0.1)
     gain = summary["paired_differences"]["CE + Lovász"]
@@ -139,16 +147,27 @@ def test_synthetic_binary_mode(tmp_path, capsys):
     assert "IoU building" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("breakage,message", [
-    (lambda d: (d / "masks" / "tile3.png").unlink(), r"tile3.png: no file named tile3.png or tile3.npy in .*masks"),
-    (lambda d: (d / "images" / "notes.txt").write_text("x"), r"notes.txt: unsupported file type"),
-    (lambda d: (d / "masks" / "tile1.png").write_bytes(b"not a png"), r"tile1.png: cannot be read"),
-    (lambda d: np.save(d / "masks" / "tile2.npy", np.zeros((5, 5), np.int64)) or (d / "masks" / "tile2.png").unlink(),
-     r"tile2.npy: mask is \[5, 5\] but its image is \[18, 18\]"),
-    (lambda d: np.save(d / "masks" / "tile0.npy", np.full((18, 18), 0.5)) or (d / "masks" / "tile0.png").unlink(),
-     r"tile0.npy: a mask must be \[H, W\] integer class indices"),
-    (lambda d: __import__("shutil").rmtree(d / "masks"), r"masks: missing"),
-])
+@pytest.mark.parametrize(
+    "breakage,message",
+    [
+        (lambda d: (d / "masks" / "tile3.png").unlink(), r"tile3.png: no file named tile3.png or tile3.npy in .*masks"),
+        (lambda d: (d / "images" / "notes.txt").write_text("x"), r"notes.txt: unsupported file type"),
+        (lambda d: (d / "masks" / "tile1.png").write_bytes(b"not a png"), r"tile1.png: cannot be read"),
+        (
+            lambda d: (
+                np.save(d / "masks" / "tile2.npy", np.zeros((5, 5), np.int64)) or (d / "masks" / "tile2.png").unlink()
+            ),
+            r"tile2.npy: mask is \[5, 5\] but its image is \[18, 18\]",
+        ),
+        (
+            lambda d: (
+                np.save(d / "masks" / "tile0.npy", np.full((18, 18), 0.5)) or (d / "masks" / "tile0.png").unlink()
+            ),
+            r"tile0.npy: a mask must be \[H, W\] integer class indices",
+        ),
+        (lambda d: __import__("shutil").rmtree(d / "masks"), r"masks: missing"),
+    ],
+)
 def test_data_folder_that_does_not_fit_names_the_file(tmp_path, capsys, breakage, message):
     data = write_folder(tmp_path / "data")
     breakage(data)

@@ -20,8 +20,9 @@ PER_RANK = 3
 def global_batch(kind: str):
     g = torch.Generator().manual_seed(1)
     if kind == "hinge":
-        return torch.randn(WORLD * PER_RANK, 1, 6, 7, generator=g, dtype=torch.float64), \
-            torch.randint(0, 2, (WORLD * PER_RANK, 6, 7), generator=g)
+        return torch.randn(WORLD * PER_RANK, 1, 6, 7, generator=g, dtype=torch.float64), torch.randint(
+            0, 2, (WORLD * PER_RANK, 6, 7), generator=g
+        )
     logits = torch.randn(WORLD * PER_RANK, 4, 6, 7, generator=g, dtype=torch.float64)
     if kind == "multilabel":
         return logits, torch.randint(0, 2, logits.shape, generator=g)
@@ -33,10 +34,14 @@ def global_batch(kind: str):
 
 CASES = {
     "softmax batch": ("softmax", lambda x, y, **kw: L.lovasz_softmax(x, y, ignore=255, from_logits=True, **kw)),
-    "softmax all classes": ("softmax", lambda x, y, **kw: L.lovasz_softmax(x.softmax(1), y, "all", ignore=255,
-                                                                          weights=[1, 2, 3, 4], **kw)),
-    "softmax per image": ("softmax", lambda x, y, **kw: L.lovasz_softmax(x, y, per_image=True, ignore=255,
-                                                                        from_logits=True, reduction="sum", **kw)),
+    "softmax all classes": (
+        "softmax",
+        lambda x, y, **kw: L.lovasz_softmax(x.softmax(1), y, "all", ignore=255, weights=[1, 2, 3, 4], **kw),
+    ),
+    "softmax per image": (
+        "softmax",
+        lambda x, y, **kw: L.lovasz_softmax(x, y, per_image=True, ignore=255, from_logits=True, reduction="sum", **kw),
+    ),
     "hinge batch": ("hinge", lambda x, y, **kw: L.lovasz_hinge(x, y, per_image=False, **kw)),
     "multilabel batch": ("multilabel", lambda x, y, **kw: L.lovasz_multilabel(x, y, per_image=False, **kw)),
     "module": ("softmax", lambda x, y, **kw: L.CrossEntropyLovaszLoss(ignore_index=255, ce_weight=0.0, **kw)(x, y)),
@@ -45,8 +50,9 @@ CASES = {
 
 def _init(rank: int, init_file: str):
     # A collective left waiting fails after this long rather than the default 30 minutes.
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD,
-                            timeout=datetime.timedelta(seconds=30))
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=30)
+    )
 
 
 def _spawn(fn, tmp_path, timeout: float = 60.0):
@@ -79,8 +85,9 @@ def _rank_main(rank: int, init_file: str):
             if "per image" in name:  # exact per rank: each rank's share of the sum
                 expected = fn(logits[mine], labels[mine])
             torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12, msg=f"{name}: value on rank {rank}")
-            torch.testing.assert_close(local.grad, whole.grad[mine], rtol=1e-12, atol=1e-12,
-                                       msg=f"{name}: gradient on rank {rank}")
+            torch.testing.assert_close(
+                local.grad, whole.grad[mine], rtol=1e-12, atol=1e-12, msg=f"{name}: gradient on rank {rank}"
+            )
 
         logits, labels = global_batch("softmax")
         pred = logits.argmax(1)
@@ -144,19 +151,28 @@ def pixel_union(kind: str, xs, ys):
 
 
 UNEQUAL_LOSSES = {
-    "softmax logits, present": ("softmax", lambda x, y, **kw: L.lovasz_softmax(x, y, ignore=255, from_logits=True,
-                                                                              **kw)),
-    "softmax probabilities, present": ("softmax", lambda x, y, **kw: L.lovasz_softmax(x.softmax(1), y, ignore=255,
-                                                                                     **kw)),
-    "softmax probabilities, list": ("softmax", lambda x, y, **kw: L.lovasz_softmax(
-        x.softmax(1), y, [0, 2, 2, 3], ignore=255, weights=[1, 2, 3, 4], **kw)),
-    "softmax float32 logits": ("softmax", lambda x, y, **kw: L.lovasz_softmax(x.float(), y, "all", ignore=255,
-                                                                             from_logits=True, **kw)),
+    "softmax logits, present": (
+        "softmax",
+        lambda x, y, **kw: L.lovasz_softmax(x, y, ignore=255, from_logits=True, **kw),
+    ),
+    "softmax probabilities, present": (
+        "softmax",
+        lambda x, y, **kw: L.lovasz_softmax(x.softmax(1), y, ignore=255, **kw),
+    ),
+    "softmax probabilities, list": (
+        "softmax",
+        lambda x, y, **kw: L.lovasz_softmax(x.softmax(1), y, [0, 2, 2, 3], ignore=255, weights=[1, 2, 3, 4], **kw),
+    ),
+    "softmax float32 logits": (
+        "softmax",
+        lambda x, y, **kw: L.lovasz_softmax(x.float(), y, "all", ignore=255, from_logits=True, **kw),
+    ),
     "hinge": ("hinge", lambda x, y, **kw: L.lovasz_hinge(x, y, per_image=False, ignore=255, **kw)),
-    "multilabel hinge": ("multilabel", lambda x, y, **kw: L.lovasz_multilabel(x, y, per_image=False, ignore=255,
-                                                                             **kw)),
-    "multilabel probabilities": ("multilabel", lambda x, y, **kw: L.lovasz_multilabel(
-        x.sigmoid(), y, per_image=False, ignore=255, from_logits=False, **kw)),
+    "multilabel hinge": ("multilabel", lambda x, y, **kw: L.lovasz_multilabel(x, y, per_image=False, ignore=255, **kw)),
+    "multilabel probabilities": (
+        "multilabel",
+        lambda x, y, **kw: L.lovasz_multilabel(x.sigmoid(), y, per_image=False, ignore=255, from_logits=False, **kw),
+    ),
     "module": ("softmax", lambda x, y, **kw: L.LovaszLoss("multiclass", ignore_index=255, **kw)(x, y)),
 }
 
@@ -180,16 +196,18 @@ def _unequal_main(rank: int, init_file: str):
                 got.backward()
                 assert got.dtype == expected.dtype, name
                 torch.testing.assert_close(got, expected, rtol=tol, atol=tol, msg=f"{name}: value")
-                torch.testing.assert_close(local.grad, leaves[rank].grad, rtol=tol, atol=tol,
-                                           msg=f"{name}: gradient")
+                torch.testing.assert_close(local.grad, leaves[rank].grad, rtol=tol, atol=tol, msg=f"{name}: gradient")
 
         # Batches that cannot form one: every rank raises the same error, and no rank is left waiting.
         mismatches = {
-            "rank 0 has 3 classes, rank 1 has 4 classes": (torch.randn(2, 3 + rank, 4, 5, dtype=torch.float64),
-                                                         torch.zeros(2, 4, 5, dtype=torch.long)),
+            "rank 0 has 3 classes, rank 1 has 4 classes": (
+                torch.randn(2, 3 + rank, 4, 5, dtype=torch.float64),
+                torch.zeros(2, 4, 5, dtype=torch.long),
+            ),
             "rank 0 has float32 predictions, rank 1 has float64 predictions": (
                 torch.randn(1 + rank, 4, 4, 5, dtype=(torch.float32, torch.float64)[rank]),
-                torch.zeros(1 + rank, 4, 5, dtype=torch.long)),
+                torch.zeros(1 + rank, 4, 5, dtype=torch.long),
+            ),
         }
         for expected_text, (x, y) in mismatches.items():
             with pytest.raises(ValueError, match="process_group") as caught:

@@ -77,8 +77,9 @@ def test_torch_matches_the_oracle_values_and_gradients(margin, symmetric, per_im
                     up, down = x.numpy().copy(), x.numpy().copy()
                     up[index] += 1e-6
                     down[index] -= 1e-6
-                    grad[index] = (oracle(up, y.numpy(), **options, **extra)
-                                   - oracle(down, y.numpy(), **options, **extra)) / 2e-6
+                    grad[index] = (
+                        oracle(up, y.numpy(), **options, **extra) - oracle(down, y.numpy(), **options, **extra)
+                    ) / 2e-6
                 np.testing.assert_allclose(host(a.grad), grad, rtol=1e-5, atol=1e-7)
 
 
@@ -99,20 +100,29 @@ def test_modules_take_the_variants():
     module = L.LovaszLoss("multilabel", margin="elu", symmetric=True)
     torch.testing.assert_close(module(x, y), expected)
     assert "margin='elu'" in repr(module) and "symmetric=True" in repr(module)
-    torch.testing.assert_close(L.LovaszLoss("binary", symmetric=True)(x[:, :1], y[:, 0]),
-                               L.lovasz_hinge(x[:, 0], y[:, 0], per_image=False, symmetric=True))
+    torch.testing.assert_close(
+        L.LovaszLoss("binary", symmetric=True)(x[:, :1], y[:, 0]),
+        L.lovasz_hinge(x[:, 0], y[:, 0], per_image=False, symmetric=True),
+    )
     combined = L.CrossEntropyLovaszLoss("binary", ce_weight=0.0, margin="elu")
-    torch.testing.assert_close(combined(x[:, :1], y[:, 0]),
-                               L.lovasz_hinge(x[:, 0], y[:, 0], per_image=False, margin="elu"))
+    torch.testing.assert_close(
+        combined(x[:, :1], y[:, 0]), L.lovasz_hinge(x[:, 0], y[:, 0], per_image=False, margin="elu")
+    )
 
 
-@pytest.mark.parametrize("call,error,words", [
-    (lambda: L.lovasz_hinge(torch.randn(2, 4), torch.zeros(2, 4), margin="gelu"), ValueError, ["margin", "'gelu'"]),
-    (lambda: L.lovasz_hinge(torch.randn(2, 4), torch.zeros(2, 4), symmetric="yes"), TypeError, ["symmetric"]),
-    (lambda: L.lovasz_multilabel(torch.rand(2, 3, 4), torch.zeros(2, 3, 4), from_logits=False, margin="elu"),
-     ValueError, ["from_logits=True"]),
-    (lambda: L.LovaszLoss("multiclass", symmetric=True), ValueError, ["multiclass", "symmetric"]),
-])
+@pytest.mark.parametrize(
+    "call,error,words",
+    [
+        (lambda: L.lovasz_hinge(torch.randn(2, 4), torch.zeros(2, 4), margin="gelu"), ValueError, ["margin", "'gelu'"]),
+        (lambda: L.lovasz_hinge(torch.randn(2, 4), torch.zeros(2, 4), symmetric="yes"), TypeError, ["symmetric"]),
+        (
+            lambda: L.lovasz_multilabel(torch.rand(2, 3, 4), torch.zeros(2, 3, 4), from_logits=False, margin="elu"),
+            ValueError,
+            ["from_logits=True"],
+        ),
+        (lambda: L.LovaszLoss("multiclass", symmetric=True), ValueError, ["multiclass", "symmetric"]),
+    ],
+)
 def test_bad_variants_raise_clear_errors(call, error, words):
     with pytest.raises(error) as info:
         call()
@@ -131,11 +141,14 @@ def test_jax_matches_the_oracle(jit):
     for margin in ("relu", "elu"):
         for per_image in (False, True):
             options = dict(per_image=per_image, ignore=255, margin=margin, symmetric=True)
-            for fn, oracle, x, y in [(LJ.lovasz_hinge, R.lovasz_hinge, logits[:, 0], targets[:, 0]),
-                                     (LJ.lovasz_multilabel, R.lovasz_multilabel, logits, targets)]:
+            for fn, oracle, x, y in [
+                (LJ.lovasz_hinge, R.lovasz_hinge, logits[:, 0], targets[:, 0]),
+                (LJ.lovasz_multilabel, R.lovasz_multilabel, logits, targets),
+            ]:
                 call = jax.jit(lambda a, b: fn(a, b, **options)) if jit else (lambda a, b: fn(a, b, **options))
-                np.testing.assert_allclose(float(call(jax.numpy.asarray(x), jax.numpy.asarray(y))),
-                                           oracle(x, y, **options), rtol=1e-10)
+                np.testing.assert_allclose(
+                    float(call(jax.numpy.asarray(x), jax.numpy.asarray(y))), oracle(x, y, **options), rtol=1e-10
+                )
                 grad = jax.grad(lambda a: fn(a, jax.numpy.asarray(y), **options))(jax.numpy.asarray(x))
                 a = torch.tensor(x, requires_grad=True)
                 getattr(L, fn.__name__)(a, torch.from_numpy(y), **options).backward()
@@ -154,10 +167,18 @@ def test_tf_matches_the_oracle(mode):
         for per_image in (False, True):
             options = dict(per_image=per_image, ignore=255, margin=margin, symmetric=True)
             for fn, x, y, expected in [
-                (LT.lovasz_hinge, logits[..., 0], targets[..., 0],
-                 R.lovasz_hinge(logits[..., 0], targets[..., 0], **options)),
-                (LT.lovasz_multilabel, logits, targets,
-                 R.lovasz_multilabel(np.moveaxis(logits, -1, 1), np.moveaxis(targets, -1, 1), **options)),
+                (
+                    LT.lovasz_hinge,
+                    logits[..., 0],
+                    targets[..., 0],
+                    R.lovasz_hinge(logits[..., 0], targets[..., 0], **options),
+                ),
+                (
+                    LT.lovasz_multilabel,
+                    logits,
+                    targets,
+                    R.lovasz_multilabel(np.moveaxis(logits, -1, 1), np.moveaxis(targets, -1, 1), **options),
+                ),
             ]:
                 for dtype, tol in ((tf.float64, 1e-10), (tf.float32, 1e-5)):
                     call = lambda a, b: fn(a, b, **options)  # noqa: E731
@@ -177,8 +198,9 @@ def test_keras_losses_take_the_variants():
     multi = K.LovaszMultilabelLoss(margin="elu", symmetric=True, per_image=False)
     rng = np.random.default_rng(7)
     logits, targets = rng.normal(size=(2, 4, 5, 3)), rng.integers(0, 2, (2, 4, 5, 3))
-    expected = R.lovasz_multilabel(np.moveaxis(logits, -1, 1), np.moveaxis(targets, -1, 1), per_image=False,
-                                   margin="elu", symmetric=True)
+    expected = R.lovasz_multilabel(
+        np.moveaxis(logits, -1, 1), np.moveaxis(targets, -1, 1), per_image=False, margin="elu", symmetric=True
+    )
     np.testing.assert_allclose(float(multi(targets, logits.astype("float32"))), expected, rtol=1e-5)
     with pytest.raises(ValueError, match="from_logits=True"):
         K.LovaszMultilabelLoss(from_logits=False, margin="elu")

@@ -4,9 +4,8 @@ import warnings
 
 import pytest
 
-from conftest import require
-
 import lovasz
+from conftest import require
 from lovasz import _ckernel as C
 from lovasz import cli
 

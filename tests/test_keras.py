@@ -18,8 +18,23 @@ def test_keras_backend(backend, tmp_path):
     require({"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}[backend])
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "--no-header",
-         f"--basetemp={tmp_path}", "--rootdir", str(CHECKS.parent), str(CHECKS)],
-        env=env, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-x",
+            "-p",
+            "no:cacheprovider",
+            "--no-header",
+            f"--basetemp={tmp_path}",
+            "--rootdir",
+            str(CHECKS.parent),
+            str(CHECKS),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]

@@ -13,7 +13,7 @@ def confusion_matrix(pred, target, num_classes, ignore=None):
     """Independent: a bincount confusion matrix, rows = target, columns = prediction."""
     keep = np.ones(target.shape, bool) if ignore is None else target != ignore
     index = target[keep] * num_classes + pred[keep]
-    return np.bincount(index.ravel(), minlength=num_classes ** 2).reshape(num_classes, num_classes)
+    return np.bincount(index.ravel(), minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
 def iou_from_matrix(cm):
@@ -53,7 +53,7 @@ def test_streaming_equals_one_shot(kind):
     given = dev if kind == "torch" else np.asarray  # torch: the counts stay on the test device
     meter = M.IoUMeter(3)
     for i in range(0, 6, 2):
-        meter.update(given(pred[i:i + 2]), given(target[i:i + 2]))
+        meter.update(given(pred[i : i + 2]), given(target[i : i + 2]))
     assert kind == "numpy" or meter.state.device == torch_device()
     out = meter.compute()
     assert out["dataset_miou"] == pytest.approx(M.dataset_miou(pred, target, 3))

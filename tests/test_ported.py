@@ -44,8 +44,12 @@ torch = require("torch")
 L = require("lovasz.torch")
 
 # kornia's testing/base.py _DTYPE_PRECISIONS: (rtol, atol)
-KORNIA_TOL = {torch.bfloat16: (7.8e-3, 7.8e-3), torch.float16: (1e-3, 1e-3), torch.float32: (1e-4, 1e-5),
-              torch.float64: (1e-5, 1e-5)}
+KORNIA_TOL = {
+    torch.bfloat16: (7.8e-3, 7.8e-3),
+    torch.float16: (1e-3, 1e-3),
+    torch.float32: (1e-4, 1e-5),
+    torch.float64: (1e-5, 1e-5),
+}
 DTYPES = [torch.float32, torch.float64]
 
 
@@ -181,8 +185,9 @@ def test_kornia_softmax_foreground_reference(dtype, case, weighted):
 @pytest.mark.parametrize("weighted", [False, True])
 def test_kornia_softmax_class_permutation(order, absent_classes, weighted):
     dtype = torch.float32
-    logits = dev(torch.tensor([[[[1.2, -0.3, 0.7]], [[0.1, 1.4, -0.2]], [[-0.8, 0.2, 1.6]]]],
-                              dtype=dtype)).requires_grad_()
+    logits = dev(
+        torch.tensor([[[[1.2, -0.3, 0.7]], [[0.1, 1.4, -0.2]], [[-0.8, 0.2, 1.6]]]], dtype=dtype)
+    ).requires_grad_()
     labels = dev(torch.tensor([[[0, 1, 2]]]))
     if absent_classes:
         labels = torch.zeros_like(labels)
@@ -202,8 +207,8 @@ def test_kornia_softmax_foreground_gradient_reference(dtype):
     logits = dev(probabilities.log()).requires_grad_()
     labels = dev(torch.tensor([[[0, 1, 2]]]))
     expected = torch.tensor(
-        [[[[-0.08, 0.0476, 0.0276]], [[0.058, -0.0725333333, 0.0437]], [[0.022, 0.0249333333, -0.0713]]]],
-        dtype=dtype)
+        [[[[-0.08, 0.0476, 0.0276]], [[0.058, -0.0725333333, 0.0437]], [[0.022, 0.0249333333, -0.0713]]]], dtype=dtype
+    )
     loss = k_softmax(logits, labels)
     kornia_close(torch.autograd.grad(loss, logits)[0], expected)
 
@@ -386,16 +391,26 @@ def test_kornia_hinge_module(dtype):
 @pytest.mark.parametrize(("per_image", "expected_loss"), [(True, 1.74925303), (False, 1.08580458)])
 def test_pytorch_optimizer_lovasz_hinge_loss(per_image, expected_loss):
     # their LovaszHingeLoss(per_image)(y_pred, y_true); per_image=False is one hinge over the whole batch
-    y_pred = torch.tensor([
-        [[[1.9269, 1.4873, 0.9007, -2.1055],
-          [0.6784, -1.2345, -0.0431, -1.6047],
-          [-0.7521, 1.6487, -0.3925, -1.4036],
-          [-0.7279, -0.5594, -0.7688, 0.7624]]],
-        [[[1.6423, -0.1596, -0.4974, 0.4396],
-          [-0.7581, 1.0783, 0.8008, 1.6806],
-          [1.2791, 1.2964, 0.6105, 1.3347],
-          [-0.2316, 0.0418, -0.2516, 0.8599]]],
-    ])
+    y_pred = torch.tensor(
+        [
+            [
+                [
+                    [1.9269, 1.4873, 0.9007, -2.1055],
+                    [0.6784, -1.2345, -0.0431, -1.6047],
+                    [-0.7521, 1.6487, -0.3925, -1.4036],
+                    [-0.7279, -0.5594, -0.7688, 0.7624],
+                ]
+            ],
+            [
+                [
+                    [1.6423, -0.1596, -0.4974, 0.4396],
+                    [-0.7581, 1.0783, 0.8008, 1.6806],
+                    [1.2791, 1.2964, 0.6105, 1.3347],
+                    [-0.2316, 0.0418, -0.2516, 0.8599],
+                ]
+            ],
+        ]
+    )
     y_true = torch.zeros_like(y_pred)
     y_true[1] = 1.0
     with torch.no_grad():

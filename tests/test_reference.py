@@ -82,8 +82,11 @@ def test_one_hot_prediction_is_one_minus_iou():
     labels = rng.integers(0, 3, (1, 4, 5))
     pred = rng.integers(0, 3, (1, 4, 5))
     probas = np.moveaxis(np.eye(3)[pred], -1, 1)
-    ious = [np.sum((labels == c) & (pred == c)) / np.sum((labels == c) | (pred == c))
-            for c in range(3) if np.any(labels == c)]
+    ious = [
+        np.sum((labels == c) & (pred == c)) / np.sum((labels == c) | (pred == c))
+        for c in range(3)
+        if np.any(labels == c)
+    ]
     assert R.lovasz_softmax(probas, labels) == pytest.approx(1 - np.mean(ious))
 
 

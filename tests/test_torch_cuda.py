@@ -30,7 +30,8 @@ def inputs(batch=2, num_classes=5, spatial=(16, 24), seed=0):
 LOSSES = {
     "softmax logits": lambda x, y: L.lovasz_softmax(x, y, from_logits=True, ignore=255),
     "softmax per image, listed classes, weights": lambda x, y: L.lovasz_softmax(
-        x.softmax(1), y, classes=[4, 0, 0], per_image=True, ignore=255, weights=[1.0, 2.0, 1.0, 1.0, 3.0]),
+        x.softmax(1), y, classes=[4, 0, 0], per_image=True, ignore=255, weights=[1.0, 2.0, 1.0, 1.0, 3.0]
+    ),
     "softmax all classes": lambda x, y: L.lovasz_softmax(x, y, classes="all", from_logits=True, ignore=255),
     "sigmoid": lambda x, y: L.lovasz_softmax(x[:, 0], (y == 1).long(), from_logits=True),
     "hinge": lambda x, y: L.lovasz_hinge(x[:, 0], (y > 2).long().masked_fill(y == 255, 255), ignore=255),
@@ -57,8 +58,9 @@ def test_no_host_sync_in_forward_or_backward(name):
     assert torch.isfinite(loss).item() and torch.isfinite(x.grad).all().item()
 
 
-@pytest.mark.parametrize("name", ["softmax logits", "softmax per image, listed classes, weights", "hinge",
-                                  "CE + Lovász"])
+@pytest.mark.parametrize(
+    "name", ["softmax logits", "softmax per image, listed classes, weights", "hinge", "CE + Lovász"]
+)
 def test_cuda_graph_replays_the_loss_and_gradient(name):
     loss_fn = LOSSES[name]
     x, y = inputs()
@@ -109,9 +111,11 @@ def test_autocast_matches_float32(dtype, kind):
     and given in float32 as autocast gives its losses, so it matches float32 on the same values."""
     x, y = inputs(seed=3)
     half = x.to(dtype)
-    fn = {"softmax": lambda x: L.lovasz_softmax(x, y, from_logits=True, ignore=255),
-          "hinge": lambda x: L.lovasz_hinge(x[:, 0], (y == 1).long()),
-          "multilabel": lambda x: L.lovasz_multilabel(x, (y.unsqueeze(1) == 2).long().expand_as(x))}[kind]
+    fn = {
+        "softmax": lambda x: L.lovasz_softmax(x, y, from_logits=True, ignore=255),
+        "hinge": lambda x: L.lovasz_hinge(x[:, 0], (y == 1).long()),
+        "multilabel": lambda x: L.lovasz_multilabel(x, (y.unsqueeze(1) == 2).long().expand_as(x)),
+    }[kind]
     a = half.clone().requires_grad_()
     with torch.autocast("cuda", dtype=dtype):
         got = fn(a)

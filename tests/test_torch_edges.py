@@ -34,8 +34,9 @@ def test_all_ignored_gives_zero_with_zero_grad(per_image):
     labels[:] = 255
     assert_zero_with_zero_grad(L.lovasz_softmax, probas, labels, per_image=per_image, ignore=255)
     assert_zero_with_zero_grad(L.lovasz_hinge, probas[:, 0], labels, per_image=per_image, ignore=255)
-    assert_zero_with_zero_grad(L.lovasz_multilabel, probas, dev(torch.full(probas.shape, 255)), per_image=per_image,
-                               ignore=255)
+    assert_zero_with_zero_grad(
+        L.lovasz_multilabel, probas, dev(torch.full(probas.shape, 255)), per_image=per_image, ignore=255
+    )
 
 
 def test_all_ignored_image_counts_as_zero_in_the_mean():
@@ -59,8 +60,7 @@ def test_one_valid_pixel():
     loss.backward()
     assert p.grad[0, 1, 2, 3] == -1 and torch.count_nonzero(p.grad) == 1
     x = dev(torch.randn(1, 4, 4)).requires_grad_()
-    hinge = L.lovasz_hinge(x, torch.where(labels[:, :4, :4] == 1, 1, 255),
-                           ignore=255)
+    hinge = L.lovasz_hinge(x, torch.where(labels[:, :4, :4] == 1, 1, 255), ignore=255)
     assert hinge.item() == pytest.approx(max(0.0, 1 - x[0, 2, 3].item()), abs=1e-6)
 
 
@@ -81,10 +81,12 @@ def test_sigmoid_input(classes):
     labels = dev(torch.randint(0, 2, (3, 7, 7), generator=g))
     two = torch.stack([1 - p, p], 1)
     assert L.lovasz_softmax(p, labels, classes).item() == pytest.approx(
-        L.lovasz_softmax(two, labels, classes).item(), abs=1e-6)
+        L.lovasz_softmax(two, labels, classes).item(), abs=1e-6
+    )
     # [B, 1, *spatial] is the same single foreground channel
     assert L.lovasz_softmax(p[:, None], labels, classes).item() == pytest.approx(
-        L.lovasz_softmax(p, labels, classes).item(), abs=1e-7)
+        L.lovasz_softmax(p, labels, classes).item(), abs=1e-7
+    )
 
 
 def test_non_contiguous_and_channels_last():
@@ -96,7 +98,8 @@ def test_non_contiguous_and_channels_last():
     strided = dev(torch.randn(2, 3, 8, 16)).softmax(1)[..., ::2]
     lab = labels.transpose(1, 2).contiguous().transpose(1, 2)
     assert L.lovasz_softmax(strided, lab).item() == pytest.approx(
-        L.lovasz_softmax(strided.contiguous(), lab.contiguous()).item(), abs=1e-7)
+        L.lovasz_softmax(strided.contiguous(), lab.contiguous()).item(), abs=1e-7
+    )
     g = cl.clone().requires_grad_()
     L.lovasz_softmax(g, labels).backward()
     assert g.grad.shape == cl.shape
@@ -140,7 +143,8 @@ def test_perfect_prediction_and_from_logits():
     assert L.lovasz_softmax(one_hot * 50, labels, from_logits=True).item() == pytest.approx(0, abs=1e-6)
     logits = dev(torch.randn(2, 3, 6, 6))
     assert L.lovasz_softmax(logits, labels, from_logits=True).item() == pytest.approx(
-        L.lovasz_softmax(logits.softmax(1), labels).item(), abs=1e-7)
+        L.lovasz_softmax(logits.softmax(1), labels).item(), abs=1e-7
+    )
     assert L.lovasz_hinge(one_hot[:, 1] * 4 - 2, (labels == 1).long()).item() == 0
 
 
@@ -152,11 +156,13 @@ def test_weights_and_reductions():
     expected = (per_class * w * present).sum() / (w * present).sum()
     assert L.lovasz_softmax(probas, labels, weights=w).item() == pytest.approx(expected.item(), abs=1e-6)
     assert L.lovasz_softmax(probas, labels, weights=[1.0, 2.0, 0.5, 3.0]).item() == pytest.approx(
-        expected.item(), abs=1e-6)
+        expected.item(), abs=1e-6
+    )
     none = L.lovasz_softmax(probas, labels, per_image=True, reduction="none")
     assert none.shape == (3,)
     assert L.lovasz_softmax(probas, labels, per_image=True, reduction="sum").item() == pytest.approx(
-        none.sum().item(), abs=1e-6)
+        none.sum().item(), abs=1e-6
+    )
     assert L.lovasz_softmax(probas, labels, reduction="none").shape == ()
 
 
@@ -194,9 +200,11 @@ def test_module_modes_match_functions():
     logits = dev(torch.randn(2, 4, 6, 6, generator=g))
     labels = dev(torch.randint(0, 4, (2, 6, 6), generator=g))
     assert L.LovaszLoss("multiclass")(logits, labels).item() == pytest.approx(
-        L.lovasz_softmax(logits, labels, from_logits=True).item())
-    assert L.LovaszLoss("multiclass", from_logits=False, per_image=True)(logits.softmax(1), labels).item() == \
-        pytest.approx(L.lovasz_softmax(logits.softmax(1), labels, per_image=True).item())
+        L.lovasz_softmax(logits, labels, from_logits=True).item()
+    )
+    assert L.LovaszLoss("multiclass", from_logits=False, per_image=True)(
+        logits.softmax(1), labels
+    ).item() == pytest.approx(L.lovasz_softmax(logits.softmax(1), labels, per_image=True).item())
     binary = (labels == 1).long()
     hinge = L.lovasz_hinge(logits[:, 0], binary, per_image=False)  # smp's default in every mode
     assert L.LovaszLoss("binary")(logits[:, :1], binary).item() == pytest.approx(hinge.item())
@@ -204,10 +212,12 @@ def test_module_modes_match_functions():
     assert L.LovaszLoss("binary")(logits[:, 0], binary).item() == pytest.approx(hinge.item())
     probs = logits[:, 0].sigmoid()
     assert L.LovaszLoss("binary", from_logits=False)(probs, binary).item() == pytest.approx(
-        L.lovasz_softmax(probs, binary, classes=[1]).item(), abs=1e-6)
+        L.lovasz_softmax(probs, binary, classes=[1]).item(), abs=1e-6
+    )
     multi = dev(torch.randint(0, 2, (2, 4, 6, 6), generator=g))
     assert L.LovaszLoss("multilabel", ignore_index=255)(logits, multi).item() == pytest.approx(
-        L.lovasz_multilabel(logits, multi, ignore=255, per_image=False).item())
+        L.lovasz_multilabel(logits, multi, ignore=255, per_image=False).item()
+    )
     weighted = L.LovaszLoss("multiclass", class_weights=[1, 2, 3, 4], reduction="none", per_image=True)
     weighted.to(torch_device())  # its class weights are a buffer: they move with the module
     assert weighted(logits, labels).shape == (2,)
@@ -225,66 +235,151 @@ def d(*tensors):
 # Out-of-range label values stay on the CPU: only there is the check eager (a ValueError); on an
 # accelerator it is queued with torch._assert_async, a device-side assert that would poison the device
 # for the rest of the run. Every other check is on shapes, dtypes and arguments: it runs on the test device.
-@pytest.mark.parametrize("call,error,words", [
-    (lambda: L.lovasz_softmax(*d(torch.rand(2, 3, 4, 4), torch.zeros(2, 2, 4, 4, dtype=torch.long))),
-     ValueError, ["labels", "[2, 4, 4]", "[2, 2, 4, 4]"]),
-    (lambda: L.lovasz_softmax(*d(torch.rand(2, 3, 4, 4), torch.zeros(2, 4, 5, dtype=torch.long))),
-     ValueError, ["labels", "[2, 4, 4]", "[2, 4, 5]"]),
-    (lambda: L.lovasz_softmax(torch.rand(2, 3, 4, 4), torch.full((2, 4, 4), 3)),  # CPU only
-     ValueError, ["labels", "[0, 2]", "3"]),
-    (lambda: L.lovasz_softmax(torch.rand(2, 3, 4, 4), torch.full((2, 4, 4), 7), ignore=255),  # CPU only
-     ValueError, ["labels", "non-ignored", "7"]),
-    (lambda: L.lovasz_softmax(torch.rand(2, 3, 4, 4), torch.full((2, 4, 4), 1.5)),  # CPU only
-     ValueError, ["labels", "whole number", "1.5"]),
-    (lambda: L.lovasz_softmax(*d(torch.rand(2, 3, 4, 4), torch.zeros(2, 4, 4, dtype=torch.complex64))),
-     TypeError, ["labels", "class indices", "complex64"]),
-    (lambda: L.lovasz_softmax(*d(torch.rand(2, 3, 4), torch.zeros(2, 4, dtype=torch.long)),
-                              classes=torch.tensor([1.7])),
-     TypeError, ["classes", "integer", "float32"]),
-    (lambda: L.lovasz_softmax(*d(torch.rand(2, 3, 4), torch.zeros(2, 4, dtype=torch.long)),
-                              classes=torch.tensor([[0, 1]])),
-     ValueError, ["classes", "1-D", "[1, 2]"]),
-    (lambda: L.lovasz_softmax(*d(torch.rand(2, 3, 4), torch.zeros(2, 4, dtype=torch.long)), weights="balanced"),
-     TypeError, ["weights", "real numbers", "'balanced'"]),
-    (lambda: L.lovasz_softmax(*d(torch.zeros(2, 3, 4, 4, dtype=torch.long),
-                                 torch.zeros(2, 4, 4, dtype=torch.long))),
-     TypeError, ["probas", "floating", "int64"]),
-    (lambda: L.lovasz_softmax(np.zeros((2, 3)), dev(torch.zeros(2, dtype=torch.long))),
-     TypeError, ["probas", "Tensor", "ndarray"]),
-    (lambda: L.lovasz_softmax(*d(torch.rand(2, 3, 4), torch.zeros(2, 4, dtype=torch.long)), classes="some"),
-     ValueError, ["classes", "'present'", "'some'"]),
-    (lambda: L.lovasz_softmax(*d(torch.rand(2, 3, 4), torch.zeros(2, 4, dtype=torch.long)), classes=[5]),
-     ValueError, ["classes", "[0, 2]", "5"]),
-    (lambda: L.lovasz_softmax(*d(torch.rand(2, 3, 4), torch.zeros(2, 4, dtype=torch.long)), classes=[]),
-     ValueError, ["classes", "empty"]),
-    (lambda: L.lovasz_softmax(*d(torch.rand(2, 3, 4), torch.zeros(2, 4, dtype=torch.long)), reduction="avg"),
-     ValueError, ["reduction", "'avg'"]),
-    (lambda: L.lovasz_softmax(*d(torch.rand(2, 3, 4), torch.zeros(2, 4, dtype=torch.long)), weights=[1, 2]),
-     ValueError, ["weights", "[3]", "[2]"]),
-    (lambda: L.lovasz_softmax(*d(torch.rand(2, 3, 4), torch.zeros(2, 4, dtype=torch.long)), ignore="255"),
-     TypeError, ["ignore", "'255'"]),
-    (lambda: L.lovasz_hinge(torch.randn(2, 4), torch.full((2, 4), 2)),  # CPU only
-     ValueError, ["labels", "0 or 1", "2"]),
-    (lambda: L.lovasz_hinge(*d(torch.randn(2, 3, 4), torch.zeros(2, 4))),
-     ValueError, ["labels", "[2, 3, 4]", "[2, 4]"]),
-    (lambda: L.lovasz_multilabel(*d(torch.randn(2, 3, 4), torch.zeros(2, 4))),
-     ValueError, ["targets", "[2, 3, 4]", "[2, 4]"]),
-    (lambda: L.LovaszLoss("binaryy"), ValueError, ["mode", "'binaryy'"]),
-    (lambda: L.LovaszLoss("binary")(torch.randn(2, 1, 4), torch.full((2, 4), 2)),  # CPU only
-     ValueError, ["target", "0 or 1", "2"]),
-    (lambda: L.LovaszLoss("multiclass")(torch.randn(2, 3, 4), torch.full((2, 4), 5)),  # CPU only
-     ValueError, ["target", "[0, 2]", "5"]),
-    (lambda: L.LovaszLoss("multiclass")(*d(torch.randn(2, 3, 4), torch.zeros(2, 5, dtype=torch.long))),
-     ValueError, ["target", "input [2, 3, 4]", "[2, 5]"]),
-    (lambda: L.LovaszLoss("multilabel")(*d(torch.randn(2, 3, 4), torch.zeros(2, 4))),
-     ValueError, ["target", "input [2, 3, 4]", "[2, 4]"]),
-    (lambda: L.LovaszLoss("multiclass", class_weights=[1.0, 2.0])(*d(torch.randn(2, 3, 4),
-                                                                   torch.zeros(2, 4, dtype=torch.long))),
-     ValueError, ["class_weights", "[3]", "[2]"]),
-    (lambda: L.CrossEntropyLovaszLoss(class_weights="balanced"), TypeError, ["class_weights", "'balanced'"]),
-    (lambda: L.LovaszLoss("binary")(*d(torch.randn(2, 1, 4), torch.zeros(2, 5))),
-     ValueError, ["target", "[2, 1, 4]", "[2, 5]"]),
-])
+@pytest.mark.parametrize(
+    "call,error,words",
+    [
+        (
+            lambda: L.lovasz_softmax(*d(torch.rand(2, 3, 4, 4), torch.zeros(2, 2, 4, 4, dtype=torch.long))),
+            ValueError,
+            ["labels", "[2, 4, 4]", "[2, 2, 4, 4]"],
+        ),
+        (
+            lambda: L.lovasz_softmax(*d(torch.rand(2, 3, 4, 4), torch.zeros(2, 4, 5, dtype=torch.long))),
+            ValueError,
+            ["labels", "[2, 4, 4]", "[2, 4, 5]"],
+        ),
+        (
+            lambda: L.lovasz_softmax(torch.rand(2, 3, 4, 4), torch.full((2, 4, 4), 3)),  # CPU only
+            ValueError,
+            ["labels", "[0, 2]", "3"],
+        ),
+        (
+            lambda: L.lovasz_softmax(torch.rand(2, 3, 4, 4), torch.full((2, 4, 4), 7), ignore=255),  # CPU only
+            ValueError,
+            ["labels", "non-ignored", "7"],
+        ),
+        (
+            lambda: L.lovasz_softmax(torch.rand(2, 3, 4, 4), torch.full((2, 4, 4), 1.5)),  # CPU only
+            ValueError,
+            ["labels", "whole number", "1.5"],
+        ),
+        (
+            lambda: L.lovasz_softmax(*d(torch.rand(2, 3, 4, 4), torch.zeros(2, 4, 4, dtype=torch.complex64))),
+            TypeError,
+            ["labels", "class indices", "complex64"],
+        ),
+        (
+            lambda: L.lovasz_softmax(
+                *d(torch.rand(2, 3, 4), torch.zeros(2, 4, dtype=torch.long)), classes=torch.tensor([1.7])
+            ),
+            TypeError,
+            ["classes", "integer", "float32"],
+        ),
+        (
+            lambda: L.lovasz_softmax(
+                *d(torch.rand(2, 3, 4), torch.zeros(2, 4, dtype=torch.long)), classes=torch.tensor([[0, 1]])
+            ),
+            ValueError,
+            ["classes", "1-D", "[1, 2]"],
+        ),
+        (
+            lambda: L.lovasz_softmax(*d(torch.rand(2, 3, 4), torch.zeros(2, 4, dtype=torch.long)), weights="balanced"),
+            TypeError,
+            ["weights", "real numbers", "'balanced'"],
+        ),
+        (
+            lambda: L.lovasz_softmax(
+                *d(torch.zeros(2, 3, 4, 4, dtype=torch.long), torch.zeros(2, 4, 4, dtype=torch.long))
+            ),
+            TypeError,
+            ["probas", "floating", "int64"],
+        ),
+        (
+            lambda: L.lovasz_softmax(np.zeros((2, 3)), dev(torch.zeros(2, dtype=torch.long))),
+            TypeError,
+            ["probas", "Tensor", "ndarray"],
+        ),
+        (
+            lambda: L.lovasz_softmax(*d(torch.rand(2, 3, 4), torch.zeros(2, 4, dtype=torch.long)), classes="some"),
+            ValueError,
+            ["classes", "'present'", "'some'"],
+        ),
+        (
+            lambda: L.lovasz_softmax(*d(torch.rand(2, 3, 4), torch.zeros(2, 4, dtype=torch.long)), classes=[5]),
+            ValueError,
+            ["classes", "[0, 2]", "5"],
+        ),
+        (
+            lambda: L.lovasz_softmax(*d(torch.rand(2, 3, 4), torch.zeros(2, 4, dtype=torch.long)), classes=[]),
+            ValueError,
+            ["classes", "empty"],
+        ),
+        (
+            lambda: L.lovasz_softmax(*d(torch.rand(2, 3, 4), torch.zeros(2, 4, dtype=torch.long)), reduction="avg"),
+            ValueError,
+            ["reduction", "'avg'"],
+        ),
+        (
+            lambda: L.lovasz_softmax(*d(torch.rand(2, 3, 4), torch.zeros(2, 4, dtype=torch.long)), weights=[1, 2]),
+            ValueError,
+            ["weights", "[3]", "[2]"],
+        ),
+        (
+            lambda: L.lovasz_softmax(*d(torch.rand(2, 3, 4), torch.zeros(2, 4, dtype=torch.long)), ignore="255"),
+            TypeError,
+            ["ignore", "'255'"],
+        ),
+        (
+            lambda: L.lovasz_hinge(torch.randn(2, 4), torch.full((2, 4), 2)),  # CPU only
+            ValueError,
+            ["labels", "0 or 1", "2"],
+        ),
+        (
+            lambda: L.lovasz_hinge(*d(torch.randn(2, 3, 4), torch.zeros(2, 4))),
+            ValueError,
+            ["labels", "[2, 3, 4]", "[2, 4]"],
+        ),
+        (
+            lambda: L.lovasz_multilabel(*d(torch.randn(2, 3, 4), torch.zeros(2, 4))),
+            ValueError,
+            ["targets", "[2, 3, 4]", "[2, 4]"],
+        ),
+        (lambda: L.LovaszLoss("binaryy"), ValueError, ["mode", "'binaryy'"]),
+        (
+            lambda: L.LovaszLoss("binary")(torch.randn(2, 1, 4), torch.full((2, 4), 2)),  # CPU only
+            ValueError,
+            ["target", "0 or 1", "2"],
+        ),
+        (
+            lambda: L.LovaszLoss("multiclass")(torch.randn(2, 3, 4), torch.full((2, 4), 5)),  # CPU only
+            ValueError,
+            ["target", "[0, 2]", "5"],
+        ),
+        (
+            lambda: L.LovaszLoss("multiclass")(*d(torch.randn(2, 3, 4), torch.zeros(2, 5, dtype=torch.long))),
+            ValueError,
+            ["target", "input [2, 3, 4]", "[2, 5]"],
+        ),
+        (
+            lambda: L.LovaszLoss("multilabel")(*d(torch.randn(2, 3, 4), torch.zeros(2, 4))),
+            ValueError,
+            ["target", "input [2, 3, 4]", "[2, 4]"],
+        ),
+        (
+            lambda: L.LovaszLoss("multiclass", class_weights=[1.0, 2.0])(
+                *d(torch.randn(2, 3, 4), torch.zeros(2, 4, dtype=torch.long))
+            ),
+            ValueError,
+            ["class_weights", "[3]", "[2]"],
+        ),
+        (lambda: L.CrossEntropyLovaszLoss(class_weights="balanced"), TypeError, ["class_weights", "'balanced'"]),
+        (
+            lambda: L.LovaszLoss("binary")(*d(torch.randn(2, 1, 4), torch.zeros(2, 5))),
+            ValueError,
+            ["target", "[2, 1, 4]", "[2, 5]"],
+        ),
+    ],
+)
 def test_errors_name_argument_expectation_and_value(call, error, words):
     with pytest.raises(error) as info:
         call()
@@ -303,20 +398,25 @@ def test_gradcheck_float64(per_image):
     labels[0, 0, 0] = 255
     labels = dev(labels)
     assert torch.autograd.gradcheck(
-        lambda x: L.lovasz_softmax(x, labels, per_image=per_image, ignore=255, from_logits=True), (logits,))
+        lambda x: L.lovasz_softmax(x, labels, per_image=per_image, ignore=255, from_logits=True), (logits,)
+    )
     scores = dev(torch.randn(2, 4, 3, generator=g, dtype=torch.float64)).requires_grad_()
-    assert torch.autograd.gradcheck(lambda x: L.lovasz_hinge(x, labels.clamp(max=1), per_image=per_image),
-                                    (scores,))
+    assert torch.autograd.gradcheck(lambda x: L.lovasz_hinge(x, labels.clamp(max=1), per_image=per_image), (scores,))
     assert torch.autograd.gradcheck(
-        lambda x: L.lovasz_multilabel(x, (labels[:, None] == dev(torch.arange(3)).view(1, 3, 1, 1)).long(),
-                                      per_image=per_image, classes="all"), (logits,))
+        lambda x: L.lovasz_multilabel(
+            x, (labels[:, None] == dev(torch.arange(3)).view(1, 3, 1, 1)).long(), per_image=per_image, classes="all"
+        ),
+        (logits,),
+    )
 
 
 COMPILE_OPTIONS = [
     ("softmax", dict(classes="present", per_image=False, ignore=None)),
     ("softmax", dict(classes="all", per_image=True, ignore=255, reduction="none")),
-    ("softmax", dict(classes=[2, 0], per_image=False, ignore=255, from_logits=True,
-                     weights=torch.tensor([1.0, 2.0, 3.0]))),
+    (
+        "softmax",
+        dict(classes=[2, 0], per_image=False, ignore=255, from_logits=True, weights=torch.tensor([1.0, 2.0, 3.0])),
+    ),
     ("hinge", dict(per_image=True, ignore=255)),
     ("hinge", dict(per_image=False, reduction="sum")),
     ("multilabel", dict(per_image=True, ignore=255, classes="present")),
@@ -335,8 +435,7 @@ def test_torch_compile_fullgraph(kind, options):
     elif kind == "hinge":
         fn, target, x = L.lovasz_hinge, torch.where(labels == 255, 255, labels.clamp(max=1)), x[:, 0]
     else:
-        fn, target = L.lovasz_multilabel, torch.where(torch.rand(x.shape, generator=g) < 0.1, 255,
-                                                      (x > 0.5).long())
+        fn, target = L.lovasz_multilabel, torch.where(torch.rand(x.shape, generator=g) < 0.1, 255, (x > 0.5).long())
     x, target = dev(x), dev(target)  # compiled for the test device
     options = {k: dev(v) if isinstance(v, torch.Tensor) else v for k, v in options.items()}
 

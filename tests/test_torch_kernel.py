@@ -2,17 +2,18 @@
 
 import numpy as np
 import pytest
+from cases import Case, sweep
 
 from conftest import REQUIRED, require
-from cases import Case, sweep
 
 torch = require("torch")
 L = require("lovasz.torch")
 core = require("lovasz._torch_core")
 ckernel = require("lovasz._ckernel")
 
-pytestmark = pytest.mark.skipif(ckernel.kernel() is None and "kernel" not in REQUIRED,
-                                reason="lovasz was installed without its C kernel")
+pytestmark = pytest.mark.skipif(
+    ckernel.kernel() is None and "kernel" not in REQUIRED, reason="lovasz was installed without its C kernel"
+)
 FUNCTIONS = {"softmax": L.lovasz_softmax, "hinge": L.lovasz_hinge, "multilabel": L.lovasz_multilabel}
 
 
@@ -30,8 +31,10 @@ def value_and_grad(function, pred, *args, **kwargs):
 @pytest.fixture
 def torch_path(monkeypatch):
     """Run the losses on the torch.sort path instead of the C kernel."""
+
     def use(enabled):
         monkeypatch.setattr(core, "_use_c_kernel", (lambda pred: False) if enabled else core._use_c_kernel)
+
     return use
 
 
@@ -64,8 +67,12 @@ def test_matches_torch_path_on_large_inputs(kind, per_image, torch_path):
 
 def test_probabilities_outside_the_unit_interval_get_the_slope_of_the_absolute_value(torch_path):
     """|[y = c] - p| has slope -1 for p > 1 at the foreground and for p < 0 at the background."""
-    case = Case("softmax", np.array([[[1.5, -0.25, 0.4, 0.1], [-0.5, 1.25, 0.7, 1.2]]]), np.array([[0, 0, 1, 1]]),
-                {"classes": "all"})
+    case = Case(
+        "softmax",
+        np.array([[[1.5, -0.25, 0.4, 0.1], [-0.5, 1.25, 0.7, 1.2]]]),
+        np.array([[0, 0, 1, 1]]),
+        {"classes": "all"},
+    )
     probas, labels = torch.tensor(case.pred, dtype=torch.float32), torch.from_numpy(case.labels)
     for path in ("C", "torch"):
         torch_path(path == "torch")

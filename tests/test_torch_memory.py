@@ -22,11 +22,14 @@ def saved_bytes(loss_fn, x):
 
 
 @pytest.mark.parametrize("per_image", [False, True])
-@pytest.mark.parametrize("options", [
-    {"from_logits": True},
-    {"from_logits": True, "classes": [0, 2], "ignore": 255},
-    {"from_logits": False, "classes": "all", "weights": [1.0, 2.0, 3.0]},
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"from_logits": True},
+        {"from_logits": True, "classes": [0, 2], "ignore": 255},
+        {"from_logits": False, "classes": "all", "weights": [1.0, 2.0, 3.0]},
+    ],
+)
 def test_softmax_keeps_only_the_gradient(per_image, options):
     g = torch.Generator().manual_seed(0)
     logits = dev(torch.randn(2, 3, 16, 16, generator=g))

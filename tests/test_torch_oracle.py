@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
+from cases import sweep
 
 from conftest import dev, host, require
-from cases import sweep
 
 torch = require("torch")
 L = require("lovasz.torch")

@@ -29,11 +29,16 @@ def both(fn_ours, fn_orig, x, *args, **kwargs):
     return la, lb, a.grad, b.grad
 
 
-@pytest.mark.parametrize("batch,num_classes,spatial,per_image,classes,ignore", [
-    case for case in itertools.product([1, 3], [2, 3, 7, 21], SHAPES, [False, True],
-                                       ["present", "all", [1, 0], [2]], [None, 255])
-    if case[4] != [2] or case[1] > 2  # class 2 needs three classes
-])
+@pytest.mark.parametrize(
+    "batch,num_classes,spatial,per_image,classes,ignore",
+    [
+        case
+        for case in itertools.product(
+            [1, 3], [2, 3, 7, 21], SHAPES, [False, True], ["present", "all", [1, 0], [2]], [None, 255]
+        )
+        if case[4] != [2] or case[1] > 2  # class 2 needs three classes
+    ],
+)
 def test_softmax_equals_original(batch, num_classes, spatial, per_image, classes, ignore):
     g = torch.Generator().manual_seed(batch * 1000 + num_classes)
     probas = torch.randn(batch, num_classes, *spatial, generator=g).softmax(1)
@@ -41,8 +46,9 @@ def test_softmax_equals_original(batch, num_classes, spatial, per_image, classes
     if ignore is not None:
         labels[torch.rand(labels.shape, generator=g) < 0.3] = ignore
     probas, labels = dev(probas), dev(labels)
-    la, lb, ga, gb = both(L.lovasz_softmax, ORIGINAL._lovasz_softmax, probas, labels,
-                          classes=classes, per_image=per_image, ignore=ignore)
+    la, lb, ga, gb = both(
+        L.lovasz_softmax, ORIGINAL._lovasz_softmax, probas, labels, classes=classes, per_image=per_image, ignore=ignore
+    )
     torch.testing.assert_close(la, lb, rtol=0, atol=1e-5)
     torch.testing.assert_close(ga, gb, rtol=0, atol=1e-5)
 
@@ -52,14 +58,16 @@ def test_sigmoid_with_listed_foreground_equals_original():
     probas = dev(torch.rand(4, 8, 8, generator=g))
     labels = dev(torch.randint(0, 2, (4, 8, 8), generator=g))
     for per_image in (False, True):
-        la, lb, ga, gb = both(L.lovasz_softmax, ORIGINAL._lovasz_softmax, probas, labels, classes=[1],
-                              per_image=per_image)
+        la, lb, ga, gb = both(
+            L.lovasz_softmax, ORIGINAL._lovasz_softmax, probas, labels, classes=[1], per_image=per_image
+        )
         torch.testing.assert_close(la, lb, rtol=0, atol=1e-5)
         torch.testing.assert_close(ga, gb, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("batch,spatial,per_image,ignore", list(itertools.product(
-    [1, 4], SHAPES + [(1000,)], [False, True], [None, 255])))
+@pytest.mark.parametrize(
+    "batch,spatial,per_image,ignore", list(itertools.product([1, 4], SHAPES + [(1000,)], [False, True], [None, 255]))
+)
 def test_hinge_equals_original(batch, spatial, per_image, ignore):
     g = torch.Generator().manual_seed(batch)
     logits = torch.randn(batch, *spatial, generator=g) * 3
@@ -90,12 +98,14 @@ def test_flat_functions_equal_original():
     scores, labels255 = torch.randn(2, 5, 5, generator=g), torch.randint(0, 2, (2, 5, 5), generator=g)
     labels255[0, 0] = 255
     scores, labels255 = dev(scores), dev(labels255)
-    for ours, theirs in zip(L.flatten_binary_scores(scores, labels255, 255),
-                            ORIGINAL._flatten_binary_scores(scores, labels255, 255)):
+    for ours, theirs in zip(
+        L.flatten_binary_scores(scores, labels255, 255), ORIGINAL._flatten_binary_scores(scores, labels255, 255)
+    ):
         assert torch.equal(ours, theirs)
     probas4 = dev(torch.rand(2, 3, 5, 5, generator=g))
-    for ours, theirs in zip(L.flatten_probas(probas4, labels255, 255),
-                            ORIGINAL._flatten_probas(probas4, labels255, 255)):
+    for ours, theirs in zip(
+        L.flatten_probas(probas4, labels255, 255), ORIGINAL._flatten_probas(probas4, labels255, 255)
+    ):
         assert torch.equal(ours, theirs)
 
 
@@ -123,8 +133,10 @@ def test_ties_give_equal_loss_and_a_subgradient(per_image):
             assert fq >= loss.detach() + (p.grad * (q - probas)).sum() - 1e-5
 
 
-@pytest.mark.parametrize("mode,per_image,ignore_index", [("binary", False, None), ("binary", True, 255),
-                                                         ("multiclass", False, 255), ("multiclass", True, None)])
+@pytest.mark.parametrize(
+    "mode,per_image,ignore_index",
+    [("binary", False, None), ("binary", True, 255), ("multiclass", False, 255), ("multiclass", True, None)],
+)
 def test_module_takes_smp_positional_arguments_and_defaults(mode, per_image, ignore_index):
     """smp's LovaszLoss(mode, per_image, ignore_index, from_logits): same order, defaults and values."""
     g = torch.Generator().manual_seed(5)
@@ -136,8 +148,9 @@ def test_module_takes_smp_positional_arguments_and_defaults(mode, per_image, ign
     if mode == "binary":
         target = target[:, None]
     defaults = [(L.LovaszLoss(mode), ORIGINAL.LovaszLoss(mode))] if ignore_index is None else []
-    for ours, theirs in defaults + [(L.LovaszLoss(mode, per_image, ignore_index, True),
-                                     ORIGINAL.LovaszLoss(mode, per_image, ignore_index, True))]:
+    for ours, theirs in defaults + [
+        (L.LovaszLoss(mode, per_image, ignore_index, True), ORIGINAL.LovaszLoss(mode, per_image, ignore_index, True))
+    ]:
         a, b = dev(logits).requires_grad_(), dev(logits).requires_grad_()
         la, lb = ours(a, dev(target)), theirs(b, dev(target))
         la.backward()

@@ -2,7 +2,8 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from conftest import dev, require
@@ -18,8 +19,9 @@ def segmentations(draw, max_classes=5):
     batch = draw(st.integers(1, 3))
     num_classes = draw(st.integers(2, max_classes))
     pixels = draw(st.integers(1, 20))
-    logits = draw(arrays(np.float64, (batch, num_classes, pixels),
-                         elements=st.floats(-4, 4, allow_nan=False, width=32)))
+    logits = draw(
+        arrays(np.float64, (batch, num_classes, pixels), elements=st.floats(-4, 4, allow_nan=False, width=32))
+    )
     labels = draw(arrays(np.int64, (batch, pixels), elements=st.integers(0, num_classes - 1)))
     return dev(logits).softmax(1), dev(labels)
 
@@ -57,7 +59,7 @@ def test_ignored_pixels_equal_removed_pixels(case, data, per_image):
 def test_per_image_is_mean_of_single_image_calls(case, classes):
     probas, labels = case
     whole = L.lovasz_softmax(probas, labels, classes, per_image=True)
-    singles = [L.lovasz_softmax(probas[i:i + 1], labels[i:i + 1], classes) for i in range(len(labels))]
+    singles = [L.lovasz_softmax(probas[i : i + 1], labels[i : i + 1], classes) for i in range(len(labels))]
     assert whole.item() == pytest.approx(torch.stack(singles).mean().item(), abs=1e-12)
 
 
@@ -78,7 +80,10 @@ def test_one_hot_prediction_gives_one_minus_iou(case, data):
     num_classes = probas.shape[1]
     pred = dev(data.draw(arrays(np.int64, labels.shape, elements=st.integers(0, num_classes - 1))))
     one_hot = torch.nn.functional.one_hot(pred, num_classes).movedim(-1, 1).double()
-    ious = [((labels == c) & (pred == c)).sum().double() / ((labels == c) | (pred == c)).sum()
-            for c in range(num_classes) if (labels == c).any()]
+    ious = [
+        ((labels == c) & (pred == c)).sum().double() / ((labels == c) | (pred == c)).sum()
+        for c in range(num_classes)
+        if (labels == c).any()
+    ]
     expected = 1 - torch.stack(ious).double().mean()
     assert L.lovasz_softmax(one_hot, labels).item() == pytest.approx(expected.item(), abs=1e-12)

@@ -11,11 +11,9 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 
-from conftest import dev, host, require, torch_device
-from lovasz import reference as R
+from conftest import dev, require
 
 torch = require("torch")
 L = require("lovasz.torch")
@@ -24,8 +22,9 @@ ORIGINAL = require("lovasz.peers").load_original()
 
 def run_child(code: str, timeout: float = 300, env=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **(env or {})}
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 # ----------------------------------------------------------------------------- processes and threads
@@ -34,7 +33,8 @@ def run_child(code: str, timeout: float = 300, env=None) -> subprocess.Completed
 def test_ctrl_c_during_the_kernel_waits_for_every_block_then_raises():
     """Interrupts land at spread-out moments of calls that run the C kernel on 2 threads; freed
     buffers are poisoned (MALLOC_PERTURB_), so a block still writing into one would crash or corrupt."""
-    out = run_child("""
+    out = run_child(
+        """
         import signal, time, torch
         import lovasz.torch as L
 
@@ -68,7 +68,9 @@ def test_ctrl_c_during_the_kernel_waits_for_every_block_then_raises():
             value, grad = step()  # later calls are right
             assert value == expected and torch.equal(grad, expected_grad)
         print("survived", interrupted)
-    """, env={"MALLOC_PERTURB_": "165", "MALLOC_CHECK_": "3"})
+    """,
+        env={"MALLOC_PERTURB_": "165", "MALLOC_CHECK_": "3"},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "survived" in out.stdout
     assert int(out.stdout.split()[-1]) >= 4  # many interrupts landed inside a call (timing varies with load)
@@ -114,8 +116,10 @@ def test_threads_give_the_serial_results():
     from concurrent.futures import ThreadPoolExecutor
 
     g = torch.Generator().manual_seed(1)
-    inputs = [(dev(torch.randn(2, 5, 40, 40, generator=g)), dev(torch.randint(0, 5, (2, 40, 40), generator=g)))
-              for _ in range(8)]
+    inputs = [
+        (dev(torch.randn(2, 5, 40, 40, generator=g)), dev(torch.randint(0, 5, (2, 40, 40), generator=g)))
+        for _ in range(8)
+    ]
 
     def loss_and_grad(pair):
         x = pair[0].clone().requires_grad_()
@@ -132,7 +136,8 @@ def test_threads_give_the_serial_results():
 
 def test_dataloader_workers_fork_and_spawn(tmp_path):
     script = tmp_path / "workers.py"  # spawn re-imports the main module: it must be a file
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import multiprocessing as mp
         import torch
         import lovasz.torch as L
@@ -165,7 +170,8 @@ def test_dataloader_workers_fork_and_spawn(tmp_path):
                 assert queue.get(timeout=120) == expected[0], context
                 process.join(60)
             print("ok")
-    """))
+    """)
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=400, env=env)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
@@ -256,9 +262,14 @@ def test_second_derivative_equals_the_original():
 
     mask = (y == 1).long()
     for ours, original in [
-        (lambda a: L.lovasz_softmax(a.softmax(1), y, per_image=True),
-         lambda a: ORIGINAL._lovasz_softmax(a.softmax(1), y, per_image=True)),
-        (lambda a: L.lovasz_hinge(torch.tanh(a[:, 0]), mask), lambda a: ORIGINAL._lovasz_hinge(torch.tanh(a[:, 0]), mask)),
+        (
+            lambda a: L.lovasz_softmax(a.softmax(1), y, per_image=True),
+            lambda a: ORIGINAL._lovasz_softmax(a.softmax(1), y, per_image=True),
+        ),
+        (
+            lambda a: L.lovasz_hinge(torch.tanh(a[:, 0]), mask),
+            lambda a: ORIGINAL._lovasz_hinge(torch.tanh(a[:, 0]), mask),
+        ),
     ]:
         expected = hvp(original)
         assert expected.abs().max() > 1e-4  # a real curvature term, not a zero matching a zero
@@ -293,8 +304,9 @@ def test_jit_trace_gives_the_eager_values_on_new_inputs():
 def test_export_with_dynamic_height_and_width():
     x, y, _ = _inputs(dtype=torch.float32)
     height, width = torch.export.Dim("height", min=2, max=2048), torch.export.Dim("width", min=2, max=2048)
-    exported = torch.export.export(_Loss(), (x, y), dynamic_shapes={"x": {2: height, 3: width},
-                                                                   "y": {1: height, 2: width}})
+    exported = torch.export.export(
+        _Loss(), (x, y), dynamic_shapes={"x": {2: height, 3: width}, "y": {1: height, 2: width}}
+    )
     g = torch.Generator().manual_seed(3)
     x2 = dev(torch.randn(2, 3, 17, 9, generator=g))
     y2 = dev(torch.randint(0, 3, (2, 17, 9), generator=g))
@@ -328,8 +340,21 @@ def test_empty_input_is_an_all_ignored_one(shape, per_image):
     assert none.shape == ((shape[0],) if per_image else ())
 
 
-@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
-                                   torch.uint16, torch.uint32, torch.uint64, torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        torch.uint8,
+        torch.int8,
+        torch.int16,
+        torch.int32,
+        torch.int64,
+        torch.uint16,
+        torch.uint32,
+        torch.uint64,
+        torch.float32,
+        torch.float64,
+    ],
+)
 def test_every_label_dtype_holding_class_indices(dtype):
     x, y, _ = _inputs(dtype=torch.float32)
     expected = L.lovasz_softmax(x, y, from_logits=True)
@@ -360,10 +385,13 @@ def test_nan_and_inf():
     for value in (float("nan"), float("inf"), -float("inf")):
         bad = x.clone()
         bad[0, :, 0, 0] = value
-        for fn in (lambda t: L.lovasz_softmax(t, labels, from_logits=True, ignore=255),
-                   lambda t: L.lovasz_softmax(t[:, 0], (labels == 1).long().masked_fill(labels == 255, 255),
-                                              from_logits=True, ignore=255),
-                   lambda t: L.lovasz_hinge(t[:, 0], (y == 1).long().masked_fill(labels == 255, 255), ignore=255)):
+        for fn in (
+            lambda t: L.lovasz_softmax(t, labels, from_logits=True, ignore=255),
+            lambda t: L.lovasz_softmax(
+                t[:, 0], (labels == 1).long().masked_fill(labels == 255, 255), from_logits=True, ignore=255
+            ),
+            lambda t: L.lovasz_hinge(t[:, 0], (y == 1).long().masked_fill(labels == 255, 255), ignore=255),
+        ):
             a = bad.clone().requires_grad_()
             loss = fn(a)
             loss.backward()

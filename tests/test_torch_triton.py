@@ -102,8 +102,9 @@ def run_check(device: str, interpret: bool):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     if interpret:
         env["TRITON_INTERPRET"] = "1"
-    out = subprocess.run([sys.executable, "-c", CHECK.format(device=device)], capture_output=True, text=True,
-                         timeout=600, env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", CHECK.format(device=device)], capture_output=True, text=True, timeout=600, env=env
+    )
     assert "triton path ok" in out.stdout, out.stdout + out.stderr
 
 

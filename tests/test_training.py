@@ -74,14 +74,21 @@ def test_schedule_switches_and_ramps():
     switch = LovaszSchedule(warmup=3)
     assert [switch.weights(t) for t in (0, 2, 3, 10)] == [(1.0, 0.0), (1.0, 0.0), (0.0, 1.0), (0.0, 1.0)]
     ramp = LovaszSchedule(warmup=1, ramp=4, final_ce_weight=1.0, lovasz_weight=0.5)
-    assert [ramp.weights(t) for t in range(6)] == [(1.0, 0.0), (1.0, 0.125), (1.0, 0.25), (1.0, 0.375),
-                                                   (1.0, 0.5), (1.0, 0.5)]
+    assert [ramp.weights(t) for t in range(6)] == [
+        (1.0, 0.0),
+        (1.0, 0.125),
+        (1.0, 0.25),
+        (1.0, 0.375),
+        (1.0, 0.5),
+        (1.0, 0.5),
+    ]
     loss = ramp.apply(L.CrossEntropyLovaszLoss(), 2)
     assert (loss.ce_weight, loss.lovasz_weight) == (1.0, 0.25)
 
 
-@pytest.mark.parametrize("bad", [dict(warmup=-1), dict(warmup=1.5), dict(warmup=1, ramp=True),
-                                 dict(warmup=1, final_ce_weight=-0.1)])
+@pytest.mark.parametrize(
+    "bad", [dict(warmup=-1), dict(warmup=1.5), dict(warmup=1, ramp=True), dict(warmup=1, final_ce_weight=-0.1)]
+)
 def test_schedule_rejects_bad_arguments(bad):
     with pytest.raises(ValueError, match=next(iter(k for k in bad if k != "warmup"), "warmup")):
         LovaszSchedule(**bad)

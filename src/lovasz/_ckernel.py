@@ -11,7 +11,7 @@ import functools
 import os
 import threading
 import warnings
-from typing import Callable, Optional, Tuple
+from collections.abc import Callable
 
 import numpy as np
 
@@ -23,7 +23,7 @@ ERRORS = 2  # x is the error itself (negative counts as 0); the gradient is d lo
 MAX_ELEMENTS = 1 << 30  # a pixel's offset takes 30 bits of a sort item
 
 _POOL_LOCK = threading.Lock()
-_POOL: Optional[concurrent.futures.ThreadPoolExecutor] = None
+_POOL: concurrent.futures.ThreadPoolExecutor | None = None
 
 
 def _pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
@@ -44,8 +44,8 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool)
 
 
-@functools.lru_cache(maxsize=None)
-def kernel() -> Optional[Callable[..., int]]:
+@functools.cache
+def kernel() -> Callable[..., int] | None:
     """The compiled ``lovasz_rows_f32``, or None where the package was installed without it
     (:func:`why_not` says why)."""
     global _WHY_NOT
@@ -77,9 +77,13 @@ def warn_missing(framework: str) -> None:
     global _WARNED
     if not _WARNED:
         _WARNED = True
-        warnings.warn(f"lovasz: the C kernel is not loaded ({why_not() or 'unknown reason'}), so {framework} sorts float32 rows on "
-                      "the CPU with its own sort, 3-4x slower, with the same values; reinstall lovasz with a C "
-                      "compiler present to build it (`lovasz info` shows the state)", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"lovasz: the C kernel is not loaded ({why_not() or 'unknown reason'}), so {framework} sorts float32 "
+            "rows on the CPU with its own sort, 3-4x slower, with the same values; reinstall lovasz with a C "
+            "compiler present to build it (`lovasz info` shows the state)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def applies(dtype, size: int) -> bool:
@@ -87,7 +91,7 @@ def applies(dtype, size: int) -> bool:
     return dtype == np.float32 and size <= MAX_ELEMENTS and kernel() is not None
 
 
-def _run_blocks(run: Callable[[Tuple[int, int]], int], blocks, workers: int):
+def _run_blocks(run: Callable[[tuple[int, int]], int], blocks, workers: int):
     """``run`` on every block, on the pool's threads (ctypes releases the GIL, so they run in parallel).
 
     The blocks write into the caller's arrays, so no block may outlive this call: an
@@ -119,8 +123,9 @@ def _run_blocks(run: Callable[[Tuple[int, int]], int], blocks, workers: int):
     return [future.result() for future in futures] + [run(block) for block in rest]
 
 
-def lovasz_rows(pred: np.ndarray, codes: np.ndarray, mode: int, grad: Optional[np.ndarray],
-                threads: int) -> Tuple[np.ndarray, np.ndarray]:
+def lovasz_rows(
+    pred: np.ndarray, codes: np.ndarray, mode: int, grad: np.ndarray | None, threads: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Loss and presence of each row ``[:, r, :]`` of ``pred [S, R, N]`` (float32) and ``codes`` (uint8).
 
     Writes d loss_r / d pred into ``grad`` (C-contiguous float32 of the same shape,
@@ -131,8 +136,15 @@ def lovasz_rows(pred: np.ndarray, codes: np.ndarray, mode: int, grad: Optional[n
     assert grad is None or (grad.flags.c_contiguous and grad.shape == pred.shape and grad.dtype == np.float32)
     loss = np.empty(num_rows, np.float32)
     present = np.empty(num_rows, np.bool_)
-    args = (pred.ctypes.data, codes.ctypes.data, None if grad is None else grad.ctypes.data,
-            sets, num_rows, num_pixels, mode)
+    args = (
+        pred.ctypes.data,
+        codes.ctypes.data,
+        None if grad is None else grad.ctypes.data,
+        sets,
+        num_rows,
+        num_pixels,
+        mode,
+    )
     outputs = (loss.ctypes.data, present.ctypes.data)
     workers = max(min(threads, num_rows), 1)
     bounds = [num_rows * w // workers for w in range(workers + 1)]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -40,15 +38,34 @@ class CrossEntropyLovaszLoss(nn.Module):
         1.7653
     """
 
-    def __init__(self, mode: str = "multiclass", *, ce_weight: float = 1.0, lovasz_weight: float = 1.0,
-                 per_image: bool = False, classes="present", ignore_index: Optional[int] = None,
-                 class_weights=None, margin: str = "relu", symmetric: bool = False, process_group=None):
+    def __init__(
+        self,
+        mode: str = "multiclass",
+        *,
+        ce_weight: float = 1.0,
+        lovasz_weight: float = 1.0,
+        per_image: bool = False,
+        classes="present",
+        ignore_index: int | None = None,
+        class_weights=None,
+        margin: str = "relu",
+        symmetric: bool = False,
+        process_group=None,
+    ):
         super().__init__()
         from lovasz.torch import LovaszLoss
 
-        self.lovasz = LovaszLoss(mode, from_logits=True, per_image=per_image, classes=classes,
-                                 ignore_index=ignore_index, class_weights=class_weights, margin=margin,
-                                 symmetric=symmetric, process_group=process_group)
+        self.lovasz = LovaszLoss(
+            mode,
+            from_logits=True,
+            per_image=per_image,
+            classes=classes,
+            ignore_index=ignore_index,
+            class_weights=class_weights,
+            margin=margin,
+            symmetric=symmetric,
+            process_group=process_group,
+        )
         self.mode, self.ignore_index = mode, self.lovasz.ignore_index
         self.ce_weight, self.lovasz_weight = float(ce_weight), float(lovasz_weight)
 
@@ -69,8 +86,10 @@ class CrossEntropyLovaszLoss(nn.Module):
         valid = None if self.ignore_index is None else target != self.ignore_index
         if self.mode == "multiclass":
             if x.ndim < 2 or x.shape[:1] + x.shape[2:] != target.shape:
-                raise ValueError(f"target must have shape {V.fmt(x.shape[:1] + x.shape[2:])} to match input "
-                                 f"{V.fmt(x.shape)} (class indices); got {V.fmt(target.shape)}")
+                raise ValueError(
+                    f"target must have shape {V.fmt(x.shape[:1] + x.shape[2:])} to match input "
+                    f"{V.fmt(x.shape)} (class indices); got {V.fmt(target.shape)}"
+                )
             safe = target.long() if valid is None else torch.where(valid, target.long(), 0)
             pixel_weight = torch.ones_like(x[:, 0]) if weights is None else weights.to(x.device)[safe]
             values = F.cross_entropy(x, safe, reduction="none")

@@ -38,7 +38,6 @@ from __future__ import annotations
 import functools
 import importlib
 import os
-from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -64,6 +63,7 @@ def _chunk_elements(device: torch.device, total: int = 0) -> int:
         return _CHUNK_ELEMENTS[device.type]
     return max(1 << 22, min(total // 16, 1 << 25))
 
+
 _KEY_DTYPE = {torch.float32: torch.int32, torch.float64: torch.int64}
 
 
@@ -76,7 +76,7 @@ def _use_c_kernel(pred: Tensor) -> bool:
     return C.applies(np.float32, pred.numel())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _triton(module: str):
     """A Triton module of lovasz (``_triton_rows``, ``_triton_softmax``), or None where Triton is not
     installed or ``LOVASZ_TRITON=0``."""
@@ -92,10 +92,15 @@ def _use_triton(pred: Tensor) -> bool:
     return pred.device.type == "cuda" and pred.dtype == torch.float32 and _triton("_triton_rows") is not None
 
 
-def _rows_c(pred: Tensor, codes: Tensor, hinge: bool, grad: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+def _rows_c(pred: Tensor, codes: Tensor, hinge: bool, grad: Tensor | None) -> tuple[Tensor, Tensor]:
     """The C path: loss and presence of each row of ``[S, R, N]`` inputs, gradient into ``grad``."""
-    loss, present = C.lovasz_rows(pred.detach().numpy(), codes.numpy(), C.HINGE if hinge else C.SOFTMAX,
-                                  None if grad is None else grad.detach().numpy(), torch.get_num_threads())
+    loss, present = C.lovasz_rows(
+        pred.detach().numpy(),
+        codes.numpy(),
+        C.HINGE if hinge else C.SOFTMAX,
+        None if grad is None else grad.detach().numpy(),
+        torch.get_num_threads(),
+    )
     return torch.from_numpy(loss), torch.from_numpy(present)
 
 
@@ -134,14 +139,20 @@ def _rows_per_chunk(num_rows: int, num_pixels: int, device: torch.device) -> int
     return min(rows, num_rows)
 
 
-def _chunk(pred: Tensor, codes: Tensor, hinge: bool, grad_out: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+def _chunk(pred: Tensor, codes: Tensor, hinge: bool, grad_out: Tensor | None) -> tuple[Tensor, Tensor]:
     """The torch.sort path for ``[r, N]`` rows: loss and presence; writes d loss / d pred into ``grad_out``."""
     fg, ignored = codes == FOREGROUND, codes == IGNORED
     margin = torch.where(fg, 1 - pred, 1 + pred if hinge else pred)  # signed: its sign gives the slope
     errors = margin.clamp_min(0) if hinge else margin.abs()
     # d error / d pred: -1 for foreground, +1 for background, times d error / d margin (0 where the error is 0).
-    slope = None if grad_out is None else \
-        (margin > 0 if hinge else margin.sign()).to(pred.dtype).mul_(1 - 2 * fg.to(pred.dtype)).masked_fill_(ignored, 0)
+    slope = (
+        None
+        if grad_out is None
+        else (margin > 0 if hinge else margin.sign())
+        .to(pred.dtype)
+        .mul_(1 - 2 * fg.to(pred.dtype))
+        .masked_fill_(ignored, 0)
+    )
     del margin
     key_dtype = _KEY_DTYPE[errors.dtype]
     int_max = torch.iinfo(key_dtype).max
@@ -161,7 +172,7 @@ def _chunk(pred: Tensor, codes: Tensor, hinge: bool, grad_out: Optional[Tensor])
     return loss, fg.any(-1)
 
 
-def _rows_torch(pred: Tensor, codes: Tensor, hinge: bool, grad: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+def _rows_torch(pred: Tensor, codes: Tensor, hinge: bool, grad: Tensor | None) -> tuple[Tensor, Tensor]:
     """The torch.sort path: loss and presence of each row of ``[S, R, N]`` inputs, gradient into ``grad``."""
     sets, num_rows, num_pixels = pred.shape
     step = _rows_per_chunk(num_rows, sets * num_pixels, pred.device)
@@ -182,7 +193,7 @@ def _rows_torch(pred: Tensor, codes: Tensor, hinge: bool, grad: Optional[Tensor]
     return torch.cat(losses), torch.cat(present)
 
 
-def _lovasz_rows(pred: Tensor, codes: Tensor, hinge: bool, grad: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+def _lovasz_rows(pred: Tensor, codes: Tensor, hinge: bool, grad: Tensor | None) -> tuple[Tensor, Tensor]:
     """Loss and presence of each row ``[:, r, :]`` of ``[S, R, N]`` inputs; d loss_r / d pred into ``grad``."""
     sets, num_rows, num_pixels = pred.shape
     if pred.numel() == 0:  # no pixel, or no row (no class asked for): nothing to sort
@@ -192,14 +203,16 @@ def _lovasz_rows(pred: Tensor, codes: Tensor, hinge: bool, grad: Optional[Tensor
     if _use_c_kernel(pred):
         return _rows_c(pred, codes, hinge, grad)
     if _use_triton(pred):
-        return _triton("_triton_rows").rows(pred, codes, hinge, grad, _rows_per_chunk(num_rows, sets * num_pixels, pred.device))
+        return _triton("_triton_rows").rows(
+            pred, codes, hinge, grad, _rows_per_chunk(num_rows, sets * num_pixels, pred.device)
+        )
     return _rows_torch(pred, codes, hinge, grad)
 
 
 _TRITON_MAX_CHANNELS = 1024  # a pixel's channels are one tile of registers there
 
 
-def _softmax_backward_(grad: Tensor, logits: Tensor, scale: Optional[Tensor]) -> None:
+def _softmax_backward_(grad: Tensor, logits: Tensor, scale: Tensor | None) -> None:
     """``grad [B, C, N]`` := the gradient w.r.t. ``logits``, given ``grad / scale`` w.r.t. their softmax.
 
     The softmax is recomputed in chunks (several images, or part of one), so that no
@@ -217,8 +230,9 @@ def _softmax_backward_(grad: Tensor, logits: Tensor, scale: Optional[Tensor]) ->
         chunks = [(slice(b, b + images), slice(None)) for b in range(0, batch, images)]
     else:  # runs of pixels of one image
         step = max(budget // channels, 1)
-        chunks = [(slice(b, b + 1), slice(start, start + step))
-                  for b in range(batch) for start in range(0, num_pixels, step)]
+        chunks = [
+            (slice(b, b + 1), slice(start, start + step)) for b in range(batch) for start in range(0, num_pixels, step)
+        ]
     for images, pixels in chunks:
         g = grad[images, :, pixels]
         if scale is not None:
@@ -229,8 +243,17 @@ def _softmax_backward_(grad: Tensor, logits: Tensor, scale: Optional[Tensor]) ->
         g.copy_(torch._softmax_backward_data(g, probs, 1, probs.dtype))
 
 
-def _set_losses(pred: Tensor, codes: Tensor, row_weights: Tensor, hinge: bool, softmax: bool, per_image: bool,
-                present_only: bool, class_ids: Optional[Tensor], need_grad: bool) -> Tuple[Tensor, Tensor]:
+def _set_losses(
+    pred: Tensor,
+    codes: Tensor,
+    row_weights: Tensor,
+    hinge: bool,
+    softmax: bool,
+    per_image: bool,
+    present_only: bool,
+    class_ids: Tensor | None,
+    need_grad: bool,
+) -> tuple[Tensor, Tensor]:
     probs = pred.softmax(1) if softmax else pred
     rows = (probs if class_ids is None else probs.index_select(1, class_ids)).contiguous()
     del probs  # where it is a temporary, it lives on as ``rows`` or not at all
@@ -241,8 +264,9 @@ def _set_losses(pred: Tensor, codes: Tensor, row_weights: Tensor, hinge: bool, s
         # overwrite the rows where they are a temporary of ours, not the caller's input.
         grad = rows if rows is not pred else torch.empty_like(rows)
     layout = (1, batch * num_rows, num_pixels) if per_image else rows.shape  # [S, R, N], see the module doc
-    loss, present = _lovasz_rows(rows.view(layout), codes.reshape(layout), hinge,
-                                 None if grad is None else grad.view(layout))
+    loss, present = _lovasz_rows(
+        rows.view(layout), codes.reshape(layout), hinge, None if grad is None else grad.view(layout)
+    )
     del rows
     num_sets = batch if per_image else 1
     w = row_weights.expand(num_sets, num_rows)
@@ -265,8 +289,17 @@ def _set_losses(pred: Tensor, codes: Tensor, row_weights: Tensor, hinge: bool, s
 
 
 @torch.library.custom_op("lovasz::lovasz_loss", mutates_args=())
-def lovasz_loss(pred: Tensor, codes: Tensor, row_weights: Tensor, hinge: bool, softmax: bool, per_image: bool,
-                present_only: bool, class_ids: Optional[Tensor], need_grad: bool) -> Tuple[Tensor, Tensor]:
+def lovasz_loss(
+    pred: Tensor,
+    codes: Tensor,
+    row_weights: Tensor,
+    hinge: bool,
+    softmax: bool,
+    per_image: bool,
+    present_only: bool,
+    class_ids: Tensor | None,
+    need_grad: bool,
+) -> tuple[Tensor, Tensor]:
     """Lovász loss of each set (image, or the batch) of ``pred [B, C, N]``, float32 or float64.
 
     ``pred`` holds probabilities, logits with ``softmax`` (the softmax over ``C`` is
@@ -294,7 +327,8 @@ _SECOND_ORDER_WITH_SOFTMAX = (
     "lovasz_softmax(from_logits=True) takes the softmax inside and keeps only the first derivative, so it "
     "has no second derivative (create_graph=True: Hessian-vector products, gradient penalties; also "
     "torch.func.grad, which differentiates that way); pass probabilities instead, "
-    "lovasz_softmax(logits.softmax(1), labels), whose derivatives of every order are exact")
+    "lovasz_softmax(logits.softmax(1), labels), whose derivatives of every order are exact"
+)
 
 
 def _setup_context(ctx, inputs, output):
@@ -349,8 +383,17 @@ class _LovaszSets(torch.autograd.Function):
         return (grad * pred_tangent).reshape(ctx.num_sets, -1).sum(1), None
 
 
-def lovasz_sets(pred: Tensor, codes: Tensor, row_weights: Tensor, hinge: bool, softmax: bool, per_image: bool,
-                present_only: bool, class_ids: Optional[Tensor], need_grad: bool) -> Tensor:
+def lovasz_sets(
+    pred: Tensor,
+    codes: Tensor,
+    row_weights: Tensor,
+    hinge: bool,
+    softmax: bool,
+    per_image: bool,
+    present_only: bool,
+    class_ids: Tensor | None,
+    need_grad: bool,
+) -> Tensor:
     """``lovasz_loss``'s per-set losses, differentiable in every autograd mode: reverse (also
     with ``create_graph``), forward (``torch.autograd.forward_ad``) and ``torch.func``. Under
     ``torch.compile`` the op itself is called, with its registered autograd."""

@@ -16,7 +16,7 @@ collective that another rank never entered.
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -62,13 +62,16 @@ def _describe(values: Sequence[int], what) -> str:
     return ", ".join(parts)
 
 
-def _check_compatible(table: List[List[int]]) -> None:
+def _check_compatible(table: list[list[int]]) -> None:
     """Raise the same ValueError on every rank where the ranks' batches cannot form one set."""
     checks = (
         (_C, "number of classes", lambda c: f"{c} class{'es' if c != 1 else ''}"),
         (_K, "number of label rows", lambda k: f"{k} label row{'s' if k != 1 else ''}"),
-        (_DTYPE, "precision (float64, or float32, in which half precision is computed)",
-         lambda d: f"{_dtype_name(d)} predictions"),
+        (
+            _DTYPE,
+            "precision (float64, or float32, in which half precision is computed)",
+            lambda d: f"{_dtype_name(d)} predictions",
+        ),
     )
     for column, subject, what in checks:
         values = [row[column] for row in table]
@@ -87,7 +90,7 @@ def _pad(x: Tensor, batch: int, pixels: int, value: float) -> Tensor:
     return F.pad(x, (0, pixels - n, 0, 0, 0, batch - b), value=value)
 
 
-def gather_global_batch(pred: Tensor, codes: Tensor, group) -> Tuple[Tensor, Tensor]:
+def gather_global_batch(pred: Tensor, codes: Tensor, group) -> tuple[Tensor, Tensor]:
     """The batches of every rank of ``group`` as one batch: ``pred [sum B_r, C, N]``, ``codes [sum B_r, K, N]``.
 
     ``pred [B_r, C, N_r]`` (float) and ``codes [B_r, K, N_r]`` (uint8, ``IGNORED`` marking
@@ -104,12 +107,16 @@ def gather_global_batch(pred: Tensor, codes: Tensor, group) -> Tuple[Tensor, Ten
     import torch.distributed as dist
 
     if pred.ndim != 3 or codes.ndim != 3 or pred.shape[0] != codes.shape[0] or pred.shape[2] != codes.shape[2]:
-        raise AssertionError(f"pred [B, C, N] and codes [B, K, N] expected; got {list(pred.shape)}, "
-                             f"{list(codes.shape)}")  # an internal error: the same on every rank
+        raise AssertionError(
+            f"pred [B, C, N] and codes [B, K, N] expected; got {list(pred.shape)}, {list(codes.shape)}"
+        )  # an internal error: the same on every rank
     world, me = dist.get_world_size(group), dist.get_rank(group)
     batch, classes, pixels = pred.shape
-    mine = torch.tensor([batch, classes, pixels, codes.shape[1], _dtype_code(pred.dtype)], dtype=torch.int64,
-                        device=_shape_device(pred, group))
+    mine = torch.tensor(
+        [batch, classes, pixels, codes.shape[1], _dtype_code(pred.dtype)],
+        dtype=torch.int64,
+        device=_shape_device(pred, group),
+    )
     shapes = [torch.empty_like(mine) for _ in range(world)]
     dist.all_gather(shapes, mine, group=group)
     # The one host synchronisation: padding and the tensors to receive need the shapes on the

@@ -20,8 +20,6 @@ over memory). ``LOVASZ_TRITON=0`` turns this path off.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
-
 import torch
 import triton
 import triton.language as tl
@@ -32,8 +30,19 @@ _MAX_GRID_ROWS = 65535  # the grid's second axis
 
 
 @triton.jit
-def _keys(pred_ptr, codes_ptr, key_ptr, num_pixels, row_pixels, pred_set_stride, pred_row_stride,
-          codes_set_stride, codes_row_stride, HINGE: tl.constexpr, BLOCK: tl.constexpr):
+def _keys(
+    pred_ptr,
+    codes_ptr,
+    key_ptr,
+    num_pixels,
+    row_pixels,
+    pred_set_stride,
+    pred_row_stride,
+    codes_set_stride,
+    codes_row_stride,
+    HINGE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     block, row = tl.program_id(0), tl.program_id(1).to(tl.int64)
     m = block.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # position in the row, over its S sets
     inside = m < row_pixels
@@ -66,8 +75,21 @@ def _count(key_ptr, counts_ptr, row_pixels, num_blocks, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _steps(key_ptr, perm_ptr, starts_ptr, totals_ptr, grad_ptr, partial_ptr, num_pixels, row_pixels, num_blocks,
-           grad_set_stride, grad_row_stride, WRITE_GRAD: tl.constexpr, BLOCK: tl.constexpr):
+def _steps(
+    key_ptr,
+    perm_ptr,
+    starts_ptr,
+    totals_ptr,
+    grad_ptr,
+    partial_ptr,
+    num_pixels,
+    row_pixels,
+    num_blocks,
+    grad_set_stride,
+    grad_row_stride,
+    WRITE_GRAD: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     block, row = tl.program_id(0), tl.program_id(1).to(tl.int64)
     m = block.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     inside = m < row_pixels
@@ -91,7 +113,7 @@ def _steps(key_ptr, perm_ptr, starts_ptr, totals_ptr, grad_ptr, partial_ptr, num
         tl.store(grad_ptr + s * grad_set_stride + row * grad_row_stride + n, step * slope, mask=inside)
 
 
-def rows(pred: Tensor, codes: Tensor, hinge: bool, grad: Optional[Tensor], rows_per_chunk: int) -> Tuple[Tensor, Tensor]:
+def rows(pred: Tensor, codes: Tensor, hinge: bool, grad: Tensor | None, rows_per_chunk: int) -> tuple[Tensor, Tensor]:
     """Loss and presence of each row ``[:, r, :]`` of float32 ``pred [S, R, N]`` and uint8 ``codes``;
     d loss_r / d pred into ``grad`` (same shape) if given. Rows go ``rows_per_chunk`` at a time."""
     sets, num_rows, num_pixels = pred.shape
@@ -104,8 +126,19 @@ def rows(pred: Tensor, codes: Tensor, hinge: bool, grad: Optional[Tensor], rows_
         chunk_pred, chunk_codes = pred[:, start:stop], codes[:, start:stop]
         grid = (num_blocks, stop - start)
         keys = torch.empty(stop - start, row_pixels, dtype=torch.int32, device=pred.device)
-        _keys[grid](chunk_pred, chunk_codes, keys, num_pixels, row_pixels, pred.stride(0), pred.stride(1),
-                    codes.stride(0), codes.stride(1), HINGE=hinge, BLOCK=BLOCK)
+        _keys[grid](
+            chunk_pred,
+            chunk_codes,
+            keys,
+            num_pixels,
+            row_pixels,
+            pred.stride(0),
+            pred.stride(1),
+            codes.stride(0),
+            codes.stride(1),
+            HINGE=hinge,
+            BLOCK=BLOCK,
+        )
         keys, perm = torch.sort(keys, dim=1, descending=True)
         counts = torch.empty(stop - start, num_blocks, dtype=torch.int32, device=pred.device)
         _count[grid](keys, counts, row_pixels, num_blocks, BLOCK=BLOCK)
@@ -113,8 +146,21 @@ def rows(pred: Tensor, codes: Tensor, hinge: bool, grad: Optional[Tensor], rows_
         starts = counts.cumsum(1, dtype=torch.int32).sub_(counts)
         partial = torch.empty(stop - start, num_blocks, dtype=torch.float32, device=pred.device)
         chunk_grad = grad[:, start:stop] if grad is not None else partial  # partial: an unused placeholder
-        _steps[grid](keys, perm, starts, totals, chunk_grad, partial, num_pixels, row_pixels, num_blocks,
-                     chunk_grad.stride(0), chunk_grad.stride(1), WRITE_GRAD=grad is not None, BLOCK=BLOCK)
+        _steps[grid](
+            keys,
+            perm,
+            starts,
+            totals,
+            chunk_grad,
+            partial,
+            num_pixels,
+            row_pixels,
+            num_blocks,
+            chunk_grad.stride(0),
+            chunk_grad.stride(1),
+            WRITE_GRAD=grad is not None,
+            BLOCK=BLOCK,
+        )
         losses.append(partial.sum(1))
         present.append(totals > 0)
     return torch.cat(losses), torch.cat(present)

@@ -10,23 +10,29 @@ and gradients are read once and written once.
 
 from __future__ import annotations
 
-from typing import Optional
-
-import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
 
 @triton.jit
-def _backward(grad_ptr, logits_ptr, scale_ptr, channels, num_pixels, logits_batch_stride, logits_channel_stride,
-              HAS_SCALE: tl.constexpr, C_BLOCK: tl.constexpr, N_BLOCK: tl.constexpr):
+def _backward(
+    grad_ptr,
+    logits_ptr,
+    scale_ptr,
+    channels,
+    num_pixels,
+    logits_batch_stride,
+    logits_channel_stride,
+    HAS_SCALE: tl.constexpr,
+    C_BLOCK: tl.constexpr,
+    N_BLOCK: tl.constexpr,
+):
     block, b = tl.program_id(0), tl.program_id(1).to(tl.int64)
     c = tl.arange(0, C_BLOCK)[:, None]
     n = block.to(tl.int64) * N_BLOCK + tl.arange(0, N_BLOCK)[None, :]
     inside = (c < channels) & (n < num_pixels)
-    x = tl.load(logits_ptr + b * logits_batch_stride + c * logits_channel_stride + n, mask=inside,
-                other=-float("inf"))
+    x = tl.load(logits_ptr + b * logits_batch_stride + c * logits_channel_stride + n, mask=inside, other=-float("inf"))
     e = tl.exp(x - tl.max(x, axis=0)[None, :])
     p = e / tl.sum(e, axis=0)[None, :]
     # NaN where a pixel's logits hold NaN or inf: 0 instead, so an ignored pixel's zero gradient stays 0
@@ -39,7 +45,7 @@ def _backward(grad_ptr, logits_ptr, scale_ptr, channels, num_pixels, logits_batc
     tl.store(at, p * (g - tl.sum(p * g, axis=0)[None, :]), mask=inside)
 
 
-def softmax_backward_(grad: Tensor, logits: Tensor, scale: Optional[Tensor]) -> None:
+def softmax_backward_(grad: Tensor, logits: Tensor, scale: Tensor | None) -> None:
     """``grad [B, C, N]`` (contiguous) := the gradient w.r.t. ``logits``, given ``grad / scale``
     w.r.t. their softmax over ``C``; ``scale`` is ``[B, C, 1]`` or None."""
     batch, channels, num_pixels = grad.shape
@@ -50,6 +56,15 @@ def softmax_backward_(grad: Tensor, logits: Tensor, scale: Optional[Tensor]) -> 
     c_block = triton.next_power_of_2(channels)
     n_block = max(16, min(256, 4096 // c_block))  # a tile of at most 4096 values per tensor, in registers
     grid = (triton.cdiv(num_pixels, n_block), batch)
-    _backward[grid](grad, logits, scale if scale is not None else grad, channels, num_pixels,
-                    logits.stride(0), logits.stride(1), HAS_SCALE=scale is not None, C_BLOCK=c_block,
-                    N_BLOCK=n_block)
+    _backward[grid](
+        grad,
+        logits,
+        scale if scale is not None else grad,
+        channels,
+        num_pixels,
+        logits.stride(0),
+        logits.stride(1),
+        HAS_SCALE=scale is not None,
+        C_BLOCK=c_block,
+        N_BLOCK=n_block,
+    )

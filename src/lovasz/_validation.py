@@ -7,7 +7,7 @@ run at trace time under ``torch.compile``, ``tf.function`` and ``jax.jit``.
 from __future__ import annotations
 
 import operator
-from typing import Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -47,8 +47,11 @@ def check_classes(classes, num_classes: int) -> object:
             indices.append(operator.index(c))
         except (TypeError, AttributeError, ValueError):
             dtype = getattr(classes, "dtype", None)
-            came = f"an array of dtype {getattr(dtype, 'name', dtype)}" if dtype is not None else \
-                f"{c!r} of type {type(c).__name__}"
+            came = (
+                f"an array of dtype {getattr(dtype, 'name', dtype)}"
+                if dtype is not None
+                else f"{c!r} of type {type(c).__name__}"
+            )
             raise TypeError(f"classes must contain integer class indices; got {came}") from None
     for c in indices:
         if not 0 <= c < num_classes:
@@ -59,7 +62,7 @@ def check_classes(classes, num_classes: int) -> object:
 MARGINS = ("relu", "elu")
 
 
-def check_hinge_variant(margin, symmetric, from_logits: bool = True) -> Tuple[str, bool]:
+def check_hinge_variant(margin, symmetric, from_logits: bool = True) -> tuple[str, bool]:
     """The hinge's ``margin`` ('relu': ``max(0, m)``; 'elu': ``elu(m) + 1``) and ``symmetric`` flag;
     variants of the hinge, so only on scores (``from_logits``), not on probabilities."""
     if margin not in MARGINS:
@@ -67,12 +70,14 @@ def check_hinge_variant(margin, symmetric, from_logits: bool = True) -> Tuple[st
     if not isinstance(symmetric, bool):
         raise TypeError(f"symmetric must be True or False; got {symmetric!r}")
     if not from_logits and (margin != "relu" or symmetric):
-        raise ValueError(f"margin={margin!r} and symmetric={symmetric} are variants of the hinge: they need "
-                         "from_logits=True (scores), not probabilities")
+        raise ValueError(
+            f"margin={margin!r} and symmetric={symmetric} are variants of the hinge: they need "
+            "from_logits=True (scores), not probabilities"
+        )
     return margin, symmetric
 
 
-def check_ignore(ignore, name: str = "ignore") -> Optional[int]:
+def check_ignore(ignore, name: str = "ignore") -> int | None:
     if ignore is None:
         return None
     if isinstance(ignore, bool) or not hasattr(ignore, "__index__"):
@@ -80,7 +85,7 @@ def check_ignore(ignore, name: str = "ignore") -> Optional[int]:
     return int(ignore)
 
 
-def check_weights_shape(shape: Tuple[int, ...], num_classes: int, name: str = "weights") -> None:
+def check_weights_shape(shape: tuple[int, ...], num_classes: int, name: str = "weights") -> None:
     if tuple(shape) != (num_classes,):
         raise ValueError(f"{name} must have shape [{num_classes}] (one weight per class); got {list(shape)}")
 
@@ -89,8 +94,9 @@ def fmt(shape: Sequence[int]) -> str:
     return "[" + ", ".join(str(int(s)) for s in shape) + "]"
 
 
-def softmax_layout(probas_shape, labels_shape, channel_axis: int = 1,
-                   names: Tuple[str, str] = ("probas", "labels")) -> Tuple[bool, int]:
+def softmax_layout(
+    probas_shape, labels_shape, channel_axis: int = 1, names: tuple[str, str] = ("probas", "labels")
+) -> tuple[bool, int]:
     """Check the shapes of ``lovasz_softmax``'s inputs (called ``names`` in the messages).
 
     Returns ``(sigmoid, num_classes)``: ``sigmoid`` is True when ``probas`` has the
@@ -104,7 +110,7 @@ def softmax_layout(probas_shape, labels_shape, channel_axis: int = 1,
     if len(p) == len(l) and p == l:
         return True, 2
     ax = channel_axis % len(p)
-    expected = p[:ax] + p[ax + 1:]
+    expected = p[:ax] + p[ax + 1 :]
     if expected != l:
         where = "channels-first [B, C, *spatial]" if ax == 1 else "channels-last [B, *spatial, C]"
         raise ValueError(
@@ -129,7 +135,7 @@ def hinge_layout(logits_shape, labels_shape) -> None:
     )
 
 
-def multilabel_layout(logits_shape, targets_shape, names: Tuple[str, str] = ("logits", "targets")) -> int:
+def multilabel_layout(logits_shape, targets_shape, names: tuple[str, str] = ("logits", "targets")) -> int:
     s, t = tuple(logits_shape), tuple(targets_shape)
     logits, targets = names
     if len(s) < 2:
@@ -145,7 +151,7 @@ def without_axis(shape, axis: int) -> tuple:
     if not s:
         return s
     axis %= len(s)
-    return s[:axis] + s[axis + 1:]
+    return s[:axis] + s[axis + 1 :]
 
 
 def trailing_label_axis(labels_shape, accepted_shapes) -> bool:

@@ -32,9 +32,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence
 
 import torch
 
@@ -81,8 +81,16 @@ QUICK_CASES = [
     Case("multiclass per-image", (2, 5, 32, 32), "softmax", per_image=True, classes="all", kornia_same=True),
     Case("binary hinge per-image", (2, 1, 32, 32), "hinge", per_image=True, kornia_same=True),
 ]
-IMPLEMENTATIONS = ("lovasz", "original", "kornia", "sort floor", "lovasz.tf", "lovasz.tf xla", "lovasz.tf eager",
-                   "lovasz.jax")
+IMPLEMENTATIONS = (
+    "lovasz",
+    "original",
+    "kornia",
+    "sort floor",
+    "lovasz.tf",
+    "lovasz.tf xla",
+    "lovasz.tf eager",
+    "lovasz.jax",
+)
 CUDA_IMPLEMENTATIONS = ("lovasz", "original", "kornia", "sort floor", "lovasz.jax", "network")
 # Peak memory is probed for the PyTorch losses: each probe is a fresh process, and TF's and
 # JAX's would spend minutes compiling for a figure that no one compares.
@@ -106,7 +114,7 @@ def make_inputs(case: Case, device: torch.device = torch.device("cpu")):
     return logits.to(device), labels.to(device)
 
 
-def step_function(case: Case, impl: str, device: torch.device = torch.device("cpu")) -> Optional[Callable[[], None]]:
+def step_function(case: Case, impl: str, device: torch.device = torch.device("cpu")) -> Callable[[], None] | None:
     """A forward + backward step of ``impl`` on ``case``, or None where ``impl`` does not apply."""
     if impl == "network":
         return _network_step(case, device)
@@ -249,7 +257,7 @@ def _status_kib(field_name: str) -> int:
     raise RuntimeError(f"{field_name} not in /proc/self/status")
 
 
-def peak_memory_here(case: Case, impl: str) -> Optional[int]:
+def peak_memory_here(case: Case, impl: str) -> int | None:
     """Rise of peak RSS (bytes) during one step, measured in this process (call in a fresh one)."""
     step = step_function(case, impl)
     if step is None:
@@ -265,14 +273,19 @@ def peak_memory_here(case: Case, impl: str) -> Optional[int]:
 # glibc keeps freed blocks under its (self-raising) mmap threshold for reuse, so a second
 # step could reuse the first one's memory unseen: with a fixed low threshold every large
 # block is mapped on allocation and unmapped on free, and the resident set follows what is live.
-_PROBE_ENV = {"PYTHONWARNINGS": "ignore",
-              "MALLOC_MMAP_THRESHOLD_": str(1 << 16), "MALLOC_TRIM_THRESHOLD_": str(1 << 16)}
+_PROBE_ENV = {
+    "PYTHONWARNINGS": "ignore",
+    "MALLOC_MMAP_THRESHOLD_": str(1 << 16),
+    "MALLOC_TRIM_THRESHOLD_": str(1 << 16),
+}
 
 
-def peak_memory(case_index: int, impl: str, quick: bool) -> Optional[int]:
+def peak_memory(case_index: int, impl: str, quick: bool) -> int | None:
     if not Path("/proc/self/clear_refs").exists():
         return None
-    cmd = [sys.executable, "-m", "lovasz.bench", "--memory-probe", str(case_index), impl] + (["--quick"] if quick else [])
+    cmd = [sys.executable, "-m", "lovasz.bench", "--memory-probe", str(case_index), impl] + (
+        ["--quick"] if quick else []
+    )
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **_PROBE_ENV})
     if out.returncode != 0:
         return None
@@ -280,16 +293,23 @@ def peak_memory(case_index: int, impl: str, quick: bool) -> Optional[int]:
     return None if value == "None" else int(value)
 
 
-def machine(device: torch.device = torch.device("cpu")) -> Dict[str, object]:
+def machine(device: torch.device = torch.device("cpu")) -> dict[str, object]:
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo") as f:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "torch": torch.__version__, "lovasz": lovasz.__version__,
-            "platform": platform.platform(), "device": str(device)}
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lovasz": lovasz.__version__,
+        "platform": platform.platform(),
+        "device": str(device),
+    }
     if device.type == "cuda":
         info.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda)
     return info
@@ -300,14 +320,20 @@ class Row:
     case: str
     shape: tuple
     impl: str
-    seconds: Optional[float] = None
-    peak_bytes: Optional[int] = None
+    seconds: float | None = None
+    peak_bytes: int | None = None
     note: str = ""
-    ratios: Dict[str, float] = field(default_factory=dict)
+    ratios: dict[str, float] = field(default_factory=dict)
 
 
-def run(repeats: int, quick: bool, memory: bool, progress: Callable[[str], None] = print,
-        device: torch.device = torch.device("cpu"), impls: Optional[Sequence[str]] = None):
+def run(
+    repeats: int,
+    quick: bool,
+    memory: bool,
+    progress: Callable[[str], None] = print,
+    device: torch.device = torch.device("cpu"),
+    impls: Sequence[str] | None = None,
+):
     rows = []
     for index, case in enumerate(cases(device, quick)):
         measured = {}
@@ -327,8 +353,9 @@ def run(repeats: int, quick: bool, memory: bool, progress: Callable[[str], None]
             try:
                 row.seconds = time_step(step, repeats, device)
                 if memory and impl in MEMORY_PROBED:
-                    row.peak_bytes = peak_memory_cuda(step, device) if device.type == "cuda" \
-                        else peak_memory(index, impl, quick)
+                    row.peak_bytes = (
+                        peak_memory_cuda(step, device) if device.type == "cuda" else peak_memory(index, impl, quick)
+                    )
             except Exception as error:  # a peer that fails (out of memory, say) is reported, not fatal
                 if impl == "lovasz":
                     raise
@@ -373,18 +400,30 @@ def render(rows) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="lovasz bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="timed runs per implementation, median reported (default: 5 on CPU, 20 on CUDA)")
-    parser.add_argument("--device", default="cpu",
-                        help="torch device to run on, e.g. cpu or cuda (default: cpu); cuda uses training-size shapes")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed runs per implementation, median reported (default: 5 on CPU, 20 on CUDA)",
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="torch device to run on, e.g. cpu or cuda (default: cpu); cuda uses training-size shapes",
+    )
     parser.add_argument("--quick", action="store_true", help="small shapes, for a smoke test (default: off)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes (default: measured)")
-    parser.add_argument("--out", type=Path, default=Path("bench-output"),
-                        help="folder for results.json (default: bench-output)")
-    parser.add_argument("--impl", action="append", metavar="NAME",
-                        help="time only this implementation; repeat for several; ratios need lovasz "
-                             f"(default: all; on CPU {', '.join(IMPLEMENTATIONS)}; on CUDA "
-                             f"{', '.join(CUDA_IMPLEMENTATIONS)})")
+    parser.add_argument(
+        "--out", type=Path, default=Path("bench-output"), help="folder for results.json (default: bench-output)"
+    )
+    parser.add_argument(
+        "--impl",
+        action="append",
+        metavar="NAME",
+        help="time only this implementation; repeat for several; ratios need lovasz "
+        f"(default: all; on CPU {', '.join(IMPLEMENTATIONS)}; on CUDA "
+        f"{', '.join(CUDA_IMPLEMENTATIONS)})",
+    )
     parser.add_argument("--memory-probe", nargs=2, metavar=("CASE", "IMPL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
@@ -412,8 +451,11 @@ def main(argv=None) -> int:
     table = render(rows)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
-    result = {"machine": machine(device), "repeats": repeats,
-              "rows": [{**r.__dict__, "shape": list(r.shape)} for r in rows]}
+    result = {
+        "machine": machine(device),
+        "repeats": repeats,
+        "rows": [{**r.__dict__, "shape": list(r.shape)} for r in rows],
+    }
     (args.out / "results.json").write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out / 'results.json'}")
     return 0

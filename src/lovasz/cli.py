@@ -16,7 +16,9 @@ COMMANDS = {
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog="lovasz", description="Lovász-Softmax and Lovász hinge losses.")
-    parser.add_argument("command", choices=sorted(COMMANDS), help="; ".join(f"{k}: {v[1]}" for k, v in COMMANDS.items()))
+    parser.add_argument(
+        "command", choices=sorted(COMMANDS), help="; ".join(f"{k}: {v[1]}" for k, v in COMMANDS.items())
+    )
     args, rest = parser.parse_known_args(argv[:1])
     name = COMMANDS[args.command][0]
     try:

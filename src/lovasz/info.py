@@ -12,7 +12,6 @@ import importlib.util
 import os
 import platform
 import sys
-from typing import Dict, List, Tuple
 
 import lovasz
 from lovasz import _ckernel
@@ -27,7 +26,7 @@ def _version(distribution: str) -> str:
         return "not installed"
 
 
-def _torch_devices() -> List[str]:
+def _torch_devices() -> list[str]:
     import torch
 
     devices = [f"cpu ({torch.get_num_threads()} threads)"]
@@ -36,23 +35,31 @@ def _torch_devices() -> List[str]:
     return devices
 
 
-def _jax_devices() -> List[str]:
+def _jax_devices() -> list[str]:
     import jax
 
     return [f"{d.platform}:{d.id} {getattr(d, 'device_kind', '')}".strip() for d in jax.devices()]
 
 
-def report() -> List[Tuple[str, str]]:
+def report() -> list[tuple[str, str]]:
     """``(name, value)`` rows: versions, the C kernel's state, threads and devices."""
-    rows = [("lovasz", f"{lovasz.__version__} ({os.path.dirname(lovasz.__file__)})"),
-            ("python", f"{platform.python_version()} ({sys.executable})"),
-            ("platform", platform.platform())]
+    rows = [
+        ("lovasz", f"{lovasz.__version__} ({os.path.dirname(lovasz.__file__)})"),
+        ("python", f"{platform.python_version()} ({sys.executable})"),
+        ("platform", platform.platform()),
+    ]
     rows += [(name, _version(name)) for name in FRAMEWORKS]
     why = _ckernel.why_not()
-    rows.append(("C kernel", "loaded: float32 rows on the CPU are sorted by it" if not why else
-                 f"NOT loaded ({why}): torch and JAX sort float32 CPU rows with their own sort, 3-4x slower; "
-                 "reinstall with a C compiler present"))
-    devices: Dict[str, object] = {"torch devices": _torch_devices, "jax devices": _jax_devices}
+    rows.append(
+        (
+            "C kernel",
+            "loaded: float32 rows on the CPU are sorted by it"
+            if not why
+            else f"NOT loaded ({why}): torch and JAX sort float32 CPU rows with their own sort, 3-4x slower; "
+            "reinstall with a C compiler present",
+        )
+    )
+    devices: dict[str, object] = {"torch devices": _torch_devices, "jax devices": _jax_devices}
     for name, probe in devices.items():
         if importlib.util.find_spec(name.split()[0]) is not None:
             try:
@@ -62,8 +69,14 @@ def report() -> List[Tuple[str, str]]:
     if importlib.util.find_spec("torch") is not None:
         from lovasz._torch_core import _triton
 
-        rows.append(("GPU path", "Triton kernels, on CUDA devices" if _triton("_triton_rows") is not None else
-                     "torch.sort (Triton not installed, or LOVASZ_TRITON=0)"))
+        rows.append(
+            (
+                "GPU path",
+                "Triton kernels, on CUDA devices"
+                if _triton("_triton_rows") is not None
+                else "torch.sort (Triton not installed, or LOVASZ_TRITON=0)",
+            )
+        )
     return rows
 
 

@@ -24,7 +24,8 @@ from __future__ import annotations
 import functools
 import math
 import os
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Union
 
 import jax
 import jax.numpy as jnp
@@ -59,10 +60,15 @@ def _check_prediction(x, name: str) -> jax.Array:
 def _check_labels(labels, name: str) -> jax.Array:
     """Integer, bool or float labels; floats must hold whole numbers, checked as the label range is."""
     labels = _to_array(labels, name, "an array of class indices")
-    if not (jnp.issubdtype(labels.dtype, jnp.integer) or jnp.issubdtype(labels.dtype, jnp.floating)
-            or labels.dtype == jnp.bool_):
-        raise TypeError(f"{name} must be an array of integer class indices (not one-hot, not probabilities); "
-                        f"got dtype {labels.dtype}")
+    if not (
+        jnp.issubdtype(labels.dtype, jnp.integer)
+        or jnp.issubdtype(labels.dtype, jnp.floating)
+        or labels.dtype == jnp.bool_
+    ):
+        raise TypeError(
+            f"{name} must be an array of integer class indices (not one-hot, not probabilities); "
+            f"got dtype {labels.dtype}"
+        )
     return labels.astype(jnp.int32) if labels.dtype == jnp.bool_ else labels
 
 
@@ -71,8 +77,10 @@ def _check_axis(axis, ndim: int) -> int:
     if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
         raise TypeError(f"axis must be an int (the class axis: 1, or -1 for channels-last); got {axis!r}")
     if ndim >= 2 and not (-ndim <= axis < ndim and axis % ndim != 0):
-        raise ValueError(f"axis must be a class axis of the rank-{ndim} prediction, in [1, {ndim - 1}] or "
-                         f"[{1 - ndim}, -1] (0 is the batch axis); got {axis}")
+        raise ValueError(
+            f"axis must be a class axis of the rank-{ndim} prediction, in [1, {ndim - 1}] or "
+            f"[{1 - ndim}, -1] (0 is the batch axis); got {axis}"
+        )
     return int(axis)
 
 
@@ -90,7 +98,7 @@ def _compute_dtype(x) -> jnp.dtype:
     return jnp.float64 if x.dtype == jnp.float64 else jnp.float32
 
 
-def _as_weights(weights, num_classes: int, dtype) -> Optional[jax.Array]:
+def _as_weights(weights, num_classes: int, dtype) -> jax.Array | None:
     if weights is None:
         return None
     try:
@@ -98,8 +106,7 @@ def _as_weights(weights, num_classes: int, dtype) -> Optional[jax.Array]:
     except (TypeError, ValueError):  # ragged lists, dicts, ...
         w = None
     if w is None or not (jnp.issubdtype(w.dtype, jnp.floating) or jnp.issubdtype(w.dtype, jnp.integer)):
-        raise TypeError(f"weights must be [{num_classes}] real numbers (one weight per class) or None; "
-                        f"got {weights!r}")
+        raise TypeError(f"weights must be [{num_classes}] real numbers (one weight per class) or None; got {weights!r}")
     V.check_weights_shape(w.shape, num_classes)
     return w.astype(dtype)
 
@@ -123,7 +130,7 @@ def _jaccard_steps(fg_sorted: jax.Array, dtype) -> jax.Array:
     return steps.at[..., :1].set(1 - intersection[..., :1] / union[..., :1])  # J(1); the formula divides by U(0)
 
 
-def _lovasz_rows(errors: jax.Array, fg: jax.Array, valid: Optional[jax.Array]) -> jax.Array:
+def _lovasz_rows(errors: jax.Array, fg: jax.Array, valid: jax.Array | None) -> jax.Array:
     """Lovász extension of each row of ``errors [R, N]`` against ``fg [R, N]`` (bool, False where ignored).
 
     One ascending sort of ``-errors`` carries the flags along; ignored pixels get
@@ -147,20 +154,22 @@ _THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else
 def _kernel_on_host(errors: np.ndarray, codes: np.ndarray, need_grad: bool):
     """The C kernel on ``[..., S, R, N]`` errors; the leading axes come from ``vmap``."""
     errors, codes = np.asarray(errors), np.asarray(codes)
-    lead, (sets, num_rows, num_pixels) = errors.shape[:-3], errors.shape[-3:]
+    lead, num_rows = errors.shape[:-3], errors.shape[-2]
     loss = np.empty(lead + (num_rows,), np.float32)
     grad = np.empty(errors.shape, np.float32) if need_grad else None
     for index in np.ndindex(lead):
-        loss[index], _ = C.lovasz_rows(errors[index], codes[index], C.ERRORS,
-                                       None if grad is None else grad[index], _THREADS)
+        loss[index], _ = C.lovasz_rows(
+            errors[index], codes[index], C.ERRORS, None if grad is None else grad[index], _THREADS
+        )
     return (loss, grad) if need_grad else loss
 
 
 def _host_call(errors: jax.Array, codes: jax.Array, need_grad: bool):
     loss = jax.ShapeDtypeStruct(errors.shape[:-3] + errors.shape[-2:-1], jnp.float32)
     shapes = (loss, jax.ShapeDtypeStruct(errors.shape, jnp.float32)) if need_grad else loss
-    return jax.pure_callback(functools.partial(_kernel_on_host, need_grad=need_grad), shapes, errors, codes,
-                             vmap_method="broadcast_all")
+    return jax.pure_callback(
+        functools.partial(_kernel_on_host, need_grad=need_grad), shapes, errors, codes, vmap_method="broadcast_all"
+    )
 
 
 @jax.custom_vjp
@@ -189,7 +198,7 @@ def _sorted_rows(errors: jax.Array, codes: jax.Array) -> jax.Array:
     return _lovasz_rows(rows(errors), rows(codes) == 1, rows(codes) != 2)
 
 
-def _lovasz_kernel(errors: jax.Array, fg: jax.Array, valid: Optional[jax.Array], per_image: bool) -> jax.Array:
+def _lovasz_kernel(errors: jax.Array, fg: jax.Array, valid: jax.Array | None, per_image: bool) -> jax.Array:
     """Loss of each (set, class) row of ``errors [B, K, N]``: on a CPU by the C kernel where it applies."""
     codes = fg.astype(jnp.uint8) if valid is None else jnp.where(valid, fg.astype(jnp.uint8), 2).astype(jnp.uint8)
     b, k, n = errors.shape
@@ -239,9 +248,18 @@ def _channels_first(x: jax.Array, axis: int) -> jax.Array:
 # ----------------------------------------------------------------------------- public functions
 
 
-def lovasz_softmax(probas, labels, classes: Classes = "present", per_image: bool = False,
-                   ignore: Optional[int] = None, *, from_logits: bool = False, weights=None,
-                   reduction: str = "mean", axis: int = 1) -> jax.Array:
+def lovasz_softmax(
+    probas,
+    labels,
+    classes: Classes = "present",
+    per_image: bool = False,
+    ignore: int | None = None,
+    *,
+    from_logits: bool = False,
+    weights=None,
+    reduction: str = "mean",
+    axis: int = 1,
+) -> jax.Array:
     r"""Multi-class Lovász-Softmax loss: a convex surrogate of ``1 - IoU`` averaged over classes.
 
     For each class the errors ``|[y = c] - p(c)|`` are sorted in decreasing order and
@@ -305,8 +323,7 @@ def lovasz_softmax(probas, labels, classes: Classes = "present", per_image: bool
     return loss.astype(probas.dtype)
 
 
-def _hinge_classes(pred, fg, valid, classes, per_image: bool, weights, reduction: str, margin: str,
-                   symmetric: bool):
+def _hinge_classes(pred, fg, valid, classes, per_image: bool, weights, reduction: str, margin: str, symmetric: bool):
     """The Lovász hinge with its variants: ``elu(m) + 1`` of the margins is the plain hinge at
     ``x' = -s elu(1 - s x)``; ``symmetric`` averages with the flipped problem, ``-x'`` against ``1 - y``."""
     if margin == "elu":
@@ -318,8 +335,16 @@ def _hinge_classes(pred, fg, valid, classes, per_image: bool, weights, reduction
     return loss
 
 
-def lovasz_hinge(logits, labels, per_image: bool = True, ignore: Optional[int] = None, *,
-                 reduction: str = "mean", margin: str = "relu", symmetric: bool = False) -> jax.Array:
+def lovasz_hinge(
+    logits,
+    labels,
+    per_image: bool = True,
+    ignore: int | None = None,
+    *,
+    reduction: str = "mean",
+    margin: str = "relu",
+    symmetric: bool = False,
+) -> jax.Array:
     r"""Binary Lovász hinge loss: a convex surrogate of ``1 - IoU`` of the foreground.
 
     The errors are the hinge margins ``max(0, 1 - s x)`` with signs ``s = 2 y - 1``.
@@ -360,10 +385,20 @@ def lovasz_hinge(logits, labels, per_image: bool = True, ignore: Optional[int] =
     return loss.astype(logits.dtype)
 
 
-def lovasz_multilabel(logits, targets, classes: Classes = "present", per_image: bool = True,
-                      ignore: Optional[int] = None, *, from_logits: bool = True, weights=None,
-                      reduction: str = "mean", margin: str = "relu", symmetric: bool = False,
-                      axis: int = 1) -> jax.Array:
+def lovasz_multilabel(
+    logits,
+    targets,
+    classes: Classes = "present",
+    per_image: bool = True,
+    ignore: int | None = None,
+    *,
+    from_logits: bool = True,
+    weights=None,
+    reduction: str = "mean",
+    margin: str = "relu",
+    symmetric: bool = False,
+    axis: int = 1,
+) -> jax.Array:
     r"""Multi-label Lovász loss: one binary Lovász loss per channel, averaged over channels.
 
     With ``from_logits`` (the default) each channel gets the Lovász hinge of its

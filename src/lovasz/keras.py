@@ -22,15 +22,21 @@ Example:
 from __future__ import annotations
 
 import importlib
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import keras
 from keras import ops
 
 from lovasz import _validation as V
 
-__all__ = ["LovaszSoftmaxLoss", "LovaszHingeLoss", "LovaszMultilabelLoss", "CrossEntropyLovaszLoss",
-           "LovaszScheduleCallback", "LovaszSchedule"]
+__all__ = [
+    "LovaszSoftmaxLoss",
+    "LovaszHingeLoss",
+    "LovaszMultilabelLoss",
+    "CrossEntropyLovaszLoss",
+    "LovaszScheduleCallback",
+    "LovaszSchedule",
+]
 
 DATA_FORMATS = ("channels_last", "channels_first")
 _BACKENDS = {"tensorflow": "lovasz.tf", "jax": "lovasz.jax", "torch": "lovasz.torch"}
@@ -75,7 +81,7 @@ def _reduced(loss, reduction):
     return loss
 
 
-def _valid_mask(labels, ignore: Optional[int]):
+def _valid_mask(labels, ignore: int | None):
     """1.0 where a pixel takes part, 0.0 where it is labelled ``ignore``."""
     return ops.ones_like(labels, "float32") if ignore is None else ops.cast(ops.not_equal(labels, ignore), "float32")
 
@@ -83,8 +89,16 @@ def _valid_mask(labels, ignore: Optional[int]):
 class _LovaszLoss(keras.losses.Loss):
     """What the three losses share: options, the data format, the backend dispatch and the config."""
 
-    def __init__(self, *, per_image: bool, ignore_class: Optional[int], data_format: Optional[str],
-                 name: str, reduction: str, dtype):
+    def __init__(
+        self,
+        *,
+        per_image: bool,
+        ignore_class: int | None,
+        data_format: str | None,
+        name: str,
+        reduction: str,
+        dtype,
+    ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         data_format = data_format or keras.config.image_data_format()
         if data_format not in DATA_FORMATS:
@@ -111,12 +125,22 @@ class _LovaszLoss(keras.losses.Loss):
             labels = labels.movedim(-1, 1) if function == "lovasz_multilabel" else labels
         else:
             kwargs.update(_channel_kwargs(backend, channels_last))
-        return getattr(module, function)(y_pred, labels, per_image=self.per_image, ignore=self.ignore_class,
-                                         reduction="none" if self.per_image else "mean", **kwargs)
+        return getattr(module, function)(
+            y_pred,
+            labels,
+            per_image=self.per_image,
+            ignore=self.ignore_class,
+            reduction="none" if self.per_image else "mean",
+            **kwargs,
+        )
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "per_image": self.per_image, "ignore_class": self.ignore_class,
-                "data_format": self.data_format}
+        return {
+            **super().get_config(),
+            "per_image": self.per_image,
+            "ignore_class": self.ignore_class,
+            "data_format": self.data_format,
+        }
 
 
 def _classes_config(classes):
@@ -138,12 +162,17 @@ class _ClassAveragedLoss(_LovaszLoss):
         self.class_weights = _weights_config(class_weights)
 
     def _run_classes(self, function: str, y_pred, labels):
-        return self._run(function, y_pred, labels, classes=self.classes, from_logits=self.from_logits,
-                         weights=self.class_weights)
+        return self._run(
+            function, y_pred, labels, classes=self.classes, from_logits=self.from_logits, weights=self.class_weights
+        )
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "from_logits": self.from_logits, "classes": self.classes,
-                "class_weights": self.class_weights}
+        return {
+            **super().get_config(),
+            "from_logits": self.from_logits,
+            "classes": self.classes,
+            "class_weights": self.class_weights,
+        }
 
 
 @keras.saving.register_keras_serializable(package="lovasz")
@@ -164,13 +193,29 @@ class LovaszSoftmaxLoss(_ClassAveragedLoss):
     ``y_pred`` holds ``C`` channels, or one channel of sigmoid output (read as ``[1 - p, p]``).
     """
 
-    def __init__(self, from_logits: bool = False, per_image: bool = False,
-                 classes: Union[str, Sequence[int]] = "present", ignore_class: Optional[int] = None,
-                 class_weights: Optional[Sequence[float]] = None, data_format: Optional[str] = None,
-                 name: str = "lovasz_softmax", reduction: str = "sum_over_batch_size", dtype=None):
-        super().__init__(from_logits=from_logits, classes=classes, class_weights=class_weights,
-                         per_image=per_image, ignore_class=ignore_class, data_format=data_format,
-                         name=name, reduction=reduction, dtype=dtype)
+    def __init__(
+        self,
+        from_logits: bool = False,
+        per_image: bool = False,
+        classes: str | Sequence[int] = "present",
+        ignore_class: int | None = None,
+        class_weights: Sequence[float] | None = None,
+        data_format: str | None = None,
+        name: str = "lovasz_softmax",
+        reduction: str = "sum_over_batch_size",
+        dtype=None,
+    ):
+        super().__init__(
+            from_logits=from_logits,
+            classes=classes,
+            class_weights=class_weights,
+            per_image=per_image,
+            ignore_class=ignore_class,
+            data_format=data_format,
+            name=name,
+            reduction=reduction,
+            dtype=dtype,
+        )
 
     def call(self, y_true, y_pred):
         labels = _squeeze_channel(y_true, self._channel_axis, len(y_pred.shape))
@@ -187,17 +232,30 @@ class LovaszHingeLoss(_LovaszLoss):
     ``elu(m) + 1``) and ``symmetric`` are the hinge's variants of practice.
     """
 
-    def __init__(self, per_image: bool = True, ignore_class: Optional[int] = None,
-                 data_format: Optional[str] = None, name: str = "lovasz_hinge",
-                 reduction: str = "sum_over_batch_size", dtype=None, margin: str = "relu", symmetric: bool = False):
-        super().__init__(per_image=per_image, ignore_class=ignore_class, data_format=data_format,
-                         name=name, reduction=reduction, dtype=dtype)
+    def __init__(
+        self,
+        per_image: bool = True,
+        ignore_class: int | None = None,
+        data_format: str | None = None,
+        name: str = "lovasz_hinge",
+        reduction: str = "sum_over_batch_size",
+        dtype=None,
+        margin: str = "relu",
+        symmetric: bool = False,
+    ):
+        super().__init__(
+            per_image=per_image,
+            ignore_class=ignore_class,
+            data_format=data_format,
+            name=name,
+            reduction=reduction,
+            dtype=dtype,
+        )
         self.margin, self.symmetric = V.check_hinge_variant(margin, symmetric)
 
     def call(self, y_true, y_pred):
         y_true, y_pred = _drop_binary_channel(y_true, y_pred, self._channel_axis)
-        return self._run("lovasz_hinge", y_pred, y_true, channels=False, margin=self.margin,
-                         symmetric=self.symmetric)
+        return self._run("lovasz_hinge", y_pred, y_true, channels=False, margin=self.margin, symmetric=self.symmetric)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "margin": self.margin, "symmetric": self.symmetric}
@@ -213,19 +271,44 @@ class LovaszMultilabelLoss(_ClassAveragedLoss):
     ``symmetric`` are the hinge's variants, as in :class:`LovaszHingeLoss` (``from_logits`` only).
     """
 
-    def __init__(self, from_logits: bool = True, per_image: bool = True,
-                 classes: Union[str, Sequence[int]] = "present", ignore_class: Optional[int] = None,
-                 class_weights: Optional[Sequence[float]] = None, data_format: Optional[str] = None,
-                 name: str = "lovasz_multilabel", reduction: str = "sum_over_batch_size", dtype=None,
-                 margin: str = "relu", symmetric: bool = False):
-        super().__init__(from_logits=from_logits, classes=classes, class_weights=class_weights,
-                         per_image=per_image, ignore_class=ignore_class, data_format=data_format,
-                         name=name, reduction=reduction, dtype=dtype)
+    def __init__(
+        self,
+        from_logits: bool = True,
+        per_image: bool = True,
+        classes: str | Sequence[int] = "present",
+        ignore_class: int | None = None,
+        class_weights: Sequence[float] | None = None,
+        data_format: str | None = None,
+        name: str = "lovasz_multilabel",
+        reduction: str = "sum_over_batch_size",
+        dtype=None,
+        margin: str = "relu",
+        symmetric: bool = False,
+    ):
+        super().__init__(
+            from_logits=from_logits,
+            classes=classes,
+            class_weights=class_weights,
+            per_image=per_image,
+            ignore_class=ignore_class,
+            data_format=data_format,
+            name=name,
+            reduction=reduction,
+            dtype=dtype,
+        )
         self.margin, self.symmetric = V.check_hinge_variant(margin, symmetric, self.from_logits)
 
     def call(self, y_true, y_pred):
-        return self._run("lovasz_multilabel", y_pred, y_true, classes=self.classes, from_logits=self.from_logits,
-                         weights=self.class_weights, margin=self.margin, symmetric=self.symmetric)
+        return self._run(
+            "lovasz_multilabel",
+            y_pred,
+            y_true,
+            classes=self.classes,
+            from_logits=self.from_logits,
+            weights=self.class_weights,
+            margin=self.margin,
+            symmetric=self.symmetric,
+        )
 
     def get_config(self) -> dict:
         return {**super().get_config(), "margin": self.margin, "symmetric": self.symmetric}
@@ -249,10 +332,19 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
     the two weights during ``fit``.
     """
 
-    def __init__(self, mode: str = "multiclass", ce_weight: float = 1.0, lovasz_weight: float = 1.0,
-                 per_image: Optional[bool] = None, classes: Union[str, Sequence[int]] = "present",
-                 ignore_class: Optional[int] = None, data_format: Optional[str] = None,
-                 name: str = "cross_entropy_lovasz", reduction: str = "sum_over_batch_size", dtype=None):
+    def __init__(
+        self,
+        mode: str = "multiclass",
+        ce_weight: float = 1.0,
+        lovasz_weight: float = 1.0,
+        per_image: bool | None = None,
+        classes: str | Sequence[int] = "present",
+        ignore_class: int | None = None,
+        data_format: str | None = None,
+        name: str = "cross_entropy_lovasz",
+        reduction: str = "sum_over_batch_size",
+        dtype=None,
+    ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         if mode not in _LOVASZ_OF_MODE:
             raise ValueError(f"mode must be one of {tuple(_LOVASZ_OF_MODE)}; got {mode!r}")
@@ -297,9 +389,15 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
 
     def get_config(self) -> dict:
         lovasz = self.lovasz.get_config()
-        config = {**super().get_config(), "mode": self.mode, "ce_weight": self.ce_weight,
-                  "lovasz_weight": self.lovasz_weight, "per_image": lovasz["per_image"],
-                  "ignore_class": lovasz["ignore_class"], "data_format": lovasz["data_format"]}
+        config = {
+            **super().get_config(),
+            "mode": self.mode,
+            "ce_weight": self.ce_weight,
+            "lovasz_weight": self.lovasz_weight,
+            "per_image": lovasz["per_image"],
+            "ignore_class": lovasz["ignore_class"],
+            "data_format": lovasz["data_format"],
+        }
         if self.mode != "binary":
             config["classes"] = lovasz["classes"]
         return config
@@ -323,7 +421,7 @@ class LovaszScheduleCallback(keras.callbacks.Callback):
         >>> # model.compile(loss=loss); model.fit(x, y, epochs=10, callbacks=[callback])
     """
 
-    def __init__(self, schedule, loss: Optional[CrossEntropyLovaszLoss] = None, by: str = "epoch"):
+    def __init__(self, schedule, loss: CrossEntropyLovaszLoss | None = None, by: str = "epoch"):
         super().__init__()
         if by not in ("epoch", "batch"):
             raise ValueError(f"by must be 'epoch' or 'batch'; got {by!r}")
@@ -333,8 +431,10 @@ class LovaszScheduleCallback(keras.callbacks.Callback):
     def _target(self) -> CrossEntropyLovaszLoss:
         loss = self.loss if self.loss is not None else getattr(self.model, "loss", None)
         if not isinstance(loss, CrossEntropyLovaszLoss):
-            raise TypeError(f"LovaszScheduleCallback needs a lovasz.keras.CrossEntropyLovaszLoss (pass loss=, or "
-                            f"compile the model with one); got {type(loss).__name__}")
+            raise TypeError(
+                f"LovaszScheduleCallback needs a lovasz.keras.CrossEntropyLovaszLoss (pass loss=, or "
+                f"compile the model with one); got {type(loss).__name__}"
+            )
         return loss
 
     def _apply(self, t: int) -> None:

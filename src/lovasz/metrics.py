@@ -20,19 +20,25 @@ for semantic segmentation", NeurIPS 2023):
 
 from __future__ import annotations
 
-from typing import Dict, Optional
-
 import numpy as np
 
-__all__ = ["confusion_counts", "iou_per_class", "dataset_miou", "per_image_miou", "per_class_image_miou", "IoUMeter",
-           "iou", "iou_binary"]
+__all__ = [
+    "confusion_counts",
+    "iou_per_class",
+    "dataset_miou",
+    "per_image_miou",
+    "per_class_image_miou",
+    "IoUMeter",
+    "iou",
+    "iou_binary",
+]
 
 
 def _is_torch(x) -> bool:
     return type(x).__module__.startswith("torch")
 
 
-def confusion_counts(pred, target, num_classes: int, ignore_index: Optional[int] = None):
+def confusion_counts(pred, target, num_classes: int, ignore_index: int | None = None):
     """Per-image intersection and union counts of each class.
 
     Args:
@@ -44,8 +50,9 @@ def confusion_counts(pred, target, num_classes: int, ignore_index: Optional[int]
         ``(intersection, union)``, each ``[B, C]`` integer counts.
     """
     if tuple(pred.shape) != tuple(target.shape) or len(pred.shape) < 1:
-        raise ValueError(f"pred and target must both have shape [B, *spatial]; got {list(pred.shape)} and "
-                         f"{list(target.shape)}")
+        raise ValueError(
+            f"pred and target must both have shape [B, *spatial]; got {list(pred.shape)} and {list(target.shape)}"
+        )
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int; got {num_classes!r}")
     batch = pred.shape[0]
@@ -85,24 +92,24 @@ def _nanmean(x, axis=None):
         return np.where(count > 0, np.nansum(x, axis=axis) / np.maximum(count, 1), 0.0)
 
 
-def iou_per_class(pred, target, num_classes: int, ignore_index: Optional[int] = None):
+def iou_per_class(pred, target, num_classes: int, ignore_index: int | None = None):
     """``[C]`` IoU of each class over the whole batch; NaN for a class absent from labels and predictions."""
     inter, union = confusion_counts(pred, target, num_classes, ignore_index)
     return _ratio(inter.sum(0), union.sum(0))
 
 
-def dataset_miou(pred, target, num_classes: int, ignore_index: Optional[int] = None):
+def dataset_miou(pred, target, num_classes: int, ignore_index: int | None = None):
     """Counts summed over all images, IoU per class, mean over the classes that occur."""
     return _nanmean(iou_per_class(pred, target, num_classes, ignore_index))
 
 
-def per_image_miou(pred, target, num_classes: int, ignore_index: Optional[int] = None):
+def per_image_miou(pred, target, num_classes: int, ignore_index: int | None = None):
     """IoU of each class in each image, mean over the classes occurring in that image, then over images."""
     inter, union = confusion_counts(pred, target, num_classes, ignore_index)
     return _nanmean(_nanmean(_ratio(inter, union), axis=1))
 
 
-def per_class_image_miou(pred, target, num_classes: int, ignore_index: Optional[int] = None):
+def per_class_image_miou(pred, target, num_classes: int, ignore_index: int | None = None):
     """IoU of each class in each image, mean over the images where the class occurs, then over classes."""
     inter, union = confusion_counts(pred, target, num_classes, ignore_index)
     return _nanmean(_nanmean(_ratio(inter, union), axis=0))
@@ -129,8 +136,7 @@ class IoUMeter:
         {'dataset_miou': 0.5, 'per_image_miou': 0.5, 'per_class_image_miou': 0.5, 'pixel_accuracy': 0.667}
     """
 
-    def __init__(self, num_classes: int, ignore_index: Optional[int] = None, *, process_group=None,
-                 sync: bool = True):
+    def __init__(self, num_classes: int, ignore_index: int | None = None, *, process_group=None, sync: bool = True):
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.process_group, self.sync = process_group, sync
         self.reset()
@@ -168,18 +174,22 @@ class IoUMeter:
                 dist.all_reduce(state, group=self.process_group)
         return state
 
-    def compute(self) -> Dict[str, object]:
+    def compute(self) -> dict[str, object]:
         """``dataset_miou``, ``per_image_miou``, ``per_class_image_miou``, ``pixel_accuracy`` and ``per_class`` IoU."""
         if self.state is None:
             raise RuntimeError("IoUMeter.compute() called before any update()")
         state = self._synced_state()
         c = self.num_classes
-        inter, union, class_sum, class_images = (state[i * c:(i + 1) * c] for i in range(4))
-        image_sum, images, correct, pixels = (float(v) for v in state[4 * c:])
+        inter, union, class_sum, class_images = (state[i * c : (i + 1) * c] for i in range(4))
+        image_sum, images, correct, pixels = (float(v) for v in state[4 * c :])
         per_class = _ratio(inter, union)
-        return {"dataset_miou": float(_nanmean(per_class)), "per_image_miou": image_sum / max(images, 1),
-                "per_class_image_miou": float(_nanmean(_ratio(class_sum, class_images))),
-                "pixel_accuracy": correct / max(pixels, 1), "per_class": per_class}
+        return {
+            "dataset_miou": float(_nanmean(per_class)),
+            "per_image_miou": image_sum / max(images, 1),
+            "per_class_image_miou": float(_nanmean(_ratio(class_sum, class_images))),
+            "pixel_accuracy": correct / max(pixels, 1),
+            "per_class": per_class,
+        }
 
 
 # ----------------------------------------------------------------------------- the original's helpers

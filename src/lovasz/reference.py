@@ -94,8 +94,10 @@ def lovasz_hinge_flat(logits, labels, margin="relu") -> float:
 def _symmetric(loss, logits, labels, ignore, **options):
     """The mean of ``loss(x, y)`` and ``loss(-x, 1 - y)`` (ignored labels stay ignored)."""
     flipped = np.where(labels == ignore, labels, 1 - labels) if ignore is not None else 1 - labels
-    return (np.asarray(loss(logits, labels, ignore=ignore, **options))
-            + np.asarray(loss(-logits, flipped, ignore=ignore, **options))) / 2
+    return (
+        np.asarray(loss(logits, labels, ignore=ignore, **options))
+        + np.asarray(loss(-logits, flipped, ignore=ignore, **options))
+    ) / 2
 
 
 def lovasz_softmax_flat(probas, labels, classes="present", weights=None) -> float:
@@ -131,14 +133,22 @@ def _reduce(per_set, reduction):
 def _sets(*arrays, per_image):
     """Yield the sets the loss is computed on: each image, or the whole batch as one."""
     if per_image:
-        for items in zip(*arrays):
-            yield items
+        yield from zip(*arrays)
     else:
         yield arrays
 
 
-def lovasz_softmax(probas, labels, classes="present", per_image=False, ignore=None, *,
-                   from_logits=False, weights=None, reduction="mean"):
+def lovasz_softmax(
+    probas,
+    labels,
+    classes="present",
+    per_image=False,
+    ignore=None,
+    *,
+    from_logits=False,
+    weights=None,
+    reduction="mean",
+):
     """Multi-class Lovász-Softmax; see :func:`lovasz.torch.lovasz_softmax` for the arguments.
 
     ``reduction='none'`` gives one loss per image with ``per_image``, else a 0-d array.
@@ -165,8 +175,7 @@ def lovasz_softmax(probas, labels, classes="present", per_image=False, ignore=No
     return out if per_image or reduction != "none" else out[0]
 
 
-def lovasz_hinge(logits, labels, per_image=True, ignore=None, *, reduction="mean", margin="relu",
-                 symmetric=False):
+def lovasz_hinge(logits, labels, per_image=True, ignore=None, *, reduction="mean", margin="relu", symmetric=False):
     """Binary Lovász hinge; see :func:`lovasz.torch.lovasz_hinge` for the arguments."""
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels)
@@ -174,8 +183,7 @@ def lovasz_hinge(logits, labels, per_image=True, ignore=None, *, reduction="mean
     ignore = check_ignore(ignore)
     reduction = check_reduction(reduction)
     if symmetric:
-        return _symmetric(lovasz_hinge, logits, labels, ignore, per_image=per_image, reduction=reduction,
-                          margin=margin)
+        return _symmetric(lovasz_hinge, logits, labels, ignore, per_image=per_image, reduction=reduction, margin=margin)
     logits = logits.reshape(labels.shape)
     losses = []
     for log, lab in _sets(logits, labels, per_image=per_image):
@@ -186,8 +194,18 @@ def lovasz_hinge(logits, labels, per_image=True, ignore=None, *, reduction="mean
     return out if per_image or reduction != "none" else out[0]
 
 
-def lovasz_multilabel(logits, targets, classes="present", per_image=True, ignore=None, *,
-                      weights=None, reduction="mean", margin="relu", symmetric=False):
+def lovasz_multilabel(
+    logits,
+    targets,
+    classes="present",
+    per_image=True,
+    ignore=None,
+    *,
+    weights=None,
+    reduction="mean",
+    margin="relu",
+    symmetric=False,
+):
     """One Lovász hinge per channel of ``logits [B, C, *spatial]``, averaged over the channels.
 
     ``classes='present'`` averages over the channels with a positive target in the set.
@@ -199,8 +217,17 @@ def lovasz_multilabel(logits, targets, classes="present", per_image=True, ignore
     ignore = check_ignore(ignore)
     reduction = check_reduction(reduction)
     if symmetric:
-        return _symmetric(lovasz_multilabel, logits, targets, ignore, classes=classes, per_image=per_image,
-                          weights=weights, reduction=reduction, margin=margin)
+        return _symmetric(
+            lovasz_multilabel,
+            logits,
+            targets,
+            ignore,
+            classes=classes,
+            per_image=per_image,
+            weights=weights,
+            reduction=reduction,
+            margin=margin,
+        )
     class_list = range(num_classes) if isinstance(classes, str) else classes
     losses = []
     for log, tgt in _sets(logits, targets, per_image=per_image):

@@ -12,7 +12,6 @@ or :class:`lovasz.keras.CrossEntropyLovaszLoss` (whose Keras callback is
 from __future__ import annotations
 
 import dataclasses
-from typing import Tuple
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +52,7 @@ class LovaszSchedule:
             return 0.0
         return 1.0 if self.ramp == 0 else min((t - self.warmup + 1) / self.ramp, 1.0)
 
-    def weights(self, t: int) -> Tuple[float, float]:
+    def weights(self, t: int) -> tuple[float, float]:
         """``(ce_weight, lovasz_weight)`` at step or epoch ``t`` (counted from 0)."""
         p = self.progress(t)
         return 1.0 + (float(self.final_ce_weight) - 1.0) * p, float(self.lovasz_weight) * p

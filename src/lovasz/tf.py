@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Union
 
 import numpy as np
 import tensorflow as tf
@@ -98,8 +99,9 @@ def _check_labels(labels, name: str) -> tf.Tensor:
     if dtype.is_floating:
         return labels
     if not (dtype.is_integer or dtype == tf.bool):
-        raise TypeError(f"{name} must be a tensor of integer class indices (not one-hot, not probabilities); "
-                        f"got dtype {dtype.name}")
+        raise TypeError(
+            f"{name} must be a tensor of integer class indices (not one-hot, not probabilities); got dtype {dtype.name}"
+        )
     return tf.cast(labels, tf.int64 if dtype in (tf.int64, tf.uint32, tf.uint64) else tf.int32)
 
 
@@ -110,7 +112,7 @@ def _check_order(order: str) -> bool:
     return order == "BHWC"
 
 
-def _check_values(labels: tf.Tensor, ok: tf.Tensor, valid: Optional[tf.Tensor], allowed: str, name: str) -> None:
+def _check_values(labels: tf.Tensor, ok: tf.Tensor, valid: tf.Tensor | None, allowed: str, name: str) -> None:
     """Raise ``ValueError`` on a bad non-ignored label, eagerly only.
 
     Inside ``tf.function`` (and XLA) the values are not known while tracing, and
@@ -120,11 +122,12 @@ def _check_values(labels: tf.Tensor, ok: tf.Tensor, valid: Optional[tf.Tensor], 
         return
     bad = tf.logical_not(ok) if valid is None else tf.logical_and(valid, tf.logical_not(ok))
     if bool(tf.reduce_any(bad)):
-        raise ValueError(f"{name} must be {allowed} at every non-ignored pixel; "
-                         f"found {tf.boolean_mask(labels, bad)[0].numpy()}")
+        raise ValueError(
+            f"{name} must be {allowed} at every non-ignored pixel; found {tf.boolean_mask(labels, bad)[0].numpy()}"
+        )
 
 
-def _size(x: tf.Tensor, start: int, stop: Optional[int] = None):
+def _size(x: tf.Tensor, start: int, stop: int | None = None):
     """The number of elements in dims ``start:stop`` of ``x``, for reshapes: TF infers no ``-1`` for an empty tensor."""
     n = x.shape[start:stop].num_elements()
     return n if n is not None else tf.reduce_prod(tf.shape(x)[start:stop])
@@ -135,7 +138,7 @@ def _compute_dtype(x: tf.Tensor) -> tf.DType:
     return tf.float64 if x.dtype == tf.float64 else tf.float32
 
 
-def _as_weights(weights, num_classes: int, dtype: tf.DType) -> Optional[tf.Tensor]:
+def _as_weights(weights, num_classes: int, dtype: tf.DType) -> tf.Tensor | None:
     if weights is None:
         return None
     try:
@@ -143,8 +146,7 @@ def _as_weights(weights, num_classes: int, dtype: tf.DType) -> Optional[tf.Tenso
     except (TypeError, ValueError):  # ragged lists, dicts, ...
         w = None
     if w is None or not (w.dtype.is_floating or w.dtype.is_integer):
-        raise TypeError(f"weights must be [{num_classes}] real numbers (one weight per class) or None; "
-                        f"got {weights!r}")
+        raise TypeError(f"weights must be [{num_classes}] real numbers (one weight per class) or None; got {weights!r}")
     V.check_weights_shape(w.shape, num_classes)
     return tf.cast(w, dtype)
 
@@ -169,14 +171,19 @@ def _jaccard_steps(fg_sorted: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
     return tf.concat([first, steps[..., 1:]], axis=-1)
 
 
-def _lovasz_rows(errors: tf.Tensor, fg: tf.Tensor, valid: Optional[tf.Tensor]) -> tf.Tensor:
+def _lovasz_rows(errors: tf.Tensor, fg: tf.Tensor, valid: tf.Tensor | None) -> tf.Tensor:
     """Lovász extension of each row of ``errors [R, N]`` against ``fg [R, N]`` (bool, False where ignored).
 
     Ignored pixels get the key ``-inf``: they sort last, where ``relu`` makes them add nothing.
     Under XLA on a CPU, float32 rows take :func:`_packed_rows` instead.
     """
-    if errors.dtype == tf.float32 and not tf.executing_eagerly() and gen_xla_ops is not None and _in_xla() \
-            and _on_cpu(errors):
+    if (
+        errors.dtype == tf.float32
+        and not tf.executing_eagerly()
+        and gen_xla_ops is not None
+        and _in_xla()
+        and _on_cpu(errors)
+    ):
         return _packed_rows(errors, fg, valid)
     key = errors if valid is None else tf.where(valid, errors, tf.constant(-np.inf, errors.dtype))
     _, perm = tf.math.top_k(tf.stop_gradient(key), k=tf.shape(key)[-1], sorted=True)
@@ -187,7 +194,7 @@ def _lovasz_rows(errors: tf.Tensor, fg: tf.Tensor, valid: Optional[tf.Tensor]) -
     return tf.reduce_sum(tf.nn.relu(errors_sorted) * steps, axis=-1)
 
 
-def _packed_rows(errors: tf.Tensor, fg: tf.Tensor, valid: Optional[tf.Tensor]) -> tf.Tensor:
+def _packed_rows(errors: tf.Tensor, fg: tf.Tensor, valid: tf.Tensor | None) -> tf.Tensor:
     """:func:`_lovasz_rows` for float32 under XLA: one sort of one int64 key per pixel, no gather.
 
     The key is ``(0x7fffffff - error bits) << 32 | index << 1 | fg``: a non-negative float's
@@ -261,7 +268,7 @@ def _aligned_empty(shape, dtype) -> np.ndarray:
     size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     raw = np.empty(size + _ALIGN, np.uint8)
     start = -raw.ctypes.data % _ALIGN
-    return raw[start:start + size].view(dtype).reshape(shape)
+    return raw[start : start + size].view(dtype).reshape(shape)
 
 
 def _host_rows(pred: np.ndarray, codes: np.ndarray, mode: int, need_grad: bool):
@@ -273,9 +280,13 @@ def _host_rows(pred: np.ndarray, codes: np.ndarray, mode: int, need_grad: bool):
 
 
 def _host_call(pred: tf.Tensor, codes: tf.Tensor, mode: int, need_grad: bool):
-    outputs = tf.numpy_function(functools.partial(_host_rows, mode=mode, need_grad=need_grad), [pred, codes],
-                                [tf.float32, tf.bool] + [tf.float32] * need_grad, stateful=False,
-                                name="lovasz_c_kernel")
+    outputs = tf.numpy_function(
+        functools.partial(_host_rows, mode=mode, need_grad=need_grad),
+        [pred, codes],
+        [tf.float32, tf.bool] + [tf.float32] * need_grad,
+        stateful=False,
+        name="lovasz_c_kernel",
+    )
     for output, shape in zip(outputs, [pred.shape[1:2], pred.shape[1:2], pred.shape]):
         output.set_shape(shape)
     return outputs
@@ -321,8 +332,9 @@ def _kernel_or_sort(pred, fg, valid, hinge: bool, per_image: bool, channels_last
     size = pred.shape.num_elements()
     if size is not None:
         return (_kernel_losses if size <= C.MAX_ELEMENTS else _sorted_losses)(*args)
-    return tf.cond(tf.size(pred, tf.int64) <= C.MAX_ELEMENTS, lambda: _kernel_losses(*args),
-                   lambda: _sorted_losses(*args))
+    return tf.cond(
+        tf.size(pred, tf.int64) <= C.MAX_ELEMENTS, lambda: _kernel_losses(*args), lambda: _sorted_losses(*args)
+    )
 
 
 def _in_xla() -> bool:
@@ -361,8 +373,17 @@ def _use_kernel(pred: tf.Tensor) -> bool:
     return _on_cpu(pred)
 
 
-def _lovasz_classes(pred, fg, valid, hinge: bool, classes, per_image: bool, channels_last: bool,
-                    weights: Optional[tf.Tensor], reduction: str) -> tf.Tensor:
+def _lovasz_classes(
+    pred,
+    fg,
+    valid,
+    hinge: bool,
+    classes,
+    per_image: bool,
+    channels_last: bool,
+    weights: tf.Tensor | None,
+    reduction: str,
+) -> tf.Tensor:
     """Loss of ``pred [B, K, N]`` (``[B, N, K]`` channels-last) against ``fg``; ``valid`` broadcasts to it."""
     axis = 2 if channels_last else 1
     if valid is not None:
@@ -393,9 +414,18 @@ def _lovasz_classes(pred, fg, valid, hinge: bool, classes, per_image: bool, chan
 # ----------------------------------------------------------------------------- public functions
 
 
-def lovasz_softmax(probas, labels, classes: Classes = "present", per_image: bool = False,
-                   ignore: Optional[int] = None, order: str = "BHWC", *, from_logits: bool = False,
-                   weights=None, reduction: str = "mean") -> tf.Tensor:
+def lovasz_softmax(
+    probas,
+    labels,
+    classes: Classes = "present",
+    per_image: bool = False,
+    ignore: int | None = None,
+    order: str = "BHWC",
+    *,
+    from_logits: bool = False,
+    weights=None,
+    reduction: str = "mean",
+) -> tf.Tensor:
     r"""Multi-class Lovász-Softmax loss: a convex surrogate of ``1 - IoU`` averaged over classes.
 
     For each class the errors ``|[y = c] - p(c)|`` are sorted in decreasing order and
@@ -453,8 +483,9 @@ def lovasz_softmax(probas, labels, classes: Classes = "present", per_image: bool
     if sigmoid:
         pred = tf.reshape(tf.cast(probas, dtype), [batch, pixels])
     else:
-        pred = tf.reshape(tf.cast(probas, dtype), [batch, pixels, num_classes] if channels_last
-                          else [batch, num_classes, pixels])
+        pred = tf.reshape(
+            tf.cast(probas, dtype), [batch, pixels, num_classes] if channels_last else [batch, num_classes, pixels]
+        )
         valid = None if valid is None else tf.expand_dims(valid, class_axis)
     if valid is not None:  # a NaN at an ignored pixel must reach neither the loss nor the gradient
         pred = tf.where(valid, pred, tf.zeros((), dtype))
@@ -469,8 +500,18 @@ def lovasz_softmax(probas, labels, classes: Classes = "present", per_image: bool
     return tf.cast(loss, probas.dtype)
 
 
-def _hinge_classes(pred, fg, valid, classes, per_image: bool, channels_last: bool, weights, reduction: str,
-                   margin: str, symmetric: bool) -> tf.Tensor:
+def _hinge_classes(
+    pred,
+    fg,
+    valid,
+    classes,
+    per_image: bool,
+    channels_last: bool,
+    weights,
+    reduction: str,
+    margin: str,
+    symmetric: bool,
+) -> tf.Tensor:
     """The Lovász hinge with its variants: ``elu(m) + 1`` of the margins is the plain hinge at
     ``x' = -s elu(1 - s x)``; ``symmetric`` averages with the flipped problem, ``-x'`` against ``1 - y``."""
     if margin == "elu":
@@ -478,14 +519,23 @@ def _hinge_classes(pred, fg, valid, classes, per_image: bool, channels_last: boo
         pred = -signs * tf.nn.elu(1 - signs * pred)
     loss = _lovasz_classes(pred, fg, valid, True, classes, per_image, channels_last, weights, reduction)
     if symmetric:  # not fg: the ignored pixels are left out again by valid
-        flipped = _lovasz_classes(-pred, tf.logical_not(fg), valid, True, classes, per_image, channels_last,
-                                  weights, reduction)
+        flipped = _lovasz_classes(
+            -pred, tf.logical_not(fg), valid, True, classes, per_image, channels_last, weights, reduction
+        )
         loss = (loss + flipped) / 2
     return loss
 
 
-def lovasz_hinge(logits, labels, per_image: bool = True, ignore: Optional[int] = None, *,
-                 reduction: str = "mean", margin: str = "relu", symmetric: bool = False) -> tf.Tensor:
+def lovasz_hinge(
+    logits,
+    labels,
+    per_image: bool = True,
+    ignore: int | None = None,
+    *,
+    reduction: str = "mean",
+    margin: str = "relu",
+    symmetric: bool = False,
+) -> tf.Tensor:
     r"""Binary Lovász hinge loss: a convex surrogate of ``1 - IoU`` of the foreground.
 
     The errors are the hinge margins ``max(0, 1 - s x)`` with signs ``s = 2 y - 1``.
@@ -529,10 +579,20 @@ def lovasz_hinge(logits, labels, per_image: bool = True, ignore: Optional[int] =
     return tf.cast(loss, logits.dtype)
 
 
-def lovasz_multilabel(logits, targets, classes: Classes = "present", per_image: bool = True,
-                      ignore: Optional[int] = None, order: str = "BHWC", *, from_logits: bool = True,
-                      weights=None, reduction: str = "mean", margin: str = "relu",
-                      symmetric: bool = False) -> tf.Tensor:
+def lovasz_multilabel(
+    logits,
+    targets,
+    classes: Classes = "present",
+    per_image: bool = True,
+    ignore: int | None = None,
+    order: str = "BHWC",
+    *,
+    from_logits: bool = True,
+    weights=None,
+    reduction: str = "mean",
+    margin: str = "relu",
+    symmetric: bool = False,
+) -> tf.Tensor:
     r"""Multi-label Lovász loss: one binary Lovász loss per channel, averaged over channels.
 
     With ``from_logits`` (the default) each channel gets the Lovász hinge of its
@@ -572,8 +632,7 @@ def lovasz_multilabel(logits, targets, classes: Classes = "present", per_image: 
     valid = None if ignore is None else tgt != tf.cast(ignore, tgt.dtype)
     _check_values(tgt, (tgt == 0) | (tgt == 1), valid, "0 or 1", "targets")
     if from_logits:
-        loss = _hinge_classes(pred, tgt == 1, valid, classes, per_image, channels_last, w, reduction, margin,
-                              symmetric)
+        loss = _hinge_classes(pred, tgt == 1, valid, classes, per_image, channels_last, w, reduction, margin, symmetric)
     else:
         loss = _lovasz_classes(pred, tgt == 1, valid, False, classes, per_image, channels_last, w, reduction)
     return tf.cast(loss, logits.dtype)
@@ -596,7 +655,7 @@ def lovasz_grad(gt_sorted) -> tf.Tensor:
     return _jaccard_steps(tf.cast(tf.round(tf.cast(gt_sorted, dtype)), tf.int32), dtype)
 
 
-def flatten_probas(probas, labels, ignore: Optional[int] = None, order: str = "BHWC"):
+def flatten_probas(probas, labels, ignore: int | None = None, order: str = "BHWC"):
     """Flatten probas to ``[P, C]`` and labels to ``[P]``, removing pixels labelled ``ignore``.
 
     As in the original (a data-dependent shape: the losses themselves mask instead).
@@ -614,7 +673,7 @@ def flatten_probas(probas, labels, ignore: Optional[int] = None, order: str = "B
     return tf.boolean_mask(probas, valid), tf.boolean_mask(labels, valid)
 
 
-def flatten_binary_scores(scores, labels, ignore: Optional[int] = None):
+def flatten_binary_scores(scores, labels, ignore: int | None = None):
     """Flatten scores and labels to ``[P]``, removing pixels labelled ``ignore``, as in the original."""
     scores, labels = tf.reshape(scores, [-1]), tf.reshape(labels, [-1])
     if ignore is None:

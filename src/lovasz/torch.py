@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +43,7 @@ __all__ = [
 ]
 
 Classes = Union[str, Sequence[int]]
-Weights = Optional[Union[Tensor, Sequence[float]]]
+Weights = Optional[Tensor | Sequence[float]]
 
 
 # ----------------------------------------------------------------------------- checks
@@ -64,8 +65,9 @@ def _check_labels(labels, prediction: Tensor, name: str) -> Tensor:
     if not isinstance(labels, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor; got {type(labels).__name__}")
     if labels.is_complex():
-        raise TypeError(f"{name} must hold class indices (integers, or floats of whole numbers); "
-                        f"got dtype {labels.dtype}")
+        raise TypeError(
+            f"{name} must hold class indices (integers, or floats of whole numbers); got dtype {labels.dtype}"
+        )
     if labels.device != prediction.device:
         raise ValueError(f"{name} must be on the device of the prediction ({prediction.device}); got {labels.device}")
     return labels.to(torch.int64) if labels.dtype in _WIDENED_LABELS else labels
@@ -86,13 +88,13 @@ def _drop_label_axis(labels: Tensor, accepted) -> Tensor:
     return labels
 
 
-def _check_whole(labels: Tensor, valid: Optional[Tensor], name: str) -> None:
+def _check_whole(labels: Tensor, valid: Tensor | None, name: str) -> None:
     """Float labels must hold whole numbers (class indices): 1.5 is an error, never class 1."""
     if labels.is_floating_point():
         _check_values(labels, valid, "whole numbers (class indices)", labels == labels.round(), name)
 
 
-def _check_values(labels: Tensor, valid: Optional[Tensor], allowed: str, ok: Tensor, name: str) -> None:
+def _check_values(labels: Tensor, valid: Tensor | None, allowed: str, ok: Tensor, name: str) -> None:
     """Raise if a non-ignored label is not allowed.
 
     Eager CPU tensors raise a ``ValueError`` at once. On an accelerator the check
@@ -110,8 +112,9 @@ def _check_values(labels: Tensor, valid: Optional[Tensor], allowed: str, ok: Ten
         raise ValueError(f"{message}; found {labels[bad].flatten()[0].item()}")
 
 
-def _as_weights(weights: Weights, num_classes: int, dtype: torch.dtype, device: torch.device,
-                name: str) -> Optional[Tensor]:
+def _as_weights(
+    weights: Weights, num_classes: int, dtype: torch.dtype, device: torch.device, name: str
+) -> Tensor | None:
     if weights is None:
         return None
     on_device = isinstance(weights, Tensor) and weights.device == device
@@ -125,7 +128,7 @@ def _as_weights(weights: Weights, num_classes: int, dtype: torch.dtype, device: 
     return w.to(dtype) if on_device else _constant(tuple(w.tolist()), dtype, device)
 
 
-_CONSTANTS: "OrderedDict[tuple, Tensor]" = OrderedDict()  # (values, dtype, device) -> tensor, most recent last
+_CONSTANTS: OrderedDict[tuple, Tensor] = OrderedDict()  # (values, dtype, device) -> tensor, most recent last
 _MAX_CONSTANTS = 64
 
 
@@ -168,12 +171,12 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
 # ----------------------------------------------------------------------------- shared machinery
 
 
-def _codes(is_fg: Tensor, ignored: Optional[Tensor]) -> Tensor:
+def _codes(is_fg: Tensor, ignored: Tensor | None) -> Tensor:
     codes = is_fg.to(torch.uint8)  # not a bool->uint8 view: torch.jit.trace and older inductors reject it
     return codes if ignored is None else codes.masked_fill_(ignored, IGNORED)
 
 
-def _class_codes(lab: Tensor, num_classes: int, ignored: Optional[Tensor]) -> Tensor:
+def _class_codes(lab: Tensor, num_classes: int, ignored: Tensor | None) -> Tensor:
     """The codes ``[B, C, N]`` of class labels ``lab [B, 1, N]``: one scatter, not ``C`` comparisons.
 
     1 at a pixel's class, 0 at the others; IGNORED at every class of an ignored pixel;
@@ -192,7 +195,7 @@ def _class_codes(lab: Tensor, num_classes: int, ignored: Optional[Tensor]) -> Te
     return codes.scatter_(1, torch.where(valid, lab, 0).long(), mark)
 
 
-def _class_selection(classes, dtype: torch.dtype, device: torch.device) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+def _class_selection(classes, dtype: torch.dtype, device: torch.device) -> tuple[Tensor | None, Tensor | None]:
     """Which class rows to compute, and how many times each counts (a list may repeat a class)."""
     if isinstance(classes, str):
         return None, None
@@ -200,8 +203,18 @@ def _class_selection(classes, dtype: torch.dtype, device: torch.device) -> Tuple
     return _constant(unique, torch.int64, device), _constant(tuple(classes.count(c) for c in unique), dtype, device)
 
 
-def _lovasz_classes(pred: Tensor, codes: Tensor, hinge: bool, classes, num_classes: int, per_image: bool,
-                    weights: Optional[Tensor], reduction: str, process_group=None, softmax: bool = False) -> Tensor:
+def _lovasz_classes(
+    pred: Tensor,
+    codes: Tensor,
+    hinge: bool,
+    classes,
+    num_classes: int,
+    per_image: bool,
+    weights: Tensor | None,
+    reduction: str,
+    process_group=None,
+    softmax: bool = False,
+) -> Tensor:
     """Loss of ``pred [B, C, N]`` against ``codes [B, C, N]``: one row per (set, class), then the means.
 
     With ``softmax``, ``pred`` holds logits and the softmax over ``C`` is taken inside the kernel.
@@ -222,8 +235,18 @@ def _lovasz_classes(pred: Tensor, codes: Tensor, hinge: bool, classes, num_class
     return _reduce(per_set, reduction, per_image)
 
 
-def _hinge_classes(pred: Tensor, codes: Tensor, classes, num_classes: int, per_image: bool, weights: Optional[Tensor],
-                   reduction: str, process_group, margin: str, symmetric: bool) -> Tensor:
+def _hinge_classes(
+    pred: Tensor,
+    codes: Tensor,
+    classes,
+    num_classes: int,
+    per_image: bool,
+    weights: Tensor | None,
+    reduction: str,
+    process_group,
+    margin: str,
+    symmetric: bool,
+) -> Tensor:
     """The Lovász hinge of ``pred [B, K, N]`` against ``codes``, with its two variants of practice.
 
     ``margin='elu'``: the errors are ``elu(m) + 1`` of the margins ``m = 1 - s x``, which is the plain
@@ -237,8 +260,10 @@ def _hinge_classes(pred: Tensor, codes: Tensor, classes, num_classes: int, per_i
     loss = _lovasz_classes(pred, codes, True, classes, num_classes, per_image, weights, reduction, process_group)
     if symmetric:
         flipped = torch.where(codes == IGNORED, codes, 1 - codes)
-        loss = (loss + _lovasz_classes(-pred, flipped, True, classes, num_classes, per_image, weights, reduction,
-                                       process_group)) / 2
+        loss = (
+            loss
+            + _lovasz_classes(-pred, flipped, True, classes, num_classes, per_image, weights, reduction, process_group)
+        ) / 2
     return loss
 
 
@@ -260,9 +285,18 @@ def _reduce(per_set: Tensor, reduction: str, per_image: bool) -> Tensor:
 # ----------------------------------------------------------------------------- public functions
 
 
-def lovasz_softmax(probas: Tensor, labels: Tensor, classes: Classes = "present", per_image: bool = False,
-                   ignore: Optional[int] = None, *, from_logits: bool = False, weights: Weights = None,
-                   reduction: str = "mean", process_group=None) -> Tensor:
+def lovasz_softmax(
+    probas: Tensor,
+    labels: Tensor,
+    classes: Classes = "present",
+    per_image: bool = False,
+    ignore: int | None = None,
+    *,
+    from_logits: bool = False,
+    weights: Weights = None,
+    reduction: str = "mean",
+    process_group=None,
+) -> Tensor:
     r"""Multi-class Lovász-Softmax loss: a convex surrogate of ``1 - IoU`` averaged over classes.
 
     For each class ``c`` the errors ``m_i = |[y_i = c] - p_i(c)|`` are sorted in
@@ -307,12 +341,32 @@ def lovasz_softmax(probas: Tensor, labels: Tensor, classes: Classes = "present",
         >>> lovasz_softmax(probas, torch.tensor([[0, 255]]), ignore=255)
         tensor(0.1000)
     """
-    return _softmax(probas, labels, classes, per_image, ignore, from_logits, weights, reduction, process_group,
-                    ("probas", "labels", "weights"))
+    return _softmax(
+        probas,
+        labels,
+        classes,
+        per_image,
+        ignore,
+        from_logits,
+        weights,
+        reduction,
+        process_group,
+        ("probas", "labels", "weights"),
+    )
 
 
-def _softmax(probas, labels, classes, per_image, ignore, from_logits, weights, reduction, process_group,
-             names: Tuple[str, str, str]) -> Tensor:
+def _softmax(
+    probas,
+    labels,
+    classes,
+    per_image,
+    ignore,
+    from_logits,
+    weights,
+    reduction,
+    process_group,
+    names: tuple[str, str, str],
+) -> Tensor:
     """:func:`lovasz_softmax`, its inputs called ``names`` in error messages."""
     pname, lname, wname = names
     _check_prediction(probas, pname)
@@ -340,17 +394,40 @@ def _softmax(probas, labels, classes, per_image, ignore, from_logits, weights, r
         pred = torch.stack([1 - pred, pred], dim=1)
     pred = pred.reshape(batch, num_classes, pixels)
     _check_whole(lab, None if ignored is None else ~ignored, lname)
-    _check_values(lab, None if ignored is None else ~ignored, f"in [0, {num_classes - 1}]",
-                  (lab >= 0) & (lab < num_classes), lname)
+    _check_values(
+        lab,
+        None if ignored is None else ~ignored,
+        f"in [0, {num_classes - 1}]",
+        (lab >= 0) & (lab < num_classes),
+        lname,
+    )
     codes = _class_codes(lab, num_classes, ignored)
-    loss = _lovasz_classes(pred, codes, False, classes, num_classes, per_image, w, reduction, process_group,
-                           softmax=from_logits and not sigmoid)
+    loss = _lovasz_classes(
+        pred,
+        codes,
+        False,
+        classes,
+        num_classes,
+        per_image,
+        w,
+        reduction,
+        process_group,
+        softmax=from_logits and not sigmoid,
+    )
     return loss.to(_result_dtype(probas))
 
 
-def lovasz_hinge(logits: Tensor, labels: Tensor, per_image: bool = True, ignore: Optional[int] = None, *,
-                 reduction: str = "mean", margin: str = "relu", symmetric: bool = False,
-                 process_group=None) -> Tensor:
+def lovasz_hinge(
+    logits: Tensor,
+    labels: Tensor,
+    per_image: bool = True,
+    ignore: int | None = None,
+    *,
+    reduction: str = "mean",
+    margin: str = "relu",
+    symmetric: bool = False,
+    process_group=None,
+) -> Tensor:
     r"""Binary Lovász hinge loss: a convex surrogate of ``1 - IoU`` of the foreground.
 
     The errors are the hinge margins ``m_i = max(0, 1 - s_i x_i)`` with signs
@@ -399,10 +476,20 @@ def lovasz_hinge(logits: Tensor, labels: Tensor, per_image: bool = True, ignore:
     return loss.to(_result_dtype(logits))
 
 
-def lovasz_multilabel(logits: Tensor, targets: Tensor, classes: Classes = "present", per_image: bool = True,
-                      ignore: Optional[int] = None, *, from_logits: bool = True, weights: Weights = None,
-                      reduction: str = "mean", margin: str = "relu", symmetric: bool = False,
-                      process_group=None) -> Tensor:
+def lovasz_multilabel(
+    logits: Tensor,
+    targets: Tensor,
+    classes: Classes = "present",
+    per_image: bool = True,
+    ignore: int | None = None,
+    *,
+    from_logits: bool = True,
+    weights: Weights = None,
+    reduction: str = "mean",
+    margin: str = "relu",
+    symmetric: bool = False,
+    process_group=None,
+) -> Tensor:
     r"""Multi-label Lovász loss: one binary Lovász loss per channel, averaged over channels.
 
     With ``from_logits`` (the default) each channel gets the Lovász hinge of its
@@ -428,12 +515,36 @@ def lovasz_multilabel(logits: Tensor, targets: Tensor, classes: Classes = "prese
         >>> lovasz_multilabel(logits, torch.tensor([[[1, 0], [0, 1]]]))
         tensor(0.)
     """
-    return _multilabel(logits, targets, classes, per_image, ignore, from_logits, weights, reduction, process_group,
-                       ("logits", "targets", "weights"), margin, symmetric)
+    return _multilabel(
+        logits,
+        targets,
+        classes,
+        per_image,
+        ignore,
+        from_logits,
+        weights,
+        reduction,
+        process_group,
+        ("logits", "targets", "weights"),
+        margin,
+        symmetric,
+    )
 
 
-def _multilabel(logits, targets, classes, per_image, ignore, from_logits, weights, reduction, process_group,
-                names: Tuple[str, str, str], margin: str = "relu", symmetric: bool = False) -> Tensor:
+def _multilabel(
+    logits,
+    targets,
+    classes,
+    per_image,
+    ignore,
+    from_logits,
+    weights,
+    reduction,
+    process_group,
+    names: tuple[str, str, str],
+    margin: str = "relu",
+    symmetric: bool = False,
+) -> Tensor:
     """:func:`lovasz_multilabel`, its inputs called ``names`` in error messages."""
     pname, tname, wname = names
     _check_prediction(logits, pname)
@@ -453,8 +564,9 @@ def _multilabel(logits, targets, classes, per_image, ignore, from_logits, weight
     _check_values(tgt, None if ignored is None else ~ignored, "0 or 1", (tgt == 0) | (tgt == 1), tname)
     codes = _codes(tgt == 1, ignored)
     if from_logits:
-        loss = _hinge_classes(pred, codes, classes, num_classes, per_image, w, reduction, process_group, margin,
-                              symmetric)
+        loss = _hinge_classes(
+            pred, codes, classes, num_classes, per_image, w, reduction, process_group, margin, symmetric
+        )
     else:
         loss = _lovasz_classes(pred, codes, False, classes, num_classes, per_image, w, reduction, process_group)
     return loss.to(_result_dtype(logits))
@@ -481,7 +593,7 @@ def lovasz_grad(gt_sorted: Tensor) -> Tensor:
     return _sorted_jaccard_grad(gt_sorted.round().to(torch.int32), dtype)
 
 
-def flatten_probas(probas: Tensor, labels: Tensor, ignore: Optional[int] = None) -> Tuple[Tensor, Tensor]:
+def flatten_probas(probas: Tensor, labels: Tensor, ignore: int | None = None) -> tuple[Tensor, Tensor]:
     """Flatten ``[B, C, *spatial]`` (or sigmoid ``[B, *spatial]``) to ``[P, C]`` and labels to ``[P]``.
 
     Pixels labelled ``ignore`` are removed, as in the original (a data-dependent shape:
@@ -497,7 +609,7 @@ def flatten_probas(probas: Tensor, labels: Tensor, ignore: Optional[int] = None)
     return probas[valid], labels[valid]
 
 
-def flatten_binary_scores(scores: Tensor, labels: Tensor, ignore: Optional[int] = None) -> Tuple[Tensor, Tensor]:
+def flatten_binary_scores(scores: Tensor, labels: Tensor, ignore: int | None = None) -> tuple[Tensor, Tensor]:
     """Flatten scores and labels to ``[P]``, removing pixels labelled ``ignore``, as in the original."""
     scores, labels = scores.reshape(-1), labels.reshape(-1)
     if ignore is None:
@@ -526,7 +638,7 @@ def lovasz_hinge_flat(logits: Tensor, labels: Tensor) -> Tensor:
 MODES = ("binary", "multiclass", "multilabel")
 
 
-def _class_weights_buffer(class_weights: Weights) -> Optional[Tensor]:
+def _class_weights_buffer(class_weights: Weights) -> Tensor | None:
     """``class_weights`` as a float32 ``[C]`` tensor (the modules' buffer), or None; its length is
     checked against the input's classes at each call."""
     if class_weights is None:
@@ -534,8 +646,9 @@ def _class_weights_buffer(class_weights: Weights) -> Optional[Tensor]:
     try:
         weights = torch.as_tensor(class_weights, dtype=torch.float32)
     except (TypeError, ValueError, RuntimeError):  # a string (a file name), a ragged list, a dict
-        raise TypeError(f"class_weights must be [C] real numbers (one weight per class) or None; "
-                        f"got {class_weights!r}") from None
+        raise TypeError(
+            f"class_weights must be [C] real numbers (one weight per class) or None; got {class_weights!r}"
+        ) from None
     if weights.ndim != 1:
         raise ValueError(f"class_weights must be 1-D, one weight per class; got shape {V.fmt(weights.shape)}")
     return weights
@@ -568,9 +681,20 @@ class LovaszLoss(nn.Module):
         >>> loss.backward()
     """
 
-    def __init__(self, mode: str = "multiclass", per_image: bool = False, ignore_index: Optional[int] = None,
-                 from_logits: bool = True, *, classes: Classes = "present", class_weights: Weights = None,
-                 reduction: str = "mean", margin: str = "relu", symmetric: bool = False, process_group=None):
+    def __init__(
+        self,
+        mode: str = "multiclass",
+        per_image: bool = False,
+        ignore_index: int | None = None,
+        from_logits: bool = True,
+        *,
+        classes: Classes = "present",
+        class_weights: Weights = None,
+        reduction: str = "mean",
+        margin: str = "relu",
+        symmetric: bool = False,
+        process_group=None,
+    ):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
@@ -585,14 +709,23 @@ class LovaszLoss(nn.Module):
         self.reduction = V.check_reduction(reduction)
         self.margin, self.symmetric = V.check_hinge_variant(margin, symmetric)
         if mode == "multiclass" and (self.margin != "relu" or self.symmetric):
-            raise ValueError("margin and symmetric are variants of the hinge (modes 'binary' and 'multilabel'); "
-                             f"got margin={margin!r}, symmetric={symmetric} with mode='multiclass'")
+            raise ValueError(
+                "margin and symmetric are variants of the hinge (modes 'binary' and 'multilabel'); "
+                f"got margin={margin!r}, symmetric={symmetric} with mode='multiclass'"
+            )
         self.process_group = process_group
         self.register_buffer("class_weights", _class_weights_buffer(class_weights))
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        options = (self.per_image, self.ignore_index, self.from_logits, self.class_weights, self.reduction,
-                   self.process_group, ("input", "target", "class_weights"))
+        options = (
+            self.per_image,
+            self.ignore_index,
+            self.from_logits,
+            self.class_weights,
+            self.reduction,
+            self.process_group,
+            ("input", "target", "class_weights"),
+        )
         if self.mode == "multiclass":
             return _softmax(input, target, self.classes, *options)
         if self.mode == "multilabel":
@@ -612,15 +745,28 @@ class LovaszLoss(nn.Module):
             )
         batch, pixels = input.shape[0], math.prod(input.shape[1:])
         # One channel, always counted: the Lovász hinge on logits, the foreground term on probabilities.
-        return _multilabel(input.reshape(batch, 1, pixels), target.reshape(batch, 1, pixels), "all", self.per_image,
-                           self.ignore_index, self.from_logits, None, self.reduction, self.process_group,
-                           ("input", "target", "class_weights"), self.margin, self.symmetric)
+        return _multilabel(
+            input.reshape(batch, 1, pixels),
+            target.reshape(batch, 1, pixels),
+            "all",
+            self.per_image,
+            self.ignore_index,
+            self.from_logits,
+            None,
+            self.reduction,
+            self.process_group,
+            ("input", "target", "class_weights"),
+            self.margin,
+            self.symmetric,
+        )
 
     def extra_repr(self) -> str:
-        return (f"mode={self.mode!r}, from_logits={self.from_logits}, per_image={self.per_image}, "
-                f"classes={self.classes!r}, ignore_index={self.ignore_index}, reduction={self.reduction!r}"
-                + (f", margin={self.margin!r}" if self.margin != "relu" else "")
-                + (", symmetric=True" if self.symmetric else ""))
+        return (
+            f"mode={self.mode!r}, from_logits={self.from_logits}, per_image={self.per_image}, "
+            f"classes={self.classes!r}, ignore_index={self.ignore_index}, reduction={self.reduction!r}"
+            + (f", margin={self.margin!r}" if self.margin != "relu" else "")
+            + (", symmetric=True" if self.symmetric else "")
+        )
 
 
 from lovasz._torch_combined import CrossEntropyLovaszLoss  # noqa: E402  (it builds on LovaszLoss above)

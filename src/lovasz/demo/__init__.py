@@ -57,8 +57,8 @@ def evaluate(model, images, labels, batch_size: int, num_classes: int, binary: b
     meter = IoUMeter(num_classes, ignore_index=IGNORE_INDEX)
     predictions = []
     for start in range(0, len(images), batch_size):
-        pred = predict(model(images[start:start + batch_size]), binary)
-        meter.update(pred, labels[start:start + batch_size])
+        pred = predict(model(images[start : start + batch_size]), binary)
+        meter.update(pred, labels[start : start + batch_size])
         predictions.append(pred)
     model.train()
     return meter.compute(), torch.cat(predictions)
@@ -79,7 +79,7 @@ def train(run, initial_state, data, args, device, num_classes: int, seed: int):
         start = time.perf_counter()
         order = torch.randperm(len(train_x), generator=shuffle)
         for i in range(0, len(order), args.batch_size):
-            index = order[i:i + args.batch_size]
+            index = order[i : i + args.batch_size]
             loss = criterion(model(train_x[index].to(device)), train_y[index].to(device))
             optimiser.zero_grad()
             loss.backward()
@@ -88,16 +88,25 @@ def train(run, initial_state, data, args, device, num_classes: int, seed: int):
         scores, _ = evaluate(model, val_x.to(device), val_y.to(device), args.batch_size, num_classes, binary)
         curve.append(scores["dataset_miou"])
     scores, predictions = evaluate(model, val_x.to(device), val_y.to(device), args.batch_size, num_classes, binary)
-    return {"scores": scores, "curve": curve, "seconds_per_epoch": float(np.median(seconds)),
-            "predictions": predictions.cpu()}
+    return {
+        "scores": scores,
+        "curve": curve,
+        "seconds_per_epoch": float(np.median(seconds)),
+        "predictions": predictions.cpu(),
+    }
 
 
 def scores(result) -> dict:
     """One run's held-out scores, curve and speed, as written to demo.json."""
     s = result["scores"]
-    return {"pixel_accuracy": s["pixel_accuracy"], "dataset_miou": s["dataset_miou"],
-            "per_image_miou": s["per_image_miou"], "per_class_iou": [float(v) for v in s["per_class"]],
-            "seconds_per_epoch": result["seconds_per_epoch"], "curve": result["curve"]}
+    return {
+        "pixel_accuracy": s["pixel_accuracy"],
+        "dataset_miou": s["dataset_miou"],
+        "per_image_miou": s["per_image_miou"],
+        "per_class_iou": [float(v) for v in s["per_class"]],
+        "seconds_per_epoch": result["seconds_per_epoch"],
+        "curve": result["curve"],
+    }
 
 
 def summarise(per_seed) -> dict:
@@ -106,6 +115,7 @@ def summarise(per_seed) -> dict:
 
     ``per_seed``: one ``{run: scores(...)}`` per seed. A per-class entry holds one value per class.
     """
+
     def over_seeds(run, key):
         return np.array([runs[run][key] for runs in per_seed], dtype=float)
 
@@ -116,10 +126,11 @@ def summarise(per_seed) -> dict:
         d = over_seeds(run, key) - over_seeds(RUNS[0], key)
         return {**stats(d), "positive": (d > 0).sum(0).tolist()}
 
-    return {"seeds": len(per_seed),
-            "runs": {run: {key: stats(over_seeds(run, key)) for key in METRICS + ("seconds_per_epoch",)}
-                     for run in RUNS},
-            "paired_differences": {run: {key: difference(run, key) for key in METRICS} for run in RUNS[1:]}}
+    return {
+        "seeds": len(per_seed),
+        "runs": {run: {key: stats(over_seeds(run, key)) for key in METRICS + ("seconds_per_epoch",)} for run in RUNS},
+        "paired_differences": {run: {key: difference(run, key) for key in METRICS} for run in RUNS[1:]},
+    }
 
 
 def markdown_table(header, rows) -> str:
@@ -130,8 +141,11 @@ def markdown_table(header, rows) -> str:
 
 def tables(summary, class_names) -> str:
     """Mean (± std with several seeds) per run and metric; with several seeds, the paired differences too."""
-    columns = [("pixel acc", "pixel_accuracy", None), ("dataset mIoU", "dataset_miou", None),
-               ("per-image mIoU", "per_image_miou", None)]
+    columns = [
+        ("pixel acc", "pixel_accuracy", None),
+        ("dataset mIoU", "dataset_miou", None),
+        ("per-image mIoU", "per_image_miou", None),
+    ]
     columns += [(f"IoU {name}", "per_class_iou", i) for i, name in enumerate(class_names)]
 
     def cell(stats, index=None, digits=3, signed=False):
@@ -146,15 +160,25 @@ def tables(summary, class_names) -> str:
         return text
 
     header = [c[0] for c in columns]
-    text = markdown_table(["run"] + header + ["s/epoch"], [
-        [run] + [cell(r[key], i) for _, key, i in columns] + [cell(r["seconds_per_epoch"], digits=1)]
-        for run, r in summary["runs"].items()])
+    text = markdown_table(
+        ["run"] + header + ["s/epoch"],
+        [
+            [run] + [cell(r[key], i) for _, key, i in columns] + [cell(r["seconds_per_epoch"], digits=1)]
+            for run, r in summary["runs"].items()
+        ],
+    )
     if summary["seeds"] > 1:
-        text += f"\n\nPaired difference to cross-entropy over the same {summary['seeds']} seeds " \
-                "(mean ± std; in brackets, on how many seeds it was positive):\n"
-        text += markdown_table(["run"] + header, [
-            [f"{run} - CE"] + [cell(d[key], i, signed=True) for _, key, i in columns]
-            for run, d in summary["paired_differences"].items()])
+        text += (
+            f"\n\nPaired difference to cross-entropy over the same {summary['seeds']} seeds "
+            "(mean ± std; in brackets, on how many seeds it was positive):\n"
+        )
+        text += markdown_table(
+            ["run"] + header,
+            [
+                [f"{run} - CE"] + [cell(d[key], i, signed=True) for _, key, i in columns]
+                for run, d in summary["paired_differences"].items()
+            ],
+        )
     return text
 
 
@@ -184,8 +208,13 @@ def figure(path: Path, val_x, val_y, results, class_names, final_miou=None, samp
             if col == 0:
                 ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None)
             else:  # ignored pixels (255) are masked out
-                ax.imshow(np.ma.masked_equal(panel, IGNORE_INDEX), cmap=cmap, vmin=0,
-                          vmax=max(num_classes - 1, 1) if synthetic else 19, interpolation="nearest")
+                ax.imshow(
+                    np.ma.masked_equal(panel, IGNORE_INDEX),
+                    cmap=cmap,
+                    vmin=0,
+                    vmax=max(num_classes - 1, 1) if synthetic else 19,
+                    interpolation="nearest",
+                )
             ax.set_xticks([]), ax.set_yticks([])
             if row == 0:
                 ax.set_title(columns[col], fontsize=9)
@@ -213,22 +242,35 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--size", type=int, default=64, help="image side in pixels (a multiple of 4)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--seeds", type=int, default=1, metavar="N",
-                        help="repeat for the seeds SEED .. SEED+N-1 (new data or held-out split, new "
-                             "initialisation) and report mean ± std and the paired differences to "
-                             "cross-entropy (default: %(default)s)")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="repeat for the seeds SEED .. SEED+N-1 (new data or held-out split, new "
+        "initialisation) and report mean ± std and the paired differences to "
+        "cross-entropy (default: %(default)s)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=Path("demo-output"))
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--train-images", type=int, default=160)
     parser.add_argument("--quick", action="store_true", help="a few tiny epochs, for tests")
-    parser.add_argument("--data", type=Path, metavar="DIR",
-                        help="train on DIR/images and DIR/masks (PNG or .npy, paired by name) instead of the "
-                             "synthetic scenes; a seeded quarter is held out. Masks: class indices, 255 ignored")
-    parser.add_argument("--mode", choices=("multiclass", "binary"), default="multiclass",
-                        help="binary: one output channel, BCE and the Lovász hinge; masks 0/1 or 0/255 "
-                             "(on the synthetic scenes: buildings against the rest)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        metavar="DIR",
+        help="train on DIR/images and DIR/masks (PNG or .npy, paired by name) instead of the "
+        "synthetic scenes; a seeded quarter is held out. Masks: class indices, 255 ignored",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=("multiclass", "binary"),
+        default="multiclass",
+        help="binary: one output channel, BCE and the Lovász hinge; masks 0/1 or 0/255 "
+        "(on the synthetic scenes: buildings against the rest)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.epochs, args.size, args.train_images = 2, 32, 16
@@ -255,9 +297,12 @@ def main(argv=None) -> int:
 
         num_classes = 2 if binary else int(masks[masks != IGNORE_INDEX].max().item()) + 1
         class_names = ("background", "foreground") if binary else tuple(f"class {c}" for c in range(num_classes))
-        source = f"{args.data}: {len(images) - held_out_count} training and {held_out_count} held-out images of " \
-                 f"{images.shape[2]}x{images.shape[3]}"
+        source = (
+            f"{args.data}: {len(images) - held_out_count} training and {held_out_count} held-out images of "
+            f"{images.shape[2]}x{images.shape[3]}"
+        )
     else:
+
         def make_data(seed):
             train_x, train_y = make_dataset(args.train_images, args.size, seed=seed)
             val_x, val_y = make_dataset(max(8, args.train_images // 4), args.size, seed=seed + 1)
@@ -267,8 +312,10 @@ def main(argv=None) -> int:
 
         class_names = ("rest", CLASS_NAMES[SYNTHETIC_BINARY_CLASS]) if binary else CLASS_NAMES
         num_classes = len(class_names)
-        source = f"{args.train_images} training and {max(8, args.train_images // 4)} held-out synthetic images " \
-                 f"of {args.size}x{args.size}"
+        source = (
+            f"{args.train_images} training and {max(8, args.train_images // 4)} held-out synthetic images "
+            f"of {args.size}x{args.size}"
+        )
 
     seeds = list(range(args.seed, args.seed + args.seeds))
     per_seed = []
@@ -277,30 +324,47 @@ def main(argv=None) -> int:
         valid = data[1][data[1] != IGNORE_INDEX]
         frequencies = np.bincount(valid.numpy().ravel(), minlength=num_classes) / max(valid.numel(), 1)
         if not per_seed:
-            tqdm.write(f"lovasz demo ({args.mode}): {source}, {args.epochs} epochs"
-                       + (f", seeds {seeds[0]} to {seeds[-1]}; class frequencies (seed {seed}) " if len(seeds) > 1
-                          else "; class frequencies ")
-                       + ", ".join(f"{n} {f:.1%}" for n, f in zip(class_names, frequencies)))
+            tqdm.write(
+                f"lovasz demo ({args.mode}): {source}, {args.epochs} epochs"
+                + (
+                    f", seeds {seeds[0]} to {seeds[-1]}; class frequencies (seed {seed}) "
+                    if len(seeds) > 1
+                    else "; class frequencies "
+                )
+                + ", ".join(f"{n} {f:.1%}" for n, f in zip(class_names, frequencies))
+            )
         torch.manual_seed(seed)  # one initialisation per seed, shared by its three runs
         initial_state = copy.deepcopy(UNet(data[0].shape[1], 1 if binary else num_classes).state_dict())
         results = {run: train(run, initial_state, data, args, device, num_classes, seed) for run in RUNS}
         if not per_seed:
             shown = (*data[2:], results)  # the figure shows the first seed
-        per_seed.append({"seed": seed, "class_frequencies": frequencies.tolist(),
-                         "runs": {run: scores(r) for run, r in results.items()}})
+        per_seed.append(
+            {
+                "seed": seed,
+                "class_frequencies": frequencies.tolist(),
+                "runs": {run: scores(r) for run, r in results.items()},
+            }
+        )
         if len(seeds) > 1:
-            tqdm.write(f"seed {seed}: dataset mIoU "
-                       + ", ".join(f"{run} {r['scores']['dataset_miou']:.3f}" for run, r in results.items()))
+            tqdm.write(
+                f"seed {seed}: dataset mIoU "
+                + ", ".join(f"{run} {r['scores']['dataset_miou']:.3f}" for run, r in results.items())
+            )
 
     summary = summarise([entry["runs"] for entry in per_seed])
     print(tables(summary, class_names))
     args.out.mkdir(parents=True, exist_ok=True)
     final_miou = {run: [entry["runs"][run]["dataset_miou"] for entry in per_seed] for run in RUNS}
     figure(args.out / "demo.png", *shown, class_names, final_miou)
-    output = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-              "class_names": list(class_names), "class_frequencies": per_seed[0]["class_frequencies"],
-              "runs": per_seed[0]["runs"],  # the first seed's, as shown in the figure
-              "seeds": seeds, "per_seed": per_seed, "summary": summary}
+    output = {
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "class_names": list(class_names),
+        "class_frequencies": per_seed[0]["class_frequencies"],
+        "runs": per_seed[0]["runs"],  # the first seed's, as shown in the figure
+        "seeds": seeds,
+        "per_seed": per_seed,
+        "summary": summary,
+    }
     (args.out / "demo.json").write_text(json.dumps(output, indent=2))
     print(f"wrote {args.out / 'demo.png'} and {args.out / 'demo.json'}")
     return 0

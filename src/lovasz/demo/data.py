@@ -29,7 +29,7 @@ def _draw(rng: np.random.Generator, size: int) -> np.ndarray:
     for _ in range(rng.integers(2, 7)):  # buildings: small squares
         y, x = rng.integers(0, size - 4, 2)
         s = rng.integers(max(2, size // 32), max(3, size // 12))
-        labels[y:y + s, x:x + s] = 2
+        labels[y : y + s, x : x + s] = 2
     return labels
 
 

@@ -15,7 +15,6 @@ The images are cropped to a multiple of 4 pixels (the U-Net down-samples twice).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Tuple
 
 import numpy as np
 import torch
@@ -60,8 +59,9 @@ def _image(path: Path) -> np.ndarray:
     if array.ndim == 2:
         array = array[:, :, None]
     if array.ndim != 3 or not 1 <= array.shape[2] <= 4:
-        raise DataFolderError(f"{path}: an image must be [H, W] or [H, W, C] with 1 to 4 channels; "
-                              f"got shape {list(array.shape)}")
+        raise DataFolderError(
+            f"{path}: an image must be [H, W] or [H, W, C] with 1 to 4 channels; got shape {list(array.shape)}"
+        )
     if array.dtype == np.uint8:
         array = array / 255.0
     elif not np.issubdtype(array.dtype, np.floating):
@@ -74,8 +74,10 @@ def _mask(path: Path, binary: bool, ignore_index: int) -> np.ndarray:
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     if array.ndim != 2 or not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
-        raise DataFolderError(f"{path}: a mask must be [H, W] integer class indices (a grey or palette PNG); "
-                              f"got shape {list(array.shape)} of {array.dtype}")
+        raise DataFolderError(
+            f"{path}: a mask must be [H, W] integer class indices (a grey or palette PNG); "
+            f"got shape {list(array.shape)} of {array.dtype}"
+        )
     array = array.astype(np.int64)
     if binary:
         values = set(np.unique(array).tolist())
@@ -84,12 +86,13 @@ def _mask(path: Path, binary: bool, ignore_index: int) -> np.ndarray:
         return (array > 0).astype(np.int64)
     bad = (array < 0) & (array != ignore_index)
     if bad.any():
-        raise DataFolderError(f"{path}: class indices must be >= 0 (or {ignore_index}, ignored); "
-                              f"found {int(array[bad][0])}")
+        raise DataFolderError(
+            f"{path}: class indices must be >= 0 (or {ignore_index}, ignored); found {int(array[bad][0])}"
+        )
     return array
 
 
-def load_folder(root: Path, binary: bool, ignore_index: int = 255) -> Tuple[torch.Tensor, torch.Tensor, List[str]]:
+def load_folder(root: Path, binary: bool, ignore_index: int = 255) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Images ``[N, C, H, W]`` float32, masks ``[N, H, W]`` int64 and the names of the pairs."""
     root = Path(root)
     if not root.is_dir():
@@ -100,22 +103,26 @@ def load_folder(root: Path, binary: bool, ignore_index: int = 255) -> Tuple[torc
         other = "masks" if stem in images else "images"
         raise DataFolderError(f"{lonely}: no file named {stem}.png or {stem}.npy in {root / other}")
     if len(images) < 2:
-        raise DataFolderError(f"{root / 'images'}: needs at least 2 image/mask pairs (one to train, one held out); "
-                              f"found {len(images)}")
+        raise DataFolderError(
+            f"{root / 'images'}: needs at least 2 image/mask pairs (one to train, one held out); found {len(images)}"
+        )
     xs, ys = [], []
     for stem in sorted(images):
         x, y = _image(images[stem]), _mask(masks[stem], binary, ignore_index)
         if x.shape[1:] != y.shape:
             raise DataFolderError(f"{masks[stem]}: mask is {list(y.shape)} but its image is {list(x.shape[1:])}")
         if xs and x.shape != xs[0].shape:
-            raise DataFolderError(f"{images[stem]}: shape [C, H, W] = {list(x.shape)} differs from "
-                                  f"{list(xs[0].shape)} of the first image; all images must share one size")
+            raise DataFolderError(
+                f"{images[stem]}: shape [C, H, W] = {list(x.shape)} differs from "
+                f"{list(xs[0].shape)} of the first image; all images must share one size"
+            )
         xs.append(x)
         ys.append(y)
     height, width = (s - s % 4 for s in xs[0].shape[1:])
     if min(height, width) < 8:
-        raise DataFolderError(f"{images[sorted(images)[0]]}: images must be at least 8x8 pixels; "
-                              f"got {list(xs[0].shape[1:])}")
+        raise DataFolderError(
+            f"{images[sorted(images)[0]]}: images must be at least 8x8 pixels; got {list(xs[0].shape[1:])}"
+        )
     x = torch.from_numpy(np.stack(xs))[:, :, :height, :width]
     y = torch.from_numpy(np.stack(ys))[:, :height, :width]
     return x.contiguous(), y.contiguous(), sorted(images)

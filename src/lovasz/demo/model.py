@@ -6,15 +6,21 @@
 import torch
 from torch import nn
 
-_LAYERS = {2: (nn.Conv2d, nn.BatchNorm2d, nn.ConvTranspose2d, nn.MaxPool2d),
-           3: (nn.Conv3d, nn.BatchNorm3d, nn.ConvTranspose3d, nn.MaxPool3d)}
+_LAYERS = {
+    2: (nn.Conv2d, nn.BatchNorm2d, nn.ConvTranspose2d, nn.MaxPool2d),
+    3: (nn.Conv3d, nn.BatchNorm3d, nn.ConvTranspose3d, nn.MaxPool3d),
+}
 
 
 def _block(cin: int, cout: int, dims: int = 2) -> nn.Sequential:
     conv, norm = _LAYERS[dims][:2]
     return nn.Sequential(
-        conv(cin, cout, 3, padding=1), norm(cout), nn.ReLU(inplace=True),
-        conv(cout, cout, 3, padding=1), norm(cout), nn.ReLU(inplace=True),
+        conv(cin, cout, 3, padding=1),
+        norm(cout),
+        nn.ReLU(inplace=True),
+        conv(cout, cout, 3, padding=1),
+        norm(cout),
+        nn.ReLU(inplace=True),
     )
 
 
