@@ -7,18 +7,19 @@ run at trace time under ``torch.compile``, ``tf.function`` and ``jax.jit``.
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any, SupportsIndex
 
 REDUCTIONS = ("mean", "sum", "none")
 
 
-def check_reduction(reduction) -> str:
+def check_reduction(reduction: str) -> str:
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}; got {reduction!r}")
     return reduction
 
 
-def check_classes(classes, num_classes: int) -> object:
+def check_classes(classes: str | Iterable[Any], num_classes: int) -> str | tuple[int, ...]:
     """Return 'present', 'all' or a tuple of ints in ``[0, num_classes)``.
 
     A list, array or tensor of classes must be 1-D and hold integers: a float 1.7 is an
@@ -62,7 +63,7 @@ def check_classes(classes, num_classes: int) -> object:
 MARGINS = ("relu", "elu")
 
 
-def check_hinge_variant(margin, symmetric, from_logits: bool = True) -> tuple[str, bool]:
+def check_hinge_variant(margin: str, symmetric: bool, from_logits: bool = True) -> tuple[str, bool]:
     """The hinge's ``margin`` ('relu': ``max(0, m)``; 'elu': ``elu(m) + 1``) and ``symmetric`` flag;
     variants of the hinge, so only on scores (``from_logits``), not on probabilities."""
     if margin not in MARGINS:
@@ -77,7 +78,7 @@ def check_hinge_variant(margin, symmetric, from_logits: bool = True) -> tuple[st
     return margin, symmetric
 
 
-def check_ignore(ignore, name: str = "ignore") -> int | None:
+def check_ignore(ignore: SupportsIndex | None, name: str = "ignore") -> int | None:
     if ignore is None:
         return None
     if isinstance(ignore, bool) or not hasattr(ignore, "__index__"):
@@ -95,7 +96,10 @@ def fmt(shape: Sequence[int]) -> str:
 
 
 def softmax_layout(
-    probas_shape, labels_shape, channel_axis: int = 1, names: tuple[str, str] = ("probas", "labels")
+    probas_shape: Iterable[int],
+    labels_shape: Iterable[int],
+    channel_axis: int = 1,
+    names: tuple[str, str] = ("probas", "labels"),
 ) -> tuple[bool, int]:
     """Check the shapes of ``lovasz_softmax``'s inputs (called ``names`` in the messages).
 
@@ -122,7 +126,7 @@ def softmax_layout(
     return False, int(p[ax])
 
 
-def hinge_layout(logits_shape, labels_shape) -> None:
+def hinge_layout(logits_shape: Iterable[int], labels_shape: Iterable[int]) -> None:
     """``lovasz_hinge`` takes logits [B, *spatial] or [B, 1, *spatial] with labels [B, *spatial]."""
     s, l = tuple(logits_shape), tuple(labels_shape)
     if len(s) < 1:
@@ -135,7 +139,9 @@ def hinge_layout(logits_shape, labels_shape) -> None:
     )
 
 
-def multilabel_layout(logits_shape, targets_shape, names: tuple[str, str] = ("logits", "targets")) -> int:
+def multilabel_layout(
+    logits_shape: Iterable[int], targets_shape: Iterable[int], names: tuple[str, str] = ("logits", "targets")
+) -> int:
     s, t = tuple(logits_shape), tuple(targets_shape)
     logits, targets = names
     if len(s) < 2:
@@ -145,7 +151,7 @@ def multilabel_layout(logits_shape, targets_shape, names: tuple[str, str] = ("lo
     return int(s[1])
 
 
-def without_axis(shape, axis: int) -> tuple:
+def without_axis(shape: Iterable[int], axis: int) -> tuple[int, ...]:
     """``shape`` with dim ``axis`` left out (a negative axis counts from the end)."""
     s = tuple(shape)
     if not s:
@@ -154,7 +160,7 @@ def without_axis(shape, axis: int) -> tuple:
     return s[:axis] + s[axis + 1 :]
 
 
-def trailing_label_axis(labels_shape, accepted_shapes) -> bool:
+def trailing_label_axis(labels_shape: Iterable[int], accepted_shapes: Iterable[Iterable[int]]) -> bool:
     """Whether labels are an accepted shape plus a trailing size-1 axis (``[B, H, W, 1]``, as Keras
     gives sparse labels), and not an accepted shape themselves: the one case where dropping it is unambiguous."""
     l, accepted = tuple(labels_shape), [tuple(s) for s in accepted_shapes]
