@@ -8,10 +8,11 @@ TORCH := torch==2.13.0
 # The other backends, pinned to versions that install from PyPI as CPU builds.
 OTHER_FRAMEWORKS := tensorflow-cpu==2.21.0 jax==0.10.2 jaxlib==0.10.2
 TRITON := triton==3.6.0
-# Frameworks (and the C kernel) the tests must find: a missing one fails the run instead of skipping.
-export LOVASZ_REQUIRE := torch,tensorflow,keras,jax,kernel,triton
+# Frameworks (and the C kernel, and mkdocs for the docs test) the tests must find: a missing one fails
+# the run instead of skipping.
+export LOVASZ_REQUIRE := torch,tensorflow,keras,jax,kernel,triton,mkdocs
 
-.PHONY: demo test bench test-gpu bench-gpu kernel-inplace clean
+.PHONY: demo test bench docs test-gpu bench-gpu kernel-inplace clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +23,7 @@ $(VENV)/.demo-installed: pyproject.toml Makefile | $(PY)
 	touch $@
 
 $(VENV)/.test-installed: pyproject.toml Makefile $(VENV)/.demo-installed
-	$(PIP) -e ".[demo,test,bench]" $(OTHER_FRAMEWORKS)
+	$(PIP) -e ".[demo,test,bench,docs]" $(OTHER_FRAMEWORKS)
 	# Triton: its interpreter runs the GPU path's kernels on the CPU in tests/test_torch_triton.py.
 	$(PIP) $(TRITON)
 	# The original implementation, to compare against: its __init__ needs timm and torchvision,
@@ -38,6 +39,10 @@ test: $(VENV)/.test-installed
 
 bench: $(VENV)/.test-installed
 	$(PY) -m lovasz.cli bench $(ARGS)
+
+# The documentation site (mkdocs.yml, docs/) into site/; tests/test_docs.py builds it the same way.
+docs: $(VENV)/.test-installed
+	$(PY) -m mkdocs build --strict -d site
 
 # A GPU machine with its own Python and a CUDA build of torch: no venv, nothing downloaded. The source
 # tree goes on PYTHONPATH, and the C kernel is built in place where a compiler is there (optional).
@@ -58,4 +63,4 @@ bench-gpu: kernel-inplace
 	PYTHONPATH=src:$$PYTHONPATH $(PYTHON) -m lovasz.cli bench --device $(GPU_DEVICE) $(ARGS)
 
 clean:
-	rm -rf $(VENV) demo-output bench-output
+	rm -rf $(VENV) demo-output bench-output site
