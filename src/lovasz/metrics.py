@@ -20,7 +20,14 @@ for semantic segmentation", NeurIPS 2023):
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, TypeGuard, Union, overload
+
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+    from torch.distributed import ProcessGroup
 
 __all__ = [
     "confusion_counts",
@@ -33,12 +40,25 @@ __all__ = [
     "iou_binary",
 ]
 
+# A NumPy array or a torch tensor: each function returns the kind it is given.
+Array = Union[np.ndarray, "torch.Tensor"]
 
-def _is_torch(x) -> bool:
+
+def _is_torch(x: object) -> TypeGuard[torch.Tensor]:
     return type(x).__module__.startswith("torch")
 
 
-def confusion_counts(pred, target, num_classes: int, ignore_index: int | None = None):
+@overload
+def confusion_counts(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]: ...
+@overload
+def confusion_counts(
+    pred: np.ndarray, target: np.ndarray, num_classes: int, ignore_index: int | None = None
+) -> tuple[np.ndarray, np.ndarray]: ...
+def confusion_counts(
+    pred: Array, target: Array, num_classes: int, ignore_index: int | None = None
+) -> tuple[Array, Array]:
     """Per-image intersection and union counts of each class.
 
     Args:
@@ -49,6 +69,10 @@ def confusion_counts(pred, target, num_classes: int, ignore_index: int | None = 
     Returns:
         ``(intersection, union)``, each ``[B, C]`` integer counts.
     """
+    return _counts(pred, target, num_classes, ignore_index)
+
+
+def _counts(pred: Array, target: Array, num_classes: int, ignore_index: int | None) -> tuple[Array, Array]:
     if tuple(pred.shape) != tuple(target.shape) or len(pred.shape) < 1:
         raise ValueError(
             f"pred and target must both have shape [B, *spatial]; got {list(pred.shape)} and {list(target.shape)}"
@@ -60,7 +84,7 @@ def confusion_counts(pred, target, num_classes: int, ignore_index: int | None = 
         import torch
 
         classes = torch.arange(num_classes, device=pred.device).view(1, -1, 1)
-        p, t = pred.reshape(batch, 1, -1), target.reshape(batch, 1, -1)
+        p, t = pred.reshape(batch, 1, -1), torch.as_tensor(target, device=pred.device).reshape(batch, 1, -1)
         valid = torch.ones_like(t, dtype=torch.bool) if ignore_index is None else t != ignore_index
         pc, tc = (p == classes) & valid, (t == classes) & valid
         return (pc & tc).sum(-1), (pc | tc).sum(-1)
@@ -71,9 +95,9 @@ def confusion_counts(pred, target, num_classes: int, ignore_index: int | None = 
     return (pc & tc).sum(-1), (pc | tc).sum(-1)
 
 
-def _ratio(intersection, union):
+def _ratio(intersection: Array, union: Array) -> Array:
     """IoU where the union is non-zero, NaN elsewhere (a class that is absent counts nowhere)."""
-    if _is_torch(union):
+    if _is_torch(union) and _is_torch(intersection):
         import torch
 
         return torch.where(union > 0, intersection.double() / union.clamp_min(1), torch.nan)
@@ -81,7 +105,7 @@ def _ratio(intersection, union):
         return np.where(union > 0, intersection / np.maximum(union, 1), np.nan)
 
 
-def _nanmean(x, axis=None):
+def _nanmean(x: Array, axis: int | None = None) -> Array:
     if _is_torch(x):
         import torch
 
@@ -92,33 +116,75 @@ def _nanmean(x, axis=None):
         return np.where(count > 0, np.nansum(x, axis=axis) / np.maximum(count, 1), 0.0)
 
 
-def iou_per_class(pred, target, num_classes: int, ignore_index: int | None = None):
+@overload
+def iou_per_class(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int | None = None
+) -> torch.Tensor: ...
+@overload
+def iou_per_class(
+    pred: np.ndarray, target: np.ndarray, num_classes: int, ignore_index: int | None = None
+) -> np.ndarray: ...
+def iou_per_class(pred: Array, target: Array, num_classes: int, ignore_index: int | None = None) -> Array:
     """``[C]`` IoU of each class over the whole batch; NaN for a class absent from labels and predictions."""
-    inter, union = confusion_counts(pred, target, num_classes, ignore_index)
+    inter, union = _counts(pred, target, num_classes, ignore_index)
     return _ratio(inter.sum(0), union.sum(0))
 
 
-def dataset_miou(pred, target, num_classes: int, ignore_index: int | None = None):
+@overload
+def dataset_miou(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int | None = None
+) -> torch.Tensor: ...
+@overload
+def dataset_miou(
+    pred: np.ndarray, target: np.ndarray, num_classes: int, ignore_index: int | None = None
+) -> np.ndarray: ...
+def dataset_miou(pred: Array, target: Array, num_classes: int, ignore_index: int | None = None) -> Array:
     """Counts summed over all images, IoU per class, mean over the classes that occur."""
-    return _nanmean(iou_per_class(pred, target, num_classes, ignore_index))
+    inter, union = _counts(pred, target, num_classes, ignore_index)
+    return _nanmean(_ratio(inter.sum(0), union.sum(0)))
 
 
-def per_image_miou(pred, target, num_classes: int, ignore_index: int | None = None):
+@overload
+def per_image_miou(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int | None = None
+) -> torch.Tensor: ...
+@overload
+def per_image_miou(
+    pred: np.ndarray, target: np.ndarray, num_classes: int, ignore_index: int | None = None
+) -> np.ndarray: ...
+def per_image_miou(pred: Array, target: Array, num_classes: int, ignore_index: int | None = None) -> Array:
     """IoU of each class in each image, mean over the classes occurring in that image, then over images."""
-    inter, union = confusion_counts(pred, target, num_classes, ignore_index)
+    inter, union = _counts(pred, target, num_classes, ignore_index)
     return _nanmean(_nanmean(_ratio(inter, union), axis=1))
 
 
-def per_class_image_miou(pred, target, num_classes: int, ignore_index: int | None = None):
+@overload
+def per_class_image_miou(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int | None = None
+) -> torch.Tensor: ...
+@overload
+def per_class_image_miou(
+    pred: np.ndarray, target: np.ndarray, num_classes: int, ignore_index: int | None = None
+) -> np.ndarray: ...
+def per_class_image_miou(pred: Array, target: Array, num_classes: int, ignore_index: int | None = None) -> Array:
     """IoU of each class in each image, mean over the images where the class occurs, then over classes."""
-    inter, union = confusion_counts(pred, target, num_classes, ignore_index)
+    inter, union = _counts(pred, target, num_classes, ignore_index)
     return _nanmean(_nanmean(_ratio(inter, union), axis=0))
 
 
-def _nansum0(x):
+def _nansum0(x: Array) -> Array:
     if _is_torch(x):
         return x.nan_to_num(nan=0.0).sum(0)
     return np.nansum(x, axis=0)
+
+
+def _float64_vector(parts: list[Any], like: Array) -> Array:
+    """Vectors and scalars, one after the other in one float64 vector: a tensor on ``like``'s device, or NumPy."""
+    if _is_torch(like):
+        import torch
+
+        return torch.cat([torch.as_tensor(x, dtype=torch.float64, device=like.device).reshape(-1) for x in parts])
+    return np.concatenate([np.asarray(x, dtype=np.float64).reshape(-1) for x in parts])
 
 
 class IoUMeter:
@@ -136,7 +202,14 @@ class IoUMeter:
         {'dataset_miou': 0.5, 'per_image_miou': 0.5, 'per_class_image_miou': 0.5, 'pixel_accuracy': 0.667}
     """
 
-    def __init__(self, num_classes: int, ignore_index: int | None = None, *, process_group=None, sync: bool = True):
+    def __init__(
+        self,
+        num_classes: int,
+        ignore_index: int | None = None,
+        *,
+        process_group: ProcessGroup | None = None,
+        sync: bool = True,
+    ):
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.process_group, self.sync = process_group, sync
         self.reset()
@@ -145,27 +218,20 @@ class IoUMeter:
         # One float64 vector (exact for counts below 2**53), so a rank sync is one all_reduce:
         # intersection [C], union [C], per-class image IoU sums [C], per-class image counts [C],
         # then the sum of per-image mIoU, the image count, correct pixels and valid pixels.
-        self.state = None
+        self.state: Array | None = None
 
-    def update(self, pred, target) -> None:
-        inter, union = confusion_counts(pred, target, self.num_classes, self.ignore_index)
+    def update(self, pred: Array, target: Array) -> None:
+        inter, union = _counts(pred, target, self.num_classes, self.ignore_index)
         image_class = _ratio(inter, union)  # [B, C], NaN where the class occurs in neither
-        valid = target != self.ignore_index if self.ignore_index is not None else target == target
-        if _is_torch(inter):
-            import torch
-
-            cat, f64 = torch.cat, (lambda x: torch.as_tensor(x, dtype=torch.float64, device=inter.device))
-            occurs = (~image_class.isnan()).sum(0)
-        else:
-            cat, f64 = np.concatenate, (lambda x: np.asarray(x, dtype=np.float64))
-            occurs = (~np.isnan(image_class)).sum(0)
+        # Any: a bool array or tensor (mypy reads == of the two kinds as bool)
+        valid: Any = target != self.ignore_index if self.ignore_index is not None else target == target
+        occurs = (~image_class.isnan()).sum(0) if _is_torch(image_class) else (~np.isnan(image_class)).sum(0)
+        counts = [inter.sum(0), union.sum(0), _nansum0(image_class), occurs]
         scalars = [_nanmean(image_class, axis=1).sum(), inter.shape[0], ((pred == target) & valid).sum(), valid.sum()]
-        parts = [f64(inter.sum(0)), f64(union.sum(0)), f64(_nansum0(image_class)), f64(occurs)]
-        batch = cat(parts + [f64(x).reshape(1) for x in scalars])
+        batch = _float64_vector(counts + scalars, like=image_class)
         self.state = batch if self.state is None else self.state + batch
 
-    def _synced_state(self):
-        state = self.state
+    def _synced(self, state: Array) -> Array:
         if self.sync and _is_torch(state):
             import torch.distributed as dist
 
@@ -174,11 +240,11 @@ class IoUMeter:
                 dist.all_reduce(state, group=self.process_group)
         return state
 
-    def compute(self) -> dict[str, object]:
+    def compute(self) -> dict[str, Any]:
         """``dataset_miou``, ``per_image_miou``, ``per_class_image_miou``, ``pixel_accuracy`` and ``per_class`` IoU."""
         if self.state is None:
             raise RuntimeError("IoUMeter.compute() called before any update()")
-        state = self._synced_state()
+        state = self._synced(self.state)
         c = self.num_classes
         inter, union, class_sum, class_images = (state[i * c : (i + 1) * c] for i in range(4))
         image_sum, images, correct, pixels = (float(v) for v in state[4 * c :])
@@ -195,7 +261,9 @@ class IoUMeter:
 # ----------------------------------------------------------------------------- the original's helpers
 
 
-def iou_binary(preds, labels, EMPTY=1.0, ignore=None, per_image=True):
+def iou_binary(
+    preds: Iterable[Any], labels: Iterable[Any], EMPTY: float = 1.0, ignore: int | None = None, per_image: bool = True
+) -> float:
     """IoU of the foreground (class 1) in percent, as the original's ``iou_binary``.
 
     An image with an empty union scores ``EMPTY``; with ``per_image`` the mean over images.
@@ -211,7 +279,14 @@ def iou_binary(preds, labels, EMPTY=1.0, ignore=None, per_image=True):
     return 100 * float(np.mean(ious))
 
 
-def iou(preds, labels, C, EMPTY=1.0, ignore=None, per_image=False):
+def iou(
+    preds: Iterable[Any],
+    labels: Iterable[Any],
+    C: int,
+    EMPTY: float = 1.0,
+    ignore: int | None = None,
+    per_image: bool = False,
+) -> np.ndarray:
     """Per-class IoU in percent, as the original's ``iou``: ``[C]`` (the ``ignore`` class left out)."""
     if not per_image:
         preds, labels = (preds,), (labels,)
