@@ -29,10 +29,14 @@ def _resolve(obj: griffe.Object, name: str) -> str | None:
         while scope is not None:
             candidates.append(f"{scope.path}.{name}")
             scope = scope.parent
-    collection = obj.package.modules_collection
+    package = obj.package  # during loading, the package is not in griffe's collection yet
     for path in candidates:
+        head, _, rest = path.partition(".")
+        if head != package.name:
+            continue
         try:
-            collection.get_member(path)
+            if rest:
+                package[rest]
         except (KeyError, ValueError):
             continue
         return None if any(part.startswith("_") for part in path.split(".")) else path

@@ -191,6 +191,15 @@ class LovaszSoftmaxLoss(_ClassAveragedLoss):
 
     ``y_true`` is ``[B, *spatial]`` integer class indices (or with a size-1 channel axis);
     ``y_pred`` holds ``C`` channels, or one channel of sigmoid output (read as ``[1 - p, p]``).
+    The loss is 0-d, or one value per image with ``per_image`` before Keras' ``reduction``.
+
+    Example:
+        >>> import numpy as np
+        >>> y_true = np.array([[[0, 1], [1, 1]], [[2, 2], [0, 2]]])  # [B=2, H=2, W=2]
+        >>> y_pred = np.zeros((2, 2, 2, 3), "float32")  # [B, H, W, C=3] logits
+        >>> loss = LovaszSoftmaxLoss(from_logits=True, per_image=True, reduction=None)
+        >>> [round(float(v), 4) for v in loss(y_true, y_pred)]  # one loss per image
+        [0.6667, 0.6667]
     """
 
     def __init__(
@@ -228,8 +237,27 @@ class LovaszHingeLoss(_LovaszLoss):
 
     ``y_pred`` are raw scores (logits: no sigmoid), ``[B, *spatial]`` or with a size-1
     channel axis; ``y_true`` 0/1 masks of the same shape (or without the channel axis).
-    ``per_image`` defaults to True, as in the original. ``margin`` (``'relu'`` or ``'elu'``:
-    ``elu(m) + 1``) and ``symmetric`` are the hinge's variants of practice.
+
+    Args:
+        per_image: the loss of each image (the default, as in the original); otherwise the
+            batch is one set of pixels.
+        ignore_class: label value of pixels that take no part.
+        data_format: where a size-1 channel axis of ``y_pred`` is, ``'channels_last'`` or
+            ``'channels_first'`` (default: ``keras.config.image_data_format()``).
+        margin: ``'relu'`` (the paper's ``max(0, m)`` of the margins ``m = 1 - s x``) or
+            ``'elu'``: ``elu(m) + 1``, smooth and positive everywhere.
+        symmetric: the mean with the loss of ``-y_pred`` against ``1 - y_true``, which scores
+            the background too.
+
+    Example:
+        >>> import numpy as np
+        >>> y_true = np.array([[[1, 0], [0, 1]]])  # [B=1, H=2, W=2] masks
+        >>> y_pred = np.array([[[2.0, -1.0], [0.5, 1.0]]], "float32")  # [B, H, W] logits
+        >>> round(float(LovaszHingeLoss()(y_true, y_pred)), 4)
+        0.5
+        >>> y_true, y_pred = y_true[..., None], y_pred[..., None]  # [B, H, W, 1]
+        >>> round(float(LovaszHingeLoss()(y_true, y_pred)), 4)
+        0.5
     """
 
     def __init__(
@@ -265,10 +293,23 @@ class LovaszHingeLoss(_LovaszLoss):
 class LovaszMultilabelLoss(_ClassAveragedLoss):
     """Multi-label Lovász loss, one binary loss per channel; see :func:`lovasz.torch.lovasz_multilabel`.
 
-    ``y_pred`` and ``y_true`` are ``[B, *spatial, C]`` (channels-last). With ``from_logits``
-    (the default here, as for the hinge) each channel gets the Lovász hinge of its scores;
-    otherwise the Lovász-Softmax term of its foreground probability. ``margin`` and
-    ``symmetric`` are the hinge's variants, as in :class:`LovaszHingeLoss` (``from_logits`` only).
+    ``y_pred`` and ``y_true`` are ``[B, *spatial, C]`` (channels-last; ``[B, C, *spatial]``
+    with ``data_format='channels_first'``), ``y_true`` holding 0/1 per channel. With
+    ``from_logits`` (the default here, as for the hinge) each channel gets the Lovász hinge
+    of its scores; otherwise the Lovász-Softmax term of its foreground probability.
+    ``margin`` and ``symmetric`` are the hinge's variants, as in :class:`LovaszHingeLoss`
+    (``from_logits`` only). The other arguments are those of :class:`LovaszSoftmaxLoss`,
+    ``classes='present'`` averaging over the channels with a positive target in the set.
+
+    Example:
+        >>> import numpy as np
+        >>> y_true = np.array([[[[1, 0], [0, 1]], [[0, 1], [0, 1]]]])  # [B, H, W, C=2]
+        >>> y_pred = np.zeros(y_true.shape, "float32")  # logits
+        >>> round(float(LovaszMultilabelLoss()(y_true, y_pred)), 4)
+        1.0
+        >>> y_pred = np.where(y_true == 1, 3.0, -3.0).astype("float32")  # right by 3
+        >>> round(float(LovaszMultilabelLoss()(y_true, y_pred)), 4)
+        0.0
     """
 
     def __init__(
@@ -330,6 +371,25 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
     that class's default. The cross-entropy is the mean over the non-ignored pixels of
     each image (``per_image``) or of the batch. :class:`LovaszScheduleCallback` changes
     the two weights during ``fit``.
+
+    Args:
+        mode: ``'multiclass'``, ``'binary'`` or ``'multilabel'``; the shapes are those of the
+            Lovász class of the mode.
+        ce_weight: the weight of the cross-entropy term (0: not computed).
+        lovasz_weight: the weight of the Lovász term (0: not computed).
+        per_image: None for the Lovász class's default (False for ``'multiclass'``, True
+            otherwise).
+        classes: ``'present'``, ``'all'`` or a list, for the Lovász term (not ``'binary'``).
+        ignore_class: label value of pixels left out of both terms.
+        data_format: ``'channels_last'`` or ``'channels_first'``.
+
+    Example:
+        >>> import numpy as np
+        >>> loss = CrossEntropyLovaszLoss("multiclass", ignore_class=255)
+        >>> y_true = np.array([[[0, 1], [1, 255]]])  # [B=1, H=2, W=2]
+        >>> y_pred = np.zeros((1, 2, 2, 3), "float32")  # [B, H, W, C=3] logits
+        >>> round(float(loss(y_true, y_pred)), 4)  # ln 3 + 2/3
+        1.7653
     """
 
     def __init__(
