@@ -9,7 +9,11 @@ Berman, Rannen Triki and Blaschko, "The Lovász-Softmax loss", CVPR 2018
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Optional, Union
+
 import numpy as np
+import numpy.typing as npt
 
 from lovasz._validation import (
     check_classes,
@@ -31,12 +35,21 @@ __all__ = [
     "lovasz_multilabel",
 ]
 
+Classes = Union[str, Sequence[int]]
+Weights = Optional[Union[Sequence[float], np.ndarray]]
+# A loss: a float64 scalar, or a float64 array of one loss per image (reduction='none').
+Loss = Union[np.float64, npt.NDArray[np.float64]]
 
-def jaccard_loss(mistakes, gt) -> float:
+
+def jaccard_loss(mistakes: npt.ArrayLike, gt: npt.ArrayLike) -> float:
     """Jaccard loss ``1 - |gt ∩ pred| / |gt ∪ pred|`` of the set of ``mistakes`` (0/1 per pixel).
 
     The prediction is the ground truth with the mistaken pixels flipped. An empty
     union (no ground truth, no mistake) has loss 0.
+
+    Example:
+        >>> float(jaccard_loss(mistakes=[0, 1, 0], gt=[1, 1, 0]))  # predicted {0}, true {0, 1}
+        0.5
     """
     mistakes = np.asarray(mistakes, dtype=bool)
     gt = np.asarray(gt, dtype=bool)
@@ -45,11 +58,16 @@ def jaccard_loss(mistakes, gt) -> float:
     return 0.0 if union == 0 else 1.0 - np.sum(gt & pred) / union
 
 
-def lovasz_grad(gt_sorted) -> np.ndarray:
+def lovasz_grad(gt_sorted: npt.ArrayLike) -> npt.NDArray[np.float64]:
     """Gradient of the Lovász extension w.r.t. the errors sorted in decreasing order.
 
     ``grad[k] = J(k+1) - J(k)`` where ``J(k)`` is the Jaccard loss of the first ``k``
-    sorted pixels taken as mistakes, and ``J(0) = 0``.
+    sorted pixels taken as mistakes, and ``J(0) = 0``. ``gt_sorted`` is ``[P]`` 0/1, the
+    result ``[P]`` float64.
+
+    Example:
+        >>> lovasz_grad([1, 0, 1]).round(4).tolist()
+        [0.5, 0.1667, 0.3333]
     """
     gt_sorted = np.asarray(gt_sorted, dtype=np.float64)
     gts = gt_sorted.sum()
@@ -67,8 +85,13 @@ def lovasz_grad(gt_sorted) -> np.ndarray:
     return grad
 
 
-def lovasz_extension(errors, gt) -> float:
-    """Lovász extension of the Jaccard loss of ``gt`` at the error vector ``errors``."""
+def lovasz_extension(errors: npt.ArrayLike, gt: npt.ArrayLike) -> float:
+    """Lovász extension of the Jaccard loss of ``gt`` at the error vector ``errors`` (both ``[P]``).
+
+    Example:
+        >>> round(lovasz_extension(errors=[0.1, 0.4, 0.6], gt=[1, 1, 0]), 4)
+        0.3667
+    """
     errors = np.asarray(errors, dtype=np.float64)
     gt = np.asarray(gt, dtype=np.float64)
     if errors.size == 0:
@@ -77,11 +100,15 @@ def lovasz_extension(errors, gt) -> float:
     return float(np.dot(errors[order], lovasz_grad(gt[order])))
 
 
-def lovasz_hinge_flat(logits, labels, margin="relu") -> float:
+def lovasz_hinge_flat(logits: npt.ArrayLike, labels: npt.ArrayLike, margin: str = "relu") -> float:
     """Binary Lovász hinge of flat ``logits [P]`` against 0/1 ``labels [P]``.
 
     The errors are ``max(0, m)`` of the margins ``m = 1 - s x`` (``s = 2y - 1``), or with
     ``margin='elu'`` ``elu(m) + 1`` (positive everywhere, smooth at 0).
+
+    Example:
+        >>> lovasz_hinge_flat([2.0, -1.0, 0.5], [1, 0, 1])
+        0.25
     """
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels)
@@ -91,7 +118,9 @@ def lovasz_hinge_flat(logits, labels, margin="relu") -> float:
     return lovasz_extension(errors, labels)
 
 
-def _symmetric(loss, logits, labels, ignore, **options):
+def _symmetric(
+    loss: Callable[..., Loss], logits: np.ndarray, labels: np.ndarray, ignore: int | None, **options: Any
+) -> Loss:
     """The mean of ``loss(x, y)`` and ``loss(-x, 1 - y)`` (ignored labels stay ignored)."""
     flipped = np.where(labels == ignore, labels, 1 - labels) if ignore is not None else 1 - labels
     return (
@@ -100,8 +129,16 @@ def _symmetric(loss, logits, labels, ignore, **options):
     ) / 2
 
 
-def lovasz_softmax_flat(probas, labels, classes="present", weights=None) -> float:
-    """Lovász-Softmax of flat ``probas [P, C]`` against ``labels [P]``: weighted mean over the classes."""
+def lovasz_softmax_flat(
+    probas: npt.ArrayLike, labels: npt.ArrayLike, classes: Classes = "present", weights: Weights = None
+) -> float:
+    """Lovász-Softmax of flat ``probas [P, C]`` against ``labels [P]``: weighted mean over the classes.
+
+    Example:
+        >>> probas = np.array([[0.9, 0.1], [0.4, 0.6]])  # [P=2, C=2]
+        >>> round(lovasz_softmax_flat(probas, np.array([0, 1])), 6)
+        0.325
+    """
     probas = np.asarray(probas, dtype=np.float64)
     labels = np.asarray(labels)
     num_classes = probas.shape[1]
@@ -118,19 +155,20 @@ def lovasz_softmax_flat(probas, labels, classes="present", weights=None) -> floa
     return total / weight_sum if weight_sum > 0 else 0.0
 
 
-def _softmax(x, axis):
+def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
     e = np.exp(x - x.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
 
 
-def _reduce(per_set, reduction):
+def _reduce(per_set: npt.ArrayLike, reduction: str, per_image: bool) -> Loss:
+    """``reduction='none'``: the loss of each image with ``per_image``, else the batch's one loss."""
     per_set = np.asarray(per_set, dtype=np.float64)
     if reduction == "none":
-        return per_set
+        return per_set if per_image else per_set[0]
     return per_set.sum() if reduction == "sum" else per_set.mean()
 
 
-def _sets(*arrays, per_image):
+def _sets(*arrays: np.ndarray, per_image: bool) -> Iterator[tuple[np.ndarray, ...]]:
     """Yield the sets the loss is computed on: each image, or the whole batch as one."""
     if per_image:
         yield from zip(*arrays)
@@ -139,19 +177,24 @@ def _sets(*arrays, per_image):
 
 
 def lovasz_softmax(
-    probas,
-    labels,
-    classes="present",
-    per_image=False,
-    ignore=None,
+    probas: npt.ArrayLike,
+    labels: npt.ArrayLike,
+    classes: Classes = "present",
+    per_image: bool = False,
+    ignore: int | None = None,
     *,
-    from_logits=False,
-    weights=None,
-    reduction="mean",
-):
+    from_logits: bool = False,
+    weights: Weights = None,
+    reduction: str = "mean",
+) -> Loss:
     """Multi-class Lovász-Softmax; see :func:`lovasz.torch.lovasz_softmax` for the arguments.
 
     ``reduction='none'`` gives one loss per image with ``per_image``, else a 0-d array.
+
+    Example:
+        >>> probas = np.array([[[0.9, 0.4], [0.1, 0.6]]])  # [B=1, C=2, N=2]
+        >>> round(float(lovasz_softmax(probas, np.array([[0, 1]]))), 6)
+        0.325
     """
     probas = np.asarray(probas, dtype=np.float64)
     labels = np.asarray(labels)
@@ -171,12 +214,25 @@ def lovasz_softmax(
         lab = lab.reshape(-1)
         keep = np.ones(lab.shape, bool) if ignore is None else lab != ignore
         losses.append(lovasz_softmax_flat(prob[keep], lab[keep], classes, weights))
-    out = _reduce(losses, reduction)
-    return out if per_image or reduction != "none" else out[0]
+    return _reduce(losses, reduction, per_image)
 
 
-def lovasz_hinge(logits, labels, per_image=True, ignore=None, *, reduction="mean", margin="relu", symmetric=False):
-    """Binary Lovász hinge; see :func:`lovasz.torch.lovasz_hinge` for the arguments."""
+def lovasz_hinge(
+    logits: npt.ArrayLike,
+    labels: npt.ArrayLike,
+    per_image: bool = True,
+    ignore: int | None = None,
+    *,
+    reduction: str = "mean",
+    margin: str = "relu",
+    symmetric: bool = False,
+) -> Loss:
+    """Binary Lovász hinge; see :func:`lovasz.torch.lovasz_hinge` for the arguments.
+
+    Example:
+        >>> float(lovasz_hinge(np.array([[2.0, -1.0, 0.5]]), np.array([[1, 0, 1]])))
+        0.25
+    """
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels)
     hinge_layout(logits.shape, labels.shape)
@@ -190,25 +246,30 @@ def lovasz_hinge(logits, labels, per_image=True, ignore=None, *, reduction="mean
         log, lab = log.reshape(-1), lab.reshape(-1)
         keep = np.ones(lab.shape, bool) if ignore is None else lab != ignore
         losses.append(lovasz_hinge_flat(log[keep], lab[keep], margin) if keep.any() else 0.0)
-    out = _reduce(losses, reduction)
-    return out if per_image or reduction != "none" else out[0]
+    return _reduce(losses, reduction, per_image)
 
 
 def lovasz_multilabel(
-    logits,
-    targets,
-    classes="present",
-    per_image=True,
-    ignore=None,
+    logits: npt.ArrayLike,
+    targets: npt.ArrayLike,
+    classes: Classes = "present",
+    per_image: bool = True,
+    ignore: int | None = None,
     *,
-    weights=None,
-    reduction="mean",
-    margin="relu",
-    symmetric=False,
-):
+    weights: Weights = None,
+    reduction: str = "mean",
+    margin: str = "relu",
+    symmetric: bool = False,
+) -> Loss:
     """One Lovász hinge per channel of ``logits [B, C, *spatial]``, averaged over the channels.
 
     ``classes='present'`` averages over the channels with a positive target in the set.
+    See :func:`lovasz.torch.lovasz_multilabel` for the arguments.
+
+    Example:
+        >>> targets = np.array([[[1, 0], [0, 1]]])  # [B=1, C=2, N=2]
+        >>> float(lovasz_multilabel(np.zeros((1, 2, 2)), targets))
+        1.0
     """
     logits = np.asarray(logits, dtype=np.float64)
     targets = np.asarray(targets)
@@ -244,5 +305,4 @@ def lovasz_multilabel(
             total += w * (lovasz_hinge_flat(lc, tc, margin) if tc.size else 0.0)
             weight_sum += w
         losses.append(total / weight_sum if weight_sum > 0 else 0.0)
-    out = _reduce(losses, reduction)
-    return out if per_image or reduction != "none" else out[0]
+    return _reduce(losses, reduction, per_image)
