@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
 
 import keras
 from keras import ops
@@ -41,8 +43,13 @@ __all__ = [
 DATA_FORMATS = ("channels_last", "channels_first")
 _BACKENDS = {"tensorflow": "lovasz.tf", "jax": "lovasz.jax", "torch": "lovasz.torch"}
 
+# A tensor of the active backend (tf.Tensor, jax.Array, torch.Tensor) or an array-like: Keras has no type of its own.
+Tensor = Any
+# A dtype name, a keras.DTypePolicy, or None for the global policy.
+DType = Any
 
-def _functions():
+
+def _functions() -> tuple[str, ModuleType]:
     """The module of lovasz functions for the active Keras backend."""
     name = keras.backend.backend()
     if name not in _BACKENDS:
@@ -50,7 +57,7 @@ def _functions():
     return name, importlib.import_module(_BACKENDS[name])
 
 
-def _channel_kwargs(backend: str, channels_last: bool) -> dict:
+def _channel_kwargs(backend: str, channels_last: bool) -> dict[str, Any]:
     """How each backend's functions are told where the class axis is."""
     if backend == "tensorflow":
         return {"order": "BHWC" if channels_last else "BCHW"}
@@ -59,12 +66,12 @@ def _channel_kwargs(backend: str, channels_last: bool) -> dict:
     return {}  # torch is channels-first: the prediction is moved instead
 
 
-def _squeeze_channel(x, axis: int, rank: int):
+def _squeeze_channel(x: Tensor, axis: int, rank: int) -> Tensor:
     """Drop a size-1 channel axis from a rank-``rank`` tensor (Keras masks often come as [B, H, W, 1])."""
     return ops.squeeze(x, axis) if len(x.shape) == rank and x.shape[axis] == 1 else x
 
 
-def _drop_binary_channel(y_true, y_pred, axis: int):
+def _drop_binary_channel(y_true: Tensor, y_pred: Tensor, axis: int) -> tuple[Tensor, Tensor]:
     """Binary input with a size-1 channel axis: drop it from the prediction and, if there, the target."""
     rank = len(y_pred.shape)
     if rank >= 2 and y_pred.shape[axis] == 1:
@@ -74,14 +81,14 @@ def _drop_binary_channel(y_true, y_pred, axis: int):
     return y_true, y_pred
 
 
-def _reduced(loss, reduction):
+def _reduced(loss: Tensor, reduction: str | None) -> Tensor:
     """Keras passes an empty ``[0]`` loss (an empty batch) through unreduced: a reduced loss is 0-d, 0 there."""
     if reduction not in (None, "none") and tuple(loss.shape) == (0,):
         return ops.sum(loss)
     return loss
 
 
-def _valid_mask(labels, ignore: int | None):
+def _valid_mask(labels: Tensor, ignore: int | None) -> Tensor:
     """1.0 where a pixel takes part, 0.0 where it is labelled ``ignore``."""
     return ops.ones_like(labels, "float32") if ignore is None else ops.cast(ops.not_equal(labels, ignore), "float32")
 
@@ -97,7 +104,7 @@ class _LovaszLoss(keras.losses.Loss):
         data_format: str | None,
         name: str,
         reduction: str,
-        dtype,
+        dtype: DType,
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         data_format = data_format or keras.config.image_data_format()
@@ -111,10 +118,10 @@ class _LovaszLoss(keras.losses.Loss):
     def _channel_axis(self) -> int:
         return -1 if self.data_format == "channels_last" else 1
 
-    def __call__(self, y_true, y_pred, sample_weight=None):
+    def __call__(self, y_true: Tensor, y_pred: Tensor, sample_weight: Tensor | None = None) -> Tensor:
         return _reduced(super().__call__(y_true, y_pred, sample_weight), self.reduction)
 
-    def _run(self, function: str, y_pred, labels, channels: bool = True, **kwargs):
+    def _run(self, function: str, y_pred: Tensor, labels: Tensor, channels: bool = True, **kwargs: Any) -> Tensor:
         """Call ``function`` of the backend's module; ``channels=False`` for inputs without a class axis."""
         backend, module = _functions()
         channels_last = self.data_format == "channels_last"
@@ -134,7 +141,7 @@ class _LovaszLoss(keras.losses.Loss):
             **kwargs,
         )
 
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         return {
             **super().get_config(),
             "per_image": self.per_image,
@@ -143,30 +150,37 @@ class _LovaszLoss(keras.losses.Loss):
         }
 
 
-def _classes_config(classes):
+def _classes_config(classes: str | Sequence[int]) -> str | list[int]:
     classes = V.check_classes(classes, 1 << 30)  # the form only; the range is checked against the input
     return classes if isinstance(classes, str) else list(classes)
 
 
-def _weights_config(class_weights):
+def _weights_config(class_weights: Sequence[float] | None) -> list[float] | None:
     return None if class_weights is None else [float(w) for w in class_weights]
 
 
 class _ClassAveragedLoss(_LovaszLoss):
     """A Lovász loss averaged over class channels: adds ``from_logits``, ``classes`` and ``class_weights``."""
 
-    def __init__(self, *, from_logits: bool, classes, class_weights, **options):
+    def __init__(
+        self,
+        *,
+        from_logits: bool,
+        classes: str | Sequence[int],
+        class_weights: Sequence[float] | None,
+        **options: Any,
+    ):
         super().__init__(**options)
         self.from_logits = bool(from_logits)
         self.classes = _classes_config(classes)
         self.class_weights = _weights_config(class_weights)
 
-    def _run_classes(self, function: str, y_pred, labels):
+    def _run_classes(self, function: str, y_pred: Tensor, labels: Tensor) -> Tensor:
         return self._run(
             function, y_pred, labels, classes=self.classes, from_logits=self.from_logits, weights=self.class_weights
         )
 
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         return {
             **super().get_config(),
             "from_logits": self.from_logits,
@@ -212,7 +226,7 @@ class LovaszSoftmaxLoss(_ClassAveragedLoss):
         data_format: str | None = None,
         name: str = "lovasz_softmax",
         reduction: str = "sum_over_batch_size",
-        dtype=None,
+        dtype: DType = None,
     ):
         super().__init__(
             from_logits=from_logits,
@@ -226,7 +240,7 @@ class LovaszSoftmaxLoss(_ClassAveragedLoss):
             dtype=dtype,
         )
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
         labels = _squeeze_channel(y_true, self._channel_axis, len(y_pred.shape))
         return self._run_classes("lovasz_softmax", y_pred, labels)  # float labels are checked to be whole there
 
@@ -267,7 +281,7 @@ class LovaszHingeLoss(_LovaszLoss):
         data_format: str | None = None,
         name: str = "lovasz_hinge",
         reduction: str = "sum_over_batch_size",
-        dtype=None,
+        dtype: DType = None,
         margin: str = "relu",
         symmetric: bool = False,
     ):
@@ -281,11 +295,11 @@ class LovaszHingeLoss(_LovaszLoss):
         )
         self.margin, self.symmetric = V.check_hinge_variant(margin, symmetric)
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
         y_true, y_pred = _drop_binary_channel(y_true, y_pred, self._channel_axis)
         return self._run("lovasz_hinge", y_pred, y_true, channels=False, margin=self.margin, symmetric=self.symmetric)
 
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "margin": self.margin, "symmetric": self.symmetric}
 
 
@@ -322,7 +336,7 @@ class LovaszMultilabelLoss(_ClassAveragedLoss):
         data_format: str | None = None,
         name: str = "lovasz_multilabel",
         reduction: str = "sum_over_batch_size",
-        dtype=None,
+        dtype: DType = None,
         margin: str = "relu",
         symmetric: bool = False,
     ):
@@ -339,7 +353,7 @@ class LovaszMultilabelLoss(_ClassAveragedLoss):
         )
         self.margin, self.symmetric = V.check_hinge_variant(margin, symmetric, self.from_logits)
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
         return self._run(
             "lovasz_multilabel",
             y_pred,
@@ -351,7 +365,7 @@ class LovaszMultilabelLoss(_ClassAveragedLoss):
             symmetric=self.symmetric,
         )
 
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "margin": self.margin, "symmetric": self.symmetric}
 
 
@@ -403,12 +417,12 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
         data_format: str | None = None,
         name: str = "cross_entropy_lovasz",
         reduction: str = "sum_over_batch_size",
-        dtype=None,
+        dtype: DType = None,
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         if mode not in _LOVASZ_OF_MODE:
             raise ValueError(f"mode must be one of {tuple(_LOVASZ_OF_MODE)}; got {mode!r}")
-        options = dict(ignore_class=ignore_class, data_format=data_format, dtype=dtype)
+        options: dict[str, Any] = dict(ignore_class=ignore_class, data_format=data_format, dtype=dtype)
         if per_image is not None:
             options["per_image"] = per_image
         if mode != "binary":
@@ -417,7 +431,7 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
         self.lovasz = _LOVASZ_OF_MODE[mode](**options)
         self.ce_weight, self.lovasz_weight = float(ce_weight), float(lovasz_weight)
 
-    def call(self, y_true, y_pred):
+    def call(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
         lovasz, terms = self.lovasz, []
         if self.ce_weight:
             terms.append(self.ce_weight * self._cross_entropy(y_true, y_pred))
@@ -425,10 +439,10 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
             terms.append(self.lovasz_weight * lovasz.call(y_true, y_pred))
         return terms[0] if len(terms) == 1 else terms[0] + terms[1]
 
-    def __call__(self, y_true, y_pred, sample_weight=None):
+    def __call__(self, y_true: Tensor, y_pred: Tensor, sample_weight: Tensor | None = None) -> Tensor:
         return _reduced(super().__call__(y_true, y_pred, sample_weight), self.reduction)
 
-    def _cross_entropy(self, y_true, y_pred):
+    def _cross_entropy(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
         axis = self.lovasz._channel_axis
         rank = len(y_pred.shape)
         ignore = self.lovasz.ignore_class
@@ -447,7 +461,7 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
         total, count = ops.sum(pixel * valid, axis=axes), ops.sum(valid, axis=axes)
         return ops.divide_no_nan(total, count)
 
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         lovasz = self.lovasz.get_config()
         config = {
             **super().get_config(),
@@ -481,7 +495,7 @@ class LovaszScheduleCallback(keras.callbacks.Callback):
         >>> # model.compile(loss=loss); model.fit(x, y, epochs=10, callbacks=[callback])
     """
 
-    def __init__(self, schedule, loss: CrossEntropyLovaszLoss | None = None, by: str = "epoch"):
+    def __init__(self, schedule: LovaszSchedule, loss: CrossEntropyLovaszLoss | None = None, by: str = "epoch"):
         super().__init__()
         if by not in ("epoch", "batch"):
             raise ValueError(f"by must be 'epoch' or 'batch'; got {by!r}")
@@ -504,11 +518,11 @@ class LovaszScheduleCallback(keras.callbacks.Callback):
         if (loss.ce_weight, loss.lovasz_weight) != before and keras.backend.backend() != "torch":
             self.model.make_train_function(force=True)  # the weights are compiled in: retrace
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self.by == "epoch":
             self._apply(epoch)
 
-    def on_train_batch_begin(self, batch, logs=None):
+    def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if self.by == "batch":
             self._apply(self._step)
             self._step += 1

@@ -12,6 +12,17 @@ or :class:`lovasz.keras.CrossEntropyLovaszLoss` (whose Keras callback is
 from __future__ import annotations
 
 import dataclasses
+from typing import Protocol, TypeVar
+
+
+class Weighted(Protocol):
+    """A combined loss: the weights of its cross-entropy and Lovász terms."""
+
+    ce_weight: float
+    lovasz_weight: float
+
+
+WeightedLoss = TypeVar("WeightedLoss", bound=Weighted)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +47,7 @@ class LovaszSchedule:
     final_ce_weight: float = 0.0
     lovasz_weight: float = 1.0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for name in ("warmup", "ramp"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -57,7 +68,7 @@ class LovaszSchedule:
         p = self.progress(t)
         return 1.0 + (float(self.final_ce_weight) - 1.0) * p, float(self.lovasz_weight) * p
 
-    def apply(self, loss, t: int):
+    def apply(self, loss: WeightedLoss, t: int) -> WeightedLoss:
         """Set ``loss.ce_weight`` and ``loss.lovasz_weight`` for ``t``; returns ``loss``."""
         loss.ce_weight, loss.lovasz_weight = self.weights(t)
         return loss
