@@ -62,6 +62,23 @@ def kernel() -> Callable[..., int] | None:
     return function
 
 
+@functools.cache
+def scene_kernel() -> Callable[..., int] | None:
+    """The compiled ``lovasz_scene_rows_f32`` (rows of points-first scenes), or None."""
+    if kernel() is None:
+        return None
+    from lovasz import _kernel
+
+    try:
+        function = ctypes.CDLL(_kernel.__file__).lovasz_scene_rows_f32
+    except AttributeError:  # a kernel built from an older source: the sort path takes scenes
+        return None
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    function.argtypes = [ptr, ptr, ptr, i64, i64, ptr, ctypes.c_int, i64, i64, ptr, ptr]
+    function.restype = ctypes.c_int
+    return function
+
+
 _WHY_NOT = ""
 _WARNED = False
 
@@ -145,11 +162,41 @@ def lovasz_rows(
         num_pixels,
         mode,
     )
+    _run_rows(kernel(), args, loss, present, threads, f"{sets * num_pixels} pixels")
+    return loss, present
+
+
+def _run_rows(function, args: tuple, loss: np.ndarray, present: np.ndarray, threads: int, what: str) -> None:
+    """``function(*args, row_begin, row_end, loss, present)`` over every row, in blocks on the threads."""
+    num_rows = loss.size
     outputs = (loss.ctypes.data, present.ctypes.data)
     workers = max(min(threads, num_rows), 1)
     bounds = [num_rows * w // workers for w in range(workers + 1)]
     blocks = list(zip(bounds[:-1], bounds[1:]))
-    status = _run_blocks(lambda block: kernel()(*args, *block, *outputs), blocks, workers)
+    status = _run_blocks(lambda block: function(*args, *block, *outputs), blocks, workers)
     if any(status):
-        raise MemoryError(f"lovasz: no memory for the sort scratch of {sets * num_pixels} pixels")
-    return loss, present
+        raise MemoryError(f"lovasz: no memory for the sort scratch of {what}")
+
+
+def lovasz_scene_rows(
+    pred: np.ndarray, codes: np.ndarray, ends: np.ndarray, mode: int, grad: np.ndarray | None, threads: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Loss and presence ``[S, K]`` of each (scene, class) row of points-first sets.
+
+    ``pred [K, N]`` (float32) and ``codes`` hold each class's row of all points; scene
+    ``s`` is points ``[ends[s - 1], ends[s])``. Writes d loss / d pred into ``grad``
+    (C-contiguous float32 like ``pred``) if given.
+    """
+    num_classes, num_points = pred.shape
+    ends = np.ascontiguousarray(ends, dtype=np.int64)
+    if ends.size and (ends[0] < 0 or np.any(np.diff(ends) < 0) or ends[-1] > num_points):
+        raise ValueError(f"scene ends must rise from 0 to at most {num_points}; got {ends.tolist()}")
+    pred, codes = np.ascontiguousarray(pred), np.ascontiguousarray(codes)
+    assert grad is None or (grad.flags.c_contiguous and grad.shape == pred.shape and grad.dtype == np.float32)
+    num_rows = ends.size * num_classes
+    loss = np.empty(num_rows, np.float32)
+    present = np.empty(num_rows, np.bool_)
+    args = (pred.ctypes.data, codes.ctypes.data, None if grad is None else grad.ctypes.data)
+    args += (num_classes, num_points, ends.ctypes.data, mode)
+    _run_rows(scene_kernel(), args, loss, present, threads, f"{num_points} points")
+    return loss.reshape(-1, num_classes), present.reshape(-1, num_classes)

@@ -250,6 +250,30 @@ EXPORT int lovasz_rows_f32(const float *pred, const uint8_t *codes, float *grad,
     return failed ? -1 : 0;
 }
 
+/* Rows [row_begin, row_end) of points-first sets ("scenes", e.g. the point clouds of a batch):
+ * `pred` is [classes, n], scene s holds points [ends[s - 1], ends[s]) (ends[-1] = 0), and row
+ * r is (scene r / classes, class r % classes), a run of that scene's points in its class's row.
+ * The caller checks that 0 <= ends[0] <= ... <= ends[scenes - 1] <= n. Writes loss[r],
+ * present[r] and, if grad is not NULL, the gradient in pred's layout.
+ * Returns 0, or -1 if scratch memory could not be allocated. */
+EXPORT int lovasz_scene_rows_f32(const float *pred, const uint8_t *codes, float *grad, int64_t classes, int64_t n,
+                                 const int64_t *ends, int mode, int64_t row_begin, int64_t row_end, float *loss,
+                                 uint8_t *present) {
+    uint64_t *items = malloc((size_t)(n + 1) * sizeof *items); /* + 1: a slot for the pixels left out */
+    uint64_t *tmp = NULL;
+    int64_t tmp_size = 0;
+    int failed = items == NULL;
+    for (int64_t r = row_begin; r < row_end && !failed; r++) {
+        const int64_t scene = r / classes, start = scene ? ends[scene - 1] : 0;
+        const int64_t base = (r % classes) * n + start, length = ends[scene] - start;
+        const Row row = {pred + base, codes + base, grad ? grad + base : NULL, 1, length, length, mode};
+        loss[r] = lovasz_row(&row, items, &tmp, &tmp_size, present + r, &failed);
+    }
+    free(items);
+    free(tmp);
+    return failed ? -1 : 0;
+}
+
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernel", "C kernel of lovasz, called through ctypes.",
                                     -1, NULL, NULL, NULL, NULL, NULL};
 

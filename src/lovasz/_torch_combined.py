@@ -69,12 +69,24 @@ class CrossEntropyLovaszLoss(nn.Module):
         self.mode, self.ignore_index = mode, self.lovasz.ignore_index
         self.ce_weight, self.lovasz_weight = float(ce_weight), float(lovasz_weight)
 
-    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+    def forward(
+        self,
+        input: Tensor,
+        target: Tensor,
+        *,
+        batch: Tensor | None = None,
+        offsets: Tensor | None = None,
+        num_scenes: int | None = None,
+    ) -> Tensor:
+        """The weighted sum; ``batch`` / ``offsets`` / ``num_scenes`` mark the scenes of
+        points-first inputs (point clouds, ``[N, C]``), which the Lovász term takes per scene
+        with ``per_image=True`` (the cross-entropy is a mean over all points either way)."""
         total = input.new_zeros((), dtype=torch.float32)
         if self.ce_weight:
             total = total + self.ce_weight * self.cross_entropy(input, target)
         if self.lovasz_weight:
-            total = total + self.lovasz_weight * self.lovasz(input, target).float()
+            scenes = {"batch": batch, "offsets": offsets, "num_scenes": num_scenes}
+            total = total + self.lovasz_weight * self.lovasz(input, target, **scenes).float()
         if not (self.ce_weight or self.lovasz_weight):
             total = total + 0 * input.sum()  # keeps the graph, so backward() still works
         return total

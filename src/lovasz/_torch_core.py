@@ -42,6 +42,7 @@ import os
 import numpy as np
 import torch
 import torch._dynamo  # noqa: F401  (the op's first call would import it: a Ctrl-C there left it half-imported)
+import torch.nn.functional as F
 from torch import Tensor
 
 from lovasz import _ckernel as C
@@ -139,32 +140,38 @@ def _rows_per_chunk(num_rows: int, num_pixels: int, device: torch.device) -> int
     return min(rows, num_rows)
 
 
-def _chunk(pred: Tensor, codes: Tensor, hinge: bool, grad_out: Tensor | None) -> tuple[Tensor, Tensor]:
-    """The torch.sort path for ``[r, N]`` rows: loss and presence; writes d loss / d pred into ``grad_out``."""
+def _keys(pred: Tensor, codes: Tensor, hinge: bool, want_slope: bool) -> tuple[Tensor, Tensor | None, Tensor]:
+    """Each pixel's sort key (ascending = errors descending, the foreground bit in the lowest bit,
+    ignored pixels last), d error / d pred if ``want_slope``, and the foreground mask."""
     fg, ignored = codes == FOREGROUND, codes == IGNORED
     margin = torch.where(fg, 1 - pred, 1 + pred if hinge else pred)  # signed: its sign gives the slope
     errors = margin.clamp_min(0) if hinge else margin.abs()
     # d error / d pred: -1 for foreground, +1 for background, times d error / d margin (0 where the error is 0).
     slope = (
-        None
-        if grad_out is None
-        else (margin > 0 if hinge else margin.sign())
-        .to(pred.dtype)
-        .mul_(1 - 2 * fg.to(pred.dtype))
-        .masked_fill_(ignored, 0)
+        (margin > 0 if hinge else margin.sign()).to(pred.dtype).mul_(1 - 2 * fg.to(pred.dtype)).masked_fill_(ignored, 0)
+        if want_slope
+        else None
     )
     del margin
     key_dtype = _KEY_DTYPE[errors.dtype]
     int_max = torch.iinfo(key_dtype).max
     # Non-negative float bits sort like the floats; clearing the sign bit turns -0.0 into 0.0.
     key = errors.view(key_dtype).bitwise_and_(int_max - 1).bitwise_or_(fg)
-    key = key.bitwise_not_().masked_fill_(ignored, int_max)  # ascending sort = errors descending
-    del errors
+    return key.bitwise_not_().masked_fill_(ignored, int_max), slope, fg
+
+
+def _decode(key_sorted: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """The foreground bits and errors of sorted keys (ignored pixels: -0.0 errors, which add nothing)."""
+    bits = key_sorted.bitwise_not_()
+    return bits & 1, bits.bitwise_and_(-2).view(dtype)
+
+
+def _chunk(pred: Tensor, codes: Tensor, hinge: bool, grad_out: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The torch.sort path for ``[r, N]`` rows: loss and presence; writes d loss / d pred into ``grad_out``."""
+    key, slope, fg = _keys(pred, codes, hinge, grad_out is not None)
     key_sorted, perm = torch.sort(key, dim=-1)
     del key
-    bits = key_sorted.bitwise_not_()  # ignored pixels become -0.0 errors: they add nothing
-    fg_sorted = bits & 1
-    errors_sorted = bits.bitwise_and_(-2).view(pred.dtype)
+    fg_sorted, errors_sorted = _decode(key_sorted, pred.dtype)
     grad = _sorted_jaccard_grad(fg_sorted, pred.dtype)
     loss = (errors_sorted * grad).sum(-1)
     if grad_out is not None:
@@ -207,6 +214,95 @@ def _lovasz_rows(pred: Tensor, codes: Tensor, hinge: bool, grad: Tensor | None) 
             pred, codes, hinge, grad, _rows_per_chunk(num_rows, sets * num_pixels, pred.device)
         )
     return _rows_torch(pred, codes, hinge, grad)
+
+
+# ----------------------------------------------------------------------------- points of scenes
+# Points-first sets (point clouds): a class's row holds every point, scene s the run
+# [ends[s - 1], ends[s]). Sorting each row by (scene, key) keeps every scene in its own run,
+# so one sort serves all (scene, class) rows and the runs' bounds are known before it.
+
+
+def scene_of_points(ends: Tensor, num_points: int) -> Tensor:
+    """Each point's scene ``[N]``: the ``s`` with ``ends[s - 1] <= n < ends[s]``."""
+    return torch.searchsorted(ends, torch.arange(num_points, device=ends.device), right=True)
+
+
+def scene_sums(values: Tensor, ends: Tensor) -> Tensor:
+    """Sums ``[..., S]`` of each scene's run of ``values [..., N]``: differences of a float64
+    running sum (no atomics, so the same on every run)."""
+    running = F.pad(values.to(torch.float64).cumsum(-1), (1, 0))
+    starts = F.pad(ends[:-1], (1, 0))
+    return (running.index_select(-1, ends) - running.index_select(-1, starts)).to(values.dtype)
+
+
+def _sort_within_scenes(key: Tensor, scene: Tensor) -> tuple[Tensor, Tensor]:
+    """``key [r, N]`` sorted ascending within each scene's run, and the permutation."""
+    if key.dtype == torch.int32:  # one sort: the scene above the key's bits, shifted to unsigned order
+        both = (scene.to(torch.int64) << 32) | (key.to(torch.int64) + (1 << 31))
+        both, perm = torch.sort(both, dim=-1)
+        return (both & 0xFFFFFFFF).sub_(1 << 31).to(torch.int32), perm
+    _, perm = torch.sort(key, dim=-1)  # 64-bit keys leave no room: by key, then stably by scene
+    _, by_scene = torch.sort(scene.expand_as(key).gather(-1, perm), dim=-1, stable=True)
+    perm = perm.gather(-1, by_scene)
+    return key.gather(-1, perm), perm
+
+
+def _scene_jaccard_grad(fg_sorted: Tensor, dtype: torch.dtype, ends: Tensor, scene: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`_sorted_jaccard_grad` within each scene's run; also each (row, scene)'s foreground count."""
+    num_points = fg_sorted.shape[-1]
+    running = F.pad(fg_sorted.cumsum(-1), (1, 0))  # running[:, i]: foreground among the first i
+    starts = F.pad(ends[:-1], (1, 0))
+    gts_scene = running.index_select(-1, ends) - running.index_select(-1, starts)
+    start = starts.index_select(0, scene)
+    fg_cum = running[:, 1:] - running.index_select(-1, start)
+    gts = gts_scene.index_select(-1, scene)
+    k = torch.arange(1, num_points + 1, device=fg_sorted.device) - start  # position within the scene, from 1
+    intersection = (gts - fg_cum).to(dtype)
+    union = (gts + k - fg_cum).to(dtype)
+    background_step = intersection / (union * (union - 1).clamp_min_(1))
+    grad = torch.where(fg_sorted.bool(), union.reciprocal(), background_step)
+    return torch.where(k == 1, 1 - intersection / union, grad), gts_scene
+
+
+def _scene_rows_torch(pred: Tensor, codes: Tensor, ends: Tensor, hinge: bool, grad: Tensor | None):
+    """The torch.sort path of :func:`_scene_rows`."""
+    num_rows, num_points = pred.shape
+    scene = scene_of_points(ends, num_points)
+    step = _rows_per_chunk(num_rows, num_points, pred.device)
+    losses, present = [], []
+    for start in range(0, num_rows, step):
+        rows = slice(start, min(start + step, num_rows))
+        key, slope, _ = _keys(pred[rows], codes[rows], hinge, grad is not None)
+        key_sorted, perm = _sort_within_scenes(key, scene)
+        del key
+        fg_sorted, errors_sorted = _decode(key_sorted, pred.dtype)
+        step_grad, gts = _scene_jaccard_grad(fg_sorted, pred.dtype, ends, scene)
+        losses.append(scene_sums(errors_sorted * step_grad, ends))
+        present.append(gts > 0)
+        if grad is not None:
+            grad[rows].scatter_(-1, perm, step_grad).mul_(slope)
+    return torch.cat(losses).T, torch.cat(present).T
+
+
+def _scene_rows(pred: Tensor, codes: Tensor, ends: Tensor, hinge: bool, grad: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Loss and presence ``[S, K]`` of each (scene, class) row of ``pred [K, N]`` (see above);
+    d loss / d pred into ``grad``."""
+    if pred.numel() == 0 or ends.numel() == 0:
+        if grad is not None:
+            grad.zero_()
+        shape = (ends.shape[0], pred.shape[0])
+        return pred.new_zeros(shape), codes.new_zeros(shape, dtype=torch.bool)
+    if _use_c_kernel(pred) and C.scene_kernel() is not None:
+        loss, present = C.lovasz_scene_rows(
+            pred.detach().numpy(),
+            codes.numpy(),
+            ends.numpy(),
+            C.HINGE if hinge else C.SOFTMAX,
+            None if grad is None else grad.detach().numpy(),
+            torch.get_num_threads(),
+        )
+        return torch.from_numpy(loss), torch.from_numpy(present)
+    return _scene_rows_torch(pred, codes, ends, hinge, grad)
 
 
 _TRITON_MAX_CHANNELS = 1024  # a pixel's channels are one tile of registers there
@@ -253,6 +349,7 @@ def _set_losses(
     present_only: bool,
     class_ids: Tensor | None,
     need_grad: bool,
+    ends: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
     probs = pred.softmax(1) if softmax else pred
     rows = (probs if class_ids is None else probs.index_select(1, class_ids)).contiguous()
@@ -263,23 +360,31 @@ def _set_losses(
         # Both kernels read a row before they write its gradient, so the gradient may
         # overwrite the rows where they are a temporary of ours, not the caller's input.
         grad = rows if rows is not pred else torch.empty_like(rows)
-    layout = (1, batch * num_rows, num_pixels) if per_image else rows.shape  # [S, R, N], see the module doc
-    loss, present = _lovasz_rows(
-        rows.view(layout), codes.reshape(layout), hinge, None if grad is None else grad.view(layout)
-    )
+    if ends is not None:  # points of scenes, [1, K, N]: a set per scene
+        loss, present = _scene_rows(rows[0], codes[0], ends, hinge, None if grad is None else grad[0])
+        num_sets = ends.shape[0]
+    else:
+        layout = (1, batch * num_rows, num_pixels) if per_image else rows.shape  # [S, R, N], see the module doc
+        loss, present = _lovasz_rows(
+            rows.view(layout), codes.reshape(layout), hinge, None if grad is None else grad.view(layout)
+        )
+        num_sets = batch if per_image else 1
     del rows
-    num_sets = batch if per_image else 1
     w = row_weights.expand(num_sets, num_rows)
     if present_only:
         w = w * present.view(num_sets, num_rows)
     weight_sum = w.sum(-1, keepdim=True)
     coefficient = torch.where(weight_sum != 0, w / torch.where(weight_sum != 0, weight_sum, 1), 0)
-    per_set = (loss.view(num_sets, num_rows) * coefficient).sum(-1)
+    per_set = (loss.reshape(num_sets, num_rows) * coefficient).sum(-1)
     if grad is None:
         return per_set, pred.new_empty(0)
-    scale = coefficient.unsqueeze(-1).expand(batch, num_rows, 1)  # d per_set / d row loss
+    if ends is not None:  # each point's own scene's coefficients
+        grad.mul_(coefficient.index_select(0, scene_of_points(ends, num_pixels)).T)
+        scale = None
+    else:
+        scale = coefficient.unsqueeze(-1).expand(batch, num_rows, 1)  # d per_set / d row loss
     if class_ids is not None:  # the classes left out get zero
-        grad = pred.new_zeros(pred.shape).index_copy_(1, class_ids, grad.mul_(scale))
+        grad = pred.new_zeros(pred.shape).index_copy_(1, class_ids, grad if scale is None else grad.mul_(scale))
         scale = None
     if softmax:
         _softmax_backward_(grad, pred, scale)
@@ -299,6 +404,7 @@ def lovasz_loss(
     present_only: bool,
     class_ids: Tensor | None,
     need_grad: bool,
+    ends: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
     """Lovász loss of each set (image, or the batch) of ``pred [B, C, N]``, float32 or float64.
 
@@ -310,17 +416,21 @@ def lovasz_loss(
     rows' losses weighted by ``row_weights [K]``, over the rows with a foreground
     pixel if ``present_only``, and 0 if no weight is left.
 
-    Returns ``per_set [B]`` (``[1]`` unless ``per_image``) and, if ``need_grad``,
+    With ``ends [S]`` (int64), ``B`` is 1 and ``N`` holds the points of ``S`` scenes, scene
+    ``s`` the run ``[ends[s - 1], ends[s])``; the sets are the scenes (``per_image`` is True).
+
+    Returns ``per_set [B]`` (``[1]`` unless ``per_image``; ``[S]`` with ``ends``) and, if ``need_grad``,
     ``d per_set / d pred [B, C, N]``, each pixel's derivative of its own set's loss
     (else an empty tensor): backward is one multiply.
     """
-    return _set_losses(pred, codes, row_weights, hinge, softmax, per_image, present_only, class_ids, need_grad)
+    return _set_losses(pred, codes, row_weights, hinge, softmax, per_image, present_only, class_ids, need_grad, ends)
 
 
 @lovasz_loss.register_fake
-def _(pred, codes, row_weights, hinge, softmax, per_image, present_only, class_ids, need_grad):
+def _(pred, codes, row_weights, hinge, softmax, per_image, present_only, class_ids, need_grad, ends):
     grad = torch.empty_like(pred, memory_format=torch.contiguous_format) if need_grad else pred.new_empty(0)
-    return pred.new_empty(pred.shape[0] if per_image else 1), grad
+    num_sets = ends.shape[0] if ends is not None else pred.shape[0] if per_image else 1
+    return pred.new_empty(num_sets), grad
 
 
 _SECOND_ORDER_WITH_SOFTMAX = (
@@ -332,15 +442,15 @@ _SECOND_ORDER_WITH_SOFTMAX = (
 
 
 def _setup_context(ctx, inputs, output):
-    ctx.need_grad, ctx.softmax = inputs[-1], inputs[4]
+    ctx.softmax, ctx.need_grad = inputs[4], inputs[8]
     ctx.mark_non_differentiable(output[1])
-    ctx.save_for_backward(output[1])
+    ctx.save_for_backward(output[1], inputs[9])  # the gradient, and the scenes' ends (or None)
     ctx.set_materialize_grads(False)  # the gradient output gets no gradient: don't fill zeros for it
 
 
 def _backward(ctx, grad_per_set, _grad_grad):
     if grad_per_set is None:
-        return (None,) * 9
+        return (None,) * 10
     if not ctx.need_grad:
         raise RuntimeError("lovasz_loss was called with need_grad=False but a gradient was requested")
     # The loss is piecewise linear in the errors, so the saved gradient is piecewise constant in the
@@ -348,8 +458,10 @@ def _backward(ctx, grad_per_set, _grad_grad):
     # softmax taken inside, whose curvature the saved gradient no longer knows.
     if ctx.softmax and torch.is_grad_enabled():
         raise RuntimeError(_SECOND_ORDER_WITH_SOFTMAX)
-    (grad,) = ctx.saved_tensors
-    return (grad_per_set.view(-1, 1, 1) * grad,) + (None,) * 8
+    grad, ends = ctx.saved_tensors
+    if ends is not None:  # [1, C, N]: each point takes its own scene's factor
+        return (grad_per_set.index_select(0, scene_of_points(ends, grad.shape[-1])) * grad,) + (None,) * 9
+    return (grad_per_set.view(-1, 1, 1) * grad,) + (None,) * 9
 
 
 torch.library.register_autograd("lovasz::lovasz_loss", _backward, setup_context=_setup_context)
@@ -368,7 +480,7 @@ class _LovaszSets(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         _setup_context(ctx, inputs, output)
-        ctx.save_for_forward(output[1])
+        ctx.save_for_forward(output[1], inputs[9])
         ctx.num_sets = output[0].shape[0]
 
     @staticmethod
@@ -379,7 +491,9 @@ class _LovaszSets(torch.autograd.Function):
     def jvp(ctx, pred_tangent, *_):
         if not ctx.need_grad:
             raise RuntimeError("lovasz_loss was called with need_grad=False but a tangent was given")
-        (grad,) = ctx.saved_tensors
+        grad, ends = ctx.saved_tensors
+        if ends is not None:  # [1, C, N]: each scene's run of points
+            return scene_sums((grad * pred_tangent).sum(1)[0], ends), None
         return (grad * pred_tangent).reshape(ctx.num_sets, -1).sum(1), None
 
 
@@ -393,11 +507,12 @@ def lovasz_sets(
     present_only: bool,
     class_ids: Tensor | None,
     need_grad: bool,
+    ends: Tensor | None = None,
 ) -> Tensor:
     """``lovasz_loss``'s per-set losses, differentiable in every autograd mode: reverse (also
     with ``create_graph``), forward (``torch.autograd.forward_ad``) and ``torch.func``. Under
     ``torch.compile`` the op itself is called, with its registered autograd."""
-    args = (pred, codes, row_weights, hinge, softmax, per_image, present_only, class_ids, need_grad)
+    args = (pred, codes, row_weights, hinge, softmax, per_image, present_only, class_ids, need_grad, ends)
     if torch.compiler.is_compiling():
         return lovasz_loss(*args)[0]
     return _LovaszSets.apply(*args)[0]

@@ -47,7 +47,7 @@ from lovasz.peers import load_original
 class Case:
     name: str
     shape: tuple
-    kind: str  # softmax | hinge
+    kind: str  # softmax | hinge | points (shape [S, C, N]: S point clouds of N points, points-first [S*N, C])
     per_image: bool
     classes: str = "present"
     kornia_same: bool = False  # kornia computes this exact quantity (per image, all classes, from logits)
@@ -67,6 +67,7 @@ CASES = [
     Case("multiclass per-image", (4, 21, 128, 128), "softmax", per_image=True, classes="all", kornia_same=True),
     Case("binary hinge per-image", (16, 1, 256, 256), "hinge", per_image=True, kornia_same=True),
     Case("3-D volume batch", (2, 4, 64, 64, 64), "softmax", per_image=False),
+    Case("LiDAR points per-scene", (4, 19, 120_000), "points", per_image=True),
 ]
 CUDA_CASES = [
     Case("Cityscapes batch", (8, 19, 512, 1024), "softmax", per_image=False),
@@ -75,14 +76,17 @@ CUDA_CASES = [
     Case("LiDAR range image batch", (8, 20, 64, 2048), "softmax", per_image=False),
     Case("3-D volume batch", (2, 14, 128, 128, 128), "softmax", per_image=False),
     Case("binary hinge per-image", (32, 1, 512, 512), "hinge", per_image=True, kornia_same=True),
+    Case("LiDAR points per-scene", (4, 19, 120_000), "points", per_image=True),
 ]
 QUICK_CASES = [
     Case("multiclass batch", (2, 5, 32, 32), "softmax", per_image=False),
     Case("multiclass per-image", (2, 5, 32, 32), "softmax", per_image=True, classes="all", kornia_same=True),
     Case("binary hinge per-image", (2, 1, 32, 32), "hinge", per_image=True, kornia_same=True),
+    Case("points per-scene", (3, 5, 500), "points", per_image=True),
 ]
 IMPLEMENTATIONS = (
     "lovasz",
+    "lovasz dense",
     "original",
     "kornia",
     "sort floor",
@@ -91,7 +95,7 @@ IMPLEMENTATIONS = (
     "lovasz.tf eager",
     "lovasz.jax",
 )
-CUDA_IMPLEMENTATIONS = ("lovasz", "original", "kornia", "sort floor", "lovasz.jax", "network")
+CUDA_IMPLEMENTATIONS = ("lovasz", "lovasz dense", "original", "kornia", "sort floor", "lovasz.jax", "network")
 # Peak memory is probed for the PyTorch losses: each probe is a fresh process, and TF's and
 # JAX's would spend minutes compiling for a figure that no one compares.
 MEMORY_PROBED = ("lovasz", "original", "kornia", "network")
@@ -117,8 +121,10 @@ def make_inputs(case: Case, device: torch.device = torch.device("cpu")):
 def step_function(case: Case, impl: str, device: torch.device = torch.device("cpu")) -> Callable[[], None] | None:
     """A forward + backward step of ``impl`` on ``case``, or None where ``impl`` does not apply."""
     if impl == "network":
-        return _network_step(case, device)
+        return _network_step(case, device) if case.kind != "points" else None
     logits, labels = make_inputs(case, device)
+    if case.kind == "points" and impl != "sort floor":
+        return _points_step(case, impl, logits, labels)
     if impl.startswith("lovasz.tf"):
         mode = impl.split()[1] if " " in impl else "function"
         return _tf_step(case, logits.cpu().numpy(), labels.cpu().numpy(), mode)
@@ -127,6 +133,8 @@ def step_function(case: Case, impl: str, device: torch.device = torch.device("cp
     if impl == "sort floor":
         errors = torch.rand(*case.rows_pixels, generator=torch.Generator().manual_seed(1)).to(device)
         return lambda: torch.sort(errors, dim=1, descending=True)
+    if impl == "lovasz dense" and case.kind != "points":
+        return None
     if impl == "lovasz":
         if case.kind == "hinge":
             loss = lambda x: L.lovasz_hinge(x[:, 0], labels, per_image=case.per_image)
@@ -154,6 +162,37 @@ def step_function(case: Case, impl: str, device: torch.device = torch.device("cp
 
     def step():
         x = logits.detach().requires_grad_()
+        loss(x).backward()
+
+    return step
+
+
+def _points_step(case: Case, impl: str, logits, labels) -> Callable[[], None] | None:
+    """Point clouds: ``S`` scenes of ``N`` points, points-first ``[S*N, C]`` with ``offsets``.
+
+    ``lovasz dense`` is the per-image loss of the same numbers laid out ``[S, C, N]``: the dense
+    case of the same size. ``original`` loops over the scenes in Python, as its users must.
+    """
+    scenes, channels, points = case.shape
+    flat = logits.transpose(1, 2).reshape(scenes * points, channels).contiguous()
+    flat_labels = labels.reshape(-1)
+    offsets = torch.arange(1, scenes + 1, device=logits.device) * points
+    if impl == "lovasz":
+        loss = lambda x: L.lovasz_softmax(x, flat_labels, per_image=True, from_logits=True, offsets=offsets)
+    elif impl == "lovasz dense":
+        flat = logits
+        loss = lambda x: L.lovasz_softmax(x, labels, per_image=True, from_logits=True)
+    elif impl == "original":
+        original = load_original()
+        if original is None:
+            raise ModuleNotFoundError("segmentation-models-pytorch==0.6.0 (pip install --no-deps)")
+        runs = [slice(s * points, (s + 1) * points) for s in range(scenes)]
+        loss = lambda x: sum(original._lovasz_softmax_flat(x[r].softmax(1), flat_labels[r]) for r in runs) / scenes
+    else:
+        return None
+
+    def step():
+        x = flat.detach().requires_grad_()
         loss(x).backward()
 
     return step

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lovasz import _torch_scenes
 from lovasz import _validation as V
 from lovasz._torch_core import FOREGROUND, IGNORED, _sorted_jaccard_grad, lovasz_sets
 
@@ -195,6 +196,19 @@ def _class_codes(lab: Tensor, num_classes: int, ignored: Tensor | None) -> Tenso
     return codes.scatter_(1, torch.where(valid, lab, 0).long(), mark)
 
 
+_NO_SCENES = (None, None, None)
+
+
+def _points(prediction, labels, scenes: tuple, per_image: bool, multilabel: bool, names):
+    """Points-first inputs of scenes (``scenes = (batch, offsets, num_scenes)``) in the dense layout,
+    with the scenes' ends where the loss is per scene; other inputs as they are."""
+    if all(value is None for value in scenes):
+        return prediction, labels, None
+    _check_prediction(prediction, names[0])
+    points = _torch_scenes.scenes(prediction, labels, *scenes, multilabel, names[:2])
+    return points.prediction, points.labels, points.ends if per_image else None
+
+
 def _class_selection(classes, dtype: torch.dtype, device: torch.device) -> tuple[Tensor | None, Tensor | None]:
     """Which class rows to compute, and how many times each counts (a list may repeat a class)."""
     if isinstance(classes, str):
@@ -214,10 +228,12 @@ def _lovasz_classes(
     reduction: str,
     process_group=None,
     softmax: bool = False,
+    ends: Tensor | None = None,
 ) -> Tensor:
     """Loss of ``pred [B, C, N]`` against ``codes [B, C, N]``: one row per (set, class), then the means.
 
     With ``softmax``, ``pred`` holds logits and the softmax over ``C`` is taken inside the kernel.
+    With ``ends``, ``B`` is 1 and the sets are the scenes of its points (see ``_torch_scenes``).
     """
     if process_group is not None and not per_image:
         from lovasz._torch_distributed import gather_global_batch
@@ -231,7 +247,8 @@ def _lovasz_classes(
         codes = codes.index_select(1, ids)
         row_weights = row_weights.index_select(0, ids) * counts
     need_grad = (torch.is_grad_enabled() and pred.requires_grad) or _has_tangent(pred)
-    per_set = lovasz_sets(pred, codes, row_weights, hinge, softmax, per_image, classes == "present", ids, need_grad)
+    present_only = classes == "present"
+    per_set = lovasz_sets(pred, codes, row_weights, hinge, softmax, per_image, present_only, ids, need_grad, ends)
     return _reduce(per_set, reduction, per_image)
 
 
@@ -246,6 +263,7 @@ def _hinge_classes(
     process_group,
     margin: str,
     symmetric: bool,
+    ends: Tensor | None = None,
 ) -> Tensor:
     """The Lovász hinge of ``pred [B, K, N]`` against ``codes``, with its two variants of practice.
 
@@ -257,13 +275,11 @@ def _hinge_classes(
     if margin == "elu":
         signs = (codes == FOREGROUND).to(pred.dtype).mul_(2).sub_(1)
         pred = -signs * F.elu(1 - signs * pred)
-    loss = _lovasz_classes(pred, codes, True, classes, num_classes, per_image, weights, reduction, process_group)
+    args = (classes, num_classes, per_image, weights, reduction, process_group)
+    loss = _lovasz_classes(pred, codes, True, *args, ends=ends)
     if symmetric:
         flipped = torch.where(codes == IGNORED, codes, 1 - codes)
-        loss = (
-            loss
-            + _lovasz_classes(-pred, flipped, True, classes, num_classes, per_image, weights, reduction, process_group)
-        ) / 2
+        loss = (loss + _lovasz_classes(-pred, flipped, True, *args, ends=ends)) / 2
     return loss
 
 
@@ -296,6 +312,9 @@ def lovasz_softmax(
     weights: Weights = None,
     reduction: str = "mean",
     process_group=None,
+    batch: Tensor | None = None,
+    offsets: Tensor | None = None,
+    num_scenes: int | None = None,
 ) -> Tensor:
     r"""Multi-class Lovász-Softmax loss: a convex surrogate of ``1 - IoU`` averaged over classes.
 
@@ -327,6 +346,16 @@ def lovasz_softmax(
             ranks (the loss is that of the union of all their pixels); class counts and
             precisions must match, else every rank raises the same ``ValueError``. Per-image
             losses are exact on each rank already and ignore it.
+        batch: for point clouds and other ragged sets: ``[N]`` each point's scene index
+            (torch_geometric's convention). Then ``probas`` is points-first, ``[N, C]`` (or
+            ``[N]`` for one channel), ``labels`` is ``[N]``, and ``per_image=True`` means one
+            set per scene (``reduction='none'``: ``[S]``); without it all points are one set.
+            Exact: each scene's loss equals the dense loss of that scene alone. A scene with
+            no valid point gets 0, like an all-ignored image.
+        offsets: the scenes as Pointcept marks them instead: ``[S]`` cumulative point counts,
+            the last one ``N`` (the points of scene ``s`` are ``offsets[s-1]:offsets[s]``).
+        num_scenes: with ``batch``, the number of scenes ``S``; without it, it is read
+            from ``batch.max()``, one host sync (pass it under CUDA graphs and ``torch.compile``).
 
     Returns:
         A 0-d tensor (``[B]`` for ``per_image`` with ``reduction='none'``) in the dtype of
@@ -352,6 +381,7 @@ def lovasz_softmax(
         reduction,
         process_group,
         ("probas", "labels", "weights"),
+        (batch, offsets, num_scenes),
     )
 
 
@@ -366,9 +396,12 @@ def _softmax(
     reduction,
     process_group,
     names: tuple[str, str, str],
+    scenes: tuple = _NO_SCENES,
 ) -> Tensor:
-    """:func:`lovasz_softmax`, its inputs called ``names`` in error messages."""
+    """:func:`lovasz_softmax`, its inputs called ``names`` in error messages; ``scenes`` are
+    ``(batch, offsets, num_scenes)`` of points-first inputs."""
     pname, lname, wname = names
+    probas, labels, ends = _points(probas, labels, scenes, per_image, False, names)
     _check_prediction(probas, pname)
     labels = _check_labels(labels, probas, lname)
     if probas.ndim >= 3:
@@ -413,6 +446,7 @@ def _softmax(
         reduction,
         process_group,
         softmax=from_logits and not sigmoid,
+        ends=ends,
     )
     return loss.to(_result_dtype(probas))
 
@@ -427,6 +461,9 @@ def lovasz_hinge(
     margin: str = "relu",
     symmetric: bool = False,
     process_group=None,
+    batch: Tensor | None = None,
+    offsets: Tensor | None = None,
+    num_scenes: int | None = None,
 ) -> Tensor:
     r"""Binary Lovász hinge loss: a convex surrogate of ``1 - IoU`` of the foreground.
 
@@ -447,6 +484,8 @@ def lovasz_hinge(
         symmetric: the mean of this loss and that of the flipped problem, ``-logits`` against
             ``1 - labels``, so the background is scored too (Kaggle Airbus ship detection).
         process_group: the global batch across ranks as one set; see :func:`lovasz_softmax`.
+        batch, offsets, num_scenes: the scenes of points-first inputs, ``logits [N]`` and
+            ``labels [N]``; see :func:`lovasz_softmax`.
 
     Returns:
         A 0-d tensor (``[B]`` with ``per_image`` and ``reduction='none'``) in the dtype of ``logits``.
@@ -457,6 +496,7 @@ def lovasz_hinge(
         tensor(0.2500)
     """
     _check_prediction(logits, "logits")
+    logits, labels, ends = _points(logits, labels, (batch, offsets, num_scenes), per_image, False, ("logits", "labels"))
     labels = _check_labels(labels, logits, "labels")
     accepted = [tuple(logits.shape)]
     if logits.ndim >= 2 and logits.shape[1] == 1:
@@ -472,7 +512,7 @@ def lovasz_hinge(
     ignored = None if ignore is None else lab == ignore
     _check_values(lab, None if ignored is None else ~ignored, "0 or 1", (lab == 0) | (lab == 1), "labels")
     codes = _codes(lab == 1, ignored)
-    loss = _hinge_classes(pred, codes, "all", 1, per_image, None, reduction, process_group, margin, symmetric)
+    loss = _hinge_classes(pred, codes, "all", 1, per_image, None, reduction, process_group, margin, symmetric, ends)
     return loss.to(_result_dtype(logits))
 
 
@@ -489,6 +529,9 @@ def lovasz_multilabel(
     margin: str = "relu",
     symmetric: bool = False,
     process_group=None,
+    batch: Tensor | None = None,
+    offsets: Tensor | None = None,
+    num_scenes: int | None = None,
 ) -> Tensor:
     r"""Multi-label Lovász loss: one binary Lovász loss per channel, averaged over channels.
 
@@ -506,6 +549,8 @@ def lovasz_multilabel(
         weights: ``[C]`` per-channel weights for the average.
         reduction, margin, symmetric, process_group: as in :func:`lovasz_hinge` (the two hinge
             variants need ``from_logits=True``).
+        batch, offsets, num_scenes: the scenes of points-first inputs, ``logits [N, C]`` and
+            ``targets [N, C]``; see :func:`lovasz_softmax`.
 
     Returns:
         A 0-d tensor (``[B]`` with ``per_image`` and ``reduction='none'``) in the dtype of ``logits``.
@@ -528,6 +573,7 @@ def lovasz_multilabel(
         ("logits", "targets", "weights"),
         margin,
         symmetric,
+        (batch, offsets, num_scenes),
     )
 
 
@@ -544,9 +590,12 @@ def _multilabel(
     names: tuple[str, str, str],
     margin: str = "relu",
     symmetric: bool = False,
+    scenes: tuple = _NO_SCENES,
 ) -> Tensor:
-    """:func:`lovasz_multilabel`, its inputs called ``names`` in error messages."""
+    """:func:`lovasz_multilabel`, its inputs called ``names`` in error messages; ``scenes`` as in
+    :func:`_softmax`."""
     pname, tname, wname = names
+    logits, targets, ends = _points(logits, targets, scenes, per_image, True, names)
     _check_prediction(logits, pname)
     targets = _check_labels(targets, logits, tname)
     num_classes = V.multilabel_layout(logits.shape, targets.shape, names[:2])
@@ -565,10 +614,11 @@ def _multilabel(
     codes = _codes(tgt == 1, ignored)
     if from_logits:
         loss = _hinge_classes(
-            pred, codes, classes, num_classes, per_image, w, reduction, process_group, margin, symmetric
+            pred, codes, classes, num_classes, per_image, w, reduction, process_group, margin, symmetric, ends
         )
     else:
-        loss = _lovasz_classes(pred, codes, False, classes, num_classes, per_image, w, reduction, process_group)
+        args = (classes, num_classes, per_image, w, reduction, process_group)
+        loss = _lovasz_classes(pred, codes, False, *args, ends=ends)
     return loss.to(_result_dtype(logits))
 
 
@@ -598,6 +648,11 @@ def flatten_probas(probas: Tensor, labels: Tensor, ignore: int | None = None) ->
 
     Pixels labelled ``ignore`` are removed, as in the original (a data-dependent shape:
     the losses themselves mask instead).
+
+    Example:
+        >>> probas = torch.tensor([[[[0.9, 0.2]], [[0.1, 0.8]]]])  # [B=1, C=2, H=1, W=2]
+        >>> flatten_probas(probas, torch.tensor([[[0, 255]]]), ignore=255)
+        (tensor([[0.9000, 0.1000]]), tensor([0]))
     """
     if probas.ndim == labels.ndim:
         probas = probas.unsqueeze(1)
@@ -610,7 +665,13 @@ def flatten_probas(probas: Tensor, labels: Tensor, ignore: int | None = None) ->
 
 
 def flatten_binary_scores(scores: Tensor, labels: Tensor, ignore: int | None = None) -> tuple[Tensor, Tensor]:
-    """Flatten scores and labels to ``[P]``, removing pixels labelled ``ignore``, as in the original."""
+    """Flatten scores and labels to ``[P]``, removing pixels labelled ``ignore``, as in the original.
+
+    Example:
+        >>> scores, labels = torch.tensor([[2.0, -1.0, 0.5]]), torch.tensor([[1, 255, 1]])
+        >>> flatten_binary_scores(scores, labels, ignore=255)
+        (tensor([2.0000, 0.5000]), tensor([1, 1]))
+    """
     scores, labels = scores.reshape(-1), labels.reshape(-1)
     if ignore is None:
         return scores, labels
@@ -622,6 +683,11 @@ def lovasz_softmax_flat(probas: Tensor, labels: Tensor, classes: Classes = "pres
     """Lovász-Softmax of flat ``probas [P, C]`` (or sigmoid ``[P]``) against ``labels [P]``.
 
     See :func:`lovasz_softmax`.
+
+    Example:
+        >>> probas = torch.tensor([[0.9, 0.1], [0.4, 0.6]])  # [P=2, C=2]
+        >>> lovasz_softmax_flat(probas, torch.tensor([0, 1]))
+        tensor(0.3250)
     """
     if probas.ndim == 2:
         probas = probas.transpose(0, 1)
@@ -629,7 +695,12 @@ def lovasz_softmax_flat(probas: Tensor, labels: Tensor, classes: Classes = "pres
 
 
 def lovasz_hinge_flat(logits: Tensor, labels: Tensor) -> Tensor:
-    """Lovász hinge of flat ``logits [P]`` against 0/1 ``labels [P]``. See :func:`lovasz_hinge`."""
+    """Lovász hinge of flat ``logits [P]`` against 0/1 ``labels [P]``. See :func:`lovasz_hinge`.
+
+    Example:
+        >>> lovasz_hinge_flat(torch.tensor([2.0, -1.0, 0.5]), torch.tensor([1, 0, 1]))
+        tensor(0.2500)
+    """
     return lovasz_hinge(logits.unsqueeze(0), labels.unsqueeze(0), per_image=False)
 
 
@@ -716,7 +787,18 @@ class LovaszLoss(nn.Module):
         self.process_group = process_group
         self.register_buffer("class_weights", _class_weights_buffer(class_weights))
 
-    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+    def forward(
+        self,
+        input: Tensor,
+        target: Tensor,
+        *,
+        batch: Tensor | None = None,
+        offsets: Tensor | None = None,
+        num_scenes: int | None = None,
+    ) -> Tensor:
+        """The loss of ``input`` against ``target``; ``batch`` / ``offsets`` / ``num_scenes`` mark
+        the scenes of points-first inputs (point clouds), as in :func:`lovasz_softmax`."""
+        scenes = (batch, offsets, num_scenes)
         options = (
             self.per_image,
             self.ignore_index,
@@ -727,13 +809,19 @@ class LovaszLoss(nn.Module):
             ("input", "target", "class_weights"),
         )
         if self.mode == "multiclass":
-            return _softmax(input, target, self.classes, *options)
+            return _softmax(input, target, self.classes, *options, scenes)
         if self.mode == "multilabel":
-            return _multilabel(input, target, self.classes, *options, self.margin, self.symmetric)
-        return self._binary(input, target)
+            return _multilabel(input, target, self.classes, *options, self.margin, self.symmetric, scenes)
+        return self._binary(input, target, scenes)
 
-    def _binary(self, input: Tensor, target: Tensor) -> Tensor:
+    def _binary(self, input: Tensor, target: Tensor, scenes: tuple) -> Tensor:
         _check_prediction(input, "input")
+        if not all(value is None for value in scenes):  # points [N] or [N, 1]: one channel of [N, C]
+            input = input.unsqueeze(1) if input.ndim == 1 else input
+            target = target.unsqueeze(1) if isinstance(target, Tensor) and target.ndim == 1 else target
+            options = (self.per_image, self.ignore_index, self.from_logits, None, self.reduction, self.process_group)
+            names = ("input", "target", "class_weights")
+            return _multilabel(input, target, "all", *options, names, self.margin, self.symmetric, scenes)
         target = _check_labels(target, input, "target")
         given = target.shape
         if input.ndim >= 2 and input.shape[1] == 1 and input.ndim == target.ndim + 1:

@@ -1,0 +1,269 @@
+"""Point clouds and other ragged sets in lovasz.torch: ``batch=`` / ``offsets=`` on points-first inputs.
+
+Each scene's loss must equal the oracle's on that scene alone, and the gradient that of the
+dense loss of each scene; on every path (the C kernel, the one torch.sort of (scene, key)
+int64 keys, float64's two sorts), the module classes, torch.compile, and the errors.
+"""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from conftest import DEVICE_NAME, dev, host, require
+from lovasz import reference as R
+
+torch = require("torch")
+L = require("lovasz.torch")
+core = require("lovasz._torch_core")
+
+SIZES = [5, 0, 17, 1, 40, 9]  # an empty scene, a one-point scene
+
+
+def scene_data(num_classes, seed, dtype=torch.float64, sizes=SIZES, multilabel=False):
+    g = torch.Generator().manual_seed(seed)
+    n = sum(sizes)
+    x = torch.randn(n, num_classes, generator=g, dtype=dtype) * 2
+    if multilabel:
+        y = torch.randint(0, 2, (n, num_classes), generator=g)
+    else:
+        y = torch.randint(0, num_classes, (n,), generator=g)
+        y[sizes[0] : sizes[0] + 3] = 255  # ignored points, the first of the third scene
+    offsets = torch.tensor(sizes).cumsum(0)
+    return x, y, offsets
+
+
+def runs(offsets):
+    ends = offsets.tolist()
+    return [slice(start, end) for start, end in zip([0] + ends[:-1], ends)]
+
+
+@pytest.fixture(params=["kernel", "sort"])
+def path(request, monkeypatch):
+    """The C kernel where it applies (float32 on the CPU), or the torch.sort path forced."""
+    if request.param == "sort":
+        monkeypatch.setattr(core, "_use_c_kernel", lambda pred: False)
+    return request.param
+
+
+CASES = list(itertools.product(["present", "all", [2, 0, 0]], [None, 255], [None, [1.0, 2.0, 0.5, 1.0]]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("from_logits", [False, True])
+@pytest.mark.parametrize("classes,ignore,weights", CASES)
+def test_softmax_per_scene_equals_the_oracle_on_each_scene(path, dtype, from_logits, classes, ignore, weights):
+    x, y, offsets = scene_data(4, seed=len(str(classes)) + (ignore or 0))
+    if ignore is None:
+        y = y.clamp(max=3)
+    probas = x.softmax(1)
+    expected = []
+    for run in runs(offsets):
+        p, labels = probas[run].numpy(), y[run].numpy()
+        one = R.lovasz_softmax(p.T[None], labels[None], classes, True, ignore, weights=weights) if len(labels) else 0.0
+        expected.append(one)
+    inputs = dev((x if from_logits else probas).to(dtype))
+    options = dict(classes=classes, per_image=True, ignore=ignore, from_logits=from_logits, weights=weights)
+    got = L.lovasz_softmax(inputs, dev(y), offsets=dev(offsets), reduction="none", **options)
+    tol = 1e-5 if dtype == torch.float32 else 1e-10
+    np.testing.assert_allclose(host(got), expected, rtol=tol, atol=tol)
+    mean = L.lovasz_softmax(inputs, dev(y), offsets=dev(offsets), **options)
+    np.testing.assert_allclose(host(mean), np.mean(expected), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("from_logits", [False, True])
+def test_softmax_gradient_equals_the_dense_gradient_of_each_scene(path, dtype, from_logits):
+    x, y, offsets = scene_data(5, seed=3)
+    y = torch.where(y == 255, 255, y.clamp(max=4))
+    x = (x if from_logits else x.softmax(1)).to(dtype)
+    points = dev(x).clone().requires_grad_()
+    losses = L.lovasz_softmax(
+        points, dev(y), "all", True, 255, from_logits=from_logits, offsets=dev(offsets), reduction="none"
+    )
+    factors = torch.arange(1.0, len(SIZES) + 1, dtype=dtype)  # a different weight per scene
+    (losses * dev(factors)).sum().backward()
+    for s, run in enumerate(runs(offsets)):
+        scene = dev(x[run].T.unsqueeze(0)).detach().clone().requires_grad_()
+        if scene.shape[-1] == 0:
+            continue
+        dense = L.lovasz_softmax(scene, dev(y[run].unsqueeze(0)), "all", True, 255, from_logits=from_logits)
+        (dense * factors[s]).backward()
+        torch.testing.assert_close(points.grad[run], scene.grad[0].T, rtol=1e-5, atol=1e-6)
+    assert torch.count_nonzero(points.grad[SIZES[0] : SIZES[0] + 3]) == 0  # ignored points
+
+
+@pytest.mark.parametrize("margin,symmetric", [("relu", False), ("elu", False), ("relu", True)])
+def test_hinge_per_scene_equals_the_oracle_with_batch_and_offsets(path, margin, symmetric):
+    x, y, offsets = scene_data(1, seed=5, dtype=torch.float32)
+    logits, labels = x[:, 0], torch.where(y == 255, 255, y % 2)
+    expected = []
+    for run in runs(offsets):
+        s, t = logits[run].double().numpy(), labels[run].numpy()
+        one = R.lovasz_hinge(s[None], t[None], True, 255, margin=margin, symmetric=symmetric) if len(t) else 0.0
+        expected.append(one)
+    options = dict(ignore=255, margin=margin, symmetric=symmetric, reduction="none")
+    got = L.lovasz_hinge(dev(logits), dev(labels), offsets=dev(offsets), **options)
+    np.testing.assert_allclose(host(got), expected, rtol=1e-5, atol=1e-6)
+    # The same scenes as torch_geometric's batch vector, its points shuffled.
+    scene = torch.repeat_interleave(torch.arange(len(SIZES)), torch.tensor(SIZES))
+    order = torch.randperm(len(scene), generator=torch.Generator().manual_seed(0))
+    shuffled = L.lovasz_hinge(dev(logits[order]), dev(labels[order]), batch=dev(scene[order]), **options)
+    np.testing.assert_allclose(host(shuffled), expected, rtol=1e-5, atol=1e-6)
+    counted = L.lovasz_hinge(dev(logits), dev(labels), batch=dev(scene), num_scenes=len(SIZES) + 2, **options)
+    np.testing.assert_allclose(host(counted), expected + [0.0, 0.0], rtol=1e-5, atol=1e-6)
+
+
+def test_multilabel_per_scene_equals_the_oracle_and_the_dense_loss(path):
+    x, y, offsets = scene_data(3, seed=7, dtype=torch.float32, multilabel=True)
+    expected, dense = [], []
+    for run in runs(offsets):
+        p, t = x[run].double().numpy(), y[run].numpy()
+        expected.append(R.lovasz_multilabel(p.T[None], t.T[None], "present", True) if len(t) else 0.0)
+        one = L.lovasz_multilabel(dev(x[run].T[None].sigmoid()), dev(y[run].T[None]), from_logits=False)
+        dense.append(host(one) if len(t) else 0.0)
+    got = L.lovasz_multilabel(dev(x), dev(y), offsets=dev(offsets), reduction="none")
+    np.testing.assert_allclose(host(got), expected, rtol=1e-5, atol=1e-6)
+    probabilities = L.lovasz_multilabel(
+        dev(x.sigmoid()), dev(y), from_logits=False, offsets=dev(offsets), reduction="none"
+    )
+    np.testing.assert_allclose(host(probabilities), dense, rtol=1e-5, atol=1e-6)
+
+
+def test_without_per_image_all_points_are_one_set(path):
+    x, y, offsets = scene_data(4, seed=9, dtype=torch.float32)
+    y = torch.where(y == 255, 255, y.clamp(max=3))
+    expected = R.lovasz_softmax(x.softmax(1).double().numpy().T[None], y.numpy()[None], ignore=255)
+    got = L.lovasz_softmax(dev(x), dev(y), ignore=255, from_logits=True, per_image=False, offsets=dev(offsets))
+    np.testing.assert_allclose(host(got), expected, rtol=1e-5)
+
+
+def test_sigmoid_points_and_the_loss_classes(path):
+    x, y, offsets = scene_data(2, seed=11, dtype=torch.float32)
+    y = torch.where(y == 255, 255, y % 2)
+    logits = x[:, 0]
+    # One channel of probabilities [N]: the two classes [1 - p, p].
+    p = logits.sigmoid()
+    two = torch.stack([1 - p, p], 1)
+    a = L.lovasz_softmax(dev(p), dev(y), "all", True, 255, offsets=dev(offsets))
+    b = L.lovasz_softmax(dev(two), dev(y), "all", True, 255, offsets=dev(offsets))
+    torch.testing.assert_close(a, b)
+    # LovaszLoss and CrossEntropyLovaszLoss pass the scenes on.
+    multiclass = L.LovaszLoss("multiclass", per_image=True, ignore_index=255, from_logits=True)
+    expected = L.lovasz_softmax(dev(x), dev(y), "present", True, 255, from_logits=True, offsets=dev(offsets))
+    torch.testing.assert_close(multiclass(dev(x), dev(y), offsets=dev(offsets)), expected)
+    binary = L.LovaszLoss("binary", per_image=True, ignore_index=255)
+    expected = L.lovasz_hinge(dev(logits), dev(y), True, 255, offsets=dev(offsets))
+    torch.testing.assert_close(binary(dev(logits), dev(y), offsets=dev(offsets)), expected)
+    torch.testing.assert_close(binary(dev(logits[:, None]), dev(y), offsets=dev(offsets)), expected)
+    combined = L.CrossEntropyLovaszLoss("multiclass", per_image=True, ignore_index=255)
+    ce = torch.nn.functional.cross_entropy(dev(x), dev(y), ignore_index=255)
+    lovasz = L.lovasz_softmax(dev(x), dev(y), "present", True, 255, from_logits=True, offsets=dev(offsets))
+    torch.testing.assert_close(combined(dev(x), dev(y), offsets=dev(offsets)), ce + lovasz)
+
+
+def test_empty_and_all_ignored_scenes_get_zero_with_zero_gradient(path):
+    x = dev(torch.randn(6, 3)).requires_grad_()
+    y = dev(torch.tensor([255, 255, 0, 1, 2, 255]))
+    losses = L.lovasz_softmax(
+        x, y, ignore=255, per_image=True, offsets=dev(torch.tensor([2, 2, 5, 6])), from_logits=True, reduction="none"
+    )
+    assert host(losses)[[0, 1, 3]].tolist() == [0.0, 0.0, 0.0] and host(losses)[2] > 0
+    losses.sum().backward()
+    assert torch.count_nonzero(x.grad[[0, 1, 5]]) == 0
+    nothing = L.lovasz_softmax(
+        dev(torch.zeros(0, 3)),
+        dev(torch.zeros(0, dtype=torch.long)),
+        per_image=True,
+        offsets=dev(torch.tensor([0, 0])),
+        reduction="none",
+    )
+    assert host(nothing).tolist() == [0.0, 0.0]
+
+
+def test_forward_mode_gives_the_reverse_mode_values(path):
+    x, y, offsets = scene_data(3, seed=13, dtype=torch.float64)
+    y = torch.where(y == 255, 255, y.clamp(max=2))
+    x, y, offsets = dev(x.softmax(1)), dev(y), dev(offsets)
+    tangent = torch.randn_like(x)
+    fn = lambda p: L.lovasz_softmax(p, y, "all", True, 255, offsets=offsets, reduction="none")  # noqa: E731
+    _, jvp = torch.func.jvp(fn, (x,), (tangent,))
+    jacobian = torch.autograd.functional.jacobian(fn, x)  # [S, N, C]
+    torch.testing.assert_close(jvp, (jacobian * tangent).sum((1, 2)))
+
+
+def test_compiled_equals_eager():
+    x, y, offsets = scene_data(4, seed=15, dtype=torch.float32)
+    y = torch.where(y == 255, 255, y.clamp(max=3))
+    x, y, offsets = dev(x), dev(y), dev(offsets)
+    scene = dev(torch.repeat_interleave(torch.arange(len(SIZES)), torch.tensor(SIZES)))
+
+    def step(p, labels, offsets, scene):
+        a = L.lovasz_softmax(p, labels, per_image=True, ignore=255, from_logits=True, offsets=offsets)
+        b = L.lovasz_hinge(p[:, 0], labels.clamp(max=1), ignore=255, batch=scene, num_scenes=len(SIZES))
+        return a + b
+
+    compiled = torch.compile(step, fullgraph=True, dynamic=False)
+    xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+    eager = step(xe, y, offsets, scene)
+    graph = compiled(xc, y, offsets, scene)
+    torch.testing.assert_close(graph, eager)
+    eager.backward()
+    graph.backward()
+    torch.testing.assert_close(xc.grad, xe.grad)
+    uncounted = torch.compile(lambda p, s: L.lovasz_hinge(p[:, 0], y.clamp(max=1), ignore=255, batch=s), fullgraph=True)
+    with pytest.raises(Exception, match="batch= needs num_scenes="):
+        uncounted(x, scene)
+
+
+def test_large_scenes_on_the_kernel_equal_the_sort_path(monkeypatch):
+    """A LiDAR-like batch, smaller: the C kernel's rows against the torch.sort path's."""
+    x, y, offsets = scene_data(19, seed=17, dtype=torch.float32, sizes=[3000, 4500, 2000, 5000])
+    y = torch.where(y == 255, 255, y % 19)
+    x = dev(x).requires_grad_()
+    kernel = L.lovasz_softmax(x, dev(y), per_image=True, ignore=255, from_logits=True, offsets=dev(offsets))
+    (grad_kernel,) = torch.autograd.grad(kernel, x)
+    monkeypatch.setattr(core, "_use_c_kernel", lambda pred: False)
+    sort = L.lovasz_softmax(x, dev(y), per_image=True, ignore=255, from_logits=True, offsets=dev(offsets))
+    (grad_sort,) = torch.autograd.grad(sort, x)
+    torch.testing.assert_close(kernel, sort)
+    torch.testing.assert_close(grad_kernel, grad_sort, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        (dict(batch=[0, 0, 1, 1], offsets=[2, 4]), TypeError, "not both"),
+        (dict(offsets=[3, 2, 4]), ValueError, "offsets must be cumulative point counts, rising to 4"),
+        (dict(offsets=[1, 3]), ValueError, "rising to 4"),
+        (dict(offsets=torch.tensor([1.0, 4.0])), TypeError, "offsets must be a 1-D integer tensor"),
+        (dict(offsets=[[2, 4]]), TypeError, "offsets must be a 1-D integer tensor"),
+        (dict(batch=[0, 1, 1]), ValueError, r"batch must give one scene per point, shape \[4\]"),
+        (dict(batch=[0, 1, 5, 1], num_scenes=3), ValueError, r"scene indices in \[0, 2\]"),
+        (dict(batch=[0, -1, 1, 1]), ValueError, r"scene indices in \[0, 1\]"),
+        (dict(offsets=[2, 4], num_scenes=2), TypeError, "num_scenes goes with batch="),
+        (dict(batch=[0, 0, 1, 1], num_scenes=2.0), TypeError, "num_scenes must be a non-negative int"),
+        (dict(num_scenes=2), TypeError, "pass the scenes as batch="),
+    ],
+)
+def test_bad_scenes_raise_clear_errors(kwargs, error, match):
+    if DEVICE_NAME != "cpu" and error is ValueError and "shape" not in match:
+        pytest.skip("on an accelerator the value checks are queued device asserts")
+    kwargs = {
+        k: dev(torch.tensor(v)) if isinstance(v, list) else dev(v) if isinstance(v, torch.Tensor) else v
+        for k, v in kwargs.items()
+    }
+    with pytest.raises(error, match=match):
+        L.lovasz_softmax(dev(torch.rand(4, 3)), dev(torch.tensor([0, 1, 2, 0])), per_image=True, **kwargs)
+
+
+def test_shapes_that_are_not_points_first_raise():
+    offsets = dev(torch.tensor([2, 4]))
+    with pytest.raises(ValueError, match=r"probas must be points-first, \[N, C\]"):
+        L.lovasz_softmax(dev(torch.rand(4, 3, 2)), dev(torch.zeros(4, dtype=torch.long)), offsets=offsets)
+    with pytest.raises(ValueError, match=r"labels must have shape \[4\] for probas of shape \[4, 3\]"):
+        L.lovasz_softmax(dev(torch.rand(4, 3)), dev(torch.zeros(4, 3, dtype=torch.long)), offsets=offsets)
+    with pytest.raises(ValueError, match=r"targets must have shape \[4, 3\]"):
+        L.lovasz_multilabel(dev(torch.rand(4, 3)), dev(torch.zeros(4, dtype=torch.long)), offsets=offsets)
+    with pytest.raises(TypeError, match="logits must be a torch.Tensor"):
+        L.lovasz_hinge([0.5, 1.0], dev(torch.zeros(2)), offsets=offsets)
