@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Sequence
 
 COMMANDS = {
     "bench": ("lovasz.bench", "time the PyTorch losses against the original, kornia and a bare sort"),
@@ -13,7 +14,7 @@ COMMANDS = {
 }
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog="lovasz", description="Lovász-Softmax and Lovász hinge losses.")
     parser.add_argument(

@@ -12,6 +12,7 @@ import importlib.util
 import os
 import platform
 import sys
+from collections.abc import Callable, Sequence
 
 import lovasz
 from lovasz import _ckernel
@@ -59,7 +60,7 @@ def report() -> list[tuple[str, str]]:
             "reinstall with a C compiler present",
         )
     )
-    devices: dict[str, object] = {"torch devices": _torch_devices, "jax devices": _jax_devices}
+    devices: dict[str, Callable[[], list[str]]] = {"torch devices": _torch_devices, "jax devices": _jax_devices}
     for name, probe in devices.items():
         if importlib.util.find_spec(name.split()[0]) is not None:
             try:
@@ -80,7 +81,7 @@ def report() -> list[tuple[str, str]]:
     return rows
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lovasz info", description=__doc__.split("\n\n")[0])
     parser.parse_args(argv)
     rows = report()

@@ -22,6 +22,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -141,7 +142,7 @@ def markdown_table(header, rows) -> str:
 
 def tables(summary, class_names) -> str:
     """Mean (± std with several seeds) per run and metric; with several seeds, the paired differences too."""
-    columns = [
+    columns: list[tuple[str, str, int | None]] = [
         ("pixel acc", "pixel_accuracy", None),
         ("dataset mIoU", "dataset_miou", None),
         ("per-image mIoU", "per_image_miou", None),
@@ -222,7 +223,10 @@ def figure(path: Path, val_x, val_y, results, class_names, final_miou=None, samp
     ax = fig.add_subplot(grid[samples, :-2] if several else grid[samples, :])
     for run, r in results.items():
         ax.plot(range(1, len(r["curve"]) + 1), r["curve"], marker="o", label=run)
-    ax.set_xlabel("epoch"), ax.set_ylabel("held-out dataset mIoU"), ax.legend(), ax.grid(alpha=0.3)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("held-out dataset mIoU")
+    ax.legend()
+    ax.grid(alpha=0.3)
     if several:
         ax.set_title("first seed", fontsize=9)
         ax = fig.add_subplot(grid[samples, -2:])
@@ -231,7 +235,9 @@ def figure(path: Path, val_x, val_y, results, class_names, final_miou=None, samp
             ax.plot(seed_finals, color="grey", alpha=0.6, marker="o", markersize=3, label=None if i else "one seed")
         ax.plot(finals.mean(0), color="black", marker="s", label="mean")
         ax.set_xticks(range(len(final_miou)), [run.replace(" then ", "\nthen ") for run in final_miou], fontsize=8)
-        ax.set_title(f"final dataset mIoU, {len(finals)} seeds", fontsize=9), ax.legend(), ax.grid(alpha=0.3)
+        ax.set_title(f"final dataset mIoU, {len(finals)} seeds", fontsize=9)
+        ax.legend()
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -290,7 +296,8 @@ def main(argv=None) -> int:
             parser.error(f"--data: {error}")
         held_out_count = max(1, len(images) // 4)
 
-        def make_data(seed):  # a seeded quarter held out
+        # a seeded quarter held out
+        def make_data(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
             order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
             held_out, train_index = order[:held_out_count], order[held_out_count:]
             return images[train_index], masks[train_index], images[held_out], masks[held_out]
@@ -303,7 +310,7 @@ def main(argv=None) -> int:
         )
     else:
 
-        def make_data(seed):
+        def make_data(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
             train_x, train_y = make_dataset(args.train_images, args.size, seed=seed)
             val_x, val_y = make_dataset(max(8, args.train_images // 4), args.size, seed=seed + 1)
             if binary:
@@ -318,7 +325,7 @@ def main(argv=None) -> int:
         )
 
     seeds = list(range(args.seed, args.seed + args.seeds))
-    per_seed = []
+    per_seed: list[dict[str, Any]] = []
     for seed in tqdm(seeds, desc="seeds", unit="seed", disable=len(seeds) == 1):
         data = make_data(seed)
         valid = data[1][data[1] != IGNORE_INDEX]

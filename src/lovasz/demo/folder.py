@@ -41,7 +41,7 @@ def _read(path: Path) -> np.ndarray:
 def _files(folder: Path) -> dict:
     if not folder.is_dir():
         raise DataFolderError(f"{folder}: missing; --data needs images/ and masks/ folders (see lovasz demo --help)")
-    files = {}
+    files: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         if path.name.startswith("."):
             continue
@@ -106,7 +106,8 @@ def load_folder(root: Path, binary: bool, ignore_index: int = 255) -> tuple[torc
         raise DataFolderError(
             f"{root / 'images'}: needs at least 2 image/mask pairs (one to train, one held out); found {len(images)}"
         )
-    xs, ys = [], []
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
     for stem in sorted(images):
         x, y = _image(images[stem]), _mask(masks[stem], binary, ignore_index)
         if x.shape[1:] != y.shape:
