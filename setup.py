@@ -15,10 +15,12 @@ and the frameworks' sorts take its place (same values, slower). ``LOVASZ_BUILD_K
 no wheel is shipped without the kernel.
 """
 
+import importlib.machinery
 import os
 import platform
 import sysconfig
 import tempfile
+from pathlib import Path
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -41,6 +43,19 @@ class BuildKernel(build_ext):
             for extension in self.extensions:
                 extension.extra_compile_args = flags + list(extension.extra_compile_args)
         super().build_extensions()
+
+    def copy_extensions_to_source(self):
+        """An in-place build (editable install, build_ext --inplace) replaces the module's builds with other
+        suffixes: an older _kernel.cpython-311-*.so would be imported before the new _kernel.abi3.so."""
+        super().copy_extensions_to_source()
+        package_dir = self.get_finalized_command("build_py").get_package_dir("lovasz")
+        for extension in self.extensions:
+            built = Path(package_dir, Path(self.get_ext_filename(extension.name)).name)
+            stem = built.name.split(".")[0]
+            for suffix in importlib.machinery.EXTENSION_SUFFIXES if built.exists() else ():
+                other = built.with_name(stem + suffix)
+                if other != built and other.exists():
+                    other.unlink()
 
     def _accepts(self, flag: str) -> bool:
         """Whether the compiler compiles a trivial file with ``flag`` (an unknown option is an error under
