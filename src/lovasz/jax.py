@@ -414,6 +414,13 @@ def lovasz_multilabel(
 
     Returns:
         A 0-d array (``[B]`` with ``per_image`` and ``reduction='none'``) in the dtype of ``logits``.
+
+    Example:
+        >>> targets = jnp.array([[[1, 0], [0, 1]]])  # [B=1, C=2, N=2]
+        >>> float(lovasz_multilabel(jnp.zeros((1, 2, 2)), targets))
+        1.0
+        >>> float(lovasz_multilabel(jnp.array([[[2.0, -1.0], [-3.0, 1.0]]]), targets))
+        0.0
     """
     logits = _check_prediction(logits, "logits")
     targets = _check_labels(targets, "targets")
@@ -441,6 +448,9 @@ def lovasz_multilabel(
 
 def lovasz_grad(gt_sorted) -> jax.Array:
     """Gradient of the Lovász extension w.r.t. errors sorted in decreasing order (Algorithm 1).
+
+    ``gt_sorted`` is ``[P]`` 0/1 ground truth in the order of the sorted errors; the
+    result ``[P]`` holds ``J(k) - J(k-1)`` (float64 for float64 input, else float32).
 
     Example:
         >>> [round(float(g), 4) for g in lovasz_grad(jnp.array([1, 0, 1]))]

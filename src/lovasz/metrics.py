@@ -68,6 +68,13 @@ def confusion_counts(
 
     Returns:
         ``(intersection, union)``, each ``[B, C]`` integer counts.
+
+    Example:
+        >>> pred = np.array([[0, 1, 1, 1], [0, 0, 2, 2]])  # [B=2, N=4]
+        >>> target = np.array([[0, 1, 1, 0], [0, 0, 2, 255]])
+        >>> inter, union = confusion_counts(pred, target, num_classes=3, ignore_index=255)
+        >>> inter.tolist(), union.tolist()  # [B, C] each
+        ([[1, 2, 0], [2, 0, 1]], [[2, 3, 0], [2, 0, 1]])
     """
     return _counts(pred, target, num_classes, ignore_index)
 
@@ -125,7 +132,16 @@ def iou_per_class(
     pred: np.ndarray, target: np.ndarray, num_classes: int, ignore_index: int | None = None
 ) -> np.ndarray: ...
 def iou_per_class(pred: Array, target: Array, num_classes: int, ignore_index: int | None = None) -> Array:
-    """``[C]`` IoU of each class over the whole batch; NaN for a class absent from labels and predictions."""
+    """``[C]`` IoU of each class over the whole batch; NaN for a class absent from labels and predictions.
+
+    The arguments are those of :func:`confusion_counts`: ``[B, *spatial]`` class maps.
+
+    Example:
+        >>> pred = np.array([[0, 1, 1, 1], [0, 0, 2, 2]])
+        >>> target = np.array([[0, 1, 1, 0], [0, 0, 2, 255]])
+        >>> iou_per_class(pred, target, 3, ignore_index=255).round(4).tolist()
+        [0.75, 0.6667, 1.0]
+    """
     inter, union = _counts(pred, target, num_classes, ignore_index)
     return _ratio(inter.sum(0), union.sum(0))
 
@@ -139,7 +155,16 @@ def dataset_miou(
     pred: np.ndarray, target: np.ndarray, num_classes: int, ignore_index: int | None = None
 ) -> np.ndarray: ...
 def dataset_miou(pred: Array, target: Array, num_classes: int, ignore_index: int | None = None) -> Array:
-    """Counts summed over all images, IoU per class, mean over the classes that occur."""
+    """Counts summed over all images, IoU per class, mean over the classes that occur.
+
+    The arguments are those of :func:`confusion_counts`. Returns a 0-d array (tensor for torch input).
+
+    Example:
+        >>> pred = np.array([[0, 1, 1, 1], [0, 0, 2, 2]])
+        >>> target = np.array([[0, 1, 1, 0], [0, 0, 2, 255]])
+        >>> round(float(dataset_miou(pred, target, 3, ignore_index=255)), 4)  # (3/4 + 2/3 + 1) / 3
+        0.8056
+    """
     inter, union = _counts(pred, target, num_classes, ignore_index)
     return _nanmean(_ratio(inter.sum(0), union.sum(0)))
 
@@ -153,7 +178,17 @@ def per_image_miou(
     pred: np.ndarray, target: np.ndarray, num_classes: int, ignore_index: int | None = None
 ) -> np.ndarray: ...
 def per_image_miou(pred: Array, target: Array, num_classes: int, ignore_index: int | None = None) -> Array:
-    """IoU of each class in each image, mean over the classes occurring in that image, then over images."""
+    """IoU of each class in each image, mean over the classes occurring in that image, then over images.
+
+    The arguments are those of :func:`confusion_counts`. Returns a 0-d array (tensor for torch input).
+
+    Example:
+        >>> pred = np.array([[0, 1, 1, 1], [0, 0, 2, 2]])
+        >>> target = np.array([[0, 1, 1, 0], [0, 0, 2, 255]])
+        >>> # image 0: (1/2 + 2/3) / 2, image 1: (1 + 1) / 2
+        >>> round(float(per_image_miou(pred, target, 3, ignore_index=255)), 4)
+        0.7917
+    """
     inter, union = _counts(pred, target, num_classes, ignore_index)
     return _nanmean(_nanmean(_ratio(inter, union), axis=1))
 
@@ -167,7 +202,17 @@ def per_class_image_miou(
     pred: np.ndarray, target: np.ndarray, num_classes: int, ignore_index: int | None = None
 ) -> np.ndarray: ...
 def per_class_image_miou(pred: Array, target: Array, num_classes: int, ignore_index: int | None = None) -> Array:
-    """IoU of each class in each image, mean over the images where the class occurs, then over classes."""
+    """IoU of each class in each image, mean over the images where the class occurs, then over classes.
+
+    The arguments are those of :func:`confusion_counts`. Returns a 0-d array (tensor for torch input).
+
+    Example:
+        >>> pred = np.array([[0, 1, 1, 1], [0, 0, 2, 2]])
+        >>> target = np.array([[0, 1, 1, 0], [0, 0, 2, 255]])
+        >>> # class 0: (1/2 + 1) / 2 over both images, class 1: 2/3, class 2: 1
+        >>> round(float(per_class_image_miou(pred, target, 3, ignore_index=255)), 4)
+        0.8056
+    """
     inter, union = _counts(pred, target, num_classes, ignore_index)
     return _nanmean(_nanmean(_ratio(inter, union), axis=0))
 
@@ -215,12 +260,14 @@ class IoUMeter:
         self.reset()
 
     def reset(self) -> None:
+        """Forget every count: the next ``compute()`` needs an ``update()`` first."""
         # One float64 vector (exact for counts below 2**53), so a rank sync is one all_reduce:
         # intersection [C], union [C], per-class image IoU sums [C], per-class image counts [C],
         # then the sum of per-image mIoU, the image count, correct pixels and valid pixels.
         self.state: Array | None = None
 
     def update(self, pred: Array, target: Array) -> None:
+        """Add a batch: ``pred`` and ``target`` are ``[B, *spatial]`` class maps (NumPy or torch)."""
         inter, union = _counts(pred, target, self.num_classes, self.ignore_index)
         image_class = _ratio(inter, union)  # [B, C], NaN where the class occurs in neither
         # Any: a bool array or tensor (mypy reads == of the two kinds as bool)
@@ -267,6 +314,11 @@ def iou_binary(
     """IoU of the foreground (class 1) in percent, as the original's ``iou_binary``.
 
     An image with an empty union scores ``EMPTY``; with ``per_image`` the mean over images.
+    ``preds`` and ``labels`` are ``[B, *spatial]`` 0/1 maps (or any iterable of images).
+
+    Example:
+        >>> iou_binary(np.array([[0, 1, 1]]), np.array([[0, 1, 0]]))  # one image: 1 / 2
+        50.0
     """
     if not per_image:
         preds, labels = (preds,), (labels,)
@@ -287,7 +339,16 @@ def iou(
     ignore: int | None = None,
     per_image: bool = False,
 ) -> np.ndarray:
-    """Per-class IoU in percent, as the original's ``iou``: ``[C]`` (the ``ignore`` class left out)."""
+    """Per-class IoU in percent, as the original's ``iou``: ``[C]`` (the ``ignore`` class left out).
+
+    ``preds`` and ``labels`` are ``[B, *spatial]`` class maps; without ``per_image`` the batch is one set.
+
+    Example:
+        >>> pred = np.array([[0, 1, 1, 1], [0, 0, 2, 2]])
+        >>> target = np.array([[0, 1, 1, 0], [0, 0, 2, 255]])
+        >>> iou(pred, target, C=3, ignore=255).round(2).tolist()
+        [75.0, 66.67, 100.0]
+    """
     if not per_image:
         preds, labels = (preds,), (labels,)
     ious = []

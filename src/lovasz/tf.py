@@ -608,6 +608,13 @@ def lovasz_multilabel(
 
     Returns:
         A 0-d tensor (``[B]`` with ``per_image`` and ``reduction='none'``) in the dtype of ``logits``.
+
+    Example:
+        >>> targets = tf.constant([[[1, 0], [0, 1]]])  # [B=1, N=2, C=2], channels-last
+        >>> float(lovasz_multilabel(tf.zeros((1, 2, 2)), targets))
+        1.0
+        >>> float(lovasz_multilabel(tf.constant([[[2.0, -3.0], [-1.0, 1.0]]]), targets))
+        0.0
     """
     logits = _check_prediction(logits, "logits")
     targets = _check_labels(targets, "targets")
@@ -644,6 +651,9 @@ def lovasz_multilabel(
 def lovasz_grad(gt_sorted) -> tf.Tensor:
     """Gradient of the Lovász extension w.r.t. errors sorted in decreasing order (Algorithm 1).
 
+    ``gt_sorted`` is ``[P]`` 0/1 ground truth in the order of the sorted errors; the
+    result ``[P]`` holds ``J(k) - J(k-1)`` (float64 for float64 input, else float32).
+
     Example:
         >>> [round(float(g), 4) for g in lovasz_grad(tf.constant([1.0, 0.0, 1.0]))]
         [0.5, 0.1667, 0.3333]
@@ -659,6 +669,12 @@ def flatten_probas(probas, labels, ignore: int | None = None, order: str = "BHWC
     """Flatten probas to ``[P, C]`` and labels to ``[P]``, removing pixels labelled ``ignore``.
 
     As in the original (a data-dependent shape: the losses themselves mask instead).
+
+    Example:
+        >>> probas = tf.constant([[[[0.9, 0.1], [0.2, 0.8]]]])  # [B=1, H=1, W=2, C=2]
+        >>> flat, labels = flatten_probas(probas, tf.constant([[[0, 255]]]), ignore=255)
+        >>> flat.shape, labels.numpy().tolist()
+        (TensorShape([1, 2]), [0])
     """
     probas, labels = tf.convert_to_tensor(probas), tf.convert_to_tensor(labels)
     if probas.shape.rank == labels.shape.rank:
@@ -674,7 +690,14 @@ def flatten_probas(probas, labels, ignore: int | None = None, order: str = "BHWC
 
 
 def flatten_binary_scores(scores, labels, ignore: int | None = None):
-    """Flatten scores and labels to ``[P]``, removing pixels labelled ``ignore``, as in the original."""
+    """Flatten scores and labels to ``[P]``, removing pixels labelled ``ignore``, as in the original.
+
+    Example:
+        >>> scores, labels = tf.constant([[2.0, -1.0, 0.5]]), tf.constant([[1, 255, 1]])
+        >>> scores, labels = flatten_binary_scores(scores, labels, ignore=255)
+        >>> scores.numpy().tolist(), labels.numpy().tolist()
+        ([2.0, 0.5], [1, 1])
+    """
     scores, labels = tf.reshape(scores, [-1]), tf.reshape(labels, [-1])
     if ignore is None:
         return scores, labels
@@ -683,12 +706,23 @@ def flatten_binary_scores(scores, labels, ignore: int | None = None):
 
 
 def lovasz_softmax_flat(probas, labels, classes: Classes = "present") -> tf.Tensor:
-    """Lovász-Softmax of flat ``probas [P, C]`` (or sigmoid ``[P]``) against ``labels [P]``."""
+    """Lovász-Softmax of flat ``probas [P, C]`` (or sigmoid ``[P]``) against ``labels [P]``.
+
+    Example:
+        >>> probas = tf.constant([[0.9, 0.1], [0.4, 0.6]])  # [P=2, C=2]
+        >>> round(float(lovasz_softmax_flat(probas, tf.constant([0, 1]))), 6)
+        0.325
+    """
     probas, labels = tf.convert_to_tensor(probas), tf.convert_to_tensor(labels)
     return lovasz_softmax(probas[None], labels[None], classes=classes, per_image=False)
 
 
 def lovasz_hinge_flat(logits, labels) -> tf.Tensor:
-    """Lovász hinge of flat ``logits [P]`` against 0/1 ``labels [P]``."""
+    """Lovász hinge of flat ``logits [P]`` against 0/1 ``labels [P]``.
+
+    Example:
+        >>> float(lovasz_hinge_flat(tf.constant([2.0, -1.0, 0.5]), tf.constant([1, 0, 1])))
+        0.25
+    """
     logits, labels = tf.convert_to_tensor(logits), tf.convert_to_tensor(labels)
     return lovasz_hinge(logits[None], labels[None], per_image=False)
