@@ -98,6 +98,47 @@ def _compute_dtype(x) -> jnp.dtype:
     return jnp.float64 if x.dtype == jnp.float64 else jnp.float32
 
 
+def _segments(prediction, labels, segment_ids, num_segments, per_image: bool, multilabel: bool, names):
+    """Points-first inputs of segments (point clouds): the dense layout ``[1, C, N]`` / ``[1, N]`` with the
+    points in segment order, and the segments' ends ``[S]`` where the loss is per segment."""
+    pname, lname = names
+    if segment_ids is None:
+        if num_segments is not None:
+            raise TypeError("num_segments goes with segment_ids= (a segment index per point)")
+        return prediction, labels, None
+    expected = (2,) if multilabel else (1, 2)
+    if prediction.ndim not in expected:
+        shapes = "[N, C]" if multilabel else "[N, C] (or [N] for one channel)"
+        raise ValueError(f"{pname} must be points-first, {shapes}, with segment_ids=; got {prediction.shape}")
+    num_points = prediction.shape[0]
+    label_shape = prediction.shape if multilabel else (num_points,)
+    if labels.shape != label_shape:
+        raise ValueError(
+            f"{lname} must have shape {label_shape} for {pname} of shape {prediction.shape}; got {labels.shape}"
+        )
+    ids = _to_array(segment_ids, "segment_ids", "an integer array")
+    if ids.shape != (num_points,) or not jnp.issubdtype(ids.dtype, jnp.integer):
+        raise ValueError(
+            f"segment_ids must be integers, one per point, shape ({num_points},); got {ids.shape} {ids.dtype}"
+        )
+    if num_segments is None:
+        if isinstance(ids, jax.core.Tracer):
+            raise TypeError("under jax.jit, segment_ids= needs a static num_segments= (as jax.ops.segment_sum does)")
+        num_segments = int(ids.max()) + 1 if num_points else 0
+    if isinstance(num_segments, bool) or not isinstance(num_segments, (int, np.integer)) or num_segments < 0:
+        raise TypeError(f"num_segments must be a non-negative int (static); got {num_segments!r}")
+    num_segments = int(num_segments)
+    _check_values(ids, (ids >= 0) & (ids < num_segments), None, f"in [0, {num_segments - 1}]", "segment_ids")
+    # Points in segment order (a stable sort of N); under jit, ids out of range go last, in no segment.
+    key = jnp.where((ids >= 0) & (ids < num_segments), ids, num_segments)
+    order = jnp.argsort(key, stable=True)
+    ends = jnp.cumsum(jnp.bincount(key, length=num_segments + 1)[:num_segments])
+    prediction, labels = prediction[order], labels[order]
+    prediction = prediction.T[None] if prediction.ndim == 2 else prediction[None]
+    labels = labels.T[None] if multilabel else labels[None]
+    return prediction, labels, ends if per_image else None
+
+
 def _as_weights(weights, num_classes: int, dtype) -> jax.Array | None:
     if weights is None:
         return None
@@ -211,8 +252,108 @@ def _lovasz_kernel(errors: jax.Array, fg: jax.Array, valid: jax.Array | None, pe
     return jax.lax.platform_dependent(errors, codes, cpu=_host_rows, default=_sorted_rows)
 
 
-def _lovasz_classes(pred, fg, valid, hinge: bool, classes, per_image: bool, weights, reduction: str):
-    """Loss of ``pred [B, K, N]`` against ``fg [B, K, N]``; ``valid`` broadcasts to them."""
+# ----------------------------------------------------------------------------- segments (point clouds)
+# Points of S segments in segment order: segment s is the run [ends[s - 1], ends[s]) of each
+# class's row. A sort by (segment, error) keeps every segment in its own run, so the runs'
+# bounds are known before the sort and one sort serves all (segment, class) rows.
+
+
+def _segment_of_position(ends: jax.Array, num_points: int) -> jax.Array:
+    """The segment of each position ``[N]``; S past the last run (points in no segment)."""
+    return jnp.searchsorted(ends, jnp.arange(num_points), side="right")
+
+
+def _segment_steps(fg_sorted: jax.Array, dtype, ends: jax.Array, segment: jax.Array) -> jax.Array:
+    """:func:`_jaccard_steps` within each segment's run."""
+    running = jnp.pad(jnp.cumsum(fg_sorted, axis=-1), ((0, 0), (1, 0)))  # foreground among the first i
+    starts = jnp.concatenate([jnp.zeros(1, ends.dtype), ends[:-1]])
+    inside = jnp.minimum(segment, ends.shape[0] - 1)  # points in no segment: any run, their error is 0
+    start, end = starts[inside], ends[inside]
+    fg_cum = running[:, 1:] - running[:, start]
+    gts = running[:, end] - running[:, start]
+    k = jnp.arange(1, fg_sorted.shape[-1] + 1) - start
+    intersection = (gts - fg_cum).astype(dtype)
+    union = (gts + k - fg_cum).astype(dtype)
+    background_step = intersection / (union * jnp.maximum(union - 1, 1))
+    steps = jnp.where(fg_sorted == 1, 1 / union, background_step)
+    return jnp.where(k == 1, 1 - intersection / union, steps)
+
+
+def _segment_rows_sorted(errors: jax.Array, codes: jax.Array, ends: jax.Array) -> jax.Array:
+    """Loss ``[S, K]`` of each (segment, class) row of ``errors [K, N]``: one ``lax.sort``."""
+    num_rows, num_points = errors.shape
+    segment = _segment_of_position(ends, num_points)
+    key = jnp.where(codes != 2, -errors, jnp.inf)
+    by_segment = jnp.broadcast_to(segment, errors.shape)
+    _, neg_sorted, fg_sorted = jax.lax.sort((by_segment, key, (codes == 1).astype(jnp.int32)), dimension=-1, num_keys=2)
+    steps = jax.lax.stop_gradient(_segment_steps(fg_sorted, errors.dtype, ends, segment))
+    contributions = jax.nn.relu(-neg_sorted) * steps
+    sums = jax.ops.segment_sum(contributions.T, segment, ends.shape[0] + 1, indices_are_sorted=True)
+    return sums[:-1]
+
+
+def _segments_on_host(errors: np.ndarray, codes: np.ndarray, ends: np.ndarray, need_grad: bool):
+    """The C kernel's segment rows on ``[..., K, N]`` errors; the leading axes come from ``vmap``."""
+    errors, codes, ends = np.asarray(errors), np.asarray(codes), np.asarray(ends)
+    lead, (num_rows, _) = errors.shape[:-2], errors.shape[-2:]
+    loss = np.empty(lead + (ends.shape[-1], num_rows), np.float32)
+    grad = np.zeros(errors.shape, np.float32) if need_grad else None  # points in no segment: 0
+    for index in np.ndindex(lead):
+        loss[index], _ = C.lovasz_scene_rows(
+            errors[index], codes[index], ends[index], C.ERRORS, None if grad is None else grad[index], _THREADS
+        )
+    return (loss, grad) if need_grad else loss
+
+
+def _segments_call(errors: jax.Array, codes: jax.Array, ends: jax.Array, need_grad: bool):
+    loss = jax.ShapeDtypeStruct(errors.shape[:-2] + (ends.shape[-1], errors.shape[-2]), jnp.float32)
+    shapes = (loss, jax.ShapeDtypeStruct(errors.shape, jnp.float32)) if need_grad else loss
+    return jax.pure_callback(
+        functools.partial(_segments_on_host, need_grad=need_grad),
+        shapes,
+        errors,
+        codes,
+        ends,
+        vmap_method="broadcast_all",
+    )
+
+
+@jax.custom_vjp
+def _host_segments(errors: jax.Array, codes: jax.Array, ends: jax.Array) -> jax.Array:
+    """Loss ``[S, K]`` of each (segment, class) row of float32 ``errors [K, N]``, by the C kernel."""
+    return _segments_call(errors, codes, ends, need_grad=False)
+
+
+def _host_segments_fwd(errors, codes, ends):
+    loss, grad = _segments_call(errors, codes, ends, need_grad=True)
+    return loss, (grad, codes, ends)
+
+
+def _host_segments_bwd(residuals, loss_cotangent):
+    grad, codes, ends = residuals
+    # each point takes its own segment's cotangent (0 in no segment)
+    segment = _segment_of_position(ends, grad.shape[-1])
+    padded = jnp.concatenate([loss_cotangent, jnp.zeros_like(loss_cotangent[:1])])  # [S + 1, K]
+    zeros = lambda x: np.zeros(x.shape, jax.dtypes.float0)  # noqa: E731
+    return padded[segment].T * grad, zeros(codes), zeros(ends)
+
+
+_host_segments.defvjp(_host_segments_fwd, _host_segments_bwd)
+
+
+def _segment_kernel(errors: jax.Array, fg: jax.Array, valid: jax.Array | None, ends: jax.Array) -> jax.Array:
+    """Loss ``[S, K]`` of each (segment, class) row of ``errors [K, N]``: the C kernel where it applies."""
+    codes = fg.astype(jnp.uint8) if valid is None else jnp.where(valid, fg.astype(jnp.uint8), 2).astype(jnp.uint8)
+    if not C.applies(errors.dtype, errors.size) or C.scene_kernel() is None:
+        return _segment_rows_sorted(errors, codes, ends)
+    return jax.lax.platform_dependent(errors, codes, ends, cpu=_host_segments, default=_segment_rows_sorted)
+
+
+def _lovasz_classes(
+    pred, fg, valid, hinge: bool, classes, per_image: bool, weights, reduction: str, ends: jax.Array | None = None
+):
+    """Loss of ``pred [B, K, N]`` against ``fg [B, K, N]``; ``valid`` broadcasts to them. With ``ends``,
+    ``B`` is 1 and the sets are the segments of the points (see above)."""
     if valid is not None:
         valid = jnp.broadcast_to(valid, pred.shape)
         fg = fg & valid
@@ -225,8 +366,14 @@ def _lovasz_classes(pred, fg, valid, hinge: bool, classes, per_image: bool, weig
         errors = jnp.where(fg, 1 - pred, 1 + pred)
     else:  # |[y = c] - p|
         errors = jnp.abs(jnp.where(fg, 1 - pred, pred))
-    loss = _lovasz_kernel(errors, fg, valid, per_image)
-    present = _rows(fg, per_image).any(-1)
+    if ends is not None:
+        loss = _segment_kernel(errors[0], fg[0], None if valid is None else valid[0], ends)
+        segment = _segment_of_position(ends, fg.shape[-1])
+        counts = jax.ops.segment_sum(fg[0].T.astype(jnp.int32), segment, ends.shape[0] + 1, indices_are_sorted=True)
+        present = counts[:-1] > 0
+    else:
+        loss = _lovasz_kernel(errors, fg, valid, per_image)
+        present = _rows(fg, per_image).any(-1)
 
     num_rows = pred.shape[1]
     loss, present = loss.reshape(-1, num_rows), present.reshape(-1, num_rows)
@@ -259,6 +406,8 @@ def lovasz_softmax(
     weights=None,
     reduction: str = "mean",
     axis: int = 1,
+    segment_ids=None,
+    num_segments: int | None = None,
 ) -> jax.Array:
     r"""Multi-class Lovász-Softmax loss: a convex surrogate of ``1 - IoU`` averaged over classes.
 
@@ -280,6 +429,15 @@ def lovasz_softmax(
         reduction: ``'mean'`` / ``'sum'`` over images, or ``'none'`` for ``[B]`` with ``per_image``
             (without it the batch is one set and the result is 0-d).
         axis: the class axis of ``probas`` (1, or -1 for channels-last).
+        segment_ids: for point clouds and other ragged sets, ``[N]`` each point's segment (scene),
+            as in ``jax.ops.segment_sum``. Then ``probas`` is points-first, ``[N, C]`` (or ``[N]``
+            for one channel), ``labels`` is ``[N]``, and ``per_image=True`` means one set per
+            segment (``reduction='none'``: ``[num_segments]``); without it all points are one set.
+            Exact: each segment's loss equals the dense loss of its points alone; a segment
+            with no valid point gets 0. Points need not be grouped by segment.
+        num_segments: the number of segments, a static int (required under ``jax.jit``; else
+            ``max(segment_ids) + 1``). Ids outside ``[0, num_segments)`` raise where the values
+            are known; under ``jax.jit`` such points belong to no segment.
 
     Returns:
         A 0-d array (``[B]`` with ``per_image`` and ``reduction='none'``) in the dtype of ``probas``.
@@ -291,6 +449,8 @@ def lovasz_softmax(
     """
     probas = _check_prediction(probas, "probas")
     labels = _check_labels(labels, "labels")
+    probas, labels, ends = _segments(probas, labels, segment_ids, num_segments, per_image, False, ("probas", "labels"))
+    axis = 1 if segment_ids is not None else axis
     axis = _check_axis(axis, probas.ndim)
     if V.trailing_label_axis(labels.shape, [probas.shape, V.without_axis(probas.shape, axis)]):
         labels = labels[..., 0]  # [B, *spatial, 1], as Keras gives sparse labels
@@ -319,19 +479,21 @@ def lovasz_softmax(
     elif from_logits:
         pred = jax.nn.softmax(pred, axis=1)
     fg = lab == jnp.arange(num_classes).reshape(1, -1, 1)
-    loss = _lovasz_classes(pred, fg, valid, False, classes, per_image, w, reduction)
+    loss = _lovasz_classes(pred, fg, valid, False, classes, per_image, w, reduction, ends)
     return loss.astype(probas.dtype)
 
 
-def _hinge_classes(pred, fg, valid, classes, per_image: bool, weights, reduction: str, margin: str, symmetric: bool):
+def _hinge_classes(
+    pred, fg, valid, classes, per_image: bool, weights, reduction: str, margin: str, symmetric: bool, ends=None
+):
     """The Lovász hinge with its variants: ``elu(m) + 1`` of the margins is the plain hinge at
     ``x' = -s elu(1 - s x)``; ``symmetric`` averages with the flipped problem, ``-x'`` against ``1 - y``."""
     if margin == "elu":
         signs = jnp.where(fg, 1.0, -1.0).astype(pred.dtype)
         pred = -signs * jax.nn.elu(1 - signs * pred)
-    loss = _lovasz_classes(pred, fg, valid, True, classes, per_image, weights, reduction)
+    loss = _lovasz_classes(pred, fg, valid, True, classes, per_image, weights, reduction, ends)
     if symmetric:  # ~fg: the ignored pixels are left out again by valid
-        loss = (loss + _lovasz_classes(-pred, ~fg, valid, True, classes, per_image, weights, reduction)) / 2
+        loss = (loss + _lovasz_classes(-pred, ~fg, valid, True, classes, per_image, weights, reduction, ends)) / 2
     return loss
 
 
@@ -344,6 +506,8 @@ def lovasz_hinge(
     reduction: str = "mean",
     margin: str = "relu",
     symmetric: bool = False,
+    segment_ids=None,
+    num_segments: int | None = None,
 ) -> jax.Array:
     r"""Binary Lovász hinge loss: a convex surrogate of ``1 - IoU`` of the foreground.
 
@@ -359,6 +523,8 @@ def lovasz_hinge(
         reduction: ``'mean'`` / ``'sum'`` over images, or ``'none'`` for ``[B]`` with ``per_image``.
         margin: ``'relu'`` (``max(0, m)``) or ``'elu'`` (``elu(m) + 1``), of the margins ``m = 1 - s x``.
         symmetric: the mean with the loss of ``-logits`` against ``1 - labels``.
+        segment_ids, num_segments: the segments of points-first ``logits [N]`` and ``labels [N]``;
+            see :func:`lovasz_softmax`.
 
     Returns:
         A 0-d array (``[B]`` with ``per_image`` and ``reduction='none'``) in the dtype of ``logits``.
@@ -369,6 +535,7 @@ def lovasz_hinge(
     """
     logits = _check_prediction(logits, "logits")
     labels = _check_labels(labels, "labels")
+    logits, labels, ends = _segments(logits, labels, segment_ids, num_segments, per_image, False, ("logits", "labels"))
     s = logits.shape
     if V.trailing_label_axis(labels.shape, [s, V.without_axis(s, 1)] if len(s) >= 2 and s[1] == 1 else [s]):
         labels = labels[..., 0]  # [B, *spatial, 1], as Keras gives masks
@@ -381,7 +548,7 @@ def lovasz_hinge(
     lab = labels.reshape(layout)
     valid = None if ignore is None else lab != ignore
     _check_values(lab, (lab == 0) | (lab == 1), valid, "0 or 1", "labels")
-    loss = _hinge_classes(pred, lab == 1, valid, "all", per_image, None, reduction, margin, symmetric)
+    loss = _hinge_classes(pred, lab == 1, valid, "all", per_image, None, reduction, margin, symmetric, ends)
     return loss.astype(logits.dtype)
 
 
@@ -398,6 +565,8 @@ def lovasz_multilabel(
     margin: str = "relu",
     symmetric: bool = False,
     axis: int = 1,
+    segment_ids=None,
+    num_segments: int | None = None,
 ) -> jax.Array:
     r"""Multi-label Lovász loss: one binary Lovász loss per channel, averaged over channels.
 
@@ -411,6 +580,8 @@ def lovasz_multilabel(
         classes: ``'present'`` (channels with a positive target in the set), ``'all'`` or a list.
         per_image, ignore, weights, reduction, axis: as in :func:`lovasz_softmax`.
         margin, symmetric: the hinge's variants, as in :func:`lovasz_hinge` (``from_logits`` only).
+        segment_ids, num_segments: the segments of points-first ``logits [N, C]`` and
+            ``targets [N, C]``; see :func:`lovasz_softmax`.
 
     Returns:
         A 0-d array (``[B]`` with ``per_image`` and ``reduction='none'``) in the dtype of ``logits``.
@@ -424,6 +595,9 @@ def lovasz_multilabel(
     """
     logits = _check_prediction(logits, "logits")
     targets = _check_labels(targets, "targets")
+    names = ("logits", "targets")
+    logits, targets, ends = _segments(logits, targets, segment_ids, num_segments, per_image, True, names)
+    axis = 1 if segment_ids is not None else axis
     axis = _check_axis(axis, logits.ndim)
     if logits.ndim >= 2 and logits.shape == targets.shape:
         logits, targets = _channels_first(logits, axis), _channels_first(targets, axis)
@@ -440,9 +614,9 @@ def lovasz_multilabel(
     valid = None if ignore is None else tgt != ignore
     _check_values(tgt, (tgt == 0) | (tgt == 1), valid, "0 or 1", "targets")
     if from_logits:
-        loss = _hinge_classes(pred, tgt == 1, valid, classes, per_image, w, reduction, margin, symmetric)
+        loss = _hinge_classes(pred, tgt == 1, valid, classes, per_image, w, reduction, margin, symmetric, ends)
     else:
-        loss = _lovasz_classes(pred, tgt == 1, valid, False, classes, per_image, w, reduction)
+        loss = _lovasz_classes(pred, tgt == 1, valid, False, classes, per_image, w, reduction, ends)
     return loss.astype(logits.dtype)
 
 

@@ -1,0 +1,139 @@
+"""Point clouds in lovasz.jax: ``segment_ids=`` / ``num_segments=`` on points-first inputs.
+
+Each segment's loss equals the oracle's on that segment alone, its gradient that of the dense
+loss of the segment; on both paths (the C kernel through ``pure_callback``, one ``lax.sort``
+by (segment, error)), under ``jax.jit``, with the points in any order.
+"""
+
+import numpy as np
+import pytest
+
+from conftest import require
+from lovasz import reference as R
+
+jax = require("jax")
+jnp = jax.numpy
+LJ = require("lovasz.jax")
+
+SIZES = [5, 0, 17, 1, 40, 9]
+
+
+@pytest.fixture(params=["kernel", "sort"])
+def path(request, monkeypatch):
+    if request.param == "sort":
+        monkeypatch.setattr(LJ.C, "applies", lambda dtype, size: False)
+    return request.param
+
+
+def data(num_classes, seed, multilabel=False, sizes=SIZES):
+    rng = np.random.default_rng(seed)
+    n = sum(sizes)
+    x = rng.normal(size=(n, num_classes)).astype(np.float32) * 2
+    if multilabel:
+        y = rng.integers(0, 2, (n, num_classes))
+    else:
+        y = rng.integers(0, num_classes, n)
+        y[sizes[0] : sizes[0] + 3] = 255
+    segment = np.repeat(np.arange(len(sizes)), sizes)
+    return x, y, segment, rng.permutation(n)
+
+
+def runs(sizes=SIZES):
+    ends = np.cumsum(sizes)
+    return [slice(start, end) for start, end in zip(np.concatenate([[0], ends[:-1]]), ends)]
+
+
+@pytest.mark.parametrize("classes", ["present", "all", [2, 0, 0]])
+@pytest.mark.parametrize("from_logits", [False, True])
+def test_softmax_per_segment_equals_the_oracle_points_in_any_order(path, classes, from_logits):
+    x, y, segment, order = data(4, seed=1)
+    probas = np.asarray(jax.nn.softmax(x, -1), np.float64)
+    expected = [
+        R.lovasz_softmax(probas[r].T[None], y[r][None], classes, True, 255) if r.stop > r.start else 0.0 for r in runs()
+    ]
+    inputs = x if from_logits else probas.astype(np.float32)
+    got = LJ.lovasz_softmax(
+        inputs[order],
+        y[order],
+        classes,
+        True,
+        255,
+        from_logits=from_logits,
+        segment_ids=segment[order],
+        num_segments=len(SIZES),
+        reduction="none",
+    )
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_equals_the_dense_gradient_of_each_segment_under_jit(path):
+    x, y, segment, _ = data(5, seed=2)
+    y = np.where(y == 255, 255, np.minimum(y, 4))
+
+    @jax.jit
+    def loss(p):
+        losses = LJ.lovasz_softmax(
+            p, y, "all", True, 255, from_logits=True, segment_ids=segment, num_segments=len(SIZES), reduction="none"
+        )
+        return (losses * jnp.arange(1.0, len(SIZES) + 1)).sum()  # a different weight per segment
+
+    grad = np.asarray(jax.grad(loss)(jnp.asarray(x)))
+    for s, r in enumerate(runs()):
+        if r.stop == r.start:
+            continue
+
+        def dense(p, r=r):
+            return LJ.lovasz_softmax(p.T[None], y[r][None], "all", True, 255, from_logits=True)
+
+        expected = np.asarray(jax.grad(dense)(jnp.asarray(x[r]))) * (s + 1)
+        np.testing.assert_allclose(grad[r], expected, rtol=1e-5, atol=1e-6)
+    assert not grad[SIZES[0] : SIZES[0] + 3].any()  # ignored points
+
+
+@pytest.mark.parametrize("margin,symmetric", [("relu", False), ("elu", False), ("relu", True)])
+def test_hinge_and_multilabel_per_segment_equal_the_oracle(path, margin, symmetric):
+    x, y, segment, order = data(3, seed=3, multilabel=True)
+    logits, labels = x[:, 0], y[:, 0]
+    options = dict(margin=margin, symmetric=symmetric)
+    expected = [
+        R.lovasz_hinge(logits[r][None].astype(np.float64), labels[r][None], True, **options) if r.stop > r.start else 0
+        for r in runs()
+    ]
+    got = LJ.lovasz_hinge(logits[order], labels[order], segment_ids=segment[order], reduction="none", **options)
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-6)
+    expected = [
+        R.lovasz_multilabel(x[r].T[None].astype(np.float64), y[r].T[None], **options) if r.stop > r.start else 0
+        for r in runs()
+    ]
+    segments = dict(segment_ids=segment[order], num_segments=len(SIZES), reduction="none")
+    got = LJ.lovasz_multilabel(x[order], y[order], **segments, **options)
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_without_per_image_all_points_are_one_set_and_empty_segments_get_zero(path):
+    x, y, segment, _ = data(4, seed=4)
+    y = np.where(y == 255, 255, np.minimum(y, 3))
+    one = LJ.lovasz_softmax(x, y, ignore=255, from_logits=True, segment_ids=segment)
+    expected = R.lovasz_softmax(np.asarray(jax.nn.softmax(x, -1), np.float64).T[None], y[None], ignore=255)
+    np.testing.assert_allclose(float(one), expected, rtol=1e-5)
+    losses = LJ.lovasz_softmax(x, y, ignore=255, per_image=True, segment_ids=segment, num_segments=8, reduction="none")
+    assert np.asarray(losses)[[1, 6, 7]].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_bad_segments_raise_clear_errors():
+    rng = np.random.default_rng(0)
+    x, y = rng.random((4, 3), np.float32), np.array([0, 1, 2, 0])
+    with pytest.raises(ValueError, match=r"segment_ids must be in \[0, 1\]"):
+        LJ.lovasz_softmax(x, y, per_image=True, segment_ids=np.array([0, 1, 2, 1]), num_segments=2)
+    with pytest.raises(ValueError, match=r"segment_ids must be integers, one per point, shape \(4,\)"):
+        LJ.lovasz_softmax(x, y, segment_ids=np.array([0, 1, 1]))
+    with pytest.raises(TypeError, match="num_segments goes with segment_ids="):
+        LJ.lovasz_softmax(x, y, num_segments=2)
+    with pytest.raises(TypeError, match="num_segments must be a non-negative int"):
+        LJ.lovasz_softmax(x, y, segment_ids=np.array([0, 0, 1, 1]), num_segments=2.0)
+    with pytest.raises(ValueError, match=r"probas must be points-first, \[N, C\]"):
+        LJ.lovasz_softmax(rng.random((4, 3, 2)), y, segment_ids=np.array([0, 0, 1, 1]))
+    with pytest.raises(ValueError, match=r"labels must have shape \(4,\)"):
+        LJ.lovasz_softmax(x, np.zeros((4, 3), int), segment_ids=np.array([0, 0, 1, 1]))
+    with pytest.raises(TypeError, match="needs a static num_segments="):
+        jax.jit(lambda ids: LJ.lovasz_softmax(x, y, segment_ids=ids))(np.array([0, 0, 1, 1]))
