@@ -24,6 +24,7 @@ from pathlib import Path
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.errors import CompileError
 
 # gcc and clang (and compilers that take their options): warnings on, as in tests/test_kernel_build.py,
 # which compiles the file with -std=c99 -Wall -Wextra -pedantic -Werror. No -std here: the dialect of
@@ -43,6 +44,17 @@ class BuildKernel(build_ext):
             for extension in self.extensions:
                 extension.extra_compile_args = flags + list(extension.extra_compile_args)
         super().build_extensions()
+
+    def build_extension(self, extension):
+        try:
+            super().build_extension(extension)
+        except Exception as error:
+            if extension.optional:
+                raise  # setuptools warns, and installs the package without it
+            raise CompileError(
+                f"the C kernel is required here (LOVASZ_BUILD_KERNEL=required, or cibuildwheel) and did not "
+                f"build: {error}. A C compiler (gcc, clang, MSVC) and the Python headers are needed."
+            ) from error
 
     def copy_extensions_to_source(self):
         """An in-place build (editable install, build_ext --inplace) replaces the module's builds with other
