@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,9 @@ from torch import Tensor, nn
 from lovasz import _torch_scenes
 from lovasz import _validation as V
 from lovasz._torch_core import FOREGROUND, IGNORED, _sorted_jaccard_grad, lovasz_sets
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 __all__ = [
     "lovasz_grad",
@@ -50,7 +53,7 @@ Weights = Optional[Tensor | Sequence[float]]
 # ----------------------------------------------------------------------------- checks
 
 
-def _check_prediction(x, name: str) -> None:
+def _check_prediction(x: object, name: str) -> None:
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
     if not x.is_floating_point():
@@ -61,7 +64,7 @@ def _check_prediction(x, name: str) -> None:
 _WIDENED_LABELS = (torch.uint16, torch.uint32, torch.uint64)
 
 
-def _check_labels(labels, prediction: Tensor, name: str) -> Tensor:
+def _check_labels(labels: object, prediction: Tensor, name: str) -> Tensor:
     """``labels`` if they are a real tensor on the prediction's device; uint16/32/64 become int64."""
     if not isinstance(labels, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor; got {type(labels).__name__}")
@@ -74,7 +77,7 @@ def _check_labels(labels, prediction: Tensor, name: str) -> Tensor:
     return labels.to(torch.int64) if labels.dtype in _WIDENED_LABELS else labels
 
 
-def _drop_label_axis(labels: Tensor, accepted) -> Tensor:
+def _drop_label_axis(labels: Tensor, accepted: Sequence[tuple[int, ...]]) -> Tensor:
     """Labels of an accepted shape with an extra size-1 axis, last (``[B, H, W, 1]``, as Keras pipelines
     give them) or second (``[B, 1, H, W]``), lose it; anything else is left to the shape check."""
     given = tuple(labels.shape)
@@ -120,7 +123,7 @@ def _as_weights(
         return None
     on_device = isinstance(weights, Tensor) and weights.device == device
     try:
-        w = weights if on_device else torch.as_tensor(weights)
+        w = weights if isinstance(weights, Tensor) and on_device else torch.as_tensor(weights)
     except (TypeError, ValueError, RuntimeError):  # a string such as 'balanced', a ragged list, a dict
         raise TypeError(f"{name} must be [C] real numbers (one weight per class) or None; got {weights!r}") from None
     V.check_weights_shape(w.shape, num_classes, name)
@@ -199,7 +202,14 @@ def _class_codes(lab: Tensor, num_classes: int, ignored: Tensor | None) -> Tenso
 _NO_SCENES = (None, None, None)
 
 
-def _points(prediction, labels, scenes: tuple, per_image: bool, multilabel: bool, names):
+def _points(
+    prediction: Tensor,
+    labels: Tensor,
+    scenes: tuple[Tensor | None, Tensor | None, int | None],
+    per_image: bool,
+    multilabel: bool,
+    names: tuple[str, str] | tuple[str, str, str],
+) -> tuple[Tensor, Tensor, Tensor | None]:
     """Points-first inputs of scenes (``scenes = (batch, offsets, num_scenes)``) in the dense layout,
     with the scenes' ends where the loss is per scene; other inputs as they are."""
     if all(value is None for value in scenes):
@@ -209,7 +219,9 @@ def _points(prediction, labels, scenes: tuple, per_image: bool, multilabel: bool
     return points.prediction, points.labels, points.ends if per_image else None
 
 
-def _class_selection(classes, dtype: torch.dtype, device: torch.device) -> tuple[Tensor | None, Tensor | None]:
+def _class_selection(
+    classes: str | tuple[int, ...], dtype: torch.dtype, device: torch.device
+) -> tuple[Tensor | None, Tensor | None]:
     """Which class rows to compute, and how many times each counts (a list may repeat a class)."""
     if isinstance(classes, str):
         return None, None
@@ -221,12 +233,12 @@ def _lovasz_classes(
     pred: Tensor,
     codes: Tensor,
     hinge: bool,
-    classes,
+    classes: str | tuple[int, ...],
     num_classes: int,
     per_image: bool,
     weights: Tensor | None,
     reduction: str,
-    process_group=None,
+    process_group: ProcessGroup | None = None,
     softmax: bool = False,
     ends: Tensor | None = None,
 ) -> Tensor:
@@ -243,7 +255,7 @@ def _lovasz_classes(
     row_weights = torch.ones(num_classes, dtype=pred.dtype, device=pred.device)
     if weights is not None:
         row_weights = row_weights * weights.to(pred.dtype)
-    if ids is not None:
+    if ids is not None and counts is not None:
         codes = codes.index_select(1, ids)
         row_weights = row_weights.index_select(0, ids) * counts
     need_grad = (torch.is_grad_enabled() and pred.requires_grad) or _has_tangent(pred)
@@ -255,12 +267,12 @@ def _lovasz_classes(
 def _hinge_classes(
     pred: Tensor,
     codes: Tensor,
-    classes,
+    classes: str | tuple[int, ...],
     num_classes: int,
     per_image: bool,
     weights: Tensor | None,
     reduction: str,
-    process_group,
+    process_group: ProcessGroup | None,
     margin: str,
     symmetric: bool,
     ends: Tensor | None = None,
@@ -311,7 +323,7 @@ def lovasz_softmax(
     from_logits: bool = False,
     weights: Weights = None,
     reduction: str = "mean",
-    process_group=None,
+    process_group: ProcessGroup | None = None,
     batch: Tensor | None = None,
     offsets: Tensor | None = None,
     num_scenes: int | None = None,
@@ -386,15 +398,15 @@ def lovasz_softmax(
 
 
 def _softmax(
-    probas,
-    labels,
-    classes,
-    per_image,
-    ignore,
-    from_logits,
-    weights,
-    reduction,
-    process_group,
+    probas: Tensor,
+    labels: Tensor,
+    classes: Classes,
+    per_image: bool,
+    ignore: int | None,
+    from_logits: bool,
+    weights: Weights,
+    reduction: str,
+    process_group: ProcessGroup | None,
     names: tuple[str, str, str],
     scenes: tuple = _NO_SCENES,
 ) -> Tensor:
@@ -460,7 +472,7 @@ def lovasz_hinge(
     reduction: str = "mean",
     margin: str = "relu",
     symmetric: bool = False,
-    process_group=None,
+    process_group: ProcessGroup | None = None,
     batch: Tensor | None = None,
     offsets: Tensor | None = None,
     num_scenes: int | None = None,
@@ -528,7 +540,7 @@ def lovasz_multilabel(
     reduction: str = "mean",
     margin: str = "relu",
     symmetric: bool = False,
-    process_group=None,
+    process_group: ProcessGroup | None = None,
     batch: Tensor | None = None,
     offsets: Tensor | None = None,
     num_scenes: int | None = None,
@@ -578,15 +590,15 @@ def lovasz_multilabel(
 
 
 def _multilabel(
-    logits,
-    targets,
-    classes,
-    per_image,
-    ignore,
-    from_logits,
-    weights,
-    reduction,
-    process_group,
+    logits: Tensor,
+    targets: Tensor,
+    classes: Classes,
+    per_image: bool,
+    ignore: int | None,
+    from_logits: bool,
+    weights: Weights,
+    reduction: str,
+    process_group: ProcessGroup | None,
     names: tuple[str, str, str],
     margin: str = "relu",
     symmetric: bool = False,
@@ -752,6 +764,8 @@ class LovaszLoss(nn.Module):
         >>> loss.backward()
     """
 
+    class_weights: Tensor | None  # a buffer: moves with the module's .to()
+
     def __init__(
         self,
         mode: str = "multiclass",
@@ -764,7 +778,7 @@ class LovaszLoss(nn.Module):
         reduction: str = "mean",
         margin: str = "relu",
         symmetric: bool = False,
-        process_group=None,
+        process_group: ProcessGroup | None = None,
     ):
         super().__init__()
         if mode not in MODES:
