@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lovasz import _validation as V
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
+
+    from lovasz.torch import Classes, Weights
 
 
 def _masked_mean(values: Tensor, weights: Tensor) -> Tensor:
@@ -45,12 +52,12 @@ class CrossEntropyLovaszLoss(nn.Module):
         ce_weight: float = 1.0,
         lovasz_weight: float = 1.0,
         per_image: bool = False,
-        classes="present",
+        classes: Classes = "present",
         ignore_index: int | None = None,
-        class_weights=None,
+        class_weights: Weights = None,
         margin: str = "relu",
         symmetric: bool = False,
-        process_group=None,
+        process_group: ProcessGroup | None = None,
     ):
         super().__init__()
         from lovasz.torch import LovaszLoss
