@@ -14,7 +14,11 @@ def test_quick_bench_writes_table_and_json(tmp_path, capsys):
     result = json.loads((tmp_path / "results.json").read_text())
     assert {"cpu", "torch", "torch_threads"} <= set(result["machine"])
     impls = {(r["case"], r["impl"]) for r in result["rows"]}
-    assert len(impls) == len(bench.QUICK_CASES) * len(bench.IMPLEMENTATIONS)  # every peer has a row
+    # every peer has a row; the dense twin only in the point-cloud cases
+    points = sum(case.kind == "points" for case in bench.QUICK_CASES)
+    assert len(impls) == len(bench.QUICK_CASES) * (len(bench.IMPLEMENTATIONS) - 1) + points
+    dense = [r for r in result["rows"] if r["impl"] == "lovasz" and "lovasz dense" in r["ratios"]]
+    assert len(dense) == points > 0
     ours = [r for r in result["rows"] if r["impl"] == "lovasz"]
     assert all(r["seconds"] > 0 and "sort floor" in r["ratios"] for r in ours)
     assert "the sort floor" in out and "computes another quantity" in out

@@ -267,3 +267,20 @@ def test_shapes_that_are_not_points_first_raise():
         L.lovasz_multilabel(dev(torch.rand(4, 3)), dev(torch.zeros(4, dtype=torch.long)), offsets=offsets)
     with pytest.raises(TypeError, match="logits must be a torch.Tensor"):
         L.lovasz_hinge([0.5, 1.0], dev(torch.zeros(2)), offsets=offsets)
+
+
+@pytest.mark.skipif(not DEVICE_NAME.startswith("cuda"), reason="CUDA only: the host syncs of a GPU")
+def test_no_host_sync_on_cuda():
+    x, y, offsets = scene_data(4, seed=19, dtype=torch.float32)
+    y = torch.where(y == 255, 255, y.clamp(max=3))
+    x, y, offsets = dev(x).requires_grad_(), dev(y), dev(offsets)
+    scene = dev(torch.repeat_interleave(torch.arange(len(SIZES)), torch.tensor(SIZES)))
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss = L.lovasz_softmax(x, y, per_image=True, ignore=255, from_logits=True, offsets=offsets)
+        loss = loss + L.lovasz_hinge(x[:, 0], y.clamp(max=1), ignore=255, batch=scene, num_scenes=len(SIZES))
+        loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert torch.isfinite(loss).item()

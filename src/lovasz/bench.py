@@ -98,7 +98,7 @@ IMPLEMENTATIONS = (
 CUDA_IMPLEMENTATIONS = ("lovasz", "lovasz dense", "original", "kornia", "sort floor", "lovasz.jax", "network")
 # Peak memory is probed for the PyTorch losses: each probe is a fresh process, and TF's and
 # JAX's would spend minutes compiling for a figure that no one compares.
-MEMORY_PROBED = ("lovasz", "original", "kornia", "network")
+MEMORY_PROBED = ("lovasz", "lovasz dense", "original", "kornia", "network")
 
 
 def cases(device: torch.device, quick: bool):
@@ -377,6 +377,8 @@ def run(
     for index, case in enumerate(cases(device, quick)):
         measured = {}
         for impl in impls or implementations(device):
+            if impl == "lovasz dense" and case.kind != "points":
+                continue  # the dense twin of a point-cloud case only
             row = Row(case.name, case.shape, impl)
             progress(f"  {case.name} {list(case.shape)}: {impl}")
             try:
