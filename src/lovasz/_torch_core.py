@@ -174,7 +174,7 @@ def _chunk(pred: Tensor, codes: Tensor, hinge: bool, grad_out: Tensor | None) ->
     fg_sorted, errors_sorted = _decode(key_sorted, pred.dtype)
     grad = _sorted_jaccard_grad(fg_sorted, pred.dtype)
     loss = (errors_sorted * grad).sum(-1)
-    if grad_out is not None:
+    if grad_out is not None and slope is not None:  # the slope comes with grad_out
         grad_out.scatter_(-1, perm, grad).mul_(slope)
     return loss, fg.any(-1)
 
@@ -193,7 +193,7 @@ def _rows_torch(pred: Tensor, codes: Tensor, hinge: bool, grad: Tensor | None) -
         if grad is not None:  # scatter fills every entry
             grad_rows = grad[0, start:stop] if sets == 1 else pred.new_empty(stop - start, sets * num_pixels)
         loss, has_fg = _chunk(pred_rows, code_rows, hinge, grad_rows)
-        if grad is not None and sets > 1:
+        if grad is not None and grad_rows is not None and sets > 1:
             grad[:, start:stop].copy_(grad_rows.view(stop - start, sets, num_pixels).transpose(0, 1))
         losses.append(loss)
         present.append(has_fg)
@@ -279,7 +279,7 @@ def _scene_rows_torch(pred: Tensor, codes: Tensor, ends: Tensor, hinge: bool, gr
         step_grad, gts = _scene_jaccard_grad(fg_sorted, pred.dtype, ends, scene)
         losses.append(scene_sums(errors_sorted * step_grad, ends))
         present.append(gts > 0)
-        if grad is not None:
+        if grad is not None and slope is not None:  # the slope comes with grad
             grad[rows].scatter_(-1, perm, step_grad).mul_(slope)
     return torch.cat(losses).T, torch.cat(present).T
 
