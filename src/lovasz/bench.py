@@ -118,7 +118,7 @@ def make_inputs(case: Case, device: torch.device = torch.device("cpu")):
     return logits.to(device), labels.to(device)
 
 
-def step_function(case: Case, impl: str, device: torch.device = torch.device("cpu")) -> Callable[[], None] | None:
+def step_function(case: Case, impl: str, device: torch.device = torch.device("cpu")) -> Callable[[], object] | None:
     """A forward + backward step of ``impl`` on ``case``, or None where ``impl`` does not apply."""
     if impl == "network":
         return _network_step(case, device) if case.kind != "points" else None
@@ -217,7 +217,7 @@ def _network_step(case: Case, device: torch.device) -> Callable[[], None]:
     return step
 
 
-def _tf_step(case: Case, logits, labels, mode: str) -> Callable[[], None]:
+def _tf_step(case: Case, logits, labels, mode: str) -> Callable[[], object]:
     """lovasz.tf's forward + backward in ``mode``: ``function`` (tf.function), ``xla`` (jit_compile) or ``eager``."""
     import tensorflow as tf
 
@@ -257,7 +257,7 @@ def _jax_step(case: Case, logits, labels) -> Callable[[], None]:
     return lambda: jax.block_until_ready(value_and_grad(x, y)) and None
 
 
-def time_step(step: Callable[[], None], repeats: int, device: torch.device = torch.device("cpu")) -> float:
+def time_step(step: Callable[[], object], repeats: int, device: torch.device = torch.device("cpu")) -> float:
     """Median seconds of ``repeats`` steps after a warm-up; on CUDA timed with events around each step."""
     step()  # warm-up
     times = []
@@ -277,7 +277,7 @@ def time_step(step: Callable[[], None], repeats: int, device: torch.device = tor
     return statistics.median(times)
 
 
-def peak_memory_cuda(step: Callable[[], None], device: torch.device) -> int:
+def peak_memory_cuda(step: Callable[[], object], device: torch.device) -> int:
     """Rise of ``torch.cuda.max_memory_allocated`` (bytes) during one step, after a first one."""
     step()
     torch.cuda.synchronize(device)
@@ -339,7 +339,7 @@ def machine(device: torch.device = torch.device("cpu")) -> dict[str, object]:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    info = {
+    info: dict[str, object] = {
         "cpu": cpu,
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -410,9 +410,9 @@ def run(
             measured[impl] = row
             rows.append(row)
         ours = measured.get("lovasz")
-        if ours is not None:
+        if ours is not None and ours.seconds is not None:
             for impl, row in measured.items():
-                if impl != "lovasz":
+                if impl != "lovasz" and row.seconds is not None:  # measured rows have their seconds
                     ours.ratios[impl] = row.seconds / ours.seconds
     return rows
 
