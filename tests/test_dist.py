@@ -4,9 +4,9 @@ sdist each installed into a fresh venv with no C compiler on PATH (docs/packagin
 The wheel must carry the compiled kernel (manylinux, abi3) and load it without a compiler; the sdist
 must install without one, leave the kernel out, and give through torch.sort the values the wheel's
 kernel gives. One test, in one process: its steps share the builds (pytest-xdist would spread separate
-tests over workers and build several times). About 80 s on 2 cores: ~13 s for `make dist`, ~10 s per
+tests over workers and build several times). About 100 s on 2 cores: ~13 s for `make dist`, ~10 s per
 venv for torch (a local wheel here; numpy, setuptools and the build tools from the index), ~15 s per
-check (imports without byte-code).
+check (imports without byte-code), ~10 s for each other CPython found (the abi3 wheel on 3.10 and 3.13).
 
 Skipped where no C compiler is found, or on a GPU run (LOVASZ_TEST_DEVICE: the packages are the
 host's business), unless LOVASZ_REQUIRE names `kernel`, as `make test` does: then it fails.
@@ -56,6 +56,24 @@ def _why_skip() -> str:
     if _compiler() is None or shutil.which("make") is None:
         return "no C compiler (or no make): the wheel's kernel cannot be built here"
     return ""
+
+
+def _other_cpythons() -> list[Path]:
+    """The oldest and newest CPython >= 3.10 this machine has besides this one (on PATH or pyenv's), for
+    the abi3 wheel: the kernel built on this interpreter must load on those too."""
+    found = {}
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    for minor in range(10, 20):
+        if minor == sys.version_info.minor:
+            continue
+        candidates = [shutil.which(f"python3.{minor}")] + sorted(pyenv.glob(f"3.{minor}.*/bin/python3"))
+        for candidate in filter(None, candidates):
+            probe = [candidate, "-c", "import sys, sysconfig; assert not sysconfig.get_config_var('Py_GIL_DISABLED')"]
+            if subprocess.run(probe, capture_output=True, timeout=60).returncode == 0:  # a pyenv shim may not run
+                found[minor] = Path(candidate)
+                break
+    minors = sorted(found)
+    return [found[m] for m in sorted({minors[0], minors[-1]})] if minors else []
 
 
 def _run(step: str, command: list, timeout: float, note: str = "", **options) -> subprocess.CompletedProcess:
@@ -178,6 +196,16 @@ def _check_dist(work: Path) -> None:
     wheel_values = run_dir / "wheel.json"
     command = [python, check, "--kernel", "loaded", "--torch", "--out", wheel_values]
     print(_run("dist_check (wheel)", command, 300, untracked, env=no_compiler, cwd=run_dir).stdout)
+
+    # 3b. The same wheel on other CPythons (abi3): the kernel loads and its rows equal the oracle's
+    others = _other_cpythons()
+    print(f"other CPythons: {', '.join(map(str, others)) or 'none found'}")
+    for number, interpreter in enumerate(others):
+        venv = work / f"venv-wheel-other-{number}"
+        _run(f"venv {venv.name}", [interpreter, "-m", "venv", venv], 180, env=no_compiler)
+        _pip(venv / "bin" / "python", f"pip install the wheel ({interpreter})", [wheel], no_compiler, run_dir)
+        command = [venv / "bin" / "python", check, "--kernel", "loaded"]
+        print(_run(f"dist_check ({interpreter})", command, 300, untracked, env=no_compiler, cwd=run_dir).stdout)
 
     # 4. The sdist, with no compiler: installs, no kernel, the fallback gives the same values.
     # --no-cache-dir: no wheel built earlier from an sdist (with a compiler) may stand in for this build.
