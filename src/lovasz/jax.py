@@ -25,11 +25,12 @@ import functools
 import math
 import os
 from collections.abc import Sequence
-from typing import Union
+from typing import Optional, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from lovasz import _ckernel as C
 from lovasz import _validation as V
@@ -37,6 +38,7 @@ from lovasz import _validation as V
 __all__ = ["lovasz_grad", "lovasz_softmax", "lovasz_hinge", "lovasz_multilabel"]
 
 Classes = Union[str, Sequence[int]]
+Weights = Optional[Union[ArrayLike, Sequence[float]]]
 
 
 # ----------------------------------------------------------------------------- checks
@@ -396,17 +398,17 @@ def _channels_first(x: jax.Array, axis: int) -> jax.Array:
 
 
 def lovasz_softmax(
-    probas,
-    labels,
+    probas: ArrayLike,
+    labels: ArrayLike,
     classes: Classes = "present",
     per_image: bool = False,
     ignore: int | None = None,
     *,
     from_logits: bool = False,
-    weights=None,
+    weights: Weights = None,
     reduction: str = "mean",
     axis: int = 1,
-    segment_ids=None,
+    segment_ids: ArrayLike | None = None,
     num_segments: int | None = None,
 ) -> jax.Array:
     r"""Multi-class Lovász-Softmax loss: a convex surrogate of ``1 - IoU`` averaged over classes.
@@ -498,15 +500,15 @@ def _hinge_classes(
 
 
 def lovasz_hinge(
-    logits,
-    labels,
+    logits: ArrayLike,
+    labels: ArrayLike,
     per_image: bool = True,
     ignore: int | None = None,
     *,
     reduction: str = "mean",
     margin: str = "relu",
     symmetric: bool = False,
-    segment_ids=None,
+    segment_ids: ArrayLike | None = None,
     num_segments: int | None = None,
 ) -> jax.Array:
     r"""Binary Lovász hinge loss: a convex surrogate of ``1 - IoU`` of the foreground.
@@ -553,19 +555,19 @@ def lovasz_hinge(
 
 
 def lovasz_multilabel(
-    logits,
-    targets,
+    logits: ArrayLike,
+    targets: ArrayLike,
     classes: Classes = "present",
     per_image: bool = True,
     ignore: int | None = None,
     *,
     from_logits: bool = True,
-    weights=None,
+    weights: Weights = None,
     reduction: str = "mean",
     margin: str = "relu",
     symmetric: bool = False,
     axis: int = 1,
-    segment_ids=None,
+    segment_ids: ArrayLike | None = None,
     num_segments: int | None = None,
 ) -> jax.Array:
     r"""Multi-label Lovász loss: one binary Lovász loss per channel, averaged over channels.
@@ -620,7 +622,7 @@ def lovasz_multilabel(
     return loss.astype(logits.dtype)
 
 
-def lovasz_grad(gt_sorted) -> jax.Array:
+def lovasz_grad(gt_sorted: ArrayLike) -> jax.Array:
     """Gradient of the Lovász extension w.r.t. errors sorted in decreasing order (Algorithm 1).
 
     ``gt_sorted`` is ``[P]`` 0/1 ground truth in the order of the sorted errors; the
