@@ -34,10 +34,12 @@ CHECK = textwrap.dedent("""
         if n == 7:
             codes[:, 0] = 2  # a row with every pixel ignored
             codes[:, -1] = codes[:, -1].clamp(max=0)  # a row without foreground
+        if with_grad != hinge:  # pixels strided, as a channels-last tensor's are: same values, other strides
+            pred, codes = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in (pred, codes)]
         pred, codes = pred.to(device), codes.to(device)
         expected_grad = torch.full_like(pred, 7.0, dtype=torch.float64)
         loss, present = core._rows_torch(pred.double(), codes, hinge, expected_grad if with_grad else None)
-        grad = torch.full_like(pred, 7.0)  # poisoned: every entry must be written
+        grad = torch.full(pred.shape, 7.0, device=device)  # poisoned: every entry must be written
         got, got_present = T.rows(pred, codes, hinge, grad if with_grad else None, 3)
         assert torch.equal(got_present, present), (got_present, present)
         torch.testing.assert_close(got.double(), loss, rtol=1e-5, atol=1e-6)

@@ -115,8 +115,12 @@ def _steps(
 
 def rows(pred: Tensor, codes: Tensor, hinge: bool, grad: Tensor | None, rows_per_chunk: int) -> tuple[Tensor, Tensor]:
     """Loss and presence of each row ``[:, r, :]`` of float32 ``pred [S, R, N]`` and uint8 ``codes``;
-    d loss_r / d pred into ``grad`` (same shape) if given. Rows go ``rows_per_chunk`` at a time."""
+    d loss_r / d pred into ``grad`` (same shape, pixels contiguous) if given. Rows go ``rows_per_chunk``
+    at a time."""
     sets, num_rows, num_pixels = pred.shape
+    # The kernels step through a row's pixels one element apart (channels-last inputs are not).
+    pred = pred if pred.stride(2) == 1 or num_pixels == 1 else pred.contiguous()
+    codes = codes if codes.stride(2) == 1 or num_pixels == 1 else codes.contiguous()
     row_pixels = sets * num_pixels
     num_blocks = triton.cdiv(row_pixels, BLOCK)
     step = max(1, min(rows_per_chunk, _MAX_GRID_ROWS))
