@@ -372,9 +372,12 @@ def run(
     progress: Callable[[str], None] = print,
     device: torch.device = torch.device("cpu"),
     impls: Sequence[str] | None = None,
+    case_names: Sequence[str] | None = None,
 ):
     rows = []
     for index, case in enumerate(cases(device, quick)):
+        if case_names and not any(name in case.name for name in case_names):
+            continue
         measured = {}
         for impl in impls or implementations(device):
             if impl == "lovasz dense" and case.kind != "points":
@@ -465,6 +468,12 @@ def main(argv=None) -> int:
         f"(default: all; on CPU {', '.join(IMPLEMENTATIONS)}; on CUDA "
         f"{', '.join(CUDA_IMPLEMENTATIONS)})",
     )
+    parser.add_argument(
+        "--case",
+        action="append",
+        metavar="NAME",
+        help="time only the cases whose name contains NAME (e.g. 'points'); repeat for several (default: all)",
+    )
     parser.add_argument("--memory-probe", nargs=2, metavar=("CASE", "IMPL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
@@ -478,6 +487,10 @@ def main(argv=None) -> int:
     for impl in args.impl or ():
         if impl not in implementations(device):
             parser.error(f"--impl must be one of {', '.join(implementations(device))} on {device.type}; got {impl!r}")
+    names = [case.name for case in cases(device, args.quick)]
+    for wanted in args.case or ():
+        if not any(wanted in name for name in names):
+            parser.error(f"--case must match one of the cases on {device.type}: {', '.join(names)}; got {wanted!r}")
     repeats = args.repeats if args.repeats is not None else 20 if device.type == "cuda" else 5
     if repeats < 1:
         parser.error(f"--repeats must be at least 1; got {repeats}")
@@ -488,7 +501,7 @@ def main(argv=None) -> int:
     # JAX takes most of a GPU's memory at its first use unless told otherwise, leaving torch too little.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     print(f"lovasz bench: forward + backward, float32, {device}, median of {repeats} after a warm-up")
-    rows = run(repeats, args.quick, not args.no_memory, device=device, impls=args.impl)
+    rows = run(repeats, args.quick, not args.no_memory, device=device, impls=args.impl, case_names=args.case)
     table = render(rows)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
