@@ -25,12 +25,12 @@ import functools
 import math
 import os
 from collections.abc import Sequence
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.typing import ArrayLike
+from jax.typing import ArrayLike, DTypeLike
 
 from lovasz import _ckernel as C
 from lovasz import _validation as V
@@ -44,7 +44,7 @@ Weights = Optional[Union[ArrayLike, Sequence[float]]]
 # ----------------------------------------------------------------------------- checks
 
 
-def _to_array(x, name: str, what: str) -> jax.Array:
+def _to_array(x: Any, name: str, what: str) -> jax.Array:
     try:
         return jnp.asarray(x)
     except (TypeError, ValueError):
@@ -52,14 +52,14 @@ def _to_array(x, name: str, what: str) -> jax.Array:
         raise TypeError(f"{name} must be {what}; got {type(x).__name__}{dtype}") from None
 
 
-def _check_prediction(x, name: str) -> jax.Array:
+def _check_prediction(x: Any, name: str) -> jax.Array:
     x = _to_array(x, name, "a floating-point array")
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"{name} must be a floating-point array; got dtype {x.dtype}")
     return x
 
 
-def _check_labels(labels, name: str) -> jax.Array:
+def _check_labels(labels: Any, name: str) -> jax.Array:
     """Integer, bool or float labels; floats must hold whole numbers, checked as the label range is."""
     labels = _to_array(labels, name, "an array of class indices")
     if not (
@@ -74,7 +74,7 @@ def _check_labels(labels, name: str) -> jax.Array:
     return labels.astype(jnp.int32) if labels.dtype == jnp.bool_ else labels
 
 
-def _check_axis(axis, ndim: int) -> int:
+def _check_axis(axis: object, ndim: int) -> int:
     """The class axis of a prediction of rank ``ndim``: any but the batch axis."""
     if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
         raise TypeError(f"axis must be an int (the class axis: 1, or -1 for channels-last); got {axis!r}")
@@ -86,7 +86,7 @@ def _check_axis(axis, ndim: int) -> int:
     return int(axis)
 
 
-def _check_values(labels, ok, valid, allowed: str, name: str) -> None:
+def _check_values(labels: jax.Array, ok: jax.Array, valid: jax.Array | None, allowed: str, name: str) -> None:
     """Raise ``ValueError`` on a bad non-ignored label when the values are concrete (not traced)."""
     if isinstance(labels, jax.core.Tracer):
         return  # under jit / grad / vmap the values are unknown: no branch on them
@@ -95,12 +95,20 @@ def _check_values(labels, ok, valid, allowed: str, name: str) -> None:
         raise ValueError(f"{name} must be {allowed} at every non-ignored pixel; found {labels[bad][0]}")
 
 
-def _compute_dtype(x) -> jnp.dtype:
+def _compute_dtype(x: jax.Array) -> jnp.dtype:
     """float64 stays float64; half precision (and float32) is computed in float32."""
     return jnp.float64 if x.dtype == jnp.float64 else jnp.float32
 
 
-def _segments(prediction, labels, segment_ids, num_segments, per_image: bool, multilabel: bool, names):
+def _segments(
+    prediction: jax.Array,
+    labels: jax.Array,
+    segment_ids: ArrayLike | None,
+    num_segments: int | None,
+    per_image: bool,
+    multilabel: bool,
+    names: tuple[str, str],
+) -> tuple[jax.Array, jax.Array, jax.Array | None]:
     """Points-first inputs of segments (point clouds): the dense layout ``[1, C, N]`` / ``[1, N]`` with the
     points in segment order, and the segments' ends ``[S]`` where the loss is per segment."""
     pname, lname = names
@@ -141,7 +149,7 @@ def _segments(prediction, labels, segment_ids, num_segments, per_image: bool, mu
     return prediction, labels, ends if per_image else None
 
 
-def _as_weights(weights, num_classes: int, dtype) -> jax.Array | None:
+def _as_weights(weights: Weights, num_classes: int, dtype: DTypeLike) -> jax.Array | None:
     if weights is None:
         return None
     try:
@@ -157,7 +165,7 @@ def _as_weights(weights, num_classes: int, dtype) -> jax.Array | None:
 # ----------------------------------------------------------------------------- the kernel
 
 
-def _jaccard_steps(fg_sorted: jax.Array, dtype) -> jax.Array:
+def _jaccard_steps(fg_sorted: jax.Array, dtype: DTypeLike) -> jax.Array:
     """``J(k) - J(k-1)`` along the last axis of 0/1 ``fg_sorted`` (int32), in closed form.
 
     A foreground pixel adds ``1 / U``, a background one ``I / (U (U - 1))``, with
@@ -194,7 +202,9 @@ def _rows(x: jax.Array, per_image: bool) -> jax.Array:
 _THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _kernel_on_host(errors: np.ndarray, codes: np.ndarray, need_grad: bool):
+def _kernel_on_host(
+    errors: np.ndarray, codes: np.ndarray, need_grad: bool
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """The C kernel on ``[..., S, R, N]`` errors; the leading axes come from ``vmap``."""
     errors, codes = np.asarray(errors), np.asarray(codes)
     lead, num_rows = errors.shape[:-3], errors.shape[-2]
@@ -204,10 +214,10 @@ def _kernel_on_host(errors: np.ndarray, codes: np.ndarray, need_grad: bool):
         loss[index], _ = C.lovasz_rows(
             errors[index], codes[index], C.ERRORS, None if grad is None else grad[index], _THREADS
         )
-    return (loss, grad) if need_grad else loss
+    return loss if grad is None else (loss, grad)
 
 
-def _host_call(errors: jax.Array, codes: jax.Array, need_grad: bool):
+def _host_call(errors: jax.Array, codes: jax.Array, need_grad: bool) -> Any:
     loss = jax.ShapeDtypeStruct(errors.shape[:-3] + errors.shape[-2:-1], jnp.float32)
     shapes = (loss, jax.ShapeDtypeStruct(errors.shape, jnp.float32)) if need_grad else loss
     return jax.pure_callback(
@@ -221,12 +231,12 @@ def _host_rows(errors: jax.Array, codes: jax.Array) -> jax.Array:
     return _host_call(errors, codes, need_grad=False)
 
 
-def _host_rows_fwd(errors, codes):
+def _host_rows_fwd(errors: jax.Array, codes: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     loss, grad = _host_call(errors, codes, need_grad=True)  # the gradient comes with the loss
     return loss, (grad, codes)
 
 
-def _host_rows_bwd(residuals, loss_cotangent):
+def _host_rows_bwd(residuals: tuple[jax.Array, jax.Array], loss_cotangent: jax.Array) -> tuple[jax.Array, np.ndarray]:
     grad, codes = residuals
     return loss_cotangent[..., None, :, None] * grad, np.zeros(codes.shape, jax.dtypes.float0)
 
@@ -265,7 +275,7 @@ def _segment_of_position(ends: jax.Array, num_points: int) -> jax.Array:
     return jnp.searchsorted(ends, jnp.arange(num_points), side="right")
 
 
-def _segment_steps(fg_sorted: jax.Array, dtype, ends: jax.Array, segment: jax.Array) -> jax.Array:
+def _segment_steps(fg_sorted: jax.Array, dtype: DTypeLike, ends: jax.Array, segment: jax.Array) -> jax.Array:
     """:func:`_jaccard_steps` within each segment's run."""
     running = jnp.pad(jnp.cumsum(fg_sorted, axis=-1), ((0, 0), (1, 0)))  # foreground among the first i
     starts = jnp.concatenate([jnp.zeros(1, ends.dtype), ends[:-1]])
@@ -294,7 +304,9 @@ def _segment_rows_sorted(errors: jax.Array, codes: jax.Array, ends: jax.Array) -
     return sums[:-1]
 
 
-def _segments_on_host(errors: np.ndarray, codes: np.ndarray, ends: np.ndarray, need_grad: bool):
+def _segments_on_host(
+    errors: np.ndarray, codes: np.ndarray, ends: np.ndarray, need_grad: bool
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """The C kernel's segment rows on ``[..., K, N]`` errors; the leading axes come from ``vmap``."""
     errors, codes, ends = np.asarray(errors), np.asarray(codes), np.asarray(ends)
     lead, (num_rows, _) = errors.shape[:-2], errors.shape[-2:]
@@ -304,10 +316,10 @@ def _segments_on_host(errors: np.ndarray, codes: np.ndarray, ends: np.ndarray, n
         loss[index], _ = C.lovasz_scene_rows(
             errors[index], codes[index], ends[index], C.ERRORS, None if grad is None else grad[index], _THREADS
         )
-    return (loss, grad) if need_grad else loss
+    return loss if grad is None else (loss, grad)
 
 
-def _segments_call(errors: jax.Array, codes: jax.Array, ends: jax.Array, need_grad: bool):
+def _segments_call(errors: jax.Array, codes: jax.Array, ends: jax.Array, need_grad: bool) -> Any:
     loss = jax.ShapeDtypeStruct(errors.shape[:-2] + (ends.shape[-1], errors.shape[-2]), jnp.float32)
     shapes = (loss, jax.ShapeDtypeStruct(errors.shape, jnp.float32)) if need_grad else loss
     return jax.pure_callback(
@@ -326,12 +338,16 @@ def _host_segments(errors: jax.Array, codes: jax.Array, ends: jax.Array) -> jax.
     return _segments_call(errors, codes, ends, need_grad=False)
 
 
-def _host_segments_fwd(errors, codes, ends):
+def _host_segments_fwd(
+    errors: jax.Array, codes: jax.Array, ends: jax.Array
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array, jax.Array]]:
     loss, grad = _segments_call(errors, codes, ends, need_grad=True)
     return loss, (grad, codes, ends)
 
 
-def _host_segments_bwd(residuals, loss_cotangent):
+def _host_segments_bwd(
+    residuals: tuple[jax.Array, jax.Array, jax.Array], loss_cotangent: jax.Array
+) -> tuple[jax.Array, np.ndarray, np.ndarray]:
     grad, codes, ends = residuals
     # each point takes its own segment's cotangent (0 in no segment)
     segment = _segment_of_position(ends, grad.shape[-1])
@@ -352,8 +368,16 @@ def _segment_kernel(errors: jax.Array, fg: jax.Array, valid: jax.Array | None, e
 
 
 def _lovasz_classes(
-    pred, fg, valid, hinge: bool, classes, per_image: bool, weights, reduction: str, ends: jax.Array | None = None
-):
+    pred: jax.Array,
+    fg: jax.Array,
+    valid: jax.Array | None,
+    hinge: bool,
+    classes: str | tuple[int, ...],
+    per_image: bool,
+    weights: jax.Array | None,
+    reduction: str,
+    ends: jax.Array | None = None,
+) -> jax.Array:
     """Loss of ``pred [B, K, N]`` against ``fg [B, K, N]``; ``valid`` broadcasts to them. With ``ends``,
     ``B`` is 1 and the sets are the segments of the points (see above)."""
     if valid is not None:
@@ -486,8 +510,17 @@ def lovasz_softmax(
 
 
 def _hinge_classes(
-    pred, fg, valid, classes, per_image: bool, weights, reduction: str, margin: str, symmetric: bool, ends=None
-):
+    pred: jax.Array,
+    fg: jax.Array,
+    valid: jax.Array | None,
+    classes: str | tuple[int, ...],
+    per_image: bool,
+    weights: jax.Array | None,
+    reduction: str,
+    margin: str,
+    symmetric: bool,
+    ends: jax.Array | None = None,
+) -> jax.Array:
     """The Lovász hinge with its variants: ``elu(m) + 1`` of the margins is the plain hinge at
     ``x' = -s elu(1 - s x)``; ``symmetric`` averages with the flipped problem, ``-x'`` against ``1 - y``."""
     if margin == "elu":
