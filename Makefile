@@ -12,7 +12,7 @@ TRITON := triton==3.6.0
 # the run instead of skipping.
 export LOVASZ_REQUIRE := torch,tensorflow,keras,jax,kernel,triton,mkdocs
 
-.PHONY: demo test bench docs dist test-gpu bench-gpu kernel-inplace clean
+.PHONY: demo lint test bench docs dist test-gpu bench-gpu kernel-inplace clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,12 +29,22 @@ $(VENV)/.test-installed: pyproject.toml Makefile $(VENV)/.demo-installed
 	# The original implementation, to compare against: its __init__ needs timm and torchvision,
 	# so only the package's files are installed and lovasz.peers loads the one file by path.
 	$(PIP) --no-deps segmentation-models-pytorch==0.6.0
+	# The linter and the type checker of `make lint`.
+	$(PIP) ruff==0.17.5 mypy==2.4.1
 	touch $@
 
 demo: $(VENV)/.demo-installed
 	$(PY) -m lovasz.cli demo $(ARGS)
 
-test: $(VENV)/.test-installed
+# ruff (lint, and the format check) and mypy ([tool.mypy] in pyproject.toml); `make test` runs them first.
+LINTED := src tests conftest.py setup.py
+
+lint: $(VENV)/.test-installed
+	$(PY) -m ruff check $(LINTED)
+	$(PY) -m ruff format --check $(LINTED)
+	$(PY) -m mypy src/lovasz
+
+test: lint
 	$(PY) -m pytest -q -n auto $(ARGS)
 
 bench: $(VENV)/.test-installed
