@@ -25,6 +25,20 @@ The Jaccard steps are computed in closed form. A ``tf.function`` first traced
 outside XLA keeps that trace (with the C kernel) when a ``jit_compile=True``
 function calls it, and XLA rejects it: call the loss itself there.
 
+Point clouds and other ragged sets: ``row_splits=`` takes the points of ``S``
+scenes, points-first (``[N, C]`` predictions, ``[N]`` labels), with the scenes
+marked in TF's own convention, ``[S + 1]`` row splits (Pointcept's offsets are
+``row_splits[1:]``; torch_geometric's per-point ``batch``, for points in scene
+order, converts with ``tf.RaggedTensor.from_value_rowids``). Row splits fit TF
+better than a scene index per point: their static shape gives the number of
+scenes when traced, with no search of the data for it, and they are what a
+``tf.RaggedTensor`` holds, so ``[S, None, C]`` ragged inputs (``tf.data``'s
+``ragged_batch``) are taken too, as their values and row splits. Each class's
+row of all points is sorted once, each scene staying in its own run: the C
+kernel sorts each (scene, class) run (eagerly, ``tf.function``); under XLA, one
+int64 key per point holds the scene above the packed key; float64 and elsewhere
+sort by error, then stably by scene (two ``top_k``). No Python loop over scenes.
+
 Argument order: these functions take ``(prediction, labels)``, as the original
 does; Keras losses (:mod:`lovasz.keras`) take ``(y_true, y_pred)``.
 
@@ -110,6 +124,14 @@ def _check_order(order: str) -> bool:
     if order not in ORDERS:
         raise ValueError(f"order must be 'BHWC' (channels-last) or 'BCHW' (channels-first); got {order!r}")
     return order == "BHWC"
+
+
+def _check_points_order(order: str, splits) -> bool:
+    """:func:`_check_order`; points-first inputs of scenes are ``[N, C]``, channels-last."""
+    channels_last = _check_order(order)
+    if splits is not None and not channels_last:
+        raise ValueError("order='BCHW' does not apply to points-first inputs of scenes ([N, C]): leave it 'BHWC'")
+    return channels_last
 
 
 def _check_values(labels: tf.Tensor, ok: tf.Tensor, valid: tf.Tensor | None, allowed: str, name: str) -> None:
@@ -373,6 +395,320 @@ def _use_kernel(pred: tf.Tensor) -> bool:
     return _on_cpu(pred)
 
 
+# ----------------------------------------------------------------------------- points of scenes
+# Points-first sets (point clouds): a class's row holds every point, scene s the run
+# [splits[s], splits[s + 1]). Sorting each row by (scene, error) keeps every scene in its own
+# run, so one sort serves all (scene, class) rows and the runs' bounds are known before it.
+
+
+def _shown(values: np.ndarray) -> str:
+    """Row splits for an error message: all of them, or the first and the last of many."""
+    listed = values.tolist()
+    if len(listed) <= 12:
+        return str(listed)
+    return f"[{', '.join(map(str, listed[:8]))}, ..., {listed[-1]}] ({len(listed)} values)"
+
+
+def _check_row_splits(row_splits, num_points, pname: str) -> tf.Tensor:
+    """``row_splits`` as int64 ``[S + 1]``: 0, then each scene's end, rising to the number of points.
+
+    Eagerly a bad value raises ``ValueError``; in a graph, ``tf.debugging`` asserts raise
+    ``InvalidArgumentError`` when it runs (under XLA, which drops asserts, it is not checked).
+    """
+    what = "a 1-D integer tensor [S + 1] (0, then each scene's end: TF's row_splits)"
+    splits = _to_tensor(row_splits, "row_splits", what)
+    if not splits.dtype.is_integer:
+        raise TypeError(f"row_splits must be {what}; got dtype {splits.dtype.name}")
+    if splits.shape.rank != 1 or splits.shape[0] == 0:
+        raise ValueError(f"row_splits must be {what}; got shape {splits.shape.as_list()}")
+    splits = tf.cast(splits, tf.int64)
+    if tf.executing_eagerly():
+        values, n = splits.numpy(), int(num_points)
+        if values[0] != 0:
+            raise ValueError(f"row_splits must start at 0; got {_shown(values)}")
+        if np.any(values[1:] < values[:-1]):
+            raise ValueError(f"row_splits must never decrease (each scene's end); got {_shown(values)}")
+        if values[-1] != n:
+            raise ValueError(f"row_splits must end at {n}, the number of points of {pname}; got {_shown(values)}")
+    elif not _in_xla():
+        n = tf.cast(num_points, tf.int64)
+        checks = [
+            tf.debugging.assert_equal(splits[0], tf.constant(0, tf.int64), message="row_splits must start at 0"),
+            tf.debugging.assert_greater_equal(splits[1:], splits[:-1], message="row_splits must never decrease"),
+            tf.debugging.assert_equal(splits[-1], n, message=f"row_splits must end at the number of points of {pname}"),
+        ]
+        with tf.control_dependencies(checks):
+            splits = tf.identity(splits)
+    return splits
+
+
+def _from_ragged(prediction, labels, names: tuple[str, str]):
+    """The values and row splits of ragged ``[S, None, ...]`` inputs (the labels' splits must be the prediction's)."""
+    pname, lname = names
+    for x, name, other in ((prediction, pname, lname), (labels, lname, pname)):
+        if not isinstance(x, tf.RaggedTensor):
+            raise TypeError(
+                f"{name} must be a tf.RaggedTensor [S, None, ...] like {other} (the same scenes); "
+                f"got {type(x).__name__}"
+            )
+        if x.ragged_rank != 1:
+            raise ValueError(
+                f"{name} must be ragged in its second axis only, [S, None, ...] (ragged_rank 1); "
+                f"got shape {x.shape.as_list()}, ragged_rank {x.ragged_rank}"
+            )
+    splits, label_splits = tf.cast(prediction.row_splits, tf.int64), tf.cast(labels.row_splits, tf.int64)
+    if tf.executing_eagerly():
+        if splits.shape != label_splits.shape or not bool(tf.reduce_all(splits == label_splits)):
+            raise ValueError(
+                f"{lname} must have the scenes of {pname} (equal row_splits); got {_shown(label_splits.numpy())} "
+                f"against {_shown(splits.numpy())}"
+            )
+    elif not _in_xla():
+        check = tf.debugging.assert_equal(label_splits, splits, message=f"{lname} must have the scenes of {pname}")
+        with tf.control_dependencies([check]):
+            splits = tf.identity(splits)
+    return prediction.values, labels.values, splits
+
+
+def _points(prediction, labels, row_splits, kind: str, names: tuple[str, str]):
+    """Points-first inputs of scenes (``row_splits=``, or ragged ``[S, None, ...]``) with a batch
+    axis of one (``[1, N, C]`` / ``[1, N]``) and their row splits (int64 ``[S + 1]``); other
+    inputs as they are, with None."""
+    pname, lname = names
+    ragged = isinstance(prediction, tf.RaggedTensor) or isinstance(labels, tf.RaggedTensor)
+    if row_splits is None and not ragged:
+        return prediction, labels, None
+    multilabel = kind == "multilabel"
+    if ragged:
+        if row_splits is not None:
+            raise TypeError(f"pass the scenes as row_splits= or as ragged {pname} and {lname}, not both")
+        prediction, labels, row_splits = _from_ragged(prediction, labels, names)
+        how = "as values of a ragged [S, None, ...]"
+    else:
+        how = "with row_splits="
+    prediction = _check_prediction(prediction, pname)
+    labels = _to_tensor(labels, lname, "a tensor of labels")
+    ranks = {"softmax": (1, 2), "hinge": (1, 2), "multilabel": (2,)}[kind]
+    shape = prediction.shape
+    if shape.rank not in ranks or (kind == "hinge" and shape.rank == 2 and shape[1] != 1):
+        shapes = {"softmax": "[N, C] (or [N] for one channel)", "hinge": "[N] (or [N, 1])", "multilabel": "[N, C]"}
+        raise ValueError(f"{pname} must be points-first, {shapes[kind]}, {how}; got {prediction.shape.as_list()}")
+    label_shape = prediction.shape if multilabel else prediction.shape[:1]
+    if not labels.shape.is_compatible_with(label_shape):
+        raise ValueError(
+            f"{lname} must have shape {label_shape.as_list()} for {pname} of shape {prediction.shape.as_list()}; "
+            f"got {labels.shape.as_list()}"
+        )
+    if not ragged:
+        row_splits = _check_row_splits(row_splits, _size(prediction, 0, 1), pname)
+    return tf.expand_dims(prediction, 0), tf.expand_dims(labels, 0), row_splits  # (x[None]'s gradient copies)
+
+
+def _scene_of_points(splits: tf.Tensor, num_points) -> tf.Tensor:
+    """Each point's scene ``[N]`` (int32): the ``s`` with ``splits[s] <= n < splits[s + 1]``, as the
+    count of inner splits at or before ``n`` (a scatter and a cumsum: no sort, XLA compiles it)."""
+    inner = splits[1:-1]
+    marks = tf.scatter_nd(inner[:, None], tf.ones_like(inner, tf.int32), tf.cast(num_points, tf.int64)[None] + 1)
+    return tf.cumsum(marks)[:-1]
+
+
+def _scene_jaccard_steps(fg_sorted: tf.Tensor, dtype: tf.DType, splits: tf.Tensor, scene: tf.Tensor):
+    """:func:`_jaccard_steps` within each scene's run of ``fg_sorted [K, N]``; also each (class, scene)'s
+    foreground count ``[K, S]``."""
+    running = tf.pad(tf.cumsum(fg_sorted, axis=-1), [[0, 0], [1, 0]])  # [:, i]: foreground among the first i
+    at_splits = tf.gather(running, splits, axis=1)  # [K, S + 1]
+    gts_scene = at_splits[:, 1:] - at_splits[:, :-1]
+    fg_cum = running[:, 1:] - tf.gather(at_splits, scene, axis=1)  # foreground among the scene's first k
+    gts = tf.gather(gts_scene, scene, axis=1)
+    k = tf.range(1, tf.shape(fg_sorted)[-1] + 1) - tf.cast(tf.gather(splits, scene), tf.int32)  # from 1 in a scene
+    intersection = tf.cast(gts - fg_cum, dtype)
+    union = tf.cast(gts + k - fg_cum, dtype)
+    background_step = intersection / (union * tf.maximum(union - 1, 1))
+    steps = tf.where(fg_sorted == 1, 1 / union, background_step)
+    return tf.where(k == 1, 1 - intersection / union, steps), gts_scene  # J(1); the formula divides by U(0)
+
+
+def _scene_sums(values: tf.Tensor, scene: tf.Tensor, num_scenes) -> tf.Tensor:
+    """Sums ``[S, K]`` of each scene's points in ``values [K, N]``, accumulated in float64 (a scene's
+    sum of many float32 terms stays as exact as the dense loss's)."""
+    sums = tf.math.unsorted_segment_sum(tf.transpose(tf.cast(values, tf.float64)), scene, num_scenes)
+    return tf.cast(sums, values.dtype)
+
+
+def _scene_sorted_rows(errors: tf.Tensor, fg: tf.Tensor, valid: tf.Tensor | None, splits: tf.Tensor):
+    """Loss and presence ``[S, K]`` of the scenes' runs of ``errors [K, N]`` by ``top_k``: any dtype and device.
+
+    No integer key holds a float64 error and a scene: the rows are sorted by error, then stably
+    by scene (``top_k`` keeps ties in order), as lovasz.torch does in float64. Ignored points get
+    the key ``-inf``: they sort last in their scene, where ``relu`` makes them add nothing.
+    """
+    num_points, num_scenes = tf.shape(errors)[1], tf.shape(splits)[0] - 1
+    scene = _scene_of_points(splits, num_points)
+    key = errors if valid is None else tf.where(valid, errors, tf.constant(-np.inf, errors.dtype))
+    _, by_error = tf.math.top_k(tf.stop_gradient(key), k=num_points, sorted=True)
+    _, by_scene = tf.math.top_k(-tf.cast(tf.gather(scene, by_error), tf.float32), k=num_points, sorted=True)
+    perm = tf.gather(by_error, by_scene, batch_dims=1)
+    errors_sorted = tf.gather(key, perm, batch_dims=1)
+    fg_sorted = tf.gather(tf.cast(fg, tf.int32), perm, batch_dims=1)
+    steps, gts = _scene_jaccard_steps(fg_sorted, errors.dtype, splits, scene)
+    loss = _scene_sums(tf.nn.relu(errors_sorted) * tf.stop_gradient(steps), scene, num_scenes)
+    return loss, tf.transpose(gts > 0)
+
+
+def _scene_packed_rows(errors: tf.Tensor, fg: tf.Tensor, valid: tf.Tensor | None, splits: tf.Tensor, scene_bits: int):
+    """:func:`_scene_sorted_rows` for float32 under XLA: one sort of one int64 key per point, no gather.
+
+    The key of :func:`_packed_rows` with the scene above it: ``scene << (63 - b) | (0x7fffffff -
+    error bits) << (32 - b) | index << 1 | fg``, ``b`` bits for the scene and ``31 - b`` for the
+    point's index, so one ascending sort of each class's row orders it by scene, then by
+    decreasing error (ties by index).
+    """
+    if valid is not None:
+        errors = tf.where(valid, errors, tf.zeros((), errors.dtype))
+    errors = tf.where(errors < 0, tf.zeros((), errors.dtype), errors)  # NaN stays NaN
+    return _scene_packed_sort(errors, tf.cast(fg, tf.int64), splits, scene_bits)
+
+
+def _scene_packed_sort(errors: tf.Tensor, fg: tf.Tensor, splits: tf.Tensor, scene_bits: int):
+    @tf.custom_gradient
+    def packed(errors, fg, splits):
+        num_rows, num_points = tf.shape(errors)[0], tf.shape(errors)[1]
+        scene = _scene_of_points(splits, num_points)
+        bits = tf.bitwise.bitwise_and(tf.bitcast(errors, tf.int32), 0x7FFFFFFF)
+        key = tf.bitwise.left_shift(tf.cast(0x7FFFFFFF - bits, tf.int64), 32 - scene_bits)
+        low = tf.bitwise.left_shift(tf.range(num_points, dtype=tf.int64), 1)
+        if scene_bits:
+            low = tf.bitwise.bitwise_or(low, tf.bitwise.left_shift(tf.cast(scene, tf.int64), 63 - scene_bits))
+        key = gen_xla_ops.xla_sort(tf.bitwise.bitwise_or(key, tf.bitwise.bitwise_or(low, fg)))
+        high = tf.bitwise.bitwise_and(tf.bitwise.right_shift(key, 32 - scene_bits), 0x7FFFFFFF)
+        errors_sorted = tf.bitcast(0x7FFFFFFF - tf.cast(high, tf.int32), tf.float32)
+        steps, gts = _scene_jaccard_steps(tf.cast(tf.bitwise.bitwise_and(key, 1), tf.int32), tf.float32, splits, scene)
+        num_scenes = tf.shape(splits)[0] - 1
+        loss = _scene_sums(errors_sorted * steps, scene, num_scenes)
+
+        def backward(loss_cotangent, present_cotangent):
+            index = tf.bitwise.bitwise_and(tf.bitwise.right_shift(key, 1), (1 << (31 - scene_bits)) - 1)
+            index += tf.range(tf.cast(num_rows, tf.int64), dtype=tf.int64)[:, None] * tf.cast(num_points, tf.int64)
+            cotangent = tf.transpose(tf.gather(loss_cotangent, scene))  # [K, N]: each point's scene's
+            grad = tf.where(errors_sorted > 0, steps * cotangent, tf.zeros((), tf.float32))
+            size = tf.cast(num_rows, tf.int64) * tf.cast(num_points, tf.int64)
+            flat = tf.scatter_nd(tf.reshape(index, [-1, 1]), tf.reshape(grad, [-1]), size[None])
+            return tf.reshape(flat, [num_rows, num_points]), None, None
+
+        return (loss, tf.transpose(gts > 0)), backward
+
+    return packed(errors, fg, splits)
+
+
+def _host_scene_rows(pred: np.ndarray, codes: np.ndarray, splits: np.ndarray, mode: int, need_grad: bool):
+    """The C kernel on points-first rows ``pred [K, N]``: loss ``[S, K]``, presence ``[S, K]`` and
+    (``need_grad``) d loss / d pred with each point's scene ``[N]`` (int32), for backward.
+    Checks the splits again: a graph may run it before its asserts."""
+    num_rows, num_points = pred.shape
+    if splits[0] != 0 or np.any(splits[1:] < splits[:-1]) or splits[-1] != num_points:
+        raise ValueError(f"row_splits must rise from 0 to {num_points}, the number of points; got {_shown(splits)}")
+    num_scenes = splits.size - 1
+    grad = _aligned_empty(pred.shape, np.float32) if need_grad else None
+    if num_rows * num_points * num_scenes == 0:  # no point, or no scene: zeros
+        outputs = (np.zeros((num_scenes, num_rows), np.float32), np.zeros((num_scenes, num_rows), np.bool_))
+        if grad is not None:
+            grad.fill(0)
+    else:
+        threads = tf.config.threading.get_intra_op_parallelism_threads() or _CORES
+        outputs = C.lovasz_scene_rows(pred, codes, splits[1:], mode, grad, threads)
+    if not need_grad:
+        return outputs
+    return (*outputs, grad, np.repeat(np.arange(num_scenes, dtype=np.int32), np.diff(splits)))
+
+
+def _host_scene_call(pred: tf.Tensor, codes: tf.Tensor, splits: tf.Tensor, mode: int, need_grad: bool):
+    outputs = tf.numpy_function(
+        functools.partial(_host_scene_rows, mode=mode, need_grad=need_grad),
+        [pred, codes, splits],
+        [tf.float32, tf.bool] + [tf.float32, tf.int32] * need_grad,
+        stateful=False,
+        name="lovasz_c_kernel_scenes",
+    )
+    rows = tf.TensorShape([None if splits.shape[0] is None else splits.shape[0] - 1, pred.shape[0]])
+    for output, shape in zip(outputs, [rows, rows, pred.shape, pred.shape[1:]]):
+        output.set_shape(shape)
+    return outputs
+
+
+def _scene_kernel_rows(pred: tf.Tensor, codes: tf.Tensor, splits: tf.Tensor, mode: int, points_first: bool):
+    """Loss and presence ``[S, K]`` of float32 rows ``pred [K, N]`` (``points_first``: ``[N, K]``) by the
+    C kernel (``lovasz_scene_rows_f32``: each (scene, class) run of a row sorted on its own), with the
+    gradient in the same pass where a ``GradientTape`` watches ``pred``, as :func:`_kernel_rows`.
+    ``codes`` are ``[K, N]``. The transpose of points-first input is taken inside, so that backward
+    transposes the gradient once, as it multiplies it by each point's scene's cotangent."""
+    need_grad = record is None or record.should_record_backprop([pred])
+
+    @tf.custom_gradient
+    def rows(pred, codes, splits):
+        class_rows = tf.transpose(pred) if points_first else pred
+        outputs = _host_scene_call(class_rows, codes, splits, mode, need_grad)
+
+        def backward(loss_cotangent, present_cotangent):
+            grad, scene = outputs[2:] if need_grad else _host_scene_call(class_rows, codes, splits, mode, True)[2:]
+            cotangent = tf.gather(loss_cotangent, scene)  # [N, K]: a gather of rows (along axis 1: slower)
+            if points_first:
+                return tf.transpose(grad) * cotangent, None, None
+            return grad * tf.transpose(cotangent), None, None
+
+        return tuple(outputs[:2]), backward
+
+    return rows(pred, codes, splits)
+
+
+def _scene_losses(pred, fg, valid, hinge: bool, channels_last: bool, splits: tf.Tensor):
+    """Loss and presence ``[S, K]`` of each (scene, class) of points-first ``pred [1, N, K]`` (or ``[1, K, N]``)."""
+    pred, fg = tf.squeeze(pred, 0), tf.squeeze(fg, 0)  # (x[0]'s gradient would copy)
+    valid = None if valid is None else tf.squeeze(valid, 0)
+    rows = tf.transpose if channels_last else tf.identity  # [K, N]: a class's row of every point
+
+    def sort():
+        return _scene_sorted_losses(rows(pred), rows(fg), None if valid is None else rows(valid), hinge, splits)
+
+    if _use_kernel(pred) and C.scene_kernel() is not None:
+        codes = tf.cast(fg, tf.uint8)
+        if valid is not None:
+            codes = tf.where(valid, codes, tf.constant(2, tf.uint8))  # 0 background, 1 foreground, 2 ignored
+        mode = C.HINGE if hinge else C.SOFTMAX
+        kernel = lambda: _scene_kernel_rows(pred, rows(codes), splits, mode, channels_last)  # noqa: E731
+        size = pred.shape.num_elements()
+        if size is None:  # chosen when run, as in _kernel_or_sort
+            return tf.cond(tf.size(pred, tf.int64) <= C.MAX_ELEMENTS, kernel, sort)
+        return kernel() if size <= C.MAX_ELEMENTS else sort()
+    return sort()
+
+
+def _scene_sorted_losses(pred, fg, valid, hinge: bool, splits: tf.Tensor):
+    """:func:`_scene_losses` by a sort in TF: XLA's sort of packed keys (float32 under XLA on a CPU), else top_k."""
+    if hinge:  # max(0, 1 - s x), the max taken after the sort
+        errors = tf.where(fg, 1 - pred, 1 + pred)
+    else:  # |[y = c] - p|
+        errors = tf.abs(tf.where(fg, 1 - pred, pred))
+    num_scenes = splits.shape[0] - 1 if splits.shape[0] is not None else None
+    if (
+        errors.dtype == tf.float32
+        and num_scenes is not None
+        and not tf.executing_eagerly()
+        and gen_xla_ops is not None
+        and _in_xla()
+        and _on_cpu(errors)
+    ):
+        scene_bits = max(num_scenes - 1, 0).bit_length()
+        packed = lambda: _scene_packed_rows(errors, fg, valid, splits, scene_bits)  # noqa: E731
+        fits = 1 << (31 - scene_bits) if scene_bits <= 30 else -1  # the points an index of the bits left tells apart
+        num_points = errors.shape[1]
+        if num_points is not None:
+            if num_points <= fits:
+                return packed()
+        else:
+            return tf.cond(tf.shape(errors)[1] <= fits, packed, lambda: _scene_sorted_rows(errors, fg, valid, splits))
+    return _scene_sorted_rows(errors, fg, valid, splits)
+
+
 def _lovasz_classes(
     pred,
     fg,
@@ -383,8 +719,12 @@ def _lovasz_classes(
     channels_last: bool,
     weights: tf.Tensor | None,
     reduction: str,
+    scenes: tf.Tensor | None = None,
 ) -> tf.Tensor:
-    """Loss of ``pred [B, K, N]`` (``[B, N, K]`` channels-last) against ``fg``; ``valid`` broadcasts to it."""
+    """Loss of ``pred [B, K, N]`` (``[B, N, K]`` channels-last) against ``fg``; ``valid`` broadcasts to it.
+
+    With ``scenes`` (row splits ``[S + 1]``), ``B`` is 1 and the sets are the scenes of the ``N`` points.
+    """
     axis = 2 if channels_last else 1
     if valid is not None:
         valid = tf.broadcast_to(valid, tf.shape(pred))
@@ -393,7 +733,9 @@ def _lovasz_classes(
         pred, fg = tf.gather(pred, classes, axis=axis), tf.gather(fg, classes, axis=axis)
         valid = None if valid is None else tf.gather(valid, classes, axis=axis)
         weights = None if weights is None else tf.gather(weights, classes)
-    if _use_kernel(pred):
+    if scenes is not None:
+        loss, present = _scene_losses(pred, fg, valid, hinge, channels_last, scenes)
+    elif _use_kernel(pred):
         loss, present = _kernel_or_sort(pred, fg, valid, hinge, per_image, channels_last)
     else:
         loss, present = _sorted_losses(pred, fg, valid, hinge, per_image, channels_last)
@@ -425,6 +767,7 @@ def lovasz_softmax(
     from_logits: bool = False,
     weights=None,
     reduction: str = "mean",
+    row_splits=None,
 ) -> tf.Tensor:
     r"""Multi-class Lovász-Softmax loss: a convex surrogate of ``1 - IoU`` averaged over classes.
 
@@ -447,18 +790,42 @@ def lovasz_softmax(
         weights: ``[C]`` per-class weights for the class average.
         reduction: ``'mean'`` / ``'sum'`` over images, or ``'none'`` for ``[B]`` with ``per_image``
             (without it the batch is one set and the result is 0-d).
+        row_splits: for point clouds and other ragged sets: ``[S + 1]`` integers, TF's row
+            splits (0, then each scene's end, the last one ``N``: scene ``s`` is the points
+            ``row_splits[s]:row_splits[s + 1]``). Then ``probas`` is points-first, ``[N, C]``
+            (or ``[N]`` for one channel; ``order`` stays ``'BHWC'``), ``labels`` is ``[N]``, and
+            ``per_image=True`` means one set per scene (``reduction='none'``: ``[S]``); without
+            it all points are one set. Exact: each scene's loss and gradient equal the dense
+            loss's on that scene alone; a scene with no valid point gets 0, like an all-ignored
+            image. Instead, ``probas`` and ``labels`` may be ``tf.RaggedTensor`` ``[S, None, C]``
+            and ``[S, None]`` with equal row splits. Bad row splits raise ``ValueError`` eagerly;
+            in ``tf.function`` an assert fails the run; under XLA they are not checked.
 
     Returns:
-        A 0-d tensor (``[B]`` with ``per_image`` and ``reduction='none'``) in the dtype of ``probas``.
+        A 0-d tensor (``[B]`` with ``per_image`` and ``reduction='none'``; ``[S]`` for scenes)
+        in the dtype of ``probas``.
 
     Example:
         >>> probas = tf.constant([[[0.9, 0.1], [0.4, 0.6]]])  # [B=1, N=2, C=2]
         >>> round(float(lovasz_softmax(probas, tf.constant([[0, 1]]))), 6)
         0.325
+
+        Points of two scenes, of 2 and 1 points:
+
+        >>> points = tf.constant([[0.9, 0.1], [0.4, 0.6], [0.2, 0.8]])  # [N=3, C=2]
+        >>> labels = tf.constant([0, 1, 1])  # [N=3]
+        >>> losses = lovasz_softmax(points, labels, per_image=True, row_splits=[0, 2, 3], reduction="none")
+        >>> [round(float(loss), 6) for loss in losses]
+        [0.325, 0.2]
+        >>> scenes = tf.RaggedTensor.from_row_splits(points, [0, 2, 3])  # [S=2, None, C=2]
+        >>> labels = tf.RaggedTensor.from_row_splits(labels, [0, 2, 3])  # [S=2, None]
+        >>> round(float(lovasz_softmax(scenes, labels, per_image=True)), 6)
+        0.2625
     """
+    probas, labels, splits = _points(probas, labels, row_splits, "softmax", ("probas", "labels"))
     probas = _check_prediction(probas, "probas")
     labels = _check_labels(labels, "labels")
-    channels_last = _check_order(order)
+    channels_last = _check_points_order(order, splits)
     channel_axis = -1 if channels_last else 1
     if V.trailing_label_axis(labels.shape, [probas.shape, V.without_axis(probas.shape, channel_axis)]):
         labels = tf.squeeze(labels, -1)  # [B, *spatial, 1], as Keras gives sparse labels
@@ -496,7 +863,8 @@ def lovasz_softmax(
     elif from_logits:
         pred = tf.nn.softmax(pred, axis=class_axis)
     fg = tf.one_hot(lab, num_classes, on_value=True, off_value=False, axis=class_axis)
-    loss = _lovasz_classes(pred, fg, valid, False, classes, per_image, channels_last, w, reduction)
+    scenes = splits if per_image else None
+    loss = _lovasz_classes(pred, fg, valid, False, classes, per_image, channels_last, w, reduction, scenes)
     return tf.cast(loss, probas.dtype)
 
 
@@ -511,16 +879,17 @@ def _hinge_classes(
     reduction: str,
     margin: str,
     symmetric: bool,
+    scenes: tf.Tensor | None = None,
 ) -> tf.Tensor:
     """The Lovász hinge with its variants: ``elu(m) + 1`` of the margins is the plain hinge at
     ``x' = -s elu(1 - s x)``; ``symmetric`` averages with the flipped problem, ``-x'`` against ``1 - y``."""
     if margin == "elu":
         signs = tf.where(fg, tf.ones_like(pred), -tf.ones_like(pred))
         pred = -signs * tf.nn.elu(1 - signs * pred)
-    loss = _lovasz_classes(pred, fg, valid, True, classes, per_image, channels_last, weights, reduction)
+    loss = _lovasz_classes(pred, fg, valid, True, classes, per_image, channels_last, weights, reduction, scenes)
     if symmetric:  # not fg: the ignored pixels are left out again by valid
         flipped = _lovasz_classes(
-            -pred, tf.logical_not(fg), valid, True, classes, per_image, channels_last, weights, reduction
+            -pred, tf.logical_not(fg), valid, True, classes, per_image, channels_last, weights, reduction, scenes
         )
         loss = (loss + flipped) / 2
     return loss
@@ -535,6 +904,7 @@ def lovasz_hinge(
     reduction: str = "mean",
     margin: str = "relu",
     symmetric: bool = False,
+    row_splits=None,
 ) -> tf.Tensor:
     r"""Binary Lovász hinge loss: a convex surrogate of ``1 - IoU`` of the foreground.
 
@@ -550,14 +920,18 @@ def lovasz_hinge(
         reduction: ``'mean'`` / ``'sum'`` over images, or ``'none'`` for ``[B]`` with ``per_image``.
         margin: ``'relu'`` (``max(0, m)``) or ``'elu'`` (``elu(m) + 1``), of the margins ``m = 1 - s x``.
         symmetric: the mean with the loss of ``-logits`` against ``1 - labels``.
+        row_splits: ``[S + 1]``, the scenes of points-first ``logits [N]`` (or ``[N, 1]``) and
+            ``labels [N]``; or ragged ``[S, None]`` inputs instead. See :func:`lovasz_softmax`.
 
     Returns:
-        A 0-d tensor (``[B]`` with ``per_image`` and ``reduction='none'``) in the dtype of ``logits``.
+        A 0-d tensor (``[B]`` with ``per_image`` and ``reduction='none'``; ``[S]`` for scenes)
+        in the dtype of ``logits``.
 
     Example:
         >>> float(lovasz_hinge(tf.constant([[2.0, -1.0, 0.5]]), tf.constant([[1, 0, 1]])))
         0.25
     """
+    logits, labels, splits = _points(logits, labels, row_splits, "hinge", ("logits", "labels"))
     logits = _check_prediction(logits, "logits")
     labels = _check_labels(labels, "labels")
     s = tuple(logits.shape)
@@ -575,7 +949,8 @@ def lovasz_hinge(
     lab = tf.reshape(labels, layout)
     valid = None if ignore is None else lab != tf.cast(ignore, lab.dtype)
     _check_values(lab, (lab == 0) | (lab == 1), valid, "0 or 1", "labels")
-    loss = _hinge_classes(pred, lab == 1, valid, "all", per_image, False, None, reduction, margin, symmetric)
+    scenes = splits if per_image else None
+    loss = _hinge_classes(pred, lab == 1, valid, "all", per_image, False, None, reduction, margin, symmetric, scenes)
     return tf.cast(loss, logits.dtype)
 
 
@@ -592,6 +967,7 @@ def lovasz_multilabel(
     reduction: str = "mean",
     margin: str = "relu",
     symmetric: bool = False,
+    row_splits=None,
 ) -> tf.Tensor:
     r"""Multi-label Lovász loss: one binary Lovász loss per channel, averaged over channels.
 
@@ -605,9 +981,12 @@ def lovasz_multilabel(
         classes: ``'present'`` (channels with a positive target in the set), ``'all'`` or a list.
         per_image, ignore, weights, reduction: as in :func:`lovasz_softmax`.
         margin, symmetric: the hinge's variants, as in :func:`lovasz_hinge` (``from_logits`` only).
+        row_splits: ``[S + 1]``, the scenes of points-first ``logits [N, C]`` and ``targets [N, C]``;
+            or ragged ``[S, None, C]`` inputs instead. See :func:`lovasz_softmax`.
 
     Returns:
-        A 0-d tensor (``[B]`` with ``per_image`` and ``reduction='none'``) in the dtype of ``logits``.
+        A 0-d tensor (``[B]`` with ``per_image`` and ``reduction='none'``; ``[S]`` for scenes)
+        in the dtype of ``logits``.
 
     Example:
         >>> targets = tf.constant([[[1, 0], [0, 1]]])  # [B=1, N=2, C=2], channels-last
@@ -616,9 +995,10 @@ def lovasz_multilabel(
         >>> float(lovasz_multilabel(tf.constant([[[2.0, -3.0], [-1.0, 1.0]]]), targets))
         0.0
     """
+    logits, targets, splits = _points(logits, targets, row_splits, "multilabel", ("logits", "targets"))
     logits = _check_prediction(logits, "logits")
     targets = _check_labels(targets, "targets")
-    channels_last = _check_order(order)
+    channels_last = _check_points_order(order, splits)
 
     def channels_first(shape):
         shape = shape.as_list()
@@ -638,10 +1018,12 @@ def lovasz_multilabel(
     tgt = tf.reshape(targets, layout)
     valid = None if ignore is None else tgt != tf.cast(ignore, tgt.dtype)
     _check_values(tgt, (tgt == 0) | (tgt == 1), valid, "0 or 1", "targets")
+    scenes = splits if per_image else None
     if from_logits:
-        loss = _hinge_classes(pred, tgt == 1, valid, classes, per_image, channels_last, w, reduction, margin, symmetric)
+        options = (classes, per_image, channels_last, w, reduction, margin, symmetric, scenes)
+        loss = _hinge_classes(pred, tgt == 1, valid, *options)
     else:
-        loss = _lovasz_classes(pred, tgt == 1, valid, False, classes, per_image, channels_last, w, reduction)
+        loss = _lovasz_classes(pred, tgt == 1, valid, False, classes, per_image, channels_last, w, reduction, scenes)
     return tf.cast(loss, logits.dtype)
 
 
