@@ -370,6 +370,43 @@ def test_large_scenes_agree_on_every_path(monkeypatch):
         np.testing.assert_allclose(grad.numpy(), kernel_grad.numpy(), rtol=1e-5, atol=1e-8)
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_many_scenes(monkeypatch, mode):
+    """70 scenes, some empty: 7 bits of the packed key hold the scene under XLA."""
+    sizes = np.random.default_rng(27).integers(0, 12, 70)
+    x, y, splits = scene_data(3, seed=29, sizes=sizes.tolist())
+    y = np.where(y == IGNORE, IGNORE, np.minimum(y, 2))
+    options = dict(per_image=True, ignore=IGNORE, from_logits=True, reduction="none")
+    fn = lambda p, t, s: LT.lovasz_softmax(p, t, row_splits=s, **options)  # noqa: E731
+    args = (tf.constant(x, tf.float32), tf.constant(y), tf.constant(splits))
+    paths = Paths(monkeypatch, kernel=True)
+    got, grad = value_and_grad(fn, mode)(*args)
+    paths.check(mode, tf.float32)
+    expected = [
+        R.lovasz_softmax(softmax(x[run].astype(np.float32)).T[None], y[run][None], ignore=IGNORE)
+        if run.stop > run.start
+        else 0
+        for run in runs(splits)
+    ]
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-6)
+    dense = dense_scene_grads(
+        lambda p, t: LT.lovasz_softmax(p, t, **options), x.astype(np.float32), y, splits, np.ones(len(sizes))
+    )
+    np.testing.assert_allclose(grad.numpy(), dense, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16], ids=["float16", "bfloat16"])
+def test_half_precision_in_half_out(dtype):
+    x, y, splits = scene_data(4, seed=31)
+    y = np.where(y == IGNORE, IGNORE, np.minimum(y, 3))
+    options = dict(per_image=True, ignore=IGNORE, from_logits=True, reduction="none", row_splits=splits)
+    half = tf.cast(tf.constant(x, tf.float32), dtype)
+    got = LT.lovasz_softmax(half, y, **options)
+    assert got.dtype == dtype
+    expected = LT.lovasz_softmax(tf.cast(half, tf.float32), y, **options)
+    np.testing.assert_array_equal(got.numpy(), tf.cast(expected, dtype).numpy())
+
+
 def test_the_kernel_gives_a_gradient_to_tf_gradients_too():
     """Without a tape the kernel computes no gradient; tf.gradients then runs it again for one."""
     x, y, splits = scene_data(4, seed=25)

@@ -570,6 +570,8 @@ def _scene_packed_rows(errors: tf.Tensor, fg: tf.Tensor, valid: tf.Tensor | None
 
 
 def _scene_packed_sort(errors: tf.Tensor, fg: tf.Tensor, splits: tf.Tensor, scene_bits: int):
+    assert gen_xla_ops is not None  # _scene_sorted_losses checks it
+
     @tf.custom_gradient
     def packed(errors, fg, splits):
         num_rows, num_points = tf.shape(errors)[0], tf.shape(errors)[1]
