@@ -379,7 +379,8 @@ def _set_losses(
     if grad is None:
         return per_set, pred.new_empty(0)
     if ends is not None:  # each point's own scene's coefficients
-        grad.mul_(coefficient.index_select(0, scene_of_points(ends, num_pixels)).T)
+        counts = torch.diff(ends, prepend=ends.new_zeros(1))
+        grad.mul_(coefficient.T.repeat_interleave(counts, dim=1, output_size=num_pixels))  # [K, N], by runs
         scale = None
     else:
         scale = coefficient.unsqueeze(-1).expand(batch, num_rows, 1)  # d per_set / d row loss
