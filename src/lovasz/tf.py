@@ -50,10 +50,11 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Sequence
-from typing import Union
+from collections.abc import Callable, Sequence
+from typing import Any, Optional, TypeAlias, Union
 
 import numpy as np
+import numpy.typing as npt
 import tensorflow as tf
 
 from lovasz import _ckernel as C
@@ -81,12 +82,18 @@ __all__ = [
 ORDERS = ("BHWC", "BCHW")  # channels-last, channels-first; any number of spatial dims
 
 Classes = Union[str, Sequence[int]]
+# A tf.Tensor, NumPy array, nested list or number. TF ships no types, so to mypy this is Any, as tf.Tensor
+# is: the annotations document. (TypeAlias: else mypy takes an attribute of an untyped module for a variable.)
+TensorLike: TypeAlias = tf.types.experimental.TensorLike
+# Points of scenes may also come as a tf.RaggedTensor [S, None, ...], which is no TensorLike.
+TensorOrRagged: TypeAlias = Union[TensorLike, tf.RaggedTensor]
+Weights = Optional[Union[TensorLike, Sequence[float]]]
 
 
 # ----------------------------------------------------------------------------- checks
 
 
-def _to_tensor(x, name: str, what: str) -> tf.Tensor:
+def _to_tensor(x: Any, name: str, what: str) -> tf.Tensor:
     try:
         return tf.convert_to_tensor(x)
     except (TypeError, ValueError):
@@ -94,7 +101,7 @@ def _to_tensor(x, name: str, what: str) -> tf.Tensor:
         raise TypeError(f"{name} must be {what}; got {type(x).__name__}{dtype}") from None
 
 
-def _check_prediction(x, name: str) -> tf.Tensor:
+def _check_prediction(x: Any, name: str) -> tf.Tensor:
     x = _to_tensor(x, name, "a floating-point tensor")
     if not x.dtype.is_floating:
         raise TypeError(f"{name} must be a floating-point tensor; got dtype {x.dtype.name}")
@@ -103,7 +110,7 @@ def _check_prediction(x, name: str) -> tf.Tensor:
     return x
 
 
-def _check_labels(labels, name: str) -> tf.Tensor:
+def _check_labels(labels: Any, name: str) -> tf.Tensor:
     """Integer labels in a signed type that ``one_hot`` and the ``ignore`` comparison take; floats as they are.
 
     Float labels must hold whole numbers: the functions check that as they check the label range.
@@ -126,7 +133,7 @@ def _check_order(order: str) -> bool:
     return order == "BHWC"
 
 
-def _check_points_order(order: str, splits) -> bool:
+def _check_points_order(order: str, splits: tf.Tensor | None) -> bool:
     """:func:`_check_order`; points-first inputs of scenes are ``[N, C]``, channels-last."""
     channels_last = _check_order(order)
     if splits is not None and not channels_last:
@@ -149,7 +156,7 @@ def _check_values(labels: tf.Tensor, ok: tf.Tensor, valid: tf.Tensor | None, all
         )
 
 
-def _size(x: tf.Tensor, start: int, stop: int | None = None):
+def _size(x: tf.Tensor, start: int, stop: int | None = None) -> int | tf.Tensor:
     """The number of elements in dims ``start:stop`` of ``x``, for reshapes: TF infers no ``-1`` for an empty tensor."""
     n = x.shape[start:stop].num_elements()
     return n if n is not None else tf.reduce_prod(tf.shape(x)[start:stop])
@@ -160,7 +167,7 @@ def _compute_dtype(x: tf.Tensor) -> tf.DType:
     return tf.float64 if x.dtype == tf.float64 else tf.float32
 
 
-def _as_weights(weights, num_classes: int, dtype: tf.DType) -> tf.Tensor | None:
+def _as_weights(weights: Weights, num_classes: int, dtype: tf.DType) -> tf.Tensor | None:
     if weights is None:
         return None
     try:
@@ -232,7 +239,8 @@ def _packed_rows(errors: tf.Tensor, fg: tf.Tensor, valid: tf.Tensor | None) -> t
 
 
 @tf.custom_gradient
-def _packed_sort(errors: tf.Tensor, fg: tf.Tensor):
+def _packed_sort(errors: tf.Tensor, fg: tf.Tensor) -> tuple[tf.Tensor, Callable[[tf.Tensor], tuple[tf.Tensor, None]]]:
+    assert gen_xla_ops is not None  # _lovasz_rows checks it
     num_rows, num_pixels = tf.shape(errors)[0], tf.shape(errors)[1]
     bits = tf.bitwise.bitwise_and(tf.bitcast(errors, tf.int32), 0x7FFFFFFF)  # -0.0 and a negative NaN too
     high = tf.bitwise.left_shift(tf.cast(0x7FFFFFFF - bits, tf.int64), 32)
@@ -242,7 +250,7 @@ def _packed_sort(errors: tf.Tensor, fg: tf.Tensor):
     steps = _jaccard_steps(tf.cast(tf.bitwise.bitwise_and(key, 1), tf.int32), tf.float32)
     loss = tf.reduce_sum(errors_sorted * steps, axis=-1)
 
-    def backward(loss_cotangent):
+    def backward(loss_cotangent: tf.Tensor) -> tuple[tf.Tensor, None]:
         index = tf.cast(tf.bitwise.bitwise_and(tf.bitwise.right_shift(key, 1), 0x7FFFFFFF), tf.int64)
         index += tf.range(tf.cast(num_rows, tf.int64), dtype=tf.int64)[:, None] * tf.cast(num_pixels, tf.int64)
         grad = tf.where(errors_sorted > 0, steps * loss_cotangent[:, None], tf.zeros((), tf.float32))
@@ -266,7 +274,9 @@ def _rows(x: tf.Tensor, per_image: bool, channels_last: bool) -> tf.Tensor:
     return tf.reshape(x, [shape[0] * shape[1], shape[2]])  # no -1: the rows may be empty
 
 
-def _sorted_losses(pred, fg, valid, hinge: bool, per_image: bool, channels_last: bool):
+def _sorted_losses(
+    pred: tf.Tensor, fg: tf.Tensor, valid: tf.Tensor | None, hinge: bool, per_image: bool, channels_last: bool
+) -> tuple[tf.Tensor, tf.Tensor]:
     """Loss and presence ``[rows]`` of each row by a sort in TF: any dtype, any device, under XLA too."""
     if hinge:  # max(0, 1 - s x), the max taken after the sort
         errors = tf.where(fg, 1 - pred, 1 + pred)
@@ -284,7 +294,7 @@ _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else o
 _ALIGN = 64  # TF takes a returned array without a copy where it is this aligned
 
 
-def _aligned_empty(shape, dtype) -> np.ndarray:
+def _aligned_empty(shape: tuple[int, ...], dtype: npt.DTypeLike) -> np.ndarray:
     """An uninitialised C-contiguous array whose data starts on a ``_ALIGN``-byte boundary."""
     dtype = np.dtype(dtype)
     size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
@@ -293,15 +303,15 @@ def _aligned_empty(shape, dtype) -> np.ndarray:
     return raw[start : start + size].view(dtype).reshape(shape)
 
 
-def _host_rows(pred: np.ndarray, codes: np.ndarray, mode: int, need_grad: bool):
+def _host_rows(pred: np.ndarray, codes: np.ndarray, mode: int, need_grad: bool) -> tuple[np.ndarray, ...]:
     """The C kernel on ``[S, R, N]`` rows: loss ``[R]``, presence ``[R]`` and (``need_grad``) d loss_r / d pred."""
     grad = _aligned_empty(pred.shape, np.float32) if need_grad else None  # not pred: TF's input may share its buffer
     threads = tf.config.threading.get_intra_op_parallelism_threads() or _CORES  # 0: TF's default, every core
     loss, present = C.lovasz_rows(pred, codes, mode, grad, threads)
-    return (loss, present, grad) if need_grad else (loss, present)
+    return (loss, present) if grad is None else (loss, present, grad)
 
 
-def _host_call(pred: tf.Tensor, codes: tf.Tensor, mode: int, need_grad: bool):
+def _host_call(pred: tf.Tensor, codes: tf.Tensor, mode: int, need_grad: bool) -> list[tf.Tensor]:
     outputs = tf.numpy_function(
         functools.partial(_host_rows, mode=mode, need_grad=need_grad),
         [pred, codes],
@@ -314,7 +324,7 @@ def _host_call(pred: tf.Tensor, codes: tf.Tensor, mode: int, need_grad: bool):
     return outputs
 
 
-def _kernel_rows(pred: tf.Tensor, codes: tf.Tensor, mode: int):
+def _kernel_rows(pred: tf.Tensor, codes: tf.Tensor, mode: int) -> tuple[tf.Tensor, tf.Tensor]:
     """Loss ``[R]`` and presence ``[R]`` of the rows ``[:, r, :]`` of float32 ``pred [S, R, N]``, by the C kernel.
 
     Where a ``GradientTape`` watches ``pred``, the kernel returns the gradient with the
@@ -324,10 +334,10 @@ def _kernel_rows(pred: tf.Tensor, codes: tf.Tensor, mode: int):
     need_grad = record is None or record.should_record_backprop([pred])
 
     @tf.custom_gradient
-    def rows(pred, codes):
+    def rows(pred: tf.Tensor, codes: tf.Tensor) -> tuple[tuple[tf.Tensor, ...], Callable[..., tuple[tf.Tensor, None]]]:
         outputs = _host_call(pred, codes, mode, need_grad)
 
-        def backward(loss_cotangent, present_cotangent):
+        def backward(loss_cotangent: tf.Tensor, present_cotangent: tf.Tensor) -> tuple[tf.Tensor, None]:
             grad = outputs[2] if need_grad else _host_call(pred, codes, mode, True)[2]
             return grad * tf.reshape(loss_cotangent, [1, -1, 1]), None
 
@@ -336,7 +346,9 @@ def _kernel_rows(pred: tf.Tensor, codes: tf.Tensor, mode: int):
     return rows(pred, codes)
 
 
-def _kernel_losses(pred, fg, valid, hinge: bool, per_image: bool, channels_last: bool):
+def _kernel_losses(
+    pred: tf.Tensor, fg: tf.Tensor, valid: tf.Tensor | None, hinge: bool, per_image: bool, channels_last: bool
+) -> tuple[tf.Tensor, tf.Tensor]:
     """:func:`_sorted_losses` by the C kernel, on rows read in place from ``[B, K, N]``."""
     codes = tf.cast(fg, tf.uint8)
     if valid is not None:
@@ -348,7 +360,9 @@ def _kernel_losses(pred, fg, valid, hinge: bool, per_image: bool, channels_last:
     return _kernel_rows(tf.reshape(pred, layout), tf.reshape(codes, layout), C.HINGE if hinge else C.SOFTMAX)
 
 
-def _kernel_or_sort(pred, fg, valid, hinge: bool, per_image: bool, channels_last: bool):
+def _kernel_or_sort(
+    pred: tf.Tensor, fg: tf.Tensor, valid: tf.Tensor | None, hinge: bool, per_image: bool, channels_last: bool
+) -> tuple[tf.Tensor, tf.Tensor]:
     """The C kernel where the sizes fit its item format; chosen when run if they are not known when traced."""
     args = (pred, fg, valid, hinge, per_image, channels_last)
     size = pred.shape.num_elements()
@@ -365,7 +379,7 @@ def _in_xla() -> bool:
     TF marks such graphs with an XLA control-flow context (``OptionalXlaContext`` in
     ``tf.function``); a host callback cannot run in them.
     """
-    if control_flow_util is None:
+    if control_flow_util is None or tf_ops is None:  # imported together: both None or neither
         return True  # not known: as if it were
     return control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph())
 
@@ -409,7 +423,7 @@ def _shown(values: np.ndarray) -> str:
     return f"[{', '.join(map(str, listed[:8]))}, ..., {listed[-1]}] ({len(listed)} values)"
 
 
-def _check_row_splits(row_splits, num_points, pname: str) -> tf.Tensor:
+def _check_row_splits(row_splits: TensorLike, num_points: int | tf.Tensor, pname: str) -> tf.Tensor:
     """``row_splits`` as int64 ``[S + 1]``: 0, then each scene's end, rising to the number of points.
 
     Eagerly a bad value raises ``ValueError``; in a graph, ``tf.debugging`` asserts raise
@@ -442,7 +456,7 @@ def _check_row_splits(row_splits, num_points, pname: str) -> tf.Tensor:
     return splits
 
 
-def _from_ragged(prediction, labels, names: tuple[str, str]):
+def _from_ragged(prediction: Any, labels: Any, names: tuple[str, str]) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """The values and row splits of ragged ``[S, None, ...]`` inputs (the labels' splits must be the prediction's)."""
     pname, lname = names
     for x, name, other in ((prediction, pname, lname), (labels, lname, pname)):
@@ -470,7 +484,9 @@ def _from_ragged(prediction, labels, names: tuple[str, str]):
     return prediction.values, labels.values, splits
 
 
-def _points(prediction, labels, row_splits, kind: str, names: tuple[str, str]):
+def _points(
+    prediction: TensorOrRagged, labels: TensorOrRagged, row_splits: TensorLike | None, kind: str, names: tuple[str, str]
+) -> tuple[TensorOrRagged, TensorOrRagged, tf.Tensor | None]:
     """Points-first inputs of scenes (``row_splits=``, or ragged ``[S, None, ...]``) with a batch
     axis of one (``[1, N, C]`` / ``[1, N]``) and their row splits (int64 ``[S + 1]``); other
     inputs as they are, with None."""
@@ -504,7 +520,7 @@ def _points(prediction, labels, row_splits, kind: str, names: tuple[str, str]):
     return tf.expand_dims(prediction, 0), tf.expand_dims(labels, 0), row_splits  # (x[None]'s gradient copies)
 
 
-def _scene_of_points(splits: tf.Tensor, num_points) -> tf.Tensor:
+def _scene_of_points(splits: tf.Tensor, num_points: int | tf.Tensor) -> tf.Tensor:
     """Each point's scene ``[N]`` (int32): the ``s`` with ``splits[s] <= n < splits[s + 1]``, as the
     count of inner splits at or before ``n`` (a scatter and a cumsum: no sort, XLA compiles it)."""
     inner = splits[1:-1]
@@ -512,7 +528,9 @@ def _scene_of_points(splits: tf.Tensor, num_points) -> tf.Tensor:
     return tf.cumsum(marks)[:-1]
 
 
-def _scene_jaccard_steps(fg_sorted: tf.Tensor, dtype: tf.DType, splits: tf.Tensor, scene: tf.Tensor):
+def _scene_jaccard_steps(
+    fg_sorted: tf.Tensor, dtype: tf.DType, splits: tf.Tensor, scene: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
     """:func:`_jaccard_steps` within each scene's run of ``fg_sorted [K, N]``; also each (class, scene)'s
     foreground count ``[K, S]``."""
     running = tf.pad(tf.cumsum(fg_sorted, axis=-1), [[0, 0], [1, 0]])  # [:, i]: foreground among the first i
@@ -528,14 +546,16 @@ def _scene_jaccard_steps(fg_sorted: tf.Tensor, dtype: tf.DType, splits: tf.Tenso
     return tf.where(k == 1, 1 - intersection / union, steps), gts_scene  # J(1); the formula divides by U(0)
 
 
-def _scene_sums(values: tf.Tensor, scene: tf.Tensor, num_scenes) -> tf.Tensor:
+def _scene_sums(values: tf.Tensor, scene: tf.Tensor, num_scenes: int | tf.Tensor) -> tf.Tensor:
     """Sums ``[S, K]`` of each scene's points in ``values [K, N]``, accumulated in float64 (a scene's
     sum of many float32 terms stays as exact as the dense loss's)."""
     sums = tf.math.unsorted_segment_sum(tf.transpose(tf.cast(values, tf.float64)), scene, num_scenes)
     return tf.cast(sums, values.dtype)
 
 
-def _scene_sorted_rows(errors: tf.Tensor, fg: tf.Tensor, valid: tf.Tensor | None, splits: tf.Tensor):
+def _scene_sorted_rows(
+    errors: tf.Tensor, fg: tf.Tensor, valid: tf.Tensor | None, splits: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
     """Loss and presence ``[S, K]`` of the scenes' runs of ``errors [K, N]`` by ``top_k``: any dtype and device.
 
     No integer key holds a float64 error and a scene: the rows are sorted by error, then stably
@@ -555,7 +575,9 @@ def _scene_sorted_rows(errors: tf.Tensor, fg: tf.Tensor, valid: tf.Tensor | None
     return loss, tf.transpose(gts > 0)
 
 
-def _scene_packed_rows(errors: tf.Tensor, fg: tf.Tensor, valid: tf.Tensor | None, splits: tf.Tensor, scene_bits: int):
+def _scene_packed_rows(
+    errors: tf.Tensor, fg: tf.Tensor, valid: tf.Tensor | None, splits: tf.Tensor, scene_bits: int
+) -> tuple[tf.Tensor, tf.Tensor]:
     """:func:`_scene_sorted_rows` for float32 under XLA: one sort of one int64 key per point, no gather.
 
     The key of :func:`_packed_rows` with the scene above it: ``scene << (63 - b) | (0x7fffffff -
@@ -569,11 +591,15 @@ def _scene_packed_rows(errors: tf.Tensor, fg: tf.Tensor, valid: tf.Tensor | None
     return _scene_packed_sort(errors, tf.cast(fg, tf.int64), splits, scene_bits)
 
 
-def _scene_packed_sort(errors: tf.Tensor, fg: tf.Tensor, splits: tf.Tensor, scene_bits: int):
+def _scene_packed_sort(
+    errors: tf.Tensor, fg: tf.Tensor, splits: tf.Tensor, scene_bits: int
+) -> tuple[tf.Tensor, tf.Tensor]:
     assert gen_xla_ops is not None  # _scene_sorted_losses checks it
 
     @tf.custom_gradient
-    def packed(errors, fg, splits):
+    def packed(
+        errors: tf.Tensor, fg: tf.Tensor, splits: tf.Tensor
+    ) -> tuple[tuple[tf.Tensor, tf.Tensor], Callable[..., tuple[tf.Tensor, None, None]]]:
         num_rows, num_points = tf.shape(errors)[0], tf.shape(errors)[1]
         scene = _scene_of_points(splits, num_points)
         bits = tf.bitwise.bitwise_and(tf.bitcast(errors, tf.int32), 0x7FFFFFFF)
@@ -588,7 +614,7 @@ def _scene_packed_sort(errors: tf.Tensor, fg: tf.Tensor, splits: tf.Tensor, scen
         num_scenes = tf.shape(splits)[0] - 1
         loss = _scene_sums(errors_sorted * steps, scene, num_scenes)
 
-        def backward(loss_cotangent, present_cotangent):
+        def backward(loss_cotangent: tf.Tensor, present_cotangent: tf.Tensor) -> tuple[tf.Tensor, None, None]:
             index = tf.bitwise.bitwise_and(tf.bitwise.right_shift(key, 1), (1 << (31 - scene_bits)) - 1)
             index += tf.range(tf.cast(num_rows, tf.int64), dtype=tf.int64)[:, None] * tf.cast(num_points, tf.int64)
             cotangent = tf.transpose(tf.gather(loss_cotangent, scene))  # [K, N]: each point's scene's
@@ -602,7 +628,9 @@ def _scene_packed_sort(errors: tf.Tensor, fg: tf.Tensor, splits: tf.Tensor, scen
     return packed(errors, fg, splits)
 
 
-def _host_scene_rows(pred: np.ndarray, codes: np.ndarray, splits: np.ndarray, mode: int, need_grad: bool):
+def _host_scene_rows(
+    pred: np.ndarray, codes: np.ndarray, splits: np.ndarray, mode: int, need_grad: bool
+) -> tuple[np.ndarray, ...]:
     """The C kernel on points-first rows ``pred [K, N]``: loss ``[S, K]``, presence ``[S, K]`` and
     (``need_grad``) d loss / d pred with each point's scene ``[N]`` (int32), for backward.
     Checks the splits again: a graph may run it before its asserts."""
@@ -618,12 +646,14 @@ def _host_scene_rows(pred: np.ndarray, codes: np.ndarray, splits: np.ndarray, mo
     else:
         threads = tf.config.threading.get_intra_op_parallelism_threads() or _CORES
         outputs = C.lovasz_scene_rows(pred, codes, splits[1:], mode, grad, threads)
-    if not need_grad:
+    if grad is None:  # not need_grad
         return outputs
     return (*outputs, grad, np.repeat(np.arange(num_scenes, dtype=np.int32), np.diff(splits)))
 
 
-def _host_scene_call(pred: tf.Tensor, codes: tf.Tensor, splits: tf.Tensor, mode: int, need_grad: bool):
+def _host_scene_call(
+    pred: tf.Tensor, codes: tf.Tensor, splits: tf.Tensor, mode: int, need_grad: bool
+) -> list[tf.Tensor]:
     outputs = tf.numpy_function(
         functools.partial(_host_scene_rows, mode=mode, need_grad=need_grad),
         [pred, codes, splits],
@@ -637,7 +667,9 @@ def _host_scene_call(pred: tf.Tensor, codes: tf.Tensor, splits: tf.Tensor, mode:
     return outputs
 
 
-def _scene_kernel_rows(pred: tf.Tensor, codes: tf.Tensor, splits: tf.Tensor, mode: int, points_first: bool):
+def _scene_kernel_rows(
+    pred: tf.Tensor, codes: tf.Tensor, splits: tf.Tensor, mode: int, points_first: bool
+) -> tuple[tf.Tensor, tf.Tensor]:
     """Loss and presence ``[S, K]`` of float32 rows ``pred [K, N]`` (``points_first``: ``[N, K]``) by the
     C kernel (``lovasz_scene_rows_f32``: each (scene, class) run of a row sorted on its own), with the
     gradient in the same pass where a ``GradientTape`` watches ``pred``, as :func:`_kernel_rows`.
@@ -646,11 +678,13 @@ def _scene_kernel_rows(pred: tf.Tensor, codes: tf.Tensor, splits: tf.Tensor, mod
     need_grad = record is None or record.should_record_backprop([pred])
 
     @tf.custom_gradient
-    def rows(pred, codes, splits):
+    def rows(
+        pred: tf.Tensor, codes: tf.Tensor, splits: tf.Tensor
+    ) -> tuple[tuple[tf.Tensor, ...], Callable[..., tuple[tf.Tensor, None, None]]]:
         class_rows = tf.transpose(pred) if points_first else pred
         outputs = _host_scene_call(class_rows, codes, splits, mode, need_grad)
 
-        def backward(loss_cotangent, present_cotangent):
+        def backward(loss_cotangent: tf.Tensor, present_cotangent: tf.Tensor) -> tuple[tf.Tensor, None, None]:
             grad, scene = outputs[2:] if need_grad else _host_scene_call(class_rows, codes, splits, mode, True)[2:]
             cotangent = tf.gather(loss_cotangent, scene)  # [N, K]: a gather of rows (along axis 1: slower)
             if points_first:
@@ -662,13 +696,15 @@ def _scene_kernel_rows(pred: tf.Tensor, codes: tf.Tensor, splits: tf.Tensor, mod
     return rows(pred, codes, splits)
 
 
-def _scene_losses(pred, fg, valid, hinge: bool, channels_last: bool, splits: tf.Tensor):
+def _scene_losses(
+    pred: tf.Tensor, fg: tf.Tensor, valid: tf.Tensor | None, hinge: bool, channels_last: bool, splits: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
     """Loss and presence ``[S, K]`` of each (scene, class) of points-first ``pred [1, N, K]`` (or ``[1, K, N]``)."""
     pred, fg = tf.squeeze(pred, 0), tf.squeeze(fg, 0)  # (x[0]'s gradient would copy)
     valid = None if valid is None else tf.squeeze(valid, 0)
     rows = tf.transpose if channels_last else tf.identity  # [K, N]: a class's row of every point
 
-    def sort():
+    def sort() -> tuple[tf.Tensor, tf.Tensor]:
         return _scene_sorted_losses(rows(pred), rows(fg), None if valid is None else rows(valid), hinge, splits)
 
     if _use_kernel(pred) and C.scene_kernel() is not None:
@@ -684,7 +720,9 @@ def _scene_losses(pred, fg, valid, hinge: bool, channels_last: bool, splits: tf.
     return sort()
 
 
-def _scene_sorted_losses(pred, fg, valid, hinge: bool, splits: tf.Tensor):
+def _scene_sorted_losses(
+    pred: tf.Tensor, fg: tf.Tensor, valid: tf.Tensor | None, hinge: bool, splits: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
     """:func:`_scene_losses` by a sort in TF: XLA's sort of packed keys (float32 under XLA on a CPU), else top_k."""
     if hinge:  # max(0, 1 - s x), the max taken after the sort
         errors = tf.where(fg, 1 - pred, 1 + pred)
@@ -712,11 +750,11 @@ def _scene_sorted_losses(pred, fg, valid, hinge: bool, splits: tf.Tensor):
 
 
 def _lovasz_classes(
-    pred,
-    fg,
-    valid,
+    pred: tf.Tensor,
+    fg: tf.Tensor,
+    valid: tf.Tensor | None,
     hinge: bool,
-    classes,
+    classes: str | tuple[int, ...],
     per_image: bool,
     channels_last: bool,
     weights: tf.Tensor | None,
@@ -759,17 +797,17 @@ def _lovasz_classes(
 
 
 def lovasz_softmax(
-    probas,
-    labels,
+    probas: TensorOrRagged,
+    labels: TensorOrRagged,
     classes: Classes = "present",
     per_image: bool = False,
     ignore: int | None = None,
     order: str = "BHWC",
     *,
     from_logits: bool = False,
-    weights=None,
+    weights: Weights = None,
     reduction: str = "mean",
-    row_splits=None,
+    row_splits: TensorLike | None = None,
 ) -> tf.Tensor:
     r"""Multi-class Lovász-Softmax loss: a convex surrogate of ``1 - IoU`` averaged over classes.
 
@@ -871,13 +909,13 @@ def lovasz_softmax(
 
 
 def _hinge_classes(
-    pred,
-    fg,
-    valid,
-    classes,
+    pred: tf.Tensor,
+    fg: tf.Tensor,
+    valid: tf.Tensor | None,
+    classes: str | tuple[int, ...],
     per_image: bool,
     channels_last: bool,
-    weights,
+    weights: tf.Tensor | None,
     reduction: str,
     margin: str,
     symmetric: bool,
@@ -898,15 +936,15 @@ def _hinge_classes(
 
 
 def lovasz_hinge(
-    logits,
-    labels,
+    logits: TensorOrRagged,
+    labels: TensorOrRagged,
     per_image: bool = True,
     ignore: int | None = None,
     *,
     reduction: str = "mean",
     margin: str = "relu",
     symmetric: bool = False,
-    row_splits=None,
+    row_splits: TensorLike | None = None,
 ) -> tf.Tensor:
     r"""Binary Lovász hinge loss: a convex surrogate of ``1 - IoU`` of the foreground.
 
@@ -957,19 +995,19 @@ def lovasz_hinge(
 
 
 def lovasz_multilabel(
-    logits,
-    targets,
+    logits: TensorOrRagged,
+    targets: TensorOrRagged,
     classes: Classes = "present",
     per_image: bool = True,
     ignore: int | None = None,
     order: str = "BHWC",
     *,
     from_logits: bool = True,
-    weights=None,
+    weights: Weights = None,
     reduction: str = "mean",
     margin: str = "relu",
     symmetric: bool = False,
-    row_splits=None,
+    row_splits: TensorLike | None = None,
 ) -> tf.Tensor:
     r"""Multi-label Lovász loss: one binary Lovász loss per channel, averaged over channels.
 
@@ -1002,11 +1040,14 @@ def lovasz_multilabel(
     targets = _check_labels(targets, "targets")
     channels_last = _check_points_order(order, splits)
 
-    def channels_first(shape):
+    def channels_first(shape: tf.TensorShape) -> list[int | None]:
         shape = shape.as_list()
         return shape[:1] + shape[-1:] + shape[1:-1] if channels_last and len(shape) >= 2 else shape
 
-    num_classes = V.multilabel_layout(channels_first(logits.shape), channels_first(targets.shape))
+    # TF's static dims are None where unknown when traced; multilabel_layout takes known dims only (an unknown
+    # channel dim ends there in a bare TypeError, int(None); lovasz_softmax's softmax_layout does the same).
+    shapes = channels_first(logits.shape), channels_first(targets.shape)
+    num_classes = V.multilabel_layout(*shapes)  # type: ignore[arg-type]
     classes = V.check_classes(classes, num_classes)
     ignore = V.check_ignore(ignore)
     reduction = V.check_reduction(reduction)
@@ -1032,7 +1073,7 @@ def lovasz_multilabel(
 # ----------------------------------------------------------------------------- the original's flat API
 
 
-def lovasz_grad(gt_sorted) -> tf.Tensor:
+def lovasz_grad(gt_sorted: TensorLike) -> tf.Tensor:
     """Gradient of the Lovász extension w.r.t. errors sorted in decreasing order (Algorithm 1).
 
     ``gt_sorted`` is ``[P]`` 0/1 ground truth in the order of the sorted errors; the
@@ -1049,7 +1090,9 @@ def lovasz_grad(gt_sorted) -> tf.Tensor:
     return _jaccard_steps(tf.cast(tf.round(tf.cast(gt_sorted, dtype)), tf.int32), dtype)
 
 
-def flatten_probas(probas, labels, ignore: int | None = None, order: str = "BHWC"):
+def flatten_probas(
+    probas: TensorLike, labels: TensorLike, ignore: int | None = None, order: str = "BHWC"
+) -> tuple[tf.Tensor, tf.Tensor]:
     """Flatten probas to ``[P, C]`` and labels to ``[P]``, removing pixels labelled ``ignore``.
 
     As in the original (a data-dependent shape: the losses themselves mask instead).
@@ -1073,7 +1116,9 @@ def flatten_probas(probas, labels, ignore: int | None = None, order: str = "BHWC
     return tf.boolean_mask(probas, valid), tf.boolean_mask(labels, valid)
 
 
-def flatten_binary_scores(scores, labels, ignore: int | None = None):
+def flatten_binary_scores(
+    scores: TensorLike, labels: TensorLike, ignore: int | None = None
+) -> tuple[tf.Tensor, tf.Tensor]:
     """Flatten scores and labels to ``[P]``, removing pixels labelled ``ignore``, as in the original.
 
     Example:
@@ -1089,7 +1134,7 @@ def flatten_binary_scores(scores, labels, ignore: int | None = None):
     return tf.boolean_mask(scores, valid), tf.boolean_mask(labels, valid)
 
 
-def lovasz_softmax_flat(probas, labels, classes: Classes = "present") -> tf.Tensor:
+def lovasz_softmax_flat(probas: TensorLike, labels: TensorLike, classes: Classes = "present") -> tf.Tensor:
     """Lovász-Softmax of flat ``probas [P, C]`` (or sigmoid ``[P]``) against ``labels [P]``.
 
     Example:
@@ -1101,7 +1146,7 @@ def lovasz_softmax_flat(probas, labels, classes: Classes = "present") -> tf.Tens
     return lovasz_softmax(probas[None], labels[None], classes=classes, per_image=False)
 
 
-def lovasz_hinge_flat(logits, labels) -> tf.Tensor:
+def lovasz_hinge_flat(logits: TensorLike, labels: TensorLike) -> tf.Tensor:
     """Lovász hinge of flat ``logits [P]`` against 0/1 ``labels [P]``.
 
     Example:
