@@ -494,6 +494,18 @@ def test_tf_has_no_map_fn_and_traces_once_per_shape():
     assert fn.experimental_get_tracing_count() == 1
 
 
+def test_tf_unknown_class_axis_when_traced_is_a_clear_error():
+    tf = require("tensorflow")
+    LTF = require("lovasz.tf")
+    unknown = tf.TensorSpec([None, None, None])
+    softmax = tf.function(LTF.lovasz_softmax, input_signature=[unknown, tf.TensorSpec([None, None], tf.int32)])
+    with pytest.raises(ValueError, match="the class axis of probas must be known when the function is traced"):
+        softmax(tf.ones((1, 3, 4)), tf.zeros((1, 4), tf.int32))
+    multilabel = tf.function(LTF.lovasz_multilabel, input_signature=[unknown, tf.TensorSpec([None, None, None])])
+    with pytest.raises(ValueError, match="the class axis of logits must be known when the function is traced"):
+        multilabel(tf.ones((1, 3, 4)), tf.zeros((1, 3, 4)))
+
+
 @pytest.mark.parametrize(
     "module,others",
     [

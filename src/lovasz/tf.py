@@ -423,6 +423,15 @@ def _shown(values: np.ndarray) -> str:
     return f"[{', '.join(map(str, listed[:8]))}, ..., {listed[-1]}] ({len(listed)} values)"
 
 
+def _check_known_classes(channels: int | None, name: str, shape: tf.TensorShape) -> None:
+    """The class count is a static dimension: a ``tf.function`` traced with it unknown can't be served."""
+    if channels is None:
+        raise ValueError(
+            f"the class axis of {name} must be known when the function is traced (give the input_signature "
+            f"a class dimension); got shape {shape}"
+        )
+
+
 def _check_row_splits(row_splits: TensorLike, num_points: int | tf.Tensor, pname: str) -> tf.Tensor:
     """``row_splits`` as int64 ``[S + 1]``: 0, then each scene's end, rising to the number of points.
 
@@ -871,6 +880,8 @@ def lovasz_softmax(
         labels = tf.squeeze(labels, -1)  # [B, *spatial, 1], as Keras gives sparse labels
     if probas.shape.rank == labels.shape.rank + 1 and probas.shape[channel_axis] == 1:
         probas = tf.squeeze(probas, channel_axis)  # one channel: the foreground probability
+    if probas.shape.rank == labels.shape.rank + 1:
+        _check_known_classes(probas.shape[channel_axis], "probas", probas.shape)
     sigmoid, num_classes = V.softmax_layout(probas.shape, labels.shape, channel_axis)
     classes = V.check_classes(classes, num_classes)
     ignore = V.check_ignore(ignore)
@@ -1044,10 +1055,10 @@ def lovasz_multilabel(
         shape = shape.as_list()
         return shape[:1] + shape[-1:] + shape[1:-1] if channels_last and len(shape) >= 2 else shape
 
-    # TF's static dims are None where unknown when traced; multilabel_layout takes known dims only (an unknown
-    # channel dim ends there in a bare TypeError, int(None); lovasz_softmax's softmax_layout does the same).
     shapes = channels_first(logits.shape), channels_first(targets.shape)
-    num_classes = V.multilabel_layout(*shapes)  # type: ignore[arg-type]
+    if len(shapes[0]) >= 2:
+        _check_known_classes(shapes[0][1], "logits", logits.shape)
+    num_classes = V.multilabel_layout(*shapes)  # type: ignore[arg-type]  # the class dim is known (checked)
     classes = V.check_classes(classes, num_classes)
     ignore = V.check_ignore(ignore)
     reduction = V.check_reduction(reduction)
