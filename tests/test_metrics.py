@@ -88,3 +88,22 @@ def test_per_class_image_miou_by_hand():
     meter.update(pred[:1], target[:1])
     meter.update(pred[1:], target[1:])
     assert meter.compute()["per_class_image_miou"] == pytest.approx(5 / 8)
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_an_image_or_class_without_iou_is_left_out_of_the_means(kind):
+    """An all-ignored image has no IoU (no class occurs): it is not a 0 in the mean over images;
+    a class that occurs in no image is not a 0 in the mean over classes."""
+    pred = np.array([[0, 1, 1, 1], [0, 0, 2, 2]])
+    target = np.array([[0, 1, 1, 0], [255, 255, 255, 255]])
+    as_kind = (lambda x: dev(torch.as_tensor(x))) if kind == "torch" else (lambda x: x)
+    image_0 = (1 / 2 + 2 / 3) / 2  # class 0: 1/2, class 1: 2/3; classes 2 and 3 occur nowhere
+    assert float(M.per_image_miou(as_kind(pred), as_kind(target), 4, ignore_index=255)) == pytest.approx(image_0)
+    assert float(M.per_class_image_miou(as_kind(pred), as_kind(target), 4, 255)) == pytest.approx(image_0)
+    meter = M.IoUMeter(4, ignore_index=255)
+    meter.update(as_kind(pred), as_kind(target))
+    result = meter.compute()
+    assert result["per_image_miou"] == pytest.approx(image_0)
+    assert result["per_class_image_miou"] == pytest.approx(image_0)
+    only_ignored = as_kind(target[1:])
+    assert float(M.per_image_miou(as_kind(pred[1:]), only_ignored, 4, ignore_index=255)) == 0.0

@@ -112,15 +112,17 @@ def _ratio(intersection: Array, union: Array) -> Array:
         return np.where(union > 0, intersection / np.maximum(union, 1), np.nan)
 
 
-def _nanmean(x: Array, axis: int | None = None) -> Array:
+def _nanmean(x: Array, axis: int | None = None, empty: float = 0.0) -> Array:
+    """The mean of the non-NaN entries; ``empty`` where there is none (NaN: left out of an outer mean)."""
     if _is_torch(x):
         import torch
 
-        out = x.nanmean() if axis is None else x.nanmean(axis)
-        return torch.nan_to_num(out, nan=0.0)
+        count = (~x.isnan()).sum() if axis is None else (~x.isnan()).sum(axis)
+        out = x.nan_to_num(0.0).sum() if axis is None else x.nan_to_num(0.0).sum(axis)
+        return torch.where(count > 0, out / count.clamp_min(1), empty)
     with np.errstate(invalid="ignore"):
         count = np.sum(~np.isnan(x), axis=axis)
-        return np.where(count > 0, np.nansum(x, axis=axis) / np.maximum(count, 1), 0.0)
+        return np.where(count > 0, np.nansum(x, axis=axis) / np.maximum(count, 1), empty)
 
 
 @overload
@@ -190,7 +192,7 @@ def per_image_miou(pred: Array, target: Array, num_classes: int, ignore_index: i
         0.7917
     """
     inter, union = _counts(pred, target, num_classes, ignore_index)
-    return _nanmean(_nanmean(_ratio(inter, union), axis=1))
+    return _nanmean(_nanmean(_ratio(inter, union), axis=1, empty=np.nan))  # an all-ignored image counts nowhere
 
 
 @overload
@@ -214,7 +216,7 @@ def per_class_image_miou(pred: Array, target: Array, num_classes: int, ignore_in
         0.8056
     """
     inter, union = _counts(pred, target, num_classes, ignore_index)
-    return _nanmean(_nanmean(_ratio(inter, union), axis=0))
+    return _nanmean(_nanmean(_ratio(inter, union), axis=0, empty=np.nan))  # a class in no image counts nowhere
 
 
 def _nansum0(x: Array) -> Array:
@@ -263,7 +265,7 @@ class IoUMeter:
         """Forget every count: the next ``compute()`` needs an ``update()`` first."""
         # One float64 vector (exact for counts below 2**53), so a rank sync is one all_reduce:
         # intersection [C], union [C], per-class image IoU sums [C], per-class image counts [C],
-        # then the sum of per-image mIoU, the image count, correct pixels and valid pixels.
+        # then the sum of per-image mIoU, the count of images with a valid pixel, correct pixels and valid pixels.
         self.state: Array | None = None
 
     def update(self, pred: Array, target: Array) -> None:
@@ -274,7 +276,9 @@ class IoUMeter:
         valid: Any = target != self.ignore_index if self.ignore_index is not None else target == target
         occurs = (~image_class.isnan()).sum(0) if _is_torch(image_class) else (~np.isnan(image_class)).sum(0)
         counts = [inter.sum(0), union.sum(0), _nansum0(image_class), occurs]
-        scalars = [_nanmean(image_class, axis=1).sum(), inter.shape[0], ((pred == target) & valid).sum(), valid.sum()]
+        image_miou = _nanmean(image_class, axis=1, empty=np.nan)  # NaN: an image with no valid pixel, left out
+        scored = ~image_miou.isnan() if _is_torch(image_miou) else ~np.isnan(image_miou)
+        scalars = [_nansum0(image_miou), scored.sum(), ((pred == target) & valid).sum(), valid.sum()]
         batch = _float64_vector(counts + scalars, like=image_class)
         self.state = batch if self.state is None else self.state + batch
 
