@@ -74,7 +74,7 @@ def scene_kernel() -> Callable[..., int] | None:
     except AttributeError:  # a kernel built from an older source: the sort path takes scenes
         return None
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    function.argtypes = [ptr, ptr, ptr, i64, i64, ptr, ctypes.c_int, i64, i64, ptr, ptr]
+    function.argtypes = [ptr, ptr, ptr, i64, i64, ptr, ctypes.c_int, ctypes.c_int, i64, i64, ptr, ptr]
     function.restype = ctypes.c_int
     return function
 
@@ -166,12 +166,16 @@ def lovasz_rows(
     return loss, present
 
 
-def _run_rows(function, args: tuple, loss: np.ndarray, present: np.ndarray, threads: int, what: str) -> None:
-    """``function(*args, row_begin, row_end, loss, present)`` over every row, in blocks on the threads."""
+def _run_rows(
+    function, args: tuple, loss: np.ndarray, present: np.ndarray, threads: int, what: str, unit: int = 1
+) -> None:
+    """``function(*args, row_begin, row_end, loss, present)`` over every row, in blocks on the threads;
+    each block a whole number of ``unit`` rows."""
     num_rows = loss.size
     outputs = (loss.ctypes.data, present.ctypes.data)
-    workers = max(min(threads, num_rows), 1)
-    bounds = [num_rows * w // workers for w in range(workers + 1)]
+    units = num_rows // unit
+    workers = max(min(threads, units), 1)
+    bounds = [units * w // workers * unit for w in range(workers + 1)]
     blocks = list(zip(bounds[:-1], bounds[1:]))
     status = _run_blocks(lambda block: function(*args, *block, *outputs), blocks, workers)
     if any(status):
@@ -179,24 +183,33 @@ def _run_rows(function, args: tuple, loss: np.ndarray, present: np.ndarray, thre
 
 
 def lovasz_scene_rows(
-    pred: np.ndarray, codes: np.ndarray, ends: np.ndarray, mode: int, grad: np.ndarray | None, threads: int
+    pred: np.ndarray,
+    codes: np.ndarray,
+    ends: np.ndarray,
+    mode: int,
+    grad: np.ndarray | None,
+    threads: int,
+    points_first: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Loss and presence ``[S, K]`` of each (scene, class) row of points-first sets.
+    """Loss and presence ``[S, K]`` of each (scene, class) row of sets of points.
 
-    ``pred [K, N]`` (float32) and ``codes`` hold each class's row of all points; scene
+    ``codes [K, N]`` (uint8) hold each class's row of all points, ``pred`` (float32) the
+    same as ``[K, N]``, or ``[N, K]`` with ``points_first`` (read where they lie); scene
     ``s`` is points ``[ends[s - 1], ends[s])``. Writes d loss / d pred into ``grad``
-    (C-contiguous float32 like ``pred``) if given.
+    (C-contiguous float32 shaped like ``pred``, possibly ``pred`` itself) if given.
     """
-    num_classes, num_points = pred.shape
+    num_classes, num_points = codes.shape
     ends = np.ascontiguousarray(ends, dtype=np.int64)
     if ends.size and (ends[0] < 0 or np.any(np.diff(ends) < 0) or ends[-1] > num_points):
         raise ValueError(f"scene ends must rise from 0 to at most {num_points}; got {ends.tolist()}")
     pred, codes = np.ascontiguousarray(pred), np.ascontiguousarray(codes)
+    assert pred.shape == ((num_points, num_classes) if points_first else (num_classes, num_points))
     assert grad is None or (grad.flags.c_contiguous and grad.shape == pred.shape and grad.dtype == np.float32)
     num_rows = ends.size * num_classes
     loss = np.empty(num_rows, np.float32)
     present = np.empty(num_rows, np.bool_)
     args = (pred.ctypes.data, codes.ctypes.data, None if grad is None else grad.ctypes.data)
-    args += (num_classes, num_points, ends.ctypes.data, mode)
-    _run_rows(scene_kernel(), args, loss, present, threads, f"{num_points} points")
+    args += (num_classes, num_points, ends.ctypes.data, int(points_first), mode)
+    # points first: blocks of whole scenes (a scene's points are read, transposed, before its gradient is written)
+    _run_rows(scene_kernel(), args, loss, present, threads, f"{num_points} points", num_classes if points_first else 1)
     return loss.reshape(-1, num_classes), present.reshape(-1, num_classes)

@@ -252,27 +252,70 @@ EXPORT int lovasz_rows_f32(const float *pred, const uint8_t *codes, float *grad,
     return failed ? -1 : 0;
 }
 
-/* Rows [row_begin, row_end) of points-first sets ("scenes", e.g. the point clouds of a batch):
- * `pred` is [classes, n], scene s holds points [ends[s - 1], ends[s]) (ends[-1] = 0), and row
- * r is (scene r / classes, class r % classes), a run of that scene's points in its class's row.
- * The caller checks that 0 <= ends[0] <= ... <= ends[scenes - 1] <= n. Writes loss[r],
- * present[r] and, if grad is not NULL, the gradient in pred's layout.
- * Returns 0, or -1 if scratch memory could not be allocated. */
+/* dst[j][i] = src[i][j] for a rows x cols block (row strides src_stride, dst_stride), a tile at a time
+ * so that both sides stay in cache. */
+static void transpose_f32(const float *src, float *dst, int64_t rows, int64_t cols, int64_t src_stride,
+                          int64_t dst_stride) {
+    enum { TILE = 32 };
+    for (int64_t i0 = 0; i0 < rows; i0 += TILE) {
+        const int64_t i1 = i0 + TILE < rows ? i0 + TILE : rows;
+        for (int64_t j0 = 0; j0 < cols; j0 += TILE) {
+            const int64_t j1 = j0 + TILE < cols ? j0 + TILE : cols;
+            for (int64_t i = i0; i < i1; i++)
+                for (int64_t j = j0; j < j1; j++) dst[j * dst_stride + i] = src[i * src_stride + j];
+        }
+    }
+}
+
+/* Rows [row_begin, row_end) of sets of points ("scenes", e.g. the point clouds of a batch):
+ * scene s holds points [ends[s - 1], ends[s]) (ends[-1] = 0), and row r is (scene r / classes,
+ * class r % classes), that scene's run of points in its class. `codes` is [classes, n]; `pred`
+ * and `grad` are [classes, n], or [n, classes] with points_first: then each scene's block of
+ * points is transposed into a scratch buffer once (its rows contiguous there), and its gradient
+ * transposed back, a tile at a time, in place of two transposed copies of the whole input.
+ * The caller checks that 0 <= ends[0] <= ... <= ends[scenes - 1] <= n; with points_first and
+ * grad == pred, [row_begin, row_end) covers whole scenes (a scene's points are all read before
+ * its gradient is written). Writes loss[r], present[r] and, if grad is not NULL, the gradient in
+ * pred's layout. Returns 0, or -1 if scratch memory could not be allocated. */
 EXPORT int lovasz_scene_rows_f32(const float *pred, const uint8_t *codes, float *grad, int64_t classes, int64_t n,
-                                 const int64_t *ends, int mode, int64_t row_begin, int64_t row_end, float *loss,
-                                 uint8_t *present) {
+                                 const int64_t *ends, int points_first, int mode, int64_t row_begin, int64_t row_end,
+                                 float *loss, uint8_t *present) {
     uint64_t *items = malloc((size_t)(n + 1) * sizeof *items); /* + 1: a slot for the pixels left out */
     uint64_t *tmp = NULL;
-    int64_t tmp_size = 0;
+    float *block = NULL; /* points_first: the current scene's points, [classes, length] */
+    int64_t tmp_size = 0, block_size = 0, first_class = 0;
     int failed = items == NULL;
     for (int64_t r = row_begin; r < row_end && !failed; r++) {
-        const int64_t scene = r / classes, start = scene ? ends[scene - 1] : 0;
-        const int64_t base = (r % classes) * n + start, length = ends[scene] - start;
-        const Row row = {pred + base, codes + base, grad ? grad + base : NULL, 1, length, length, mode};
+        const int64_t scene = r / classes, k = r % classes, start = scene ? ends[scene - 1] : 0;
+        const int64_t length = ends[scene] - start;
+        const float *row_pred = pred + k * n + start;
+        float *row_grad = grad ? grad + k * n + start : NULL;
+        if (points_first) {
+            if (k == 0 || r == row_begin) { /* a scene's first row here: its points, class-major */
+                if (classes * length > block_size) {
+                    free(block);
+                    block = malloc((size_t)(classes * length) * sizeof *block);
+                    block_size = block ? classes * length : 0;
+                    if (!block) {
+                        failed = 1;
+                        break;
+                    }
+                }
+                transpose_f32(pred + start * classes, block, length, classes, classes, length);
+                first_class = k;
+            }
+            row_pred = block + k * length;
+            row_grad = grad ? block + k * length : NULL; /* in place: each point is read before it is written */
+        }
+        const Row row = {row_pred, codes + k * n + start, row_grad, 1, length, length, mode};
         loss[r] = lovasz_row(&row, items, &tmp, &tmp_size, present + r, &failed);
+        if (points_first && grad && (k == classes - 1 || r == row_end - 1)) /* the rows done, back in place */
+            transpose_f32(block + first_class * length, grad + start * classes + first_class, k - first_class + 1,
+                          length, length, classes);
     }
     free(items);
     free(tmp);
+    free(block);
     return failed ? -1 : 0;
 }
 

@@ -350,7 +350,14 @@ def _set_losses(
     class_ids: Tensor | None,
     need_grad: bool,
     ends: Tensor | None,
+    points_layout: bool,
 ) -> tuple[Tensor, Tensor]:
+    if ends is not None and _points_first_on_kernel(pred):
+        per_set, grad = _scene_losses_points_first(
+            pred, codes, row_weights, hinge, softmax, present_only, class_ids, need_grad, ends
+        )
+        out = _empty_grad(pred, ends, points_layout) if need_grad else grad
+        return per_set, grad if grad.stride() == out.stride() else out.copy_(grad)
     probs = pred.softmax(1) if softmax else pred
     rows = (probs if class_ids is None else probs.index_select(1, class_ids)).contiguous()
     del probs  # where it is a temporary, it lives on as ``rows`` or not at all
@@ -370,12 +377,7 @@ def _set_losses(
         )
         num_sets = batch if per_image else 1
     del rows
-    w = row_weights.expand(num_sets, num_rows)
-    if present_only:
-        w = w * present.view(num_sets, num_rows)
-    weight_sum = w.sum(-1, keepdim=True)
-    coefficient = torch.where(weight_sum != 0, w / torch.where(weight_sum != 0, weight_sum, 1), 0)
-    per_set = (loss.reshape(num_sets, num_rows) * coefficient).sum(-1)
+    per_set, coefficient = _set_means(loss.reshape(num_sets, num_rows), present, row_weights, present_only)
     if grad is None:
         return per_set, pred.new_empty(0)
     if ends is not None:  # each point's own scene's coefficients
@@ -391,7 +393,79 @@ def _set_losses(
         _softmax_backward_(grad, pred, scale)
     elif scale is not None:
         grad.mul_(scale)
-    return per_set, grad
+    out = _empty_grad(pred, ends, points_layout)
+    return per_set, grad if grad.stride() == out.stride() else out.copy_(grad)
+
+
+def _empty_grad(pred: Tensor, ends: Tensor | None, points_layout: bool) -> Tensor:
+    """The op's gradient output, laid out as its fake says: with ``points_layout``, points of scenes on the
+    CPU points-first (the memory of ``[N, C]``, whose view ``[1, C, N]`` the caller has: autograd hands it
+    back with no transposed copy); all else contiguous. Not from ``pred``'s strides, which a compiled
+    graph may change: a graph asks for the contiguous layout."""
+    if points_layout and ends is not None and pred.device.type == "cpu":
+        return pred.new_empty(pred.shape[2], pred.shape[1]).T.unsqueeze(0)
+    return torch.empty_like(pred, memory_format=torch.contiguous_format)
+
+
+def _set_means(loss: Tensor, present: Tensor, row_weights: Tensor, present_only: bool) -> tuple[Tensor, Tensor]:
+    """Each set's weighted mean of its rows' losses ``[S, K]`` (over the present rows if ``present_only``;
+    0 where no weight is left), and the coefficients ``d per_set / d loss``."""
+    w = row_weights.expand(loss.shape)
+    if present_only:
+        w = w * present.view(loss.shape)
+    weight_sum = w.sum(-1, keepdim=True)
+    coefficient = torch.where(weight_sum != 0, w / torch.where(weight_sum != 0, weight_sum, 1), 0)
+    return (loss * coefficient).sum(-1), coefficient
+
+
+def _points_first_on_kernel(pred: Tensor) -> bool:
+    """``pred [1, C, N]`` is a transposed view of points ``[N, C]`` that the C kernel can read in place."""
+    _, channels, num_points = pred.shape
+    points_first = pred.stride(1) == 1 and (pred.stride(2) == channels or num_points <= 1)
+    return points_first and num_points > 0 and _use_c_kernel(pred) and C.scene_kernel() is not None
+
+
+def _scene_losses_points_first(
+    pred: Tensor,
+    codes: Tensor,
+    row_weights: Tensor,
+    hinge: bool,
+    softmax: bool,
+    present_only: bool,
+    class_ids: Tensor | None,
+    need_grad: bool,
+    ends: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """:func:`_set_losses` of points of scenes laid out points-first, on the C kernel, which reads a class's
+    points where they lie (``classes`` elements apart): no transposed copy of the points there or back."""
+    points = pred[0].T  # [N, C], contiguous
+    probs = points.softmax(1) if softmax else points
+    rows = (probs if class_ids is None else probs.index_select(1, class_ids)).contiguous()  # [N, K]
+    del probs
+    grad = None
+    if need_grad:  # the kernel reads a point before it writes its gradient: ours may overwrite it
+        grad = rows if rows is not points else torch.empty_like(rows)
+    loss, present = C.lovasz_scene_rows(
+        rows.detach().numpy(),
+        codes[0].contiguous().numpy(),
+        ends.numpy(),
+        C.HINGE if hinge else C.SOFTMAX,
+        None if grad is None else grad.detach().numpy(),
+        torch.get_num_threads(),
+        points_first=True,
+    )
+    del rows
+    per_set, coefficient = _set_means(torch.from_numpy(loss), torch.from_numpy(present), row_weights, present_only)
+    if grad is None:
+        return per_set, pred.new_empty(0)
+    counts = torch.diff(ends, prepend=ends.new_zeros(1))  # each point's own scene's coefficients, by runs
+    grad.mul_(coefficient.repeat_interleave(counts, dim=0, output_size=points.shape[0]))
+    if class_ids is not None:  # the classes left out get zero
+        grad = points.new_zeros(points.shape).index_copy_(1, class_ids, grad)
+    if softmax:  # as _softmax_backward_, whole: a NaN or inf logit (an ignored point's) gives 0
+        probs = points.softmax(1).nan_to_num_(0.0)
+        grad = torch._softmax_backward_data(grad, probs, 1, probs.dtype)
+    return per_set, grad.T.unsqueeze(0)  # points-first
 
 
 @torch.library.custom_op("lovasz::lovasz_loss", mutates_args=())
@@ -406,6 +480,7 @@ def lovasz_loss(
     class_ids: Tensor | None,
     need_grad: bool,
     ends: Tensor | None,
+    points_layout: bool,
 ) -> tuple[Tensor, Tensor]:
     """Lovász loss of each set (image, or the batch) of ``pred [B, C, N]``, float32 or float64.
 
@@ -419,17 +494,19 @@ def lovasz_loss(
 
     With ``ends [S]`` (int64), ``B`` is 1 and ``N`` holds the points of ``S`` scenes, scene
     ``s`` the run ``[ends[s - 1], ends[s])``; the sets are the scenes (``per_image`` is True).
+    ``points_layout``: the gradient of such points in the layout of ``_empty_grad``.
 
     Returns ``per_set [B]`` (``[1]`` unless ``per_image``; ``[S]`` with ``ends``) and, if ``need_grad``,
     ``d per_set / d pred [B, C, N]``, each pixel's derivative of its own set's loss
     (else an empty tensor): backward is one multiply.
     """
-    return _set_losses(pred, codes, row_weights, hinge, softmax, per_image, present_only, class_ids, need_grad, ends)
+    options = (present_only, class_ids, need_grad, ends, points_layout)
+    return _set_losses(pred, codes, row_weights, hinge, softmax, per_image, *options)
 
 
 @lovasz_loss.register_fake
-def _(pred, codes, row_weights, hinge, softmax, per_image, present_only, class_ids, need_grad, ends):
-    grad = torch.empty_like(pred, memory_format=torch.contiguous_format) if need_grad else pred.new_empty(0)
+def _(pred, codes, row_weights, hinge, softmax, per_image, present_only, class_ids, need_grad, ends, points_layout):
+    grad = _empty_grad(pred, ends, points_layout) if need_grad else pred.new_empty(0)
     num_sets = ends.shape[0] if ends is not None else pred.shape[0] if per_image else 1
     return pred.new_empty(num_sets), grad
 
@@ -451,7 +528,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_per_set, _grad_grad):
     if grad_per_set is None:
-        return (None,) * 10
+        return (None,) * 11
     if not ctx.need_grad:
         raise RuntimeError("lovasz_loss was called with need_grad=False but a gradient was requested")
     # The loss is piecewise linear in the errors, so the saved gradient is piecewise constant in the
@@ -461,8 +538,8 @@ def _backward(ctx, grad_per_set, _grad_grad):
         raise RuntimeError(_SECOND_ORDER_WITH_SOFTMAX)
     grad, ends = ctx.saved_tensors
     if ends is not None:  # [1, C, N]: each point takes its own scene's factor
-        return (grad_per_set.index_select(0, scene_of_points(ends, grad.shape[-1])) * grad,) + (None,) * 9
-    return (grad_per_set.view(-1, 1, 1) * grad,) + (None,) * 9
+        return (grad_per_set.index_select(0, scene_of_points(ends, grad.shape[-1])) * grad,) + (None,) * 10
+    return (grad_per_set.view(-1, 1, 1) * grad,) + (None,) * 10
 
 
 torch.library.register_autograd("lovasz::lovasz_loss", _backward, setup_context=_setup_context)
@@ -513,7 +590,21 @@ def lovasz_sets(
     """``lovasz_loss``'s per-set losses, differentiable in every autograd mode: reverse (also
     with ``create_graph``), forward (``torch.autograd.forward_ad``) and ``torch.func``. Under
     ``torch.compile`` the op itself is called, with its registered autograd."""
-    args = (pred, codes, row_weights, hinge, softmax, per_image, present_only, class_ids, need_grad, ends)
+    # Eagerly the gradient of points of scenes keeps their layout; a traced graph fixes one: contiguous.
+    points_layout = ends is not None and not torch.compiler.is_compiling()
+    args = (
+        pred,
+        codes,
+        row_weights,
+        hinge,
+        softmax,
+        per_image,
+        present_only,
+        class_ids,
+        need_grad,
+        ends,
+        points_layout,
+    )
     if torch.compiler.is_compiling():
         return lovasz_loss(*args)[0]
     return _LovaszSets.apply(*args)[0]

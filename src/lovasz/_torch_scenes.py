@@ -97,9 +97,10 @@ def scenes(
             scene, prediction, labels = order.values, prediction[order.indices], labels[order.indices]
         ends = torch.searchsorted(scene, torch.arange(num_scenes, device=scene.device), right=True)
     if multilabel or prediction.ndim == 2:
-        # [1, C, N], copied once: a class's row must be contiguous for the sort, and a softmax
-        # over the channels of the transposed view would be slower than this copy
-        prediction = prediction.T.unsqueeze(0).contiguous()
+        # [1, C, N]: on the CPU a view of the points, which the C kernel reads where they lie; on an
+        # accelerator a copy, whose class rows are contiguous for the sort
+        prediction = prediction.T.unsqueeze(0)
+        prediction = prediction if prediction.device.type == "cpu" else prediction.contiguous()
     else:
         prediction = prediction.unsqueeze(0)
     labels = labels.T.unsqueeze(0) if multilabel else labels.unsqueeze(0)
