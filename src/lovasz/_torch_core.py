@@ -353,11 +353,29 @@ def _set_losses(
     points_layout: bool,
 ) -> tuple[Tensor, Tensor]:
     if ends is not None and _points_first_on_kernel(pred):
-        per_set, grad = _scene_losses_points_first(
-            pred, codes, row_weights, hinge, softmax, present_only, class_ids, need_grad, ends
-        )
-        out = _empty_grad(pred, ends, points_layout) if need_grad else grad
-        return per_set, grad if grad.stride() == out.stride() else out.copy_(grad)
+        options = (present_only, class_ids, need_grad, ends)
+        per_set, grad = _scene_losses_points_first(pred, codes, row_weights, hinge, softmax, *options)
+    else:
+        options = (per_image, present_only, class_ids, need_grad, ends)
+        per_set, grad = _row_losses(pred, codes, row_weights, hinge, softmax, *options)
+    if need_grad and not _in_op_layout(grad, pred, ends, points_layout):
+        grad = _empty_grad(pred, ends, points_layout).copy_(grad)
+    return per_set, grad
+
+
+def _row_losses(
+    pred: Tensor,
+    codes: Tensor,
+    row_weights: Tensor,
+    hinge: bool,
+    softmax: bool,
+    per_image: bool,
+    present_only: bool,
+    class_ids: Tensor | None,
+    need_grad: bool,
+    ends: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """:func:`_set_losses` on class-major rows (copied so where ``pred`` is not): every other case."""
     probs = pred.softmax(1) if softmax else pred
     rows = (probs if class_ids is None else probs.index_select(1, class_ids)).contiguous()
     del probs  # where it is a temporary, it lives on as ``rows`` or not at all
@@ -393,18 +411,27 @@ def _set_losses(
         _softmax_backward_(grad, pred, scale)
     elif scale is not None:
         grad.mul_(scale)
-    out = _empty_grad(pred, ends, points_layout)
-    return per_set, grad if grad.stride() == out.stride() else out.copy_(grad)
+    return per_set, grad
+
+
+def _points_first_grad(pred: Tensor, ends: Tensor | None, points_layout: bool) -> bool:
+    """Whether the op's gradient is points-first (the memory of ``[N, C]``, whose view ``[1, C, N]`` the
+    caller has: autograd hands it back with no transposed copy): for points of scenes on the CPU, asked
+    for by ``points_layout``. Not from ``pred``'s strides, which a compiled graph may change: a graph
+    asks for the contiguous layout."""
+    return points_layout and ends is not None and pred.device.type == "cpu"
 
 
 def _empty_grad(pred: Tensor, ends: Tensor | None, points_layout: bool) -> Tensor:
-    """The op's gradient output, laid out as its fake says: with ``points_layout``, points of scenes on the
-    CPU points-first (the memory of ``[N, C]``, whose view ``[1, C, N]`` the caller has: autograd hands it
-    back with no transposed copy); all else contiguous. Not from ``pred``'s strides, which a compiled
-    graph may change: a graph asks for the contiguous layout."""
-    if points_layout and ends is not None and pred.device.type == "cpu":
+    """The op's gradient output, laid out as its fake says (see :func:`_points_first_grad`)."""
+    if _points_first_grad(pred, ends, points_layout):
         return pred.new_empty(pred.shape[2], pred.shape[1]).T.unsqueeze(0)
     return torch.empty_like(pred, memory_format=torch.contiguous_format)
+
+
+def _in_op_layout(grad: Tensor, pred: Tensor, ends: Tensor | None, points_layout: bool) -> bool:
+    """Whether ``grad`` has :func:`_empty_grad`'s layout already (found without allocating)."""
+    return grad[0].T.is_contiguous() if _points_first_grad(pred, ends, points_layout) else grad.is_contiguous()
 
 
 def _set_means(loss: Tensor, present: Tensor, row_weights: Tensor, present_only: bool) -> tuple[Tensor, Tensor]:
