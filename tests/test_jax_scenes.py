@@ -133,7 +133,7 @@ def test_bad_segments_raise_clear_errors():
         LJ.lovasz_softmax(x, y, segment_ids=np.array([0, 0, 1, 1]), num_segments=2.0)
     with pytest.raises(ValueError, match=r"probas must be points-first, \[N, C\]"):
         LJ.lovasz_softmax(rng.random((4, 3, 2)), y, segment_ids=np.array([0, 0, 1, 1]))
-    with pytest.raises(ValueError, match=r"labels must have shape \(4,\)"):
+    with pytest.raises(ValueError, match=r"labels must have shape \[4\] for probas of shape \[4, 3\]"):
         LJ.lovasz_softmax(x, np.zeros((4, 3), int), segment_ids=np.array([0, 0, 1, 1]))
     with pytest.raises(TypeError, match="needs a static num_segments="):
         jax.jit(lambda ids: LJ.lovasz_softmax(x, y, segment_ids=ids))(np.array([0, 0, 1, 1]))

@@ -15,6 +15,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from lovasz import _validation as V
+
 
 class Scenes(NamedTuple):
     prediction: Tensor  # [1, C, N] ([1, N] for one channel), points ordered by scene
@@ -55,22 +57,12 @@ def scenes(
     names: tuple[str, str],
 ) -> Scenes:
     """Check points-first inputs and their scenes; the dense layout and the scenes' ends."""
-    pname, lname = names
     if (batch is None) == (offsets is None):
         raise TypeError("pass the scenes as batch= (a scene index per point) or offsets= (cumulative counts), not both")
     if not isinstance(prediction, Tensor) or not isinstance(labels, Tensor):
         return Scenes(prediction, labels, torch.zeros(0))  # the callers' own checks name what is wrong
-    expected = (2,) if multilabel else (1, 2)
-    if prediction.ndim not in expected:
-        shapes = "[N, C]" if multilabel else "[N, C] (or [N] for one channel)"
-        raise ValueError(f"{pname} must be points-first, {shapes}, with batch=/offsets=; got {tuple(prediction.shape)}")
+    V.points_layout(prediction.shape, labels.shape, multilabel, names, "with batch=/offsets=")
     num_points = prediction.shape[0]
-    label_shape = tuple(prediction.shape) if multilabel else (num_points,)
-    if tuple(labels.shape) != label_shape:
-        raise ValueError(
-            f"{lname} must have shape {list(label_shape)} for {pname} of shape {list(prediction.shape)}; "
-            f"got {list(labels.shape)}"
-        )
     if offsets is not None:
         if num_scenes is not None:
             raise TypeError("num_scenes goes with batch=; offsets= give the number of scenes already")

@@ -95,6 +95,21 @@ def fmt(shape: Sequence[int]) -> str:
     return "[" + ", ".join(str(int(s)) for s in shape) + "]"
 
 
+def points_layout(
+    prediction_shape: Sequence[int], labels_shape: Sequence[int], multilabel: bool, names: tuple[str, str], how: str
+) -> None:
+    """Check points-first inputs of scenes (point clouds), given ``how`` (e.g. ``with offsets=``): a prediction
+    ``[N, C]`` (or ``[N]`` for one channel), labels ``[N]``; multi-label ``[N, C]`` and ``[N, C]``."""
+    p, l = tuple(prediction_shape), tuple(labels_shape)
+    prediction, labels = names
+    if len(p) not in ((2,) if multilabel else (1, 2)):
+        shapes = "[N, C]" if multilabel else "[N, C] (or [N] for one channel)"
+        raise ValueError(f"{prediction} must be points-first, {shapes}, {how}; got {fmt(p)}")
+    expected = p if multilabel else p[:1]
+    if l != expected:
+        raise ValueError(f"{labels} must have shape {fmt(expected)} for {prediction} of shape {fmt(p)}; got {fmt(l)}")
+
+
 def softmax_layout(
     probas_shape: Iterable[int],
     labels_shape: Iterable[int],

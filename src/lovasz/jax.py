@@ -111,21 +111,12 @@ def _segments(
 ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
     """Points-first inputs of segments (point clouds): the dense layout ``[1, C, N]`` / ``[1, N]`` with the
     points in segment order, and the segments' ends ``[S]`` where the loss is per segment."""
-    pname, lname = names
     if segment_ids is None:
         if num_segments is not None:
             raise TypeError("num_segments goes with segment_ids= (a segment index per point)")
         return prediction, labels, None
-    expected = (2,) if multilabel else (1, 2)
-    if prediction.ndim not in expected:
-        shapes = "[N, C]" if multilabel else "[N, C] (or [N] for one channel)"
-        raise ValueError(f"{pname} must be points-first, {shapes}, with segment_ids=; got {prediction.shape}")
+    V.points_layout(prediction.shape, labels.shape, multilabel, names, "with segment_ids=")
     num_points = prediction.shape[0]
-    label_shape = prediction.shape if multilabel else (num_points,)
-    if labels.shape != label_shape:
-        raise ValueError(
-            f"{lname} must have shape {label_shape} for {pname} of shape {prediction.shape}; got {labels.shape}"
-        )
     ids = _to_array(segment_ids, "segment_ids", "an integer array")
     if ids.shape != (num_points,) or not jnp.issubdtype(ids.dtype, jnp.integer):
         raise ValueError(
