@@ -230,6 +230,53 @@ def test_large_scenes_on_the_kernel_equal_the_sort_path(monkeypatch):
     torch.testing.assert_close(grad_kernel, grad_sort, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("classes,weights", [(4, None), (4, [1.0, 0.0, 2.0, 0.5]), (40, None)])
+def test_extreme_logits_on_the_kernel_equal_the_sort_path(monkeypatch, classes, weights):
+    """The kernel takes the softmax of points-first logits itself: where the exponentials underflow (logits
+    hundreds apart, a -inf), its values and gradients still equal those of torch.softmax and the sort."""
+    x, y, offsets = scene_data(classes, seed=21, dtype=torch.float32, sizes=[300, 0, 450, 7])
+    y = torch.where(y == 255, 255, y % classes)
+    # some points' classes 80-500 apart: e^(-x) below float's range
+    x = x * torch.tensor([1.0, 30.0, 90.0, 0.1]).repeat(classes // 4)
+    x[5, 2] = -float("inf")  # a valid point with one impossible class
+    x = dev(x).requires_grad_()
+    options = dict(per_image=True, ignore=255, from_logits=True, offsets=dev(offsets), weights=weights)
+    kernel = L.lovasz_softmax(x, dev(y), reduction="none", **options)
+    (grad_kernel,) = torch.autograd.grad(kernel.sum(), x)
+    monkeypatch.setattr(core, "_use_c_kernel", lambda pred: False)
+    sort = L.lovasz_softmax(x, dev(y), reduction="none", **options)
+    (grad_sort,) = torch.autograd.grad(sort.sum(), x)
+    assert torch.isfinite(kernel).all() and torch.isfinite(grad_kernel).all()
+    torch.testing.assert_close(kernel, sort, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad_kernel, grad_sort, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_nonfinite_logits_count_where_the_point_takes_part_and_not_where_ignored(path, bad):
+    x, y, offsets = scene_data(4, seed=23, dtype=torch.float32)
+    y = torch.where(y == 255, 255, y.clamp(max=3))
+    ignored = SIZES[0]  # the first point of the third scene is ignored
+    fn = lambda p: L.lovasz_softmax(  # noqa: E731
+        p, dev(y), per_image=True, ignore=255, from_logits=True, offsets=dev(offsets), reduction="none"
+    )
+    clean = dev(x).clone().requires_grad_()
+    expected = fn(clean)
+    expected.sum().backward()
+    for channels in (slice(None), slice(1, 2)):  # every logit of the point, or one
+        noisy = x.clone()
+        noisy[ignored, channels] = bad
+        noisy = dev(noisy).clone().requires_grad_()
+        got = fn(noisy)
+        got.sum().backward()
+        torch.testing.assert_close(got, expected)
+        torch.testing.assert_close(noisy.grad, clean.grad)
+        assert torch.count_nonzero(noisy.grad[ignored]) == 0
+    valid = x.clone()
+    valid[-1, 0] = float("nan")  # a point of the last scene that takes part
+    losses = host(fn(dev(valid)))
+    assert np.isnan(losses[-1]) and np.isfinite(losses[:-1]).all()
+
+
 @pytest.mark.parametrize(
     "kwargs,error,match",
     [

@@ -62,21 +62,35 @@ def kernel() -> Callable[..., int] | None:
     return function
 
 
-@functools.cache
-def scene_kernel() -> Callable[..., int] | None:
-    """The compiled ``lovasz_scene_rows_f32`` (rows of points-first scenes), or None."""
+def _entry(name: str, argtypes: list) -> Callable[..., int] | None:
+    """Another entry of the compiled kernel, or None (no kernel, or one built from an older source)."""
     if kernel() is None:
         return None
     from lovasz import _kernel
 
     try:
-        function = ctypes.CDLL(_kernel.__file__).lovasz_scene_rows_f32
-    except AttributeError:  # a kernel built from an older source: the sort path takes scenes
+        function = getattr(ctypes.CDLL(_kernel.__file__), name)
+    except AttributeError:
         return None
-    i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    function.argtypes = [ptr, ptr, ptr, i64, i64, ptr, ctypes.c_int, ctypes.c_int, i64, i64, ptr, ptr]
+    function.argtypes = argtypes
     function.restype = ctypes.c_int
     return function
+
+
+_I64, _PTR, _INT = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+
+
+@functools.cache
+def scene_kernel() -> Callable[..., int] | None:
+    """The compiled ``lovasz_scene_rows_f32`` (class-major rows of scenes), or None: the sort path takes them."""
+    return _entry("lovasz_scene_rows_f32", [_PTR, _PTR, _PTR, _I64, _I64, _PTR, _INT, _I64, _I64, _PTR, _PTR])
+
+
+@functools.cache
+def points_kernel() -> Callable[..., int] | None:
+    """The compiled ``lovasz_points_f32`` (points-first scenes), or None."""
+    argtypes = [_PTR, _PTR, _PTR, _I64, _I64, _PTR, _INT, _INT, _PTR, _INT, _I64, _I64, _PTR, _PTR]
+    return _entry("lovasz_points_f32", argtypes)
 
 
 _WHY_NOT = ""
@@ -167,49 +181,79 @@ def lovasz_rows(
 
 
 def _run_rows(
-    function, args: tuple, loss: np.ndarray, present: np.ndarray, threads: int, what: str, unit: int = 1
+    function, args: tuple, loss: np.ndarray, present: np.ndarray, threads: int, what: str, units: int | None = None
 ) -> None:
-    """``function(*args, row_begin, row_end, loss, present)`` over every row, in blocks on the threads;
-    each block a whole number of ``unit`` rows."""
-    num_rows = loss.size
+    """``function(*args, begin, end, loss, present)`` over ``[0, units)`` (the rows by default; the
+    scenes of the points kernel), in blocks on the threads."""
+    units = loss.size if units is None else units
     outputs = (loss.ctypes.data, present.ctypes.data)
-    units = num_rows // unit
     workers = max(min(threads, units), 1)
-    bounds = [units * w // workers * unit for w in range(workers + 1)]
+    bounds = [units * w // workers for w in range(workers + 1)]
     blocks = list(zip(bounds[:-1], bounds[1:]))
     status = _run_blocks(lambda block: function(*args, *block, *outputs), blocks, workers)
     if any(status):
         raise MemoryError(f"lovasz: no memory for the sort scratch of {what}")
 
 
+def _scene_ends(ends: np.ndarray, num_points: int) -> np.ndarray:
+    ends = np.ascontiguousarray(ends, dtype=np.int64)
+    if ends.size and (ends[0] < 0 or np.any(np.diff(ends) < 0) or ends[-1] > num_points):
+        raise ValueError(f"scene ends must rise from 0 to at most {num_points}; got {ends.tolist()}")
+    return ends
+
+
 def lovasz_scene_rows(
-    pred: np.ndarray,
+    pred: np.ndarray, codes: np.ndarray, ends: np.ndarray, mode: int, grad: np.ndarray | None, threads: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Loss and presence ``[S, K]`` of each (scene, class) row of sets of points.
+
+    ``pred [K, N]`` (float32) and ``codes [K, N]`` (uint8) hold each class's row of all
+    points; scene ``s`` is points ``[ends[s - 1], ends[s])``. Writes d loss / d pred into
+    ``grad`` (C-contiguous float32 shaped like ``pred``, possibly ``pred`` itself) if given.
+    """
+    num_classes, num_points = codes.shape
+    ends = _scene_ends(ends, num_points)
+    pred, codes = np.ascontiguousarray(pred), np.ascontiguousarray(codes)
+    assert pred.shape == codes.shape
+    assert grad is None or (grad.flags.c_contiguous and grad.shape == pred.shape and grad.dtype == np.float32)
+    loss = np.empty((ends.size, num_classes), np.float32)
+    present = np.empty((ends.size, num_classes), np.bool_)
+    args = (pred.ctypes.data, codes.ctypes.data, None if grad is None else grad.ctypes.data)
+    args += (num_classes, num_points, ends.ctypes.data, mode)
+    _run_rows(scene_kernel(), args, loss, present, threads, f"{num_points} points")
+    return loss, present
+
+
+def lovasz_points(
+    points: np.ndarray,
     codes: np.ndarray,
     ends: np.ndarray,
     mode: int,
     grad: np.ndarray | None,
     threads: int,
-    points_first: bool = False,
+    logits: bool,
+    weights: np.ndarray,
+    present_only: bool,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Loss and presence ``[S, K]`` of each (scene, class) row of sets of points.
+    """Loss and presence ``[S, K]`` of each (scene, class) row of points laid out points-first.
 
-    ``codes [K, N]`` (uint8) hold each class's row of all points, ``pred`` (float32) the
-    same as ``[K, N]``, or ``[N, K]`` with ``points_first`` (read where they lie); scene
-    ``s`` is points ``[ends[s - 1], ends[s])``. Writes d loss / d pred into ``grad``
-    (C-contiguous float32 shaped like ``pred``, possibly ``pred`` itself) if given.
+    ``points [N, K]`` (float32; logits with ``logits``, whose softmax over ``K`` the kernel takes)
+    are read where they lie, ``codes [K, N]`` (uint8) hold each class's row; scene ``s`` is points
+    ``[ends[s - 1], ends[s])``. Writes into ``grad`` (C-contiguous float32 ``[N, K]``, possibly
+    ``points`` itself unless ``logits``), if given, the derivative of each point's own scene's loss:
+    the mean of its rows' losses weighted by ``weights [K]``, over the rows with a foreground point
+    if ``present_only`` (0 where no weight is left).
     """
     num_classes, num_points = codes.shape
-    ends = np.ascontiguousarray(ends, dtype=np.int64)
-    if ends.size and (ends[0] < 0 or np.any(np.diff(ends) < 0) or ends[-1] > num_points):
-        raise ValueError(f"scene ends must rise from 0 to at most {num_points}; got {ends.tolist()}")
-    pred, codes = np.ascontiguousarray(pred), np.ascontiguousarray(codes)
-    assert pred.shape == ((num_points, num_classes) if points_first else (num_classes, num_points))
-    assert grad is None or (grad.flags.c_contiguous and grad.shape == pred.shape and grad.dtype == np.float32)
-    num_rows = ends.size * num_classes
-    loss = np.empty(num_rows, np.float32)
-    present = np.empty(num_rows, np.bool_)
-    args = (pred.ctypes.data, codes.ctypes.data, None if grad is None else grad.ctypes.data)
-    args += (num_classes, num_points, ends.ctypes.data, int(points_first), mode)
-    # points first: blocks of whole scenes (a scene's points are read, transposed, before its gradient is written)
-    _run_rows(scene_kernel(), args, loss, present, threads, f"{num_points} points", num_classes if points_first else 1)
-    return loss.reshape(-1, num_classes), present.reshape(-1, num_classes)
+    ends = _scene_ends(ends, num_points)
+    points, codes = np.ascontiguousarray(points), np.ascontiguousarray(codes)
+    weights = np.ascontiguousarray(weights, dtype=np.float32)
+    assert points.shape == (num_points, num_classes) and weights.shape == (num_classes,)
+    assert grad is None or (grad.flags.c_contiguous and grad.shape == points.shape and grad.dtype == np.float32)
+    assert not (logits and grad is points)
+    loss = np.empty((ends.size, num_classes), np.float32)
+    present = np.empty((ends.size, num_classes), np.bool_)
+    args = (points.ctypes.data, codes.ctypes.data, None if grad is None else grad.ctypes.data)
+    args += (num_classes, num_points, ends.ctypes.data, mode, int(logits), weights.ctypes.data, int(present_only))
+    _run_rows(points_kernel(), args, loss, present, threads, f"{num_points} points", ends.size)
+    return loss, present

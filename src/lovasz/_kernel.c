@@ -252,70 +252,174 @@ EXPORT int lovasz_rows_f32(const float *pred, const uint8_t *codes, float *grad,
     return failed ? -1 : 0;
 }
 
-/* dst[j][i] = src[i][j] for a rows x cols block (row strides src_stride, dst_stride), a tile at a time
- * so that both sides stay in cache. */
-static void transpose_f32(const float *src, float *dst, int64_t rows, int64_t cols, int64_t src_stride,
-                          int64_t dst_stride) {
-    enum { TILE = 32 };
-    for (int64_t i0 = 0; i0 < rows; i0 += TILE) {
-        const int64_t i1 = i0 + TILE < rows ? i0 + TILE : rows;
-        for (int64_t j0 = 0; j0 < cols; j0 += TILE) {
-            const int64_t j1 = j0 + TILE < cols ? j0 + TILE : cols;
-            for (int64_t i = i0; i < i1; i++)
-                for (int64_t j = j0; j < j1; j++) dst[j * dst_stride + i] = src[i * src_stride + j];
-        }
-    }
-}
-
 /* Rows [row_begin, row_end) of sets of points ("scenes", e.g. the point clouds of a batch):
  * scene s holds points [ends[s - 1], ends[s]) (ends[-1] = 0), and row r is (scene r / classes,
- * class r % classes), that scene's run of points in its class. `codes` is [classes, n]; `pred`
- * and `grad` are [classes, n], or [n, classes] with points_first: then each scene's block of
- * points is transposed into a scratch buffer once (its rows contiguous there), and its gradient
- * transposed back, a tile at a time, in place of two transposed copies of the whole input.
- * The caller checks that 0 <= ends[0] <= ... <= ends[scenes - 1] <= n; with points_first and
- * grad == pred, [row_begin, row_end) covers whole scenes (a scene's points are all read before
- * its gradient is written). Writes loss[r], present[r] and, if grad is not NULL, the gradient in
- * pred's layout. Returns 0, or -1 if scratch memory could not be allocated. */
+ * class r % classes), that scene's run of points in its class. `pred`, `codes` and `grad` are
+ * [classes, n]. The caller checks that 0 <= ends[0] <= ... <= ends[scenes - 1] <= n. Writes
+ * loss[r], present[r] and, if grad is not NULL, the gradient in pred's layout. Returns 0, or -1 if
+ * scratch memory could not be allocated. */
 EXPORT int lovasz_scene_rows_f32(const float *pred, const uint8_t *codes, float *grad, int64_t classes, int64_t n,
-                                 const int64_t *ends, int points_first, int mode, int64_t row_begin, int64_t row_end,
-                                 float *loss, uint8_t *present) {
+                                 const int64_t *ends, int mode, int64_t row_begin, int64_t row_end, float *loss,
+                                 uint8_t *present) {
     uint64_t *items = malloc((size_t)(n + 1) * sizeof *items); /* + 1: a slot for the pixels left out */
     uint64_t *tmp = NULL;
-    float *block = NULL; /* points_first: the current scene's points, [classes, length] */
-    int64_t tmp_size = 0, block_size = 0, first_class = 0;
+    int64_t tmp_size = 0;
     int failed = items == NULL;
     for (int64_t r = row_begin; r < row_end && !failed; r++) {
         const int64_t scene = r / classes, k = r % classes, start = scene ? ends[scene - 1] : 0;
-        const int64_t length = ends[scene] - start;
-        const float *row_pred = pred + k * n + start;
-        float *row_grad = grad ? grad + k * n + start : NULL;
-        if (points_first) {
-            if (k == 0 || r == row_begin) { /* a scene's first row here: its points, class-major */
-                if (classes * length > block_size) {
-                    free(block);
-                    block = malloc((size_t)(classes * length) * sizeof *block);
-                    block_size = block ? classes * length : 0;
-                    if (!block) {
-                        failed = 1;
-                        break;
-                    }
-                }
-                transpose_f32(pred + start * classes, block, length, classes, classes, length);
-                first_class = k;
-            }
-            row_pred = block + k * length;
-            row_grad = grad ? block + k * length : NULL; /* in place: each point is read before it is written */
-        }
-        const Row row = {row_pred, codes + k * n + start, row_grad, 1, length, length, mode};
+        const int64_t offset = k * n + start;
+        const Row row = {pred + offset, codes + offset, grad ? grad + offset : NULL, 1, ends[scene] - start, n, mode};
         loss[r] = lovasz_row(&row, items, &tmp, &tmp_size, present + r, &failed);
-        if (points_first && grad && (k == classes - 1 || r == row_end - 1)) /* the rows done, back in place */
-            transpose_f32(block + first_class * length, grad + start * classes + first_class, k - first_class + 1,
-                          length, length, classes);
     }
     free(items);
     free(tmp);
+    return failed ? -1 : 0;
+}
+
+/* Points are read and written a tile of TILE points at a time, so that a scene's points, transposed
+ * class-major into a scratch buffer, and the points-first arrays are both in cache. */
+#define TILE 32
+
+/* dst[j][i] = src[i][j] for a rows x cols block (row strides src_stride, dst_stride), a tile at a time. */
+static void transpose_f32(const float *src, float *dst, int64_t rows, int64_t cols, int64_t src_stride,
+                          int64_t dst_stride) {
+    for (int64_t j0 = 0; j0 < cols; j0 += TILE) {
+        const int64_t j1 = j0 + TILE < cols ? j0 + TILE : cols;
+        for (int64_t i = 0; i < rows; i++)
+            for (int64_t j = j0; j < j1; j++) dst[j * dst_stride + i] = src[i * src_stride + j];
+    }
+}
+
+/* e^x for x <= 0 (-inf included; not NaN), within 1.4e-7 relative (Cephes' expf): the exponent's integer
+ * part n = round(x / ln 2) goes into the bits of 2^n, the rest into a polynomial; 0 below -87 (where
+ * e^x is no normal float). The selects are on the bits, not float comparisons (which may trap, so a
+ * compiler keeps them as branches): the loops over it are vectorised. */
+static inline float exp_nonpositive(float x) {
+    uint32_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    const uint32_t below = bits > 0xc2ae0000u; /* x < -87: a negative float's bits grow with its size */
+    bits = below ? 0xc2ae0000u : bits;
+    float clamped;
+    memcpy(&clamped, &bits, sizeof clamped);
+    const float n = (clamped * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
+    const float r = clamped - n * 0.693359375f + n * 2.12194440e-4f;             /* x - n ln 2, in two parts */
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    bits = ((uint32_t)((int32_t)n + 127) << 23) & (below - 1u); /* 2^n, n in [-126, 0]; 0 below -87 */
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+/* The softmax of each of `count` points' `classes` logits (rows of `x`) into `p`. A point with a NaN
+ * logit, a +inf one, or only -inf gets NaN, as torch.softmax gives. */
+static void softmax_points(const float *x, float *p, int64_t count, int64_t classes) {
+    for (int64_t i = 0; i < count; i++) {
+        const float *logits = x + i * classes;
+        float *probs = p + i * classes;
+        float max = -INFINITY;
+        int nan = 0;
+        for (int64_t k = 0; k < classes; k++) {
+            max = logits[k] > max ? logits[k] : max;
+            nan |= logits[k] != logits[k];
+        }
+        if (nan || max == INFINITY || max == -INFINITY) {
+            for (int64_t k = 0; k < classes; k++) probs[k] = NAN;
+            continue;
+        }
+        for (int64_t k = 0; k < classes; k++) probs[k] = exp_nonpositive(logits[k] - max);
+        float sum = 0.0f;
+        for (int64_t k = 0; k < classes; k++) sum += probs[k];
+        const float inverse = 1.0f / sum;
+        for (int64_t k = 0; k < classes; k++) probs[k] *= inverse;
+    }
+}
+
+/* Rows of points of scenes laid out points-first, as a network gives them: `pred` and `grad` are
+ * [n, classes], `codes` [classes, n], scene s the points [ends[s - 1], ends[s]) (checked by the
+ * caller), and the rows of scenes [scene_begin, scene_end) are done here, scene by scene: its points
+ * are transposed into a scratch buffer, [classes, length] (its rows contiguous there), a tile at a
+ * time, each row's loss and gradient computed there in place, and the gradient transposed back. So
+ * the input needs no transposed copy, nor the gradient.
+ *
+ * With `logits` (mode SOFTMAX), `pred` holds logits: the rows are their softmax over the classes,
+ * taken on the way in, and the gradient is d loss / d logits. If `grad` is not NULL, it is each
+ * scene's loss's: the mean of its rows' losses weighted by `weights[k]`, over the rows with a
+ * foreground point if `present_only` (0 where no weight is left). Writes loss[s * classes + k],
+ * present[...] of each row, and grad (which may be `pred` itself unless `logits`). Returns 0, or -1
+ * if scratch memory could not be allocated. */
+EXPORT int lovasz_points_f32(const float *pred, const uint8_t *codes, float *grad, int64_t classes, int64_t n,
+                             const int64_t *ends, int mode, int logits, const float *weights, int present_only,
+                             int64_t scene_begin, int64_t scene_end, float *loss, uint8_t *present) {
+    int64_t largest = 0; /* points in the largest scene here */
+    for (int64_t s = scene_begin; s < scene_end; s++) {
+        const int64_t length = ends[s] - (s ? ends[s - 1] : 0);
+        largest = length > largest ? length : largest;
+    }
+    uint64_t *items = malloc((size_t)(largest + 1) * sizeof *items); /* + 1: a slot for the pixels left out */
+    float *block = malloc((size_t)(classes * largest + 1) * sizeof *block);
+    float *tile = malloc((size_t)(TILE * classes) * sizeof *tile);     /* a tile of points, points-first */
+    float *coefficient = malloc((size_t)classes * sizeof *coefficient); /* d scene loss / d row loss */
+    uint64_t *tmp = NULL;
+    int64_t tmp_size = 0;
+    int failed = !items || !block || !tile || !coefficient;
+    for (int64_t s = scene_begin; s < scene_end && !failed; s++) {
+        const int64_t start = s ? ends[s - 1] : 0, length = ends[s] - start;
+        const float *points = pred + start * classes;
+        float *points_grad = grad ? grad + start * classes : NULL;
+        for (int64_t i = 0; i < length; i += TILE) { /* the points, class-major (with logits: their softmax) */
+            const int64_t count = length - i < TILE ? length - i : TILE;
+            const float *src = points + i * classes;
+            if (logits) { /* the probabilities also go where the gradient will be, for the softmax's backward */
+                softmax_points(src, tile, count, classes);
+                if (points_grad) memcpy(points_grad + i * classes, tile, (size_t)(count * classes) * sizeof *tile);
+                src = tile;
+            }
+            transpose_f32(src, block + i, count, classes, classes, length);
+        }
+        float weight_sum = 0.0f;
+        for (int64_t k = 0; k < classes; k++) {
+            const int64_t r = s * classes + k;
+            const Row row = {block + k * length, codes + k * n + start, grad ? block + k * length : NULL, 1, length,
+                             length, mode};
+            loss[r] = lovasz_row(&row, items, &tmp, &tmp_size, present + r, &failed);
+            coefficient[k] = present_only && !present[r] ? 0.0f : weights ? weights[k] : 1.0f;
+            weight_sum += coefficient[k];
+        }
+        if (!grad || failed) continue;
+        for (int64_t k = 0; k < classes; k++) coefficient[k] = weight_sum != 0.0f ? coefficient[k] / weight_sum : 0.0f;
+        for (int64_t i = 0; i < length; i += TILE) { /* the gradient, back points-first, scaled */
+            const int64_t count = length - i < TILE ? length - i : TILE;
+            transpose_f32(block + i, tile, classes, count, length, classes);
+            float *out = points_grad + i * classes;
+            for (int64_t j = 0; j < count; j++) {
+                float *g = tile + j * classes, *point = out + j * classes;
+                for (int64_t k = 0; k < classes; k++) g[k] *= coefficient[k];
+                if (!logits) {
+                    memcpy(point, g, (size_t)classes * sizeof *g);
+                    continue;
+                }
+                /* through the softmax p: d / d x_k = p_k (g_k - sum_j p_j g_j); a NaN p (a NaN or inf
+                 * logit: an ignored point's, or the loss is NaN already) counts as 0 */
+                float dot = 0.0f;
+                for (int64_t k = 0; k < classes; k++) {
+                    point[k] = point[k] == point[k] ? point[k] : 0.0f;
+                    dot += point[k] * g[k];
+                }
+                for (int64_t k = 0; k < classes; k++) point[k] *= g[k] - dot;
+            }
+        }
+    }
+    free(items);
     free(block);
+    free(tile);
+    free(coefficient);
+    free(tmp);
     return failed ? -1 : 0;
 }
 

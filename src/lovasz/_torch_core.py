@@ -449,7 +449,7 @@ def _points_first_on_kernel(pred: Tensor) -> bool:
     """``pred [1, C, N]`` is a transposed view of points ``[N, C]`` that the C kernel can read in place."""
     _, channels, num_points = pred.shape
     points_first = pred.stride(1) == 1 and (pred.stride(2) == channels or num_points <= 1)
-    return points_first and num_points > 0 and _use_c_kernel(pred) and C.scene_kernel() is not None
+    return points_first and num_points > 0 and _use_c_kernel(pred) and C.points_kernel() is not None
 
 
 def _scene_losses_points_first(
@@ -463,43 +463,38 @@ def _scene_losses_points_first(
     need_grad: bool,
     ends: Tensor,
 ) -> tuple[Tensor, Tensor]:
-    """:func:`_set_losses` of points of scenes laid out points-first, on the C kernel, which reads a class's
-    points where they lie (``classes`` elements apart): no transposed copy of the points there or back."""
+    """:func:`_set_losses` of points of scenes laid out points-first, on the C kernel, which reads them where
+    they lie and writes each point's gradient of its own scene's loss: no transposed copy of the points
+    there or back. It takes the softmax too (of every class: ``class_ids`` None), on the way in and back."""
     points = pred[0].T  # [N, C], contiguous
-    probs = points.softmax(1) if softmax else points
+    in_kernel = softmax and class_ids is None
+    probs = points.softmax(1) if softmax and not in_kernel else points
     rows = (probs if class_ids is None else probs.index_select(1, class_ids)).contiguous()  # [N, K]
     del probs
     grad = None
-    if need_grad:  # the kernel reads a point before it writes its gradient: ours may overwrite it
+    if need_grad:  # the kernel reads a scene's points before it writes their gradient: ours may overwrite them
         grad = rows if rows is not points else torch.empty_like(rows)
-    loss, present = C.lovasz_scene_rows(
+    loss, present = C.lovasz_points(
         rows.detach().numpy(),
         codes[0].contiguous().numpy(),
         ends.numpy(),
         C.HINGE if hinge else C.SOFTMAX,
         None if grad is None else grad.detach().numpy(),
         torch.get_num_threads(),
-        points_first=True,
+        logits=in_kernel,
+        weights=row_weights.to(torch.float32).numpy(),
+        present_only=present_only,
     )
     del rows
-    per_set, coefficient = _set_means(torch.from_numpy(loss), torch.from_numpy(present), row_weights, present_only)
+    per_set, _ = _set_means(torch.from_numpy(loss), torch.from_numpy(present), row_weights, present_only)
     if grad is None:
         return per_set, pred.new_empty(0)
-    out = grad if class_ids is None else points.new_zeros(points.shape)  # the classes left out get zero
-    # In runs of points, as _softmax_backward_: every temporary a fraction of the input, so that they
-    # come from the allocator's cache rather than from fresh pages (10 ms for 9 MB on a small machine).
-    step = max(min(_chunk_elements(grad.device), max(grad.numel() // 8, 1)) // grad.shape[1], 1)
-    for start in range(0, points.shape[0], step):
-        run = slice(start, start + step)
-        g = grad[run]
-        scene = torch.searchsorted(ends, torch.arange(start, start + g.shape[0]), right=True)
-        g.mul_(coefficient.index_select(0, scene))  # each point's own scene's coefficients
-        if class_ids is not None:
-            g = out[run].index_copy_(1, class_ids, g)
-        if softmax:  # as _softmax_backward_: a NaN or inf logit (an ignored point's) gives 0
-            probs = points[run].softmax(1).nan_to_num_(0.0)
-            g.copy_(torch._softmax_backward_data(g, probs, 1, probs.dtype))
-    return per_set, out.T.unsqueeze(0)  # points-first
+    if class_ids is not None:  # the classes left out get zero
+        grad = points.new_zeros(points.shape).index_copy_(1, class_ids, grad)
+    grad = grad.T.unsqueeze(0)  # points-first [1, C, N]
+    if softmax and not in_kernel:
+        _softmax_backward_(grad, pred, None)
+    return per_set, grad
 
 
 @torch.library.custom_op("lovasz::lovasz_loss", mutates_args=())
@@ -572,7 +567,8 @@ def _backward(ctx, grad_per_set, _grad_grad):
         raise RuntimeError(_SECOND_ORDER_WITH_SOFTMAX)
     grad, ends = ctx.saved_tensors
     if ends is not None:  # [1, C, N]: each point takes its own scene's factor
-        return (grad_per_set.index_select(0, scene_of_points(ends, grad.shape[-1])) * grad,) + (None,) * 10
+        counts = torch.diff(ends, prepend=ends.new_zeros(1))
+        return (grad_per_set.repeat_interleave(counts, output_size=grad.shape[-1]) * grad,) + (None,) * 10
     return (grad_per_set.view(-1, 1, 1) * grad,) + (None,) * 10
 
 
