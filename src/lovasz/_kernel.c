@@ -316,27 +316,85 @@ static inline float exp_nonpositive(float x) {
     return p * scale;
 }
 
-/* The softmax of each of `count` points' `classes` logits (rows of `x`) into `p`. A point with a NaN
- * logit, a +inf one, or only -inf gets NaN, as torch.softmax gives. */
-static void softmax_points(const float *x, float *p, int64_t count, int64_t classes) {
-    for (int64_t i = 0; i < count; i++) {
-        const float *logits = x + i * classes;
-        float *probs = p + i * classes;
-        float max = -INFINITY;
-        int nan = 0;
-        for (int64_t k = 0; k < classes; k++) {
-            max = logits[k] > max ? logits[k] : max;
-            nan |= logits[k] != logits[k];
+/* A float's bits with NaN as 0 (a test on the bits, vectorised where a float comparison is not). */
+static inline float nan_to_zero(float x) {
+    uint32_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    bits = (bits & 0x7fffffffu) > 0x7f800000u ? 0u : bits;
+    memcpy(&x, &bits, sizeof x);
+    return x;
+}
+
+/* The softmax over the classes of `count` (at most TILE) points in place, class-major: point j's
+ * logit of class k is x[k * stride + j]. The loops run across the points, each lane a point of its
+ * own, so that they are vectorised and no sum waits on the one before. A point with a NaN logit, a
+ * +inf one, or only -inf gets NaN, as torch.softmax gives. */
+static void softmax_tile(float *x, int64_t stride, int64_t count, int64_t classes) {
+    float max[TILE], shift[TILE], sum[TILE];
+    uint32_t bad[TILE];
+    for (int64_t j = 0; j < count; j++) {
+        max[j] = -INFINITY;
+        bad[j] = 0;
+        sum[j] = 0.0f;
+    }
+    for (int64_t k = 0; k < classes; k++) {
+        const float *row = x + k * stride;
+        for (int64_t j = 0; j < count; j++) {
+            max[j] = row[j] > max[j] ? row[j] : max[j];
+            bad[j] |= row[j] != row[j];
         }
-        if (nan || max == INFINITY || max == -INFINITY) {
-            for (int64_t k = 0; k < classes; k++) probs[k] = NAN;
-            continue;
+    }
+    for (int64_t j = 0; j < count; j++) {
+        bad[j] |= max[j] == INFINITY || max[j] == -INFINITY;
+        shift[j] = bad[j] ? 0.0f : max[j];
+    }
+    for (int64_t k = 0; k < classes; k++) {
+        float *row = x + k * stride;
+        for (int64_t j = 0; j < count; j++) {
+            /* x - max, in [-inf, 0] where not bad, else 0: a select on the bits, after the subtraction (a
+             * subtraction in one branch of a select would keep the loop from being vectorised) */
+            float shifted = row[j] - shift[j];
+            uint32_t bits;
+            memcpy(&bits, &shifted, sizeof bits);
+            bits &= bad[j] - 1u;
+            memcpy(&shifted, &bits, sizeof shifted);
+            row[j] = exp_nonpositive(shifted);
+            sum[j] += row[j];
         }
-        for (int64_t k = 0; k < classes; k++) probs[k] = exp_nonpositive(logits[k] - max);
-        float sum = 0.0f;
-        for (int64_t k = 0; k < classes; k++) sum += probs[k];
-        const float inverse = 1.0f / sum;
-        for (int64_t k = 0; k < classes; k++) probs[k] *= inverse;
+    }
+    for (int64_t j = 0; j < count; j++) sum[j] = bad[j] ? NAN : 1.0f / sum[j];
+    for (int64_t k = 0; k < classes; k++) {
+        float *row = x + k * stride;
+        for (int64_t j = 0; j < count; j++) row[j] *= sum[j];
+    }
+}
+
+/* The gradient of `count` (at most TILE) points, class-major g[k * stride + j] (d loss / d row), scaled
+ * by coefficient[k]; with `probs` (their softmax, points-first, classes apart; `tile` a scratch of
+ * TILE * classes), taken through the softmax: d / d x_k = p_k (g_k - sum_i p_i g_i), a NaN p (a NaN or
+ * inf logit: an ignored point's, or the loss is NaN already) counting as 0. In place, class-major. */
+static void gradient_tile(float *g, int64_t stride, int64_t count, int64_t classes, const float *coefficient,
+                          const float *probs, float *tile) {
+    float dot[TILE];
+    for (int64_t k = 0; k < classes; k++) {
+        float *row = g + k * stride;
+        for (int64_t j = 0; j < count; j++) row[j] *= coefficient[k];
+    }
+    if (!probs) return;
+    transpose_f32(probs, tile, count, classes, classes, TILE);
+    for (int64_t j = 0; j < count; j++) dot[j] = 0.0f;
+    for (int64_t k = 0; k < classes; k++) {
+        const float *row = g + k * stride;
+        float *p = tile + k * TILE;
+        for (int64_t j = 0; j < count; j++) {
+            p[j] = nan_to_zero(p[j]);
+            dot[j] += p[j] * row[j];
+        }
+    }
+    for (int64_t k = 0; k < classes; k++) {
+        float *row = g + k * stride;
+        const float *p = tile + k * TILE;
+        for (int64_t j = 0; j < count; j++) row[j] = p[j] * (row[j] - dot[j]);
     }
 }
 
@@ -363,7 +421,7 @@ EXPORT int lovasz_points_f32(const float *pred, const uint8_t *codes, float *gra
     }
     uint64_t *items = malloc((size_t)(largest + 1) * sizeof *items); /* + 1: a slot for the pixels left out */
     float *block = malloc((size_t)(classes * largest + 1) * sizeof *block);
-    float *tile = malloc((size_t)(TILE * classes) * sizeof *tile);     /* a tile of points, points-first */
+    float *tile = malloc((size_t)(TILE * classes) * sizeof *tile);     /* a tile's probabilities */
     float *coefficient = malloc((size_t)classes * sizeof *coefficient); /* d scene loss / d row loss */
     uint64_t *tmp = NULL;
     int64_t tmp_size = 0;
@@ -374,13 +432,11 @@ EXPORT int lovasz_points_f32(const float *pred, const uint8_t *codes, float *gra
         float *points_grad = grad ? grad + start * classes : NULL;
         for (int64_t i = 0; i < length; i += TILE) { /* the points, class-major (with logits: their softmax) */
             const int64_t count = length - i < TILE ? length - i : TILE;
-            const float *src = points + i * classes;
-            if (logits) { /* the probabilities also go where the gradient will be, for the softmax's backward */
-                softmax_points(src, tile, count, classes);
-                if (points_grad) memcpy(points_grad + i * classes, tile, (size_t)(count * classes) * sizeof *tile);
-                src = tile;
-            }
-            transpose_f32(src, block + i, count, classes, classes, length);
+            transpose_f32(points + i * classes, block + i, count, classes, classes, length);
+            if (!logits) continue;
+            softmax_tile(block + i, length, count, classes);
+            /* the probabilities also go where the gradient will be, for the softmax's backward */
+            if (points_grad) transpose_f32(block + i, points_grad + i * classes, classes, count, length, classes);
         }
         float weight_sum = 0.0f;
         for (int64_t k = 0; k < classes; k++) {
@@ -393,26 +449,11 @@ EXPORT int lovasz_points_f32(const float *pred, const uint8_t *codes, float *gra
         }
         if (!grad || failed) continue;
         for (int64_t k = 0; k < classes; k++) coefficient[k] = weight_sum != 0.0f ? coefficient[k] / weight_sum : 0.0f;
-        for (int64_t i = 0; i < length; i += TILE) { /* the gradient, back points-first, scaled */
+        for (int64_t i = 0; i < length; i += TILE) { /* the gradient, back points-first */
             const int64_t count = length - i < TILE ? length - i : TILE;
-            transpose_f32(block + i, tile, classes, count, length, classes);
             float *out = points_grad + i * classes;
-            for (int64_t j = 0; j < count; j++) {
-                float *g = tile + j * classes, *point = out + j * classes;
-                for (int64_t k = 0; k < classes; k++) g[k] *= coefficient[k];
-                if (!logits) {
-                    memcpy(point, g, (size_t)classes * sizeof *g);
-                    continue;
-                }
-                /* through the softmax p: d / d x_k = p_k (g_k - sum_j p_j g_j); a NaN p (a NaN or inf
-                 * logit: an ignored point's, or the loss is NaN already) counts as 0 */
-                float dot = 0.0f;
-                for (int64_t k = 0; k < classes; k++) {
-                    point[k] = point[k] == point[k] ? point[k] : 0.0f;
-                    dot += point[k] * g[k];
-                }
-                for (int64_t k = 0; k < classes; k++) point[k] *= g[k] - dot;
-            }
+            gradient_tile(block + i, length, count, classes, coefficient, logits ? out : NULL, tile);
+            transpose_f32(block + i, out, classes, count, length, classes);
         }
     }
     free(items);
