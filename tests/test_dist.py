@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tarfile
 import time
 import zipfile
 from pathlib import Path
@@ -174,7 +175,12 @@ def _check_dist(work: Path) -> None:
         assert tags and all(tag.startswith("manylinux") for tag in tags[1].split(".")), wheel.name
     with zipfile.ZipFile(wheel) as archive:
         kernels = [name for name in archive.namelist() if re.fullmatch(r"lovasz/_kernel\.[^/]*(so|pyd)", name)]
+        metadata = archive.read(next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+        licenses = [name for name in archive.namelist() if re.fullmatch(r"[^/]+\.dist-info/licenses/LICENSE", name)]
     assert kernels, f"no compiled kernel in {wheel.name}"
+    assert "License-Expression: MIT" in metadata.splitlines() and licenses, "the wheel should carry its license"
+    with tarfile.open(sdist) as archive:
+        assert any(name.endswith("/LICENSE") for name in archive.getnames()), "the sdist should carry LICENSE"
     print(f"wheel {wheel.name} ({wheel.stat().st_size} bytes, kernel {kernels[0]}); sdist {sdist.stat().st_size} bytes")
 
     # 2. A PATH with no compiler: an empty folder (every step's python is named by its full path)
