@@ -482,7 +482,7 @@ def _scene_losses_points_first(
         None if grad is None else grad.detach().numpy(),
         torch.get_num_threads(),
         logits=in_kernel,
-        weights=row_weights.to(torch.float32).numpy(),
+        weights=row_weights.detach().to(torch.float32).numpy(),
         present_only=present_only,
     )
     del rows
