@@ -137,3 +137,18 @@ def test_bad_segments_raise_clear_errors():
         LJ.lovasz_softmax(x, np.zeros((4, 3), int), segment_ids=np.array([0, 0, 1, 1]))
     with pytest.raises(TypeError, match="needs a static num_segments="):
         jax.jit(lambda ids: LJ.lovasz_softmax(x, y, segment_ids=ids))(np.array([0, 0, 1, 1]))
+
+
+def test_concrete_arrays_a_jitted_function_closes_over():
+    """Inside a trace, operations on concrete arrays are traced too: their checks are skipped, not crashed on
+    (segment ids and labels captured by a jitted function, as in a training step built once)."""
+    x, y, segment, order = data(4, seed=9)
+    y = np.where(y == 255, 0, y)
+    ids, labels = jnp.asarray(segment[order]), jnp.asarray(y[order])
+    eager = LJ.lovasz_softmax(x[order], labels, per_image=True, segment_ids=ids, num_segments=len(SIZES))
+    step = jax.jit(lambda p: LJ.lovasz_softmax(p, labels, per_image=True, segment_ids=ids, num_segments=len(SIZES)))
+    np.testing.assert_allclose(np.asarray(step(x[order])), np.asarray(eager), rtol=1e-6)
+    with pytest.raises(TypeError, match="needs a static num_segments="):
+        jax.jit(lambda p: LJ.lovasz_softmax(p, labels, per_image=True, segment_ids=ids))(x[order])
+    dense = jax.jit(lambda p: LJ.lovasz_softmax(p, labels[None] * 1, per_image=True))  # dense labels captured
+    assert np.isfinite(np.asarray(dense(x[order].T[None])))
