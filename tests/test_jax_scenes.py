@@ -66,18 +66,21 @@ def test_softmax_per_segment_equals_the_oracle_points_in_any_order(path, classes
     np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_gradient_equals_the_dense_gradient_of_each_segment_under_jit(path):
-    x, y, segment, _ = data(5, seed=2)
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_gradient_equals_the_dense_gradient_of_each_segment_under_jit(path, shuffled):
+    x, y, segment, order = data(5, seed=2)
     y = np.where(y == 255, 255, np.minimum(y, 4))
+    order = order if shuffled else np.arange(len(y))  # grouped by segment, or not: sorted inside
 
     @jax.jit
-    def loss(p):
+    def loss(p, labels, ids):
         losses = LJ.lovasz_softmax(
-            p, y, "all", True, 255, from_logits=True, segment_ids=segment, num_segments=len(SIZES), reduction="none"
+            p, labels, "all", True, 255, from_logits=True, segment_ids=ids, num_segments=len(SIZES), reduction="none"
         )
         return (losses * jnp.arange(1.0, len(SIZES) + 1)).sum()  # a different weight per segment
 
-    grad = np.asarray(jax.grad(loss)(jnp.asarray(x)))
+    grad = np.empty_like(x)
+    grad[order] = np.asarray(jax.grad(loss)(jnp.asarray(x[order]), y[order], segment[order]))
     for s, r in enumerate(runs()):
         if r.stop == r.start:
             continue
@@ -152,3 +155,26 @@ def test_concrete_arrays_a_jitted_function_closes_over():
         jax.jit(lambda p: LJ.lovasz_softmax(p, labels, per_image=True, segment_ids=ids))(x[order])
     dense = jax.jit(lambda p: LJ.lovasz_softmax(p, labels[None] * 1, per_image=True))  # dense labels captured
     assert np.isfinite(np.asarray(dense(x[order].T[None])))
+
+
+def test_points_in_no_segment_take_no_part_under_jit(path):
+    """Under jit the segment ids are not checked: points with an id out of range belong to no segment."""
+    x, y, segment, _ = data(4, seed=11)
+    y = np.where(y == 255, 0, y)
+    outside = segment.copy()
+    outside[[3, 30, 60]] = [len(SIZES), -1, len(SIZES) + 7]
+    kept = np.ones(len(y), bool)
+    kept[[3, 30, 60]] = False
+
+    def losses(p, labels, ids):
+        return LJ.lovasz_softmax(
+            p, labels, per_image=True, from_logits=True, segment_ids=ids, num_segments=len(SIZES), reduction="none"
+        )
+
+    got, vjp = jax.vjp(jax.jit(losses), jnp.asarray(x), y, outside)
+    expected, expected_vjp = jax.vjp(losses, jnp.asarray(x[kept]), y[kept], segment[kept])
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-6)
+    weights = jnp.arange(1.0, len(SIZES) + 1)
+    grad, expected_grad = np.asarray(vjp(weights)[0]), np.asarray(expected_vjp(weights)[0])
+    assert not grad[~kept].any()
+    np.testing.assert_allclose(grad[kept], expected_grad, rtol=1e-5, atol=1e-7)

@@ -289,8 +289,8 @@ def _segment_steps(fg_sorted: jax.Array, dtype: DTypeLike, ends: jax.Array, segm
     return jnp.where(k == 1, 1 - intersection / union, steps)
 
 
-def _segment_rows_sorted(errors: jax.Array, codes: jax.Array, ends: jax.Array) -> jax.Array:
-    """Loss ``[S, K]`` of each (segment, class) row of ``errors [K, N]``: one ``lax.sort``."""
+def _segment_rows_sorted(errors: jax.Array, codes: jax.Array, ends: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Loss and presence ``[S, K]`` of each (segment, class) row of ``errors [K, N]``: one ``lax.sort``."""
     num_rows, num_points = errors.shape
     segment = _segment_of_position(ends, num_points)
     key = jnp.where(codes != 2, -errors, jnp.inf)
@@ -299,27 +299,29 @@ def _segment_rows_sorted(errors: jax.Array, codes: jax.Array, ends: jax.Array) -
     steps = jax.lax.stop_gradient(_segment_steps(fg_sorted, errors.dtype, ends, segment))
     contributions = jax.nn.relu(-neg_sorted) * steps
     sums = jax.ops.segment_sum(contributions.T, segment, ends.shape[0] + 1, indices_are_sorted=True)
-    return sums[:-1]
+    counts = jax.ops.segment_sum((codes == 1).T.astype(jnp.int32), segment, ends.shape[0] + 1, indices_are_sorted=True)
+    return sums[:-1], counts[:-1] > 0
 
 
-def _segments_on_host(
-    errors: np.ndarray, codes: np.ndarray, ends: np.ndarray, need_grad: bool
-) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    """The C kernel's segment rows on ``[..., K, N]`` errors; the leading axes come from ``vmap``."""
+def _segments_on_host(errors: np.ndarray, codes: np.ndarray, ends: np.ndarray, need_grad: bool) -> tuple:
+    """The C kernel's segment rows on ``[..., K, N]`` errors: loss, presence (and gradient); the leading
+    axes come from ``vmap``."""
     errors, codes, ends = np.asarray(errors), np.asarray(codes), np.asarray(ends)
     lead, (num_rows, _) = errors.shape[:-2], errors.shape[-2:]
     loss = np.empty(lead + (ends.shape[-1], num_rows), np.float32)
+    present = np.empty(loss.shape, np.bool_)
     grad = np.zeros(errors.shape, np.float32) if need_grad else None  # points in no segment: 0
     for index in np.ndindex(lead):
-        loss[index], _ = C.lovasz_scene_rows(
+        loss[index], present[index] = C.lovasz_scene_rows(
             errors[index], codes[index], ends[index], C.ERRORS, None if grad is None else grad[index], _THREADS
         )
-    return loss if grad is None else (loss, grad)
+    return (loss, present) if grad is None else (loss, present, grad)
 
 
 def _segments_call(errors: jax.Array, codes: jax.Array, ends: jax.Array, need_grad: bool) -> Any:
-    loss = jax.ShapeDtypeStruct(errors.shape[:-2] + (ends.shape[-1], errors.shape[-2]), jnp.float32)
-    shapes = (loss, jax.ShapeDtypeStruct(errors.shape, jnp.float32)) if need_grad else loss
+    rows = errors.shape[:-2] + (ends.shape[-1], errors.shape[-2])
+    shapes: tuple = (jax.ShapeDtypeStruct(rows, jnp.float32), jax.ShapeDtypeStruct(rows, jnp.bool_))
+    shapes += (jax.ShapeDtypeStruct(errors.shape, jnp.float32),) if need_grad else ()
     return jax.pure_callback(
         functools.partial(_segments_on_host, need_grad=need_grad),
         shapes,
@@ -331,34 +333,40 @@ def _segments_call(errors: jax.Array, codes: jax.Array, ends: jax.Array, need_gr
 
 
 @jax.custom_vjp
-def _host_segments(errors: jax.Array, codes: jax.Array, ends: jax.Array) -> jax.Array:
-    """Loss ``[S, K]`` of each (segment, class) row of float32 ``errors [K, N]``, by the C kernel."""
+def _host_segments(errors: jax.Array, codes: jax.Array, ends: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Loss and presence ``[S, K]`` of each (segment, class) row of float32 ``errors [K, N]``, by the C kernel."""
     return _segments_call(errors, codes, ends, need_grad=False)
 
 
 def _host_segments_fwd(
     errors: jax.Array, codes: jax.Array, ends: jax.Array
-) -> tuple[jax.Array, tuple[jax.Array, jax.Array, jax.Array]]:
-    loss, grad = _segments_call(errors, codes, ends, need_grad=True)
-    return loss, (grad, codes, ends)
+) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]:
+    loss, present, grad = _segments_call(errors, codes, ends, need_grad=True)
+    return (loss, present), (grad, codes, ends)
 
 
 def _host_segments_bwd(
-    residuals: tuple[jax.Array, jax.Array, jax.Array], loss_cotangent: jax.Array
+    residuals: tuple[jax.Array, jax.Array, jax.Array], cotangents: tuple[jax.Array, Any]
 ) -> tuple[jax.Array, np.ndarray, np.ndarray]:
     grad, codes, ends = residuals
-    # each point takes its own segment's cotangent (0 in no segment)
-    segment = _segment_of_position(ends, grad.shape[-1])
+    loss_cotangent = cotangents[0]
+    # each point takes its own segment's cotangent, by runs (0 past the last: points in no segment)
+    num_points = grad.shape[-1]
+    counts = jnp.diff(ends, prepend=0, append=num_points)
     padded = jnp.concatenate([loss_cotangent, jnp.zeros_like(loss_cotangent[:1])])  # [S + 1, K]
+    spread = jnp.repeat(padded, counts, axis=0, total_repeat_length=num_points)  # [N, K]
     zeros = lambda x: np.zeros(x.shape, jax.dtypes.float0)  # noqa: E731
-    return padded[segment].T * grad, zeros(codes), zeros(ends)
+    return spread.T * grad, zeros(codes), zeros(ends)
 
 
 _host_segments.defvjp(_host_segments_fwd, _host_segments_bwd)
 
 
-def _segment_kernel(errors: jax.Array, fg: jax.Array, valid: jax.Array | None, ends: jax.Array) -> jax.Array:
-    """Loss ``[S, K]`` of each (segment, class) row of ``errors [K, N]``: the C kernel where it applies."""
+def _segment_kernel(
+    errors: jax.Array, fg: jax.Array, valid: jax.Array | None, ends: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Loss and presence ``[S, K]`` of each (segment, class) row of ``errors [K, N]``: the C kernel where it
+    applies."""
     codes = fg.astype(jnp.uint8) if valid is None else jnp.where(valid, fg.astype(jnp.uint8), 2).astype(jnp.uint8)
     if not C.applies(errors.dtype, errors.size) or C.scene_kernel() is None:
         return _segment_rows_sorted(errors, codes, ends)
@@ -391,10 +399,7 @@ def _lovasz_classes(
     else:  # |[y = c] - p|
         errors = jnp.abs(jnp.where(fg, 1 - pred, pred))
     if ends is not None:
-        loss = _segment_kernel(errors[0], fg[0], None if valid is None else valid[0], ends)
-        segment = _segment_of_position(ends, fg.shape[-1])
-        counts = jax.ops.segment_sum(fg[0].T.astype(jnp.int32), segment, ends.shape[0] + 1, indices_are_sorted=True)
-        present = counts[:-1] > 0
+        loss, present = _segment_kernel(errors[0], fg[0], None if valid is None else valid[0], ends)
     else:
         loss = _lovasz_kernel(errors, fg, valid, per_image)
         present = _rows(fg, per_image).any(-1)
