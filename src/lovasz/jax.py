@@ -131,8 +131,9 @@ def _segments(
         raise TypeError(f"num_segments must be a non-negative int (static); got {num_segments!r}")
     num_segments = int(num_segments)
     _check_values(ids, (ids >= 0) & (ids < num_segments), None, f"in [0, {num_segments - 1}]", "segment_ids")
-    # Points in segment order (a stable sort of N, where they are not in it already: the sort and its
-    # gathers cost more than the loss's softmax); under jit, ids out of range go last, in no segment.
+    # Points in segment order: a stable sort of N where they are not in it already (the sort and its
+    # gathers: ~85 ms of 4 x 120,000 x 19 forward and backward); under jit, ids out of range go last,
+    # in no segment.
     key = jnp.where((ids >= 0) & (ids < num_segments), ids, num_segments)
     ends = jnp.cumsum(jnp.bincount(key, length=num_segments + 1)[:num_segments])
 
