@@ -174,7 +174,7 @@ def test_points_in_no_segment_take_no_part_under_jit(path):
     got, vjp = jax.vjp(jax.jit(losses), jnp.asarray(x), y, outside)
     expected, expected_vjp = jax.vjp(losses, jnp.asarray(x[kept]), y[kept], segment[kept])
     np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-6)
-    weights = jnp.arange(1.0, len(SIZES) + 1)
+    weights = jnp.arange(1.0, len(SIZES) + 1, dtype=got.dtype)  # float32 also where another test enabled x64
     grad, expected_grad = np.asarray(vjp(weights)[0]), np.asarray(expected_vjp(weights)[0])
     assert not grad[~kept].any()
     np.testing.assert_allclose(grad[kept], expected_grad, rtol=1e-5, atol=1e-7)
