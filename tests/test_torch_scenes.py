@@ -251,6 +251,31 @@ def test_extreme_logits_on_the_kernel_equal_the_sort_path(monkeypatch, classes, 
     torch.testing.assert_close(grad_kernel, grad_sort, rtol=1e-5, atol=1e-7)
 
 
+def test_every_thread_count_gives_the_same_result_on_the_kernel():
+    """The points-first kernel splits the points, then the rows, over the threads: one scene on many threads,
+    many scenes on one, a run of points that crosses scenes; the result is the same to the bit."""
+    x, y, offsets = scene_data(5, seed=25, dtype=torch.float32, sizes=[1000, 37, 0, 2500])
+    y = torch.where(y == 255, 255, y % 5)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2, 3, 7):
+            torch.set_num_threads(count)
+            for one_scene in (False, True):
+                points = x.clone().requires_grad_()
+                scenes = torch.tensor([len(y)]) if one_scene else offsets
+                losses = L.lovasz_softmax(
+                    points, y, per_image=True, ignore=255, from_logits=True, offsets=scenes, reduction="none"
+                )
+                (losses * torch.arange(1.0, len(losses) + 1)).sum().backward()
+                results.append((one_scene, losses.detach(), points.grad))
+    finally:
+        torch.set_num_threads(threads)
+    for one_scene, losses, grad in results[2:]:
+        first = results[int(one_scene)]
+        assert torch.equal(losses, first[1]) and torch.equal(grad, first[2])
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_nonfinite_logits_count_where_the_point_takes_part_and_not_where_ignored(path, bad):
     x, y, offsets = scene_data(4, seed=23, dtype=torch.float32)

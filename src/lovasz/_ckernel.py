@@ -87,10 +87,11 @@ def scene_kernel() -> Callable[..., int] | None:
 
 
 @functools.cache
-def points_kernel() -> Callable[..., int] | None:
-    """The compiled ``lovasz_points_f32`` (points-first scenes), or None."""
-    argtypes = [_PTR, _PTR, _PTR, _I64, _I64, _PTR, _INT, _INT, _PTR, _INT, _I64, _I64, _PTR, _PTR]
-    return _entry("lovasz_points_f32", argtypes)
+def points_kernel() -> tuple[Callable[..., int], Callable[..., int]] | None:
+    """The compiled ``lovasz_points_in_f32`` and ``lovasz_points_out_f32`` (points-first scenes), or None."""
+    into = _entry("lovasz_points_in_f32", [_PTR, _PTR, _PTR, _I64, _I64, _INT, _I64, _I64])
+    out = _entry("lovasz_points_out_f32", [_PTR, _PTR, _PTR, _I64, _I64, _PTR, _I64, _PTR, _I64, _I64])
+    return None if into is None or out is None or scene_kernel() is None else (into, out)
 
 
 _WHY_NOT = ""
@@ -224,6 +225,14 @@ def lovasz_scene_rows(
     return loss, present
 
 
+def _point_blocks(num_points: int, threads: int) -> list[tuple[int, int]]:
+    """``threads`` runs of points, each starting at a multiple of the kernel's tile of 32 points."""
+    tiles = -(-num_points // 32)
+    workers = max(min(threads, tiles), 1)
+    bounds = [min(tiles * w // workers * 32, num_points) for w in range(workers + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
 def lovasz_points(
     points: np.ndarray,
     codes: np.ndarray,
@@ -232,28 +241,42 @@ def lovasz_points(
     grad: np.ndarray | None,
     threads: int,
     logits: bool,
-    weights: np.ndarray,
-    present_only: bool,
+    coefficients: Callable[[np.ndarray, np.ndarray], np.ndarray],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Loss and presence ``[S, K]`` of each (scene, class) row of points laid out points-first.
 
     ``points [N, K]`` (float32; logits with ``logits``, whose softmax over ``K`` the kernel takes)
     are read where they lie, ``codes [K, N]`` (uint8) hold each class's row; scene ``s`` is points
-    ``[ends[s - 1], ends[s])``. Writes into ``grad`` (C-contiguous float32 ``[N, K]``, possibly
-    ``points`` itself unless ``logits``), if given, the derivative of each point's own scene's loss:
-    the mean of its rows' losses weighted by ``weights [K]``, over the rows with a foreground point
-    if ``present_only`` (0 where no weight is left).
+    ``[ends[s - 1], ends[s])``, the last end ``N``. Writes into ``grad`` (C-contiguous float32
+    ``[N, K]``, possibly ``points`` itself unless ``logits``), if given, the derivative of each point's
+    own scene's loss: its rows' losses weighted by ``coefficients(loss, present)`` (float32 ``[S, K]``).
+    Three passes, each on up to ``threads`` threads: the points transposed class-major (and their
+    softmax), the rows, the gradient back.
     """
     num_classes, num_points = codes.shape
     ends = _scene_ends(ends, num_points)
+    if ends.size and ends[-1] != num_points:
+        raise ValueError(f"the last scene must end at the last point, {num_points}; got {ends[-1]}")
     points, codes = np.ascontiguousarray(points), np.ascontiguousarray(codes)
-    weights = np.ascontiguousarray(weights, dtype=np.float32)
-    assert points.shape == (num_points, num_classes) and weights.shape == (num_classes,)
+    assert points.shape == (num_points, num_classes)
     assert grad is None or (grad.flags.c_contiguous and grad.shape == points.shape and grad.dtype == np.float32)
     assert not (logits and grad is points)
-    loss = np.empty((ends.size, num_classes), np.float32)
-    present = np.empty((ends.size, num_classes), np.bool_)
-    args = (points.ctypes.data, codes.ctypes.data, None if grad is None else grad.ctypes.data)
-    args += (num_classes, num_points, ends.ctypes.data, mode, int(logits), weights.ctypes.data, int(present_only))
-    _run_rows(points_kernel(), args, loss, present, threads, f"{num_points} points", ends.size)
+    kernels = points_kernel()
+    assert kernels is not None, "lovasz_points needs the points kernel: see points_kernel()"
+    into, out = kernels
+    block = np.empty((num_classes, num_points), np.float32)  # the rows, class-major; then their gradient
+    probs = grad if logits else None  # the softmax, where the gradient will be
+    point_blocks = _point_blocks(num_points, threads)
+    args = (points.ctypes.data, block.ctypes.data, None if probs is None else probs.ctypes.data)
+    args += (num_classes, num_points, int(logits))
+    _run_blocks(lambda run: into(*args, *run), point_blocks, len(point_blocks))
+    loss, present = lovasz_scene_rows(block, codes, ends, mode, None if grad is None else block, threads)
+    if grad is not None:
+        coefficient = np.ascontiguousarray(coefficients(loss, present), dtype=np.float32)
+        assert coefficient.shape == loss.shape
+        args = (block.ctypes.data, None if probs is None else probs.ctypes.data, grad.ctypes.data)
+        args += (num_classes, num_points, ends.ctypes.data, ends.size, coefficient.ctypes.data)
+        status = _run_blocks(lambda run: out(*args, *run), point_blocks, len(point_blocks))
+        if any(status):
+            raise MemoryError(f"lovasz: no memory for the scratch of {num_points} points")
     return loss, present

@@ -398,70 +398,57 @@ static void gradient_tile(float *g, int64_t stride, int64_t count, int64_t class
     }
 }
 
-/* Rows of points of scenes laid out points-first, as a network gives them: `pred` and `grad` are
- * [n, classes], `codes` [classes, n], scene s the points [ends[s - 1], ends[s]) (checked by the
- * caller), and the rows of scenes [scene_begin, scene_end) are done here, scene by scene: its points
- * are transposed into a scratch buffer, [classes, length] (its rows contiguous there), a tile at a
- * time, each row's loss and gradient computed there in place, and the gradient transposed back. So
- * the input needs no transposed copy, nor the gradient.
- *
- * With `logits` (mode SOFTMAX), `pred` holds logits: the rows are their softmax over the classes,
- * taken on the way in, and the gradient is d loss / d logits. If `grad` is not NULL, it is each
- * scene's loss's: the mean of its rows' losses weighted by `weights[k]`, over the rows with a
- * foreground point if `present_only` (0 where no weight is left). Writes loss[s * classes + k],
- * present[...] of each row, and grad (which may be `pred` itself unless `logits`). Returns 0, or -1
- * if scratch memory could not be allocated. */
-EXPORT int lovasz_points_f32(const float *pred, const uint8_t *codes, float *grad, int64_t classes, int64_t n,
-                             const int64_t *ends, int mode, int logits, const float *weights, int present_only,
-                             int64_t scene_begin, int64_t scene_end, float *loss, uint8_t *present) {
-    int64_t largest = 0; /* points in the largest scene here */
-    for (int64_t s = scene_begin; s < scene_end; s++) {
-        const int64_t length = ends[s] - (s ? ends[s - 1] : 0);
-        largest = length > largest ? length : largest;
+/* Points of scenes laid out points-first, as a network gives them ([n, classes]), go through the kernel
+ * in three passes, each split over the threads: lovasz_points_in_f32 transposes them class-major into a
+ * scratch buffer, a tile at a time (with logits, taking their softmax); lovasz_scene_rows_f32 computes
+ * each (scene, class) row's loss and gradient there, in place; lovasz_points_out_f32 scales each point's
+ * gradient by its scene's coefficients, takes it back through the softmax and writes it points-first.
+ * So the input needs no transposed copy, nor the gradient, and the rows of one scene can go to every
+ * thread. */
+
+/* Points [begin, end) of `pred` [n, classes] into `block` [classes, n]. With `logits`, their softmax
+ * over the classes, also written points-first into `probs` if it is not NULL (for the softmax's
+ * backward). `begin` is a multiple of TILE, or the callers' blocks would share tiles' cache lines. */
+EXPORT int lovasz_points_in_f32(const float *pred, float *block, float *probs, int64_t classes, int64_t n,
+                                int logits, int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; i += TILE) {
+        const int64_t count = end - i < TILE ? end - i : TILE;
+        transpose_f32(pred + i * classes, block + i, count, classes, classes, n);
+        if (!logits) continue;
+        softmax_tile(block + i, n, count, classes);
+        if (probs) transpose_f32(block + i, probs + i * classes, classes, count, n, classes);
     }
-    uint64_t *items = malloc((size_t)(largest + 1) * sizeof *items); /* + 1: a slot for the pixels left out */
-    float *block = malloc((size_t)(classes * largest + 1) * sizeof *block);
-    float *tile = malloc((size_t)(TILE * classes) * sizeof *tile);     /* a tile's probabilities */
-    float *coefficient = malloc((size_t)classes * sizeof *coefficient); /* d scene loss / d row loss */
-    uint64_t *tmp = NULL;
-    int64_t tmp_size = 0;
-    int failed = !items || !block || !tile || !coefficient;
-    for (int64_t s = scene_begin; s < scene_end && !failed; s++) {
-        const int64_t start = s ? ends[s - 1] : 0, length = ends[s] - start;
-        const float *points = pred + start * classes;
-        float *points_grad = grad ? grad + start * classes : NULL;
-        for (int64_t i = 0; i < length; i += TILE) { /* the points, class-major (with logits: their softmax) */
-            const int64_t count = length - i < TILE ? length - i : TILE;
-            transpose_f32(points + i * classes, block + i, count, classes, classes, length);
-            if (!logits) continue;
-            softmax_tile(block + i, length, count, classes);
-            /* the probabilities also go where the gradient will be, for the softmax's backward */
-            if (points_grad) transpose_f32(block + i, points_grad + i * classes, classes, count, length, classes);
+    return 0;
+}
+
+/* The gradient of points [begin, end) into `grad` [n, classes]: `block` [classes, n] holds each point's
+ * d loss / d row, which is scaled by coefficient[s * classes + k] of the point's scene s (scene s the
+ * points [ends[s - 1], ends[s])) and, with `probs` (points-first, not NULL after logits), taken through
+ * the softmax. `grad` may be `pred` of lovasz_points_in_f32 (every point is read before the last pass).
+ * Returns 0, or -1 if scratch memory could not be allocated. */
+EXPORT int lovasz_points_out_f32(float *block, const float *probs, float *grad, int64_t classes, int64_t n,
+                                 const int64_t *ends, int64_t scenes, const float *coefficient, int64_t begin,
+                                 int64_t end) {
+    float *tile = malloc((size_t)(TILE * classes) * sizeof *tile); /* a tile's probabilities */
+    if (!tile) return -1;
+    int64_t s = 0;
+    for (int64_t i = begin; i < end;) {
+        while (s < scenes && ends[s] <= i) s++; /* the scene of point i */
+        if (s == scenes) { /* points after the last scene: in none, their gradient is 0 */
+            memset(grad + i * classes, 0, (size_t)((end - i) * classes) * sizeof *grad);
+            break;
         }
-        float weight_sum = 0.0f;
-        for (int64_t k = 0; k < classes; k++) {
-            const int64_t r = s * classes + k;
-            const Row row = {block + k * length, codes + k * n + start, grad ? block + k * length : NULL, 1, length,
-                             length, mode};
-            loss[r] = lovasz_row(&row, items, &tmp, &tmp_size, present + r, &failed);
-            coefficient[k] = present_only && !present[r] ? 0.0f : weights ? weights[k] : 1.0f;
-            weight_sum += coefficient[k];
+        const int64_t run_end = ends[s] < end ? ends[s] : end;
+        for (; i < run_end; i += TILE) { /* tiles that stop at the scene's end */
+            const int64_t count = run_end - i < TILE ? run_end - i : TILE;
+            gradient_tile(block + i, n, count, classes, coefficient + s * classes, probs ? probs + i * classes : NULL,
+                          tile);
+            transpose_f32(block + i, grad + i * classes, classes, count, n, classes);
         }
-        if (!grad || failed) continue;
-        for (int64_t k = 0; k < classes; k++) coefficient[k] = weight_sum != 0.0f ? coefficient[k] / weight_sum : 0.0f;
-        for (int64_t i = 0; i < length; i += TILE) { /* the gradient, back points-first */
-            const int64_t count = length - i < TILE ? length - i : TILE;
-            float *out = points_grad + i * classes;
-            gradient_tile(block + i, length, count, classes, coefficient, logits ? out : NULL, tile);
-            transpose_f32(block + i, out, classes, count, length, classes);
-        }
+        i = run_end;
     }
-    free(items);
-    free(block);
     free(tile);
-    free(coefficient);
-    free(tmp);
-    return failed ? -1 : 0;
+    return 0;
 }
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernel", "C kernel of lovasz, called through ctypes.",

@@ -474,6 +474,10 @@ def _scene_losses_points_first(
     grad = None
     if need_grad:  # the kernel reads a scene's points before it writes their gradient: ours may overwrite them
         grad = rows if rows is not points else torch.empty_like(rows)
+
+    def means(loss: np.ndarray, present: np.ndarray) -> tuple[Tensor, Tensor]:
+        return _set_means(torch.from_numpy(loss), torch.from_numpy(present), row_weights.detach(), present_only)
+
     loss, present = C.lovasz_points(
         rows.detach().numpy(),
         codes[0].contiguous().numpy(),
@@ -482,11 +486,10 @@ def _scene_losses_points_first(
         None if grad is None else grad.detach().numpy(),
         torch.get_num_threads(),
         logits=in_kernel,
-        weights=row_weights.detach().to(torch.float32).numpy(),
-        present_only=present_only,
+        coefficients=lambda loss, present: means(loss, present)[1].numpy(),
     )
     del rows
-    per_set, _ = _set_means(torch.from_numpy(loss), torch.from_numpy(present), row_weights, present_only)
+    per_set, _ = means(loss, present)
     if grad is None:
         return per_set, pred.new_empty(0)
     if class_ids is not None:  # the classes left out get zero
