@@ -261,7 +261,14 @@ EXPORT int lovasz_rows_f32(const float *pred, const uint8_t *codes, float *grad,
 EXPORT int lovasz_scene_rows_f32(const float *pred, const uint8_t *codes, float *grad, int64_t classes, int64_t n,
                                  const int64_t *ends, int mode, int64_t row_begin, int64_t row_end, float *loss,
                                  uint8_t *present) {
-    uint64_t *items = malloc((size_t)(n + 1) * sizeof *items); /* + 1: a slot for the pixels left out */
+    int64_t largest = 0; /* points in the largest scene of these rows */
+    if (row_begin < row_end) { /* (and so classes > 0) */
+        for (int64_t s = row_begin / classes; s <= (row_end - 1) / classes; s++) {
+            const int64_t length = ends[s] - (s ? ends[s - 1] : 0);
+            largest = length > largest ? length : largest;
+        }
+    }
+    uint64_t *items = malloc((size_t)(largest + 1) * sizeof *items); /* + 1: a slot for the pixels left out */
     uint64_t *tmp = NULL;
     int64_t tmp_size = 0;
     int failed = items == NULL;
