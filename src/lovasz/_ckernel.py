@@ -181,15 +181,12 @@ def lovasz_rows(
     return loss, present
 
 
-def _run_rows(
-    function, args: tuple, loss: np.ndarray, present: np.ndarray, threads: int, what: str, units: int | None = None
-) -> None:
-    """``function(*args, begin, end, loss, present)`` over ``[0, units)`` (the rows by default; the
-    scenes of the points kernel), in blocks on the threads."""
-    units = loss.size if units is None else units
+def _run_rows(function, args: tuple, loss: np.ndarray, present: np.ndarray, threads: int, what: str) -> None:
+    """``function(*args, row_begin, row_end, loss, present)`` over every row, in blocks on the threads."""
+    num_rows = loss.size
     outputs = (loss.ctypes.data, present.ctypes.data)
-    workers = max(min(threads, units), 1)
-    bounds = [units * w // workers for w in range(workers + 1)]
+    workers = max(min(threads, num_rows), 1)
+    bounds = [num_rows * w // workers for w in range(workers + 1)]
     blocks = list(zip(bounds[:-1], bounds[1:]))
     status = _run_blocks(lambda block: function(*args, *block, *outputs), blocks, workers)
     if any(status):

@@ -283,8 +283,8 @@ EXPORT int lovasz_scene_rows_f32(const float *pred, const uint8_t *codes, float 
     return failed ? -1 : 0;
 }
 
-/* Points are read and written a tile of TILE points at a time, so that a scene's points, transposed
- * class-major into a scratch buffer, and the points-first arrays are both in cache. */
+/* Points are read and written a tile of TILE points at a time, so that both sides of a transpose,
+ * points-first and class-major, stay in cache; _ckernel.py's blocks of points start at multiples of it. */
 #define TILE 32
 
 /* dst[j][i] = src[i][j] for a rows x cols block (row strides src_stride, dst_stride), a tile at a time. */
