@@ -227,6 +227,13 @@ def scene_of_points(ends: Tensor, num_points: int) -> Tensor:
     return torch.searchsorted(ends, torch.arange(num_points, device=ends.device), right=True)
 
 
+def per_point(values: Tensor, ends: Tensor, num_points: int, dim: int = 0) -> Tensor:
+    """Each point's own scene's entry of ``values`` (one per scene along ``dim``), repeated over the scene's
+    run of points: ``num_points`` along ``dim`` (no host sync: the size is given)."""
+    counts = torch.diff(ends, prepend=ends.new_zeros(1))
+    return values.repeat_interleave(counts, dim=dim, output_size=num_points)
+
+
 def scene_sums(values: Tensor, ends: Tensor) -> Tensor:
     """Sums ``[..., S]`` of each scene's run of ``values [..., N]``: differences of a float64
     running sum (no atomics, so the same on every run)."""
@@ -399,8 +406,7 @@ def _row_losses(
     if grad is None:
         return per_set, pred.new_empty(0)
     if ends is not None:  # each point's own scene's coefficients
-        counts = torch.diff(ends, prepend=ends.new_zeros(1))
-        grad.mul_(coefficient.T.repeat_interleave(counts, dim=1, output_size=num_pixels))  # [K, N], by runs
+        grad.mul_(per_point(coefficient.T, ends, num_pixels, dim=1))  # [K, N]
         scale = None
     else:
         scale = coefficient.unsqueeze(-1).expand(batch, num_rows, 1)  # d per_set / d row loss
@@ -570,8 +576,7 @@ def _backward(ctx, grad_per_set, _grad_grad):
         raise RuntimeError(_SECOND_ORDER_WITH_SOFTMAX)
     grad, ends = ctx.saved_tensors
     if ends is not None:  # [1, C, N]: each point takes its own scene's factor
-        counts = torch.diff(ends, prepend=ends.new_zeros(1))
-        return (grad_per_set.repeat_interleave(counts, output_size=grad.shape[-1]) * grad,) + (None,) * 10
+        return (per_point(grad_per_set, ends, grad.shape[-1]) * grad,) + (None,) * 10
     return (grad_per_set.view(-1, 1, 1) * grad,) + (None,) * 10
 
 
