@@ -181,14 +181,18 @@ def lovasz_rows(
     return loss, present
 
 
+def _split(count: int, threads: int) -> list[tuple[int, int]]:
+    """``[0, count)`` in up to ``threads`` runs of nearly equal length (one, empty, if ``count`` is 0)."""
+    workers = max(min(threads, count), 1)
+    bounds = [count * w // workers for w in range(workers + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
 def _run_rows(function, args: tuple, loss: np.ndarray, present: np.ndarray, threads: int, what: str) -> None:
     """``function(*args, row_begin, row_end, loss, present)`` over every row, in blocks on the threads."""
-    num_rows = loss.size
     outputs = (loss.ctypes.data, present.ctypes.data)
-    workers = max(min(threads, num_rows), 1)
-    bounds = [num_rows * w // workers for w in range(workers + 1)]
-    blocks = list(zip(bounds[:-1], bounds[1:]))
-    status = _run_blocks(lambda block: function(*args, *block, *outputs), blocks, workers)
+    blocks = _split(loss.size, threads)
+    status = _run_blocks(lambda block: function(*args, *block, *outputs), blocks, len(blocks))
     if any(status):
         raise MemoryError(f"lovasz: no memory for the sort scratch of {what}")
 
@@ -223,11 +227,8 @@ def lovasz_scene_rows(
 
 
 def _point_blocks(num_points: int, threads: int) -> list[tuple[int, int]]:
-    """``threads`` runs of points, each starting at a multiple of the kernel's tile of 32 points."""
-    tiles = -(-num_points // 32)
-    workers = max(min(threads, tiles), 1)
-    bounds = [min(tiles * w // workers * 32, num_points) for w in range(workers + 1)]
-    return list(zip(bounds[:-1], bounds[1:]))
+    """Up to ``threads`` runs of points, each starting at a multiple of the kernel's tile of 32 points."""
+    return [(begin * 32, min(end * 32, num_points)) for begin, end in _split(-(-num_points // 32), threads)]
 
 
 def lovasz_points(
