@@ -211,6 +211,7 @@ static float lovasz_row(const Row *row, uint64_t *items, uint64_t **tmp, int64_t
         for (int64_t k = 0; k < size; k++) {
             const uint32_t low = (uint32_t)sorted[k], fg = low >> 31;
             uint32_t bits = ~(uint32_t)(sorted[k] >> 32);
+            const uint32_t error_is_nan = bits > 0x7f800000u; /* (the sign bit is clear) */
             float error;
             memcpy(&error, &bits, sizeof error);
             fg_taken += fg;
@@ -224,6 +225,9 @@ static float lovasz_row(const Row *row, uint64_t *items, uint64_t **tmp, int64_t
             if (row->grad) {
                 const float value = (float)step;
                 memcpy(&bits, &value, sizeof bits);
+                /* a NaN error (a NaN prediction at a valid pixel) gets a NaN gradient, as torch's own losses
+                 * give one: the loss is NaN already, and AMP's GradScaler looks for it in the gradient */
+                bits = error_is_nan ? 0x7fc00000u : bits;
                 bits ^= (low & NEGATIVE_FLAG) << 1; /* the sign of d error / d pred */
                 memcpy(&row->grad[low & OFFSET_MASK], &bits, sizeof bits);
             }

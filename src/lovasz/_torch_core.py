@@ -23,10 +23,14 @@ The rows themselves go one of three ways:
   one ``torch.sort`` (each pass of the path below fused into three); the softmax's backward
   (``from_logits=True``) in one more, ``_triton_softmax``;
 - elsewhere (float64, or neither of the above): ``torch.sort`` of integer keys.
-  Non-negative float bits sort like the floats; the foreground bit rides in the
-  key's lowest bit (the error loses one ulp), so no gather of the labels is
-  needed; ignored pixels get the largest key and sort last, where their error is
-  zero, so every shape is static; rows go through in chunks to cap the memory.
+  Non-negative float bits sort like the floats, and the sort is stable; ignored
+  pixels get the largest key and sort last, where their error is zero, so every
+  shape is static; rows go through in chunks to cap the memory.
+
+Every path orders tied errors by pixel index (as the oracle's stable argsort does), so that
+each gives the same (sub)gradient at ties, which a saturated softmax makes common; and every
+path gives a NaN gradient where an error is NaN (a NaN prediction at a valid pixel), as
+torch's own losses do, ignored pixels keeping their exact zero.
 
 The gradient ``J(k) - J(k-1)`` is computed in closed form from the counts,
 exact to a few ulps where the usual difference of two Jaccard values loses
@@ -141,38 +145,38 @@ def _rows_per_chunk(num_rows: int, num_pixels: int, device: torch.device) -> int
 
 
 def _keys(pred: Tensor, codes: Tensor, hinge: bool, want_slope: bool) -> tuple[Tensor, Tensor | None, Tensor]:
-    """Each pixel's sort key (ascending = errors descending, the foreground bit in the lowest bit,
-    ignored pixels last), d error / d pred if ``want_slope``, and the foreground mask."""
+    """Each pixel's sort key (ascending = errors descending, ignored pixels last; a stable sort leaves
+    ties in pixel order, as every path does), d error / d pred if ``want_slope``, and the foreground mask."""
     fg, ignored = codes == FOREGROUND, codes == IGNORED
     margin = torch.where(fg, 1 - pred, 1 + pred if hinge else pred)  # signed: its sign gives the slope
     errors = margin.clamp_min(0) if hinge else margin.abs()
-    # d error / d pred: -1 for foreground, +1 for background, times d error / d margin (0 where the error is 0).
-    slope = (
-        (margin > 0 if hinge else margin.sign()).to(pred.dtype).mul_(1 - 2 * fg.to(pred.dtype)).masked_fill_(ignored, 0)
-        if want_slope
-        else None
-    )
+    # d error / d pred: -1 for foreground, +1 for background, times d error / d margin (0 where the error
+    # is 0); NaN where the error is NaN (a NaN prediction at a valid pixel), as torch's own losses give.
+    slope = None
+    if want_slope:
+        slope = (margin > 0) if hinge else margin.sign()
+        slope = slope.to(pred.dtype).mul_(1 - 2 * fg.to(pred.dtype)).masked_fill_(margin.isnan(), float("nan"))
+        slope.masked_fill_(ignored, 0)
     del margin
     key_dtype = _KEY_DTYPE[errors.dtype]
     int_max = torch.iinfo(key_dtype).max
     # Non-negative float bits sort like the floats; clearing the sign bit turns -0.0 into 0.0.
-    key = errors.view(key_dtype).bitwise_and_(int_max - 1).bitwise_or_(fg)
+    key = errors.view(key_dtype).bitwise_and_(int_max)
     return key.bitwise_not_().masked_fill_(ignored, int_max), slope, fg
 
 
-def _decode(key_sorted: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """The foreground bits and errors of sorted keys (ignored pixels: -0.0 errors, which add nothing)."""
-    bits = key_sorted.bitwise_not_()
-    return bits & 1, bits.bitwise_and_(-2).view(dtype)
+def _decode(key_sorted: Tensor, dtype: torch.dtype) -> Tensor:
+    """The errors of sorted keys (ignored pixels: -0.0 errors, which add nothing)."""
+    return key_sorted.bitwise_not_().view(dtype)
 
 
 def _chunk(pred: Tensor, codes: Tensor, hinge: bool, grad_out: Tensor | None) -> tuple[Tensor, Tensor]:
     """The torch.sort path for ``[r, N]`` rows: loss and presence; writes d loss / d pred into ``grad_out``."""
     key, slope, fg = _keys(pred, codes, hinge, grad_out is not None)
-    key_sorted, perm = torch.sort(key, dim=-1)
+    key_sorted, perm = torch.sort(key, dim=-1, stable=True)
     del key
-    fg_sorted, errors_sorted = _decode(key_sorted, pred.dtype)
-    grad = _sorted_jaccard_grad(fg_sorted, pred.dtype)
+    errors_sorted = _decode(key_sorted, pred.dtype)
+    grad = _sorted_jaccard_grad(fg.gather(-1, perm), pred.dtype)
     loss = (errors_sorted * grad).sum(-1)
     if grad_out is not None and slope is not None:  # the slope comes with grad_out
         grad_out.scatter_(-1, perm, grad).mul_(slope)
@@ -246,9 +250,9 @@ def _sort_within_scenes(key: Tensor, scene: Tensor) -> tuple[Tensor, Tensor]:
     """``key [r, N]`` sorted ascending within each scene's run, and the permutation."""
     if key.dtype == torch.int32:  # one sort: the scene above the key's bits, shifted to unsigned order
         both = (scene.to(torch.int64) << 32) | (key.to(torch.int64) + (1 << 31))
-        both, perm = torch.sort(both, dim=-1)
+        both, perm = torch.sort(both, dim=-1, stable=True)  # stable: ties in point order
         return (both & 0xFFFFFFFF).sub_(1 << 31).to(torch.int32), perm
-    _, perm = torch.sort(key, dim=-1)  # 64-bit keys leave no room: by key, then stably by scene
+    _, perm = torch.sort(key, dim=-1, stable=True)  # 64-bit keys leave no room: by key, then stably by scene
     _, by_scene = torch.sort(scene.expand_as(key).gather(-1, perm), dim=-1, stable=True)
     perm = perm.gather(-1, by_scene)
     return key.gather(-1, perm), perm
@@ -279,11 +283,11 @@ def _scene_rows_torch(pred: Tensor, codes: Tensor, ends: Tensor, hinge: bool, gr
     losses, present = [], []
     for start in range(0, num_rows, step):
         rows = slice(start, min(start + step, num_rows))
-        key, slope, _ = _keys(pred[rows], codes[rows], hinge, grad is not None)
+        key, slope, fg = _keys(pred[rows], codes[rows], hinge, grad is not None)
         key_sorted, perm = _sort_within_scenes(key, scene)
         del key
-        fg_sorted, errors_sorted = _decode(key_sorted, pred.dtype)
-        step_grad, gts = _scene_jaccard_grad(fg_sorted, pred.dtype, ends, scene)
+        errors_sorted = _decode(key_sorted, pred.dtype)
+        step_grad, gts = _scene_jaccard_grad(fg.gather(-1, perm), pred.dtype, ends, scene)
         losses.append(scene_sums(errors_sorted * step_grad, ends))
         present.append(gts > 0)
         if grad is not None and slope is not None:  # the slope comes with grad
@@ -358,16 +362,16 @@ def _set_losses(
     need_grad: bool,
     ends: Tensor | None,
     points_layout: bool,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     if ends is not None and _points_first_on_kernel(pred):
         options = (present_only, class_ids, need_grad, ends)
-        per_set, grad = _scene_losses_points_first(pred, codes, row_weights, hinge, softmax, *options)
+        per_set, grad, loss, present = _scene_losses_points_first(pred, codes, row_weights, hinge, softmax, *options)
     else:
         options = (per_image, present_only, class_ids, need_grad, ends)
-        per_set, grad = _row_losses(pred, codes, row_weights, hinge, softmax, *options)
+        per_set, grad, loss, present = _row_losses(pred, codes, row_weights, hinge, softmax, *options)
     if need_grad and not _in_op_layout(grad, pred, ends, points_layout):
         grad = _empty_grad(pred, ends, points_layout).copy_(grad)
-    return per_set, grad
+    return per_set, grad, loss.to(pred.dtype), present
 
 
 def _row_losses(
@@ -381,7 +385,7 @@ def _row_losses(
     class_ids: Tensor | None,
     need_grad: bool,
     ends: Tensor | None,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """:func:`_set_losses` on class-major rows (copied so where ``pred`` is not): every other case."""
     probs = pred.softmax(1) if softmax else pred
     rows = (probs if class_ids is None else probs.index_select(1, class_ids)).contiguous()
@@ -402,9 +406,10 @@ def _row_losses(
         )
         num_sets = batch if per_image else 1
     del rows
-    per_set, coefficient = _set_means(loss.reshape(num_sets, num_rows), present, row_weights, present_only)
+    loss, present = loss.reshape(num_sets, num_rows), present.reshape(num_sets, num_rows)
+    per_set, coefficient = _set_means(loss, present, row_weights, present_only)
     if grad is None:
-        return per_set, pred.new_empty(0)
+        return per_set, pred.new_empty(0), loss, present
     if ends is not None:  # each point's own scene's coefficients
         grad.mul_(per_point(coefficient.T, ends, num_pixels, dim=1))  # [K, N]
         scale = None
@@ -417,7 +422,7 @@ def _row_losses(
         _softmax_backward_(grad, pred, scale)
     elif scale is not None:
         grad.mul_(scale)
-    return per_set, grad
+    return per_set, grad, loss, present
 
 
 def _points_first_grad(pred: Tensor, ends: Tensor | None, points_layout: bool) -> bool:
@@ -468,7 +473,7 @@ def _scene_losses_points_first(
     class_ids: Tensor | None,
     need_grad: bool,
     ends: Tensor,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """:func:`_set_losses` of points of scenes laid out points-first, on the C kernel, which reads them where
     they lie and writes each point's gradient of its own scene's loss: no transposed copy of the points
     there or back. It takes the softmax too (of every class: ``class_ids`` None), on the way in and back."""
@@ -496,14 +501,15 @@ def _scene_losses_points_first(
     )
     del rows
     per_set, _ = means(loss, present)
+    loss, present = torch.from_numpy(loss), torch.from_numpy(present)
     if grad is None:
-        return per_set, pred.new_empty(0)
+        return per_set, pred.new_empty(0), loss, present
     if class_ids is not None:  # the classes left out get zero
         grad = points.new_zeros(points.shape).index_copy_(1, class_ids, grad)
     grad = grad.T.unsqueeze(0)  # points-first [1, C, N]
     if softmax and not in_kernel:
         _softmax_backward_(grad, pred, None)
-    return per_set, grad
+    return per_set, grad, loss, present
 
 
 @torch.library.custom_op("lovasz::lovasz_loss", mutates_args=())
@@ -519,7 +525,7 @@ def lovasz_loss(
     need_grad: bool,
     ends: Tensor | None,
     points_layout: bool,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Lovász loss of each set (image, or the batch) of ``pred [B, C, N]``, float32 or float64.
 
     ``pred`` holds probabilities, logits with ``softmax`` (the softmax over ``C`` is
@@ -536,17 +542,31 @@ def lovasz_loss(
 
     Returns ``per_set [B]`` (``[1]`` unless ``per_image``; ``[S]`` with ``ends``) and, if ``need_grad``,
     ``d per_set / d pred [B, C, N]``, each pixel's derivative of its own set's loss
-    (else an empty tensor): backward is one multiply.
+    (else an empty tensor): backward is one multiply; then each row's loss and presence ``[sets, K]``,
+    of which :func:`lovasz_sets` takes the derivative in ``row_weights``.
     """
     options = (present_only, class_ids, need_grad, ends, points_layout)
     return _set_losses(pred, codes, row_weights, hinge, softmax, per_image, *options)
 
 
 @lovasz_loss.register_fake
-def _(pred, codes, row_weights, hinge, softmax, per_image, present_only, class_ids, need_grad, ends, points_layout):
+def _(
+    pred,
+    codes,
+    row_weights,
+    hinge,
+    softmax,
+    per_image,
+    present_only,
+    class_ids,
+    need_grad,
+    ends,
+    points_layout,
+):
     grad = _empty_grad(pred, ends, points_layout) if need_grad else pred.new_empty(0)
     num_sets = ends.shape[0] if ends is not None else pred.shape[0] if per_image else 1
-    return pred.new_empty(num_sets), grad
+    rows = (num_sets, codes.shape[1])
+    return pred.new_empty(num_sets), grad, pred.new_empty(rows), pred.new_empty(rows, dtype=torch.bool)
 
 
 _SECOND_ORDER_WITH_SOFTMAX = (
@@ -559,13 +579,13 @@ _SECOND_ORDER_WITH_SOFTMAX = (
 
 def _setup_context(ctx, inputs, output):
     ctx.softmax, ctx.need_grad = inputs[4], inputs[8]
-    ctx.mark_non_differentiable(output[1])
+    ctx.mark_non_differentiable(*output[1:])
     ctx.save_for_backward(output[1], inputs[9])  # the gradient, and the scenes' ends (or None)
     ctx.set_materialize_grads(False)  # the gradient output gets no gradient: don't fill zeros for it
 
 
-def _backward(ctx, grad_per_set, _grad_grad):
-    if grad_per_set is None:
+def _backward(ctx, grad_per_set, *_):
+    if grad_per_set is None or not ctx.needs_input_grad[0]:  # (the class weights' gradient: see lovasz_sets)
         return (None,) * 11
     if not ctx.need_grad:
         raise RuntimeError("lovasz_loss was called with need_grad=False but a gradient was requested")
@@ -600,8 +620,8 @@ class _LovaszSets(torch.autograd.Function):
         ctx.num_sets = output[0].shape[0]
 
     @staticmethod
-    def backward(ctx, grad_per_set, grad_grad):
-        return _backward(ctx, grad_per_set, grad_grad)
+    def backward(ctx, grad_per_set, *grad_outputs):
+        return _backward(ctx, grad_per_set, *grad_outputs)
 
     @staticmethod
     def jvp(ctx, pred_tangent, *_):
@@ -609,8 +629,8 @@ class _LovaszSets(torch.autograd.Function):
             raise RuntimeError("lovasz_loss was called with need_grad=False but a tangent was given")
         grad, ends = ctx.saved_tensors
         if ends is not None:  # [1, C, N]: each scene's run of points
-            return scene_sums((grad * pred_tangent).sum(1)[0], ends), None
-        return (grad * pred_tangent).reshape(ctx.num_sets, -1).sum(1), None
+            return scene_sums((grad * pred_tangent).sum(1)[0], ends), None, None, None
+        return (grad * pred_tangent).reshape(ctx.num_sets, -1).sum(1), None, None, None
 
 
 def lovasz_sets(
@@ -627,7 +647,11 @@ def lovasz_sets(
 ) -> Tensor:
     """``lovasz_loss``'s per-set losses, differentiable in every autograd mode: reverse (also
     with ``create_graph``), forward (``torch.autograd.forward_ad``) and ``torch.func``. Under
-    ``torch.compile`` the op itself is called, with its registered autograd."""
+    ``torch.compile`` the op itself is called, with its registered autograd.
+
+    The op differentiates in ``pred`` only; where ``row_weights`` take a gradient too (learned class
+    weights), a term of value zero carries it: the weighted mean of the rows' losses (held constant)
+    minus itself detached."""
     # Eagerly the gradient of points of scenes keeps their layout; a traced graph fixes one: contiguous.
     points_layout = ends is not None and not torch.compiler.is_compiling()
     args = (
@@ -643,6 +667,15 @@ def lovasz_sets(
         ends,
         points_layout,
     )
+    per_set, _, row_loss, present = lovasz_loss(*args) if torch.compiler.is_compiling() else _LovaszSets.apply(*args)
+    if row_weights.requires_grad or _has_tangent(row_weights):
+        weighted, _ = _set_means(row_loss, present, row_weights, present_only)
+        per_set = per_set + (weighted - weighted.detach())
+    return per_set
+
+
+def _has_tangent(x: Tensor) -> bool:
+    """Whether ``x`` carries a forward-mode tangent (``torch.autograd.forward_ad``, ``torch.func.jvp``)."""
     if torch.compiler.is_compiling():
-        return lovasz_loss(*args)[0]
-    return _LovaszSets.apply(*args)[0]
+        return False
+    return torch.autograd.forward_ad.unpack_dual(x).tangent is not None

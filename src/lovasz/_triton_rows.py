@@ -4,15 +4,17 @@ Rows are read where they lie in ``[S, R, N]`` (row ``r`` is ``[:, r, :]``), so b
 mode needs no transposed copy. Three kernels, all one pass over a row's pixels:
 
 1. ``_keys``: each pixel's sort key, an int32: the error's float bits (non-negative
-   floats sort like their bits) with the two lowest replaced by two flags, foreground
-   and a negative margin (its slope's sign); ignored pixels get -1, which sorts last.
-   The error loses up to 3 ulps, as the torch.sort path's loses one.
-2. ``torch.sort`` of the keys, descending, with the permutation.
-3. ``_count``: the foreground pixels of each block of the sorted row; their running
-   sum over blocks gives each block's start of the cumulative count.
+   floats sort like their bits); ignored pixels get -1, which sorts last. Beside it, the
+   pixel's flags (int8): foreground, and a negative margin (its slope's sign).
+2. ``torch.sort`` of the keys, descending and stable (tied errors in pixel order, as on
+   every path), with the permutation.
+3. ``_count``: the flags gathered into sorted order, and the foreground pixels of each block
+   of the sorted row; their running sum over blocks gives each block's start of the
+   cumulative count.
 4. ``_steps``: per block, the cumulative foreground count, the closed-form Jaccard step
    ``J(k) - J(k-1)`` (see ``_torch_core._sorted_jaccard_grad``), the block's share of the
-   loss, and each pixel's gradient written to its place through the permutation.
+   loss, and each pixel's gradient written to its place through the permutation (NaN
+   where the error is NaN).
 
 Where Triton is not installed the torch.sort path runs instead (same values, more passes
 over memory). ``LOVASZ_TRITON=0`` turns this path off.
@@ -34,6 +36,7 @@ def _keys(
     pred_ptr,
     codes_ptr,
     key_ptr,
+    flags_ptr,
     num_pixels,
     row_pixels,
     pred_set_stride,
@@ -59,24 +62,29 @@ def _keys(
         margin = tl.where(fg, 1.0 - x, x)
         error = tl.abs(margin)
         negative = margin < 0.0  # a "probability" outside [0, 1]: the slope of |margin| flips
-    bits = error.to(tl.int32, bitcast=True) & 0x7FFFFFFC  # clears -0.0's sign bit too
-    key = bits | (negative.to(tl.int32) << 1) | fg.to(tl.int32)
+    key = error.to(tl.int32, bitcast=True) & 0x7FFFFFFF  # clears -0.0's sign bit too
     key = tl.where(code == 2, -1, key)
     tl.store(key_ptr + row * row_pixels + m, key, mask=inside)
+    tl.store(flags_ptr + row * row_pixels + m, (fg.to(tl.int8) | (negative.to(tl.int8) << 1)), mask=inside)
 
 
 @triton.jit
-def _count(key_ptr, counts_ptr, row_pixels, num_blocks, BLOCK: tl.constexpr):
+def _count(key_ptr, perm_ptr, flags_ptr, sorted_flags_ptr, counts_ptr, row_pixels, num_blocks, BLOCK: tl.constexpr):
     block, row = tl.program_id(0), tl.program_id(1).to(tl.int64)
     m = block.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    key = tl.load(key_ptr + row * row_pixels + m, mask=m < row_pixels, other=-1)
-    fg = ((key & 1) != 0) & (key != -1)
+    inside = m < row_pixels
+    key = tl.load(key_ptr + row * row_pixels + m, mask=inside, other=-1)
+    p = tl.load(perm_ptr + row * row_pixels + m, mask=inside, other=0)
+    flags = tl.load(flags_ptr + row * row_pixels + p, mask=inside, other=0)
+    tl.store(sorted_flags_ptr + row * row_pixels + m, flags, mask=inside)
+    fg = ((flags & 1) != 0) & (key != -1)
     tl.store(counts_ptr + row * num_blocks + block, tl.sum(fg.to(tl.int32), axis=0))
 
 
 @triton.jit
 def _steps(
     key_ptr,
+    flags_ptr,
     perm_ptr,
     starts_ptr,
     totals_ptr,
@@ -94,10 +102,11 @@ def _steps(
     m = block.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     inside = m < row_pixels
     key = tl.load(key_ptr + row * row_pixels + m, mask=inside, other=-1)
+    flags = tl.load(flags_ptr + row * row_pixels + m, mask=inside, other=0)
     valid = key != -1
-    fg = ((key & 1) != 0) & valid
-    negative = (key & 2) != 0
-    error = tl.where(valid, (key & 0x7FFFFFFC).to(tl.float32, bitcast=True), 0.0)
+    fg = ((flags & 1) != 0) & valid
+    negative = (flags & 2) != 0
+    error = tl.where(valid, key.to(tl.float32, bitcast=True), 0.0)
     fg_cum = tl.cumsum(fg.to(tl.int32), axis=0) + tl.load(starts_ptr + row * num_blocks + block)
     gts = tl.load(totals_ptr + row)
     intersection = (gts - fg_cum).to(tl.float32)
@@ -107,6 +116,7 @@ def _steps(
     tl.store(partial_ptr + row * num_blocks + block, tl.sum(tl.where(inside, error * step, 0.0), axis=0))
     if WRITE_GRAD:
         slope = tl.where(error > 0.0, tl.where(negative != fg, -1.0, 1.0), 0.0)
+        slope = tl.where(error != error, float("nan"), slope)  # a NaN error: a NaN gradient
         p = tl.load(perm_ptr + row * row_pixels + m, mask=inside, other=0)
         s = p // num_pixels
         n = p - s * num_pixels
@@ -130,10 +140,12 @@ def rows(pred: Tensor, codes: Tensor, hinge: bool, grad: Tensor | None, rows_per
         chunk_pred, chunk_codes = pred[:, start:stop], codes[:, start:stop]
         grid = (num_blocks, stop - start)
         keys = torch.empty(stop - start, row_pixels, dtype=torch.int32, device=pred.device)
+        flags = torch.empty(stop - start, row_pixels, dtype=torch.int8, device=pred.device)
         _keys[grid](
             chunk_pred,
             chunk_codes,
             keys,
+            flags,
             num_pixels,
             row_pixels,
             pred.stride(0),
@@ -143,15 +155,18 @@ def rows(pred: Tensor, codes: Tensor, hinge: bool, grad: Tensor | None, rows_per
             HINGE=hinge,
             BLOCK=BLOCK,
         )
-        keys, perm = torch.sort(keys, dim=1, descending=True)
+        keys, perm = torch.sort(keys, dim=1, descending=True, stable=True)
+        sorted_flags = torch.empty_like(flags)
         counts = torch.empty(stop - start, num_blocks, dtype=torch.int32, device=pred.device)
-        _count[grid](keys, counts, row_pixels, num_blocks, BLOCK=BLOCK)
+        _count[grid](keys, perm, flags, sorted_flags, counts, row_pixels, num_blocks, BLOCK=BLOCK)
+        del flags
         totals = counts.sum(1, dtype=torch.int32)
         starts = counts.cumsum(1, dtype=torch.int32).sub_(counts)
         partial = torch.empty(stop - start, num_blocks, dtype=torch.float32, device=pred.device)
         chunk_grad = grad[:, start:stop] if grad is not None else partial  # partial: an unused placeholder
         _steps[grid](
             keys,
+            sorted_flags,
             perm,
             starts,
             totals,

@@ -180,6 +180,15 @@ def _jaccard_steps(fg_sorted: jax.Array, dtype: DTypeLike) -> jax.Array:
     return steps.at[..., :1].set(1 - intersection[..., :1] / union[..., :1])  # J(1); the formula divides by U(0)
 
 
+def _counted(errors_sorted: jax.Array) -> jax.Array:
+    """The sorted errors as they add to the loss: ``relu`` (negative hinge margins and ignored pixels add
+    nothing), and a NaN error (a NaN prediction at a valid pixel) NaN with a NaN derivative, as on every
+    path: relu's derivative there is 0, which the constant NaN factor on its way back makes NaN (a
+    ``where`` of two branches would leak NaN into the others' derivatives)."""
+    nan_factor = jax.lax.stop_gradient(jnp.where(jnp.isnan(errors_sorted), jnp.nan, 1).astype(errors_sorted.dtype))
+    return jax.nn.relu(errors_sorted * nan_factor)
+
+
 def _lovasz_rows(errors: jax.Array, fg: jax.Array, valid: jax.Array | None) -> jax.Array:
     """Lovász extension of each row of ``errors [R, N]`` against ``fg [R, N]`` (bool, False where ignored).
 
@@ -189,7 +198,7 @@ def _lovasz_rows(errors: jax.Array, fg: jax.Array, valid: jax.Array | None) -> j
     key = -errors if valid is None else jnp.where(valid, -errors, jnp.inf)
     neg_sorted, fg_sorted = jax.lax.sort((key, fg.astype(jnp.int32)), dimension=-1, num_keys=1)
     steps = jax.lax.stop_gradient(_jaccard_steps(fg_sorted, errors.dtype))
-    return jnp.sum(jax.nn.relu(-neg_sorted) * steps, axis=-1)
+    return jnp.sum(_counted(-neg_sorted) * steps, axis=-1)
 
 
 def _rows(x: jax.Array, per_image: bool) -> jax.Array:
@@ -298,7 +307,7 @@ def _segment_rows_sorted(errors: jax.Array, codes: jax.Array, ends: jax.Array) -
     by_segment = jnp.broadcast_to(segment, errors.shape)
     _, neg_sorted, fg_sorted = jax.lax.sort((by_segment, key, (codes == 1).astype(jnp.int32)), dimension=-1, num_keys=2)
     steps = jax.lax.stop_gradient(_segment_steps(fg_sorted, errors.dtype, ends, segment))
-    contributions = jax.nn.relu(-neg_sorted) * steps
+    contributions = _counted(-neg_sorted) * steps
     sums = jax.ops.segment_sum(contributions.T, segment, ends.shape[0] + 1, indices_are_sorted=True)
     counts = jax.ops.segment_sum((codes == 1).T.astype(jnp.int32), segment, ends.shape[0] + 1, indices_are_sorted=True)
     return sums[:-1], counts[:-1] > 0

@@ -100,6 +100,24 @@ def lovasz_extension(errors: npt.ArrayLike, gt: npt.ArrayLike) -> float:
     return float(np.dot(errors[order], lovasz_grad(gt[order])))
 
 
+def lovasz_extension_grad(errors: npt.ArrayLike, gt: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """The (sub)gradient of :func:`lovasz_extension` w.r.t. ``errors`` that every backend returns.
+
+    Where errors tie, the extension has no single gradient; every backend, like this oracle, sorts
+    ties in pixel order (a stable sort), and each pixel gets the Jaccard step of its place in it.
+
+    Example:
+        >>> lovasz_extension_grad(errors=[0.5, 0.5, 0.0], gt=[0, 1, 1]).round(4).tolist()
+        [0.3333, 0.3333, 0.3333]
+    """
+    errors = np.asarray(errors, dtype=np.float64)
+    gt = np.asarray(gt, dtype=np.float64)
+    order = np.argsort(-errors, kind="stable")
+    grad = np.zeros(errors.shape)
+    grad[order] = lovasz_grad(gt[order])
+    return grad
+
+
 def lovasz_hinge_flat(logits: npt.ArrayLike, labels: npt.ArrayLike, margin: str = "relu") -> float:
     """Binary Lovász hinge of flat ``logits [P]`` against 0/1 ``labels [P]``.
 

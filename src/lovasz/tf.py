@@ -200,6 +200,15 @@ def _jaccard_steps(fg_sorted: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
     return tf.concat([first, steps[..., 1:]], axis=-1)
 
 
+def _counted(errors_sorted: tf.Tensor) -> tf.Tensor:
+    """The sorted errors as they add to the loss: ``relu`` (negative hinge margins and ignored pixels add
+    nothing), and a NaN error (a NaN prediction at a valid pixel) NaN with a NaN derivative, as on every
+    path: relu's derivative there is 0, which the constant NaN factor on its way back makes NaN."""
+    nan = tf.constant(float("nan"), errors_sorted.dtype)
+    nan_factor = tf.where(tf.math.is_nan(errors_sorted), nan, tf.ones((), errors_sorted.dtype))
+    return tf.nn.relu(errors_sorted * tf.stop_gradient(nan_factor))
+
+
 def _lovasz_rows(errors: tf.Tensor, fg: tf.Tensor, valid: tf.Tensor | None) -> tf.Tensor:
     """Lovász extension of each row of ``errors [R, N]`` against ``fg [R, N]`` (bool, False where ignored).
 
@@ -220,7 +229,7 @@ def _lovasz_rows(errors: tf.Tensor, fg: tf.Tensor, valid: tf.Tensor | None) -> t
     errors_sorted = tf.gather(key, perm, batch_dims=1)
     fg_sorted = tf.gather(tf.cast(fg, tf.int32), perm, batch_dims=1)
     steps = tf.stop_gradient(_jaccard_steps(fg_sorted, errors.dtype))
-    return tf.reduce_sum(tf.nn.relu(errors_sorted) * steps, axis=-1)
+    return tf.reduce_sum(_counted(errors_sorted) * steps, axis=-1)
 
 
 def _packed_rows(errors: tf.Tensor, fg: tf.Tensor, valid: tf.Tensor | None) -> tf.Tensor:
@@ -238,6 +247,13 @@ def _packed_rows(errors: tf.Tensor, fg: tf.Tensor, valid: tf.Tensor | None) -> t
     return _packed_sort(errors, tf.cast(fg, tf.int64))
 
 
+def _sorted_error_grad(errors_sorted: tf.Tensor, grad: tf.Tensor) -> tf.Tensor:
+    """``grad`` where the sorted error counts (> 0), 0 where it does not, NaN where it is NaN (a NaN
+    prediction at a valid pixel: the loss is NaN, and so is its gradient, as on every path)."""
+    grad = tf.where(errors_sorted > 0, grad, tf.zeros((), grad.dtype))
+    return tf.where(tf.math.is_nan(errors_sorted), tf.constant(float("nan"), grad.dtype), grad)
+
+
 @tf.custom_gradient
 def _packed_sort(errors: tf.Tensor, fg: tf.Tensor) -> tuple[tf.Tensor, Callable[[tf.Tensor], tuple[tf.Tensor, None]]]:
     assert gen_xla_ops is not None  # _lovasz_rows checks it
@@ -253,7 +269,7 @@ def _packed_sort(errors: tf.Tensor, fg: tf.Tensor) -> tuple[tf.Tensor, Callable[
     def backward(loss_cotangent: tf.Tensor) -> tuple[tf.Tensor, None]:
         index = tf.cast(tf.bitwise.bitwise_and(tf.bitwise.right_shift(key, 1), 0x7FFFFFFF), tf.int64)
         index += tf.range(tf.cast(num_rows, tf.int64), dtype=tf.int64)[:, None] * tf.cast(num_pixels, tf.int64)
-        grad = tf.where(errors_sorted > 0, steps * loss_cotangent[:, None], tf.zeros((), tf.float32))
+        grad = _sorted_error_grad(errors_sorted, steps * loss_cotangent[:, None])
         size = tf.cast(num_rows, tf.int64) * tf.cast(num_pixels, tf.int64)
         flat = tf.scatter_nd(tf.reshape(index, [-1, 1]), tf.reshape(grad, [-1]), size[None])
         return tf.reshape(flat, [num_rows, num_pixels]), None
@@ -580,7 +596,7 @@ def _scene_sorted_rows(
     errors_sorted = tf.gather(key, perm, batch_dims=1)
     fg_sorted = tf.gather(tf.cast(fg, tf.int32), perm, batch_dims=1)
     steps, gts = _scene_jaccard_steps(fg_sorted, errors.dtype, splits, scene)
-    loss = _scene_sums(tf.nn.relu(errors_sorted) * tf.stop_gradient(steps), scene, num_scenes)
+    loss = _scene_sums(_counted(errors_sorted) * tf.stop_gradient(steps), scene, num_scenes)
     return loss, tf.transpose(gts > 0)
 
 
@@ -627,7 +643,7 @@ def _scene_packed_sort(
             index = tf.bitwise.bitwise_and(tf.bitwise.right_shift(key, 1), (1 << (31 - scene_bits)) - 1)
             index += tf.range(tf.cast(num_rows, tf.int64), dtype=tf.int64)[:, None] * tf.cast(num_points, tf.int64)
             cotangent = tf.transpose(tf.gather(loss_cotangent, scene))  # [K, N]: each point's scene's
-            grad = tf.where(errors_sorted > 0, steps * cotangent, tf.zeros((), tf.float32))
+            grad = _sorted_error_grad(errors_sorted, steps * cotangent)
             size = tf.cast(num_rows, tf.int64) * tf.cast(num_points, tf.int64)
             flat = tf.scatter_nd(tf.reshape(index, [-1, 1]), tf.reshape(grad, [-1]), size[None])
             return tf.reshape(flat, [num_rows, num_points]), None, None

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from lovasz import _torch_scenes
 from lovasz import _validation as V
-from lovasz._torch_core import FOREGROUND, IGNORED, _sorted_jaccard_grad, lovasz_sets
+from lovasz._torch_core import FOREGROUND, IGNORED, _has_tangent, _sorted_jaccard_grad, lovasz_sets
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
@@ -293,13 +293,6 @@ def _hinge_classes(
         flipped = torch.where(codes == IGNORED, codes, 1 - codes)
         loss = (loss + _lovasz_classes(-pred, flipped, True, *args, ends=ends)) / 2
     return loss
-
-
-def _has_tangent(x: Tensor) -> bool:
-    """Whether ``x`` carries a forward-mode tangent (``torch.autograd.forward_ad``, ``torch.func.jvp``)."""
-    if torch.compiler.is_compiling():
-        return False
-    return torch.autograd.forward_ad.unpack_dual(x).tangent is not None
 
 
 def _reduce(per_set: Tensor, reduction: str, per_image: bool) -> Tensor:
