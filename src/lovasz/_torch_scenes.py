@@ -97,3 +97,88 @@ def scenes(
         prediction = prediction.unsqueeze(0)
     labels = labels.T.unsqueeze(0) if multilabel else labels.unsqueeze(0)
     return Scenes(prediction, labels, ends)
+
+
+# ----------------------------------------------------------------------------- sparse dense inputs
+# Where most pixels are ignored (a voxel grid of a LiDAR scan: ~2% occupied), the pixels that count
+# are gathered into points of scenes (a scene per image, or one for the batch), in pixel order, so
+# that ties fall as on the dense path and the work and memory follow them, not the grid: one gather
+# here, and one scatter of the gradient back, in place of every full-size pass of the dense path.
+# Counting them is a host sync on an accelerator: done only where one may happen (see _may_sync);
+# elsewhere the dense path serves, exact all the same.
+COMPACT_BELOW = 0.5  # the fraction of valid pixels under which gathering them pays (docs/lidar.md)
+
+
+class Compacted(NamedTuple):
+    prediction: Tensor  # [1, C, M]: a view of the M valid pixels' [M, C]
+    labels: Tensor  # [1, L, M]
+    ignored: Tensor | None  # [1, L, M], or None where no valid pixel is ignored in any row
+    ends: Tensor  # [S] int64: a scene per image, or one
+
+
+def _may_sync(x: Tensor) -> bool:
+    """Whether the valid pixels may be counted: always on the CPU; on an accelerator eagerly, but not in
+    a CUDA graph's capture, nor where the user asked torch to warn of or refuse host syncs
+    (``torch.cuda.set_sync_debug_mode``). Never under torch.compile (the gather's size depends on the data)."""
+    if torch.compiler.is_compiling():
+        return False
+    if x.device.type == "cuda":
+        return not torch.cuda.is_current_stream_capturing() and torch.cuda.get_sync_debug_mode() == 0
+    return True
+
+
+def compact(pred: Tensor, labels: Tensor, ignored: Tensor | None, per_image: bool) -> Compacted | None:
+    """``pred [B, C, N]`` and ``labels [B, L, N]`` (L = 1, or C for multi-label) as points of scenes:
+
+    - points ``[B, C]`` (``N = 1``) of one set: a view, nothing gathered (Pointcept's and mmdet3d's
+      call, ``lovasz_softmax(probs [N, C], labels [N])``);
+    - the pixels not ignored in every row (``ignored [B, L, N]``), where they are at most
+      :data:`COMPACT_BELOW` of all: gathered.
+
+    None where neither applies: the dense path.
+    """
+    batch, channels, num_pixels = pred.shape
+    if num_pixels == 1 and not per_image and batch > 0:
+        ends = torch.full((1,), batch, dtype=torch.int64, device=pred.device)
+        flat = lambda x: x[..., 0].T.unsqueeze(0)  # noqa: E731  [B, L, 1] -> [1, L, B], a view
+        return Compacted(flat(pred), flat(labels), None if ignored is None else flat(ignored), ends)
+    if ignored is None or pred.numel() == 0 or not _may_sync(pred):
+        return None
+    valid = ~ignored.all(1)  # [B, N]
+    counts = valid.sum(1)
+    if int(counts.sum()) > COMPACT_BELOW * batch * num_pixels:  # the host sync
+        return None
+    at = valid.nonzero(as_tuple=True)  # (image, pixel) of each valid pixel, in pixel order
+    gather = lambda x: x.permute(0, 2, 1)[at].T.unsqueeze(0)  # noqa: E731  [B, L, N] -> [1, L, M]
+    partly = ignored.shape[1] > 1  # multi-label: a valid pixel may be ignored in some rows
+    ends = counts.cumsum(0) if per_image else counts.sum().reshape(1)
+    points = _GatherPixels.apply(pred, *at).T.unsqueeze(0)
+    return Compacted(points, gather(labels), gather(ignored) if partly else None, ends)
+
+
+class _GatherPixels(torch.autograd.Function):
+    """``x [B, C, N]`` at the pixels ``(image, pixel)``: ``[M, C]``. Its gradient is laid out as ``x``
+    (contiguous), where autograd's own indexing gives a permuted one that ``x.grad`` would copy again."""
+
+    @staticmethod
+    def forward(x: Tensor, image: Tensor, pixel: Tensor) -> Tensor:
+        return x.permute(0, 2, 1)[image, pixel]
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, image, pixel = inputs
+        ctx.save_for_backward(image, pixel)
+        ctx.save_for_forward(image, pixel)
+        ctx.shape = x.shape
+
+    @staticmethod
+    def backward(ctx, grad_points: Tensor):
+        image, pixel = ctx.saved_tensors
+        grad = grad_points.new_zeros(ctx.shape)  # every other pixel's gradient: an exact 0
+        grad.permute(0, 2, 1).index_put_((image, pixel), grad_points)
+        return grad, None, None
+
+    @staticmethod
+    def jvp(ctx, x_tangent: Tensor, *_):
+        image, pixel = ctx.saved_tensors
+        return x_tangent.permute(0, 2, 1)[image, pixel]

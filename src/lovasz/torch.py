@@ -219,6 +219,23 @@ def _points(
     return points.prediction, points.labels, points.ends if per_image else None
 
 
+def _sparse(
+    pred: Tensor,
+    labels: Tensor,
+    ignored: Tensor | None,
+    ends: Tensor | None,
+    per_image: bool,
+    process_group: ProcessGroup | None,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """Dense ``pred [B, C, N]``, ``labels`` and ``ignored [B, L, N]`` as points of scenes where that pays
+    (points ``[N, C]`` of one set; mostly ignored grids: see ``_torch_scenes.compact``), with their ends;
+    else as they are. Not across ranks: the global batch gathers the dense layout."""
+    if ends is not None or process_group is not None:
+        return pred, labels, ignored, ends
+    sparse = _torch_scenes.compact(pred, labels, ignored, per_image)
+    return (pred, labels, ignored, ends) if sparse is None else tuple(sparse)  # type: ignore[return-value]
+
+
 def _class_selection(
     classes: str | tuple[int, ...], dtype: torch.dtype, device: torch.device
 ) -> tuple[Tensor | None, Tensor | None]:
@@ -439,6 +456,7 @@ def _softmax(
         (lab >= 0) & (lab < num_classes),
         lname,
     )
+    pred, lab, ignored, ends = _sparse(pred, lab, ignored, ends, per_image, process_group)
     codes = _class_codes(lab, num_classes, ignored)
     loss = _lovasz_classes(
         pred,
@@ -516,6 +534,7 @@ def lovasz_hinge(
     lab = labels.reshape(batch, 1, pixels)
     ignored = None if ignore is None else lab == ignore
     _check_values(lab, None if ignored is None else ~ignored, "0 or 1", (lab == 0) | (lab == 1), "labels")
+    pred, lab, ignored, ends = _sparse(pred, lab, ignored, ends, per_image, process_group)
     codes = _codes(lab == 1, ignored)
     loss = _hinge_classes(pred, codes, "all", 1, per_image, None, reduction, process_group, margin, symmetric, ends)
     return loss.to(_result_dtype(logits))
@@ -616,6 +635,7 @@ def _multilabel(
     tgt = targets.reshape(batch, num_classes, pixels)
     ignored = None if ignore is None else tgt == ignore
     _check_values(tgt, None if ignored is None else ~ignored, "0 or 1", (tgt == 0) | (tgt == 1), tname)
+    pred, tgt, ignored, ends = _sparse(pred, tgt, ignored, ends, per_image, process_group)
     codes = _codes(tgt == 1, ignored)
     if from_logits:
         loss = _hinge_classes(

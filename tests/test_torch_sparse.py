@@ -1,0 +1,138 @@
+"""Inputs where most pixels are ignored (voxel grids of LiDAR scans) and points ``[N, C]`` without
+``offsets``: lovasz.torch gathers the pixels that count into points of scenes (``_torch_scenes.compact``).
+
+The gathered path must give what the dense path gives: the same loss and gradient, bit for bit
+where the math is the same (probabilities and scores in; from logits the kernel's softmax differs
+in the last bits), an exact zero at every ignored pixel, the gradient laid out as the input.
+"""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from conftest import require
+from lovasz import reference as R
+
+torch = require("torch")
+L = require("lovasz.torch")
+S = require("lovasz._torch_scenes")
+
+
+def grid(seed, shape=(3, 5, 6, 7, 4), occupied=0.1, ignore=255, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(*shape, generator=g, dtype=dtype)
+    labels = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=g)
+    labels[torch.rand(labels.shape, generator=g) >= occupied] = ignore
+    labels[-1] = ignore  # an image with no valid voxel
+    return logits, labels
+
+
+def run(fn, x, *args, **kwargs):
+    x = x.detach().clone().requires_grad_()
+    loss = fn(x, *args, **kwargs)
+    loss.sum().backward()
+    return loss.detach(), x.grad
+
+
+def dense_and_sparse(monkeypatch, fn, x, *args, **kwargs):
+    calls = []
+    compact = S.compact
+    monkeypatch.setattr(S, "compact", lambda *a: calls.append(1) or compact(*a))
+    sparse = run(fn, x, *args, **kwargs)
+    assert calls, "the sparse path was not asked"
+    monkeypatch.setattr(S, "COMPACT_BELOW", -1.0)  # never gathers: the dense path
+    dense = run(fn, x, *args, **kwargs)
+    return dense, sparse
+
+
+SOFTMAX_OPTIONS = list(itertools.product([False, True], ["present", "all", [1, 3, 3]], [False, True]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("per_image,classes,from_logits", SOFTMAX_OPTIONS)
+def test_softmax_sparse_equals_dense(monkeypatch, dtype, per_image, classes, from_logits):
+    logits, labels = grid(0, dtype=dtype)
+    x = logits if from_logits else logits.softmax(1)
+    options = dict(classes=classes, per_image=per_image, ignore=255, from_logits=from_logits, reduction="none")
+    (dense_loss, dense_grad), (loss, grad) = dense_and_sparse(monkeypatch, L.lovasz_softmax, x, labels, **options)
+    assert grad.is_contiguous()
+    assert not grad.permute(0, 2, 3, 4, 1)[labels == 255].any()  # ignored: exact zeros
+    if from_logits:  # the kernel's exponential, not torch's: the last bits
+        torch.testing.assert_close(loss, dense_loss, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(grad, dense_grad, rtol=1e-5, atol=1e-8)
+    else:
+        torch.testing.assert_close(loss, dense_loss, rtol=1e-15 if dtype == torch.float64 else 0, atol=0)
+        assert torch.equal(grad, dense_grad)
+    probas = (logits.softmax(1) if from_logits else x).double().numpy()
+    expected = R.lovasz_softmax(probas, labels.numpy(), classes, per_image, 255, reduction="none")
+    np.testing.assert_allclose(loss.double().numpy(), expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+@pytest.mark.parametrize("ignore", [0, 19, 255, -1])  # the LiDAR codebases' ignore values
+def test_hinge_and_multilabel_sparse_equal_dense(monkeypatch, per_image, ignore):
+    g = torch.Generator().manual_seed(1)
+    scores = torch.randn(2, 9, 8, 6, generator=g)
+    labels = torch.randint(0, 2, (2, 9, 8, 6), generator=g)
+    labels[torch.rand(labels.shape, generator=g) > 0.1] = ignore
+    options = dict(per_image=per_image, ignore=ignore, reduction="none")
+    (dense_loss, dense_grad), (loss, grad) = dense_and_sparse(monkeypatch, L.lovasz_hinge, scores, labels, **options)
+    torch.testing.assert_close(loss, dense_loss, rtol=0, atol=0)
+    assert torch.equal(grad, dense_grad)
+
+    # multi-label: a voxel may be ignored in some channels only, and still counts in the others
+    logits = torch.randn(2, 4, 8, 6, 5, generator=g)
+    targets = torch.randint(0, 2, logits.shape, generator=g)
+    targets[:, :, torch.rand(8, 6, 5, generator=g) > 0.1] = ignore
+    targets[0, 1, 0, 0, 0] = ignore
+    for from_logits in (True, False):
+        x = logits if from_logits else logits.sigmoid()
+        options = dict(per_image=per_image, ignore=ignore, from_logits=from_logits, reduction="none")
+        (dense_loss, dense_grad), (loss, grad) = dense_and_sparse(
+            monkeypatch, L.lovasz_multilabel, x, targets, **options
+        )
+        torch.testing.assert_close(loss, dense_loss, rtol=0, atol=0)
+        assert torch.equal(grad, dense_grad)
+
+
+@pytest.mark.parametrize("from_logits", [False, True])
+@pytest.mark.parametrize("ignore", [None, -1])
+def test_points_without_offsets_equal_offsets_of_one_scene(from_logits, ignore):
+    """Pointcept's and mmdet3d's call, ``lovasz_softmax(probs [N, C], labels [N])``: one set of N points,
+    the same as one scene, ``offsets=[N], per_image=True``, bit for bit (the same kernel, no gather)."""
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(500, 19, generator=g)
+    labels = torch.randint(0, 19, (500,), generator=g)
+    labels[::7] = -1
+    x = logits if from_logits else logits.softmax(1)
+    options = dict(ignore=ignore, from_logits=from_logits) if ignore is not None else dict(from_logits=from_logits)
+    if ignore is None:
+        labels = labels.clamp_min(0)
+    loss, grad = run(L.lovasz_softmax, x, labels, **options)
+    expected_loss, expected_grad = run(L.lovasz_softmax, x, labels, offsets=torch.tensor([500]), per_image=True, **options)
+    assert torch.equal(loss, expected_loss) and torch.equal(grad, expected_grad)
+    probas = logits.softmax(1) if from_logits else x
+    expected = R.lovasz_softmax(probas.double().numpy()[..., None], labels.numpy()[:, None], ignore=ignore)
+    np.testing.assert_allclose(loss.item(), expected, rtol=1e-5)
+
+
+def test_sparse_grid_under_compile_forward_mode_and_create_graph():
+    """torch.compile takes the dense path (a gather's size depends on the data), with the same values;
+    forward-mode AD and second-order autograd go through the gather."""
+    logits, labels = grid(3)
+    probas = logits.softmax(1)
+    loss, grad = run(L.lovasz_softmax, probas, labels, ignore=255)
+    compiled = torch.compile(lambda x: L.lovasz_softmax(x, labels, ignore=255), fullgraph=True, backend="aot_eager")
+    compiled_loss, compiled_grad = run(compiled, probas)
+    torch.testing.assert_close(compiled_loss, loss)
+    torch.testing.assert_close(compiled_grad, grad)
+
+    tangent = torch.randn(probas.shape, generator=torch.Generator().manual_seed(4))
+    _, jvp = torch.func.jvp(lambda x: L.lovasz_softmax(x, labels, ignore=255), (probas,), (tangent,))
+    torch.testing.assert_close(jvp, (grad * tangent).sum())
+
+    x = logits.clone().requires_grad_()
+    (first,) = torch.autograd.grad(L.lovasz_softmax(x.softmax(1), labels, ignore=255), x, create_graph=True)
+    (second,) = torch.autograd.grad((first * tangent).sum(), x)
+    assert torch.isfinite(second).all() and not second.permute(0, 2, 3, 4, 1)[labels == 255].any()
