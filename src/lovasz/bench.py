@@ -47,10 +47,15 @@ from lovasz.peers import load_original
 class Case:
     name: str
     shape: tuple
-    kind: str  # softmax | hinge | points (shape [S, C, N]: S point clouds of N points, points-first [S*N, C])
+    # softmax | hinge | points (shape [S, C, N]: S point clouds of N points, points-first [S*N, C], offsets=)
+    # | points-flat (the same points as one set, no offsets: Pointcept's and mmdet3d's call)
+    kind: str
     per_image: bool
     classes: str = "present"
     kornia_same: bool = False  # kornia computes this exact quantity (per image, all classes, from logits)
+    occupied: float = 1.0  # the fraction of pixels labelled; the others get the label `ignore`
+    ignore: int | None = None
+    probas: bool = False  # the caller passes probabilities (softmax taken before the loss), not logits
 
     @property
     def rows_pixels(self):
@@ -61,6 +66,17 @@ class Case:
         return (batch * channels, pixels) if self.per_image else (channels, batch * pixels)
 
 
+# The shapes and calls of the codebases that use the loss most (LiDAR and 3-D): Cylinder3D and PolarSeg
+# pass the softmax of a dense voxel grid, mostly empty and ignored (0, 255); SalsaNext the softmax of
+# range images (ignore 0); Pointcept the logits of the points of a batch of scans as one set [N, C]
+# (ignore -1); nnU-Net a 3-D patch. On the CPU the grids are scaled down.
+LIDAR_CASES = [
+    Case("Cylinder3D voxels 2%", (1, 20, 160, 120, 16), "softmax", False, occupied=0.02, ignore=0, probas=True),
+    Case("PolarSeg voxels 7%", (1, 19, 160, 120, 16), "softmax", False, occupied=0.07, ignore=255, probas=True),
+    Case("SalsaNext range image", (2, 20, 64, 2048), "softmax", False, occupied=0.85, ignore=0, probas=True),
+    Case("Pointcept points [N, C]", (12, 19, 20_000), "points-flat", False, occupied=0.95, ignore=-1),
+    Case("nnU-Net 3-D patch", (2, 3, 80, 80, 80), "softmax", per_image=False),
+]
 CASES = [
     Case("multiclass batch", (8, 19, 256, 256), "softmax", per_image=False),
     Case("multiclass per-image", (8, 19, 256, 256), "softmax", per_image=True, classes="all", kornia_same=True),
@@ -68,6 +84,7 @@ CASES = [
     Case("binary hinge per-image", (16, 1, 256, 256), "hinge", per_image=True, kornia_same=True),
     Case("3-D volume batch", (2, 4, 64, 64, 64), "softmax", per_image=False),
     Case("LiDAR points per-scene", (4, 19, 120_000), "points", per_image=True),
+    *LIDAR_CASES,
 ]
 CUDA_CASES = [
     Case("Cityscapes batch", (8, 19, 512, 1024), "softmax", per_image=False),
@@ -77,12 +94,18 @@ CUDA_CASES = [
     Case("3-D volume batch", (2, 14, 128, 128, 128), "softmax", per_image=False),
     Case("binary hinge per-image", (32, 1, 512, 512), "hinge", per_image=True, kornia_same=True),
     Case("LiDAR points per-scene", (4, 19, 120_000), "points", per_image=True),
+    Case("Cylinder3D voxels 2%", (2, 20, 480, 360, 32), "softmax", False, occupied=0.02, ignore=0, probas=True),
+    Case("SalsaNext range image", (24, 20, 64, 2048), "softmax", False, occupied=0.85, ignore=0, probas=True),
+    Case("Pointcept points [N, C]", (12, 19, 100_000), "points-flat", False, occupied=0.95, ignore=-1),
+    Case("nnU-Net 3-D patch", (2, 3, 128, 128, 128), "softmax", per_image=False),
 ]
 QUICK_CASES = [
     Case("multiclass batch", (2, 5, 32, 32), "softmax", per_image=False),
     Case("multiclass per-image", (2, 5, 32, 32), "softmax", per_image=True, classes="all", kornia_same=True),
     Case("binary hinge per-image", (2, 1, 32, 32), "hinge", per_image=True, kornia_same=True),
     Case("points per-scene", (3, 5, 500), "points", per_image=True),
+    Case("voxels 5%", (2, 5, 16, 12, 8), "softmax", False, occupied=0.05, ignore=0, probas=True),
+    Case("points [N, C]", (3, 5, 500), "points-flat", False, occupied=0.9, ignore=-1),
 ]
 IMPLEMENTATIONS = (
     "lovasz",
@@ -115,15 +138,19 @@ def make_inputs(case: Case, device: torch.device = torch.device("cpu")):
     logits = torch.randn(*case.shape, generator=g)
     high = 2 if case.kind == "hinge" else case.shape[1]
     labels = torch.randint(0, high, (case.shape[0], *case.shape[2:]), generator=g)
+    if case.occupied < 1 and case.ignore is not None:
+        labels[torch.rand(labels.shape, generator=g) >= case.occupied] = case.ignore
+    if case.probas:
+        logits = logits.softmax(1)
     return logits.to(device), labels.to(device)
 
 
 def step_function(case: Case, impl: str, device: torch.device = torch.device("cpu")) -> Callable[[], object] | None:
     """A forward + backward step of ``impl`` on ``case``, or None where ``impl`` does not apply."""
     if impl == "network":
-        return _network_step(case, device) if case.kind != "points" else None
+        return _network_step(case, device) if not case.kind.startswith("points") else None
     logits, labels = make_inputs(case, device)
-    if case.kind == "points" and impl != "sort floor":
+    if case.kind.startswith("points") and impl != "sort floor":
         return _points_step(case, impl, logits, labels)
     if impl.startswith("lovasz.tf"):
         mode = impl.split()[1] if " " in impl else "function"
@@ -133,13 +160,14 @@ def step_function(case: Case, impl: str, device: torch.device = torch.device("cp
     if impl == "sort floor":
         errors = torch.rand(*case.rows_pixels, generator=torch.Generator().manual_seed(1)).to(device)
         return lambda: torch.sort(errors, dim=1, descending=True)
-    if impl == "lovasz dense" and case.kind != "points":
+    if impl == "lovasz dense" and not case.kind.startswith("points"):
         return None
     if impl == "lovasz":
         if case.kind == "hinge":
             loss = lambda x: L.lovasz_hinge(x[:, 0], labels, per_image=case.per_image)
         else:
-            loss = lambda x: L.lovasz_softmax(x, labels, case.classes, case.per_image, from_logits=True)
+            options = dict(ignore=case.ignore, from_logits=not case.probas)
+            loss = lambda x: L.lovasz_softmax(x, labels, case.classes, case.per_image, **options)
     elif impl == "original":
         original = load_original()
         if original is None:
@@ -147,7 +175,8 @@ def step_function(case: Case, impl: str, device: torch.device = torch.device("cp
         if case.kind == "hinge":
             loss = lambda x: original._lovasz_hinge(x[:, 0], labels, per_image=case.per_image)
         else:
-            loss = lambda x: original._lovasz_softmax(x.softmax(1), labels, case.classes, case.per_image)
+            probas = (lambda x: x) if case.probas else (lambda x: x.softmax(1))
+            loss = lambda x: original._lovasz_softmax(probas(x), labels, case.classes, case.per_image, case.ignore)
     elif impl == "kornia":
         if not case.kornia_same:
             return None
@@ -172,11 +201,14 @@ def _points_step(case: Case, impl: str, logits, labels) -> Callable[[], None] | 
 
     ``lovasz dense`` is the per-image loss of the same numbers laid out ``[S, C, N]``: the dense
     case of the same size. ``original`` loops over the scenes in Python, as its users must.
+    ``points-flat``: all points one set, no offsets; its ``lovasz dense`` is one scene, ``offsets=[S*N]``.
     """
     scenes, channels, points = case.shape
     flat = logits.transpose(1, 2).reshape(scenes * points, channels).contiguous()
     flat_labels = labels.reshape(-1)
     offsets = torch.arange(1, scenes + 1, device=logits.device) * points
+    if case.kind == "points-flat":
+        return _flat_points_step(case, impl, flat, flat_labels)
     if impl == "lovasz":
         loss = lambda x: L.lovasz_softmax(x, flat_labels, per_image=True, from_logits=True, offsets=offsets)
     elif impl == "lovasz dense":
@@ -188,6 +220,33 @@ def _points_step(case: Case, impl: str, logits, labels) -> Callable[[], None] | 
             raise ModuleNotFoundError("segmentation-models-pytorch==0.6.0 (pip install --no-deps)")
         runs = [slice(s * points, (s + 1) * points) for s in range(scenes)]
         loss = lambda x: sum(original._lovasz_softmax_flat(x[r].softmax(1), flat_labels[r]) for r in runs) / scenes
+    else:
+        return None
+
+    def step():
+        x = flat.detach().requires_grad_()
+        loss(x).backward()
+
+    return step
+
+
+def _flat_points_step(case: Case, impl: str, flat, labels) -> Callable[[], None] | None:
+    """Points ``[N, C]`` of a batch of scans as one set (Pointcept, mmdet3d): ``lovasz`` as they call it,
+    ``lovasz dense`` the same points as one scene (``offsets=[N]``), ``original`` on the valid points,
+    as Pointcept's copy of it masks them."""
+    options = dict(ignore=case.ignore, from_logits=not case.probas)
+    if impl == "lovasz":
+        loss = lambda x: L.lovasz_softmax(x, labels, **options)
+    elif impl == "lovasz dense":
+        offsets = torch.full((1,), flat.shape[0], device=flat.device)
+        loss = lambda x: L.lovasz_softmax(x, labels, per_image=True, offsets=offsets, **options)
+    elif impl == "original":
+        original = load_original()
+        if original is None:
+            raise ModuleNotFoundError("segmentation-models-pytorch==0.6.0 (pip install --no-deps)")
+        valid = labels != case.ignore
+        probas = (lambda x: x) if case.probas else (lambda x: x.softmax(1))
+        loss = lambda x: original._lovasz_softmax_flat(probas(x)[valid], labels[valid])
     else:
         return None
 
@@ -227,7 +286,8 @@ def _tf_step(case: Case, logits, labels, mode: str) -> Callable[[], object]:
         x, loss = tf.constant(logits[:, 0]), lambda x, y: T.lovasz_hinge(x, y, per_image=case.per_image)
     else:
         x = tf.constant(logits.transpose(0, *range(2, logits.ndim), 1))  # channels-last, lovasz.tf's default
-        loss = lambda x, y: T.lovasz_softmax(x, y, case.classes, case.per_image, from_logits=True)  # noqa: E731
+        options = dict(ignore=case.ignore, from_logits=not case.probas)
+        loss = lambda x, y: T.lovasz_softmax(x, y, case.classes, case.per_image, **options)  # noqa: E731
     y = tf.constant(labels)
 
     def value_and_grad(x, y):
@@ -251,7 +311,8 @@ def _jax_step(case: Case, logits, labels) -> Callable[[], None]:
         x, loss = jax.numpy.asarray(logits[:, 0]), lambda x, y: J.lovasz_hinge(x, y, per_image=case.per_image)
     else:
         x = jax.numpy.asarray(logits)
-        loss = lambda x, y: J.lovasz_softmax(x, y, case.classes, case.per_image, from_logits=True)  # noqa: E731
+        options = dict(ignore=case.ignore, from_logits=not case.probas)
+        loss = lambda x, y: J.lovasz_softmax(x, y, case.classes, case.per_image, **options)  # noqa: E731
     y = jax.numpy.asarray(labels)
     value_and_grad = jax.jit(jax.value_and_grad(loss))
     return lambda: jax.block_until_ready(value_and_grad(x, y)) and None
@@ -380,7 +441,7 @@ def run(
             continue
         measured = {}
         for impl in impls or implementations(device):
-            if impl == "lovasz dense" and case.kind != "points":
+            if impl == "lovasz dense" and not case.kind.startswith("points"):
                 continue  # the dense twin of a point-cloud case only
             row = Row(case.name, case.shape, impl)
             progress(f"  {case.name} {list(case.shape)}: {impl}")
