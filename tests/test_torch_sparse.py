@@ -110,7 +110,9 @@ def test_points_without_offsets_equal_offsets_of_one_scene(from_logits, ignore):
     if ignore is None:
         labels = labels.clamp_min(0)
     loss, grad = run(L.lovasz_softmax, x, labels, **options)
-    expected_loss, expected_grad = run(L.lovasz_softmax, x, labels, offsets=torch.tensor([500]), per_image=True, **options)
+    expected_loss, expected_grad = run(
+        L.lovasz_softmax, x, labels, offsets=torch.tensor([500]), per_image=True, **options
+    )
     assert torch.equal(loss, expected_loss) and torch.equal(grad, expected_grad)
     probas = logits.softmax(1) if from_logits else x
     expected = R.lovasz_softmax(probas.double().numpy()[..., None], labels.numpy()[:, None], ignore=ignore)
