@@ -569,6 +569,21 @@ def _(
     return pred.new_empty(num_sets), grad, pred.new_empty(rows), pred.new_empty(rows, dtype=torch.bool)
 
 
+@torch.library.register_vmap("lovasz::lovasz_loss")
+def _vmap(info, in_dims, *inputs):
+    """``torch.func.vmap`` over the op (per-sample losses and gradients, ``jacrev``): one call per sample
+    of the mapped dim, stacked. Each sample is a batch of its own: its own sets, its own classes present."""
+
+    def sample(value, dim, index):
+        return value if dim is None else value.select(dim, index)
+
+    outputs = [
+        lovasz_loss(*(sample(value, dim, index) for value, dim in zip(inputs, in_dims)))
+        for index in range(info.batch_size)
+    ]
+    return tuple(torch.stack(values) for values in zip(*outputs)), (0, 0, 0, 0)
+
+
 _SECOND_ORDER_WITH_SOFTMAX = (
     "lovasz_softmax(from_logits=True) takes the softmax inside and keeps only the first derivative, so it "
     "has no second derivative (create_graph=True: Hessian-vector products, gradient penalties; also "
@@ -606,8 +621,11 @@ torch.library.register_autograd("lovasz::lovasz_loss", _backward, setup_context=
 class _LovaszSets(torch.autograd.Function):
     """The op with the autograd that ``torch.func`` and forward mode need: ``setup_context`` and a JVP.
 
-    The JVP is one dot product: the op has each set's gradient already.
+    The JVP is one dot product: the op has each set's gradient already. Under ``torch.func.vmap`` the
+    op's own vmap rule runs it per sample, and autograd's formulas here are vmapped as they are.
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(*inputs):

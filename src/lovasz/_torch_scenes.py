@@ -119,8 +119,9 @@ class Compacted(NamedTuple):
 def _may_sync(x: Tensor) -> bool:
     """Whether the valid pixels may be counted: always on the CPU; on an accelerator eagerly, but not in
     a CUDA graph's capture, nor where the user asked torch to warn of or refuse host syncs
-    (``torch.cuda.set_sync_debug_mode``). Never under torch.compile (the gather's size depends on the data)."""
-    if torch.compiler.is_compiling():
+    (``torch.cuda.set_sync_debug_mode``). Never under torch.compile or a torch.func transform (vmap, grad,
+    jvp): the gather's size depends on the data."""
+    if torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is not None:
         return False
     if x.device.type == "cuda":
         return not torch.cuda.is_current_stream_capturing() and torch.cuda.get_sync_debug_mode() == 0

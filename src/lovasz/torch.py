@@ -107,13 +107,21 @@ def _check_values(labels: Tensor, valid: Tensor | None, allowed: str, ok: Tensor
     """
     if torch.compiler.is_compiling():
         return
-    bad = ~ok if valid is None else valid & ~ok
+    bad = _unbatched(~ok if valid is None else valid & ~ok)
     message = f"{name} must be {allowed} at every non-ignored pixel"
     if labels.device.type != "cpu":
         torch._assert_async(~bad.any(), message)
         return
     if bad.any():
-        raise ValueError(f"{message}; found {labels[bad].flatten()[0].item()}")
+        raise ValueError(f"{message}; found {_unbatched(labels)[bad].flatten()[0].item()}")
+
+
+def _unbatched(x: Tensor) -> Tensor:
+    """``x`` without torch.func's wrappers (vmap's batching): every sample's values, which a check may
+    read (under vmap a tensor's values take no part in Python's control flow)."""
+    while torch._C._functorch.is_functorch_wrapped_tensor(x):
+        x = torch._C._functorch.get_unwrapped(x)
+    return x
 
 
 def _as_weights(
