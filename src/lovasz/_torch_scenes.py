@@ -141,7 +141,7 @@ def compact(pred: Tensor, labels: Tensor, ignored: Tensor | None, per_image: boo
     batch, channels, num_pixels = pred.shape
     if num_pixels == 1 and not per_image and batch > 0:
         ends = torch.full((1,), batch, dtype=torch.int64, device=pred.device)
-        flat = lambda x: x[..., 0].T.unsqueeze(0)  # noqa: E731  [B, L, 1] -> [1, L, B], a view
+        flat = lambda x: x.flatten(1).T.unsqueeze(0)  # noqa: E731  [B, L, 1] -> [1, L, B], views all the way back
         return Compacted(flat(pred), flat(labels), None if ignored is None else flat(ignored), ends)
     if ignored is None or pred.numel() == 0 or not _may_sync(pred):
         return None
