@@ -30,8 +30,9 @@ class CrossEntropyLovaszLoss(nn.Module):
     - ``mode='binary'``: binary cross-entropy with logits and :func:`lovasz_hinge`.
     - ``mode='multilabel'``: binary cross-entropy per channel and :func:`lovasz_multilabel`.
 
-    ``per_image``, ``classes``, ``ignore_index``, ``class_weights``, ``margin``, ``symmetric`` and ``process_group``
-    are those of :class:`LovaszLoss`; ``class_weights`` also weigh the cross-entropy (as PyTorch's
+    ``per_image``, ``classes``, ``ignore_index``, ``class_weights``, ``margin``, ``symmetric``, ``process_group`` and
+    ``include_background`` are those of :class:`LovaszLoss` (a one-hot target too); ``class_weights`` also
+    weigh the cross-entropy (``include_background``, as in MONAI's DiceCELoss, only the Lovász term) (as PyTorch's
     ``weight``: a weighted mean over pixels). Ignored pixels take no part in either
     term; a batch with every pixel ignored gives 0, not NaN. Both weights are plain
     attributes, so :class:`lovasz.schedule.LovaszSchedule` can change them between steps;
@@ -58,6 +59,7 @@ class CrossEntropyLovaszLoss(nn.Module):
         margin: str = "relu",
         symmetric: bool = False,
         process_group: ProcessGroup | None = None,
+        include_background: bool = True,
     ):
         super().__init__()
         from lovasz.torch import LovaszLoss
@@ -72,6 +74,7 @@ class CrossEntropyLovaszLoss(nn.Module):
             margin=margin,
             symmetric=symmetric,
             process_group=process_group,
+            include_background=include_background,
         )
         self.mode, self.ignore_index = mode, self.lovasz.ignore_index
         self.ce_weight, self.lovasz_weight = float(ce_weight), float(lovasz_weight)
@@ -88,6 +91,10 @@ class CrossEntropyLovaszLoss(nn.Module):
         """The weighted sum; ``batch`` / ``offsets`` / ``num_scenes`` mark the scenes of
         points-first inputs (point clouds, ``[N, C]``), which the Lovász term takes per scene
         with ``per_image=True`` (the cross-entropy is a mean over all points either way)."""
+        from lovasz.torch import class_indices
+
+        if self.mode == "multiclass":
+            target = class_indices(input, target)
         total = input.new_zeros((), dtype=torch.float32)
         if self.ce_weight:
             total = total + self.ce_weight * self.cross_entropy(input, target)

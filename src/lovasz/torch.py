@@ -778,6 +778,11 @@ class LovaszLoss(nn.Module):
     multi-label modes, see :func:`lovasz_hinge`); ``process_group`` makes a batch-mode loss
     the exact loss of the global batch across ranks (see :func:`lovasz_softmax`).
 
+    MONAI's conventions too: ``include_background=False`` leaves channel 0 out of the class
+    average (multiclass and multilabel modes), and in multiclass mode the target may be one-hot,
+    ``[B, C, *spatial]`` like the input (each pixel's one 1 marks its class), or a label map
+    ``[B, 1, *spatial]``.
+
     Example:
         >>> loss_fn = LovaszLoss("multiclass")
         >>> logits = torch.randn(2, 3, 8, 8, requires_grad=True)
@@ -800,10 +805,16 @@ class LovaszLoss(nn.Module):
         margin: str = "relu",
         symmetric: bool = False,
         process_group: ProcessGroup | None = None,
+        include_background: bool = True,
     ):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
+        if not isinstance(include_background, bool):
+            raise TypeError(f"include_background must be True or False; got {include_background!r}")
+        if mode == "binary" and not include_background:
+            raise ValueError("include_background=False leaves out channel 0 of several; mode='binary' has one")
+        self.include_background = include_background
         if not isinstance(classes, str):
             classes = list(classes)
         V.check_classes(classes, 1 << 30)  # the form only; the range is checked against the input
@@ -834,11 +845,13 @@ class LovaszLoss(nn.Module):
         """The loss of ``input`` against ``target``; ``batch`` / ``offsets`` / ``num_scenes`` mark
         the scenes of points-first inputs (point clouds), as in :func:`lovasz_softmax`."""
         scenes = (batch, offsets, num_scenes)
+        if self.mode == "multiclass":
+            target = class_indices(input, target)
         options = (
             self.per_image,
             self.ignore_index,
             self.from_logits,
-            self.class_weights,
+            self._class_weights(input),
             self.reduction,
             self.process_group,
             ("input", "target", "class_weights"),
@@ -848,6 +861,14 @@ class LovaszLoss(nn.Module):
         if self.mode == "multilabel":
             return _multilabel(input, target, self.classes, *options, self.margin, self.symmetric, scenes)
         return self._binary(input, target, scenes)
+
+    def _class_weights(self, input: Tensor) -> Tensor | None:
+        """``class_weights``, with channel 0's made 0 where ``include_background`` is False: a weight of 0
+        takes a class out of the average, present or not."""
+        if self.include_background or not isinstance(input, Tensor) or input.ndim < 2:
+            return self.class_weights
+        weights = self.class_weights if self.class_weights is not None else input.new_ones(input.shape[1])
+        return weights.index_fill(0, weights.new_zeros(1, dtype=torch.int64), 0)
 
     def _binary(self, input: Tensor, target: Tensor, scenes: tuple) -> Tensor:
         _check_prediction(input, "input")
@@ -889,7 +910,35 @@ class LovaszLoss(nn.Module):
             f"classes={self.classes!r}, ignore_index={self.ignore_index}, reduction={self.reduction!r}"
             + (f", margin={self.margin!r}" if self.margin != "relu" else "")
             + (", symmetric=True" if self.symmetric else "")
+            + (", include_background=False" if not self.include_background else "")
         )
+
+
+def class_indices(input: Tensor, target: Tensor) -> Tensor:
+    """A multiclass ``target`` in MONAI's forms as class indices ``[B, ...]``: one-hot, shaped like ``input
+    [B, C, ...]`` (C > 1; each pixel must hold one 1 and zeros), or a label map ``[B, 1, ...]``; any other
+    target as it is."""
+    if not (isinstance(input, Tensor) and isinstance(target, Tensor)):
+        return target
+    if input.ndim < 2 or input.shape[1] < 2:
+        return target
+    if target.ndim == input.ndim and target.shape[1] == 1 and target.shape[2:] == input.shape[2:]:
+        return target.squeeze(1)
+    if target.shape != input.shape:
+        return target
+    if target.dtype == torch.bool or not target.is_floating_point():
+        ones = target.to(torch.int64)
+    else:
+        ones = target
+    ok = ((ones == 0) | (ones == 1)).all(1) & (ones.sum(1) == 1)
+    message = f"a target shaped like the input {V.fmt(input.shape)} must be one-hot (one 1 and zeros over dim 1)"
+    if torch.compiler.is_compiling():
+        pass  # raising would need the data on the host
+    elif ok.device.type != "cpu":
+        torch._assert_async(ok.all(), message)
+    elif not bool(_unbatched(ok).all()):
+        raise ValueError(f"{message}; {int((~_unbatched(ok)).sum())} pixels are not")
+    return ones.argmax(1)
 
 
 from lovasz._torch_combined import CrossEntropyLovaszLoss  # noqa: E402  (it builds on LovaszLoss above)

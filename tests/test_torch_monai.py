@@ -1,0 +1,91 @@
+"""MONAI's conventions in lovasz.torch's modules: one-hot ``[B, C, ...]`` targets, ``[B, 1, ...]`` label
+maps, and ``include_background=False``, each against the plain call it stands for and the oracle."""
+
+import numpy as np
+import pytest
+
+from conftest import require
+from lovasz import reference as R
+
+torch = require("torch")
+L = require("lovasz.torch")
+F = torch.nn.functional
+
+
+def volume(seed=0, num_classes=4):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(2, num_classes, 5, 6, 3, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, num_classes, (2, 5, 6, 3), generator=g)
+    labels[labels == 2] = 1  # class 2 absent: 'present' and 'all' differ
+    return logits, labels
+
+
+def one_hot(labels, num_classes):
+    return F.one_hot(labels, num_classes).movedim(-1, 1)
+
+
+@pytest.mark.parametrize("module", ["LovaszLoss", "CrossEntropyLovaszLoss"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int64, torch.bool])
+def test_one_hot_target_and_label_map_equal_class_indices(module, dtype):
+    logits, labels = volume()
+    loss_fn = getattr(L, module)("multiclass")
+    expected = loss_fn(logits, labels)
+    torch.testing.assert_close(loss_fn(logits, one_hot(labels, 4).to(dtype)), expected, rtol=0, atol=0)
+    torch.testing.assert_close(loss_fn(logits, labels[:, None]), expected, rtol=0, atol=0)
+    # points [N, C] with one-hot [N, C] targets
+    points = logits.movedim(1, -1).reshape(-1, 4)
+    flat = labels.reshape(-1)
+    torch.testing.assert_close(loss_fn(points, one_hot(flat, 4).to(dtype)), loss_fn(points, flat), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("classes", ["present", "all"])
+@pytest.mark.parametrize("per_image", [False, True])
+def test_include_background_false_leaves_channel_0_out(classes, per_image):
+    logits, labels = volume(1)
+    loss = L.LovaszLoss("multiclass", per_image, classes=classes, include_background=False)(logits, labels)
+    probas = logits.softmax(1).numpy()
+    if classes == "all":
+        expected = R.lovasz_softmax(probas, labels.numpy(), [1, 2, 3], per_image)
+    else:  # present classes but 0
+        sets = [(probas[b : b + 1], labels[b : b + 1].numpy()) for b in range(2)] if per_image else [(probas, labels)]
+        values = []
+        for p, y in sets:
+            present = [c for c in (1, 2, 3) if (np.asarray(y) == c).any()]
+            values.append(R.lovasz_softmax(p, np.asarray(y), present, False) if present else 0.0)
+        expected = float(np.mean(values))
+    np.testing.assert_allclose(loss.item(), expected, rtol=1e-10)
+    # multi-label: channel 0 out of the channel average
+    targets = one_hot(labels, 4)
+    got = L.LovaszLoss("multilabel", per_image, classes=classes, include_background=False)(logits, targets)
+    kept = L.lovasz_multilabel(logits[:, 1:], targets[:, 1:], classes, per_image)
+    torch.testing.assert_close(got, kept)
+
+
+def test_include_background_with_class_weights_and_cross_entropy():
+    logits, labels = volume(2)
+    weights = [0.5, 2.0, 1.0, 3.0]
+    got = L.LovaszLoss("multiclass", class_weights=weights, include_background=False)(logits, labels)
+    expected = L.lovasz_softmax(logits, labels, from_logits=True, weights=[0.0, 2.0, 1.0, 3.0])
+    torch.testing.assert_close(got, expected)
+    # as MONAI's DiceCELoss: the cross-entropy keeps every class
+    combined = L.CrossEntropyLovaszLoss(include_background=False)
+    ce = F.cross_entropy(logits, labels)
+    torch.testing.assert_close(
+        combined(logits, labels),
+        (ce + L.lovasz_softmax(logits, labels, "present", from_logits=True, weights=[0.0, 1, 1, 1])).float(),
+    )
+
+
+def test_monai_conventions_errors_and_compile():
+    logits, labels = volume(3)
+    bad = one_hot(labels, 4).float()
+    bad[0, :, 0, 0, 0] = 0
+    with pytest.raises(ValueError, match=r"must be one-hot .*1 pixels are not"):
+        L.LovaszLoss()(logits, bad)
+    with pytest.raises(ValueError, match="mode='binary' has one"):
+        L.LovaszLoss("binary", include_background=False)
+    with pytest.raises(TypeError, match="include_background must be True or False"):
+        L.LovaszLoss(include_background="no")
+    loss_fn = L.LovaszLoss(include_background=False)
+    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(logits, one_hot(labels, 4).float()), loss_fn(logits, labels))
