@@ -116,3 +116,55 @@ def test_kernel_compiles_warning_free(name, api, tmp_path, use_library):
         assert present.all()
         if installed:  # the installed build (setup.py's flags) and this one: the same gradients
             np.testing.assert_allclose(grad, expected[mode][4], rtol=0, atol=1e-7)
+
+
+def test_fast_math_build_is_refused(tmp_path):
+    """-ffast-math (or -Ofast) would break the exponential's rounding and the NaN selects: no build."""
+    compiler, include = _compiler("gcc"), _python_include()
+    command = [compiler, "-O2", "-ffast-math", "-shared", "-fPIC", f"-I{include}", str(SOURCE), "-o", "x.so"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode != 0 and "must not be built with -ffast-math" in result.stderr
+
+
+@pytest.mark.parametrize("version", [None, 1, 99])
+def test_library_of_another_abi_is_refused(tmp_path, monkeypatch, version):
+    """An in-place build left from an older commit (no version, or another) is not called: the torch.sort /
+    lax.sort paths serve, and why_not() says to rebuild."""
+    compiler = _compiler("gcc")
+    source = tmp_path / "old.c"
+    entry = "int lovasz_rows_f32(void) { return 0; }\n"
+    source.write_text(entry + ("" if version is None else f"int lovasz_abi_version(void) {{ return {version}; }}\n"))
+    library = tmp_path / "old.so"
+    subprocess.run([compiler, "-shared", "-fPIC", str(source), "-o", str(library)], check=True, timeout=300)
+    module = types.ModuleType("lovasz._kernel")
+    module.__file__ = str(library)
+    monkeypatch.setitem(sys.modules, "lovasz._kernel", module)
+    monkeypatch.setattr(lovasz, "_kernel", module, raising=False)
+    _clear_kernel_caches()
+    try:
+        assert _ckernel.kernel() is None
+        assert f"ABI {version or 1}, this one {_ckernel.ABI}" in _ckernel.why_not() and "rebuild" in _ckernel.why_not()
+    finally:
+        monkeypatch.undo()
+        _clear_kernel_caches()
+
+
+def test_ctypes_boundary_checks_are_real():
+    """Checks at the boundary raise (python -O strips asserts; a wrong array would be read as garbage)."""
+    if _ckernel.kernel() is None:
+        pytest.skip("the kernel is not built")
+    pred = np.random.default_rng(0).random((1, 2, 50)).astype(np.float32)
+    codes = np.zeros(pred.shape, np.uint8)
+    with pytest.raises(TypeError, match="pred must be a float32 array; got float64"):
+        _ckernel.lovasz_rows(pred.astype(np.float64), codes, _ckernel.SOFTMAX, None, 1)
+    with pytest.raises(TypeError, match="codes must be a uint8 array; got int64"):
+        _ckernel.lovasz_rows(pred, codes.astype(np.int64), _ckernel.SOFTMAX, None, 1)
+    with pytest.raises(ValueError, match="grad must be a writeable C-contiguous array"):
+        _ckernel.lovasz_rows(pred, codes, _ckernel.SOFTMAX, np.empty((1, 50, 2), np.float32).transpose(0, 2, 1), 1)
+    with pytest.raises(ValueError, match=r"grad must have shape \[1, 2, 50\]"):
+        _ckernel.lovasz_rows(pred, codes, _ckernel.SOFTMAX, np.empty((1, 2, 49), np.float32), 1)
+    points = np.ascontiguousarray(pred[0].T)
+    with pytest.raises(ValueError, match="with logits, grad must not be the points"):
+        _ckernel.lovasz_points(
+            points, codes[0], np.array([50]), _ckernel.SOFTMAX, points, 1, True, lambda loss, present: loss
+        )

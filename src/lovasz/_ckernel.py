@@ -21,6 +21,9 @@ HINGE = 1  # error max(0, 1 - x) at fg, max(0, 1 + x) elsewhere
 ERRORS = 2  # x is the error itself (negative counts as 0); the gradient is d loss / d error
 
 MAX_ELEMENTS = 1 << 30  # a pixel's offset takes 30 bits of a sort item
+# The kernel's calling convention: _kernel.c's LOVASZ_ABI. A library that says another number (an in-place
+# build left from an older commit) would be called with shifted arguments: it is refused at load.
+ABI = 2
 
 _POOL_LOCK = threading.Lock()
 _POOL: concurrent.futures.ThreadPoolExecutor | None = None
@@ -52,9 +55,14 @@ def kernel() -> Callable[..., int] | None:
     try:
         from lovasz import _kernel
 
-        function = ctypes.CDLL(_kernel.__file__).lovasz_rows_f32
+        library = ctypes.CDLL(_kernel.__file__)
+        function = library.lovasz_rows_f32
+        version = library.lovasz_abi_version() if hasattr(library, "lovasz_abi_version") else 1
     except (ImportError, OSError, AttributeError) as error:  # not built, or not loadable: torch.sort / lax.sort
         _WHY_NOT = f"{type(error).__name__}: {error}"
+        return None
+    if version != ABI:
+        _WHY_NOT = f"{_kernel.__file__} was built from another lovasz (ABI {version}, this one {ABI}): rebuild it"
         return None
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     function.argtypes = [ptr, ptr, ptr, i64, i64, i64, ctypes.c_int, i64, i64, ptr, ptr]
@@ -123,6 +131,30 @@ def applies(dtype, size: int) -> bool:
     return dtype == np.float32 and size <= MAX_ELEMENTS and kernel() is not None
 
 
+def _float32(array: np.ndarray, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """``array`` C-contiguous, checked to be float32 (and of ``shape``): the kernel reads raw memory, so a
+    wrong array would be read as garbage. Real checks, not asserts, which ``python -O`` strips."""
+    return _checked(array, name, np.float32, shape)
+
+
+def _checked(array: np.ndarray, name: str, dtype, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    if not isinstance(array, np.ndarray) or array.dtype != dtype:
+        found = array.dtype if isinstance(array, np.ndarray) else type(array).__name__
+        raise TypeError(f"lovasz kernel: {name} must be a {np.dtype(dtype).name} array; got {found}")
+    if shape is not None and array.shape != shape:
+        raise ValueError(f"lovasz kernel: {name} must have shape {list(shape)}; got {list(array.shape)}")
+    return np.ascontiguousarray(array)
+
+
+def _output(array: np.ndarray | None, name: str, shape: tuple[int, ...]) -> np.ndarray | None:
+    """An array the kernel writes: float32, C-contiguous (a copy would take the writes) and of ``shape``."""
+    if array is None:
+        return None
+    if not (isinstance(array, np.ndarray) and array.flags.c_contiguous and array.flags.writeable):
+        raise ValueError(f"lovasz kernel: {name} must be a writeable C-contiguous array")
+    return _float32(array, name, shape)
+
+
 def _run_blocks(run: Callable[[tuple[int, int]], int], blocks, workers: int):
     """``run`` on every block, on the pool's threads (ctypes releases the GIL, so they run in parallel).
 
@@ -164,8 +196,8 @@ def lovasz_rows(
     possibly ``pred`` itself) if given. Blocks of rows run on up to ``threads`` threads.
     """
     sets, num_rows, num_pixels = pred.shape
-    pred, codes = np.ascontiguousarray(pred), np.ascontiguousarray(codes)
-    assert grad is None or (grad.flags.c_contiguous and grad.shape == pred.shape and grad.dtype == np.float32)
+    pred, codes = _float32(pred, "pred"), _checked(codes, "codes", np.uint8, pred.shape)
+    grad = _output(grad, "grad", pred.shape)
     loss = np.empty(num_rows, np.float32)
     present = np.empty(num_rows, np.bool_)
     args = (
@@ -215,9 +247,8 @@ def lovasz_scene_rows(
     """
     num_classes, num_points = codes.shape
     ends = _scene_ends(ends, num_points)
-    pred, codes = np.ascontiguousarray(pred), np.ascontiguousarray(codes)
-    assert pred.shape == codes.shape
-    assert grad is None or (grad.flags.c_contiguous and grad.shape == pred.shape and grad.dtype == np.float32)
+    pred, codes = _float32(pred, "pred", codes.shape), _checked(codes, "codes", np.uint8)
+    grad = _output(grad, "grad", pred.shape)
     loss = np.empty((ends.size, num_classes), np.float32)
     present = np.empty((ends.size, num_classes), np.bool_)
     args = (pred.ctypes.data, codes.ctypes.data, None if grad is None else grad.ctypes.data)
@@ -255,12 +286,13 @@ def lovasz_points(
     ends = _scene_ends(ends, num_points)
     if ends.size and ends[-1] != num_points:
         raise ValueError(f"the last scene must end at the last point, {num_points}; got {ends[-1]}")
-    points, codes = np.ascontiguousarray(points), np.ascontiguousarray(codes)
-    assert points.shape == (num_points, num_classes)
-    assert grad is None or (grad.flags.c_contiguous and grad.shape == points.shape and grad.dtype == np.float32)
-    assert not (logits and grad is points)
+    points, codes = _float32(points, "points", (num_points, num_classes)), _checked(codes, "codes", np.uint8)
+    grad = _output(grad, "grad", points.shape)
+    if logits and grad is not None and np.shares_memory(grad, points):
+        raise ValueError("lovasz kernel: with logits, grad must not be the points (their softmax goes there)")
     kernels = points_kernel()
-    assert kernels is not None, "lovasz_points needs the points kernel: see points_kernel()"
+    if kernels is None:
+        raise RuntimeError(f"lovasz kernel: the points kernel is not loaded ({why_not() or 'an older build'})")
     into, out = kernels
     block = np.empty((num_classes, num_points), np.float32)  # the rows, class-major; then their gradient
     probs = grad if logits else None  # the softmax, where the gradient will be
@@ -270,8 +302,7 @@ def lovasz_points(
     _run_blocks(lambda run: into(*args, *run), point_blocks, len(point_blocks))
     loss, present = lovasz_scene_rows(block, codes, ends, mode, None if grad is None else block, threads)
     if grad is not None:
-        coefficient = np.ascontiguousarray(coefficients(loss, present), dtype=np.float32)
-        assert coefficient.shape == loss.shape
+        coefficient = _float32(np.asarray(coefficients(loss, present), dtype=np.float32), "coefficients", loss.shape)
         args = (block.ctypes.data, None if probs is None else probs.ctypes.data, grad.ctypes.data)
         args += (num_classes, num_points, ends.ctypes.data, ends.size, coefficient.ctypes.data)
         status = _run_blocks(lambda run: out(*args, *run), point_blocks, len(point_blocks))

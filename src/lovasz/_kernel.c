@@ -43,6 +43,14 @@
 #define EXPORT
 #endif
 
+/* The exponential's rounding, the NaN selects and the tests of NaN propagation need IEEE arithmetic. */
+#if defined(__FAST_MATH__)
+#error "lovasz's kernel must not be built with -ffast-math (or -Ofast): it relies on IEEE NaN and rounding"
+#endif
+
+/* The calling convention of the entries below; _ckernel.py refuses a library that says another. */
+#define LOVASZ_ABI 2
+
 enum { FOREGROUND = 1, IGNORED = 2 };
 enum { SOFTMAX, HINGE, ERRORS }; /* how a prediction x becomes an error: see _ckernel.py */
 
@@ -461,6 +469,8 @@ EXPORT int lovasz_points_out_f32(float *block, const float *probs, float *grad, 
     free(tile);
     return 0;
 }
+
+EXPORT int lovasz_abi_version(void) { return LOVASZ_ABI; }
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernel", "C kernel of lovasz, called through ctypes.",
                                     -1, NULL, NULL, NULL, NULL, NULL};
