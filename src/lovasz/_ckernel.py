@@ -21,6 +21,10 @@ HINGE = 1  # error max(0, 1 - x) at fg, max(0, 1 + x) elsewhere
 ERRORS = 2  # x is the error itself (negative counts as 0); the gradient is d loss / d error
 
 MAX_ELEMENTS = 1 << 30  # a pixel's offset takes 30 bits of a sort item
+# Each thread sorts one row at a time in a scratch of 8 bytes per pixel of the row: the threads at work
+# are as many as this budget allows (half the input's bytes, at least 64 MiB), so that the peak memory
+# does not grow with the thread count (64 threads on Cityscapes-sized rows would hold gigabytes).
+MIN_SCRATCH_BUDGET = 64 << 20
 # The kernel's calling convention: _kernel.c's LOVASZ_ABI. A library that says another number (an in-place
 # build left from an older commit) would be called with shifted arguments: it is refused at load.
 ABI = 2
@@ -30,9 +34,13 @@ _POOL: concurrent.futures.ThreadPoolExecutor | None = None
 
 
 def _pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
+    """The one pool, grown (never rebuilt smaller) to ``workers`` threads: a call with fewer blocks uses
+    fewer of its threads, so point clouds of few rows, or another framework's thread count, keep it."""
     global _POOL
     with _POOL_LOCK:
-        if _POOL is None or _POOL._max_workers != workers:
+        if _POOL is None or _POOL._max_workers < workers:
+            if _POOL is not None:
+                _POOL.shutdown(wait=False)  # its threads finish what they hold and exit
             _POOL = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="lovasz")
         return _POOL
 
@@ -209,8 +217,15 @@ def lovasz_rows(
         num_pixels,
         mode,
     )
+    threads = _within_budget(threads, 8 * (sets * num_pixels + 1), pred.nbytes)
     _run_rows(kernel(), args, loss, present, threads, f"{sets * num_pixels} pixels")
     return loss, present
+
+
+def _within_budget(threads: int, scratch_per_thread: int, input_bytes: int) -> int:
+    """``threads``, or fewer, so that their scratch stays within the budget (see MIN_SCRATCH_BUDGET)."""
+    budget = max(MIN_SCRATCH_BUDGET, input_bytes // 2)
+    return max(1, min(threads, budget // max(scratch_per_thread, 1)))
 
 
 def _split(count: int, threads: int) -> list[tuple[int, int]]:
@@ -253,6 +268,8 @@ def lovasz_scene_rows(
     present = np.empty((ends.size, num_classes), np.bool_)
     args = (pred.ctypes.data, codes.ctypes.data, None if grad is None else grad.ctypes.data)
     args += (num_classes, num_points, ends.ctypes.data, mode)
+    largest = int(np.diff(ends, prepend=0).max()) if ends.size else 0
+    threads = _within_budget(threads, 8 * (largest + 1), pred.nbytes)
     _run_rows(scene_kernel(), args, loss, present, threads, f"{num_points} points")
     return loss, present
 

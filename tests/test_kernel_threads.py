@@ -1,0 +1,83 @@
+"""The C kernel's threads: its scratch memory does not grow with the thread count, and its one pool is
+not rebuilt when a call has fewer blocks than threads (point clouds of few rows, another framework)."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lovasz import _ckernel
+
+pytestmark = pytest.mark.skipif(_ckernel.kernel() is None, reason="the kernel is not built")
+
+
+def test_threads_at_work_stay_within_the_scratch_budget(monkeypatch):
+    blocks_seen = []
+    run_blocks = _ckernel._run_blocks
+    monkeypatch.setattr(
+        _ckernel,
+        "_run_blocks",
+        lambda run, blocks, workers: blocks_seen.append(len(blocks)) or run_blocks(run, blocks, workers),
+    )
+    monkeypatch.setattr(_ckernel, "MIN_SCRATCH_BUDGET", 1 << 20)  # 1 MiB: rows of 32k pixels, 4 at a time
+    rng = np.random.default_rng(0)
+    pred = rng.random((1, 16, 1 << 15), dtype=np.float32)
+    codes = rng.integers(0, 2, pred.shape).astype(np.uint8)
+    expected = _ckernel.lovasz_rows(pred, codes, _ckernel.SOFTMAX, None, 1)
+    got = _ckernel.lovasz_rows(pred, codes, _ckernel.SOFTMAX, None, 64)
+    assert blocks_seen[-1] == 3  # (1 MiB) // (8 bytes x 32769): 3 threads, not 16 (one a row) nor 64
+    np.testing.assert_array_equal(got[0], expected[0])
+
+
+def test_the_pool_is_kept_across_block_counts():
+    pool = _ckernel._pool(2)
+    rng = np.random.default_rng(1)
+    for rows in (1, 2, 3, 1):
+        pred = rng.random((1, rows, 100), dtype=np.float32)
+        _ckernel.lovasz_rows(pred, np.zeros(pred.shape, np.uint8), _ckernel.SOFTMAX, None, 2)
+    assert _ckernel._POOL is pool
+    assert _ckernel._pool(1) is pool  # fewer threads: the same pool
+    grown = _ckernel._pool(pool._max_workers + 1)  # more: it grows
+    assert grown is not pool and grown._max_workers == pool._max_workers + 1
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc")
+def test_peak_memory_does_not_grow_with_threads():
+    script = textwrap.dedent("""
+        import sys, torch
+        torch.set_num_threads(int(sys.argv[1]))
+        import lovasz.torch as L
+        def kib(field):
+            return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field + ":"))
+        x = torch.rand(4, 19, 256, 256).requires_grad_()
+        y = torch.randint(0, 19, (4, 256, 256))
+        L.lovasz_softmax(x, y).backward()
+        x.grad = None
+        open("/proc/self/clear_refs", "w").write("5")
+        before = kib("VmRSS")
+        L.lovasz_softmax(x, y).backward()
+        print(kib("VmHWM") - before)
+    """)
+    env = {
+        **os.environ,
+        "MALLOC_MMAP_THRESHOLD_": "65536",
+        "MALLOC_TRIM_THRESHOLD_": "65536",
+        "PYTHONWARNINGS": "ignore",
+    }
+    peaks = [
+        int(
+            subprocess.run(
+                [sys.executable, "-c", script, str(t)],
+                capture_output=True,
+                text=True,
+                env=env,
+                check=True,
+            ).stdout
+        )
+        for t in (1, 16)
+    ]
+    assert peaks[1] <= peaks[0] * 1.05 + 1024, peaks  # KiB: 16 threads hold no more than one
