@@ -253,10 +253,40 @@ _host_rows.defvjp(_host_rows_fwd, _host_rows_bwd)
 
 
 def _sorted_rows(errors: jax.Array, codes: jax.Array) -> jax.Array:
-    """:func:`_lovasz_rows` on the ``[S, R, N]`` layout of :func:`_host_rows`."""
+    """:func:`_lovasz_rows` on the ``[S, R, N]`` layout of :func:`_host_rows`; float32 rows through
+    :func:`_row_sorted_rows`, the layout that reaches CUB's radix sort on a GPU."""
     sets, num_rows, num_pixels = errors.shape
     rows = lambda x: x.transpose(1, 0, 2).reshape(num_rows, sets * num_pixels)  # noqa: E731
-    return _lovasz_rows(rows(errors), rows(codes) == 1, rows(codes) != 2)
+    sort_rows = _row_sorted_rows if errors.dtype == jnp.float32 else _lovasz_rows
+    return sort_rows(rows(errors), rows(codes) == 1, rows(codes) != 2)
+
+
+def _descending_order(errors: jax.Array, valid: jax.Array) -> jax.Array:
+    """Each row's pixel indices ``[R, N]`` (int32) by decreasing float32 error, ties in pixel order, the
+    invalid pixels last; negative errors count as 0, NaN first (as the C kernel orders them).
+
+    One 1-D sort per row (``lax.map``) of int32 keys, the complemented error bits (non-negative floats
+    order like their bits), carrying int32 indices: the form XLA sends to CUB's radix sort on a GPU (two
+    operands, one integer key and its plain comparator, one row). A sort of ``[R, N]`` with a float key
+    (whose comparator JAX makes a total order), or three operands, goes to a bitonic sort there, about 55
+    passes over memory for rows of 4 M (openxla ``sort_rewriter.cc``, ``IsCubCompatibleSort``).
+    """
+    bits = jax.lax.bitcast_convert_type(errors, jnp.int32)
+    bits = jnp.where(bits < 0, 0, bits)  # negative errors and -0.0: 0
+    key = jnp.where(valid, jnp.int32(0x7FFFFFFE) - bits, jnp.int32(0x7FFFFFFF))  # a NaN's bits make it negative
+    index = jnp.broadcast_to(jnp.arange(errors.shape[-1], dtype=jnp.int32), errors.shape)
+    _, order = jax.lax.map(lambda pair: jax.lax.sort(pair, num_keys=1, is_stable=True), (key, index))
+    return order
+
+
+def _row_sorted_rows(errors: jax.Array, fg: jax.Array, valid: jax.Array) -> jax.Array:
+    """:func:`_lovasz_rows` of float32 ``errors [R, N]`` by :func:`_descending_order`; the gradient
+    flows through the gather of the errors (a scatter of the steps back)."""
+    order = _descending_order(errors, valid)
+    errors_sorted = jnp.take_along_axis(jnp.where(valid, errors, 0), order, axis=-1)
+    fg_sorted = jnp.take_along_axis((fg & valid).astype(jnp.int32), order, axis=-1)
+    steps = jax.lax.stop_gradient(_jaccard_steps(fg_sorted, errors.dtype))
+    return jnp.sum(_counted(errors_sorted) * steps, axis=-1)
 
 
 def _lovasz_kernel(errors: jax.Array, fg: jax.Array, valid: jax.Array | None, per_image: bool) -> jax.Array:
