@@ -1,5 +1,7 @@
 # The two commands of the README: `make demo` and `make test`. Each creates .venv and installs
 # what it needs. torch is pinned: an open range would pull the newest CUDA build (several GB).
+# bash: the device report's recipes use pipefail
+SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -12,7 +14,7 @@ TRITON := triton==3.6.0
 # the run instead of skipping.
 export LOVASZ_REQUIRE := torch,tensorflow,keras,jax,kernel,triton,mkdocs
 
-.PHONY: demo lint test bench docs dist test-gpu bench-gpu kernel-inplace clean
+.PHONY: demo lint test bench docs dist test-gpu bench-gpu gpu-report kernel-inplace clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -97,5 +99,22 @@ test-gpu: kernel-inplace
 bench-gpu: kernel-inplace
 	PYTHONPATH=src:$$PYTHONPATH $(PYTHON) -m lovasz.cli bench --device $(GPU_DEVICE) $(ARGS)
 
+# The one prepared device script: the GPU tests, then the GPU benchmark of every framework present, each in
+# a time box (about 8 minutes in all), with their logs, the JSON and the README's markdown table (machine and
+# commit named) in GPU_OUT. On the device machine, whose copy of the tree has no .git, name the commit:
+#   make gpu-report PYTHON=python3 GPU_OUT=$OUT COMMIT=<sha>
+# Wheels carried in .whl (Keras, which that machine lacks) are installed first.
+GPU_OUT ?= gpu-report
+COMMIT ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+
+gpu-report: kernel-inplace
+	mkdir -p $(GPU_OUT)
+	if ls .whl/*.whl >/dev/null 2>&1; then $(PYTHON) -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl; fi
+	-set -o pipefail; PYTHONPATH=/tmp/site:$$PYTHONPATH timeout 240 $(MAKE) --no-print-directory test-gpu \
+		ARGS="-q --junitxml=$(GPU_OUT)/tests.xml" 2>&1 | tee $(GPU_OUT)/tests.log | tail -30
+	set -o pipefail; PYTHONPATH=src:/tmp/site:$$PYTHONPATH timeout 270 $(PYTHON) -m lovasz.cli bench \
+		--device $(GPU_DEVICE) --repeats 10 --out $(GPU_OUT) --markdown $(GPU_OUT)/table.md --commit $(COMMIT) \
+		2>&1 | tee $(GPU_OUT)/bench.log
+
 clean:
-	rm -rf $(VENV) demo-output bench-output site dist build
+	rm -rf $(VENV) demo-output bench-output gpu-report site dist build

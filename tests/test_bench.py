@@ -9,7 +9,9 @@ bench = require("lovasz.bench")
 
 
 def test_quick_bench_writes_table_and_json(tmp_path, capsys):
-    assert bench.main(["--quick", "--repeats", "1", "--no-memory", "--out", str(tmp_path)]) == 0
+    table = tmp_path / "table.md"
+    argv = ["--quick", "--repeats", "1", "--no-memory", "--out", str(tmp_path), "--markdown", str(table)]
+    assert bench.main([*argv, "--commit", "abc1234"]) == 0
     out = capsys.readouterr().out
     result = json.loads((tmp_path / "results.json").read_text())
     assert {"cpu", "torch", "torch_threads"} <= set(result["machine"])
@@ -22,6 +24,12 @@ def test_quick_bench_writes_table_and_json(tmp_path, capsys):
     ours = [r for r in result["rows"] if r["impl"] == "lovasz"]
     assert all(r["seconds"] > 0 and "sort floor" in r["ratios"] for r in ours)
     assert "the sort floor" in out and "computes another quantity" in out
+    assert result["commit"] == "abc1234"
+    lines = table.read_text().splitlines()
+    assert "commit abc1234" in lines[0]
+    assert lines[2].startswith("| case | shape | lovasz ms | original ms |")
+    assert len(lines) == 4 + len(bench.QUICK_CASES)
+    assert all(line.count("|") == lines[2].count("|") for line in lines[2:])
 
 
 def test_peak_memory_probe_measures_a_step():

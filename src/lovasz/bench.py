@@ -503,6 +503,40 @@ def render(rows) -> str:
     return "\n".join(lines)
 
 
+_MARKDOWN_COLUMNS = ("lovasz", "original", "lovasz dense", "kornia", "sort floor", "lovasz.jax", "lovasz.tf", "network")
+
+
+def markdown(rows, info: dict[str, object], commit: str) -> str:
+    """The README's table: a line per case, a column per implementation measured (ms, median), the
+    ratios against the original and the sort floor, and the peak memory of ours and the original's."""
+    cases: dict[str, dict[str, Row]] = {}
+    for r in rows:
+        cases.setdefault(r.case, {})[r.impl] = r
+    impls = [i for i in _MARKDOWN_COLUMNS if any(i in by_impl for by_impl in cases.values())]
+    header = ["case", "shape", *(f"{i} ms" for i in impls), "vs original", "/ floor", "peak MiB (ours / original)"]
+    lines = [
+        f"Measured on {info.get('gpu') or info.get('cpu')} ({info.get('device')}, torch {info.get('torch')}), "
+        f"commit {commit}, every figure from this one run.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * 2 + "---:|" * (len(header) - 2),
+    ]
+    for case, by_impl in cases.items():
+        shape = next(iter(by_impl.values())).shape
+        cells = [case, "×".join(str(d) for d in shape)]
+        for impl in impls:
+            row = by_impl.get(impl)
+            cells.append(f"{row.seconds * 1e3:.1f}" if row is not None and row.seconds is not None else "n/a")
+        ours = by_impl.get("lovasz")
+        ratios = ours.ratios if ours is not None else {}
+        cells.append(f"{ratios['original']:.2f}x" if "original" in ratios else "n/a")
+        cells.append(f"{1 / ratios['sort floor']:.2f}" if ratios.get("sort floor") else "n/a")
+        peaks = [by_impl.get(i) for i in ("lovasz", "original")]
+        cells.append(" / ".join(f"{p.peak_bytes / 2**20:.0f}" if p and p.peak_bytes else "-" for p in peaks))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="lovasz bench", description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -535,6 +569,17 @@ def main(argv=None) -> int:
         metavar="NAME",
         help="time only the cases whose name contains NAME (e.g. 'points'); repeat for several (default: all)",
     )
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        default=None,
+        help="also write the README's markdown table (a line per case) to this file (default: none)",
+    )
+    parser.add_argument(
+        "--commit",
+        default="unknown",
+        help="the commit measured, named in the JSON and the markdown table (default: unknown)",
+    )
     parser.add_argument("--memory-probe", nargs=2, metavar=("CASE", "IMPL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
@@ -566,13 +611,18 @@ def main(argv=None) -> int:
     table = render(rows)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
+    info = machine(device)
     result = {
-        "machine": machine(device),
+        "machine": info,
+        "commit": args.commit,
         "repeats": repeats,
         "rows": [{**r.__dict__, "shape": list(r.shape)} for r in rows],
     }
     (args.out / "results.json").write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out / 'results.json'}")
+    if args.markdown is not None:
+        args.markdown.write_text(markdown(rows, info, args.commit))
+        print(f"wrote {args.markdown}")
     return 0
 
 
