@@ -166,8 +166,9 @@ def step_function(case: Case, impl: str, device: torch.device = torch.device("cp
         if case.kind == "hinge":
             loss = lambda x: L.lovasz_hinge(x[:, 0], labels, per_image=case.per_image)
         else:
-            options = dict(ignore=case.ignore, from_logits=not case.probas)
-            loss = lambda x: L.lovasz_softmax(x, labels, case.classes, case.per_image, **options)
+            loss = lambda x: L.lovasz_softmax(
+                x, labels, case.classes, case.per_image, case.ignore, from_logits=not case.probas
+            )
     elif impl == "original":
         original = load_original()
         if original is None:
@@ -234,12 +235,14 @@ def _flat_points_step(case: Case, impl: str, flat, labels) -> Callable[[], None]
     """Points ``[N, C]`` of a batch of scans as one set (Pointcept, mmdet3d): ``lovasz`` as they call it,
     ``lovasz dense`` the same points as one scene (``offsets=[N]``), ``original`` on the valid points,
     as Pointcept's copy of it masks them."""
-    options = dict(ignore=case.ignore, from_logits=not case.probas)
+    from_logits = not case.probas
     if impl == "lovasz":
-        loss = lambda x: L.lovasz_softmax(x, labels, **options)
+        loss = lambda x: L.lovasz_softmax(x, labels, ignore=case.ignore, from_logits=from_logits)
     elif impl == "lovasz dense":
         offsets = torch.full((1,), flat.shape[0], device=flat.device)
-        loss = lambda x: L.lovasz_softmax(x, labels, per_image=True, offsets=offsets, **options)
+        loss = lambda x: L.lovasz_softmax(
+            x, labels, per_image=True, ignore=case.ignore, from_logits=from_logits, offsets=offsets
+        )
     elif impl == "original":
         original = load_original()
         if original is None:
@@ -286,8 +289,9 @@ def _tf_step(case: Case, logits, labels, mode: str) -> Callable[[], object]:
         x, loss = tf.constant(logits[:, 0]), lambda x, y: T.lovasz_hinge(x, y, per_image=case.per_image)
     else:
         x = tf.constant(logits.transpose(0, *range(2, logits.ndim), 1))  # channels-last, lovasz.tf's default
-        options = dict(ignore=case.ignore, from_logits=not case.probas)
-        loss = lambda x, y: T.lovasz_softmax(x, y, case.classes, case.per_image, **options)  # noqa: E731
+        loss = lambda x, y: T.lovasz_softmax(  # noqa: E731
+            x, y, case.classes, case.per_image, case.ignore, from_logits=not case.probas
+        )
     y = tf.constant(labels)
 
     def value_and_grad(x, y):
@@ -311,8 +315,9 @@ def _jax_step(case: Case, logits, labels) -> Callable[[], None]:
         x, loss = jax.numpy.asarray(logits[:, 0]), lambda x, y: J.lovasz_hinge(x, y, per_image=case.per_image)
     else:
         x = jax.numpy.asarray(logits)
-        options = dict(ignore=case.ignore, from_logits=not case.probas)
-        loss = lambda x, y: J.lovasz_softmax(x, y, case.classes, case.per_image, **options)  # noqa: E731
+        loss = lambda x, y: J.lovasz_softmax(  # noqa: E731
+            x, y, case.classes, case.per_image, case.ignore, from_logits=not case.probas
+        )
     y = jax.numpy.asarray(labels)
     value_and_grad = jax.jit(jax.value_and_grad(loss))
     return lambda: jax.block_until_ready(value_and_grad(x, y)) and None
