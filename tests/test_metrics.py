@@ -1,4 +1,7 @@
-"""lovasz.metrics against hand counts and an independent confusion-matrix computation."""
+"""lovasz.metrics against hand counts, an independent confusion-matrix computation and the former mask definition."""
+
+import functools
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -107,3 +110,238 @@ def test_an_image_or_class_without_iou_is_left_out_of_the_means(kind):
     assert result["per_class_image_miou"] == pytest.approx(image_0)
     only_ignored = as_kind(target[1:])
     assert float(M.per_image_miou(as_kind(pred[1:]), only_ignored, 4, ignore_index=255)) == 0.0
+
+
+# ----------------------------------------------------------------------------- the mask-based definition
+# The metrics count (target, prediction) pairs with one bincount per block of pixels; the oracle below is the
+# former implementation, one [B, C, N] mask per class, whose results the counts must reproduce exactly.
+
+
+def mask_metrics(pred, target, num_classes, ignore=None):
+    classes = np.arange(num_classes).reshape(1, -1, 1)
+    p, t = pred.reshape(len(pred), 1, -1), target.reshape(len(target), 1, -1)
+    valid = np.ones(t.shape, bool) if ignore is None else t != ignore
+    pc, tc = (p == classes) & valid, (t == classes) & valid
+    inter, union = (pc & tc).sum(-1), (pc | tc).sum(-1)
+
+    def ratio(i, u):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(u > 0, i / np.maximum(u, 1), np.nan)
+
+    def nanmean(x, axis=None, empty=0.0):
+        count = np.sum(~np.isnan(x), axis=axis)
+        return np.where(count > 0, np.nansum(x, axis=axis) / np.maximum(count, 1), empty)
+
+    image_class, per_class = ratio(inter, union), ratio(inter.sum(0), union.sum(0))
+    counted = target != ignore if ignore is not None else target == target
+    return {
+        "inter": inter,
+        "union": union,
+        "per_class": per_class,
+        "dataset_miou": float(nanmean(per_class)),
+        "per_image_miou": float(nanmean(nanmean(image_class, axis=1, empty=np.nan))),
+        "per_class_image_miou": float(nanmean(nanmean(image_class, axis=0, empty=np.nan))),
+        "pixel_accuracy": ((pred == target) & counted).sum() / max(counted.sum(), 1),
+    }
+
+
+def mask_iou(preds, labels, C, EMPTY=1.0, ignore=None, per_image=False):
+    if not per_image:
+        preds, labels = (preds,), (labels,)
+    ious = []
+    for pred, label in zip(preds, labels):
+        image = []
+        for i in range(C):
+            if i != ignore:
+                intersection = np.sum((label == i) & (pred == i))
+                union = np.sum((label == i) | ((pred == i) & (label != ignore)))
+                image.append(EMPTY if not union else float(intersection) / float(union))
+        ious.append(image)
+    return 100 * np.array([np.mean(per_class) for per_class in zip(*ious)])
+
+
+def mask_iou_binary(preds, labels, EMPTY=1.0, ignore=None, per_image=True):
+    if not per_image:
+        preds, labels = (preds,), (labels,)
+    ious = []
+    for pred, label in zip(preds, labels):
+        intersection = np.sum((label == 1) & (pred == 1))
+        union = np.sum((label == 1) | ((pred == 1) & (label != ignore)))
+        ious.append(EMPTY if not union else float(intersection) / float(union))
+    return 100 * float(np.mean(ious))
+
+
+def random_maps(rng, shape, dtype, ignore):
+    """Class maps with values outside the classes on both sides, equal pairs of them, and ignored targets."""
+    num_classes = 2 if dtype == "bool" else 4
+    low = 0 if dtype in ("uint8", "bool") else -1
+    high = 2 if dtype == "bool" else num_classes + 2
+    target, pred = rng.integers(low, high, shape), rng.integers(low, high, shape)
+    same = rng.random(shape) < 0.3
+    pred[same] = target[same]  # hits, and a value outside the classes predicted as it is labelled
+    if ignore is not None:
+        target[rng.random(shape) < 0.2] = ignore
+    if dtype == "float64":
+        target, pred = target.astype(float), pred.astype(float)
+        target[rng.random(shape) < 0.1] = 2.5  # not a whole number: in no class
+        pred[rng.random(shape) < 0.1] = np.nan
+    elif dtype == "uint8":
+        target = target.astype(np.uint8)
+    elif dtype == "bool":
+        target, pred = target.astype(bool), pred.astype(bool)
+    return pred, target, num_classes
+
+
+SHAPES = [(3, 6, 7), (2, 50), (2, 3, 4, 5), (5,), (1, 16, 16)]
+CASES = [  # (dtype, ignore_index): uint8 targets beside int64 predictions; an ignored value inside the classes
+    ("int64", 255),
+    ("int64", None),
+    ("int64", 0),
+    ("int64", -1),
+    ("uint8", 255),
+    ("uint8", 0),
+    ("float64", 255),
+    ("bool", None),
+    ("bool", 0),
+]
+
+
+@pytest.mark.parametrize("block", [None, 7, 100], ids=["default-block", "block-7", "block-100"])
+@pytest.mark.parametrize(("dtype", "ignore"), CASES)
+def test_counts_equal_the_mask_definition(dtype, ignore, block, monkeypatch):
+    """Every metric and the meter, on NumPy and torch, blocks splitting images (7) and grouping them (100)."""
+    if block is not None:
+        monkeypatch.setattr(M, "_HOST_BLOCK", block)
+        monkeypatch.setattr(M, "_DEVICE_BLOCK", block)
+    rng = np.random.default_rng([CASES.index((dtype, ignore)), block or 0])
+    for shape in SHAPES:
+        pred, target, c = random_maps(rng, shape, dtype, ignore)
+        want = mask_metrics(pred, target, c, ignore)
+        for kind, given in (("numpy", np.asarray), ("torch", dev)):
+            p, t = given(pred), given(target)
+            inter, union = M.confusion_counts(p, t, c, ignore)
+            as_numpy = (lambda x: x.cpu().numpy()) if kind == "torch" else np.asarray
+            np.testing.assert_array_equal(as_numpy(inter), want["inter"], err_msg=f"{kind} {shape}")
+            np.testing.assert_array_equal(as_numpy(union), want["union"], err_msg=f"{kind} {shape}")
+            np.testing.assert_allclose(as_numpy(M.iou_per_class(p, t, c, ignore)), want["per_class"], rtol=1e-12)
+            for name in ("dataset_miou", "per_image_miou", "per_class_image_miou"):
+                got = float(getattr(M, name)(p, t, c, ignore))
+                assert got == pytest.approx(want[name], rel=1e-12), (kind, shape, name)
+            meter = M.IoUMeter(c, ignore)
+            half = len(pred) // 2  # the first update is empty when B = 1
+            meter.update(p[:half], t[:half])
+            meter.update(p[half:], t[half:])
+            out = meter.compute()
+            for name in ("dataset_miou", "per_image_miou", "per_class_image_miou", "pixel_accuracy"):
+                assert out[name] == pytest.approx(want[name], rel=1e-12), (kind, shape, name)
+            np.testing.assert_allclose(as_numpy(out["per_class"]), want["per_class"], rtol=1e-12)
+        for per_image in (False, True):
+            np.testing.assert_allclose(
+                M.iou(pred, target, c, ignore=ignore, per_image=per_image),
+                mask_iou(pred, target, c, ignore=ignore, per_image=per_image),
+            )
+        for binary_ignore in (ignore, 1):  # ignore=1 ignores nothing in the original's iou_binary
+            for per_image in (False, True):
+                assert M.iou_binary(pred, target, ignore=binary_ignore, per_image=per_image) == pytest.approx(
+                    mask_iou_binary(pred, target, ignore=binary_ignore, per_image=per_image)
+                )
+
+
+@pytest.mark.parametrize("shape", [(0, 4, 4), (2, 0)])
+def test_empty_batches_and_images_count_nothing(shape):
+    for given in (np.asarray, dev):
+        pred = target = given(np.zeros(shape, np.int64))
+        inter, union = M.confusion_counts(pred, target, 3)
+        assert tuple(inter.shape) == tuple(union.shape) == (shape[0], 3)
+        assert int(inter.sum()) == int(union.sum()) == 0
+        assert float(M.dataset_miou(pred, target, 3)) == float(M.per_image_miou(pred, target, 3)) == 0.0
+
+
+def test_values_that_are_no_class_index_are_refused():
+    with pytest.raises(ValueError, match="target must hold class indices .* got dtype <U1"):
+        M.dataset_miou(np.zeros((1, 2), int), np.array([["a", "b"]]), 2)
+    with pytest.raises(ValueError, match="pred must hold class indices .* got dtype torch.complex64"):
+        M.dataset_miou(torch.zeros(1, 2, dtype=torch.complex64), torch.zeros(1, 2), 2)
+
+
+# ----------------------------------------------------------------------------- memory
+
+BIG, BIG_CLASSES = (2, 2048, 2048), 19
+MASK_BYTES = 2 * 19 * 2048 * 2048  # one [B, C, N] bool mask: the former code built several of these
+BOUND = MASK_BYTES // 4
+
+
+def every_metric(pred, target):
+    """Each public metric (and the meter) as a call on one batch."""
+    calls = {name: functools.partial(getattr(M, name), pred, target, BIG_CLASSES, 255) for name in PUBLIC_FUNCTIONS}
+
+    def meter():
+        m = M.IoUMeter(BIG_CLASSES, 255)
+        m.update(pred, target)
+        return m.compute()
+
+    return calls | {"IoUMeter": meter}
+
+
+PUBLIC_FUNCTIONS = ["confusion_counts", "iou_per_class", "dataset_miou", "per_image_miou", "per_class_image_miou"]
+
+
+def big_maps():
+    rng = np.random.default_rng(0)
+    target = rng.integers(0, BIG_CLASSES, BIG, dtype=np.uint8)
+    target[:, ::7] = 255
+    return rng.integers(0, BIG_CLASSES, BIG), target
+
+
+def test_numpy_metrics_allocate_no_class_masks():
+    pred, target = big_maps()
+    calls = every_metric(pred, target)
+    calls["iou"] = lambda: M.iou(pred, target, BIG_CLASSES, ignore=255)
+    calls["iou_binary"] = lambda: M.iou_binary(pred, target, ignore=255)
+    for call in every_metric(pred[:, :8, :8], target[:, :8, :8]).values():
+        call()  # imports and first-call caches out of the measurement
+    tracemalloc.start()
+    try:
+        for name, call in calls.items():
+            tracemalloc.reset_peak()
+            call()
+            peak = tracemalloc.get_traced_memory()[1]
+            assert peak < BOUND, f"{name}: {peak / 2**20:.1f} MiB at peak, bound {BOUND / 2**20:.0f} MiB"
+    finally:
+        tracemalloc.stop()
+
+
+def _resident_peak(call):
+    """Bytes by which the process's resident set grew at its peak during ``call`` (Linux: clear_refs resets it)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pytest.skip("measuring the CPU peak needs Linux's writable /proc/self/clear_refs")
+
+    def status(key):
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":"))
+
+    before = status("VmRSS")
+    call()
+    return status("VmHWM") - before
+
+
+def test_torch_metrics_allocate_no_class_masks():
+    device = torch_device()
+    if device.type not in ("cpu", "cuda"):
+        pytest.skip(f"no peak-memory reading on {device.type}")
+    pred, target = (dev(x) for x in big_maps())
+    for call in every_metric(pred[:, :8, :8], target[:, :8, :8]).values():
+        call()
+    for name, call in every_metric(pred, target).items():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)
+            call()
+            peak = torch.cuda.max_memory_allocated(device) - before
+        else:
+            peak = _resident_peak(call)
+        assert peak < BOUND, f"{name}: {peak / 2**20:.1f} MiB at peak, bound {BOUND / 2**20:.0f} MiB"

@@ -79,27 +79,142 @@ def confusion_counts(
     return _counts(pred, target, num_classes, ignore_index)
 
 
+# Pixels per block: every temporary is O(block) whatever the batch (on the CPU, int64 codes of 2 MiB that
+# stay in cache); accelerators take larger blocks, for fewer kernel launches.
+_HOST_BLOCK = 1 << 18
+_DEVICE_BLOCK = 1 << 20
+
+
 def _counts(pred: Array, target: Array, num_classes: int, ignore_index: int | None) -> tuple[Array, Array]:
+    inter, union, _, _ = _from_histogram(
+        _histogram(pred, target, num_classes, ignore_index, per_image=True), num_classes
+    )
+    return inter, union
+
+
+# The histogram of (target code, predicted code) pairs, each code shifted by 2 to index K = C + 4 rows/columns:
+#   -2  a prediction outside the classes equal to its target (only with ``mark_equal``: pixel accuracy counts it)
+#   -1  a value below 0, or not a whole number (floats)
+#   0..C-1  the classes
+#   C   a value above C - 1
+#   C+1 a target equal to ignore_index (the row left out of every count)
+# A value outside the classes thus counts in the union of the class on the other side, as a mask of each class would.
+
+
+def _histogram(
+    pred: Array, target: Array, num_classes: int, ignore_index: int | None, per_image: bool, mark_equal: bool = False
+) -> Array:
+    """Code-pair counts, ``[B, K, K]`` per image or ``[K, K]`` for the batch: one bincount per block of pixels."""
     if tuple(pred.shape) != tuple(target.shape) or len(pred.shape) < 1:
         raise ValueError(
             f"pred and target must both have shape [B, *spatial]; got {list(pred.shape)} and {list(target.shape)}"
         )
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int; got {num_classes!r}")
+    c, k = num_classes, num_classes + 4
+    bins = k * k
     batch = pred.shape[0]
-    if _is_torch(pred):
+    pixels = int(np.prod(pred.shape[1:]))
+    p: Any  # the two kinds share the code below (mypy reads their operators apart)
+    t: Any
+    total: Any
+    torch_input = _is_torch(pred)
+    if torch_input:
         import torch
 
-        classes = torch.arange(num_classes, device=pred.device).view(1, -1, 1)
-        p, t = pred.reshape(batch, 1, -1), torch.as_tensor(target, device=pred.device).reshape(batch, 1, -1)
-        valid = torch.ones_like(t, dtype=torch.bool) if ignore_index is None else t != ignore_index
-        pc, tc = (p == classes) & valid, (t == classes) & valid
-        return (pc & tc).sum(-1), (pc | tc).sum(-1)
-    classes = np.arange(num_classes).reshape(1, -1, 1)
-    p, t = np.asarray(pred).reshape(batch, 1, -1), np.asarray(target).reshape(batch, 1, -1)
-    valid = np.ones(t.shape, bool) if ignore_index is None else t != ignore_index
-    pc, tc = (p == classes) & valid, (t == classes) & valid
-    return (pc & tc).sum(-1), (pc | tc).sum(-1)
+        p = pred.reshape(batch, pixels)
+        t = torch.as_tensor(target, device=pred.device).reshape(batch, pixels)
+        block = _HOST_BLOCK if p.device.type == "cpu" else _DEVICE_BLOCK
+        total = torch.zeros((batch if per_image else 1) * bins, dtype=torch.int64, device=p.device)
+    else:
+        p, t = np.asarray(pred).reshape(batch, pixels), np.asarray(target).reshape(batch, pixels)
+        block = _HOST_BLOCK
+        total = np.zeros((batch if per_image else 1) * bins, dtype=np.int64)
+    for name, x in (("pred", p), ("target", t)):
+        if not _is_index_dtype(x):
+            raise ValueError(
+                f"{name} must hold class indices (integers, bools or whole-number floats); got dtype {x.dtype}"
+            )
+    rows = max(1, block // max(pixels, 1))  # whole images per block when they fit, else pieces of one image
+    cols = max(1, min(pixels, block))  # 1: no block at all when the images are empty
+    for b0 in range(0, batch, rows):
+        b1 = min(b0 + rows, batch)
+        shift: Any = 2 * k + 2  # both codes from -2.. to 0..
+        if per_image:  # and each image's pairs into its own K*K bins (made on the device: a copy there would sync)
+            images = torch.arange(b1 - b0, device=p.device) if torch_input else np.arange(b1 - b0)
+            shift = (images * bins + shift).reshape(-1, 1)
+        for n0 in range(0, pixels, cols):
+            tb, pb = t[b0:b1, n0 : n0 + cols], p[b0:b1, n0 : n0 + cols]
+            index = _codes(tb, c)
+            if ignore_index is not None:
+                _fill(index, tb == ignore_index, c + 1)
+            predicted = _codes(pb, c)
+            if mark_equal:
+                _fill(predicted, (pb == tb) & ((predicted == -1) | (predicted == c)), -2)
+            index *= k
+            index += predicted
+            index += shift
+            counts = _bincount(index.reshape(-1), (b1 - b0 if per_image else 1) * bins)
+            if per_image:
+                total[b0 * bins : b1 * bins] += counts
+            else:
+                total += counts
+    return total.reshape(-1, k, k) if per_image else total.reshape(k, k)
+
+
+def _is_index_dtype(x: Any) -> bool:
+    if _is_torch(x):
+        return not x.is_complex()
+    return x.dtype.kind in "biuf"
+
+
+def _codes(x: Any, c: int) -> Any:
+    """An int64 copy of a block of class values: each value in 0..c-1 itself, every other -1 or c."""
+    if _is_torch(x):
+        import torch
+
+        if x.is_floating_point():
+            return torch.where(x.floor() == x, x.clamp(-1, c), -1).long()  # NaN and 2.5 are in no class
+        return x.to(torch.int64, copy=True).clamp_(-1, c)
+    if x.dtype.kind == "f":
+        return np.where(np.floor(x) == x, np.clip(x, -1, c), -1).astype(np.int64)
+    codes = x.astype(np.int64)  # uint64 above 2**63 wraps to a negative value: in no class either way
+    return np.clip(codes, -1, c, out=codes)
+
+
+def _fill(codes: Any, where: Any, value: int) -> None:
+    if _is_torch(codes):
+        codes.masked_fill_(where, value)
+    else:
+        np.putmask(codes, where, value)  # twice as fast as copyto(where=) here
+
+
+def _bincount(index: Array, length: int) -> Array:
+    """Counts of each value of ``index`` in ``0..length-1``, as int64."""
+    if not _is_torch(index):
+        return np.bincount(index, minlength=length)
+    import torch
+
+    if index.device.type == "cpu":
+        return torch.bincount(index, minlength=length)
+    # torch.bincount reads the maximum back to the host to size its result: a sync on every block;
+    # a scatter of ones into a known length needs none.
+    ones = torch.ones(1, dtype=torch.int64, device=index.device).expand(index.numel())
+    return torch.zeros(length, dtype=torch.int64, device=index.device).index_add_(0, index, ones)
+
+
+def _from_histogram(histogram: Array, c: int) -> tuple[Array, Array, Array, Array]:
+    """``(intersection, union)`` of each class, then the pixels predicted right and the pixels counted (not ignored)."""
+    kept = histogram[..., : c + 3, :]  # the ignored targets' row left out
+    classes = slice(2, c + 2)
+    if _is_torch(kept):
+        inter = kept[..., classes, classes].diagonal(dim1=-2, dim2=-1).clone()
+    else:
+        inter = np.diagonal(kept[..., classes, classes], axis1=-2, axis2=-1).copy()
+    counted = kept.sum((-2, -1))
+    union = kept[..., classes, :].sum(-1) + kept[..., classes].sum(-2) - inter
+    correct = inter.sum(-1) + kept[..., 0].sum(-1)
+    return inter, union, correct, counted
 
 
 def _ratio(intersection: Array, union: Array) -> Array:
@@ -144,8 +259,12 @@ def iou_per_class(pred: Array, target: Array, num_classes: int, ignore_index: in
         >>> iou_per_class(pred, target, 3, ignore_index=255).round(4).tolist()
         [0.75, 0.6667, 1.0]
     """
-    inter, union = _counts(pred, target, num_classes, ignore_index)
-    return _ratio(inter.sum(0), union.sum(0))
+    return _iou_per_class(pred, target, num_classes, ignore_index)
+
+
+def _iou_per_class(pred: Array, target: Array, num_classes: int, ignore_index: int | None) -> Array:
+    inter, union, _, _ = _from_histogram(_histogram(pred, target, num_classes, ignore_index, False), num_classes)
+    return _ratio(inter, union)
 
 
 @overload
@@ -167,8 +286,7 @@ def dataset_miou(pred: Array, target: Array, num_classes: int, ignore_index: int
         >>> round(float(dataset_miou(pred, target, 3, ignore_index=255)), 4)  # (3/4 + 2/3 + 1) / 3
         0.8056
     """
-    inter, union = _counts(pred, target, num_classes, ignore_index)
-    return _nanmean(_ratio(inter.sum(0), union.sum(0)))
+    return _nanmean(_iou_per_class(pred, target, num_classes, ignore_index))
 
 
 @overload
@@ -270,15 +388,14 @@ class IoUMeter:
 
     def update(self, pred: Array, target: Array) -> None:
         """Add a batch: ``pred`` and ``target`` are ``[B, *spatial]`` class maps (NumPy or torch)."""
-        inter, union = _counts(pred, target, self.num_classes, self.ignore_index)
+        histogram = _histogram(pred, target, self.num_classes, self.ignore_index, per_image=True, mark_equal=True)
+        inter, union, correct, counted = _from_histogram(histogram, self.num_classes)
         image_class = _ratio(inter, union)  # [B, C], NaN where the class occurs in neither
-        # Any: a bool array or tensor (mypy reads == of the two kinds as bool)
-        valid: Any = target != self.ignore_index if self.ignore_index is not None else target == target
         occurs = (~image_class.isnan()).sum(0) if _is_torch(image_class) else (~np.isnan(image_class)).sum(0)
         counts = [inter.sum(0), union.sum(0), _nansum0(image_class), occurs]
         image_miou = _nanmean(image_class, axis=1, empty=np.nan)  # NaN: an image with no valid pixel, left out
         scored = ~image_miou.isnan() if _is_torch(image_miou) else ~np.isnan(image_miou)
-        scalars = [_nansum0(image_miou), scored.sum(), ((pred == target) & valid).sum(), valid.sum()]
+        scalars = [_nansum0(image_miou), scored.sum(), correct.sum(), counted.sum()]
         batch = _float64_vector(counts + scalars, like=image_class)
         self.state = batch if self.state is None else self.state + batch
 
@@ -312,6 +429,13 @@ class IoUMeter:
 # ----------------------------------------------------------------------------- the original's helpers
 
 
+def _image_counts(pred: Any, label: Any, num_classes: int, ignore: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(intersection, union)`` ``[C]`` of one image (any shape) as NumPy counts."""
+    pred, label = np.asarray(pred)[np.newaxis], np.asarray(label)[np.newaxis]
+    intersection, union, _, _ = _from_histogram(_histogram(pred, label, num_classes, ignore, False), num_classes)
+    return np.asarray(intersection), np.asarray(union)
+
+
 def iou_binary(
     preds: Iterable[Any], labels: Iterable[Any], EMPTY: float = 1.0, ignore: int | None = None, per_image: bool = True
 ) -> float:
@@ -328,10 +452,9 @@ def iou_binary(
         preds, labels = (preds,), (labels,)
     ious = []
     for pred, label in zip(preds, labels):
-        pred, label = np.asarray(pred), np.asarray(label)
-        intersection = np.sum((label == 1) & (pred == 1))
-        union = np.sum((label == 1) | ((pred == 1) & (label != ignore)))
-        ious.append(EMPTY if not union else float(intersection) / float(union))
+        # The original counts label 1 in the union whatever ``ignore`` is: ``ignore=1`` ignores nothing.
+        intersection, union = _image_counts(pred, label, 2, None if ignore == 1 else ignore)
+        ious.append(EMPTY if not union[1] else float(intersection[1]) / float(union[1]))
     return 100 * float(np.mean(ious))
 
 
@@ -357,12 +480,8 @@ def iou(
         preds, labels = (preds,), (labels,)
     ious = []
     for pred, label in zip(preds, labels):
-        pred, label = np.asarray(pred), np.asarray(label)
-        image = []
-        for i in range(C):
-            if i != ignore:
-                intersection = np.sum((label == i) & (pred == i))
-                union = np.sum((label == i) | ((pred == i) & (label != ignore)))
-                image.append(EMPTY if not union else float(intersection) / float(union))
-        ious.append(image)
+        intersection, union = _image_counts(pred, label, C, ignore)
+        ious.append(
+            [EMPTY if not union[i] else float(intersection[i]) / float(union[i]) for i in range(C) if i != ignore]
+        )
     return 100 * np.array([np.mean(per_class) for per_class in zip(*ious)])
