@@ -562,33 +562,67 @@ def assert_same(got, expected, rtol=1e-5):
         np.testing.assert_allclose(g, e, rtol=rtol, atol=1e-6)
 
 
-@pytest.mark.parametrize("module,mode", MODES)
-def test_labels_with_a_trailing_size_1_axis(module, mode):
+def call_any(module: str, mode: str, kind: str, pred, labels, channels_last=None, **options):
+    """:func:`call`, and lovasz.torch (channels-first, eager) as one more module."""
+    if module != "lovasz.torch":
+        return call(module, mode, kind, pred, labels, channels_last, **options)
+    assert not channels_last, "lovasz.torch is channels-first"
+    x = torch.tensor(pred, requires_grad=True)
+    out = getattr(LT, FUNCTIONS[kind])(x, torch.from_numpy(labels), **options)
+    out.sum().backward()
+    return out.detach().numpy(), x.grad.numpy()
+
+
+# Labels with an extra size-1 axis, last ([B, H, W, 1], as Keras gives them) or second ([B, 1, H, W]).
+LABEL_AXES = {"last": lambda labels: labels[..., None], "second": lambda labels: labels[:, None]}
+
+
+@pytest.mark.parametrize("module,mode", MODES + [("lovasz.torch", "eager")])
+@pytest.mark.parametrize("where", LABEL_AXES)
+def test_labels_with_an_extra_size_1_axis(module, mode, where):
     rng = np.random.default_rng(20)
     probas = rng.dirichlet(np.ones(3), size=(2, 4, 5)).astype("float32")  # [B, H, W, C]
     labels = rng.integers(0, 3, (2, 4, 5))
     labels[0, 0] = 255
-    run = functools.partial(call, module, mode)
-    for last, pred in [(True, probas), (False, np.moveaxis(probas, -1, 1))]:
-        assert_same(
-            run("softmax", pred, labels[..., None], last, ignore=255), run("softmax", pred, labels, last, ignore=255)
-        )
+    extra = LABEL_AXES[where]
+    run = functools.partial(call_any, module, mode)
+    first = np.moveaxis(probas, -1, 1)  # [B, C, H, W]
+    # the plain labels against the oracle, so that "equal to the plain labels" means right too
+    np.testing.assert_allclose(
+        run("softmax", first, labels, False, ignore=255)[0], R.lovasz_softmax(first, labels, ignore=255), rtol=1e-5
+    )
+    orders = [(False, first)] + ([(True, probas)] if module != "lovasz.torch" else [])
+    for last, pred in orders:
+        for per_image in (False, True):
+            options = dict(ignore=255, per_image=per_image)
+            assert_same(
+                run("softmax", pred, extra(labels), last, **options), run("softmax", pred, labels, last, **options)
+            )
     binary = (labels == 1).astype("int32")
     sigmoid = probas[..., 1]  # [B, H, W] probabilities, and the same as one channel of [B, 1, H, W]
     for pred in (sigmoid, sigmoid[:, None]):
-        assert_same(run("softmax", pred, binary[..., None], False), run("softmax", pred, binary, False))
+        assert_same(run("softmax", pred, extra(binary), False), run("softmax", pred, binary, False))
     logits = rng.normal(size=(2, 4, 5)).astype("float32")
     hinges = [logits, logits[:, None]] + ([logits[..., None]] if module == "lovasz.tf" else [])
+    expected = run("hinge", logits, binary, ignore=255)
+    np.testing.assert_allclose(expected[0], R.lovasz_hinge(logits, binary, ignore=255), rtol=1e-5)
     for pred in hinges:  # [B, H, W], [B, 1, H, W] (and [B, H, W, 1] for TF) logits
-        value, grad = run("hinge", pred, binary[..., None], ignore=255)
-        expected = run("hinge", logits, binary, ignore=255)
+        value, grad = run("hinge", pred, extra(binary), ignore=255)
         assert_same((value, grad.reshape(logits.shape)), expected)
-    # only the unambiguous case: a trailing axis that is not 1, or labels that match nothing, still raise
-    for bad in (labels[..., None].repeat(2, -1), labels[:, :, :4, None]):
+    # only the unambiguous cases: an extra axis that is not 1, or labels that match nothing, still raise
+    bad_labels = [
+        labels[..., None].repeat(2, -1),
+        labels[:, None].repeat(2, 1),
+        labels[:, :, :4, None],
+        labels[:, None, :, :4],
+    ]
+    for last, pred in orders:
+        for bad in bad_labels:
+            with pytest.raises(ValueError, match="labels must have shape"):
+                run("softmax", pred, bad, last)
+    for bad in (binary[..., None].repeat(2, -1), binary[:, None].repeat(2, 1)):
         with pytest.raises(ValueError, match="labels must have shape"):
-            run("softmax", probas, bad, True)
-    with pytest.raises(ValueError, match="labels must have shape"):
-        run("hinge", logits, binary[..., None].repeat(2, -1))
+            run("hinge", logits, bad)
 
 
 @pytest.mark.parametrize("module,mode", MODES)
@@ -793,3 +827,38 @@ def test_bad_arguments_raise_our_errors(module):
         for axis in (1.0, "1", None):
             with pytest.raises(TypeError, match=r"^axis must be an int \(the class axis"):
                 M.lovasz_softmax(probas, labels, axis=axis)
+
+
+# The ignore values of the LiDAR codebases: 0 (Cylinder3D, SalsaNext, 2DPASS), 19 (mmdetection3d),
+# 255 (PolarSeg), -1 (Pointcept); mostly ignored, as a voxel grid is, so lovasz.torch gathers them too.
+LIDAR_IGNORES = [0, 19, 255, -1]
+
+
+@pytest.mark.parametrize("module,mode", MODES + [("lovasz.torch", "eager")])
+@pytest.mark.parametrize("ignore", LIDAR_IGNORES)
+def test_lidar_ignore_values(module, mode, ignore):
+    rng = np.random.default_rng(ignore + 7)
+    classes, shape = 20, (2, 6, 5)
+    probas = rng.dirichlet(np.ones(classes), size=shape).transpose(0, 3, 1, 2)  # [B, C, H, W]
+    logits = rng.normal(size=shape)
+    ignored = rng.random(shape) < 0.7
+    labels = np.where(ignored, ignore, rng.integers(1, 19, shape))  # 1..18: never an ignore value
+    binary = np.where(ignored, ignore, rng.integers(0, 2, shape) if ignore not in (0, 1) else 1)
+    targets = np.where(ignored[:, None], ignore, rng.integers(0, 2, (2, 4) + shape[1:]))
+    if ignore == 0:  # 0 is the ignore value: every valid target is a 1
+        targets = np.broadcast_to(np.where(ignored[:, None], 0, 1), targets.shape)
+    runs = [
+        ("softmax", probas, labels, False, R.lovasz_softmax),
+        ("hinge", logits, binary, None, R.lovasz_hinge),
+        ("multilabel", logits[:, None].repeat(4, 1), targets, False, R.lovasz_multilabel),
+    ]
+    for kind, pred, labs, channels_last, oracle in runs:
+        for per_image in (False, True):
+            options = dict(ignore=ignore, per_image=per_image)
+            value, grad = call_any(module, mode, kind, pred, labs.astype("int64"), channels_last, **options)
+            np.testing.assert_allclose(value, oracle(pred, labs, **options), rtol=1e-5, atol=1e-7)
+            dropped = ignored if kind == "hinge" else (labs == ignore) if kind == "multilabel" else ignored[:, None]
+            assert np.all(np.broadcast_to(dropped, grad.shape) <= (grad == 0)), f"{kind}: an ignored pixel's gradient"
+            if module != "lovasz.torch":  # the gradient against lovasz.torch's (checked against the oracle elsewhere)
+                expected = call_any("lovasz.torch", "eager", kind, pred, labs.astype("int64"), **options)[1]
+                np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-7)

@@ -175,8 +175,17 @@ def without_axis(shape: Iterable[int], axis: int) -> tuple[int, ...]:
     return s[:axis] + s[axis + 1 :]
 
 
-def trailing_label_axis(labels_shape: Iterable[int], accepted_shapes: Iterable[Iterable[int]]) -> bool:
-    """Whether labels are an accepted shape plus a trailing size-1 axis (``[B, H, W, 1]``, as Keras
-    gives sparse labels), and not an accepted shape themselves: the one case where dropping it is unambiguous."""
+def extra_label_axis(labels_shape: Iterable[int | None], accepted_shapes: Iterable[Iterable[int | None]]) -> int | None:
+    """The size-1 axis to drop from labels that are an accepted shape plus one: last (``-1``:
+    ``[B, H, W, 1]``, as Keras gives sparse labels) or second (``1``: ``[B, 1, H, W]``, as PyTorch
+    pipelines give masks), whatever the prediction's channel order. ``None`` when the labels are
+    accepted as they are or fit neither (the shape check then names them); only these unambiguous
+    cases are read, and the trailing axis first."""
     l, accepted = tuple(labels_shape), [tuple(s) for s in accepted_shapes]
-    return len(l) >= 2 and l[-1] == 1 and l not in accepted and l[:-1] in accepted
+    if l in accepted:
+        return None
+    if len(l) >= 2 and l[-1] == 1 and l[:-1] in accepted:
+        return -1
+    if len(l) >= 3 and l[1] == 1 and l[:1] + l[2:] in accepted:
+        return 1
+    return None

@@ -528,8 +528,9 @@ def lovasz_softmax(
     probas, labels, ends = _segments(probas, labels, segment_ids, num_segments, per_image, False, ("probas", "labels"))
     axis = 1 if segment_ids is not None else axis
     axis = _check_axis(axis, probas.ndim)
-    if V.trailing_label_axis(labels.shape, [probas.shape, V.without_axis(probas.shape, axis)]):
-        labels = labels[..., 0]  # [B, *spatial, 1], as Keras gives sparse labels
+    extra = V.extra_label_axis(labels.shape, [probas.shape, V.without_axis(probas.shape, axis)])
+    if extra is not None:
+        labels = jnp.squeeze(labels, extra)  # [B, *spatial, 1] as Keras gives them, or [B, 1, *spatial]
     if probas.ndim >= 2 and probas.ndim == labels.ndim + 1 and probas.shape[axis] == 1:
         probas = jnp.squeeze(probas, axis)  # one channel: the foreground probability
     sigmoid, num_classes = V.softmax_layout(probas.shape, labels.shape, axis)
@@ -622,8 +623,9 @@ def lovasz_hinge(
     labels = _check_labels(labels, "labels")
     logits, labels, ends = _segments(logits, labels, segment_ids, num_segments, per_image, False, ("logits", "labels"))
     s = logits.shape
-    if V.trailing_label_axis(labels.shape, [s, V.without_axis(s, 1)] if len(s) >= 2 and s[1] == 1 else [s]):
-        labels = labels[..., 0]  # [B, *spatial, 1], as Keras gives masks
+    extra = V.extra_label_axis(labels.shape, [s, V.without_axis(s, 1)] if len(s) >= 2 and s[1] == 1 else [s])
+    if extra is not None:
+        labels = jnp.squeeze(labels, extra)  # [B, *spatial, 1] as Keras gives masks, or [B, 1, *spatial]
     V.hinge_layout(logits.shape, labels.shape)
     ignore = V.check_ignore(ignore)
     reduction = V.check_reduction(reduction)

@@ -892,8 +892,9 @@ def lovasz_softmax(
     labels = _check_labels(labels, "labels")
     channels_last = _check_points_order(order, splits)
     channel_axis = -1 if channels_last else 1
-    if V.trailing_label_axis(labels.shape, [probas.shape, V.without_axis(probas.shape, channel_axis)]):
-        labels = tf.squeeze(labels, -1)  # [B, *spatial, 1], as Keras gives sparse labels
+    extra = V.extra_label_axis(labels.shape, [probas.shape, V.without_axis(probas.shape, channel_axis)])
+    if extra is not None:
+        labels = tf.squeeze(labels, extra)  # [B, *spatial, 1] as Keras gives them, or [B, 1, *spatial]
     if probas.shape.rank == labels.shape.rank + 1 and probas.shape[channel_axis] == 1:
         probas = tf.squeeze(probas, channel_axis)  # one channel: the foreground probability
     if probas.shape.rank == labels.shape.rank + 1:
@@ -1003,8 +1004,9 @@ def lovasz_hinge(
     labels = _check_labels(labels, "labels")
     s = tuple(logits.shape)
     accepted = [s] + [V.without_axis(s, a) for a in (1, -1) if len(s) >= 2 and s[a] == 1]
-    if V.trailing_label_axis(labels.shape, accepted):
-        labels = tf.squeeze(labels, -1)  # [B, *spatial, 1], as Keras gives masks
+    extra = V.extra_label_axis(labels.shape, accepted)
+    if extra is not None:
+        labels = tf.squeeze(labels, extra)  # [B, *spatial, 1] as Keras gives masks, or [B, 1, *spatial]
     if logits.shape.rank == labels.shape.rank + 1 and logits.shape[-1] == 1:
         logits = tf.squeeze(logits, -1)  # [B, *spatial, 1], as Keras models give it
     V.hinge_layout(logits.shape, labels.shape)
