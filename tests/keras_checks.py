@@ -206,7 +206,8 @@ def value_and_grad(loss, y_true, y_pred):
             tape.watch(x)
             out = loss(y_true, x)
             total = tf.reduce_sum(out)
-        return out.numpy(), tape.gradient(total, x, unconnected_gradients="zero").numpy()
+        grad = tape.gradient(total, x, unconnected_gradients="zero")
+        return out.numpy(), tf.convert_to_tensor(grad).numpy()  # a gather's gradient comes as IndexedSlices
     if backend == "jax":
         import jax
 
@@ -322,3 +323,394 @@ def test_tensorflow_fit_with_jit_compile_sorts_in_xla(name, monkeypatch):
     expected = again.fit(x, y, batch_size=4, epochs=8, verbose=0, shuffle=False).history["loss"]
     assert calls or not all(d.device_type == "CPU" for d in tf.config.list_logical_devices())
     np.testing.assert_allclose(losses, expected, rtol=1e-3)
+
+
+# ----------------------------------------------------------------------------- the schedule's weights as variables
+
+
+def softmax_numpy(z, axis=-1):
+    z = z - z.max(axis, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis, keepdims=True)
+
+
+def cross_entropy_numpy(logits, labels, ignore=255, weights=None):
+    """Mean (weighted as PyTorch's ``weight``) softmax cross-entropy of channels-last logits over valid pixels."""
+    valid = labels != ignore
+    safe = np.where(valid, labels, 0)
+    nll = -np.log(np.take_along_axis(softmax_numpy(logits.astype("float64")), safe[..., None], -1)[..., 0])
+    w = valid * (1.0 if weights is None else np.asarray(weights, "float64")[safe])
+    return (nll * w).sum() / w.sum()
+
+
+class CountCalls:
+    """Counts the runs of ``CrossEntropyLovaszLoss.call``'s Python body: once per trace on TensorFlow and
+    JAX (the train step is compiled), once per step on torch (eager)."""
+
+    def __init__(self, monkeypatch):
+        self.count, call = 0, CrossEntropyLovaszLoss.call
+
+        def counted(loss, y_true, y_pred):
+            self.count += 1
+            return call(loss, y_true, y_pred)
+
+        monkeypatch.setattr(CrossEntropyLovaszLoss, "call", counted)
+
+
+class BatchLosses(keras.callbacks.Callback):
+    """Each step's loss, from the running mean that Keras logs (batches of equal size), and the weights."""
+
+    def __init__(self, loss):
+        super().__init__()
+        self.loss, self.means, self.weights = loss, [], []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.weights.append((self.loss.ce_weight, self.loss.lovasz_weight))
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.means.append(float(logs["loss"]))
+
+    def steps(self):
+        means = np.array(self.means)
+        k = np.arange(1, len(means) + 1)
+        return means * k - np.concatenate([[0.0], means[:-1] * k[:-1]])
+
+
+def frozen_model(loss, channels=NUM_CLASSES):
+    """A model that a zero learning rate keeps as it is, so each step's loss is known from its predictions."""
+    keras.utils.set_random_seed(0)
+    model = small_model(channels)
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=loss)
+    return model
+
+
+def expected_steps(model, x, y, weights, batch_size):
+    """``ce_w * CE + lovasz_w * Lovász`` of each batch, from the model's predictions, by NumPy and the oracle."""
+    logits = keras.ops.convert_to_numpy(model.predict(x, verbose=0)).astype("float64")
+    out = []
+    for step, (ce_w, lovasz_w) in enumerate(weights):
+        part = slice(step * batch_size, (step + 1) * batch_size)
+        ce = cross_entropy_numpy(logits[part], y[part])
+        lovasz = R.lovasz_softmax(np.moveaxis(logits[part], -1, 1), y[part], ignore=255, from_logits=True)
+        out.append(ce_w * ce + lovasz_w * lovasz)
+    return np.array(out)
+
+
+def test_schedule_by_batch_changes_the_weights_without_a_retrace(monkeypatch):
+    x, y = scenes()
+    y[:, 0] = 255
+    loss = CrossEntropyLovaszLoss(ignore_class=255)
+    model = frozen_model(loss)
+    ramp = LovaszSchedule(warmup=0, ramp=4, final_ce_weight=0.5)  # both terms on at every step
+    fit = dict(batch_size=2, epochs=1, verbose=0, shuffle=False)
+    model.fit(x, y, callbacks=[LovaszScheduleCallback(ramp, by="batch")], **fit)  # traces once
+    calls = CountCalls(monkeypatch)
+    model.fit(x, y, **fit)
+    plain = calls.count
+    record = BatchLosses(loss)
+    model.fit(x, y, callbacks=[LovaszScheduleCallback(ramp, by="batch"), record], **fit)
+    # the ramp changed the weights at 4 of the 8 steps and traced nothing more than a plain fit
+    assert calls.count - plain == plain == (8 if keras.backend.backend() == "torch" else 0)
+    assert record.weights == [ramp.weights(t) for t in range(8)]
+    assert len(set(record.weights)) == 4
+    np.testing.assert_allclose(record.steps(), expected_steps(model, x, y, record.weights, 2), rtol=2e-4)
+
+
+def test_schedule_turning_a_term_on_or_off_retraces_once_each(monkeypatch):
+    x, y = scenes()
+    loss = CrossEntropyLovaszLoss(ignore_class=255)
+    model = frozen_model(loss)
+    fit = dict(batch_size=2, epochs=1, verbose=0, shuffle=False)
+    model.fit(x, y, **fit)
+    calls, record = CountCalls(monkeypatch), BatchLosses(loss)
+    schedule = LovaszSchedule(warmup=2, ramp=2)  # CE alone, both, Lovász alone: three term sets
+    model.fit(x, y, callbacks=[LovaszScheduleCallback(schedule, by="batch"), record], **fit)
+    assert record.weights == [schedule.weights(t) for t in range(8)]
+    if keras.backend.backend() != "torch":
+        assert calls.count == 3, calls.count  # (1, 0) at step 0, (0.5, 0.5) at step 2, (0, 1) at step 3
+    np.testing.assert_allclose(record.steps(), expected_steps(model, x, y, record.weights, 2), rtol=2e-4)
+
+
+def test_a_model_trained_on_a_schedule_saves_and_loads(tmp_path):
+    x, y = scenes()
+    loss = CrossEntropyLovaszLoss(ignore_class=255, class_weights=[1.0, 2.0, 0.5])
+    model = frozen_model(loss)
+    model.fit(
+        x, y, batch_size=4, epochs=1, verbose=0, callbacks=[LovaszScheduleCallback(LovaszSchedule(1, 2), by="batch")]
+    )
+    assert (loss.ce_weight, loss.lovasz_weight) == (0.0, 1.0)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert type(loaded.loss) is CrossEntropyLovaszLoss and loaded.loss.get_config() == loss.get_config()
+    assert [w.shape for w in loaded.weights] == [w.shape for w in model.weights]  # the weights are no model state
+    np.testing.assert_allclose(loaded.evaluate(x, y, verbose=0), model.evaluate(x, y, verbose=0), rtol=1e-5)
+    loss.ce_weight = 0.25  # the attribute and its variable move together
+    assert float(keras.ops.convert_to_numpy(loss._variables[0])) == 0.25 and loss.get_config()["ce_weight"] == 0.25
+    with pytest.raises(TypeError, match="ce_weight must be a real number"):
+        loss.ce_weight = "high"
+
+
+# ----------------------------------------------------------------------------- the options of the combined loss
+
+
+def test_combined_loss_class_weights_and_include_background():
+    rng = np.random.default_rng(11)
+    logits = rng.normal(size=(2, 4, 5, NUM_CLASSES)).astype("float32")
+    labels = rng.integers(0, NUM_CLASSES, (2, 4, 5))
+    labels[0, 0] = 255
+    first = np.moveaxis(logits, -1, 1)
+    w = [1.0, 2.5, 0.5]
+    loss = CrossEntropyLovaszLoss(ignore_class=255, class_weights=w, ce_weight=0.5)
+    lovasz = R.lovasz_softmax(first, labels, ignore=255, from_logits=True, weights=w)
+    expected = 0.5 * cross_entropy_numpy(logits, labels, weights=w) + lovasz
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loss(labels, logits)), expected, rtol=1e-5)
+    # include_background=False: channel 0 leaves the Lovász average only (MONAI's DiceCELoss)
+    loss = CrossEntropyLovaszLoss(ignore_class=255, include_background=False)
+    lovasz = R.lovasz_softmax(first, labels, ignore=255, from_logits=True, weights=[0, 1, 1])
+    expected = cross_entropy_numpy(logits, labels) + lovasz
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loss(labels, logits)), expected, rtol=1e-5)
+    alone = LovaszSoftmaxLoss(from_logits=True, ignore_class=255, include_background=False, class_weights=w)
+    expected = R.lovasz_softmax(first, labels, ignore=255, from_logits=True, weights=[0, 2.5, 0.5])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(alone(labels, logits)), expected, rtol=1e-5)
+
+
+def bce_numpy(scores, targets, valid):
+    values = np.maximum(scores, 0) - scores * targets + np.log1p(np.exp(-np.abs(scores)))
+    return values * valid
+
+
+def test_combined_loss_hinge_variants_and_channel_weights():
+    rng = np.random.default_rng(12)
+    logits = rng.normal(size=(2, 4, 5, NUM_CLASSES)).astype("float64")
+    targets = rng.integers(0, 2, logits.shape)
+    targets[0, 0, 0] = 255
+    valid = targets != 255
+    w = np.array([0.5, 1.0, 2.0])
+    loss = CrossEntropyLovaszLoss("multilabel", class_weights=w, margin="elu", symmetric=True, ignore_class=255)
+    per_image_bce = (bce_numpy(logits, np.where(valid, targets, 0), valid) * w).sum((1, 2, 3)) / (valid * w).sum(
+        (1, 2, 3)
+    )
+    lovasz = R.lovasz_multilabel(
+        np.moveaxis(logits, -1, 1),
+        np.moveaxis(targets, -1, 1),
+        ignore=255,
+        weights=w,
+        margin="elu",
+        symmetric=True,
+        reduction="none",
+    )
+    got = keras.ops.convert_to_numpy(loss(targets, logits.astype("float32")))
+    np.testing.assert_allclose(got, np.mean(per_image_bce + lovasz), rtol=1e-5)
+    scores, masks = logits[..., 0], (targets[..., 0] == 1).astype("int32")
+    binary = CrossEntropyLovaszLoss("binary", ce_weight=0, margin="elu", symmetric=True)
+    expected = R.lovasz_hinge(scores, masks, margin="elu", symmetric=True)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(binary(masks, scores.astype("float32"))), expected, rtol=1e-5)
+
+
+def test_combined_loss_rejects_options_its_mode_has_not():
+    with pytest.raises(ValueError, match="class_weights and include_background .* mode='binary' has one"):
+        CrossEntropyLovaszLoss("binary", class_weights=[1.0, 2.0])
+    with pytest.raises(ValueError, match="margin and symmetric are variants of the hinge"):
+        CrossEntropyLovaszLoss("multiclass", margin="elu")
+    with pytest.raises(TypeError, match="include_background must be True or False"):
+        LovaszSoftmaxLoss(include_background="no")
+    with pytest.raises(ValueError, match="include_background=False .* 2 or more channels"):
+        LovaszSoftmaxLoss(include_background=False)(np.zeros((1, 2, 2)), np.zeros((1, 2, 2, 1), "float32"))
+    with pytest.raises(ValueError, match="class_weights must have one weight per class, 3"):
+        LovaszSoftmaxLoss(include_background=False, class_weights=[1, 2])(
+            np.zeros((1, 2, 2)), np.zeros((1, 2, 2, 3), "float32")
+        )
+
+
+CONFIG_LOSSES = {
+    "ce+lovasz-multilabel": lambda: CrossEntropyLovaszLoss(
+        "multilabel", class_weights=[1, 2, 1], margin="elu", symmetric=True, include_background=False
+    ),
+    "ce+lovasz-binary-scenes": lambda: CrossEntropyLovaszLoss("binary", scenes_in_labels=True, num_scenes=4),
+    "softmax-scenes": lambda: LovaszSoftmaxLoss(per_image=True, scenes_in_labels=True, include_background=False),
+}
+
+
+@pytest.mark.parametrize("name", CONFIG_LOSSES)
+def test_config_of_the_new_options_round_trips(name):
+    loss = CONFIG_LOSSES[name]()
+    config = loss.get_config()
+    again = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert type(again) is type(loss) and again.get_config() == config
+
+
+# ----------------------------------------------------------------------------- points of scenes
+
+
+def points(sizes=(5, 3, 6), seed=21, channels=NUM_CLASSES, multilabel=False):
+    """Logits ``[N, C]`` of scenes of ``sizes`` points, shuffled (the scenes need not be grouped), their
+    labels (``[N]``, or ``[N, C]`` 0/1), each point's scene, some points ignored (255)."""
+    rng = np.random.default_rng(seed)
+    scene = np.repeat(np.arange(len(sizes)), sizes)
+    order = rng.permutation(len(scene))
+    scene = scene[order]
+    logits = rng.normal(size=(len(scene), channels)).astype("float32")
+    labels = rng.integers(0, 2 if multilabel else channels, (len(scene), channels) if multilabel else len(scene))
+    labels[:2] = 255
+    return logits, labels, scene
+
+
+def packed(labels, scene):
+    """``y_true`` with the scene as its last column: ``[N, 2]``, or ``[N, C + 1]`` for multi-label targets."""
+    return np.concatenate([labels.reshape(len(scene), -1), scene[:, None]], 1)
+
+
+def oracle_per_scene(function, logits, labels, scene, num_scenes=None, **kwargs):
+    """Each scene's loss by the NumPy oracle on its points alone, as one image ``[1, C, n]`` (0 for no point)."""
+    out = []
+    for s in range(num_scenes or scene.max() + 1):
+        at = scene == s
+        if not at.any():
+            out.append(0.0)
+            continue
+        prediction = logits[at].T[None] if logits.ndim == 2 else logits[at][None]
+        target = labels[at].T[None] if labels.ndim == 2 else labels[at][None]
+        out.append(function(prediction, target, per_image=False, ignore=255, **kwargs))
+    return np.array(out)
+
+
+def functional_per_scene(function, logits, labels, scene, **kwargs):
+    """Each scene's loss by the active backend's own function and its own form of scenes."""
+    backend = keras.backend.backend()
+    module = __import__(f"lovasz.{ {'tensorflow': 'tf'}.get(backend, backend) }", fromlist=["_"])
+    kwargs.update(per_image=True, ignore=255, reduction="none")
+    if backend == "tensorflow":
+        order = np.argsort(scene, kind="stable")
+        splits = np.concatenate([[0], np.cumsum(np.bincount(scene))])
+        out = getattr(module, function)(logits[order], labels[order], row_splits=splits, **kwargs)
+    elif backend == "jax":
+        out = getattr(module, function)(logits, labels, segment_ids=scene, **kwargs)
+    else:
+        import torch
+
+        out = getattr(module, function)(torch.tensor(logits), torch.tensor(labels), batch=torch.tensor(scene), **kwargs)
+    return keras.ops.convert_to_numpy(out)
+
+
+def value(loss, y_true, y_pred):
+    return keras.ops.convert_to_numpy(loss(y_true, y_pred))
+
+
+def test_softmax_of_scenes_matches_the_functions_and_the_oracle():
+    logits, labels, scene = points()
+    y_true = packed(labels, scene)
+    expected = oracle_per_scene(R.lovasz_softmax, logits, labels, scene, from_logits=True)
+    np.testing.assert_allclose(
+        functional_per_scene("lovasz_softmax", logits, labels, scene, from_logits=True), expected, rtol=1e-5
+    )
+    options = dict(from_logits=True, per_image=True, ignore_class=255, scenes_in_labels=True)
+    np.testing.assert_allclose(value(LovaszSoftmaxLoss(**options, reduction=None), y_true, logits), expected, rtol=1e-5)
+    np.testing.assert_allclose(value(LovaszSoftmaxLoss(**options), y_true, logits), expected.mean(), rtol=1e-5)
+    np.testing.assert_allclose(
+        value(LovaszSoftmaxLoss(**options, reduction="sum"), y_true, logits), expected.sum(), rtol=1e-5
+    )
+    # a static num_scenes above the batch's: the absent scenes are 0 and leave the mean alone
+    padded = LovaszSoftmaxLoss(**options, num_scenes=5, reduction=None)
+    np.testing.assert_allclose(value(padded, y_true, logits), np.concatenate([expected, [0, 0]]), rtol=1e-5)
+    np.testing.assert_allclose(
+        value(LovaszSoftmaxLoss(**options, num_scenes=5), y_true, logits), expected.mean(), rtol=1e-5
+    )
+    # without per_image all points are one set
+    batch = LovaszSoftmaxLoss(from_logits=True, ignore_class=255, scenes_in_labels=True, classes="all")
+    one_set = R.lovasz_softmax(logits.T[None], labels[None], ignore=255, from_logits=True, classes="all")
+    np.testing.assert_allclose(value(batch, y_true, logits), one_set, rtol=1e-5)
+
+
+def test_hinge_and_multilabel_of_scenes_match_the_oracle():
+    logits, labels, scene = points(seed=22, channels=1, multilabel=True)
+    scores, masks = logits[:, 0], labels[:, 0]
+    expected = oracle_per_scene(R.lovasz_hinge, scores, masks, scene, margin="elu")
+    np.testing.assert_allclose(
+        functional_per_scene("lovasz_hinge", scores, masks, scene, margin="elu"), expected, rtol=1e-5
+    )
+    hinge = LovaszHingeLoss(ignore_class=255, margin="elu", scenes_in_labels=True, num_scenes=3, reduction=None)
+    np.testing.assert_allclose(value(hinge, packed(masks, scene), logits), expected, rtol=1e-5)  # y_pred [N, 1]
+    logits, targets, scene = points(seed=23, multilabel=True)
+    w = [1.0, 0.5, 2.0]
+    expected = oracle_per_scene(R.lovasz_multilabel, logits, targets, scene, weights=w, symmetric=True)
+    multi = LovaszMultilabelLoss(ignore_class=255, class_weights=w, symmetric=True, scenes_in_labels=True)
+    np.testing.assert_allclose(value(multi, packed(targets, scene), logits), expected.mean(), rtol=1e-5)
+
+
+def test_combined_loss_of_scenes_is_the_points_cross_entropy_plus_the_scenes_lovasz():
+    logits, labels, scene = points(seed=24)
+    loss = CrossEntropyLovaszLoss(per_image=True, ignore_class=255, scenes_in_labels=True, ce_weight=0.5)
+    lovasz = oracle_per_scene(R.lovasz_softmax, logits, labels, scene, from_logits=True).mean()
+    expected = 0.5 * cross_entropy_numpy(logits, labels) + lovasz
+    np.testing.assert_allclose(value(loss, packed(labels, scene), logits), expected, rtol=1e-5)
+
+
+def test_scenes_of_equal_size_give_the_dense_per_image_loss_and_gradient():
+    size, count = 6, 3
+    logits, labels, scene = points(sizes=(size,) * count, seed=25)
+    by_scene = np.argsort(scene, kind="stable")
+    dense = LovaszSoftmaxLoss(from_logits=True, per_image=True, ignore_class=255)
+    scenes = LovaszSoftmaxLoss(from_logits=True, per_image=True, ignore_class=255, scenes_in_labels=True)
+    image_logits = logits[by_scene].reshape(count, size, NUM_CLASSES)  # [B, N, C]: an image per scene
+    expected, expected_grad = value_and_grad(dense, labels[by_scene].reshape(count, size), image_logits)
+    got, grad = value_and_grad(scenes, packed(labels, scene), logits)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    np.testing.assert_allclose(grad[by_scene].reshape(image_logits.shape), expected_grad, rtol=1e-4, atol=1e-7)
+
+
+class PointBatches(keras.utils.PyDataset):
+    """Batches of point clouds of several scenes, ``(x [N, 3], y [N, 2])``, the class the brightest feature."""
+
+    def __init__(self, count=4):
+        super().__init__()
+        self.batches = []
+        rng = np.random.default_rng(26)
+        for _ in range(count):
+            sizes = rng.integers(20, 40, 3)
+            x = rng.normal(size=(int(sizes.sum()), NUM_CLASSES)).astype("float32")
+            scene = np.repeat(np.arange(3), sizes)
+            self.batches.append((x, packed(x.argmax(-1), scene).astype("float32")))
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __getitem__(self, index):
+        return self.batches[index]
+
+
+def test_fit_on_scenes_lowers_the_loss():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((NUM_CLASSES,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(NUM_CLASSES)]
+    )
+    loss = CrossEntropyLovaszLoss(per_image=True, scenes_in_labels=True, num_scenes=3)
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss=loss)
+    losses = model.fit(PointBatches(), epochs=6, verbose=0).history["loss"]
+    assert all(np.isfinite(losses)) and losses[-1] < 0.7 * losses[0], losses
+
+
+def test_jax_fit_on_scenes_asks_for_num_scenes():
+    if keras.backend.backend() != "jax":
+        pytest.skip("the JAX backend's jit needs a static number of scenes; the others read it")
+    model = keras.Sequential([keras.Input((NUM_CLASSES,)), keras.layers.Dense(NUM_CLASSES)])
+    model.compile(loss=LovaszSoftmaxLoss(from_logits=True, per_image=True, scenes_in_labels=True))
+    with pytest.raises(TypeError, match="pass num_scenes= to the loss"):
+        model.fit(PointBatches(1), epochs=1, verbose=0)
+
+
+def test_bad_scenes_name_themselves():
+    logits, labels, scene = points()
+    loss = LovaszSoftmaxLoss(from_logits=True, per_image=True, ignore_class=255, scenes_in_labels=True)
+    with pytest.raises(ValueError, match=r"y_true \[N, 2\]: \(label, scene\); got y_true \[14\]"):
+        loss(labels, logits)
+    with pytest.raises(ValueError, match=r"scene indices, whole numbers >= 0; found \d\.5"):
+        loss(packed(labels, scene + 0.5), logits)
+    with pytest.raises(ValueError, match=r"below num_scenes=2; found 2"):
+        LovaszSoftmaxLoss(scenes_in_labels=True, num_scenes=2)(packed(labels, scene), logits)
+    with pytest.raises(ValueError, match="sample_weight does not apply with scenes_in_labels=True"):
+        loss(packed(labels, scene), logits, sample_weight=np.ones(len(scene), "float32"))
+    with pytest.raises(ValueError, match="num_scenes goes with scenes_in_labels=True"):
+        LovaszSoftmaxLoss(num_scenes=3)
+    with pytest.raises(TypeError, match="num_scenes must be a non-negative int"):
+        LovaszHingeLoss(scenes_in_labels=True, num_scenes=-1)

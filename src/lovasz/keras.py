@@ -10,6 +10,11 @@ With ``per_image=True`` a loss returns one value per image and Keras applies
 ``sample_weight`` and ``reduction`` to them; otherwise the batch is one set and
 the loss is one number.
 
+Point clouds (``N`` points of several scenes): with ``scenes_in_labels=True``
+``y_pred`` is points-first, ``[N, C]``, and ``y_true`` carries each point's scene
+index as its last column, ``[N, 2]`` = (label, scene) (``[N, C + 1]`` for the
+multi-label loss), since a Keras loss sees nothing but ``y_true`` and ``y_pred``.
+
 Example:
     >>> import numpy as np
     >>> loss = LovaszSoftmaxLoss(from_logits=True, ignore_class=255)
@@ -27,6 +32,7 @@ from types import ModuleType
 from typing import Any
 
 import keras
+import numpy as np
 from keras import ops
 
 from lovasz import _validation as V
@@ -93,8 +99,104 @@ def _valid_mask(labels: Tensor, ignore: int | None) -> Tensor:
     return ops.ones_like(labels, "float32") if ignore is None else ops.cast(ops.not_equal(labels, ignore), "float32")
 
 
+# ----------------------------------------------------------------------------- points of scenes
+
+
+def _known(x: Tensor) -> np.ndarray | None:
+    """The values of ``x`` where they are known without a trace or a device sync (eager TensorFlow,
+    concrete JAX arrays, torch on the CPU); None elsewhere."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return x.numpy() if tf.executing_eagerly() else None
+    if backend == "jax":
+        import jax
+
+        return None if isinstance(x, jax.core.Tracer) else np.asarray(x)
+    import torch
+
+    return x.detach().numpy() if x.device.type == "cpu" and not torch.compiler.is_compiling() else None
+
+
+def _check_scenes(scene: Tensor, num_scenes: int | None) -> None:
+    """The scene column of ``y_true``: whole numbers in ``[0, num_scenes)``, checked where the values are known."""
+    values = _known(scene)
+    if values is None or values.size == 0:
+        return
+    top = "" if num_scenes is None else f", below num_scenes={num_scenes}"
+    limit = np.inf if num_scenes is None else num_scenes
+    bad = values[(values != np.round(values)) | (values < 0) | (values >= limit)]
+    if bad.size:
+        raise ValueError(
+            f"the last column of y_true (scenes_in_labels=True) must hold scene indices, whole numbers >= 0{top}; "
+            f"found {bad[0]:g}"
+        )
+
+
+def _scene_losses(
+    function: str, y_pred: Tensor, labels: Tensor, scene: Tensor, num_scenes: int | None, **kwargs: Any
+) -> tuple[Tensor, Tensor]:
+    """Each scene's loss ``[S]`` by the backend's function, and each scene's point count ``[S]``.
+
+    The scenes reach each backend in its own form: ``batch=`` (torch), ``segment_ids=`` (JAX), row
+    splits (TensorFlow, whose runs need the points grouped by scene: a stable sort groups them)."""
+    backend, module = _functions()
+    loss = getattr(module, function)
+    kwargs.update(per_image=True, reduction="none")
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        scene = tf.cast(scene, tf.int32)
+        count = tf.reduce_max(tf.concat([scene, [-1]], 0)) + 1 if num_scenes is None else num_scenes
+        counts = tf.math.bincount(scene, minlength=count, maxlength=count, dtype=tf.int64)
+        order = tf.argsort(scene, stable=True)
+        splits = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(counts)], 0)
+        return loss(tf.gather(y_pred, order), tf.gather(labels, order), row_splits=splits, **kwargs), counts
+    if backend == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        scene = scene.astype(jnp.int32)
+        if num_scenes is None:
+            if isinstance(scene, jax.core.Tracer):
+                raise TypeError(
+                    "under jax.jit (model.fit on the JAX backend) the number of scenes must be static: pass "
+                    "num_scenes= to the loss (the most scenes a batch holds)"
+                )
+            num_scenes = int(scene.max()) + 1 if scene.size else 0
+        losses = loss(y_pred, labels, segment_ids=scene, num_segments=num_scenes, **kwargs)
+        return losses, jnp.bincount(scene, length=num_scenes)
+    import torch
+
+    scene = scene.to(torch.int64)
+    if num_scenes is None:  # one host sync, as lovasz.torch's own: pass num_scenes to avoid it
+        num_scenes = int(scene.max()) + 1 if scene.numel() else 0
+    losses = loss(y_pred, labels, batch=scene, num_scenes=num_scenes, **kwargs)  # checks the indices first
+    return losses, torch.bincount(scene, minlength=num_scenes)
+
+
+def _reduce_scenes(losses: Tensor, counts: Tensor, reduction: str | None) -> Tensor:
+    """Keras' ``reduction`` over the scenes: ``[S]`` unreduced, their sum, or the mean over the scenes
+    that have points (a static ``num_scenes`` may exceed a batch's scenes: the absent ones don't count)."""
+    if reduction in (None, "none"):
+        return losses
+    if reduction == "sum":
+        return ops.sum(losses)
+    present = ops.cast(ops.greater(counts, 0), losses.dtype)
+    return ops.divide_no_nan(ops.sum(losses * present), ops.sum(present))
+
+
+# ----------------------------------------------------------------------------- the Lovász losses
+
+
 class _LovaszLoss(keras.losses.Loss):
-    """What the three losses share: options, the data format, the backend dispatch and the config."""
+    """What the three losses share: options, the data format, scenes, the backend dispatch and the config.
+
+    A subclass names its ``_function`` and gives its keyword options in ``_options``; ``_dense`` takes
+    batches of images, ``_points`` points of scenes."""
+
+    _function = ""
 
     def __init__(
         self,
@@ -102,6 +204,8 @@ class _LovaszLoss(keras.losses.Loss):
         per_image: bool,
         ignore_class: int | None,
         data_format: str | None,
+        scenes_in_labels: bool,
+        num_scenes: int | None,
         name: str,
         reduction: str,
         dtype: DType,
@@ -110,21 +214,82 @@ class _LovaszLoss(keras.losses.Loss):
         data_format = data_format or keras.config.image_data_format()
         if data_format not in DATA_FORMATS:
             raise ValueError(f"data_format must be one of {DATA_FORMATS}; got {data_format!r}")
+        if not isinstance(scenes_in_labels, bool):
+            raise TypeError(f"scenes_in_labels must be True or False; got {scenes_in_labels!r}")
+        if num_scenes is not None:
+            if isinstance(num_scenes, bool) or not isinstance(num_scenes, int) or num_scenes < 0:
+                raise TypeError(f"num_scenes must be a non-negative int or None; got {num_scenes!r}")
+            if not scenes_in_labels:
+                raise ValueError("num_scenes goes with scenes_in_labels=True (the scene of each point in y_true)")
         self.per_image = bool(per_image)
         self.ignore_class = V.check_ignore(ignore_class, "ignore_class")
         self.data_format = data_format
+        self.scenes_in_labels = scenes_in_labels
+        self.num_scenes = num_scenes
 
     @property
     def _channel_axis(self) -> int:
         return -1 if self.data_format == "channels_last" else 1
 
     def __call__(self, y_true: Tensor, y_pred: Tensor, sample_weight: Tensor | None = None) -> Tensor:
+        _check_no_point_weights(self.scenes_in_labels, sample_weight)
         return _reduced(super().__call__(y_true, y_pred, sample_weight), self.reduction)
 
-    def _run(self, function: str, y_pred: Tensor, labels: Tensor, channels: bool = True, **kwargs: Any) -> Tensor:
+    def call(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
+        if not self.scenes_in_labels:
+            return self._dense(y_true, y_pred)
+        labels, scene = self._split_scenes(y_true, y_pred)
+        return self._points(labels, y_pred, scene)
+
+    def _options(self, y_pred: Tensor, axis: int) -> dict[str, Any]:
+        """The function's keyword options for ``y_pred`` with its class axis at ``axis``."""
+        raise NotImplementedError
+
+    def _dense(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _split_scenes(self, y_true: Tensor, y_pred: Tensor) -> tuple[Tensor, Tensor]:
+        """``y_true [N, 2]`` (``[N, C + 1]`` multi-label) as the labels and the scene of each point."""
+        multilabel = self._function == "lovasz_multilabel"
+        shape, pred_shape = list(y_true.shape), list(y_pred.shape)
+        width = (None if pred_shape[-1] is None else pred_shape[-1] + 1) if multilabel else 2
+        if len(shape) != 2 or len(pred_shape) not in (1, 2) or None not in (shape[-1], width) and shape[-1] != width:
+            what = "[N, C + 1]: each point's C targets, then its scene" if multilabel else "[N, 2]: (label, scene)"
+            raise ValueError(
+                f"with scenes_in_labels=True, y_pred must be points-first ([N, C]) and y_true {what}; "
+                f"got y_true {shape} for y_pred {pred_shape}"
+            )
+        scene = y_true[:, -1]
+        _check_scenes(scene, self.num_scenes)
+        return (y_true[:, :-1] if multilabel else y_true[:, 0]), scene
+
+    def _points(self, labels: Tensor, y_pred: Tensor, scene: Tensor) -> Tensor:
+        """The loss of points ``y_pred [N, C]`` (``[N]`` / ``[N, 1]`` for the hinge) of the scenes ``scene [N]``."""
+        channels = self._function != "lovasz_hinge"
+        if not channels and len(y_pred.shape) == 2 and y_pred.shape[-1] == 1:
+            y_pred = ops.squeeze(y_pred, -1)
+        options = self._options(y_pred, -1)
+        if not self.per_image:  # all points one set: one image of N pixels, channels-last
+            batch = ops.expand_dims(y_pred, 0), ops.expand_dims(labels, 0)
+            return self._run(self._function, *batch, channels=channels, channels_last=True, **options)
+        losses, counts = _scene_losses(
+            self._function, y_pred, labels, scene, self.num_scenes, ignore=self.ignore_class, **options
+        )
+        return _reduce_scenes(losses, counts, self.reduction)
+
+    def _run(
+        self,
+        function: str,
+        y_pred: Tensor,
+        labels: Tensor,
+        channels: bool = True,
+        channels_last: bool | None = None,
+        **kwargs: Any,
+    ) -> Tensor:
         """Call ``function`` of the backend's module; ``channels=False`` for inputs without a class axis."""
         backend, module = _functions()
-        channels_last = self.data_format == "channels_last"
+        if channels_last is None:
+            channels_last = self.data_format == "channels_last"
         if not channels:
             pass
         elif backend == "torch" and channels_last:
@@ -147,7 +312,18 @@ class _LovaszLoss(keras.losses.Loss):
             "per_image": self.per_image,
             "ignore_class": self.ignore_class,
             "data_format": self.data_format,
+            "scenes_in_labels": self.scenes_in_labels,
+            "num_scenes": self.num_scenes,
         }
+
+
+def _check_no_point_weights(scenes_in_labels: bool, sample_weight: Tensor | None) -> None:
+    if scenes_in_labels and sample_weight is not None:
+        raise ValueError(
+            "sample_weight does not apply with scenes_in_labels=True: the samples are points, the loss is one "
+            "per scene (or one for all points); weigh classes with class_weights, or leave points out with "
+            "ignore_class (fit's class_weight= becomes a sample_weight too)"
+        )
 
 
 def _classes_config(classes: str | Sequence[int]) -> str | list[int]:
@@ -160,7 +336,8 @@ def _weights_config(class_weights: Sequence[float] | None) -> list[float] | None
 
 
 class _ClassAveragedLoss(_LovaszLoss):
-    """A Lovász loss averaged over class channels: adds ``from_logits``, ``classes`` and ``class_weights``."""
+    """A Lovász loss averaged over class channels: adds ``from_logits``, ``classes``, ``class_weights``
+    and ``include_background``."""
 
     def __init__(
         self,
@@ -168,17 +345,42 @@ class _ClassAveragedLoss(_LovaszLoss):
         from_logits: bool,
         classes: str | Sequence[int],
         class_weights: Sequence[float] | None,
+        include_background: bool,
         **options: Any,
     ):
         super().__init__(**options)
+        if not isinstance(include_background, bool):
+            raise TypeError(f"include_background must be True or False; got {include_background!r}")
         self.from_logits = bool(from_logits)
         self.classes = _classes_config(classes)
         self.class_weights = _weights_config(class_weights)
+        self.include_background = include_background
 
-    def _run_classes(self, function: str, y_pred: Tensor, labels: Tensor) -> Tensor:
-        return self._run(
-            function, y_pred, labels, classes=self.classes, from_logits=self.from_logits, weights=self.class_weights
-        )
+    def _class_weights(self, y_pred: Tensor, axis: int) -> list[float] | None:
+        """``class_weights``, with channel 0's made 0 where ``include_background`` is False (MONAI's
+        convention): a weight of 0 takes a class out of the average, present or not."""
+        if self.include_background:
+            return self.class_weights
+        shape = list(y_pred.shape)
+        channels = shape[axis] if len(shape) >= 2 else None
+        if channels is None or channels < 2:
+            raise ValueError(
+                "include_background=False leaves channel 0 out of the class average: y_pred needs a class axis "
+                f"of 2 or more channels (known when traced); got shape {shape}"
+            )
+        if self.class_weights is not None and len(self.class_weights) != channels:
+            raise ValueError(
+                f"class_weights must have one weight per class, {channels} for y_pred {shape}; "
+                f"got {len(self.class_weights)}"
+            )
+        return [0.0] + (self.class_weights[1:] if self.class_weights is not None else [1.0] * (channels - 1))
+
+    def _options(self, y_pred: Tensor, axis: int) -> dict[str, Any]:
+        return {
+            "classes": self.classes,
+            "from_logits": self.from_logits,
+            "weights": self._class_weights(y_pred, axis),
+        }
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -186,6 +388,7 @@ class _ClassAveragedLoss(_LovaszLoss):
             "from_logits": self.from_logits,
             "classes": self.classes,
             "class_weights": self.class_weights,
+            "include_background": self.include_background,
         }
 
 
@@ -196,12 +399,20 @@ class LovaszSoftmaxLoss(_ClassAveragedLoss):
     Args:
         from_logits: ``y_pred`` are logits (a softmax is taken inside); otherwise probabilities.
         per_image: the loss of each image (one value per image, weighed by ``sample_weight``);
-            otherwise the batch is one set of pixels.
+            otherwise the batch is one set of pixels. With scenes: the loss of each scene.
         classes: ``'present'``, ``'all'`` or a list of class indices to average over.
         ignore_class: label value of pixels that take no part (Keras' name for ``ignore``).
         class_weights: one weight per class for the class average.
         data_format: ``'channels_last'`` (``y_pred [B, *spatial, C]``, the default of
             ``keras.config.image_data_format()``) or ``'channels_first'``.
+        include_background: False leaves channel 0 out of the class average (MONAI's convention).
+        scenes_in_labels: point clouds: ``y_pred`` is points-first ``[N, C]`` and ``y_true`` is
+            ``[N, 2]``, each point's label and its scene index (whole numbers from 0, in any
+            order). With ``per_image`` the loss is each scene's, averaged over the scenes that
+            have points (``reduction=None``: ``[num_scenes]``); without, all points are one set.
+            ``sample_weight`` does not apply.
+        num_scenes: with ``scenes_in_labels``, the number of scene indices (the most scenes a
+            batch holds); required on the JAX backend under ``jit``, else read from the labels.
 
     ``y_true`` is ``[B, *spatial]`` integer class indices (or with a size-1 channel axis);
     ``y_pred`` holds ``C`` channels, or one channel of sigmoid output (read as ``[1 - p, p]``).
@@ -214,7 +425,17 @@ class LovaszSoftmaxLoss(_ClassAveragedLoss):
         >>> loss = LovaszSoftmaxLoss(from_logits=True, per_image=True, reduction=None)
         >>> [round(float(v), 4) for v in loss(y_true, y_pred)]  # one loss per image
         [0.6667, 0.6667]
+
+        Points of two scenes, ``y_true`` = (label, scene):
+
+        >>> y_true = np.array([[0, 0], [1, 0], [1, 1]])  # [N=3, 2]
+        >>> y_pred = np.array([[0.9, 0.1], [0.4, 0.6], [0.2, 0.8]], "float32")  # [N, C=2]
+        >>> loss = LovaszSoftmaxLoss(per_image=True, scenes_in_labels=True, reduction=None)
+        >>> [round(float(v), 4) for v in loss(y_true, y_pred)]  # one loss per scene
+        [0.325, 0.2]
     """
+
+    _function = "lovasz_softmax"
 
     def __init__(
         self,
@@ -227,22 +448,29 @@ class LovaszSoftmaxLoss(_ClassAveragedLoss):
         name: str = "lovasz_softmax",
         reduction: str = "sum_over_batch_size",
         dtype: DType = None,
+        include_background: bool = True,
+        scenes_in_labels: bool = False,
+        num_scenes: int | None = None,
     ):
         super().__init__(
             from_logits=from_logits,
             classes=classes,
             class_weights=class_weights,
+            include_background=include_background,
             per_image=per_image,
             ignore_class=ignore_class,
             data_format=data_format,
+            scenes_in_labels=scenes_in_labels,
+            num_scenes=num_scenes,
             name=name,
             reduction=reduction,
             dtype=dtype,
         )
 
-    def call(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
+    def _dense(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
         labels = _squeeze_channel(y_true, self._channel_axis, len(y_pred.shape))
-        return self._run_classes("lovasz_softmax", y_pred, labels)  # float labels are checked to be whole there
+        # float labels are checked to be whole there
+        return self._run("lovasz_softmax", y_pred, labels, **self._options(y_pred, self._channel_axis))
 
 
 @keras.saving.register_keras_serializable(package="lovasz")
@@ -262,6 +490,9 @@ class LovaszHingeLoss(_LovaszLoss):
             ``'elu'``: ``elu(m) + 1``, smooth and positive everywhere.
         symmetric: the mean with the loss of ``-y_pred`` against ``1 - y_true``, which scores
             the background too.
+        scenes_in_labels, num_scenes: point clouds, as in :class:`LovaszSoftmaxLoss`:
+            ``y_pred [N]`` (or ``[N, 1]``) scores and ``y_true [N, 2]``, each point's mask value
+            and scene.
 
     Example:
         >>> import numpy as np
@@ -274,6 +505,8 @@ class LovaszHingeLoss(_LovaszLoss):
         0.5
     """
 
+    _function = "lovasz_hinge"
+
     def __init__(
         self,
         per_image: bool = True,
@@ -284,20 +517,27 @@ class LovaszHingeLoss(_LovaszLoss):
         dtype: DType = None,
         margin: str = "relu",
         symmetric: bool = False,
+        scenes_in_labels: bool = False,
+        num_scenes: int | None = None,
     ):
         super().__init__(
             per_image=per_image,
             ignore_class=ignore_class,
             data_format=data_format,
+            scenes_in_labels=scenes_in_labels,
+            num_scenes=num_scenes,
             name=name,
             reduction=reduction,
             dtype=dtype,
         )
         self.margin, self.symmetric = V.check_hinge_variant(margin, symmetric)
 
-    def call(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
+    def _options(self, y_pred: Tensor, axis: int) -> dict[str, Any]:
+        return {"margin": self.margin, "symmetric": self.symmetric}
+
+    def _dense(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
         y_true, y_pred = _drop_binary_channel(y_true, y_pred, self._channel_axis)
-        return self._run("lovasz_hinge", y_pred, y_true, channels=False, margin=self.margin, symmetric=self.symmetric)
+        return self._run("lovasz_hinge", y_pred, y_true, channels=False, **self._options(y_pred, -1))
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "margin": self.margin, "symmetric": self.symmetric}
@@ -313,7 +553,9 @@ class LovaszMultilabelLoss(_ClassAveragedLoss):
     of its scores; otherwise the Lovász-Softmax term of its foreground probability.
     ``margin`` and ``symmetric`` are the hinge's variants, as in :class:`LovaszHingeLoss`
     (``from_logits`` only). The other arguments are those of :class:`LovaszSoftmaxLoss`,
-    ``classes='present'`` averaging over the channels with a positive target in the set.
+    ``classes='present'`` averaging over the channels with a positive target in the set;
+    with ``scenes_in_labels``, ``y_pred`` is ``[N, C]`` and ``y_true`` ``[N, C + 1]``: each
+    point's C targets, then its scene.
 
     Example:
         >>> import numpy as np
@@ -325,6 +567,8 @@ class LovaszMultilabelLoss(_ClassAveragedLoss):
         >>> round(float(LovaszMultilabelLoss()(y_true, y_pred)), 4)
         0.0
     """
+
+    _function = "lovasz_multilabel"
 
     def __init__(
         self,
@@ -339,31 +583,31 @@ class LovaszMultilabelLoss(_ClassAveragedLoss):
         dtype: DType = None,
         margin: str = "relu",
         symmetric: bool = False,
+        include_background: bool = True,
+        scenes_in_labels: bool = False,
+        num_scenes: int | None = None,
     ):
         super().__init__(
             from_logits=from_logits,
             classes=classes,
             class_weights=class_weights,
+            include_background=include_background,
             per_image=per_image,
             ignore_class=ignore_class,
             data_format=data_format,
+            scenes_in_labels=scenes_in_labels,
+            num_scenes=num_scenes,
             name=name,
             reduction=reduction,
             dtype=dtype,
         )
         self.margin, self.symmetric = V.check_hinge_variant(margin, symmetric, self.from_logits)
 
-    def call(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
-        return self._run(
-            "lovasz_multilabel",
-            y_pred,
-            y_true,
-            classes=self.classes,
-            from_logits=self.from_logits,
-            weights=self.class_weights,
-            margin=self.margin,
-            symmetric=self.symmetric,
-        )
+    def _options(self, y_pred: Tensor, axis: int) -> dict[str, Any]:
+        return {**super()._options(y_pred, axis), "margin": self.margin, "symmetric": self.symmetric}
+
+    def _dense(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
+        return self._run("lovasz_multilabel", y_pred, y_true, **self._options(y_pred, self._channel_axis))
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "margin": self.margin, "symmetric": self.symmetric}
@@ -372,6 +616,43 @@ class LovaszMultilabelLoss(_ClassAveragedLoss):
 # ----------------------------------------------------------------------------- cross-entropy + Lovász
 
 _LOVASZ_OF_MODE = {"multiclass": LovaszSoftmaxLoss, "binary": LovaszHingeLoss, "multilabel": LovaszMultilabelLoss}
+
+
+class _TermWeights(keras.metrics.Metric):
+    """The two weight variables of a :class:`CrossEntropyLovaszLoss`, as a metric of a model.
+
+    JAX's train step is a pure function of the variables the model passes in (its trainable,
+    non-trainable, optimizer and metric variables): any other variable it reads is a constant
+    of the trace. As a metric of the model, the weights are passed in at every step; the
+    model's weights (``model.save``) and its logs (the result is empty) stay as they were."""
+
+    def __init__(self, ce: keras.Variable, lovasz: keras.Variable, name: str):
+        super().__init__(name=name)
+        self.ce, self.lovasz = ce, lovasz  # tracked: the metric's variables
+
+    def update_state(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def reset_state(self) -> None:
+        pass  # weights, not statistics: model.reset_metrics() at each epoch must keep them
+
+    def result(self) -> dict[str, Any]:
+        return {}
+
+
+def _track(model: keras.Model, metric: keras.metrics.Metric) -> None:
+    """Make ``metric`` a metric of ``model``, once. Keras has no public way to add state to a built
+    model (a built subclassed model locks its tracker); its own ``Layer.quantize`` unlocks it so."""
+    if any(m is metric for m in model.metrics):
+        return
+    tracker = model._tracker
+    locked = tracker.locked
+    tracker.unlock()
+    try:
+        tracker.add_to_store("metrics", metric)
+    finally:
+        if locked:
+            tracker.lock()
 
 
 @keras.saving.register_keras_serializable(package="lovasz")
@@ -383,8 +664,14 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
     (binary cross-entropy per channel and :class:`LovaszMultilabelLoss`). ``y_pred`` are
     logits. The other arguments are those of the Lovász class; ``per_image`` defaults to
     that class's default. The cross-entropy is the mean over the non-ignored pixels of
-    each image (``per_image``) or of the batch. :class:`LovaszScheduleCallback` changes
-    the two weights during ``fit``.
+    each image (``per_image``) or of the batch (of all points with ``scenes_in_labels``),
+    weighted by ``class_weights`` as PyTorch's ``weight`` (multiclass: each pixel by its
+    class; multilabel: each channel). :class:`LovaszScheduleCallback` changes the two
+    weights during ``fit``.
+
+    The weights are held in two non-trainable ``keras.Variable`` and read inside the
+    compiled train step, so a new value needs no retrace; a term whose weight is 0 is not
+    computed, so turning a term on or off does (the callback rebuilds the step then).
 
     Args:
         mode: ``'multiclass'``, ``'binary'`` or ``'multilabel'``; the shapes are those of the
@@ -396,6 +683,12 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
         classes: ``'present'``, ``'all'`` or a list, for the Lovász term (not ``'binary'``).
         ignore_class: label value of pixels left out of both terms.
         data_format: ``'channels_last'`` or ``'channels_first'``.
+        class_weights: one weight per class (channel), for both terms (not ``'binary'``).
+        margin, symmetric: the hinge's variants (``'binary'`` and ``'multilabel'``).
+        include_background: False leaves channel 0 out of the Lovász term's class average
+            (not ``'binary'``; the cross-entropy keeps it, as MONAI's DiceCELoss does).
+        scenes_in_labels, num_scenes: point clouds, as in :class:`LovaszSoftmaxLoss`; the
+            cross-entropy is then the mean over all points.
 
     Example:
         >>> import numpy as np
@@ -418,48 +711,136 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
         name: str = "cross_entropy_lovasz",
         reduction: str = "sum_over_batch_size",
         dtype: DType = None,
+        class_weights: Sequence[float] | None = None,
+        margin: str = "relu",
+        symmetric: bool = False,
+        include_background: bool = True,
+        scenes_in_labels: bool = False,
+        num_scenes: int | None = None,
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         if mode not in _LOVASZ_OF_MODE:
             raise ValueError(f"mode must be one of {tuple(_LOVASZ_OF_MODE)}; got {mode!r}")
-        options: dict[str, Any] = dict(ignore_class=ignore_class, data_format=data_format, dtype=dtype)
+        options: dict[str, Any] = dict(
+            ignore_class=ignore_class,
+            data_format=data_format,
+            dtype=dtype,
+            reduction=reduction,
+            scenes_in_labels=scenes_in_labels,
+            num_scenes=num_scenes,
+        )
         if per_image is not None:
             options["per_image"] = per_image
         if mode != "binary":
-            options.update(classes=classes, from_logits=True)
+            options.update(
+                classes=classes, from_logits=True, class_weights=class_weights, include_background=include_background
+            )
+        elif class_weights is not None or include_background is not True:
+            raise ValueError(
+                "class_weights and include_background weigh the classes of 'multiclass' and 'multilabel'; "
+                f"mode='binary' has one; got class_weights={class_weights!r}, include_background={include_background!r}"
+            )
+        if mode != "multiclass":
+            options.update(margin=margin, symmetric=symmetric)
+        elif margin != "relu" or symmetric is not False:
+            raise ValueError(
+                "margin and symmetric are variants of the hinge (modes 'binary' and 'multilabel'); "
+                f"got margin={margin!r}, symmetric={symmetric!r} with mode='multiclass'"
+            )
         self.mode = mode
         self.lovasz = _LOVASZ_OF_MODE[mode](**options)
-        self.ce_weight, self.lovasz_weight = float(ce_weight), float(lovasz_weight)
+        self._weights = (float(ce_weight), float(lovasz_weight))  # the Python side: which terms are traced
+        self._variables = (
+            keras.Variable(self._weights[0], trainable=False, dtype="float32", name="ce_weight"),
+            keras.Variable(self._weights[1], trainable=False, dtype="float32", name="lovasz_weight"),
+        )
+        self._metric: _TermWeights | None = None
+
+    @property
+    def ce_weight(self) -> float:
+        """The weight of the cross-entropy term; setting it assigns its variable."""
+        return self._weights[0]
+
+    @ce_weight.setter
+    def ce_weight(self, value: float) -> None:
+        self._set_weight(0, value, "ce_weight")
+
+    @property
+    def lovasz_weight(self) -> float:
+        """The weight of the Lovász term; setting it assigns its variable."""
+        return self._weights[1]
+
+    @lovasz_weight.setter
+    def lovasz_weight(self, value: float) -> None:
+        self._set_weight(1, value, "lovasz_weight")
+
+    def _set_weight(self, index: int, value: float, name: str) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise TypeError(f"{name} must be a real number; got {value!r}")
+        weights = list(self._weights)
+        weights[index] = float(value)
+        if weights[index] != self._weights[index]:
+            self._variables[index].assign(weights[index])
+        self._weights = (weights[0], weights[1])
+
+    def _terms(self) -> tuple[bool, bool]:
+        """Which terms the call computes: those of a non-zero weight (the Lovász term if both are 0)."""
+        ce = self._weights[0] != 0
+        return ce, self._weights[1] != 0 or not ce
+
+    def _term_weights(self) -> _TermWeights:
+        """The weights as a metric (made once), for a model to pass into JAX's train step."""
+        if self._metric is None:
+            self._metric = _TermWeights(*self._variables, name=f"{self.name}_weights")
+        return self._metric
 
     def call(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
-        lovasz, terms = self.lovasz, []
-        if self.ce_weight:
-            terms.append(self.ce_weight * self._cross_entropy(y_true, y_pred))
-        if self.lovasz_weight or not terms:
-            terms.append(self.lovasz_weight * lovasz.call(y_true, y_pred))
-        return terms[0] if len(terms) == 1 else terms[0] + terms[1]
+        lovasz, scene = self.lovasz, None
+        if lovasz.scenes_in_labels:
+            y_true, scene = lovasz._split_scenes(y_true, y_pred)
+        ce_on, lovasz_on = self._terms()
+        total = None
+        if ce_on:
+            ce = self._cross_entropy(y_true, y_pred, points=scene is not None)
+            total = ops.cast(self._variables[0], ce.dtype) * ce
+        if lovasz_on:
+            value = lovasz._dense(y_true, y_pred) if scene is None else lovasz._points(y_true, y_pred, scene)
+            term = ops.cast(self._variables[1], value.dtype) * value
+            total = term if total is None else total + term
+        return total
 
     def __call__(self, y_true: Tensor, y_pred: Tensor, sample_weight: Tensor | None = None) -> Tensor:
+        _check_no_point_weights(self.lovasz.scenes_in_labels, sample_weight)
         return _reduced(super().__call__(y_true, y_pred, sample_weight), self.reduction)
 
-    def _cross_entropy(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
-        axis = self.lovasz._channel_axis
+    def _cross_entropy(self, y_true: Tensor, y_pred: Tensor, points: bool) -> Tensor:
+        """The mean cross-entropy of the non-ignored pixels, weighted by ``class_weights``: of each
+        image with ``per_image``, else of the batch (of all points of scenes)."""
+        axis = -1 if points else self.lovasz._channel_axis
         rank = len(y_pred.shape)
         ignore = self.lovasz.ignore_class
+        class_weights = getattr(self.lovasz, "class_weights", None)
         if self.mode == "multiclass":
             labels = ops.cast(_squeeze_channel(y_true, axis, rank), "int32")
             valid = _valid_mask(labels, ignore)
             labels = labels * ops.cast(valid, "int32")  # any class for ignored pixels: they weigh 0
             pixel = ops.sparse_categorical_crossentropy(labels, y_pred, from_logits=True, axis=axis)
+            weight = ops.cast(valid, pixel.dtype)
+            if class_weights is not None:
+                weight = weight * ops.take(ops.convert_to_tensor(class_weights, pixel.dtype), labels)
         else:
             if self.mode == "binary":
                 y_true, y_pred = _drop_binary_channel(y_true, y_pred, axis)
             valid = _valid_mask(y_true, ignore)
             target = ops.cast(y_true, "float32") * valid
             pixel = ops.binary_crossentropy(target, y_pred, from_logits=True)
-        axes = tuple(range(1, len(valid.shape))) if self.lovasz.per_image else None
-        total, count = ops.sum(pixel * valid, axis=axes), ops.sum(valid, axis=axes)
-        return ops.divide_no_nan(total, count)
+            weight = ops.cast(valid, pixel.dtype)
+            if class_weights is not None:  # multilabel: a weight per channel
+                shape = [1] * rank
+                shape[axis] = len(class_weights)
+                weight = weight * ops.reshape(ops.convert_to_tensor(class_weights, pixel.dtype), shape)
+        axes = tuple(range(1, len(weight.shape))) if self.lovasz.per_image and not points else None
+        return ops.divide_no_nan(ops.sum(pixel * weight, axis=axes), ops.sum(weight, axis=axes))
 
     def get_config(self) -> dict[str, Any]:
         lovasz = self.lovasz.get_config()
@@ -468,12 +849,21 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
             "mode": self.mode,
             "ce_weight": self.ce_weight,
             "lovasz_weight": self.lovasz_weight,
-            "per_image": lovasz["per_image"],
-            "ignore_class": lovasz["ignore_class"],
-            "data_format": lovasz["data_format"],
         }
-        if self.mode != "binary":
-            config["classes"] = lovasz["classes"]
+        for key in (
+            "per_image",
+            "classes",
+            "ignore_class",
+            "data_format",
+            "class_weights",
+            "margin",
+            "symmetric",
+            "include_background",
+            "scenes_in_labels",
+            "num_scenes",
+        ):
+            if key in lovasz:
+                config[key] = lovasz[key]
         return config
 
 
@@ -485,9 +875,14 @@ class LovaszScheduleCallback(keras.callbacks.Callback):
         loss: the loss to change; by default the model's compiled loss.
         by: ``'epoch'`` (the schedule counts epochs) or ``'batch'`` (training steps).
 
-    On the TensorFlow and JAX backends the train step is compiled with the weights
-    as constants, so a change of weights rebuilds it: a ramp counted in epochs
-    costs one retrace per epoch of the ramp, one counted in batches one per step.
+    The loss holds its weights in non-trainable variables that the compiled train step
+    reads, so a ramp counted in batches costs no retrace on any backend. Only turning a
+    term on or off (a weight leaving or reaching 0) rebuilds the train step (on the
+    TensorFlow and JAX backends): at most twice for a schedule, at the warm-up's end
+    and, with ``final_ce_weight=0``, at the ramp's end. On the JAX backend, whose train
+    step is a pure function of the model's variables, the callback makes the weights a
+    metric of the model (with an empty result: the logs don't change) and syncs the
+    model's state when it changes them.
 
     Example:
         >>> loss = CrossEntropyLovaszLoss("multiclass")
@@ -511,12 +906,25 @@ class LovaszScheduleCallback(keras.callbacks.Callback):
             )
         return loss
 
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        loss = self._target()
+        if keras.backend.backend() == "jax":
+            _track(self.model, loss._term_weights())
+
     def _apply(self, t: int) -> None:
         loss = self._target()
-        before = (loss.ce_weight, loss.lovasz_weight)
+        weights = self.schedule.weights(t)
+        if weights == (loss.ce_weight, loss.lovasz_weight):
+            return
+        terms = loss._terms()
+        backend = keras.backend.backend()
+        if backend == "jax":
+            # Mid-epoch the model's variables live in the train loop's state: write it back, so that
+            # the loop takes the state up again, with the new weights, before the next step.
+            self.model.jax_state_sync()
         self.schedule.apply(loss, t)
-        if (loss.ce_weight, loss.lovasz_weight) != before and keras.backend.backend() != "torch":
-            self.model.make_train_function(force=True)  # the weights are compiled in: retrace
+        if loss._terms() != terms and backend != "torch":
+            self.model.make_train_function(force=True)  # a term on or off: a different graph
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self.by == "epoch":
