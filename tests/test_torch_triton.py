@@ -96,6 +96,53 @@ CHECK = textwrap.dedent("""
     nan[0, 0] = float("nan")
     assert torch.isnan(L.lovasz_hinge(nan.to(device), masks.to(device)))
     assert len(calls) == 6 * 2 + 2 + 1, len(calls)  # every float32 call above took the path
+
+    # Points of scenes: the scene kernels against the torch.sort path (empty scenes, scenes across and
+    # on the blocks' bounds, ties, NaN, rows without foreground, a strided gradient buffer).
+    for sizes, rows, hinge, with_grad in itertools.product(
+        [[7], [3, 0, 1500, 2], [1024, 1025, 0], [0, 5]], [1, 4], [False, True], [False, True]
+    ):
+        n = sum(sizes)
+        ends = torch.tensor(sizes).cumsum(0)
+        pred = torch.randn(rows, n, generator=g) * (2 if hinge else 0.7) + (0 if hinge else 0.5)
+        pred[0, :3] = torch.tensor([0.0, 1.0, -0.0])[: min(n, 3)]
+        pred[-1, :2] = float("nan") if with_grad else 0.5
+        pred[:, 5:400] = 0.25  # ties
+        codes = torch.randint(0, 3, (rows, n), generator=g, dtype=torch.uint8)
+        codes[-1] = codes[-1].clamp(max=0)  # a row without foreground
+        expected_grad = torch.full(pred.shape, 7.0, dtype=torch.float64)
+        loss, present = core._scene_rows_torch(pred.double(), codes, ends, hinge, expected_grad if with_grad else None)
+        grad = (torch.full((n, rows), 7.0).T if hinge else torch.full(pred.shape, 7.0)).to(device)
+        pred, codes, ends = pred.to(device), codes.to(device), ends.to(device)
+        scene = core.scene_of_points(ends, n)
+        got, got_present = T.scene_rows(pred, codes, ends, scene, hinge, grad if with_grad else None, 3)
+        assert torch.equal(got_present.cpu(), present), (sizes, got_present, present)
+        torch.testing.assert_close(got.double().cpu(), loss, rtol=1e-5, atol=1e-6, equal_nan=True)
+        if with_grad:
+            torch.testing.assert_close(grad.double().cpu(), expected_grad, rtol=1e-5, atol=1e-6, equal_nan=True)
+    scene_calls = []
+    scene_rows = T.scene_rows
+    T.scene_rows = lambda *args: scene_calls.append(1) or scene_rows(*args)
+    points = torch.randn(60, 4, generator=g)
+    point_labels = torch.randint(0, 4, (60,), generator=g)
+    point_labels[:9] = 255
+    offsets = torch.tensor([25, 25, 60])  # the second scene empty
+    for from_logits in (False, True):
+        x = (points.clone() if from_logits else points.softmax(1)).to(device).requires_grad_()
+        loss = L.lovasz_softmax(x, point_labels.to(device), per_image=True, ignore=255, from_logits=from_logits,
+                                offsets=offsets.to(device))
+        loss.backward()
+        x64 = x.detach().double().requires_grad_()
+        loss64 = L.lovasz_softmax(x64, point_labels.to(device), per_image=True, ignore=255,
+                                  from_logits=from_logits, offsets=offsets.to(device))
+        loss64.backward()
+        assert abs(loss.item() - loss64.item()) < 1e-5, (loss.item(), loss64.item())
+        torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-5, atol=1e-6)
+    probas = points.double().softmax(1).numpy()
+    expected = sum(R.lovasz_softmax(probas[a:b].T[None], point_labels[a:b].numpy()[None], ignore=255)
+                   for a, b in [(0, 25), (25, 60)]) / 3  # the empty scene counts 0 in the mean
+    assert abs(loss.item() - expected) < 1e-5, (loss.item(), expected)
+    assert len(scene_calls) == 2, len(scene_calls)  # every float32 scene call took the path
     print("triton path ok")
 """)
 

@@ -20,8 +20,9 @@ The rows themselves go one of three ways:
 - float32 on CPU: the C kernel ``_kernel.c`` (through ``_ckernel``) (two-level radix sort, zero errors
   left out of the sort), blocks of rows on ``torch.get_num_threads()`` threads;
 - float32 on a CUDA GPU with Triton installed: ``_triton_rows``, Triton kernels around
-  one ``torch.sort`` (each pass of the path below fused into three); the softmax's backward
-  (``from_logits=True``) in one more, ``_triton_softmax``;
+  one ``torch.sort`` (each pass of the path below fused into three), for images and for
+  points of scenes alike; the softmax's backward (``from_logits=True``) in one more,
+  ``_triton_softmax``;
 - elsewhere (float64, or neither of the above): ``torch.sort`` of integer keys.
   Non-negative float bits sort like the floats, and the sort is stable; ignored
   pixels get the largest key and sort last, where their error is zero, so every
@@ -313,6 +314,17 @@ def _scene_rows(pred: Tensor, codes: Tensor, ends: Tensor, hinge: bool, grad: Te
             torch.get_num_threads(),
         )
         return torch.from_numpy(loss), torch.from_numpy(present)
+    if _use_triton(pred):
+        num_rows, num_points = pred.shape
+        return _triton("_triton_rows").scene_rows(
+            pred,
+            codes,
+            ends,
+            scene_of_points(ends, num_points),
+            hinge,
+            grad,
+            _rows_per_chunk(num_rows, num_points, pred.device),
+        )
     return _scene_rows_torch(pred, codes, ends, hinge, grad)
 
 

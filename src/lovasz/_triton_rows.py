@@ -32,6 +32,41 @@ _MAX_GRID_ROWS = 65535  # the grid's second axis
 
 
 @triton.jit
+def _error_bits(x, code, HINGE: tl.constexpr):
+    """Each pixel's error as its float bits (an int32 >= 0: non-negative floats sort like their bits),
+    and its flags (int8): foreground, and a negative margin (its slope's sign)."""
+    fg = code == 1
+    if HINGE:
+        margin = tl.where(fg, 1.0 - x, 1.0 + x)
+        error = tl.where(margin < 0.0, 0.0, margin)  # not tl.maximum, which drops a NaN on a GPU
+        negative = margin < 0.0  # error 0: the slope is 0 anyway
+    else:
+        margin = tl.where(fg, 1.0 - x, x)
+        error = tl.abs(margin)
+        negative = margin < 0.0  # a "probability" outside [0, 1]: the slope of |margin| flips
+    bits = error.to(tl.int32, bitcast=True) & 0x7FFFFFFF  # clears -0.0's sign bit too
+    return bits, fg.to(tl.int8) | (negative.to(tl.int8) << 1)
+
+
+@triton.jit
+def _jaccard_step(fg, fg_cum, gts, k):
+    """The closed-form Jaccard step ``J(k) - J(k-1)`` at sorted position ``k`` (from 1) of a set with
+    ``gts`` foreground pixels, ``fg_cum`` of them among its first ``k``."""
+    intersection = (gts - fg_cum).to(tl.float32)
+    union = (gts + k - fg_cum).to(tl.float32)
+    step = tl.where(fg, 1.0 / union, intersection / (union * tl.maximum(union - 1.0, 1.0)))
+    return tl.where(k == 1, 1.0 - intersection / union, step)  # J(1) itself: U(0) may be 0
+
+
+@triton.jit
+def _gradient(error, step, flags, fg):
+    """d loss / d prediction of a sorted pixel: its step times its error's slope; NaN at a NaN error."""
+    negative = (flags & 2) != 0
+    slope = tl.where(error > 0.0, tl.where(negative != fg, -1.0, 1.0), 0.0)
+    return tl.where(error != error, float("nan"), step * slope)
+
+
+@triton.jit
 def _keys(
     pred_ptr,
     codes_ptr,
@@ -53,19 +88,9 @@ def _keys(
     n = m - s * num_pixels
     x = tl.load(pred_ptr + s * pred_set_stride + row * pred_row_stride + n, mask=inside, other=0.0)
     code = tl.load(codes_ptr + s * codes_set_stride + row * codes_row_stride + n, mask=inside, other=2)
-    fg = code == 1
-    if HINGE:
-        margin = tl.where(fg, 1.0 - x, 1.0 + x)
-        error = tl.where(margin < 0.0, 0.0, margin)  # not tl.maximum, which drops a NaN on a GPU
-        negative = margin < 0.0  # error 0: the slope is 0 anyway
-    else:
-        margin = tl.where(fg, 1.0 - x, x)
-        error = tl.abs(margin)
-        negative = margin < 0.0  # a "probability" outside [0, 1]: the slope of |margin| flips
-    key = error.to(tl.int32, bitcast=True) & 0x7FFFFFFF  # clears -0.0's sign bit too
-    key = tl.where(code == 2, -1, key)
-    tl.store(key_ptr + row * row_pixels + m, key, mask=inside)
-    tl.store(flags_ptr + row * row_pixels + m, (fg.to(tl.int8) | (negative.to(tl.int8) << 1)), mask=inside)
+    bits, flags = _error_bits(x, code, HINGE)
+    tl.store(key_ptr + row * row_pixels + m, tl.where(code == 2, -1, bits), mask=inside)
+    tl.store(flags_ptr + row * row_pixels + m, flags, mask=inside)
 
 
 @triton.jit
@@ -105,22 +130,17 @@ def _steps(
     flags = tl.load(flags_ptr + row * row_pixels + m, mask=inside, other=0)
     valid = key != -1
     fg = ((flags & 1) != 0) & valid
-    negative = (flags & 2) != 0
     error = tl.where(valid, key.to(tl.float32, bitcast=True), 0.0)
     fg_cum = tl.cumsum(fg.to(tl.int32), axis=0) + tl.load(starts_ptr + row * num_blocks + block)
-    gts = tl.load(totals_ptr + row)
-    intersection = (gts - fg_cum).to(tl.float32)
-    union = (gts + (m + 1) - fg_cum).to(tl.float32)
-    step = tl.where(fg, 1.0 / union, intersection / (union * tl.maximum(union - 1.0, 1.0)))
-    step = tl.where(m == 0, 1.0 - intersection / union, step)  # J(1) itself: U(0) may be 0
+    step = _jaccard_step(fg, fg_cum, tl.load(totals_ptr + row), m + 1)
     tl.store(partial_ptr + row * num_blocks + block, tl.sum(tl.where(inside, error * step, 0.0), axis=0))
     if WRITE_GRAD:
-        slope = tl.where(error > 0.0, tl.where(negative != fg, -1.0, 1.0), 0.0)
-        slope = tl.where(error != error, float("nan"), slope)  # a NaN error: a NaN gradient
         p = tl.load(perm_ptr + row * row_pixels + m, mask=inside, other=0)
         s = p // num_pixels
         n = p - s * num_pixels
-        tl.store(grad_ptr + s * grad_set_stride + row * grad_row_stride + n, step * slope, mask=inside)
+        tl.store(
+            grad_ptr + s * grad_set_stride + row * grad_row_stride + n, _gradient(error, step, flags, fg), mask=inside
+        )
 
 
 def rows(pred: Tensor, codes: Tensor, hinge: bool, grad: Tensor | None, rows_per_chunk: int) -> tuple[Tensor, Tensor]:
@@ -183,3 +203,194 @@ def rows(pred: Tensor, codes: Tensor, hinge: bool, grad: Tensor | None, rows_per
         losses.append(partial.sum(1))
         present.append(totals > 0)
     return torch.cat(losses), torch.cat(present)
+
+
+# ----------------------------------------------------------------------------- points of scenes
+# A class's row ``[K, N]`` holds every point; scene s is the run [ends[s - 1], ends[s]). One ascending
+# sort of int64 keys, the scene in the high 32 bits and the complemented error bits below (ignored
+# points: all ones, last in their scene), keeps each scene in its own run, errors descending, ties in
+# point order. The blocks of the two kernels after the sort are cut at the scenes' bounds, so that a
+# block's sums belong to one (row, scene): no atomics, the same result on every run.
+
+
+@triton.jit
+def _scene_keys(
+    pred_ptr,
+    codes_ptr,
+    scene_ptr,
+    key_ptr,
+    flags_ptr,
+    num_points,
+    pred_row_stride,
+    codes_row_stride,
+    HINGE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    block, row = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    n = block.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    inside = n < num_points
+    x = tl.load(pred_ptr + row * pred_row_stride + n, mask=inside, other=0.0)
+    code = tl.load(codes_ptr + row * codes_row_stride + n, mask=inside, other=2)
+    bits, flags = _error_bits(x, code, HINGE)
+    low = tl.where(code == 2, 0xFFFFFFFF, 0x7FFFFFFF - bits.to(tl.int64))
+    scene = tl.load(scene_ptr + n, mask=inside, other=0)
+    tl.store(key_ptr + row * num_points + n, (scene << 32) | low, mask=inside)
+    tl.store(flags_ptr + row * num_points + n, flags, mask=inside)
+
+
+@triton.jit
+def _scene_block(lo_ptr, hi_ptr, block, BLOCK: tl.constexpr):
+    """Block ``block``'s positions in the sorted row (within one scene's run) and which are inside it."""
+    lo = tl.load(lo_ptr + block)
+    m = lo + tl.arange(0, BLOCK)
+    return m, m < tl.load(hi_ptr + block)
+
+
+@triton.jit
+def _scene_count(
+    key_ptr,
+    perm_ptr,
+    flags_ptr,
+    sorted_flags_ptr,
+    counts_ptr,
+    lo_ptr,
+    hi_ptr,
+    num_points,
+    num_blocks,
+    BLOCK: tl.constexpr,
+):
+    block, row = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    m, inside = _scene_block(lo_ptr, hi_ptr, block, BLOCK)
+    key = tl.load(key_ptr + row * num_points + m, mask=inside, other=0xFFFFFFFF)
+    p = tl.load(perm_ptr + row * num_points + m, mask=inside, other=0)
+    flags = tl.load(flags_ptr + row * num_points + p, mask=inside, other=0)
+    tl.store(sorted_flags_ptr + row * num_points + m, flags, mask=inside)
+    fg = ((flags & 1) != 0) & ((key & 0xFFFFFFFF) != 0xFFFFFFFF)
+    tl.store(counts_ptr + row * num_blocks + block, tl.sum(fg.to(tl.int32), axis=0))
+
+
+@triton.jit
+def _scene_steps(
+    key_ptr,
+    flags_ptr,
+    perm_ptr,
+    lo_ptr,
+    hi_ptr,
+    block_scene_ptr,
+    scene_start_ptr,
+    starts_ptr,
+    totals_ptr,
+    grad_ptr,
+    partial_ptr,
+    num_points,
+    num_blocks,
+    num_scenes,
+    grad_row_stride,
+    grad_point_stride,
+    WRITE_GRAD: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    block, row = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    m, inside = _scene_block(lo_ptr, hi_ptr, block, BLOCK)
+    scene = tl.load(block_scene_ptr + block)
+    low = tl.load(key_ptr + row * num_points + m, mask=inside, other=0xFFFFFFFF) & 0xFFFFFFFF
+    flags = tl.load(flags_ptr + row * num_points + m, mask=inside, other=0)
+    valid = low != 0xFFFFFFFF
+    fg = ((flags & 1) != 0) & valid
+    error = tl.where(valid, (0x7FFFFFFF - low).to(tl.int32).to(tl.float32, bitcast=True), 0.0)
+    fg_cum = tl.cumsum(fg.to(tl.int32), axis=0) + tl.load(starts_ptr + row * num_blocks + block)
+    k = m - tl.load(scene_start_ptr + scene) + 1  # the position within the scene, from 1
+    step = _jaccard_step(fg, fg_cum, tl.load(totals_ptr + row * num_scenes + scene), k)
+    tl.store(partial_ptr + row * num_blocks + block, tl.sum(tl.where(inside, error * step, 0.0), axis=0))
+    if WRITE_GRAD:
+        p = tl.load(perm_ptr + row * num_points + m, mask=inside, other=0)
+        tl.store(
+            grad_ptr + row * grad_row_stride + p * grad_point_stride, _gradient(error, step, flags, fg), mask=inside
+        )
+
+
+class _SceneBlocks:
+    """The blocks of the rows' sorted runs, cut at the scenes' bounds: each block's ``[lo, hi)`` and scene,
+    and each scene's first and end block. Their number is bounded by ``cdiv(N, BLOCK) + S``, known
+    without reading ``ends`` (no host sync); blocks past the last scene's are empty."""
+
+    def __init__(self, ends: Tensor, num_points: int):
+        self.scene_start = torch.cat([ends.new_zeros(1), ends[:-1]])
+        blocks_per_scene = (ends - self.scene_start + BLOCK - 1) // BLOCK
+        self.end = blocks_per_scene.cumsum(0)
+        self.first = self.end - blocks_per_scene
+        self.count = triton.cdiv(num_points, BLOCK) + ends.shape[0]
+        block = torch.arange(self.count, device=ends.device)
+        scene = torch.searchsorted(self.end, block, right=True).clamp_(max=ends.shape[0] - 1)
+        self.scene = scene
+        self.lo = self.scene_start[scene] + (block - self.first[scene]) * BLOCK
+        self.hi = torch.where(block < self.end[-1], torch.minimum(self.lo + BLOCK, ends[scene]), self.lo)
+
+
+def scene_rows(
+    pred: Tensor, codes: Tensor, ends: Tensor, scene: Tensor, hinge: bool, grad: Tensor | None, rows_per_chunk: int
+) -> tuple[Tensor, Tensor]:
+    """Loss and presence ``[S, K]`` of each (scene, class) row of float32 ``pred [K, N]`` and uint8 ``codes``,
+    scene ``s`` the points ``[ends[s - 1], ends[s])`` (``scene [N]``: each point's); d loss / d pred into
+    ``grad`` (``[K, N]``) if given. Rows go ``rows_per_chunk`` at a time."""
+    num_rows, num_points = pred.shape
+    pred = pred if pred.stride(1) == 1 else pred.contiguous()
+    codes = codes if codes.stride(1) == 1 else codes.contiguous()
+    blocks = _SceneBlocks(ends, num_points)
+    losses, present = [], []
+    step = max(1, min(rows_per_chunk, _MAX_GRID_ROWS))
+    for start in range(0, num_rows, step):
+        stop = min(start + step, num_rows)
+        rows = stop - start
+        keys = torch.empty(rows, num_points, dtype=torch.int64, device=pred.device)
+        flags = torch.empty(rows, num_points, dtype=torch.int8, device=pred.device)
+        _scene_keys[(triton.cdiv(num_points, BLOCK), rows)](
+            pred[start:stop],
+            codes[start:stop],
+            scene,
+            keys,
+            flags,
+            num_points,
+            pred.stride(0),
+            codes.stride(0),
+            HINGE=hinge,
+            BLOCK=BLOCK,
+        )
+        keys, perm = torch.sort(keys, dim=1, stable=True)
+        sorted_flags = torch.empty_like(flags)
+        counts = torch.empty(rows, blocks.count, dtype=torch.int32, device=pred.device)
+        grid = (blocks.count, rows)
+        _scene_count[grid](
+            keys, perm, flags, sorted_flags, counts, blocks.lo, blocks.hi, num_points, blocks.count, BLOCK=BLOCK
+        )
+        del flags
+        running = torch.nn.functional.pad(counts.cumsum(1, dtype=torch.int32), (1, 0))  # [rows, blocks + 1]
+        totals = running[:, blocks.end] - running[:, blocks.first]  # [rows, S]
+        starts = running[:, :-1] - running[:, blocks.first[blocks.scene]]  # each block's count before it in its scene
+        partial = torch.empty(rows, blocks.count, dtype=torch.float32, device=pred.device)
+        chunk_grad = grad[start:stop] if grad is not None else partial  # partial: an unused placeholder
+        _scene_steps[grid](
+            keys,
+            sorted_flags,
+            perm,
+            blocks.lo,
+            blocks.hi,
+            blocks.scene,
+            blocks.scene_start,
+            starts.contiguous(),
+            totals.contiguous(),
+            chunk_grad,
+            partial,
+            num_points,
+            blocks.count,
+            ends.shape[0],
+            chunk_grad.stride(0),
+            chunk_grad.stride(1),
+            WRITE_GRAD=grad is not None,
+            BLOCK=BLOCK,
+        )
+        # Each scene's sum of its blocks: differences of a float64 running sum (no atomics).
+        summed = torch.nn.functional.pad(partial.double().cumsum(1), (1, 0))
+        losses.append((summed[:, blocks.end] - summed[:, blocks.first]).float())
+        present.append(totals > 0)
+    return torch.cat(losses).T, torch.cat(present).T
