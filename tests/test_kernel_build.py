@@ -168,3 +168,18 @@ def test_ctypes_boundary_checks_are_real():
         _ckernel.lovasz_points(
             points, codes[0], np.array([50]), _ckernel.SOFTMAX, points, 1, True, lambda loss, present: loss
         )
+
+
+def test_kernel_source_and_codes_agree():
+    """The C kernel's enums say what lovasz._codes says (the pixel codes, the error forms): a change on
+    one side only would have the kernel read every row wrong."""
+    from lovasz import _codes
+
+    source = SOURCE.read_text()
+    assert f"enum {{ FOREGROUND = {_codes.FOREGROUND}, IGNORED = {_codes.IGNORED} }};" in source
+    modes = sorted(
+        [("SOFTMAX", _codes.SOFTMAX), ("HINGE", _codes.HINGE), ("ERRORS", _codes.ERRORS)], key=lambda m: m[1]
+    )
+    assert [value for _, value in modes] == list(range(len(modes)))  # an enum without initialisers counts from 0
+    assert f"enum {{ {', '.join(name for name, _ in modes)} }};" in source
+    assert _codes.BACKGROUND == 0  # the kernel tests foreground and ignored; every other code is background

@@ -460,3 +460,12 @@ def test_torch_compile_inductor():
     loss = compiled(x)
     loss.backward()
     assert loss.item() == pytest.approx(L.lovasz_softmax(x.detach(), labels, from_logits=True).item(), abs=1e-6)
+
+
+def test_op_arguments_by_name_match_the_op_schema():
+    """_torch_core reads the op's inputs by name (OP_ARGS); the registered schema must list the same names
+    in the same order, or setup_context would save the wrong argument."""
+    from lovasz import _torch_core as core
+
+    schema = torch.ops.lovasz.lovasz_loss.default._schema
+    assert tuple(argument.name for argument in schema.arguments) == core.OP_ARGS

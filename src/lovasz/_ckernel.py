@@ -15,10 +15,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-# How the kernel reads a prediction x at a foreground (fg) or background pixel.
-SOFTMAX = 0  # error |[fg] - x|
-HINGE = 1  # error max(0, 1 - x) at fg, max(0, 1 + x) elsewhere
-ERRORS = 2  # x is the error itself (negative counts as 0); the gradient is d loss / d error
+# How the kernel reads a prediction (callers say C.HINGE): re-exported from the codes' home.
+from lovasz._codes import ERRORS as ERRORS
+from lovasz._codes import HINGE as HINGE
+from lovasz._codes import SOFTMAX as SOFTMAX
 
 MAX_ELEMENTS = 1 << 30  # a pixel's offset takes 30 bits of a sort item
 # Each thread sorts one row at a time in a scratch of 8 bytes per pixel of the row: the threads at work

@@ -51,10 +51,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lovasz import _ckernel as C
+from lovasz._codes import FOREGROUND, IGNORED
 
 C.kernel()  # loaded with the module, not inside a first call that a Ctrl-C could interrupt
 
-BACKGROUND, FOREGROUND, IGNORED = 0, 1, 2
 
 # Elements per chunk, for the rows of the torch.sort path and for the softmax's gradient.
 # On CPU, small chunks keep temporaries in cache and the peak low. On a GPU, big chunks keep
@@ -604,16 +604,35 @@ _SECOND_ORDER_WITH_SOFTMAX = (
 )
 
 
+# The op's arguments in order, by name: autograd hands them to setup_context as a tuple, and backward
+# returns one gradient per argument (tests/test_torch_edges.py checks this against the op's schema).
+OP_ARGS = (
+    "pred",
+    "codes",
+    "row_weights",
+    "hinge",
+    "softmax",
+    "per_image",
+    "present_only",
+    "class_ids",
+    "need_grad",
+    "ends",
+    "points_layout",
+)
+_ARG = {name: index for index, name in enumerate(OP_ARGS)}
+_NO_GRADS = (None,) * (len(OP_ARGS) - 1)  # the gradients of every argument after pred
+
+
 def _setup_context(ctx, inputs, output):
-    ctx.softmax, ctx.need_grad = inputs[4], inputs[8]
+    ctx.softmax, ctx.need_grad = inputs[_ARG["softmax"]], inputs[_ARG["need_grad"]]
     ctx.mark_non_differentiable(*output[1:])
-    ctx.save_for_backward(output[1], inputs[9])  # the gradient, and the scenes' ends (or None)
+    ctx.save_for_backward(output[1], inputs[_ARG["ends"]])  # the gradient, and the scenes' ends (or None)
     ctx.set_materialize_grads(False)  # the gradient output gets no gradient: don't fill zeros for it
 
 
 def _backward(ctx, grad_per_set, *_):
     if grad_per_set is None or not ctx.needs_input_grad[0]:  # (the class weights' gradient: see lovasz_sets)
-        return (None,) * 11
+        return (None,) + _NO_GRADS
     if not ctx.need_grad:
         raise RuntimeError("lovasz_loss was called with need_grad=False but a gradient was requested")
     # The loss is piecewise linear in the errors, so the saved gradient is piecewise constant in the
@@ -623,8 +642,8 @@ def _backward(ctx, grad_per_set, *_):
         raise RuntimeError(_SECOND_ORDER_WITH_SOFTMAX)
     grad, ends = ctx.saved_tensors
     if ends is not None:  # [1, C, N]: each point takes its own scene's factor
-        return (per_point(grad_per_set, ends, grad.shape[-1]) * grad,) + (None,) * 10
-    return (grad_per_set.view(-1, 1, 1) * grad,) + (None,) * 10
+        return (per_point(grad_per_set, ends, grad.shape[-1]) * grad,) + _NO_GRADS
+    return (grad_per_set.view(-1, 1, 1) * grad,) + _NO_GRADS
 
 
 torch.library.register_autograd("lovasz::lovasz_loss", _backward, setup_context=_setup_context)
@@ -646,7 +665,7 @@ class _LovaszSets(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         _setup_context(ctx, inputs, output)
-        ctx.save_for_forward(output[1], inputs[9])
+        ctx.save_for_forward(output[1], inputs[_ARG["ends"]])
         ctx.num_sets = output[0].shape[0]
 
     @staticmethod

@@ -27,7 +27,11 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from lovasz import _codes
+
 BLOCK = 1024
+_FOREGROUND = tl.constexpr(_codes.FOREGROUND)  # a pixel's codes, as the kernels read them
+_IGNORED = tl.constexpr(_codes.IGNORED)
 _MAX_GRID_ROWS = 65535  # the grid's second axis
 
 
@@ -35,7 +39,7 @@ _MAX_GRID_ROWS = 65535  # the grid's second axis
 def _error_bits(x, code, HINGE: tl.constexpr):
     """Each pixel's error as its float bits (an int32 >= 0: non-negative floats sort like their bits),
     and its flags (int8): foreground, and a negative margin (its slope's sign)."""
-    fg = code == 1
+    fg = code == _FOREGROUND
     if HINGE:
         margin = tl.where(fg, 1.0 - x, 1.0 + x)
         error = tl.where(margin < 0.0, 0.0, margin)  # not tl.maximum, which drops a NaN on a GPU
@@ -87,9 +91,9 @@ def _keys(
     s = m // num_pixels
     n = m - s * num_pixels
     x = tl.load(pred_ptr + s * pred_set_stride + row * pred_row_stride + n, mask=inside, other=0.0)
-    code = tl.load(codes_ptr + s * codes_set_stride + row * codes_row_stride + n, mask=inside, other=2)
+    code = tl.load(codes_ptr + s * codes_set_stride + row * codes_row_stride + n, mask=inside, other=_IGNORED)
     bits, flags = _error_bits(x, code, HINGE)
-    tl.store(key_ptr + row * row_pixels + m, tl.where(code == 2, -1, bits), mask=inside)
+    tl.store(key_ptr + row * row_pixels + m, tl.where(code == _IGNORED, -1, bits), mask=inside)
     tl.store(flags_ptr + row * row_pixels + m, flags, mask=inside)
 
 
@@ -230,9 +234,9 @@ def _scene_keys(
     n = block.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     inside = n < num_points
     x = tl.load(pred_ptr + row * pred_row_stride + n, mask=inside, other=0.0)
-    code = tl.load(codes_ptr + row * codes_row_stride + n, mask=inside, other=2)
+    code = tl.load(codes_ptr + row * codes_row_stride + n, mask=inside, other=_IGNORED)
     bits, flags = _error_bits(x, code, HINGE)
-    low = tl.where(code == 2, 0xFFFFFFFF, 0x7FFFFFFF - bits.to(tl.int64))
+    low = tl.where(code == _IGNORED, 0xFFFFFFFF, 0x7FFFFFFF - bits.to(tl.int64))
     scene = tl.load(scene_ptr + n, mask=inside, other=0)
     tl.store(key_ptr + row * num_points + n, (scene << 32) | low, mask=inside)
     tl.store(flags_ptr + row * num_points + n, flags, mask=inside)
