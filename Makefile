@@ -14,7 +14,7 @@ TRITON := triton==3.6.0
 # the run instead of skipping.
 export LOVASZ_REQUIRE := torch,tensorflow,keras,jax,kernel,triton,mkdocs
 
-.PHONY: demo lint test bench docs dist test-gpu bench-gpu gpu-report kernel-inplace clean
+.PHONY: demo lint test bench docs dist test-gpu bench-gpu gpu-report gpu-wheels kernel-inplace clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -100,21 +100,44 @@ bench-gpu: kernel-inplace
 	PYTHONPATH=src:$$PYTHONPATH $(PYTHON) -m lovasz.cli bench --device $(GPU_DEVICE) $(ARGS)
 
 # The one prepared device script: the GPU tests, then the GPU benchmark of every framework present, each in
-# a time box (about 8 minutes in all), with their logs, the JSON and the README's markdown table (machine and
+# a time box (8 minutes in all), with their logs, the JSON and the README's markdown table (machine and
 # commit named) in GPU_OUT. On the device machine, whose copy of the tree has no .git, name the commit:
 #   make gpu-report PYTHON=python3 GPU_OUT=$OUT COMMIT=<sha>
 # Wheels carried in .whl (Keras, which that machine lacks) are installed first.
 GPU_OUT ?= gpu-report
 COMMIT ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 
+# The Keras rows run as a bench of their own (one process per Keras backend, a JAX compile per case), so that
+# a slow one cannot cost the main table: 180 + 210 + 90 s.
+GPU_BENCH := env PYTHONPATH=src:/tmp/site:$$PYTHONPATH $(PYTHON) -m lovasz.cli bench --device $(GPU_DEVICE) --repeats 10 \
+	--commit $(COMMIT)
+GPU_MAIN_IMPLS := --impl lovasz --impl "lovasz dense" --impl original --impl kornia --impl "sort floor" \
+	--impl lovasz.jax --impl network
+GPU_KERAS_IMPLS := --impl lovasz --impl "lovasz.keras jax" --impl "lovasz.keras torch"
+
 gpu-report: kernel-inplace
 	mkdir -p $(GPU_OUT)
 	if ls .whl/*.whl >/dev/null 2>&1; then $(PYTHON) -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl; fi
-	-set -o pipefail; PYTHONPATH=/tmp/site:$$PYTHONPATH timeout 240 $(MAKE) --no-print-directory test-gpu \
+	-set -o pipefail; PYTHONPATH=/tmp/site:$$PYTHONPATH timeout 180 $(MAKE) --no-print-directory test-gpu \
 		ARGS="-q --junitxml=$(GPU_OUT)/tests.xml" 2>&1 | tee $(GPU_OUT)/tests.log | tail -30
-	set -o pipefail; PYTHONPATH=src:/tmp/site:$$PYTHONPATH timeout 270 $(PYTHON) -m lovasz.cli bench \
-		--device $(GPU_DEVICE) --repeats 10 --out $(GPU_OUT) --markdown $(GPU_OUT)/table.md --commit $(COMMIT) \
+	-set -o pipefail; timeout 210 $(GPU_BENCH) $(GPU_MAIN_IMPLS) --out $(GPU_OUT) --markdown $(GPU_OUT)/table.md \
 		2>&1 | tee $(GPU_OUT)/bench.log
+	set -o pipefail; timeout 90 $(GPU_BENCH) $(GPU_KERAS_IMPLS) --out $(GPU_OUT)/keras \
+		--markdown $(GPU_OUT)/keras-table.md 2>&1 | tee $(GPU_OUT)/keras-bench.log
+
+# Keras for the device machine, which has torch, JAX, absl-py, rich, h5py, ml-dtypes and packaging but not
+# Keras, namex or optree: 2.8 MiB of wheels (its Python, 3.12) into .whl/, which the run tool carries
+# (carry: [".whl"]) and gpu-report installs first.
+GPU_PYTHON_VERSION ?= 3.12
+GPU_WHEEL_PLATFORMS := --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+	--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+
+gpu-wheels: | $(PY)
+	rm -rf .whl && mkdir -p .whl
+	$(PY) -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: -d .whl \
+		--python-version $(GPU_PYTHON_VERSION) --implementation cp $(GPU_WHEEL_PLATFORMS) \
+		keras==3.15.1 namex==0.1.0 optree==0.20.0
+	ls -l .whl
 
 clean:
 	rm -rf $(VENV) demo-output bench-output gpu-report site dist build

@@ -1,6 +1,12 @@
 """`lovasz bench` end to end on small shapes: table, ratios, JSON, peers reported, never dropped."""
 
 import json
+import os
+import sys
+import types
+from pathlib import Path
+
+import pytest
 
 from conftest import require
 
@@ -18,7 +24,7 @@ def test_quick_bench_writes_table_and_json(tmp_path, capsys):
     impls = {(r["case"], r["impl"]) for r in result["rows"]}
     # every peer has a row; the dense twin only in the point-cloud cases
     points = sum(case.kind.startswith("points") for case in bench.QUICK_CASES)
-    assert len(impls) == len(bench.QUICK_CASES) * (len(bench.IMPLEMENTATIONS) - 1) + points
+    assert len(impls) == len(bench.QUICK_CASES) * (len(bench.CPU_DEFAULT) - 1) + points
     dense = [r for r in result["rows"] if r["impl"] == "lovasz" and "lovasz dense" in r["ratios"]]
     assert len(dense) == points > 0
     ours = [r for r in result["rows"] if r["impl"] == "lovasz"]
@@ -35,3 +41,150 @@ def test_quick_bench_writes_table_and_json(tmp_path, capsys):
 def test_peak_memory_probe_measures_a_step():
     peak = bench.peak_memory_here(bench.QUICK_CASES[0], "lovasz")
     assert peak is None or peak >= 0
+
+
+# ----------------------------------------------------------------------------- the Keras rows
+
+KERAS = tuple(bench.KERAS_BACKENDS)
+CPU = bench.torch.device("cpu")
+
+
+def oracle(case) -> float:
+    """The NumPy oracle's loss of a quick case, as the row ``lovasz`` calls lovasz.torch."""
+    import lovasz.reference as R
+
+    logits, labels = (t.numpy() for t in bench.make_inputs(case))
+    if case.kind == "hinge":
+        return float(R.lovasz_hinge(logits[:, 0], labels, per_image=case.per_image))
+    # point clouds [S, C, N]: each scene an image (per_image), or all points one set
+    return float(
+        R.lovasz_softmax(logits, labels, case.classes, case.per_image, case.ignore, from_logits=not case.probas)
+    )
+
+
+@pytest.fixture(scope="module")
+def keras_run(tmp_path_factory):
+    """One quick bench of lovasz, the original and both Keras rows, on the CPU through --impl; with the
+    answers of the two Keras processes as the bench got them."""
+    require("keras")
+    require("jax")
+    answers, real = {}, bench.keras_results
+
+    def recorded(impl, *args):
+        answers[impl] = real(impl, *args)
+        return answers[impl]
+
+    out = tmp_path_factory.mktemp("keras")
+    impls = ["lovasz", "original", *KERAS]
+    argv = ["--quick", "--repeats", "1", "--no-memory", "--out", str(out), "--markdown", str(out / "table.md")]
+    bench.keras_results = recorded
+    try:
+        assert bench.main([*argv, *(a for impl in impls for a in ("--impl", impl))]) == 0
+    finally:
+        bench.keras_results = real
+    return json.loads((out / "results.json").read_text())["rows"], answers, (out / "table.md").read_text()
+
+
+def test_keras_rows_are_timed_in_quick_mode(keras_run):
+    rows, answers, table = keras_run
+    assert set(answers) == set(KERAS)
+    by = {(r["case"], r["impl"]): r for r in rows}
+    for case in bench.QUICK_CASES:
+        ours = by[case.name, "lovasz"]
+        for impl in KERAS:
+            row = by[case.name, impl]
+            assert row["seconds"] > 0 and row["note"] == "", row
+            assert row["ratios"]["original"] == pytest.approx(by[case.name, "original"]["seconds"] / row["seconds"])
+            assert ours["ratios"][impl] == pytest.approx(row["seconds"] / ours["seconds"])
+    assert "| lovasz.keras jax ms | lovasz.keras torch ms |" in table.splitlines()[2]
+
+
+def test_keras_losses_and_gradients_match_lovasz_torch(keras_run):
+    _, answers, _ = keras_run
+    for index, case in enumerate(bench.QUICK_CASES):
+        value, norm = bench.torch_reference(case, CPU)
+        assert value == pytest.approx(oracle(case), rel=1e-5)
+        for impl in KERAS:
+            result = answers[impl]["cases"][str(index)]
+            assert result["value"] == pytest.approx(oracle(case), rel=1e-5), (impl, case.name)
+            assert result["grad_norm"] == pytest.approx(norm, rel=1e-4), (impl, case.name)
+
+
+def answer_for(case, shift: float) -> dict:
+    """A Keras process's answer for the first quick case: lovasz.torch's loss, moved by ``shift``."""
+    value, norm = bench.torch_reference(case, CPU)
+    return {"cases": {"0": {"seconds": 0.002, "value": value + shift, "grad_norm": norm}}}
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.01])
+def test_a_keras_row_that_differs_from_lovasz_is_not_timed(monkeypatch, shift):
+    case = bench.QUICK_CASES[0]
+    monkeypatch.setattr(bench, "keras_results", lambda *args: answer_for(case, shift))
+    rows = bench.run(1, True, False, progress=lambda _: None, impls=["lovasz", KERAS[1]], case_names=[case.name])
+    ours, keras = rows
+    if shift:
+        assert keras.seconds is None and keras.note.startswith("failed: loss ")
+        assert "against lovasz's" in keras.note and "(in 2.0 ms)" in keras.note
+        assert KERAS[1] not in ours.ratios
+    else:
+        assert keras.seconds == 0.002 and keras.note == ""
+        assert ours.ratios[KERAS[1]] == pytest.approx(0.002 / ours.seconds)
+
+
+def shadow_keras(tmp_path, monkeypatch, body: str) -> None:
+    """A package ``keras`` whose import runs ``body``, first on the path of the processes the bench starts."""
+    (tmp_path / "keras").mkdir()
+    (tmp_path / "keras" / "__init__.py").write_text(body)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+
+
+def test_keras_rows_are_na_without_keras(tmp_path, monkeypatch, capsys):
+    shadow_keras(tmp_path, monkeypatch, "raise ModuleNotFoundError(\"No module named 'keras'\", name='keras')\n")
+    table = tmp_path / "table.md"
+    argv = ["--quick", "--repeats", "1", "--no-memory", "--out", str(tmp_path), "--markdown", str(table)]
+    impls = ["--impl", "lovasz", "--impl", KERAS[0], "--impl", KERAS[1]]
+    assert bench.main([*argv, *impls, "--case", "multiclass batch"]) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    keras = [r for r in rows if r["impl"] in KERAS]
+    assert len(keras) == 2 and all(r["seconds"] is None for r in keras)
+    assert all(r["note"] == "missing: No module named 'keras'" for r in keras)
+    assert "missing: No module named 'keras'" in capsys.readouterr().out
+    cells = table.read_text().splitlines()[4].split(" | ")
+    assert cells[3:5] == ["n/a", "n/a"]  # lovasz.keras jax ms, lovasz.keras torch ms
+
+
+@pytest.mark.parametrize(
+    "body, why",
+    [
+        ("raise RuntimeError('broken install')\n", "exited with 1: RuntimeError: broken install"),
+        # the answer is printed, then something else: the row says what came last
+        ("import atexit\natexit.register(print, 'bye')\n", "ended its output with 'bye'"),
+    ],
+)
+def test_a_keras_process_that_fails_is_reported(tmp_path, monkeypatch, body, why):
+    shadow_keras(tmp_path, monkeypatch, body)
+    assert bench.keras_results(KERAS[1], [0], True, 1, False, CPU) == {
+        "failed": f"failed: the {KERAS[1]} process {why}"
+    }
+
+
+def test_keras_rows_run_on_the_cpu_only_when_asked():
+    assert not set(KERAS) & set(bench.default_implementations(CPU))
+    assert set(KERAS) <= set(bench.implementations(CPU))
+    assert set(KERAS) <= set(bench.default_implementations(bench.torch.device("cuda")))
+
+
+def test_keras_step_needs_its_backend_from_the_start(monkeypatch):
+    keras = types.SimpleNamespace(backend=types.SimpleNamespace(backend=lambda: "tensorflow"))
+    monkeypatch.setitem(sys.modules, "keras", keras)
+    with pytest.raises(RuntimeError, match="KERAS_BACKEND=jax before Keras is imported"):
+        bench.step_function(bench.QUICK_CASES[0], KERAS[0])
+
+
+def test_keras_torch_peak_memory_is_probed_in_a_keras_process():
+    require("keras")
+    peak = bench.peak_memory(0, KERAS[1], quick=True)
+    if Path("/proc/self/clear_refs").exists():
+        assert isinstance(peak, int) and peak >= 0
+    else:
+        assert peak is None

@@ -12,7 +12,10 @@ that freed blocks go back to the system and the resident set follows what is liv
 Ratios compare implementations timed in the same run.
 lovasz.tf runs in ``tf.function`` (its C kernel), with XLA (``jit_compile``, its
 sort of packed keys) and eagerly, on channels-last input, its default; lovasz.jax
-under ``jax.jit``. ``--impl`` picks the implementations to time.
+under ``jax.jit``. The Keras rows (``lovasz.keras jax``, ``lovasz.keras torch``) time the
+lovasz.keras loss of the case under that backend, each backend in a process of its own (Keras fixes
+its backend at import), their loss and gradient checked against lovasz.torch's; on the CPU they
+run only when ``--impl`` names them. ``--impl`` picks the implementations to time.
 
 With ``--device cuda`` the shapes are those of real training (Cityscapes, ADE20K,
 a LiDAR range image, a CT volume, binary masks); steps are timed with CUDA
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -35,7 +39,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 import lovasz
@@ -117,11 +123,29 @@ IMPLEMENTATIONS = (
     "lovasz.tf xla",
     "lovasz.tf eager",
     "lovasz.jax",
+    "lovasz.keras jax",
+    "lovasz.keras torch",
 )
-CUDA_IMPLEMENTATIONS = ("lovasz", "lovasz dense", "original", "kornia", "sort floor", "lovasz.jax", "network")
+# The Keras losses under each backend. Keras fixes its backend at its import (KERAS_BACKEND), so each
+# backend's rows are timed in a process of their own, all its cases in one (Keras' import takes seconds).
+KERAS_BACKENDS = {"lovasz.keras jax": "jax", "lovasz.keras torch": "torch"}
+# On the CPU the Keras rows come only with --impl: two more processes and the same kernels as lovasz.jax's
+# and lovasz.torch's would add a minute to the default run for little news.
+CPU_DEFAULT = tuple(impl for impl in IMPLEMENTATIONS if impl not in KERAS_BACKENDS)
+CUDA_IMPLEMENTATIONS = (
+    "lovasz",
+    "lovasz dense",
+    "original",
+    "kornia",
+    "sort floor",
+    "lovasz.jax",
+    "lovasz.keras jax",
+    "lovasz.keras torch",
+    "network",
+)
 # Peak memory is probed for the PyTorch losses: each probe is a fresh process, and TF's and
 # JAX's would spend minutes compiling for a figure that no one compares.
-MEMORY_PROBED = ("lovasz", "lovasz dense", "original", "kornia", "network")
+MEMORY_PROBED = ("lovasz", "lovasz dense", "original", "kornia", "network", "lovasz.keras torch")
 
 
 def cases(device: torch.device, quick: bool):
@@ -129,7 +153,13 @@ def cases(device: torch.device, quick: bool):
 
 
 def implementations(device: torch.device):
+    """What ``--impl`` may name on ``device``."""
     return CUDA_IMPLEMENTATIONS if device.type == "cuda" else IMPLEMENTATIONS
+
+
+def default_implementations(device: torch.device):
+    """What runs without ``--impl``."""
+    return CUDA_IMPLEMENTATIONS if device.type == "cuda" else CPU_DEFAULT
 
 
 def make_inputs(case: Case, device: torch.device = torch.device("cpu")):
@@ -149,6 +179,8 @@ def step_function(case: Case, impl: str, device: torch.device = torch.device("cp
     """A forward + backward step of ``impl`` on ``case``, or None where ``impl`` does not apply."""
     if impl == "network":
         return _network_step(case, device) if not case.kind.startswith("points") else None
+    if impl in KERAS_BACKENDS:
+        return _keras_step(case, KERAS_BACKENDS[impl], device)
     logits, labels = make_inputs(case, device)
     if case.kind.startswith("points") and impl != "sort floor":
         return _points_step(case, impl, logits, labels)
@@ -192,12 +224,14 @@ def step_function(case: Case, impl: str, device: torch.device = torch.device("cp
 
     def step():
         x = logits.detach().requires_grad_()
-        loss(x).backward()
+        value = loss(x)
+        value.backward()
+        return value.detach(), x.grad  # for the Keras rows' check; the timed steps drop them
 
     return step
 
 
-def _points_step(case: Case, impl: str, logits, labels) -> Callable[[], None] | None:
+def _points_step(case: Case, impl: str, logits, labels) -> Callable[[], object] | None:
     """Point clouds: ``S`` scenes of ``N`` points, points-first ``[S*N, C]`` with ``offsets``.
 
     ``lovasz dense`` is the per-image loss of the same numbers laid out ``[S, C, N]``: the dense
@@ -226,12 +260,14 @@ def _points_step(case: Case, impl: str, logits, labels) -> Callable[[], None] | 
 
     def step():
         x = flat.detach().requires_grad_()
-        loss(x).backward()
+        value = loss(x)
+        value.backward()
+        return value.detach(), x.grad
 
     return step
 
 
-def _flat_points_step(case: Case, impl: str, flat, labels) -> Callable[[], None] | None:
+def _flat_points_step(case: Case, impl: str, flat, labels) -> Callable[[], object] | None:
     """Points ``[N, C]`` of a batch of scans as one set (Pointcept, mmdet3d): ``lovasz`` as they call it,
     ``lovasz dense`` the same points as one scene (``offsets=[N]``), ``original`` on the valid points,
     as Pointcept's copy of it masks them."""
@@ -255,7 +291,9 @@ def _flat_points_step(case: Case, impl: str, flat, labels) -> Callable[[], None]
 
     def step():
         x = flat.detach().requires_grad_()
-        loss(x).backward()
+        value = loss(x)
+        value.backward()
+        return value.detach(), x.grad
 
     return step
 
@@ -321,6 +359,166 @@ def _jax_step(case: Case, logits, labels) -> Callable[[], None]:
     y = jax.numpy.asarray(labels)
     value_and_grad = jax.jit(jax.value_and_grad(loss))
     return lambda: jax.block_until_ready(value_and_grad(x, y)) and None
+
+
+def _keras_inputs(case: Case) -> tuple[np.ndarray, np.ndarray]:
+    """The case's ``(y_pred, y_true)`` as a Keras user passes them: channels-first images (the loss is told
+    so, no transpose); point clouds points-first ``[S*N, C]`` with each point's (label, scene) in ``y_true``."""
+    logits, labels = make_inputs(case)
+    if not case.kind.startswith("points"):
+        return logits.numpy(), labels.numpy()
+    scenes, channels, points = case.shape
+    flat = logits.transpose(1, 2).reshape(scenes * points, channels)
+    scene = torch.arange(scenes).repeat_interleave(points)
+    return flat.numpy(), torch.stack([labels.reshape(-1), scene], 1).numpy()
+
+
+def _keras_loss(case: Case) -> Any:
+    """The lovasz.keras loss of ``case``: the options lovasz.torch gets in the row ``lovasz``."""
+    from lovasz.keras import LovaszHingeLoss, LovaszSoftmaxLoss
+
+    if case.kind == "hinge":
+        return LovaszHingeLoss(per_image=case.per_image, ignore_class=case.ignore, data_format="channels_first")
+    options: dict[str, Any] = dict(
+        from_logits=not case.probas, per_image=case.per_image, classes=case.classes, ignore_class=case.ignore
+    )
+    if case.kind == "points":
+        return LovaszSoftmaxLoss(**options, scenes_in_labels=True, num_scenes=case.shape[0])
+    if case.kind == "points-flat":  # all points one set: the scene column is there, per_image is off
+        return LovaszSoftmaxLoss(**options, scenes_in_labels=True)
+    return LovaszSoftmaxLoss(**options, data_format="channels_first")
+
+
+def _keras_step(case: Case, backend: str, device: torch.device) -> Callable[[], object]:
+    """The Keras loss's forward + backward on ``backend``: under ``jax.jit`` for JAX, ``.backward()`` for torch.
+
+    Keras must have been imported with ``KERAS_BACKEND=backend``: the step runs in a process of its own."""
+    import keras
+
+    if keras.backend.backend() != backend:
+        raise RuntimeError(
+            f"the Keras rows of {backend} need KERAS_BACKEND={backend} before Keras is imported; "
+            f"this process's Keras runs on {keras.backend.backend()!r}"
+        )
+    loss = _keras_loss(case)
+    y_pred, y_true = _keras_inputs(case)
+    if backend == "jax":
+        import jax
+
+        x, y = jax.device_put(y_pred), jax.device_put(y_true)
+        value_and_grad = jax.jit(jax.value_and_grad(lambda x, y: loss(y, x)))
+        return lambda: jax.block_until_ready(value_and_grad(x, y))
+    start, y = torch.from_numpy(y_pred).to(device), torch.from_numpy(y_true).to(device)
+
+    def step():
+        x = start.detach().requires_grad_()
+        value = loss(y, x)
+        value.backward()
+        return value.detach(), x.grad
+
+    return step
+
+
+def _norm(grad: Any) -> float:
+    """The L2 norm of a torch or JAX gradient, taken where it is (a GPU's gradient is not copied out)."""
+    if isinstance(grad, torch.Tensor):
+        return float(torch.linalg.vector_norm(grad))
+    import jax.numpy as jnp
+
+    return float(jnp.linalg.norm(grad))
+
+
+def torch_reference(case: Case, device: torch.device) -> tuple[float, float]:
+    """lovasz.torch's loss on ``case`` and its gradient's norm (the row ``lovasz``): what Keras must give."""
+    step = step_function(case, "lovasz", device)
+    assert step is not None  # the row lovasz applies to every case
+    return _loss_and_norm(step)
+
+
+def _loss_and_norm(step: Callable[[], Any]) -> tuple[float, float]:
+    """The loss and gradient norm of one more step (the steps of lovasz and of Keras return both)."""
+    value, grad = step()
+    return float(value), _norm(grad)
+
+
+def _disagreement(result: dict[str, Any], reference: tuple[float, float]) -> str | None:
+    """How a Keras row's loss and gradient norm differ from lovasz.torch's, or None where they agree (float32:
+    the backends sum in other orders, more so for the gradient's norm over millions of pixels)."""
+    value, norm = reference
+    if math.isclose(result["value"], value, rel_tol=1e-4, abs_tol=1e-6) and math.isclose(
+        result["grad_norm"], norm, rel_tol=1e-3, abs_tol=1e-6
+    ):
+        return None
+    return (
+        f"loss {result['value']:.7g} and gradient norm {result['grad_norm']:.7g} against "
+        f"lovasz's {value:.7g} and {norm:.7g}"
+    )
+
+
+def _failure(error: Exception) -> str:
+    message = str(error).splitlines() or [""]
+    return f"failed: {type(error).__name__}: {message[0][:100]}"
+
+
+def _keras_case(case: Case, backend: str, repeats: int, memory: bool, device: torch.device) -> dict[str, Any]:
+    """One case in the Keras process: its median time, peak memory (torch on CUDA, as the other torch rows;
+    on the CPU the parent probes it), and the loss and gradient norm of one more step; or a note."""
+    try:
+        step = _keras_step(case, backend, device)
+        result: dict[str, Any] = {"seconds": time_step(step, repeats, device)}
+        if memory and backend == "torch" and device.type == "cuda":
+            result["peak_bytes"] = peak_memory_cuda(step, device)
+        result["value"], result["grad_norm"] = _loss_and_norm(step)
+        return result
+    except Exception as error:  # out of memory, say: reported in the row, the other cases still run
+        return {"note": _failure(error)}
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def keras_worker(
+    backend: str, indices: Sequence[int], quick: bool, repeats: int, memory: bool, device: torch.device
+) -> dict[str, Any]:
+    """The body of a Keras process (``--keras-worker``): ``{"cases": {index: result}}``, or
+    ``{"missing": why}`` where Keras or its backend is not installed."""
+    try:
+        import keras  # noqa: F401  (with the parent's KERAS_BACKEND; a missing backend fails here too)
+
+        import lovasz.keras  # noqa: F401
+    except ImportError as error:
+        return {"missing": str(error)}
+    every = cases(device, quick)
+    return {"cases": {str(i): _keras_case(every[i], backend, repeats, memory, device) for i in indices}}
+
+
+def _keras_env(backend: str, device: torch.device) -> dict[str, str]:
+    """The environment of a process running Keras on ``backend``, with its tensors on ``device``."""
+    env = {"KERAS_BACKEND": backend, "PYTHONWARNINGS": "ignore"}
+    if backend == "torch":
+        env["KERAS_TORCH_DEVICE"] = str(device)  # Keras moves torch tensors to its device: keep them on ours
+    elif device.type == "cpu":
+        env["JAX_PLATFORMS"] = "cpu"  # JAX would take a GPU where there is one
+    return env
+
+
+def keras_results(
+    impl: str, indices: Sequence[int], quick: bool, repeats: int, memory: bool, device: torch.device
+) -> dict[str, Any]:
+    """Time ``impl``'s cases ``indices`` in a process of its Keras backend; its answer (see keras_worker),
+    or ``{"failed": why}`` where that process died."""
+    backend = KERAS_BACKENDS[impl]
+    cmd = [sys.executable, "-m", "lovasz.bench", "--keras-worker", backend, ",".join(map(str, indices))]
+    cmd += ["--device", str(device), "--repeats", str(repeats)] + ["--quick"] * quick + ["--no-memory"] * (not memory)
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **_keras_env(backend, device)})
+    lines = out.stdout.strip().splitlines()
+    if out.returncode != 0 or not lines:
+        last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"failed": f"failed: the {impl} process exited with {out.returncode}: {last[:100]}"}
+    try:
+        return json.loads(lines[-1])
+    except json.JSONDecodeError:  # something else printed after the answer: the row says so, the run goes on
+        return {"failed": f"failed: the {impl} process ended its output with {lines[-1][:100]!r}"}
 
 
 def time_step(step: Callable[[], object], repeats: int, device: torch.device = torch.device("cpu")) -> float:
@@ -391,7 +589,8 @@ def peak_memory(case_index: int, impl: str, quick: bool) -> int | None:
     cmd = [sys.executable, "-m", "lovasz.bench", "--memory-probe", str(case_index), impl] + (
         ["--quick"] if quick else []
     )
-    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **_PROBE_ENV})
+    keras = _keras_env(KERAS_BACKENDS[impl], torch.device("cpu")) if impl in KERAS_BACKENDS else {}
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **_PROBE_ENV, **keras})
     if out.returncode != 0:
         return None
     value = out.stdout.strip().splitlines()[-1]
@@ -441,14 +640,27 @@ def run(
     case_names: Sequence[str] | None = None,
 ):
     rows = []
-    for index, case in enumerate(cases(device, quick)):
-        if case_names and not any(name in case.name for name in case_names):
-            continue
+    selected = [
+        (index, case)
+        for index, case in enumerate(cases(device, quick))
+        if not case_names or any(name in case.name for name in case_names)
+    ]
+    keras: dict[str, dict[str, Any]] = {}  # each Keras row's answer for every selected case, from one process
+    for index, case in selected:
         measured = {}
-        for impl in impls or implementations(device):
+        for impl in impls or default_implementations(device):
             if impl == "lovasz dense" and not case.kind.startswith("points"):
                 continue  # the dense twin of a point-cloud case only
             row = Row(case.name, case.shape, impl)
+            if impl in KERAS_BACKENDS:
+                if impl not in keras:
+                    progress(f"  {impl}: {len(selected)} cases in a process of Keras' {KERAS_BACKENDS[impl]} backend")
+                    indices = [i for i, _ in selected]
+                    keras[impl] = keras_results(impl, indices, quick, repeats, memory, device)
+                if _fill_keras_row(row, keras[impl], index, case, device, memory, quick):
+                    measured[impl] = row
+                rows.append(row)
+                continue
             progress(f"  {case.name} {list(case.shape)}: {impl}")
             try:
                 step = step_function(case, impl, device)
@@ -469,7 +681,7 @@ def run(
             except Exception as error:  # a peer that fails (out of memory, say) is reported, not fatal
                 if impl == "lovasz":
                     raise
-                row.seconds, row.note = None, f"failed: {type(error).__name__}: {str(error).splitlines()[0][:100]}"
+                row.seconds, row.note = None, _failure(error)
                 rows.append(row)
                 continue
             finally:
@@ -483,7 +695,34 @@ def run(
             for impl, row in measured.items():
                 if impl != "lovasz" and row.seconds is not None:  # measured rows have their seconds
                     ours.ratios[impl] = row.seconds / ours.seconds
+        original = measured.get("original")
+        for impl in KERAS_BACKENDS:
+            row = measured.get(impl)
+            if row is not None and row.seconds and original is not None and original.seconds is not None:
+                row.ratios["original"] = original.seconds / row.seconds
     return rows
+
+
+def _fill_keras_row(
+    row: Row, answer: dict[str, Any], index: int, case: Case, device: torch.device, memory: bool, quick: bool
+) -> bool:
+    """``row`` from its Keras process's ``answer`` for case ``index``, its loss and gradient checked against
+    lovasz.torch's (a row that differs keeps its time in the note, out of the tables); whether it was measured."""
+    if "missing" in answer:
+        row.note = f"missing: {answer['missing']}"
+        return False
+    result = answer["cases"][str(index)] if "cases" in answer else {"note": answer["failed"]}
+    if "note" in result:
+        row.note = result["note"]
+        return False
+    difference = _disagreement(result, torch_reference(case, device))
+    if difference is not None:
+        row.note = f"failed: {difference} (in {result['seconds'] * 1e3:.1f} ms)"
+        return False
+    row.seconds, row.peak_bytes = result["seconds"], result.get("peak_bytes")
+    if memory and device.type == "cpu" and row.impl in MEMORY_PROBED:
+        row.peak_bytes = peak_memory(index, row.impl, quick)
+    return True
 
 
 def _ratio_text(peer: str, ratio: float) -> str:
@@ -496,7 +735,7 @@ def _ratio_text(peer: str, ratio: float) -> str:
 
 
 def render(rows) -> str:
-    header = f"{'case':<24} {'shape':<20} {'impl':<15} {'median ms':>10} {'peak MiB':>9}  notes"
+    header = f"{'case':<24} {'shape':<20} {'impl':<18} {'median ms':>10} {'peak MiB':>9}  notes"
     lines = [header, "-" * len(header)]
     for r in rows:
         ms = f"{r.seconds * 1e3:10.1f}" if r.seconds is not None else f"{'-':>10}"
@@ -504,11 +743,22 @@ def render(rows) -> str:
         note = r.note
         if r.ratios:
             note = ", ".join(_ratio_text(k, v) for k, v in r.ratios.items())
-        lines.append(f"{r.case:<24} {str(list(r.shape)):<20} {r.impl:<15} {ms} {mib}  {note}")
+        lines.append(f"{r.case:<24} {str(list(r.shape)):<20} {r.impl:<18} {ms} {mib}  {note}")
     return "\n".join(lines)
 
 
-_MARKDOWN_COLUMNS = ("lovasz", "original", "lovasz dense", "kornia", "sort floor", "lovasz.jax", "lovasz.tf", "network")
+_MARKDOWN_COLUMNS = (
+    "lovasz",
+    "original",
+    "lovasz dense",
+    "kornia",
+    "sort floor",
+    "lovasz.jax",
+    "lovasz.keras jax",
+    "lovasz.keras torch",
+    "lovasz.tf",
+    "network",
+)
 
 
 def markdown(rows, info: dict[str, object], commit: str) -> str:
@@ -565,8 +815,8 @@ def main(argv=None) -> int:
         action="append",
         metavar="NAME",
         help="time only this implementation; repeat for several; ratios need lovasz "
-        f"(default: all; on CPU {', '.join(IMPLEMENTATIONS)}; on CUDA "
-        f"{', '.join(CUDA_IMPLEMENTATIONS)})",
+        f"(default: on CPU {', '.join(CPU_DEFAULT)}, and with --impl {', '.join(KERAS_BACKENDS)}; "
+        f"on CUDA {', '.join(CUDA_IMPLEMENTATIONS)})",
     )
     parser.add_argument(
         "--case",
@@ -586,6 +836,7 @@ def main(argv=None) -> int:
         help="the commit measured, named in the JSON and the markdown table (default: unknown)",
     )
     parser.add_argument("--memory-probe", nargs=2, metavar=("CASE", "IMPL"), help=argparse.SUPPRESS)
+    parser.add_argument("--keras-worker", nargs=2, metavar=("BACKEND", "CASES"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
         device = torch.device(args.device)
@@ -608,6 +859,10 @@ def main(argv=None) -> int:
     if args.memory_probe:
         case = cases(device, args.quick)[int(args.memory_probe[0])]
         print(peak_memory_here(case, args.memory_probe[1]))
+        return 0
+    if args.keras_worker:
+        backend, indices = args.keras_worker[0], [int(i) for i in args.keras_worker[1].split(",")]
+        print(json.dumps(keras_worker(backend, indices, args.quick, repeats, not args.no_memory, device)))
         return 0
     # JAX takes most of a GPU's memory at its first use unless told otherwise, leaving torch too little.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
