@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from lovasz.demo.data import CLASS_NAMES, make_dataset
 from lovasz.demo.folder import DataFolderError, load_folder
@@ -74,6 +73,8 @@ def train(run, initial_state, data, args, device, num_classes: int, seed: int):
     shuffle = torch.Generator().manual_seed(seed)
     curve, seconds = [], []
     criterion, schedule = make_loss(run, args.epochs, args.mode)
+    from tqdm import tqdm  # here, not at the top: `lovasz demo --help` and lovasz.demo.model need no tqdm
+
     for epoch in tqdm(range(args.epochs), desc=f"{run:>15}", unit="epoch", leave=False):
         if schedule is not None:
             schedule.apply(criterion, epoch)
@@ -278,6 +279,8 @@ def main(argv=None) -> int:
         "(on the synthetic scenes: buildings against the rest)",
     )
     args = parser.parse_args(argv)
+    from tqdm import tqdm
+
     if args.quick:
         args.epochs, args.size, args.train_images = 2, 32, 16
     if args.size < 8 or args.size % 4:
