@@ -226,3 +226,108 @@ def _unequal_main(rank: int, init_file: str):
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not built")
 def test_unequal_shapes_across_ranks_give_the_loss_of_the_union_of_their_pixels(tmp_path):
     _spawn(_unequal_main, tmp_path)
+
+
+# ----------------------------------------------------------------------------- ranks that disagree on the options
+
+
+def _softmax_case(**per_rank):
+    """A softmax call whose options are ``per_rank[name][rank]`` (the rest the same on every rank)."""
+
+    def call(x, y, rank, group):
+        options = {name: values[rank] for name, values in per_rank.items()}
+        return L.lovasz_softmax(x, y, process_group=group, **{"from_logits": True, **options})
+
+    return call
+
+
+def _hinge_case(**per_rank):
+    def call(x, y, rank, group):
+        options = {name: values[rank] for name, values in per_rank.items()}
+        return L.lovasz_hinge((x[:, 0]), (y == 1).long(), **{"per_image": False, **options}, process_group=group)
+
+    return call
+
+
+# The option's values on ranks 0 and 1, and the text every rank's error must hold. Only rank 0's labels of
+# the "ignore" case hold 255, so that ignore=None is no error of rank 1's own: the ranks disagree, nothing else.
+MISMATCHES = {
+    "per_image": (
+        _softmax_case(per_image=(True, False)),
+        "per_image; rank 0 has per_image=True, rank 1 has per_image=False",
+    ),
+    "classes": (_softmax_case(classes=("present", "all")), "rank 0 has classes='present', rank 1 has classes='all'"),
+    "class lists": (_softmax_case(classes=([0, 2], [0, 1])), "rank 0 has classes=[0, 2], rank 1 has classes=[0, 1]"),
+    "ignore": (_softmax_case(ignore=(255, None)), "rank 0 has ignore=255, rank 1 has ignore=None"),
+    "weights": (
+        _softmax_case(weights=([1.0, 2.0, 3.0, 4.0], None)),
+        "class weights; rank 0 has weights=[1.0, 2.0, 3.0, 4.0], rank 1 has weights=None",
+    ),
+    "weights, one differs": (
+        _softmax_case(weights=([1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 4.5])),
+        "rank 0 has weights=[1.0, 2.0, 3.0, 4.0], rank 1 has weights=[1.0, 2.0, 3.0, 4.5]",
+    ),
+    "from_logits": (
+        _softmax_case(from_logits=(True, False)),
+        "rank 0 has the loss 'softmax of logits', rank 1 has the loss 'softmax of probabilities'",
+    ),
+    "the loss": (
+        lambda x, y, rank, group: (
+            L.lovasz_softmax(x, y, from_logits=True, process_group=group)
+            if rank == 0
+            else L.lovasz_multilabel(
+                x, torch.nn.functional.one_hot(y, 4).movedim(-1, 1), per_image=False, process_group=group
+            )
+        ),
+        "rank 0 has the loss 'softmax of logits', rank 1 has the loss 'hinge'",
+    ),
+    "symmetric": (_hinge_case(symmetric=(False, True)), "rank 0 has symmetric=False, rank 1 has symmetric=True"),
+    "margin": (_hinge_case(margin=("relu", "elu")), "rank 0 has margin='relu', rank 1 has margin='elu'"),
+    "per-image ranks, classes": (
+        _softmax_case(per_image=(True, True), classes=("all", "present")),
+        "rank 0 has classes='all', rank 1 has classes='present'",
+    ),
+    "module, per_image": (
+        lambda x, y, rank, group: L.LovaszLoss(per_image=rank == 1, process_group=group)(x, y),
+        "rank 0 has per_image=False, rank 1 has per_image=True",
+    ),
+}
+
+
+def _mismatch_main(rank: int, init_file: str):
+    _init(rank, init_file)
+    try:
+        group = dist.group.WORLD
+        g = torch.Generator().manual_seed(rank)
+        x = torch.randn(2, 4, 5, 6, generator=g, dtype=torch.float64, requires_grad=True)
+        y = torch.randint(0, 4, (2, 5, 6), generator=g)
+        with_ignored = y.clone()
+        with_ignored[:, 0, 0] = 255 if rank == 0 else 3
+        for name, (call, expected_text) in MISMATCHES.items():
+            pred = x.softmax(1) if name == "from_logits" and rank == 1 else x
+            with pytest.raises(ValueError, match="process_group") as caught:
+                call(pred, with_ignored if name == "ignore" else y, rank, group)
+            messages = [None] * WORLD
+            dist.all_gather_object(messages, str(caught.value))  # every rank raised, and the group is in step
+            assert messages[0] == messages[1], (name, messages)
+            assert expected_text in messages[0], (name, messages[0])
+        # The same options on every rank: no error, per-image (each rank its own images) or batch mode.
+        same = {"ignore": 255, "weights": [1.0, 2.0, 3.0, 4.0], "classes": [0, 1, 1, 3]}
+        y = with_ignored
+        whole_x, whole_y = [None] * WORLD, [None] * WORLD
+        dist.all_gather_object(whole_x, x.detach())
+        dist.all_gather_object(whole_y, y)
+        expected = L.lovasz_softmax(torch.cat(whole_x), torch.cat(whole_y), from_logits=True, **same)
+        got = L.lovasz_softmax(x, y, from_logits=True, process_group=group, **same)
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+        mine = L.lovasz_softmax(x, y, per_image=True, from_logits=True, **same)
+        shared = L.lovasz_softmax(x, y, per_image=True, from_logits=True, process_group=group, **same)
+        torch.testing.assert_close(shared, mine, rtol=0, atol=0)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not built")
+def test_ranks_that_disagree_on_the_options_raise_the_same_error_and_never_hang(tmp_path):
+    # a hang (one rank in a collective that another never entered) fails at the timeout, not at gloo's 30 s
+    _spawn(_mismatch_main, tmp_path, timeout=90.0)

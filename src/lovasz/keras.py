@@ -10,6 +10,12 @@ With ``per_image=True`` a loss returns one value per image and Keras applies
 ``sample_weight`` and ``reduction`` to them; otherwise the batch is one set and
 the loss is one number.
 
+Several devices: on the TensorFlow backend under a ``tf.distribute`` strategy
+(``MirroredStrategy``), ``global_batch=True`` makes each replica's loss its share of the
+loss of the global batch (the replicas' pixels gathered into one set), so that ``fit``
+takes the single-device step; on the JAX backend ``keras.distribution.DataParallel``
+computes the loss of the global (sharded) batch under ``jit`` already, with or without it.
+
 Point clouds (``N`` points of several scenes): with ``scenes_in_labels=True``
 ``y_pred`` is points-first, ``[N, C]``, and ``y_true`` carries each point's scene
 index as its last column, ``[N, 2]`` = (label, scene) (``[N, C + 1]`` for the
@@ -99,6 +105,88 @@ def _valid_mask(labels: Tensor, ignore: int | None) -> Tensor:
     return ops.ones_like(labels, "float32") if ignore is None else ops.cast(ops.not_equal(labels, ignore), "float32")
 
 
+# ----------------------------------------------------------------------------- several replicas (tf.distribute)
+
+_MEANS = ("sum_over_batch_size", "mean", "mean_with_sample_weight")  # Keras divides these by the replicas
+
+
+def _check_global_batch(global_batch: bool) -> bool:
+    if not isinstance(global_batch, bool):
+        raise TypeError(f"global_batch must be True or False; got {global_batch!r}")
+    return global_batch
+
+
+def _replica_context() -> Any:
+    """The ``tf.distribute`` replica context of a batch split across several replicas (TensorFlow backend);
+    None elsewhere: no strategy, one replica, and JAX, whose ``DataParallel`` computes on the global array."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    from lovasz import _tf_distributed
+
+    return _tf_distributed.replica_context()
+
+
+def _global_sum(total: Tensor, context: Any) -> Tensor:
+    """``total`` summed over the replicas where ``context`` is a replica context, with the gradient of this
+    replica's own ``total``: the sum over the global batch, the same on every replica."""
+    if context is None:
+        return total
+    from lovasz import _tf_distributed
+
+    return _tf_distributed.summed(total, context)
+
+
+def _global_mean(total: Tensor, count: Tensor, context: Any) -> Tensor:
+    """``total / count`` over the global batch (see :func:`_global_sum`); ``count`` takes no gradient."""
+    if context is not None:
+        from lovasz import _tf_distributed
+
+        total, count = _tf_distributed.summed(total, context), _tf_distributed.counted(count, context)
+    return ops.divide_no_nan(total, count)
+
+
+def _replica_share(loss: Tensor, global_batch: bool, reduction: str | None) -> Tensor:
+    """A 0-d loss as Keras should sum it over ``tf.distribute`` replicas (it sums their losses and their
+    gradients, and divides only a loss of several values by the replicas).
+
+    ``global_batch``: ``loss`` is the loss of the global batch, the same on every replica: its share
+    is the value over the replicas, with the gradient of ``loss`` (this replica's slice of the single-
+    device gradient). Otherwise ``loss`` is this replica's shard's: divided by the replicas, so that a
+    mean reduction is the mean of the shards' losses, as for a loss of several values."""
+    context = _replica_context()
+    if context is None or reduction in (None, "none"):
+        return loss
+    from lovasz import _tf_distributed
+
+    if global_batch:
+        return _tf_distributed.share(loss, context)
+    if reduction in _MEANS:
+        return loss / context.num_replicas_in_sync
+    return loss
+
+
+def _spread_images(values: Tensor, reduction: str | None, context: Any) -> Tensor:
+    """Per-image losses ``[B_r]`` of one replica, weighed by ``R B_r / B`` (``B`` the global batch's images):
+    Keras divides their sum by ``B_r`` and by the replicas ``R``, and sums over the replicas, which gives the
+    mean over every image of the global batch also where the shards differ in size."""
+    if context is None or len(values.shape) != 1 or reduction not in ("sum_over_batch_size", "mean"):
+        return values
+    from lovasz import _tf_distributed
+
+    images = ops.cast(ops.shape(values)[0], values.dtype)
+    everywhere = _tf_distributed.counted(images, context)
+    return values * ops.divide_no_nan(images * context.num_replicas_in_sync, everywhere)
+
+
+def _check_no_global_weights(one_value: bool, sample_weight: Tensor | None) -> None:
+    if one_value and sample_weight is not None:
+        raise ValueError(
+            "sample_weight does not apply to a loss of the global batch as one set (global_batch=True without "
+            "per_image): the batch has one loss; weigh classes with class_weights, or leave pixels out with "
+            "ignore_class"
+        )
+
+
 # ----------------------------------------------------------------------------- points of scenes
 
 
@@ -176,15 +264,16 @@ def _scene_losses(
     return losses, torch.bincount(scene, minlength=num_scenes)
 
 
-def _reduce_scenes(losses: Tensor, counts: Tensor, reduction: str | None) -> Tensor:
+def _reduce_scenes(losses: Tensor, counts: Tensor, reduction: str | None, context: Any = None) -> Tensor:
     """Keras' ``reduction`` over the scenes: ``[S]`` unreduced, their sum, or the mean over the scenes
-    that have points (a static ``num_scenes`` may exceed a batch's scenes: the absent ones don't count)."""
+    that have points (a static ``num_scenes`` may exceed a batch's scenes: the absent ones don't count);
+    with ``context``, a replica context, over every replica's scenes."""
     if reduction in (None, "none"):
         return losses
     if reduction == "sum":
-        return ops.sum(losses)
+        return _global_sum(ops.sum(losses), context)
     present = ops.cast(ops.greater(counts, 0), losses.dtype)
-    return ops.divide_no_nan(ops.sum(losses * present), ops.sum(present))
+    return _global_mean(ops.sum(losses * present), ops.sum(present), context)
 
 
 # ----------------------------------------------------------------------------- the Lovász losses
@@ -209,6 +298,7 @@ class _LovaszLoss(keras.losses.Loss):
         name: str,
         reduction: str,
         dtype: DType,
+        global_batch: bool = False,
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         data_format = data_format or keras.config.image_data_format()
@@ -226,18 +316,31 @@ class _LovaszLoss(keras.losses.Loss):
         self.data_format = data_format
         self.scenes_in_labels = scenes_in_labels
         self.num_scenes = num_scenes
+        self.global_batch = _check_global_batch(global_batch)
 
     @property
     def _channel_axis(self) -> int:
         return -1 if self.data_format == "channels_last" else 1
 
+    def _one_value(self) -> bool:
+        """Whether ``call`` gives one value, which Keras takes as it is (no mean, no division by replicas)."""
+        return not self.per_image or (self.scenes_in_labels and self.reduction not in (None, "none"))
+
+    def _replicas(self) -> Any:
+        """The replica context whose replicas' batches form the loss (``global_batch``); else None."""
+        return _replica_context() if self.global_batch else None
+
     def __call__(self, y_true: Tensor, y_pred: Tensor, sample_weight: Tensor | None = None) -> Tensor:
         _check_no_point_weights(self.scenes_in_labels, sample_weight)
-        return _reduced(super().__call__(y_true, y_pred, sample_weight), self.reduction)
+        _check_no_global_weights(self.global_batch and self._one_value(), sample_weight)
+        loss = _reduced(super().__call__(y_true, y_pred, sample_weight), self.reduction)
+        if sample_weight is None and self._one_value():
+            loss = _replica_share(loss, self.global_batch, self.reduction)
+        return loss
 
     def call(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
         if not self.scenes_in_labels:
-            return self._dense(y_true, y_pred)
+            return _spread_images(self._dense(y_true, y_pred), self.reduction, self._replicas())
         labels, scene = self._split_scenes(y_true, y_pred)
         return self._points(labels, y_pred, scene)
 
@@ -275,7 +378,7 @@ class _LovaszLoss(keras.losses.Loss):
         losses, counts = _scene_losses(
             self._function, y_pred, labels, scene, self.num_scenes, ignore=self.ignore_class, **options
         )
-        return _reduce_scenes(losses, counts, self.reduction)
+        return _reduce_scenes(losses, counts, self.reduction, self._replicas())
 
     def _run(
         self,
@@ -297,6 +400,8 @@ class _LovaszLoss(keras.losses.Loss):
             labels = labels.movedim(-1, 1) if function == "lovasz_multilabel" else labels
         else:
             kwargs.update(_channel_kwargs(backend, channels_last))
+        if backend == "tensorflow" and self.global_batch:
+            kwargs["global_batch"] = True  # JAX computes on the global array; torch's Keras runs one process
         return getattr(module, function)(
             y_pred,
             labels,
@@ -314,6 +419,7 @@ class _LovaszLoss(keras.losses.Loss):
             "data_format": self.data_format,
             "scenes_in_labels": self.scenes_in_labels,
             "num_scenes": self.num_scenes,
+            "global_batch": self.global_batch,
         }
 
 
@@ -413,6 +519,13 @@ class LovaszSoftmaxLoss(_ClassAveragedLoss):
             ``sample_weight`` does not apply.
         num_scenes: with ``scenes_in_labels``, the number of scene indices (the most scenes a
             batch holds); required on the JAX backend under ``jit``, else read from the labels.
+        global_batch: on the TensorFlow backend under a ``tf.distribute`` strategy, the loss of
+            the global batch: in batch mode every replica gathers the replicas' pixels into one
+            set, and the replicas' losses and gradients summed (as ``fit`` sums them) are the
+            single-device loss and gradient; per image, the mean over every replica's images,
+            also for shards of unequal size. In batch mode ``sample_weight`` does not apply.
+            On the JAX backend (``keras.distribution.DataParallel``: the loss of the global
+            array already) and the torch backend (one process) it changes nothing.
 
     ``y_true`` is ``[B, *spatial]`` integer class indices (or with a size-1 channel axis);
     ``y_pred`` holds ``C`` channels, or one channel of sigmoid output (read as ``[1 - p, p]``).
@@ -451,6 +564,7 @@ class LovaszSoftmaxLoss(_ClassAveragedLoss):
         include_background: bool = True,
         scenes_in_labels: bool = False,
         num_scenes: int | None = None,
+        global_batch: bool = False,
     ):
         super().__init__(
             from_logits=from_logits,
@@ -465,6 +579,7 @@ class LovaszSoftmaxLoss(_ClassAveragedLoss):
             name=name,
             reduction=reduction,
             dtype=dtype,
+            global_batch=global_batch,
         )
 
     def _dense(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
@@ -493,6 +608,8 @@ class LovaszHingeLoss(_LovaszLoss):
         scenes_in_labels, num_scenes: point clouds, as in :class:`LovaszSoftmaxLoss`:
             ``y_pred [N]`` (or ``[N, 1]``) scores and ``y_true [N, 2]``, each point's mask value
             and scene.
+        global_batch: the loss of the global batch across ``tf.distribute`` replicas, as in
+            :class:`LovaszSoftmaxLoss`.
 
     Example:
         >>> import numpy as np
@@ -519,6 +636,7 @@ class LovaszHingeLoss(_LovaszLoss):
         symmetric: bool = False,
         scenes_in_labels: bool = False,
         num_scenes: int | None = None,
+        global_batch: bool = False,
     ):
         super().__init__(
             per_image=per_image,
@@ -529,6 +647,7 @@ class LovaszHingeLoss(_LovaszLoss):
             name=name,
             reduction=reduction,
             dtype=dtype,
+            global_batch=global_batch,
         )
         self.margin, self.symmetric = V.check_hinge_variant(margin, symmetric)
 
@@ -586,6 +705,7 @@ class LovaszMultilabelLoss(_ClassAveragedLoss):
         include_background: bool = True,
         scenes_in_labels: bool = False,
         num_scenes: int | None = None,
+        global_batch: bool = False,
     ):
         super().__init__(
             from_logits=from_logits,
@@ -600,6 +720,7 @@ class LovaszMultilabelLoss(_ClassAveragedLoss):
             name=name,
             reduction=reduction,
             dtype=dtype,
+            global_batch=global_batch,
         )
         self.margin, self.symmetric = V.check_hinge_variant(margin, symmetric, self.from_logits)
 
@@ -689,6 +810,8 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
             (not ``'binary'``; the cross-entropy keeps it, as MONAI's DiceCELoss does).
         scenes_in_labels, num_scenes: point clouds, as in :class:`LovaszSoftmaxLoss`; the
             cross-entropy is then the mean over all points.
+        global_batch: both terms of the global batch across ``tf.distribute`` replicas (the
+            cross-entropy the mean over the global batch's pixels), as in :class:`LovaszSoftmaxLoss`.
 
     Example:
         >>> import numpy as np
@@ -717,6 +840,7 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
         include_background: bool = True,
         scenes_in_labels: bool = False,
         num_scenes: int | None = None,
+        global_batch: bool = False,
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         if mode not in _LOVASZ_OF_MODE:
@@ -728,6 +852,7 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
             reduction=reduction,
             scenes_in_labels=scenes_in_labels,
             num_scenes=num_scenes,
+            global_batch=global_batch,
         )
         if per_image is not None:
             options["per_image"] = per_image
@@ -807,11 +932,16 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
             value = lovasz._dense(y_true, y_pred) if scene is None else lovasz._points(y_true, y_pred, scene)
             term = ops.cast(self._variables[1], value.dtype) * value
             total = term if total is None else total + term
-        return total
+        return total if scene is not None else _spread_images(total, self.reduction, lovasz._replicas())
 
     def __call__(self, y_true: Tensor, y_pred: Tensor, sample_weight: Tensor | None = None) -> Tensor:
-        _check_no_point_weights(self.lovasz.scenes_in_labels, sample_weight)
-        return _reduced(super().__call__(y_true, y_pred, sample_weight), self.reduction)
+        lovasz = self.lovasz
+        _check_no_point_weights(lovasz.scenes_in_labels, sample_weight)
+        _check_no_global_weights(lovasz.global_batch and lovasz._one_value(), sample_weight)
+        loss = _reduced(super().__call__(y_true, y_pred, sample_weight), self.reduction)
+        if sample_weight is None and lovasz._one_value():
+            loss = _replica_share(loss, lovasz.global_batch, self.reduction)
+        return loss
 
     def _cross_entropy(self, y_true: Tensor, y_pred: Tensor, points: bool) -> Tensor:
         """The mean cross-entropy of the non-ignored pixels, weighted by ``class_weights``: of each
@@ -839,8 +969,10 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
                 shape = [1] * rank
                 shape[axis] = len(class_weights)
                 weight = weight * ops.reshape(ops.convert_to_tensor(class_weights, pixel.dtype), shape)
-        axes = tuple(range(1, len(weight.shape))) if self.lovasz.per_image and not points else None
-        return ops.divide_no_nan(ops.sum(pixel * weight, axis=axes), ops.sum(weight, axis=axes))
+        if self.lovasz.per_image and not points:
+            axes = tuple(range(1, len(weight.shape)))
+            return ops.divide_no_nan(ops.sum(pixel * weight, axis=axes), ops.sum(weight, axis=axes))
+        return _global_mean(ops.sum(pixel * weight), ops.sum(weight), self.lovasz._replicas())
 
     def get_config(self) -> dict[str, Any]:
         lovasz = self.lovasz.get_config()
@@ -861,6 +993,7 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
             "include_background",
             "scenes_in_labels",
             "num_scenes",
+            "global_batch",
         ):
             if key in lovasz:
                 config[key] = lovasz[key]

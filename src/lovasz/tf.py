@@ -58,6 +58,7 @@ import numpy.typing as npt
 import tensorflow as tf
 
 from lovasz import _ckernel as C
+from lovasz import _tf_distributed
 from lovasz import _validation as V
 
 try:  # TF internals, present in TF 2.16-2.21: without them, the C kernel runs eagerly only, and XLA uses top_k
@@ -785,10 +786,12 @@ def _lovasz_classes(
     weights: tf.Tensor | None,
     reduction: str,
     scenes: tf.Tensor | None = None,
+    across: tf.distribute.ReplicaContext | None = None,
 ) -> tf.Tensor:
     """Loss of ``pred [B, K, N]`` (``[B, N, K]`` channels-last) against ``fg``; ``valid`` broadcasts to it.
 
     With ``scenes`` (row splits ``[S + 1]``), ``B`` is 1 and the sets are the scenes of the ``N`` points.
+    With ``across``, a replica context: the loss of every replica's batch (see ``_tf_distributed``).
     """
     axis = 2 if channels_last else 1
     if valid is not None:
@@ -798,6 +801,9 @@ def _lovasz_classes(
         pred, fg = tf.gather(pred, classes, axis=axis), tf.gather(fg, classes, axis=axis)
         valid = None if valid is None else tf.gather(valid, classes, axis=axis)
         weights = None if weights is None else tf.gather(weights, classes)
+    if across is not None and not per_image:
+        pred, fg, valid = _tf_distributed.gather_set(pred, fg, valid, channels_last, across)
+        channels_last, axis = True, 2
     if scenes is not None:
         loss, present = _scene_losses(pred, fg, valid, hinge, channels_last, scenes)
     elif _use_kernel(pred):
@@ -814,8 +820,18 @@ def _lovasz_classes(
     per_set = tf.math.divide_no_nan(tf.reduce_sum(loss * w, axis=-1), weight_sum)
     if reduction == "none":
         return per_set if per_image else per_set[0]
+    if across is not None and per_image:
+        return _tf_distributed.reduce_sets(per_set, reduction, across)
     total = tf.reduce_sum(per_set)  # the mean of no image (an empty batch) is 0, as for an all-ignored one
     return total if reduction == "sum" else tf.math.divide_no_nan(total, tf.cast(tf.size(per_set), total.dtype))
+
+
+def _replicas(global_batch: bool) -> tf.distribute.ReplicaContext | None:
+    """The replica context whose replicas' batches form the loss, with ``global_batch``; None where the
+    batch is whole (no strategy, one replica, the cross-replica context)."""
+    if not isinstance(global_batch, bool):
+        raise TypeError(f"global_batch must be True or False; got {global_batch!r}")
+    return _tf_distributed.replica_context() if global_batch else None
 
 
 # ----------------------------------------------------------------------------- public functions
@@ -833,6 +849,7 @@ def lovasz_softmax(
     weights: Weights = None,
     reduction: str = "mean",
     row_splits: TensorLike | None = None,
+    global_batch: bool = False,
 ) -> tf.Tensor:
     r"""Multi-class Lovász-Softmax loss: a convex surrogate of ``1 - IoU`` averaged over classes.
 
@@ -865,6 +882,13 @@ def lovasz_softmax(
             image. Instead, ``probas`` and ``labels`` may be ``tf.RaggedTensor`` ``[S, None, C]``
             and ``[S, None]`` with equal row splits. Bad row splits raise ``ValueError`` eagerly;
             in ``tf.function`` an assert fails the run; under XLA they are not checked.
+        global_batch: in a ``tf.distribute`` replica context (``strategy.run``), the loss of the
+            global batch, the same on every replica: in batch mode each replica all-gathers every
+            replica's pixels and computes the loss of their union (shards may differ in batch and
+            spatial size); per image, the mean (or sum) over every replica's images. Each
+            replica's gradient is its slice of the single-device gradient, so the replicas'
+            gradients summed (as ``apply_gradients`` sums them) are the single-device gradient.
+            Elsewhere (no strategy, one replica, the cross-replica context) it changes nothing.
 
     Returns:
         A 0-d tensor (``[B]`` with ``per_image`` and ``reduction='none'``; ``[S]`` for scenes)
@@ -932,7 +956,8 @@ def lovasz_softmax(
         pred = tf.nn.softmax(pred, axis=class_axis)
     fg = tf.one_hot(lab, num_classes, on_value=True, off_value=False, axis=class_axis)
     scenes = splits if per_image else None
-    loss = _lovasz_classes(pred, fg, valid, False, classes, per_image, channels_last, w, reduction, scenes)
+    across = _replicas(global_batch)
+    loss = _lovasz_classes(pred, fg, valid, False, classes, per_image, channels_last, w, reduction, scenes, across)
     return tf.cast(loss, probas.dtype)
 
 
@@ -948,17 +973,20 @@ def _hinge_classes(
     margin: str,
     symmetric: bool,
     scenes: tf.Tensor | None = None,
+    across: tf.distribute.ReplicaContext | None = None,
 ) -> tf.Tensor:
     """The Lovász hinge with its variants: ``elu(m) + 1`` of the margins is the plain hinge at
     ``x' = -s elu(1 - s x)``; ``symmetric`` averages with the flipped problem, ``-x'`` against ``1 - y``."""
+    if across is not None and not per_image:  # gathered once, for both problems of the symmetric hinge
+        pred, fg, valid = _tf_distributed.gather_set(pred, fg, valid, channels_last, across)
+        channels_last, across = True, None
     if margin == "elu":
         signs = tf.where(fg, tf.ones_like(pred), -tf.ones_like(pred))
         pred = -signs * tf.nn.elu(1 - signs * pred)
-    loss = _lovasz_classes(pred, fg, valid, True, classes, per_image, channels_last, weights, reduction, scenes)
+    args = (classes, per_image, channels_last, weights, reduction, scenes, across)
+    loss = _lovasz_classes(pred, fg, valid, True, *args)
     if symmetric:  # not fg: the ignored pixels are left out again by valid
-        flipped = _lovasz_classes(
-            -pred, tf.logical_not(fg), valid, True, classes, per_image, channels_last, weights, reduction, scenes
-        )
+        flipped = _lovasz_classes(-pred, tf.logical_not(fg), valid, True, *args)
         loss = (loss + flipped) / 2
     return loss
 
@@ -973,6 +1001,7 @@ def lovasz_hinge(
     margin: str = "relu",
     symmetric: bool = False,
     row_splits: TensorLike | None = None,
+    global_batch: bool = False,
 ) -> tf.Tensor:
     r"""Binary Lovász hinge loss: a convex surrogate of ``1 - IoU`` of the foreground.
 
@@ -990,6 +1019,8 @@ def lovasz_hinge(
         symmetric: the mean with the loss of ``-logits`` against ``1 - labels``.
         row_splits: ``[S + 1]``, the scenes of points-first ``logits [N]`` (or ``[N, 1]``) and
             ``labels [N]``; or ragged ``[S, None]`` inputs instead. See :func:`lovasz_softmax`.
+        global_batch: the loss of the global batch across ``tf.distribute`` replicas; see
+            :func:`lovasz_softmax`.
 
     Returns:
         A 0-d tensor (``[B]`` with ``per_image`` and ``reduction='none'``; ``[S]`` for scenes)
@@ -1019,7 +1050,8 @@ def lovasz_hinge(
     valid = None if ignore is None else lab != tf.cast(ignore, lab.dtype)
     _check_values(lab, (lab == 0) | (lab == 1), valid, "0 or 1", "labels")
     scenes = splits if per_image else None
-    loss = _hinge_classes(pred, lab == 1, valid, "all", per_image, False, None, reduction, margin, symmetric, scenes)
+    options = ("all", per_image, False, None, reduction, margin, symmetric, scenes, _replicas(global_batch))
+    loss = _hinge_classes(pred, lab == 1, valid, *options)
     return tf.cast(loss, logits.dtype)
 
 
@@ -1037,6 +1069,7 @@ def lovasz_multilabel(
     margin: str = "relu",
     symmetric: bool = False,
     row_splits: TensorLike | None = None,
+    global_batch: bool = False,
 ) -> tf.Tensor:
     r"""Multi-label Lovász loss: one binary Lovász loss per channel, averaged over channels.
 
@@ -1052,6 +1085,8 @@ def lovasz_multilabel(
         margin, symmetric: the hinge's variants, as in :func:`lovasz_hinge` (``from_logits`` only).
         row_splits: ``[S + 1]``, the scenes of points-first ``logits [N, C]`` and ``targets [N, C]``;
             or ragged ``[S, None, C]`` inputs instead. See :func:`lovasz_softmax`.
+        global_batch: the loss of the global batch across ``tf.distribute`` replicas; see
+            :func:`lovasz_softmax`.
 
     Returns:
         A 0-d tensor (``[B]`` with ``per_image`` and ``reduction='none'``; ``[S]`` for scenes)
@@ -1091,11 +1126,13 @@ def lovasz_multilabel(
     valid = None if ignore is None else tgt != tf.cast(ignore, tgt.dtype)
     _check_values(tgt, (tgt == 0) | (tgt == 1), valid, "0 or 1", "targets")
     scenes = splits if per_image else None
+    across = _replicas(global_batch)
     if from_logits:
-        options = (classes, per_image, channels_last, w, reduction, margin, symmetric, scenes)
+        options = (classes, per_image, channels_last, w, reduction, margin, symmetric, scenes, across)
         loss = _hinge_classes(pred, tgt == 1, valid, *options)
     else:
-        loss = _lovasz_classes(pred, tgt == 1, valid, False, classes, per_image, channels_last, w, reduction, scenes)
+        options = (classes, per_image, channels_last, w, reduction, scenes, across)
+        loss = _lovasz_classes(pred, tgt == 1, valid, False, *options)
     return tf.cast(loss, logits.dtype)
 
 

@@ -33,6 +33,8 @@ from lovasz.schedule import LovaszSchedule  # noqa: F401  (re-exported: the sche
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
 
+    from lovasz._torch_distributed import GlobalBatch
+
 __all__ = [
     "lovasz_grad",
     "flatten_probas",
@@ -245,6 +247,17 @@ def _sparse(
     return (pred, labels, ignored, ends) if sparse is None else tuple(sparse)  # type: ignore[return-value]
 
 
+def _across(
+    process_group: ProcessGroup | None, loss: str, ignore: int | None, margin: str = "relu", symmetric: bool = False
+) -> GlobalBatch | None:
+    """The global batch of ``process_group``, with the options every rank must share; None without a group."""
+    if process_group is None:
+        return None
+    from lovasz._torch_distributed import GlobalBatch
+
+    return GlobalBatch(process_group, loss, ignore, margin, symmetric)
+
+
 def _class_selection(
     classes: str | tuple[int, ...], dtype: torch.dtype, device: torch.device
 ) -> tuple[Tensor | None, Tensor | None]:
@@ -264,7 +277,7 @@ def _lovasz_classes(
     per_image: bool,
     weights: Tensor | None,
     reduction: str,
-    process_group: ProcessGroup | None = None,
+    across: GlobalBatch | None = None,
     softmax: bool = False,
     ends: Tensor | None = None,
 ) -> Tensor:
@@ -273,10 +286,8 @@ def _lovasz_classes(
     With ``softmax``, ``pred`` holds logits and the softmax over ``C`` is taken inside the kernel.
     With ``ends``, ``B`` is 1 and the sets are the scenes of its points (see ``_torch_scenes``).
     """
-    if process_group is not None and not per_image:
-        from lovasz._torch_distributed import gather_global_batch
-
-        pred, codes = gather_global_batch(pred, codes, process_group)
+    if across is not None:  # every rank, per-image too: the ranks check their options together
+        pred, codes = across.gather(pred, codes, per_image, classes, weights)
     ids, counts = _class_selection(classes, pred.dtype, pred.device)
     row_weights = torch.ones(num_classes, dtype=pred.dtype, device=pred.device)
     if weights is not None:
@@ -298,7 +309,7 @@ def _hinge_classes(
     per_image: bool,
     weights: Tensor | None,
     reduction: str,
-    process_group: ProcessGroup | None,
+    across: GlobalBatch | None,
     margin: str,
     symmetric: bool,
     ends: Tensor | None = None,
@@ -313,7 +324,7 @@ def _hinge_classes(
     if margin == "elu":
         signs = (codes == FOREGROUND).to(pred.dtype).mul_(2).sub_(1)
         pred = -signs * F.elu(1 - signs * pred)
-    args = (classes, num_classes, per_image, weights, reduction, process_group)
+    args = (classes, num_classes, per_image, weights, reduction, across)
     loss = _lovasz_classes(pred, codes, True, *args, ends=ends)
     if symmetric:
         flipped = torch.where(codes == IGNORED, codes, 1 - codes)
@@ -374,9 +385,11 @@ def lovasz_softmax(
             ``torch.distributed.group.WORLD``) whose ranks' batches form one set: without
             ``per_image``, every rank gets the exact loss of the global batch, and the
             gradient of its own pixels. Batch sizes and spatial sizes may differ across
-            ranks (the loss is that of the union of all their pixels); class counts and
-            precisions must match, else every rank raises the same ``ValueError``. Per-image
-            losses are exact on each rank already and ignore it.
+            ranks (the loss is that of the union of all their pixels); class counts,
+            precisions and options (``per_image``, ``classes``, ``ignore``, ``weights``,
+            ``from_logits``, the loss) must match, else every rank raises the same
+            ``ValueError``. Per-image losses are exact on each rank already: there the group
+            only checks the options (one small all-gather per call).
         batch: for point clouds and other ragged sets: ``[N]`` each point's scene index
             (torch_geometric's convention). Then ``probas`` is points-first, ``[N, C]`` (or
             ``[N]`` for one channel), ``labels`` is ``[N]``, and ``per_image=True`` means one
@@ -467,6 +480,7 @@ def _softmax(
     )
     pred, lab, ignored, ends = _sparse(pred, lab, ignored, ends, per_image, process_group)
     codes = _class_codes(lab, num_classes, ignored)
+    form = "softmax of logits" if from_logits else "softmax of probabilities"
     loss = _lovasz_classes(
         pred,
         codes,
@@ -476,7 +490,7 @@ def _softmax(
         per_image,
         w,
         reduction,
-        process_group,
+        _across(process_group, form, ignore),
         softmax=from_logits and not sigmoid,
         ends=ends,
     )
@@ -545,7 +559,8 @@ def lovasz_hinge(
     _check_values(lab, None if ignored is None else ~ignored, "0 or 1", (lab == 0) | (lab == 1), "labels")
     pred, lab, ignored, ends = _sparse(pred, lab, ignored, ends, per_image, process_group)
     codes = _codes(lab == 1, ignored)
-    loss = _hinge_classes(pred, codes, "all", 1, per_image, None, reduction, process_group, margin, symmetric, ends)
+    across = _across(process_group, "hinge", ignore, margin, symmetric)
+    loss = _hinge_classes(pred, codes, "all", 1, per_image, None, reduction, across, margin, symmetric, ends)
     return loss.to(_result_dtype(logits))
 
 
@@ -646,12 +661,13 @@ def _multilabel(
     _check_values(tgt, None if ignored is None else ~ignored, "0 or 1", (tgt == 0) | (tgt == 1), tname)
     pred, tgt, ignored, ends = _sparse(pred, tgt, ignored, ends, per_image, process_group)
     codes = _codes(tgt == 1, ignored)
+    across = _across(process_group, "hinge" if from_logits else "per-channel probabilities", ignore, margin, symmetric)
     if from_logits:
         loss = _hinge_classes(
-            pred, codes, classes, num_classes, per_image, w, reduction, process_group, margin, symmetric, ends
+            pred, codes, classes, num_classes, per_image, w, reduction, across, margin, symmetric, ends
         )
     else:
-        args = (classes, num_classes, per_image, w, reduction, process_group)
+        args = (classes, num_classes, per_image, w, reduction, across)
         loss = _lovasz_classes(pred, codes, False, *args, ends=ends)
     return loss.to(_result_dtype(logits))
 
