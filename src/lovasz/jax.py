@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Optional, Union
 
 import jax
@@ -33,6 +33,7 @@ import numpy as np
 from jax.typing import ArrayLike, DTypeLike
 
 from lovasz import _ckernel as C
+from lovasz import _jax_distributed as D
 from lovasz import _validation as V
 
 __all__ = ["lovasz_grad", "lovasz_softmax", "lovasz_hinge", "lovasz_multilabel"]
@@ -228,9 +229,10 @@ def _kernel_on_host(
 def _host_call(errors: jax.Array, codes: jax.Array, need_grad: bool) -> Any:
     loss = jax.ShapeDtypeStruct(errors.shape[:-3] + errors.shape[-2:-1], jnp.float32)
     shapes = (loss, jax.ShapeDtypeStruct(errors.shape, jnp.float32)) if need_grad else loss
-    return jax.pure_callback(
+    outputs = jax.pure_callback(
         functools.partial(_kernel_on_host, need_grad=need_grad), shapes, errors, codes, vmap_method="broadcast_all"
     )
+    return D.vary_like(outputs, errors, codes)
 
 
 @jax.custom_vjp
@@ -289,17 +291,34 @@ def _row_sorted_rows(errors: jax.Array, fg: jax.Array, valid: jax.Array) -> jax.
     return jnp.sum(_counted(errors_sorted) * steps, axis=-1)
 
 
-def _lovasz_kernel(errors: jax.Array, fg: jax.Array, valid: jax.Array | None, per_image: bool) -> jax.Array:
-    """Loss of each (set, class) row of ``errors [B, K, N]``: on a CPU by the C kernel where it applies."""
-    codes = fg.astype(jnp.uint8) if valid is None else jnp.where(valid, fg.astype(jnp.uint8), 2).astype(jnp.uint8)
-    b, k, n = errors.shape
-    layout = (1, b * k, n) if per_image else (b, k, n)  # [S, R, N]: row r is [:, r, :]
-    errors, codes = errors.reshape(layout), codes.reshape(layout)
+def _codes(fg: jax.Array, valid: jax.Array | None) -> jax.Array:
+    """The pixels' codes (uint8): 1 foreground, 0 background, 2 ignored."""
+    codes = fg.astype(jnp.uint8)
+    return codes if valid is None else jnp.where(valid, codes, jnp.uint8(2)).astype(jnp.uint8)
+
+
+def _rows_loss(errors: jax.Array) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """The function of ``[S, R, N]`` errors and codes to the losses ``[R]`` of rows ``[:, r, :]`` like
+    ``errors``: on a CPU by the C kernel where it applies, else by one sort."""
     if errors.dtype == jnp.float32 and C.kernel() is None and jax.default_backend() == "cpu":
         C.warn_missing("lovasz.jax")
-    if not C.applies(errors.dtype, errors.size):
-        return _sorted_rows(errors, codes)
-    return jax.lax.platform_dependent(errors, codes, cpu=_host_rows, default=_sorted_rows)
+    if not C.applies(errors.dtype, errors.size) or not D.callbacks_run_here(errors):
+        return _sorted_rows
+    return lambda errors, codes: jax.lax.platform_dependent(errors, codes, cpu=_host_rows, default=_sorted_rows)
+
+
+def _split_rows_loss(errors: jax.Array, codes: jax.Array) -> jax.Array:
+    """:func:`_rows_loss` of ``[S, R, N]`` errors, the rows split over the devices of a mesh whose axes
+    are left to the partitioner (plain ``jit`` of sharded inputs)."""
+    return D.split_rows(_rows_loss(errors), (errors, codes), row_axis=1)
+
+
+def _lovasz_kernel(errors: jax.Array, fg: jax.Array, valid: jax.Array | None, per_image: bool) -> jax.Array:
+    """Loss of each (set, class) row of ``errors [B, K, N]``: on a CPU by the C kernel where it applies."""
+    codes = _codes(fg, valid)
+    b, k, n = errors.shape
+    layout = (1, b * k, n) if per_image else (b, k, n)  # [S, R, N]: row r is [:, r, :]
+    return _split_rows_loss(errors.reshape(layout), codes.reshape(layout))
 
 
 # ----------------------------------------------------------------------------- segments (point clouds)
@@ -362,7 +381,7 @@ def _segments_call(errors: jax.Array, codes: jax.Array, ends: jax.Array, need_gr
     rows = errors.shape[:-2] + (ends.shape[-1], errors.shape[-2])
     shapes: tuple = (jax.ShapeDtypeStruct(rows, jnp.float32), jax.ShapeDtypeStruct(rows, jnp.bool_))
     shapes += (jax.ShapeDtypeStruct(errors.shape, jnp.float32),) if need_grad else ()
-    return jax.pure_callback(
+    outputs = jax.pure_callback(
         functools.partial(_segments_on_host, need_grad=need_grad),
         shapes,
         errors,
@@ -370,6 +389,7 @@ def _segments_call(errors: jax.Array, codes: jax.Array, ends: jax.Array, need_gr
         ends,
         vmap_method="broadcast_all",
     )
+    return D.vary_like(outputs, errors, codes, ends)
 
 
 @jax.custom_vjp
@@ -406,11 +426,13 @@ def _segment_kernel(
     errors: jax.Array, fg: jax.Array, valid: jax.Array | None, ends: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
     """Loss and presence ``[S, K]`` of each (segment, class) row of ``errors [K, N]``: the C kernel where it
-    applies."""
-    codes = fg.astype(jnp.uint8) if valid is None else jnp.where(valid, fg.astype(jnp.uint8), 2).astype(jnp.uint8)
-    if not C.applies(errors.dtype, errors.size) or C.scene_kernel() is None:
-        return _segment_rows_sorted(errors, codes, ends)
-    return jax.lax.platform_dependent(errors, codes, ends, cpu=_host_segments, default=_segment_rows_sorted)
+    applies. The class rows are split over the devices of sharded inputs under plain ``jit``."""
+    codes = _codes(fg, valid)
+    if not C.applies(errors.dtype, errors.size) or C.scene_kernel() is None or not D.callbacks_run_here(errors):
+        rows_loss = _segment_rows_sorted
+    else:
+        rows_loss = functools.partial(jax.lax.platform_dependent, cpu=_host_segments, default=_segment_rows_sorted)
+    return D.split_rows(rows_loss, (errors, codes), row_axis=0, shared=(ends,), out_row_axes=(1, 1))
 
 
 def _lovasz_classes(
@@ -423,9 +445,11 @@ def _lovasz_classes(
     weights: jax.Array | None,
     reduction: str,
     ends: jax.Array | None = None,
+    axis_name: D.AxisName = None,
 ) -> jax.Array:
     """Loss of ``pred [B, K, N]`` against ``fg [B, K, N]``; ``valid`` broadcasts to them. With ``ends``,
-    ``B`` is 1 and the sets are the segments of the points (see above)."""
+    ``B`` is 1 and the sets are the segments of the points (see above). With ``axis_name``, the batch
+    is every device's along it (:mod:`lovasz._jax_distributed`)."""
     if valid is not None:
         valid = jnp.broadcast_to(valid, pred.shape)
         fg = fg & valid
@@ -440,6 +464,8 @@ def _lovasz_classes(
         errors = jnp.abs(jnp.where(fg, 1 - pred, pred))
     if ends is not None:
         loss, present = _segment_kernel(errors[0], fg[0], None if valid is None else valid[0], ends)
+    elif axis_name is not None and not per_image:  # one set of every device's pixels
+        loss, present = D.union_rows(errors, _codes(fg, valid), axis_name, _split_rows_loss)
     else:
         loss = _lovasz_kernel(errors, fg, valid, per_image)
         present = _rows(fg, per_image).any(-1)
@@ -453,6 +479,8 @@ def _lovasz_classes(
     per_set = jnp.where(weight_sum != 0, (loss * w).sum(-1) / jnp.where(weight_sum != 0, weight_sum, 1), 0)
     if reduction == "none":
         return per_set if per_image else per_set[0]
+    if axis_name is not None and per_image:  # the images (segments) of every device
+        return D.reduce_images(per_set, reduction, axis_name)
     # the mean of no image (an empty batch) is 0, as for an all-ignored one
     return per_set.sum() if reduction == "sum" else per_set.sum() / max(per_set.size, 1)
 
@@ -484,6 +512,7 @@ def lovasz_softmax(
     axis: int = 1,
     segment_ids: ArrayLike | None = None,
     num_segments: int | None = None,
+    axis_name: D.AxisName = None,
 ) -> jax.Array:
     r"""Multi-class Lovász-Softmax loss: a convex surrogate of ``1 - IoU`` averaged over classes.
 
@@ -514,6 +543,16 @@ def lovasz_softmax(
         num_segments: the number of segments, a static int (required under ``jax.jit``; else
             ``max(segment_ids) + 1``). Ids outside ``[0, num_segments)`` raise where the values
             are known; under ``jax.jit`` such points belong to no segment.
+        axis_name: inside ``jax.shard_map`` or ``jax.pmap`` whose mapped axis (a name, or a
+            tuple of names, as ``jax.lax`` collectives take it) splits the batch: the loss of
+            the global batch. Without ``per_image`` every device's pixels form one set and
+            ``classes='present'`` is decided over all of them; with it, the mean (sum) is over
+            every image of every device (``reduction='none'``: this device's images). The
+            value is the same on every device, and each device's gradient is its slice of the
+            single-device gradient (taken inside the mapped function, or outside a
+            ``shard_map`` with its default ``check_vma=True``). With ``segment_ids``, each
+            device's segments are its own. Under plain ``jax.jit`` with sharded inputs no
+            ``axis_name`` is needed. See the multi-device page of the docs.
 
     Returns:
         A 0-d array (``[B]`` with ``per_image`` and ``reduction='none'``) in the dtype of ``probas``.
@@ -526,6 +565,7 @@ def lovasz_softmax(
     probas = _check_prediction(probas, "probas")
     labels = _check_labels(labels, "labels")
     probas, labels, ends = _segments(probas, labels, segment_ids, num_segments, per_image, False, ("probas", "labels"))
+    axis_name = D.check_axis_name(axis_name)
     axis = 1 if segment_ids is not None else axis
     axis = _check_axis(axis, probas.ndim)
     extra = V.extra_label_axis(labels.shape, [probas.shape, V.without_axis(probas.shape, axis)])
@@ -556,7 +596,7 @@ def lovasz_softmax(
     elif from_logits:
         pred = _softmax_over_classes(pred)
     fg = lab == jnp.arange(num_classes).reshape(1, -1, 1)
-    loss = _lovasz_classes(pred, fg, valid, False, classes, per_image, w, reduction, ends)
+    loss = _lovasz_classes(pred, fg, valid, False, classes, per_image, w, reduction, ends, axis_name)
     return loss.astype(probas.dtype)
 
 
@@ -571,15 +611,17 @@ def _hinge_classes(
     margin: str,
     symmetric: bool,
     ends: jax.Array | None = None,
+    axis_name: D.AxisName = None,
 ) -> jax.Array:
     """The Lovász hinge with its variants: ``elu(m) + 1`` of the margins is the plain hinge at
     ``x' = -s elu(1 - s x)``; ``symmetric`` averages with the flipped problem, ``-x'`` against ``1 - y``."""
     if margin == "elu":
         signs = jnp.where(fg, 1.0, -1.0).astype(pred.dtype)
         pred = -signs * jax.nn.elu(1 - signs * pred)
-    loss = _lovasz_classes(pred, fg, valid, True, classes, per_image, weights, reduction, ends)
+    loss = _lovasz_classes(pred, fg, valid, True, classes, per_image, weights, reduction, ends, axis_name)
     if symmetric:  # ~fg: the ignored pixels are left out again by valid
-        loss = (loss + _lovasz_classes(-pred, ~fg, valid, True, classes, per_image, weights, reduction, ends)) / 2
+        flipped = _lovasz_classes(-pred, ~fg, valid, True, classes, per_image, weights, reduction, ends, axis_name)
+        loss = (loss + flipped) / 2
     return loss
 
 
@@ -594,6 +636,7 @@ def lovasz_hinge(
     symmetric: bool = False,
     segment_ids: ArrayLike | None = None,
     num_segments: int | None = None,
+    axis_name: D.AxisName = None,
 ) -> jax.Array:
     r"""Binary Lovász hinge loss: a convex surrogate of ``1 - IoU`` of the foreground.
 
@@ -611,6 +654,8 @@ def lovasz_hinge(
         symmetric: the mean with the loss of ``-logits`` against ``1 - labels``.
         segment_ids, num_segments: the segments of points-first ``logits [N]`` and ``labels [N]``;
             see :func:`lovasz_softmax`.
+        axis_name: the mapped axis of ``jax.shard_map`` or ``jax.pmap`` that splits the batch:
+            the loss of the global batch; see :func:`lovasz_softmax`.
 
     Returns:
         A 0-d array (``[B]`` with ``per_image`` and ``reduction='none'``) in the dtype of ``logits``.
@@ -622,6 +667,7 @@ def lovasz_hinge(
     logits = _check_prediction(logits, "logits")
     labels = _check_labels(labels, "labels")
     logits, labels, ends = _segments(logits, labels, segment_ids, num_segments, per_image, False, ("logits", "labels"))
+    axis_name = D.check_axis_name(axis_name)
     s = logits.shape
     extra = V.extra_label_axis(labels.shape, [s, V.without_axis(s, 1)] if len(s) >= 2 and s[1] == 1 else [s])
     if extra is not None:
@@ -635,7 +681,7 @@ def lovasz_hinge(
     lab = labels.reshape(layout)
     valid = None if ignore is None else lab != ignore
     _check_values(lab, (lab == 0) | (lab == 1), valid, "0 or 1", "labels")
-    loss = _hinge_classes(pred, lab == 1, valid, "all", per_image, None, reduction, margin, symmetric, ends)
+    loss = _hinge_classes(pred, lab == 1, valid, "all", per_image, None, reduction, margin, symmetric, ends, axis_name)
     return loss.astype(logits.dtype)
 
 
@@ -654,6 +700,7 @@ def lovasz_multilabel(
     axis: int = 1,
     segment_ids: ArrayLike | None = None,
     num_segments: int | None = None,
+    axis_name: D.AxisName = None,
 ) -> jax.Array:
     r"""Multi-label Lovász loss: one binary Lovász loss per channel, averaged over channels.
 
@@ -669,6 +716,9 @@ def lovasz_multilabel(
         margin, symmetric: the hinge's variants, as in :func:`lovasz_hinge` (``from_logits`` only).
         segment_ids, num_segments: the segments of points-first ``logits [N, C]`` and
             ``targets [N, C]``; see :func:`lovasz_softmax`.
+        axis_name: the mapped axis of ``jax.shard_map`` or ``jax.pmap`` that splits the batch:
+            the loss of the global batch, ``'present'`` channels decided over all of it; see
+            :func:`lovasz_softmax`.
 
     Returns:
         A 0-d array (``[B]`` with ``per_image`` and ``reduction='none'``) in the dtype of ``logits``.
@@ -684,6 +734,7 @@ def lovasz_multilabel(
     targets = _check_labels(targets, "targets")
     names = ("logits", "targets")
     logits, targets, ends = _segments(logits, targets, segment_ids, num_segments, per_image, True, names)
+    axis_name = D.check_axis_name(axis_name)
     axis = 1 if segment_ids is not None else axis
     axis = _check_axis(axis, logits.ndim)
     if logits.ndim >= 2 and logits.shape == targets.shape:
@@ -701,9 +752,10 @@ def lovasz_multilabel(
     valid = None if ignore is None else tgt != ignore
     _check_values(tgt, (tgt == 0) | (tgt == 1), valid, "0 or 1", "targets")
     if from_logits:
-        loss = _hinge_classes(pred, tgt == 1, valid, classes, per_image, w, reduction, margin, symmetric, ends)
+        fg = tgt == 1
+        loss = _hinge_classes(pred, fg, valid, classes, per_image, w, reduction, margin, symmetric, ends, axis_name)
     else:
-        loss = _lovasz_classes(pred, tgt == 1, valid, False, classes, per_image, w, reduction, ends)
+        loss = _lovasz_classes(pred, tgt == 1, valid, False, classes, per_image, w, reduction, ends, axis_name)
     return loss.astype(logits.dtype)
 
 
