@@ -192,8 +192,8 @@ class TFPaths:
         self.kernel, self.host_calls, self.packed_traces = kernel, 0, 0
 
     def __enter__(self):
-        self.LTF = require("lovasz.tf")
-        self.saved = self.LTF._host_rows, self.LTF._packed_sort, self.LTF._use_kernel
+        self.rows = require("lovasz._tf_rows")  # the engines lovasz.tf looks up when it runs
+        self.saved = self.rows._host_rows, self.rows._packed_sort, self.rows.use_kernel
         host, packed, use = self.saved
 
         def counted_host(*args, **kwargs):
@@ -204,12 +204,12 @@ class TFPaths:
             self.packed_traces += 1
             return packed(*args)
 
-        self.LTF._host_rows, self.LTF._packed_sort = counted_host, counted_packed
-        self.LTF._use_kernel = use if self.kernel else lambda pred: False
+        self.rows._host_rows, self.rows._packed_sort = counted_host, counted_packed
+        self.rows.use_kernel = use if self.kernel else lambda pred: False
         return self
 
     def __exit__(self, *exc):
-        self.LTF._host_rows, self.LTF._packed_sort, self.LTF._use_kernel = self.saved
+        self.rows._host_rows, self.rows._packed_sort, self.rows.use_kernel = self.saved
 
 
 def tf_cpu_only() -> bool:
@@ -262,8 +262,8 @@ def test_tf_float32_kernel_gradient_matches_oracle_finite_differences(case: Case
 
 def test_tf_takes_the_c_kernel_eagerly_and_in_tf_function_only():
     """The choice is automatic: the C kernel for float32 on a CPU, eagerly and in tf.function (a dynamic
-    shape too); XLA's sort under jit_compile (also in a function it calls); top_k in float64, where the
-    kernel is not installed, and where the graph places the loss on another device."""
+    shape too); XLA's sort under jit_compile (also in a function it calls); top_k in float64 and where the
+    kernel is not installed; the GPU's one 1-D sort of packed keys where the graph places the loss on a GPU."""
     tf = require("tensorflow")
     LTF = require("lovasz.tf")
     if require("lovasz._ckernel").kernel() is None:
@@ -295,12 +295,13 @@ def test_tf_takes_the_c_kernel_eagerly_and_in_tf_function_only():
             tf.function(lambda x, y: tf.function(eager)(x, y), jit_compile=True),
             "packed",
         ),
-        "another device": (tf.function(on_another_device), "top_k"),
+        # a GPU's layout: float32 of a known shape in one 1-D sort of packed keys (see test_tf_sort_layout.py)
+        "another device": (tf.function(on_another_device), "packed"),
     }
     on_cpu = {"eager": "CPU" in tf.constant(probas).device}
     for name, (run, path) in runs.items():
-        if not on_cpu.get(name, tf_cpu_only()):
-            path = "top_k"  # TF places the ops on a GPU
+        if not on_cpu.get(name, tf_cpu_only()):  # TF places the ops on a GPU: packed keys where the shape is known
+            path = "top_k" if name == "dynamic shape" else "packed"
         with TFPaths() as paths:
             value, grad = run(tf.constant(probas), tf.constant(labels))
         assert (paths.host_calls, paths.packed_traces > 0) == (
@@ -339,8 +340,9 @@ def test_tf_kernel_computes_a_gradient_where_a_tape_watches_and_for_tf_gradients
     x, y = tf.constant(logits), tf.constant(labels)
     loss = functools.partial(LTF.lovasz_softmax, from_logits=True, per_image=True)
     expected = R.lovasz_softmax(np.moveaxis(logits, -1, 1).astype(np.float64), labels, from_logits=True, per_image=True)
-    host, asked = LTF._host_rows, []
-    LTF._host_rows = lambda *args, **kwargs: asked.append(kwargs["need_grad"]) or host(*args, **kwargs)
+    rows = require("lovasz._tf_rows")
+    host, asked = rows._host_rows, []
+    rows._host_rows = lambda *args, **kwargs: asked.append(kwargs["need_grad"]) or host(*args, **kwargs)
     try:
         value = loss(x, y)  # evaluation: no gradient made
         taped, taped_grad = tf_value_and_grad(loss, {}, "function")(x, y)
@@ -352,7 +354,7 @@ def test_tf_kernel_computes_a_gradient_where_a_tape_watches_and_for_tf_gradients
 
         symbolic_value, symbolic_grad = symbolic(x, y)
     finally:
-        LTF._host_rows = host
+        rows._host_rows = host
     assert asked[:2] == [False, True] and sorted(asked[2:]) == [False, True]
     for v in (value, taped, symbolic_value):
         np.testing.assert_allclose(float(v), expected, rtol=1e-5)
@@ -402,17 +404,17 @@ def test_jax_vmap_over_images_equals_per_image():
 def test_jax_sort_path_matches_the_c_kernel(sets):
     """On a CPU, lovasz.jax runs float32 rows through the C kernel; elsewhere through lax.sort: both agree."""
     jax = require("jax")
-    LJ = require("lovasz.jax")
+    JR = require("lovasz._jax_rows")
     if require("lovasz._ckernel").kernel() is None:
         pytest.skip("lovasz was installed without its C kernel")
     rng = np.random.default_rng(4)
     errors = jax.numpy.asarray(rng.normal(size=(sets, 4, 50)), "float32")  # negative errors count as 0
     codes = jax.numpy.asarray(rng.choice([0, 1, 2], size=(sets, 4, 50), p=[0.6, 0.3, 0.1]), "uint8")
-    for rows in (LJ._host_rows, jax.jit(LJ._host_rows)):
-        np.testing.assert_allclose(rows(errors, codes), LJ._sorted_rows(errors, codes), rtol=1e-6)
+    for rows in (JR._host_rows, jax.jit(JR._host_rows)):
+        np.testing.assert_allclose(rows(errors, codes), JR._sorted_rows(errors, codes), rtol=1e-6)
         weights = jax.numpy.arange(1.0, 5.0)
         host = jax.grad(lambda e: (rows(e, codes) * weights).sum())(errors)
-        xla = jax.grad(lambda e: (LJ._sorted_rows(e, codes) * weights).sum())(errors)
+        xla = jax.grad(lambda e: (JR._sorted_rows(e, codes) * weights).sum())(errors)
         # XLA on a GPU divides to within 2 ulp, not 0.5: its float32 gradient differs a little more.
         np.testing.assert_allclose(host, xla, rtol=1e-6 if jax.default_backend() == "cpu" else 3e-5, atol=1e-7)
 
@@ -485,8 +487,9 @@ def test_bad_input_names_the_argument(module):
 def test_tf_has_no_map_fn_and_traces_once_per_shape():
     tf = require("tensorflow")
     LTF = require("lovasz.tf")
-    source = Path(LTF.__file__).read_text()
-    assert "map_fn" not in source.replace("no ``map_fn``", "")
+    for module in (LTF, require("lovasz._tf_rows"), require("lovasz._tf_scenes")):
+        source = Path(module.__file__).read_text()
+        assert "map_fn" not in source.replace("no ``map_fn``", ""), module.__name__
     fn = tf.function(lambda p, l: LTF.lovasz_softmax(p, l, per_image=True, ignore=255), jit_compile=True)
     rng = np.random.default_rng(0)
     for _ in range(3):

@@ -17,6 +17,8 @@ from lovasz import reference as R
 tf = require("tensorflow")
 LT = require("lovasz.tf")
 C = require("lovasz._ckernel")
+ROWS = require("lovasz._tf_rows")  # the engines lovasz.tf looks up when it runs: patched there
+SCENES = require("lovasz._tf_scenes")
 
 SIZES = [5, 0, 17, 1, 40, 9]  # an empty scene, a one-point scene
 MODES = ["eager", "function", "xla"]
@@ -71,7 +73,7 @@ class Paths:
 
     def __init__(self, monkeypatch, kernel: bool):
         self.kernel, self.host_calls, self.packed_traces = kernel, 0, 0
-        host, packed = LT._host_scene_rows, LT._scene_packed_rows
+        host, packed = SCENES._host_scene_rows, SCENES._scene_packed_rows
 
         def counted_host(*args, **kwargs):
             self.host_calls += 1
@@ -81,10 +83,10 @@ class Paths:
             self.packed_traces += 1
             return packed(*args)
 
-        monkeypatch.setattr(LT, "_host_scene_rows", counted_host)
-        monkeypatch.setattr(LT, "_scene_packed_rows", counted_packed)
+        monkeypatch.setattr(SCENES, "_host_scene_rows", counted_host)
+        monkeypatch.setattr(SCENES, "_scene_packed_rows", counted_packed)
         if not kernel:
-            monkeypatch.setattr(LT, "_use_kernel", lambda pred: False)
+            monkeypatch.setattr(ROWS, "use_kernel", lambda pred: False)
 
     def reset(self):
         self.host_calls = self.packed_traces = 0
@@ -363,7 +365,7 @@ def test_large_scenes_agree_on_every_path(monkeypatch):
         for run in runs(splits)
     ]
     np.testing.assert_allclose(kernel.numpy(), oracle, rtol=1e-5)
-    monkeypatch.setattr(LT, "_use_kernel", lambda pred: False)
+    monkeypatch.setattr(ROWS, "use_kernel", lambda pred: False)
     sort, sort_grad = value_and_grad(fn, "eager")(*args)
     for value, grad in ((packed, packed_grad), (sort, sort_grad)):
         np.testing.assert_allclose(value.numpy(), kernel.numpy(), rtol=1e-5)
@@ -467,7 +469,7 @@ def test_bad_row_splits_fail_when_a_graph_runs(monkeypatch, kernel, splits, matc
     """In tf.function the values are not known when traced: asserts fail the run (under XLA, which drops
     asserts, they are not checked)."""
     if not kernel:
-        monkeypatch.setattr(LT, "_use_kernel", lambda pred: False)
+        monkeypatch.setattr(ROWS, "use_kernel", lambda pred: False)
     fn = tf.function(lambda p, t, s: LT.lovasz_softmax(p, t, per_image=True, row_splits=s))
     with pytest.raises(tf.errors.InvalidArgumentError, match=f"row_splits must {match}"):
         fn(tf.random.uniform((4, 3)), tf.constant([0, 1, 2, 0]), tf.constant(splits, tf.int64))

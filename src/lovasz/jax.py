@@ -2,12 +2,9 @@
 
 Channels-first ``[B, C, *spatial]`` by default, as in :mod:`lovasz.torch`; the
 ``axis`` argument names the channel axis (``axis=-1`` for channels-last).
-Every (set, class) row goes through one sort. On a CPU, float32 rows go to the
-C kernel of :mod:`lovasz.torch` through ``jax.pure_callback`` (a ``custom_vjp``
-whose forward pass returns the gradient too, so backward is one multiply);
-elsewhere, and in float64, through one ``jax.lax.sort`` that carries the
-foreground flags along with the errors, the gradient flowing into the sorted
-errors. ``jax.lax.platform_dependent`` picks one when the function is lowered.
+Every (set, class) row goes through one sort, by the engines of :mod:`lovasz._jax_rows`: on a
+CPU, float32 rows go to the C kernel of :mod:`lovasz.torch` through ``jax.pure_callback``;
+elsewhere, and in float64, through sorts in JAX, the gradient flowing into the sorted errors.
 There is no Python branch on array values and no data-dependent shape (ignored
 pixels are masked), so the losses work under ``jax.jit``, ``jax.grad`` and
 ``jax.vmap``. The Jaccard steps are computed in closed form.
@@ -21,10 +18,8 @@ CVPR 2018, arXiv:1705.08790.
 
 from __future__ import annotations
 
-import functools
 import math
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Optional, Union
 
 import jax
@@ -32,8 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike, DTypeLike
 
-from lovasz import _ckernel as C
 from lovasz import _jax_distributed as D
+from lovasz import _jax_rows as R
 from lovasz import _validation as V
 
 __all__ = ["lovasz_grad", "lovasz_softmax", "lovasz_hinge", "lovasz_multilabel"]
@@ -162,279 +157,6 @@ def _as_weights(weights: Weights, num_classes: int, dtype: DTypeLike) -> jax.Arr
     return w.astype(dtype)
 
 
-# ----------------------------------------------------------------------------- the kernel
-
-
-def _jaccard_steps(fg_sorted: jax.Array, dtype: DTypeLike) -> jax.Array:
-    """``J(k) - J(k-1)`` along the last axis of 0/1 ``fg_sorted`` (int32), in closed form.
-
-    A foreground pixel adds ``1 / U``, a background one ``I / (U (U - 1))``, with
-    ``I`` and ``U`` the intersection and union after k pixels: no cancellation.
-    """
-    fg_cum = jnp.cumsum(fg_sorted, axis=-1)
-    gts = fg_cum[..., -1:]
-    k = jnp.arange(1, fg_sorted.shape[-1] + 1, dtype=fg_cum.dtype)
-    intersection = (gts - fg_cum).astype(dtype)
-    union = (gts + k - fg_cum).astype(dtype)
-    background_step = intersection / (union * jnp.maximum(union - 1, 1))
-    steps = jnp.where(fg_sorted == 1, 1 / union, background_step)
-    return steps.at[..., :1].set(1 - intersection[..., :1] / union[..., :1])  # J(1); the formula divides by U(0)
-
-
-def _counted(errors_sorted: jax.Array) -> jax.Array:
-    """The sorted errors as they add to the loss: ``relu`` (negative hinge margins and ignored pixels add
-    nothing), and a NaN error (a NaN prediction at a valid pixel) NaN with a NaN derivative, as on every
-    path: relu's derivative there is 0, which the constant NaN factor on its way back makes NaN (a
-    ``where`` of two branches would leak NaN into the others' derivatives)."""
-    nan_factor = jax.lax.stop_gradient(jnp.where(jnp.isnan(errors_sorted), jnp.nan, 1).astype(errors_sorted.dtype))
-    return jax.nn.relu(errors_sorted * nan_factor)
-
-
-def _lovasz_rows(errors: jax.Array, fg: jax.Array, valid: jax.Array | None) -> jax.Array:
-    """Lovász extension of each row of ``errors [R, N]`` against ``fg [R, N]`` (bool, False where ignored).
-
-    One ascending sort of ``-errors`` carries the flags along; ignored pixels get
-    the key ``+inf`` and sort last, where ``relu`` makes them add nothing.
-    """
-    key = -errors if valid is None else jnp.where(valid, -errors, jnp.inf)
-    neg_sorted, fg_sorted = jax.lax.sort((key, fg.astype(jnp.int32)), dimension=-1, num_keys=1)
-    steps = jax.lax.stop_gradient(_jaccard_steps(fg_sorted, errors.dtype))
-    return jnp.sum(_counted(-neg_sorted) * steps, axis=-1)
-
-
-def _rows(x: jax.Array, per_image: bool) -> jax.Array:
-    """``[B, K, N]`` to rows: ``[B*K, N]`` per image, or ``[K, B*N]`` for the batch as one set."""
-    b, k, n = x.shape
-    return x.reshape(b * k, n) if per_image else x.transpose(1, 0, 2).reshape(k, b * n)
-
-
-_THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _kernel_on_host(
-    errors: np.ndarray, codes: np.ndarray, need_grad: bool
-) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    """The C kernel on ``[..., S, R, N]`` errors; the leading axes come from ``vmap``."""
-    errors, codes = np.asarray(errors), np.asarray(codes)
-    lead, num_rows = errors.shape[:-3], errors.shape[-2]
-    loss = np.empty(lead + (num_rows,), np.float32)
-    grad = np.empty(errors.shape, np.float32) if need_grad else None
-    for index in np.ndindex(lead):
-        loss[index], _ = C.lovasz_rows(
-            errors[index], codes[index], C.ERRORS, None if grad is None else grad[index], _THREADS
-        )
-    return loss if grad is None else (loss, grad)
-
-
-def _host_call(errors: jax.Array, codes: jax.Array, need_grad: bool) -> Any:
-    loss = jax.ShapeDtypeStruct(errors.shape[:-3] + errors.shape[-2:-1], jnp.float32)
-    shapes = (loss, jax.ShapeDtypeStruct(errors.shape, jnp.float32)) if need_grad else loss
-    outputs = jax.pure_callback(
-        functools.partial(_kernel_on_host, need_grad=need_grad), shapes, errors, codes, vmap_method="broadcast_all"
-    )
-    return D.vary_like(outputs, errors, codes)
-
-
-@jax.custom_vjp
-def _host_rows(errors: jax.Array, codes: jax.Array) -> jax.Array:
-    """Loss of each row ``[:, r, :]`` of float32 ``errors [S, R, N]`` (codes 0/1/2), by the C kernel."""
-    return _host_call(errors, codes, need_grad=False)
-
-
-def _host_rows_fwd(errors: jax.Array, codes: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    loss, grad = _host_call(errors, codes, need_grad=True)  # the gradient comes with the loss
-    return loss, (grad, codes)
-
-
-def _host_rows_bwd(residuals: tuple[jax.Array, jax.Array], loss_cotangent: jax.Array) -> tuple[jax.Array, np.ndarray]:
-    grad, codes = residuals
-    return loss_cotangent[..., None, :, None] * grad, np.zeros(codes.shape, jax.dtypes.float0)
-
-
-_host_rows.defvjp(_host_rows_fwd, _host_rows_bwd)
-
-
-def _sorted_rows(errors: jax.Array, codes: jax.Array) -> jax.Array:
-    """:func:`_lovasz_rows` on the ``[S, R, N]`` layout of :func:`_host_rows`; float32 rows through
-    :func:`_row_sorted_rows`, the layout that reaches CUB's radix sort on a GPU."""
-    sets, num_rows, num_pixels = errors.shape
-    rows = lambda x: x.transpose(1, 0, 2).reshape(num_rows, sets * num_pixels)  # noqa: E731
-    sort_rows = _row_sorted_rows if errors.dtype == jnp.float32 else _lovasz_rows
-    return sort_rows(rows(errors), rows(codes) == 1, rows(codes) != 2)
-
-
-def _descending_order(errors: jax.Array, valid: jax.Array) -> jax.Array:
-    """Each row's pixel indices ``[R, N]`` (int32) by decreasing float32 error, ties in pixel order, the
-    invalid pixels last; negative errors count as 0, NaN first (as the C kernel orders them).
-
-    One 1-D sort per row (``lax.map``) of int32 keys, the complemented error bits (non-negative floats
-    order like their bits), carrying int32 indices: the form XLA sends to CUB's radix sort on a GPU (two
-    operands, one integer key and its plain comparator, one row). A sort of ``[R, N]`` with a float key
-    (whose comparator JAX makes a total order), or three operands, goes to a bitonic sort there, about 55
-    passes over memory for rows of 4 M (openxla ``sort_rewriter.cc``, ``IsCubCompatibleSort``).
-    """
-    bits = jax.lax.bitcast_convert_type(errors, jnp.int32)
-    bits = jnp.where(bits < 0, 0, bits)  # negative errors and -0.0: 0
-    key = jnp.where(valid, jnp.int32(0x7FFFFFFE) - bits, jnp.int32(0x7FFFFFFF))  # a NaN's bits make it negative
-    index = jnp.broadcast_to(jnp.arange(errors.shape[-1], dtype=jnp.int32), errors.shape)
-    _, order = jax.lax.map(lambda pair: jax.lax.sort(pair, num_keys=1, is_stable=True), (key, index))
-    return order
-
-
-def _row_sorted_rows(errors: jax.Array, fg: jax.Array, valid: jax.Array) -> jax.Array:
-    """:func:`_lovasz_rows` of float32 ``errors [R, N]`` by :func:`_descending_order`; the gradient
-    flows through the gather of the errors (a scatter of the steps back)."""
-    order = _descending_order(errors, valid)
-    errors_sorted = jnp.take_along_axis(jnp.where(valid, errors, 0), order, axis=-1)
-    fg_sorted = jnp.take_along_axis((fg & valid).astype(jnp.int32), order, axis=-1)
-    steps = jax.lax.stop_gradient(_jaccard_steps(fg_sorted, errors.dtype))
-    return jnp.sum(_counted(errors_sorted) * steps, axis=-1)
-
-
-def _codes(fg: jax.Array, valid: jax.Array | None) -> jax.Array:
-    """The pixels' codes (uint8): 1 foreground, 0 background, 2 ignored."""
-    codes = fg.astype(jnp.uint8)
-    return codes if valid is None else jnp.where(valid, codes, jnp.uint8(2)).astype(jnp.uint8)
-
-
-def _rows_loss(errors: jax.Array) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """The function of ``[S, R, N]`` errors and codes to the losses ``[R]`` of rows ``[:, r, :]`` like
-    ``errors``: on a CPU by the C kernel where it applies, else by one sort."""
-    if errors.dtype == jnp.float32 and C.kernel() is None and jax.default_backend() == "cpu":
-        C.warn_missing("lovasz.jax")
-    if not C.applies(errors.dtype, errors.size) or not D.callbacks_run_here(errors):
-        return _sorted_rows
-    return lambda errors, codes: jax.lax.platform_dependent(errors, codes, cpu=_host_rows, default=_sorted_rows)
-
-
-def _split_rows_loss(errors: jax.Array, codes: jax.Array) -> jax.Array:
-    """:func:`_rows_loss` of ``[S, R, N]`` errors, the rows split over the devices of a mesh whose axes
-    are left to the partitioner (plain ``jit`` of sharded inputs)."""
-    return D.split_rows(_rows_loss(errors), (errors, codes), row_axis=1)
-
-
-def _lovasz_kernel(errors: jax.Array, fg: jax.Array, valid: jax.Array | None, per_image: bool) -> jax.Array:
-    """Loss of each (set, class) row of ``errors [B, K, N]``: on a CPU by the C kernel where it applies."""
-    codes = _codes(fg, valid)
-    b, k, n = errors.shape
-    layout = (1, b * k, n) if per_image else (b, k, n)  # [S, R, N]: row r is [:, r, :]
-    return _split_rows_loss(errors.reshape(layout), codes.reshape(layout))
-
-
-# ----------------------------------------------------------------------------- segments (point clouds)
-# Points of S segments in segment order: segment s is the run [ends[s - 1], ends[s]) of each
-# class's row. A sort by (segment, error) keeps every segment in its own run, so the runs'
-# bounds are known before the sort and one sort serves all (segment, class) rows.
-
-
-def _segment_of_position(ends: jax.Array, num_points: int) -> jax.Array:
-    """The segment of each position ``[N]``; S past the last run (points in no segment)."""
-    return jnp.searchsorted(ends, jnp.arange(num_points), side="right")
-
-
-def _segment_steps(fg_sorted: jax.Array, dtype: DTypeLike, ends: jax.Array, segment: jax.Array) -> jax.Array:
-    """:func:`_jaccard_steps` within each segment's run."""
-    running = jnp.pad(jnp.cumsum(fg_sorted, axis=-1), ((0, 0), (1, 0)))  # foreground among the first i
-    starts = jnp.concatenate([jnp.zeros(1, ends.dtype), ends[:-1]])
-    inside = jnp.minimum(segment, ends.shape[0] - 1)  # points in no segment: any run, their error is 0
-    start, end = starts[inside], ends[inside]
-    fg_cum = running[:, 1:] - running[:, start]
-    gts = running[:, end] - running[:, start]
-    k = jnp.arange(1, fg_sorted.shape[-1] + 1) - start
-    intersection = (gts - fg_cum).astype(dtype)
-    union = (gts + k - fg_cum).astype(dtype)
-    background_step = intersection / (union * jnp.maximum(union - 1, 1))
-    steps = jnp.where(fg_sorted == 1, 1 / union, background_step)
-    return jnp.where(k == 1, 1 - intersection / union, steps)
-
-
-def _segment_rows_sorted(errors: jax.Array, codes: jax.Array, ends: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Loss and presence ``[S, K]`` of each (segment, class) row of ``errors [K, N]``: one ``lax.sort``."""
-    num_rows, num_points = errors.shape
-    segment = _segment_of_position(ends, num_points)
-    key = jnp.where(codes != 2, -errors, jnp.inf)
-    by_segment = jnp.broadcast_to(segment, errors.shape)
-    _, neg_sorted, fg_sorted = jax.lax.sort((by_segment, key, (codes == 1).astype(jnp.int32)), dimension=-1, num_keys=2)
-    steps = jax.lax.stop_gradient(_segment_steps(fg_sorted, errors.dtype, ends, segment))
-    contributions = _counted(-neg_sorted) * steps
-    sums = jax.ops.segment_sum(contributions.T, segment, ends.shape[0] + 1, indices_are_sorted=True)
-    counts = jax.ops.segment_sum((codes == 1).T.astype(jnp.int32), segment, ends.shape[0] + 1, indices_are_sorted=True)
-    return sums[:-1], counts[:-1] > 0
-
-
-def _segments_on_host(errors: np.ndarray, codes: np.ndarray, ends: np.ndarray, need_grad: bool) -> tuple:
-    """The C kernel's segment rows on ``[..., K, N]`` errors: loss, presence (and gradient); the leading
-    axes come from ``vmap``."""
-    errors, codes, ends = np.asarray(errors), np.asarray(codes), np.asarray(ends)
-    lead, (num_rows, _) = errors.shape[:-2], errors.shape[-2:]
-    loss = np.empty(lead + (ends.shape[-1], num_rows), np.float32)
-    present = np.empty(loss.shape, np.bool_)
-    grad = np.zeros(errors.shape, np.float32) if need_grad else None  # points in no segment: 0
-    for index in np.ndindex(lead):
-        loss[index], present[index] = C.lovasz_scene_rows(
-            errors[index], codes[index], ends[index], C.ERRORS, None if grad is None else grad[index], _THREADS
-        )
-    return (loss, present) if grad is None else (loss, present, grad)
-
-
-def _segments_call(errors: jax.Array, codes: jax.Array, ends: jax.Array, need_grad: bool) -> Any:
-    rows = errors.shape[:-2] + (ends.shape[-1], errors.shape[-2])
-    shapes: tuple = (jax.ShapeDtypeStruct(rows, jnp.float32), jax.ShapeDtypeStruct(rows, jnp.bool_))
-    shapes += (jax.ShapeDtypeStruct(errors.shape, jnp.float32),) if need_grad else ()
-    outputs = jax.pure_callback(
-        functools.partial(_segments_on_host, need_grad=need_grad),
-        shapes,
-        errors,
-        codes,
-        ends,
-        vmap_method="broadcast_all",
-    )
-    return D.vary_like(outputs, errors, codes, ends)
-
-
-@jax.custom_vjp
-def _host_segments(errors: jax.Array, codes: jax.Array, ends: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Loss and presence ``[S, K]`` of each (segment, class) row of float32 ``errors [K, N]``, by the C kernel."""
-    return _segments_call(errors, codes, ends, need_grad=False)
-
-
-def _host_segments_fwd(
-    errors: jax.Array, codes: jax.Array, ends: jax.Array
-) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]:
-    loss, present, grad = _segments_call(errors, codes, ends, need_grad=True)
-    return (loss, present), (grad, codes, ends)
-
-
-def _host_segments_bwd(
-    residuals: tuple[jax.Array, jax.Array, jax.Array], cotangents: tuple[jax.Array, Any]
-) -> tuple[jax.Array, np.ndarray, np.ndarray]:
-    grad, codes, ends = residuals
-    loss_cotangent = cotangents[0]
-    # each point takes its own segment's cotangent, by runs (0 past the last: points in no segment)
-    num_points = grad.shape[-1]
-    counts = jnp.diff(ends, prepend=0, append=num_points)
-    padded = jnp.concatenate([loss_cotangent, jnp.zeros_like(loss_cotangent[:1])])  # [S + 1, K]
-    spread = jnp.repeat(padded, counts, axis=0, total_repeat_length=num_points)  # [N, K]
-    zeros = lambda x: np.zeros(x.shape, jax.dtypes.float0)  # noqa: E731
-    return spread.T * grad, zeros(codes), zeros(ends)
-
-
-_host_segments.defvjp(_host_segments_fwd, _host_segments_bwd)
-
-
-def _segment_kernel(
-    errors: jax.Array, fg: jax.Array, valid: jax.Array | None, ends: jax.Array
-) -> tuple[jax.Array, jax.Array]:
-    """Loss and presence ``[S, K]`` of each (segment, class) row of ``errors [K, N]``: the C kernel where it
-    applies. The class rows are split over the devices of sharded inputs under plain ``jit``."""
-    codes = _codes(fg, valid)
-    if not C.applies(errors.dtype, errors.size) or C.scene_kernel() is None or not D.callbacks_run_here(errors):
-        rows_loss = _segment_rows_sorted
-    else:
-        rows_loss = functools.partial(jax.lax.platform_dependent, cpu=_host_segments, default=_segment_rows_sorted)
-    return D.split_rows(rows_loss, (errors, codes), row_axis=0, shared=(ends,), out_row_axes=(1, 1))
-
-
 def _lovasz_classes(
     pred: jax.Array,
     fg: jax.Array,
@@ -448,8 +170,8 @@ def _lovasz_classes(
     axis_name: D.AxisName = None,
 ) -> jax.Array:
     """Loss of ``pred [B, K, N]`` against ``fg [B, K, N]``; ``valid`` broadcasts to them. With ``ends``,
-    ``B`` is 1 and the sets are the segments of the points (see above). With ``axis_name``, the batch
-    is every device's along it (:mod:`lovasz._jax_distributed`)."""
+    ``B`` is 1 and the sets are the segments of the points (:mod:`lovasz._jax_rows`). With
+    ``axis_name``, the batch is every device's along it (:mod:`lovasz._jax_distributed`)."""
     if valid is not None:
         valid = jnp.broadcast_to(valid, pred.shape)
         fg = fg & valid
@@ -463,12 +185,12 @@ def _lovasz_classes(
     else:  # |[y = c] - p|
         errors = jnp.abs(jnp.where(fg, 1 - pred, pred))
     if ends is not None:
-        loss, present = _segment_kernel(errors[0], fg[0], None if valid is None else valid[0], ends)
+        loss, present = R.segment_kernel(errors[0], fg[0], None if valid is None else valid[0], ends)
     elif axis_name is not None and not per_image:  # one set of every device's pixels
-        loss, present = D.union_rows(errors, _codes(fg, valid), axis_name, _split_rows_loss)
+        loss, present = D.union_rows(errors, R.pixel_codes(fg, valid), axis_name, R.split_rows_loss)
     else:
-        loss = _lovasz_kernel(errors, fg, valid, per_image)
-        present = _rows(fg, per_image).any(-1)
+        loss = R.lovasz_kernel(errors, fg, valid, per_image)
+        present = R.as_rows(fg, per_image).any(-1)
 
     num_rows = pred.shape[1]
     loss, present = loss.reshape(-1, num_rows), present.reshape(-1, num_rows)
@@ -773,4 +495,4 @@ def lovasz_grad(gt_sorted: ArrayLike) -> jax.Array:
     if gt_sorted.ndim != 1:
         raise ValueError(f"gt_sorted must be a 1-D array; got shape {list(gt_sorted.shape)}")
     dtype = jnp.float64 if gt_sorted.dtype == jnp.float64 else jnp.float32
-    return _jaccard_steps(jnp.round(gt_sorted).astype(jnp.int32), dtype)
+    return R.jaccard_steps(jnp.round(gt_sorted).astype(jnp.int32), dtype)

@@ -8,8 +8,10 @@ extensions of :mod:`lovasz.torch`: ``from_logits``, class ``weights``,
 All (set, class) rows go through one sort: no ``map_fn``, no Python loop over
 images or classes, no data-dependent shape (ignored pixels are masked, not
 removed), so the losses run eagerly, in ``tf.function`` and with
-``jit_compile=True`` (XLA). The sort is chosen when the function is traced
-(eagerly, at each call):
+``jit_compile=True`` (XLA). This module checks the arguments and builds the
+predictions, labels and masks; the engines that sort the rows are in
+:mod:`lovasz._tf_rows` (images) and :mod:`lovasz._tf_scenes` (points of scenes).
+The sort is chosen when the function is traced (eagerly, at each call):
 
 - float32 on a CPU, eagerly or in ``tf.function``: the C kernel of
   :mod:`lovasz.torch` (``_kernel.c``), through ``tf.numpy_function`` inside a
@@ -18,7 +20,12 @@ removed), so the losses run eagerly, in ``tf.function`` and with
 - float32 on a CPU under XLA (where a host callback cannot run): XLA's sort of
   one int64 key per pixel that packs the error, the pixel's index and its
   label, and no gather; backward scatters the Jaccard steps;
-- elsewhere (float64, a GPU, lovasz installed without its kernel): one
+- float32 on a GPU (a shape known when traced): the same keys with the row
+  above the error, all rows in ONE 1-D sort (XLA's sort of one int64 operand
+  under XLA, ``top_k`` of one row outside), which reaches the GPU's
+  one-segment radix sort where a sort of ``[R, N]`` rows takes its segmented
+  sort; rows in groups, one sort each, where the key's bits run out;
+- elsewhere (float64, lovasz installed without its kernel): one
   ``tf.math.top_k``, the gradient flowing into the gathered errors.
 
 The Jaccard steps are computed in closed form. A ``tf.function`` first traced
@@ -48,26 +55,15 @@ CVPR 2018, arXiv:1705.08790.
 
 from __future__ import annotations
 
-import functools
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Optional, TypeAlias, Union
 
 import numpy as np
-import numpy.typing as npt
 import tensorflow as tf
 
-from lovasz import _ckernel as C
-from lovasz import _tf_distributed
+from lovasz import _tf_distributed, _tf_rows, _tf_scenes
 from lovasz import _validation as V
-
-try:  # TF internals, present in TF 2.16-2.21: without them, the C kernel runs eagerly only, and XLA uses top_k
-    from tensorflow.compiler.tf2xla.ops import gen_xla_ops  # XlaSort: XLA's sort of one operand
-    from tensorflow.python.eager import record
-    from tensorflow.python.framework import ops as tf_ops
-    from tensorflow.python.ops import control_flow_util
-except ImportError:  # pragma: no cover
-    gen_xla_ops = record = tf_ops = control_flow_util = None
+from lovasz._tf_scenes import shown_splits
 
 __all__ = [
     "lovasz_grad",
@@ -181,263 +177,7 @@ def _as_weights(weights: Weights, num_classes: int, dtype: tf.DType) -> tf.Tenso
     return tf.cast(w, dtype)
 
 
-# ----------------------------------------------------------------------------- the kernel
-
-
-def _jaccard_steps(fg_sorted: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
-    """``J(k) - J(k-1)`` along the last axis of 0/1 ``fg_sorted`` (int32), in closed form.
-
-    A foreground pixel adds ``1 / U``, a background one ``I / (U (U - 1))``, with
-    ``I`` and ``U`` the intersection and union after k pixels: no cancellation.
-    """
-    fg_cum = tf.cumsum(fg_sorted, axis=-1)
-    gts = fg_cum[..., -1:]
-    k = tf.range(1, tf.shape(fg_sorted)[-1] + 1, dtype=fg_cum.dtype)
-    intersection = tf.cast(gts - fg_cum, dtype)
-    union = tf.cast(gts + k - fg_cum, dtype)
-    background_step = intersection / (union * tf.maximum(union - 1, 1))
-    steps = tf.where(fg_sorted == 1, 1 / union, background_step)
-    first = 1 - intersection[..., :1] / union[..., :1]  # J(1); the formula divides by U(0)
-    return tf.concat([first, steps[..., 1:]], axis=-1)
-
-
-def _counted(errors_sorted: tf.Tensor) -> tf.Tensor:
-    """The sorted errors as they add to the loss: ``relu`` (negative hinge margins and ignored pixels add
-    nothing), and a NaN error (a NaN prediction at a valid pixel) NaN with a NaN derivative, as on every
-    path: relu's derivative there is 0, which the constant NaN factor on its way back makes NaN."""
-    nan = tf.constant(float("nan"), errors_sorted.dtype)
-    nan_factor = tf.where(tf.math.is_nan(errors_sorted), nan, tf.ones((), errors_sorted.dtype))
-    return tf.nn.relu(errors_sorted * tf.stop_gradient(nan_factor))
-
-
-def _lovasz_rows(errors: tf.Tensor, fg: tf.Tensor, valid: tf.Tensor | None) -> tf.Tensor:
-    """Lovász extension of each row of ``errors [R, N]`` against ``fg [R, N]`` (bool, False where ignored).
-
-    Ignored pixels get the key ``-inf``: they sort last, where ``relu`` makes them add nothing.
-    Under XLA on a CPU, float32 rows take :func:`_packed_rows` instead.
-    """
-    if (
-        errors.dtype == tf.float32
-        and not tf.executing_eagerly()
-        and gen_xla_ops is not None
-        and _in_xla()
-        and _on_cpu(errors)
-    ):
-        return _packed_rows(errors, fg, valid)
-    key = errors if valid is None else tf.where(valid, errors, tf.constant(-np.inf, errors.dtype))
-    _, perm = tf.math.top_k(tf.stop_gradient(key), k=tf.shape(key)[-1], sorted=True)
-    # the gradient goes through the gather, not top_k, whose gradient fails on rows of no pixel (an empty batch)
-    errors_sorted = tf.gather(key, perm, batch_dims=1)
-    fg_sorted = tf.gather(tf.cast(fg, tf.int32), perm, batch_dims=1)
-    steps = tf.stop_gradient(_jaccard_steps(fg_sorted, errors.dtype))
-    return tf.reduce_sum(_counted(errors_sorted) * steps, axis=-1)
-
-
-def _packed_rows(errors: tf.Tensor, fg: tf.Tensor, valid: tf.Tensor | None) -> tf.Tensor:
-    """:func:`_lovasz_rows` for float32 under XLA: one sort of one int64 key per pixel, no gather.
-
-    The key is ``(0x7fffffff - error bits) << 32 | index << 1 | fg``: a non-negative float's
-    bits order like the number, so one ascending integer sort orders the errors decreasingly
-    (ties by pixel index, as ``top_k``), and the sorted keys hold the errors, the flags and
-    the permutation. Negative errors (and ignored pixels) count as 0: they sort last, where
-    they add nothing. Backward scatters each pixel's step to its place.
-    """
-    if valid is not None:
-        errors = tf.where(valid, errors, tf.zeros((), errors.dtype))
-    errors = tf.where(errors < 0, tf.zeros((), errors.dtype), errors)  # NaN stays NaN
-    return _packed_sort(errors, tf.cast(fg, tf.int64))
-
-
-def _sorted_error_grad(errors_sorted: tf.Tensor, grad: tf.Tensor) -> tf.Tensor:
-    """``grad`` where the sorted error counts (> 0), 0 where it does not, NaN where it is NaN (a NaN
-    prediction at a valid pixel: the loss is NaN, and so is its gradient, as on every path)."""
-    grad = tf.where(errors_sorted > 0, grad, tf.zeros((), grad.dtype))
-    return tf.where(tf.math.is_nan(errors_sorted), tf.constant(float("nan"), grad.dtype), grad)
-
-
-@tf.custom_gradient
-def _packed_sort(errors: tf.Tensor, fg: tf.Tensor) -> tuple[tf.Tensor, Callable[[tf.Tensor], tuple[tf.Tensor, None]]]:
-    assert gen_xla_ops is not None  # _lovasz_rows checks it
-    num_rows, num_pixels = tf.shape(errors)[0], tf.shape(errors)[1]
-    bits = tf.bitwise.bitwise_and(tf.bitcast(errors, tf.int32), 0x7FFFFFFF)  # -0.0 and a negative NaN too
-    high = tf.bitwise.left_shift(tf.cast(0x7FFFFFFF - bits, tf.int64), 32)
-    low = tf.bitwise.bitwise_or(tf.bitwise.left_shift(tf.range(num_pixels, dtype=tf.int64), 1), fg)
-    key = gen_xla_ops.xla_sort(tf.bitwise.bitwise_or(high, low))
-    errors_sorted = tf.bitcast(0x7FFFFFFF - tf.cast(tf.bitwise.right_shift(key, 32), tf.int32), tf.float32)
-    steps = _jaccard_steps(tf.cast(tf.bitwise.bitwise_and(key, 1), tf.int32), tf.float32)
-    loss = tf.reduce_sum(errors_sorted * steps, axis=-1)
-
-    def backward(loss_cotangent: tf.Tensor) -> tuple[tf.Tensor, None]:
-        index = tf.cast(tf.bitwise.bitwise_and(tf.bitwise.right_shift(key, 1), 0x7FFFFFFF), tf.int64)
-        index += tf.range(tf.cast(num_rows, tf.int64), dtype=tf.int64)[:, None] * tf.cast(num_pixels, tf.int64)
-        grad = _sorted_error_grad(errors_sorted, steps * loss_cotangent[:, None])
-        size = tf.cast(num_rows, tf.int64) * tf.cast(num_pixels, tf.int64)
-        flat = tf.scatter_nd(tf.reshape(index, [-1, 1]), tf.reshape(grad, [-1]), size[None])
-        return tf.reshape(flat, [num_rows, num_pixels]), None
-
-    return loss, backward
-
-
-def _rows(x: tf.Tensor, per_image: bool, channels_last: bool) -> tf.Tensor:
-    """``[B, K, N]`` (``[B, N, K]`` channels-last) to rows ``[B*K, N]`` per image or ``[K, B*N]``."""
-    if channels_last:
-        if not per_image:
-            return tf.transpose(tf.reshape(x, [-1, tf.shape(x)[2]]))
-        x = tf.transpose(x, [0, 2, 1])
-    elif not per_image:
-        x = tf.transpose(x, [1, 0, 2])
-        return tf.reshape(x, [tf.shape(x)[0], -1])
-    shape = tf.shape(x)
-    return tf.reshape(x, [shape[0] * shape[1], shape[2]])  # no -1: the rows may be empty
-
-
-def _sorted_losses(
-    pred: tf.Tensor, fg: tf.Tensor, valid: tf.Tensor | None, hinge: bool, per_image: bool, channels_last: bool
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """Loss and presence ``[rows]`` of each row by a sort in TF: any dtype, any device, under XLA too."""
-    if hinge:  # max(0, 1 - s x), the max taken after the sort
-        errors = tf.where(fg, 1 - pred, 1 + pred)
-    else:  # |[y = c] - p|
-        errors = tf.abs(tf.where(fg, 1 - pred, pred))
-    row = lambda x: _rows(x, per_image, channels_last)  # noqa: E731
-    fg_rows = row(fg)
-    loss = _lovasz_rows(row(errors), fg_rows, None if valid is None else row(valid))
-    return loss, tf.reduce_any(fg_rows, axis=-1)
-
-
-# ----------------------------------------------------------------------------- the C kernel on a CPU
-
-_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-_ALIGN = 64  # TF takes a returned array without a copy where it is this aligned
-
-
-def _aligned_empty(shape: tuple[int, ...], dtype: npt.DTypeLike) -> np.ndarray:
-    """An uninitialised C-contiguous array whose data starts on a ``_ALIGN``-byte boundary."""
-    dtype = np.dtype(dtype)
-    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    raw = np.empty(size + _ALIGN, np.uint8)
-    start = -raw.ctypes.data % _ALIGN
-    return raw[start : start + size].view(dtype).reshape(shape)
-
-
-def _host_rows(pred: np.ndarray, codes: np.ndarray, mode: int, need_grad: bool) -> tuple[np.ndarray, ...]:
-    """The C kernel on ``[S, R, N]`` rows: loss ``[R]``, presence ``[R]`` and (``need_grad``) d loss_r / d pred."""
-    grad = _aligned_empty(pred.shape, np.float32) if need_grad else None  # not pred: TF's input may share its buffer
-    threads = tf.config.threading.get_intra_op_parallelism_threads() or _CORES  # 0: TF's default, every core
-    loss, present = C.lovasz_rows(pred, codes, mode, grad, threads)
-    return (loss, present) if grad is None else (loss, present, grad)
-
-
-def _host_call(pred: tf.Tensor, codes: tf.Tensor, mode: int, need_grad: bool) -> list[tf.Tensor]:
-    outputs = tf.numpy_function(
-        functools.partial(_host_rows, mode=mode, need_grad=need_grad),
-        [pred, codes],
-        [tf.float32, tf.bool] + [tf.float32] * need_grad,
-        stateful=False,
-        name="lovasz_c_kernel",
-    )
-    for output, shape in zip(outputs, [pred.shape[1:2], pred.shape[1:2], pred.shape]):
-        output.set_shape(shape)
-    return outputs
-
-
-def _kernel_rows(pred: tf.Tensor, codes: tf.Tensor, mode: int) -> tuple[tf.Tensor, tf.Tensor]:
-    """Loss ``[R]`` and presence ``[R]`` of the rows ``[:, r, :]`` of float32 ``pred [S, R, N]``, by the C kernel.
-
-    Where a ``GradientTape`` watches ``pred``, the kernel returns the gradient with the
-    loss and backward is one multiply; elsewhere (evaluation) it computes no gradient,
-    and a later ``tf.gradients`` runs it again for one.
-    """
-    need_grad = record is None or record.should_record_backprop([pred])
-
-    @tf.custom_gradient
-    def rows(pred: tf.Tensor, codes: tf.Tensor) -> tuple[tuple[tf.Tensor, ...], Callable[..., tuple[tf.Tensor, None]]]:
-        outputs = _host_call(pred, codes, mode, need_grad)
-
-        def backward(loss_cotangent: tf.Tensor, present_cotangent: tf.Tensor) -> tuple[tf.Tensor, None]:
-            grad = outputs[2] if need_grad else _host_call(pred, codes, mode, True)[2]
-            return grad * tf.reshape(loss_cotangent, [1, -1, 1]), None
-
-        return tuple(outputs[:2]), backward
-
-    return rows(pred, codes)
-
-
-def _kernel_losses(
-    pred: tf.Tensor, fg: tf.Tensor, valid: tf.Tensor | None, hinge: bool, per_image: bool, channels_last: bool
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """:func:`_sorted_losses` by the C kernel, on rows read in place from ``[B, K, N]``."""
-    codes = tf.cast(fg, tf.uint8)
-    if valid is not None:
-        codes = tf.where(valid, codes, tf.constant(2, tf.uint8))  # 0 background, 1 foreground, 2 ignored
-    if channels_last:
-        pred, codes = tf.transpose(pred, [0, 2, 1]), tf.transpose(codes, [0, 2, 1])
-    shape = tf.shape(pred)
-    layout = [1, shape[0] * shape[1], shape[2]] if per_image else shape  # [S, R, N]: row r is [:, r, :]
-    return _kernel_rows(tf.reshape(pred, layout), tf.reshape(codes, layout), C.HINGE if hinge else C.SOFTMAX)
-
-
-def _kernel_or_sort(
-    pred: tf.Tensor, fg: tf.Tensor, valid: tf.Tensor | None, hinge: bool, per_image: bool, channels_last: bool
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """The C kernel where the sizes fit its item format; chosen when run if they are not known when traced."""
-    args = (pred, fg, valid, hinge, per_image, channels_last)
-    size = pred.shape.num_elements()
-    if size is not None:
-        return (_kernel_losses if size <= C.MAX_ELEMENTS else _sorted_losses)(*args)
-    return tf.cond(
-        tf.size(pred, tf.int64) <= C.MAX_ELEMENTS, lambda: _kernel_losses(*args), lambda: _sorted_losses(*args)
-    )
-
-
-def _in_xla() -> bool:
-    """Whether the graph being built is compiled by XLA (``jit_compile=True``, and functions called from one).
-
-    TF marks such graphs with an XLA control-flow context (``OptionalXlaContext`` in
-    ``tf.function``); a host callback cannot run in them.
-    """
-    if control_flow_util is None or tf_ops is None:  # imported together: both None or neither
-        return True  # not known: as if it were
-    return control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph())
-
-
-def _on_cpu(x: tf.Tensor) -> bool:
-    """Whether ``x`` is on a CPU: its device (eagerly, or a ``tf.device`` scope in a graph).
-
-    Without one, TF places it on a GPU or TPU where there is one: a CPU only on a machine without.
-    """
-    device_type = tf.DeviceSpec.from_string(x.device).device_type if x.device else None
-    if device_type:
-        return device_type == "CPU"
-    return all(d.device_type == "CPU" for d in tf.config.list_logical_devices())
-
-
-def _use_kernel(pred: tf.Tensor) -> bool:
-    """The C kernel takes float32 rows on a CPU, eagerly and in ``tf.function``, not under XLA (where
-    a host callback cannot run), and only where lovasz was installed with it."""
-    if pred.dtype != tf.float32:
-        return False
-    if C.kernel() is None:
-        if _on_cpu(pred):
-            C.warn_missing("lovasz.tf")
-        return False
-    if not tf.executing_eagerly() and _in_xla():
-        return False
-    return _on_cpu(pred)
-
-
-# ----------------------------------------------------------------------------- points of scenes
-# Points-first sets (point clouds): a class's row holds every point, scene s the run
-# [splits[s], splits[s + 1]). Sorting each row by (scene, error) keeps every scene in its own
-# run, so one sort serves all (scene, class) rows and the runs' bounds are known before it.
-
-
-def _shown(values: np.ndarray) -> str:
-    """Row splits for an error message: all of them, or the first and the last of many."""
-    listed = values.tolist()
-    if len(listed) <= 12:
-        return str(listed)
-    return f"[{', '.join(map(str, listed[:8]))}, ..., {listed[-1]}] ({len(listed)} values)"
+# ----------------------------------------------------------------------------- checks of points of scenes
 
 
 def _check_known_classes(channels: int | None, name: str, shape: tf.TensorShape) -> None:
@@ -465,12 +205,12 @@ def _check_row_splits(row_splits: TensorLike, num_points: int | tf.Tensor, pname
     if tf.executing_eagerly():
         values, n = splits.numpy(), int(num_points)
         if values[0] != 0:
-            raise ValueError(f"row_splits must start at 0; got {_shown(values)}")
+            raise ValueError(f"row_splits must start at 0; got {shown_splits(values)}")
         if np.any(values[1:] < values[:-1]):
-            raise ValueError(f"row_splits must never decrease (each scene's end); got {_shown(values)}")
+            raise ValueError(f"row_splits must never decrease (each scene's end); got {shown_splits(values)}")
         if values[-1] != n:
-            raise ValueError(f"row_splits must end at {n}, the number of points of {pname}; got {_shown(values)}")
-    elif not _in_xla():
+            raise ValueError(f"row_splits must end at {n}, the number of points of {pname}; got {shown_splits(values)}")
+    elif not _tf_rows.in_xla():
         n = tf.cast(num_points, tf.int64)
         checks = [
             tf.debugging.assert_equal(splits[0], tf.constant(0, tf.int64), message="row_splits must start at 0"),
@@ -500,10 +240,10 @@ def _from_ragged(prediction: Any, labels: Any, names: tuple[str, str]) -> tuple[
     if tf.executing_eagerly():
         if splits.shape != label_splits.shape or not bool(tf.reduce_all(splits == label_splits)):
             raise ValueError(
-                f"{lname} must have the scenes of {pname} (equal row_splits); got {_shown(label_splits.numpy())} "
-                f"against {_shown(splits.numpy())}"
+                f"{lname} must have the scenes of {pname} (equal row_splits); got {shown_splits(label_splits.numpy())} "
+                f"against {shown_splits(splits.numpy())}"
             )
-    elif not _in_xla():
+    elif not _tf_rows.in_xla():
         check = tf.debugging.assert_equal(label_splits, splits, message=f"{lname} must have the scenes of {pname}")
         with tf.control_dependencies([check]):
             splits = tf.identity(splits)
@@ -546,235 +286,6 @@ def _points(
     return tf.expand_dims(prediction, 0), tf.expand_dims(labels, 0), row_splits  # (x[None]'s gradient copies)
 
 
-def _scene_of_points(splits: tf.Tensor, num_points: int | tf.Tensor) -> tf.Tensor:
-    """Each point's scene ``[N]`` (int32): the ``s`` with ``splits[s] <= n < splits[s + 1]``, as the
-    count of inner splits at or before ``n`` (a scatter and a cumsum: no sort, XLA compiles it)."""
-    inner = splits[1:-1]
-    marks = tf.scatter_nd(inner[:, None], tf.ones_like(inner, tf.int32), tf.cast(num_points, tf.int64)[None] + 1)
-    return tf.cumsum(marks)[:-1]
-
-
-def _scene_jaccard_steps(
-    fg_sorted: tf.Tensor, dtype: tf.DType, splits: tf.Tensor, scene: tf.Tensor
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """:func:`_jaccard_steps` within each scene's run of ``fg_sorted [K, N]``; also each (class, scene)'s
-    foreground count ``[K, S]``."""
-    running = tf.pad(tf.cumsum(fg_sorted, axis=-1), [[0, 0], [1, 0]])  # [:, i]: foreground among the first i
-    at_splits = tf.gather(running, splits, axis=1)  # [K, S + 1]
-    gts_scene = at_splits[:, 1:] - at_splits[:, :-1]
-    fg_cum = running[:, 1:] - tf.gather(at_splits, scene, axis=1)  # foreground among the scene's first k
-    gts = tf.gather(gts_scene, scene, axis=1)
-    k = tf.range(1, tf.shape(fg_sorted)[-1] + 1) - tf.cast(tf.gather(splits, scene), tf.int32)  # from 1 in a scene
-    intersection = tf.cast(gts - fg_cum, dtype)
-    union = tf.cast(gts + k - fg_cum, dtype)
-    background_step = intersection / (union * tf.maximum(union - 1, 1))
-    steps = tf.where(fg_sorted == 1, 1 / union, background_step)
-    return tf.where(k == 1, 1 - intersection / union, steps), gts_scene  # J(1); the formula divides by U(0)
-
-
-def _scene_sums(values: tf.Tensor, scene: tf.Tensor, num_scenes: int | tf.Tensor) -> tf.Tensor:
-    """Sums ``[S, K]`` of each scene's points in ``values [K, N]``, accumulated in float64 (a scene's
-    sum of many float32 terms stays as exact as the dense loss's)."""
-    sums = tf.math.unsorted_segment_sum(tf.transpose(tf.cast(values, tf.float64)), scene, num_scenes)
-    return tf.cast(sums, values.dtype)
-
-
-def _scene_sorted_rows(
-    errors: tf.Tensor, fg: tf.Tensor, valid: tf.Tensor | None, splits: tf.Tensor
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """Loss and presence ``[S, K]`` of the scenes' runs of ``errors [K, N]`` by ``top_k``: any dtype and device.
-
-    No integer key holds a float64 error and a scene: the rows are sorted by error, then stably
-    by scene (``top_k`` keeps ties in order), as lovasz.torch does in float64. Ignored points get
-    the key ``-inf``: they sort last in their scene, where ``relu`` makes them add nothing.
-    """
-    num_points, num_scenes = tf.shape(errors)[1], tf.shape(splits)[0] - 1
-    scene = _scene_of_points(splits, num_points)
-    key = errors if valid is None else tf.where(valid, errors, tf.constant(-np.inf, errors.dtype))
-    _, by_error = tf.math.top_k(tf.stop_gradient(key), k=num_points, sorted=True)
-    _, by_scene = tf.math.top_k(-tf.cast(tf.gather(scene, by_error), tf.float32), k=num_points, sorted=True)
-    perm = tf.gather(by_error, by_scene, batch_dims=1)
-    errors_sorted = tf.gather(key, perm, batch_dims=1)
-    fg_sorted = tf.gather(tf.cast(fg, tf.int32), perm, batch_dims=1)
-    steps, gts = _scene_jaccard_steps(fg_sorted, errors.dtype, splits, scene)
-    loss = _scene_sums(_counted(errors_sorted) * tf.stop_gradient(steps), scene, num_scenes)
-    return loss, tf.transpose(gts > 0)
-
-
-def _scene_packed_rows(
-    errors: tf.Tensor, fg: tf.Tensor, valid: tf.Tensor | None, splits: tf.Tensor, scene_bits: int
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """:func:`_scene_sorted_rows` for float32 under XLA: one sort of one int64 key per point, no gather.
-
-    The key of :func:`_packed_rows` with the scene above it: ``scene << (63 - b) | (0x7fffffff -
-    error bits) << (32 - b) | index << 1 | fg``, ``b`` bits for the scene and ``31 - b`` for the
-    point's index, so one ascending sort of each class's row orders it by scene, then by
-    decreasing error (ties by index).
-    """
-    if valid is not None:
-        errors = tf.where(valid, errors, tf.zeros((), errors.dtype))
-    errors = tf.where(errors < 0, tf.zeros((), errors.dtype), errors)  # NaN stays NaN
-    return _scene_packed_sort(errors, tf.cast(fg, tf.int64), splits, scene_bits)
-
-
-def _scene_packed_sort(
-    errors: tf.Tensor, fg: tf.Tensor, splits: tf.Tensor, scene_bits: int
-) -> tuple[tf.Tensor, tf.Tensor]:
-    assert gen_xla_ops is not None  # _scene_sorted_losses checks it
-
-    @tf.custom_gradient
-    def packed(
-        errors: tf.Tensor, fg: tf.Tensor, splits: tf.Tensor
-    ) -> tuple[tuple[tf.Tensor, tf.Tensor], Callable[..., tuple[tf.Tensor, None, None]]]:
-        num_rows, num_points = tf.shape(errors)[0], tf.shape(errors)[1]
-        scene = _scene_of_points(splits, num_points)
-        bits = tf.bitwise.bitwise_and(tf.bitcast(errors, tf.int32), 0x7FFFFFFF)
-        key = tf.bitwise.left_shift(tf.cast(0x7FFFFFFF - bits, tf.int64), 32 - scene_bits)
-        low = tf.bitwise.left_shift(tf.range(num_points, dtype=tf.int64), 1)
-        if scene_bits:
-            low = tf.bitwise.bitwise_or(low, tf.bitwise.left_shift(tf.cast(scene, tf.int64), 63 - scene_bits))
-        key = gen_xla_ops.xla_sort(tf.bitwise.bitwise_or(key, tf.bitwise.bitwise_or(low, fg)))
-        high = tf.bitwise.bitwise_and(tf.bitwise.right_shift(key, 32 - scene_bits), 0x7FFFFFFF)
-        errors_sorted = tf.bitcast(0x7FFFFFFF - tf.cast(high, tf.int32), tf.float32)
-        steps, gts = _scene_jaccard_steps(tf.cast(tf.bitwise.bitwise_and(key, 1), tf.int32), tf.float32, splits, scene)
-        num_scenes = tf.shape(splits)[0] - 1
-        loss = _scene_sums(errors_sorted * steps, scene, num_scenes)
-
-        def backward(loss_cotangent: tf.Tensor, present_cotangent: tf.Tensor) -> tuple[tf.Tensor, None, None]:
-            index = tf.bitwise.bitwise_and(tf.bitwise.right_shift(key, 1), (1 << (31 - scene_bits)) - 1)
-            index += tf.range(tf.cast(num_rows, tf.int64), dtype=tf.int64)[:, None] * tf.cast(num_points, tf.int64)
-            cotangent = tf.transpose(tf.gather(loss_cotangent, scene))  # [K, N]: each point's scene's
-            grad = _sorted_error_grad(errors_sorted, steps * cotangent)
-            size = tf.cast(num_rows, tf.int64) * tf.cast(num_points, tf.int64)
-            flat = tf.scatter_nd(tf.reshape(index, [-1, 1]), tf.reshape(grad, [-1]), size[None])
-            return tf.reshape(flat, [num_rows, num_points]), None, None
-
-        return (loss, tf.transpose(gts > 0)), backward
-
-    return packed(errors, fg, splits)
-
-
-def _host_scene_rows(
-    pred: np.ndarray, codes: np.ndarray, splits: np.ndarray, mode: int, need_grad: bool
-) -> tuple[np.ndarray, ...]:
-    """The C kernel on points-first rows ``pred [K, N]``: loss ``[S, K]``, presence ``[S, K]`` and
-    (``need_grad``) d loss / d pred with each point's scene ``[N]`` (int32), for backward.
-    Checks the splits again: a graph may run it before its asserts."""
-    num_rows, num_points = pred.shape
-    if splits[0] != 0 or np.any(splits[1:] < splits[:-1]) or splits[-1] != num_points:
-        raise ValueError(f"row_splits must rise from 0 to {num_points}, the number of points; got {_shown(splits)}")
-    num_scenes = splits.size - 1
-    grad = _aligned_empty(pred.shape, np.float32) if need_grad else None
-    if num_rows * num_points * num_scenes == 0:  # no point, or no scene: zeros
-        outputs = (np.zeros((num_scenes, num_rows), np.float32), np.zeros((num_scenes, num_rows), np.bool_))
-        if grad is not None:
-            grad.fill(0)
-    else:
-        threads = tf.config.threading.get_intra_op_parallelism_threads() or _CORES
-        outputs = C.lovasz_scene_rows(pred, codes, splits[1:], mode, grad, threads)
-    if grad is None:  # not need_grad
-        return outputs
-    return (*outputs, grad, np.repeat(np.arange(num_scenes, dtype=np.int32), np.diff(splits)))
-
-
-def _host_scene_call(
-    pred: tf.Tensor, codes: tf.Tensor, splits: tf.Tensor, mode: int, need_grad: bool
-) -> list[tf.Tensor]:
-    outputs = tf.numpy_function(
-        functools.partial(_host_scene_rows, mode=mode, need_grad=need_grad),
-        [pred, codes, splits],
-        [tf.float32, tf.bool] + [tf.float32, tf.int32] * need_grad,
-        stateful=False,
-        name="lovasz_c_kernel_scenes",
-    )
-    rows = tf.TensorShape([None if splits.shape[0] is None else splits.shape[0] - 1, pred.shape[0]])
-    for output, shape in zip(outputs, [rows, rows, pred.shape, pred.shape[1:]]):
-        output.set_shape(shape)
-    return outputs
-
-
-def _scene_kernel_rows(
-    pred: tf.Tensor, codes: tf.Tensor, splits: tf.Tensor, mode: int, points_first: bool
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """Loss and presence ``[S, K]`` of float32 rows ``pred [K, N]`` (``points_first``: ``[N, K]``) by the
-    C kernel (``lovasz_scene_rows_f32``: each (scene, class) run of a row sorted on its own), with the
-    gradient in the same pass where a ``GradientTape`` watches ``pred``, as :func:`_kernel_rows`.
-    ``codes`` are ``[K, N]``. The transpose of points-first input is taken inside, so that backward
-    transposes the gradient once, as it multiplies it by each point's scene's cotangent."""
-    need_grad = record is None or record.should_record_backprop([pred])
-
-    @tf.custom_gradient
-    def rows(
-        pred: tf.Tensor, codes: tf.Tensor, splits: tf.Tensor
-    ) -> tuple[tuple[tf.Tensor, ...], Callable[..., tuple[tf.Tensor, None, None]]]:
-        class_rows = tf.transpose(pred) if points_first else pred
-        outputs = _host_scene_call(class_rows, codes, splits, mode, need_grad)
-
-        def backward(loss_cotangent: tf.Tensor, present_cotangent: tf.Tensor) -> tuple[tf.Tensor, None, None]:
-            grad, scene = outputs[2:] if need_grad else _host_scene_call(class_rows, codes, splits, mode, True)[2:]
-            cotangent = tf.gather(loss_cotangent, scene)  # [N, K]: a gather of rows (along axis 1: slower)
-            if points_first:
-                return tf.transpose(grad) * cotangent, None, None
-            return grad * tf.transpose(cotangent), None, None
-
-        return tuple(outputs[:2]), backward
-
-    return rows(pred, codes, splits)
-
-
-def _scene_losses(
-    pred: tf.Tensor, fg: tf.Tensor, valid: tf.Tensor | None, hinge: bool, channels_last: bool, splits: tf.Tensor
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """Loss and presence ``[S, K]`` of each (scene, class) of points-first ``pred [1, N, K]`` (or ``[1, K, N]``)."""
-    pred, fg = tf.squeeze(pred, 0), tf.squeeze(fg, 0)  # (x[0]'s gradient would copy)
-    valid = None if valid is None else tf.squeeze(valid, 0)
-    rows = tf.transpose if channels_last else tf.identity  # [K, N]: a class's row of every point
-
-    def sort() -> tuple[tf.Tensor, tf.Tensor]:
-        return _scene_sorted_losses(rows(pred), rows(fg), None if valid is None else rows(valid), hinge, splits)
-
-    if _use_kernel(pred) and C.scene_kernel() is not None:
-        codes = tf.cast(fg, tf.uint8)
-        if valid is not None:
-            codes = tf.where(valid, codes, tf.constant(2, tf.uint8))  # 0 background, 1 foreground, 2 ignored
-        mode = C.HINGE if hinge else C.SOFTMAX
-        kernel = lambda: _scene_kernel_rows(pred, rows(codes), splits, mode, channels_last)  # noqa: E731
-        size = pred.shape.num_elements()
-        if size is None:  # chosen when run, as in _kernel_or_sort
-            return tf.cond(tf.size(pred, tf.int64) <= C.MAX_ELEMENTS, kernel, sort)
-        return kernel() if size <= C.MAX_ELEMENTS else sort()
-    return sort()
-
-
-def _scene_sorted_losses(
-    pred: tf.Tensor, fg: tf.Tensor, valid: tf.Tensor | None, hinge: bool, splits: tf.Tensor
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """:func:`_scene_losses` by a sort in TF: XLA's sort of packed keys (float32 under XLA on a CPU), else top_k."""
-    if hinge:  # max(0, 1 - s x), the max taken after the sort
-        errors = tf.where(fg, 1 - pred, 1 + pred)
-    else:  # |[y = c] - p|
-        errors = tf.abs(tf.where(fg, 1 - pred, pred))
-    num_scenes = splits.shape[0] - 1 if splits.shape[0] is not None else None
-    if (
-        errors.dtype == tf.float32
-        and num_scenes is not None
-        and not tf.executing_eagerly()
-        and gen_xla_ops is not None
-        and _in_xla()
-        and _on_cpu(errors)
-    ):
-        scene_bits = max(num_scenes - 1, 0).bit_length()
-        packed = lambda: _scene_packed_rows(errors, fg, valid, splits, scene_bits)  # noqa: E731
-        fits = 1 << (31 - scene_bits) if scene_bits <= 30 else -1  # the points an index of the bits left tells apart
-        num_points = errors.shape[1]
-        if num_points is not None:
-            if num_points <= fits:
-                return packed()
-        else:
-            return tf.cond(tf.shape(errors)[1] <= fits, packed, lambda: _scene_sorted_rows(errors, fg, valid, splits))
-    return _scene_sorted_rows(errors, fg, valid, splits)
-
-
 def _lovasz_classes(
     pred: tf.Tensor,
     fg: tf.Tensor,
@@ -805,11 +316,11 @@ def _lovasz_classes(
         pred, fg, valid = _tf_distributed.gather_set(pred, fg, valid, channels_last, across)
         channels_last, axis = True, 2
     if scenes is not None:
-        loss, present = _scene_losses(pred, fg, valid, hinge, channels_last, scenes)
-    elif _use_kernel(pred):
-        loss, present = _kernel_or_sort(pred, fg, valid, hinge, per_image, channels_last)
+        loss, present = _tf_scenes.scene_losses(pred, fg, valid, hinge, channels_last, scenes)
+    elif _tf_rows.use_kernel(pred):
+        loss, present = _tf_rows.kernel_or_sort(pred, fg, valid, hinge, per_image, channels_last)
     else:
-        loss, present = _sorted_losses(pred, fg, valid, hinge, per_image, channels_last)
+        loss, present = _tf_rows.sorted_losses(pred, fg, valid, hinge, per_image, channels_last)
 
     num_rows = pred.shape[axis]
     loss, present = tf.reshape(loss, [-1, num_rows]), tf.reshape(present, [-1, num_rows])
@@ -1153,7 +664,7 @@ def lovasz_grad(gt_sorted: TensorLike) -> tf.Tensor:
     if gt_sorted.shape.rank != 1:
         raise ValueError(f"gt_sorted must be a 1-D tensor; got shape {gt_sorted.shape}")
     dtype = tf.float64 if gt_sorted.dtype == tf.float64 else tf.float32
-    return _jaccard_steps(tf.cast(tf.round(tf.cast(gt_sorted, dtype)), tf.int32), dtype)
+    return _tf_rows.jaccard_steps(tf.cast(tf.round(tf.cast(gt_sorted, dtype)), tf.int32), dtype)
 
 
 def flatten_probas(

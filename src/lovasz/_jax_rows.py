@@ -1,0 +1,345 @@
+"""The row engines of :mod:`lovasz.jax`: the loss of each (set, class) row, and of each (segment, class)
+row of point clouds.
+
+Rows come in an ``[S, R, N]`` layout, row ``r`` being ``[:, r, :]`` (batch mode: ``S`` images, ``R``
+classes; per image: ``S = 1``, ``R`` images x classes), so the batch needs no transpose. Every row goes
+through one sort, by one of two paths, ``jax.lax.platform_dependent`` picking one when the function is
+lowered:
+
+- float32 on a CPU: the C kernel (:mod:`lovasz._ckernel`) through ``jax.pure_callback``, a
+  ``custom_vjp`` whose forward pass returns the gradient too, so backward is one multiply;
+- elsewhere, and in float64: sorts in JAX, the gradient flowing through the sorted errors. Float32
+  rows sort one row at a time by an int32 key carrying int32 indices, the form XLA sends to CUB's
+  radix sort on a GPU: dense rows by one such sort, the points of segments by two (by error, then by
+  segment); float64 rows through one ``jax.lax.sort`` that carries the foreground flags along.
+
+Tied errors go in pixel (point) order on every path, and a NaN error at a valid pixel gives a NaN loss
+and gradient there. The Jaccard steps ``J(k) - J(k-1)`` are computed in closed form from the counts.
+Nothing branches in Python on array values and no shape depends on them (ignored pixels are masked),
+so the engines work under ``jax.jit``, ``jax.grad`` and ``jax.vmap``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import DTypeLike
+
+from lovasz import _ckernel as C
+from lovasz import _jax_distributed as D
+
+# ----------------------------------------------------------------------------- the kernel
+
+
+def jaccard_steps(fg_sorted: jax.Array, dtype: DTypeLike) -> jax.Array:
+    """``J(k) - J(k-1)`` along the last axis of 0/1 ``fg_sorted`` (int32), in closed form.
+
+    A foreground pixel adds ``1 / U``, a background one ``I / (U (U - 1))``, with
+    ``I`` and ``U`` the intersection and union after k pixels: no cancellation.
+    """
+    fg_cum = jnp.cumsum(fg_sorted, axis=-1)
+    gts = fg_cum[..., -1:]
+    k = jnp.arange(1, fg_sorted.shape[-1] + 1, dtype=fg_cum.dtype)
+    intersection = (gts - fg_cum).astype(dtype)
+    union = (gts + k - fg_cum).astype(dtype)
+    background_step = intersection / (union * jnp.maximum(union - 1, 1))
+    steps = jnp.where(fg_sorted == 1, 1 / union, background_step)
+    return steps.at[..., :1].set(1 - intersection[..., :1] / union[..., :1])  # J(1); the formula divides by U(0)
+
+
+def _counted(errors_sorted: jax.Array) -> jax.Array:
+    """The sorted errors as they add to the loss: ``relu`` (negative hinge margins and ignored pixels add
+    nothing), and a NaN error (a NaN prediction at a valid pixel) NaN with a NaN derivative, as on every
+    path: relu's derivative there is 0, which the constant NaN factor on its way back makes NaN (a
+    ``where`` of two branches would leak NaN into the others' derivatives)."""
+    nan_factor = jax.lax.stop_gradient(jnp.where(jnp.isnan(errors_sorted), jnp.nan, 1).astype(errors_sorted.dtype))
+    return jax.nn.relu(errors_sorted * nan_factor)
+
+
+def _lovasz_rows(errors: jax.Array, fg: jax.Array, valid: jax.Array | None) -> jax.Array:
+    """Lovász extension of each row of ``errors [R, N]`` against ``fg [R, N]`` (bool, False where ignored).
+
+    One ascending sort of ``-errors`` carries the flags along; ignored pixels get
+    the key ``+inf`` and sort last, where ``relu`` makes them add nothing.
+    """
+    key = -errors if valid is None else jnp.where(valid, -errors, jnp.inf)
+    neg_sorted, fg_sorted = jax.lax.sort((key, fg.astype(jnp.int32)), dimension=-1, num_keys=1)
+    steps = jax.lax.stop_gradient(jaccard_steps(fg_sorted, errors.dtype))
+    return jnp.sum(_counted(-neg_sorted) * steps, axis=-1)
+
+
+def as_rows(x: jax.Array, per_image: bool) -> jax.Array:
+    """``[B, K, N]`` to rows: ``[B*K, N]`` per image, or ``[K, B*N]`` for the batch as one set."""
+    b, k, n = x.shape
+    return x.reshape(b * k, n) if per_image else x.transpose(1, 0, 2).reshape(k, b * n)
+
+
+_THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _kernel_on_host(
+    errors: np.ndarray, codes: np.ndarray, need_grad: bool
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """The C kernel on ``[..., S, R, N]`` errors; the leading axes come from ``vmap``."""
+    errors, codes = np.asarray(errors), np.asarray(codes)
+    lead, num_rows = errors.shape[:-3], errors.shape[-2]
+    loss = np.empty(lead + (num_rows,), np.float32)
+    grad = np.empty(errors.shape, np.float32) if need_grad else None
+    for index in np.ndindex(lead):
+        loss[index], _ = C.lovasz_rows(
+            errors[index], codes[index], C.ERRORS, None if grad is None else grad[index], _THREADS
+        )
+    return loss if grad is None else (loss, grad)
+
+
+def _host_call(errors: jax.Array, codes: jax.Array, need_grad: bool) -> Any:
+    loss = jax.ShapeDtypeStruct(errors.shape[:-3] + errors.shape[-2:-1], jnp.float32)
+    shapes = (loss, jax.ShapeDtypeStruct(errors.shape, jnp.float32)) if need_grad else loss
+    outputs = jax.pure_callback(
+        functools.partial(_kernel_on_host, need_grad=need_grad), shapes, errors, codes, vmap_method="broadcast_all"
+    )
+    return D.vary_like(outputs, errors, codes)
+
+
+@jax.custom_vjp
+def _host_rows(errors: jax.Array, codes: jax.Array) -> jax.Array:
+    """Loss of each row ``[:, r, :]`` of float32 ``errors [S, R, N]`` (codes 0/1/2), by the C kernel."""
+    return _host_call(errors, codes, need_grad=False)
+
+
+def _host_rows_fwd(errors: jax.Array, codes: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    loss, grad = _host_call(errors, codes, need_grad=True)  # the gradient comes with the loss
+    return loss, (grad, codes)
+
+
+def _host_rows_bwd(residuals: tuple[jax.Array, jax.Array], loss_cotangent: jax.Array) -> tuple[jax.Array, np.ndarray]:
+    grad, codes = residuals
+    return loss_cotangent[..., None, :, None] * grad, np.zeros(codes.shape, jax.dtypes.float0)
+
+
+_host_rows.defvjp(_host_rows_fwd, _host_rows_bwd)
+
+
+def _sorted_rows(errors: jax.Array, codes: jax.Array) -> jax.Array:
+    """:func:`_lovasz_rows` on the ``[S, R, N]`` layout of :func:`_host_rows`; float32 rows through
+    :func:`_row_sorted_rows`, the layout that reaches CUB's radix sort on a GPU."""
+    sets, num_rows, num_pixels = errors.shape
+    rows = lambda x: x.transpose(1, 0, 2).reshape(num_rows, sets * num_pixels)  # noqa: E731
+    sort_rows = _row_sorted_rows if errors.dtype == jnp.float32 else _lovasz_rows
+    return sort_rows(rows(errors), rows(codes) == 1, rows(codes) != 2)
+
+
+def _descending_order(errors: jax.Array, valid: jax.Array) -> jax.Array:
+    """Each row's pixel indices ``[R, N]`` (int32) by decreasing float32 error, ties in pixel order, the
+    invalid pixels last; negative errors count as 0, NaN first (as the C kernel orders them).
+
+    One 1-D sort per row (``lax.map``) of int32 keys, the complemented error bits (non-negative floats
+    order like their bits), carrying int32 indices: the form XLA sends to CUB's radix sort on a GPU (two
+    operands, one integer key and its plain comparator, one row). A sort of ``[R, N]`` with a float key
+    (whose comparator JAX makes a total order), or three operands, goes to a bitonic sort there, about 55
+    passes over memory for rows of 4 M (openxla ``sort_rewriter.cc``, ``IsCubCompatibleSort``).
+    """
+    bits = jax.lax.bitcast_convert_type(errors, jnp.int32)
+    bits = jnp.where(bits < 0, 0, bits)  # negative errors and -0.0: 0
+    key = jnp.where(valid, jnp.int32(0x7FFFFFFE) - bits, jnp.int32(0x7FFFFFFF))  # a NaN's bits make it negative
+    index = jnp.broadcast_to(jnp.arange(errors.shape[-1], dtype=jnp.int32), errors.shape)
+    return _stable_sort_carrying(key, index)
+
+
+def _stable_sort_carrying(key: jax.Array, carried: jax.Array) -> jax.Array:
+    """``carried [R, N]`` (int32) in the order of a stable sort of each row of the int32 ``key [R, N]``:
+    one 1-D sort of two operands per row (``lax.map``), the form that reaches CUB on a GPU."""
+    _, order = jax.lax.map(lambda pair: jax.lax.sort(pair, num_keys=1, is_stable=True), (key, carried))
+    return order
+
+
+def _row_sorted_rows(errors: jax.Array, fg: jax.Array, valid: jax.Array) -> jax.Array:
+    """:func:`_lovasz_rows` of float32 ``errors [R, N]`` by :func:`_descending_order`; the gradient
+    flows through the gather of the errors (a scatter of the steps back)."""
+    order = _descending_order(errors, valid)
+    errors_sorted = jnp.take_along_axis(jnp.where(valid, errors, 0), order, axis=-1)
+    fg_sorted = jnp.take_along_axis((fg & valid).astype(jnp.int32), order, axis=-1)
+    steps = jax.lax.stop_gradient(jaccard_steps(fg_sorted, errors.dtype))
+    return jnp.sum(_counted(errors_sorted) * steps, axis=-1)
+
+
+def pixel_codes(fg: jax.Array, valid: jax.Array | None) -> jax.Array:
+    """The pixels' codes (uint8): 1 foreground, 0 background, 2 ignored."""
+    codes = fg.astype(jnp.uint8)
+    return codes if valid is None else jnp.where(valid, codes, jnp.uint8(2)).astype(jnp.uint8)
+
+
+def _rows_loss(errors: jax.Array) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """The function of ``[S, R, N]`` errors and codes to the losses ``[R]`` of rows ``[:, r, :]`` like
+    ``errors``: on a CPU by the C kernel where it applies, else by one sort."""
+    if errors.dtype == jnp.float32 and C.kernel() is None and jax.default_backend() == "cpu":
+        C.warn_missing("lovasz.jax")
+    if not C.applies(errors.dtype, errors.size) or not D.callbacks_run_here(errors):
+        return _sorted_rows
+    return lambda errors, codes: jax.lax.platform_dependent(errors, codes, cpu=_host_rows, default=_sorted_rows)
+
+
+def split_rows_loss(errors: jax.Array, codes: jax.Array) -> jax.Array:
+    """:func:`_rows_loss` of ``[S, R, N]`` errors, the rows split over the devices of a mesh whose axes
+    are left to the partitioner (plain ``jit`` of sharded inputs)."""
+    return D.split_rows(_rows_loss(errors), (errors, codes), row_axis=1)
+
+
+def lovasz_kernel(errors: jax.Array, fg: jax.Array, valid: jax.Array | None, per_image: bool) -> jax.Array:
+    """Loss of each (set, class) row of ``errors [B, K, N]``: on a CPU by the C kernel where it applies."""
+    codes = pixel_codes(fg, valid)
+    b, k, n = errors.shape
+    layout = (1, b * k, n) if per_image else (b, k, n)  # [S, R, N]: row r is [:, r, :]
+    return split_rows_loss(errors.reshape(layout), codes.reshape(layout))
+
+
+# ----------------------------------------------------------------------------- segments (point clouds)
+# Points of S segments in segment order: segment s is the run [ends[s - 1], ends[s]) of each
+# class's row. A sort by (segment, error) keeps every segment in its own run, so the runs'
+# bounds are known before the sort and one sort serves all (segment, class) rows. In float32 it
+# is two stable sorts of one integer key (radix-style: by error, then by segment), the form that
+# reaches CUB on a GPU; in float64 one lax.sort with two keys.
+
+
+def _segment_of_position(ends: jax.Array, num_points: int) -> jax.Array:
+    """The segment of each position ``[N]``; S past the last run (points in no segment)."""
+    return jnp.searchsorted(ends, jnp.arange(num_points), side="right")
+
+
+def _segment_steps(fg_sorted: jax.Array, dtype: DTypeLike, ends: jax.Array, segment: jax.Array) -> jax.Array:
+    """:func:`jaccard_steps` within each segment's run."""
+    running = jnp.pad(jnp.cumsum(fg_sorted, axis=-1), ((0, 0), (1, 0)))  # foreground among the first i
+    starts = jnp.concatenate([jnp.zeros(1, ends.dtype), ends[:-1]])
+    inside = jnp.minimum(segment, ends.shape[0] - 1)  # points in no segment: any run, their error is 0
+    start, end = starts[inside], ends[inside]
+    fg_cum = running[:, 1:] - running[:, start]
+    gts = running[:, end] - running[:, start]
+    k = jnp.arange(1, fg_sorted.shape[-1] + 1) - start
+    intersection = (gts - fg_cum).astype(dtype)
+    union = (gts + k - fg_cum).astype(dtype)
+    background_step = intersection / (union * jnp.maximum(union - 1, 1))
+    steps = jnp.where(fg_sorted == 1, 1 / union, background_step)
+    return jnp.where(k == 1, 1 - intersection / union, steps)
+
+
+def _segment_sums(
+    errors_sorted: jax.Array, fg_sorted: jax.Array, codes: jax.Array, ends: jax.Array, segment: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Loss and presence ``[S, K]`` from each row's errors and 0/1 flags ``[K, N]`` sorted by decreasing
+    error within each segment's run; ``segment [N]`` is the run of each position."""
+    steps = jax.lax.stop_gradient(_segment_steps(fg_sorted, errors_sorted.dtype, ends, segment))
+    contributions = _counted(errors_sorted) * steps
+    sums = jax.ops.segment_sum(contributions.T, segment, ends.shape[0] + 1, indices_are_sorted=True)
+    counts = jax.ops.segment_sum((codes == 1).T.astype(jnp.int32), segment, ends.shape[0] + 1, indices_are_sorted=True)
+    return sums[:-1], counts[:-1] > 0
+
+
+def _segment_rows_one_sort(errors: jax.Array, codes: jax.Array, ends: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """:func:`_segment_sums` by one ``lax.sort`` of (segment, -error, flags), two keys: a bitonic sort on
+    a GPU, which float64 keys need (their bits would need 64-bit integers, off by default in JAX)."""
+    segment = _segment_of_position(ends, errors.shape[-1])
+    key = jnp.where(codes != 2, -errors, jnp.inf)
+    by_segment = jnp.broadcast_to(segment, errors.shape)
+    _, neg_sorted, fg_sorted = jax.lax.sort((by_segment, key, (codes == 1).astype(jnp.int32)), dimension=-1, num_keys=2)
+    return _segment_sums(-neg_sorted, fg_sorted, codes, ends, segment)
+
+
+def _segment_rows_two_sorts(errors: jax.Array, codes: jax.Array, ends: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """:func:`_segment_sums` of float32 ``errors`` by two stable sorts of one int32 key per row, as a radix
+    sort composes its passes: by decreasing error (:func:`_descending_order`), then by the segment of each
+    point, carrying that order. The points come in segment order, so each segment's run ends by
+    decreasing error, ties in point order, the ignored points last, as after the one sort by (segment,
+    error). The gradient flows through the gather of the errors."""
+    segment = _segment_of_position(ends, errors.shape[-1]).astype(jnp.int32)
+    valid = codes != 2
+    by_error = _descending_order(errors, valid)
+    order = _stable_sort_carrying(segment[by_error], by_error)
+    errors_sorted = jnp.take_along_axis(jnp.where(valid, errors, 0), order, axis=-1)
+    fg_sorted = jnp.take_along_axis((codes == 1).astype(jnp.int32), order, axis=-1)
+    return _segment_sums(errors_sorted, fg_sorted, codes, ends, segment)
+
+
+def _segment_rows_sorted(errors: jax.Array, codes: jax.Array, ends: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Loss and presence ``[S, K]`` of each (segment, class) row of ``errors [K, N]`` by sorts in JAX: in
+    float32 those that reach CUB's radix sort on a GPU."""
+    sort_rows = _segment_rows_two_sorts if errors.dtype == jnp.float32 else _segment_rows_one_sort
+    return sort_rows(errors, codes, ends)
+
+
+def _segments_on_host(errors: np.ndarray, codes: np.ndarray, ends: np.ndarray, need_grad: bool) -> tuple:
+    """The C kernel's segment rows on ``[..., K, N]`` errors: loss, presence (and gradient); the leading
+    axes come from ``vmap``."""
+    errors, codes, ends = np.asarray(errors), np.asarray(codes), np.asarray(ends)
+    lead, (num_rows, _) = errors.shape[:-2], errors.shape[-2:]
+    loss = np.empty(lead + (ends.shape[-1], num_rows), np.float32)
+    present = np.empty(loss.shape, np.bool_)
+    grad = np.zeros(errors.shape, np.float32) if need_grad else None  # points in no segment: 0
+    for index in np.ndindex(lead):
+        loss[index], present[index] = C.lovasz_scene_rows(
+            errors[index], codes[index], ends[index], C.ERRORS, None if grad is None else grad[index], _THREADS
+        )
+    return (loss, present) if grad is None else (loss, present, grad)
+
+
+def _segments_call(errors: jax.Array, codes: jax.Array, ends: jax.Array, need_grad: bool) -> Any:
+    rows = errors.shape[:-2] + (ends.shape[-1], errors.shape[-2])
+    shapes: tuple = (jax.ShapeDtypeStruct(rows, jnp.float32), jax.ShapeDtypeStruct(rows, jnp.bool_))
+    shapes += (jax.ShapeDtypeStruct(errors.shape, jnp.float32),) if need_grad else ()
+    outputs = jax.pure_callback(
+        functools.partial(_segments_on_host, need_grad=need_grad),
+        shapes,
+        errors,
+        codes,
+        ends,
+        vmap_method="broadcast_all",
+    )
+    return D.vary_like(outputs, errors, codes, ends)
+
+
+@jax.custom_vjp
+def _host_segments(errors: jax.Array, codes: jax.Array, ends: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Loss and presence ``[S, K]`` of each (segment, class) row of float32 ``errors [K, N]``, by the C kernel."""
+    return _segments_call(errors, codes, ends, need_grad=False)
+
+
+def _host_segments_fwd(
+    errors: jax.Array, codes: jax.Array, ends: jax.Array
+) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]:
+    loss, present, grad = _segments_call(errors, codes, ends, need_grad=True)
+    return (loss, present), (grad, codes, ends)
+
+
+def _host_segments_bwd(
+    residuals: tuple[jax.Array, jax.Array, jax.Array], cotangents: tuple[jax.Array, Any]
+) -> tuple[jax.Array, np.ndarray, np.ndarray]:
+    grad, codes, ends = residuals
+    loss_cotangent = cotangents[0]
+    # each point takes its own segment's cotangent, by runs (0 past the last: points in no segment)
+    num_points = grad.shape[-1]
+    counts = jnp.diff(ends, prepend=0, append=num_points)
+    padded = jnp.concatenate([loss_cotangent, jnp.zeros_like(loss_cotangent[:1])])  # [S + 1, K]
+    spread = jnp.repeat(padded, counts, axis=0, total_repeat_length=num_points)  # [N, K]
+    zeros = lambda x: np.zeros(x.shape, jax.dtypes.float0)  # noqa: E731
+    return spread.T * grad, zeros(codes), zeros(ends)
+
+
+_host_segments.defvjp(_host_segments_fwd, _host_segments_bwd)
+
+
+def segment_kernel(
+    errors: jax.Array, fg: jax.Array, valid: jax.Array | None, ends: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Loss and presence ``[S, K]`` of each (segment, class) row of ``errors [K, N]``: the C kernel where it
+    applies. The class rows are split over the devices of sharded inputs under plain ``jit``."""
+    codes = pixel_codes(fg, valid)
+    if not C.applies(errors.dtype, errors.size) or C.scene_kernel() is None or not D.callbacks_run_here(errors):
+        rows_loss = _segment_rows_sorted
+    else:
+        rows_loss = functools.partial(jax.lax.platform_dependent, cpu=_host_segments, default=_segment_rows_sorted)
+    return D.split_rows(rows_loss, (errors, codes), row_axis=0, shared=(ends,), out_row_axes=(1, 1))

@@ -1,0 +1,266 @@
+"""The engines of :mod:`lovasz.tf` for points of scenes (``row_splits=``, ragged inputs): the loss and
+presence ``[S, K]`` of each (scene, class) of points-first rows.
+
+:mod:`lovasz.tf` checks the row splits and the ragged inputs (the errors name its arguments) and
+calls :func:`scene_losses` with int64 row splits ``[S + 1]``. A class's row holds every point,
+scene ``s`` the run ``[splits[s], splits[s + 1])``, and one sort of each row serves all its
+scenes: the C kernel sorts each (scene, class) run (float32 on a CPU, eagerly and in
+``tf.function``); under XLA on a CPU one int64 key per point holds the scene above the packed
+key of :mod:`lovasz._tf_rows`; float64 and elsewhere sort by error, then stably by scene (two
+``top_k``). No Python loop over scenes.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from lovasz import _ckernel as C
+from lovasz import _tf_rows
+
+# Points-first sets (point clouds): a class's row holds every point, scene s the run
+# [splits[s], splits[s + 1]). Sorting each row by (scene, error) keeps every scene in its own
+# run, so one sort serves all (scene, class) rows and the runs' bounds are known before it.
+
+
+def shown_splits(values: np.ndarray) -> str:
+    """Row splits for an error message: all of them, or the first and the last of many."""
+    listed = values.tolist()
+    if len(listed) <= 12:
+        return str(listed)
+    return f"[{', '.join(map(str, listed[:8]))}, ..., {listed[-1]}] ({len(listed)} values)"
+
+
+def _scene_of_points(splits: tf.Tensor, num_points: int | tf.Tensor) -> tf.Tensor:
+    """Each point's scene ``[N]`` (int32): the ``s`` with ``splits[s] <= n < splits[s + 1]``, as the
+    count of inner splits at or before ``n`` (a scatter and a cumsum: no sort, XLA compiles it)."""
+    inner = splits[1:-1]
+    marks = tf.scatter_nd(inner[:, None], tf.ones_like(inner, tf.int32), tf.cast(num_points, tf.int64)[None] + 1)
+    return tf.cumsum(marks)[:-1]
+
+
+def _scene_jaccard_steps(
+    fg_sorted: tf.Tensor, dtype: tf.DType, splits: tf.Tensor, scene: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """:func:`_tf_rows.jaccard_steps` within each scene's run of ``fg_sorted [K, N]``; also each (class, scene)'s
+    foreground count ``[K, S]``."""
+    running = tf.pad(tf.cumsum(fg_sorted, axis=-1), [[0, 0], [1, 0]])  # [:, i]: foreground among the first i
+    at_splits = tf.gather(running, splits, axis=1)  # [K, S + 1]
+    gts_scene = at_splits[:, 1:] - at_splits[:, :-1]
+    fg_cum = running[:, 1:] - tf.gather(at_splits, scene, axis=1)  # foreground among the scene's first k
+    gts = tf.gather(gts_scene, scene, axis=1)
+    k = tf.range(1, tf.shape(fg_sorted)[-1] + 1) - tf.cast(tf.gather(splits, scene), tf.int32)  # from 1 in a scene
+    intersection = tf.cast(gts - fg_cum, dtype)
+    union = tf.cast(gts + k - fg_cum, dtype)
+    background_step = intersection / (union * tf.maximum(union - 1, 1))
+    steps = tf.where(fg_sorted == 1, 1 / union, background_step)
+    return tf.where(k == 1, 1 - intersection / union, steps), gts_scene  # J(1); the formula divides by U(0)
+
+
+def _scene_sums(values: tf.Tensor, scene: tf.Tensor, num_scenes: int | tf.Tensor) -> tf.Tensor:
+    """Sums ``[S, K]`` of each scene's points in ``values [K, N]``, accumulated in float64 (a scene's
+    sum of many float32 terms stays as exact as the dense loss's)."""
+    sums = tf.math.unsorted_segment_sum(tf.transpose(tf.cast(values, tf.float64)), scene, num_scenes)
+    return tf.cast(sums, values.dtype)
+
+
+def _scene_sorted_rows(
+    errors: tf.Tensor, fg: tf.Tensor, valid: tf.Tensor | None, splits: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Loss and presence ``[S, K]`` of the scenes' runs of ``errors [K, N]`` by ``top_k``: any dtype and device.
+
+    No integer key holds a float64 error and a scene: the rows are sorted by error, then stably
+    by scene (``top_k`` keeps ties in order), as lovasz.torch does in float64. Ignored points get
+    the key ``-inf``: they sort last in their scene, where ``relu`` makes them add nothing.
+    """
+    num_points, num_scenes = tf.shape(errors)[1], tf.shape(splits)[0] - 1
+    scene = _scene_of_points(splits, num_points)
+    key = errors if valid is None else tf.where(valid, errors, tf.constant(-np.inf, errors.dtype))
+    _, by_error = tf.math.top_k(tf.stop_gradient(key), k=num_points, sorted=True)
+    _, by_scene = tf.math.top_k(-tf.cast(tf.gather(scene, by_error), tf.float32), k=num_points, sorted=True)
+    perm = tf.gather(by_error, by_scene, batch_dims=1)
+    errors_sorted = tf.gather(key, perm, batch_dims=1)
+    fg_sorted = tf.gather(tf.cast(fg, tf.int32), perm, batch_dims=1)
+    steps, gts = _scene_jaccard_steps(fg_sorted, errors.dtype, splits, scene)
+    loss = _scene_sums(_tf_rows.counted(errors_sorted) * tf.stop_gradient(steps), scene, num_scenes)
+    return loss, tf.transpose(gts > 0)
+
+
+def _scene_packed_rows(
+    errors: tf.Tensor, fg: tf.Tensor, valid: tf.Tensor | None, splits: tf.Tensor, scene_bits: int
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """:func:`_scene_sorted_rows` for float32 under XLA: one sort of one int64 key per point, no gather.
+
+    The key of :func:`_tf_rows._packed_rows` with the scene above it: ``scene << (63 - b) | (0x7fffffff -
+    error bits) << (32 - b) | index << 1 | fg``, ``b`` bits for the scene and ``31 - b`` for the
+    point's index, so one ascending sort of each class's row orders it by scene, then by
+    decreasing error (ties by index).
+    """
+    if valid is not None:
+        errors = tf.where(valid, errors, tf.zeros((), errors.dtype))
+    errors = tf.where(errors < 0, tf.zeros((), errors.dtype), errors)  # NaN stays NaN
+    return _scene_packed_sort(errors, tf.cast(fg, tf.int64), splits, scene_bits)
+
+
+def _scene_packed_sort(
+    errors: tf.Tensor, fg: tf.Tensor, splits: tf.Tensor, scene_bits: int
+) -> tuple[tf.Tensor, tf.Tensor]:
+    xla_ops = _tf_rows.gen_xla_ops
+    assert xla_ops is not None  # _scene_sorted_losses checks it
+
+    @tf.custom_gradient
+    def packed(
+        errors: tf.Tensor, fg: tf.Tensor, splits: tf.Tensor
+    ) -> tuple[tuple[tf.Tensor, tf.Tensor], Callable[..., tuple[tf.Tensor, None, None]]]:
+        num_rows, num_points = tf.shape(errors)[0], tf.shape(errors)[1]
+        scene = _scene_of_points(splits, num_points)
+        bits = tf.bitwise.bitwise_and(tf.bitcast(errors, tf.int32), 0x7FFFFFFF)
+        key = tf.bitwise.left_shift(tf.cast(0x7FFFFFFF - bits, tf.int64), 32 - scene_bits)
+        low = tf.bitwise.left_shift(tf.range(num_points, dtype=tf.int64), 1)
+        if scene_bits:
+            low = tf.bitwise.bitwise_or(low, tf.bitwise.left_shift(tf.cast(scene, tf.int64), 63 - scene_bits))
+        key = xla_ops.xla_sort(tf.bitwise.bitwise_or(key, tf.bitwise.bitwise_or(low, fg)))
+        high = tf.bitwise.bitwise_and(tf.bitwise.right_shift(key, 32 - scene_bits), 0x7FFFFFFF)
+        errors_sorted = tf.bitcast(0x7FFFFFFF - tf.cast(high, tf.int32), tf.float32)
+        steps, gts = _scene_jaccard_steps(tf.cast(tf.bitwise.bitwise_and(key, 1), tf.int32), tf.float32, splits, scene)
+        num_scenes = tf.shape(splits)[0] - 1
+        loss = _scene_sums(errors_sorted * steps, scene, num_scenes)
+
+        def backward(loss_cotangent: tf.Tensor, present_cotangent: tf.Tensor) -> tuple[tf.Tensor, None, None]:
+            index = tf.bitwise.bitwise_and(tf.bitwise.right_shift(key, 1), (1 << (31 - scene_bits)) - 1)
+            index += tf.range(tf.cast(num_rows, tf.int64), dtype=tf.int64)[:, None] * tf.cast(num_points, tf.int64)
+            cotangent = tf.transpose(tf.gather(loss_cotangent, scene))  # [K, N]: each point's scene's
+            grad = _tf_rows.sorted_error_grad(errors_sorted, steps * cotangent)
+            size = tf.cast(num_rows, tf.int64) * tf.cast(num_points, tf.int64)
+            flat = tf.scatter_nd(tf.reshape(index, [-1, 1]), tf.reshape(grad, [-1]), size[None])
+            return tf.reshape(flat, [num_rows, num_points]), None, None
+
+        return (loss, tf.transpose(gts > 0)), backward
+
+    return packed(errors, fg, splits)
+
+
+def _host_scene_rows(
+    pred: np.ndarray, codes: np.ndarray, splits: np.ndarray, mode: int, need_grad: bool
+) -> tuple[np.ndarray, ...]:
+    """The C kernel on points-first rows ``pred [K, N]``: loss ``[S, K]``, presence ``[S, K]`` and
+    (``need_grad``) d loss / d pred with each point's scene ``[N]`` (int32), for backward.
+    Checks the splits again: a graph may run it before its asserts."""
+    num_rows, num_points = pred.shape
+    if splits[0] != 0 or np.any(splits[1:] < splits[:-1]) or splits[-1] != num_points:
+        raise ValueError(
+            f"row_splits must rise from 0 to {num_points}, the number of points; got {shown_splits(splits)}"
+        )
+    num_scenes = splits.size - 1
+    grad = _tf_rows.aligned_empty(pred.shape, np.float32) if need_grad else None
+    if num_rows * num_points * num_scenes == 0:  # no point, or no scene: zeros
+        outputs = (np.zeros((num_scenes, num_rows), np.float32), np.zeros((num_scenes, num_rows), np.bool_))
+        if grad is not None:
+            grad.fill(0)
+    else:
+        threads = tf.config.threading.get_intra_op_parallelism_threads() or _tf_rows.CORES
+        outputs = C.lovasz_scene_rows(pred, codes, splits[1:], mode, grad, threads)
+    if grad is None:  # not need_grad
+        return outputs
+    return (*outputs, grad, np.repeat(np.arange(num_scenes, dtype=np.int32), np.diff(splits)))
+
+
+def _host_scene_call(
+    pred: tf.Tensor, codes: tf.Tensor, splits: tf.Tensor, mode: int, need_grad: bool
+) -> list[tf.Tensor]:
+    outputs = tf.numpy_function(
+        functools.partial(_host_scene_rows, mode=mode, need_grad=need_grad),
+        [pred, codes, splits],
+        [tf.float32, tf.bool] + [tf.float32, tf.int32] * need_grad,
+        stateful=False,
+        name="lovasz_c_kernel_scenes",
+    )
+    rows = tf.TensorShape([None if splits.shape[0] is None else splits.shape[0] - 1, pred.shape[0]])
+    for output, shape in zip(outputs, [rows, rows, pred.shape, pred.shape[1:]]):
+        output.set_shape(shape)
+    return outputs
+
+
+def _scene_kernel_rows(
+    pred: tf.Tensor, codes: tf.Tensor, splits: tf.Tensor, mode: int, points_first: bool
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Loss and presence ``[S, K]`` of float32 rows ``pred [K, N]`` (``points_first``: ``[N, K]``) by the
+    C kernel (``lovasz_scene_rows_f32``: each (scene, class) run of a row sorted on its own), with the
+    gradient in the same pass where a ``GradientTape`` watches ``pred``, as :func:`_tf_rows._kernel_rows`.
+    ``codes`` are ``[K, N]``. The transpose of points-first input is taken inside, so that backward
+    transposes the gradient once, as it multiplies it by each point's scene's cotangent."""
+    need_grad = _tf_rows.record is None or _tf_rows.record.should_record_backprop([pred])
+
+    @tf.custom_gradient
+    def rows(
+        pred: tf.Tensor, codes: tf.Tensor, splits: tf.Tensor
+    ) -> tuple[tuple[tf.Tensor, ...], Callable[..., tuple[tf.Tensor, None, None]]]:
+        class_rows = tf.transpose(pred) if points_first else pred
+        outputs = _host_scene_call(class_rows, codes, splits, mode, need_grad)
+
+        def backward(loss_cotangent: tf.Tensor, present_cotangent: tf.Tensor) -> tuple[tf.Tensor, None, None]:
+            grad, scene = outputs[2:] if need_grad else _host_scene_call(class_rows, codes, splits, mode, True)[2:]
+            cotangent = tf.gather(loss_cotangent, scene)  # [N, K]: a gather of rows (along axis 1: slower)
+            if points_first:
+                return tf.transpose(grad) * cotangent, None, None
+            return grad * tf.transpose(cotangent), None, None
+
+        return tuple(outputs[:2]), backward
+
+    return rows(pred, codes, splits)
+
+
+def scene_losses(
+    pred: tf.Tensor, fg: tf.Tensor, valid: tf.Tensor | None, hinge: bool, channels_last: bool, splits: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Loss and presence ``[S, K]`` of each (scene, class) of points-first ``pred [1, N, K]`` (or ``[1, K, N]``)."""
+    pred, fg = tf.squeeze(pred, 0), tf.squeeze(fg, 0)  # (x[0]'s gradient would copy)
+    valid = None if valid is None else tf.squeeze(valid, 0)
+    rows = tf.transpose if channels_last else tf.identity  # [K, N]: a class's row of every point
+
+    def sort() -> tuple[tf.Tensor, tf.Tensor]:
+        return _scene_sorted_losses(rows(pred), rows(fg), None if valid is None else rows(valid), hinge, splits)
+
+    if _tf_rows.use_kernel(pred) and C.scene_kernel() is not None:
+        codes = tf.cast(fg, tf.uint8)
+        if valid is not None:
+            codes = tf.where(valid, codes, tf.constant(2, tf.uint8))  # 0 background, 1 foreground, 2 ignored
+        mode = C.HINGE if hinge else C.SOFTMAX
+        kernel = lambda: _scene_kernel_rows(pred, rows(codes), splits, mode, channels_last)  # noqa: E731
+        size = pred.shape.num_elements()
+        if size is None:  # chosen when run, as in _tf_rows.kernel_or_sort
+            return tf.cond(tf.size(pred, tf.int64) <= C.MAX_ELEMENTS, kernel, sort)
+        return kernel() if size <= C.MAX_ELEMENTS else sort()
+    return sort()
+
+
+def _scene_sorted_losses(
+    pred: tf.Tensor, fg: tf.Tensor, valid: tf.Tensor | None, hinge: bool, splits: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """:func:`scene_losses` by a sort in TF: XLA's sort of packed keys (float32 under XLA on a CPU), else top_k."""
+    if hinge:  # max(0, 1 - s x), the max taken after the sort
+        errors = tf.where(fg, 1 - pred, 1 + pred)
+    else:  # |[y = c] - p|
+        errors = tf.abs(tf.where(fg, 1 - pred, pred))
+    num_scenes = splits.shape[0] - 1 if splits.shape[0] is not None else None
+    if (
+        errors.dtype == tf.float32
+        and num_scenes is not None
+        and not tf.executing_eagerly()
+        and _tf_rows.gen_xla_ops is not None
+        and _tf_rows.in_xla()
+        and _tf_rows.on_cpu(errors)
+    ):
+        scene_bits = max(num_scenes - 1, 0).bit_length()
+        packed = lambda: _scene_packed_rows(errors, fg, valid, splits, scene_bits)  # noqa: E731
+        fits = 1 << (31 - scene_bits) if scene_bits <= 30 else -1  # the points an index of the bits left tells apart
+        num_points = errors.shape[1]
+        if num_points is not None:
+            if num_points <= fits:
+                return packed()
+        else:
+            return tf.cond(tf.shape(errors)[1] <= fits, packed, lambda: _scene_sorted_rows(errors, fg, valid, splits))
+    return _scene_sorted_rows(errors, fg, valid, splits)
