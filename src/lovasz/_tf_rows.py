@@ -78,11 +78,11 @@ PACKED_FLAT = "packed flat"  # float32 on a GPU: packed int64 keys with the row 
 # A packed key is a non-negative int64 (63 bits): 31 for the error, 1 for the label, and this many for the
 # row within its sort and the pixel's index. Rows beyond what the bits left by the index tell apart go into
 # further 1-D sorts (groups of rows): one sort while rows x pixels stays under about 2^31.
-_ROW_AND_INDEX_BITS = 31
+ROW_AND_INDEX_BITS = 31
 _MAX_KEY = 0x7FFFFFFFFFFFFFFF
 
 
-def _index_bits(num_pixels: int) -> int:
+def index_bits_for(num_pixels: int) -> int:
     """The bits that tell apart the indices ``0 .. num_pixels - 1``."""
     return max(num_pixels - 1, 0).bit_length()
 
@@ -96,7 +96,7 @@ def sort_layout(errors: tf.Tensor) -> str:
     if on_cpu(errors):
         xla = not tf.executing_eagerly() and in_xla()
         return PACKED_ROWS if xla and gen_xla_ops is not None else TOP_K
-    fits = errors.shape.is_fully_defined() and _index_bits(errors.shape[1]) <= _ROW_AND_INDEX_BITS
+    fits = errors.shape.is_fully_defined() and index_bits_for(errors.shape[1]) <= ROW_AND_INDEX_BITS
     return PACKED_FLAT if fits else TOP_K
 
 
@@ -134,9 +134,9 @@ def _packed_rows(errors: tf.Tensor, fg: tf.Tensor, valid: tf.Tensor | None, layo
         errors = tf.where(valid, errors, tf.zeros((), errors.dtype))
     errors = tf.where(errors < 0, tf.zeros((), errors.dtype), errors)  # NaN stays NaN
     if layout == PACKED_ROWS:
-        return _packed_sort(errors, tf.cast(fg, tf.int64), _ROW_AND_INDEX_BITS, None)
-    index_bits = _index_bits(errors.shape[1])
-    return _packed_sort(errors, tf.cast(fg, tf.int64), index_bits, 1 << (_ROW_AND_INDEX_BITS - index_bits))
+        return _packed_sort(errors, tf.cast(fg, tf.int64), ROW_AND_INDEX_BITS, None)
+    index_bits = index_bits_for(errors.shape[1])
+    return _packed_sort(errors, tf.cast(fg, tf.int64), index_bits, 1 << (ROW_AND_INDEX_BITS - index_bits))
 
 
 def sorted_error_grad(errors_sorted: tf.Tensor, grad: tf.Tensor) -> tf.Tensor:
@@ -146,7 +146,7 @@ def sorted_error_grad(errors_sorted: tf.Tensor, grad: tf.Tensor) -> tf.Tensor:
     return tf.where(tf.math.is_nan(errors_sorted), tf.constant(float("nan"), grad.dtype), grad)
 
 
-def _sorted_keys(keys: tf.Tensor, rows_per_sort: int | None) -> tf.Tensor:
+def sorted_keys(keys: tf.Tensor, rows_per_sort: int | None) -> tf.Tensor:
     """``keys [R, N]`` with each row sorted ascending: by XLA's sort of the rows (``rows_per_sort``
     None), or by one 1-D sort of each group of ``rows_per_sort`` rows (the row within its group in
     the keys' top bits, so that the group's sorted keys are its sorted rows one after another)."""
@@ -170,7 +170,7 @@ def _sort_flat(keys: tf.Tensor) -> tf.Tensor:
 
 def _packed_sort(errors: tf.Tensor, fg: tf.Tensor, index_bits: int, rows_per_sort: int | None) -> tf.Tensor:
     """Loss ``[R]`` of float32 ``errors [R, N]`` (>= 0 or NaN) against int64 0/1 ``fg``, by the packed
-    keys of :func:`_packed_rows`, ``index_bits`` for the index, sorted as :func:`_sorted_keys` does."""
+    keys of :func:`_packed_rows`, ``index_bits`` for the index, sorted as :func:`sorted_keys` does."""
     error_shift = index_bits + 1
 
     @tf.custom_gradient
@@ -183,7 +183,7 @@ def _packed_sort(errors: tf.Tensor, fg: tf.Tensor, index_bits: int, rows_per_sor
             high = tf.bitwise.bitwise_or(high, tf.bitwise.left_shift(row, 31)[:, None])
         high = tf.bitwise.left_shift(high, error_shift)
         low = tf.bitwise.bitwise_or(tf.bitwise.left_shift(tf.range(num_pixels, dtype=tf.int64), 1), fg)
-        key = _sorted_keys(tf.bitwise.bitwise_or(high, low), rows_per_sort)
+        key = sorted_keys(tf.bitwise.bitwise_or(high, low), rows_per_sort)
         error_bits = tf.bitwise.bitwise_and(tf.bitwise.right_shift(key, error_shift), 0x7FFFFFFF)
         errors_sorted = tf.bitcast(0x7FFFFFFF - tf.cast(error_bits, tf.int32), tf.float32)
         steps = jaccard_steps(tf.cast(tf.bitwise.bitwise_and(key, 1), tf.int32), tf.float32)

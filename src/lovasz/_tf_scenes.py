@@ -5,9 +5,12 @@ presence ``[S, K]`` of each (scene, class) of points-first rows.
 calls :func:`scene_losses` with int64 row splits ``[S + 1]``. A class's row holds every point,
 scene ``s`` the run ``[splits[s], splits[s + 1])``, and one sort of each row serves all its
 scenes: the C kernel sorts each (scene, class) run (float32 on a CPU, eagerly and in
-``tf.function``); under XLA on a CPU one int64 key per point holds the scene above the packed
-key of :mod:`lovasz._tf_rows`; float64 and elsewhere sort by error, then stably by scene (two
-``top_k``). No Python loop over scenes.
+``tf.function``); float32 elsewhere sorts one int64 key per point, the scene above the packed
+key of :mod:`lovasz._tf_rows`, laid out as :func:`lovasz._tf_rows.sort_layout` says: under XLA
+on a CPU, XLA's sort of the ``[K, N]`` rows; on a GPU (shapes known when traced), every class
+row in ONE 1-D sort, the row above the scene (groups of rows where the bits run out); float64,
+and float32 where the keys do not fit, sort by error, then stably by scene (two ``top_k``).
+No Python loop over scenes.
 """
 
 from __future__ import annotations
@@ -90,26 +93,49 @@ def _scene_sorted_rows(
 
 
 def _scene_packed_rows(
-    errors: tf.Tensor, fg: tf.Tensor, valid: tf.Tensor | None, splits: tf.Tensor, scene_bits: int
+    errors: tf.Tensor,
+    fg: tf.Tensor,
+    valid: tf.Tensor | None,
+    splits: tf.Tensor,
+    scene_bits: int,
+    index_bits: int,
+    rows_per_sort: int | None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """:func:`_scene_sorted_rows` for float32 under XLA: one sort of one int64 key per point, no gather.
+    """:func:`_scene_sorted_rows` for float32 by one sort of one int64 key per point, no gather.
 
-    The key of :func:`_tf_rows._packed_rows` with the scene above it: ``scene << (63 - b) | (0x7fffffff -
-    error bits) << (32 - b) | index << 1 | fg``, ``b`` bits for the scene and ``31 - b`` for the
-    point's index, so one ascending sort of each class's row orders it by scene, then by
-    decreasing error (ties by index).
+    The key of :func:`_tf_rows._packed_rows` with the scene above the error: ``((row << b | scene)
+    << 31 | 0x7fffffff - error bits) << (i + 1) | index << 1 | fg``, ``b`` bits for the scene and
+    ``i`` for the point's index, so one ascending sort of a class's row orders it by scene, then
+    by decreasing error (ties by index). ``rows_per_sort`` None: XLA's sort of the ``[K, N]`` rows,
+    no row in the key (XLA on a CPU); else every group of that many rows in one 1-D sort, the row
+    within its group in the top bits (a GPU), as :func:`_tf_rows.sorted_keys` does.
     """
     if valid is not None:
         errors = tf.where(valid, errors, tf.zeros((), errors.dtype))
     errors = tf.where(errors < 0, tf.zeros((), errors.dtype), errors)  # NaN stays NaN
-    return _scene_packed_sort(errors, tf.cast(fg, tf.int64), splits, scene_bits)
+    return _scene_packed_sort(errors, tf.cast(fg, tf.int64), splits, scene_bits, index_bits, rows_per_sort)
+
+
+def _scene_packed_keys(
+    errors: tf.Tensor, fg: tf.Tensor, scene: tf.Tensor, scene_bits: int, index_bits: int, rows_per_sort: int | None
+) -> tf.Tensor:
+    """The unsorted keys ``[K, N]`` of :func:`_scene_packed_rows`."""
+    bits = tf.bitwise.bitwise_and(tf.bitcast(errors, tf.int32), 0x7FFFFFFF)  # -0.0 and a negative NaN too
+    scene_above = tf.bitwise.left_shift(tf.cast(scene, tf.int64), 31)[None, :]
+    high = tf.bitwise.bitwise_or(tf.cast(0x7FFFFFFF - bits, tf.int64), scene_above)
+    if rows_per_sort is not None:  # the row within its sort, above the scene
+        row = tf.range(tf.cast(tf.shape(errors)[0], tf.int64), dtype=tf.int64) % rows_per_sort
+        high = tf.bitwise.bitwise_or(high, tf.bitwise.left_shift(row, 31 + scene_bits)[:, None])
+    low = tf.bitwise.left_shift(tf.range(tf.shape(errors)[1], dtype=tf.int64), 1)
+    return tf.bitwise.bitwise_or(tf.bitwise.left_shift(high, index_bits + 1), tf.bitwise.bitwise_or(low, fg))
 
 
 def _scene_packed_sort(
-    errors: tf.Tensor, fg: tf.Tensor, splits: tf.Tensor, scene_bits: int
+    errors: tf.Tensor, fg: tf.Tensor, splits: tf.Tensor, scene_bits: int, index_bits: int, rows_per_sort: int | None
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    xla_ops = _tf_rows.gen_xla_ops
-    assert xla_ops is not None  # _scene_sorted_losses checks it
+    """Loss and presence ``[S, K]`` of float32 ``errors [K, N]`` (>= 0 or NaN) against int64 0/1 ``fg``, by
+    the keys of :func:`_scene_packed_rows`; backward scatters each point's step to its place."""
+    error_shift = index_bits + 1
 
     @tf.custom_gradient
     def packed(
@@ -117,20 +143,17 @@ def _scene_packed_sort(
     ) -> tuple[tuple[tf.Tensor, tf.Tensor], Callable[..., tuple[tf.Tensor, None, None]]]:
         num_rows, num_points = tf.shape(errors)[0], tf.shape(errors)[1]
         scene = _scene_of_points(splits, num_points)
-        bits = tf.bitwise.bitwise_and(tf.bitcast(errors, tf.int32), 0x7FFFFFFF)
-        key = tf.bitwise.left_shift(tf.cast(0x7FFFFFFF - bits, tf.int64), 32 - scene_bits)
-        low = tf.bitwise.left_shift(tf.range(num_points, dtype=tf.int64), 1)
-        if scene_bits:
-            low = tf.bitwise.bitwise_or(low, tf.bitwise.left_shift(tf.cast(scene, tf.int64), 63 - scene_bits))
-        key = xla_ops.xla_sort(tf.bitwise.bitwise_or(key, tf.bitwise.bitwise_or(low, fg)))
-        high = tf.bitwise.bitwise_and(tf.bitwise.right_shift(key, 32 - scene_bits), 0x7FFFFFFF)
+        keys = _scene_packed_keys(errors, fg, scene, scene_bits, index_bits, rows_per_sort)
+        key = _tf_rows.sorted_keys(keys, rows_per_sort)
+        high = tf.bitwise.bitwise_and(tf.bitwise.right_shift(key, error_shift), 0x7FFFFFFF)
         errors_sorted = tf.bitcast(0x7FFFFFFF - tf.cast(high, tf.int32), tf.float32)
+        # scenes are runs of the points, so the k-th sorted point of a row is in the k-th point's scene
         steps, gts = _scene_jaccard_steps(tf.cast(tf.bitwise.bitwise_and(key, 1), tf.int32), tf.float32, splits, scene)
         num_scenes = tf.shape(splits)[0] - 1
         loss = _scene_sums(errors_sorted * steps, scene, num_scenes)
 
         def backward(loss_cotangent: tf.Tensor, present_cotangent: tf.Tensor) -> tuple[tf.Tensor, None, None]:
-            index = tf.bitwise.bitwise_and(tf.bitwise.right_shift(key, 1), (1 << (31 - scene_bits)) - 1)
+            index = tf.bitwise.bitwise_and(tf.bitwise.right_shift(key, 1), (1 << index_bits) - 1)
             index += tf.range(tf.cast(num_rows, tf.int64), dtype=tf.int64)[:, None] * tf.cast(num_points, tf.int64)
             cotangent = tf.transpose(tf.gather(loss_cotangent, scene))  # [K, N]: each point's scene's
             grad = _tf_rows.sorted_error_grad(errors_sorted, steps * cotangent)
@@ -240,27 +263,27 @@ def scene_losses(
 def _scene_sorted_losses(
     pred: tf.Tensor, fg: tf.Tensor, valid: tf.Tensor | None, hinge: bool, splits: tf.Tensor
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """:func:`scene_losses` by a sort in TF: XLA's sort of packed keys (float32 under XLA on a CPU), else top_k."""
+    """:func:`scene_losses` by a sort in TF: packed int64 keys for float32 (laid out by
+    :func:`_tf_rows.sort_layout`) where they fit, else two ``top_k``."""
     if hinge:  # max(0, 1 - s x), the max taken after the sort
         errors = tf.where(fg, 1 - pred, 1 + pred)
     else:  # |[y = c] - p|
         errors = tf.abs(tf.where(fg, 1 - pred, pred))
+    top_k = lambda: _scene_sorted_rows(errors, fg, valid, splits)  # noqa: E731
     num_scenes = splits.shape[0] - 1 if splits.shape[0] is not None else None
-    if (
-        errors.dtype == tf.float32
-        and num_scenes is not None
-        and not tf.executing_eagerly()
-        and _tf_rows.gen_xla_ops is not None
-        and _tf_rows.in_xla()
-        and _tf_rows.on_cpu(errors)
-    ):
-        scene_bits = max(num_scenes - 1, 0).bit_length()
-        packed = lambda: _scene_packed_rows(errors, fg, valid, splits, scene_bits)  # noqa: E731
-        fits = 1 << (31 - scene_bits) if scene_bits <= 30 else -1  # the points an index of the bits left tells apart
-        num_points = errors.shape[1]
-        if num_points is not None:
-            if num_points <= fits:
-                return packed()
-        else:
-            return tf.cond(tf.shape(errors)[1] <= fits, packed, lambda: _scene_sorted_rows(errors, fg, valid, splits))
-    return _scene_sorted_rows(errors, fg, valid, splits)
+    layout = _tf_rows.sort_layout(errors)
+    if num_scenes is None or layout == _tf_rows.TOP_K:
+        return top_k()
+    scene_bits = max(num_scenes - 1, 0).bit_length()
+    budget = _tf_rows.ROW_AND_INDEX_BITS - scene_bits  # the bits for the index and the row, beside the scene
+    if layout == _tf_rows.PACKED_FLAT:  # N known when traced (sort_layout)
+        spare = budget - _tf_rows.index_bits_for(errors.shape[1])
+        if spare < 0:  # not even one row's keys fit
+            return top_k()
+        return _scene_packed_rows(errors, fg, valid, splits, scene_bits, budget - spare, 1 << spare)
+    packed = lambda: _scene_packed_rows(errors, fg, valid, splits, scene_bits, max(budget, 0), None)  # noqa: E731
+    fits = 1 << budget if budget >= 0 else -1  # the points an index of the bits left tells apart
+    num_points = errors.shape[1]
+    if num_points is not None:
+        return packed() if num_points <= fits else top_k()
+    return tf.cond(tf.shape(errors)[1] <= fits, packed, top_k)
