@@ -36,13 +36,38 @@ def test_threads_at_work_stay_within_the_scratch_budget(monkeypatch):
 def test_the_pool_is_kept_across_block_counts():
     pool = _ckernel._pool(2)
     rng = np.random.default_rng(1)
-    for rows in (1, 2, 3, 1):
-        pred = rng.random((1, rows, 100), dtype=np.float32)
+    for rows in (1, 2, 3, 1):  # 1 block (inline), then 2
+        pred = rng.random((1, rows, _ckernel.GRAIN + 100), dtype=np.float32)
         _ckernel.lovasz_rows(pred, np.zeros(pred.shape, np.uint8), _ckernel.SOFTMAX, None, 2)
     assert _ckernel._POOL is pool
     assert _ckernel._pool(1) is pool  # fewer threads: the same pool
     grown = _ckernel._pool(pool._max_workers + 1)  # more: it grows
     assert grown is not pool and grown._max_workers == pool._max_workers + 1
+
+
+def test_small_calls_run_inline_and_large_ones_on_every_thread(monkeypatch):
+    workers_seen = []
+    run_blocks = _ckernel._run_blocks
+    monkeypatch.setattr(
+        _ckernel,
+        "_run_blocks",
+        lambda run, blocks, workers: workers_seen.append(workers) or run_blocks(run, blocks, workers),
+    )
+    rng = np.random.default_rng(2)
+    for pixels, expected_workers in ((64, 1), (_ckernel.GRAIN // 4, 1), (_ckernel.GRAIN // 2, 2), (1 << 16, 4)):
+        pred = rng.random((1, 4, pixels), dtype=np.float32)
+        codes = rng.integers(0, 2, pred.shape).astype(np.uint8)
+        workers_seen.clear()
+        got = _ckernel.lovasz_rows(pred, codes, _ckernel.SOFTMAX, None, 4)
+        assert workers_seen == [expected_workers], pixels
+        np.testing.assert_array_equal(got[0], _ckernel.lovasz_rows(pred, codes, _ckernel.SOFTMAX, None, 1)[0])
+    points = rng.random((64, 19), dtype=np.float32)
+    codes = (np.arange(19)[:, None] == rng.integers(0, 19, 64)).astype(np.uint8)
+    workers_seen.clear()
+    _ckernel.lovasz_points(
+        points, codes, np.array([64]), _ckernel.SOFTMAX, np.empty_like(points), 4, False, lambda loss, _: loss
+    )
+    assert workers_seen == [1, 1, 1]  # in, rows, out: all inline
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc")

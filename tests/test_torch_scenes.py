@@ -254,7 +254,7 @@ def test_extreme_logits_on_the_kernel_equal_the_sort_path(monkeypatch, classes, 
 def test_every_thread_count_gives_the_same_result_on_the_kernel():
     """The points-first kernel splits the points, then the rows, over the threads: one scene on many threads,
     many scenes on one, a run of points that crosses scenes; the result is the same to the bit."""
-    x, y, offsets = scene_data(5, seed=25, dtype=torch.float32, sizes=[1000, 37, 0, 2500])
+    x, y, offsets = scene_data(5, seed=25, dtype=torch.float32, sizes=[10000, 37, 0, 25000])  # past the grain
     y = torch.where(y == 255, 255, y % 5)
     threads = torch.get_num_threads()
     results = []

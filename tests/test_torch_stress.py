@@ -82,7 +82,7 @@ def test_calls_after_the_main_thread_finished_and_at_exit():
         import lovasz.torch as L
 
         torch.set_num_threads(2)
-        x, y = torch.randn(4, 64, 64), torch.randint(0, 2, (4, 64, 64))
+        x, y = torch.randn(4, 128, 128), torch.randint(0, 2, (4, 128, 128))  # past the grain: on the pool
         expected = L.lovasz_hinge(x, y).item()
 
         def late():
@@ -148,8 +148,8 @@ def test_dataloader_workers_fork_and_spawn(tmp_path):
 
             def __getitem__(self, i):
                 g = torch.Generator().manual_seed(i)
-                return L.lovasz_softmax(torch.randn(2, 3, 32, 32, generator=g),
-                                        torch.randint(0, 3, (2, 32, 32), generator=g), from_logits=True)
+                return L.lovasz_softmax(torch.randn(2, 3, 128, 128, generator=g),  # past the grain: on the pool
+                                        torch.randint(0, 3, (2, 128, 128), generator=g), from_logits=True)
 
         def child(queue):
             # As DataLoader does in its workers: torch's own OpenMP ops hang in a forked child of a
