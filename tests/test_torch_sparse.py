@@ -96,6 +96,37 @@ def test_hinge_and_multilabel_sparse_equal_dense(monkeypatch, per_image, ignore)
         assert torch.equal(grad, dense_grad)
 
 
+def test_bad_labels_on_a_gathered_grid_raise_as_on_the_dense_path(monkeypatch):
+    """Labels are checked after the gathering (the few pixels that count): the same error, naming the
+    first bad value in pixel order, whichever path runs."""
+    logits, labels = grid(3)
+    scores, binary = logits[:, 0], labels.remainder(2)
+    binary[labels == 255] = 255
+    gathered = []
+    compact = S.compact
+    monkeypatch.setattr(S, "compact", lambda *a: gathered.append(compact(*a)) or gathered[-1])
+    for path_threshold in (S.COMPACT_BELOW, -1.0):  # gathered, then dense
+        monkeypatch.setattr(S, "COMPACT_BELOW", path_threshold)
+        gathered.clear()
+        bad, bad_binary, bad_float = labels.clone(), binary.clone(), labels.double()
+        at = (labels != 255).nonzero()
+        first, second = tuple(at[3]), tuple(at[7])
+        bad[second], bad[first] = -3, 9
+        bad_binary[second], bad_binary[first] = 2, 5
+        bad_float[first] = 1.5
+        with pytest.raises(ValueError, match=r"labels must be in \[0, 4\] at every non-ignored pixel; found 9"):
+            L.lovasz_softmax(logits, bad, ignore=255, from_logits=True)
+        assert (gathered[0] is not None) == (path_threshold > 0)
+        with pytest.raises(ValueError, match="whole numbers .*; found 1.5"):
+            L.lovasz_softmax(logits, bad_float, ignore=255, from_logits=True)
+        with pytest.raises(ValueError, match="labels must be 0 or 1 at every non-ignored pixel; found 5"):
+            L.lovasz_hinge(scores, bad_binary, ignore=255)
+        targets = torch.where(labels == 255, 255, labels.remainder(2))[:, None].expand(logits.shape).clone()
+        targets[(first[0], 2, *first[1:])] = 7
+        with pytest.raises(ValueError, match="must be 0 or 1 at every non-ignored pixel; found 7"):
+            L.lovasz_multilabel(logits, targets, ignore=255)
+
+
 @pytest.mark.parametrize("from_logits", [False, True])
 @pytest.mark.parametrize("ignore", [None, -1])
 def test_points_without_offsets_equal_offsets_of_one_scene(from_logits, ignore):

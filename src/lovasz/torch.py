@@ -470,6 +470,8 @@ def _softmax(
         pred = pred.sigmoid() if from_logits else pred
         pred = torch.stack([1 - pred, pred], dim=1)
     pred = pred.reshape(batch, num_classes, pixels)
+    # checked after the gathering: on a mostly ignored grid, the few pixels that count
+    pred, lab, ignored, ends = _sparse(pred, lab, ignored, ends, per_image, process_group)
     _check_whole(lab, None if ignored is None else ~ignored, lname)
     _check_values(
         lab,
@@ -478,7 +480,6 @@ def _softmax(
         (lab >= 0) & (lab < num_classes),
         lname,
     )
-    pred, lab, ignored, ends = _sparse(pred, lab, ignored, ends, per_image, process_group)
     codes = _class_codes(lab, num_classes, ignored)
     form = "softmax of logits" if from_logits else "softmax of probabilities"
     loss = _lovasz_classes(
@@ -556,8 +557,8 @@ def lovasz_hinge(
     pred = logits.to(_compute_dtype(logits)).reshape(batch, 1, pixels)
     lab = labels.reshape(batch, 1, pixels)
     ignored = None if ignore is None else lab == ignore
+    pred, lab, ignored, ends = _sparse(pred, lab, ignored, ends, per_image, process_group)  # then checked
     _check_values(lab, None if ignored is None else ~ignored, "0 or 1", (lab == 0) | (lab == 1), "labels")
-    pred, lab, ignored, ends = _sparse(pred, lab, ignored, ends, per_image, process_group)
     codes = _codes(lab == 1, ignored)
     across = _across(process_group, "hinge", ignore, margin, symmetric)
     loss = _hinge_classes(pred, codes, "all", 1, per_image, None, reduction, across, margin, symmetric, ends)
@@ -658,8 +659,8 @@ def _multilabel(
     pred = logits.to(dtype).reshape(batch, num_classes, pixels)
     tgt = targets.reshape(batch, num_classes, pixels)
     ignored = None if ignore is None else tgt == ignore
+    pred, tgt, ignored, ends = _sparse(pred, tgt, ignored, ends, per_image, process_group)  # then checked
     _check_values(tgt, None if ignored is None else ~ignored, "0 or 1", (tgt == 0) | (tgt == 1), tname)
-    pred, tgt, ignored, ends = _sparse(pred, tgt, ignored, ends, per_image, process_group)
     codes = _codes(tgt == 1, ignored)
     across = _across(process_group, "hinge" if from_logits else "per-channel probabilities", ignore, margin, symmetric)
     if from_logits:
