@@ -168,34 +168,59 @@ def _sort_flat(keys: tf.Tensor) -> tf.Tensor:
     return tf.constant(_MAX_KEY, tf.int64) - tf.math.top_k(complement, k=tf.size(keys), sorted=True).values
 
 
+def packed_keys(
+    errors: tf.Tensor,
+    fg: tf.Tensor,
+    index_bits: int,
+    rows_per_sort: int | None,
+    scene: tf.Tensor | None = None,
+    scene_bits: int = 0,
+) -> tf.Tensor:
+    """The unsorted keys ``[R, N]`` of float32 ``errors [R, N]`` (>= 0 or NaN) and int64 0/1 ``fg``:
+    ``((row << b | scene) << 31 | 0x7fffffff - error bits) << (i + 1) | index << 1 | fg``, ``i`` =
+    ``index_bits``; the row within its sort only where ``rows_per_sort`` is given, the scene of each
+    point ``[N]`` (``b`` = ``scene_bits``) only where given (:mod:`lovasz._tf_scenes`)."""
+    bits = tf.bitwise.bitwise_and(tf.bitcast(errors, tf.int32), 0x7FFFFFFF)  # -0.0 and a negative NaN too
+    high = tf.cast(0x7FFFFFFF - bits, tf.int64)
+    if scene is not None:  # the scene above the error
+        high = tf.bitwise.bitwise_or(high, tf.bitwise.left_shift(tf.cast(scene, tf.int64), 31)[None, :])
+    if rows_per_sort is not None:  # the row within its sort, above the scene and the error
+        row = tf.range(tf.cast(tf.shape(errors)[0], tf.int64), dtype=tf.int64) % rows_per_sort
+        high = tf.bitwise.bitwise_or(high, tf.bitwise.left_shift(row, 31 + scene_bits)[:, None])
+    low = tf.bitwise.bitwise_or(tf.bitwise.left_shift(tf.range(tf.shape(errors)[1], dtype=tf.int64), 1), fg)
+    return tf.bitwise.bitwise_or(tf.bitwise.left_shift(high, index_bits + 1), low)
+
+
+def unpacked_errors(key: tf.Tensor, index_bits: int) -> tf.Tensor:
+    """The float32 errors of sorted :func:`packed_keys`."""
+    error_bits = tf.bitwise.bitwise_and(tf.bitwise.right_shift(key, index_bits + 1), 0x7FFFFFFF)
+    return tf.bitcast(0x7FFFFFFF - tf.cast(error_bits, tf.int32), tf.float32)
+
+
+def scattered_back(key: tf.Tensor, grad_sorted: tf.Tensor, index_bits: int) -> tf.Tensor:
+    """``grad_sorted [R, N]``, laid out as sorted :func:`packed_keys` ``key``, back in the unsorted layout."""
+    num_rows, num_pixels = tf.shape(key)[0], tf.shape(key)[1]
+    index = tf.bitwise.bitwise_and(tf.bitwise.right_shift(key, 1), (1 << index_bits) - 1)
+    index += tf.range(tf.cast(num_rows, tf.int64), dtype=tf.int64)[:, None] * tf.cast(num_pixels, tf.int64)
+    size = tf.cast(num_rows, tf.int64) * tf.cast(num_pixels, tf.int64)
+    flat = tf.scatter_nd(tf.reshape(index, [-1, 1]), tf.reshape(grad_sorted, [-1]), size[None])
+    return tf.reshape(flat, [num_rows, num_pixels])
+
+
 def _packed_sort(errors: tf.Tensor, fg: tf.Tensor, index_bits: int, rows_per_sort: int | None) -> tf.Tensor:
     """Loss ``[R]`` of float32 ``errors [R, N]`` (>= 0 or NaN) against int64 0/1 ``fg``, by the packed
     keys of :func:`_packed_rows`, ``index_bits`` for the index, sorted as :func:`sorted_keys` does."""
-    error_shift = index_bits + 1
 
     @tf.custom_gradient
     def packed(errors: tf.Tensor, fg: tf.Tensor) -> tuple[tf.Tensor, Callable[[tf.Tensor], tuple[tf.Tensor, None]]]:
-        num_rows, num_pixels = tf.shape(errors)[0], tf.shape(errors)[1]
-        bits = tf.bitwise.bitwise_and(tf.bitcast(errors, tf.int32), 0x7FFFFFFF)  # -0.0 and a negative NaN too
-        high = tf.cast(0x7FFFFFFF - bits, tf.int64)
-        if rows_per_sort is not None:  # the row within its sort, above the error
-            row = tf.range(tf.cast(num_rows, tf.int64), dtype=tf.int64) % rows_per_sort
-            high = tf.bitwise.bitwise_or(high, tf.bitwise.left_shift(row, 31)[:, None])
-        high = tf.bitwise.left_shift(high, error_shift)
-        low = tf.bitwise.bitwise_or(tf.bitwise.left_shift(tf.range(num_pixels, dtype=tf.int64), 1), fg)
-        key = sorted_keys(tf.bitwise.bitwise_or(high, low), rows_per_sort)
-        error_bits = tf.bitwise.bitwise_and(tf.bitwise.right_shift(key, error_shift), 0x7FFFFFFF)
-        errors_sorted = tf.bitcast(0x7FFFFFFF - tf.cast(error_bits, tf.int32), tf.float32)
+        key = sorted_keys(packed_keys(errors, fg, index_bits, rows_per_sort), rows_per_sort)
+        errors_sorted = unpacked_errors(key, index_bits)
         steps = jaccard_steps(tf.cast(tf.bitwise.bitwise_and(key, 1), tf.int32), tf.float32)
         loss = tf.reduce_sum(errors_sorted * steps, axis=-1)
 
         def backward(loss_cotangent: tf.Tensor) -> tuple[tf.Tensor, None]:
-            index = tf.bitwise.bitwise_and(tf.bitwise.right_shift(key, 1), (1 << index_bits) - 1)
-            index += tf.range(tf.cast(num_rows, tf.int64), dtype=tf.int64)[:, None] * tf.cast(num_pixels, tf.int64)
             grad = sorted_error_grad(errors_sorted, steps * loss_cotangent[:, None])
-            size = tf.cast(num_rows, tf.int64) * tf.cast(num_pixels, tf.int64)
-            flat = tf.scatter_nd(tf.reshape(index, [-1, 1]), tf.reshape(grad, [-1]), size[None])
-            return tf.reshape(flat, [num_rows, num_pixels]), None
+            return scattered_back(key, grad, index_bits), None
 
         return loss, backward
 

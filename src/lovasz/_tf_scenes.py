@@ -103,10 +103,9 @@ def _scene_packed_rows(
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """:func:`_scene_sorted_rows` for float32 by one sort of one int64 key per point, no gather.
 
-    The key of :func:`_tf_rows._packed_rows` with the scene above the error: ``((row << b | scene)
-    << 31 | 0x7fffffff - error bits) << (i + 1) | index << 1 | fg``, ``b`` bits for the scene and
-    ``i`` for the point's index, so one ascending sort of a class's row orders it by scene, then
-    by decreasing error (ties by index). ``rows_per_sort`` None: XLA's sort of the ``[K, N]`` rows,
+    The keys of :func:`_tf_rows.packed_keys` with the scene above the error (``scene_bits`` for it,
+    ``index_bits`` for the point's index), so one ascending sort of a class's row orders it by scene,
+    then by decreasing error (ties by index). ``rows_per_sort`` None: XLA's sort of the ``[K, N]`` rows,
     no row in the key (XLA on a CPU); else every group of that many rows in one 1-D sort, the row
     within its group in the top bits (a GPU), as :func:`_tf_rows.sorted_keys` does.
     """
@@ -116,50 +115,29 @@ def _scene_packed_rows(
     return _scene_packed_sort(errors, tf.cast(fg, tf.int64), splits, scene_bits, index_bits, rows_per_sort)
 
 
-def _scene_packed_keys(
-    errors: tf.Tensor, fg: tf.Tensor, scene: tf.Tensor, scene_bits: int, index_bits: int, rows_per_sort: int | None
-) -> tf.Tensor:
-    """The unsorted keys ``[K, N]`` of :func:`_scene_packed_rows`."""
-    bits = tf.bitwise.bitwise_and(tf.bitcast(errors, tf.int32), 0x7FFFFFFF)  # -0.0 and a negative NaN too
-    scene_above = tf.bitwise.left_shift(tf.cast(scene, tf.int64), 31)[None, :]
-    high = tf.bitwise.bitwise_or(tf.cast(0x7FFFFFFF - bits, tf.int64), scene_above)
-    if rows_per_sort is not None:  # the row within its sort, above the scene
-        row = tf.range(tf.cast(tf.shape(errors)[0], tf.int64), dtype=tf.int64) % rows_per_sort
-        high = tf.bitwise.bitwise_or(high, tf.bitwise.left_shift(row, 31 + scene_bits)[:, None])
-    low = tf.bitwise.left_shift(tf.range(tf.shape(errors)[1], dtype=tf.int64), 1)
-    return tf.bitwise.bitwise_or(tf.bitwise.left_shift(high, index_bits + 1), tf.bitwise.bitwise_or(low, fg))
-
-
 def _scene_packed_sort(
     errors: tf.Tensor, fg: tf.Tensor, splits: tf.Tensor, scene_bits: int, index_bits: int, rows_per_sort: int | None
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Loss and presence ``[S, K]`` of float32 ``errors [K, N]`` (>= 0 or NaN) against int64 0/1 ``fg``, by
     the keys of :func:`_scene_packed_rows`; backward scatters each point's step to its place."""
-    error_shift = index_bits + 1
 
     @tf.custom_gradient
     def packed(
         errors: tf.Tensor, fg: tf.Tensor, splits: tf.Tensor
     ) -> tuple[tuple[tf.Tensor, tf.Tensor], Callable[..., tuple[tf.Tensor, None, None]]]:
-        num_rows, num_points = tf.shape(errors)[0], tf.shape(errors)[1]
-        scene = _scene_of_points(splits, num_points)
-        keys = _scene_packed_keys(errors, fg, scene, scene_bits, index_bits, rows_per_sort)
+        scene = _scene_of_points(splits, tf.shape(errors)[1])
+        keys = _tf_rows.packed_keys(errors, fg, index_bits, rows_per_sort, scene, scene_bits)
         key = _tf_rows.sorted_keys(keys, rows_per_sort)
-        high = tf.bitwise.bitwise_and(tf.bitwise.right_shift(key, error_shift), 0x7FFFFFFF)
-        errors_sorted = tf.bitcast(0x7FFFFFFF - tf.cast(high, tf.int32), tf.float32)
+        errors_sorted = _tf_rows.unpacked_errors(key, index_bits)
         # scenes are runs of the points, so the k-th sorted point of a row is in the k-th point's scene
         steps, gts = _scene_jaccard_steps(tf.cast(tf.bitwise.bitwise_and(key, 1), tf.int32), tf.float32, splits, scene)
         num_scenes = tf.shape(splits)[0] - 1
         loss = _scene_sums(errors_sorted * steps, scene, num_scenes)
 
         def backward(loss_cotangent: tf.Tensor, present_cotangent: tf.Tensor) -> tuple[tf.Tensor, None, None]:
-            index = tf.bitwise.bitwise_and(tf.bitwise.right_shift(key, 1), (1 << index_bits) - 1)
-            index += tf.range(tf.cast(num_rows, tf.int64), dtype=tf.int64)[:, None] * tf.cast(num_points, tf.int64)
             cotangent = tf.transpose(tf.gather(loss_cotangent, scene))  # [K, N]: each point's scene's
             grad = _tf_rows.sorted_error_grad(errors_sorted, steps * cotangent)
-            size = tf.cast(num_rows, tf.int64) * tf.cast(num_points, tf.int64)
-            flat = tf.scatter_nd(tf.reshape(index, [-1, 1]), tf.reshape(grad, [-1]), size[None])
-            return tf.reshape(flat, [num_rows, num_points]), None, None
+            return _tf_rows.scattered_back(key, grad, index_bits), None, None
 
         return (loss, tf.transpose(gts > 0)), backward
 
