@@ -145,8 +145,8 @@ def compact(pred: Tensor, labels: Tensor, ignored: Tensor | None, per_image: boo
         return Compacted(flat(pred), flat(labels), None if ignored is None else flat(ignored), ends)
     if ignored is None or pred.numel() == 0 or not _may_sync(pred):
         return None
-    valid = ~(ignored[:, 0] if ignored.shape[1] == 1 else ignored.all(1))  # [B, N]
-    counts = valid.count_nonzero(1)
+    valid = ~ignored.all(1)  # [B, N]
+    counts = valid.sum(1)
     if int(counts.sum()) > COMPACT_BELOW * batch * num_pixels:  # the host sync
         return None
     at = valid.nonzero(as_tuple=True)  # (image, pixel) of each valid pixel, in pixel order
