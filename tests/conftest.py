@@ -66,3 +66,18 @@ def pytest_report_header(config):
 
 
 collect_ignore = ["keras_checks.py"]  # run per backend, in its own process, by test_keras.py
+
+
+@pytest.fixture(params=["openmp team", "pool"])
+def executor(request, monkeypatch):
+    """The C kernel's blocks on torch's OpenMP team (its libgomp loaded by importing torch), or on the
+    kernel's own thread pool."""
+    ckernel = require("lovasz._ckernel")
+    if request.param == "pool":
+        monkeypatch.setattr(ckernel, "_team", lambda: None)
+        return request.param
+    if importlib.util.find_spec("torch") is not None:
+        importlib.import_module("torch")
+    if ckernel._team() is None:
+        pytest.skip("no libgomp loaded (not Linux, no torch, or a torch built without OpenMP)")
+    return request.param

@@ -96,7 +96,7 @@ def test_nan_at_an_ignored_pixel_is_ignored():
     assert torch.isfinite(loss) and torch.isfinite(logits.grad).all() and logits.grad[0, 1] == 0
 
 
-def test_every_thread_count_gives_the_same_result():
+def test_every_thread_count_gives_the_same_result(executor):
     g = torch.Generator().manual_seed(5)
     probas = torch.randn(4, 3, 128, 128, generator=g).softmax(1)  # past the kernel's grain: on the threads
     labels = torch.randint(0, 3, (4, 128, 128), generator=g)
@@ -131,12 +131,41 @@ with multiprocessing.get_context("fork").Pool(1) as pool:
 """
 
 
-def test_a_forked_child_runs_the_kernel():
+FORKED_CHILD_OF_A_TEAM = """
+import multiprocessing
+import numpy as np
+import torch
+from lovasz import _ckernel as C
+
+rng = np.random.default_rng(0)
+pred = rng.random((2, 3, 128 * 128), dtype=np.float32)
+codes = rng.integers(0, 2, pred.shape).astype(np.uint8)
+ran_on = []
+run_on_team = C._run_on_team
+C._run_on_team = lambda *args: ran_on.append("team") or run_on_team(*args)
+
+def rows():
+    return C.lovasz_rows(pred, codes, C.SOFTMAX, None, 2)[0], ran_on, C._POOL is not None
+
+expected, parent_ran_on, _ = rows()
+assert parent_ran_on == ["team"]
+ran_on.clear()
+with multiprocessing.get_context("fork").Pool(1) as pool:
+    got, child_ran_on, child_pool = pool.apply_async(rows).get(timeout=60)
+    assert np.array_equal(got, expected) and child_ran_on == [] and child_pool, (child_ran_on, child_pool)
+"""
+
+
+@pytest.mark.parametrize("script", [FORKED_CHILD, FORKED_CHILD_OF_A_TEAM], ids=["pool", "openmp team"])
+def test_a_forked_child_runs_the_kernel(script):
     """The thread pool made before a fork has no threads in the child: the child must not wait on it.
+    Nor has it the threads of the OpenMP team its parent ran the kernel on: it runs on a pool of its own.
 
     In a process of its own, away from the other frameworks' threads that pytest's process holds.
     """
     import subprocess
     import sys
 
-    subprocess.run([sys.executable, "-c", FORKED_CHILD], check=True, timeout=120)
+    if script is FORKED_CHILD_OF_A_TEAM and ckernel._team() is None:
+        pytest.skip("no libgomp loaded (not Linux, or torch built without OpenMP)")
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)

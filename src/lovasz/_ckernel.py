@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import ctypes
+import dataclasses
 import functools
 import os
+import sys
 import threading
 import warnings
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -49,9 +52,11 @@ def _pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
 
 
 def _forget_pool() -> None:
-    """A forked child has the pool object but not its threads: it makes its own."""
-    global _POOL, _POOL_LOCK
+    """A forked child has the pool object but not its threads: it makes its own. Nor has it the threads of
+    an OpenMP team its parent ran (libgomp would wait for them forever): it leaves OpenMP alone."""
+    global _POOL, _POOL_LOCK, _TEAM, _FORKED
     _POOL, _POOL_LOCK = None, threading.Lock()
+    _TEAM, _FORKED = None, True
 
 
 if hasattr(os, "register_at_fork"):
@@ -166,8 +171,90 @@ def _output(array: np.ndarray | None, name: str, shape: tuple[int, ...]) -> np.n
     return _float32(array, name, shape)
 
 
-def _run_blocks(run: Callable[[tuple[int, int]], int], blocks, workers: int):
-    """``run`` on every block, on the pool's threads (ctypes releases the GIL, so they run in parallel).
+@dataclasses.dataclass(frozen=True)
+class _Call:
+    """A call of the kernel's entry ``function`` on a block ``(begin, end)``, which goes between ``args``
+    and ``after``; ``entry`` is its number in ``_kernel.c``'s ``lovasz_team_worker``."""
+
+    entry: int
+    function: Callable[..., int]
+    args: tuple
+    after: tuple = ()
+
+    def __call__(self, block: tuple[int, int]) -> int:
+        return self.function(*self.args, *block, *self.after)
+
+
+ROWS_ENTRY, SCENE_ROWS_ENTRY, POINTS_IN_ENTRY, POINTS_OUT_ENTRY = range(4)  # as in _kernel.c
+
+
+# torch runs its CPU ops on an OpenMP team (GNU libgomp, which its Linux wheels bundle), whose threads spin
+# for a while after each op, waiting for the next. The threads of our pool would share the cores with them
+# (on 2 cores, the points of PolarSeg's grid right after a torch op: 7.5 ms, against 4.4 ms where libgomp
+# does not spin): where a libgomp is loaded, the blocks run on its team instead, its spinning threads
+# taking them. Not in a forked child: libgomp would wait there for its parent's threads.
+class _Team(NamedTuple):
+    parallel: Callable[..., None]  # GOMP_parallel(function, data, threads, flags)
+    thread_num: int  # the addresses of omp_get_thread_num and omp_get_num_threads
+    num_threads: int
+    worker: int  # the address of lovasz_team_worker
+
+
+class _Job(ctypes.Structure):  # _kernel.c's Job
+    _fields_ = [
+        ("entry", ctypes.c_int),
+        ("args", ctypes.c_int64 * 10),
+        ("bounds", ctypes.c_void_p),
+        ("blocks", ctypes.c_int64),
+        ("status", ctypes.c_void_p),
+        ("thread_num", ctypes.c_void_p),
+        ("num_threads", ctypes.c_void_p),
+    ]
+
+
+_TEAM: _Team | None = None
+_TEAM_SEARCHED_AT: int | None = None  # len(sys.modules) when last searched in vain (an import may load libgomp)
+_FORKED = False
+
+
+def _team() -> _Team | None:
+    """The OpenMP team of the libgomp loaded in this process (by torch), or None (none loaded, not Linux, a
+    forked child, or a kernel built without ``lovasz_team_worker``)."""
+    global _TEAM, _TEAM_SEARCHED_AT
+    if _TEAM is not None or _FORKED or _TEAM_SEARCHED_AT == len(sys.modules) or not sys.platform.startswith("linux"):
+        return _TEAM
+    _TEAM_SEARCHED_AT = len(sys.modules)
+    try:  # RTLD_NOLOAD: only a library that is loaded already (its soname matches)
+        gomp = ctypes.CDLL("libgomp.so.1", mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+        parallel, thread_num, num_threads = gomp.GOMP_parallel, gomp.omp_get_thread_num, gomp.omp_get_num_threads
+    except (OSError, AttributeError):
+        return None
+    worker = _entry("lovasz_team_worker", [_PTR])
+    if worker is None:
+        return None
+    parallel.argtypes, parallel.restype = [_PTR, _PTR, ctypes.c_uint, ctypes.c_uint], None
+    address = lambda function: int(ctypes.cast(function, ctypes.c_void_p).value or 0)  # noqa: E731
+    _TEAM = _Team(parallel, address(thread_num), address(num_threads), address(worker))
+    return _TEAM
+
+
+def _run_on_team(team: _Team, call: _Call, blocks: list[tuple[int, int]], workers: int) -> list[int]:
+    """``call`` on every block, by ``workers`` threads of the OpenMP team (the caller's thread one of them)."""
+    job = _Job()
+    job.entry = call.entry
+    words = [0 if arg is None else int(arg) for arg in (*call.args, *call.after)]
+    job.args[: len(words)] = words
+    bounds = (ctypes.c_int64 * (2 * len(blocks)))(*[bound for block in blocks for bound in block])
+    status = (ctypes.c_int * len(blocks))()
+    job.bounds, job.blocks, job.status = ctypes.addressof(bounds), len(blocks), ctypes.addressof(status)
+    job.thread_num, job.num_threads = team.thread_num, team.num_threads
+    team.parallel(team.worker, ctypes.byref(job), workers, 0)  # returns when every block is done
+    return list(status)
+
+
+def _run_blocks(run: _Call, blocks: list[tuple[int, int]], workers: int) -> list[int]:
+    """``run`` on every block: on the OpenMP team where there is one (see :class:`_Team`), else on the pool's
+    threads (ctypes releases the GIL, so they run in parallel).
 
     The blocks write into the caller's arrays, so no block may outlive this call: an
     interrupt (Ctrl-C) that lands while they run is held until every submitted block has
@@ -176,7 +263,11 @@ def _run_blocks(run: Callable[[tuple[int, int]], int], blocks, workers: int):
     """
     if workers == 1:
         return [run(block) for block in blocks]
-    futures, interrupt, rest = [], None, []
+    team = _team()
+    if team is not None:
+        return _run_on_team(team, run, blocks, workers)
+    futures: list[concurrent.futures.Future[int]] = []
+    interrupt, rest = None, []
     try:
         pool = _pool(workers)
         for i, block in enumerate(blocks):
@@ -221,7 +312,7 @@ def lovasz_rows(
         mode,
     )
     threads = _within_budget(_threads_for(pred.size, threads), 8 * (sets * num_pixels + 1), pred.nbytes)
-    _run_rows(kernel(), args, loss, present, threads, f"{sets * num_pixels} pixels")
+    _run_rows(ROWS_ENTRY, kernel(), args, loss, present, threads, f"{sets * num_pixels} pixels")
     return loss, present
 
 
@@ -243,11 +334,13 @@ def _split(count: int, threads: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def _run_rows(function, args: tuple, loss: np.ndarray, present: np.ndarray, threads: int, what: str) -> None:
+def _run_rows(
+    entry: int, function, args: tuple, loss: np.ndarray, present: np.ndarray, threads: int, what: str
+) -> None:
     """``function(*args, row_begin, row_end, loss, present)`` over every row, in blocks on the threads."""
     outputs = (loss.ctypes.data, present.ctypes.data)
     blocks = _split(loss.size, threads)
-    status = _run_blocks(lambda block: function(*args, *block, *outputs), blocks, len(blocks))
+    status = _run_blocks(_Call(entry, function, args, outputs), blocks, len(blocks))
     if any(status):
         raise MemoryError(f"lovasz: no memory for the sort scratch of {what}")
 
@@ -278,7 +371,7 @@ def lovasz_scene_rows(
     args += (num_classes, num_points, ends.ctypes.data, mode)
     largest = int(np.diff(ends, prepend=0).max()) if ends.size else 0
     threads = _within_budget(_threads_for(pred.size, threads), 8 * (largest + 1), pred.nbytes)
-    _run_rows(scene_kernel(), args, loss, present, threads, f"{num_points} points")
+    _run_rows(SCENE_ROWS_ENTRY, scene_kernel(), args, loss, present, threads, f"{num_points} points")
     return loss, present
 
 
@@ -324,13 +417,13 @@ def lovasz_points(
     point_blocks = _point_blocks(num_points, _threads_for(points.size, threads))
     args = (points.ctypes.data, block.ctypes.data, None if probs is None else probs.ctypes.data)
     args += (num_classes, num_points, int(logits))
-    _run_blocks(lambda run: into(*args, *run), point_blocks, len(point_blocks))
+    _run_blocks(_Call(POINTS_IN_ENTRY, into, args), point_blocks, len(point_blocks))
     loss, present = lovasz_scene_rows(block, codes, ends, mode, None if grad is None else block, threads)
     if grad is not None:
         coefficient = _float32(np.asarray(coefficients(loss, present), dtype=np.float32), "coefficients", loss.shape)
         args = (block.ctypes.data, None if probs is None else probs.ctypes.data, grad.ctypes.data)
         args += (num_classes, num_points, ends.ctypes.data, ends.size, coefficient.ctypes.data)
-        status = _run_blocks(lambda run: out(*args, *run), point_blocks, len(point_blocks))
+        status = _run_blocks(_Call(POINTS_OUT_ENTRY, out, args), point_blocks, len(point_blocks))
         if any(status):
             raise MemoryError(f"lovasz: no memory for the scratch of {num_points} points")
     return loss, present

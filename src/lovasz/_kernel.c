@@ -24,8 +24,8 @@
  * `grad` may be `pred` itself: each pixel is read for the last time before its
  * gradient is written.
  *
- * Loaded with ctypes (which releases the GIL): Python runs blocks of rows on
- * several threads. Compiled as an extension module so that pip builds it, against CPython's limited API
+ * Loaded with ctypes (which releases the GIL): Python runs blocks of rows on several threads (torch's
+ * OpenMP team through lovasz_team_worker, or a pool of its own). Compiled as an extension module so that pip builds it, against CPython's limited API
  * (setup.py). Portable C99: tests/test_kernel_build.py compiles it with -std=c99 -Wall -Wextra -pedantic
  * -Werror under gcc and clang.
  */
@@ -468,6 +468,49 @@ EXPORT int lovasz_points_out_f32(float *block, const float *probs, float *grad, 
     }
     free(tile);
     return 0;
+}
+
+/* One of the entries above over blocks of its [begin, end) range, run by the threads of an OpenMP team:
+ * GOMP_parallel(lovasz_team_worker, job, threads, 0) from _ckernel.py, on the team of the libgomp that torch
+ * has loaded, whose threads spin for a while after each torch op: taking the blocks, they leave no thread
+ * of ours to share the cores with them. No OpenMP is compiled in: the team's runtime gives each thread
+ * its number through the two functions in the job. */
+enum { ROWS_ENTRY, SCENE_ROWS_ENTRY, POINTS_IN_ENTRY, POINTS_OUT_ENTRY };
+
+typedef struct {
+    int entry;
+    int64_t args[10]; /* the entry's arguments but begin and end, in order, pointers as integers */
+    const int64_t *bounds; /* block b is [bounds[2 b], bounds[2 b + 1]) */
+    int64_t blocks;
+    int *status; /* each block's return value */
+    int (*thread_num)(void);
+    int (*num_threads)(void);
+} Job;
+
+static int run_block(const Job *job, int64_t begin, int64_t end) {
+    const int64_t *a = job->args;
+#define ARG(i) ((void *)(intptr_t)a[i])
+    switch (job->entry) {
+    case ROWS_ENTRY:
+        return lovasz_rows_f32(ARG(0), ARG(1), ARG(2), a[3], a[4], a[5], (int)a[6], begin, end, ARG(7), ARG(8));
+    case SCENE_ROWS_ENTRY:
+        return lovasz_scene_rows_f32(ARG(0), ARG(1), ARG(2), a[3], a[4], ARG(5), (int)a[6], begin, end, ARG(7),
+                                     ARG(8));
+    case POINTS_IN_ENTRY:
+        return lovasz_points_in_f32(ARG(0), ARG(1), ARG(2), a[3], a[4], (int)a[5], begin, end);
+    case POINTS_OUT_ENTRY:
+        return lovasz_points_out_f32(ARG(0), ARG(1), ARG(2), a[3], a[4], ARG(5), a[6], ARG(7), begin, end);
+    default:
+        return -2;
+    }
+#undef ARG
+}
+
+EXPORT void lovasz_team_worker(void *data) {
+    const Job *job = data;
+    const int64_t threads = job->num_threads();
+    for (int64_t b = job->thread_num(); b < job->blocks; b += threads)
+        job->status[b] = run_block(job, job->bounds[2 * b], job->bounds[2 * b + 1]);
 }
 
 EXPORT int lovasz_abi_version(void) { return LOVASZ_ABI; }
