@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import require
 from lovasz import _ckernel
 
 pytestmark = pytest.mark.skipif(_ckernel.kernel() is None, reason="the kernel is not built")
@@ -151,3 +152,25 @@ def test_python_threads_each_running_the_kernel_get_the_serial_results(executor)
         for results in threads.map(lambda _: _every_entry(2), range(6)):
             for got, want in zip(results, expected):
                 np.testing.assert_array_equal(got, want)
+
+
+def test_a_team_smaller_than_asked_still_runs_every_block():
+    """OMP_THREAD_LIMIT=1 gives a team of one thread for the four blocks asked: it takes them all."""
+    require("torch")  # which loads its libgomp
+    script = textwrap.dedent("""
+        import numpy as np, torch
+        from lovasz import _ckernel as C
+        assert C._team() is not None, "no libgomp loaded"
+        rng = np.random.default_rng(0)
+        pred = rng.random((2, 8, 128 * 128), dtype=np.float32)
+        codes = rng.integers(0, 3, pred.shape).astype(np.uint8)
+        on_team, inline = np.empty_like(pred), np.empty_like(pred)
+        a = C.lovasz_rows(pred, codes, C.SOFTMAX, on_team, 4)
+        b = C.lovasz_rows(pred, codes, C.SOFTMAX, inline, 1)
+        print(np.array_equal(a[0], b[0]) and np.array_equal(on_team, inline))
+    """)
+    if sys.platform != "linux":
+        pytest.skip("libgomp's team: Linux only")
+    env = {**os.environ, "OMP_THREAD_LIMIT": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0 and out.stdout.split()[-1] == "True", out.stderr[-2000:]
