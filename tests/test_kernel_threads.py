@@ -46,7 +46,7 @@ def test_the_pool_is_kept_across_block_counts():
     assert grown is not pool and grown._max_workers == pool._max_workers + 1
 
 
-def test_small_calls_run_inline_and_large_ones_on_every_thread(monkeypatch):
+def test_small_calls_run_inline_and_large_ones_on_every_thread(executor, monkeypatch):
     workers_seen = []
     run_blocks = _ckernel._run_blocks
     monkeypatch.setattr(
@@ -55,7 +55,8 @@ def test_small_calls_run_inline_and_large_ones_on_every_thread(monkeypatch):
         lambda run, blocks, workers: workers_seen.append(workers) or run_blocks(run, blocks, workers),
     )
     rng = np.random.default_rng(2)
-    for pixels, expected_workers in ((64, 1), (_ckernel.GRAIN // 4, 1), (_ckernel.GRAIN // 2, 2), (1 << 16, 4)):
+    grain = _ckernel.TEAM_GRAIN if executor == "openmp team" else _ckernel.GRAIN
+    for pixels, expected_workers in ((64, 1), (grain // 4, 1), (grain // 2, 2), (1 << 16, 4)):
         pred = rng.random((1, 4, pixels), dtype=np.float32)
         codes = rng.integers(0, 2, pred.shape).astype(np.uint8)
         workers_seen.clear()
