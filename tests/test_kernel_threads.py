@@ -116,7 +116,7 @@ def test_peak_memory_stays_within_the_scratch_budget_at_any_thread_count():
 def _every_entry(threads: int):
     """Loss, presence and gradient of rows, rows of scenes and points-first logits, on ``threads`` threads."""
     rng = np.random.default_rng(3)
-    pred = rng.random((2, 4, _ckernel.GRAIN), dtype=np.float32)  # 4 rows of 65,536 pixels: 4 blocks
+    pred = rng.random((2, 4, _ckernel.GRAIN), dtype=np.float32)  # 4 rows of 2 images: 2 blocks on 2 threads
     codes = rng.integers(0, 3, pred.shape).astype(np.uint8)
     rows_grad = np.empty_like(pred)
     rows = _ckernel.lovasz_rows(pred, codes, _ckernel.SOFTMAX, rows_grad, threads)
@@ -157,6 +157,8 @@ def test_python_threads_each_running_the_kernel_get_the_serial_results(executor)
 
 def test_a_team_smaller_than_asked_still_runs_every_block():
     """OMP_THREAD_LIMIT=1 gives a team of one thread for the four blocks asked: it takes them all."""
+    if sys.platform != "linux":
+        pytest.skip("libgomp's team: Linux only")
     require("torch")  # which loads its libgomp
     script = textwrap.dedent("""
         import numpy as np, torch
@@ -170,8 +172,6 @@ def test_a_team_smaller_than_asked_still_runs_every_block():
         b = C.lovasz_rows(pred, codes, C.SOFTMAX, inline, 1)
         print(np.array_equal(a[0], b[0]) and np.array_equal(on_team, inline))
     """)
-    if sys.platform != "linux":
-        pytest.skip("libgomp's team: Linux only")
     env = {**os.environ, "OMP_THREAD_LIMIT": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0 and out.stdout.split()[-1] == "True", out.stderr[-2000:]
