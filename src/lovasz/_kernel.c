@@ -25,8 +25,8 @@
  * gradient is written.
  *
  * Loaded with ctypes (which releases the GIL): Python runs blocks of rows on several threads (torch's
- * OpenMP team through lovasz_team_worker, or a pool of its own). Compiled as an extension module so that pip builds it, against CPython's limited API
- * (setup.py). Portable C99: tests/test_kernel_build.py compiles it with -std=c99 -Wall -Wextra -pedantic
+ * OpenMP team through lovasz_team_worker, or a pool of its own). Compiled as an extension module so that
+ * pip builds it, against CPython's limited API (setup.py). Portable C99: tests/test_kernel_build.py compiles it with -std=c99 -Wall -Wextra -pedantic
  * -Werror under gcc and clang.
  */
 #define PY_SSIZE_T_CLEAN
