@@ -130,7 +130,12 @@ def _every_entry(threads: int):
     point_losses = _ckernel.lovasz_points(
         points, point_codes, np.array([5000, 20_000]), _ckernel.SOFTMAX, point_grad, threads, True, lambda l, _: l
     )
-    return [*rows, rows_grad, *scenes, scene_grad, *point_losses, point_grad]
+    valid = rng.random(pred.shape[::2]) < 0.5  # half the pixels of each image: 2 blocks of rows
+    image, pixel = np.nonzero(valid)
+    gathered = _ckernel.gather_pixels(pred, image * pred[0].size + pixel, threads)
+    scattered = np.empty_like(pred)
+    _ckernel.scatter_pixels(gathered, pixel, np.cumsum(valid.sum(1)), scattered, threads)
+    return [*rows, rows_grad, *scenes, scene_grad, *point_losses, point_grad, gathered, scattered]
 
 
 def test_every_entry_gives_the_inline_results_on_the_threads(executor, monkeypatch):
@@ -141,7 +146,8 @@ def test_every_entry_gives_the_inline_results_on_the_threads(executor, monkeypat
     assert not ran_on_team
     for got, expected in zip(_every_entry(2), inline):
         np.testing.assert_array_equal(got, expected)
-    assert len(ran_on_team) == (5 if executor == "openmp team" else 0)  # rows, scene rows, points in, rows, out
+    # rows, scene rows, points in, rows, out, gather, scatter
+    assert len(ran_on_team) == (7 if executor == "openmp team" else 0)
 
 
 def test_python_threads_each_running_the_kernel_get_the_serial_results(executor):

@@ -58,7 +58,7 @@ def test_softmax_sparse_equals_dense(monkeypatch, dtype, per_image, classes, fro
     (dense_loss, dense_grad), (loss, grad) = dense_and_sparse(monkeypatch, L.lovasz_softmax, x, labels, **options)
     assert grad.is_contiguous()
     assert not grad.permute(0, 2, 3, 4, 1)[labels == 255].any()  # ignored: exact zeros
-    if from_logits:  # the kernel's exponential, not torch's: the last bits
+    if from_logits:  # the softmax's backward over the gathered pixels: the last bits
         torch.testing.assert_close(loss, dense_loss, rtol=1e-6, atol=1e-7)
         torch.testing.assert_close(grad, dense_grad, rtol=1e-5, atol=1e-8)
     else:
@@ -67,6 +67,63 @@ def test_softmax_sparse_equals_dense(monkeypatch, dtype, per_image, classes, fro
     probas = (logits.softmax(1) if from_logits else x).double().numpy()
     expected = R.lovasz_softmax(probas, labels.numpy(), classes, per_image, 255, reduction="none")
     np.testing.assert_allclose(loss.double().numpy(), expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+def test_the_kernels_gather_and_scatter_equal_torchs(monkeypatch, per_image):
+    """On the CPU the C kernel gathers the valid pixels and writes the gradient back (zeros and all, in one
+    pass); torch's indexing does elsewhere (an accelerator, float64): the same values, bit for bit, also
+    through a second derivative."""
+    C = require("lovasz._ckernel")
+    if C.grid_kernel() is None:
+        pytest.skip("the kernel is not built")
+    logits, labels = grid(5, shape=(3, 6, 9, 8, 7))
+    calls = []
+    for name in ("gather_pixels", "scatter_pixels"):
+        monkeypatch.setattr(C, name, lambda *a, f=getattr(C, name): calls.append(f.__name__) or f(*a))
+
+    def results():
+        x = logits.clone().requires_grad_()
+        loss = L.lovasz_softmax(x.softmax(1), labels, ignore=255, per_image=per_image)
+        (first,) = torch.autograd.grad(loss, x, create_graph=True)
+        (second,) = torch.autograd.grad(first.square().sum(), x)
+        return loss, first, second
+
+    on_kernel = results()
+    assert calls == ["gather_pixels", "scatter_pixels"]
+    monkeypatch.setattr(C, "grid_kernel", lambda: None)
+    for got, expected in zip(on_kernel, results()):
+        assert torch.equal(got, expected)
+    assert len(calls) == 2
+
+
+def test_gather_and_scatter_are_each_others_gradient_at_every_order(monkeypatch):
+    """y = gather(x): d sum(y^3) / dx = scatter(3 y^2), and its derivative along t is scatter(6 y gather(t)):
+    reverse mode twice and forward mode, on the kernel and on torch's indexing alike."""
+    g = torch.Generator().manual_seed(6)
+    x, t = torch.randn(2, 3, 50, generator=g), torch.randn(2, 3, 50, generator=g)
+    valid = torch.rand(2, 50, generator=g) < 0.3
+    at = S.Pixels(*valid.nonzero(as_tuple=True), valid.sum(1).cumsum(0))
+
+    def derivatives():
+        xg = x.clone().requires_grad_()
+        y = S._GatherPixels.apply(xg, at)
+        (first,) = torch.autograd.grad(y.pow(3).sum(), xg, create_graph=True)
+        (second,) = torch.autograd.grad((first * t).sum(), xg)
+        with torch.autograd.forward_ad.dual_level():
+            dual = S._GatherPixels.apply(torch.autograd.forward_ad.make_dual(x, t), at)
+            tangent = torch.autograd.forward_ad.unpack_dual(dual).tangent
+        return y.detach(), first.detach(), second, tangent
+
+    y, first, second, tangent = derivatives()
+    torch.testing.assert_close(y, x.permute(1, 0, 2)[:, at.image, at.pixel], rtol=0, atol=0)
+    scatter = lambda v: S._scatter(v, at, x.shape)  # noqa: E731
+    torch.testing.assert_close(first, scatter(3 * y**2))
+    torch.testing.assert_close(second, scatter(6 * y * S._gather(t, at)))
+    assert torch.equal(tangent, S._gather(t, at))
+    monkeypatch.setattr(require("lovasz._ckernel"), "grid_kernel", lambda: None)
+    for got, expected in zip((y, first, second, tangent), derivatives()):
+        assert torch.equal(got, expected)
 
 
 @pytest.mark.parametrize("per_image", [False, True])

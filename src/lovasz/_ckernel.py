@@ -14,7 +14,7 @@ import sys
 import threading
 import warnings
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import numpy as np
 
@@ -122,6 +122,14 @@ def points_kernel() -> tuple[Callable[..., int], Callable[..., int]] | None:
     return None if into is None or out is None or scene_kernel() is None else (into, out)
 
 
+@functools.cache
+def grid_kernel() -> tuple[Callable[..., int], Callable[..., int]] | None:
+    """The compiled ``lovasz_gather_f32`` and ``lovasz_scatter_f32`` (a mostly ignored grid's pixels), or None."""
+    gather = _entry("lovasz_gather_f32", [_PTR, _PTR, _I64, _I64, _PTR, _I64, _I64])
+    scatter = _entry("lovasz_scatter_f32", [_PTR, _PTR, _PTR, _I64, _I64, _I64, _PTR, _I64, _I64])
+    return None if gather is None or scatter is None else (gather, scatter)
+
+
 _WHY_NOT = ""
 _WARNED = False
 
@@ -189,7 +197,8 @@ class _Call:
         return self.function(*self.args, *block, *self.after)
 
 
-ROWS_ENTRY, SCENE_ROWS_ENTRY, POINTS_IN_ENTRY, POINTS_OUT_ENTRY = range(4)  # as in _kernel.c
+# The entries' numbers in _kernel.c's lovasz_team_worker
+ROWS_ENTRY, SCENE_ROWS_ENTRY, POINTS_IN_ENTRY, POINTS_OUT_ENTRY, GATHER_ENTRY, SCATTER_ENTRY = range(6)
 
 
 # torch runs its CPU ops on an OpenMP team (GNU libgomp, which its Linux wheels bundle), whose threads spin
@@ -433,3 +442,39 @@ def lovasz_points(
         if any(status):
             raise MemoryError(f"lovasz: no memory for the scratch of {num_points} points")
     return loss, present
+
+
+def _grid_kernel() -> tuple[Callable[..., int], Callable[..., int]]:
+    kernels = grid_kernel()
+    if kernels is None:
+        raise RuntimeError(f"lovasz kernel: the grid kernel is not loaded ({why_not() or 'an older build'})")
+    return kernels
+
+
+def gather_pixels(grid: np.ndarray, at: np.ndarray, threads: int) -> np.ndarray:
+    """``[K, M]``: row ``k`` of ``grid [B, K, N]`` (float32) at the ``M`` pixels ``at`` (int64 offsets in the
+    flat grid of row 0: image ``b``'s pixel ``p`` is ``b * K * N + p``), class-major."""
+    grid, at = _float32(grid, "grid"), _checked(at, "at", np.int64)
+    _, num_rows, num_pixels = grid.shape
+    if at.size and (at.min() < 0 or at.max() + (num_rows - 1) * num_pixels >= grid.size):
+        raise ValueError(f"lovasz kernel: pixel offsets must lie in the grid of {grid.size} elements")
+    out = np.empty((num_rows, at.size), np.float32)
+    args = (grid.ctypes.data, at.ctypes.data, at.size, num_pixels, out.ctypes.data)
+    blocks = _split(num_rows, _threads_for(out.size, threads))
+    _run_blocks(_Call(GATHER_ENTRY, _grid_kernel()[0], args), blocks, len(blocks))
+    return out
+
+
+def scatter_pixels(values: np.ndarray, pixel: np.ndarray, ends: np.ndarray, grad: np.ndarray, threads: int) -> None:
+    """Write into ``grad [B, K, N]`` (float32, C-contiguous) the values ``[K, M]`` of the pixels ``pixel [M]``
+    (image ``b``'s pixels are the run ``[ends[b - 1], ends[b])``, rising) and 0 at every other pixel. Pixels
+    out of order, or out of ``[0, N)``, are never written out of bounds (some of them not at all)."""
+    images, num_rows, num_pixels = grad.shape
+    values = _float32(values, "values", (num_rows, pixel.size))
+    pixel, ends = _checked(pixel, "pixel", np.int64), _scene_ends(ends, pixel.size)
+    grid = cast(np.ndarray, _output(grad, "grad", grad.shape))  # (an array in, an array out)
+    if ends.size != images:
+        raise ValueError(f"lovasz kernel: ends must give one run per image, {images}; got {ends.size}")
+    args = (values.ctypes.data, pixel.ctypes.data, ends.ctypes.data, num_rows, num_pixels, pixel.size)
+    blocks = _split(images * num_rows, _threads_for(grad.size, threads))
+    _run_blocks(_Call(SCATTER_ENTRY, _grid_kernel()[1], args + (grid.ctypes.data,)), blocks, len(blocks))

@@ -37,6 +37,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* SSE2's non-temporal stores, where the processor has them (every x86-64): see write_grid_row. */
+#if defined(__SSE2__) || defined(_M_X64)
+#include <emmintrin.h>
+#define HAVE_STREAM_STORES 1
+#endif
+
 #if defined(_WIN32)
 #define EXPORT __declspec(dllexport) /* for ctypes to find it */
 #else
@@ -470,12 +476,79 @@ EXPORT int lovasz_points_out_f32(float *block, const float *probs, float *grad, 
     return 0;
 }
 
+/* A mostly ignored grid (a LiDAR scan's voxels: ~2% occupied) goes through the kernel as points of scenes:
+ * lovasz_gather_f32 takes its valid pixels out class-major, and lovasz_scatter_f32 writes their gradient
+ * back into the grid's layout, zeros everywhere else. */
+
+/* Rows [begin, end) of `out` [rows, count]: out[r * count + m] = pred[at[m] + r * stride], where `at` holds
+ * the offsets of `count` pixels in row 0 (in a [B, rows, n] grid, image b's pixel p is at b * rows * n + p,
+ * and stride = n). The caller checks that every offset read lies in pred. */
+EXPORT int lovasz_gather_f32(const float *pred, const int64_t *at, int64_t count, int64_t stride, float *out,
+                             int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; r++) {
+        const float *row = pred + r * stride;
+        float *dst = out + r * count;
+        for (int64_t m = 0; m < count; m++) dst[m] = row[at[m]];
+    }
+    return 0;
+}
+
+/* `to[0, length)` := `from[0, length)`, streamed (non-temporal stores) where `to` is 16-byte aligned and the
+ * processor has them: a grid's gradient is larger than the caches, where an ordinary store would first
+ * read each line from memory (half the traffic, for nothing). */
+static void copy_out(float *to, const float *from, int64_t length) {
+    int64_t j = 0;
+#ifdef HAVE_STREAM_STORES
+    if (((uintptr_t)to & 15) == 0)
+        for (; j + 4 <= length; j += 4) _mm_stream_ps(to + j, _mm_loadu_ps(from + j));
+#endif
+    for (; j < length; j++) to[j] = from[j];
+}
+
+/* dst[0, n) := value[m] at pixel[m] for m < count (pixels rising), 0 at every other pixel. Pixels out of
+ * order or out of [0, n) are never written out of bounds (some of them not at all). A block at a time: zeros and values into
+ * a buffer in cache, then the buffer out in whole lines (the first block ends at a 64-byte boundary). */
+#define GRID_BLOCK 1024
+static void write_grid_row(float *dst, int64_t n, const int64_t *pixel, const float *value, int64_t count) {
+    float buffer[GRID_BLOCK];
+    const int64_t head = (int64_t)((64 - ((uintptr_t)dst & 63)) & 63) / (int64_t)sizeof *dst;
+    int64_t m = 0;
+    for (int64_t begin = 0; begin < n;) {
+        int64_t end = begin == 0 && head ? head : begin + GRID_BLOCK;
+        end = end < n ? end : n;
+        const int64_t length = end - begin;
+        memset(buffer, 0, (size_t)length * sizeof *buffer);
+        for (; m < count && pixel[m] < end; m++) {
+            const uint64_t at = (uint64_t)(pixel[m] - begin); /* (below `begin` only out of order: skipped) */
+            if (at < (uint64_t)length) buffer[at] = value[m];
+        }
+        copy_out(dst + begin, buffer, length);
+        begin = end;
+    }
+#ifdef HAVE_STREAM_STORES
+    _mm_sfence(); /* the streamed stores are seen before any later one (another thread's reads included) */
+#endif
+}
+
+/* Rows [begin, end) of `grad` [images, classes, n], row r = (image r / classes, class r % classes): the
+ * gradient of the image's pixels, value[k * count + m] at pixel[m] for m in its run [ends[b - 1], ends[b])
+ * (ends[-1] = 0; pixels rising within a run), and 0 at every other pixel. The caller checks that the ends
+ * rise to at most `count`. */
+EXPORT int lovasz_scatter_f32(const float *value, const int64_t *pixel, const int64_t *ends, int64_t classes,
+                              int64_t n, int64_t count, float *grad, int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; r++) {
+        const int64_t b = r / classes, k = r % classes, start = b ? ends[b - 1] : 0;
+        write_grid_row(grad + r * n, n, pixel + start, value + k * count + start, ends[b] - start);
+    }
+    return 0;
+}
+
 /* One of the entries above over blocks of its [begin, end) range, run by the threads of an OpenMP team:
  * GOMP_parallel(lovasz_team_worker, job, threads, 0) from _ckernel.py, on the team of the libgomp that torch
  * has loaded, whose threads spin for a while after each torch op: taking the blocks, they leave no thread
  * of ours to share the cores with them. No OpenMP is compiled in: the team's runtime gives each thread
  * its number through the two functions in the job. */
-enum { ROWS_ENTRY, SCENE_ROWS_ENTRY, POINTS_IN_ENTRY, POINTS_OUT_ENTRY };
+enum { ROWS_ENTRY, SCENE_ROWS_ENTRY, POINTS_IN_ENTRY, POINTS_OUT_ENTRY, GATHER_ENTRY, SCATTER_ENTRY };
 
 typedef struct {
     int entry;
@@ -500,6 +573,10 @@ static int run_block(const Job *job, int64_t begin, int64_t end) {
         return lovasz_points_in_f32(ARG(0), ARG(1), ARG(2), a[3], a[4], (int)a[5], begin, end);
     case POINTS_OUT_ENTRY:
         return lovasz_points_out_f32(ARG(0), ARG(1), ARG(2), a[3], a[4], ARG(5), a[6], ARG(7), begin, end);
+    case GATHER_ENTRY:
+        return lovasz_gather_f32(ARG(0), ARG(1), a[2], a[3], ARG(4), begin, end);
+    case SCATTER_ENTRY:
+        return lovasz_scatter_f32(ARG(0), ARG(1), ARG(2), a[3], a[4], a[5], ARG(6), begin, end);
     default:
         return -2;
     }

@@ -440,8 +440,8 @@ def _row_losses(
 def _points_first_grad(pred: Tensor, ends: Tensor | None, points_layout: bool) -> bool:
     """Whether the op's gradient is points-first (the memory of ``[N, C]``, whose view ``[1, C, N]`` the
     caller has: autograd hands it back with no transposed copy): for points of scenes on the CPU, asked
-    for by ``points_layout``. Not from ``pred``'s strides, which a compiled graph may change: a graph
-    asks for the contiguous layout."""
+    for by ``points_layout``, which :func:`lovasz_sets` sets eagerly from ``pred``'s strides; a compiled
+    graph, whose strides may change, asks for the contiguous layout."""
     return points_layout and ends is not None and pred.device.type == "cpu"
 
 
@@ -701,8 +701,9 @@ def lovasz_sets(
     The op differentiates in ``pred`` only; where ``row_weights`` take a gradient too (learned class
     weights), a term of value zero carries it: the weighted mean of the rows' losses (held constant)
     minus itself detached."""
-    # Eagerly the gradient of points of scenes keeps their layout; a traced graph fixes one: contiguous.
-    points_layout = ends is not None and not torch.compiler.is_compiling()
+    # Eagerly the gradient of points of scenes keeps their layout (points-first, or class-major where
+    # gathered from a grid); a traced graph fixes one: contiguous.
+    points_layout = ends is not None and not torch.compiler.is_compiling() and not pred[0].is_contiguous()
     args = (
         pred,
         codes,

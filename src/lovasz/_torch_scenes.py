@@ -15,6 +15,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from lovasz import _ckernel as C
+from lovasz import _torch_core as T
 from lovasz import _validation as V
 
 
@@ -134,7 +136,7 @@ def compact(pred: Tensor, labels: Tensor, ignored: Tensor | None, per_image: boo
     - points ``[B, C]`` (``N = 1``) of one set: a view, nothing gathered (Pointcept's and mmdet3d's
       call, ``lovasz_softmax(probs [N, C], labels [N])``);
     - the pixels not ignored in every row (``ignored [B, L, N]``), where they are at most
-      :data:`COMPACT_BELOW` of all: gathered.
+      :data:`COMPACT_BELOW` of all: gathered, class-major (``[1, C, M]``, contiguous).
 
     None where neither applies: the dense path.
     """
@@ -149,37 +151,80 @@ def compact(pred: Tensor, labels: Tensor, ignored: Tensor | None, per_image: boo
     counts = valid.sum(1)
     if int(counts.sum()) > COMPACT_BELOW * batch * num_pixels:  # the host sync
         return None
-    at = valid.nonzero(as_tuple=True)  # (image, pixel) of each valid pixel, in pixel order
-    gather = lambda x: x.permute(0, 2, 1)[at].T.unsqueeze(0)  # noqa: E731  [B, L, N] -> [1, L, M]
+    image, pixel = valid.nonzero(as_tuple=True)  # of each valid pixel, in pixel order
+    image_ends = counts.cumsum(0)  # image b's pixels are the run [image_ends[b - 1], image_ends[b])
+    gather = lambda x: x.permute(0, 2, 1)[image, pixel].T.unsqueeze(0)  # noqa: E731  [B, L, N] -> [1, L, M]
     partly = ignored.shape[1] > 1  # multi-label: a valid pixel may be ignored in some rows
-    ends = counts.cumsum(0) if per_image else counts.sum().reshape(1)
-    points = _GatherPixels.apply(pred, *at).T.unsqueeze(0)
+    points = _GatherPixels.apply(pred, Pixels(image, pixel, image_ends)).unsqueeze(0)
+    ends = image_ends if per_image else image_ends[-1:]
     return Compacted(points, gather(labels), gather(ignored) if partly else None, ends)
 
 
+class Pixels(NamedTuple):
+    """The valid pixels of a grid ``[B, C, N]``, in pixel order."""
+
+    image: Tensor  # [M]: the image of each
+    pixel: Tensor  # [M]: its place in the image
+    ends: Tensor  # [B]: image b's pixels are the run [ends[b - 1], ends[b])
+
+
+def _gather(grid: Tensor, at: Pixels) -> Tensor:
+    """``grid [B, C, N]`` at the pixels: ``[C, M]``, contiguous. On the C kernel where it applies."""
+    batch, channels, num_pixels = grid.shape
+    if grid.is_contiguous() and T._use_c_kernel(grid) and C.grid_kernel() is not None:
+        offsets = (at.image * (channels * num_pixels) + at.pixel).numpy()
+        return torch.from_numpy(C.gather_pixels(grid.detach().numpy(), offsets, torch.get_num_threads()))
+    return grid.permute(0, 2, 1)[at.image, at.pixel].T.contiguous()
+
+
+def _scatter(values: Tensor, at: Pixels, shape: torch.Size) -> Tensor:
+    """The grid ``shape`` (contiguous) with ``values [C, M]`` at the pixels and 0 at every other one: the
+    gradient of :func:`_gather`. On the C kernel where it applies: one pass over the grid, not a fill and a
+    scatter."""
+    grid = values.new_empty(shape)
+    if T._use_c_kernel(grid) and C.grid_kernel() is not None:
+        values = values.detach().contiguous().numpy()
+        C.scatter_pixels(values, at.pixel.numpy(), at.ends.numpy(), grid.numpy(), torch.get_num_threads())
+        return grid
+    grid.zero_().permute(0, 2, 1).index_put_((at.image, at.pixel), values.T)
+    return grid
+
+
 class _GatherPixels(torch.autograd.Function):
-    """``x [B, C, N]`` at the pixels ``(image, pixel)``: ``[M, C]``. Its gradient is laid out as ``x``
-    (contiguous), where autograd's own indexing gives a permuted one that ``x.grad`` would copy again."""
+    """:func:`_gather`, whose gradient is :func:`_scatter` (laid out as ``x``, contiguous) and the other way
+    round (both are linear): every order of autograd (``create_graph``) and forward mode go through them."""
 
     @staticmethod
-    def forward(x: Tensor, image: Tensor, pixel: Tensor) -> Tensor:
-        return x.permute(0, 2, 1)[image, pixel]
+    def forward(x: Tensor, at: Pixels) -> Tensor:
+        return _gather(x, at)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, image, pixel = inputs
-        ctx.save_for_backward(image, pixel)
-        ctx.save_for_forward(image, pixel)
+        x, ctx.at = inputs
         ctx.shape = x.shape
 
     @staticmethod
-    def backward(ctx, grad_points: Tensor):
-        image, pixel = ctx.saved_tensors
-        grad = grad_points.new_zeros(ctx.shape)  # every other pixel's gradient: an exact 0
-        grad.permute(0, 2, 1).index_put_((image, pixel), grad_points)
-        return grad, None, None
+    def backward(ctx, grad: Tensor):
+        return _ScatterPixels.apply(grad, ctx.at, ctx.shape), None
 
     @staticmethod
-    def jvp(ctx, x_tangent: Tensor, *_):
-        image, pixel = ctx.saved_tensors
-        return x_tangent.permute(0, 2, 1)[image, pixel]
+    def jvp(ctx, x_tangent: Tensor, _):
+        return _gather(x_tangent, ctx.at)
+
+
+class _ScatterPixels(torch.autograd.Function):
+    @staticmethod
+    def forward(values: Tensor, at: Pixels, shape: torch.Size) -> Tensor:
+        return _scatter(values, at, shape)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, ctx.at, ctx.shape = inputs
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return _GatherPixels.apply(grad, ctx.at), None, None
+
+    @staticmethod
+    def jvp(ctx, values_tangent: Tensor, *_):
+        return _scatter(values_tangent, ctx.at, ctx.shape)
