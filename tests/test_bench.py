@@ -14,6 +14,21 @@ require("torch")
 bench = require("lovasz.bench")
 
 
+def test_markdown_has_a_line_for_each_shape_of_a_case_name():
+    """The per-image case comes at two sizes: two lines, each with its own figures."""
+    rows = [
+        bench.Row("per-image", (8, 19, 256, 256), "lovasz", 0.1, ratios={"original": 9.0}),
+        bench.Row("per-image", (8, 19, 256, 256), "original", 0.9),
+        bench.Row("per-image", (4, 21, 128, 128), "lovasz", 0.02, ratios={"original": 7.0}),
+        bench.Row("per-image", (4, 21, 128, 128), "original", 0.14),
+    ]
+    lines = bench.markdown(rows, {"cpu": "cpu", "device": "cpu", "torch": "2"}, "abc").splitlines()[4:]
+    assert lines == [
+        "| per-image | 8×19×256×256 | 100.0 | 900.0 | 9.00x | n/a | - / - |",
+        "| per-image | 4×21×128×128 | 20.0 | 140.0 | 7.00x | n/a | - / - |",
+    ]
+
+
 def test_quick_bench_writes_table_and_json(tmp_path, capsys):
     table = tmp_path / "table.md"
     argv = ["--quick", "--repeats", "1", "--no-memory", "--out", str(tmp_path), "--markdown", str(table)]

@@ -170,7 +170,7 @@ class Pixels(NamedTuple):
 
 def _gather(grid: Tensor, at: Pixels) -> Tensor:
     """``grid [B, C, N]`` at the pixels: ``[C, M]``, contiguous. On the C kernel where it applies."""
-    batch, channels, num_pixels = grid.shape
+    _, channels, num_pixels = grid.shape
     if grid.is_contiguous() and T._use_c_kernel(grid) and C.grid_kernel() is not None:
         offsets = (at.image * (channels * num_pixels) + at.pixel).numpy()
         return torch.from_numpy(C.gather_pixels(grid.detach().numpy(), offsets, torch.get_num_threads()))
@@ -213,6 +213,8 @@ class _GatherPixels(torch.autograd.Function):
 
 
 class _ScatterPixels(torch.autograd.Function):
+    """:func:`_scatter`, whose gradient is :func:`_gather`."""
+
     @staticmethod
     def forward(values: Tensor, at: Pixels, shape: torch.Size) -> Tensor:
         return _scatter(values, at, shape)

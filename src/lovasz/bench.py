@@ -764,9 +764,9 @@ _MARKDOWN_COLUMNS = (
 def markdown(rows, info: dict[str, object], commit: str) -> str:
     """The README's table: a line per case, a column per implementation measured (ms, median), the
     ratios against the original and the sort floor, and the peak memory of ours and the original's."""
-    cases: dict[str, dict[str, Row]] = {}
+    cases: dict[tuple[str, tuple], dict[str, Row]] = {}  # by name and shape: two cases may share a name
     for r in rows:
-        cases.setdefault(r.case, {})[r.impl] = r
+        cases.setdefault((r.case, tuple(r.shape)), {})[r.impl] = r
     impls = [i for i in _MARKDOWN_COLUMNS if any(i in by_impl for by_impl in cases.values())]
     header = ["case", "shape", *(f"{i} ms" for i in impls), "vs original", "/ floor", "peak MiB (ours / original)"]
     lines = [
@@ -776,8 +776,7 @@ def markdown(rows, info: dict[str, object], commit: str) -> str:
         "| " + " | ".join(header) + " |",
         "|" + "---|" * 2 + "---:|" * (len(header) - 2),
     ]
-    for case, by_impl in cases.items():
-        shape = next(iter(by_impl.values())).shape
+    for (case, shape), by_impl in cases.items():
         cells = [case, "×".join(str(d) for d in shape)]
         for impl in impls:
             row = by_impl.get(impl)
