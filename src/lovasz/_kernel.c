@@ -26,8 +26,9 @@
  *
  * Loaded with ctypes (which releases the GIL): Python runs blocks of rows on several threads (torch's
  * OpenMP team through lovasz_team_worker, or a pool of its own). Compiled as an extension module so that
- * pip builds it, against CPython's limited API (setup.py). Portable C99: tests/test_kernel_build.py compiles it with -std=c99 -Wall -Wextra -pedantic
- * -Werror under gcc and clang.
+ * pip builds it, against CPython's limited API (setup.py). Portable C99 (SSE2 intrinsics where there
+ * are some): tests/test_kernel_build.py compiles it with -std=c99 -Wall -Wextra -pedantic -Werror under
+ * gcc and clang.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -506,8 +507,9 @@ static void copy_out(float *to, const float *from, int64_t length) {
 }
 
 /* dst[0, n) := value[m] at pixel[m] for m < count (pixels rising), 0 at every other pixel. Pixels out of
- * order or out of [0, n) are never written out of bounds (some of them not at all). A block at a time: zeros and values into
- * a buffer in cache, then the buffer out in whole lines (the first block ends at a 64-byte boundary). */
+ * order or out of [0, n) are never written out of bounds (some of them not at all). A block at a time: zeros
+ * and values into a buffer in cache, then the buffer out in whole lines (the first block ends at a 64-byte
+ * boundary, so that the others start at one). */
 #define GRID_BLOCK 1024
 static void write_grid_row(float *dst, int64_t n, const int64_t *pixel, const float *value, int64_t count) {
     float buffer[GRID_BLOCK];
