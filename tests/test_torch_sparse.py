@@ -126,6 +126,23 @@ def test_gather_and_scatter_are_each_others_gradient_at_every_order(monkeypatch)
         assert torch.equal(got, expected)
 
 
+@pytest.mark.parametrize("from_logits", [False, True])
+@pytest.mark.parametrize("ignore", [255, None])  # gathered, and the dense path
+def test_channels_last_grids_give_the_contiguous_values(from_logits, ignore):
+    """A channels-last grid (torch.channels_last_3d, as a 3-D network may give it) is not contiguous: the
+    gather takes torch's indexing there, the dense path reads it as it lies: the same loss and gradient, bit
+    for bit."""
+    logits, labels = grid(7)
+    if ignore is None:
+        labels = labels.remainder(logits.shape[1])
+    x = logits if from_logits else logits.softmax(1)
+    options = dict(ignore=ignore, from_logits=from_logits)
+    loss, grad = run(L.lovasz_softmax, x, labels, **options)
+    last_loss, last_grad = run(L.lovasz_softmax, x.contiguous(memory_format=torch.channels_last_3d), labels, **options)
+    assert torch.equal(last_loss, loss)
+    assert torch.equal(last_grad, grad)
+
+
 @pytest.mark.parametrize("per_image", [False, True])
 @pytest.mark.parametrize("ignore", [0, 19, 255, -1])  # the LiDAR codebases' ignore values
 def test_hinge_and_multilabel_sparse_equal_dense(monkeypatch, per_image, ignore):
