@@ -2,8 +2,9 @@
 ``offsets``: lovasz.torch gathers the pixels that count into points of scenes (``_torch_scenes.compact``).
 
 The gathered path must give what the dense path gives: the same loss and gradient, bit for bit
-where the math is the same (probabilities and scores in; from logits the kernel's softmax differs
-in the last bits), an exact zero at every ignored pixel, the gradient laid out as the input.
+where the math is the same (probabilities and scores in; from logits the softmax, taken over the
+gathered points, differs in the last bits), an exact zero at every ignored pixel, the gradient laid out
+as the input.
 """
 
 import itertools
