@@ -159,6 +159,15 @@ def applies(dtype, size: int) -> bool:
     return dtype == np.float32 and size <= MAX_ELEMENTS and kernel() is not None
 
 
+def _loaded(
+    kernels: tuple[Callable[..., int], Callable[..., int]] | None, what: str
+) -> tuple[Callable[..., int], Callable[..., int]]:
+    """``kernels`` (a pair of entries), or a RuntimeError saying that the ``what`` kernel is not loaded, and why."""
+    if kernels is None:
+        raise RuntimeError(f"lovasz kernel: the {what} kernel is not loaded ({why_not() or 'an older build'})")
+    return kernels
+
+
 def _float32(array: np.ndarray, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
     """``array`` C-contiguous, checked to be float32 (and of ``shape``): the kernel reads raw memory, so a
     wrong array would be read as garbage. Real checks, not asserts, which ``python -O`` strips."""
@@ -423,10 +432,7 @@ def lovasz_points(
     grad = _output(grad, "grad", points.shape)
     if logits and grad is not None and np.shares_memory(grad, points):
         raise ValueError("lovasz kernel: with logits, grad must not be the points (their softmax goes there)")
-    kernels = points_kernel()
-    if kernels is None:
-        raise RuntimeError(f"lovasz kernel: the points kernel is not loaded ({why_not() or 'an older build'})")
-    into, out = kernels
+    into, out = _loaded(points_kernel(), "points")
     block = np.empty((num_classes, num_points), np.float32)  # the rows, class-major; then their gradient
     probs = grad if logits else None  # the softmax, where the gradient will be
     point_blocks = _point_blocks(num_points, _threads_for(points.size, threads))
@@ -444,13 +450,6 @@ def lovasz_points(
     return loss, present
 
 
-def _grid_kernel() -> tuple[Callable[..., int], Callable[..., int]]:
-    kernels = grid_kernel()
-    if kernels is None:
-        raise RuntimeError(f"lovasz kernel: the grid kernel is not loaded ({why_not() or 'an older build'})")
-    return kernels
-
-
 def gather_pixels(grid: np.ndarray, at: np.ndarray, threads: int) -> np.ndarray:
     """``[K, M]``: row ``k`` of ``grid [B, K, N]`` (float32) at the ``M`` pixels ``at`` (int64 offsets in the
     flat grid of row 0: image ``b``'s pixel ``p`` is ``b * K * N + p``), class-major."""
@@ -461,7 +460,7 @@ def gather_pixels(grid: np.ndarray, at: np.ndarray, threads: int) -> np.ndarray:
     out = np.empty((num_rows, at.size), np.float32)
     args = (grid.ctypes.data, at.ctypes.data, at.size, num_pixels, out.ctypes.data)
     blocks = _split(num_rows, _threads_for(out.size, threads))
-    _run_blocks(_Call(GATHER_ENTRY, _grid_kernel()[0], args), blocks, len(blocks))
+    _run_blocks(_Call(GATHER_ENTRY, _loaded(grid_kernel(), "grid")[0], args), blocks, len(blocks))
     return out
 
 
@@ -477,4 +476,5 @@ def scatter_pixels(values: np.ndarray, pixel: np.ndarray, ends: np.ndarray, grad
         raise ValueError(f"lovasz kernel: ends must give one run per image, {images}; got {ends.size}")
     args = (values.ctypes.data, pixel.ctypes.data, ends.ctypes.data, num_rows, num_pixels, pixel.size)
     blocks = _split(images * num_rows, _threads_for(grad.size, threads))
-    _run_blocks(_Call(SCATTER_ENTRY, _grid_kernel()[1], args + (grid.ctypes.data,)), blocks, len(blocks))
+    scatter = _loaded(grid_kernel(), "grid")[1]
+    _run_blocks(_Call(SCATTER_ENTRY, scatter, args + (grid.ctypes.data,)), blocks, len(blocks))

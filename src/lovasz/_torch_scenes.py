@@ -168,10 +168,15 @@ class Pixels(NamedTuple):
     ends: Tensor  # [B]: image b's pixels are the run [ends[b - 1], ends[b])
 
 
+def _on_kernel(grid: Tensor) -> bool:
+    """Whether the C kernel gathers from (and writes back into) ``grid``: float32 on the CPU, contiguous."""
+    return grid.is_contiguous() and T._use_c_kernel(grid) and C.grid_kernel() is not None
+
+
 def _gather(grid: Tensor, at: Pixels) -> Tensor:
     """``grid [B, C, N]`` at the pixels: ``[C, M]``, contiguous. On the C kernel where it applies."""
     _, channels, num_pixels = grid.shape
-    if grid.is_contiguous() and T._use_c_kernel(grid) and C.grid_kernel() is not None:
+    if _on_kernel(grid):
         offsets = (at.image * (channels * num_pixels) + at.pixel).numpy()
         return torch.from_numpy(C.gather_pixels(grid.detach().numpy(), offsets, torch.get_num_threads()))
     return grid.permute(0, 2, 1)[at.image, at.pixel].T.contiguous()
@@ -182,7 +187,7 @@ def _scatter(values: Tensor, at: Pixels, shape: torch.Size) -> Tensor:
     gradient of :func:`_gather`. On the C kernel where it applies: one pass over the grid, not a fill and a
     scatter."""
     grid = values.new_empty(shape)
-    if T._use_c_kernel(grid) and C.grid_kernel() is not None:
+    if _on_kernel(grid):
         values = values.detach().contiguous().numpy()
         C.scatter_pixels(values, at.pixel.numpy(), at.ends.numpy(), grid.numpy(), torch.get_num_threads())
         return grid
