@@ -183,7 +183,8 @@ def test_gradient_matches_oracle_finite_differences(backend: Backend, case: Case
 
 
 class TFPaths:
-    """Counts, while active, the calls of lovasz.tf's C kernel (run) and of its XLA sort (traced).
+    """Counts, while active, the calls of lovasz.tf's C kernel (run; on image rows, or on the points gathered
+    from a mostly ignored grid) and of its XLA sort (traced).
 
     With ``kernel=False`` the C kernel is turned off, as where lovasz is installed without it.
     """
@@ -193,23 +194,30 @@ class TFPaths:
 
     def __enter__(self):
         self.rows = require("lovasz._tf_rows")  # the engines lovasz.tf looks up when it runs
+        self.scenes = require("lovasz._tf_scenes")
         self.saved = self.rows._host_rows, self.rows._packed_sort, self.rows.use_kernel
+        self.saved_scenes = self.scenes._host_scene_rows
         host, packed, use = self.saved
 
-        def counted_host(*args, **kwargs):
-            self.host_calls += 1
-            return host(*args, **kwargs)
+        def counted(host):
+            def call(*args, **kwargs):
+                self.host_calls += 1
+                return host(*args, **kwargs)
+
+            return call
 
         def counted_packed(*args):
             self.packed_traces += 1
             return packed(*args)
 
-        self.rows._host_rows, self.rows._packed_sort = counted_host, counted_packed
+        self.rows._host_rows, self.rows._packed_sort = counted(host), counted_packed
+        self.scenes._host_scene_rows = counted(self.saved_scenes)
         self.rows.use_kernel = use if self.kernel else lambda pred: False
         return self
 
     def __exit__(self, *exc):
         self.rows._host_rows, self.rows._packed_sort, self.rows.use_kernel = self.saved
+        self.scenes._host_scene_rows = self.saved_scenes
 
 
 def tf_cpu_only() -> bool:

@@ -214,6 +214,55 @@ def _scene_kernel_rows(
     return rows(pred, codes, splits)
 
 
+# A dense grid in which at most this fraction of the pixels count (LiDAR voxel grids: 2-7%) is
+# gathered into points of scenes first, where the C kernel serves, as lovasz.torch does
+# (``_torch_scenes.COMPACT_BELOW``); above it the gather and the gradient's scatter cost more than
+# sorting the ignored pixels.
+COMPACT_BELOW = 0.5
+
+
+def dense_or_gathered(
+    pred: tf.Tensor,
+    fg: tf.Tensor,
+    valid: tf.Tensor,
+    hinge: bool,
+    per_image: bool,
+    channels_last: bool,
+    dense: Callable[[], tuple[tf.Tensor, tf.Tensor]],
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Loss and presence ``[sets, K]`` of a grid ``pred [B, N, K]`` (``[B, K, N]``) against ``fg`` (its shape),
+    ``valid`` broadcasting to it: where at most :data:`COMPACT_BELOW` of the pixels are valid in some row,
+    by :func:`scene_losses` on those pixels (a scene per image with ``per_image``, one otherwise); else by
+    ``dense()``. The gradient of every other pixel is an exact zero. Chosen eagerly in Python, in a graph
+    by ``tf.cond`` (the number of valid pixels is known when it runs): not under XLA, whose shapes are
+    static."""
+    axis = 2 if channels_last else 1
+    uniform = valid.shape[axis] == 1  # softmax and hinge: a pixel is valid in every row or in none
+    pixel_valid = tf.squeeze(valid, axis) if uniform else tf.reduce_any(valid, axis)  # [B, N]
+    counts = tf.reduce_sum(tf.cast(pixel_valid, tf.int64), 1)
+    num_pixels = tf.cast(tf.size(pixel_valid, tf.int64), tf.float64)
+    gathers = tf.cast(tf.reduce_sum(counts), tf.float64) <= COMPACT_BELOW * num_pixels
+
+    def gathered() -> tuple[tf.Tensor, tf.Tensor]:
+        image, pixel = tf.unstack(tf.where(pixel_valid), axis=1)  # of each valid pixel, in pixel order
+        shape = tf.shape(pred, tf.int64)
+        if channels_last:  # rows of [B * N, K]: the points [M, K]
+            index = image * shape[1] + pixel
+            take = lambda x: tf.gather(tf.reshape(x, [-1, shape[2]]), index)[None]  # noqa: E731
+        else:  # [K, M] places in the flat [B * K * N]: class-major points
+            row = tf.range(shape[1])[:, None]
+            index = (image[None] * shape[1] + row) * shape[2] + pixel[None]
+            take = lambda x: tf.gather(tf.reshape(x, [-1]), index)[None]  # noqa: E731
+        ends = tf.cumsum(counts) if per_image else tf.reduce_sum(counts, keepdims=True)
+        splits = tf.concat([tf.zeros([1], tf.int64), ends], 0)
+        points_valid = None if uniform else take(tf.broadcast_to(valid, tf.shape(pred)))
+        return scene_losses(take(pred), take(fg), points_valid, hinge, channels_last, splits)
+
+    if tf.executing_eagerly():
+        return gathered() if bool(gathers) else dense()
+    return tf.cond(gathers, gathered, dense)
+
+
 def scene_losses(
     pred: tf.Tensor, fg: tf.Tensor, valid: tf.Tensor | None, hinge: bool, channels_last: bool, splits: tf.Tensor
 ) -> tuple[tf.Tensor, tf.Tensor]:

@@ -6,9 +6,12 @@ extensions of :mod:`lovasz.torch`: ``from_logits``, class ``weights``,
 ``reduction``, :func:`lovasz_multilabel` and any spatial rank.
 
 All (set, class) rows go through one sort: no ``map_fn``, no Python loop over
-images or classes, no data-dependent shape (ignored pixels are masked, not
-removed), so the losses run eagerly, in ``tf.function`` and with
-``jit_compile=True`` (XLA). This module checks the arguments and builds the
+images or classes, so the losses run eagerly, in ``tf.function`` and with
+``jit_compile=True`` (XLA). Ignored pixels are masked, not removed, except where
+the C kernel serves (below) and at most half of the pixels count (LiDAR voxel
+grids): there the valid pixels are gathered into points of scenes first, their
+number known when the graph runs (``tf.cond`` picks the path); under XLA every
+shape is static and the grid stays whole. This module checks the arguments and builds the
 predictions, labels and masks; the engines that sort the rows are in
 :mod:`lovasz._tf_rows` (images) and :mod:`lovasz._tf_scenes` (points of scenes).
 The sort is chosen when the function is traced (eagerly, at each call):
@@ -305,25 +308,31 @@ def _lovasz_classes(
     With ``across``, a replica context: the loss of every replica's batch (see ``_tf_distributed``).
     """
     axis = 2 if channels_last else 1
+    if not isinstance(classes, str):  # a list may repeat a class: each repetition counts
+        pred, fg = tf.gather(pred, classes, axis=axis), tf.gather(fg, classes, axis=axis)
+        if valid is not None and valid.shape[axis] != 1:  # (one for every row broadcasts as it is)
+            valid = tf.gather(valid, classes, axis=axis)
+        weights = None if weights is None else tf.gather(weights, classes)
+    given_valid = valid
     if valid is not None:
         valid = tf.broadcast_to(valid, tf.shape(pred))
         fg = tf.logical_and(fg, valid)
-    if not isinstance(classes, str):  # a list may repeat a class: each repetition counts
-        pred, fg = tf.gather(pred, classes, axis=axis), tf.gather(fg, classes, axis=axis)
-        valid = None if valid is None else tf.gather(valid, classes, axis=axis)
-        weights = None if weights is None else tf.gather(weights, classes)
     if across is not None and not per_image:
         pred, fg, valid = _tf_distributed.gather_set(pred, fg, valid, channels_last, across)
         channels_last, axis = True, 2
+    num_rows = pred.shape[axis]
+
+    def dense() -> tuple[tf.Tensor, tf.Tensor]:
+        rows = _tf_rows.kernel_or_sort if _tf_rows.use_kernel(pred) else _tf_rows.sorted_losses
+        loss, present = rows(pred, fg, valid, hinge, per_image, channels_last)
+        return tf.reshape(loss, [-1, num_rows]), tf.reshape(present, [-1, num_rows])
+
     if scenes is not None:
         loss, present = _tf_scenes.scene_losses(pred, fg, valid, hinge, channels_last, scenes)
-    elif _tf_rows.use_kernel(pred):
-        loss, present = _tf_rows.kernel_or_sort(pred, fg, valid, hinge, per_image, channels_last)
+    elif given_valid is not None and across is None and _tf_rows.use_kernel(pred):  # a mostly ignored grid?
+        loss, present = _tf_scenes.dense_or_gathered(pred, fg, given_valid, hinge, per_image, channels_last, dense)
     else:
-        loss, present = _tf_rows.sorted_losses(pred, fg, valid, hinge, per_image, channels_last)
-
-    num_rows = pred.shape[axis]
-    loss, present = tf.reshape(loss, [-1, num_rows]), tf.reshape(present, [-1, num_rows])
+        loss, present = dense()
     w = tf.ones_like(loss) if weights is None else tf.broadcast_to(weights, tf.shape(loss))
     if classes == "present":
         w = w * tf.cast(present, loss.dtype)

@@ -1,0 +1,184 @@
+"""Grids where most pixels are ignored (LiDAR voxel grids) in lovasz.tf: on a CPU, in float32, eagerly and
+in ``tf.function``, the valid pixels are gathered into points of scenes (``_tf_scenes.dense_or_gathered``)
+and go through the scene path's C kernel; under XLA the shapes are static and the grid stays dense.
+
+The gathered path must give what the dense path gives (the same sort, ties in the same pixel order): the
+same loss and gradient to float32's last bits, and an exact zero at every ignored pixel.
+"""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from conftest import require
+
+tf = require("tensorflow")
+LT = require("lovasz.tf")
+C = require("lovasz._ckernel")
+SCENES = require("lovasz._tf_scenes")
+
+pytestmark = pytest.mark.skipif(C.scene_kernel() is None, reason="lovasz built without its C kernel")
+
+
+def grid(seed, shape=(3, 6, 5, 4), num_classes=5, occupied=0.1, ignore=255):
+    """Probabilities ``[B, *spatial, C]`` and labels, ``occupied`` of them valid; the last image has none."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(*shape, num_classes)).astype(np.float32) * 2
+    labels = rng.integers(0, num_classes, shape)
+    labels[rng.random(shape) >= occupied] = ignore
+    labels[-1] = ignore
+    return logits, labels
+
+
+def value_and_grad(fn, x, mode, *args, **kwargs):
+    def run(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = fn(x, *args, **kwargs)
+        return loss, tape.gradient(loss, x)
+
+    run = run if mode == "eager" else tf.function(run, jit_compile=mode == "xla")
+    loss, grad = run(tf.constant(x))
+    return loss.numpy(), tf.convert_to_tensor(grad).numpy()
+
+
+def gathered_and_dense(monkeypatch, fn, x, mode, *args, **kwargs):
+    """``fn``'s loss and gradient gathered, then dense (never gathering); asserts the scene kernel ran."""
+    runs = []
+    host = SCENES._host_scene_rows  # the C kernel's host call: counts the runs, traced or eager
+    monkeypatch.setattr(SCENES, "_host_scene_rows", lambda *a, **k: runs.append(1) or host(*a, **k))
+    gathered = value_and_grad(fn, x, mode, *args, **kwargs)
+    assert runs, "the valid pixels were not gathered"
+    monkeypatch.setattr(SCENES, "COMPACT_BELOW", -1.0)
+    del runs[:]
+    dense = value_and_grad(fn, x, mode, *args, **kwargs)
+    assert not runs, "the dense path gathered"
+    return gathered, dense
+
+
+def assert_same(gathered, dense, ignored):
+    (loss, grad), (dense_loss, dense_grad) = gathered, dense
+    np.testing.assert_allclose(loss, dense_loss, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(grad, dense_grad, rtol=1e-6, atol=1e-9)
+    assert np.all(grad[ignored] == 0), "an ignored pixel got a gradient"
+
+
+OPTIONS = list(itertools.product(["eager", "function"], [False, True], ["present", "all", [1, 3, 3]], [False, True]))
+
+
+@pytest.mark.parametrize("mode,per_image,classes,from_logits", OPTIONS)
+def test_softmax_gathered_equals_dense(monkeypatch, mode, per_image, classes, from_logits):
+    logits, labels = grid(0)
+    x = logits if from_logits else tf.nn.softmax(logits).numpy()
+    options = dict(classes=classes, per_image=per_image, ignore=255, from_logits=from_logits, reduction="none")
+    gathered, dense = gathered_and_dense(monkeypatch, LT.lovasz_softmax, x, mode, labels, **options)
+    assert_same(gathered, dense, labels == 255)
+    assert gathered[0].shape == ((3,) if per_image else ())
+
+
+@pytest.mark.parametrize("mode", ["eager", "function"])
+@pytest.mark.parametrize("per_image", [False, True])
+def test_channels_first_gathered_equals_dense(monkeypatch, mode, per_image):
+    logits, labels = grid(1, shape=(2, 5, 7, 3))
+    x = np.moveaxis(tf.nn.softmax(logits).numpy(), -1, 1)  # [B, C, *spatial]
+    options = dict(per_image=per_image, ignore=255, order="BCHW")
+    gathered, dense = gathered_and_dense(monkeypatch, LT.lovasz_softmax, x, mode, labels, **options)
+    assert_same(gathered, dense, np.broadcast_to((labels == 255)[:, None], x.shape))
+
+
+@pytest.mark.parametrize("ignore", [0, 19, -1])
+def test_lidar_ignore_values(monkeypatch, ignore):
+    """Cylinder3D ignores 0, SemanticKITTI's 19-class setups 19, Pointcept -1 (labels shifted to fit)."""
+    logits, labels = grid(2, num_classes=20, ignore=ignore)
+    if ignore == 0:  # class 0 is the ignored one: the valid labels are 1..19
+        labels = np.where(labels == 0, 0, np.maximum(labels, 1))
+    if ignore == 19:
+        logits = logits[..., :19]
+    x = tf.nn.softmax(logits).numpy()
+    gathered, dense = gathered_and_dense(monkeypatch, LT.lovasz_softmax, x, "function", labels, ignore=ignore)
+    assert_same(gathered, dense, labels == ignore)
+
+
+@pytest.mark.parametrize("mode", ["eager", "function"])
+@pytest.mark.parametrize("margin,symmetric", [("relu", False), ("elu", False), ("relu", True)])
+def test_hinge_gathered_equals_dense(monkeypatch, mode, margin, symmetric):
+    rng = np.random.default_rng(3)
+    scores = rng.normal(size=(3, 8, 9)).astype(np.float32)
+    labels = rng.integers(0, 2, scores.shape)
+    labels[rng.random(scores.shape) >= 0.2] = 255
+    options = dict(per_image=True, ignore=255, margin=margin, symmetric=symmetric)
+    gathered, dense = gathered_and_dense(monkeypatch, LT.lovasz_hinge, scores, mode, labels, **options)
+    assert_same(gathered, dense, labels == 255)
+
+
+@pytest.mark.parametrize("mode", ["eager", "function"])
+@pytest.mark.parametrize("from_logits", [False, True])
+def test_multilabel_partly_ignored(monkeypatch, mode, from_logits):
+    """A pixel ignored in some channels only is gathered, and stays ignored in those."""
+    rng = np.random.default_rng(4)
+    logits = rng.normal(size=(2, 7, 6, 4)).astype(np.float32)
+    targets = rng.integers(0, 2, logits.shape)
+    targets[rng.random(logits.shape) >= 0.08] = 255  # a pixel valid in some channel: ~28%
+    x = logits if from_logits else tf.sigmoid(logits).numpy()
+    options = dict(per_image=False, ignore=255, from_logits=from_logits)
+    gathered, dense = gathered_and_dense(monkeypatch, LT.lovasz_multilabel, x, mode, targets, **options)
+    assert_same(gathered, dense, targets == 255)
+
+
+@pytest.mark.parametrize("mode", ["eager", "function"])
+def test_all_ignored_gives_zero(monkeypatch, mode):
+    logits, labels = grid(5)
+    labels[:] = 255
+    for per_image in (False, True):
+        options = dict(per_image=per_image, ignore=255)
+        (loss, grad), _ = gathered_and_dense(monkeypatch, LT.lovasz_softmax, logits, mode, labels, **options)
+        assert loss == 0 and np.all(grad == 0)
+        monkeypatch.undo()
+
+
+@pytest.mark.parametrize("mode", ["eager", "function"])
+def test_mostly_valid_grid_stays_dense(monkeypatch, mode):
+    logits, labels = grid(6, occupied=0.9)
+    labels[-1] = 0  # every image mostly valid
+    runs = []
+    host = SCENES._host_scene_rows
+    monkeypatch.setattr(SCENES, "_host_scene_rows", lambda *a, **k: runs.append(1) or host(*a, **k))
+    value_and_grad(LT.lovasz_softmax, logits, mode, labels, ignore=255)
+    assert not runs
+
+
+def test_dynamic_shapes_in_a_function(monkeypatch):
+    """A tf.function traced for any batch and grid size: the choice is made when it runs."""
+    signature = [tf.TensorSpec([None, None, None, 5], tf.float32), tf.TensorSpec([None, None, None], tf.int64)]
+    runs = []
+    host = SCENES._host_scene_rows
+    monkeypatch.setattr(SCENES, "_host_scene_rows", lambda *a, **k: runs.append(1) or host(*a, **k))
+
+    @tf.function(input_signature=signature)
+    def loss_and_grad(x, y):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = LT.lovasz_softmax(x, y, ignore=255)
+        return loss, tape.gradient(loss, x)
+
+    for seed, occupied in [(7, 0.1), (8, 0.9), (9, 0.05)]:
+        logits, labels = grid(seed, shape=(2 + seed % 2, 4, 5 + seed), occupied=occupied)
+        if occupied > 0.5:
+            labels[-1] = 0  # (grid leaves the last image empty)
+        del runs[:]
+        loss, grad = loss_and_grad(tf.constant(logits), tf.constant(labels))
+        assert bool(runs) == (occupied < 0.5)
+        eager = value_and_grad(LT.lovasz_softmax, logits, "eager", labels, ignore=255)
+        np.testing.assert_allclose(loss.numpy(), eager[0], rtol=1e-6)
+        np.testing.assert_allclose(grad.numpy(), eager[1], rtol=1e-6, atol=1e-9)
+
+
+def test_xla_keeps_the_grid():
+    """Under jit_compile the shapes are static: the ignored pixels are masked, with the same result."""
+    logits, labels = grid(10)
+    for per_image in (False, True):
+        xla = value_and_grad(LT.lovasz_softmax, logits, "xla", labels, per_image=per_image, ignore=255)
+        eager = value_and_grad(LT.lovasz_softmax, logits, "eager", labels, per_image=per_image, ignore=255)
+        np.testing.assert_allclose(xla[0], eager[0], rtol=1e-6)
+        np.testing.assert_allclose(xla[1], eager[1], rtol=1e-5, atol=1e-8)
