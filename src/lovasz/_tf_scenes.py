@@ -222,45 +222,52 @@ COMPACT_BELOW = 0.5
 
 
 def dense_or_gathered(
+    loss_of: Callable[[tf.Tensor, tf.Tensor, tf.Tensor | None, tf.Tensor | None], tf.Tensor],
     pred: tf.Tensor,
-    fg: tf.Tensor,
+    labels: tf.Tensor,
     valid: tf.Tensor,
-    hinge: bool,
     per_image: bool,
     channels_last: bool,
-    dense: Callable[[], tuple[tf.Tensor, tf.Tensor]],
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """Loss and presence ``[sets, K]`` of a grid ``pred [B, N, K]`` (``[B, K, N]``) against ``fg`` (its shape),
-    ``valid`` broadcasting to it: where at most :data:`COMPACT_BELOW` of the pixels are valid in some row,
-    by :func:`scene_losses` on those pixels (a scene per image with ``per_image``, one otherwise); else by
-    ``dense()``. The gradient of every other pixel is an exact zero. Chosen eagerly in Python, in a graph
-    by ``tf.cond`` (the number of valid pixels is known when it runs): not under XLA, whose shapes are
-    static."""
-    axis = 2 if channels_last else 1
-    uniform = valid.shape[axis] == 1  # softmax and hinge: a pixel is valid in every row or in none
-    pixel_valid = tf.squeeze(valid, axis) if uniform else tf.reduce_any(valid, axis)  # [B, N]
+    whole: Callable[[], tf.Tensor],
+) -> tf.Tensor:
+    """``whole()``, the loss of the images ``pred`` (``[B, N]``, ``[B, N, K]``, or ``[B, K, N]`` where not
+    ``channels_last``); or, where at most :data:`COMPACT_BELOW` of the pixels are valid (in some row),
+    ``loss_of(points, labels, valid, scenes)`` of those pixels gathered in pixel order, as ``[1, M]``,
+    ``[1, M, K]`` or ``[1, K, M]``, and the row splits of their scenes: one per image with ``per_image``,
+    one for the batch otherwise. ``labels`` and ``valid`` are ``[B, N]`` or laid out as ``pred``; among
+    the points ``valid`` is None where it was the same in every row. Every other pixel's gradient is an
+    exact zero. Chosen eagerly in Python, in a graph by ``tf.cond`` (the number of valid pixels is
+    known when it runs)."""
+    axis = 2 if channels_last else 1  # the row axis of [B, N, K] or [B, K, N]
+    uniform = valid.shape.rank == 2 or valid.shape[axis] == 1  # the same in every row
+    if valid.shape.rank == 2:
+        pixel_valid = valid
+    else:
+        pixel_valid = tf.squeeze(valid, axis) if uniform else tf.reduce_any(valid, axis)  # [B, N]
     counts = tf.reduce_sum(tf.cast(pixel_valid, tf.int64), 1)
     num_pixels = tf.cast(tf.size(pixel_valid, tf.int64), tf.float64)
     gathers = tf.cast(tf.reduce_sum(counts), tf.float64) <= COMPACT_BELOW * num_pixels
 
-    def gathered() -> tuple[tf.Tensor, tf.Tensor]:
+    def gathered() -> tf.Tensor:
         image, pixel = tf.unstack(tf.where(pixel_valid), axis=1)  # of each valid pixel, in pixel order
-        shape = tf.shape(pred, tf.int64)
-        if channels_last:  # rows of [B * N, K]: the points [M, K]
-            index = image * shape[1] + pixel
-            take = lambda x: tf.gather(tf.reshape(x, [-1, shape[2]]), index)[None]  # noqa: E731
-        else:  # [K, M] places in the flat [B * K * N]: class-major points
-            row = tf.range(shape[1])[:, None]
-            index = (image[None] * shape[1] + row) * shape[2] + pixel[None]
-            take = lambda x: tf.gather(tf.reshape(x, [-1]), index)[None]  # noqa: E731
+        pixels = tf.shape(pixel_valid, tf.int64)[1]
+        at = image * pixels + pixel  # in [B * N]
+
+        def take(x: tf.Tensor) -> tf.Tensor:
+            if x.shape.rank == 2 or channels_last:  # [B, N] or [B, N, K]: items of [B * N, ...]
+                return tf.gather(tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], 0)), at)[None]
+            rows = tf.shape(x, tf.int64)[1]  # [B, K, N]: at [K, M] of the flat [B * K * N], class-major
+            index = (image[None] * rows + tf.range(rows)[:, None]) * pixels + pixel[None]
+            return tf.gather(tf.reshape(x, [-1]), index)[None]
+
         ends = tf.cumsum(counts) if per_image else tf.reduce_sum(counts, keepdims=True)
         splits = tf.concat([tf.zeros([1], tf.int64), ends], 0)
-        points_valid = None if uniform else take(tf.broadcast_to(valid, tf.shape(pred)))
-        return scene_losses(take(pred), take(fg), points_valid, hinge, channels_last, splits)
+        points_valid = None if uniform else take(valid)
+        return loss_of(take(pred), take(labels), points_valid, splits)
 
     if tf.executing_eagerly():
-        return gathered() if bool(gathers) else dense()
-    return tf.cond(gathers, gathered, dense)
+        return gathered() if bool(gathers) else whole()
+    return tf.cond(gathers, gathered, whole)
 
 
 def scene_losses(

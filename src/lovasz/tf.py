@@ -58,7 +58,8 @@ CVPR 2018, arXiv:1705.08790.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any, Optional, TypeAlias, Union
 
 import numpy as np
@@ -308,31 +309,25 @@ def _lovasz_classes(
     With ``across``, a replica context: the loss of every replica's batch (see ``_tf_distributed``).
     """
     axis = 2 if channels_last else 1
-    if not isinstance(classes, str):  # a list may repeat a class: each repetition counts
-        pred, fg = tf.gather(pred, classes, axis=axis), tf.gather(fg, classes, axis=axis)
-        if valid is not None and valid.shape[axis] != 1:  # (one for every row broadcasts as it is)
-            valid = tf.gather(valid, classes, axis=axis)
-        weights = None if weights is None else tf.gather(weights, classes)
-    given_valid = valid
     if valid is not None:
         valid = tf.broadcast_to(valid, tf.shape(pred))
         fg = tf.logical_and(fg, valid)
+    if not isinstance(classes, str):  # a list may repeat a class: each repetition counts
+        pred, fg = tf.gather(pred, classes, axis=axis), tf.gather(fg, classes, axis=axis)
+        valid = None if valid is None else tf.gather(valid, classes, axis=axis)
+        weights = None if weights is None else tf.gather(weights, classes)
     if across is not None and not per_image:
         pred, fg, valid = _tf_distributed.gather_set(pred, fg, valid, channels_last, across)
         channels_last, axis = True, 2
-    num_rows = pred.shape[axis]
-
-    def dense() -> tuple[tf.Tensor, tf.Tensor]:
-        rows = _tf_rows.kernel_or_sort if _tf_rows.use_kernel(pred) else _tf_rows.sorted_losses
-        loss, present = rows(pred, fg, valid, hinge, per_image, channels_last)
-        return tf.reshape(loss, [-1, num_rows]), tf.reshape(present, [-1, num_rows])
-
     if scenes is not None:
         loss, present = _tf_scenes.scene_losses(pred, fg, valid, hinge, channels_last, scenes)
-    elif given_valid is not None and across is None and _tf_rows.use_kernel(pred):  # a mostly ignored grid?
-        loss, present = _tf_scenes.dense_or_gathered(pred, fg, given_valid, hinge, per_image, channels_last, dense)
+    elif _tf_rows.use_kernel(pred):
+        loss, present = _tf_rows.kernel_or_sort(pred, fg, valid, hinge, per_image, channels_last)
     else:
-        loss, present = dense()
+        loss, present = _tf_rows.sorted_losses(pred, fg, valid, hinge, per_image, channels_last)
+
+    num_rows = pred.shape[axis]
+    loss, present = tf.reshape(loss, [-1, num_rows]), tf.reshape(present, [-1, num_rows])
     w = tf.ones_like(loss) if weights is None else tf.broadcast_to(weights, tf.shape(loss))
     if classes == "present":
         w = w * tf.cast(present, loss.dtype)
@@ -344,6 +339,27 @@ def _lovasz_classes(
         return _tf_distributed.reduce_sets(per_set, reduction, across)
     total = tf.reduce_sum(per_set)  # the mean of no image (an empty batch) is 0, as for an all-ignored one
     return total if reduction == "sum" else tf.math.divide_no_nan(total, tf.cast(tf.size(per_set), total.dtype))
+
+
+def _on_valid_pixels(
+    loss_of: Callable[[tf.Tensor, tf.Tensor, tf.Tensor | None, tf.Tensor | None], tf.Tensor],
+    pred: tf.Tensor,
+    labels: tf.Tensor,
+    valid: tf.Tensor | None,
+    per_image: bool,
+    channels_last: bool,
+    splits: tf.Tensor | None,
+    across: tf.distribute.ReplicaContext | None,
+) -> tf.Tensor:
+    """``loss_of(pred, labels, valid, scenes)`` of the images, or of their valid pixels gathered into points
+    of scenes where that pays: the C kernel serves (a CPU, float32, not under XLA) and at most
+    :data:`lovasz._tf_scenes.COMPACT_BELOW` of the pixels are valid (``_tf_scenes.dense_or_gathered``).
+    Points of scenes (``splits``) and the batch of every replica (``across``) are taken as they are."""
+    scenes = splits if per_image else None
+    whole = functools.partial(loss_of, pred, labels, valid, scenes)
+    if splits is not None or valid is None or across is not None or not _tf_rows.use_kernel(pred):
+        return whole()
+    return _tf_scenes.dense_or_gathered(loss_of, pred, labels, valid, per_image, channels_last, whole)
 
 
 def _replicas(global_batch: bool) -> tf.distribute.ReplicaContext | None:
@@ -465,19 +481,23 @@ def lovasz_softmax(
         pred = tf.reshape(
             tf.cast(probas, dtype), [batch, pixels, num_classes] if channels_last else [batch, num_classes, pixels]
         )
-        valid = None if valid is None else tf.expand_dims(valid, class_axis)
-    if valid is not None:  # a NaN at an ignored pixel must reach neither the loss nor the gradient
-        pred = tf.where(valid, pred, tf.zeros((), dtype))
-    if sigmoid:
-        pred = tf.sigmoid(pred) if from_logits else pred
-        pred = tf.stack([1 - pred, pred], axis=class_axis)
-        valid = None if valid is None else tf.expand_dims(valid, class_axis)
-    elif from_logits:
-        pred = tf.nn.softmax(pred, axis=class_axis)
-    fg = tf.one_hot(lab, num_classes, on_value=True, off_value=False, axis=class_axis)
-    scenes = splits if per_image else None
     across = _replicas(global_batch)
-    loss = _lovasz_classes(pred, fg, valid, False, classes, per_image, channels_last, w, reduction, scenes, across)
+
+    def loss_of(pred: tf.Tensor, lab: tf.Tensor, valid: tf.Tensor | None, scenes: tf.Tensor | None) -> tf.Tensor:
+        if valid is not None and not sigmoid:
+            valid = tf.expand_dims(valid, class_axis)
+        if valid is not None:  # a NaN at an ignored pixel must reach neither the loss nor the gradient
+            pred = tf.where(valid, pred, tf.zeros((), dtype))
+        if sigmoid:
+            pred = tf.sigmoid(pred) if from_logits else pred
+            pred = tf.stack([1 - pred, pred], axis=class_axis)
+            valid = None if valid is None else tf.expand_dims(valid, class_axis)
+        elif from_logits:
+            pred = tf.nn.softmax(pred, axis=class_axis)
+        fg = tf.one_hot(lab, num_classes, on_value=True, off_value=False, axis=class_axis)
+        return _lovasz_classes(pred, fg, valid, False, classes, per_image, channels_last, w, reduction, scenes, across)
+
+    loss = _on_valid_pixels(loss_of, pred, lab, valid, per_image, channels_last, splits, across)
     return tf.cast(loss, probas.dtype)
 
 
@@ -569,9 +589,13 @@ def lovasz_hinge(
     lab = tf.reshape(labels, layout)
     valid = None if ignore is None else lab != tf.cast(ignore, lab.dtype)
     _check_values(lab, (lab == 0) | (lab == 1), valid, "0 or 1", "labels")
-    scenes = splits if per_image else None
-    options = ("all", per_image, False, None, reduction, margin, symmetric, scenes, _replicas(global_batch))
-    loss = _hinge_classes(pred, lab == 1, valid, *options)
+    across = _replicas(global_batch)
+
+    def loss_of(pred: tf.Tensor, lab: tf.Tensor, valid: tf.Tensor | None, scenes: tf.Tensor | None) -> tf.Tensor:
+        options = ("all", per_image, False, None, reduction, margin, symmetric, scenes, across)
+        return _hinge_classes(pred, lab == 1, valid, *options)
+
+    loss = _on_valid_pixels(loss_of, pred, lab, valid, per_image, False, splits, across)
     return tf.cast(loss, logits.dtype)
 
 
@@ -645,14 +669,16 @@ def lovasz_multilabel(
     tgt = tf.reshape(targets, layout)
     valid = None if ignore is None else tgt != tf.cast(ignore, tgt.dtype)
     _check_values(tgt, (tgt == 0) | (tgt == 1), valid, "0 or 1", "targets")
-    scenes = splits if per_image else None
     across = _replicas(global_batch)
-    if from_logits:
-        options = (classes, per_image, channels_last, w, reduction, margin, symmetric, scenes, across)
-        loss = _hinge_classes(pred, tgt == 1, valid, *options)
-    else:
+
+    def loss_of(pred: tf.Tensor, tgt: tf.Tensor, valid: tf.Tensor | None, scenes: tf.Tensor | None) -> tf.Tensor:
+        if from_logits:
+            options = (classes, per_image, channels_last, w, reduction, margin, symmetric, scenes, across)
+            return _hinge_classes(pred, tgt == 1, valid, *options)
         options = (classes, per_image, channels_last, w, reduction, scenes, across)
-        loss = _lovasz_classes(pred, tgt == 1, valid, False, *options)
+        return _lovasz_classes(pred, tgt == 1, valid, False, *options)
+
+    loss = _on_valid_pixels(loss_of, pred, tgt, valid, per_image, channels_last, splits, across)
     return tf.cast(loss, logits.dtype)
 
 
