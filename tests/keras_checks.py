@@ -325,6 +325,32 @@ def test_tensorflow_fit_with_jit_compile_sorts_in_xla(name, monkeypatch):
     np.testing.assert_allclose(losses, expected, rtol=1e-3)
 
 
+def test_tensorflow_fit_gathers_a_mostly_ignored_grid(monkeypatch):
+    """LiDAR-like labels, 90% ignored: Keras' train step (tf.function, no XLA on a CPU) gathers the valid
+    pixels at every step and learns as the dense path does."""
+    count_tf_kernel_calls(monkeypatch)  # skips on other backends and without the kernel
+    import tensorflow as tf
+
+    import lovasz._tf_scenes as S
+
+    if not all(d.device_type == "CPU" for d in tf.config.list_logical_devices()):
+        pytest.skip("the gathering takes the C kernel: a CPU only")
+
+    gathered, host = [], S._host_scene_rows
+    monkeypatch.setattr(S, "_host_scene_rows", lambda *a, **k: gathered.append(1) or host(*a, **k))
+    x, y = scenes()
+    y = np.where(np.random.default_rng(1).random(y.shape) < 0.9, 255, y)
+    loss = lambda: LovaszSoftmaxLoss(from_logits=True, per_image=True, ignore_class=255)  # noqa: E731
+    _, losses = fit_losses(loss(), y, NUM_CLASSES)
+    assert len(gathered) >= 8 * 4  # every step of every epoch
+    monkeypatch.setattr(S, "COMPACT_BELOW", -1.0)  # never gathers: the dense path
+    del gathered[:]
+    _, dense = fit_losses(loss(), y, NUM_CLASSES)
+    assert not gathered
+    np.testing.assert_allclose(losses, dense, rtol=1e-4)
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
 # ----------------------------------------------------------------------------- the schedule's weights as variables
 
 
