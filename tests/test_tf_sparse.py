@@ -43,11 +43,16 @@ def value_and_grad(fn, x, mode, *args, **kwargs):
     return loss.numpy(), tf.convert_to_tensor(grad).numpy()
 
 
+def scene_kernel_runs(monkeypatch):
+    """A list that grows by one at each run of the scene path's C kernel (its host call: eager or in a graph)."""
+    runs, host = [], SCENES._host_scene_rows
+    monkeypatch.setattr(SCENES, "_host_scene_rows", lambda *a, **k: runs.append(1) or host(*a, **k))
+    return runs
+
+
 def gathered_and_dense(monkeypatch, fn, x, mode, *args, **kwargs):
     """``fn``'s loss and gradient gathered, then dense (never gathering); asserts the scene kernel ran."""
-    runs = []
-    host = SCENES._host_scene_rows  # the C kernel's host call: counts the runs, traced or eager
-    monkeypatch.setattr(SCENES, "_host_scene_rows", lambda *a, **k: runs.append(1) or host(*a, **k))
+    runs = scene_kernel_runs(monkeypatch)
     gathered = value_and_grad(fn, x, mode, *args, **kwargs)
     assert runs, "the valid pixels were not gathered"
     monkeypatch.setattr(SCENES, "COMPACT_BELOW", -1.0)
@@ -141,9 +146,7 @@ def test_all_ignored_gives_zero(monkeypatch, mode):
 def test_mostly_valid_grid_stays_dense(monkeypatch, mode):
     logits, labels = grid(6, occupied=0.9)
     labels[-1] = 0  # every image mostly valid
-    runs = []
-    host = SCENES._host_scene_rows
-    monkeypatch.setattr(SCENES, "_host_scene_rows", lambda *a, **k: runs.append(1) or host(*a, **k))
+    runs = scene_kernel_runs(monkeypatch)
     value_and_grad(LT.lovasz_softmax, logits, mode, labels, ignore=255)
     assert not runs
 
@@ -151,9 +154,7 @@ def test_mostly_valid_grid_stays_dense(monkeypatch, mode):
 def test_dynamic_shapes_in_a_function(monkeypatch):
     """A tf.function traced for any batch and grid size: the choice is made when it runs."""
     signature = [tf.TensorSpec([None, None, None, 5], tf.float32), tf.TensorSpec([None, None, None], tf.int64)]
-    runs = []
-    host = SCENES._host_scene_rows
-    monkeypatch.setattr(SCENES, "_host_scene_rows", lambda *a, **k: runs.append(1) or host(*a, **k))
+    runs = scene_kernel_runs(monkeypatch)
 
     @tf.function(input_signature=signature)
     def loss_and_grad(x, y):

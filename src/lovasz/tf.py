@@ -11,8 +11,8 @@ images or classes, so the losses run eagerly, in ``tf.function`` and with
 the C kernel serves (below) and at most half of the pixels count (LiDAR voxel
 grids): there the valid pixels are gathered into points of scenes first, their
 number known when the graph runs (``tf.cond`` picks the path); under XLA every
-shape is static and the grid stays whole. This module checks the arguments and builds the
-predictions, labels and masks; the engines that sort the rows are in
+shape is static and the grid stays whole. This module checks the arguments and
+builds the predictions, labels and masks; the engines that sort the rows are in
 :mod:`lovasz._tf_rows` (images) and :mod:`lovasz._tf_scenes` (points of scenes).
 The sort is chosen when the function is traced (eagerly, at each call):
 
