@@ -215,9 +215,8 @@ def _scene_kernel_rows(
 
 
 # A dense grid in which at most this fraction of the pixels count (LiDAR voxel grids: 2-7%) is
-# gathered into points of scenes first, where the C kernel serves, as lovasz.torch does
-# (``_torch_scenes.COMPACT_BELOW``); above it the gather and the gradient's scatter cost more than
-# sorting the ignored pixels.
+# gathered into points of scenes first, where the C kernel serves: lovasz.torch's bound
+# (``_torch_scenes.COMPACT_BELOW``), not measured apart for TF. A range image (85% valid) stays dense.
 COMPACT_BELOW = 0.5
 
 
@@ -239,10 +238,10 @@ def dense_or_gathered(
     exact zero. Chosen eagerly in Python, in a graph by ``tf.cond`` (the number of valid pixels is
     known when it runs)."""
     axis = 2 if channels_last else 1  # the row axis of [B, N, K] or [B, K, N]
-    uniform = valid.shape.rank == 2 or valid.shape[axis] == 1  # the same in every row
-    if valid.shape.rank == 2:
-        pixel_valid = valid
+    if valid.shape.rank == 2:  # one per pixel
+        pixel_valid, uniform = valid, True
     else:
+        uniform = valid.shape[axis] == 1  # the same in every row
         pixel_valid = tf.squeeze(valid, axis) if uniform else tf.reduce_any(valid, axis)  # [B, N]
     counts = tf.reduce_sum(tf.cast(pixel_valid, tf.int64), 1)
     num_pixels = tf.cast(tf.size(pixel_valid, tf.int64), tf.float64)
