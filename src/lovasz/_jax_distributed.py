@@ -160,6 +160,11 @@ def _auto_mesh(x: jax.Array) -> tuple[Any, tuple[str, ...]]:
     return mesh, tuple(name for name in mesh.axis_names if mesh.shape[name] > 1)
 
 
+def split_by_partitioner(x: jax.Array) -> bool:
+    """Whether ``x`` lies on several devices of a mesh whose axes plain ``jax.jit`` partitions."""
+    return bool(_auto_mesh(x)[1])
+
+
 def callbacks_run_here(x: jax.Array) -> bool:
     """Whether a host callback can take ``x``: not inside a ``shard_map`` manual along some mesh axes
     only (JAX runs callbacks on every device or on one, not on a partly automatic mesh)."""

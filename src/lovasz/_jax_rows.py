@@ -33,6 +33,7 @@ from jax.typing import DTypeLike
 
 from lovasz import _ckernel as C
 from lovasz import _jax_distributed as D
+from lovasz._codes import IGNORED
 
 # ----------------------------------------------------------------------------- the kernel
 
@@ -197,6 +198,126 @@ def lovasz_kernel(errors: jax.Array, fg: jax.Array, valid: jax.Array | None, per
     b, k, n = errors.shape
     layout = (1, b * k, n) if per_image else (b, k, n)  # [S, R, N]: row r is [:, r, :]
     return split_rows_loss(errors.reshape(layout), codes.reshape(layout))
+
+
+def errors_of(pred: jax.Array, fg: jax.Array, hinge: bool) -> jax.Array:
+    """Each pixel's error: the hinge margin ``1 -+ x`` (its max with 0 taken after the sort), or ``|[y = c] - p|``."""
+    return jnp.where(fg, 1 - pred, 1 + pred) if hinge else jnp.abs(jnp.where(fg, 1 - pred, pred))
+
+
+# ----------------------------------------------------------------------------- mostly ignored grids
+# A grid whose pixels are mostly ignored (a LiDAR voxel grid: 2-7% occupied) costs on a CPU in
+# proportion to its valid pixels: one callback takes the predictions and the pixels' codes and finds
+# the valid pixels; where they are at most COMPACT_BELOW of the grid the C kernel gathers them
+# (class-major), sorts their rows as scenes (an image each, or one) and writes the gradient back into
+# the grid in one pass; else it sorts the grid's rows. The host chooses at each call, so no shape
+# depends on the data under jax.jit. The kernel computes the errors itself (softmax or hinge mode):
+# no grid of errors is made in XLA.
+COMPACT_BELOW = 0.5  # as lovasz.torch's bound (_torch_scenes.COMPACT_BELOW), not measured apart for JAX
+
+
+def grid_applies(pred: jax.Array, valid: jax.Array | None) -> bool:
+    """Whether :func:`grid_kernel` takes ``pred``: float32 with pixels ignored, the C kernel loaded, a
+    callback possible here. Not for inputs that plain ``jit`` partitions over devices: there the rows of
+    :func:`lovasz_kernel` go to their devices (and the gradient keeps the inputs' sharding)."""
+    return (
+        valid is not None
+        and C.applies(pred.dtype, pred.size)
+        and C.grid_kernel() is not None
+        and C.scene_kernel() is not None
+        and D.callbacks_run_here(pred)
+        and not D.split_by_partitioner(pred)
+    )
+
+
+def _grid_rows_on_host(
+    pred: np.ndarray, codes: np.ndarray, mode: int, per_image: bool, grad: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Loss and presence ``[S, K]`` of ``pred [B, K, N]`` against ``codes [B, K, N]``, writing d loss /
+    d pred into ``grad`` if given. The valid pixels are those that some row does not ignore (code 2)."""
+    images, num_rows, num_pixels = pred.shape
+    image, pixel = np.nonzero(codes.min(axis=1) < IGNORED)  # image-major, in pixel order
+    if image.size > COMPACT_BELOW * images * num_pixels:  # the grid's rows
+        layout = (1, images * num_rows, num_pixels) if per_image else (images, num_rows, num_pixels)
+        grid_grad = None if grad is None else grad.reshape(layout)
+        loss, present = C.lovasz_rows(pred.reshape(layout), codes.reshape(layout), mode, grid_grad, _THREADS)
+        return loss.reshape(-1, num_rows), present.reshape(-1, num_rows)
+    image_ends = np.cumsum(np.bincount(image, minlength=images))
+    points = C.gather_pixels(pred, image * (num_rows * num_pixels) + pixel, _THREADS)  # [K, M]
+    point_codes = np.ascontiguousarray(codes[image, :, pixel].T)
+    ends = image_ends if per_image else np.array([image.size], np.int64)
+    # the points' gradient goes where they are: the kernel writes each after reading it
+    loss, present = C.lovasz_scene_rows(points, point_codes, ends, mode, None if grad is None else points, _THREADS)
+    if grad is not None:
+        C.scatter_pixels(points, pixel, image_ends, grad, _THREADS)
+    return loss, present
+
+
+def _grid_on_host(pred: np.ndarray, codes: np.ndarray, mode: int, per_image: bool, need_grad: bool) -> tuple:
+    """:func:`_grid_rows_on_host` over the leading axes that ``vmap`` adds."""
+    pred, codes = np.asarray(pred), np.asarray(codes)
+    lead, (images, num_rows, _) = pred.shape[:-3], pred.shape[-3:]
+    loss = np.empty(lead + (images if per_image else 1, num_rows), np.float32)
+    present = np.empty(loss.shape, np.bool_)
+    grad = np.empty(pred.shape, np.float32) if need_grad else None
+    for index in np.ndindex(lead):
+        loss[index], present[index] = _grid_rows_on_host(
+            pred[index], codes[index], mode, per_image, None if grad is None else grad[index]
+        )
+    return (loss, present) if grad is None else (loss, present, grad)
+
+
+def _grid_call(pred: jax.Array, codes: jax.Array, mode: int, per_image: bool, need_grad: bool) -> Any:
+    lead, (images, num_rows, _) = pred.shape[:-3], pred.shape[-3:]
+    rows = lead + (images if per_image else 1, num_rows)
+    shapes: tuple = (jax.ShapeDtypeStruct(rows, jnp.float32), jax.ShapeDtypeStruct(rows, jnp.bool_))
+    shapes += (jax.ShapeDtypeStruct(pred.shape, jnp.float32),) if need_grad else ()
+    host = functools.partial(_grid_on_host, mode=mode, per_image=per_image, need_grad=need_grad)
+    outputs = jax.pure_callback(host, shapes, pred, codes, vmap_method="broadcast_all")
+    return D.vary_like(outputs, pred, codes)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _host_grid(pred: jax.Array, codes: jax.Array, mode: int, per_image: bool) -> tuple[jax.Array, jax.Array]:
+    """Loss and presence ``[S, K]`` of the rows of float32 ``pred [B, K, N]``, by the C kernel."""
+    return _grid_call(pred, codes, mode, per_image, need_grad=False)
+
+
+def _host_grid_fwd(
+    pred: jax.Array, codes: jax.Array, mode: int, per_image: bool
+) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
+    loss, present, grad = _grid_call(pred, codes, mode, per_image, need_grad=True)
+    return (loss, present), (grad, codes)
+
+
+def _host_grid_bwd(
+    mode: int, per_image: bool, residuals: tuple[jax.Array, jax.Array], cotangents: tuple[jax.Array, Any]
+) -> tuple[jax.Array, np.ndarray]:
+    grad, codes = residuals
+    # [S, K, 1]: over the images too where S = 1
+    return cotangents[0][..., None] * grad, np.zeros(codes.shape, jax.dtypes.float0)
+
+
+_host_grid.defvjp(_host_grid_fwd, _host_grid_bwd)
+
+
+def _grid_sorted(pred: jax.Array, codes: jax.Array, hinge: bool, per_image: bool) -> tuple[jax.Array, jax.Array]:
+    """:func:`_host_grid` by sorts in JAX (off the CPU)."""
+    images, num_rows, num_pixels = pred.shape
+    fg = codes == 1
+    layout = (1, images * num_rows, num_pixels) if per_image else (images, num_rows, num_pixels)
+    loss = _sorted_rows(errors_of(pred, fg, hinge).reshape(layout), codes.reshape(layout))
+    return loss.reshape(-1, num_rows), as_rows(fg, per_image).any(-1).reshape(-1, num_rows)
+
+
+def grid_kernel(
+    pred: jax.Array, fg: jax.Array, valid: jax.Array, hinge: bool, per_image: bool
+) -> tuple[jax.Array, jax.Array]:
+    """Loss and presence ``[S, K]`` of each (set, class) row of ``pred [B, K, N]`` (``fg`` false where
+    ``valid [B, 1 or K, N]`` is): on a CPU, work in proportion to the valid pixels (see above)."""
+    host = lambda pred, codes: _host_grid(pred, codes, C.HINGE if hinge else C.SOFTMAX, per_image)  # noqa: E731
+    sorted_rows = functools.partial(_grid_sorted, hinge=hinge, per_image=per_image)
+    return jax.lax.platform_dependent(pred, pixel_codes(fg, valid), cpu=host, default=sorted_rows)
 
 
 # ----------------------------------------------------------------------------- segments (point clouds)

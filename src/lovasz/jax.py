@@ -180,16 +180,17 @@ def _lovasz_classes(
         pred, fg = pred[:, ids], fg[:, ids]
         valid = None if valid is None else valid[:, ids]
         weights = None if weights is None else weights[ids]
-    if hinge:  # max(0, 1 - s x), the max taken after the sort
-        errors = jnp.where(fg, 1 - pred, 1 + pred)
-    else:  # |[y = c] - p|
-        errors = jnp.abs(jnp.where(fg, 1 - pred, pred))
     if ends is not None:
+        errors = R.errors_of(pred, fg, hinge)
         loss, present = R.segment_kernel(errors[0], fg[0], None if valid is None else valid[0], ends)
     elif axis_name is not None and not per_image:  # one set of every device's pixels
-        loss, present = D.union_rows(errors, R.pixel_codes(fg, valid), axis_name, R.split_rows_loss)
+        loss, present = D.union_rows(
+            R.errors_of(pred, fg, hinge), R.pixel_codes(fg, valid), axis_name, R.split_rows_loss
+        )
+    elif valid is not None and R.grid_applies(pred, valid):  # the kernel's work follows the valid pixels
+        loss, present = R.grid_kernel(pred, fg, valid, hinge, per_image)
     else:
-        loss = R.lovasz_kernel(errors, fg, valid, per_image)
+        loss = R.lovasz_kernel(R.errors_of(pred, fg, hinge), fg, valid, per_image)
         present = R.as_rows(fg, per_image).any(-1)
 
     num_rows = pred.shape[1]
