@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -217,7 +217,7 @@ COMPACT_BELOW = 0.5  # as lovasz.torch's bound (_torch_scenes.COMPACT_BELOW), no
 
 
 def grid_applies(pred: jax.Array, valid: jax.Array | None) -> bool:
-    """Whether :func:`grid_kernel` takes ``pred``: float32 with pixels ignored, the C kernel loaded, a
+    """Whether :func:`grid_rows` takes ``pred``: float32 with pixels ignored, the C kernel loaded, a
     callback possible here. Not for inputs that plain ``jit`` partitions over devices: there the rows of
     :func:`lovasz_kernel` go to their devices (and the gradient keeps the inputs' sharding)."""
     return (
@@ -230,68 +230,78 @@ def grid_applies(pred: jax.Array, valid: jax.Array | None) -> bool:
     )
 
 
+class GridOptions(NamedTuple):
+    """The static options of :func:`_host_grid`."""
+
+    mode: int  # C.SOFTMAX or C.HINGE: how the kernel makes errors of predictions
+    per_image: bool  # a set per image, or the batch as one
+    shared_validity: bool  # a pixel is ignored in every row or in none (softmax, hinge; not multi-label)
+
+
 def _grid_rows_on_host(
-    pred: np.ndarray, codes: np.ndarray, mode: int, per_image: bool, grad: np.ndarray | None
+    pred: np.ndarray, codes: np.ndarray, options: GridOptions, grad: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Loss and presence ``[S, K]`` of ``pred [B, K, N]`` against ``codes [B, K, N]``, writing d loss /
     d pred into ``grad`` if given. The valid pixels are those that some row does not ignore (code 2)."""
     images, num_rows, num_pixels = pred.shape
-    image, pixel = np.nonzero(codes.min(axis=1) < IGNORED)  # image-major, in pixel order
-    if image.size > COMPACT_BELOW * images * num_pixels:  # the grid's rows
-        layout = (1, images * num_rows, num_pixels) if per_image else (images, num_rows, num_pixels)
+    valid = codes[:, 0] != IGNORED if options.shared_validity else codes.min(axis=1) < IGNORED  # [B, N]
+    if np.count_nonzero(valid) > COMPACT_BELOW * valid.size:  # the grid's rows
+        layout = (1, images * num_rows, num_pixels) if options.per_image else (images, num_rows, num_pixels)
         grid_grad = None if grad is None else grad.reshape(layout)
-        loss, present = C.lovasz_rows(pred.reshape(layout), codes.reshape(layout), mode, grid_grad, _THREADS)
+        loss, present = C.lovasz_rows(pred.reshape(layout), codes.reshape(layout), options.mode, grid_grad, _THREADS)
         return loss.reshape(-1, num_rows), present.reshape(-1, num_rows)
+    image, pixel = np.nonzero(valid)  # image-major, in pixel order
     image_ends = np.cumsum(np.bincount(image, minlength=images))
     points = C.gather_pixels(pred, image * (num_rows * num_pixels) + pixel, _THREADS)  # [K, M]
     point_codes = np.ascontiguousarray(codes[image, :, pixel].T)
-    ends = image_ends if per_image else np.array([image.size], np.int64)
+    ends = image_ends if options.per_image else np.array([image.size], np.int64)
     # the points' gradient goes where they are: the kernel writes each after reading it
-    loss, present = C.lovasz_scene_rows(points, point_codes, ends, mode, None if grad is None else points, _THREADS)
+    point_grad = None if grad is None else points
+    loss, present = C.lovasz_scene_rows(points, point_codes, ends, options.mode, point_grad, _THREADS)
     if grad is not None:
         C.scatter_pixels(points, pixel, image_ends, grad, _THREADS)
     return loss, present
 
 
-def _grid_on_host(pred: np.ndarray, codes: np.ndarray, mode: int, per_image: bool, need_grad: bool) -> tuple:
+def _grid_on_host(pred: np.ndarray, codes: np.ndarray, options: GridOptions, need_grad: bool) -> tuple:
     """:func:`_grid_rows_on_host` over the leading axes that ``vmap`` adds."""
     pred, codes = np.asarray(pred), np.asarray(codes)
     lead, (images, num_rows, _) = pred.shape[:-3], pred.shape[-3:]
-    loss = np.empty(lead + (images if per_image else 1, num_rows), np.float32)
+    loss = np.empty(lead + (images if options.per_image else 1, num_rows), np.float32)
     present = np.empty(loss.shape, np.bool_)
     grad = np.empty(pred.shape, np.float32) if need_grad else None
     for index in np.ndindex(lead):
         loss[index], present[index] = _grid_rows_on_host(
-            pred[index], codes[index], mode, per_image, None if grad is None else grad[index]
+            pred[index], codes[index], options, None if grad is None else grad[index]
         )
     return (loss, present) if grad is None else (loss, present, grad)
 
 
-def _grid_call(pred: jax.Array, codes: jax.Array, mode: int, per_image: bool, need_grad: bool) -> Any:
+def _grid_call(pred: jax.Array, codes: jax.Array, options: GridOptions, need_grad: bool) -> Any:
     lead, (images, num_rows, _) = pred.shape[:-3], pred.shape[-3:]
-    rows = lead + (images if per_image else 1, num_rows)
+    rows = lead + (images if options.per_image else 1, num_rows)
     shapes: tuple = (jax.ShapeDtypeStruct(rows, jnp.float32), jax.ShapeDtypeStruct(rows, jnp.bool_))
     shapes += (jax.ShapeDtypeStruct(pred.shape, jnp.float32),) if need_grad else ()
-    host = functools.partial(_grid_on_host, mode=mode, per_image=per_image, need_grad=need_grad)
+    host = functools.partial(_grid_on_host, options=options, need_grad=need_grad)
     outputs = jax.pure_callback(host, shapes, pred, codes, vmap_method="broadcast_all")
     return D.vary_like(outputs, pred, codes)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _host_grid(pred: jax.Array, codes: jax.Array, mode: int, per_image: bool) -> tuple[jax.Array, jax.Array]:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _host_grid(pred: jax.Array, codes: jax.Array, options: GridOptions) -> tuple[jax.Array, jax.Array]:
     """Loss and presence ``[S, K]`` of the rows of float32 ``pred [B, K, N]``, by the C kernel."""
-    return _grid_call(pred, codes, mode, per_image, need_grad=False)
+    return _grid_call(pred, codes, options, need_grad=False)
 
 
 def _host_grid_fwd(
-    pred: jax.Array, codes: jax.Array, mode: int, per_image: bool
+    pred: jax.Array, codes: jax.Array, options: GridOptions
 ) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
-    loss, present, grad = _grid_call(pred, codes, mode, per_image, need_grad=True)
+    loss, present, grad = _grid_call(pred, codes, options, need_grad=True)
     return (loss, present), (grad, codes)
 
 
 def _host_grid_bwd(
-    mode: int, per_image: bool, residuals: tuple[jax.Array, jax.Array], cotangents: tuple[jax.Array, Any]
+    options: GridOptions, residuals: tuple[jax.Array, jax.Array], cotangents: tuple[jax.Array, Any]
 ) -> tuple[jax.Array, np.ndarray]:
     grad, codes = residuals
     # [S, K, 1]: over the images too where S = 1
@@ -310,12 +320,13 @@ def _grid_sorted(pred: jax.Array, codes: jax.Array, hinge: bool, per_image: bool
     return loss.reshape(-1, num_rows), as_rows(fg, per_image).any(-1).reshape(-1, num_rows)
 
 
-def grid_kernel(
+def grid_rows(
     pred: jax.Array, fg: jax.Array, valid: jax.Array, hinge: bool, per_image: bool
 ) -> tuple[jax.Array, jax.Array]:
     """Loss and presence ``[S, K]`` of each (set, class) row of ``pred [B, K, N]`` (``fg`` false where
     ``valid [B, 1 or K, N]`` is): on a CPU, work in proportion to the valid pixels (see above)."""
-    host = lambda pred, codes: _host_grid(pred, codes, C.HINGE if hinge else C.SOFTMAX, per_image)  # noqa: E731
+    options = GridOptions(C.HINGE if hinge else C.SOFTMAX, per_image, valid.shape[1] == 1)
+    host = lambda pred, codes: _host_grid(pred, codes, options)  # noqa: E731
     sorted_rows = functools.partial(_grid_sorted, hinge=hinge, per_image=per_image)
     return jax.lax.platform_dependent(pred, pixel_codes(fg, valid), cpu=host, default=sorted_rows)
 

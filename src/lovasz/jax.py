@@ -173,12 +173,11 @@ def _lovasz_classes(
     ``B`` is 1 and the sets are the segments of the points (:mod:`lovasz._jax_rows`). With
     ``axis_name``, the batch is every device's along it (:mod:`lovasz._jax_distributed`)."""
     if valid is not None:
-        valid = jnp.broadcast_to(valid, pred.shape)
-        fg = fg & valid
+        fg = fg & valid  # (valid [B, 1 or K, N], as grid_rows wants it)
     if not isinstance(classes, str):  # a list may repeat a class: each repetition counts
         ids = np.asarray(classes)
         pred, fg = pred[:, ids], fg[:, ids]
-        valid = None if valid is None else valid[:, ids]
+        valid = valid if valid is None or valid.shape[1] == 1 else valid[:, ids]
         weights = None if weights is None else weights[ids]
     if ends is not None:
         errors = R.errors_of(pred, fg, hinge)
@@ -188,7 +187,7 @@ def _lovasz_classes(
             R.errors_of(pred, fg, hinge), R.pixel_codes(fg, valid), axis_name, R.split_rows_loss
         )
     elif valid is not None and R.grid_applies(pred, valid):  # the kernel's work follows the valid pixels
-        loss, present = R.grid_kernel(pred, fg, valid, hinge, per_image)
+        loss, present = R.grid_rows(pred, fg, valid, hinge, per_image)
     else:
         loss = R.lovasz_kernel(R.errors_of(pred, fg, hinge), fg, valid, per_image)
         present = R.as_rows(fg, per_image).any(-1)
