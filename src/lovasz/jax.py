@@ -179,6 +179,9 @@ def _lovasz_classes(
         pred, fg = pred[:, ids], fg[:, ids]
         valid = valid if valid is None or valid.shape[1] == 1 else valid[:, ids]
         weights = None if weights is None else weights[ids]
+    grid = valid is not None and ends is None and (axis_name is None or per_image) and R.grid_applies(pred, valid)
+    if valid is not None and not grid:  # a NaN at an ignored pixel must reach neither the loss nor the gradient
+        pred = jnp.where(valid, pred, 0)  # (the grid path reads no ignored pixel, and gives each a zero gradient)
     if ends is not None:
         errors = R.errors_of(pred, fg, hinge)
         loss, present = R.segment_kernel(errors[0], fg[0], None if valid is None else valid[0], ends)
@@ -186,7 +189,7 @@ def _lovasz_classes(
         loss, present = D.union_rows(
             R.errors_of(pred, fg, hinge), R.pixel_codes(fg, valid), axis_name, R.split_rows_loss
         )
-    elif valid is not None and R.grid_applies(pred, valid):  # the kernel's work follows the valid pixels
+    elif grid:  # the kernel's work follows the valid pixels
         loss, present = R.grid_rows(pred, fg, valid, hinge, per_image)
     else:
         loss = R.lovasz_kernel(R.errors_of(pred, fg, hinge), fg, valid, per_image)
@@ -310,8 +313,8 @@ def lovasz_softmax(
     _check_values(lab, (lab >= 0) & (lab < num_classes), valid, f"in [0, {num_classes - 1}]", "labels")
     pred = probas.astype(dtype) if sigmoid else _channels_first(probas.astype(dtype), axis)
     pred = pred.reshape(batch, 1 if sigmoid else num_classes, pixels)
-    if valid is not None:  # a NaN at an ignored pixel must reach neither the loss nor the gradient
-        pred = jnp.where(valid, pred, 0)
+    if valid is not None and from_logits:  # a NaN logit at an ignored pixel must not reach the gradient
+        pred = jnp.where(valid, pred, 0)  # (through the softmax's); _lovasz_classes guards the rest
     if sigmoid:
         pred = jax.nn.sigmoid(pred) if from_logits else pred
         pred = jnp.concatenate([1 - pred, pred], axis=1)
