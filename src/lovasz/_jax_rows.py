@@ -13,10 +13,13 @@ lowered:
   radix sort on a GPU: dense rows by one such sort, the points of segments by two (by error, then by
   segment); float64 rows through one ``jax.lax.sort`` that carries the foreground flags along.
 
+A grid with ignored pixels (LiDAR voxel grids) goes to the C kernel whole, in one callback whose work
+follows the valid pixels (:func:`grid_rows`); elsewhere it is masked and sorted as above.
+
 Tied errors go in pixel (point) order on every path, and a NaN error at a valid pixel gives a NaN loss
 and gradient there. The Jaccard steps ``J(k) - J(k-1)`` are computed in closed form from the counts.
-Nothing branches in Python on array values and no shape depends on them (ignored pixels are masked),
-so the engines work under ``jax.jit``, ``jax.grad`` and ``jax.vmap``.
+Nothing branches in Python on array values and no shape depends on them (ignored pixels are masked,
+or dropped inside the callback), so the engines work under ``jax.jit``, ``jax.grad`` and ``jax.vmap``.
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ Every (set, class) row goes through one sort, by the engines of :mod:`lovasz._ja
 CPU, float32 rows go to the C kernel of :mod:`lovasz.torch` through ``jax.pure_callback``;
 elsewhere, and in float64, through sorts in JAX, the gradient flowing into the sorted errors.
 There is no Python branch on array values and no data-dependent shape (ignored
-pixels are masked), so the losses work under ``jax.jit``, ``jax.grad`` and
-``jax.vmap``. The Jaccard steps are computed in closed form.
+pixels are masked, or on a CPU dropped inside the kernel's callback), so the losses
+work under ``jax.jit``, ``jax.grad`` and ``jax.vmap``. The Jaccard steps are computed
+in closed form.
 
 Argument order: ``(prediction, labels)``, as in the original PyTorch code;
 Keras losses (:mod:`lovasz.keras`) take ``(y_true, y_pred)``.
