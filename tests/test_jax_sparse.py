@@ -213,6 +213,27 @@ def test_nan_at_ignored_pixels_stays_out(occupied):
     assert np.isnan(value_and_grad(LJ.lovasz_softmax, x_bad, labels, ignore=255)[0])
 
 
+@pytest.mark.parametrize("occupied", [0.1, 0.9])
+@pytest.mark.parametrize("margin,symmetric", [("relu", False), ("elu", False), ("elu", True)])
+def test_nan_logits_at_ignored_pixels_stay_out_of_the_hinge(occupied, margin, symmetric):
+    """The hinge and its variants (elu's derivative at NaN is NaN), and multi-label from logits: NaN or inf
+    logits at ignored pixels change neither the loss nor the gradient, on both branches."""
+    rng = np.random.default_rng(14)
+    logits = rng.normal(size=(2, 4, 6, 5)).astype(np.float32)
+    targets = rng.integers(0, 2, logits.shape)
+    ignored = rng.random(logits.shape) >= occupied
+    targets[ignored] = 255
+    bad = np.where(ignored & (rng.random(logits.shape) < 0.5), np.nan, logits)
+    bad = np.where(ignored & np.isfinite(bad) & (rng.random(logits.shape) < 0.5), -np.inf, bad).astype(np.float32)
+    options = dict(ignore=255, margin=margin, symmetric=symmetric)
+    for loss in (LJ.lovasz_hinge, LJ.lovasz_multilabel):
+        x, y, bad_x = (logits[:, 0], targets[:, 0], bad[:, 0]) if loss is LJ.lovasz_hinge else (logits, targets, bad)
+        clean = value_and_grad(loss, x, y, **options)
+        dirty = value_and_grad(loss, bad_x, y, **options)
+        np.testing.assert_array_equal(dirty[0], clean[0])
+        np.testing.assert_array_equal(dirty[1], clean[1])
+
+
 @pytest.mark.parametrize("hinge", [False, True])
 @pytest.mark.parametrize("per_image", [False, True])
 def test_sorts_off_the_cpu_agree(hinge, per_image):

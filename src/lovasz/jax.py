@@ -342,6 +342,8 @@ def _hinge_classes(
     """The Lovász hinge with its variants: ``elu(m) + 1`` of the margins is the plain hinge at
     ``x' = -s elu(1 - s x)``; ``symmetric`` averages with the flipped problem, ``-x'`` against ``1 - y``."""
     if margin == "elu":
+        if valid is not None:  # a NaN logit at an ignored pixel must not reach the gradient (through elu's)
+            pred = jnp.where(valid, pred, 0)
         signs = jnp.where(fg, 1.0, -1.0).astype(pred.dtype)
         pred = -signs * jax.nn.elu(1 - signs * pred)
     loss = _lovasz_classes(pred, fg, valid, True, classes, per_image, weights, reduction, ends, axis_name)
