@@ -190,7 +190,7 @@ def _lovasz_classes(
         loss, present = D.union_rows(
             R.errors_of(pred, fg, hinge), R.pixel_codes(fg, valid), axis_name, R.split_rows_loss
         )
-    elif grid:  # the kernel's work follows the valid pixels
+    elif grid and valid is not None:  # the kernel's work follows the valid pixels
         loss, present = R.grid_rows(pred, fg, valid, hinge, per_image)
     else:
         loss = R.lovasz_kernel(R.errors_of(pred, fg, hinge), fg, valid, per_image)
