@@ -182,7 +182,7 @@ def _lovasz_classes(
         weights = None if weights is None else weights[ids]
     grid = valid is not None and ends is None and (axis_name is None or per_image) and R.grid_applies(pred, valid)
     if valid is not None and not grid:  # a NaN at an ignored pixel must reach neither the loss nor the gradient
-        pred = jnp.where(valid, pred, 0)  # (the grid path reads no ignored pixel, and gives each a zero gradient)
+        pred = jnp.where(valid, pred, 0)  # (the grid path uses no ignored pixel's value, gives each a zero gradient)
     if ends is not None:
         errors = R.errors_of(pred, fg, hinge)
         loss, present = R.segment_kernel(errors[0], fg[0], None if valid is None else valid[0], ends)
