@@ -55,6 +55,13 @@ def _init(rank: int, init_file: str):
     )
 
 
+def _done_together():
+    """A barrier at the end of a rank's checks (not in ``finally``: a failed rank must not wait), so that no
+    rank tears its group down while a peer is still in a collective. Once, under load in CI, a rank aborted
+    ("terminate called without an active exception") with no barrier there; gloo's teardown is the suspect."""
+    dist.barrier()
+
+
 def _spawn(fn, tmp_path, timeout: float = 60.0):
     """Run ``fn(rank, init_file)`` on WORLD processes; fail (and kill them) if they outlive ``timeout``."""
     context = mp.start_processes(fn, args=(str(tmp_path / "rendezvous"),), nprocs=WORLD, join=False)
@@ -101,6 +108,7 @@ def _rank_main(rank: int, init_file: str):
         own = IoUMeter(4, ignore_index=255, sync=False)
         own.update(pred[mine], labels[mine])
         assert own.compute()["pixel_accuracy"] != a["pixel_accuracy"] or rank == 0
+        _done_together()
     finally:
         dist.destroy_process_group()
 
@@ -219,6 +227,7 @@ def _unequal_main(rank: int, init_file: str):
         # ... and the group still works afterwards.
         x, y = rank_batch("softmax", 0, rank, UNEQUAL["batch sizes"][rank])
         assert torch.isfinite(L.lovasz_softmax(x, y, ignore=255, from_logits=True, process_group=group))
+        _done_together()
     finally:
         dist.destroy_process_group()
 
@@ -323,6 +332,7 @@ def _mismatch_main(rank: int, init_file: str):
         mine = L.lovasz_softmax(x, y, per_image=True, from_logits=True, **same)
         shared = L.lovasz_softmax(x, y, per_image=True, from_logits=True, process_group=group, **same)
         torch.testing.assert_close(shared, mine, rtol=0, atol=0)
+        _done_together()
     finally:
         dist.destroy_process_group()
 
