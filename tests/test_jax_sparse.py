@@ -49,6 +49,13 @@ def gathers(monkeypatch):
     return runs
 
 
+def former_route(fn, x, *args, **kwargs):
+    """:func:`value_and_grad` by the route before the grid path: errors made in XLA, the grid sorted whole."""
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(JR, "grid_applies", lambda pred, valid: False)
+        return value_and_grad(fn, x, *args, **kwargs)
+
+
 def three_paths(monkeypatch, fn, x, *args, **kwargs):
     """``fn``'s loss and gradient gathered, by the grid's rows on the host, and through the errors in XLA
     (the route before the grid path); asserts that each ran as named."""
@@ -59,8 +66,7 @@ def three_paths(monkeypatch, fn, x, *args, **kwargs):
     del runs[:]
     dense = value_and_grad(fn, x, *args, **kwargs)
     assert not runs, "the dense branch gathered"
-    monkeypatch.setattr(JR, "grid_applies", lambda pred, valid: False)
-    errors = value_and_grad(fn, x, *args, **kwargs)
+    errors = former_route(fn, x, *args, **kwargs)
     monkeypatch.undo()
     return gathered, dense, errors
 
@@ -102,8 +108,7 @@ def test_channels_last_and_eager(monkeypatch, per_image):
     eager = value_and_grad(LJ.lovasz_softmax, x, labels, per_image=per_image, ignore=255, axis=-1, jit=False)
     assert runs
     jitted = value_and_grad(LJ.lovasz_softmax, x, labels, per_image=per_image, ignore=255, axis=-1)
-    monkeypatch.setattr(JR, "grid_applies", lambda pred, valid: False)
-    errors = value_and_grad(LJ.lovasz_softmax, x, labels, per_image=per_image, ignore=255, axis=-1)
+    errors = former_route(LJ.lovasz_softmax, x, labels, per_image=per_image, ignore=255, axis=-1)
     assert_same([eager, jitted, errors], np.broadcast_to((labels == 255)[..., None], x.shape))
 
 
@@ -171,9 +176,7 @@ def test_one_jit_takes_both_branches(monkeypatch):
         del runs[:]
         loss, grad = step(jnp.asarray(logits), jnp.asarray(labels))
         assert bool(runs) == (occupied < 0.5)
-        with monkeypatch.context() as m:
-            m.setattr(JR, "grid_applies", lambda pred, valid: False)
-            expected = value_and_grad(LJ.lovasz_softmax, logits, labels, ignore=255)
+        expected = former_route(LJ.lovasz_softmax, logits, labels, ignore=255)
         np.testing.assert_allclose(loss, expected[0], rtol=1e-6)
         np.testing.assert_allclose(grad, expected[1], rtol=1e-6, atol=1e-9)
 
@@ -187,9 +190,7 @@ def test_vmap_over_grids(monkeypatch):
     losses, grads = jax.jit(per_grid)(jnp.asarray(x), jnp.asarray(y))
     assert runs
     for i in range(2):
-        with monkeypatch.context() as m:
-            m.setattr(JR, "grid_applies", lambda pred, valid: False)
-            loss, grad = value_and_grad(LJ.lovasz_softmax, x[i], y[i], ignore=255, from_logits=True)
+        loss, grad = former_route(LJ.lovasz_softmax, x[i], y[i], ignore=255, from_logits=True)
         np.testing.assert_allclose(losses[i], loss, rtol=1e-6)
         np.testing.assert_allclose(grads[i], grad, rtol=1e-6, atol=1e-9)
 

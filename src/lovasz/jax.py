@@ -178,7 +178,8 @@ def _lovasz_classes(
     if not isinstance(classes, str):  # a list may repeat a class: each repetition counts
         ids = np.asarray(classes)
         pred, fg = pred[:, ids], fg[:, ids]
-        valid = valid if valid is None or valid.shape[1] == 1 else valid[:, ids]
+        if valid is not None and valid.shape[1] > 1:  # (a pixel's validity in every row stays as it is)
+            valid = valid[:, ids]
         weights = None if weights is None else weights[ids]
     grid = valid is not None and ends is None and (axis_name is None or per_image) and R.grid_applies(pred, valid)
     if valid is not None and not grid:  # a NaN at an ignored pixel must reach neither the loss nor the gradient
