@@ -6,8 +6,8 @@ classes; per image: ``S = 1``, ``R`` images x classes), so the batch needs no tr
 through one sort, by one of two paths, ``jax.lax.platform_dependent`` picking one when the function is
 lowered:
 
-- float32 on a CPU: the C kernel (:mod:`lovasz._ckernel`) through ``jax.pure_callback``, a
-  ``custom_vjp`` whose forward pass returns the gradient too, so backward is one multiply;
+- float32 on a CPU: the C kernel (:mod:`lovasz._ckernel`) through a host callback (:func:`_host_callback`),
+  a ``custom_vjp`` whose forward pass returns the gradient too, so backward is one multiply;
 - elsewhere, and in float64: sorts in JAX, the gradient flowing through the sorted errors. Float32
   rows sort one row at a time by an int32 key carrying int32 indices, the form XLA sends to CUB's
   radix sort on a GPU: dense rows by one such sort, the points of segments by two (by error, then by
@@ -39,6 +39,11 @@ from lovasz import _jax_distributed as D
 from lovasz._codes import IGNORED
 
 # ----------------------------------------------------------------------------- the kernel
+
+try:  # newer JAX: a callback that writes XLA's own output buffers, and reads its inputs in place
+    from jax.experimental.buffer_callback import buffer_callback as _buffer_callback
+except ImportError:
+    _buffer_callback = None  # type: ignore[assignment]
 
 
 def jaccard_steps(fg_sorted: jax.Array, dtype: DTypeLike) -> jax.Array:
@@ -87,34 +92,48 @@ def as_rows(x: jax.Array, per_image: bool) -> jax.Array:
 _THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _kernel_on_host(
-    errors: np.ndarray, codes: np.ndarray, need_grad: bool
-) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    """The C kernel on ``[..., S, R, N]`` errors; the leading axes come from ``vmap``."""
-    errors, codes = np.asarray(errors), np.asarray(codes)
-    lead, num_rows = errors.shape[:-3], errors.shape[-2]
-    loss = np.empty(lead + (num_rows,), np.float32)
-    grad = np.empty(errors.shape, np.float32) if need_grad else None
-    for index in np.ndindex(lead):
-        loss[index], _ = C.lovasz_rows(
-            errors[index], codes[index], C.ERRORS, None if grad is None else grad[index], _THREADS
-        )
-    return loss if grad is None else (loss, grad)
+def _host_callback(fill: Callable[..., None], shapes: tuple[jax.ShapeDtypeStruct, ...], *args: jax.Array) -> tuple:
+    """Outputs of ``shapes`` made on the host by ``fill(outputs, *inputs)``, on NumPy arrays: it writes every
+    element of each output (each with the leading axes that ``vmap`` adds to ``args[0]``). By
+    ``buffer_callback``, in XLA's own buffers: JAX copies neither the inputs nor the outputs (a LiDAR grid's
+    predictions and gradient are 25 MB each); on older JAX by ``jax.pure_callback``, into new arrays."""
+    if _buffer_callback is not None:
+
+        def in_place(_context: Any, outputs: tuple, *inputs: Any) -> None:
+            fill(tuple(map(np.asarray, outputs)), *map(np.asarray, inputs))
+
+        outputs = _buffer_callback(in_place, shapes, vmap_method="broadcast_all")(*args)
+    else:
+
+        def into_new(*inputs: Any) -> tuple:
+            inputs = tuple(map(np.asarray, inputs))
+            lead = inputs[0].shape[: inputs[0].ndim - args[0].ndim]
+            outputs = tuple(np.empty(lead + shape.shape, shape.dtype) for shape in shapes)
+            fill(outputs, *inputs)
+            return outputs
+
+        outputs = jax.pure_callback(into_new, shapes, *args, vmap_method="broadcast_all")
+    return D.vary_like(tuple(outputs), *args)
 
 
-def _host_call(errors: jax.Array, codes: jax.Array, need_grad: bool) -> Any:
-    loss = jax.ShapeDtypeStruct(errors.shape[:-3] + errors.shape[-2:-1], jnp.float32)
-    shapes = (loss, jax.ShapeDtypeStruct(errors.shape, jnp.float32)) if need_grad else loss
-    outputs = jax.pure_callback(
-        functools.partial(_kernel_on_host, need_grad=need_grad), shapes, errors, codes, vmap_method="broadcast_all"
-    )
-    return D.vary_like(outputs, errors, codes)
+def _rows_into(outputs: tuple[np.ndarray, ...], errors: np.ndarray, codes: np.ndarray) -> None:
+    """The C kernel on ``[..., S, R, N]`` errors: the loss of each row (and its gradient, if asked)."""
+    loss, *grad = outputs
+    for index in np.ndindex(errors.shape[:-3]):
+        row_grad = grad[0][index] if grad else None
+        loss[index], _ = C.lovasz_rows(errors[index], codes[index], C.ERRORS, row_grad, _THREADS)
+
+
+def _host_call(errors: jax.Array, codes: jax.Array, need_grad: bool) -> tuple:
+    shapes = (jax.ShapeDtypeStruct(errors.shape[:-3] + errors.shape[-2:-1], jnp.float32),)
+    shapes += (jax.ShapeDtypeStruct(errors.shape, jnp.float32),) if need_grad else ()
+    return _host_callback(_rows_into, shapes, errors, codes)
 
 
 @jax.custom_vjp
 def _host_rows(errors: jax.Array, codes: jax.Array) -> jax.Array:
     """Loss of each row ``[:, r, :]`` of float32 ``errors [S, R, N]`` (codes 0/1/2), by the C kernel."""
-    return _host_call(errors, codes, need_grad=False)
+    return _host_call(errors, codes, need_grad=False)[0]
 
 
 def _host_rows_fwd(errors: jax.Array, codes: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
@@ -266,28 +285,20 @@ def _grid_rows_on_host(
     return loss, present
 
 
-def _grid_on_host(pred: np.ndarray, codes: np.ndarray, options: GridOptions, need_grad: bool) -> tuple:
-    """:func:`_grid_rows_on_host` over the leading axes that ``vmap`` adds."""
-    pred, codes = np.asarray(pred), np.asarray(codes)
-    lead, (images, num_rows, _) = pred.shape[:-3], pred.shape[-3:]
-    loss = np.empty(lead + (images if options.per_image else 1, num_rows), np.float32)
-    present = np.empty(loss.shape, np.bool_)
-    grad = np.empty(pred.shape, np.float32) if need_grad else None
-    for index in np.ndindex(lead):
-        loss[index], present[index] = _grid_rows_on_host(
-            pred[index], codes[index], options, None if grad is None else grad[index]
-        )
-    return (loss, present) if grad is None else (loss, present, grad)
+def _grid_into(outputs: tuple[np.ndarray, ...], pred: np.ndarray, codes: np.ndarray, options: GridOptions) -> None:
+    """:func:`_grid_rows_on_host` over the leading axes that ``vmap`` adds: loss, presence (and gradient)."""
+    loss, present, *grad = outputs
+    for index in np.ndindex(pred.shape[:-3]):
+        image_grad = grad[0][index] if grad else None
+        loss[index], present[index] = _grid_rows_on_host(pred[index], codes[index], options, image_grad)
 
 
-def _grid_call(pred: jax.Array, codes: jax.Array, options: GridOptions, need_grad: bool) -> Any:
+def _grid_call(pred: jax.Array, codes: jax.Array, options: GridOptions, need_grad: bool) -> tuple:
     lead, (images, num_rows, _) = pred.shape[:-3], pred.shape[-3:]
     rows = lead + (images if options.per_image else 1, num_rows)
     shapes: tuple = (jax.ShapeDtypeStruct(rows, jnp.float32), jax.ShapeDtypeStruct(rows, jnp.bool_))
     shapes += (jax.ShapeDtypeStruct(pred.shape, jnp.float32),) if need_grad else ()
-    host = functools.partial(_grid_on_host, options=options, need_grad=need_grad)
-    outputs = jax.pure_callback(host, shapes, pred, codes, vmap_method="broadcast_all")
-    return D.vary_like(outputs, pred, codes)
+    return _host_callback(functools.partial(_grid_into, options=options), shapes, pred, codes)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -407,34 +418,23 @@ def _segment_rows_sorted(errors: jax.Array, codes: jax.Array, ends: jax.Array) -
     return sort_rows(errors, codes, ends)
 
 
-def _segments_on_host(errors: np.ndarray, codes: np.ndarray, ends: np.ndarray, need_grad: bool) -> tuple:
-    """The C kernel's segment rows on ``[..., K, N]`` errors: loss, presence (and gradient); the leading
-    axes come from ``vmap``."""
-    errors, codes, ends = np.asarray(errors), np.asarray(codes), np.asarray(ends)
-    lead, (num_rows, _) = errors.shape[:-2], errors.shape[-2:]
-    loss = np.empty(lead + (ends.shape[-1], num_rows), np.float32)
-    present = np.empty(loss.shape, np.bool_)
-    grad = np.zeros(errors.shape, np.float32) if need_grad else None  # points in no segment: 0
-    for index in np.ndindex(lead):
+def _segments_into(outputs: tuple[np.ndarray, ...], errors: np.ndarray, codes: np.ndarray, ends: np.ndarray) -> None:
+    """The C kernel's segment rows on ``[..., K, N]`` errors: loss, presence (and gradient)."""
+    loss, present, *grad = outputs
+    for index in np.ndindex(errors.shape[:-2]):
+        point_grad = grad[0][index] if grad else None
         loss[index], present[index] = C.lovasz_scene_rows(
-            errors[index], codes[index], ends[index], C.ERRORS, None if grad is None else grad[index], _THREADS
+            errors[index], codes[index], ends[index], C.ERRORS, point_grad, _THREADS
         )
-    return (loss, present) if grad is None else (loss, present, grad)
+        if point_grad is not None:  # points past the last segment's end are in none: 0
+            point_grad[:, int(ends[index][-1]) if ends.shape[-1] else 0 :] = 0
 
 
-def _segments_call(errors: jax.Array, codes: jax.Array, ends: jax.Array, need_grad: bool) -> Any:
+def _segments_call(errors: jax.Array, codes: jax.Array, ends: jax.Array, need_grad: bool) -> tuple:
     rows = errors.shape[:-2] + (ends.shape[-1], errors.shape[-2])
     shapes: tuple = (jax.ShapeDtypeStruct(rows, jnp.float32), jax.ShapeDtypeStruct(rows, jnp.bool_))
     shapes += (jax.ShapeDtypeStruct(errors.shape, jnp.float32),) if need_grad else ()
-    outputs = jax.pure_callback(
-        functools.partial(_segments_on_host, need_grad=need_grad),
-        shapes,
-        errors,
-        codes,
-        ends,
-        vmap_method="broadcast_all",
-    )
-    return D.vary_like(outputs, errors, codes, ends)
+    return _host_callback(_segments_into, shapes, errors, codes, ends)
 
 
 @jax.custom_vjp

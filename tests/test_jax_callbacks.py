@@ -1,0 +1,141 @@
+"""The boundary between lovasz.jax and the C kernel on a CPU: ``_jax_rows._host_callback``.
+
+Where JAX has ``jax.experimental.buffer_callback``, the kernel reads XLA's input buffers and
+writes its output buffers in place (no copy of a LiDAR grid's predictions or gradient either way); on
+older JAX, ``jax.pure_callback`` with new arrays. Both must give the same loss and gradient to the last
+bit, on every kernel route (the grid's, its gathered points, the rows of errors, segments of points),
+under ``jit``, ``vmap`` and eagerly; every output element is written (XLA's output buffers start with
+whatever they held), and the inputs, which the in-place callback could write, are left as they were.
+"""
+
+import numpy as np
+import pytest
+
+from conftest import require
+
+jax = require("jax")
+jnp = jax.numpy
+LJ = require("lovasz.jax")
+JR = require("lovasz._jax_rows")
+C = require("lovasz._ckernel")
+
+pytestmark = pytest.mark.skipif(C.grid_kernel() is None, reason="lovasz built without its C kernel")
+
+
+def lidar_grid(seed=0, occupied=0.1):
+    """Probabilities ``[2, 5, 6, 5, 4]`` and labels, ``occupied`` of the voxels valid (ignore 0)."""
+    rng = np.random.default_rng(seed)
+    probas = np.asarray(jax.nn.softmax(rng.normal(size=(2, 5, 6, 5, 4)).astype(np.float32) * 2, axis=1))
+    labels = rng.integers(1, 5, (2, 6, 5, 4))
+    labels[rng.random(labels.shape) >= occupied] = 0
+    return probas, labels
+
+
+def points(seed=1):
+    """Logits of 300 points of 5 classes, their labels (-1 ignored) and segment ids of 4 segments."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(300, 5)).astype(np.float32)
+    labels = np.where(rng.random(300) < 0.1, -1, rng.integers(0, 5, 300))
+    return logits, labels, np.sort(rng.integers(0, 4, 300))
+
+
+def softmax_grid(x, labels, per_image):
+    return LJ.lovasz_softmax(x, labels, per_image=per_image, ignore=0)
+
+
+def softmax_dense(x, labels, per_image):  # nothing ignored: the errors' rows (_host_rows)
+    return LJ.lovasz_softmax(x, np.maximum(labels, 1), per_image=per_image)
+
+
+def hinge_grid(x, labels, per_image):
+    return LJ.lovasz_hinge(x[:, 1] - x[:, 2], (labels == 1) * 1 + (labels == 0) * 255, per_image, ignore=255)
+
+
+def segments(x, labels, per_image, ids=None):
+    ids = IDS if ids is None else ids
+    return LJ.lovasz_softmax(
+        x, labels, per_image=per_image, ignore=-1, from_logits=True, segment_ids=ids, num_segments=4
+    )
+
+
+LOGITS, LABELS, IDS = points()
+CASES = {
+    "grid gathered": (softmax_grid, *lidar_grid(occupied=0.1)),
+    "grid rows": (softmax_grid, *lidar_grid(occupied=0.9)),
+    "rows of errors": (softmax_dense, *lidar_grid()),
+    "hinge grid": (hinge_grid, *lidar_grid(seed=2)),
+    "segments": (segments, LOGITS, LABELS),
+}
+
+
+def loss_and_grad(fn, x, labels, per_image, transform):
+    run = jax.value_and_grad(lambda x: fn(x, labels, per_image))
+    loss, grad = transform(run)(jnp.asarray(x))
+    return np.asarray(loss), np.asarray(grad)
+
+
+def by_pure_callback(run):
+    """``run()`` with the callbacks of older JAX, asserting that they ran. JAX keeps the traces of the
+    kernel's ``custom_vjp`` functions: they are cleared on the way in and out."""
+    calls, pure_callback = [], jax.pure_callback
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(JR, "_buffer_callback", None)
+        m.setattr(jax, "pure_callback", lambda *a, **k: calls.append(1) or pure_callback(*a, **k))
+        jax.clear_caches()
+        result = run()
+    jax.clear_caches()
+    assert calls, "the kernel was not called through jax.pure_callback"
+    return result
+
+
+def batched(run):  # vmap over two copies, the second scaled: each must be its own call's result
+    return lambda x: jax.vmap(run)(jnp.stack([x, x * 0.5]))
+
+
+TRANSFORMS = {"jit": jax.jit, "eager": lambda run: run, "vmap": lambda run: jax.jit(batched(run))}
+
+
+@pytest.mark.skipif(JR._buffer_callback is None, reason="this JAX has no buffer_callback")
+@pytest.mark.parametrize("transform", TRANSFORMS)
+@pytest.mark.parametrize("per_image", [False, True])
+@pytest.mark.parametrize("case", CASES)
+def test_in_place_equals_pure_callback_bit_for_bit(case, per_image, transform):
+    fn, x, labels = CASES[case]
+    in_place = loss_and_grad(fn, x, labels, per_image, TRANSFORMS[transform])
+    copied = by_pure_callback(lambda: loss_and_grad(fn, x, labels, per_image, TRANSFORMS[transform]))
+    assert np.array_equal(in_place[0], copied[0]) and np.array_equal(in_place[1], copied[1])
+    assert np.isfinite(in_place[1]).all()
+
+
+def test_points_in_no_segment_get_an_exact_zero_in_place():
+    """The in-place gradient buffer is XLA's, holding anything: points in no segment (ids past
+    ``num_segments``, unchecked under ``jit``) are written 0."""
+    ids = IDS.copy()
+    ids[-40:] = 9
+    for scale in (1, 2, 3):  # freed buffers come back: each call must write every element
+        run = jax.jit(jax.value_and_grad(lambda x: segments(x, LABELS, True, ids)))
+        grad = np.asarray(run(jnp.asarray(LOGITS * scale))[1])
+        assert not grad[ids >= 4].any() and grad[ids < 4].any()
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_inputs_are_left_as_they_were(case):
+    """The in-place callback gets XLA's input buffers, writable: the kernel must only read them."""
+    fn, x, labels = CASES[case]
+    x_jax = jnp.asarray(x)
+    before = np.array(x_jax)
+    for transform in TRANSFORMS.values():
+        loss_and_grad(fn, x_jax, labels, True, transform)
+    assert np.array_equal(np.asarray(x_jax), before)
+
+
+def test_the_kernel_routes_go_in_place_where_jax_can(monkeypatch):
+    if JR._buffer_callback is None:
+        pytest.skip("this JAX has no buffer_callback")
+    calls, original = [], JR._buffer_callback
+    monkeypatch.setattr(JR, "_buffer_callback", lambda *a, **k: calls.append(1) or original(*a, **k))
+    jax.clear_caches()  # (traces of the kernel's custom_vjp functions from other tests)
+    for fn, x, labels in CASES.values():
+        del calls[:]
+        loss_and_grad(fn, x, labels, False, jax.jit)
+        assert calls, f"{fn.__name__} did not reach the kernel in place"
