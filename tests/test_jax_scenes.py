@@ -1,7 +1,7 @@
 """Point clouds in lovasz.jax: ``segment_ids=`` / ``num_segments=`` on points-first inputs.
 
 Each segment's loss equals the oracle's on that segment alone, its gradient that of the dense
-loss of the segment; on both paths (the C kernel through ``pure_callback``, one ``lax.sort``
+loss of the segment; on both paths (the C kernel through a host callback, one ``lax.sort``
 by (segment, error)), under ``jax.jit``, with the points in any order.
 """
 

@@ -3,7 +3,8 @@
 Channels-first ``[B, C, *spatial]`` by default, as in :mod:`lovasz.torch`; the
 ``axis`` argument names the channel axis (``axis=-1`` for channels-last).
 Every (set, class) row goes through one sort, by the engines of :mod:`lovasz._jax_rows`: on a
-CPU, float32 rows go to the C kernel of :mod:`lovasz.torch` through ``jax.pure_callback``;
+CPU, float32 rows go to the C kernel of :mod:`lovasz.torch` through a host callback that reads and
+writes XLA's buffers in place (``jax.pure_callback`` on JAX without ``buffer_callback``);
 elsewhere, and in float64, through sorts in JAX, the gradient flowing into the sorted errors.
 There is no Python branch on array values and no data-dependent shape (ignored
 pixels are masked, or on a CPU dropped inside the kernel's callback), so the losses
