@@ -24,9 +24,11 @@ or dropped inside the callback), so the engines work under ``jax.jit``, ``jax.gr
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import jax
@@ -87,6 +89,29 @@ def as_rows(x: jax.Array, per_image: bool) -> jax.Array:
     """``[B, K, N]`` to rows: ``[B*K, N]`` per image, or ``[K, B*N]`` for the batch as one set."""
     b, k, n = x.shape
     return x.reshape(b * k, n) if per_image else x.transpose(1, 0, 2).reshape(k, b * n)
+
+
+# Set by :func:`without_callbacks` while a function is traced for jax.export, which cannot serialize host callbacks.
+_NO_CALLBACKS = contextvars.ContextVar("lovasz_jax_no_callbacks", default=False)
+
+
+@contextlib.contextmanager
+def without_callbacks() -> Iterator[None]:
+    """Functions traced inside sort their rows in XLA on every platform, the C kernel's callback left out.
+    JAX's caches are cleared on the way in and out: a trace made with the callback is not reused inside,
+    nor one made inside after it."""
+    jax.clear_caches()
+    token = _NO_CALLBACKS.set(True)
+    try:
+        yield
+    finally:
+        _NO_CALLBACKS.reset(token)
+        jax.clear_caches()
+
+
+def _callbacks_run(x: jax.Array) -> bool:
+    """Whether the C kernel's callback may take ``x`` (see :func:`without_callbacks`, ``D.callbacks_run_here``)."""
+    return not _NO_CALLBACKS.get() and D.callbacks_run_here(x)
 
 
 _THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -203,7 +228,7 @@ def _rows_loss(errors: jax.Array) -> Callable[[jax.Array, jax.Array], jax.Array]
     ``errors``: on a CPU by the C kernel where it applies, else by one sort."""
     if errors.dtype == jnp.float32 and C.kernel() is None and jax.default_backend() == "cpu":
         C.warn_missing("lovasz.jax")
-    if not C.applies(errors.dtype, errors.size) or not D.callbacks_run_here(errors):
+    if not C.applies(errors.dtype, errors.size) or not _callbacks_run(errors):
         return _sorted_rows
     return lambda errors, codes: jax.lax.platform_dependent(errors, codes, cpu=_host_rows, default=_sorted_rows)
 
@@ -247,7 +272,7 @@ def grid_applies(pred: jax.Array, valid: jax.Array | None) -> bool:
         and C.applies(pred.dtype, pred.size)
         and C.grid_kernel() is not None
         and C.scene_kernel() is not None
-        and D.callbacks_run_here(pred)
+        and _callbacks_run(pred)
         and not D.split_by_partitioner(pred)
     )
 
@@ -473,7 +498,7 @@ def segment_kernel(
     """Loss and presence ``[S, K]`` of each (segment, class) row of ``errors [K, N]``: the C kernel where it
     applies. The class rows are split over the devices of sharded inputs under plain ``jit``."""
     codes = pixel_codes(fg, valid)
-    if not C.applies(errors.dtype, errors.size) or C.scene_kernel() is None or not D.callbacks_run_here(errors):
+    if not C.applies(errors.dtype, errors.size) or C.scene_kernel() is None or not _callbacks_run(errors):
         rows_loss = _segment_rows_sorted
     else:
         rows_loss = functools.partial(jax.lax.platform_dependent, cpu=_host_segments, default=_segment_rows_sorted)

@@ -20,8 +20,9 @@ CVPR 2018, arXiv:1705.08790.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Optional, Union
 
 import jax
@@ -33,7 +34,7 @@ from lovasz import _jax_distributed as D
 from lovasz import _jax_rows as R
 from lovasz import _validation as V
 
-__all__ = ["lovasz_grad", "lovasz_softmax", "lovasz_hinge", "lovasz_multilabel"]
+__all__ = ["lovasz_grad", "lovasz_softmax", "lovasz_hinge", "lovasz_multilabel", "exportable"]
 
 Classes = Union[str, Sequence[int]]
 Weights = Optional[Union[ArrayLike, Sequence[float]]]
@@ -487,6 +488,29 @@ def lovasz_multilabel(
     else:
         loss = _lovasz_classes(pred, tgt == 1, valid, False, classes, per_image, w, reduction, ends, axis_name)
     return loss.astype(logits.dtype)
+
+
+@contextlib.contextmanager
+def exportable() -> Iterator[None]:
+    """Trace the losses so that ``jax.export`` can serialize them: call ``jax.export.export`` inside.
+
+    On a CPU the losses hand float32 rows to the C kernel through a host callback, which ``jax.export``
+    refuses ("serialization of host_callbacks is not yet implemented"). Inside this context they sort
+    their rows in XLA on every platform instead (the sorts used on a GPU): the same values to float32
+    rounding, ties in the same order, slower on a CPU. Clears JAX's caches on the way in and out, so
+    that no trace made outside is reused inside, or the other way round: use it around the export, not
+    around a training loop.
+
+    Example:
+        >>> probas = jnp.array([[[0.9, 0.4], [0.1, 0.6]]])  # [B=1, C=2, N=2]
+        >>> loss_fn = jax.jit(lambda p: lovasz_softmax(p, jnp.array([[0, 1]])))
+        >>> with exportable():
+        ...     exported = jax.export.export(loss_fn, platforms=("cpu", "cuda"))(probas)
+        >>> exported.platforms
+        ('cpu', 'cuda')
+    """
+    with R.without_callbacks():
+        yield
 
 
 def lovasz_grad(gt_sorted: ArrayLike) -> jax.Array:
