@@ -85,6 +85,12 @@ def _lovasz_rows(errors: jax.Array, fg: jax.Array, valid: jax.Array | None) -> j
     return jnp.sum(_counted(-neg_sorted) * steps, axis=-1)
 
 
+def row_layout(shape: tuple[int, ...], per_image: bool) -> tuple[int, int, int]:
+    """The ``[S, R, N]`` layout of ``[B, K, N]`` (row ``r`` is ``[:, r, :]``): ``[1, B*K, N]`` per image."""
+    images, num_rows, num_pixels = shape
+    return (1, images * num_rows, num_pixels) if per_image else (images, num_rows, num_pixels)
+
+
 def as_rows(x: jax.Array, per_image: bool) -> jax.Array:
     """``[B, K, N]`` to rows: ``[B*K, N]`` per image, or ``[K, B*N]`` for the batch as one set."""
     b, k, n = x.shape
@@ -242,8 +248,7 @@ def split_rows_loss(errors: jax.Array, codes: jax.Array) -> jax.Array:
 def lovasz_kernel(errors: jax.Array, fg: jax.Array, valid: jax.Array | None, per_image: bool) -> jax.Array:
     """Loss of each (set, class) row of ``errors [B, K, N]``: on a CPU by the C kernel where it applies."""
     codes = pixel_codes(fg, valid)
-    b, k, n = errors.shape
-    layout = (1, b * k, n) if per_image else (b, k, n)  # [S, R, N]: row r is [:, r, :]
+    layout = row_layout(errors.shape, per_image)
     return split_rows_loss(errors.reshape(layout), codes.reshape(layout))
 
 
@@ -293,7 +298,7 @@ def _grid_rows_on_host(
     images, num_rows, num_pixels = pred.shape
     valid = codes[:, 0] != IGNORED if options.shared_validity else codes.min(axis=1) < IGNORED  # [B, N]
     if np.count_nonzero(valid) > COMPACT_BELOW * valid.size:  # the grid's rows
-        layout = (1, images * num_rows, num_pixels) if options.per_image else (images, num_rows, num_pixels)
+        layout = row_layout(pred.shape, options.per_image)
         grid_grad = None if grad is None else grad.reshape(layout)
         loss, present = C.lovasz_rows(pred.reshape(layout), codes.reshape(layout), options.mode, grid_grad, _THREADS)
         return loss.reshape(-1, num_rows), present.reshape(-1, num_rows)
@@ -352,9 +357,9 @@ _host_grid.defvjp(_host_grid_fwd, _host_grid_bwd)
 
 def _grid_sorted(pred: jax.Array, codes: jax.Array, hinge: bool, per_image: bool) -> tuple[jax.Array, jax.Array]:
     """:func:`_host_grid` by sorts in JAX (off the CPU)."""
-    images, num_rows, num_pixels = pred.shape
+    num_rows = pred.shape[1]
     fg = codes == 1
-    layout = (1, images * num_rows, num_pixels) if per_image else (images, num_rows, num_pixels)
+    layout = row_layout(pred.shape, per_image)
     loss = _sorted_rows(errors_of(pred, fg, hinge).reshape(layout), codes.reshape(layout))
     return loss.reshape(-1, num_rows), as_rows(fg, per_image).any(-1).reshape(-1, num_rows)
 
