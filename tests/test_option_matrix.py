@@ -22,6 +22,8 @@ NAME = re.compile(r"`([a-z_][a-z0-9_]*)`")  # a parameter; `'multiclass'`, `jax.
 ABSENT = "—"
 # Public, and no option matrix: the original's flat API, kept as the original has it (no options to match).
 FLAT = {"lovasz_grad", "lovasz_softmax_flat", "lovasz_hinge_flat", "flatten_probas", "flatten_binary_scores"}
+# Public, and not a loss: lovasz.jax's context for jax.export.
+NOT_LOSSES = {"exportable"}
 
 
 def tables(text: str) -> list[tuple[list[str], list[list[str]]]]:
@@ -143,7 +145,7 @@ def public_losses() -> set[str]:
             if inspect.isclass(obj):
                 if issubclass(obj, (keras.losses.Loss, nn.Module)):
                     losses.add(f"{module}.{name}")
-            elif callable(obj) and name not in FLAT:
+            elif callable(obj) and name not in FLAT | NOT_LOSSES:
                 losses.add(f"{module}.{name}")
     return losses
 
