@@ -103,31 +103,44 @@ bench-gpu: kernel-inplace
 # a time box (8 minutes in all), with their logs, the JSON and the README's markdown table (machine and
 # commit named) in GPU_OUT. On the device machine, whose copy of the tree has no .git, name the commit:
 #   make gpu-report PYTHON=python3 GPU_OUT=$OUT COMMIT=<sha>
-# Wheels carried in .whl (Keras, which that machine lacks) are installed first.
+# Wheels carried in .whl (Keras, the original's file, kornia: see gpu-wheels) are installed first.
 GPU_OUT ?= gpu-report
 COMMIT ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 
-# The Keras rows run as a bench of their own (one process per Keras backend, a JAX compile per case), so that
-# a slow one cannot cost the main table: 180 + 210 + 90 s.
+# The tests that run on the device: those whose tensors go to LOVASZ_TEST_DEVICE (conftest.dev), the compiled
+# Triton kernels, the CUDA-only checks (no sync, graphs, compile) and lovasz.jax on JAX's default device.
+# The rest of the suite runs the same code on the CPU either way.
+GPU_TESTS := tests/test_torch_cuda.py tests/test_torch_triton.py tests/test_torch_scenes.py tests/test_torch_edges.py \
+	tests/test_torch_oracle.py tests/test_torch_original.py tests/test_torch_properties.py tests/test_torch_memory.py \
+	tests/test_torch_stress.py tests/test_metrics.py tests/test_hinge_variants.py tests/test_ported.py \
+	tests/test_training.py tests/test_backends.py tests/test_jax_sort_layout.py tests/test_jax_scenes.py \
+	tests/test_jax_sparse.py
+# The bench writes its JSON and table after each case (codebases' sizes first), so a time box keeps what it
+# measured. The Keras rows run as a bench of their own (one process per Keras backend, a JAX compile per case),
+# so that a slow one cannot cost the main table, on two dense cases: 150 + 270 + 60 s.
 GPU_BENCH := env PYTHONPATH=src:/tmp/site:$$PYTHONPATH $(PYTHON) -m lovasz.cli bench --device $(GPU_DEVICE) --repeats 10 \
 	--commit $(COMMIT)
 GPU_MAIN_IMPLS := --impl lovasz --impl "lovasz dense" --impl original --impl kornia --impl "sort floor" \
 	--impl lovasz.jax --impl network
 GPU_KERAS_IMPLS := --impl lovasz --impl "lovasz.keras jax" --impl "lovasz.keras torch"
+GPU_KERAS_CASES := --case "Cityscapes batch" --case "LiDAR range image batch"
 
 gpu-report: kernel-inplace
 	mkdir -p $(GPU_OUT)
+	nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,temperature.gpu --format=csv | tee $(GPU_OUT)/gpu.txt
 	if ls .whl/*.whl >/dev/null 2>&1; then $(PYTHON) -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl; fi
-	-set -o pipefail; PYTHONPATH=/tmp/site:$$PYTHONPATH timeout 180 $(MAKE) --no-print-directory test-gpu \
-		ARGS="-q --junitxml=$(GPU_OUT)/tests.xml" 2>&1 | tee $(GPU_OUT)/tests.log | tail -30
-	-set -o pipefail; timeout 210 $(GPU_BENCH) $(GPU_MAIN_IMPLS) --out $(GPU_OUT) --markdown $(GPU_OUT)/table.md \
+	-set -o pipefail; PYTHONPATH=/tmp/site:$$PYTHONPATH timeout 150 $(MAKE) --no-print-directory test-gpu \
+		ARGS="-p no:cacheprovider --junitxml=$(GPU_OUT)/tests.xml $(GPU_TESTS)" 2>&1 | tee $(GPU_OUT)/tests.log | tail -30
+	-set -o pipefail; timeout 270 $(GPU_BENCH) $(GPU_MAIN_IMPLS) --out $(GPU_OUT) --markdown $(GPU_OUT)/table.md \
 		2>&1 | tee $(GPU_OUT)/bench.log
-	set -o pipefail; timeout 90 $(GPU_BENCH) $(GPU_KERAS_IMPLS) --out $(GPU_OUT)/keras \
+	-set -o pipefail; timeout 60 $(GPU_BENCH) $(GPU_KERAS_IMPLS) $(GPU_KERAS_CASES) --out $(GPU_OUT)/keras \
 		--markdown $(GPU_OUT)/keras-table.md 2>&1 | tee $(GPU_OUT)/keras-bench.log
+	-cat $(GPU_OUT)/table.md $(GPU_OUT)/keras-table.md
 
-# Keras for the device machine, which has torch, JAX, absl-py, rich, h5py, ml-dtypes and packaging but not
-# Keras, namex or optree: 2.8 MiB of wheels (its Python, 3.12) into .whl/, which the run tool carries
-# (carry: [".whl"]) and gpu-report installs first.
+# For the device machine, which has torch, JAX, absl-py, rich, h5py, ml-dtypes and packaging but not Keras,
+# namex, optree, segmentation-models-pytorch (the original's file, loaded alone: no timm needed) or kornia: 10
+# MiB of wheels for its Python (3.12) into .whl/, which the run tool carries (carry: [".whl"]) and gpu-report
+# installs first.
 GPU_PYTHON_VERSION ?= 3.12
 GPU_WHEEL_PLATFORMS := --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
 	--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
@@ -136,7 +149,7 @@ gpu-wheels: | $(PY)
 	rm -rf .whl && mkdir -p .whl
 	$(PY) -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: -d .whl \
 		--python-version $(GPU_PYTHON_VERSION) --implementation cp $(GPU_WHEEL_PLATFORMS) \
-		keras==3.15.1 namex==0.1.0 optree==0.20.0
+		keras==3.15.1 namex==0.1.0 optree==0.20.0 segmentation-models-pytorch==0.6.0 kornia==0.9.0 kornia_rs==0.2.0
 	ls -l .whl
 
 clean:
