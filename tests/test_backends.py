@@ -418,10 +418,13 @@ def test_jax_sort_path_matches_the_c_kernel(sets):
     rng = np.random.default_rng(4)
     errors = jax.numpy.asarray(rng.normal(size=(sets, 4, 50)), "float32")  # negative errors count as 0
     codes = jax.numpy.asarray(rng.choice([0, 1, 2], size=(sets, 4, 50), p=[0.6, 0.3, 0.1]), "uint8")
+    # The kernel's callback takes arrays on the CPU (platform_dependent sends it no other); the sorts run on
+    # JAX's default device, a GPU where there is one.
+    errors_cpu, codes_cpu = jax.device_put((errors, codes), jax.devices("cpu")[0])
     for rows in (JR._host_rows, jax.jit(JR._host_rows)):
-        np.testing.assert_allclose(rows(errors, codes), JR._sorted_rows(errors, codes), rtol=1e-6)
+        np.testing.assert_allclose(rows(errors_cpu, codes_cpu), JR._sorted_rows(errors, codes), rtol=1e-6)
         weights = jax.numpy.arange(1.0, 5.0)
-        host = jax.grad(lambda e: (rows(e, codes) * weights).sum())(errors)
+        host = jax.grad(lambda e: (rows(e, codes_cpu) * weights).sum())(errors_cpu)
         xla = jax.grad(lambda e: (JR._sorted_rows(e, codes) * weights).sum())(errors)
         # XLA on a GPU divides to within 2 ulp, not 0.5: its float32 gradient differs a little more.
         np.testing.assert_allclose(host, xla, rtol=1e-6 if jax.default_backend() == "cpu" else 3e-5, atol=1e-7)

@@ -65,6 +65,19 @@ def test_matches_torch_path_on_large_inputs(kind, per_image, torch_path):
     torch.testing.assert_close(grad_c.double(), grad_t, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.parametrize("case", list(sweep(240))[1::6], ids=lambda c: c.name)
+def test_the_gpus_flat_scan_matches_the_oracle_on_the_cpu(case, torch_path, monkeypatch):
+    """The torch.sort path's running counts as a GPU takes them (one flat scan, each row's start
+    subtracted), run on the CPU: the GPU's only arithmetic of its own in that path. Its foreground
+    flags are bool, and a bool took no subtraction there (every CUDA call of the path failed)."""
+    torch_path(True)
+    monkeypatch.setattr(core, "_scans_flat", lambda fg_sorted: fg_sorted.ndim > 1)
+    pred = torch.tensor(case.pred, dtype=torch.float64)
+    out, grad = value_and_grad(FUNCTIONS[case.kind], pred, torch.from_numpy(case.labels), **case.options)
+    np.testing.assert_allclose(out.numpy(), case.oracle(), rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(grad.numpy(), case.oracle_grad(), rtol=1e-6, atol=1e-9)
+
+
 def test_probabilities_outside_the_unit_interval_get_the_slope_of_the_absolute_value(torch_path):
     """|[y = c] - p| has slope -1 for p > 1 at the foreground and for p < 0 at the background."""
     case = Case(
