@@ -117,7 +117,8 @@ GPU_TESTS := tests/test_torch_cuda.py tests/test_torch_triton.py tests/test_torc
 	tests/test_jax_sparse.py
 # The bench writes its JSON and table after each case (codebases' sizes first), so a time box keeps what it
 # measured. The Keras rows run as a bench of their own (one process per Keras backend, a JAX compile per case),
-# so that a slow one cannot cost the main table, on two dense cases: 150 + 270 + 60 s.
+# so that a slow one cannot cost the main table, on two dense cases: 210 + 200 + 60 s (on an H200:
+# 185 s of tests with 8 processes, about 100 s of main bench).
 GPU_BENCH := env PYTHONPATH=src:/tmp/site:$$PYTHONPATH $(PYTHON) -m lovasz.cli bench --device $(GPU_DEVICE) --repeats 10 \
 	--commit $(COMMIT)
 GPU_MAIN_IMPLS := --impl lovasz --impl "lovasz dense" --impl original --impl kornia --impl "sort floor" \
@@ -129,9 +130,11 @@ gpu-report: kernel-inplace
 	mkdir -p $(GPU_OUT)
 	nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,temperature.gpu --format=csv | tee $(GPU_OUT)/gpu.txt
 	if ls .whl/*.whl >/dev/null 2>&1; then $(PYTHON) -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl; fi
-	-set -o pipefail; PYTHONPATH=/tmp/site:$$PYTHONPATH timeout 150 $(MAKE) --no-print-directory test-gpu \
-		ARGS="-p no:cacheprovider --junitxml=$(GPU_OUT)/tests.xml $(GPU_TESTS)" 2>&1 | tee $(GPU_OUT)/tests.log | tail -30
-	-set -o pipefail; timeout 270 $(GPU_BENCH) $(GPU_MAIN_IMPLS) --out $(GPU_OUT) --markdown $(GPU_OUT)/table.md \
+	-set -o pipefail; PYTHONPATH=/tmp/site:$$PYTHONPATH timeout 210 $(MAKE) --no-print-directory test-gpu \
+		ARGS="-p no:cacheprovider --tb=line -rf --junitxml=$(GPU_OUT)/tests.xml $(GPU_TESTS)" > $(GPU_OUT)/tests.log 2>&1
+	# the failures by place and message (a line each with --tb=line), most frequent first
+	-tail -2 $(GPU_OUT)/tests.log; grep -E '^/.*:[0-9]+: ' $(GPU_OUT)/tests.log | cut -c1-200 | sort | uniq -c | sort -rn | head -20
+	-set -o pipefail; timeout 200 $(GPU_BENCH) $(GPU_MAIN_IMPLS) --out $(GPU_OUT) --markdown $(GPU_OUT)/table.md \
 		2>&1 | tee $(GPU_OUT)/bench.log
 	-set -o pipefail; timeout 60 $(GPU_BENCH) $(GPU_KERAS_IMPLS) $(GPU_KERAS_CASES) --out $(GPU_OUT)/keras \
 		--markdown $(GPU_OUT)/keras-table.md 2>&1 | tee $(GPU_OUT)/keras-bench.log
