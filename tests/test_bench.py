@@ -6,6 +6,7 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import require
@@ -51,6 +52,39 @@ def test_quick_bench_writes_table_and_json(tmp_path, capsys):
     assert lines[2].startswith("| case | shape | lovasz ms | original ms |")
     assert len(lines) == 4 + len(bench.QUICK_CASES)
     assert all(line.count("|") == lines[2].count("|") for line in lines[2:])
+
+
+def test_results_are_written_after_each_case(tmp_path, monkeypatch):
+    """A run stopped part way (the device machine's time box) keeps the cases it finished."""
+    timed = []
+
+    def time_step(step, repeats, device=None):
+        if len(timed) == 2:  # lovasz and original of the first case
+            raise KeyboardInterrupt
+        timed.append(step())
+        return 1e-3
+
+    monkeypatch.setattr(bench, "time_step", time_step)
+    argv = ["--quick", "--no-memory", "--out", str(tmp_path), "--markdown", str(tmp_path / "table.md")]
+    with pytest.raises(KeyboardInterrupt):
+        bench.main([*argv, "--impl", "lovasz", "--impl", "original"])
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [(r["case"], r["impl"]) for r in rows] == [(bench.QUICK_CASES[0].name, i) for i in ("lovasz", "original")]
+    assert rows[0]["ratios"] == {"original": 1.0}
+    assert len((tmp_path / "table.md").read_text().splitlines()) == 5
+
+
+@pytest.mark.parametrize("impl", ["lovasz.jax", "lovasz.tf", "lovasz.tf eager"])
+@pytest.mark.parametrize("kind", ["points", "points-flat"])
+def test_point_rows_of_jax_and_tf_compute_lovasz_torchs_loss(impl, kind):
+    """The points of scenes (segment_ids=, row_splits=) and Pointcept's one set: the loss and gradient
+    norm of lovasz.torch's row on the same points."""
+    require("jax" if "jax" in impl else "tensorflow")
+    case = next(c for c in bench.QUICK_CASES if c.kind == kind)
+    expected = bench.torch_reference(case, CPU)
+    loss, grad = bench.step_function(case, impl)()
+    assert float(loss) == pytest.approx(expected[0], rel=1e-5)
+    assert float(np.linalg.norm(np.asarray(grad))) == pytest.approx(expected[1], rel=1e-4)
 
 
 def test_peak_memory_probe_measures_a_step():

@@ -246,6 +246,10 @@ def _points_step(case: Case, impl: str, logits, labels) -> Callable[[], object] 
     if impl == "lovasz.jax":
         ids = np.repeat(np.arange(scenes), points) if case.kind == "points" else np.zeros(scenes * points, int)
         return _jax_points_step(case, flat.cpu().numpy(), flat_labels.cpu().numpy(), ids)
+    if impl.startswith("lovasz.tf"):
+        splits = np.arange(scenes + 1) * points if case.kind == "points" else np.array([0, scenes * points])
+        mode = impl.split()[1] if " " in impl else "function"
+        return _tf_step(case, flat.cpu().numpy(), flat_labels.cpu().numpy(), mode, splits)
     if case.kind == "points-flat":
         return _flat_points_step(case, impl, flat, flat_labels)
     if impl == "lovasz":
@@ -321,13 +325,24 @@ def _network_step(case: Case, device: torch.device) -> Callable[[], None]:
     return step
 
 
-def _tf_step(case: Case, logits, labels, mode: str) -> Callable[[], object]:
-    """lovasz.tf's forward + backward in ``mode``: ``function`` (tf.function), ``xla`` (jit_compile) or ``eager``."""
+def _tf_step(case: Case, logits, labels, mode: str, row_splits=None) -> Callable[[], tuple]:
+    """lovasz.tf's forward + backward in ``mode``: ``function`` (tf.function), ``xla`` (jit_compile) or ``eager``.
+    With ``row_splits``, ``logits`` are the points ``[N, C]`` of the case's scenes (one scene: Pointcept's set)."""
     import tensorflow as tf
 
     import lovasz.tf as T
 
-    if case.kind == "hinge":
+    if row_splits is not None:
+        x, splits = tf.constant(logits), tf.constant(row_splits, tf.int64)
+        loss = lambda x, y: T.lovasz_softmax(  # noqa: E731
+            x,
+            y,
+            per_image=case.kind == "points",
+            ignore=case.ignore,
+            from_logits=not case.probas,
+            row_splits=splits,
+        )
+    elif case.kind == "hinge":
         x, loss = tf.constant(logits[:, 0]), lambda x, y: T.lovasz_hinge(x, y, per_image=case.per_image)
     else:
         x = tf.constant(logits.transpose(0, *range(2, logits.ndim), 1))  # channels-last, lovasz.tf's default
@@ -345,7 +360,7 @@ def _tf_step(case: Case, logits, labels, mode: str) -> Callable[[], object]:
     if mode != "eager":
         value_and_grad = tf.function(value_and_grad, jit_compile=mode == "xla")
 
-    return lambda: [t.numpy() for t in value_and_grad(x, y)] and None
+    return lambda: tuple(t.numpy() for t in value_and_grad(x, y))  # the loss and gradient, on the host
 
 
 def _jax_step(case: Case, logits, labels) -> Callable[[], None]:
@@ -365,7 +380,7 @@ def _jax_step(case: Case, logits, labels) -> Callable[[], None]:
     return lambda: jax.block_until_ready(value_and_grad(x, y)) and None
 
 
-def _jax_points_step(case: Case, flat, labels, segment_ids) -> Callable[[], None]:
+def _jax_points_step(case: Case, flat, labels, segment_ids) -> Callable[[], tuple]:
     """lovasz.jax on the points ``[N, C]`` with ``segment_ids=``: a loss per scene (``points``), or one set
     of all points (``points-flat``, one segment: the call with no ids reads ``[N, C]`` as N images)."""
     import jax
@@ -384,7 +399,7 @@ def _jax_points_step(case: Case, flat, labels, segment_ids) -> Callable[[], None
     )
     x, y, ids = (jax.numpy.asarray(a) for a in (flat, labels, segment_ids))
     value_and_grad = jax.jit(jax.value_and_grad(loss))
-    return lambda: jax.block_until_ready(value_and_grad(x, y, ids)) and None
+    return lambda: jax.block_until_ready(value_and_grad(x, y, ids))  # the loss and gradient
 
 
 def _keras_inputs(case: Case) -> tuple[np.ndarray, np.ndarray]:
