@@ -65,6 +65,16 @@ def pytest_report_header(config):
     return f"lovasz test device (LOVASZ_TEST_DEVICE): {DEVICE_NAME}"
 
 
+@pytest.fixture
+def jax_on_the_cpu():
+    """JAX's default device the CPU during the test: for tests of the C kernel's route, a host callback that
+    ``platform_dependent`` takes on the CPU only (where the default device is a GPU, it takes the sorts)."""
+    import jax
+
+    with jax.default_device(jax.devices("cpu")[0]):
+        yield
+
+
 collect_ignore = ["keras_checks.py"]  # run per backend, in its own process, by test_keras.py
 
 

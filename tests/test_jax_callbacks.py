@@ -19,7 +19,10 @@ LJ = require("lovasz.jax")
 JR = require("lovasz._jax_rows")
 C = require("lovasz._ckernel")
 
-pytestmark = pytest.mark.skipif(C.grid_kernel() is None, reason="lovasz built without its C kernel")
+pytestmark = [
+    pytest.mark.skipif(C.grid_kernel() is None, reason="lovasz built without its C kernel"),
+    pytest.mark.usefixtures("jax_on_the_cpu"),  # the callback's route is the CPU's, whatever the default device
+]
 
 
 def lidar_grid(seed=0, occupied=0.1):

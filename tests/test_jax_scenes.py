@@ -158,6 +158,31 @@ def test_concrete_arrays_a_jitted_function_closes_over():
     assert np.isfinite(np.asarray(dense(x[order].T[None])))
 
 
+@pytest.mark.parametrize("loss", ["softmax", "hinge", "multilabel"])
+def test_points_in_no_segment_take_no_part_in_batch_mode_under_jit(path, loss):
+    """All points one set (no per_image): those with an id out of range are left out too, not counted
+    (they were, before: only the per-segment mode left them out)."""
+    x, y, segment, order = data(4, seed=12, multilabel=loss == "multilabel")
+    if loss == "hinge":
+        x, y = x[:, 0], np.where(y == 255, 0, y % 2)
+    outside = segment[order].copy()
+    outside[[3, 30, 60]] = [len(SIZES), -1, len(SIZES) + 7]
+    kept = np.ones(len(y), bool)
+    kept[[3, 30, 60]] = False
+    function = {"softmax": LJ.lovasz_softmax, "hinge": LJ.lovasz_hinge, "multilabel": LJ.lovasz_multilabel}[loss]
+    options = dict(per_image=False) if loss == "hinge" else dict(per_image=False, ignore=255, from_logits=True)
+
+    def one_set(p, labels, ids):
+        return function(p, labels, segment_ids=ids, num_segments=len(SIZES), **options)
+
+    x, y = x[order], y[order]
+    got, grad = jax.jit(jax.value_and_grad(one_set))(jnp.asarray(x), y, outside)
+    expected, expected_grad = jax.value_and_grad(lambda p: function(p, y[kept], **options))(jnp.asarray(x[kept]))
+    np.testing.assert_allclose(float(got), float(expected), rtol=1e-6)
+    assert not np.asarray(grad)[~kept].any()
+    np.testing.assert_allclose(np.asarray(grad)[kept], np.asarray(expected_grad), rtol=1e-5, atol=1e-7)
+
+
 def test_points_in_no_segment_take_no_part_under_jit(path):
     """Under jit the segment ids are not checked: points with an id out of range belong to no segment."""
     x, y, segment, _ = data(4, seed=11)

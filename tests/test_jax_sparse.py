@@ -23,16 +23,12 @@ LJ = require("lovasz.jax")
 JR = require("lovasz._jax_rows")
 C = require("lovasz._ckernel")
 
-pytestmark = pytest.mark.skipif(C.grid_kernel() is None, reason="lovasz built without its C kernel")
-CPU = jax.devices("cpu")[0]
-
-
-@pytest.fixture(autouse=True)
-def on_the_cpu():
-    """The grid route is the CPU's (the C kernel's callback): where JAX's default device is a GPU, the
-    tests make their arrays on the CPU; :func:`test_sorts_off_the_cpu_agree` compares with the default's."""
-    with jax.default_device(CPU):
-        yield
+# The arrays are made on the CPU, whose route this is; test_sorts_off_the_cpu_agree compares with the default
+# device's sorts (a GPU's where there is one).
+pytestmark = [
+    pytest.mark.skipif(C.grid_kernel() is None, reason="lovasz built without its C kernel"),
+    pytest.mark.usefixtures("jax_on_the_cpu"),
+]
 
 
 def grid(seed, shape=(3, 5, 6, 4), num_classes=5, occupied=0.1, ignore=255):

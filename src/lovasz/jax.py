@@ -107,13 +107,14 @@ def _segments(
     per_image: bool,
     multilabel: bool,
     names: tuple[str, str],
-) -> tuple[jax.Array, jax.Array, jax.Array | None]:
-    """Points-first inputs of segments (point clouds): the dense layout ``[1, C, N]`` / ``[1, N]`` with the
-    points in segment order, and the segments' ends ``[S]`` where the loss is per segment."""
+) -> tuple[jax.Array, jax.Array, jax.Array | None, jax.Array | None]:
+    """Points-first inputs of segments (point clouds): the dense layout ``[1, C, N]`` / ``[1, N]``; where the
+    loss is per segment, the points in segment order and the segments' ends ``[S]``. Last, in the batch mode
+    of ids not known when traced, which points have an id in range (the others take no part), else None."""
     if segment_ids is None:
         if num_segments is not None:
             raise TypeError("num_segments goes with segment_ids= (a segment index per point)")
-        return prediction, labels, None
+        return prediction, labels, None, None
     V.points_layout(prediction.shape, labels.shape, multilabel, names, "with segment_ids=")
     num_points = prediction.shape[0]
     ids = _to_array(segment_ids, "segment_ids", "an integer array")
@@ -129,11 +130,20 @@ def _segments(
     if isinstance(num_segments, bool) or not isinstance(num_segments, (int, np.integer)) or num_segments < 0:
         raise TypeError(f"num_segments must be a non-negative int (static); got {num_segments!r}")
     num_segments = int(num_segments)
-    _check_values(ids, (ids >= 0) & (ids < num_segments), None, f"in [0, {num_segments - 1}]", "segment_ids")
+    in_range = (ids >= 0) & (ids < num_segments)
+    _check_values(ids, in_range, None, f"in [0, {num_segments - 1}]", "segment_ids")
+
+    def dense_layout(prediction: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+        prediction = prediction.T[None] if prediction.ndim == 2 else prediction[None]
+        return prediction, labels.T[None] if multilabel else labels[None]
+
+    if not per_image:  # all points one set, in the order given; under jit, those out of range take no part
+        member = in_range if isinstance(in_range, jax.core.Tracer) else None
+        return *dense_layout(prediction, labels), None, member
     # Points in segment order: a stable sort of N where they are not in it already (the sort and its
     # gathers: ~85 ms of 4 x 120,000 x 19 forward and backward); under jit, ids out of range go last,
     # in no segment.
-    key = jnp.where((ids >= 0) & (ids < num_segments), ids, num_segments)
+    key = jnp.where(in_range, ids, num_segments)
     ends = jnp.cumsum(jnp.bincount(key, length=num_segments + 1)[:num_segments])
 
     def regroup(prediction: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -142,9 +152,15 @@ def _segments(
 
     in_order = jnp.all(key[1:] >= key[:-1])
     prediction, labels = jax.lax.cond(in_order, lambda *inputs: inputs, regroup, prediction, labels)
-    prediction = prediction.T[None] if prediction.ndim == 2 else prediction[None]
-    labels = labels.T[None] if multilabel else labels[None]
-    return prediction, labels, ends if per_image else None
+    return *dense_layout(prediction, labels), ends, None
+
+
+def _in_some_segment(valid: jax.Array | None, member: jax.Array | None) -> jax.Array | None:
+    """``valid [1, K or 1, N]`` less the points that :func:`_segments` found in no segment (``member [N]``)."""
+    if member is None:
+        return valid
+    member = member.reshape(1, 1, -1)
+    return member if valid is None else valid & member
 
 
 def _as_weights(weights: Weights, num_classes: int, dtype: DTypeLike) -> jax.Array | None:
@@ -271,7 +287,7 @@ def lovasz_softmax(
             with no valid point gets 0. Points need not be grouped by segment.
         num_segments: the number of segments, a static int (required under ``jax.jit``; else
             ``max(segment_ids) + 1``). Ids outside ``[0, num_segments)`` raise where the values
-            are known; under ``jax.jit`` such points belong to no segment.
+            are known; under ``jax.jit`` such points belong to no segment and take no part.
         axis_name: inside ``jax.shard_map`` or ``jax.pmap`` whose mapped axis (a name, or a
             tuple of names, as ``jax.lax`` collectives take it) splits the batch: the loss of
             the global batch. Without ``per_image`` every device's pixels form one set and
@@ -293,7 +309,9 @@ def lovasz_softmax(
     """
     probas = _check_prediction(probas, "probas")
     labels = _check_labels(labels, "labels")
-    probas, labels, ends = _segments(probas, labels, segment_ids, num_segments, per_image, False, ("probas", "labels"))
+    probas, labels, ends, member = _segments(
+        probas, labels, segment_ids, num_segments, per_image, False, ("probas", "labels")
+    )
     axis_name = D.check_axis_name(axis_name)
     axis = 1 if segment_ids is not None else axis
     axis = _check_axis(axis, probas.ndim)
@@ -311,7 +329,7 @@ def lovasz_softmax(
 
     batch, pixels = labels.shape[0], math.prod(labels.shape[1:])  # no -1: the batch may be empty
     lab = labels.reshape(batch, 1, pixels)
-    valid = None if ignore is None else lab != ignore
+    valid = _in_some_segment(None if ignore is None else lab != ignore, member)
     if jnp.issubdtype(lab.dtype, jnp.floating):  # class indices as floats: whole numbers only (1.5 is no class)
         _check_values(lab, lab == jnp.round(lab), valid, "whole numbers (class indices)", "labels")
     _check_values(lab, (lab >= 0) & (lab < num_classes), valid, f"in [0, {num_classes - 1}]", "labels")
@@ -397,7 +415,9 @@ def lovasz_hinge(
     """
     logits = _check_prediction(logits, "logits")
     labels = _check_labels(labels, "labels")
-    logits, labels, ends = _segments(logits, labels, segment_ids, num_segments, per_image, False, ("logits", "labels"))
+    logits, labels, ends, member = _segments(
+        logits, labels, segment_ids, num_segments, per_image, False, ("logits", "labels")
+    )
     axis_name = D.check_axis_name(axis_name)
     s = logits.shape
     extra = V.extra_label_axis(labels.shape, [s, V.without_axis(s, 1)] if len(s) >= 2 and s[1] == 1 else [s])
@@ -410,7 +430,7 @@ def lovasz_hinge(
     layout = (labels.shape[0], 1, math.prod(labels.shape[1:]))  # no -1: the batch may be empty
     pred = logits.astype(_compute_dtype(logits)).reshape(layout)
     lab = labels.reshape(layout)
-    valid = None if ignore is None else lab != ignore
+    valid = _in_some_segment(None if ignore is None else lab != ignore, member)
     _check_values(lab, (lab == 0) | (lab == 1), valid, "0 or 1", "labels")
     loss = _hinge_classes(pred, lab == 1, valid, "all", per_image, None, reduction, margin, symmetric, ends, axis_name)
     return loss.astype(logits.dtype)
@@ -464,7 +484,7 @@ def lovasz_multilabel(
     logits = _check_prediction(logits, "logits")
     targets = _check_labels(targets, "targets")
     names = ("logits", "targets")
-    logits, targets, ends = _segments(logits, targets, segment_ids, num_segments, per_image, True, names)
+    logits, targets, ends, member = _segments(logits, targets, segment_ids, num_segments, per_image, True, names)
     axis_name = D.check_axis_name(axis_name)
     axis = 1 if segment_ids is not None else axis
     axis = _check_axis(axis, logits.ndim)
@@ -480,7 +500,7 @@ def lovasz_multilabel(
     layout = (logits.shape[0], num_classes, math.prod(logits.shape[2:]))  # no -1: the batch may be empty
     pred = logits.astype(dtype).reshape(layout)
     tgt = targets.reshape(layout)
-    valid = None if ignore is None else tgt != ignore
+    valid = _in_some_segment(None if ignore is None else tgt != ignore, member)
     _check_values(tgt, (tgt == 0) | (tgt == 1), valid, "0 or 1", "targets")
     if from_logits:
         fg = tgt == 1
