@@ -216,6 +216,26 @@ def test_compiled_equals_eager():
         uncounted(x, scene)
 
 
+# On a GPU the check is a device-side assert, which ends the process's CUDA context: not caught here.
+@pytest.mark.skipif(DEVICE_NAME != "cpu", reason="the CPU's message only")
+@pytest.mark.parametrize("bad", [-1, len(SIZES)])
+def test_compiled_scene_ids_out_of_range_raise_when_the_graph_runs(bad):
+    """The check of ``batch=`` and ``offsets=`` runs in the compiled graph: a clear message, not an
+    IndexError from inside the sort path, nor (a negative id) a point counted in the first scene."""
+    x, y, offsets = scene_data(4, seed=16, dtype=torch.float32)
+    y = torch.where(y == 255, 255, y.clamp(max=3))
+    scene = torch.repeat_interleave(torch.arange(len(SIZES)), torch.tensor(SIZES))
+    scene[7] = bad
+    by_batch = torch.compile(
+        lambda p, s: L.lovasz_softmax(p, y, per_image=True, ignore=255, batch=s, num_scenes=len(SIZES)), fullgraph=True
+    )
+    by_offsets = torch.compile(lambda p, o: L.lovasz_softmax(p, y, per_image=True, ignore=255, offsets=o))
+    with pytest.raises(RuntimeError, match=r"batch must hold scene indices in \[0, 5\]"):
+        by_batch(x, scene)
+    with pytest.raises(RuntimeError, match="offsets must be cumulative point counts"):
+        by_offsets(x, offsets.flip(0))
+
+
 def test_large_scenes_on_the_kernel_equal_the_sort_path(monkeypatch):
     """A LiDAR-like batch, smaller: the C kernel's rows against the torch.sort path's."""
     x, y, offsets = scene_data(19, seed=17, dtype=torch.float32, sizes=[3000, 4500, 2000, 5000])

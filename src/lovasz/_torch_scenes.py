@@ -39,11 +39,10 @@ def _index_tensor(value, name: str, device: torch.device) -> Tensor:
 
 
 def _check(ok: Tensor, message: str, found) -> None:
-    """Raise where the check can be made at once (eager CPU); queue it on an accelerator (no host
-    sync); skip it under torch.compile, which could only raise with the data on the host."""
-    if torch.compiler.is_compiling():
-        return
-    if ok.device.type != "cpu":
+    """Raise where the check can be made at once (eager CPU); else queue it (no host sync): on an
+    accelerator, and in a compiled graph, where it raises when the graph runs (unchecked, scene ids out
+    of range failed inside the sort path or, negative, joined the first scene)."""
+    if torch.compiler.is_compiling() or ok.device.type != "cpu":
         torch._assert_async(ok, message)
     elif not ok:
         raise ValueError(f"{message}; got {found()}")
