@@ -185,11 +185,8 @@ def step_function(case: Case, impl: str, device: torch.device = torch.device("cp
     logits, labels = make_inputs(case, device)
     if case.kind.startswith("points") and impl != "sort floor":
         return _points_step(case, impl, logits, labels)
-    if impl.startswith("lovasz.tf"):
-        mode = impl.split()[1] if " " in impl else "function"
-        return _tf_step(case, logits.cpu().numpy(), labels.cpu().numpy(), mode)
-    if impl == "lovasz.jax":
-        return _jax_step(case, logits.cpu().numpy(), labels.cpu().numpy())
+    if impl == "lovasz.jax" or impl.startswith("lovasz.tf"):
+        return _framework_step(case, impl, logits, labels)
     if impl == "sort floor":
         errors = torch.rand(*case.rows_pixels, generator=torch.Generator().manual_seed(1)).to(device)
         return lambda: torch.sort(errors, dim=1, descending=True)
@@ -243,13 +240,9 @@ def _points_step(case: Case, impl: str, logits, labels) -> Callable[[], object] 
     flat = logits.transpose(1, 2).reshape(scenes * points, channels).contiguous()
     flat_labels = labels.reshape(-1)
     offsets = torch.arange(1, scenes + 1, device=logits.device) * points
-    if impl == "lovasz.jax":
-        ids = np.repeat(np.arange(scenes), points) if case.kind == "points" else np.zeros(scenes * points, int)
-        return _jax_points_step(case, flat.cpu().numpy(), flat_labels.cpu().numpy(), ids)
-    if impl.startswith("lovasz.tf"):
+    if impl == "lovasz.jax" or impl.startswith("lovasz.tf"):  # points-flat: one scene, Pointcept's set
         splits = np.arange(scenes + 1) * points if case.kind == "points" else np.array([0, scenes * points])
-        mode = impl.split()[1] if " " in impl else "function"
-        return _tf_step(case, flat.cpu().numpy(), flat_labels.cpu().numpy(), mode, splits)
+        return _framework_step(case, impl, flat, flat_labels, splits)
     if case.kind == "points-flat":
         return _flat_points_step(case, impl, flat, flat_labels)
     if impl == "lovasz":
@@ -325,6 +318,15 @@ def _network_step(case: Case, device: torch.device) -> Callable[[], None]:
     return step
 
 
+def _framework_step(case: Case, impl: str, logits, labels, row_splits=None) -> Callable[[], tuple]:
+    """The step of ``lovasz.jax`` or ``lovasz.tf`` (in the mode the name gives) on host copies of the inputs;
+    with ``row_splits``, the points ``[N, C]`` of the case's scenes."""
+    logits, labels = logits.cpu().numpy(), labels.cpu().numpy()
+    if impl == "lovasz.jax":
+        return _jax_step(case, logits, labels, row_splits)
+    return _tf_step(case, logits, labels, impl.split()[1] if " " in impl else "function", row_splits)
+
+
 def _tf_step(case: Case, logits, labels, mode: str, row_splits=None) -> Callable[[], tuple]:
     """lovasz.tf's forward + backward in ``mode``: ``function`` (tf.function), ``xla`` (jit_compile) or ``eager``.
     With ``row_splits``, ``logits`` are the points ``[N, C]`` of the case's scenes (one scene: Pointcept's set)."""
@@ -363,43 +365,33 @@ def _tf_step(case: Case, logits, labels, mode: str, row_splits=None) -> Callable
     return lambda: tuple(t.numpy() for t in value_and_grad(x, y))  # the loss and gradient, on the host
 
 
-def _jax_step(case: Case, logits, labels) -> Callable[[], None]:
+def _jax_step(case: Case, logits, labels, row_splits=None) -> Callable[[], tuple]:
+    """lovasz.jax's forward + backward under ``jax.jit``; with ``row_splits``, ``logits`` are the points
+    ``[N, C]`` of the case's scenes, passed as ``segment_ids=``."""
     import jax
 
     import lovasz.jax as J
 
-    if case.kind == "hinge":
-        x, loss = jax.numpy.asarray(logits[:, 0]), lambda x, y: J.lovasz_hinge(x, y, per_image=case.per_image)
+    args: tuple = (jax.numpy.asarray(logits[:, 0] if case.kind == "hinge" else logits), jax.numpy.asarray(labels))
+    if row_splits is not None:
+        args += (jax.numpy.asarray(np.repeat(np.arange(len(row_splits) - 1), np.diff(row_splits))),)
+        loss = lambda x, y, ids: J.lovasz_softmax(  # noqa: E731
+            x,
+            y,
+            per_image=case.kind == "points",
+            ignore=case.ignore,
+            from_logits=not case.probas,
+            segment_ids=ids,
+            num_segments=len(row_splits) - 1,
+        )
+    elif case.kind == "hinge":
+        loss = lambda x, y: J.lovasz_hinge(x, y, per_image=case.per_image)  # noqa: E731
     else:
-        x = jax.numpy.asarray(logits)
         loss = lambda x, y: J.lovasz_softmax(  # noqa: E731
             x, y, case.classes, case.per_image, case.ignore, from_logits=not case.probas
         )
-    y = jax.numpy.asarray(labels)
     value_and_grad = jax.jit(jax.value_and_grad(loss))
-    return lambda: jax.block_until_ready(value_and_grad(x, y)) and None
-
-
-def _jax_points_step(case: Case, flat, labels, segment_ids) -> Callable[[], tuple]:
-    """lovasz.jax on the points ``[N, C]`` with ``segment_ids=``: a loss per scene (``points``), or one set
-    of all points (``points-flat``, one segment: the call with no ids reads ``[N, C]`` as N images)."""
-    import jax
-
-    import lovasz.jax as J
-
-    segments = int(segment_ids.max()) + 1
-    loss = lambda x, y, ids: J.lovasz_softmax(  # noqa: E731
-        x,
-        y,
-        per_image=case.kind == "points",
-        ignore=case.ignore,
-        from_logits=not case.probas,
-        segment_ids=ids,
-        num_segments=segments,
-    )
-    x, y, ids = (jax.numpy.asarray(a) for a in (flat, labels, segment_ids))
-    value_and_grad = jax.jit(jax.value_and_grad(loss))
-    return lambda: jax.block_until_ready(value_and_grad(x, y, ids))  # the loss and gradient
+    return lambda: jax.block_until_ready(value_and_grad(*args))  # the loss and gradient
 
 
 def _keras_inputs(case: Case) -> tuple[np.ndarray, np.ndarray]:
