@@ -70,6 +70,26 @@ def test_softmax_sparse_equals_dense(monkeypatch, dtype, per_image, classes, fro
     np.testing.assert_allclose(loss.double().numpy(), expected, rtol=1e-5, atol=1e-7)
 
 
+def test_numpy_and_torch_find_the_same_pixels(monkeypatch):
+    """On the CPU numpy counts and finds the valid pixels; on an accelerator torch's ``sum`` and
+    ``nonzero_static`` do: the same indices (rising), None where too many are valid, and through the loss
+    the same values and gradient, bit for bit."""
+    g = torch.Generator().manual_seed(3)
+    masks = [torch.rand(3, 40, generator=g) < p for p in (0.0, 0.1, 0.5, 0.9)] + [torch.zeros(0, 5, dtype=torch.bool)]
+    by_numpy = [S._valid_pixels(mask) for mask in masks]
+    logits, labels = grid(4)
+    results = [run(L.lovasz_softmax, logits.softmax(1), labels, ignore=255, per_image=True)]
+    monkeypatch.setattr(S, "_found_by_numpy", lambda valid: False)
+    for mask, expected in zip(masks, by_numpy):
+        got = S._valid_pixels(mask)
+        assert (got is None) == (mask.float().mean() > S.COMPACT_BELOW) == (expected is None)
+        if expected is not None:
+            assert torch.equal(got, expected) and torch.equal(got, mask.view(-1).nonzero().squeeze(1))
+    results.append(run(L.lovasz_softmax, logits.softmax(1), labels, ignore=255, per_image=True))
+    for got, expected in zip(*results):
+        assert torch.equal(got, expected)
+
+
 @pytest.mark.parametrize("per_image", [False, True])
 def test_the_kernels_gather_and_scatter_equal_torchs(monkeypatch, per_image):
     """On the CPU the C kernel gathers the valid pixels and writes the gradient back (zeros and all, in one

@@ -241,7 +241,10 @@ def scene_of_points(ends: Tensor, num_points: int) -> Tensor:
 
 def per_point(values: Tensor, ends: Tensor, num_points: int, dim: int = 0) -> Tensor:
     """Each point's own scene's entry of ``values`` (one per scene along ``dim``), repeated over the scene's
-    run of points: ``num_points`` along ``dim`` (no host sync: the size is given)."""
+    run of points: ``num_points`` along ``dim`` (no host sync: the size is given). One scene's entry is
+    returned as it is, to broadcast."""
+    if values.shape[dim] == 1:
+        return values
     counts = torch.diff(ends, prepend=ends.new_zeros(1))
     return values.repeat_interleave(counts, dim=dim, output_size=num_points)
 
