@@ -124,6 +124,36 @@ def test_without_per_image_all_points_are_one_set_and_empty_segments_get_zero(pa
     assert np.asarray(losses)[[1, 6, 7]].tolist() == [0.0, 0.0, 0.0]
 
 
+@pytest.mark.parametrize("loss", ["softmax", "probabilities", "hinge", "multilabel"])
+def test_points_without_segments_are_one_set_as_one_image_of_the_points(path, loss):
+    """Points ``[N, C]`` (``[N]`` for the hinge) with no ``segment_ids`` are one set (Pointcept's call): the
+    loss and gradient of the same points as one image ``[1, C, N]``, and the oracle's loss, under jit."""
+    x, y, _, _ = data(4, seed=9, multilabel=loss == "multilabel")
+    if loss == "softmax":
+        f = lambda x, y: LJ.lovasz_softmax(x, y, ignore=255, from_logits=True)  # noqa: E731
+        image = lambda x, y: LJ.lovasz_softmax(x.T[None], y[None], ignore=255, from_logits=True)  # noqa: E731
+        expected = R.lovasz_softmax(np.asarray(jax.nn.softmax(x, -1), np.float64).T[None], y[None], ignore=255)
+    elif loss == "probabilities":
+        x = np.asarray(jax.nn.softmax(x, -1))
+        f = lambda x, y: LJ.lovasz_softmax(x, y, "all", ignore=255)  # noqa: E731
+        image = lambda x, y: LJ.lovasz_softmax(x.T[None], y[None], "all", ignore=255)  # noqa: E731
+        expected = R.lovasz_softmax(x.astype(np.float64).T[None], y[None], "all", ignore=255)
+    elif loss == "hinge":
+        x, y = x[:, 0], (y == 1).astype(np.int64)
+        f = lambda x, y: LJ.lovasz_hinge(x, y, per_image=False)  # noqa: E731
+        image = lambda x, y: LJ.lovasz_hinge(x[None], y[None], per_image=False)  # noqa: E731
+        expected = R.lovasz_hinge(x.astype(np.float64)[None], y[None], per_image=False)
+    else:
+        f = lambda x, y: LJ.lovasz_multilabel(x, y, per_image=False)  # noqa: E731
+        image = lambda x, y: LJ.lovasz_multilabel(x.T[None], y.T[None], per_image=False)  # noqa: E731
+        expected = R.lovasz_multilabel(x.astype(np.float64).T[None], y.T[None], per_image=False)
+    value, grad = jax.jit(jax.value_and_grad(f))(x, y)
+    image_value, image_grad = jax.jit(jax.value_and_grad(image))(x, y)
+    np.testing.assert_allclose(float(value), float(image_value), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(grad), np.asarray(image_grad), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(float(value), expected, rtol=1e-5)
+
+
 def test_bad_segments_raise_clear_errors():
     rng = np.random.default_rng(0)
     x, y = rng.random((4, 3), np.float32), np.array([0, 1, 2, 0])

@@ -373,6 +373,39 @@ def test_large_scenes_agree_on_every_path(monkeypatch):
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("loss", ["softmax", "channels-first", "hinge", "multilabel"])
+def test_points_without_splits_are_one_set_as_one_image_of_the_points(mode, loss):
+    """Points ``[N, C]`` (``[N]`` for the hinge) with no ``row_splits`` are one set (Pointcept's call): the
+    loss and gradient of the same points as one image, and the oracle's loss."""
+    x, y, _ = scene_data(4, seed=12, multilabel=loss == "multilabel")
+    x = x.astype(np.float32)
+    if loss == "softmax":
+        f = lambda x: LT.lovasz_softmax(x, y, ignore=IGNORE, from_logits=True)  # noqa: E731
+        image = lambda x: LT.lovasz_softmax(x[None], y[None], ignore=IGNORE, from_logits=True)  # noqa: E731
+        expected = R.lovasz_softmax(softmax(x.astype(np.float64)).T[None], y[None], ignore=IGNORE)
+    elif loss == "channels-first":
+        x = softmax(x).T.copy()  # [C, N]: probabilities of N points, classes first
+        f = lambda x: LT.lovasz_softmax(tf.transpose(x), y, "all", ignore=IGNORE, order="BCHW")  # noqa: E731
+        image = lambda x: LT.lovasz_softmax(x[None], y[None], "all", ignore=IGNORE, order="BCHW")  # noqa: E731
+        expected = R.lovasz_softmax(x.astype(np.float64)[None], y[None], "all", ignore=IGNORE)
+    elif loss == "hinge":
+        x, y = x[:, 0], (y == 1).astype(np.int64)
+        f = lambda x: LT.lovasz_hinge(x, y, per_image=False)  # noqa: E731
+        image = lambda x: LT.lovasz_hinge(x[None], y[None], per_image=False)  # noqa: E731
+        expected = R.lovasz_hinge(x.astype(np.float64)[None], y[None], per_image=False)
+    else:
+        f = lambda x: LT.lovasz_multilabel(x, y, per_image=False)  # noqa: E731
+        image = lambda x: LT.lovasz_multilabel(x[None], y[None], per_image=False)  # noqa: E731
+        expected = R.lovasz_multilabel(x.astype(np.float64).T[None], y.T[None], per_image=False)
+    x = tf.constant(x)
+    value, grad = value_and_grad(f, mode)(x)
+    image_value, image_grad = value_and_grad(image, mode)(x)
+    np.testing.assert_allclose(float(value), float(image_value), rtol=1e-6)
+    np.testing.assert_allclose(grad.numpy(), image_grad.numpy(), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(float(value), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_many_scenes(monkeypatch, mode):
     """70 scenes, some empty: 7 bits of the packed key hold the scene under XLA."""
     sizes = np.random.default_rng(27).integers(0, 12, 70)

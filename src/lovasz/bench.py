@@ -240,8 +240,8 @@ def _points_step(case: Case, impl: str, logits, labels) -> Callable[[], object] 
     flat = logits.transpose(1, 2).reshape(scenes * points, channels).contiguous()
     flat_labels = labels.reshape(-1)
     offsets = torch.arange(1, scenes + 1, device=logits.device) * points
-    if impl == "lovasz.jax" or impl.startswith("lovasz.tf"):  # points-flat: one scene, Pointcept's set
-        splits = np.arange(scenes + 1) * points if case.kind == "points" else np.array([0, scenes * points])
+    if impl == "lovasz.jax" or impl.startswith("lovasz.tf"):  # points-flat: [N, C] as one set, Pointcept's call
+        splits = np.arange(scenes + 1) * points if case.kind == "points" else None
         return _framework_step(case, impl, flat, flat_labels, splits)
     if case.kind == "points-flat":
         return _flat_points_step(case, impl, flat, flat_labels)
@@ -329,7 +329,7 @@ def _framework_step(case: Case, impl: str, logits, labels, row_splits=None) -> C
 
 def _tf_step(case: Case, logits, labels, mode: str, row_splits=None) -> Callable[[], tuple]:
     """lovasz.tf's forward + backward in ``mode``: ``function`` (tf.function), ``xla`` (jit_compile) or ``eager``.
-    With ``row_splits``, ``logits`` are the points ``[N, C]`` of the case's scenes (one scene: Pointcept's set)."""
+    With ``row_splits``, ``logits`` are the points ``[N, C]`` of the case's scenes, a set each."""
     import tensorflow as tf
 
     import lovasz.tf as T
@@ -339,7 +339,7 @@ def _tf_step(case: Case, logits, labels, mode: str, row_splits=None) -> Callable
         loss = lambda x, y: T.lovasz_softmax(  # noqa: E731
             x,
             y,
-            per_image=case.kind == "points",
+            per_image=True,
             ignore=case.ignore,
             from_logits=not case.probas,
             row_splits=splits,
@@ -367,7 +367,7 @@ def _tf_step(case: Case, logits, labels, mode: str, row_splits=None) -> Callable
 
 def _jax_step(case: Case, logits, labels, row_splits=None) -> Callable[[], tuple]:
     """lovasz.jax's forward + backward under ``jax.jit``; with ``row_splits``, ``logits`` are the points
-    ``[N, C]`` of the case's scenes, passed as ``segment_ids=``."""
+    ``[N, C]`` of the case's scenes, a set each, passed as ``segment_ids=``."""
     import jax
 
     import lovasz.jax as J
@@ -378,7 +378,7 @@ def _jax_step(case: Case, logits, labels, row_splits=None) -> Callable[[], tuple
         loss = lambda x, y, ids: J.lovasz_softmax(  # noqa: E731
             x,
             y,
-            per_image=case.kind == "points",
+            per_image=True,
             ignore=case.ignore,
             from_logits=not case.probas,
             segment_ids=ids,

@@ -312,6 +312,13 @@ def _lovasz_classes(
     if valid is not None:
         valid = tf.broadcast_to(valid, tf.shape(pred))
         fg = tf.logical_and(fg, valid)
+    if not per_image and scenes is None and across is None and pred.shape[3 - axis] == 1:
+        # points [B, K] of one set (Pointcept's call, [N, C]): the layout of one image of B pixels, where
+        # the kernel reads each row at once, not B runs of one pixel (240,000 x 19 points: 109 -> 78 ms)
+        num_rows = pred.shape[axis]
+        one_image = lambda x: tf.reshape(x, [1, -1, num_rows]) if channels_last else tf.transpose(x, [2, 1, 0])  # noqa: E731
+        pred, fg = one_image(pred), one_image(fg)
+        valid = None if valid is None else one_image(valid)
     if not isinstance(classes, str):  # a list may repeat a class: each repetition counts
         pred, fg = tf.gather(pred, classes, axis=axis), tf.gather(fg, classes, axis=axis)
         valid = None if valid is None else tf.gather(valid, classes, axis=axis)
