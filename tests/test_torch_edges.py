@@ -387,6 +387,48 @@ def test_errors_name_argument_expectation_and_value(call, error, words):
         assert word in str(info.value), (word, str(info.value))
 
 
+# ----------------------------------------------------------------------------- the saved gradient, reused
+
+
+SCALED_CALLS = [
+    ("batch", lambda x, y: L.lovasz_softmax(x, y, ignore=255)),
+    ("per image", lambda x, y: 0.5 * L.lovasz_softmax(x, y, per_image=True, ignore=255)),
+    ("from logits", lambda x, y: 3 * L.lovasz_softmax(x, y, from_logits=True, ignore=255)),
+    (
+        "scenes",
+        lambda x, y: L.lovasz_softmax(
+            x.movedim(1, -1).reshape(-1, 4), y.reshape(-1), per_image=True, ignore=255, offsets=[30, 60]
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize("name,call", SCALED_CALLS, ids=[name for name, _ in SCALED_CALLS])
+def test_the_saved_gradient_is_scaled_in_place_only_where_no_backward_reads_it_again(name, call):
+    """A backward that frees the graph scales the gradient saved in the forward where it is (no copy of the
+    input's size); every way of reading it twice gets the same gradient: ``retain_graph``, ``create_graph``,
+    ``torch.func.vjp``'s function called twice (the last two not from logits: no second derivative)."""
+    probas, labels = rand_case(num_classes=4, spatial=(5, 6))
+    labels[0, 0, :2] = 255
+    x = probas.clone().requires_grad_()
+    (freed,) = torch.autograd.grad(call(x, labels), x)
+    loss = call(x, labels)
+    first = torch.autograd.grad(loss, x, retain_graph=True)[0]
+    second = torch.autograd.grad(loss, x)[0]
+    loss = call(x, labels)
+    loss.backward(retain_graph=True)
+    loss.backward()
+    readers = [first, second, x.grad / 2]
+    if name != "from logits":
+        readers.append(torch.autograd.grad(call(x, labels), x, create_graph=True)[0].detach())
+        _, vjp = torch.func.vjp(lambda x: call(x, labels), probas)
+        one = torch.ones((), device=probas.device)
+        readers += [vjp(one)[0], vjp(one)[0]]
+    for got in readers:
+        torch.testing.assert_close(got, freed, rtol=1e-6, atol=1e-7)
+    assert not torch.equal(freed, torch.zeros_like(freed))
+
+
 # ----------------------------------------------------------------------------- gradcheck and compile
 
 
