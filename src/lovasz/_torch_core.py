@@ -667,10 +667,11 @@ def _graph_freed_after_this_backward() -> bool:
     """Whether autograd frees this backward's graph after it (no ``retain_graph``, no ``create_graph``):
     then no later backward reads the saved gradient again. Eagerly only: a traced backward (torch.compile)
     keeps its functional form."""
-    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+    keeps_graph = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)  # (private: may go)
+    if keeps_graph is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
         return False
     try:
-        return not torch._C._autograd._get_current_graph_task_keep_graph()
+        return not keeps_graph()
     except RuntimeError:  # not inside a backward of the engine's
         return False
 
