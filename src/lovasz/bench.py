@@ -176,6 +176,27 @@ def make_inputs(case: Case, device: torch.device = torch.device("cpu")):
     return logits.to(device), labels.to(device)
 
 
+def _original():
+    """The original script's module (segmentation-models-pytorch 0.6.0's copy), or a clear error."""
+    original = load_original()
+    if original is None:
+        raise ModuleNotFoundError("segmentation-models-pytorch==0.6.0 (pip install --no-deps)")
+    return original
+
+
+def _torch_step(start: torch.Tensor, loss: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], tuple]:
+    """Forward and backward of ``loss`` at a fresh leaf copy of ``start``, returning the loss and gradient
+    (for the checks between rows; the timed steps drop them)."""
+
+    def step():
+        x = start.detach().requires_grad_()
+        value = loss(x)
+        value.backward()
+        return value.detach(), x.grad
+
+    return step
+
+
 def step_function(case: Case, impl: str, device: torch.device = torch.device("cpu")) -> Callable[[], object] | None:
     """A forward + backward step of ``impl`` on ``case``, or None where ``impl`` does not apply."""
     if impl == "network":
@@ -200,9 +221,7 @@ def step_function(case: Case, impl: str, device: torch.device = torch.device("cp
                 x, labels, case.classes, case.per_image, case.ignore, from_logits=not case.probas
             )
     elif impl == "original":
-        original = load_original()
-        if original is None:
-            raise ModuleNotFoundError("segmentation-models-pytorch==0.6.0 (pip install --no-deps)")
+        original = _original()
         if case.kind == "hinge":
             loss = lambda x: original._lovasz_hinge(x[:, 0], labels, per_image=case.per_image)
         else:
@@ -220,13 +239,7 @@ def step_function(case: Case, impl: str, device: torch.device = torch.device("cp
     else:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}; got {impl!r}")
 
-    def step():
-        x = logits.detach().requires_grad_()
-        value = loss(x)
-        value.backward()
-        return value.detach(), x.grad  # for the Keras rows' check; the timed steps drop them
-
-    return step
+    return _torch_step(logits, loss)
 
 
 def _points_step(case: Case, impl: str, logits, labels) -> Callable[[], object] | None:
@@ -251,21 +264,13 @@ def _points_step(case: Case, impl: str, logits, labels) -> Callable[[], object] 
         flat = logits
         loss = lambda x: L.lovasz_softmax(x, labels, per_image=True, from_logits=True)
     elif impl == "original":
-        original = load_original()
-        if original is None:
-            raise ModuleNotFoundError("segmentation-models-pytorch==0.6.0 (pip install --no-deps)")
+        original = _original()
         runs = [slice(s * points, (s + 1) * points) for s in range(scenes)]
         loss = lambda x: sum(original._lovasz_softmax_flat(x[r].softmax(1), flat_labels[r]) for r in runs) / scenes
     else:
         return None
 
-    def step():
-        x = flat.detach().requires_grad_()
-        value = loss(x)
-        value.backward()
-        return value.detach(), x.grad
-
-    return step
+    return _torch_step(flat, loss)
 
 
 def _flat_points_step(case: Case, impl: str, flat, labels) -> Callable[[], object] | None:
@@ -281,22 +286,14 @@ def _flat_points_step(case: Case, impl: str, flat, labels) -> Callable[[], objec
             x, labels, per_image=True, ignore=case.ignore, from_logits=from_logits, offsets=offsets
         )
     elif impl == "original":
-        original = load_original()
-        if original is None:
-            raise ModuleNotFoundError("segmentation-models-pytorch==0.6.0 (pip install --no-deps)")
+        original = _original()
         valid = labels != case.ignore
         probas = (lambda x: x) if case.probas else (lambda x: x.softmax(1))
         loss = lambda x: original._lovasz_softmax_flat(probas(x)[valid], labels[valid])
     else:
         return None
 
-    def step():
-        x = flat.detach().requires_grad_()
-        value = loss(x)
-        value.backward()
-        return value.detach(), x.grad
-
-    return step
+    return _torch_step(flat, loss)
 
 
 def _network_step(case: Case, device: torch.device) -> Callable[[], None]:
@@ -443,13 +440,7 @@ def _keras_step(case: Case, backend: str, device: torch.device) -> Callable[[], 
         return lambda: jax.block_until_ready(value_and_grad(x, y))
     start, y = torch.from_numpy(y_pred).to(device), torch.from_numpy(y_true).to(device)
 
-    def step():
-        x = start.detach().requires_grad_()
-        value = loss(y, x)
-        value.backward()
-        return value.detach(), x.grad
-
-    return step
+    return _torch_step(start, lambda x: loss(y, x))
 
 
 def _norm(grad: Any) -> float:
