@@ -20,6 +20,24 @@ L = require("lovasz.torch")
 S = require("lovasz._torch_scenes")
 
 
+@pytest.fixture(autouse=True)
+def gather_small_grids(monkeypatch):
+    """The grids here are small, for speed: gathered all the same (but in the test of the minimum)."""
+    monkeypatch.setattr(S, "COMPACT_MIN_VALUES", 0)
+
+
+def test_a_grid_under_the_minimum_size_stays_dense(monkeypatch):
+    monkeypatch.undo()  # the fixture's patch: the real minimum
+    logits, labels = grid(8, shape=(2, 20, 16, 16, 8))  # 81,920 values, 10% valid
+    assert logits.numel() < S.COMPACT_MIN_VALUES
+    probas = logits.softmax(1)
+    assert S.compact(probas.flatten(2), labels.flatten(1)[:, None], labels.flatten(1)[:, None] == 255, False) is None
+    big_logits, big_labels = grid(8, shape=(2, 20, 32, 16, 8))
+    assert big_logits.numel() >= S.COMPACT_MIN_VALUES
+    big = big_labels.flatten(1)[:, None]
+    assert S.compact(big_logits.softmax(1).flatten(2), big, big == 255, False) is not None
+
+
 def grid(seed, shape=(3, 5, 6, 7, 4), occupied=0.1, ignore=255, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(*shape, generator=g, dtype=dtype)

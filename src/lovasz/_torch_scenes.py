@@ -109,6 +109,10 @@ def scenes(
 # Counting them is a host sync on an accelerator: done only where one may happen (see _may_sync);
 # elsewhere the dense path serves, exact all the same.
 COMPACT_BELOW = 0.5  # the fraction of valid pixels under which gathering them pays (docs/lidar.md)
+# and the size of grid from which it does: below, the dense path's few passes cost less than the gathering's
+# fixed work (CPU, 20 classes, 2-5% valid: 0.84-0.88 ms dense against 0.95-1.13 gathered at 81,920 values,
+# 1.08-1.13 against 0.98-1.08 at 138,240)
+COMPACT_MIN_VALUES = 1 << 17
 
 
 class Compacted(NamedTuple):
@@ -154,7 +158,8 @@ def compact(pred: Tensor, labels: Tensor, ignored: Tensor | None, per_image: boo
     - points ``[B, C]`` (``N = 1``) of one set: a view, nothing gathered (Pointcept's and mmdet3d's
       call, ``lovasz_softmax(probs [N, C], labels [N])``);
     - the pixels not ignored in every row (``ignored [B, L, N]``), where they are at most
-      :data:`COMPACT_BELOW` of all: gathered, class-major (``[1, C, M]``, contiguous).
+      :data:`COMPACT_BELOW` of a grid of at least :data:`COMPACT_MIN_VALUES` values: gathered, class-major
+      (``[1, C, M]``, contiguous).
 
     None where neither applies: the dense path.
     """
@@ -163,7 +168,7 @@ def compact(pred: Tensor, labels: Tensor, ignored: Tensor | None, per_image: boo
         ends = torch.full((1,), batch, dtype=torch.int64, device=pred.device)
         flat = lambda x: x.flatten(1).T.unsqueeze(0)  # noqa: E731  [B, L, 1] -> [1, L, B], views all the way back
         return Compacted(flat(pred), flat(labels), None if ignored is None else flat(ignored), ends)
-    if ignored is None or pred.numel() == 0 or not _may_sync(pred):
+    if ignored is None or pred.numel() < COMPACT_MIN_VALUES or not _may_sync(pred):
         return None
     partly = ignored.shape[1] > 1  # multi-label: a valid pixel may be ignored in some rows
     at = _valid_pixels(~ignored.all(1) if partly else ~ignored.reshape(batch, num_pixels))
