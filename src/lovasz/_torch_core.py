@@ -653,7 +653,7 @@ def _backward(ctx, grad_per_set, *_):
     grad, ends = ctx.saved_tensors
     # [1, C, N]: each point takes its own scene's factor
     scale = grad_per_set.view(-1, 1, 1) if ends is None else per_point(grad_per_set, ends, grad.shape[-1])
-    if not _graph_freed_after_this_backward():
+    if not _graph_freed_after_this_backward() or _batched(grad_per_set):
         return (scale * grad,) + _NO_GRADS
     # The saved gradient is read for the last time: scaled where it is, not into a new tensor of the
     # input's size (a Cityscapes-like batch on the CPU: 40 MB and a pass less; left as it is for a
@@ -661,6 +661,14 @@ def _backward(ctx, grad_per_set, *_):
     if grad_per_set.device.type != "cpu" or not bool((grad_per_set == 1).all()):
         grad.mul_(scale)
     return (grad,) + _NO_GRADS
+
+
+def _batched(x: Tensor) -> bool:
+    """Whether ``x`` is a batch of tensors under a vmap (``torch.func``'s, or the one of
+    ``autograd.grad(is_grads_batched=True)``): its values take no part in Python's control flow, and an
+    unbatched tensor cannot take it in place."""
+    functorch = torch._C._functorch
+    return functorch.is_legacy_batchedtensor(x) or functorch.is_functorch_wrapped_tensor(x)
 
 
 def _graph_freed_after_this_backward() -> bool:
