@@ -427,7 +427,8 @@ def test_the_saved_gradient_is_scaled_in_place_only_where_no_backward_reads_it_a
     for got in readers:
         torch.testing.assert_close(got, freed, rtol=1e-6, atol=1e-7)
     # a batch of cotangents (a vmap over the backward): each its own scale of the same gradient
-    (batched,) = torch.autograd.grad(call(x, labels), x, torch.tensor([1.0, -2.0]), is_grads_batched=True)
+    cotangents = torch.tensor([1.0, -2.0], device=probas.device)
+    (batched,) = torch.autograd.grad(call(x, labels), x, cotangents, is_grads_batched=True)
     torch.testing.assert_close(batched, torch.stack([freed, -2 * freed]), rtol=1e-6, atol=1e-7)
     assert not torch.equal(freed, torch.zeros_like(freed))
 

@@ -27,6 +27,7 @@ def gather_small_grids(monkeypatch):
 
 
 def test_a_grid_under_the_minimum_size_stays_dense(monkeypatch):
+    """Under ``COMPACT_MIN_VALUES`` values a grid is not gathered, however few of its pixels count."""
     monkeypatch.undo()  # the fixture's patch: the real minimum
     logits, labels = grid(8, shape=(2, 20, 16, 16, 8))  # 81,920 values, 10% valid
     assert logits.numel() < S.COMPACT_MIN_VALUES
