@@ -32,11 +32,13 @@ def test_a_grid_under_the_minimum_size_stays_dense(monkeypatch):
     logits, labels = grid(8, shape=(2, 20, 16, 16, 8))  # 81,920 values, 10% valid
     assert logits.numel() < S.COMPACT_MIN_VALUES
     probas = logits.softmax(1)
-    assert S.compact(probas.flatten(2), labels.flatten(1)[:, None], labels.flatten(1)[:, None] == 255, False) is None
+    assert (
+        S.compact(probas.flatten(2), labels.flatten(1)[:, None], labels.flatten(1)[:, None] == 255, None, False) is None
+    )
     big_logits, big_labels = grid(8, shape=(2, 20, 32, 16, 8))
     assert big_logits.numel() >= S.COMPACT_MIN_VALUES
     big = big_labels.flatten(1)[:, None]
-    assert S.compact(big_logits.softmax(1).flatten(2), big, big == 255, False) is not None
+    assert S.compact(big_logits.softmax(1).flatten(2), big, big == 255, None, False) is not None
 
 
 def grid(seed, shape=(3, 5, 6, 7, 4), occupied=0.1, ignore=255, dtype=torch.float32):
@@ -61,8 +63,10 @@ def dense_and_sparse(monkeypatch, fn, x, *args, **kwargs):
     monkeypatch.setattr(S, "compact", lambda *a: calls.append(1) or compact(*a))
     sparse = run(fn, x, *args, **kwargs)
     assert calls, "the sparse path was not asked"
+    below = S.COMPACT_BELOW
     monkeypatch.setattr(S, "COMPACT_BELOW", -1.0)  # never gathers: the dense path
     dense = run(fn, x, *args, **kwargs)
+    monkeypatch.setattr(S, "COMPACT_BELOW", below)  # for the next call
     return dense, sparse
 
 
@@ -283,3 +287,98 @@ def test_sparse_grid_under_compile_forward_mode_and_create_graph():
     (first,) = torch.autograd.grad(L.lovasz_softmax(x.softmax(1), labels, ignore=255), x, create_graph=True)
     (second,) = torch.autograd.grad((first * tangent).sum(), x)
     assert torch.isfinite(second).all() and not second.permute(0, 2, 3, 4, 1)[labels == 255].any()
+
+
+def weak_points(seed, num_points=600, channels=7, labelled=0.1, ignore=-1):
+    """Points ``[N, C]`` of a weakly labelled cloud: most points ignored, one scene with none labelled."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(num_points, channels, generator=g)
+    labels = torch.randint(0, channels, (num_points,), generator=g)
+    labels[torch.rand(num_points, generator=g) >= labelled] = ignore
+    labels[100:200] = ignore  # the second scene of OFFSETS
+    return logits, labels
+
+
+OFFSETS = torch.tensor([100, 200, 450, 600])
+
+
+def gathered_points(monkeypatch):
+    """The sizes of the points that ``_gathered_points`` gathered, call by call."""
+    sizes = []
+    gather = S._gathered_points
+    monkeypatch.setattr(
+        S, "_gathered_points", lambda *a: (lambda c: sizes.append(c and c.labels.shape[-1]) or c)(gather(*a))
+    )
+    return sizes
+
+
+@pytest.mark.parametrize("from_logits", [False, True])
+@pytest.mark.parametrize("scenes", [None, "offsets", "batch", "batch, one set"])
+def test_weakly_labelled_points_are_gathered_and_equal_the_dense_path(monkeypatch, from_logits, scenes):
+    """Points of which few are labelled (weak supervision: 0.1-10% of a cloud), one set or per scene: the
+    labelled points are gathered, the rest ignored as before. The same loss and gradient as the dense path,
+    bit for bit (each point's softmax is its own), exact zeros at the ignored points, the gradient laid out
+    as the points."""
+    logits, labels = weak_points(0)
+    x = logits if from_logits else logits.softmax(1)
+    options = dict(ignore=-1, from_logits=from_logits, reduction="none")
+    if scenes == "offsets":
+        options.update(offsets=OFFSETS, per_image=True)
+    elif scenes is not None:
+        options.update(batch=torch.arange(4).repeat_interleave(torch.diff(OFFSETS, prepend=torch.tensor([0]))))
+        options.update(per_image=scenes == "batch")
+    sizes = gathered_points(monkeypatch)
+    (dense_loss, dense_grad), (loss, grad) = dense_and_sparse(monkeypatch, L.lovasz_softmax, x, labels, **options)
+    assert sizes[0] == (labels != -1).sum()
+    assert torch.equal(loss, dense_loss) and torch.equal(grad, dense_grad)
+    assert grad.is_contiguous() and not grad[labels == -1].any()
+    probas = (logits.softmax(1) if from_logits else x).double().numpy()
+    sets = (
+        [(0, 600)] if scenes in (None, "batch, one set") else list(zip([0, *OFFSETS[:-1].tolist()], OFFSETS.tolist()))
+    )
+    expected = [R.lovasz_softmax(probas[a:b, :, None], labels[a:b, None].numpy(), ignore=-1) for a, b in sets]
+    np.testing.assert_allclose(loss.double().numpy(), expected[0] if len(sets) == 1 else expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("scenes", [None, "offsets"])
+def test_weakly_labelled_points_of_the_hinge_and_multilabel_are_gathered(monkeypatch, scenes):
+    """The hinge's scores ``[N]`` and multi-label logits ``[N, C]`` (a point may be ignored in some channels
+    only, and counts in the others): gathered, bit for bit the dense path."""
+    logits, labels = weak_points(1)
+    options = dict(ignore=-1, reduction="none", per_image=scenes is not None)
+    options |= {} if scenes is None else dict(offsets=OFFSETS)
+    binary = torch.where(labels == -1, -1, labels.remainder(2))
+    sizes = gathered_points(monkeypatch)
+    (dense_loss, dense_grad), (loss, grad) = dense_and_sparse(
+        monkeypatch, L.lovasz_hinge, logits[:, 0], binary, **options
+    )
+    assert sizes[0] == (labels != -1).sum()
+    assert torch.equal(loss, dense_loss) and torch.equal(grad, dense_grad) and not grad[labels == -1].any()
+
+    targets = torch.randint(0, 2, logits.shape, generator=torch.Generator().manual_seed(2))
+    targets[labels == -1] = -1
+    targets[labels != -1, 3] = -1  # ignored in one channel only: still gathered
+    for from_logits in (True, False):
+        x = logits if from_logits else logits.sigmoid()
+        sizes.clear()
+        (dense_loss, dense_grad), (loss, grad) = dense_and_sparse(
+            monkeypatch, L.lovasz_multilabel, x, targets, from_logits=from_logits, **options
+        )
+        assert sizes[0] == (labels != -1).sum()
+        assert torch.equal(loss, dense_loss) and torch.equal(grad, dense_grad) and not grad[labels == -1].any()
+
+
+def test_mostly_labelled_points_are_not_gathered(monkeypatch):
+    """Where more than ``COMPACT_BELOW`` of the points count, or under torch.compile, nothing is gathered."""
+    logits, labels = weak_points(4, labelled=0.9)
+    labels[100:200] = 0
+    sizes = gathered_points(monkeypatch)
+    run(L.lovasz_softmax, logits, labels, ignore=-1, from_logits=True)
+    assert sizes == [None]
+    weak, weak_labels = weak_points(4)
+    compiled = torch.compile(lambda x: L.lovasz_softmax(x, weak_labels, ignore=-1), fullgraph=True, backend="aot_eager")
+    loss, grad = run(compiled, weak.softmax(1))
+    expected_loss, expected_grad = run(L.lovasz_softmax, weak.softmax(1), weak_labels, ignore=-1)
+    assert sizes == [None, None, (weak_labels != -1).sum()]  # compiled: not gathered; eager: gathered
+    torch.testing.assert_close(loss, expected_loss)
+    torch.testing.assert_close(grad, expected_grad)

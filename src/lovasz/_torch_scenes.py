@@ -152,22 +152,27 @@ def _valid_pixels(valid: Tensor) -> Tensor | None:
     return None if count > limit else torch.nonzero_static(valid.reshape(-1), size=count).squeeze(1)
 
 
-def compact(pred: Tensor, labels: Tensor, ignored: Tensor | None, per_image: bool) -> Compacted | None:
+def compact(
+    pred: Tensor, labels: Tensor, ignored: Tensor | None, ends: Tensor | None, per_image: bool
+) -> Compacted | None:
     """``pred [B, C, N]`` and ``labels [B, L, N]`` (L = 1, or C for multi-label) as points of scenes:
 
-    - points ``[B, C]`` (``N = 1``) of one set: a view, nothing gathered (Pointcept's and mmdet3d's
-      call, ``lovasz_softmax(probs [N, C], labels [N])``);
-    - the pixels not ignored in every row (``ignored [B, L, N]``), where they are at most
-      :data:`COMPACT_BELOW` of a grid of at least :data:`COMPACT_MIN_VALUES` values: gathered, class-major
-      (``[1, C, M]``, contiguous).
+    - points ``[B, C]`` (``N = 1``) of one set: a view (Pointcept's and mmdet3d's call,
+      ``lovasz_softmax(probs [N, C], labels [N])``), their points gathered as below where few count;
+    - points ``[1, C, N]`` of the scenes ``ends``: on the CPU, those not ignored in every row, where they are
+      at most :data:`COMPACT_BELOW` of all (weakly labelled point clouds), gathered;
+    - the pixels of a grid, likewise: gathered, class-major (``[1, C, M]``, contiguous).
 
-    None where neither applies: the dense path.
+    None where none applies: the dense path.
     """
-    batch, channels, num_pixels = pred.shape
-    if num_pixels == 1 and not per_image and batch > 0:
-        ends = torch.full((1,), batch, dtype=torch.int64, device=pred.device)
+    batch, _, num_pixels = pred.shape
+    if num_pixels == 1 and not per_image and batch > 0 and ends is None:
         flat = lambda x: x.flatten(1).T.unsqueeze(0)  # noqa: E731  [B, L, 1] -> [1, L, B], views all the way back
-        return Compacted(flat(pred), flat(labels), None if ignored is None else flat(ignored), ends)
+        pred, labels, ignored = flat(pred), flat(labels), None if ignored is None else flat(ignored)
+        ends = torch.full((1,), batch, dtype=torch.int64, device=pred.device)
+        return _gathered_points(pred, labels, ignored, ends) or Compacted(pred, labels, ignored, ends)
+    if ends is not None:
+        return _gathered_points(pred, labels, ignored, ends)
     if ignored is None or pred.numel() < COMPACT_MIN_VALUES or not _may_sync(pred):
         return None
     partly = ignored.shape[1] > 1  # multi-label: a valid pixel may be ignored in some rows
@@ -185,6 +190,22 @@ def compact(pred: Tensor, labels: Tensor, ignored: Tensor | None, per_image: boo
     points = _GatherPixels.apply(pred, Pixels(image, pixel, image_ends)).unsqueeze(0)
     ends = image_ends if per_image else image_ends[-1:]
     return Compacted(points, gathered_labels, gathered_ignored, ends)
+
+
+def _gathered_points(pred: Tensor, labels: Tensor, ignored: Tensor | None, ends: Tensor) -> Compacted | None:
+    """Points ``[1, C, N]`` of the scenes ``ends``, those not ignored in every row, where few count: gathered
+    points-first (``[M, C]`` rows, which the C kernel's points path reads) by torch's ``index_select``, whose
+    gradient scatters back. Else None; always on an accelerator, where counting them would be a host sync
+    on every call, of points that mostly count (Pointcept's ignore -1: ~5%)."""
+    if ignored is None or pred.device.type != "cpu" or not _may_sync(pred):
+        return None
+    partly = ignored.shape[1] > 1
+    at = _valid_pixels(~ignored.all(1) if partly else ~ignored.reshape(1, -1))
+    if at is None:
+        return None
+    points = pred.squeeze(0).T.index_select(0, at).T.unsqueeze(0)
+    gathered_ignored = ignored.index_select(2, at) if partly else None
+    return Compacted(points, labels.index_select(2, at), gathered_ignored, torch.searchsorted(at, ends))
 
 
 class Pixels(NamedTuple):

@@ -227,7 +227,9 @@ def _points(
         return prediction, labels, None
     _check_prediction(prediction, names[0])
     points = _torch_scenes.scenes(prediction, labels, *scenes, multilabel, names[:2])
-    return points.prediction, points.labels, points.ends if per_image else None
+    if not per_image:  # one set of all the points: the call without scenes, in the points' own order
+        return prediction, labels, None
+    return points.prediction, points.labels, points.ends
 
 
 def _sparse(
@@ -238,12 +240,13 @@ def _sparse(
     per_image: bool,
     process_group: ProcessGroup | None,
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-    """Dense ``pred [B, C, N]``, ``labels`` and ``ignored [B, L, N]`` as points of scenes where that pays
-    (points ``[N, C]`` of one set; mostly ignored grids: see ``_torch_scenes.compact``), with their ends;
-    else as they are. Not across ranks: the global batch gathers the dense layout."""
-    if ends is not None or process_group is not None:
+    """Dense ``pred [B, C, N]``, ``labels`` and ``ignored [B, L, N]`` (or points of the scenes ``ends``) as
+    points of scenes where that pays (points ``[N, C]`` of one set; mostly ignored grids and points: see
+    ``_torch_scenes.compact``), with their ends; else as they are. Not across ranks: the global batch
+    gathers the dense layout."""
+    if process_group is not None:
         return pred, labels, ignored, ends
-    sparse = _torch_scenes.compact(pred, labels, ignored, per_image)
+    sparse = _torch_scenes.compact(pred, labels, ignored, ends, per_image)
     return (pred, labels, ignored, ends) if sparse is None else tuple(sparse)  # type: ignore[return-value]
 
 
