@@ -222,12 +222,13 @@ def _points(
     names: tuple[str, str] | tuple[str, str, str],
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Points-first inputs of scenes (``scenes = (batch, offsets, num_scenes)``) in the dense layout,
-    with the scenes' ends where the loss is per scene; other inputs as they are."""
+    with the scenes' ends, where the loss is per scene; where it is not, and for other inputs, the inputs
+    as they are (the scenes checked all the same)."""
     if all(value is None for value in scenes):
         return prediction, labels, None
     _check_prediction(prediction, names[0])
     points = _torch_scenes.scenes(prediction, labels, *scenes, multilabel, names[:2])
-    if not per_image:  # one set of all the points: the call without scenes, in the points' own order
+    if not per_image:  # one set of all the points: the call without scenes
         return prediction, labels, None
     return points.prediction, points.labels, points.ends
 
