@@ -238,7 +238,11 @@ def _lovasz_classes(
 def _softmax_over_classes(x: jax.Array) -> jax.Array:
     """The softmax over axis 1 of ``[B, C, N]``, taken with the classes as the minor axis: XLA's CPU softmax
     over a major axis is slow (forward and backward of 4 x 19 x 120,000: 72 ms, against 41 this way; of
-    points-first input seen as ``[1, C, N]``, whose transposes cancel here, 149 ms against 18)."""
+    points-first input seen as ``[1, C, N]``, whose transposes cancel here, 149 ms against 18). Points
+    ``[B, C, 1]`` as the 2-D ``[B, C]``: XLA's CPU softmax of the 3-D layout with its axis of one is slow.
+    """
+    if x.shape[2] == 1:
+        return jax.nn.softmax(x.reshape(x.shape[:2]), axis=-1).reshape(x.shape)
     return jnp.swapaxes(jax.nn.softmax(jnp.swapaxes(x, 1, -1), axis=-1), 1, -1)
 
 
