@@ -183,3 +183,66 @@ def test_xla_keeps_the_grid():
         eager = value_and_grad(LT.lovasz_softmax, logits, "eager", labels, per_image=per_image, ignore=255)
         np.testing.assert_allclose(xla[0], eager[0], rtol=1e-6)
         np.testing.assert_allclose(xla[1], eager[1], rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("mode", ["eager", "function"])
+@pytest.mark.parametrize("per_image", [False, True])
+@pytest.mark.parametrize("kind", ["softmax", "hinge", "multilabel"])
+def test_weakly_labelled_points_of_scenes_are_gathered(monkeypatch, mode, per_image, kind):
+    """Points of scenes (``row_splits=``) of which few are labelled (weak supervision): the labelled ones
+    are gathered, each scene's its own (one empty), or all as one set; the dense path's loss and gradient."""
+    rng = np.random.default_rng(11)
+    logits = rng.normal(size=(600, 5)).astype(np.float32)
+    labels = rng.integers(0, 5, 600)
+    labels[rng.random(600) >= 0.1] = -1
+    labels[100:200] = -1
+    if kind == "softmax":
+        fn, x, y, ignored = LT.lovasz_softmax, logits, labels, np.broadcast_to((labels == -1)[:, None], logits.shape)
+    elif kind == "hinge":
+        fn, x, y, ignored = LT.lovasz_hinge, logits[:, 0], np.where(labels == -1, -1, labels % 2), labels == -1
+    else:  # a point may be ignored in some channels only: still gathered
+        y = rng.integers(0, 2, logits.shape)
+        y[labels == -1] = -1
+        y[labels != -1, 3] = -1
+        fn, x, ignored = LT.lovasz_multilabel, logits, y == -1
+    points, host = [], SCENES._host_scene_rows
+    monkeypatch.setattr(
+        SCENES, "_host_scene_rows", lambda pred, *a, **k: points.append(pred.shape[1]) or host(pred, *a, **k)
+    )
+    options = dict(ignore=-1, per_image=per_image, row_splits=[0, 100, 200, 450, 600], reduction="none")
+    gathered = value_and_grad(fn, x, mode, y, **options)
+    assert points and set(points) == {np.count_nonzero(labels != -1)}
+    monkeypatch.setattr(SCENES, "COMPACT_BELOW", -1.0)
+    dense = value_and_grad(fn, x, mode, y, **options)
+    assert_same(gathered, dense, ignored)
+    assert gathered[0].shape == ((4,) if per_image else ())
+
+
+@pytest.mark.parametrize("scenes", [False, True])
+def test_tf_gradients_through_the_gathered_path(scenes):
+    """``tf.gradients`` in a ``tf.function`` (no tape: the kernel runs again for the gradient) through the
+    ``tf.cond`` of the gathering, which nests the scene path's own: the tape's gradient. It raised a bare
+    ``AssertionError`` from TensorFlow's cond_v2 before the kernel's backward read its own copies."""
+    if scenes:  # points of scenes, few labelled
+        rng = np.random.default_rng(13)
+        x = rng.normal(size=(300, 5)).astype(np.float32)
+        labels = rng.integers(0, 5, 300)
+        labels[rng.random(300) >= 0.1] = 255
+        options = dict(per_image=True, row_splits=[0, 120, 300], reduction="none")
+    else:
+        x, labels = grid(14)
+        options = dict(per_image=True, reduction="none")
+    options.update(ignore=255, from_logits=True)
+    weights = tf.range(1.0, 3.0 if scenes else 4.0)
+
+    @tf.function
+    def symbolic(p):
+        losses = LT.lovasz_softmax(p, labels, **options)
+        return losses, tf.gradients(tf.reduce_sum(losses * weights), p)[0]
+
+    losses, grad = symbolic(tf.constant(x))
+    expected_losses, expected_grad = value_and_grad(
+        lambda p: tf.reduce_sum(LT.lovasz_softmax(p, labels, **options) * weights), x, "eager"
+    )
+    np.testing.assert_allclose(np.sum(losses.numpy() * weights.numpy()), expected_losses, rtol=1e-6)
+    np.testing.assert_allclose(grad.numpy(), expected_grad, rtol=1e-6, atol=1e-9)

@@ -200,6 +200,9 @@ def _scene_kernel_rows(
         pred: tf.Tensor, codes: tf.Tensor, splits: tf.Tensor
     ) -> tuple[tuple[tf.Tensor, ...], Callable[..., tuple[tf.Tensor, None, None]]]:
         class_rows = tf.transpose(pred) if points_first else pred
+        # backward's own references, made here: inside nested tf.cond branches (a gathered grid's), tf.gradients
+        # rejects a gradient that reads a tensor of an enclosing branch (cond_v2's _resolve_grad_inputs)
+        codes, splits = tf.identity(codes), tf.identity(splits)
         outputs = _host_scene_call(class_rows, codes, splits, mode, need_grad)
 
         def backward(loss_cotangent: tf.Tensor, present_cotangent: tf.Tensor) -> tuple[tf.Tensor, None, None]:
@@ -228,12 +231,14 @@ def dense_or_gathered(
     per_image: bool,
     channels_last: bool,
     whole: Callable[[], tf.Tensor],
+    splits: tf.Tensor | None = None,
 ) -> tf.Tensor:
     """``whole()``, the loss of the images ``pred`` (``[B, N]``, ``[B, N, K]``, or ``[B, K, N]`` where not
     ``channels_last``); or, where at most :data:`COMPACT_BELOW` of the pixels are valid (in some row),
     ``loss_of(points, labels, valid, scenes)`` of those pixels gathered in pixel order, as ``[1, M]``,
     ``[1, M, K]`` or ``[1, K, M]``, and the row splits of their scenes: one per image with ``per_image``,
-    one for the batch otherwise. ``labels`` and ``valid`` are ``[B, N]`` or laid out as ``pred``; among
+    one for the batch otherwise; with the row ``splits`` of points of scenes (``B`` is 1), the valid points
+    of each scene. ``labels`` and ``valid`` are ``[B, N]`` or laid out as ``pred``; among
     the points ``valid`` is None where it was the same in every row. Every other pixel's gradient is an
     exact zero. Chosen eagerly in Python, in a graph by ``tf.cond`` (the number of valid pixels is
     known when it runs)."""
@@ -259,10 +264,12 @@ def dense_or_gathered(
             index = (image[None] * rows + tf.range(rows)[:, None]) * pixels + pixel[None]
             return tf.gather(tf.reshape(x, [-1]), index)[None]
 
-        ends = tf.cumsum(counts) if per_image else tf.reduce_sum(counts, keepdims=True)
-        splits = tf.concat([tf.zeros([1], tf.int64), ends], 0)
+        if splits is not None:  # [1, N]: each scene's valid points, those before its end
+            ends = tf.searchsorted(pixel, tf.cast(splits[1:], tf.int64), out_type=tf.int64)
+        else:
+            ends = tf.cumsum(counts) if per_image else tf.reduce_sum(counts, keepdims=True)
         points_valid = None if uniform else take(valid)
-        return loss_of(take(pred), take(labels), points_valid, splits)
+        return loss_of(take(pred), take(labels), points_valid, tf.concat([tf.zeros([1], tf.int64), ends], 0))
 
     if tf.executing_eagerly():
         return gathered() if bool(gathers) else whole()

@@ -358,15 +358,15 @@ def _on_valid_pixels(
     splits: tf.Tensor | None,
     across: tf.distribute.ReplicaContext | None,
 ) -> tf.Tensor:
-    """``loss_of(pred, labels, valid, scenes)`` of the images, or of their valid pixels gathered into points
-    of scenes where that pays: the C kernel serves (a CPU, float32, not under XLA) and at most
-    :data:`lovasz._tf_scenes.COMPACT_BELOW` of the pixels are valid (``_tf_scenes.dense_or_gathered``).
-    Points of scenes (``splits``) and the batch of every replica (``across``) are taken as they are."""
-    scenes = splits if per_image else None
+    """``loss_of(pred, labels, valid, scenes)`` of the images (or the points of the scenes ``splits``), or of
+    their valid pixels gathered into points of scenes where that pays: the C kernel serves (a CPU, float32,
+    not under XLA) and at most :data:`lovasz._tf_scenes.COMPACT_BELOW` of the pixels are valid
+    (``_tf_scenes.dense_or_gathered``). The batch of every replica (``across``) is taken as it is."""
+    scenes = splits if per_image else None  # else the points are one image
     whole = functools.partial(loss_of, pred, labels, valid, scenes)
-    if splits is not None or valid is None or across is not None or not _tf_rows.use_kernel(pred):
+    if valid is None or across is not None or not _tf_rows.use_kernel(pred):
         return whole()
-    return _tf_scenes.dense_or_gathered(loss_of, pred, labels, valid, per_image, channels_last, whole)
+    return _tf_scenes.dense_or_gathered(loss_of, pred, labels, valid, per_image, channels_last, whole, scenes)
 
 
 def _replicas(global_batch: bool) -> tf.distribute.ReplicaContext | None:
