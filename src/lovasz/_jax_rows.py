@@ -453,11 +453,36 @@ def _segments_into(outputs: tuple[np.ndarray, ...], errors: np.ndarray, codes: n
     loss, present, *grad = outputs
     for index in np.ndindex(errors.shape[:-2]):
         point_grad = grad[0][index] if grad else None
-        loss[index], present[index] = C.lovasz_scene_rows(
-            errors[index], codes[index], ends[index], C.ERRORS, point_grad, _THREADS
-        )
-        if point_grad is not None:  # points past the last segment's end are in none: 0
-            point_grad[:, int(ends[index][-1]) if ends.shape[-1] else 0 :] = 0
+        loss[index], present[index] = _segment_rows_on_host(errors[index], codes[index], ends[index], point_grad)
+
+
+def _segment_rows_on_host(
+    errors: np.ndarray, codes: np.ndarray, ends: np.ndarray, grad: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Loss and presence ``[S, K]`` of the segments ``ends`` of ``errors [K, N]``, writing d loss / d errors
+    into ``grad`` if given (0 at the points in no segment). Where at most :data:`COMPACT_BELOW` of the
+    points count in some row (a weakly labelled point cloud), those are gathered first, in point order."""
+    num_points = int(ends[-1]) if ends.size else 0  # the points past the last end are in no segment
+    valid = codes[:, :num_points].min(axis=0, initial=IGNORED) < IGNORED
+    if np.count_nonzero(valid) > COMPACT_BELOW * codes.shape[-1]:
+        loss_and_presence = C.lovasz_scene_rows(errors, codes, ends, C.ERRORS, grad, _THREADS)
+        if grad is not None:
+            grad[:, num_points:] = 0
+        return loss_and_presence
+    at = np.flatnonzero(valid)
+    points_grad = None if grad is None else np.empty((errors.shape[0], at.size), np.float32)
+    loss_and_presence = C.lovasz_scene_rows(
+        np.ascontiguousarray(errors[:, at]),
+        np.ascontiguousarray(codes[:, at]),
+        np.searchsorted(at, ends),
+        C.ERRORS,
+        points_grad,
+        _THREADS,
+    )
+    if grad is not None:
+        grad.fill(0)
+        grad[:, at] = points_grad
+    return loss_and_presence
 
 
 def _segments_call(errors: jax.Array, codes: jax.Array, ends: jax.Array, need_grad: bool) -> tuple:
