@@ -301,6 +301,63 @@ def test_jit_trace_gives_the_eager_values_on_new_inputs():
     torch.testing.assert_close(traced(x2, y2), _Loss()(x2, y2))
 
 
+def _mostly_ignored(seed, shape):
+    """Probabilities of ``shape`` (``[N, C]`` points or ``[B, C, *spatial]``) and labels, 5-10% valid."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, generator=g).softmax(1)
+    y = torch.randint(0, shape[1], shape[:1] + shape[2:], generator=g)
+    y[torch.rand(y.shape, generator=g) > 0.05 + 0.05 * seed] = 255
+    return dev(x), dev(y)
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.parametrize("shape", [(2000, 5), (1, 6, 40, 40, 10)], ids=["points", "grid"])
+def test_jit_trace_of_mostly_ignored_inputs_gives_the_eager_values_on_new_inputs(monkeypatch, shape):
+    """Eagerly the pixels that count are gathered (their places are the data's); a trace would keep those
+    of the input it traced (it gave another input's loss wrong without a word, and a grid failed inside
+    autograd): traced, the dense path serves, with the eager values and gradient on any input."""
+    monkeypatch.setattr(require("lovasz._torch_scenes"), "COMPACT_MIN_VALUES", 0)
+
+    class Loss(torch.nn.Module):
+        def forward(self, x, y):
+            return L.lovasz_softmax(x, y, ignore=255, per_image=len(shape) > 2)
+
+    traced_x, traced_y = _mostly_ignored(0, shape)
+    traced = torch.jit.trace(Loss(), (traced_x.requires_grad_(), traced_y), check_trace=False)
+    x, y = _mostly_ignored(1, shape)
+    for module in (traced, Loss()):
+        a = x.clone().requires_grad_()
+        loss = module(a, y)
+        loss.backward()
+        if module is traced:
+            traced_loss, traced_grad = loss.detach(), a.grad
+    torch.testing.assert_close(traced_loss, loss.detach())
+    torch.testing.assert_close(traced_grad, a.grad)
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_jit_trace_of_scenes_by_batch():
+    """Traced, ``batch=`` needs ``num_scenes=`` (a count taken from the data would stay the traced input's),
+    and the points are sorted by scene in the graph, whatever their order when traced."""
+    g = torch.Generator().manual_seed(5)
+    x, y = dev(torch.randn(300, 4, generator=g)), dev(torch.randint(0, 4, (300,), generator=g))
+    in_order = dev(torch.arange(3).repeat_interleave(100))
+    shuffled = dev(torch.randint(0, 3, (300,), generator=g))
+    with pytest.raises(TypeError, match="torch.jit.trace, batch= needs num_scenes="):
+        torch.jit.trace(
+            lambda x, y, b: L.lovasz_softmax(x, y, batch=b, per_image=True, from_logits=True), (x, y, in_order)
+        )
+    traced = torch.jit.trace(
+        lambda x, y, b: L.lovasz_softmax(
+            x, y, batch=b, num_scenes=3, per_image=True, from_logits=True, reduction="none"
+        ),
+        (x, y, in_order),
+        check_trace=False,
+    )
+    expected = L.lovasz_softmax(x, y, batch=shuffled, num_scenes=3, per_image=True, from_logits=True, reduction="none")
+    torch.testing.assert_close(traced(x, y, shuffled), expected)
+
+
 def test_export_with_dynamic_height_and_width():
     x, y, _ = _inputs(dtype=torch.float32)
     height, width = torch.export.Dim("height", min=2, max=2048), torch.export.Dim("width", min=2, max=2048)

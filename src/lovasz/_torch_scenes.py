@@ -39,11 +39,17 @@ def _index_tensor(value, name: str, device: torch.device) -> Tensor:
     return value.to(torch.int64)
 
 
+def _traced() -> bool:
+    """Whether a graph is being made of this call (torch.compile, torch.export, torch.jit.trace): what the
+    data decide must be decided in the graph, not here."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
 def _check(ok: Tensor, message: str, found) -> None:
     """Raise where the check can be made at once (eager CPU); else queue it (no host sync): on an
-    accelerator, and in a compiled graph, where it raises when the graph runs (unchecked, scene ids out
+    accelerator, and in a graph, where it raises when the graph runs (unchecked, scene ids out
     of range failed inside the sort path or, negative, joined the first scene)."""
-    if torch.compiler.is_compiling() or ok.device.type != "cpu":
+    if _traced() or ok.device.type != "cpu":
         torch._assert_async(ok, message)
     elif not ok:
         raise ValueError(f"{message}; got {found()}")
@@ -77,15 +83,17 @@ def scenes(
         if scene.shape[0] != num_points:
             raise ValueError(f"batch must give one scene per point, shape [{num_points}]; got {list(scene.shape)}")
         if num_scenes is None:  # the one host sync of this path: pass num_scenes to avoid it
-            if torch.compiler.is_compiling():
-                raise TypeError("under torch.compile, batch= needs num_scenes= (the number of scenes, an int)")
+            if _traced():
+                raise TypeError(
+                    "under torch.compile and torch.jit.trace, batch= needs num_scenes= (the number of scenes, an int)"
+                )
             num_scenes = int(scene.max()) + 1 if num_points else 0
         if isinstance(num_scenes, bool) or not isinstance(num_scenes, int) or num_scenes < 0:
             raise TypeError(f"num_scenes must be a non-negative int; got {num_scenes!r}")
         ok = torch.all((scene >= 0) & (scene < num_scenes))
         _check(ok, f"batch must hold scene indices in [0, {num_scenes - 1}]", lambda: scene.unique().tolist())
         # Points in scene order stay where they are (checked on the CPU only: elsewhere a host sync).
-        in_order = scene.device.type == "cpu" and not torch.compiler.is_compiling()
+        in_order = scene.device.type == "cpu" and not _traced()
         if not (in_order and bool(torch.all(scene[1:] >= scene[:-1]))):
             order = torch.sort(scene, stable=True)  # points grouped by scene; the loss doesn't see the order
             scene, prediction, labels = order.values, prediction[order.indices], labels[order.indices]
@@ -126,8 +134,9 @@ def _may_sync(x: Tensor) -> bool:
     """Whether the valid pixels may be counted: always on the CPU; on an accelerator eagerly, but not in
     a CUDA graph's capture, nor where the user asked torch to warn of or refuse host syncs
     (``torch.cuda.set_sync_debug_mode``). Never under torch.compile or a torch.func transform (vmap, grad,
-    jvp): the gather's size depends on the data."""
-    if torch.compiler.is_compiling() or torch._C._functorch.peek_interpreter_stack() is not None:
+    jvp), nor in ``torch.jit.trace``, which would keep the pixels of the input it traced: the gather's size and
+    places depend on the data."""
+    if _traced() or torch._C._functorch.peek_interpreter_stack() is not None:
         return False
     if x.device.type == "cuda":
         return not torch.cuda.is_current_stream_capturing() and torch.cuda.get_sync_debug_mode() == 0
