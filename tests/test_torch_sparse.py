@@ -382,3 +382,27 @@ def test_mostly_labelled_points_are_not_gathered(monkeypatch):
     assert sizes == [None, None, (weak_labels != -1).sum()]  # compiled: not gathered; eager: gathered
     torch.testing.assert_close(loss, expected_loss)
     torch.testing.assert_close(grad, expected_grad)
+
+
+def test_gathered_points_at_second_order_and_in_forward_mode(monkeypatch):
+    """Through the gathered points (``index_select``): a second derivative (``create_graph``) and forward-mode
+    AD (``torch.autograd.forward_ad``) give the dense path's values."""
+    logits, labels = weak_points(5)
+    tangent = torch.randn(logits.shape, generator=torch.Generator().manual_seed(6))
+    sizes = gathered_points(monkeypatch)
+
+    def derivatives():
+        x = logits.clone().requires_grad_()
+        (first,) = torch.autograd.grad(L.lovasz_softmax(x.softmax(1), labels, ignore=-1), x, create_graph=True)
+        (second,) = torch.autograd.grad((first * tangent).sum(), x)
+        with torch.autograd.forward_ad.dual_level():
+            dual = torch.autograd.forward_ad.make_dual(logits.softmax(1), tangent)
+            jvp = torch.autograd.forward_ad.unpack_dual(L.lovasz_softmax(dual, labels, ignore=-1)).tangent
+        return first.detach(), second, jvp
+
+    gathered = derivatives()
+    assert sizes and all(size == (labels != -1).sum() for size in sizes)
+    monkeypatch.setattr(S, "COMPACT_BELOW", -1.0)
+    for got, expected in zip(gathered, derivatives()):
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-9)
+    assert not gathered[1][labels == -1].any()
