@@ -92,3 +92,24 @@ def sweep(count: int = 240, seed: int = 0, max_classes: int = 21):
             pred = rng.normal(size=(batch, num, *spatial)) * 2
             labels = _labels(rng, (batch, num, *spatial), 2, ignore)
         yield Case(kind, pred, labels, options)
+
+
+def weakly_labelled_points(kind: str, seed: int, num_points: int = 600, channels: int = 5) -> tuple:
+    """Points of a weakly labelled cloud: ~10% labelled, the others -1, none among points 100-199. For ``kind``
+    (softmax, hinge, multilabel): the prediction (float32 ``[N, C]``, ``[N]`` scores for the hinge), the labels
+    (``[N, C]`` targets for multi-label, a labelled point ignored in channel 3), where they are ignored (laid
+    out as the prediction) and the number of points labelled."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(num_points, channels)).astype(np.float32)
+    labels = rng.integers(0, channels, num_points)
+    labels[rng.random(num_points) >= 0.1] = -1
+    labels[100:200] = -1
+    labelled = int(np.count_nonzero(labels != -1))
+    if kind == "softmax":
+        return logits, labels, np.broadcast_to((labels == -1)[:, None], logits.shape), labelled
+    if kind == "hinge":
+        return logits[:, 0], np.where(labels == -1, -1, labels % 2), labels == -1, labelled
+    targets = rng.integers(0, 2, logits.shape)
+    targets[labels == -1] = -1
+    targets[labels != -1, 3] = -1  # ignored in one channel only: the point still counts
+    return logits, targets, targets == -1, labelled

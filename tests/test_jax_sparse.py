@@ -13,6 +13,7 @@ import itertools
 
 import numpy as np
 import pytest
+from cases import weakly_labelled_points
 
 from conftest import require
 from lovasz import reference
@@ -273,27 +274,20 @@ def test_weakly_labelled_points_of_segments_are_gathered(monkeypatch, kind):
     """Points of segments (``segment_ids=``) of which few are labelled (weak supervision): the kernel sorts
     the labelled ones only, each segment's its own (one has none); the loss and gradient of sorting all of
     them, and of the sorts in JAX."""
-    rng = np.random.default_rng(12)
-    logits = rng.normal(size=(600, 5)).astype(np.float32)
-    labels = rng.integers(0, 5, 600)
-    labels[rng.random(600) >= 0.1] = -1
-    labels[100:200] = -1
-    segments = np.repeat(np.arange(4), [100, 100, 250, 150])
-    if kind == "softmax":
-        fn, x, y, ignored = LJ.lovasz_softmax, logits, labels, np.broadcast_to((labels == -1)[:, None], logits.shape)
-    elif kind == "hinge":
-        fn, x, y, ignored = LJ.lovasz_hinge, logits[:, 0], np.where(labels == -1, -1, labels % 2), labels == -1
-    else:  # a point may be ignored in some channels only: still sorted
-        y = rng.integers(0, 2, logits.shape)
-        y[labels == -1] = -1
-        y[labels != -1, 3] = -1
-        fn, x, ignored = LJ.lovasz_multilabel, logits, y == -1
+    x, y, ignored, labelled = weakly_labelled_points(kind, 12)
+    fn = {"softmax": LJ.lovasz_softmax, "hinge": LJ.lovasz_hinge, "multilabel": LJ.lovasz_multilabel}[kind]
     weighted = lambda x, *a, **k: fn(x, *a, **k) @ jnp.arange(1.0, 5.0)  # noqa: E731  each segment its own
     sorted_points, scene_rows = [], C.lovasz_scene_rows
     monkeypatch.setattr(C, "lovasz_scene_rows", lambda e, *a: sorted_points.append(e.shape[-1]) or scene_rows(e, *a))
-    options = dict(ignore=-1, per_image=True, segment_ids=segments, num_segments=4, reduction="none")
+    options = dict(
+        ignore=-1,
+        per_image=True,
+        segment_ids=np.repeat(np.arange(4), [100, 100, 250, 150]),
+        num_segments=4,
+        reduction="none",
+    )
     gathered = value_and_grad(weighted, x, y, **options)
-    assert sorted_points and set(sorted_points) == {np.count_nonzero(labels != -1)}
+    assert sorted_points and set(sorted_points) == {labelled}
     monkeypatch.setattr(JR, "COMPACT_BELOW", -1.0)
     del sorted_points[:]
     dense = value_and_grad(weighted, x, y, **options)

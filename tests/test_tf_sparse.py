@@ -10,6 +10,7 @@ import itertools
 
 import numpy as np
 import pytest
+from cases import weakly_labelled_points
 
 from conftest import require
 
@@ -191,27 +192,15 @@ def test_xla_keeps_the_grid():
 def test_weakly_labelled_points_of_scenes_are_gathered(monkeypatch, mode, per_image, kind):
     """Points of scenes (``row_splits=``) of which few are labelled (weak supervision): the labelled ones
     are gathered, each scene's its own (one empty), or all as one set; the dense path's loss and gradient."""
-    rng = np.random.default_rng(11)
-    logits = rng.normal(size=(600, 5)).astype(np.float32)
-    labels = rng.integers(0, 5, 600)
-    labels[rng.random(600) >= 0.1] = -1
-    labels[100:200] = -1
-    if kind == "softmax":
-        fn, x, y, ignored = LT.lovasz_softmax, logits, labels, np.broadcast_to((labels == -1)[:, None], logits.shape)
-    elif kind == "hinge":
-        fn, x, y, ignored = LT.lovasz_hinge, logits[:, 0], np.where(labels == -1, -1, labels % 2), labels == -1
-    else:  # a point may be ignored in some channels only: still gathered
-        y = rng.integers(0, 2, logits.shape)
-        y[labels == -1] = -1
-        y[labels != -1, 3] = -1
-        fn, x, ignored = LT.lovasz_multilabel, logits, y == -1
+    x, y, ignored, labelled = weakly_labelled_points(kind, 11)
+    fn = {"softmax": LT.lovasz_softmax, "hinge": LT.lovasz_hinge, "multilabel": LT.lovasz_multilabel}[kind]
     points, host = [], SCENES._host_scene_rows
     monkeypatch.setattr(
         SCENES, "_host_scene_rows", lambda pred, *a, **k: points.append(pred.shape[1]) or host(pred, *a, **k)
     )
     options = dict(ignore=-1, per_image=per_image, row_splits=[0, 100, 200, 450, 600], reduction="none")
     gathered = value_and_grad(fn, x, mode, y, **options)
-    assert points and set(points) == {np.count_nonzero(labels != -1)}
+    assert points and set(points) == {labelled}
     monkeypatch.setattr(SCENES, "COMPACT_BELOW", -1.0)
     dense = value_and_grad(fn, x, mode, y, **options)
     assert_same(gathered, dense, ignored)
