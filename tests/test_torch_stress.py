@@ -323,8 +323,11 @@ def test_jit_trace_of_mostly_ignored_inputs_gives_the_eager_values_on_new_inputs
             return L.lovasz_softmax(x, y, ignore=255, per_image=len(shape) > 2)
 
     traced_x, traced_y = _mostly_ignored(0, shape)
-    traced = torch.jit.trace(Loss(), (traced_x.requires_grad_(), traced_y), check_trace=False)
     x, y = _mostly_ignored(1, shape)
+    without_grad = torch.jit.trace(Loss(), (traced_x, traced_y), check_trace=False)  # keeps need_grad=False
+    with pytest.raises(RuntimeError, match="trace with inputs that require grad"):
+        without_grad(x.clone().requires_grad_(), y).backward()
+    traced = torch.jit.trace(Loss(), (traced_x.requires_grad_(), traced_y), check_trace=False)
     for module in (traced, Loss()):
         a = x.clone().requires_grad_()
         loss = module(a, y)

@@ -644,7 +644,11 @@ def _backward(ctx, grad_per_set, *_):
     if grad_per_set is None or not ctx.needs_input_grad[0]:  # (the class weights' gradient: see lovasz_sets)
         return (None,) + _NO_GRADS
     if not ctx.need_grad:
-        raise RuntimeError("lovasz_loss was called with need_grad=False but a gradient was requested")
+        raise RuntimeError(
+            "lovasz_loss was called with need_grad=False but a gradient was requested: the prediction did not "
+            "require grad when the loss was computed, or traced (a torch.jit.trace keeps that choice: trace with "
+            "inputs that require grad)"
+        )
     # The loss is piecewise linear in the errors, so the saved gradient is piecewise constant in the
     # prediction: its own derivative is zero, and create_graph=True is exact, except through the
     # softmax taken inside, whose curvature the saved gradient no longer knows.
