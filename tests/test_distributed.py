@@ -23,6 +23,10 @@ def global_batch(kind: str):
         return torch.randn(WORLD * PER_RANK, 1, 6, 7, generator=g, dtype=torch.float64), torch.randint(
             0, 2, (WORLD * PER_RANK, 6, 7), generator=g
         )
+    if kind == "points":  # points-first [N, C], a point per "image" of the harness
+        labels = torch.randint(0, 4, (WORLD * PER_RANK,), generator=g)
+        labels[1] = 255
+        return torch.randn(WORLD * PER_RANK, 4, generator=g, dtype=torch.float64), labels
     logits = torch.randn(WORLD * PER_RANK, 4, 6, 7, generator=g, dtype=torch.float64)
     if kind == "multilabel":
         return logits, torch.randint(0, 2, logits.shape, generator=g)
@@ -44,6 +48,16 @@ CASES = {
     ),
     "hinge batch": ("hinge", lambda x, y, **kw: L.lovasz_hinge(x, y, per_image=False, **kw)),
     "multilabel batch": ("multilabel", lambda x, y, **kw: L.lovasz_multilabel(x, y, per_image=False, **kw)),
+    "points batch": (
+        "points",
+        lambda x, y, **kw: L.lovasz_softmax(x, y, per_image=False, ignore=255, from_logits=True, **kw),
+    ),
+    "points of a scene, one set": (
+        "points",
+        lambda x, y, **kw: L.lovasz_softmax(
+            x, y, per_image=False, ignore=255, from_logits=True, offsets=[x.shape[0]], **kw
+        ),
+    ),
     "module": ("softmax", lambda x, y, **kw: L.CrossEntropyLovaszLoss(ignore_index=255, ce_weight=0.0, **kw)(x, y)),
 }
 
@@ -137,6 +151,11 @@ def rank_batch(kind: str, case: int, rank: int, shape):
         labels = torch.randint(0, 2, (b, h, w), generator=g)
         labels[:, 0, :2] = 255
         return torch.randn(b, h, w, generator=g, dtype=torch.float64), labels
+    if kind == "points":  # points-first [N, C] of b * h * w points
+        labels = torch.randint(0, 4, (b * h * w,), generator=g)
+        labels[::5] = 255
+        labels[labels == 3] = 2 if rank == 0 else 3
+        return torch.randn(b * h * w, 4, generator=g, dtype=torch.float64), labels
     if kind == "multilabel":
         targets = torch.randint(0, 2, (b, 3, h, w), generator=g)
         targets[:, 1] = 0 if rank == 0 else targets[:, 1]  # channel 1 only on rank 1
@@ -150,6 +169,8 @@ def rank_batch(kind: str, case: int, rank: int, shape):
 
 def pixel_union(kind: str, xs, ys):
     """One [1, C, P] (hinge: [1, P]) batch holding every rank's pixels, class by class, and its labels."""
+    if kind == "points":  # [P, C]: every rank's points
+        return torch.cat(xs), torch.cat(ys)
     if kind == "hinge":
         return torch.cat([x.reshape(-1) for x in xs])[None], torch.cat([y.reshape(-1) for y in ys])[None]
     x = torch.cat([x.movedim(1, 0).reshape(x.shape[1], -1) for x in xs], 1)[None]
@@ -180,6 +201,11 @@ UNEQUAL_LOSSES = {
     "multilabel probabilities": (
         "multilabel",
         lambda x, y, **kw: L.lovasz_multilabel(x.sigmoid(), y, per_image=False, ignore=255, from_logits=False, **kw),
+    ),
+    "points [N, C]": ("points", lambda x, y, **kw: L.lovasz_softmax(x, y, ignore=255, from_logits=True, **kw)),
+    "points of a scene, one set": (
+        "points",
+        lambda x, y, **kw: L.lovasz_softmax(x, y, ignore=255, from_logits=True, offsets=[x.shape[0]], **kw),
     ),
     "module": ("softmax", lambda x, y, **kw: L.LovaszLoss("multiclass", ignore_index=255, **kw)(x, y)),
 }
