@@ -304,11 +304,14 @@ OFFSETS = torch.tensor([100, 200, 450, 600])
 
 def gathered_points(monkeypatch):
     """The sizes of the points that ``_gathered_points`` gathered, call by call."""
-    sizes = []
-    gather = S._gathered_points
-    monkeypatch.setattr(
-        S, "_gathered_points", lambda *a: (lambda c: sizes.append(c and c.labels.shape[-1]) or c)(gather(*a))
-    )
+    sizes, gather = [], S._gathered_points
+
+    def spy(*args):
+        points = gather(*args)
+        sizes.append(None if points is None else points.labels.shape[-1])
+        return points
+
+    monkeypatch.setattr(S, "_gathered_points", spy)
     return sizes
 
 

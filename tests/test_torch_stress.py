@@ -328,14 +328,15 @@ def test_jit_trace_of_mostly_ignored_inputs_gives_the_eager_values_on_new_inputs
     with pytest.raises(RuntimeError, match="trace with inputs that require grad"):
         without_grad(x.clone().requires_grad_(), y).backward()
     traced = torch.jit.trace(Loss(), (traced_x.requires_grad_(), traced_y), check_trace=False)
-    for module in (traced, Loss()):
+
+    def loss_and_grad(module):
         a = x.clone().requires_grad_()
         loss = module(a, y)
         loss.backward()
-        if module is traced:
-            traced_loss, traced_grad = loss.detach(), a.grad
-    torch.testing.assert_close(traced_loss, loss.detach())
-    torch.testing.assert_close(traced_grad, a.grad)
+        return loss.detach(), a.grad
+
+    for got, expected in zip(loss_and_grad(traced), loss_and_grad(Loss())):
+        torch.testing.assert_close(got, expected)
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
