@@ -138,6 +138,33 @@ def test_without_per_image_all_points_are_one_set(path):
     np.testing.assert_allclose(host(got), expected, rtol=1e-5)
 
 
+def test_without_per_image_every_layout_of_points_is_the_call_without_scenes(path):
+    """``per_image=False`` with scenes (``offsets=``, or ``batch=`` in any order): one set of every point, the
+    loss of the same points without scenes (one image of them for one channel), for each layout: ``[N, C]``,
+    sigmoid probabilities ``[N]``, the hinge's ``[N]`` and ``[N, 1]``, multi-label ``[N, C]``."""
+    x, y, offsets = scene_data(3, seed=12, dtype=torch.float64)
+    binary = torch.where(y == 255, 255, y % 2)
+    shuffled = dev(torch.randint(0, len(offsets), (x.shape[0],), generator=torch.Generator().manual_seed(3)))
+    targets = torch.where(y[:, None] == 255, 255, (x > 0).long())
+    calls = [
+        (lambda **kw: L.lovasz_softmax(dev(x), dev(y), ignore=255, from_logits=True, **kw), None),
+        (lambda **kw: L.lovasz_softmax(dev(x[:, 0].sigmoid()), dev(binary), ignore=255, **kw), "one image"),
+        (lambda **kw: L.lovasz_hinge(dev(x[:, 0]), dev(binary), ignore=255, **kw), None),
+        (lambda **kw: L.lovasz_hinge(dev(x[:, :1]), dev(binary), ignore=255, **kw), None),
+        (lambda **kw: L.lovasz_multilabel(dev(x), dev(targets), ignore=255, **kw), None),
+    ]
+    for call, layout in calls:
+        for scenes in (dict(offsets=dev(offsets)), dict(batch=shuffled)):
+            got = call(per_image=False, **scenes)
+            if layout == "one image":  # [N] alone would be N images of a pixel each
+                expected = L.lovasz_softmax(
+                    dev(x[:, 0].sigmoid())[None], dev(binary)[None], ignore=255, per_image=False
+                )
+            else:
+                expected = call(per_image=False)
+            torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
 def test_sigmoid_points_and_the_loss_classes(path):
     x, y, offsets = scene_data(2, seed=11, dtype=torch.float32)
     y = torch.where(y == 255, 255, y % 2)

@@ -228,9 +228,9 @@ def _points(
         return prediction, labels, None
     _check_prediction(prediction, names[0])
     points = _torch_scenes.scenes(prediction, labels, *scenes, multilabel, names[:2])
-    if not per_image:  # one set of all the points: the call without scenes
+    if not per_image and prediction.ndim >= 2:  # one set of all the points [N, C]: the call without scenes
         return prediction, labels, None
-    return points.prediction, points.labels, points.ends
+    return points.prediction, points.labels, points.ends if per_image else None
 
 
 def _sparse(
