@@ -221,9 +221,10 @@ def _points(
     multilabel: bool,
     names: tuple[str, str] | tuple[str, str, str],
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Points-first inputs of scenes (``scenes = (batch, offsets, num_scenes)``) in the dense layout,
-    with the scenes' ends, where the loss is per scene; where it is not, and for other inputs, the inputs
-    as they are (the scenes checked all the same)."""
+    """Points-first inputs of scenes (``scenes = (batch, offsets, num_scenes)``) in the dense layout, with
+    the scenes' ends where the loss is per scene (one channel, ``[N]``: one image of the points, without
+    ends, where it is not); points ``[N, C]`` of one set, and other inputs, as they are (the scenes checked
+    all the same)."""
     if all(value is None for value in scenes):
         return prediction, labels, None
     _check_prediction(prediction, names[0])
