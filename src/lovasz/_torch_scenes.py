@@ -149,6 +149,12 @@ def _found_by_numpy(valid: Tensor) -> bool:
     return valid.device.type == "cpu"
 
 
+def _counted(ignored: Tensor) -> Tensor:
+    """``[B, N]``: the pixels of ``ignored [B, L, N]`` that some row does not ignore (multi-label: a pixel
+    may be ignored in some rows only)."""
+    return ~ignored.all(1) if ignored.shape[1] > 1 else ~ignored[:, 0]
+
+
 def _valid_pixels(valid: Tensor) -> Tensor | None:
     """The flat indices ``[M]`` (rising) of the true entries of ``valid [B, N]``, where they are at most
     :data:`COMPACT_BELOW` of all; else None. Counting them is the host sync on an accelerator, the only
@@ -185,7 +191,7 @@ def compact(
     if ignored is None or pred.numel() < COMPACT_MIN_VALUES or not _may_sync(pred):
         return None
     partly = ignored.shape[1] > 1  # multi-label: a valid pixel may be ignored in some rows
-    at = _valid_pixels(~ignored.all(1) if partly else ~ignored.reshape(batch, num_pixels))
+    at = _valid_pixels(_counted(ignored))
     if at is None:
         return None
     image, pixel = at // num_pixels, at % num_pixels  # of each valid pixel, in pixel order
@@ -208,12 +214,11 @@ def _gathered_points(pred: Tensor, labels: Tensor, ignored: Tensor | None, ends:
     on every call, of points that mostly count (Pointcept's ignore -1: ~5%)."""
     if ignored is None or pred.device.type != "cpu" or not _may_sync(pred):
         return None
-    partly = ignored.shape[1] > 1
-    at = _valid_pixels(~ignored.all(1) if partly else ~ignored.reshape(1, -1))
+    at = _valid_pixels(_counted(ignored))
     if at is None:
         return None
     points = pred.squeeze(0).T.index_select(0, at).T.unsqueeze(0)
-    gathered_ignored = ignored.index_select(2, at) if partly else None
+    gathered_ignored = ignored.index_select(2, at) if ignored.shape[1] > 1 else None
     return Compacted(points, labels.index_select(2, at), gathered_ignored, torch.searchsorted(at, ends))
 
 
