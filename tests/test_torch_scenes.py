@@ -141,11 +141,18 @@ def test_without_per_image_all_points_are_one_set(path):
 def test_without_per_image_every_layout_of_points_is_the_call_without_scenes(path):
     """``per_image=False`` with scenes (``offsets=``, or ``batch=`` in any order): one set of every point, the
     loss of the same points without scenes (one image of them for one channel), for each layout: ``[N, C]``,
-    sigmoid probabilities ``[N]``, the hinge's ``[N]`` and ``[N, 1]``, multi-label ``[N, C]``."""
+    sigmoid probabilities ``[N]``, the hinge's ``[N]`` and ``[N, 1]``, multi-label ``[N, C]``. Gradients too,
+    with the errors tied in many places: tied errors fall in the points' own order, not the scenes'."""
     x, y, offsets = scene_data(3, seed=12, dtype=torch.float64)
+    x = ((x * 2).round() / 2).requires_grad_()  # ties
+
+    def value_and_grad(loss):
+        value = loss()
+        return value.detach(), torch.autograd.grad(value, x)[0]
+
     binary = torch.where(y == 255, 255, y % 2)
     shuffled = dev(torch.randint(0, len(offsets), (x.shape[0],), generator=torch.Generator().manual_seed(3)))
-    targets = torch.where(y[:, None] == 255, 255, (x > 0).long())
+    targets = torch.where(y[:, None] == 255, 255, (x.detach() > 0).long())
     calls = [
         (lambda **kw: L.lovasz_softmax(dev(x), dev(y), ignore=255, from_logits=True, **kw), None),
         (lambda **kw: L.lovasz_softmax(dev(x[:, 0].sigmoid()), dev(binary), ignore=255, **kw), "one image"),
@@ -155,14 +162,17 @@ def test_without_per_image_every_layout_of_points_is_the_call_without_scenes(pat
     ]
     for call, layout in calls:
         for scenes in (dict(offsets=dev(offsets)), dict(batch=shuffled)):
-            got = call(per_image=False, **scenes)
+            got, got_grad = value_and_grad(lambda: call(per_image=False, **scenes))
             if layout == "one image":  # [N] alone would be N images of a pixel each
-                expected = L.lovasz_softmax(
-                    dev(x[:, 0].sigmoid())[None], dev(binary)[None], ignore=255, per_image=False
+                expected, expected_grad = value_and_grad(
+                    lambda: L.lovasz_softmax(
+                        dev(x[:, 0].sigmoid())[None], dev(binary)[None], ignore=255, per_image=False
+                    )
                 )
             else:
-                expected = call(per_image=False)
+                expected, expected_grad = value_and_grad(lambda: call(per_image=False))
             torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(got_grad, expected_grad, rtol=1e-12, atol=1e-12)
 
 
 def test_sigmoid_points_and_the_loss_classes(path):

@@ -22,9 +22,9 @@ from lovasz import _validation as V
 
 
 class Scenes(NamedTuple):
-    prediction: Tensor  # [1, C, N] ([1, N] for one channel), points ordered by scene
+    prediction: Tensor  # [1, C, N] ([1, N] for one channel), points ordered by scene if grouped
     labels: Tensor  # [1, N] ([1, C, N] for multi-label)
-    ends: Tensor  # [S] int64: scene s is the run [ends[s - 1], ends[s]) of points
+    ends: Tensor | None  # [S] int64: scene s is the run [ends[s - 1], ends[s]) of points; None if not grouped
 
 
 def _index_tensor(value, name: str, device: torch.device) -> Tensor:
@@ -63,8 +63,10 @@ def scenes(
     num_scenes: int | None,
     multilabel: bool,
     names: tuple[str, str],
+    grouped: bool = True,
 ) -> Scenes:
-    """Check points-first inputs and their scenes; the dense layout and the scenes' ends."""
+    """Check points-first inputs and their scenes; the dense layout and, if ``grouped``, the points ordered
+    by scene and the scenes' ends (else the points in their own order: one set of them all)."""
     if (batch is None) == (offsets is None):
         raise TypeError("pass the scenes as batch= (a scene index per point) or offsets= (cumulative counts), not both")
     if not isinstance(prediction, Tensor) or not isinstance(labels, Tensor):
@@ -78,6 +80,7 @@ def scenes(
         ok = torch.all(ends[1:] >= ends[:-1]) & torch.all(ends >= 0)
         ok &= (ends[-1] == num_points) if ends.numel() else torch.tensor(num_points == 0, device=ends.device)
         _check(ok, f"offsets must be cumulative point counts, rising to {num_points}", lambda: ends.tolist())
+        ends = ends if grouped else None
     else:
         scene = _index_tensor(batch, "batch", prediction.device)
         if scene.shape[0] != num_points:
@@ -92,12 +95,14 @@ def scenes(
             raise TypeError(f"num_scenes must be a non-negative int; got {num_scenes!r}")
         ok = torch.all((scene >= 0) & (scene < num_scenes))
         _check(ok, f"batch must hold scene indices in [0, {num_scenes - 1}]", lambda: scene.unique().tolist())
-        # Points in scene order stay where they are (checked on the CPU only: elsewhere a host sync).
-        in_order = scene.device.type == "cpu" and not _traced()
-        if not (in_order and bool(torch.all(scene[1:] >= scene[:-1]))):
-            order = torch.sort(scene, stable=True)  # points grouped by scene; the loss doesn't see the order
-            scene, prediction, labels = order.values, prediction[order.indices], labels[order.indices]
-        ends = torch.searchsorted(scene, torch.arange(num_scenes, device=scene.device), right=True)
+        if grouped:  # points in scene order stay where they are (checked on the CPU only: elsewhere a host sync)
+            in_order = scene.device.type == "cpu" and not _traced()
+            if not (in_order and bool(torch.all(scene[1:] >= scene[:-1]))):
+                order = torch.sort(scene, stable=True)  # points grouped by scene; the loss doesn't see the order
+                scene, prediction, labels = order.values, prediction[order.indices], labels[order.indices]
+            ends = torch.searchsorted(scene, torch.arange(num_scenes, device=scene.device), right=True)
+        else:
+            ends = None
     if multilabel or prediction.ndim == 2:
         # [1, C, N]: on the CPU a view of the points, which the C kernel reads where they lie; on an
         # accelerator a copy, whose class rows are contiguous for the sort

@@ -228,10 +228,10 @@ def _points(
     if all(value is None for value in scenes):
         return prediction, labels, None
     _check_prediction(prediction, names[0])
-    points = _torch_scenes.scenes(prediction, labels, *scenes, multilabel, names[:2])
+    points = _torch_scenes.scenes(prediction, labels, *scenes, multilabel, names[:2], grouped=per_image)
     if not per_image and prediction.ndim >= 2:  # one set of all the points [N, C]: the call without scenes
         return prediction, labels, None
-    return points.prediction, points.labels, points.ends if per_image else None
+    return points.prediction, points.labels, points.ends
 
 
 def _sparse(
