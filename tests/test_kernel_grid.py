@@ -1,6 +1,7 @@
 """The C kernel's gather and scatter of a mostly ignored grid's pixels (``lovasz_gather_f32``,
 ``lovasz_scatter_f32``), against NumPy: rows that start anywhere against a cache line, images with no
-pixel, pixels at both ends; and inputs out of order or out of range never written out of bounds."""
+pixel, pixels at both ends; and inputs out of order or out of range never written out of bounds. Also the
+checks of the scenes' ends that every entry taking scenes makes."""
 
 import numpy as np
 import pytest
@@ -59,6 +60,21 @@ def test_scatter_of_rising_pixels_writes_each_of_them():
     _ckernel.scatter_pixels(values, np.array([5, 90, 0, 40, 50, 100]), np.array([2, 6]), grid, 2)
     assert grid[0, 1, 5] == values[1, 0] and grid[1, 2, 100] == values[2, 5] and grid[1, 0, 0] == values[0, 2]
     assert np.count_nonzero(grid) == 18 and not np.isnan(grid).any()
+
+
+def test_scene_ends_are_checked():
+    """Every entry that takes scenes checks their ends before the kernel reads the points by them."""
+    rows, codes = np.zeros((2, 6), np.float32), np.zeros((2, 6), np.uint8)
+    points = np.zeros((6, 2), np.float32)
+    for ends in ([-1, 6], [4, 3, 6], [2, 7]):
+        with pytest.raises(ValueError, match="scene ends must rise from 0 to at most 6"):
+            _ckernel.lovasz_scene_rows(rows, codes, np.array(ends), _ckernel.HINGE, None, 1)
+        with pytest.raises(ValueError, match="scene ends must rise from 0 to at most 6"):
+            _ckernel.lovasz_points(points, codes, np.array(ends), _ckernel.HINGE, None, 1, False, np.ones_like)
+    with pytest.raises(ValueError, match="the last scene must end at the last point, 6; got 5"):
+        _ckernel.lovasz_points(points, codes, np.array([2, 5]), _ckernel.HINGE, None, 1, False, np.ones_like)
+    loss, present = _ckernel.lovasz_scene_rows(rows, codes, np.array([0, 2, 2, 6]), _ckernel.HINGE, None, 1)
+    assert loss.shape == present.shape == (4, 2)  # empty scenes are fine
 
 
 def test_boundary_checks():

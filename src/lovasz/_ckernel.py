@@ -369,11 +369,17 @@ def _run_rows(
         raise MemoryError(f"lovasz: no memory for the sort scratch of {what}")
 
 
-def _scene_ends(ends: np.ndarray, num_points: int) -> np.ndarray:
+def _scene_ends(ends: np.ndarray, num_points: int) -> tuple[np.ndarray, int]:
+    """``ends`` as C-contiguous int64, checked to rise from 0 to at most ``num_points``, and the most points
+    a scene has."""
     ends = np.ascontiguousarray(ends, dtype=np.int64)
-    if ends.size and (ends[0] < 0 or np.any(np.diff(ends) < 0) or ends[-1] > num_points):
+    if not ends.size:
+        return ends, 0
+    sizes = ends.copy()
+    sizes[1:] -= ends[:-1]
+    if sizes.min() < 0 or ends[-1] > num_points:
         raise ValueError(f"scene ends must rise from 0 to at most {num_points}; got {ends.tolist()}")
-    return ends
+    return ends, int(sizes.max())
 
 
 def lovasz_scene_rows(
@@ -385,15 +391,27 @@ def lovasz_scene_rows(
     points; scene ``s`` is points ``[ends[s - 1], ends[s])``. Writes d loss / d pred into
     ``grad`` (C-contiguous float32 shaped like ``pred``, possibly ``pred`` itself) if given.
     """
-    num_classes, num_points = codes.shape
-    ends = _scene_ends(ends, num_points)
     pred, codes = _float32(pred, "pred", codes.shape), _checked(codes, "codes", np.uint8)
-    grad = _output(grad, "grad", pred.shape)
+    return _scene_rows(
+        pred, codes, *_scene_ends(ends, codes.shape[1]), mode, _output(grad, "grad", pred.shape), threads
+    )
+
+
+def _scene_rows(
+    pred: np.ndarray,
+    codes: np.ndarray,
+    ends: np.ndarray,
+    largest: int,
+    mode: int,
+    grad: np.ndarray | None,
+    threads: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`lovasz_scene_rows` of arrays checked already; ``largest``: the most points a scene has."""
+    num_classes, num_points = codes.shape
     loss = np.empty((ends.size, num_classes), np.float32)
     present = np.empty((ends.size, num_classes), np.bool_)
     args = (pred.ctypes.data, codes.ctypes.data, None if grad is None else grad.ctypes.data)
     args += (num_classes, num_points, ends.ctypes.data, mode)
-    largest = int(np.diff(ends, prepend=0).max()) if ends.size else 0
     threads = _within_budget(_threads_for(pred.size, threads), 8 * (largest + 1), pred.nbytes)
     _run_rows(SCENE_ROWS_ENTRY, scene_kernel(), args, loss, present, threads, f"{num_points} points")
     return loss, present
@@ -425,7 +443,7 @@ def lovasz_points(
     softmax), the rows, the gradient back.
     """
     num_classes, num_points = codes.shape
-    ends = _scene_ends(ends, num_points)
+    ends, largest = _scene_ends(ends, num_points)
     if ends.size and ends[-1] != num_points:
         raise ValueError(f"the last scene must end at the last point, {num_points}; got {ends[-1]}")
     points, codes = _float32(points, "points", (num_points, num_classes)), _checked(codes, "codes", np.uint8)
@@ -439,7 +457,7 @@ def lovasz_points(
     args = (points.ctypes.data, block.ctypes.data, None if probs is None else probs.ctypes.data)
     args += (num_classes, num_points, int(logits))
     _run_blocks(_Call(POINTS_IN_ENTRY, into, args), point_blocks, len(point_blocks))
-    loss, present = lovasz_scene_rows(block, codes, ends, mode, None if grad is None else block, threads)
+    loss, present = _scene_rows(block, codes, ends, largest, mode, None if grad is None else block, threads)
     if grad is not None:
         coefficient = _float32(np.asarray(coefficients(loss, present), dtype=np.float32), "coefficients", loss.shape)
         args = (block.ctypes.data, None if probs is None else probs.ctypes.data, grad.ctypes.data)
@@ -470,7 +488,7 @@ def scatter_pixels(values: np.ndarray, pixel: np.ndarray, ends: np.ndarray, grad
     out of order, or out of ``[0, N)``, are never written out of bounds (some of them not at all)."""
     images, num_rows, num_pixels = grad.shape
     values = _float32(values, "values", (num_rows, pixel.size))
-    pixel, ends = _checked(pixel, "pixel", np.int64), _scene_ends(ends, pixel.size)
+    pixel, (ends, _) = _checked(pixel, "pixel", np.int64), _scene_ends(ends, pixel.size)
     grid = cast(np.ndarray, _output(grad, "grad", grad.shape))  # (an array in, an array out)
     if ends.size != images:
         raise ValueError(f"lovasz kernel: ends must give one run per image, {images}; got {ends.size}")

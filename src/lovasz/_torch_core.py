@@ -508,8 +508,11 @@ def _scene_losses_points_first(
     if need_grad:  # the kernel reads a scene's points before it writes their gradient: ours may overwrite them
         grad = rows if rows is not points else torch.empty_like(rows)
 
-    def means(loss: np.ndarray, present: np.ndarray) -> tuple[Tensor, Tensor]:
-        return _set_means(torch.from_numpy(loss), torch.from_numpy(present), row_weights.detach(), present_only)
+    means: list[tuple[Tensor, Tensor]] = []  # each scene's loss and the coefficients, once the kernel has the rows'
+
+    def coefficients(loss: np.ndarray, present: np.ndarray) -> np.ndarray:
+        means.append(_set_means(torch.from_numpy(loss), torch.from_numpy(present), row_weights.detach(), present_only))
+        return means[0][1].numpy()
 
     loss, present = C.lovasz_points(
         rows.detach().numpy(),
@@ -519,11 +522,11 @@ def _scene_losses_points_first(
         None if grad is None else grad.detach().numpy(),
         torch.get_num_threads(),
         logits=in_kernel,
-        coefficients=lambda loss, present: means(loss, present)[1].numpy(),
+        coefficients=coefficients,
     )
     del rows
-    per_set, _ = means(loss, present)
     loss, present = torch.from_numpy(loss), torch.from_numpy(present)
+    per_set, _ = means[0] if means else _set_means(loss, present, row_weights.detach(), present_only)
     if grad is None:
         return per_set, pred.new_empty(0), loss, present
     if class_ids is not None:  # the classes left out get zero
