@@ -132,7 +132,7 @@ class Compacted(NamedTuple):
     prediction: Tensor  # [1, C, M]: a view of the M valid pixels' [M, C]
     labels: Tensor  # [1, L, M]
     ignored: Tensor | None  # [1, L, M], or None where no valid pixel is ignored in any row
-    ends: Tensor  # [S] int64: a scene per image, or one
+    ends: Tensor | None  # [S] int64: a scene per image, or one; None: one image of the points (one row)
 
 
 def _may_sync(x: Tensor) -> bool:
@@ -178,7 +178,8 @@ def compact(
     """``pred [B, C, N]`` and ``labels [B, L, N]`` (L = 1, or C for multi-label) as points of scenes:
 
     - points ``[B, C]`` (``N = 1``) of one set: a view (Pointcept's and mmdet3d's call,
-      ``lovasz_softmax(probs [N, C], labels [N])``), their points gathered as below where few count;
+      ``lovasz_softmax(probs [N, C], labels [N])``), their points gathered as below where few count; of one
+      row (the hinge's ``[N]``), one image of them (no scene: the dense path's rows, of a lesser fixed cost);
     - points ``[1, C, N]`` of the scenes ``ends``: on the CPU, those not ignored in every row, where they are
       at most :data:`COMPACT_BELOW` of all (weakly labelled point clouds), gathered;
     - the pixels of a grid, likewise: gathered, class-major (``[1, C, M]``, contiguous).
@@ -190,7 +191,8 @@ def compact(
         flat = lambda x: x.flatten(1).T.unsqueeze(0)  # noqa: E731  [B, L, 1] -> [1, L, B], views all the way back
         pred, labels, ignored = flat(pred), flat(labels), None if ignored is None else flat(ignored)
         ends = torch.full((1,), batch, dtype=torch.int64, device=pred.device)
-        return _gathered_points(pred, labels, ignored, ends) or Compacted(pred, labels, ignored, ends)
+        points = _gathered_points(pred, labels, ignored, ends) or Compacted(pred, labels, ignored, ends)
+        return points if pred.shape[1] > 1 else points._replace(ends=None)
     if ends is not None:
         return _gathered_points(pred, labels, ignored, ends)
     if ignored is None or pred.numel() < COMPACT_MIN_VALUES or not _may_sync(pred):
