@@ -1,0 +1,126 @@
+"""lovasz.tf against the original ``tensorflow/lovasz_losses_tf.py`` itself (``lovasz/_peers``, byte for byte as
+Berman et al. published it, run on TensorFlow 2): every public function with the same arguments gives the same
+value and gradient, eagerly and in ``tf.function``; the drop-in promise, checked on the file it replaces."""
+
+import inspect
+import itertools
+
+import numpy as np
+import pytest
+
+from conftest import require
+
+tf = require("tensorflow")
+LT = require("lovasz.tf")
+peers = require("lovasz.peers")
+ORIGINAL = peers.load_original_tf()
+
+MODES = ["eager", "function"]
+NAMES = [
+    "lovasz_grad",
+    "lovasz_hinge",
+    "lovasz_hinge_flat",
+    "flatten_binary_scores",
+    "lovasz_softmax",
+    "lovasz_softmax_flat",
+    "flatten_probas",
+]
+
+
+def value_and_grad(loss, x, mode):
+    def run(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            value = loss(x)
+        return value, tape.gradient(value, x)
+
+    return [t.numpy() for t in (tf.function(run) if mode == "function" else run)(x)]
+
+
+def assert_same(ours, original, x, mode):
+    value, grad = value_and_grad(ours, x, mode)
+    expected_value, expected_grad = value_and_grad(original, x, mode)
+    np.testing.assert_allclose(value, expected_value, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-6)
+
+
+def images(seed, shape=(3, 9, 7), classes=4, ignored=0.2):
+    rng = np.random.default_rng(seed)
+    logits = rng.standard_normal((*shape, classes)).astype(np.float32)
+    labels = rng.integers(0, classes, shape)
+    labels[rng.random(shape) < ignored] = 255
+    labels[0, :, :4] = 255  # part of an image ignored; the last image all of one class in some runs
+    return tf.constant(logits), tf.constant(labels)
+
+
+def test_the_original_names_and_defaults():
+    for name in NAMES:
+        ours, original = inspect.signature(getattr(LT, name)), inspect.signature(getattr(ORIGINAL, name))
+        for parameter in original.parameters.values():
+            assert parameter.name in ours.parameters, (name, parameter.name)
+            assert ours.parameters[parameter.name].default == parameter.default, (name, parameter.name)
+        assert list(ours.parameters)[: len(original.parameters)] == list(original.parameters), name
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    "per_image, classes, ignore", list(itertools.product([False, True], ["present", "all", [1, 3]], [None, 255]))
+)
+def test_lovasz_softmax(mode, per_image, classes, ignore):
+    logits, labels = images(seed=1)
+    if ignore is None:
+        labels = tf.where(labels == 255, 0, labels)
+    call = lambda module: lambda x: module.lovasz_softmax(tf.nn.softmax(x), labels, classes, per_image, ignore)  # noqa: E731
+    assert_same(call(LT), call(ORIGINAL), logits, mode)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("per_image", [False, True])
+def test_lovasz_softmax_channels_first_and_sigmoid(mode, per_image):
+    logits, labels = images(seed=2)
+    bchw = lambda module: (
+        lambda x: module.lovasz_softmax(  # noqa: E731
+            tf.transpose(tf.nn.softmax(x), (0, 3, 1, 2)), labels, per_image=per_image, ignore=255, order="BCHW"
+        )
+    )
+    assert_same(bchw(LT), bchw(ORIGINAL), logits, mode)
+    binary = tf.where(labels == 255, 255, labels % 2)
+    # Sigmoid probabilities [B, H, W]: the original takes them with a list of classes only ("present", its
+    # default, raises there: len("present") > 1); class [1] is the foreground's term.
+    sigmoid = lambda module: (
+        lambda x: module.lovasz_softmax(  # noqa: E731
+            tf.sigmoid(x[..., 0]), binary, [1], per_image=per_image, ignore=255
+        )
+    )
+    assert_same(sigmoid(LT), sigmoid(ORIGINAL), logits, mode)
+    with pytest.raises(ValueError, match="Sigmoid output possible only with 1 class"):
+        ORIGINAL.lovasz_softmax(tf.sigmoid(logits[..., 0]), binary, per_image=per_image, ignore=255)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("per_image, ignore", list(itertools.product([False, True], [None, 255])))
+def test_lovasz_hinge(mode, per_image, ignore):
+    logits, labels = images(seed=3)
+    binary = tf.where(labels == 255, 255 if ignore else 0, labels % 2)
+    call = lambda module: lambda x: module.lovasz_hinge(x[..., 0], binary, per_image, ignore)  # noqa: E731
+    assert_same(call(LT), call(ORIGINAL), logits, mode)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_flat_functions(mode):
+    logits, labels = images(seed=4)
+    flat = lambda module: (
+        lambda x: module.lovasz_softmax_flat(  # noqa: E731
+            *module.flatten_probas(tf.nn.softmax(x), labels, 255), classes="all"
+        )
+    )
+    assert_same(flat(LT), flat(ORIGINAL), logits, mode)
+    binary = tf.where(labels == 255, 255, labels % 2)
+    hinge = lambda module: (
+        lambda x: module.lovasz_hinge_flat(  # noqa: E731
+            *module.flatten_binary_scores(x[..., 0], binary, 255)
+        )
+    )
+    assert_same(hinge(LT), hinge(ORIGINAL), logits, mode)
+    gt_sorted = tf.constant([1.0, 1.0, 0.0, 1.0, 0.0, 0.0])
+    np.testing.assert_allclose(LT.lovasz_grad(gt_sorted), ORIGINAL.lovasz_grad(gt_sorted), rtol=1e-6)
