@@ -11,7 +11,8 @@ and goes below it). Peak memory of the PyTorch losses is measured in a fresh pro
 that freed blocks go back to the system and the resident set follows what is live.
 Ratios compare implementations timed in the same run.
 lovasz.tf runs in ``tf.function`` (its C kernel), with XLA (``jit_compile``, its
-sort of packed keys) and eagerly, on channels-last input, its default; lovasz.jax
+sort of packed keys) and eagerly, on channels-last input, its default, against the original
+TF file (``original tf``, in ``tf.function``, as its users call it); lovasz.jax
 under ``jax.jit``. The Keras rows (``lovasz.keras jax``, ``lovasz.keras torch``) time the
 lovasz.keras loss of the case under that backend, each backend in a process of its own (Keras fixes
 its backend at import), their loss and gradient checked against lovasz.torch's; on the CPU they
@@ -46,7 +47,7 @@ import torch
 
 import lovasz
 import lovasz.torch as L
-from lovasz.peers import load_original
+from lovasz.peers import load_original, load_original_tf
 
 
 @dataclass
@@ -123,6 +124,7 @@ IMPLEMENTATIONS = (
     "lovasz.tf",
     "lovasz.tf xla",
     "lovasz.tf eager",
+    "original tf",
     "lovasz.jax",
     "lovasz.keras jax",
     "lovasz.keras torch",
@@ -206,7 +208,7 @@ def step_function(case: Case, impl: str, device: torch.device = torch.device("cp
     logits, labels = make_inputs(case, device)
     if case.kind.startswith("points") and impl != "sort floor":
         return _points_step(case, impl, logits, labels)
-    if impl == "lovasz.jax" or impl.startswith("lovasz.tf"):
+    if impl in ("lovasz.jax", "original tf") or impl.startswith("lovasz.tf"):
         return _framework_step(case, impl, logits, labels)
     if impl == "sort floor":
         errors = torch.rand(*case.rows_pixels, generator=torch.Generator().manual_seed(1)).to(device)
@@ -253,7 +255,7 @@ def _points_step(case: Case, impl: str, logits, labels) -> Callable[[], object] 
     flat = logits.transpose(1, 2).reshape(scenes * points, channels).contiguous()
     flat_labels = labels.reshape(-1)
     offsets = torch.arange(1, scenes + 1, device=logits.device) * points
-    if impl == "lovasz.jax" or impl.startswith("lovasz.tf"):  # points-flat: [N, C] as one set, Pointcept's call
+    if impl in ("lovasz.jax", "original tf") or impl.startswith("lovasz.tf"):  # points-flat: [N, C], one set
         splits = np.arange(scenes + 1) * points if case.kind == "points" else None
         return _framework_step(case, impl, flat, flat_labels, splits)
     if case.kind == "points-flat":
@@ -316,11 +318,13 @@ def _network_step(case: Case, device: torch.device) -> Callable[[], None]:
 
 
 def _framework_step(case: Case, impl: str, logits, labels, row_splits=None) -> Callable[[], tuple]:
-    """The step of ``lovasz.jax`` or ``lovasz.tf`` (in the mode the name gives) on host copies of the inputs;
-    with ``row_splits``, the points ``[N, C]`` of the case's scenes."""
+    """The step of ``lovasz.jax``, ``lovasz.tf`` (in the mode the name gives) or the original TF file on host
+    copies of the inputs; with ``row_splits``, the points ``[N, C]`` of the case's scenes."""
     logits, labels = logits.cpu().numpy(), labels.cpu().numpy()
     if impl == "lovasz.jax":
         return _jax_step(case, logits, labels, row_splits)
+    if impl == "original tf":
+        return _original_tf_step(case, logits, labels, row_splits)
     return _tf_step(case, logits, labels, impl.split()[1] if " " in impl else "function", row_splits)
 
 
@@ -348,7 +352,52 @@ def _tf_step(case: Case, logits, labels, mode: str, row_splits=None) -> Callable
         loss = lambda x, y: T.lovasz_softmax(  # noqa: E731
             x, y, case.classes, case.per_image, case.ignore, from_logits=not case.probas
         )
-    y = tf.constant(labels)
+    return _tf_value_and_grad(loss, x, tf.constant(labels), mode)
+
+
+def _original_tf_step(case: Case, logits, labels, row_splits=None) -> Callable[[], tuple]:
+    """The original ``lovasz_losses_tf.py`` in ``tf.function``, called as its users must: its softmax over a
+    channels-last ``[B, H, W, C]`` (a volume's depth folded into ``H``: the file knows 2-D images only), a
+    Python loop over the scenes of points, the valid points of one set masked first."""
+    import tensorflow as tf
+
+    original = load_original_tf()
+
+    def probas(x):
+        return x if case.probas else tf.nn.softmax(x, axis=-1)
+
+    if case.kind.startswith("points"):
+        x = tf.constant(logits)
+        if row_splits is not None:
+            runs = list(zip(row_splits[:-1].tolist(), row_splits[1:].tolist()))
+            loss = (
+                lambda x, y: (
+                    tf.add_n(  # noqa: E731
+                        [original.lovasz_softmax_flat(probas(x[a:b]), y[a:b]) for a, b in runs]
+                    )
+                    / len(runs)
+                )
+            )
+        else:
+            valid = labels != case.ignore
+            loss = lambda x, y: original.lovasz_softmax_flat(probas(x[valid]), y[valid])  # noqa: E731
+    elif case.kind == "hinge":
+        x = tf.constant(logits[:, 0])
+        loss = lambda x, y: original.lovasz_hinge(x, y, per_image=case.per_image)  # noqa: E731
+    else:
+        images, channels, *spatial = logits.shape
+        x = tf.constant(logits.transpose(0, *range(2, logits.ndim), 1).reshape(images, -1, spatial[-1], channels))
+        labels = labels.reshape(images, -1, spatial[-1])
+        loss = lambda x, y: original.lovasz_softmax(  # noqa: E731
+            probas(x), y, case.classes, case.per_image, case.ignore
+        )
+    return _tf_value_and_grad(loss, x, tf.constant(labels), "function")
+
+
+def _tf_value_and_grad(loss: Callable, x, y, mode: str) -> Callable[[], tuple]:
+    """The step of TF's ``loss(x, y)`` and its gradient in ``x``, eagerly or in ``tf.function`` (``mode``
+    ``xla``: with ``jit_compile``), returning both on the host."""
+    import tensorflow as tf
 
     def value_and_grad(x, y):
         with tf.GradientTape() as tape:
@@ -722,6 +771,9 @@ def run(
             for impl, row in measured.items():
                 if impl != "lovasz" and row.seconds is not None:  # measured rows have their seconds
                     ours.ratios[impl] = row.seconds / ours.seconds
+        ours_tf, original_tf = measured.get("lovasz.tf"), measured.get("original tf")
+        if ours_tf is not None and ours_tf.seconds and original_tf is not None and original_tf.seconds is not None:
+            ours_tf.ratios["original tf"] = original_tf.seconds / ours_tf.seconds
         original = measured.get("original")
         for impl in KERAS_BACKENDS:
             row = measured.get(impl)
@@ -785,6 +837,7 @@ _MARKDOWN_COLUMNS = (
     "lovasz.keras jax",
     "lovasz.keras torch",
     "lovasz.tf",
+    "original tf",
     "network",
 )
 
