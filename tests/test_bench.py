@@ -87,6 +87,17 @@ def test_point_rows_of_jax_and_tf_compute_lovasz_torchs_loss(impl, kind):
     assert float(np.linalg.norm(np.asarray(grad))) == pytest.approx(expected[1], rel=1e-4)
 
 
+@pytest.mark.parametrize("case", bench.QUICK_CASES, ids=lambda case: case.name)
+def test_the_original_tf_rows_compute_lovasz_torchs_loss(case):
+    """The original TF file as the row calls it (a volume folded into 2-D, scenes in a loop, the valid points
+    masked): the loss and gradient norm of lovasz.torch's row on every quick case."""
+    require("tensorflow")
+    expected = bench.torch_reference(case, CPU)
+    loss, grad = bench.step_function(case, "original tf")()
+    assert float(loss) == pytest.approx(expected[0], rel=1e-5)
+    assert float(np.linalg.norm(np.asarray(grad))) == pytest.approx(expected[1], rel=1e-4)
+
+
 def test_peak_memory_probe_measures_a_step():
     peak = bench.peak_memory_here(bench.QUICK_CASES[0], "lovasz")
     assert peak is None or peak >= 0
