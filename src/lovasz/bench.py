@@ -370,14 +370,10 @@ def _original_tf_step(case: Case, logits, labels, row_splits=None) -> Callable[[
         x = tf.constant(logits)
         if row_splits is not None:
             runs = list(zip(row_splits[:-1].tolist(), row_splits[1:].tolist()))
-            loss = (
-                lambda x, y: (
-                    tf.add_n(  # noqa: E731
-                        [original.lovasz_softmax_flat(probas(x[a:b]), y[a:b]) for a, b in runs]
-                    )
-                    / len(runs)
-                )
-            )
+
+            def loss(x, y):  # the mean of the scenes' losses, one call each
+                return tf.add_n([original.lovasz_softmax_flat(probas(x[a:b]), y[a:b]) for a, b in runs]) / len(runs)
+
         else:
             valid = labels != case.ignore
             loss = lambda x, y: original.lovasz_softmax_flat(probas(x[valid]), y[valid])  # noqa: E731
