@@ -235,3 +235,60 @@ def test_tf_gradients_through_the_gathered_path(scenes):
     )
     np.testing.assert_allclose(np.sum(losses.numpy() * weights.numpy()), expected_losses, rtol=1e-6)
     np.testing.assert_allclose(grad.numpy(), expected_grad, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("mode", ["eager", "function"])
+@pytest.mark.parametrize("layout", ["BHWC", "BCHW", "hinge"])
+def test_second_order_gradient_gathered_equals_dense(monkeypatch, mode, layout):
+    """The gradient of a gradient norm (a gradient penalty) through the gathered grid: the gathered
+    pixels' gradient is scattered back by the C kernel, whose own gradient is the gather again. Before,
+    the scatter had no gradient and the penalty's came back None."""
+    logits, labels = grid(15, shape=(2, 6, 5))
+    kwargs = dict(per_image=True, ignore=255)
+    if layout == "hinge":
+        fn, x, labels = LT.lovasz_hinge, logits[..., 0], np.where(labels == 255, 255, labels % 2)
+    else:
+        fn, x = LT.lovasz_softmax, logits if layout == "BHWC" else np.moveaxis(logits, -1, 1)
+        kwargs.update(from_logits=True, order=layout)
+
+    def penalty(p, *args, **kwargs):  # ||d loss / d p||^2, of p through a softmax (or the hinge's elu)
+        with tf.GradientTape() as inner:
+            inner.watch(p)
+            loss = fn(p, *args, **kwargs)
+        return tf.reduce_sum(tf.square(inner.gradient(loss, p)))
+
+    if layout == "hinge":
+        kwargs.update(margin="elu")
+    gathered, dense = gathered_and_dense(monkeypatch, penalty, x, mode, labels, **kwargs)
+    assert np.any(gathered[1] != 0)
+    assert_same(
+        gathered, dense, np.broadcast_to(labels[:, None] == 255, x.shape) if layout == "BCHW" else labels == 255
+    )
+
+
+def test_scattered_grid_holds_the_values_at_their_pixels():
+    """The C kernel's scatter of gathered pixels for each grid layout: [B, N], [B, N, K] and [B, K, N]."""
+    rng = np.random.default_rng(16)
+    images, pixels, rows = 3, 50, 4
+    valid = rng.random((images, pixels)) < 0.3
+    valid[1] = False  # an image without a valid pixel
+    image, pixel = np.nonzero(valid)
+    image_ends = np.cumsum(np.bincount(image, minlength=images))
+    for shape, values in [
+        ((images, pixels), rng.normal(size=pixel.size)),
+        ((images, pixels, rows), rng.normal(size=(pixel.size, rows))),
+        ((images, rows, pixels), rng.normal(size=(rows, pixel.size))),
+    ]:
+        values = values.astype(np.float32)
+        channels_last = len(shape) == 3 and shape[1] == pixels
+        grid = SCENES._host_scattered(values, pixel, image_ends, np.array(shape), channels_last)
+        expected = np.zeros(shape, np.float32)
+        if len(shape) == 3 and not channels_last:
+            expected[image, :, pixel] = values.T
+        else:
+            expected[image, pixel] = values
+        np.testing.assert_array_equal(grid, expected)
+    empty = SCENES._host_scattered(
+        np.zeros((0, rows), np.float32), pixel[:0], np.zeros(0, np.int64), np.array((0, pixels, rows)), True
+    )
+    assert empty.shape == (0, pixels, rows)
