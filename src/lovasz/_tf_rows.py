@@ -246,7 +246,8 @@ def sorted_losses(
     """Loss and presence ``[rows]`` of each row by a sort in TF: any dtype, any device, under XLA too."""
     if hinge:  # max(0, 1 - s x), the max taken after the sort
         errors = tf.where(fg, 1 - pred, 1 + pred)
-    else:  # |[y = c] - p|
+    else:  # |[y = c] - p|; a NaN p at an ignored pixel would make abs's gradient NaN there
+        pred = pred if valid is None else tf.where(valid, pred, tf.zeros((), pred.dtype))
         errors = tf.abs(tf.where(fg, 1 - pred, pred))
     row = lambda x: _rows(x, per_image, channels_last)  # noqa: E731
     fg_rows = row(fg)

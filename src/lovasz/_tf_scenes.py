@@ -380,7 +380,8 @@ def _scene_sorted_losses(
     :func:`_tf_rows.sort_layout`) where they fit, else two ``top_k``."""
     if hinge:  # max(0, 1 - s x), the max taken after the sort
         errors = tf.where(fg, 1 - pred, 1 + pred)
-    else:  # |[y = c] - p|
+    else:  # |[y = c] - p|; a NaN p at an ignored pixel would make abs's gradient NaN there
+        pred = pred if valid is None else tf.where(valid, pred, tf.zeros((), pred.dtype))
         errors = tf.abs(tf.where(fg, 1 - pred, pred))
     top_k = lambda: _scene_sorted_rows(errors, fg, valid, splits)  # noqa: E731
     num_scenes = splits.shape[0] - 1 if splits.shape[0] is not None else None

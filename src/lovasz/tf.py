@@ -493,8 +493,8 @@ def lovasz_softmax(
     def loss_of(pred: tf.Tensor, lab: tf.Tensor, valid: tf.Tensor | None, scenes: tf.Tensor | None) -> tf.Tensor:
         if valid is not None and not sigmoid:
             valid = tf.expand_dims(valid, class_axis)
-        if valid is not None:  # a NaN at an ignored pixel must reach neither the loss nor the gradient
-            pred = tf.where(valid, pred, tf.zeros((), dtype))
+        if valid is not None and from_logits:  # a NaN logit at an ignored pixel: not through the softmax's gradient
+            pred = tf.where(valid, pred, tf.zeros((), dtype))  # (probabilities: the sorts mask them, the kernel skips)
         if sigmoid:
             pred = tf.sigmoid(pred) if from_logits else pred
             pred = tf.stack([1 - pred, pred], axis=class_axis)
