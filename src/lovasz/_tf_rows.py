@@ -19,9 +19,11 @@ The Jaccard steps are computed in closed form (:func:`jaccard_steps`). The point
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import numpy.typing as npt
@@ -362,10 +364,26 @@ def on_cpu(x: tf.Tensor) -> bool:
     return all(d.device_type == "CPU" for d in tf.config.list_logical_devices())
 
 
+# Set by :func:`without_callbacks` while functions are traced for a SavedModel, which cannot hold the
+# kernel's tf.numpy_function (its body stays in the Python process that traced it).
+_NO_CALLBACKS = contextvars.ContextVar("lovasz_tf_no_callbacks", default=False)
+
+
+@contextlib.contextmanager
+def without_callbacks() -> Iterator[None]:
+    """Losses traced inside sort in TF on every device, the C kernel's ``tf.numpy_function`` left out."""
+    token = _NO_CALLBACKS.set(True)
+    try:
+        yield
+    finally:
+        _NO_CALLBACKS.reset(token)
+
+
 def use_kernel(pred: tf.Tensor) -> bool:
     """The C kernel takes float32 rows on a CPU, eagerly and in ``tf.function``, not under XLA (where
-    a host callback cannot run), and only where lovasz was installed with it."""
-    if pred.dtype != tf.float32:
+    a host callback cannot run) nor inside :func:`without_callbacks`, and only where lovasz was
+    installed with it."""
+    if pred.dtype != tf.float32 or _NO_CALLBACKS.get():
         return False
     if C.kernel() is None:
         if on_cpu(pred):

@@ -58,8 +58,9 @@ CVPR 2018, arXiv:1705.08790.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Optional, TypeAlias, Union
 
 import numpy as np
@@ -78,6 +79,7 @@ __all__ = [
     "lovasz_softmax",
     "lovasz_hinge",
     "lovasz_multilabel",
+    "exportable",
 ]
 
 ORDERS = ("BHWC", "BCHW")  # channels-last, channels-first; any number of spatial dims
@@ -751,6 +753,32 @@ def flatten_binary_scores(
         return scores, labels
     valid = labels != ignore
     return tf.boolean_mask(scores, valid), tf.boolean_mask(labels, valid)
+
+
+@contextlib.contextmanager
+def exportable() -> Iterator[None]:
+    """Trace the losses so that a SavedModel holds them: trace (and save) the functions inside.
+
+    On a CPU the losses hand float32 rows to the C kernel through ``tf.numpy_function``, whose body
+    stays in the process that traced it: a SavedModel with such a function saves, but calling it after
+    ``tf.saved_model.load`` in another process fails ("Could not find callback with key=pyfunc_..."). Inside
+    this context the losses sort their rows in TF on every device instead (the sorts used under XLA
+    and on a GPU): the same values to float32 rounding, ties in the same order, slower on a CPU. Only
+    traces made inside are affected: a ``tf.function`` traced before (called, or its concrete function
+    taken, with the same input signature) keeps its trace, so trace the functions to be saved here
+    first, not around a training loop.
+
+    Example:
+        >>> class Scorer(tf.Module):
+        ...     @tf.function(input_signature=[tf.TensorSpec([1, 2, 2]), tf.TensorSpec([1, 2], tf.int32)])
+        ...     def loss(self, probas, labels):
+        ...         return lovasz_softmax(probas, labels, order="BCHW")
+        >>> import tempfile
+        >>> with exportable():
+        ...     tf.saved_model.save(Scorer(), tempfile.mkdtemp())
+    """
+    with _tf_rows.without_callbacks():
+        yield
 
 
 def lovasz_softmax_flat(probas: TensorLike, labels: TensorLike, classes: Classes = "present") -> tf.Tensor:
