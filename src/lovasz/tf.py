@@ -774,8 +774,8 @@ def exportable() -> Iterator[None]:
         ...     def loss(self, probas, labels):
         ...         return lovasz_softmax(probas, labels, order="BCHW")
         >>> import tempfile
-        >>> with exportable():
-        ...     tf.saved_model.save(Scorer(), tempfile.mkdtemp())
+        >>> with exportable(), tempfile.TemporaryDirectory() as path:
+        ...     tf.saved_model.save(Scorer(), path)
     """
     with _tf_rows.without_callbacks():
         yield
