@@ -147,6 +147,34 @@ def _host_callback(fill: Callable[..., None], shapes: tuple[jax.ShapeDtypeStruct
     return D.vary_like(tuple(outputs), *args)
 
 
+def _differentiable_again(host: Callable[..., tuple], sort: Callable[..., tuple]) -> Callable[..., tuple]:
+    """``host(x, *rest)``, the C kernel's outputs ending with each element's d loss / d x, differentiable
+    again: the kernel has no derivatives of its own, so where JAX asks for them (a gradient of a gradient,
+    ``jax.hessian``, forward over reverse) they are those of ``sort``, the same outputs by sorts in JAX
+    (:func:`_with_sorted_grad`): exact, slower. A first gradient never takes this route."""
+
+    @jax.custom_jvp
+    def call(x: jax.Array, *rest: jax.Array) -> tuple:
+        return host(x, *rest)
+
+    @call.defjvp
+    def call_jvp(primals: tuple, tangents: tuple) -> tuple[tuple, tuple]:
+        x, *rest = primals
+        return jax.jvp(lambda x: sort(x, *rest), (x,), (tangents[0],))
+
+    return call
+
+
+def _with_sorted_grad(sort: Callable[..., Any], x: jax.Array, *rest: jax.Array) -> tuple:
+    """The outputs of ``sort(x, *rest)`` (a loss, or a loss and its rows' presence) and the gradient of the
+    loss's sum in ``x``: each element's derivative of its own row's loss (an element lies in one row)."""
+    outputs, pullback = jax.vjp(lambda x: sort(x, *rest), x)
+    if not isinstance(outputs, tuple):
+        return outputs, pullback(jnp.ones_like(outputs))[0]
+    loss, present = outputs
+    return loss, present, pullback((jnp.ones_like(loss), np.zeros(present.shape, jax.dtypes.float0)))[0]
+
+
 def _rows_into(outputs: tuple[np.ndarray, ...], errors: np.ndarray, codes: np.ndarray) -> None:
     """The C kernel on ``[..., S, R, N]`` errors: the loss of each row (and its gradient, if asked)."""
     loss, *grad = outputs
@@ -168,7 +196,8 @@ def _host_rows(errors: jax.Array, codes: jax.Array) -> jax.Array:
 
 
 def _host_rows_fwd(errors: jax.Array, codes: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    loss, grad = _host_call(errors, codes, need_grad=True)  # the gradient comes with the loss
+    host = functools.partial(_host_call, need_grad=True)  # the gradient comes with the loss
+    loss, grad = _differentiable_again(host, functools.partial(_with_sorted_grad, _sorted_rows))(errors, codes)
     return loss, (grad, codes)
 
 
@@ -340,7 +369,9 @@ def _host_grid(pred: jax.Array, codes: jax.Array, options: GridOptions) -> tuple
 def _host_grid_fwd(
     pred: jax.Array, codes: jax.Array, options: GridOptions
 ) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
-    loss, present, grad = _grid_call(pred, codes, options, need_grad=True)
+    host = functools.partial(_grid_call, options=options, need_grad=True)
+    sort = functools.partial(_with_sorted_grad, functools.partial(_grid_sorted_unmasked, options=options))
+    loss, present, grad = _differentiable_again(host, sort)(pred, codes)
     return (loss, present), (grad, codes)
 
 
@@ -362,6 +393,12 @@ def _grid_sorted(pred: jax.Array, codes: jax.Array, hinge: bool, per_image: bool
     layout = row_layout(pred.shape, per_image)
     loss = _sorted_rows(errors_of(pred, fg, hinge).reshape(layout), codes.reshape(layout))
     return loss.reshape(-1, num_rows), as_rows(fg, per_image).any(-1).reshape(-1, num_rows)
+
+
+def _grid_sorted_unmasked(pred: jax.Array, codes: jax.Array, options: GridOptions) -> tuple[jax.Array, jax.Array]:
+    """:func:`_grid_sorted` of a grid whose ignored pixels may hold NaN (the kernel reads none of them)."""
+    pred = jnp.where(codes == IGNORED, jnp.zeros((), pred.dtype), pred)
+    return _grid_sorted(pred, codes, options.mode == C.HINGE, options.per_image)
 
 
 def grid_rows(
@@ -501,7 +538,9 @@ def _host_segments(errors: jax.Array, codes: jax.Array, ends: jax.Array) -> tupl
 def _host_segments_fwd(
     errors: jax.Array, codes: jax.Array, ends: jax.Array
 ) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]:
-    loss, present, grad = _segments_call(errors, codes, ends, need_grad=True)
+    host = functools.partial(_segments_call, need_grad=True)
+    sort = functools.partial(_with_sorted_grad, _segment_rows_sorted)
+    loss, present, grad = _differentiable_again(host, sort)(errors, codes, ends)
     return (loss, present), (grad, codes, ends)
 
 
