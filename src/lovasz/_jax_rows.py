@@ -7,7 +7,8 @@ through one sort, by one of two paths, ``jax.lax.platform_dependent`` picking on
 lowered:
 
 - float32 on a CPU: the C kernel (:mod:`lovasz._ckernel`) through a host callback (:func:`_host_callback`),
-  a ``custom_vjp`` whose forward pass returns the gradient too, so backward is one multiply;
+  a ``custom_vjp`` whose forward pass returns the gradient too, so backward is one multiply (the
+  gradient's own derivatives, where asked for, are those of the sorts below: :func:`_differentiable_again`);
 - elsewhere, and in float64: sorts in JAX, the gradient flowing through the sorted errors. Float32
   rows sort one row at a time by an int32 key carrying int32 indices, the form XLA sends to CUB's
   radix sort on a GPU: dense rows by one such sort, the points of segments by two (by error, then by
