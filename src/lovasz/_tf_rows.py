@@ -33,11 +33,11 @@ from lovasz import _ckernel as C
 
 try:  # TF internals, present in TF 2.16-2.21: without them, the C kernel runs eagerly only, and XLA uses top_k
     from tensorflow.compiler.tf2xla.ops import gen_xla_ops  # XlaSort: XLA's sort of one operand
-    from tensorflow.python.eager import record
+    from tensorflow.python.eager import forwardprop_util, record
     from tensorflow.python.framework import ops as tf_ops
     from tensorflow.python.ops import control_flow_util
 except ImportError:  # pragma: no cover
-    gen_xla_ops = record = tf_ops = control_flow_util = None
+    gen_xla_ops = forwardprop_util = record = tf_ops = control_flow_util = None
 
 
 # ----------------------------------------------------------------------------- the kernel
@@ -114,7 +114,8 @@ def _lovasz_rows(errors: tf.Tensor, fg: tf.Tensor, valid: tf.Tensor | None) -> t
     key = errors if valid is None else tf.where(valid, errors, tf.constant(-np.inf, errors.dtype))
     _, perm = tf.math.top_k(tf.stop_gradient(key), k=tf.shape(key)[-1], sorted=True)
     # the gradient goes through the gather, not top_k, whose gradient fails on rows of no pixel (an empty batch)
-    errors_sorted = tf.gather(key, perm, batch_dims=1)
+    # ignored pixels add 0, not relu(-inf): forward mode would multiply -inf by a zero tangent (NaN)
+    errors_sorted = tf.gather(errors if valid is None else tf.where(valid, errors, 0), perm, batch_dims=1)
     fg_sorted = tf.gather(tf.cast(fg, tf.int32), perm, batch_dims=1)
     steps = tf.stop_gradient(jaccard_steps(fg_sorted, errors.dtype))
     return tf.reduce_sum(counted(errors_sorted) * steps, axis=-1)
@@ -379,11 +380,17 @@ def without_callbacks() -> Iterator[None]:
         _NO_CALLBACKS.reset(token)
 
 
+def in_forward_mode(pred: tf.Tensor) -> bool:
+    """Whether a ``tf.autodiff.ForwardAccumulator`` carries a tangent of ``pred``. TF's forward mode sees no
+    derivative through a ``tf.numpy_function`` in a graph (a JVP of 0, without a word): the sorts serve."""
+    return forwardprop_util is not None and bool(forwardprop_util.pack_tangents([pred]).tangents)
+
+
 def use_kernel(pred: tf.Tensor) -> bool:
     """The C kernel takes float32 rows on a CPU, eagerly and in ``tf.function``, not under XLA (where
     a host callback cannot run) nor inside :func:`without_callbacks`, and only where lovasz was
     installed with it."""
-    if pred.dtype != tf.float32 or _NO_CALLBACKS.get():
+    if pred.dtype != tf.float32 or _NO_CALLBACKS.get() or in_forward_mode(pred):
         return False
     if C.kernel() is None:
         if on_cpu(pred):
