@@ -413,3 +413,96 @@ def test_no_host_sync_on_cuda():
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert torch.isfinite(loss).item()
+
+
+# ----------------------------------------------------------------------------- nested tensors
+
+
+def jagged(values, offsets):
+    """The scenes as a nested tensor ``[S, j, ...]`` (``layout=torch.jagged``) over ``values``."""
+    return torch.nested.nested_tensor_from_jagged(values, torch.cat([offsets.new_zeros(1), offsets]))
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+def test_jagged_nested_scenes_equal_the_same_points_with_offsets(path, per_image):
+    """A nested prediction and nested labels (as lovasz.tf takes RaggedTensors) are points with offsets=:
+    the same losses and gradients, bit for bit, in every function and module (empty scene included)."""
+    x, y, offsets = scene_data(4, seed=21, dtype=torch.float32)
+    x, y, offsets = dev(x), dev(y), dev(offsets)
+    calls = {
+        "softmax": lambda p, t, **s: L.lovasz_softmax(p, t, "present", per_image, 255, from_logits=True, **s),
+        "hinge": lambda p, t, **s: L.lovasz_hinge(p, t, per_image, 255, **s),
+        "multilabel": lambda p, t, **s: L.lovasz_multilabel(p, t, per_image=per_image, **s),
+        "LovaszLoss": lambda p, t, **s: L.LovaszLoss(per_image=per_image, ignore_index=255)(p, t, **s),
+        "binary LovaszLoss": lambda p, t, **s: L.LovaszLoss("binary", per_image=per_image)(p, t, **s),
+        "CrossEntropyLovaszLoss": lambda p, t, **s: L.CrossEntropyLovaszLoss(per_image=per_image, ignore_index=255)(
+            p, t, **s
+        ),
+    }
+    binary = torch.where(y == 255, 255, y % 2)
+    inputs = {
+        "hinge": (x[:, 0], binary),
+        "multilabel": (x, x > 0.5),
+        "binary LovaszLoss": (x[:, 0], binary.clamp(max=1)),
+    }
+    for name, call in calls.items():
+        p, t = inputs.get(name, (x, y))
+        flat, nested = p.clone().requires_grad_(), p.clone().requires_grad_()
+        expected = call(flat, t, offsets=offsets)
+        got = call(jagged(nested, offsets), jagged(t, offsets))
+        torch.testing.assert_close(got, expected, rtol=0, atol=0, msg=name)
+        expected.backward()
+        got.backward()
+        torch.testing.assert_close(nested.grad, flat.grad, rtol=0, atol=0, msg=name)
+
+
+def test_jagged_nested_scenes_compiled_equal_eager():
+    x, y, offsets = scene_data(4, seed=23, dtype=torch.float32)
+    x, y, offsets = dev(x), dev(y), dev(offsets)
+
+    def step(p, t):
+        return L.lovasz_softmax(p, t, per_image=True, ignore=255, from_logits=True)
+
+    compiled = torch.compile(step, fullgraph=True)
+    xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+    eager, graph = step(jagged(xe, offsets), jagged(y, offsets)), compiled(jagged(xc, offsets), jagged(y, offsets))
+    torch.testing.assert_close(graph, eager)
+    eager.backward()
+    graph.backward()
+    torch.testing.assert_close(xc.grad, xe.grad)
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors is in prototype stage")
+def test_sparse_and_nested_inputs_that_are_not_scenes_raise_clear_errors():
+    x, y, offsets = scene_data(3, seed=22, dtype=torch.float32, sizes=[4, 6])
+    x, y, offsets = dev(x.softmax(1)), dev(y.clamp(max=2)), dev(offsets)
+    grid = x.T.reshape(1, 3, 2, 5)
+    dense = "must be a dense \\(strided\\) tensor; got layout torch.sparse_coo: pass {}.to_dense\\(\\)"
+    with pytest.raises(TypeError, match=dense.format("probas")):
+        L.lovasz_softmax(grid.to_sparse(), y.reshape(1, 2, 5))
+    with pytest.raises(TypeError, match=dense.format("labels")):
+        L.lovasz_softmax(grid, y.reshape(1, 2, 5).to_sparse())
+    with pytest.raises(TypeError, match=dense.format("logits")):
+        L.lovasz_hinge(grid[:, 0].to_sparse(), y.reshape(1, 2, 5) % 2)
+    with pytest.raises(TypeError, match=dense.format("logits")):
+        L.lovasz_multilabel(grid.to_sparse(), grid > 0.5)
+    with pytest.raises(TypeError, match=dense.format("input")):
+        L.LovaszLoss()(grid.to_sparse(), y.reshape(1, 2, 5))
+    with pytest.raises(TypeError, match=dense.format("target")):
+        L.CrossEntropyLovaszLoss()(grid, y.reshape(1, 2, 5).to_sparse())
+    with pytest.raises(TypeError, match="offsets must be a dense 1-D integer tensor; got a torch.sparse_coo one"):
+        L.lovasz_softmax(x, y, offsets=offsets.to_sparse())
+    strided = torch.nested.nested_tensor([x[:4], x[4:]])
+    with pytest.raises(TypeError, match="probas as a nested tensor must be scenes .* layout=torch.jagged"):
+        L.lovasz_softmax(strided, jagged(y, offsets))
+    with pytest.raises(TypeError, match="probas must be a dense tensor here; got a nested tensor"):
+        L.lovasz_softmax_flat(jagged(x, offsets), y)
+    with pytest.raises(TypeError, match="labels must be a nested tensor of the scenes of the nested probas"):
+        L.lovasz_softmax(jagged(x, offsets), y)
+    with pytest.raises(TypeError, match="a nested probas gives its scenes already"):
+        L.lovasz_softmax(jagged(x, offsets), jagged(y, offsets), offsets=offsets)
+    with pytest.raises(ValueError, match="labels must hold the 2 scenes of probas, on its device; got 1"):
+        L.lovasz_softmax(jagged(x, offsets), jagged(y, offsets[1:]))
+    if DEVICE_NAME == "cpu":  # elsewhere a queued device assert
+        with pytest.raises(ValueError, match=r"point for point; got scenes of \[5, 5\] points against \[4, 6\]"):
+            L.lovasz_softmax(jagged(x, offsets), jagged(y, dev(torch.tensor([5, 10]))))

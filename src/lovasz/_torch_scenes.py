@@ -32,6 +32,10 @@ def _index_tensor(value, name: str, device: torch.device) -> Tensor:
         value = torch.tensor(value, dtype=torch.int64, device=device)
     if not isinstance(value, Tensor):
         raise TypeError(f"{name} must be a 1-D integer tensor (or a list of ints); got {type(value).__name__}")
+    if value.is_nested or value.layout != torch.strided:
+        raise TypeError(
+            f"{name} must be a dense 1-D integer tensor; got a {'nested' if value.is_nested else value.layout} one"
+        )
     if value.ndim != 1 or value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
         raise TypeError(f"{name} must be a 1-D integer tensor; got shape {tuple(value.shape)}, dtype {value.dtype}")
     if value.device != device:
@@ -53,6 +57,47 @@ def _check(ok: Tensor, message: str, found) -> None:
         torch._assert_async(ok, message)
     elif not ok:
         raise ValueError(f"{message}; got {found()}")
+
+
+SceneArgs = tuple[Tensor | None, Tensor | None, int | None]  # (batch, offsets, num_scenes)
+
+
+def from_nested(prediction, labels, scenes: SceneArgs, names: tuple[str, ...]) -> tuple[Tensor, Tensor, SceneArgs]:
+    """Scenes given as jagged nested tensors (``torch.nested``, ``layout=torch.jagged``): a prediction
+    ``[S, j, C]`` (or ``[S, j]``) and labels ``[S, j]`` (targets ``[S, j, C]``) of the same scenes become
+    points ``[N, ...]`` with ``offsets=``, as lovasz.tf takes RaggedTensors; anything else as it is."""
+    pname, lname = names[:2]
+    if not (isinstance(prediction, Tensor) and prediction.is_nested):
+        return prediction, labels, scenes
+    _check_jagged(prediction, pname)
+    if any(value is not None for value in scenes):
+        raise TypeError(f"a nested {pname} gives its scenes already: pass no batch=, offsets= or num_scenes=")
+    if not (isinstance(labels, Tensor) and labels.is_nested):
+        got = f"shape {list(labels.shape)}" if isinstance(labels, Tensor) else type(labels).__name__
+        raise TypeError(
+            f"{lname} must be a nested tensor of the scenes of the nested {pname} (layout=torch.jagged); got {got}"
+        )
+    _check_jagged(labels, lname)
+    offsets, label_offsets = prediction.offsets(), labels.offsets()  # type: ignore[attr-defined]
+    if label_offsets is not offsets:
+        if label_offsets.shape != offsets.shape or label_offsets.device != offsets.device:
+            raise ValueError(
+                f"{lname} must hold the {offsets.shape[0] - 1} scenes of {pname}, on its device; got "
+                f"{label_offsets.shape[0] - 1} on {label_offsets.device}"
+            )
+        ok = torch.all(label_offsets == offsets)
+        sizes = lambda: f"scenes of {label_offsets.diff().tolist()} points against {offsets.diff().tolist()}"  # noqa: E731
+        _check(ok, f"{lname} must hold the scenes of {pname}, point for point", sizes)
+    return prediction.values(), labels.values(), (None, offsets[1:], None)
+
+
+def _check_jagged(x: Tensor, name: str) -> None:
+    if x.layout != torch.jagged or getattr(x, "_ragged_idx", 1) != 1 or x.lengths() is not None:  # type: ignore[attr-defined]
+        raise TypeError(
+            f"{name} as a nested tensor must be scenes of points [S, j, ...] with layout=torch.jagged, "
+            f"contiguous (e.g. torch.nested.nested_tensor(scenes, layout=torch.jagged)); got layout {x.layout}"
+            + ("" if x.layout != torch.jagged else ", ragged in another dim or with holes (lengths)")
+        )
 
 
 def scenes(

@@ -59,8 +59,24 @@ Weights = Optional[Tensor | Sequence[float]]
 def _check_prediction(x: object, name: str) -> None:
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
+    _check_dense(x, name)
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor; got dtype {x.dtype}")
+
+
+def _check_dense(x: Tensor, name: str) -> None:
+    """Sparse and nested tensors have no strides for the kernels: say what to pass instead."""
+    if x.is_nested:
+        raise TypeError(
+            f"{name} must be a dense tensor here; got a nested tensor (scenes of points as nested tensors with "
+            "layout=torch.jagged are taken by lovasz_softmax, lovasz_hinge, lovasz_multilabel and the modules, "
+            "prediction and labels both nested)"
+        )
+    if x.layout != torch.strided:
+        raise TypeError(
+            f"{name} must be a dense (strided) tensor; got layout {x.layout}: pass {name}.to_dense(), or, for a "
+            "sparse voxel grid, its stored voxels as points (values [N, ...] with batch=, each voxel's scene index)"
+        )
 
 
 # Integer dtypes without the comparison kernels the checks need: read as int64.
@@ -71,6 +87,7 @@ def _check_labels(labels: object, prediction: Tensor, name: str) -> Tensor:
     """``labels`` if they are a real tensor on the prediction's device; uint16/32/64 become int64."""
     if not isinstance(labels, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor; got {type(labels).__name__}")
+    _check_dense(labels, name)
     if labels.is_complex():
         raise TypeError(
             f"{name} must hold class indices (integers, or floats of whole numbers); got dtype {labels.dtype}"
@@ -224,7 +241,8 @@ def _points(
     """Points-first inputs of scenes (``scenes = (batch, offsets, num_scenes)``) in the dense layout, with
     the scenes' ends where the loss is per scene (one channel, ``[N]``: one image of the points, without
     ends, where it is not); points ``[N, C]`` of one set, and other inputs, as they are (the scenes checked
-    all the same)."""
+    all the same). Jagged nested tensors are scenes."""
+    prediction, labels, scenes = _torch_scenes.from_nested(prediction, labels, scenes, names)
     if all(value is None for value in scenes):
         return prediction, labels, None
     _check_prediction(prediction, names[0])
@@ -403,6 +421,9 @@ def lovasz_softmax(
             no valid point gets 0, like an all-ignored image.
         offsets: the scenes as Pointcept marks them instead: ``[S]`` cumulative point counts,
             the last one ``N`` (the points of scene ``s`` are ``offsets[s-1]:offsets[s]``).
+            Scenes may also come as jagged nested tensors (``torch.nested``,
+            ``layout=torch.jagged``): ``probas [S, j, C]`` and ``labels [S, j]``, without
+            ``batch`` or ``offsets``.
         num_scenes: with ``batch``, the number of scenes ``S``; without it, it is read
             from ``batch.max()``, one host sync (pass it under CUDA graphs and ``torch.compile``).
 
@@ -547,8 +568,8 @@ def lovasz_hinge(
         >>> lovasz_hinge(logits, torch.tensor([[1, 0, 1]]))
         tensor(0.2500)
     """
-    _check_prediction(logits, "logits")
     logits, labels, ends = _points(logits, labels, (batch, offsets, num_scenes), per_image, False, ("logits", "labels"))
+    _check_prediction(logits, "logits")
     labels = _check_labels(labels, logits, "labels")
     accepted = [tuple(logits.shape)]
     if logits.ndim >= 2 and logits.shape[1] == 1:
@@ -710,6 +731,8 @@ def flatten_probas(probas: Tensor, labels: Tensor, ignore: int | None = None) ->
         >>> flatten_probas(probas, torch.tensor([[[0, 255]]]), ignore=255)
         (tensor([[0.9000, 0.1000]]), tensor([0]))
     """
+    _check_prediction(probas, "probas")
+    labels = _check_labels(labels, probas, "labels")
     if probas.ndim == labels.ndim:
         probas = probas.unsqueeze(1)
     probas = torch.movedim(probas, 1, -1).reshape(-1, probas.shape[1])
@@ -728,6 +751,8 @@ def flatten_binary_scores(scores: Tensor, labels: Tensor, ignore: int | None = N
         >>> flatten_binary_scores(scores, labels, ignore=255)
         (tensor([2.0000, 0.5000]), tensor([1, 1]))
     """
+    _check_prediction(scores, "scores")
+    labels = _check_labels(labels, scores, "labels")
     scores, labels = scores.reshape(-1), labels.reshape(-1)
     if ignore is None:
         return scores, labels
@@ -745,6 +770,8 @@ def lovasz_softmax_flat(probas: Tensor, labels: Tensor, classes: Classes = "pres
         >>> lovasz_softmax_flat(probas, torch.tensor([0, 1]))
         tensor(0.3250)
     """
+    _check_prediction(probas, "probas")
+    labels = _check_labels(labels, probas, "labels")
     if probas.ndim == 2:
         probas = probas.transpose(0, 1)
     return lovasz_softmax(probas.unsqueeze(0), labels.unsqueeze(0), classes=classes, per_image=False)
@@ -757,6 +784,8 @@ def lovasz_hinge_flat(logits: Tensor, labels: Tensor) -> Tensor:
         >>> lovasz_hinge_flat(torch.tensor([2.0, -1.0, 0.5]), torch.tensor([1, 0, 1]))
         tensor(0.2500)
     """
+    _check_prediction(logits, "logits")
+    labels = _check_labels(labels, logits, "labels")
     return lovasz_hinge(logits.unsqueeze(0), labels.unsqueeze(0), per_image=False)
 
 
@@ -866,8 +895,9 @@ class LovaszLoss(nn.Module):
         num_scenes: int | None = None,
     ) -> Tensor:
         """The loss of ``input`` against ``target``; ``batch`` / ``offsets`` / ``num_scenes`` mark
-        the scenes of points-first inputs (point clouds), as in :func:`lovasz_softmax`."""
-        scenes = (batch, offsets, num_scenes)
+        the scenes of points-first inputs (point clouds), as in :func:`lovasz_softmax`; jagged nested
+        tensors (``torch.nested``, ``layout=torch.jagged``) of scenes ``[S, j, ...]`` are points of scenes."""
+        input, target, scenes = _inputs(input, target, (batch, offsets, num_scenes))
         if self.mode == "multiclass":
             target = class_indices(input, target)
         options = (
@@ -935,6 +965,15 @@ class LovaszLoss(nn.Module):
             + (", symmetric=True" if self.symmetric else "")
             + (", include_background=False" if not self.include_background else "")
         )
+
+
+def _inputs(input: Tensor, target: Tensor, scenes: tuple) -> tuple[Tensor, Tensor, tuple]:
+    """A module's ``input`` and ``target`` checked, jagged nested tensors of scenes as points with offsets."""
+    input, target, scenes = _torch_scenes.from_nested(input, target, scenes, ("input", "target"))
+    _check_prediction(input, "input")
+    if isinstance(target, Tensor):
+        _check_dense(target, "target")
+    return input, target, scenes
 
 
 def class_indices(input: Tensor, target: Tensor) -> Tensor:
@@ -1039,7 +1078,9 @@ class CrossEntropyLovaszLoss(nn.Module):
     ) -> Tensor:
         """The weighted sum; ``batch`` / ``offsets`` / ``num_scenes`` mark the scenes of
         points-first inputs (point clouds, ``[N, C]``), which the Lovász term takes per scene
-        with ``per_image=True`` (the cross-entropy is a mean over all points either way)."""
+        with ``per_image=True`` (the cross-entropy is a mean over all points either way), also given as
+        jagged nested tensors of scenes ``[S, j, ...]``."""
+        input, target, (batch, offsets, num_scenes) = _inputs(input, target, (batch, offsets, num_scenes))
         if self.mode == "multiclass":
             target = class_indices(input, target)
         total = input.new_zeros((), dtype=torch.float32)
