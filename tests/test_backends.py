@@ -877,3 +877,24 @@ def test_lidar_ignore_values(monkeypatch, module, mode, ignore):
             if module != "lovasz.torch":  # the gradient against lovasz.torch's (checked against the oracle elsewhere)
                 expected = call_any("lovasz.torch", "eager", kind, pred, labs.astype("int64"), **options)[1]
                 np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("module", ["lovasz.tf", "lovasz.jax"])
+def test_sparse_inputs_raise_our_errors(module):
+    """A sparse prediction or labels (tf.SparseTensor, jax.experimental.sparse) is not read as dense: a
+    TypeError says what to pass."""
+    M = require(module)
+    if module == "lovasz.tf":
+        sparse, message = require("tensorflow").sparse.from_dense, "got a tf.SparseTensor: pass tf.sparse.to_dense"
+    else:
+        sparse, message = require("jax.experimental.sparse").BCOO.fromdense, r"got a sparse BCOO: pass its .todense\(\)"
+    probas = np.full((2, 4, 4, 3), 1 / 3, "float32")
+    labels = np.zeros((2, 4, 4), "int32")
+    for call, name in [
+        (lambda: M.lovasz_softmax(sparse(probas), labels), "probas"),
+        (lambda: M.lovasz_softmax(probas, sparse(labels)), "labels"),
+        (lambda: M.lovasz_hinge(sparse(probas[..., 0]), labels), "logits"),
+        (lambda: M.lovasz_multilabel(sparse(probas), np.zeros(probas.shape, "int32")), "logits"),
+    ]:
+        with pytest.raises(TypeError, match=f"^{name} must be a dense .*{message}"):
+            call()

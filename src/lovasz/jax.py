@@ -44,6 +44,11 @@ Weights = Optional[Union[ArrayLike, Sequence[float]]]
 
 
 def _to_array(x: Any, name: str, what: str) -> jax.Array:
+    if type(x).__module__.startswith("jax.experimental.sparse"):  # BCOO, BCSR
+        raise TypeError(
+            f"{name} must be a dense array; got a sparse {type(x).__name__}: pass its .todense(), or, for a "
+            "sparse voxel grid, its stored voxels as points (values [N, ...] with segment_ids=)"
+        )
     try:
         return jnp.asarray(x)
     except (TypeError, ValueError):

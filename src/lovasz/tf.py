@@ -97,6 +97,12 @@ Weights = Optional[Union[TensorLike, Sequence[float]]]
 
 
 def _to_tensor(x: Any, name: str, what: str) -> tf.Tensor:
+    if isinstance(x, tf.SparseTensor):
+        raise TypeError(
+            f"{name} must be a dense tensor (or a tf.RaggedTensor of scenes); got a tf.SparseTensor: pass "
+            "tf.sparse.to_dense(...), or, for a sparse voxel grid, its stored voxels as points (values [N, ...] "
+            "with row_splits=)"
+        )
     try:
         return tf.convert_to_tensor(x)
     except (TypeError, ValueError):
