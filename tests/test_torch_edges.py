@@ -136,6 +136,44 @@ def test_autocast():
     assert torch.isfinite(loss)
 
 
+def test_another_default_device_or_dtype_changes_nothing():
+    """What the loss makes itself goes where its inputs are, in their precision: torch.set_default_device
+    (here meta, where a tensor has no data) and set_default_dtype leave the losses and gradients as they are."""
+    probas, labels = rand_case(num_classes=4, spatial=(6, 5))
+    labels[0, :2] = 255
+    point_labels, scene = labels.reshape(-1), dev(torch.arange(60) // 30)
+    calls = [
+        lambda p: L.lovasz_softmax(p, labels, per_image=True, ignore=255, from_logits=True, weights=[1.0, 2, 3, 4]),
+        lambda p: L.lovasz_hinge(p[:, 0], labels.clamp(max=1)),
+        lambda p: L.lovasz_multilabel(p, (p > 0.25).detach(), classes=[0, 2], weights=[1.0, 2, 3, 4]),
+        lambda p: L.lovasz_softmax(p.movedim(1, -1).reshape(-1, 4), point_labels, ignore=255, offsets=[30, 60]),
+        lambda p: L.lovasz_softmax(
+            p.movedim(1, -1).reshape(-1, 4), point_labels, per_image=True, ignore=255, batch=scene
+        ),
+    ]
+
+    def run(call):
+        x = probas.clone().requires_grad_()
+        loss = call(x)
+        loss.backward()
+        return loss.detach(), x.grad
+
+    expected = [run(call) for call in calls]
+    for default in [torch.device("meta"), torch.float64]:
+        try:
+            if isinstance(default, torch.device):
+                torch.set_default_device(default)
+            else:
+                torch.set_default_dtype(default)
+            got = [run(call) for call in calls]
+        finally:
+            torch.set_default_device(None)
+            torch.set_default_dtype(torch.float32)
+        for (value, grad), (want, want_grad) in zip(got, expected):
+            torch.testing.assert_close(value, want)
+            torch.testing.assert_close(grad, want_grad)
+
+
 def test_perfect_prediction_and_from_logits():
     labels = dev(torch.randint(0, 3, (2, 6, 6)))
     one_hot = torch.nn.functional.one_hot(labels, 3).permute(0, 3, 1, 2).float()

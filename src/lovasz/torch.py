@@ -151,7 +151,8 @@ def _as_weights(
         return None
     on_device = isinstance(weights, Tensor) and weights.device == device
     try:
-        w = weights if isinstance(weights, Tensor) and on_device else torch.as_tensor(weights)
+        # numbers on the host, whatever torch.set_default_device says: they become constants on the input's device
+        w = weights if isinstance(weights, Tensor) else torch.as_tensor(weights, device="cpu")
     except (TypeError, ValueError, RuntimeError):  # a string such as 'balanced', a ragged list, a dict
         raise TypeError(f"{name} must be [C] real numbers (one weight per class) or None; got {weights!r}") from None
     V.check_weights_shape(w.shape, num_classes, name)
