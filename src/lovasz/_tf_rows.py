@@ -63,9 +63,9 @@ def jaccard_steps(fg_sorted: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
 def counted(errors_sorted: tf.Tensor) -> tf.Tensor:
     """The sorted errors as they add to the loss: ``relu`` (negative hinge margins and ignored pixels add
     nothing), and a NaN error (a NaN prediction at a valid pixel) NaN with a NaN derivative, as on every
-    path: relu's derivative there is 0, which the constant NaN factor on its way back makes NaN."""
-    nan = tf.constant(float("nan"), errors_sorted.dtype)
-    nan_factor = tf.where(tf.math.is_nan(errors_sorted), nan, tf.ones((), errors_sorted.dtype))
+    path: relu's derivative there is 0, which the constant NaN factor on its way back makes NaN. (The NaN is
+    the error's own, not a constant: tf.debugging.enable_check_numerics raises at any op that makes one.)"""
+    nan_factor = tf.where(tf.math.is_nan(errors_sorted), errors_sorted, tf.ones((), errors_sorted.dtype))
     return tf.nn.relu(errors_sorted * tf.stop_gradient(nan_factor))
 
 
@@ -102,19 +102,28 @@ def sort_layout(errors: tf.Tensor) -> str:
     return PACKED_FLAT if fits else TOP_K
 
 
+def sort_key(errors: tf.Tensor, valid: tf.Tensor | None) -> tf.Tensor:
+    """``top_k``'s key of ``errors``: ignored pixels get the lowest finite value, and sort last, where they
+    add nothing; an error of -inf (an infinite logit) ties with them, in pixel order. Finite, not ``-inf``:
+    ``tf.debugging.enable_check_numerics`` raises at any op that makes an infinity."""
+    if valid is None:
+        return errors
+    return tf.where(valid & (errors > errors.dtype.min), errors, errors.dtype.min)
+
+
 def _lovasz_rows(errors: tf.Tensor, fg: tf.Tensor, valid: tf.Tensor | None) -> tf.Tensor:
     """Lovász extension of each row of ``errors [R, N]`` against ``fg [R, N]`` (bool, False where ignored).
 
-    Ignored pixels get the key ``-inf``: they sort last, where ``relu`` makes them add nothing.
+    Ignored pixels sort last (:func:`sort_key`).
     float32 rows under XLA on a CPU, or on a GPU, take :func:`_packed_rows` instead (:func:`sort_layout`).
     """
     layout = sort_layout(errors)
     if layout != TOP_K:
         return _packed_rows(errors, fg, valid, layout)
-    key = errors if valid is None else tf.where(valid, errors, tf.constant(-np.inf, errors.dtype))
+    key = sort_key(errors, valid)
     _, perm = tf.math.top_k(tf.stop_gradient(key), k=tf.shape(key)[-1], sorted=True)
-    # the gradient goes through the gather, not top_k, whose gradient fails on rows of no pixel (an empty batch)
-    # ignored pixels add 0, not relu(-inf): forward mode would multiply -inf by a zero tangent (NaN)
+    # the gradient goes through the gather, not top_k, whose gradient fails on rows of no pixel (an empty batch);
+    # ignored pixels add 0, not relu(key): forward mode would multiply a key of -inf by a zero tangent (NaN)
     errors_sorted = tf.gather(errors if valid is None else tf.where(valid, errors, 0), perm, batch_dims=1)
     fg_sorted = tf.gather(tf.cast(fg, tf.int32), perm, batch_dims=1)
     steps = tf.stop_gradient(jaccard_steps(fg_sorted, errors.dtype))
@@ -146,7 +155,7 @@ def sorted_error_grad(errors_sorted: tf.Tensor, grad: tf.Tensor) -> tf.Tensor:
     """``grad`` where the sorted error counts (> 0), 0 where it does not, NaN where it is NaN (a NaN
     prediction at a valid pixel: the loss is NaN, and so is its gradient, as on every path)."""
     grad = tf.where(errors_sorted > 0, grad, tf.zeros((), grad.dtype))
-    return tf.where(tf.math.is_nan(errors_sorted), tf.constant(float("nan"), grad.dtype), grad)
+    return tf.where(tf.math.is_nan(errors_sorted), tf.cast(errors_sorted, grad.dtype), grad)  # (no NaN constant)
 
 
 def sorted_keys(keys: tf.Tensor, rows_per_sort: int | None) -> tf.Tensor:

@@ -76,16 +76,16 @@ def _scene_sorted_rows(
     """Loss and presence ``[S, K]`` of the scenes' runs of ``errors [K, N]`` by ``top_k``: any dtype and device.
 
     No integer key holds a float64 error and a scene: the rows are sorted by error, then stably
-    by scene (``top_k`` keeps ties in order), as lovasz.torch does in float64. Ignored points get
-    the key ``-inf``: they sort last in their scene, where ``relu`` makes them add nothing.
+    by scene (``top_k`` keeps ties in order), as lovasz.torch does in float64. Ignored points sort last
+    in their scene (:func:`_tf_rows.sort_key`), where they add nothing.
     """
     num_points, num_scenes = tf.shape(errors)[1], tf.shape(splits)[0] - 1
     scene = _scene_of_points(splits, num_points)
-    key = errors if valid is None else tf.where(valid, errors, tf.constant(-np.inf, errors.dtype))
+    key = _tf_rows.sort_key(errors, valid)
     _, by_error = tf.math.top_k(tf.stop_gradient(key), k=num_points, sorted=True)
     _, by_scene = tf.math.top_k(-tf.cast(tf.gather(scene, by_error), tf.float32), k=num_points, sorted=True)
     perm = tf.gather(by_error, by_scene, batch_dims=1)
-    # ignored pixels add 0, not relu(-inf): forward mode would multiply -inf by a zero tangent (NaN)
+    # ignored pixels add 0, not relu(key): forward mode would multiply a key of -inf by a zero tangent (NaN)
     errors_sorted = tf.gather(errors if valid is None else tf.where(valid, errors, 0), perm, batch_dims=1)
     fg_sorted = tf.gather(tf.cast(fg, tf.int32), perm, batch_dims=1)
     steps, gts = _scene_jaccard_steps(fg_sorted, errors.dtype, splits, scene)
