@@ -174,6 +174,33 @@ def test_another_default_device_or_dtype_changes_nothing():
             torch.testing.assert_close(grad, want_grad)
 
 
+def test_anomaly_detection_finds_nothing_to_report():
+    """Under torch.autograd.detect_anomaly (which raises at a backward that makes a NaN) the losses with
+    ignored pixels, of points and of a mostly ignored grid give what they give without it."""
+    logits, labels = rand_case(num_classes=4, spatial=(6, 5))
+    logits, labels = logits.log(), labels.clone()
+    labels[0, :2] = 255
+    grid_labels = torch.full_like(labels, 255)
+    grid_labels[1, 2, 3] = 1
+    calls = [
+        lambda p: L.lovasz_softmax(p, labels, per_image=True, ignore=255, from_logits=True),
+        lambda p: L.lovasz_softmax(p, grid_labels, ignore=255, from_logits=True),
+        lambda p: L.lovasz_hinge(p[:, 0], labels.clamp(max=1), ignore=255, margin="elu"),
+        lambda p: L.lovasz_softmax(
+            p.movedim(1, -1).reshape(-1, 4), labels.reshape(-1), per_image=True, ignore=255, offsets=[30, 60]
+        ),
+    ]
+    for call in calls:
+        x, checked = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+        loss = call(x)
+        loss.backward()
+        with torch.autograd.detect_anomaly():
+            checked_loss = call(checked)
+            checked_loss.backward()
+        torch.testing.assert_close(checked_loss, loss)
+        torch.testing.assert_close(checked.grad, x.grad)
+
+
 def test_perfect_prediction_and_from_logits():
     labels = dev(torch.randint(0, 3, (2, 6, 6)))
     one_hot = torch.nn.functional.one_hot(labels, 3).permute(0, 3, 1, 2).float()

@@ -70,17 +70,29 @@ def _counted(errors_sorted: jax.Array) -> jax.Array:
     nothing), and a NaN error (a NaN prediction at a valid pixel) NaN with a NaN derivative, as on every
     path: relu's derivative there is 0, which the constant NaN factor on its way back makes NaN (a
     ``where`` of two branches would leak NaN into the others' derivatives)."""
-    nan_factor = jax.lax.stop_gradient(jnp.where(jnp.isnan(errors_sorted), jnp.nan, 1).astype(errors_sorted.dtype))
+    nan_factor = jax.lax.stop_gradient(
+        jnp.where(jnp.isnan(errors_sorted), errors_sorted, 1).astype(errors_sorted.dtype)
+    )
     return jax.nn.relu(errors_sorted * nan_factor)
+
+
+def _ascending_key(errors: jax.Array, valid: jax.Array | None) -> jax.Array:
+    """``-errors``, the key of an ascending sort, with ignored pixels at the largest finite value: they sort
+    last, where ``relu`` makes them add nothing; an error of -inf (an infinite logit) ties with them, in
+    pixel order. Finite, not ``+inf``: ``jax_debug_infs`` raises at any op that makes an infinity."""
+    if valid is None:
+        return -errors
+    largest = jnp.finfo(errors.dtype).max
+    return jnp.where(valid & ~(errors < -largest), -errors, largest)  # (a NaN keeps its key: the loss is NaN)
 
 
 def _lovasz_rows(errors: jax.Array, fg: jax.Array, valid: jax.Array | None) -> jax.Array:
     """Lovász extension of each row of ``errors [R, N]`` against ``fg [R, N]`` (bool, False where ignored).
 
-    One ascending sort of ``-errors`` carries the flags along; ignored pixels get
-    the key ``+inf`` and sort last, where ``relu`` makes them add nothing.
+    One ascending sort of ``-errors`` carries the flags along; ignored pixels sort last
+    (:func:`_ascending_key`).
     """
-    key = -errors if valid is None else jnp.where(valid, -errors, jnp.inf)
+    key = _ascending_key(errors, valid)
     neg_sorted, fg_sorted = jax.lax.sort((key, fg.astype(jnp.int32)), dimension=-1, num_keys=1)
     steps = jax.lax.stop_gradient(jaccard_steps(fg_sorted, errors.dtype))
     return jnp.sum(_counted(-neg_sorted) * steps, axis=-1)
@@ -458,7 +470,7 @@ def _segment_rows_one_sort(errors: jax.Array, codes: jax.Array, ends: jax.Array)
     """:func:`_segment_sums` by one ``lax.sort`` of (segment, -error, flags), two keys: a bitonic sort on
     a GPU, which float64 keys need (their bits would need 64-bit integers, off by default in JAX)."""
     segment = _segment_of_position(ends, errors.shape[-1])
-    key = jnp.where(codes != 2, -errors, jnp.inf)
+    key = _ascending_key(errors, codes != 2)
     by_segment = jnp.broadcast_to(segment, errors.shape)
     _, neg_sorted, fg_sorted = jax.lax.sort((by_segment, key, (codes == 1).astype(jnp.int32)), dimension=-1, num_keys=2)
     return _segment_sums(-neg_sorted, fg_sorted, codes, ends, segment)

@@ -108,7 +108,7 @@ def sort_key(errors: tf.Tensor, valid: tf.Tensor | None) -> tf.Tensor:
     ``tf.debugging.enable_check_numerics`` raises at any op that makes an infinity."""
     if valid is None:
         return errors
-    return tf.where(valid & (errors > errors.dtype.min), errors, errors.dtype.min)
+    return tf.where(valid & ~(errors < errors.dtype.min), errors, errors.dtype.min)  # (a NaN keeps its key)
 
 
 def _lovasz_rows(errors: tf.Tensor, fg: tf.Tensor, valid: tf.Tensor | None) -> tf.Tensor:
