@@ -264,6 +264,22 @@ def test_values_that_are_no_class_index_are_refused():
         M.dataset_miou(torch.zeros(1, 2, dtype=torch.complex64), torch.zeros(1, 2), 2)
 
 
+def test_sparse_and_nested_maps_are_refused_with_what_to_pass():
+    pred, target = torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.long)
+    sparse = r"must be a dense class map \[B, \*spatial\]; got a tensor of layout torch.sparse_coo: pass .to_dense"
+    with pytest.raises(TypeError, match="pred " + sparse):
+        M.dataset_miou(pred.to_sparse(), target, 2)
+    with pytest.raises(TypeError, match="target " + sparse):
+        M.IoUMeter(2).update(pred, target.to_sparse())
+    with pytest.raises(TypeError, match="labels " + sparse):
+        M.iou(pred, target.to_sparse(), 2)
+    nested = torch.nested.nested_tensor([pred[0], pred[1, :2]], layout=torch.jagged)
+    with pytest.raises(
+        TypeError, match=r"pred must be a dense class map .* got a nested tensor: .*\.values\(\)\[None\]"
+    ):
+        M.per_image_miou(nested, nested, 2)
+
+
 # ----------------------------------------------------------------------------- memory
 
 BIG, BIG_CLASSES = (2, 2048, 2048), 19

@@ -101,10 +101,28 @@ def _counts(pred: Array, target: Array, num_classes: int, ignore_index: int | No
 # A value outside the classes thus counts in the union of the class on the other side, as a mask of each class would.
 
 
+def _check_dense(x: Any, name: str) -> None:
+    """Sparse, nested and ragged tensors are no class maps to read as they are: say what to pass."""
+    if _is_torch(x):
+        import torch
+
+        expected = f"{name} must be a dense class map [B, *spatial]"
+        if x.is_nested:
+            raise TypeError(f"{expected}; got a nested tensor: pass its points as one map, .values()[None]")
+        if x.layout != torch.strided:
+            raise TypeError(f"{expected}; got a tensor of layout {x.layout}: pass .to_dense()")
+    elif type(x).__name__ in ("SparseTensor", "RaggedTensor", "BCOO", "BCSR"):
+        raise TypeError(
+            f"{name} must be a dense class map [B, *spatial] (NumPy or torch); got a {type(x).__name__}: densify it"
+        )
+
+
 def _histogram(
     pred: Array, target: Array, num_classes: int, ignore_index: int | None, per_image: bool, mark_equal: bool = False
 ) -> Array:
     """Code-pair counts, ``[B, K, K]`` per image or ``[K, K]`` for the batch: one bincount per block of pixels."""
+    _check_dense(pred, "pred")
+    _check_dense(target, "target")
     if tuple(pred.shape) != tuple(target.shape) or len(pred.shape) < 1:
         raise ValueError(
             f"pred and target must both have shape [B, *spatial]; got {list(pred.shape)} and {list(target.shape)}"
@@ -431,6 +449,8 @@ class IoUMeter:
 
 def _image_counts(pred: Any, label: Any, num_classes: int, ignore: int | None) -> tuple[np.ndarray, np.ndarray]:
     """``(intersection, union)`` ``[C]`` of one image (any shape) as NumPy counts."""
+    _check_dense(pred, "preds")
+    _check_dense(label, "labels")
     pred, label = np.asarray(pred)[np.newaxis], np.asarray(label)[np.newaxis]
     intersection, union, _, _ = _from_histogram(_histogram(pred, label, num_classes, ignore, False), num_classes)
     return np.asarray(intersection), np.asarray(union)
