@@ -363,6 +363,15 @@ def in_xla() -> bool:
     return control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph())
 
 
+def in_pfor() -> bool:
+    """Whether the graph being built is the loop body that ``tf.vectorized_map`` (TF's pfor) vectorizes: pfor
+    builds it under the name scope ``loop_body``. The kernel's custom gradient does not survive pfor's
+    conversion (the gradient through ``vectorized_map`` was 0, without a word), and pfor's conversion of a
+    ``tf.cond`` fails where no iteration takes a branch that makes a tensor of data-dependent shape (the
+    gathered valid pixels): the sorts serve."""
+    return not tf.executing_eagerly() and "loop_body" in tf.get_current_name_scope().split("/")
+
+
 def on_cpu(x: tf.Tensor) -> bool:
     """Whether ``x`` is on a CPU: its device (eagerly, or a ``tf.device`` scope in a graph).
 
@@ -398,8 +407,8 @@ def in_forward_mode(pred: tf.Tensor) -> bool:
 def use_kernel(pred: tf.Tensor) -> bool:
     """The C kernel takes float32 rows on a CPU, eagerly and in ``tf.function``, not under XLA (where
     a host callback cannot run) nor inside :func:`without_callbacks`, and only where lovasz was
-    installed with it."""
-    if pred.dtype != tf.float32 or _NO_CALLBACKS.get() or in_forward_mode(pred):
+    installed with it; not where TF's forward mode or ``tf.vectorized_map`` would lose its derivative."""
+    if pred.dtype != tf.float32 or _NO_CALLBACKS.get() or in_forward_mode(pred) or in_pfor():
         return False
     if C.kernel() is None:
         if on_cpu(pred):

@@ -1,0 +1,86 @@
+"""lovasz.tf under ``tf.vectorized_map`` and the jacobians that vectorize with it (TF's pfor), as per-example
+gradients (differential privacy) call the loss: the values, the gradient through the map and the
+per-example gradients equal those of the per-image loss. On the C kernel the gradient through the map was
+0 without a word (the kernel's custom gradient does not survive pfor), and a batch with ignored pixels
+failed inside pfor's conversion of a tf.cond; inside pfor the sorts serve."""
+
+import numpy as np
+import pytest
+
+from conftest import require
+
+tf = require("tensorflow")
+LT = require("lovasz.tf")
+
+rng = np.random.default_rng(0)
+X = rng.normal(size=(3, 6, 5, 4)).astype("float32")
+Y = rng.integers(0, 4, (3, 6, 5)).astype("int32")
+Y[0, :2] = 255
+Y[2] = 255
+Y[2, 1, 1] = 3  # a mostly ignored image: the kernel route would gather its valid pixels
+
+# each loss on one image [1, ...] and per image on the batch
+LOSSES = {
+    "softmax from logits": lambda q, y, **kw: LT.lovasz_softmax(q, y, ignore=255, from_logits=True, **kw),
+    "softmax of probabilities": lambda q, y, **kw: LT.lovasz_softmax(tf.nn.softmax(q), y, ignore=255, **kw),
+    "hinge elu": lambda q, y, **kw: LT.lovasz_hinge(
+        q[..., 0], tf.where(y == 255, 255, y % 2), ignore=255, margin="elu", **kw
+    ),
+    "multilabel": lambda q, y, **kw: LT.lovasz_multilabel(
+        q, tf.where(y[..., None] == 255, 255, tf.cast(q > 0, y.dtype)), ignore=255, **kw
+    ),
+}
+
+
+def per_image(name):
+    return lambda q: LOSSES[name](q, tf.constant(Y), per_image=True, reduction="none")
+
+
+def one_image(name):
+    return lambda args: LOSSES[name](args[0][None], args[1][None], per_image=False)
+
+
+@pytest.mark.parametrize("mode", ["eager", "function"])
+@pytest.mark.parametrize("name", LOSSES)
+def test_values_and_gradients_through_vectorized_map(name, mode):
+    x, y = tf.constant(X), tf.constant(Y)
+
+    def through_map(q):
+        with tf.GradientTape() as tape:
+            tape.watch(q)
+            values = tf.vectorized_map(one_image(name), (q, y))
+            total = tf.reduce_sum(values)
+        return values, tape.gradient(total, q)
+
+    def per_example_gradients(q):
+        def gradient(args):
+            with tf.GradientTape() as tape:
+                tape.watch(args[0])
+                value = one_image(name)(args)
+            return tape.gradient(value, args[0])
+
+        return tf.vectorized_map(gradient, (q, y))
+
+    def jacobian(q):
+        with tf.GradientTape() as tape:
+            tape.watch(q)
+            values = per_image(name)(q)
+        return tape.jacobian(values, q)
+
+    if mode == "function":
+        through_map, per_example_gradients, jacobian = map(tf.function, (through_map, per_example_gradients, jacobian))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        expected = per_image(name)(x)
+        total = tf.reduce_sum(expected)
+    expected_grad = tape.gradient(total, x)
+    assert float(tf.reduce_max(tf.abs(expected_grad))) > 0
+
+    values, grad = through_map(x)
+    np.testing.assert_allclose(values.numpy(), expected.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(grad.numpy(), expected_grad.numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(per_example_gradients(x).numpy(), expected_grad.numpy(), rtol=1e-5, atol=1e-7)
+    rows = jacobian(x).numpy()  # [B, B, ...]: image b's loss depends on image b alone
+    for b in range(len(X)):
+        np.testing.assert_allclose(rows[b, b], expected_grad.numpy()[b], rtol=1e-5, atol=1e-7)
+        assert not np.delete(rows[b], b, axis=0).any()
