@@ -51,6 +51,19 @@ def dev(x):
     return torch.as_tensor(x, device=torch_device())
 
 
+def tf_value_and_grad(loss, x, mode: str = "eager") -> list:
+    """``loss(x)`` and its gradient in ``x``, NumPy arrays, eagerly or in a ``tf.function`` (``mode``)."""
+    import tensorflow as tf
+
+    def run(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            value = loss(x)
+        return value, tape.gradient(value, x)
+
+    return [t.numpy() for t in (tf.function(run) if mode == "function" else run)(tf.convert_to_tensor(x))]
+
+
 def host(t):
     """A tensor as a NumPy array on the host, for comparisons."""
     return t.detach().cpu().numpy()

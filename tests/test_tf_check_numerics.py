@@ -8,7 +8,7 @@ loss with ignored pixels failed there, as it would have on any GPU.) XLA does no
 import numpy as np
 import pytest
 
-from conftest import require
+from conftest import require, tf_value_and_grad
 
 tf = require("tensorflow")
 LT = require("lovasz.tf")
@@ -43,16 +43,6 @@ LOSSES = {
 }
 
 
-def value_and_grad(loss, x, mode):
-    def step(x):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            value = loss(x)
-        return value, tape.gradient(value, x)
-
-    return (tf.function(step) if mode == "function" else step)(tf.constant(x))
-
-
 @pytest.fixture(params=["kernel", "sorts", "packed keys"])
 def route(request, monkeypatch):
     """The C kernel, TF's sorts (``top_k``: float64, forward mode, exportable()), or the packed int64 keys of
@@ -68,15 +58,15 @@ def route(request, monkeypatch):
 @pytest.mark.parametrize("name", LOSSES)
 def test_no_infinity_or_nan_is_made_on_any_route(route, mode, name):
     x, loss = LOSSES[name]
-    value, grad = value_and_grad(loss, x, mode)
+    value, grad = tf_value_and_grad(loss, x, mode)
     tf.debugging.enable_check_numerics()
     try:
-        checked_value, checked_grad = value_and_grad(loss, x, mode)
+        checked_value, checked_grad = tf_value_and_grad(loss, x, mode)
     finally:
         tf.debugging.disable_check_numerics()
-    np.testing.assert_allclose(checked_value.numpy(), value.numpy(), rtol=1e-6)
-    np.testing.assert_allclose(checked_grad.numpy(), grad.numpy(), rtol=1e-6, atol=1e-8)
-    assert np.isfinite(value.numpy()) and np.isfinite(grad.numpy()).all()
+    np.testing.assert_allclose(checked_value, value, rtol=1e-6)
+    np.testing.assert_allclose(checked_grad, grad, rtol=1e-6, atol=1e-8)
+    assert np.isfinite(value) and np.isfinite(grad).all()
 
 
 def test_a_nan_prediction_is_still_reported():
@@ -86,6 +76,6 @@ def test_a_nan_prediction_is_still_reported():
     tf.debugging.enable_check_numerics()
     try:
         with pytest.raises(tf.errors.InvalidArgumentError, match="NaN"):
-            value_and_grad(LOSSES["softmax"][1], x, "eager")
+            tf_value_and_grad(LOSSES["softmax"][1], x, "eager")
     finally:
         tf.debugging.disable_check_numerics()

@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 import pytest
 
-from conftest import require
+from conftest import require, tf_value_and_grad
 
 tf = require("tensorflow")
 LT = require("lovasz.tf")
@@ -27,19 +27,9 @@ NAMES = [
 ]
 
 
-def value_and_grad(loss, x, mode):
-    def run(x):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            value = loss(x)
-        return value, tape.gradient(value, x)
-
-    return [t.numpy() for t in (tf.function(run) if mode == "function" else run)(x)]
-
-
 def assert_same(ours, original, x, mode):
-    value, grad = value_and_grad(ours, x, mode)
-    expected_value, expected_grad = value_and_grad(original, x, mode)
+    value, grad = tf_value_and_grad(ours, x, mode)
+    expected_value, expected_grad = tf_value_and_grad(original, x, mode)
     np.testing.assert_allclose(value, expected_value, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-6)
 
