@@ -84,3 +84,26 @@ def test_values_and_gradients_through_vectorized_map(name, mode):
     for b in range(len(X)):
         np.testing.assert_allclose(rows[b, b], expected_grad.numpy()[b], rtol=1e-5, atol=1e-7)
         assert not np.delete(rows[b], b, axis=0).any()
+
+
+def test_every_vectorized_map_of_a_graph_is_seen():
+    """pfor names the loop body of the second map in a graph ``loop_body_1``: its gradient is right too."""
+    x, y = tf.constant(X), tf.constant(Y)
+    name = "softmax from logits"
+
+    @tf.function
+    def three_maps(q):
+        with tf.GradientTape() as tape:
+            tape.watch(q)
+            with tf.name_scope("outer"):
+                first = tf.vectorized_map(one_image(name), (q, y))
+            second = tf.vectorized_map(one_image(name), (q, y))
+            third = tf.vectorized_map(one_image(name), (q, y))
+            total = tf.reduce_sum(first + second + third)
+        return tape.gradient(total, q)
+
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        total = tf.reduce_sum(per_image(name)(x))
+    expected = 3 * tape.gradient(total, x).numpy()
+    np.testing.assert_allclose(three_maps(x).numpy(), expected, rtol=1e-5, atol=1e-7)

@@ -23,6 +23,7 @@ import contextlib
 import contextvars
 import functools
 import os
+import re
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -365,11 +366,16 @@ def in_xla() -> bool:
 
 def in_pfor() -> bool:
     """Whether the graph being built is the loop body that ``tf.vectorized_map`` (TF's pfor) vectorizes: pfor
-    builds it under the name scope ``loop_body``. The kernel's custom gradient does not survive pfor's
-    conversion (the gradient through ``vectorized_map`` was 0, without a word), and pfor's conversion of a
-    ``tf.cond`` fails where no iteration takes a branch that makes a tensor of data-dependent shape (the
-    gathered valid pixels): the sorts serve."""
-    return not tf.executing_eagerly() and "loop_body" in tf.get_current_name_scope().split("/")
+    builds it under the name scope ``loop_body`` (``loop_body_1``, ... for later ones in the same graph).
+    The kernel's custom gradient does not survive pfor's conversion (the gradient through
+    ``vectorized_map`` was 0, without a word), and pfor's conversion of a ``tf.cond`` fails where no
+    iteration takes a branch that makes a tensor of data-dependent shape (the gathered valid pixels): the
+    sorts serve."""
+    scopes = tf.get_current_name_scope().split("/")
+    return not tf.executing_eagerly() and any(_PFOR_SCOPE.fullmatch(scope) for scope in scopes)
+
+
+_PFOR_SCOPE = re.compile(r"loop_body(_\d+)?")
 
 
 def on_cpu(x: tf.Tensor) -> bool:
