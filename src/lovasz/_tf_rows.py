@@ -109,7 +109,9 @@ def sort_key(errors: tf.Tensor, valid: tf.Tensor | None) -> tf.Tensor:
     ``tf.debugging.enable_check_numerics`` raises at any op that makes an infinity."""
     if valid is None:
         return errors
-    return tf.where(valid & ~(errors < errors.dtype.min), errors, errors.dtype.min)  # (a NaN keeps its key)
+    # (in a tf.function grappler may rewrite not(a < b) as a >= b, which sends a NaN to the lowest key too:
+    # the sorted errors are gathered from the errors, not from the key)
+    return tf.where(valid & ~(errors < errors.dtype.min), errors, errors.dtype.min)
 
 
 def _lovasz_rows(errors: tf.Tensor, fg: tf.Tensor, valid: tf.Tensor | None) -> tf.Tensor:
@@ -124,7 +126,7 @@ def _lovasz_rows(errors: tf.Tensor, fg: tf.Tensor, valid: tf.Tensor | None) -> t
     key = sort_key(errors, valid)
     _, perm = tf.math.top_k(tf.stop_gradient(key), k=tf.shape(key)[-1], sorted=True)
     # the gradient goes through the gather, not top_k, whose gradient fails on rows of no pixel (an empty batch);
-    # ignored pixels add 0, not relu(key): forward mode would multiply a key of -inf by a zero tangent (NaN)
+    # the errors, not the key: a NaN error keeps its NaN (see sort_key), an ignored pixel adds 0
     errors_sorted = tf.gather(errors if valid is None else tf.where(valid, errors, 0), perm, batch_dims=1)
     fg_sorted = tf.gather(tf.cast(fg, tf.int32), perm, batch_dims=1)
     steps = tf.stop_gradient(jaccard_steps(fg_sorted, errors.dtype))

@@ -85,7 +85,7 @@ def _scene_sorted_rows(
     _, by_error = tf.math.top_k(tf.stop_gradient(key), k=num_points, sorted=True)
     _, by_scene = tf.math.top_k(-tf.cast(tf.gather(scene, by_error), tf.float32), k=num_points, sorted=True)
     perm = tf.gather(by_error, by_scene, batch_dims=1)
-    # ignored pixels add 0, not relu(key): forward mode would multiply a key of -inf by a zero tangent (NaN)
+    # the errors, not the key: a NaN error keeps its NaN (see _tf_rows.sort_key), an ignored point adds 0
     errors_sorted = tf.gather(errors if valid is None else tf.where(valid, errors, 0), perm, batch_dims=1)
     fg_sorted = tf.gather(tf.cast(fg, tf.int32), perm, batch_dims=1)
     steps, gts = _scene_jaccard_steps(fg_sorted, errors.dtype, splits, scene)
