@@ -73,5 +73,36 @@ def test_torch_func_errors_are_clear():
     bad[2, 1, 1, 1] = 7
     with pytest.raises(ValueError, match="labels must be in \\[0, 2\\].*found 7"):
         vmap(lambda x, y: L.lovasz_softmax(x, y, ignore=255))(probas, bad)
-    with pytest.raises(RuntimeError, match="pass probabilities instead"):
-        grad(lambda x: L.lovasz_softmax(x, labels[0], ignore=255, from_logits=True))(probas[0].log())
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+def test_logits_take_every_transform_as_the_softmax_outside(per_image):
+    """With ``from_logits``, torch.func differentiates the softmax too (it is taken outside the op there):
+    per-sample gradients, Jacobians and the Hessian equal plain autograd with ``logits.softmax(1)``."""
+    probas, labels = samples(3)
+    logits = probas.log() * 1.7
+    logits[1, 0, :, 0, 0] = float("nan")  # at an ignored pixel: nothing changes, its gradient is 0
+    options = dict(per_image=per_image, ignore=255, weights=[1.0, 2, 0.5])
+    module = L.LovaszLoss("multiclass", per_image, 255, class_weights=options["weights"])
+
+    def ours(x, y):
+        return L.lovasz_softmax(x, y, from_logits=True, **options)
+
+    def softmax_outside(x, y):
+        return L.lovasz_softmax(torch.where((y == 255).unsqueeze(1), 0, x).softmax(1), y, **options)
+
+    grads = vmap(grad(ours))(logits, labels)
+    module_grads = vmap(grad(module))(logits, labels)
+    for i in range(len(logits)):
+        x = logits[i].clone().requires_grad_()
+        softmax_outside(x, labels[i]).backward()
+        torch.testing.assert_close(grads[i], x.grad, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(module_grads[i], x.grad, rtol=1e-12, atol=1e-14)
+    assert not grads[1, 0, :, 0, 0].any()
+    x, y = logits[1], labels[1]
+    expected = torch.autograd.functional.hessian(lambda t: softmax_outside(t, y), x)
+    assert expected.abs().max() > 1e-4  # the softmax's curvature, not a zero matching a zero
+    torch.testing.assert_close(torch.func.hessian(lambda t: ours(t, y))(x), expected, rtol=1e-10, atol=1e-12)
+    expected = torch.autograd.functional.jacobian(lambda t: softmax_outside(t, y), x)
+    torch.testing.assert_close(jacrev(lambda t: ours(t, y))(x), expected, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(jacfwd(lambda t: ours(t, y))(x), expected, rtol=1e-12, atol=1e-14)

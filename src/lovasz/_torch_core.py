@@ -611,8 +611,8 @@ def _vmap(info, in_dims, *inputs):
 
 _SECOND_ORDER_WITH_SOFTMAX = (
     "lovasz_softmax(from_logits=True) takes the softmax inside and keeps only the first derivative, so it "
-    "has no second derivative (create_graph=True: Hessian-vector products, gradient penalties; also "
-    "torch.func.grad, which differentiates that way); pass probabilities instead, "
+    "has no second derivative (create_graph=True: Hessian-vector products, gradient penalties); pass "
+    "probabilities instead, "
     "lovasz_softmax(logits.softmax(1), labels), whose derivatives of every order are exact"
 )
 

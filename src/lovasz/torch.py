@@ -225,7 +225,9 @@ def _class_codes(lab: Tensor, num_classes: int, ignored: Tensor | None) -> Tenso
         codes = ignored.to(torch.uint8).mul_(IGNORED).expand(batch, num_classes, pixels).contiguous()
         mark = valid.to(torch.uint8).masked_fill_(ignored, IGNORED)
     # Each pixel writes one place: its class, or class 0 (with the value already there) if it has none.
-    return codes.scatter_(1, torch.where(valid, lab, 0).long(), mark)
+    # In place but under torch.func.vmap, which has a batching rule only for the out-of-place scatter.
+    scatter = codes.scatter if torch._C._functorch.is_functorch_wrapped_tensor(mark) else codes.scatter_
+    return scatter(1, torch.where(valid, lab, 0).long(), mark)
 
 
 _NO_SCENES = (None, None, None)
@@ -508,6 +510,12 @@ def _softmax(
         lname,
     )
     codes = _class_codes(lab, num_classes, ignored)
+    softmax_inside = from_logits and not sigmoid
+    if softmax_inside and torch._C._functorch.is_functorch_wrapped_tensor(pred):
+        # torch.func.grad differentiates the op's backward (create_graph), which the softmax taken inside
+        # cannot give; taken here, autograd carries its curvature. NaN logits at ignored pixels stay out.
+        pred = (pred if ignored is None else torch.where(ignored, 0, pred)).softmax(1)
+        softmax_inside = False
     form = "softmax of logits" if from_logits else "softmax of probabilities"
     loss = _lovasz_classes(
         pred,
@@ -519,7 +527,7 @@ def _softmax(
         w,
         reduction,
         _across(process_group, form, ignore),
-        softmax=from_logits and not sigmoid,
+        softmax=softmax_inside,
         ends=ends,
     )
     return loss.to(_result_dtype(probas))
