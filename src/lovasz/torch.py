@@ -136,6 +136,12 @@ def _check_values(labels: Tensor, valid: Tensor | None, allowed: str, ok: Tensor
         raise ValueError(f"{message}; found {_unbatched(labels)[bad].flatten()[0].item()}")
 
 
+def _under_torch_func(x: Tensor) -> bool:
+    """Whether ``x`` is wrapped by a torch.func transform (vmap, grad, jacrev, ...), eagerly; torch.compile
+    cannot trace the check (a graph break), and traces the transforms' rules itself."""
+    return not torch.compiler.is_compiling() and torch._C._functorch.is_functorch_wrapped_tensor(x)
+
+
 def _unbatched(x: Tensor) -> Tensor:
     """``x`` without torch.func's wrappers (vmap's batching): every sample's values, which a check may
     read (under vmap a tensor's values take no part in Python's control flow)."""
@@ -226,7 +232,7 @@ def _class_codes(lab: Tensor, num_classes: int, ignored: Tensor | None) -> Tenso
         mark = valid.to(torch.uint8).masked_fill_(ignored, IGNORED)
     # Each pixel writes one place: its class, or class 0 (with the value already there) if it has none.
     # In place but under torch.func.vmap, which has a batching rule only for the out-of-place scatter.
-    scatter = codes.scatter if torch._C._functorch.is_functorch_wrapped_tensor(mark) else codes.scatter_
+    scatter = codes.scatter if _under_torch_func(mark) else codes.scatter_
     return scatter(1, torch.where(valid, lab, 0).long(), mark)
 
 
@@ -511,7 +517,7 @@ def _softmax(
     )
     codes = _class_codes(lab, num_classes, ignored)
     softmax_inside = from_logits and not sigmoid
-    if softmax_inside and torch._C._functorch.is_functorch_wrapped_tensor(pred):
+    if softmax_inside and _under_torch_func(pred):
         # torch.func.grad differentiates the op's backward (create_graph), which the softmax taken inside
         # cannot give; taken here, autograd carries its curvature. NaN logits at ignored pixels stay out.
         pred = (pred if ignored is None else torch.where(ignored, 0, pred)).softmax(1)
