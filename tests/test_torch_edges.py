@@ -600,6 +600,20 @@ def test_torch_compile_dynamic_shapes(per_image):
         torch.testing.assert_close(compiled_x.grad, eager_x.grad)
 
 
+def test_torch_jit_script_is_a_clear_error():
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.loss = torch.nn.Conv2d(3, 3, 1), L.CrossEntropyLovaszLoss()
+
+        def forward(self, x):
+            return self.conv(x)
+
+    for module, name in [(L.LovaszLoss("multiclass", class_weights=[1.0, 2.0]), "LovaszLoss"), (Model(), "Cross")]:
+        with pytest.raises(TypeError, match=f"torch.jit.script cannot compile {name}.*torch.jit.trace"):
+            torch.jit.script(module)
+
+
 def test_torch_compile_inductor():
     x = dev(torch.randn(2, 3, 5, 5)).requires_grad_()
     labels = dev(torch.randint(0, 3, (2, 5, 5)))

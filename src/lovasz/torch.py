@@ -825,7 +825,18 @@ def _class_weights_buffer(class_weights: Weights) -> Tensor | None:
     return weights
 
 
-class LovaszLoss(nn.Module):
+class _LossModule(nn.Module):
+    """An ``nn.Module`` whose loss TorchScript cannot compile: ``torch.jit.script`` gets a clear error
+    (it asks every module of a model to prepare itself), not a type annotation it cannot read."""
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        raise TypeError(
+            f"torch.jit.script cannot compile {type(self).__name__}: the loss is a custom op called from Python; "
+            "use torch.compile, torch.export or torch.jit.trace, or keep the loss outside the scripted model"
+        )
+
+
+class LovaszLoss(_LossModule):
     """Lovász loss as an ``nn.Module`` taking ``(input, target)``, as smp's losses do.
 
     - ``mode='binary'``: input ``[B, 1, *spatial]`` or ``[B, *spatial]``, target 0/1 of the
@@ -1027,7 +1038,7 @@ def _masked_mean(values: Tensor, weights: Tensor) -> Tensor:
     return (values * weights).sum() / torch.where(total > 0, total, torch.ones_like(total))
 
 
-class CrossEntropyLovaszLoss(nn.Module):
+class CrossEntropyLovaszLoss(_LossModule):
     """``ce_weight * cross-entropy + lovasz_weight * Lovász`` on logits, one ``ignore_index`` for both.
 
     - ``mode='multiclass'``: softmax cross-entropy and :func:`lovasz_softmax` (input
