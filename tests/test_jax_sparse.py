@@ -59,6 +59,7 @@ def former_route(fn, x, *args, **kwargs):
     """:func:`value_and_grad` by the route before the grid path: errors made in XLA, the grid sorted whole."""
     with pytest.MonkeyPatch.context() as m:
         m.setattr(JR, "grid_applies", lambda pred, valid: False)
+        m.setattr(JR, "points_first_applies", lambda points: False)
         return value_and_grad(fn, x, *args, **kwargs)
 
 
@@ -107,10 +108,12 @@ def test_softmax_gathered_equals_dense(monkeypatch, per_image, classes, from_log
 
 @pytest.mark.parametrize("per_image", [False, True])
 def test_channels_last_and_eager(monkeypatch, per_image):
-    """Channels-last input (``axis=-1``), and a call outside ``jax.jit`` (the callback runs eagerly)."""
+    """Channels-last input (``axis=-1``), and a call outside ``jax.jit`` (the callback runs eagerly): the
+    points-first route (tests/test_jax_points_first.py), which gathers the valid points as the grid's does."""
     logits, labels = grid(2)
     x = np.moveaxis(np.asarray(jax.nn.softmax(logits, axis=1)), 1, -1)
-    runs = gathers(monkeypatch)
+    runs, host = [], JR._points_into
+    monkeypatch.setattr(JR, "_points_into", lambda *a, **k: runs.append(1) or host(*a, **k))
     eager = value_and_grad(LJ.lovasz_softmax, x, labels, per_image=per_image, ignore=255, axis=-1, jit=False)
     assert runs
     jitted = value_and_grad(LJ.lovasz_softmax, x, labels, per_image=per_image, ignore=255, axis=-1)

@@ -585,3 +585,158 @@ def segment_kernel(
     else:
         rows_loss = functools.partial(jax.lax.platform_dependent, cpu=_host_segments, default=_segment_rows_sorted)
     return D.split_rows(rows_loss, (errors, codes), row_axis=0, shared=(ends,), out_row_axes=(1, 1))
+
+
+# ----------------------------------------------------------------------------- points-first inputs
+# Channels-last grids ([B, *spatial, C], Flax's layout) and points [N, C] (Pointcept's call) hold each
+# point's classes together. On a CPU the C kernel reads them where they lie (a tile at a time, class-major
+# in its scratch), takes the softmax of logits itself and writes each point's gradient of its own set's
+# loss, its rows weighted as the class mean weighs them: no transpose and no softmax in XLA, there or
+# back (lovasz.torch's points take the same kernel). The class mean is taken on the host, so this path
+# has no class weights, whose gradient would be JAX's to give: with weights the dense path serves.
+
+
+class PointsOptions(NamedTuple):
+    """The static options of :func:`points_first_loss`."""
+
+    points_per_set: int  # the sets are runs of this many points (an image's, or the whole batch's)
+    logits: bool  # the points hold logits: the kernel takes their softmax over the classes
+    present_only: bool  # the mean over the classes present in the set (classes='present'), else over all
+
+
+def points_first_applies(points: jax.Array) -> bool:
+    """Whether :func:`points_first_loss` takes the float32 ``points [N, K]`` on the C kernel: on a CPU
+    backend, with the kernel loaded and a callback possible (not over devices plain ``jit`` partitions)."""
+    return (
+        jax.default_backend() == "cpu"
+        and points.size > 0
+        and C.applies(points.dtype, points.size)
+        and C.points_kernel() is not None
+        and _callbacks_run(points)
+        and not D.split_by_partitioner(points)
+    )
+
+
+def _class_means(loss: np.ndarray, present: np.ndarray, present_only: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Each set's mean of its rows ``[S, K]`` (0 for a set with nothing to average) and each row's
+    coefficient in it, as :func:`lovasz.jax._lovasz_classes` weighs them."""
+    weight = present.astype(np.float32) if present_only else np.ones_like(loss)
+    total = weight.sum(-1, keepdims=True)
+    coefficient = np.divide(weight, total, out=np.zeros_like(weight), where=total != 0)
+    means = np.where(total[:, 0] != 0, (loss * weight).sum(-1) / np.where(total[:, 0] != 0, total[:, 0], 1), 0)
+    return means.astype(np.float32), coefficient
+
+
+def _points_into(
+    outputs: tuple[np.ndarray, ...], points: np.ndarray, codes: np.ndarray, options: PointsOptions
+) -> None:
+    """The C kernel on points ``[..., N, K]`` and codes ``[..., K, N]``: each set's loss (and the gradient)."""
+    per_set, *grad = outputs
+    step = options.points_per_set
+    ends = np.arange(step, points.shape[-2] + 1, step, dtype=np.int64)
+    for index in np.ndindex(points.shape[:-2]):
+        means: list[np.ndarray] = []  # the kernel asks for the coefficients once it has the rows' losses
+        coefficients = functools.partial(_coefficients, means, present_only=options.present_only)
+        loss, present = _points_on_host(
+            points[index], codes[index], ends, options, grad[0][index] if grad else None, coefficients
+        )
+        per_set[index] = means[0] if means else _class_means(loss, present, options.present_only)[0]
+
+
+def _points_on_host(
+    points: np.ndarray,
+    codes: np.ndarray,
+    ends: np.ndarray,
+    options: PointsOptions,
+    grad: np.ndarray | None,
+    coefficients: Callable[[np.ndarray, np.ndarray], np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`C.lovasz_points` of the sets ``ends``; where at most :data:`COMPACT_BELOW` of the points
+    count (a mostly empty voxel grid), of those gathered first, in point order, their gradient written
+    back (0 elsewhere)."""
+    valid = codes.min(axis=0) < IGNORED  # [N]: a point counts in every row or in none
+    if np.count_nonzero(valid) > COMPACT_BELOW * valid.size:
+        return C.lovasz_points(points, codes, ends, C.SOFTMAX, grad, _THREADS, options.logits, coefficients)
+    at = np.flatnonzero(valid)
+    gathered_grad = None if grad is None else np.empty((at.size, points.shape[1]), np.float32)
+    loss_and_presence = C.lovasz_points(
+        points[at],
+        np.ascontiguousarray(codes[:, at]),
+        np.searchsorted(at, ends),
+        C.SOFTMAX,
+        gathered_grad,
+        _THREADS,
+        options.logits,
+        coefficients,
+    )
+    if grad is not None:
+        grad.fill(0)
+        grad[at] = gathered_grad
+    return loss_and_presence
+
+
+def _coefficients(means: list[np.ndarray], loss: np.ndarray, present: np.ndarray, present_only: bool) -> np.ndarray:
+    """The rows' coefficients in their sets' means, which go into ``means``."""
+    mean, coefficient = _class_means(loss, present, present_only)
+    means.append(mean)
+    return coefficient
+
+
+def _points_call(points: jax.Array, codes: jax.Array, options: PointsOptions, need_grad: bool) -> tuple:
+    sets = points.shape[-2] // options.points_per_set
+    shapes: tuple = (jax.ShapeDtypeStruct(points.shape[:-2] + (sets,), jnp.float32),)
+    shapes += (jax.ShapeDtypeStruct(points.shape, jnp.float32),) if need_grad else ()
+    return _host_callback(functools.partial(_points_into, options=options), shapes, points, codes)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _host_points(points: jax.Array, codes: jax.Array, options: PointsOptions) -> jax.Array:
+    """Each set's loss ``[S]`` of float32 ``points [N, K]`` against ``codes [K, N]``, by the C kernel."""
+    return _points_call(points, codes, options, need_grad=False)[0]
+
+
+def _host_points_fwd(
+    points: jax.Array, codes: jax.Array, options: PointsOptions
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    host = functools.partial(_points_call, options=options, need_grad=True)
+    sort = functools.partial(_with_sorted_grad, functools.partial(_points_sorted, options=options))
+    per_set, grad = _differentiable_again(host, sort)(points, codes)
+    return per_set, (grad, codes)
+
+
+def _host_points_bwd(
+    options: PointsOptions, residuals: tuple[jax.Array, jax.Array], per_set_cotangent: jax.Array
+) -> tuple[jax.Array, np.ndarray]:
+    grad, codes = residuals
+    lead, (num_points, num_classes) = grad.shape[:-2], grad.shape[-2:]
+    runs = grad.reshape(lead + (num_points // options.points_per_set, options.points_per_set, num_classes))
+    return (per_set_cotangent[..., None, None] * runs).reshape(grad.shape), np.zeros(codes.shape, jax.dtypes.float0)
+
+
+_host_points.defvjp(_host_points_fwd, _host_points_bwd)
+
+
+def _points_sorted(points: jax.Array, codes: jax.Array, options: PointsOptions) -> jax.Array:
+    """:func:`_host_points` by sorts in JAX (off the CPU, and a gradient's own derivatives)."""
+    num_points, num_classes = points.shape
+    sets, step = num_points // options.points_per_set, options.points_per_set
+    valid = codes != IGNORED  # [K, N]
+    pred = jnp.where(valid.T, points, 0)  # a NaN at an ignored point reaches neither loss nor gradient
+    pred = jax.nn.softmax(pred, axis=-1) if options.logits else pred
+    pred = pred.reshape(sets, step, num_classes).transpose(0, 2, 1).reshape(1, sets * num_classes, step)
+    set_codes = codes.reshape(num_classes, sets, step).transpose(1, 0, 2).reshape(1, sets * num_classes, step)
+    fg = set_codes == 1
+    loss = _sorted_rows(errors_of(pred, fg, False), set_codes).reshape(sets, num_classes)
+    weight = fg.any(-1).reshape(sets, num_classes) if options.present_only else jnp.ones_like(loss, dtype=bool)
+    weight = weight.astype(loss.dtype)
+    total = weight.sum(-1)
+    return jnp.where(total != 0, (loss * weight).sum(-1) / jnp.where(total != 0, total, 1), 0)
+
+
+def points_first_loss(points: jax.Array, codes: jax.Array, options: PointsOptions) -> jax.Array:
+    """Each set's class mean ``[S]`` of float32 ``points [N, K]`` (probabilities, or logits with
+    ``options.logits``) against ``codes [K, N]`` (1 foreground, 0 background, 2 ignored): the C kernel on a
+    CPU (see above; call where :func:`points_first_applies`), else sorts in JAX."""
+    host = lambda points, codes: _host_points(points, codes, options)  # noqa: E731
+    sorted_sets = functools.partial(_points_sorted, options=options)
+    return jax.lax.platform_dependent(points, codes, cpu=host, default=sorted_sets)

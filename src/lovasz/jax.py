@@ -232,6 +232,11 @@ def _lovasz_classes(
         w = w * present
     weight_sum = w.sum(-1)
     per_set = jnp.where(weight_sum != 0, (loss * w).sum(-1) / jnp.where(weight_sum != 0, weight_sum, 1), 0)
+    return _reduced(per_set, reduction, per_image, axis_name)
+
+
+def _reduced(per_set: jax.Array, reduction: str, per_image: bool, axis_name: D.AxisName = None) -> jax.Array:
+    """The loss of the sets ``[S]`` (the images, or the batch as one set) as ``reduction`` asks."""
     if reduction == "none":
         return per_set if per_image else per_set[0]
     if axis_name is not None and per_image:  # the images (segments) of every device
@@ -347,6 +352,14 @@ def lovasz_softmax(
     if jnp.issubdtype(lab.dtype, jnp.floating):  # class indices as floats: whole numbers only (1.5 is no class)
         _check_values(lab, lab == jnp.round(lab), valid, "whole numbers (class indices)", "labels")
     _check_values(lab, (lab >= 0) & (lab < num_classes), valid, f"in [0, {num_classes - 1}]", "labels")
+    points_first = not sigmoid and axis % probas.ndim == probas.ndim - 1  # channels-last grids, points [N, C]
+    if points_first and w is None and isinstance(classes, str) and ends is None and axis_name is None:
+        points = probas.astype(dtype).reshape(-1, num_classes)  # (a view: no copy, no transpose)
+        if R.points_first_applies(points):
+            fg = lab.reshape(1, -1) == jnp.arange(num_classes).reshape(-1, 1)  # [C, N], class-major codes
+            codes = R.pixel_codes(fg, None if valid is None else valid.reshape(1, -1))
+            options = R.PointsOptions(pixels if per_image else batch * pixels, from_logits, classes == "present")
+            return _reduced(R.points_first_loss(points, codes, options), reduction, per_image).astype(probas.dtype)
     pred = probas.astype(dtype) if sigmoid else _channels_first(probas.astype(dtype), axis)
     pred = pred.reshape(batch, 1 if sigmoid else num_classes, pixels)
     if valid is not None and from_logits:  # a NaN logit at an ignored pixel must not reach the gradient
