@@ -619,7 +619,7 @@ def points_first_applies(points: jax.Array) -> bool:
 
 def _class_means(loss: np.ndarray, present: np.ndarray, present_only: bool) -> tuple[np.ndarray, np.ndarray]:
     """Each set's mean of its rows ``[S, K]`` (0 for a set with nothing to average) and each row's
-    coefficient in it, as :func:`lovasz.jax._lovasz_classes` weighs them."""
+    coefficient in it: :func:`class_mean` on the host."""
     weight = present.astype(np.float32) if present_only else np.ones_like(loss)
     total = weight.sum(-1, keepdims=True)
     coefficient = np.divide(weight, total, out=np.zeros_like(weight), where=total != 0)
@@ -728,7 +728,12 @@ def _points_sorted(points: jax.Array, codes: jax.Array, options: PointsOptions) 
     fg = set_codes == 1
     loss = _sorted_rows(errors_of(pred, fg, False), set_codes).reshape(sets, num_classes)
     weight = fg.any(-1).reshape(sets, num_classes) if options.present_only else jnp.ones_like(loss, dtype=bool)
-    weight = weight.astype(loss.dtype)
+    return class_mean(loss, weight.astype(loss.dtype))
+
+
+def class_mean(loss: jax.Array, weight: jax.Array) -> jax.Array:
+    """Each set's weighted mean of its rows' losses ``[S, K]``; 0 for a set whose weights are all 0 (no class
+    present, every pixel ignored). :func:`_class_means` is the host's."""
     total = weight.sum(-1)
     return jnp.where(total != 0, (loss * weight).sum(-1) / jnp.where(total != 0, total, 1), 0)
 

@@ -230,9 +230,7 @@ def _lovasz_classes(
     w = jnp.ones_like(loss) if weights is None else jnp.broadcast_to(weights, loss.shape)
     if classes == "present":
         w = w * present
-    weight_sum = w.sum(-1)
-    per_set = jnp.where(weight_sum != 0, (loss * w).sum(-1) / jnp.where(weight_sum != 0, weight_sum, 1), 0)
-    return _reduced(per_set, reduction, per_image, axis_name)
+    return _reduced(R.class_mean(loss, w), reduction, per_image, axis_name)
 
 
 def _reduced(per_set: jax.Array, reduction: str, per_image: bool, axis_name: D.AxisName = None) -> jax.Array:
