@@ -101,3 +101,61 @@ def test_class_weights_lists_and_float64_take_the_dense_route(kernel_calls):
     expected = LJ.lovasz_softmax(jnp.stack([1 - probas, probas], 1), jnp.array([[0, 1, 1]]))
     np.testing.assert_allclose(LJ.lovasz_softmax(probas, jnp.array([[0, 1, 1]])), expected)
     assert not kernel_calls
+
+
+def segment_ids_of(order, num_points):
+    """Ids of 4 segments (the third empty): grouped, shuffled, or with ids out of range (no segment's)."""
+    ids = np.repeat([0, 1, 3, 2], [num_points // 4, num_points // 4, num_points // 4, num_points - num_points // 4 * 3])
+    ids[ids == 2] = 0 if order != "grouped" else 3  # segment 2 gets no point
+    ids.sort()
+    if order == "out of range":
+        ids[::7] = 9
+    return ids if order == "grouped" else np.random.default_rng(3).permutation(ids)
+
+
+@pytest.mark.parametrize("order", ["grouped", "shuffled", "out of range"])
+@pytest.mark.parametrize("ignored", [0.3, 0.95])
+@pytest.mark.parametrize("logits", [False, True])
+def test_points_of_segments_equal_the_sorts_in_xla(order, ignored, logits, kernel_calls):
+    """Points ``[N, C]`` with ``segment_ids`` (Pointcept's batch of scenes): one set per segment, or all of
+    them one set, through the kernel with the segments' ends; ids out of range (jit checks none) in none."""
+    x, y = inputs((600, 6), ignored, logits, seed=11 + logits)
+    ids = segment_ids_of(order, 600)
+    for per_image, classes, reduction in COMBINATIONS:
+        options = dict(per_image=per_image, classes=classes, reduction=reduction, from_logits=logits)
+
+        @jax.jit
+        def loss_and_grad(x, ids):
+            def loss(x):
+                per_set = LJ.lovasz_softmax(x, y, ignore=255, segment_ids=ids, num_segments=4, **options)
+                return per_set @ jnp.arange(1.0, 5.0) if per_set.ndim else per_set  # each segment its own
+
+            return jax.value_and_grad(loss)(x)
+
+        calls = len(kernel_calls)
+        value, grad = loss_and_grad(jnp.asarray(x), ids)
+        assert len(kernel_calls) > calls
+        with JR.without_callbacks():
+            expected_value, expected_grad = loss_and_grad(jnp.asarray(x), ids)
+        np.testing.assert_allclose(value, expected_value, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(grad, expected_grad, rtol=1e-4, atol=1e-6)
+        assert not np.asarray(grad)[(y == 255) | (ids >= 4)].any()
+
+
+def test_points_of_segments_second_derivatives(monkeypatch):
+    """The Hessian of the loss of segments: derivatives of the points route's sorts in XLA (the kernel has none)."""
+    sorts, points_sorted = [], JR._points_sorted
+    monkeypatch.setattr(JR, "_points_sorted", lambda *args, **kwargs: sorts.append(1) or points_sorted(*args, **kwargs))
+    x, y = inputs((60, 4), 0.2, True, seed=13)
+    ids = segment_ids_of("shuffled", 60)
+
+    def loss(x):
+        return LJ.lovasz_softmax(x, y, ignore=255, from_logits=True, per_image=True, segment_ids=ids, num_segments=4)
+
+    x = jnp.asarray(np.nan_to_num(x))
+    hessian = jax.hessian(loss)(x)
+    assert sorts
+    with JR.without_callbacks():
+        expected = jax.hessian(loss)(x)
+    assert np.abs(expected).max() > 1e-4
+    np.testing.assert_allclose(hessian, expected, rtol=1e-4, atol=1e-6)

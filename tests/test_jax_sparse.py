@@ -280,8 +280,10 @@ def test_weakly_labelled_points_of_segments_are_gathered(monkeypatch, kind):
     x, y, ignored, labelled = weakly_labelled_points(kind, 12)
     fn = {"softmax": LJ.lovasz_softmax, "hinge": LJ.lovasz_hinge, "multilabel": LJ.lovasz_multilabel}[kind]
     weighted = lambda x, *a, **k: fn(x, *a, **k) @ jnp.arange(1.0, 5.0)  # noqa: E731  each segment its own
-    sorted_points, scene_rows = [], C.lovasz_scene_rows
-    monkeypatch.setattr(C, "lovasz_scene_rows", lambda e, *a: sorted_points.append(e.shape[-1]) or scene_rows(e, *a))
+    sorted_points = []  # the points each kernel call sorts: softmax's take the points route, [N, C]
+    kernel, points_axis = ("lovasz_points", 0) if kind == "softmax" else ("lovasz_scene_rows", -1)
+    sorts = getattr(C, kernel)
+    monkeypatch.setattr(C, kernel, lambda e, *a: sorted_points.append(e.shape[points_axis]) or sorts(e, *a))
     options = dict(
         ignore=-1,
         per_image=True,

@@ -433,6 +433,13 @@ def grid_rows(
 # reaches CUB on a GPU; in float64 one lax.sort with two keys.
 
 
+def _each_point_its_set(per_set: jax.Array, ends: jax.Array, num_points: int) -> jax.Array:
+    """``[N, ...]``: each point's row of ``per_set [S, ...]``, by the runs ``ends`` (0 past the last end)."""
+    counts = jnp.diff(ends, prepend=0, append=num_points)
+    padded = jnp.concatenate([per_set, jnp.zeros_like(per_set[:1])])
+    return jnp.repeat(padded, counts, axis=0, total_repeat_length=num_points)
+
+
 def _segment_of_position(ends: jax.Array, num_points: int) -> jax.Array:
     """The segment of each position ``[N]``; S past the last run (points in no segment)."""
     return jnp.searchsorted(ends, jnp.arange(num_points), side="right")
@@ -561,14 +568,8 @@ def _host_segments_bwd(
     residuals: tuple[jax.Array, jax.Array, jax.Array], cotangents: tuple[jax.Array, Any]
 ) -> tuple[jax.Array, np.ndarray, np.ndarray]:
     grad, codes, ends = residuals
-    loss_cotangent = cotangents[0]
-    # each point takes its own segment's cotangent, by runs (0 past the last: points in no segment)
-    num_points = grad.shape[-1]
-    counts = jnp.diff(ends, prepend=0, append=num_points)
-    padded = jnp.concatenate([loss_cotangent, jnp.zeros_like(loss_cotangent[:1])])  # [S + 1, K]
-    spread = jnp.repeat(padded, counts, axis=0, total_repeat_length=num_points)  # [N, K]
     zeros = lambda x: np.zeros(x.shape, jax.dtypes.float0)  # noqa: E731
-    return spread.T * grad, zeros(codes), zeros(ends)
+    return _each_point_its_set(cotangents[0], ends, grad.shape[-1]).T * grad, zeros(codes), zeros(ends)
 
 
 _host_segments.defvjp(_host_segments_fwd, _host_segments_bwd)
@@ -588,8 +589,8 @@ def segment_kernel(
 
 
 # ----------------------------------------------------------------------------- points-first inputs
-# Channels-last grids ([B, *spatial, C], Flax's layout) and points [N, C] (Pointcept's call) hold each
-# point's classes together. On a CPU the C kernel reads them where they lie (a tile at a time, class-major
+# Channels-last grids ([B, *spatial, C], Flax's layout) and points [N, C] (Pointcept's call, and with
+# segment_ids= a batch of scenes) hold each point's classes together. On a CPU the C kernel reads them where they lie (a tile at a time, class-major
 # in its scratch), takes the softmax of logits itself and writes each point's gradient of its own set's
 # loss, its rows weighted as the class mean weighs them: no transpose and no softmax in XLA, there or
 # back (lovasz.torch's points take the same kernel). The class mean is taken on the host, so this path
@@ -599,7 +600,6 @@ def segment_kernel(
 class PointsOptions(NamedTuple):
     """The static options of :func:`points_first_loss`."""
 
-    points_per_set: int  # the sets are runs of this many points (an image's, or the whole batch's)
     logits: bool  # the points hold logits: the kernel takes their softmax over the classes
     present_only: bool  # the mean over the classes present in the set (classes='present'), else over all
 
@@ -628,17 +628,16 @@ def _class_means(loss: np.ndarray, present: np.ndarray, present_only: bool) -> t
 
 
 def _points_into(
-    outputs: tuple[np.ndarray, ...], points: np.ndarray, codes: np.ndarray, options: PointsOptions
+    outputs: tuple[np.ndarray, ...], points: np.ndarray, codes: np.ndarray, ends: np.ndarray, options: PointsOptions
 ) -> None:
-    """The C kernel on points ``[..., N, K]`` and codes ``[..., K, N]``: each set's loss (and the gradient)."""
+    """The C kernel on points ``[..., N, K]``, codes ``[..., K, N]`` and the sets' ends ``[..., S]``: each
+    set's loss (and the gradient)."""
     per_set, *grad = outputs
-    step = options.points_per_set
-    ends = np.arange(step, points.shape[-2] + 1, step, dtype=np.int64)
     for index in np.ndindex(points.shape[:-2]):
         means: list[np.ndarray] = []  # the kernel asks for the coefficients once it has the rows' losses
         coefficients = functools.partial(_coefficients, means, present_only=options.present_only)
         loss, present = _points_on_host(
-            points[index], codes[index], ends, options, grad[0][index] if grad else None, coefficients
+            points[index], codes[index], ends[index], options, grad[0][index] if grad else None, coefficients
         )
         per_set[index] = means[0] if means else _class_means(loss, present, options.present_only)[0]
 
@@ -651,11 +650,12 @@ def _points_on_host(
     grad: np.ndarray | None,
     coefficients: Callable[[np.ndarray, np.ndarray], np.ndarray],
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`C.lovasz_points` of the sets ``ends``; where at most :data:`COMPACT_BELOW` of the points
-    count (a mostly empty voxel grid), of those gathered first, in point order, their gradient written
-    back (0 elsewhere)."""
+    """:func:`C.lovasz_points` of the sets ``ends`` (at least one); where at most :data:`COMPACT_BELOW` of
+    the points count (a mostly empty voxel grid), or some lie past the last end (in no set), of those that
+    count gathered first, in point order, their gradient written back (0 elsewhere)."""
     valid = codes.min(axis=0) < IGNORED  # [N]: a point counts in every row or in none
-    if np.count_nonzero(valid) > COMPACT_BELOW * valid.size:
+    valid[ends[-1] :] = False
+    if ends[-1] == valid.size and np.count_nonzero(valid) > COMPACT_BELOW * valid.size:
         return C.lovasz_points(points, codes, ends, C.SOFTMAX, grad, _THREADS, options.logits, coefficients)
     at = np.flatnonzero(valid)
     gathered_grad = None if grad is None else np.empty((at.size, points.shape[1]), np.float32)
@@ -682,53 +682,47 @@ def _coefficients(means: list[np.ndarray], loss: np.ndarray, present: np.ndarray
     return coefficient
 
 
-def _points_call(points: jax.Array, codes: jax.Array, options: PointsOptions, need_grad: bool) -> tuple:
-    sets = points.shape[-2] // options.points_per_set
-    shapes: tuple = (jax.ShapeDtypeStruct(points.shape[:-2] + (sets,), jnp.float32),)
+def _points_call(
+    points: jax.Array, codes: jax.Array, ends: jax.Array, options: PointsOptions, need_grad: bool
+) -> tuple:
+    shapes: tuple = (jax.ShapeDtypeStruct(points.shape[:-2] + ends.shape[-1:], jnp.float32),)
     shapes += (jax.ShapeDtypeStruct(points.shape, jnp.float32),) if need_grad else ()
-    return _host_callback(functools.partial(_points_into, options=options), shapes, points, codes)
+    return _host_callback(functools.partial(_points_into, options=options), shapes, points, codes, ends)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _host_points(points: jax.Array, codes: jax.Array, options: PointsOptions) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _host_points(points: jax.Array, codes: jax.Array, ends: jax.Array, options: PointsOptions) -> jax.Array:
     """Each set's loss ``[S]`` of float32 ``points [N, K]`` against ``codes [K, N]``, by the C kernel."""
-    return _points_call(points, codes, options, need_grad=False)[0]
+    return _points_call(points, codes, ends, options, need_grad=False)[0]
 
 
 def _host_points_fwd(
-    points: jax.Array, codes: jax.Array, options: PointsOptions
-) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    points: jax.Array, codes: jax.Array, ends: jax.Array, options: PointsOptions
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array, jax.Array]]:
     host = functools.partial(_points_call, options=options, need_grad=True)
     sort = functools.partial(_with_sorted_grad, functools.partial(_points_sorted, options=options))
-    per_set, grad = _differentiable_again(host, sort)(points, codes)
-    return per_set, (grad, codes)
+    per_set, grad = _differentiable_again(host, sort)(points, codes, ends)
+    return per_set, (grad, codes, ends)
 
 
 def _host_points_bwd(
-    options: PointsOptions, residuals: tuple[jax.Array, jax.Array], per_set_cotangent: jax.Array
-) -> tuple[jax.Array, np.ndarray]:
-    grad, codes = residuals
-    lead, (num_points, num_classes) = grad.shape[:-2], grad.shape[-2:]
-    runs = grad.reshape(lead + (num_points // options.points_per_set, options.points_per_set, num_classes))
-    return (per_set_cotangent[..., None, None] * runs).reshape(grad.shape), np.zeros(codes.shape, jax.dtypes.float0)
+    options: PointsOptions, residuals: tuple[jax.Array, jax.Array, jax.Array], per_set_cotangent: jax.Array
+) -> tuple[jax.Array, np.ndarray, np.ndarray]:
+    grad, codes, ends = residuals
+    zeros = lambda x: np.zeros(x.shape, jax.dtypes.float0)  # noqa: E731
+    return _each_point_its_set(per_set_cotangent, ends, grad.shape[0])[:, None] * grad, zeros(codes), zeros(ends)
 
 
 _host_points.defvjp(_host_points_fwd, _host_points_bwd)
 
 
-def _points_sorted(points: jax.Array, codes: jax.Array, options: PointsOptions) -> jax.Array:
+def _points_sorted(points: jax.Array, codes: jax.Array, ends: jax.Array, options: PointsOptions) -> jax.Array:
     """:func:`_host_points` by sorts in JAX (off the CPU, and a gradient's own derivatives)."""
-    num_points, num_classes = points.shape
-    sets, step = num_points // options.points_per_set, options.points_per_set
     valid = codes != IGNORED  # [K, N]
     pred = jnp.where(valid.T, points, 0)  # a NaN at an ignored point reaches neither loss nor gradient
     pred = jax.nn.softmax(pred, axis=-1) if options.logits else pred
-    pred = pred.reshape(sets, step, num_classes).transpose(0, 2, 1).reshape(1, sets * num_classes, step)
-    set_codes = codes.reshape(num_classes, sets, step).transpose(1, 0, 2).reshape(1, sets * num_classes, step)
-    fg = set_codes == 1
-    loss = _sorted_rows(errors_of(pred, fg, False), set_codes).reshape(sets, num_classes)
-    weight = fg.any(-1).reshape(sets, num_classes) if options.present_only else jnp.ones_like(loss, dtype=bool)
-    return class_mean(loss, weight.astype(loss.dtype))
+    loss, present = _segment_rows_sorted(errors_of(pred.T, codes == 1, False), codes, ends)
+    return class_mean(loss, (present if options.present_only else jnp.ones_like(present)).astype(loss.dtype))
 
 
 def class_mean(loss: jax.Array, weight: jax.Array) -> jax.Array:
@@ -738,10 +732,11 @@ def class_mean(loss: jax.Array, weight: jax.Array) -> jax.Array:
     return jnp.where(total != 0, (loss * weight).sum(-1) / jnp.where(total != 0, total, 1), 0)
 
 
-def points_first_loss(points: jax.Array, codes: jax.Array, options: PointsOptions) -> jax.Array:
+def points_first_loss(points: jax.Array, codes: jax.Array, ends: jax.Array, options: PointsOptions) -> jax.Array:
     """Each set's class mean ``[S]`` of float32 ``points [N, K]`` (probabilities, or logits with
-    ``options.logits``) against ``codes [K, N]`` (1 foreground, 0 background, 2 ignored): the C kernel on a
+    ``options.logits``) against ``codes [K, N]`` (1 foreground, 0 background, 2 ignored); set ``s`` is points
+    ``[ends[s - 1], ends[s])`` (at least one set; those past the last end take no part): the C kernel on a
     CPU (see above; call where :func:`points_first_applies`), else sorts in JAX."""
-    host = lambda points, codes: _host_points(points, codes, options)  # noqa: E731
+    host = lambda points, codes, ends: _host_points(points, codes, ends, options)  # noqa: E731
     sorted_sets = functools.partial(_points_sorted, options=options)
-    return jax.lax.platform_dependent(points, codes, cpu=host, default=sorted_sets)
+    return jax.lax.platform_dependent(points, codes, ends, cpu=host, default=sorted_sets)

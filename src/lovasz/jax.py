@@ -113,9 +113,10 @@ def _segments(
     multilabel: bool,
     names: tuple[str, str],
 ) -> tuple[jax.Array, jax.Array, jax.Array | None, jax.Array | None]:
-    """Points-first inputs of segments (point clouds): the dense layout ``[1, C, N]`` / ``[1, N]``; where the
-    loss is per segment, the points in segment order and the segments' ends ``[S]``. Last, in the batch mode
-    of ids not known when traced, which points have an id in range (the others take no part), else None."""
+    """Points-first inputs of segments (point clouds) as one image of points, classes last: ``[1, N, C]`` /
+    ``[1, N]``; where the loss is per segment, the points in segment order and the segments' ends ``[S]``.
+    Last, in the batch mode of ids not known when traced, which points have an id in range (the others take
+    no part), else None."""
     if segment_ids is None:
         if num_segments is not None:
             raise TypeError("num_segments goes with segment_ids= (a segment index per point)")
@@ -138,13 +139,9 @@ def _segments(
     in_range = (ids >= 0) & (ids < num_segments)
     _check_values(ids, in_range, None, f"in [0, {num_segments - 1}]", "segment_ids")
 
-    def dense_layout(prediction: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
-        prediction = prediction.T[None] if prediction.ndim == 2 else prediction[None]
-        return prediction, labels.T[None] if multilabel else labels[None]
-
     if not per_image:  # all points one set, in the order given; under jit, those out of range take no part
         member = in_range if isinstance(in_range, jax.core.Tracer) else None
-        return *dense_layout(prediction, labels), None, member
+        return prediction[None], labels[None], None, member
     # Points in segment order: a stable sort of N where they are not in it already (the sort and its
     # gathers: ~85 ms of 4 x 120,000 x 19 forward and backward); under jit, ids out of range go last,
     # in no segment.
@@ -157,7 +154,7 @@ def _segments(
 
     in_order = jnp.all(key[1:] >= key[:-1])
     prediction, labels = jax.lax.cond(in_order, lambda *inputs: inputs, regroup, prediction, labels)
-    return *dense_layout(prediction, labels), ends, None
+    return prediction[None], labels[None], ends, None
 
 
 def _in_some_segment(valid: jax.Array | None, member: jax.Array | None) -> jax.Array | None:
@@ -330,7 +327,7 @@ def lovasz_softmax(
         probas, labels, segment_ids, num_segments, per_image, False, ("probas", "labels")
     )
     axis_name = D.check_axis_name(axis_name)
-    axis = 1 if segment_ids is not None else axis
+    axis = -1 if segment_ids is not None else axis  # (points [1, N, C] from _segments)
     axis = _check_axis(axis, probas.ndim)
     extra = V.extra_label_axis(labels.shape, [probas.shape, V.without_axis(probas.shape, axis)])
     if extra is not None:
@@ -351,13 +348,16 @@ def lovasz_softmax(
         _check_values(lab, lab == jnp.round(lab), valid, "whole numbers (class indices)", "labels")
     _check_values(lab, (lab >= 0) & (lab < num_classes), valid, f"in [0, {num_classes - 1}]", "labels")
     points_first = not sigmoid and axis % probas.ndim == probas.ndim - 1  # channels-last grids, points [N, C]
-    if points_first and w is None and isinstance(classes, str) and ends is None and axis_name is None:
+    if points_first and w is None and isinstance(classes, str) and axis_name is None:
         points = probas.astype(dtype).reshape(-1, num_classes)  # (a view: no copy, no transpose)
-        if R.points_first_applies(points):
+        step = pixels if per_image else batch * pixels  # the sets: the segments, the images or the batch
+        set_ends = ends if ends is not None else np.arange(step, batch * pixels + 1, max(step, 1), dtype=np.int32)
+        if set_ends.shape[0] and R.points_first_applies(points):
             fg = lab.reshape(1, -1) == jnp.arange(num_classes).reshape(-1, 1)  # [C, N], class-major codes
             codes = R.pixel_codes(fg, None if valid is None else valid.reshape(1, -1))
-            options = R.PointsOptions(pixels if per_image else batch * pixels, from_logits, classes == "present")
-            return _reduced(R.points_first_loss(points, codes, options), reduction, per_image).astype(probas.dtype)
+            options = R.PointsOptions(from_logits, classes == "present")
+            per_set = R.points_first_loss(points, codes, jnp.asarray(set_ends), options)
+            return _reduced(per_set, reduction, per_image).astype(probas.dtype)
     pred = probas.astype(dtype) if sigmoid else _channels_first(probas.astype(dtype), axis)
     pred = pred.reshape(batch, 1 if sigmoid else num_classes, pixels)
     if valid is not None and from_logits:  # a NaN logit at an ignored pixel must not reach the gradient
@@ -443,6 +443,8 @@ def lovasz_hinge(
     logits, labels, ends, member = _segments(
         logits, labels, segment_ids, num_segments, per_image, False, ("logits", "labels")
     )
+    if segment_ids is not None:
+        logits = logits.reshape(labels.shape)  # points [1, N] or [1, N, 1]: one score per point
     axis_name = D.check_axis_name(axis_name)
     s = logits.shape
     extra = V.extra_label_axis(labels.shape, [s, V.without_axis(s, 1)] if len(s) >= 2 and s[1] == 1 else [s])
@@ -511,7 +513,7 @@ def lovasz_multilabel(
     names = ("logits", "targets")
     logits, targets, ends, member = _segments(logits, targets, segment_ids, num_segments, per_image, True, names)
     axis_name = D.check_axis_name(axis_name)
-    axis = 1 if segment_ids is not None else axis
+    axis = -1 if segment_ids is not None else axis  # (points [1, N, C] from _segments)
     axis = _check_axis(axis, logits.ndim)
     if logits.ndim >= 2 and logits.shape == targets.shape:
         logits, targets = _channels_first(logits, axis), _channels_first(targets, axis)
