@@ -112,6 +112,28 @@ def test_values_match_the_oracle_with_sample_weight():
     np.testing.assert_allclose(multi, R.lovasz_multilabel(-first, np.moveaxis(targets, -1, 1)), rtol=1e-5)
 
 
+def test_sample_weight_is_one_weight_per_image():
+    """A weight per pixel (Keras' form for segmentation; fit's class_weight= makes one) would broadcast against
+    the images' losses into a product of means, and a batch-mode loss would be scaled by the weights' mean:
+    both raise. ``[B, 1]`` weighs the images as ``[B]`` does."""
+    rng = np.random.default_rng(4)
+    logits = rng.normal(size=(3, 4, 5, NUM_CLASSES)).astype("float32")
+    labels = rng.integers(0, NUM_CLASSES, (3, 4, 5, 1))
+    weight = np.array([1.0, 0.0, 2.0], "float32")
+    for loss in [LovaszSoftmaxLoss(from_logits=True, per_image=True), CrossEntropyLovaszLoss(per_image=True)]:
+        expected = keras.ops.convert_to_numpy(loss(labels, logits, sample_weight=weight))
+        got = keras.ops.convert_to_numpy(loss(labels, logits, sample_weight=weight[:, None]))
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+        for pixel_weight in [np.ones((3, 4, 5, 1), "float32"), np.ones((3, 4, 5), "float32")]:
+            with pytest.raises(ValueError, match=r"sample_weight must hold one weight per image.*got shape \[3, 4, 5"):
+                loss(labels, logits, sample_weight=pixel_weight)
+    for loss in [LovaszSoftmaxLoss(from_logits=True), CrossEntropyLovaszLoss(), LovaszHingeLoss(per_image=False)]:
+        y = labels if not isinstance(loss, LovaszHingeLoss) else labels == 1
+        x = logits if not isinstance(loss, LovaszHingeLoss) else logits[..., :1]
+        with pytest.raises(ValueError, match=r"sample_weight does not apply to a batch-mode loss.*per_image=True"):
+            loss(y, x, sample_weight=weight)
+
+
 @pytest.mark.parametrize("name", LOSSES)
 def test_config_round_trips(name):
     loss = LOSSES[name]()

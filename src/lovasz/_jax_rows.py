@@ -590,11 +590,12 @@ def segment_kernel(
 
 # ----------------------------------------------------------------------------- points-first inputs
 # Channels-last grids ([B, *spatial, C], Flax's layout) and points [N, C] (Pointcept's call, and with
-# segment_ids= a batch of scenes) hold each point's classes together. On a CPU the C kernel reads them where they lie (a tile at a time, class-major
-# in its scratch), takes the softmax of logits itself and writes each point's gradient of its own set's
-# loss, its rows weighted as the class mean weighs them: no transpose and no softmax in XLA, there or
-# back (lovasz.torch's points take the same kernel). The class mean is taken on the host, so this path
-# has no class weights, whose gradient would be JAX's to give: with weights the dense path serves.
+# segment_ids= a batch of scenes) hold each point's classes together. On a CPU the C kernel reads them
+# where they lie (a tile at a time, class-major in its scratch), takes the softmax of logits itself and
+# writes each point's gradient of its own set's loss, its rows weighted as the class mean weighs them: no
+# transpose and no softmax in XLA, there or back (lovasz.torch's points take the same kernel). The class
+# mean is taken on the host, so this path has no class weights, whose gradient would be JAX's to give:
+# with weights the dense path serves.
 
 
 class PointsOptions(NamedTuple):

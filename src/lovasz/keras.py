@@ -7,8 +7,9 @@ active backend, so it is as fast as that backend's functions and differentiable
 in ``model.fit``. Channels-last by default (``data_format``), as Keras is.
 
 With ``per_image=True`` a loss returns one value per image and Keras applies
-``sample_weight`` and ``reduction`` to them; otherwise the batch is one set and
-the loss is one number.
+``sample_weight`` (one weight per image, ``[B]``) and ``reduction`` to them;
+otherwise the batch is one set and the loss is one number, which no
+``sample_weight`` weighs (``ValueError``, as for a weight per pixel).
 
 Several devices: on the TensorFlow backend under a ``tf.distribute`` strategy
 (``MirroredStrategy``), ``global_batch=True`` makes each replica's loss its share of the
@@ -178,12 +179,29 @@ def _spread_images(values: Tensor, reduction: str | None, context: Any) -> Tenso
     return values * ops.divide_no_nan(images * context.num_replicas_in_sync, everywhere)
 
 
-def _check_no_global_weights(one_value: bool, sample_weight: Tensor | None) -> None:
-    if one_value and sample_weight is not None:
+_NO_PIXEL_WEIGHTS = "weigh classes with class_weights, or leave pixels out with ignore_class (fit's class_weight= "
+_NO_PIXEL_WEIGHTS += "makes a sample_weight per pixel)"
+
+
+def _check_weights_per_image(one_value: bool, global_batch: bool, sample_weight: Any) -> None:
+    """A ``sample_weight`` weighs the images of a loss per image: one weight per image, ``[B]`` or ``[B, 1]``. Keras
+    would broadcast any other against the images' losses (a weight per pixel gives ``[B, H, W, B]``), or scale
+    a batch's one loss by the weights' mean."""
+    if sample_weight is None:
+        return
+    if one_value:
+        mode = "a loss of the global batch as one set (global_batch=True" if global_batch else "a batch-mode loss ("
         raise ValueError(
-            "sample_weight does not apply to a loss of the global batch as one set (global_batch=True without "
-            "per_image): the batch has one loss; weigh classes with class_weights, or leave pixels out with "
-            "ignore_class"
+            f"sample_weight does not apply to {mode} without per_image): the batch has one loss; pass "
+            f"per_image=True for a weight per image, {_NO_PIXEL_WEIGHTS}"
+        )
+    shape = getattr(sample_weight, "shape", None)
+    shape = np.shape(sample_weight) if shape is None else shape
+    dims = None if getattr(shape, "rank", 0) is None else tuple(shape)  # (a TensorShape of unknown rank)
+    if dims is not None and not (len(dims) <= 1 or (len(dims) == 2 and dims[1] == 1)):
+        raise ValueError(
+            f"sample_weight must hold one weight per image, shape [B] (or [B, 1]): the loss has one value per "
+            f"image; got shape {list(dims)}. Weights per pixel do not apply: {_NO_PIXEL_WEIGHTS}"
         )
 
 
@@ -332,9 +350,9 @@ class _LovaszLoss(keras.losses.Loss):
 
     def __call__(self, y_true: Tensor, y_pred: Tensor, sample_weight: Tensor | None = None) -> Tensor:
         _check_no_point_weights(self.scenes_in_labels, sample_weight)
-        _check_no_global_weights(self.global_batch and self._one_value(), sample_weight)
+        _check_weights_per_image(self._one_value(), self.global_batch, sample_weight)
         loss = _reduced(super().__call__(y_true, y_pred, sample_weight), self.reduction)
-        if sample_weight is None and self._one_value():
+        if self._one_value():
             loss = _replica_share(loss, self.global_batch, self.reduction)
         return loss
 
@@ -504,8 +522,9 @@ class LovaszSoftmaxLoss(_ClassAveragedLoss):
 
     Args:
         from_logits: ``y_pred`` are logits (a softmax is taken inside); otherwise probabilities.
-        per_image: the loss of each image (one value per image, weighed by ``sample_weight``);
-            otherwise the batch is one set of pixels. With scenes: the loss of each scene.
+        per_image: the loss of each image (one value per image, weighed by ``sample_weight [B]``);
+            otherwise the batch is one set of pixels, which no ``sample_weight`` weighs. With scenes:
+            the loss of each scene.
         classes: ``'present'``, ``'all'`` or a list of class indices to average over.
         ignore_class: label value of pixels that take no part (Keras' name for ``ignore``).
         class_weights: one weight per class for the class average.
@@ -937,9 +956,9 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
     def __call__(self, y_true: Tensor, y_pred: Tensor, sample_weight: Tensor | None = None) -> Tensor:
         lovasz = self.lovasz
         _check_no_point_weights(lovasz.scenes_in_labels, sample_weight)
-        _check_no_global_weights(lovasz.global_batch and lovasz._one_value(), sample_weight)
+        _check_weights_per_image(lovasz._one_value(), lovasz.global_batch, sample_weight)
         loss = _reduced(super().__call__(y_true, y_pred, sample_weight), self.reduction)
-        if sample_weight is None and lovasz._one_value():
+        if lovasz._one_value():
             loss = _replica_share(loss, lovasz.global_batch, self.reduction)
         return loss
 
