@@ -188,10 +188,21 @@ def test_concrete_arrays_a_jitted_function_closes_over():
     assert np.isfinite(np.asarray(dense(x[order].T[None])))
 
 
-@pytest.mark.parametrize("loss", ["softmax", "hinge", "multilabel"])
-def test_points_in_no_segment_take_no_part_in_batch_mode_under_jit(path, loss):
-    """All points one set (no per_image): those with an id out of range are left out too, not counted
-    (they were, before: only the per-segment mode left them out)."""
+NO_SEGMENT_CASES = {  # each loss on the routes where a NaN at a point in no segment could reach the gradient
+    "softmax": dict(ignore=255, from_logits=True),
+    "softmax, class weights": dict(ignore=255, from_logits=True, weights=[1.0, 2.0, 0.5, 1.0]),
+    "hinge, elu": dict(margin="elu"),
+    "multilabel": dict(ignore=255, from_logits=True),
+}
+
+
+@pytest.mark.parametrize("case", NO_SEGMENT_CASES)
+@pytest.mark.parametrize("per_image", [False, True])
+def test_points_in_no_segment_take_no_part_under_jit_nan_or_not(path, case, per_image):
+    """Points with an id out of range (jit checks none; a padded batch's padding) take no part: in batch mode
+    they are not counted, per segment they are in none; NaN logits there reach neither the value nor the
+    gradient (per segment they reached the gradient of the softmax and of the elu margin)."""
+    loss = case.split(",")[0]
     x, y, segment, order = data(4, seed=12, multilabel=loss == "multilabel")
     if loss == "hinge":
         x, y = x[:, 0], np.where(y == 255, 0, y % 2)
@@ -200,17 +211,38 @@ def test_points_in_no_segment_take_no_part_in_batch_mode_under_jit(path, loss):
     kept = np.ones(len(y), bool)
     kept[[3, 30, 60]] = False
     function = {"softmax": LJ.lovasz_softmax, "hinge": LJ.lovasz_hinge, "multilabel": LJ.lovasz_multilabel}[loss]
-    options = dict(per_image=False) if loss == "hinge" else dict(per_image=False, ignore=255, from_logits=True)
-
-    def one_set(p, labels, ids):
-        return function(p, labels, segment_ids=ids, num_segments=len(SIZES), **options)
-
+    options = dict(NO_SEGMENT_CASES[case], per_image=per_image, num_segments=len(SIZES))
     x, y = x[order], y[order]
-    got, grad = jax.jit(jax.value_and_grad(one_set))(jnp.asarray(x), y, outside)
-    expected, expected_grad = jax.value_and_grad(lambda p: function(p, y[kept], **options))(jnp.asarray(x[kept]))
+    x[~kept] = np.nan  # padding
+
+    def weighted(p, labels, ids):
+        losses = function(p, labels, segment_ids=ids, reduction="none", **options)
+        return losses @ jnp.arange(1.0, len(SIZES) + 1, dtype=losses.dtype) if per_image else losses
+
+    got, grad = jax.jit(jax.value_and_grad(weighted))(jnp.asarray(x), y, outside)
+    expected, expected_grad = jax.value_and_grad(weighted)(jnp.asarray(x[kept]), y[kept], outside[kept])
     np.testing.assert_allclose(float(got), float(expected), rtol=1e-6)
     assert not np.asarray(grad)[~kept].any()
     np.testing.assert_allclose(np.asarray(grad)[kept], np.asarray(expected_grad), rtol=1e-5, atol=1e-7)
+
+
+def test_num_segments_zero_with_points_raises():
+    """No segment for any point: a clear error, eagerly and under jit (which crashed in a gather)."""
+    x, y = np.ones((4, 3), np.float32), np.array([0, 1, 2, 0])
+    for per_image in [False, True]:
+        call = lambda ids: LJ.lovasz_softmax(x, y, per_image=per_image, segment_ids=ids, num_segments=0)  # noqa: B023, E731
+        for run in [call, jax.jit(call)]:
+            with pytest.raises(ValueError, match="num_segments=0 leaves the 4 points in no segment"):
+                run(np.zeros(4, np.int32))
+    empty = LJ.lovasz_softmax(
+        np.ones((0, 3)),
+        np.zeros(0, int),
+        per_image=True,
+        segment_ids=np.zeros(0, int),
+        num_segments=0,
+        reduction="none",
+    )
+    assert empty.shape == (0,)
 
 
 def test_points_in_no_segment_take_no_part_under_jit(path):

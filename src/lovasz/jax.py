@@ -115,8 +115,8 @@ def _segments(
 ) -> tuple[jax.Array, jax.Array, jax.Array | None, jax.Array | None]:
     """Points-first inputs of segments (point clouds) as one image of points, classes last: ``[1, N, C]`` /
     ``[1, N]``; where the loss is per segment, the points in segment order and the segments' ends ``[S]``.
-    Last, in the batch mode of ids not known when traced, which points have an id in range (the others take
-    no part), else None."""
+    Last, where the ids are not known when traced, which points take part: those with an id in range (per
+    segment, in some segment's run; the others come last), else None."""
     if segment_ids is None:
         if num_segments is not None:
             raise TypeError("num_segments goes with segment_ids= (a segment index per point)")
@@ -136,6 +136,8 @@ def _segments(
     if isinstance(num_segments, bool) or not isinstance(num_segments, (int, np.integer)) or num_segments < 0:
         raise TypeError(f"num_segments must be a non-negative int (static); got {num_segments!r}")
     num_segments = int(num_segments)
+    if num_segments == 0 and num_points:
+        raise ValueError(f"num_segments=0 leaves the {num_points} points in no segment; there must be at least one")
     in_range = (ids >= 0) & (ids < num_segments)
     _check_values(ids, in_range, None, f"in [0, {num_segments - 1}]", "segment_ids")
 
@@ -154,7 +156,9 @@ def _segments(
 
     in_order = jnp.all(key[1:] >= key[:-1])
     prediction, labels = jax.lax.cond(in_order, lambda *inputs: inputs, regroup, prediction, labels)
-    return prediction[None], labels[None], ends, None
+    # (the points in no segment, last, take no part, their values not even in a softmax's gradient)
+    member = jnp.arange(num_points) < ends[-1] if isinstance(in_range, jax.core.Tracer) and num_points else None
+    return prediction[None], labels[None], ends, member
 
 
 def _in_some_segment(valid: jax.Array | None, member: jax.Array | None) -> jax.Array | None:
