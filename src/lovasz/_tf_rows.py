@@ -93,8 +93,10 @@ def index_bits_for(num_pixels: int) -> int:
 def sort_layout(errors: tf.Tensor) -> str:
     """How the rows of ``errors [R, N]`` are sorted, chosen when traced: :data:`PACKED_ROWS` for float32
     under XLA on a CPU; :data:`PACKED_FLAT` for float32 on a GPU (eagerly, in ``tf.function`` and under
-    XLA) where the shape is known when traced and an index fits the key; :data:`TOP_K` elsewhere."""
-    if errors.dtype != tf.float32:
+    XLA) where the shape is known when traced and an index fits the key; :data:`TOP_K` elsewhere, and where
+    TF's forward mode or ``tf.vectorized_map`` would lose the packed sort's custom gradient (a JVP or a
+    gradient of 0 under XLA, without a word)."""
+    if errors.dtype != tf.float32 or in_forward_mode(errors) or in_pfor():
         return TOP_K
     if on_cpu(errors):
         xla = not tf.executing_eagerly() and in_xla()
