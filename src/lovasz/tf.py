@@ -536,6 +536,8 @@ def _hinge_classes(
         pred, fg, valid = _tf_distributed.gather_set(pred, fg, valid, channels_last, across)
         channels_last, across = True, None
     if margin == "elu":
+        if valid is not None:  # a NaN logit at an ignored pixel: not through elu's gradient (under XLA: all pixels)
+            pred = tf.where(valid, pred, tf.zeros((), pred.dtype))
         signs = tf.where(fg, tf.ones_like(pred), -tf.ones_like(pred))
         pred = -signs * tf.nn.elu(1 - signs * pred)
     args = (classes, per_image, channels_last, weights, reduction, scenes, across)
