@@ -176,6 +176,41 @@ def test_dynamic_shapes_in_a_function(monkeypatch):
         np.testing.assert_allclose(grad.numpy(), eager[1], rtol=1e-6, atol=1e-9)
 
 
+TAPE_OUTSIDE_LOSSES = {
+    "softmax channels-last": lambda x, y: LT.lovasz_softmax(x, y, ignore=255, from_logits=True),
+    "softmax channels-first": lambda x, y: LT.lovasz_softmax(
+        tf.transpose(x, [0, 3, 1, 2]), y, ignore=255, order="BCHW", from_logits=True
+    ),
+    "hinge": lambda x, y: LT.lovasz_hinge(x[..., 0], tf.where(y == 255, y, y % 2), ignore=255),
+    "multilabel": lambda x, y: LT.lovasz_multilabel(
+        x, tf.where(y[..., None] == 255, tf.constant(255, y.dtype), tf.cast(x > 0, y.dtype)), ignore=255
+    ),
+    "points of scenes": lambda x, y: LT.lovasz_softmax(
+        tf.reshape(x, [-1, 5]), tf.reshape(y, [-1]), ignore=255, per_image=True, row_splits=[0, 7, 40, 60]
+    ),
+}
+
+
+@pytest.mark.parametrize("signature", ["static", "unknown"])
+@pytest.mark.parametrize("name", TAPE_OUTSIDE_LOSSES)
+def test_tape_outside_the_function(name, signature):
+    """A ``GradientTape`` around a ``tf.function`` that calls the loss (an eager training loop): TF builds the
+    gradient apart from the forward graph, and could not differentiate the kernel's ``tf.cond`` (whether a
+    size fits) nested in the gathering's (a bare ``AssertionError`` in cond_v2). One ``tf.switch_case``."""
+    logits, labels = grid(21, shape=(3, 4, 5), occupied=0.3)
+    spec = [tf.TensorSpec([None, None, None, 5], tf.float32), tf.TensorSpec([None, None, None], tf.int64)]
+    loss = TAPE_OUTSIDE_LOSSES[name]
+    compiled = tf.function(loss, input_signature=spec if signature == "unknown" else None)
+    x, y = tf.constant(logits), tf.constant(labels)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        value = compiled(x, y)
+    grad = tape.gradient(value, x)
+    expected, expected_grad = value_and_grad(loss, logits, "eager", y)
+    np.testing.assert_allclose(value.numpy(), expected, rtol=1e-6)
+    np.testing.assert_allclose(grad.numpy(), expected_grad, rtol=1e-6, atol=1e-9)
+
+
 def test_xla_keeps_the_grid():
     """Under jit_compile the shapes are static: the ignored pixels are masked, with the same result."""
     logits, labels = grid(10)

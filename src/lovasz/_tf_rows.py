@@ -344,14 +344,38 @@ def _kernel_losses(
     return _kernel_rows(tf.reshape(pred, layout), tf.reshape(codes, layout), C.HINGE if hinge else C.SOFTMAX)
 
 
+# Set by a caller whose tf.cond has decided whether its input fits the kernel (see fits_kernel).
+_FITS_KERNEL: contextvars.ContextVar[bool | None] = contextvars.ContextVar("lovasz_tf_fits_kernel", default=None)
+
+
+@contextlib.contextmanager
+def decided_fit(fits: bool) -> Iterator[None]:
+    """Inside, :func:`fits_kernel` of a size not known when traced is ``fits``: the branch of a ``tf.cond``
+    that decided it for a larger input (a grid, of which it takes some pixels) traces no ``tf.cond`` of its
+    own. TF cannot differentiate a ``tf.cond`` nested in another from a tape outside the ``tf.function``
+    that holds them (an ``AssertionError`` in cond_v2's gradient)."""
+    token = _FITS_KERNEL.set(fits)
+    try:
+        yield
+    finally:
+        _FITS_KERNEL.reset(token)
+
+
+def fits_kernel(pred: tf.Tensor) -> bool | None:
+    """Whether ``pred``'s size fits the C kernel's item format: known when traced, or decided by a caller
+    (:func:`decided_fit`); None where only the graph can tell."""
+    size = pred.shape.num_elements()
+    return size <= C.MAX_ELEMENTS if size is not None else _FITS_KERNEL.get()
+
+
 def kernel_or_sort(
     pred: tf.Tensor, fg: tf.Tensor, valid: tf.Tensor | None, hinge: bool, per_image: bool, channels_last: bool
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """The C kernel where the sizes fit its item format; chosen when run if they are not known when traced."""
     args = (pred, fg, valid, hinge, per_image, channels_last)
-    size = pred.shape.num_elements()
-    if size is not None:
-        return (_kernel_losses if size <= C.MAX_ELEMENTS else sorted_losses)(*args)
+    fits = fits_kernel(pred)
+    if fits is not None:
+        return (_kernel_losses if fits else sorted_losses)(*args)
     return tf.cond(
         tf.size(pred, tf.int64) <= C.MAX_ELEMENTS, lambda: _kernel_losses(*args), lambda: sorted_losses(*args)
     )

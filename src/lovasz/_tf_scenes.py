@@ -323,7 +323,9 @@ def dense_or_gathered(
     of each scene. ``labels`` and ``valid`` are ``[B, N]`` or laid out as ``pred``; among
     the points ``valid`` is None where it was the same in every row. Every other pixel's gradient is an
     exact zero. Chosen eagerly in Python, in a graph by ``tf.cond`` (the number of valid pixels is
-    known when it runs)."""
+    known when it runs), which also decides, for the branches, whether the grid fits the C kernel where
+    that is not known when traced: one ``tf.switch_case``, no ``tf.cond`` nested in another
+    (:func:`_tf_rows.decided_fit`). The points of a grid that fits fit too."""
     axis = 2 if channels_last else 1  # the row axis of [B, N, K] or [B, K, N]
     if valid.shape.rank == 2:  # one per pixel
         pixel_valid, uniform = valid, True
@@ -345,9 +347,20 @@ def dense_or_gathered(
         points = _taken_pred(pred, image, pixel, tf.cumsum(counts), channels_last)
         return loss_of(points, take(labels), points_valid, tf.concat([tf.zeros([1], tf.int64), ends], 0))
 
+    def decided(branch: Callable[[], tf.Tensor], fits: bool) -> Callable[[], tf.Tensor]:
+        def run() -> tf.Tensor:
+            with _tf_rows.decided_fit(fits):
+                return branch()
+
+        return run
+
+    fits = _tf_rows.fits_kernel(pred)
     if tf.executing_eagerly():
-        return gathered() if bool(gathers) else whole()
-    return tf.cond(gathers, gathered, whole)
+        return gathered() if fits and bool(gathers) else whole()
+    if fits is not None:
+        return tf.cond(gathers, decided(gathered, True), whole) if fits else whole()
+    branch = tf.where(tf.size(pred, tf.int64) > C.MAX_ELEMENTS, 2, tf.where(gathers, 0, 1))
+    return tf.switch_case(branch, [decided(gathered, True), decided(whole, True), decided(whole, False)])
 
 
 def scene_losses(
@@ -367,10 +380,10 @@ def scene_losses(
             codes = tf.where(valid, codes, tf.constant(2, tf.uint8))  # 0 background, 1 foreground, 2 ignored
         mode = C.HINGE if hinge else C.SOFTMAX
         kernel = lambda: _scene_kernel_rows(pred, rows(codes), splits, mode, channels_last)  # noqa: E731
-        size = pred.shape.num_elements()
-        if size is None:  # chosen when run, as in _tf_rows.kernel_or_sort
+        fits = _tf_rows.fits_kernel(pred)
+        if fits is None:  # chosen when run, as in _tf_rows.kernel_or_sort
             return tf.cond(tf.size(pred, tf.int64) <= C.MAX_ELEMENTS, kernel, sort)
-        return kernel() if size <= C.MAX_ELEMENTS else sort()
+        return kernel() if fits else sort()
     return sort()
 
 
