@@ -86,17 +86,51 @@ def check_ignore(ignore: SupportsIndex | None, name: str = "ignore") -> int | No
     return int(ignore)
 
 
-def check_weights_shape(shape: tuple[int, ...], num_classes: int, name: str = "weights") -> None:
-    if tuple(shape) != (num_classes,):
+def check_weights_shape(shape: Iterable[int | None], num_classes: int, name: str = "weights") -> None:
+    shape = tuple(shape)
+    if not compatible(shape, (num_classes,)):
         raise ValueError(f"{name} must have shape [{num_classes}] (one weight per class); got {list(shape)}")
 
 
-def fmt(shape: Sequence[int]) -> str:
-    return "[" + ", ".join(str(int(s)) for s in shape) + "]"
+# Shapes may hold unknown dims (None: TF while tracing a tf.function with an input_signature, or Keras on a
+# tf.data pipeline): an unknown dim matches any size, as in TF's TensorShape.is_compatible_with. Where only
+# the unknown dims could tell two layouts apart, the functions below take the first that the known dims
+# allow, in the order they try layouts of known shapes; at run time TF's reshapes and squeezes of the
+# layout fail on inputs that do not fit it. (The rank of every shape is known.)
+
+
+def same_dim(a: int | None, b: int | None) -> bool:
+    """Dims that may be equal: equal sizes, or either unknown (None)."""
+    # Identity first, as tuples compare: torch.export's symbolic sizes need no guard then.
+    return a is b or a is None or b is None or bool(a == b)
+
+
+def compatible(a: Sequence[int | None], b: Sequence[int | None]) -> bool:
+    """Shapes that may be equal (TF's ``is_compatible_with`` for known ranks): of one rank, each dim :func:`same_dim`.
+
+    The lengths first: torch.export would compare the sizes pairwise and guard on unequal dims."""
+    return len(a) == len(b) and all(same_dim(x, y) for x, y in zip(a, b))
+
+
+def fmt(shape: Iterable[int | None]) -> str:
+    """``[2, 4, 4]``; an unknown dim prints as None (``[None, 4, 4]``), as TF's ``as_list`` shows it."""
+    return "[" + ", ".join("None" if s is None else str(int(s)) for s in shape) + "]"
+
+
+def _known_channels(shape: tuple[int | None, ...], axis: int, name: str) -> int:
+    """The size of the class axis ``axis``, which must be known: the class count is static."""
+    channels = shape[axis]
+    if channels is None:
+        raise ValueError(f"the class axis of {name} must be known; got shape {fmt(shape)}")
+    return channels
 
 
 def points_layout(
-    prediction_shape: Sequence[int], labels_shape: Sequence[int], multilabel: bool, names: tuple[str, str], how: str
+    prediction_shape: Iterable[int | None],
+    labels_shape: Iterable[int | None],
+    multilabel: bool,
+    names: tuple[str, str],
+    how: str,
 ) -> None:
     """Check points-first inputs of scenes (point clouds), given ``how`` (e.g. ``with offsets=``): a prediction
     ``[N, C]`` (or ``[N]`` for one channel), labels ``[N]``; multi-label ``[N, C]`` and ``[N, C]``."""
@@ -106,48 +140,57 @@ def points_layout(
         shapes = "[N, C]" if multilabel else "[N, C] (or [N] for one channel)"
         raise ValueError(f"{prediction} must be points-first, {shapes}, {how}; got {fmt(p)}")
     expected = p if multilabel else p[:1]
-    if l != expected:
+    if not compatible(l, expected):
         raise ValueError(f"{labels} must have shape {fmt(expected)} for {prediction} of shape {fmt(p)}; got {fmt(l)}")
 
 
 def softmax_layout(
-    probas_shape: Iterable[int],
-    labels_shape: Iterable[int],
+    probas_shape: Iterable[int | None],
+    labels_shape: Iterable[int | None],
     channel_axis: int = 1,
     names: tuple[str, str] = ("probas", "labels"),
 ) -> tuple[bool, int]:
     """Check the shapes of ``lovasz_softmax``'s inputs (called ``names`` in the messages).
 
     Returns ``(sigmoid, num_classes)``: ``sigmoid`` is True when ``probas`` has the
-    labels' shape (one foreground probability per pixel, read as two classes).
+    labels' shape (one foreground probability per pixel, read as two classes). The ranks
+    decide between the two, so unknown dims (None) leave no doubt; the class axis must be known.
     """
     p, l = tuple(probas_shape), tuple(labels_shape)
     probas, labels = names
     if len(p) < 2:
         raise ValueError(f"{probas} must have shape [B, C, *spatial] or [B, *spatial]; got {fmt(p)}")
-    # Lengths first: torch.export would compare the sizes pairwise and guard on unequal dims.
-    if len(p) == len(l) and p == l:
+    if compatible(p, l):
         return True, 2
     ax = channel_axis % len(p)
     expected = p[:ax] + p[ax + 1 :]
-    if expected != l:
+    if not compatible(expected, l):
         where = "channels-first [B, C, *spatial]" if ax == 1 else "channels-last [B, *spatial, C]"
         raise ValueError(
             f"{labels} must have shape {fmt(expected)} to match {probas} {fmt(p)} ({where}; or the shape of "
             f"{probas} for sigmoid output); got {fmt(l)}"
         )
-    if p[ax] < 1:
+    channels = _known_channels(p, ax, probas)
+    if channels < 1:
         raise ValueError(f"{probas} must have at least one class channel; got shape {fmt(p)}")
-    return False, int(p[ax])
+    return False, int(channels)
 
 
-def hinge_layout(logits_shape: Iterable[int], labels_shape: Iterable[int]) -> None:
-    """``lovasz_hinge`` takes logits [B, *spatial] or [B, 1, *spatial] with labels [B, *spatial]."""
+def hinge_layout(logits_shape: Iterable[int | None], labels_shape: Iterable[int | None]) -> None:
+    """``lovasz_hinge`` takes logits [B, *spatial] or [B, 1, *spatial] with labels [B, *spatial].
+
+    Logits of one more dim than the labels whose last dim is unknown (None) are also taken: only
+    a size-1 channel axis there fits (TF's caller squeezes a known one; its reshape checks this)."""
     s, l = tuple(logits_shape), tuple(labels_shape)
     if len(s) < 1:
         raise ValueError(f"logits must have shape [B, *spatial]; got a scalar of shape {fmt(s)}")
-    if (len(s) == len(l) and s == l) or (len(s) == len(l) + 1 and len(s) >= 2 and s[1] == 1 and s[:1] + s[2:] == l):
+    if compatible(s, l):
         return
+    if len(s) == len(l) + 1 and len(s) >= 2:
+        if same_dim(s[1], 1) and compatible(s[:1] + s[2:], l):
+            return
+        if s[-1] is None and compatible(s[:-1], l):
+            return
     raise ValueError(
         f"labels must have shape [B, *spatial] to match logits [B, *spatial] or [B, 1, *spatial]; "
         f"got logits {fmt(s)} and labels {fmt(l)}"
@@ -155,18 +198,22 @@ def hinge_layout(logits_shape: Iterable[int], labels_shape: Iterable[int]) -> No
 
 
 def multilabel_layout(
-    logits_shape: Iterable[int], targets_shape: Iterable[int], names: tuple[str, str] = ("logits", "targets")
+    logits_shape: Iterable[int | None],
+    targets_shape: Iterable[int | None],
+    names: tuple[str, str] = ("logits", "targets"),
 ) -> int:
+    """The class count of channels-first ``[B, C, *spatial]`` logits and targets of that shape
+    (unknown dims match any size; the class axis must be known)."""
     s, t = tuple(logits_shape), tuple(targets_shape)
     logits, targets = names
     if len(s) < 2:
         raise ValueError(f"{logits} must have shape [B, C, *spatial]; got {fmt(s)}")
-    if len(s) != len(t) or s != t:
+    if not compatible(s, t):
         raise ValueError(f"{targets} must have the shape of {logits} {fmt(s)} ([B, C, *spatial] of 0/1); got {fmt(t)}")
-    return int(s[1])
+    return int(_known_channels(s, 1, logits))
 
 
-def without_axis(shape: Iterable[int], axis: int) -> tuple[int, ...]:
+def without_axis(shape: Iterable[int | None], axis: int) -> tuple[int | None, ...]:
     """``shape`` with dim ``axis`` left out (a negative axis counts from the end)."""
     s = tuple(shape)
     if not s:
@@ -180,12 +227,20 @@ def extra_label_axis(labels_shape: Iterable[int | None], accepted_shapes: Iterab
     ``[B, H, W, 1]``, as Keras gives sparse labels) or second (``1``: ``[B, 1, H, W]``, as PyTorch
     pipelines give masks), whatever the prediction's channel order. ``None`` when the labels are
     accepted as they are or fit neither (the shape check then names them); only these unambiguous
-    cases are read, and the trailing axis first."""
+    cases are read, and the trailing axis first.
+
+    An unknown dim (None) matches any size, in the same order: labels that may be an accepted shape
+    are taken as they are, and an unknown dim that may be 1 is dropped only when nothing earlier fits
+    (TF's squeeze then checks at run time that it is 1)."""
     l, accepted = tuple(labels_shape), [tuple(s) for s in accepted_shapes]
-    if l in accepted:
+
+    def fits(shape: tuple[int | None, ...]) -> bool:
+        return any(compatible(shape, a) for a in accepted)
+
+    if fits(l):
         return None
-    if len(l) >= 2 and l[-1] == 1 and l[:-1] in accepted:
+    if len(l) >= 2 and same_dim(l[-1], 1) and fits(l[:-1]):
         return -1
-    if len(l) >= 3 and l[1] == 1 and l[:1] + l[2:] in accepted:
+    if len(l) >= 3 and same_dim(l[1], 1) and fits(l[:1] + l[2:]):
         return 1
     return None

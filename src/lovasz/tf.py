@@ -672,7 +672,7 @@ def lovasz_multilabel(
     shapes = channels_first(logits.shape), channels_first(targets.shape)
     if len(shapes[0]) >= 2:
         _check_known_classes(shapes[0][1], "logits", logits.shape)
-    num_classes = V.multilabel_layout(*shapes)  # type: ignore[arg-type]  # the class dim is known (checked)
+    num_classes = V.multilabel_layout(*shapes)  # the class dim is known (checked)
     classes = V.check_classes(classes, num_classes)
     ignore = V.check_ignore(ignore)
     reduction = V.check_reduction(reduction)
