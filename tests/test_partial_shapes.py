@@ -237,6 +237,29 @@ def test_tf_function_with_unknown_dims_errors():
         traced(probas[..., 0], tf.zeros([2, 4, 5], tf.int64))
 
 
+@pytest.mark.parametrize(
+    "kind, x, y, x_shape, y_shape, message",
+    [
+        ("softmax", X, Y, [None, None, None, 3], [None, None, None], "labels must have the shape of probas less"),
+        ("softmax", X[..., 0], MASKS, [None, None, None], [None, None, None], "labels must have the shape of probas"),
+        ("hinge", X[..., 0], MASKS, [None, None, None], [None, None, None], "labels must have the shape of logits"),
+        ("hinge", X[..., :1], MASKS, [None, 4, None, None], [None, None, None], "labels must have the shape of logits"),
+        ("multilabel", X, TARGETS, [None, None, None, 3], [None, None, None, 3], "targets must have the shape of"),
+    ],
+)
+def test_labels_of_another_layout_raise_when_run(kind, x, y, x_shape, y_shape, message):
+    """Labels of the prediction's size laid out otherwise (height and width swapped: a pipeline's slip) would
+    pass every reshape: where unknown dims left the check to the run, it raises then."""
+    tf = require("tensorflow")
+    signature = [tf.TensorSpec(x_shape, tf.float32), tf.TensorSpec(y_shape, tf.int64)]
+    traced = tf.function(_function(kind), input_signature=signature)
+    x, y = np.concatenate([x] * 2, axis=2), np.concatenate([y] * 2, axis=2)  # [2, 4, 8, ...]
+    swapped = y.reshape(y.shape[0], 8, 4, *y.shape[3:])  # [2, 8, 4, ...]: as many pixels
+    assert np.isfinite(traced(tf.constant(x), tf.constant(y)).numpy())
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        traced(tf.constant(x), tf.constant(swapped))
+
+
 # ----------------------------------------------------------------------------- Keras fit on a tf.data pipeline
 
 KERAS_FIT = textwrap.dedent(

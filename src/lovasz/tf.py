@@ -165,6 +165,24 @@ def _check_values(labels: tf.Tensor, ok: tf.Tensor, valid: tf.Tensor | None, all
         )
 
 
+def _check_layout_when_run(labels: tf.Tensor, prediction: tf.Tensor, axis: int | None, names: tuple[str, str]) -> None:
+    """Where unknown dims (a ``tf.function``'s input_signature, a ``tf.data`` pipeline) left the shapes to the
+    run, the labels' shape then must be the prediction's, less its class axis ``axis``: the reshapes would
+    take labels of the right size laid out otherwise (height and width swapped) without a word. Under XLA
+    TF compiles no assertion."""
+    if tf.executing_eagerly() or (labels.shape.is_fully_defined() and prediction.shape.is_fully_defined()):
+        return
+    expected = tf.shape(prediction, tf.int64)
+    if axis is not None:
+        axis %= prediction.shape.rank
+        expected = tf.concat([expected[:axis], expected[axis + 1 :]], 0)
+    lname, pname = names
+    without = "" if axis is None else f" less its axis {axis}"
+    tf.debugging.assert_equal(
+        tf.shape(labels, tf.int64), expected, message=f"{lname} must have the shape of {pname}{without}"
+    )
+
+
 def _size(x: tf.Tensor, start: int, stop: int | None = None) -> int | tf.Tensor:
     """The number of elements in dims ``start:stop`` of ``x``, for reshapes: TF infers no ``-1`` for an empty tensor."""
     n = x.shape[start:stop].num_elements()
@@ -475,6 +493,7 @@ def lovasz_softmax(
     if probas.shape.rank == labels.shape.rank + 1:
         _check_known_classes(probas.shape[channel_axis], "probas", probas.shape)
     sigmoid, num_classes = V.softmax_layout(probas.shape, labels.shape, channel_axis)
+    _check_layout_when_run(labels, probas, None if sigmoid else channel_axis, ("labels", "probas"))
     classes = V.check_classes(classes, num_classes)
     ignore = V.check_ignore(ignore)
     reduction = V.check_reduction(reduction)
@@ -598,6 +617,15 @@ def lovasz_hinge(
     if logits.shape.rank == labels.shape.rank + 1 and logits.shape[-1] == 1:
         logits = tf.squeeze(logits, -1)  # [B, *spatial, 1], as Keras models give it
     V.hinge_layout(logits.shape, labels.shape)
+    s, rank = tuple(logits.shape), labels.shape.rank
+    # a channel axis of one left in logits (its size unknown when traced): where only one axis can be it
+    axes = [
+        a
+        for a in (1, -1)
+        if len(s) == rank + 1 and V.same_dim(s[a], 1) and V.compatible(V.without_axis(s, a), labels.shape)
+    ]
+    if len(s) == rank or len(axes) == 1:
+        _check_layout_when_run(labels, logits, axes[0] if axes else None, ("labels", "logits"))
     ignore = V.check_ignore(ignore)
     reduction = V.check_reduction(reduction)
     margin, symmetric = V.check_hinge_variant(margin, symmetric)
@@ -673,6 +701,7 @@ def lovasz_multilabel(
     if len(shapes[0]) >= 2:
         _check_known_classes(shapes[0][1], "logits", logits.shape)
     num_classes = V.multilabel_layout(*shapes)  # the class dim is known (checked)
+    _check_layout_when_run(targets, logits, None, ("targets", "logits"))
     classes = V.check_classes(classes, num_classes)
     ignore = V.check_ignore(ignore)
     reduction = V.check_reduction(reduction)
