@@ -425,3 +425,36 @@ def test_one_device_programs_are_unchanged():
     text = jax.jit(lambda x: LJ.lovasz_softmax(x, y, per_image=True)).lower(x).as_text()
     assert "shard_map" not in text and "sdy.manual_computation" not in text
     assert D.split_rows(lambda e, c: e.sum((0, 2)), (jnp.ones((1, 3, 4)), jnp.ones((1, 3, 4))), 1).shape == (3,)
+
+
+@on_devices
+@pytest.mark.parametrize("case", list(PLAIN_JIT) + ["multilabel batch all weights", "softmax batch channels-last"])
+def test_explicitly_sharded_inputs_give_one_calls_values(case):
+    """Inputs on a mesh of explicit axes (``jax.make_mesh``'s default in recent JAX), whose types carry their
+    sharding: every loss raised ``ShardingTypeError`` at its first reshape of the rows' layout; the loss is
+    computed with the axes automatic, under jit and eagerly, with the value and gradient of one call."""
+    loss = {**PLAIN_JIT, **CASES}[case]
+    x, y, t = data(np.float32)
+    explicit = jax.sharding.Mesh(np.array(jax.devices()), ("i",), axis_types=(jax.sharding.AxisType.Explicit,))
+    args = [jax.device_put(a, NamedSharding(explicit, P("i"))) for a in (x, y, t)]
+    expected_value, expected_grad = one_call(loss, x, y, t)
+
+    def value_and_grad(x, y, t):
+        return jax.value_and_grad(lambda x: loss(x, y, t).sum())(x)
+
+    for run in [jax.jit(value_and_grad), value_and_grad]:
+        with jax.set_mesh(explicit):  # (eagerly JAX needs it for any gradient of explicitly sharded inputs)
+            value, grad = run(*args)
+        np.testing.assert_allclose(np.asarray(value), np.asarray(expected_value), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(np.asarray(grad), np.asarray(expected_grad), rtol=1e-5, atol=1e-7)
+    ids = np.repeat(np.arange(DEVICES), x.size // CLASSES // DEVICES)  # points of 4 segments, one per device
+    points = [
+        jax.device_put(a, NamedSharding(explicit, P("i")))
+        for a in (np.moveaxis(x, 1, -1).reshape(-1, CLASSES), y.reshape(-1), ids)
+    ]
+
+    def segments(x, y, ids):
+        return LJ.lovasz_softmax(x, y, ignore=255, per_image=True, segment_ids=ids, num_segments=DEVICES)
+
+    expected = segments(*(np.asarray(a) for a in points))
+    np.testing.assert_allclose(np.asarray(jax.jit(segments)(*points)), np.asarray(expected), rtol=1e-5)

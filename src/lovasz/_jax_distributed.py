@@ -23,6 +23,7 @@ device, and nothing more; rows are independent.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable, Hashable
@@ -158,6 +159,44 @@ def _auto_mesh(x: jax.Array) -> tuple[Any, tuple[str, ...]]:
     if any(kind != jax.sharding.AxisType.Auto for kind in mesh.axis_types):
         return None, ()
     return mesh, tuple(name for name in mesh.axis_names if mesh.shape[name] > 1)
+
+
+def _explicit_mesh(*arrays: Any) -> Any:
+    """The mesh of the first of ``arrays`` that lies on one with explicit axes of several devices
+    (``AxisType.Explicit``, ``jax.make_mesh``'s default in recent JAX); else None."""
+    if not (hasattr(jax, "typeof") and hasattr(jax.sharding, "AxisType") and hasattr(jax.sharding, "auto_axes")):
+        return None
+    for x in arrays:
+        mesh = getattr(getattr(jax.typeof(x), "sharding", None), "mesh", None) if isinstance(x, jax.Array) else None
+        if mesh is None:
+            continue
+        kinds = dict(zip(mesh.axis_names, mesh.axis_types))
+        if any(kind == jax.sharding.AxisType.Explicit and mesh.shape[name] > 1 for name, kind in kinds.items()):
+            return mesh
+    return None
+
+
+def auto_on_explicit_meshes(loss: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
+    """``loss(prediction, labels, ...)``, where its per-pixel inputs (the prediction, the labels, the segment
+    ids) lie on a mesh with explicit axes, computed with those axes automatic (``jax.sharding.auto_axes``):
+    explicit sharding types each reshape of a sharded axis, and would refuse the loss's (the layout of
+    rows). The partitioner then places the rows, as under plain ``jax.jit`` of sharded inputs; the loss
+    comes out replicated."""
+
+    @functools.wraps(loss)
+    def on_auto_axes(prediction: Any, labels: Any, *args: Any, **kwargs: Any) -> jax.Array:
+        segment_ids = kwargs.pop("segment_ids", None)
+        mesh = _explicit_mesh(prediction, labels, segment_ids)
+        if mesh is None:
+            return loss(prediction, labels, *args, segment_ids=segment_ids, **kwargs)
+
+        def auto(prediction: jax.Array, labels: jax.Array, segment_ids: Any) -> jax.Array:
+            return loss(prediction, labels, *args, segment_ids=segment_ids, **kwargs)
+
+        out = jax.sharding.NamedSharding(mesh, P())
+        return jax.sharding.auto_axes(auto, axes=mesh.axis_names, out_sharding=out)(prediction, labels, segment_ids)
+
+    return on_auto_axes
 
 
 def split_by_partitioner(x: jax.Array) -> bool:

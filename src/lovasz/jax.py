@@ -262,6 +262,7 @@ def _channels_first(x: jax.Array, axis: int) -> jax.Array:
 # ----------------------------------------------------------------------------- public functions
 
 
+@D.auto_on_explicit_meshes
 def lovasz_softmax(
     probas: ArrayLike,
     labels: ArrayLike,
@@ -403,6 +404,7 @@ def _hinge_classes(
     return loss
 
 
+@D.auto_on_explicit_meshes
 def lovasz_hinge(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -467,6 +469,7 @@ def lovasz_hinge(
     return loss.astype(logits.dtype)
 
 
+@D.auto_on_explicit_meshes
 def lovasz_multilabel(
     logits: ArrayLike,
     targets: ArrayLike,
