@@ -4,6 +4,7 @@ Not collected by the main run (conftest.collect_ignore): Keras picks its backend
 """
 
 import os
+import re
 
 import keras
 import numpy as np
@@ -289,6 +290,96 @@ def test_labels_as_masks_floats_and_small_integers():
         hinge(np.full((2, 4, 5), 0.5, "float32"), scores)
     with pytest.raises(ValueError, match="targets must be 0 or 1 at every non-ignored pixel; found 0.5"):
         LovaszMultilabelLoss()(np.full(logits.shape, 0.5, "float32"), logits)
+
+
+ONE_HOT_LOSSES = {
+    "softmax": lambda **kw: LovaszSoftmaxLoss(from_logits=True, **kw),
+    "softmax-per-image": lambda **kw: LovaszSoftmaxLoss(from_logits=True, per_image=True, classes="all", **kw),
+    "ce+lovasz": lambda **kw: CrossEntropyLovaszLoss(ce_weight=0.5, class_weights=[1.0, 2.0, 0.5], **kw),
+}
+
+
+def one_hot_oracle(name, logits, labels):
+    """The loss of channels-last ``logits`` against class indices by the NumPy oracle (the mean over the images
+    per image, as Keras reduces them)."""
+    first = np.moveaxis(logits, -1, 1)
+    if name == "softmax":
+        return R.lovasz_softmax(first, labels, from_logits=True)
+    if name == "softmax-per-image":
+        return R.lovasz_softmax(first, labels, from_logits=True, per_image=True, classes="all")
+    w = [1.0, 2.0, 0.5]
+    return 0.5 * cross_entropy_numpy(logits, labels, weights=w) + R.lovasz_softmax(
+        first, labels, from_logits=True, weights=w
+    )
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("name", ONE_HOT_LOSSES)
+def test_one_hot_targets_give_the_loss_and_gradient_of_class_indices(name, data_format):
+    """One-hot ``y_true`` shaped like ``y_pred`` (Keras' categorical convention, and lovasz.torch.LovaszLoss's
+    MONAI form) is read along the class axis, not as one foreground probability per pixel of ``[B, H, W, C]``."""
+    rng = np.random.default_rng(31)
+    logits = rng.normal(size=(2, 4, 5, NUM_CLASSES)).astype("float32")
+    labels = rng.integers(0, NUM_CLASSES, (2, 4, 5))
+    one_hot = np.eye(NUM_CLASSES, dtype="float32")[labels]  # [B, H, W, C]
+    expected = one_hot_oracle(name, logits, labels)
+    if data_format == "channels_first":
+        logits, one_hot = np.moveaxis(logits, -1, 1), np.moveaxis(one_hot, -1, 1)
+    loss = ONE_HOT_LOSSES[name](data_format=data_format)
+    value, grad = value_and_grad(loss, one_hot, logits)
+    index_value, index_grad = value_and_grad(loss, labels, logits)
+    np.testing.assert_allclose(value, expected, rtol=1e-5)
+    np.testing.assert_allclose(value, index_value, rtol=1e-6)
+    np.testing.assert_allclose(grad, index_grad, rtol=1e-5, atol=1e-8)
+    assert np.abs(grad).sum() > 0
+    integer_one_hot = value_and_grad(loss, one_hot.astype("int32"), logits)[0]  # as fit's to_categorical ints
+    np.testing.assert_allclose(integer_one_hot, expected, rtol=1e-5)
+
+
+def test_one_hot_rows_must_hold_one_one():
+    """An all-zero row (a void pixel) or a soft target is no class: ValueError, as lovasz.torch.LovaszLoss raises,
+    not class 0; void pixels are given as class indices with ignore_class."""
+    rng = np.random.default_rng(32)
+    logits = rng.normal(size=(2, 4, 5, NUM_CLASSES)).astype("float32")
+    one_hot = np.eye(NUM_CLASSES, dtype="float32")[rng.integers(0, NUM_CLASSES, (2, 4, 5))]
+    void = one_hot.copy()
+    void[0, 0, :2] = 0
+    soft = 0.9 * one_hot + 0.1 / NUM_CLASSES  # label smoothing: no class indices
+    for loss in [LovaszSoftmaxLoss(from_logits=True), CrossEntropyLovaszLoss(ignore_class=255)]:
+        with pytest.raises(ValueError, match=r"must be one-hot along the class axis -1 .*ignore_class\); 2 pixels"):
+            loss(void, logits)
+        with pytest.raises(ValueError, match=r"y_true shaped like y_pred \[2, 4, 5, 3\] must be one-hot.*; 40 pixels"):
+            loss(soft, logits)
+
+
+def test_one_hot_rows_are_checked_in_a_tensorflow_graph():
+    """Keras' fit on TensorFlow runs the loss in tf.function: an assert names the rows there."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("a tf.function graph: the TensorFlow backend only")
+    import tensorflow as tf
+
+    rng = np.random.default_rng(33)
+    logits = tf.constant(rng.normal(size=(2, 4, 5, NUM_CLASSES)).astype("float32"))
+    labels = rng.integers(0, NUM_CLASSES, (2, 4, 5))
+    one_hot = np.eye(NUM_CLASSES, dtype="float32")[labels]
+    loss = LovaszSoftmaxLoss(from_logits=True)
+    in_graph = tf.function(lambda y_true, y_pred: loss(y_true, y_pred))
+    np.testing.assert_allclose(in_graph(one_hot, logits), loss(labels, logits), rtol=1e-6)
+    one_hot[1, 2, 3] = 0
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"must be one-hot.*pixels that are not:\] \[1\]"):
+        in_graph(one_hot, logits)
+
+
+def test_one_channel_sigmoid_output_keeps_its_mask_target():
+    """``y_pred [B, H, W, 1]`` is one channel of sigmoid output: its 0/1 target of the same shape is a mask, not
+    one-hot (one-hot needs two channels or more)."""
+    rng = np.random.default_rng(34)
+    probas = rng.uniform(size=(2, 4, 5, 1)).astype("float32")
+    masks = rng.integers(0, 2, (2, 4, 5, 1))
+    expected = R.lovasz_softmax(probas[..., 0], masks[..., 0])  # one foreground probability per pixel
+    np.testing.assert_allclose(value(LovaszSoftmaxLoss(), masks, probas), expected, rtol=1e-5)
+    first = LovaszSoftmaxLoss(data_format="channels_first")
+    np.testing.assert_allclose(value(first, masks[:, None, ..., 0], probas[:, None, ..., 0]), expected, rtol=1e-5)
 
 
 def test_classes_are_never_truncated():
@@ -762,3 +853,32 @@ def test_bad_scenes_name_themselves():
         LovaszSoftmaxLoss(num_scenes=3)
     with pytest.raises(TypeError, match="num_scenes must be a non-negative int"):
         LovaszHingeLoss(scenes_in_labels=True, num_scenes=-1)
+
+
+def test_bad_scenes_name_themselves_in_a_tensorflow_graph():
+    """In tf.function (fit on TensorFlow) a bad scene index fails an assert that names the scene column and
+    num_scenes, not the row splits the loss builds from it; XLA compiles no assert, and the points of a scene
+    from num_scenes on take no part there (as documented)."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("tf.function and XLA: the TensorFlow backend only")
+    import tensorflow as tf
+
+    logits, labels, scene = points()
+    options = dict(from_logits=True, per_image=True, ignore_class=255, scenes_in_labels=True, reduction=None)
+    loss = LovaszSoftmaxLoss(**options, num_scenes=3)
+    in_graph = tf.function(lambda y_true, y_pred: loss(y_true, y_pred))
+    np.testing.assert_allclose(in_graph(packed(labels, scene), logits), value(loss, packed(labels, scene), logits))
+    outside = np.where(scene == 2, 5, scene)
+    for bad, shown in [(outside, "5"), (scene - 1, "-1"), (scene + 0.5, r"\d\.5")]:
+        with pytest.raises(tf.errors.InvalidArgumentError) as error:
+            in_graph(packed(labels, bad), logits)
+        message = str(error.value)
+        assert "row_splits" not in message, message
+        pattern = r"last column of y_true \(scenes_in_labels=True\) must hold scene indices, whole numbers >= 0, "
+        assert re.search(pattern + rf"below num_scenes=3; found:\] \[{shown}\]", message), message
+    xla = tf.function(lambda y_true, y_pred: loss(y_true, y_pred), jit_compile=True)
+    kept = scene != 2
+    expected = value(loss, packed(labels[kept], scene[kept]), logits[kept])  # scene 2's points: no part
+    np.testing.assert_allclose(xla(packed(labels, outside), logits), expected, rtol=1e-5)
+    empty = np.zeros((0, 2), "float32"), np.zeros((0, NUM_CLASSES), "float32")  # no point: nothing to assert
+    np.testing.assert_array_equal(in_graph(*empty), np.zeros(3))

@@ -318,31 +318,39 @@ def assert_same_step(name, got, expected, tol=2e-6):
         np.testing.assert_allclose(w, e, rtol=tol, atol=tol, err_msg=f"{name}: the weights after the step")
 
 
-def keras_value_and_grad(loss, y_true, y_pred):
+def keras_value_and_grad(loss, y_true, y_pred, sample_weight=None):
     """A Keras loss and its gradient with respect to ``y_pred``."""
     import tensorflow as tf
 
     with tf.GradientTape() as tape:
         tape.watch(y_pred)
-        value = loss(y_true, y_pred)
+        value = loss(y_true, y_pred, sample_weight=sample_weight)
     return value, tf.convert_to_tensor(tape.gradient(value, y_pred))  # a gather's gradient: IndexedSlices
 
 
-def assert_shares(name, strategy, make_loss, y_true_shards, pred_shards, y_true, y_pred):
+def assert_shares(name, strategy, make_loss, y_true_shards, pred_shards, y_true, y_pred, weights=None):
     """``make_loss(global_batch=True)`` on each replica's shard, summed over the replicas, is ``make_loss()``
-    on the whole batch, and each replica's gradient is its slice of the whole batch's gradient."""
+    on the whole batch, and each replica's gradient is its slice of the whole batch's gradient. ``weights``:
+    the ``sample_weight`` of the whole batch, split as the shards are (a 0-d one goes whole to every replica)."""
     import tensorflow as tf
 
-    expected, expected_grad = keras_value_and_grad(make_loss(), tf.constant(y_true), tf.constant(y_pred))
+    whole = (tf.constant(y_true), tf.constant(y_pred), None if weights is None else tf.constant(weights))
+    expected, expected_grad = keras_value_and_grad(make_loss(), *whole)
     loss = make_loss(global_batch=True)
-    args = (distributed(strategy, pred_shards), distributed(strategy, y_true_shards))
+    parts = np.cumsum([len(p) for p in pred_shards])[:-1]
+    if weights is None:
+        weight_shards = [np.zeros(0, "float32")] * len(pred_shards)  # not passed on
+    else:
+        weight_shards = np.split(weights, parts) if np.ndim(weights) else [weights] * len(pred_shards)
+    args = tuple(distributed(strategy, shards) for shards in (pred_shards, y_true_shards, weight_shards))
     values, grads = (
         strategy.experimental_local_results(v)
-        for v in strategy.run(lambda p, t: keras_value_and_grad(loss, t, p), args=args)
+        for v in strategy.run(
+            lambda p, t, w: keras_value_and_grad(loss, t, p, None if weights is None else w), args=args
+        )
     )
     total = float(np.sum([v.numpy() for v in values]))
     np.testing.assert_allclose(total, expected.numpy(), rtol=2e-6, err_msg=f"{name}: the replicas' losses summed")
-    parts = np.cumsum([len(p) for p in pred_shards])[:-1]
     for r, (grad, expected_part) in enumerate(zip(grads, np.split(expected_grad.numpy(), parts))):
         np.testing.assert_allclose(grad.numpy(), expected_part, rtol=2e-6, atol=1e-8, err_msg=f"{name}, replica {r}")
 
@@ -360,6 +368,42 @@ def check_keras_losses_in_replicas_are_shares_of_the_whole_batch(strategy):
         pred_shards, label_shards = np.split(pred, parts), np.split(y, parts)
 
         assert_shares(name, strategy, make, label_shards, pred_shards, y, pred)
+
+
+def check_keras_per_image_means_are_shares_of_the_whole_batch(strategy):
+    """Per image, Keras divides each replica's (weighted) sum by its images, or by the sum of its sample weights
+    (``'mean_with_sample_weight'``), and by the replicas: for every mean reduction, with and without
+    ``sample_weight``, the replicas' losses summed are the single-device loss, for shards of unequal size and
+    weight (5 images on 3 replicas, a replica whose weights are all 0). A 0-d weight, every image's, is exact
+    where Keras divides by the images; with ``'mean_with_sample_weight'`` it divides by that one weight, and the
+    loss raises rather than give a wrong share."""
+    import tensorflow as tf
+
+    sizes = [2, 2, 1][:REPLICAS]
+    image_weights = np.array([0.5, 2.0, 0.0, 0.0, 3.0], "float32")[: sum(sizes)]
+    parts = np.cumsum(sizes)[:-1]
+    for name in ("softmax per image", "cross-entropy + Lovász per image"):
+        kind, make = keras_losses()[name]
+        x, y, channels = keras_data(kind, sum(sizes))
+        pred = x[..., :channels].astype("float32")
+        shards = np.split(y, parts), np.split(pred, parts)
+        for reduction in ("mean_with_sample_weight", "sum_over_batch_size", "mean"):
+            for weights in (None, image_weights, np.float32(2.0)):
+
+                def make_loss(make=make, reduction=reduction, **kw):
+                    return make(reduction=reduction, **kw)
+
+                label = f"{name}, {reduction}, sample_weight {weights}"
+                if reduction == "mean_with_sample_weight" and weights is not None and np.ndim(weights) == 0:
+                    loss, args = make_loss(global_batch=True), [distributed(strategy, a) for a in shards]
+                    try:
+                        strategy.run(lambda t, p: loss(t, p, sample_weight=tf.constant(weights)), args=args)
+                    except ValueError as error:
+                        assert "mean_with_sample_weight" in str(error) and "shape [B]" in str(error), error
+                    else:
+                        raise AssertionError(f"{label}: a 0-d weight made a share")
+                    continue
+                assert_shares(label, strategy, make_loss, *shards, y, pred, weights)
 
 
 def check_keras_scenes_in_replicas_are_shares_of_the_whole_batch(strategy):
@@ -487,6 +531,7 @@ def _tensorflow_checks() -> list:
         check_tf_points_of_scenes,
         check_tf_outside_replicas_global_batch_changes_nothing,
         check_keras_losses_in_replicas_are_shares_of_the_whole_batch,
+        check_keras_per_image_means_are_shares_of_the_whole_batch,
         check_keras_scenes_in_replicas_are_shares_of_the_whole_batch,
         check_keras_fit_under_mirrored_strategy_takes_the_single_device_step,
         check_keras_without_global_batch_takes_the_mean_of_the_shards_losses,

@@ -34,7 +34,7 @@ Example:
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -82,6 +82,68 @@ def _channel_kwargs(backend: str, channels_last: bool) -> dict[str, Any]:
 def _squeeze_channel(x: Tensor, axis: int, rank: int) -> Tensor:
     """Drop a size-1 channel axis from a rank-``rank`` tensor (Keras masks often come as [B, H, W, 1])."""
     return ops.squeeze(x, axis) if len(x.shape) == rank and x.shape[axis] == 1 else x
+
+
+def _is_one_hot_shaped(y_true: Tensor, y_pred: Tensor, axis: int) -> bool:
+    """Whether ``y_true`` has the shape of a ``y_pred`` of 2 or more channels at ``axis``: one-hot targets
+    (a dim unknown when traced matches any other; the class axis of both must be known)."""
+    true_shape, pred_shape = tuple(y_true.shape), tuple(y_pred.shape)
+    if len(pred_shape) < 2 or len(true_shape) != len(pred_shape):
+        return False
+    channels = pred_shape[axis]
+    if channels is None or channels < 2 or true_shape[axis] != channels:
+        return False
+    return all(t is None or p is None or t == p for t, p in zip(true_shape, pred_shape))
+
+
+def _class_indices(y_true: Tensor, y_pred: Tensor, axis: int) -> Tensor:
+    """A one-hot ``y_true`` shaped like ``y_pred`` (``C > 1`` channels at ``axis``) as class indices; any other
+    ``y_true`` as it is. One-hot is the target of Keras' categorical losses, and lovasz.torch.LovaszLoss takes it
+    (MONAI's form) the same way: each pixel must hold one 1 and zeros, so an all-zero row (a void pixel) raises,
+    as it does there, instead of becoming class 0."""
+    if not _is_one_hot_shaped(y_true, y_pred, axis):
+        return y_true
+    zero_or_one = ops.logical_or(ops.equal(y_true, 0), ops.equal(y_true, 1))
+    ok = ops.logical_and(ops.all(zero_or_one, axis=axis), ops.equal(ops.sum(y_true, axis=axis), 1))
+    message = (
+        f"y_true shaped like y_pred {list(y_pred.shape)} must be one-hot along the class axis {axis} (one 1 and "
+        "zeros per pixel; give void pixels as class indices with ignore_class)"
+    )
+    known = _known(ok)
+    if known is not None and not known.all():
+        raise ValueError(f"{message}; {int((~known).sum())} pixels are not")
+    indices = ops.argmax(y_true, axis=axis)
+    return indices if known is not None else _asserted(indices, ok, message)
+
+
+def _asserted(x: Tensor, ok: Tensor, message: str, values: Tensor | None = None) -> Tensor:
+    """``x``, computed after an assert that ``ok`` holds everywhere, for values not known when the loss is built
+    (known ones raise ``ValueError`` before): a ``tf.debugging`` assert in a TensorFlow graph, whose
+    ``InvalidArgumentError`` gives ``message`` and the first bad one of ``values`` (without them, how many pixels fail),
+    and an asynchronous one for torch on an accelerator, as lovasz.torch's. XLA (``jit_compile=True``) and
+    ``jax.jit`` compile no assert: there ``x`` is unchecked."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        from lovasz import _tf_rows
+
+        if tf.executing_eagerly() or _tf_rows.in_xla():
+            return x
+        bad = tf.logical_not(ok)
+        if values is None:
+            shown = [f"{message}; pixels that are not:", tf.reduce_sum(tf.cast(bad, tf.int32))]
+        else:
+            shown = [f"{message}; found:", tf.boolean_mask(values, bad)[:1]]  # empty if none is bad: no points too
+        check = tf.debugging.Assert(tf.reduce_all(ok), shown)
+        with tf.control_dependencies([check]):
+            return tf.identity(x)
+    if backend == "torch":
+        import torch
+
+        if not torch.compiler.is_compiling():
+            torch._assert_async(ok.all(), message)
+    return x
 
 
 def _drop_binary_channel(y_true: Tensor, y_pred: Tensor, axis: int) -> tuple[Tensor, Tensor]:
@@ -166,17 +228,44 @@ def _replica_share(loss: Tensor, global_batch: bool, reduction: str | None) -> T
     return loss
 
 
-def _spread_images(values: Tensor, reduction: str | None, context: Any) -> Tensor:
-    """Per-image losses ``[B_r]`` of one replica, weighed by ``R B_r / B`` (``B`` the global batch's images):
-    Keras divides their sum by ``B_r`` and by the replicas ``R``, and sums over the replicas, which gives the
-    mean over every image of the global batch also where the shards differ in size."""
-    if context is None or len(values.shape) != 1 or reduction not in ("sum_over_batch_size", "mean"):
-        return values
+def _share_of_images(loss: Tensor, y_pred: Tensor, sample_weight: Any, reduction: str | None, context: Any) -> Tensor:
+    """A replica's per-image loss, reduced by Keras, as its share of the mean over the global batch's images.
+
+    Keras divides the sum of the replica's (weighted) image losses by its divisor ``D_r``, its images ``B_r``
+    (``'mean_with_sample_weight'`` with a ``sample_weight``: the sum of its weights), and by the replicas
+    ``R``; ``fit`` sums the replicas' losses. Times ``R D_r / D``, ``D`` the single-device divisor (the sum of the
+    ``D_r``), that sum is the single-device mean, also for shards of unequal size or weight."""
+    if context is None or reduction not in _MEANS:
+        return loss
     from lovasz import _tf_distributed
 
-    images = ops.cast(ops.shape(values)[0], values.dtype)
-    everywhere = _tf_distributed.counted(images, context)
-    return values * ops.divide_no_nan(images * context.num_replicas_in_sync, everywhere)
+    if reduction == "mean_with_sample_weight" and sample_weight is not None:
+        divisor = ops.cast(ops.sum(ops.convert_to_tensor(sample_weight)), loss.dtype)
+    else:
+        divisor = ops.cast(ops.shape(y_pred)[0], loss.dtype)
+    everywhere = _tf_distributed.counted(divisor, context)
+    return loss * ops.divide_no_nan(divisor * context.num_replicas_in_sync, everywhere)
+
+
+def _weights_of_images(sample_weight: Any, y_pred: Tensor, reduction: str | None, context: Any) -> Any:
+    """A 0-d ``sample_weight`` of a replica's per-image loss as one weight per image, ``[B_r]``; any other as it is.
+
+    Keras weighs every image by a 0-d weight, but squeezes the losses of a one-image shard to 0-d and then
+    reduces them not at all (no division by the replicas); as ``[B_r]`` the shard is reduced as any other, to the
+    same mean. ``'mean_with_sample_weight'`` divides by that one weight, not by the images' weights: no replica's
+    share of it is exact, and it raises."""
+    if context is None or reduction not in _MEANS or sample_weight is None:
+        return sample_weight
+    weights = ops.convert_to_tensor(sample_weight)  # a tf.Tensor: replica contexts are TensorFlow's
+    if weights.shape.rank != 0:
+        return sample_weight
+    if reduction == "mean_with_sample_weight":
+        raise ValueError(
+            "reduction='mean_with_sample_weight' divides by the sum of sample_weight, and a 0-d sample_weight "
+            "(one for every image) makes no exact share of the global batch's loss on a tf.distribute replica "
+            "(global_batch=True); pass one weight per image, shape [B], or reduction='sum_over_batch_size'"
+        )
+    return ops.broadcast_to(weights, ops.shape(y_pred)[:1])
 
 
 _NO_PIXEL_WEIGHTS = "weigh classes with class_weights, or leave pixels out with ignore_class (fit's class_weight= "
@@ -225,19 +314,23 @@ def _known(x: Tensor) -> np.ndarray | None:
     return x.detach().numpy() if x.device.type == "cpu" and not torch.compiler.is_compiling() else None
 
 
-def _check_scenes(scene: Tensor, num_scenes: int | None) -> None:
-    """The scene column of ``y_true``: whole numbers in ``[0, num_scenes)``, checked where the values are known."""
-    values = _known(scene)
-    if values is None or values.size == 0:
-        return
+def _checked_scenes(scene: Tensor, num_scenes: int | None) -> Tensor:
+    """The scene column of ``y_true``, checked to hold whole numbers in ``[0, num_scenes)``: where the values are
+    known at once (``ValueError``), else by an assert (see :func:`_asserted`), so that a bad index is named as
+    such, not by the row splits that TensorFlow's points of scenes are made of."""
     top = "" if num_scenes is None else f", below num_scenes={num_scenes}"
-    limit = np.inf if num_scenes is None else num_scenes
-    bad = values[(values != np.round(values)) | (values < 0) | (values >= limit)]
-    if bad.size:
-        raise ValueError(
-            f"the last column of y_true (scenes_in_labels=True) must hold scene indices, whole numbers >= 0{top}; "
-            f"found {bad[0]:g}"
-        )
+    message = f"the last column of y_true (scenes_in_labels=True) must hold scene indices, whole numbers >= 0{top}"
+    values = _known(scene)
+    if values is not None:
+        limit = np.inf if num_scenes is None else num_scenes
+        bad = values[(values != np.round(values)) | (values < 0) | (values >= limit)]
+        if bad.size:
+            raise ValueError(f"{message}; found {bad[0]:g}")
+        return scene
+    ok = ops.logical_and(ops.equal(scene, ops.round(scene)), ops.greater_equal(scene, 0))
+    if num_scenes is not None:
+        ok = ops.logical_and(ok, ops.less(scene, num_scenes))
+    return _asserted(scene, ok, message, values=scene)
 
 
 def _scene_losses(
@@ -349,16 +442,14 @@ class _LovaszLoss(keras.losses.Loss):
         return _replica_context() if self.global_batch else None
 
     def __call__(self, y_true: Tensor, y_pred: Tensor, sample_weight: Tensor | None = None) -> Tensor:
-        _check_no_point_weights(self.scenes_in_labels, sample_weight)
-        _check_weights_per_image(self._one_value(), self.global_batch, sample_weight)
-        loss = _reduced(super().__call__(y_true, y_pred, sample_weight), self.reduction)
-        if self._one_value():
-            loss = _replica_share(loss, self.global_batch, self.reduction)
-        return loss
+        keras_call = super().__call__
+        return _reduce_for_replicas(
+            lambda w: keras_call(y_true, y_pred, w), self, self.reduction, y_pred, sample_weight
+        )
 
     def call(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
         if not self.scenes_in_labels:
-            return _spread_images(self._dense(y_true, y_pred), self.reduction, self._replicas())
+            return self._dense(y_true, y_pred)
         labels, scene = self._split_scenes(y_true, y_pred)
         return self._points(labels, y_pred, scene)
 
@@ -380,8 +471,7 @@ class _LovaszLoss(keras.losses.Loss):
                 f"with scenes_in_labels=True, y_pred must be points-first ([N, C]) and y_true {what}; "
                 f"got y_true {shape} for y_pred {pred_shape}"
             )
-        scene = y_true[:, -1]
-        _check_scenes(scene, self.num_scenes)
+        scene = _checked_scenes(y_true[:, -1], self.num_scenes)
         return (y_true[:, :-1] if multilabel else y_true[:, 0]), scene
 
     def _points(self, labels: Tensor, y_pred: Tensor, scene: Tensor) -> Tensor:
@@ -448,6 +538,21 @@ def _check_no_point_weights(scenes_in_labels: bool, sample_weight: Tensor | None
             "per scene (or one for all points); weigh classes with class_weights, or leave points out with "
             "ignore_class (fit's class_weight= becomes a sample_weight too)"
         )
+
+
+def _reduce_for_replicas(
+    keras_call: Callable[[Any], Tensor], lovasz: _LovaszLoss, reduction: str | None, y_pred: Tensor, sample_weight: Any
+) -> Tensor:
+    """A Lovász loss (``lovasz``, or the combined loss around it) reduced by Keras, ``keras_call(sample_weight)``,
+    its ``sample_weight`` checked first; under ``tf.distribute`` replicas, each replica's share of the loss."""
+    _check_no_point_weights(lovasz.scenes_in_labels, sample_weight)
+    _check_weights_per_image(lovasz._one_value(), lovasz.global_batch, sample_weight)
+    if lovasz._one_value():
+        return _replica_share(_reduced(keras_call(sample_weight), reduction), lovasz.global_batch, reduction)
+    context = lovasz._replicas()
+    sample_weight = _weights_of_images(sample_weight, y_pred, reduction, context)
+    loss = _reduced(keras_call(sample_weight), reduction)
+    return _share_of_images(loss, y_pred, sample_weight, reduction, context)
 
 
 def _classes_config(classes: str | Sequence[int]) -> str | list[int]:
@@ -535,20 +640,28 @@ class LovaszSoftmaxLoss(_ClassAveragedLoss):
             ``[N, 2]``, each point's label and its scene index (whole numbers from 0, in any
             order). With ``per_image`` the loss is each scene's, averaged over the scenes that
             have points (``reduction=None``: ``[num_scenes]``); without, all points are one set.
-            ``sample_weight`` does not apply.
+            ``sample_weight`` does not apply. A bad scene index raises ``ValueError`` eagerly and
+            fails an assert naming it in ``tf.function``; XLA compiles no assert (points of a
+            scene from ``num_scenes`` on then take no part).
         num_scenes: with ``scenes_in_labels``, the number of scene indices (the most scenes a
             batch holds); required on the JAX backend under ``jit``, else read from the labels.
         global_batch: on the TensorFlow backend under a ``tf.distribute`` strategy, the loss of
             the global batch: in batch mode every replica gathers the replicas' pixels into one
             set, and the replicas' losses and gradients summed (as ``fit`` sums them) are the
             single-device loss and gradient; per image, the mean over every replica's images,
-            also for shards of unequal size. In batch mode ``sample_weight`` does not apply.
+            also for shards of unequal size (``'mean_with_sample_weight'``: divided by the sum of
+            every replica's weights). In batch mode ``sample_weight`` does not apply.
             On the JAX backend (``keras.distribution.DataParallel``: the loss of the global
             array already) and the torch backend (one process) it changes nothing.
 
-    ``y_true`` is ``[B, *spatial]`` integer class indices (or with a size-1 channel axis);
-    ``y_pred`` holds ``C`` channels, or one channel of sigmoid output (read as ``[1 - p, p]``).
-    The loss is 0-d, or one value per image with ``per_image`` before Keras' ``reduction``.
+    ``y_true`` is ``[B, *spatial]`` integer class indices (or with a size-1 channel axis), or
+    one-hot, shaped like ``y_pred`` (``C > 1``; the target of Keras' categorical losses, taken
+    as :class:`lovasz.torch.LovaszLoss` takes MONAI's): each pixel's one 1 marks its class, and
+    a row that is not one 1 and zeros (an all-zero void row) raises ``ValueError`` eagerly and
+    fails an assert in ``tf.function`` (unchecked under XLA and ``jax.jit``): give void pixels
+    as class indices with ``ignore_class``. ``y_pred`` holds ``C`` channels, or one channel of
+    sigmoid output (read as ``[1 - p, p]``; its target is never one-hot). The loss is 0-d, or
+    one value per image with ``per_image`` before Keras' ``reduction``.
 
     Example:
         >>> import numpy as np
@@ -601,9 +714,13 @@ class LovaszSoftmaxLoss(_ClassAveragedLoss):
             global_batch=global_batch,
         )
 
+    def _labels(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
+        """``y_true`` of images as class indices ``[B, *spatial]``: one-hot or with a size-1 channel axis too."""
+        axis = self._channel_axis
+        return _squeeze_channel(_class_indices(y_true, y_pred, axis), axis, len(y_pred.shape))
+
     def _dense(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
-        labels = _squeeze_channel(y_true, self._channel_axis, len(y_pred.shape))
-        # float labels are checked to be whole there
+        labels = self._labels(y_true, y_pred)  # float labels are checked to be whole there
         return self._run("lovasz_softmax", y_pred, labels, **self._options(y_pred, self._channel_axis))
 
 
@@ -806,8 +923,10 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
     that class's default. The cross-entropy is the mean over the non-ignored pixels of
     each image (``per_image``) or of the batch (of all points with ``scenes_in_labels``),
     weighted by ``class_weights`` as PyTorch's ``weight`` (multiclass: each pixel by its
-    class; multilabel: each channel). :class:`LovaszScheduleCallback` changes the two
-    weights during ``fit``.
+    class; multilabel: each channel). In ``'multiclass'`` mode ``y_true`` may be one-hot, as
+    for :class:`LovaszSoftmaxLoss`: both terms read its class indices (the cross-entropy is
+    Keras' categorical one then). :class:`LovaszScheduleCallback` changes the two weights
+    during ``fit``.
 
     The weights are held in two non-trainable ``keras.Variable`` and read inside the
     compiled train step, so a new value needs no retrace; a term whose weight is 0 is not
@@ -942,6 +1061,8 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
         lovasz, scene = self.lovasz, None
         if lovasz.scenes_in_labels:
             y_true, scene = lovasz._split_scenes(y_true, y_pred)
+        elif self.mode == "multiclass":
+            y_true = lovasz._labels(y_true, y_pred)  # one-hot as class indices, for both terms
         ce_on, lovasz_on = self._terms()
         total = None
         if ce_on:
@@ -951,16 +1072,13 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
             value = lovasz._dense(y_true, y_pred) if scene is None else lovasz._points(y_true, y_pred, scene)
             term = ops.cast(self._variables[1], value.dtype) * value
             total = term if total is None else total + term
-        return total if scene is not None else _spread_images(total, self.reduction, lovasz._replicas())
+        return total
 
     def __call__(self, y_true: Tensor, y_pred: Tensor, sample_weight: Tensor | None = None) -> Tensor:
-        lovasz = self.lovasz
-        _check_no_point_weights(lovasz.scenes_in_labels, sample_weight)
-        _check_weights_per_image(lovasz._one_value(), lovasz.global_batch, sample_weight)
-        loss = _reduced(super().__call__(y_true, y_pred, sample_weight), self.reduction)
-        if lovasz._one_value():
-            loss = _replica_share(loss, lovasz.global_batch, self.reduction)
-        return loss
+        keras_call = super().__call__
+        return _reduce_for_replicas(
+            lambda w: keras_call(y_true, y_pred, w), self.lovasz, self.reduction, y_pred, sample_weight
+        )
 
     def _cross_entropy(self, y_true: Tensor, y_pred: Tensor, points: bool) -> Tensor:
         """The mean cross-entropy of the non-ignored pixels, weighted by ``class_weights``: of each
@@ -973,7 +1091,8 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
             labels = ops.cast(_squeeze_channel(y_true, axis, rank), "int32")
             valid = _valid_mask(labels, ignore)
             labels = labels * ops.cast(valid, "int32")  # any class for ignored pixels: they weigh 0
-            pixel = ops.sparse_categorical_crossentropy(labels, y_pred, from_logits=True, axis=axis)
+            logits = y_pred if axis in (-1, rank - 1) else ops.moveaxis(y_pred, axis, -1)  # TF's takes axis=-1 only
+            pixel = ops.sparse_categorical_crossentropy(labels, logits, from_logits=True)
             weight = ops.cast(valid, pixel.dtype)
             if class_weights is not None:
                 weight = weight * ops.take(ops.convert_to_tensor(class_weights, pixel.dtype), labels)
