@@ -174,3 +174,44 @@ def test_exportable_ends_with_its_block_even_on_an_error(monkeypatch):
             raise RuntimeError("inside")
     loss_and_grad(fn, x, labels, False, jax.jit)
     assert calls, "the kernel did not come back after exportable()"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [dict(), dict(per_image=True, ignore=255), dict(axis=-1, ignore=255), dict(segment_ids=True)],
+    ids=["batch", "per image, ignored", "channels-last", "segments"],
+)
+def test_exportable_with_symbolic_sizes(options):
+    """Shape polymorphism (``jax.export.symbolic_shape``): the kernel's size limit compared a symbolic size
+    with a number (an inconclusive comparison raised); the exported loss serves every size."""
+    (n,) = jax.export.symbolic_shape("n")
+    options = dict(options, from_logits=True)
+    points = options.pop("segment_ids", False)
+    axis = options.get("axis", 1)
+    if points:
+        shapes = (n, 3), (n,)
+        options.update(num_segments=2, per_image=True)
+
+        def loss(x, y):  # points of two segments, taken in turn
+            return LJ.lovasz_softmax(x, y, segment_ids=jnp.arange(x.shape[0]) % 2, **options)
+    else:
+        shapes = ((1, n, 3) if axis == -1 else (1, 3, n)), (1, n)
+
+        def loss(x, y):
+            return LJ.lovasz_softmax(x, y, **options)
+
+    run = jax.jit(jax.value_and_grad(loss))
+    with LJ.exportable():
+        exported = jax.export.export(run)(
+            *(jax.ShapeDtypeStruct(s, t) for s, t in zip(shapes, (jnp.float32, jnp.int32)))
+        )
+    rng = np.random.default_rng(0)
+    for size in (5, 12):
+        concrete = [tuple(size if d is n else d for d in s) for s in shapes]
+        x = rng.normal(size=concrete[0]).astype(np.float32)
+        y = rng.integers(0, 3, concrete[1]).astype(np.int32)
+        y.reshape(-1)[::4] = 255
+        got = exported.call(x, y)
+        expected = run(x, y)
+        np.testing.assert_allclose(np.asarray(got[0]), np.asarray(expected[0]), rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(got[1]), np.asarray(expected[1]), rtol=1e-5, atol=1e-7)

@@ -128,6 +128,12 @@ def without_callbacks() -> Iterator[None]:
         jax.clear_caches()
 
 
+def _kernel_takes(x: jax.Array) -> bool:
+    """Whether the C kernel can take float32 ``x`` whole (its size known: ``jax.export``'s symbolic sizes
+    compare inconclusively with the kernel's limit, and are exported with the sorts in XLA anyway)."""
+    return isinstance(x.size, int) and C.applies(x.dtype, x.size)
+
+
 def _callbacks_run(x: jax.Array) -> bool:
     """Whether the C kernel's callback may take ``x`` (see :func:`without_callbacks`, ``D.callbacks_run_here``)."""
     return not _NO_CALLBACKS.get() and D.callbacks_run_here(x)
@@ -276,7 +282,7 @@ def _rows_loss(errors: jax.Array) -> Callable[[jax.Array, jax.Array], jax.Array]
     ``errors``: on a CPU by the C kernel where it applies, else by one sort."""
     if errors.dtype == jnp.float32 and C.kernel() is None and jax.default_backend() == "cpu":
         C.warn_missing("lovasz.jax")
-    if not C.applies(errors.dtype, errors.size) or not _callbacks_run(errors):
+    if not _kernel_takes(errors) or not _callbacks_run(errors):
         return _sorted_rows
     return lambda errors, codes: jax.lax.platform_dependent(errors, codes, cpu=_host_rows, default=_sorted_rows)
 
@@ -316,7 +322,7 @@ def grid_applies(pred: jax.Array, valid: jax.Array | None) -> bool:
     :func:`lovasz_kernel` go to their devices (and the gradient keeps the inputs' sharding)."""
     return (
         valid is not None
-        and C.applies(pred.dtype, pred.size)
+        and _kernel_takes(pred)
         and C.grid_kernel() is not None
         and C.scene_kernel() is not None
         and _callbacks_run(pred)
@@ -581,7 +587,7 @@ def segment_kernel(
     """Loss and presence ``[S, K]`` of each (segment, class) row of ``errors [K, N]``: the C kernel where it
     applies. The class rows are split over the devices of sharded inputs under plain ``jit``."""
     codes = pixel_codes(fg, valid)
-    if not C.applies(errors.dtype, errors.size) or C.scene_kernel() is None or not _callbacks_run(errors):
+    if not _kernel_takes(errors) or C.scene_kernel() is None or not _callbacks_run(errors):
         rows_loss = _segment_rows_sorted
     else:
         rows_loss = functools.partial(jax.lax.platform_dependent, cpu=_host_segments, default=_segment_rows_sorted)
@@ -611,7 +617,7 @@ def points_first_applies(points: jax.Array) -> bool:
     return (
         jax.default_backend() == "cpu"
         and points.size > 0
-        and C.applies(points.dtype, points.size)
+        and _kernel_takes(points)
         and C.points_kernel() is not None
         and _callbacks_run(points)
         and not D.split_by_partitioner(points)

@@ -326,6 +326,7 @@ def lovasz_softmax(
         >>> round(float(lovasz_softmax(probas, jnp.array([[0, 1]]))), 6)
         0.325
     """
+    per_image, from_logits = V.check_flag(per_image, "per_image"), V.check_flag(from_logits, "from_logits")
     probas = _check_prediction(probas, "probas")
     labels = _check_labels(labels, "labels")
     probas, labels, ends, member = _segments(
@@ -355,9 +356,9 @@ def lovasz_softmax(
     points_first = not sigmoid and axis % probas.ndim == probas.ndim - 1  # channels-last grids, points [N, C]
     if points_first and w is None and isinstance(classes, str) and axis_name is None:
         points = probas.astype(dtype).reshape(-1, num_classes)  # (a view: no copy, no transpose)
-        step = pixels if per_image else batch * pixels  # the sets: the segments, the images or the batch
-        set_ends = ends if ends is not None else np.arange(step, batch * pixels + 1, max(step, 1), dtype=np.int32)
-        if set_ends.shape[0] and R.points_first_applies(points):
+        if R.points_first_applies(points) and (ends is None or ends.shape[0]):  # (some points: some set)
+            step = pixels if per_image else batch * pixels  # the sets: the segments, the images or the batch
+            set_ends = ends if ends is not None else np.arange(step, batch * pixels + 1, step, dtype=np.int32)
             fg = lab.reshape(1, -1) == jnp.arange(num_classes).reshape(-1, 1)  # [C, N], class-major codes
             codes = R.pixel_codes(fg, None if valid is None else valid.reshape(1, -1))
             options = R.PointsOptions(from_logits, classes == "present")
@@ -444,6 +445,7 @@ def lovasz_hinge(
         >>> float(lovasz_hinge(jnp.array([[2.0, -1.0, 0.5]]), jnp.array([[1, 0, 1]])))
         0.25
     """
+    per_image = V.check_flag(per_image, "per_image")
     logits = _check_prediction(logits, "logits")
     labels = _check_labels(labels, "labels")
     logits, labels, ends, member = _segments(
@@ -515,6 +517,7 @@ def lovasz_multilabel(
         >>> float(lovasz_multilabel(jnp.array([[[2.0, -1.0], [-3.0, 1.0]]]), targets))
         0.0
     """
+    per_image, from_logits = V.check_flag(per_image, "per_image"), V.check_flag(from_logits, "from_logits")
     logits = _check_prediction(logits, "logits")
     targets = _check_labels(targets, "targets")
     names = ("logits", "targets")
