@@ -843,6 +843,34 @@ def test_bad_arguments_raise_our_errors(module):
                 M.lovasz_softmax(probas, labels, axis=axis)
 
 
+@pytest.mark.parametrize("module", ["lovasz.torch", "lovasz.tf", "lovasz.jax"])
+def test_flags_are_true_or_false(module):
+    """``from_logits="no"`` counted as True (by its truth) on one route and failed inside a host callback
+    on another: a flag that is not a bool raises, naming it; NumPy's bools are bools."""
+    M = require(module)
+    to = require("torch").as_tensor if module == "lovasz.torch" else np.asarray
+    channels_last = module == "lovasz.tf"
+    probas = to(np.full((2, 4, 4, 3) if channels_last else (2, 3, 4, 4), 1 / 3, "float32"))
+    labels, targets = (
+        to(np.zeros((2, 4, 4), "int64")),
+        to(np.zeros((2, 4, 4, 3) if channels_last else (2, 3, 4, 4), "int64")),
+    )
+    calls = {
+        "softmax": (functools.partial(M.lovasz_softmax, probas, labels), ["per_image", "from_logits"]),
+        "hinge": (
+            functools.partial(M.lovasz_hinge, probas[..., 0] if channels_last else probas[:, 0], labels),
+            ["per_image"],
+        ),
+        "multilabel": (functools.partial(M.lovasz_multilabel, probas, targets), ["per_image", "from_logits"]),
+    }
+    for fn, flags in calls.values():
+        for flag in flags:
+            for value in ["no", 1, None]:
+                with pytest.raises(TypeError, match=f"^{flag} must be True or False; got {value!r}"):
+                    fn(**{flag: value})
+            assert np.isfinite(float(fn(**{flag: np.True_})))
+
+
 # The ignore values of the LiDAR codebases: 0 (Cylinder3D, SalsaNext, 2DPASS), 19 (mmdetection3d),
 # 255 (PolarSeg), -1 (Pointcept); mostly ignored, as a voxel grid is, so lovasz.torch gathers them too.
 LIDAR_IGNORES = [0, 19, 255, -1]

@@ -10,6 +10,8 @@ import operator
 from collections.abc import Iterable, Sequence
 from typing import Any, SupportsIndex
 
+import numpy as np
+
 REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -63,13 +65,20 @@ def check_classes(classes: str | Iterable[Any], num_classes: int) -> str | tuple
 MARGINS = ("relu", "elu")
 
 
+def check_flag(value: object, name: str) -> bool:
+    """An option that is True or False (NumPy's bools too): a string or a number would count by its truth
+    (``from_logits="no"`` as True)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False; got {value!r}")
+    return bool(value)
+
+
 def check_hinge_variant(margin: str, symmetric: bool, from_logits: bool = True) -> tuple[str, bool]:
     """The hinge's ``margin`` ('relu': ``max(0, m)``; 'elu': ``elu(m) + 1``) and ``symmetric`` flag;
     variants of the hinge, so only on scores (``from_logits``), not on probabilities."""
     if margin not in MARGINS:
         raise ValueError(f"margin must be one of {MARGINS} (max(0, m) or elu(m) + 1 of the margin m); got {margin!r}")
-    if not isinstance(symmetric, bool):
-        raise TypeError(f"symmetric must be True or False; got {symmetric!r}")
+    symmetric = check_flag(symmetric, "symmetric")
     if not from_logits and (margin != "relu" or symmetric):
         raise ValueError(
             f"margin={margin!r} and symmetric={symmetric} are variants of the hinge: they need "

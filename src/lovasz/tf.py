@@ -480,6 +480,7 @@ def lovasz_softmax(
         >>> round(float(lovasz_softmax(scenes, labels, per_image=True)), 6)
         0.2625
     """
+    per_image, from_logits = V.check_flag(per_image, "per_image"), V.check_flag(from_logits, "from_logits")
     probas, labels, splits = _points(probas, labels, row_splits, "softmax", ("probas", "labels"))
     probas = _check_prediction(probas, "probas")
     labels = _check_labels(labels, "labels")
@@ -606,6 +607,7 @@ def lovasz_hinge(
         >>> float(lovasz_hinge(tf.constant([[2.0, -1.0, 0.5]]), tf.constant([[1, 0, 1]])))
         0.25
     """
+    per_image = V.check_flag(per_image, "per_image")
     logits, labels, splits = _points(logits, labels, row_splits, "hinge", ("logits", "labels"))
     logits = _check_prediction(logits, "logits")
     labels = _check_labels(labels, "labels")
@@ -688,6 +690,7 @@ def lovasz_multilabel(
         >>> float(lovasz_multilabel(tf.constant([[[2.0, -3.0], [-1.0, 1.0]]]), targets))
         0.0
     """
+    per_image, from_logits = V.check_flag(per_image, "per_image"), V.check_flag(from_logits, "from_logits")
     logits, targets, splits = _points(logits, targets, row_splits, "multilabel", ("logits", "targets"))
     logits = _check_prediction(logits, "logits")
     targets = _check_labels(targets, "targets")

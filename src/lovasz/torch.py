@@ -480,6 +480,7 @@ def _softmax(
     """:func:`lovasz_softmax`, its inputs called ``names`` in error messages; ``scenes`` are
     ``(batch, offsets, num_scenes)`` of points-first inputs."""
     pname, lname, wname = names
+    per_image, from_logits = V.check_flag(per_image, "per_image"), V.check_flag(from_logits, "from_logits")
     probas, labels, ends = _points(probas, labels, scenes, per_image, False, names)
     _check_prediction(probas, pname)
     labels = _check_labels(labels, probas, lname)
@@ -583,6 +584,7 @@ def lovasz_hinge(
         >>> lovasz_hinge(logits, torch.tensor([[1, 0, 1]]))
         tensor(0.2500)
     """
+    per_image = V.check_flag(per_image, "per_image")
     logits, labels, ends = _points(logits, labels, (batch, offsets, num_scenes), per_image, False, ("logits", "labels"))
     _check_prediction(logits, "logits")
     labels = _check_labels(labels, logits, "labels")
@@ -685,6 +687,7 @@ def _multilabel(
     """:func:`lovasz_multilabel`, its inputs called ``names`` in error messages; ``scenes`` as in
     :func:`_softmax`."""
     pname, tname, wname = names
+    per_image, from_logits = V.check_flag(per_image, "per_image"), V.check_flag(from_logits, "from_logits")
     logits, targets, ends = _points(logits, targets, scenes, per_image, True, names)
     _check_prediction(logits, pname)
     targets = _check_labels(targets, logits, tname)
