@@ -468,6 +468,9 @@ def test_tf_flat_api_and_lovasz_grad_match_the_reference():
     gt = rng.integers(0, 2, 50).astype("float64")
     np.testing.assert_allclose(LTF.lovasz_grad(tf.constant(gt)).numpy(), R.lovasz_grad(gt), rtol=1e-12)
     np.testing.assert_allclose(np.asarray(require("lovasz.jax").lovasz_grad(gt)), R.lovasz_grad(gt), rtol=1e-6)
+    for mask in (gt == 1, tf.constant(gt == 1)):  # a bool mask (JAX's round has none for bools)
+        np.testing.assert_allclose(LTF.lovasz_grad(mask).numpy(), R.lovasz_grad(gt), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(require("lovasz.jax").lovasz_grad(gt == 1)), R.lovasz_grad(gt), rtol=1e-6)
 
 
 @pytest.mark.parametrize("module", ["lovasz.tf", "lovasz.jax"])

@@ -584,4 +584,5 @@ def lovasz_grad(gt_sorted: ArrayLike) -> jax.Array:
     if gt_sorted.ndim != 1:
         raise ValueError(f"gt_sorted must be a 1-D array; got shape {list(gt_sorted.shape)}")
     dtype = jnp.float64 if gt_sorted.dtype == jnp.float64 else jnp.float32
-    return R.jaccard_steps(jnp.round(gt_sorted).astype(jnp.int32), dtype)
+    whole = jnp.round(gt_sorted) if jnp.issubdtype(gt_sorted.dtype, jnp.floating) else gt_sorted  # (bool: no round)
+    return R.jaccard_steps(whole.astype(jnp.int32), dtype)

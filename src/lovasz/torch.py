@@ -735,7 +735,8 @@ def lovasz_grad(gt_sorted: Tensor) -> Tensor:
     dtype = torch.float64 if gt_sorted.dtype == torch.float64 else torch.float32
     if gt_sorted.numel() == 0:
         return gt_sorted.new_zeros(0, dtype=dtype)
-    return _sorted_jaccard_grad(gt_sorted.round().to(torch.int32), dtype)
+    whole = gt_sorted.round() if gt_sorted.is_floating_point() else gt_sorted  # (a bool mask has no round)
+    return _sorted_jaccard_grad(whole.to(torch.int32), dtype)
 
 
 def flatten_probas(probas: Tensor, labels: Tensor, ignore: int | None = None) -> tuple[Tensor, Tensor]:
