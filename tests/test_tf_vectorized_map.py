@@ -111,3 +111,25 @@ def test_every_vectorized_map_of_a_graph_is_seen():
         total = tf.reduce_sum(per_image(name)(x))
     expected = 3 * tape.gradient(total, x).numpy()
     np.testing.assert_allclose(three_maps(x).numpy(), expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_jacobian_of_a_persistent_tape_in_a_function(persistent):
+    """A persistent tape keeps the forward's intermediates for pfor; with the kernel's tf.cond (does the grid
+    fit) nested in the gathering's, pfor failed to stack one ("a variant-dtype tensor with no type set")."""
+    x = tf.constant(X)
+
+    @tf.function
+    def jacobian(q):
+        with tf.GradientTape(persistent=persistent) as tape:
+            tape.watch(q)
+            values = per_image("softmax from logits")(q)
+        return tape.jacobian(values, q)
+
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        total = tf.reduce_sum(per_image("softmax from logits")(x))
+    expected = tape.gradient(total, x).numpy()
+    rows = jacobian(x).numpy()
+    for b in range(len(X)):
+        np.testing.assert_allclose(rows[b, b], expected[b], rtol=1e-5, atol=1e-7)
