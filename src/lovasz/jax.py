@@ -451,8 +451,8 @@ def lovasz_hinge(
     logits, labels, ends, member = _segments(
         logits, labels, segment_ids, num_segments, per_image, False, ("logits", "labels")
     )
-    if segment_ids is not None:
-        logits = logits.reshape(labels.shape)  # points [1, N] or [1, N, 1]: one score per point
+    if segment_ids is not None and logits.ndim == 3 and logits.shape[-1] == 1:
+        logits = logits[..., 0]  # points [1, N, 1]: one score per point
     axis_name = D.check_axis_name(axis_name)
     s = logits.shape
     extra = V.extra_label_axis(labels.shape, [s, V.without_axis(s, 1)] if len(s) >= 2 and s[1] == 1 else [s])
