@@ -72,7 +72,7 @@ def test_include_background_with_class_weights_and_cross_entropy():
     ce = F.cross_entropy(logits, labels)
     torch.testing.assert_close(
         combined(logits, labels),
-        (ce + L.lovasz_softmax(logits, labels, "present", from_logits=True, weights=[0.0, 1, 1, 1])).float(),
+        ce + L.lovasz_softmax(logits, labels, "present", from_logits=True, weights=[0.0, 1, 1, 1]),
     )
 
 
@@ -89,3 +89,49 @@ def test_monai_conventions_errors_and_compile():
     loss_fn = L.LovaszLoss(include_background=False)
     compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(logits, one_hot(labels, 4).float()), loss_fn(logits, labels))
+
+
+def test_module_options_are_checked():
+    """Flags counted by their truth (``per_image="False"`` as True), class options of one channel and term
+    weights that are no finite number >= 0 were taken without a word."""
+    for option in ["per_image", "from_logits", "include_background"]:
+        for module in (L.LovaszLoss, L.CrossEntropyLovaszLoss):
+            if module is L.CrossEntropyLovaszLoss and option == "from_logits":
+                continue
+            with pytest.raises(TypeError, match=f"^{option} must be True or False; got 'False'"):
+                module("multiclass", **{option: "False"})
+    for options in [dict(class_weights=[1.0, 2.0]), dict(classes=[0, 1])]:
+        for module in (L.LovaszLoss, L.CrossEntropyLovaszLoss):
+            with pytest.raises(ValueError, match="mode='binary' has one channel"):
+                module("binary", **options)
+    for value in [-1.0, float("nan"), float("inf"), "1", True]:
+        with pytest.raises(ValueError, match=r"^ce_weight must be a finite number >= 0"):
+            L.CrossEntropyLovaszLoss(ce_weight=value)
+        with pytest.raises(ValueError, match=r"^lovasz_weight must be a finite number >= 0"):
+            L.CrossEntropyLovaszLoss(lovasz_weight=value)
+
+
+def test_cross_entropy_term_checks_its_target_and_keeps_float64():
+    logits, labels = volume(5)
+    combined = L.CrossEntropyLovaszLoss(ignore_index=255)
+    # float64 stays float64 (the cross-entropy was taken in float32), gradients included
+    assert combined(logits, labels).dtype == torch.float64
+    x = logits[:1, :, :2, :2, :1].clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: combined.cross_entropy(x, labels[:1, :2, :2, :1]), (x,))
+    # out-of-range labels: our ValueError naming the target, not torch's IndexError, with either term alone
+    bad = labels.clone()
+    bad[0, 0, 0, 0] = 7
+    for ce_weight, lovasz_weight in [(1.0, 1.0), (1.0, 0.0)]:
+        module = L.CrossEntropyLovaszLoss(ce_weight=ce_weight, lovasz_weight=lovasz_weight, ignore_index=255)
+        with pytest.raises(ValueError, match=r"^target must be in \[0, 3\] at every non-ignored pixel; found 7"):
+            module(logits, bad)
+    bad[0, 0, 0, 0] = 255  # ignored: fine
+    assert torch.isfinite(combined(logits, bad))
+    # labels [B, *spatial, 1] as LovaszLoss takes them
+    torch.testing.assert_close(combined(logits, labels[..., None]), combined(logits, labels))
+    # one channel in multiclass mode: the foreground's logit, as for the Lovász term; a binary cross-entropy
+    fg = (labels == 1).long()
+    one = logits[:, 1:2]
+    ce_only = L.CrossEntropyLovaszLoss(lovasz_weight=0.0)
+    expected = F.binary_cross_entropy_with_logits(one[:, 0], fg.double())
+    torch.testing.assert_close(ce_only(one, fg), expected)

@@ -892,17 +892,21 @@ class LovaszLoss(_LossModule):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
-        if not isinstance(include_background, bool):
-            raise TypeError(f"include_background must be True or False; got {include_background!r}")
+        include_background = V.check_flag(include_background, "include_background")
         if mode == "binary" and not include_background:
             raise ValueError("include_background=False leaves out channel 0 of several; mode='binary' has one")
+        if mode == "binary" and (class_weights is not None or not isinstance(classes, str)):
+            raise ValueError(
+                "classes and class_weights choose and weigh classes among several; mode='binary' has one channel, "
+                f"always counted; got classes={classes!r}, class_weights={class_weights!r}"
+            )
         self.include_background = include_background
         if not isinstance(classes, str):
             classes = list(classes)
         V.check_classes(classes, 1 << 30)  # the form only; the range is checked against the input
         self.mode = mode
-        self.from_logits = bool(from_logits)
-        self.per_image = bool(per_image)
+        self.from_logits = V.check_flag(from_logits, "from_logits")
+        self.per_image = V.check_flag(per_image, "per_image")
         self.classes = classes
         self.ignore_index = V.check_ignore(ignore_index, "ignore_index")
         self.reduction = V.check_reduction(reduction)
@@ -1036,6 +1040,13 @@ def class_indices(input: Tensor, target: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- cross-entropy + Lovász
 
 
+def _term_weight(value: object, name: str) -> float:
+    """A term's weight in the sum: a finite number >= 0 (0 leaves the term out)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0 (0 leaves its term out); got {value!r}")
+    return float(value)
+
+
 def _masked_mean(values: Tensor, weights: Tensor) -> Tensor:
     """Weighted mean that is 0 (not NaN) when every weight is 0, e.g. every pixel ignored."""
     total = weights.sum()
@@ -1095,7 +1106,10 @@ class CrossEntropyLovaszLoss(_LossModule):
             include_background=include_background,
         )
         self.mode, self.ignore_index = mode, self.lovasz.ignore_index
-        self.ce_weight, self.lovasz_weight = float(ce_weight), float(lovasz_weight)
+        self.ce_weight, self.lovasz_weight = (
+            _term_weight(ce_weight, "ce_weight"),
+            _term_weight(lovasz_weight, "lovasz_weight"),
+        )
 
     def forward(
         self,
@@ -1113,36 +1127,45 @@ class CrossEntropyLovaszLoss(_LossModule):
         input, target, (batch, offsets, num_scenes) = _inputs(input, target, (batch, offsets, num_scenes))
         if self.mode == "multiclass":
             target = class_indices(input, target)
-        total = input.new_zeros((), dtype=torch.float32)
+        total = input.new_zeros((), dtype=_compute_dtype(input))
+        if self.lovasz_weight:  # first: it checks the target's values and shape, and names what is wrong
+            scenes = {"batch": batch, "offsets": offsets, "num_scenes": num_scenes}
+            total = total + self.lovasz_weight * self.lovasz(input, target, **scenes).to(total.dtype)
         if self.ce_weight:
             total = total + self.ce_weight * self.cross_entropy(input, target)
-        if self.lovasz_weight:
-            scenes = {"batch": batch, "offsets": offsets, "num_scenes": num_scenes}
-            total = total + self.lovasz_weight * self.lovasz(input, target, **scenes).float()
         if not (self.ce_weight or self.lovasz_weight):
             total = total + 0 * input.sum()  # keeps the graph, so backward() still works
         return total
 
     def cross_entropy(self, input: Tensor, target: Tensor) -> Tensor:
-        """The cross-entropy term alone: a mean over the non-ignored pixels."""
+        """The cross-entropy term alone: a mean over the non-ignored pixels (float64 in float64, else float32).
+        In multiclass mode one channel is the foreground's logit, as for the Lovász term: a binary
+        cross-entropy."""
         weights = self.lovasz.class_weights
-        x = input.float()
+        x = input.to(_compute_dtype(input))
+        target = _check_labels(target, input, "target")
+        if self.mode == "multiclass" and x.ndim >= 2:
+            target = _drop_label_axis(target, [tuple(x.shape[:1] + x.shape[2:])])  # [B, H, W, 1], as LovaszLoss
         valid = None if self.ignore_index is None else target != self.ignore_index
-        if self.mode == "multiclass":
-            if x.ndim < 2 or x.shape[:1] + x.shape[2:] != target.shape:
+        if self.mode == "multiclass" and x.ndim >= 2 and x.shape[1] > 1:
+            if x.shape[:1] + x.shape[2:] != target.shape:
                 raise ValueError(
                     f"target must have shape {V.fmt(x.shape[:1] + x.shape[2:])} to match input "
                     f"{V.fmt(x.shape)} (class indices); got {V.fmt(target.shape)}"
                 )
+            _check_whole(target, valid, "target")
+            in_range = (target >= 0) & (target < x.shape[1])
+            _check_values(target, valid, f"in [0, {x.shape[1] - 1}]", in_range, "target")
             safe = target.long() if valid is None else torch.where(valid, target.long(), 0)
             pixel_weight = torch.ones_like(x[:, 0]) if weights is None else weights.to(x.device)[safe]
             values = F.cross_entropy(x, safe, reduction="none")
         else:
-            if self.mode == "binary" and x.ndim == target.ndim + 1 and x.shape[1] == 1:
+            if self.mode != "multilabel" and x.ndim == target.ndim + 1 and x.shape[1] == 1:
                 x = x.squeeze(1)
             if x.shape != target.shape:
                 raise ValueError(f"target must have the shape of input {V.fmt(x.shape)}; got {V.fmt(target.shape)}")
-            safe = target.float() if valid is None else torch.where(valid, target.float(), 0.0)
+            _check_values(target, valid, "0 or 1", (target == 0) | (target == 1), "target")
+            safe = target.to(x.dtype) if valid is None else torch.where(valid, target.to(x.dtype), 0.0)
             pixel_weight = torch.ones_like(x)
             if weights is not None and self.mode == "multilabel":
                 pixel_weight = pixel_weight * weights.to(x.device).view(1, -1, *([1] * (x.ndim - 2)))
