@@ -386,6 +386,16 @@ def test_bad_scenes_raise_clear_errors(kwargs, error, match):
         L.lovasz_softmax(dev(torch.rand(4, 3)), dev(torch.tensor([0, 1, 2, 0])), per_image=True, **kwargs)
 
 
+def test_scene_lists_of_floats_raise():
+    """``offsets=[4.9, 8.9, 12]`` became ``[4, 8, 12]`` without a word (a float tensor raised)."""
+    x, y = dev(torch.rand(12, 3)), dev(torch.randint(0, 3, (12,)))
+    for scenes in [dict(offsets=[4.9, 8.9, 12.0]), dict(batch=[0.5] * 6 + [1.5] * 6), dict(offsets=[True, 12])]:
+        name = next(iter(scenes))
+        with pytest.raises(TypeError, match=f"^{name} must be a 1-D integer tensor or a list of ints; got"):
+            L.lovasz_softmax(x, y, per_image=True, **scenes)
+    assert L.lovasz_softmax(x, y, per_image=True, offsets=[4, np.int64(8), 12]).isfinite()
+
+
 def test_shapes_that_are_not_points_first_raise():
     offsets = dev(torch.tensor([2, 4]))
     with pytest.raises(ValueError, match=r"probas must be points-first, \[N, C\]"):

@@ -29,6 +29,8 @@ class Scenes(NamedTuple):
 
 def _index_tensor(value, name: str, device: torch.device) -> Tensor:
     if isinstance(value, (list, tuple)):
+        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value):  # (4.9: not 4)
+            raise TypeError(f"{name} must be a 1-D integer tensor or a list of ints; got {list(value)!r:.200}")
         value = torch.tensor(value, dtype=torch.int64, device=device)
     if not isinstance(value, Tensor):
         raise TypeError(f"{name} must be a 1-D integer tensor (or a list of ints); got {type(value).__name__}")
