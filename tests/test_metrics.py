@@ -280,6 +280,139 @@ def test_sparse_and_nested_maps_are_refused_with_what_to_pass():
         M.per_image_miou(nested, nested, 2)
 
 
+# ----------------------------------------------------------------------------- options and mixed inputs
+
+MIXED_PRED, MIXED_TARGET = np.array([[0, 1, 1, 2]]), np.array([[0, 1, 2, 2]])
+MIXED_PER_CLASS = [1.0, 0.5, 0.5]  # class 0: 1/1, class 1: 1/2 (pixel 2), class 2: 1/2 (pixel 2)
+
+
+@pytest.mark.parametrize("first", ["numpy", "torch"])
+def test_meter_takes_numpy_and_torch_batches_in_any_order(first):
+    """The first update decides where the counts live; later batches of the other kind are counted there."""
+    kinds = {"numpy": np.asarray, "torch": dev}
+    second = "torch" if first == "numpy" else "numpy"
+    meter = M.IoUMeter(3)
+    for kind in (first, second, first):
+        meter.update(kinds[kind](MIXED_PRED), kinds[kind](MIXED_TARGET))
+    if first == "numpy":
+        assert isinstance(meter.state, np.ndarray)
+    else:
+        assert torch.is_tensor(meter.state) and meter.state.device == torch_device()
+    out = meter.compute()
+    per_class = out["per_class"].cpu().numpy() if first == "torch" else out["per_class"]
+    np.testing.assert_allclose(per_class, MIXED_PER_CLASS)
+    assert out["dataset_miou"] == pytest.approx(2 / 3)
+    assert out["per_image_miou"] == pytest.approx(2 / 3)
+    assert out["pixel_accuracy"] == pytest.approx(3 / 4)
+    meter.reset()  # and after a reset the next update decides again
+    meter.update(kinds[second](MIXED_PRED), kinds[second](MIXED_TARGET))
+    assert torch.is_tensor(meter.state) == (second == "torch")
+
+
+BAD_IGNORE = [("x", "'x'"), (1.5, "1.5"), (True, "True"), (np.float64(255.0), "")]
+
+
+@pytest.mark.parametrize(("bad", "shown"), BAD_IGNORE, ids=lambda v: repr(v))
+def test_ignore_index_must_be_an_int_or_none(bad, shown):
+    message = "ignore_index must be an int or None; got " + shown
+    with pytest.raises(TypeError, match=message):
+        M.IoUMeter(3, ignore_index=bad)  # at construction, not at the first update
+    for name in PUBLIC_FUNCTIONS:
+        for given in (np.asarray, dev):
+            with pytest.raises(TypeError, match=message):
+                getattr(M, name)(given(MIXED_PRED), given(MIXED_TARGET), 3, ignore_index=bad)
+    with pytest.raises(TypeError, match="ignore must be an int or None; got " + shown):
+        M.iou(MIXED_PRED, MIXED_TARGET, 3, ignore=bad)
+    with pytest.raises(TypeError, match="ignore must be an int or None; got " + shown):
+        M.iou_binary(MIXED_PRED, MIXED_TARGET, ignore=bad)
+
+
+@pytest.mark.parametrize(
+    ("bad", "error", "shown"),
+    [
+        (True, TypeError, "True of type bool"),
+        (np.True_, TypeError, r"(np\.True_|True) of type bool"),
+        ("3", TypeError, "'3' of type str"),
+        (3.0, TypeError, "3.0 of type float"),
+        (None, TypeError, "None of type NoneType"),
+        (0, ValueError, "0$"),
+        (-2, ValueError, "-2$"),
+    ],
+    ids=repr,
+)
+def test_num_classes_must_be_a_positive_int(bad, error, shown):
+    with pytest.raises(error, match="num_classes must be a positive int; got " + shown):
+        M.IoUMeter(bad)
+    for name in PUBLIC_FUNCTIONS:
+        with pytest.raises(error, match="num_classes must be a positive int; got " + shown):
+            getattr(M, name)(MIXED_PRED, MIXED_TARGET, bad)
+    with pytest.raises(error, match="C must be a positive int; got " + shown):
+        M.iou(MIXED_PRED, MIXED_TARGET, bad)
+
+
+def test_numpy_ints_are_ints_and_sync_is_a_flag():
+    meter = M.IoUMeter(np.int64(3), ignore_index=np.uint8(255))
+    assert (type(meter.num_classes), type(meter.ignore_index)) == (int, int)
+    meter.update(MIXED_PRED, MIXED_TARGET)
+    np.testing.assert_allclose(meter.compute()["per_class"], MIXED_PER_CLASS)
+    np.testing.assert_allclose(M.iou_per_class(MIXED_PRED, MIXED_TARGET, np.int32(3), np.int16(-1)), MIXED_PER_CLASS)
+    with pytest.raises(TypeError, match="sync must be True or False; got 'no'"):
+        M.IoUMeter(3, sync="no")
+
+
+# An ignore value that the labels' dtype cannot hold ignores nothing, in NumPy and torch alike (torch's own
+# comparison would wrap -1 to 255 in uint8). Pixel 3 is void (255 in uint8, -1 in int8), predicted class 1.
+NARROW_PRED = [[0, 1, 2, 1, 1, 0]]
+NARROW_TARGET = {"uint8": [[0, 1, 2, 255, 1, 0]], "int8": [[0, 1, 2, -1, 1, 0]]}
+NAN = float("nan")
+NARROW_CASES = {  # (dtype, ignore_index): hand-computed IoU of classes 0, 1, 2
+    ("uint8", -1): [1.0, 2 / 3, 1.0],  # nothing ignored: the void pixel is in class 1's union (2 of 3)
+    ("uint8", 255): [1.0, 1.0, 1.0],  # the void pixel ignored
+    ("uint8", 0): [NAN, 2 / 3, 1.0],  # class 0's pixels ignored: no class 0 left; the void pixel counts
+    ("int8", -1): [1.0, 1.0, 1.0],
+    ("int8", 255): [1.0, 2 / 3, 1.0],
+    ("int8", 0): [NAN, 2 / 3, 1.0],
+}
+
+
+@pytest.mark.parametrize("pred_dtype", ["same", "int64"])
+@pytest.mark.parametrize(("dtype", "ignore"), list(NARROW_CASES), ids=str)
+def test_numpy_and_torch_agree_on_narrow_labels_whatever_the_ignore_value(dtype, ignore, pred_dtype):
+    target = np.array(NARROW_TARGET[dtype], dtype=dtype)
+    pred = np.array(NARROW_PRED, dtype=dtype if pred_dtype == "same" else "int64")
+    want = NARROW_CASES[dtype, ignore]
+    results = {}
+    for kind, given in (("numpy", np.asarray), ("torch", dev)):
+        p, t = given(pred), given(target)
+        per_class = M.iou_per_class(p, t, 3, ignore_index=ignore)
+        np.testing.assert_allclose(np.asarray(per_class.cpu() if kind == "torch" else per_class), want, err_msg=kind)
+        meter = M.IoUMeter(3, ignore)
+        meter.update(p, t)
+        out = meter.compute()
+        results[kind] = {name: float(getattr(M, name)(p, t, 3, ignore)) for name in PUBLIC_FUNCTIONS[2:]} | {
+            "meter " + name: out[name] for name in ("dataset_miou", "per_image_miou", "pixel_accuracy")
+        }
+        inter, union = M.confusion_counts(p, t, 3, ignore)
+        results[kind]["counts"] = (np.asarray(inter.tolist()).tolist(), np.asarray(union.tolist()).tolist())
+    assert results["numpy"] == results["torch"]
+    assert results["numpy"]["dataset_miou"] == pytest.approx(np.nanmean(want))
+    # the original's iou leaves the ignored class out (and no class is empty in the others)
+    np.testing.assert_allclose(
+        M.iou(pred, target, 3, ignore=ignore), [100 * v for c, v in enumerate(want) if c != ignore]
+    )
+
+
+@pytest.mark.parametrize("given", [np.asarray, dev], ids=["numpy", "torch"])
+def test_an_ignore_value_a_float_dtype_rounds_ignores_nothing(given):
+    """float16 holds 2048 but not 2049 (which it would round to 2048): ignore_index=2049 leaves 2048 counted."""
+    target = given(np.array([[0, 2048, 1]], dtype=np.float16))
+    pred = given(np.array([[0, 1, 1]], dtype=np.float16))
+    as_list = lambda x: np.asarray(x.cpu() if torch.is_tensor(x) else x).tolist()  # noqa: E731
+    assert as_list(M.iou_per_class(pred, target, 2, ignore_index=2049)) == [1.0, 0.5]
+    assert as_list(M.iou_per_class(pred, target, 2, ignore_index=2048)) == [1.0, 1.0]
+    assert as_list(M.iou_per_class(pred, target, 2, ignore_index=10**400)) == [1.0, 0.5]  # beyond every float
+
+
 # ----------------------------------------------------------------------------- memory
 
 BIG, BIG_CLASSES = (2, 2048, 2048), 19

@@ -20,10 +20,13 @@ for semantic segmentation", NeurIPS 2023):
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, TypeGuard, Union, overload
 
 import numpy as np
+
+from lovasz._validation import check_flag, check_ignore
 
 if TYPE_CHECKING:
     import torch
@@ -101,6 +104,16 @@ def _counts(pred: Array, target: Array, num_classes: int, ignore_index: int | No
 # A value outside the classes thus counts in the union of the class on the other side, as a mask of each class would.
 
 
+def _check_num_classes(value: Any, name: str = "num_classes") -> int:
+    """A positive int (NumPy's ints too); a bool or a string is no class count."""
+    if isinstance(value, (bool, np.bool_)) or not hasattr(value, "__index__"):
+        raise TypeError(f"{name} must be a positive int; got {value!r} of type {type(value).__name__}")
+    count = operator.index(value)
+    if count < 1:
+        raise ValueError(f"{name} must be a positive int; got {count}")
+    return count
+
+
 def _check_dense(x: Any, name: str) -> None:
     """Sparse, nested and ragged tensors are no class maps to read as they are: say what to pass."""
     if _is_torch(x):
@@ -127,8 +140,8 @@ def _histogram(
         raise ValueError(
             f"pred and target must both have shape [B, *spatial]; got {list(pred.shape)} and {list(target.shape)}"
         )
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int; got {num_classes!r}")
+    num_classes = _check_num_classes(num_classes)
+    ignore_index = check_ignore(ignore_index, "ignore_index")
     c, k = num_classes, num_classes + 4
     bins = k * k
     batch = pred.shape[0]
@@ -153,6 +166,7 @@ def _histogram(
             raise ValueError(
                 f"{name} must hold class indices (integers, bools or whole-number floats); got dtype {x.dtype}"
             )
+    ignored = None if ignore_index is None else _ignore_value(t, ignore_index)
     rows = max(1, block // max(pixels, 1))  # whole images per block when they fit, else pieces of one image
     cols = max(1, min(pixels, block))  # 1: no block at all when the images are empty
     for b0 in range(0, batch, rows):
@@ -164,8 +178,8 @@ def _histogram(
         for n0 in range(0, pixels, cols):
             tb, pb = t[b0:b1, n0 : n0 + cols], p[b0:b1, n0 : n0 + cols]
             index = _codes(tb, c)
-            if ignore_index is not None:
-                _fill(index, tb == ignore_index, c + 1)
+            if ignored is not None:
+                _fill(index, tb == ignored, c + 1)
             predicted = _codes(pb, c)
             if mark_equal:
                 _fill(predicted, (pb == tb) & ((predicted == -1) | (predicted == c)), -2)
@@ -178,6 +192,36 @@ def _histogram(
             else:
                 total += counts
     return total.reshape(-1, k, k) if per_image else total.reshape(k, k)
+
+
+def _ignore_value(target: Any, ignore_index: int) -> Any:
+    """The scalar to compare ``target`` with for ``ignore_index``, or None when no value of its dtype equals it.
+
+    Compared as they are, an ignore value that the dtype cannot hold would wrap in torch (``-1`` as 255 in uint8)
+    and round in either (``2049`` as 2048 in float16): the comparison is then made only where the value fits."""
+    if _is_torch(target):
+        import torch
+
+        if target.dtype == torch.bool:
+            return ignore_index if ignore_index in (0, 1) else None
+        if target.is_floating_point():
+            try:
+                held = torch.tensor(float(ignore_index), dtype=torch.float64).to(target.dtype).item()
+            except OverflowError:
+                return None
+            return held if held == ignore_index else None
+        info: Any = torch.iinfo(target.dtype)
+    else:
+        if target.dtype.kind == "b":
+            return ignore_index if ignore_index in (0, 1) else None
+        if target.dtype.kind == "f":
+            try:
+                held = np.array(float(ignore_index)).astype(target.dtype)
+            except OverflowError:
+                return None
+            return held if float(held) == ignore_index else None
+        info = np.iinfo(target.dtype)
+    return ignore_index if info.min <= ignore_index <= info.max else None
 
 
 def _is_index_dtype(x: Any) -> bool:
@@ -370,10 +414,22 @@ def _float64_vector(parts: list[Any], like: Array) -> Array:
     return np.concatenate([np.asarray(x, dtype=np.float64).reshape(-1) for x in parts])
 
 
+def _like(batch: Array, state: Array) -> Array:
+    """``batch`` (a float64 count vector) where ``state`` is: a NumPy array, or a tensor on ``state``'s device."""
+    if _is_torch(state):
+        import torch
+
+        return torch.as_tensor(batch, dtype=torch.float64, device=state.device)
+    return batch.cpu().numpy() if _is_torch(batch) else batch
+
+
 class IoUMeter:
     """Streaming IoU: ``update(pred, target)`` per batch, then ``compute()``; ``reset()`` starts over.
 
-    The counts stay on the device of the inputs (no host sync in ``update``). Under
+    The counts stay on the device of the inputs (no host sync in ``update``): the first ``update``
+    after construction or ``reset()`` decides where (NumPy, or a tensor on the batch's device), and
+    later batches of the other kind, or on another device, have their counts copied there (a
+    tensor's to the host for NumPy counts, which waits for its device). Under
     ``torch.distributed``, ``compute()`` sums the counts of every rank of
     ``process_group`` (the default group if None) first, so each rank gets the
     metric of the whole dataset; ``sync=False`` keeps each rank's own.
@@ -393,8 +449,9 @@ class IoUMeter:
         process_group: ProcessGroup | None = None,
         sync: bool = True,
     ):
-        self.num_classes, self.ignore_index = num_classes, ignore_index
-        self.process_group, self.sync = process_group, sync
+        self.num_classes = _check_num_classes(num_classes)
+        self.ignore_index = check_ignore(ignore_index, "ignore_index")
+        self.process_group, self.sync = process_group, check_flag(sync, "sync")
         self.reset()
 
     def reset(self) -> None:
@@ -415,7 +472,7 @@ class IoUMeter:
         scored = ~image_miou.isnan() if _is_torch(image_miou) else ~np.isnan(image_miou)
         scalars = [_nansum0(image_miou), scored.sum(), correct.sum(), counted.sum()]
         batch = _float64_vector(counts + scalars, like=image_class)
-        self.state = batch if self.state is None else self.state + batch
+        self.state = batch if self.state is None else self.state + _like(batch, self.state)
 
     def _synced(self, state: Array) -> Array:
         if self.sync and _is_torch(state):
@@ -468,6 +525,7 @@ def iou_binary(
         >>> iou_binary(np.array([[0, 1, 1]]), np.array([[0, 1, 0]]))  # one image: 1 / 2
         50.0
     """
+    ignore = check_ignore(ignore, "ignore")
     if not per_image:
         preds, labels = (preds,), (labels,)
     ious = []
@@ -496,6 +554,8 @@ def iou(
         >>> iou(pred, target, C=3, ignore=255).round(2).tolist()
         [75.0, 66.67, 100.0]
     """
+    C = _check_num_classes(C, "C")
+    ignore = check_ignore(ignore, "ignore")
     if not per_image:
         preds, labels = (preds,), (labels,)
     ious = []

@@ -12,7 +12,10 @@ or :class:`lovasz.keras.CrossEntropyLovaszLoss` (whose Keras callback is
 from __future__ import annotations
 
 import dataclasses
-from typing import Protocol, TypeVar
+import math
+import numbers
+import operator
+from typing import Any, Protocol, TypeVar
 
 
 class Weighted(Protocol):
@@ -49,19 +52,16 @@ class LovaszSchedule:
 
     def __post_init__(self) -> None:
         for name in ("warmup", "ramp"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be a non-negative int; got {value!r}")
+            _check_count(getattr(self, name), name)
         for name in ("final_ce_weight", "lovasz_weight"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"{name} must be a non-negative number; got {value!r}")
+            _check_weight(getattr(self, name), name)
 
     def progress(self, t: int) -> float:
         """0 during the warm-up, rising linearly to 1 over the ramp."""
+        t = _check_count(t, "t")
         if t < self.warmup:
             return 0.0
-        return 1.0 if self.ramp == 0 else min((t - self.warmup + 1) / self.ramp, 1.0)
+        return 1.0 if self.ramp == 0 else min(float((t - self.warmup + 1) / self.ramp), 1.0)
 
     def weights(self, t: int) -> tuple[float, float]:
         """``(ce_weight, lovasz_weight)`` at step or epoch ``t`` (counted from 0)."""
@@ -72,3 +72,27 @@ class LovaszSchedule:
         """Set ``loss.ce_weight`` and ``loss.lovasz_weight`` for ``t``; returns ``loss``."""
         loss.ce_weight, loss.lovasz_weight = self.weights(t)
         return loss
+
+
+# ValueError for a value of the wrong type too (not TypeError): the schedule has always raised ValueError here.
+def _check_count(value: Any, name: str) -> int:
+    """A step or epoch count: a non-negative int (NumPy's ints too; NumPy's bools have no ``__index__``)."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise ValueError(f"{name} must be a non-negative int; got {value!r} of type {type(value).__name__}")
+    count = operator.index(value)
+    if count < 0:
+        raise ValueError(f"{name} must be a non-negative int; got {count}")
+    return count
+
+
+def _check_weight(value: Any, name: str) -> None:
+    """A finite non-negative real number (NumPy's floats too, not its bools): NaN passes ``< 0``, and inf
+    makes the warm-up's weights NaN (``1 + (inf - 1) * 0``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a finite non-negative number; got {value!r} of type {type(value).__name__}")
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int beyond every float: 10**400
+        finite = False
+    if not (finite and float(value) >= 0):
+        raise ValueError(f"{name} must be a finite non-negative number; got {value!r}")
