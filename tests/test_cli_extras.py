@@ -104,3 +104,72 @@ def test_tf_extra_does_not_force_the_cpu_build() -> None:
     """`tensorflow` and `tensorflow-cpu` are two projects to pip: one extra each."""
     extras = _extras()
     assert extras["tf"] == ["tensorflow"] and extras["tf-cpu"] == ["tensorflow-cpu"]
+
+
+def _option_entries(help_text: str) -> list[str]:
+    """The entries of the options in a --help, each on one line."""
+    entries: list[str] = []
+    current = None
+    for line in help_text.splitlines():
+        if re.match(r"  -", line):
+            entries.append(line.strip())
+            current = len(entries) - 1
+        elif current is not None and line.startswith("    "):
+            entries[current] += " " + line.strip()
+        else:
+            current = None
+    return entries
+
+
+@pytest.mark.parametrize("command", [[], *([name] for name in sorted(cli.COMMANDS))], ids=lambda c: " ".join(c))
+def test_every_option_shows_its_default(capsys, command: list[str]) -> None:
+    require("tqdm"), require("matplotlib")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*command, "--help"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    assert help_text.startswith(" ".join(["usage: lovasz", *command]))
+    entries = [e for e in _option_entries(help_text) if not e.startswith(("-h, --help", "--version"))]
+    assert entries or command in ([], ["info"])  # the demo and the benchmark have options
+    assert [e for e in entries if "(default:" not in e] == []
+
+
+def test_version(capsys) -> None:
+    from lovasz import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"lovasz {__version__}\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--quiet", "info"], "lovasz: error: unrecognized arguments: --quiet"),  # no such option, anywhere
+        ([], "lovasz: error: the following arguments are required: command"),
+        (["nonsense"], "lovasz: error: argument command: invalid choice: 'nonsense'"),
+    ],
+)
+def test_top_level_errors_say_what_is_wrong(capsys, args: list[str], message: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_command_options_are_the_commands(capsys) -> None:
+    """Options after the command are the command's own: `lovasz info --quiet` is info's parser's error."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["info", "--quiet"])
+    assert exit_info.value.code == 2
+    assert "lovasz info: error: unrecognized arguments: --quiet" in capsys.readouterr().err
+
+
+def test_bad_demo_option_from_the_command_line(tmp_path: Path) -> None:
+    """The whole way, as a user runs it: one error line naming the option, exit status 2, no traceback."""
+    require("tqdm"), require("matplotlib"), require("PIL")
+    result = lovasz_without((), "demo", "--batch-size", "0", cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines()[-1] == "lovasz demo: error: argument --batch-size: must be at least 1; got 0"
+    assert "Traceback" not in result.stderr and not any(tmp_path.iterdir())

@@ -24,6 +24,8 @@ def test_quick_demo_writes_figure_json_and_table(tmp_path, capsys):
         assert 0 <= run["dataset_miou"] <= 1 and len(run["per_class_iou"]) == len(CLASS_NAMES)
     assert (tmp_path / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "±" not in out and "Paired difference" not in out  # one seed: today's table, no std
+    settings = summary["settings"]  # --quick's presets, none given
+    assert {key: settings[key] for key in demo.QUICK} == demo.QUICK == {"epochs": 2, "size": 32, "train_images": 16}
     assert summary["seeds"] == [0] and summary["per_seed"][0]["runs"] == summary["runs"]
     assert summary["summary"]["runs"]["cross-entropy"]["dataset_miou"] == {
         "mean": summary["runs"]["cross-entropy"]["dataset_miou"],
@@ -95,7 +97,57 @@ def test_seeds_below_one_is_refused(tmp_path, capsys, seeds):
     with pytest.raises(SystemExit) as exit_info:
         demo.main(["--quick", "--seeds", seeds, "--out", str(tmp_path)])
     assert exit_info.value.code == 2
-    assert f"--seeds must be at least 1; got {seeds}" in capsys.readouterr().err
+    assert f"argument --seeds: must be at least 1; got {seeds}" in capsys.readouterr().err
+
+
+def _no_such_cuda() -> tuple[str, str]:
+    """A CUDA device this machine lacks, and what the demo says about it."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cuda", "cuda: CUDA is not available on this machine; available: cpu"
+    count = torch.cuda.device_count()
+    return f"cuda:{count}", f"cuda:{count}: this machine has {count} CUDA device(s); available: cpu, cuda"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--device", "bogus"], "argument --device: 'bogus' is not a device; available: cpu"),
+        (["--device", "meta"], "argument --device: meta: must be cpu or cuda; available: cpu"),
+        (["--device", _no_such_cuda()[0]], "argument --device: " + _no_such_cuda()[1]),
+        (["--batch-size", "0"], "argument --batch-size: must be at least 1; got 0"),
+        (["--batch-size", "-1"], "argument --batch-size: must be at least 1; got -1"),
+        (["--seed", "-1"], "argument --seed: must be from 0 to 4294967295; got -1"),
+        (["--seed", str(2**64)], f"argument --seed: must be from 0 to 4294967295; got {2**64}"),
+        (["--train-images", "0"], "argument --train-images: must be at least 1; got 0"),
+        (["--epochs", "0"], "argument --epochs: must be at least 1; got 0"),
+        (["--epochs", "two"], "argument --epochs: must be an integer; got 'two'"),
+        (["--size", "30"], "argument --size: must be a multiple of 4 and at least 8; got 30"),
+        (["--size", "4"], "argument --size: must be a multiple of 4 and at least 8; got 4"),
+        (["--lr", "-0.1"], "argument --lr: must be a finite number above 0; got -0.1"),
+        (["--lr", "nan"], "argument --lr: must be a finite number above 0; got nan"),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, list) else "",
+)
+def test_bad_option_is_a_parse_error_naming_it(tmp_path, capsys, args, message):
+    """Refused by argparse, before any work: exit status 2 and `lovasz demo: error: argument --NAME: ...`,
+    whether or not --quick is given (its presets apply only to options not given)."""
+    for quick in ([], ["--quick"]):
+        with pytest.raises(SystemExit) as exit_info:
+            demo.main([*quick, *args, "--out", str(tmp_path / "out")])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("usage: lovasz demo") and err.endswith(f"lovasz demo: error: {message}\n"), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_explicit_options_win_over_quick(tmp_path, capsys):
+    assert demo.main(["--quick", "--epochs", "1", "--size", "16", "--out", str(tmp_path)]) == 0
+    assert "16 training and 8 held-out synthetic images of 16x16, 1 epochs" in capsys.readouterr().out
+    settings = json.loads((tmp_path / "demo.json").read_text())["settings"]
+    assert (settings["epochs"], settings["size"], settings["train_images"]) == (1, 16, demo.QUICK["train_images"])
+    assert settings["device"] == "cpu" and settings["quick"] is True
 
 
 def test_dataset_is_seeded_and_has_every_class():

@@ -6,7 +6,13 @@ import argparse
 import importlib
 import importlib.util
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from lovasz import __version__
+
+if TYPE_CHECKING:
+    import torch
 
 COMMANDS = {
     "bench": ("lovasz.bench", "time the PyTorch losses against the original, kornia and a bare sort"),
@@ -46,14 +52,67 @@ def _refuse(command: str, missing: Sequence[str]) -> int:
     return 2
 
 
+def integer(minimum: int, *, maximum: int | None = None, multiple_of: int = 1) -> Callable[[str], int]:
+    """An argparse ``type``: an integer of at least ``minimum`` (at most ``maximum``, a multiple of
+    ``multiple_of``), so that a value out of range is ``error: argument --NAME: ...`` and exit status 2."""
+    bounds = f"at least {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+    if multiple_of > 1:
+        bounds = f"a multiple of {multiple_of} and {bounds}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer; got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum) or value % multiple_of:
+            raise argparse.ArgumentTypeError(f"must be {bounds}; got {value}")
+        return value
+
+    return parse
+
+
+def positive_float(text: str) -> float:
+    """An argparse ``type``: a finite float above zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number; got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0; got {text}")
+    return value
+
+
+def torch_device(text: str) -> torch.device:
+    """An argparse ``type``: a torch device this machine has, cpu or cuda (cuda:N); otherwise an error
+    that says which devices there are."""
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    available = ", ".join(["cpu"] + (["cuda"] + [f"cuda:{i}" for i in range(count)] if count else []))
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; available: {available}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"{text}: must be cpu or cuda; available: {available}")
+    if device.type == "cuda" and not count:
+        raise argparse.ArgumentTypeError(f"{text}: CUDA is not available on this machine; available: {available}")
+    if device.type == "cuda" and device.index is not None and device.index >= count:
+        raise argparse.ArgumentTypeError(f"{text}: this machine has {count} CUDA device(s); available: {available}")
+    return device
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog="lovasz", description="Lovász-Softmax and Lovász hinge losses.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
         "command", choices=sorted(COMMANDS), help="; ".join(f"{k}: {v[1]}" for k, v in COMMANDS.items())
     )
-    args, rest = parser.parse_known_args(argv[:1])
-    command, options = args.command, argv[1:] + rest
+    # `lovasz` has no options of its own but these two: what comes before the command is parsed here (an
+    # unknown option there is `unrecognized arguments`), what comes after it is the command's.
+    at = next((i for i, arg in enumerate(argv) if not arg.startswith("-")), len(argv))
+    command, options = parser.parse_args(argv[: at + 1]).command, argv[at + 1 :]
     name = COMMANDS[command][0]
     # Before the command starts (the demo would otherwise train for minutes, then fail to draw its figure);
     # its help needs only what its module imports.

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lovasz.cli import integer, positive_float, torch_device
 from lovasz.demo.data import CLASS_NAMES, make_dataset
 from lovasz.demo.folder import DataFolderError, load_folder
 from lovasz.demo.model import UNet
@@ -37,6 +38,8 @@ RUNS = ("cross-entropy", "CE then Lovász", "CE + Lovász")
 IGNORE_INDEX = 255
 SYNTHETIC_BINARY_CLASS = CLASS_NAMES.index("building")  # --mode binary on the synthetic scenes
 METRICS = ("pixel_accuracy", "dataset_miou", "per_image_miou", "per_class_iou")  # compared across seeds
+DEFAULTS = {"epochs": 12, "size": 64, "train_images": 160}
+QUICK = {"epochs": 2, "size": 32, "train_images": 16}  # --quick's, where not given
 
 
 def make_loss(run: str, epochs: int, mode: str):
@@ -246,50 +249,81 @@ def figure(path: Path, val_x, val_y, results, class_names, final_miou=None, samp
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="lovasz demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--size", type=int, default=64, help="image side in pixels (a multiple of 4)")
-    parser.add_argument("--seed", type=int, default=0)
+    # None: not given, filled from QUICK with --quick and from DEFAULTS without, so that a value given wins.
+    parser.add_argument(
+        "--epochs",
+        type=integer(1),
+        help=f"training epochs of each run (default: {DEFAULTS['epochs']}; {QUICK['epochs']} with --quick)",
+    )
+    parser.add_argument(
+        "--size",
+        type=integer(8, multiple_of=4),
+        help="side of the synthetic images in pixels, a multiple of 4 "
+        f"(default: {DEFAULTS['size']}; {QUICK['size']} with --quick)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=integer(0, maximum=2**32 - 1),
+        default=0,
+        help="seed of the data, the held-out split and the initialisation (default: %(default)s)",
+    )
     parser.add_argument(
         "--seeds",
-        type=int,
+        type=integer(1),
         default=1,
         metavar="N",
         help="repeat for the seeds SEED .. SEED+N-1 (new data or held-out split, new "
         "initialisation) and report mean ± std and the paired differences to "
         "cross-entropy (default: %(default)s)",
     )
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", type=Path, default=Path("demo-output"))
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--train-images", type=int, default=160)
-    parser.add_argument("--quick", action="store_true", help="a few tiny epochs, for tests")
+    parser.add_argument(
+        "--device", type=torch_device, default="cpu", help="torch device to train on, cpu or cuda (default: cpu)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("demo-output"),
+        help="folder for demo.png and demo.json (default: %(default)s)",
+    )
+    parser.add_argument("--lr", type=positive_float, default=3e-3, help="Adam's learning rate (default: %(default)s)")
+    parser.add_argument(
+        "--batch-size", type=integer(1), default=8, help="images per training step (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--train-images",
+        type=integer(1),
+        help="synthetic training images; a quarter as many, at least 8, are held out "
+        f"(default: {DEFAULTS['train_images']}; {QUICK['train_images']} with --quick)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a few tiny epochs, for tests: "
+        + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in QUICK.items())
+        + " unless given (default: off)",
+    )
     parser.add_argument(
         "--data",
         type=Path,
         metavar="DIR",
         help="train on DIR/images and DIR/masks (PNG or .npy, paired by name) instead of the "
-        "synthetic scenes; a seeded quarter is held out. Masks: class indices, 255 ignored",
+        "synthetic scenes; a seeded quarter is held out. Masks: class indices, 255 ignored "
+        "(default: the synthetic scenes)",
     )
     parser.add_argument(
         "--mode",
         choices=("multiclass", "binary"),
         default="multiclass",
         help="binary: one output channel, BCE and the Lovász hinge; masks 0/1 or 0/255 "
-        "(on the synthetic scenes: buildings against the rest)",
+        "; on the synthetic scenes, buildings against the rest (default: %(default)s)",
     )
     args = parser.parse_args(argv)
     from tqdm import tqdm
 
-    if args.quick:
-        args.epochs, args.size, args.train_images = 2, 32, 16
-    if args.size < 8 or args.size % 4:
-        parser.error(f"--size must be a multiple of 4 and at least 8; got {args.size}")
-    if args.epochs < 1:
-        parser.error(f"--epochs must be at least 1; got {args.epochs}")
-    if args.seeds < 1:
-        parser.error(f"--seeds must be at least 1; got {args.seeds}")
-    device = torch.device(args.device)
+    for name, value in (QUICK if args.quick else DEFAULTS).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    device = args.device
     binary = args.mode == "binary"
 
     if args.data is not None:
@@ -367,7 +401,7 @@ def main(argv=None) -> int:
     final_miou = {run: [entry["runs"][run]["dataset_miou"] for entry in per_seed] for run in RUNS}
     figure(args.out / "demo.png", *shown, class_names, final_miou)
     output = {
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "settings": {k: (str(v) if isinstance(v, (Path, torch.device)) else v) for k, v in vars(args).items()},
         "class_names": list(class_names),
         "class_frequencies": per_seed[0]["class_frequencies"],
         "runs": per_seed[0]["runs"],  # the first seed's, as shown in the figure
