@@ -874,6 +874,23 @@ def test_flags_are_true_or_false(module):
             assert np.isfinite(float(fn(**{flag: np.True_})))
 
 
+@pytest.mark.parametrize("module", ["lovasz.torch", "lovasz.tf", "lovasz.jax"])
+def test_an_ignore_value_the_labels_cannot_hold_ignores_nothing(module):
+    """uint8 labels with ``ignore=-1`` (Pointcept's value): compared as they were, -1 wrapped to 255 and left
+    those pixels out without a word; NumPy compares without wrapping, as the oracle and the metrics do."""
+    M = require(module)
+    to = require("torch").as_tensor if module == "lovasz.torch" else np.asarray
+    probas = np.full((1, 4, 3) if module == "lovasz.tf" else (1, 3, 4), 1 / 3, "float32")
+    for labels, ignore, found in [([[0, 1, 2, 255]], -1, "255"), ([[0, 1, 2, -1]], 255, "-1")]:
+        dtype = "uint8" if ignore == -1 else "int8"
+        with pytest.raises(ValueError, match=f"labels must be in \\[0, 2\\] at every non-ignored pixel; found {found}"):
+            M.lovasz_softmax(to(probas), to(np.array(labels, dtype)), ignore=ignore)
+        held = np.array(labels, "int64")  # where the dtype holds it, the value is ignored as before
+        expected = R.lovasz_softmax(np.full((1, 3, 3), 1 / 3), held[:, :3])
+        got = M.lovasz_softmax(to(probas), to(np.array(labels, dtype)), ignore=int(np.array(labels, dtype)[0, 3]))
+        np.testing.assert_allclose(float(got), expected, rtol=1e-6)
+
+
 # The ignore values of the LiDAR codebases: 0 (Cylinder3D, SalsaNext, 2DPASS), 19 (mmdetection3d),
 # 255 (PolarSeg), -1 (Pointcept); mostly ignored, as a voxel grid is, so lovasz.torch gathers them too.
 LIDAR_IGNORES = [0, 19, 255, -1]

@@ -95,6 +95,16 @@ def check_ignore(ignore: SupportsIndex | None, name: str = "ignore") -> int | No
     return int(ignore)
 
 
+def ignore_held(ignore: int | None, bounds: Any) -> int | None:
+    """``ignore`` where a label of the integer dtype whose ``iinfo`` is ``bounds`` (None: any other dtype)
+    can hold it; else None, no pixel ignored. Compared as they are, -1 would wrap to 255 in uint8 labels
+    (255 to -1 in int8), and leave out the pixels of that value without a word; NumPy compares without
+    wrapping, and so do the metrics. The labels' range check then names the value."""
+    if ignore is None or bounds is None:
+        return ignore
+    return ignore if int(bounds.min) <= ignore <= int(bounds.max) else None
+
+
 def check_weights_shape(shape: Iterable[int | None], num_classes: int, name: str = "weights") -> None:
     shape = tuple(shape)
     if not compatible(shape, (num_classes,)):

@@ -99,6 +99,13 @@ def _check_values(labels: jax.Array, ok: jax.Array, valid: jax.Array | None, all
         raise ValueError(f"{name} must be {allowed} at every non-ignored pixel; found {labels[bad][0]}")
 
 
+def _valid(labels: jax.Array, ignore: int | None) -> jax.Array | None:
+    """Where ``labels`` do not hold ``ignore`` (:func:`V.ignore_held`: a value their dtype cannot hold, none)."""
+    integer = jnp.issubdtype(labels.dtype, jnp.integer)
+    ignore = V.ignore_held(ignore, jnp.iinfo(labels.dtype) if integer else None)
+    return None if ignore is None else labels != ignore
+
+
 def _compute_dtype(x: jax.Array) -> jnp.dtype:
     """float64 stays float64; half precision (and float32) is computed in float32."""
     return jnp.float64 if x.dtype == jnp.float64 else jnp.float32
@@ -349,7 +356,7 @@ def lovasz_softmax(
 
     batch, pixels = labels.shape[0], math.prod(labels.shape[1:])  # no -1: the batch may be empty
     lab = labels.reshape(batch, 1, pixels)
-    valid = _in_some_segment(None if ignore is None else lab != ignore, member)
+    valid = _in_some_segment(_valid(lab, ignore), member)
     if jnp.issubdtype(lab.dtype, jnp.floating):  # class indices as floats: whole numbers only (1.5 is no class)
         _check_values(lab, lab == jnp.round(lab), valid, "whole numbers (class indices)", "labels")
     _check_values(lab, (lab >= 0) & (lab < num_classes), valid, f"in [0, {num_classes - 1}]", "labels")
@@ -465,7 +472,7 @@ def lovasz_hinge(
     layout = (labels.shape[0], 1, math.prod(labels.shape[1:]))  # no -1: the batch may be empty
     pred = logits.astype(_compute_dtype(logits)).reshape(layout)
     lab = labels.reshape(layout)
-    valid = _in_some_segment(None if ignore is None else lab != ignore, member)
+    valid = _in_some_segment(_valid(lab, ignore), member)
     _check_values(lab, (lab == 0) | (lab == 1), valid, "0 or 1", "labels")
     loss = _hinge_classes(pred, lab == 1, valid, "all", per_image, None, reduction, margin, symmetric, ends, axis_name)
     return loss.astype(logits.dtype)
@@ -537,7 +544,7 @@ def lovasz_multilabel(
     layout = (logits.shape[0], num_classes, math.prod(logits.shape[2:]))  # no -1: the batch may be empty
     pred = logits.astype(dtype).reshape(layout)
     tgt = targets.reshape(layout)
-    valid = _in_some_segment(None if ignore is None else tgt != ignore, member)
+    valid = _in_some_segment(_valid(tgt, ignore), member)
     _check_values(tgt, (tgt == 0) | (tgt == 1), valid, "0 or 1", "targets")
     if from_logits:
         fg = tgt == 1

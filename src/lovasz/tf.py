@@ -183,6 +183,12 @@ def _check_layout_when_run(labels: tf.Tensor, prediction: tf.Tensor, axis: int |
     )
 
 
+def _valid(labels: tf.Tensor, ignore: int | None) -> tf.Tensor | None:
+    """Where ``labels`` do not hold ``ignore`` (:func:`V.ignore_held`: a value their dtype cannot hold, none)."""
+    ignore = V.ignore_held(ignore, labels.dtype if labels.dtype.is_integer else None)
+    return None if ignore is None else labels != tf.cast(ignore, labels.dtype)
+
+
 def _size(x: tf.Tensor, start: int, stop: int | None = None) -> int | tf.Tensor:
     """The number of elements in dims ``start:stop`` of ``x``, for reshapes: TF infers no ``-1`` for an empty tensor."""
     n = x.shape[start:stop].num_elements()
@@ -503,7 +509,7 @@ def lovasz_softmax(
 
     batch, pixels = tf.shape(labels)[0], _size(labels, 1)
     lab = tf.reshape(labels, [batch, pixels])
-    valid = None if ignore is None else lab != ignore
+    valid = _valid(lab, ignore)
     if lab.dtype.is_floating:  # class indices as floats: whole numbers only (1.5 is no class)
         _check_values(lab, tf.equal(lab, tf.round(lab)), valid, "whole numbers (class indices)", "labels")
     _check_values(lab, (lab >= 0) & (lab < num_classes), valid, f"in [0, {num_classes - 1}]", "labels")
@@ -634,7 +640,7 @@ def lovasz_hinge(
     layout = [tf.shape(labels)[0], 1, _size(labels, 1)]
     pred = tf.reshape(tf.cast(logits, _compute_dtype(logits)), layout)
     lab = tf.reshape(labels, layout)
-    valid = None if ignore is None else lab != tf.cast(ignore, lab.dtype)
+    valid = _valid(lab, ignore)
     _check_values(lab, (lab == 0) | (lab == 1), valid, "0 or 1", "labels")
     across = _replicas(global_batch)
 
@@ -716,7 +722,7 @@ def lovasz_multilabel(
     layout = [batch, pixels, num_classes] if channels_last else [batch, num_classes, pixels]
     pred = tf.reshape(tf.cast(logits, dtype), layout)
     tgt = tf.reshape(targets, layout)
-    valid = None if ignore is None else tgt != tf.cast(ignore, tgt.dtype)
+    valid = _valid(tgt, ignore)
     _check_values(tgt, (tgt == 0) | (tgt == 1), valid, "0 or 1", "targets")
     across = _replicas(global_batch)
 

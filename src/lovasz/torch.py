@@ -112,6 +112,13 @@ def _drop_label_axis(labels: Tensor, accepted: Sequence[tuple[int, ...]]) -> Ten
     return labels
 
 
+def _ignored(labels: Tensor, ignore: int | None) -> Tensor | None:
+    """Where ``labels`` hold ``ignore`` (:func:`V.ignore_held`: a value their dtype cannot hold, none)."""
+    integer = not labels.is_floating_point() and labels.dtype != torch.bool
+    ignore = V.ignore_held(ignore, torch.iinfo(labels.dtype) if integer else None)
+    return None if ignore is None else labels == ignore
+
+
 def _check_whole(labels: Tensor, valid: Tensor | None, name: str) -> None:
     """Float labels must hold whole numbers (class indices): 1.5 is an error, never class 1."""
     if labels.is_floating_point():
@@ -498,7 +505,7 @@ def _softmax(
     batch = labels.shape[0]
     pixels = math.prod(labels.shape[1:])  # not -1: an empty batch has no size to infer it from
     lab = labels.reshape(batch, 1, pixels)
-    ignored = None if ignore is None else lab == ignore
+    ignored = _ignored(lab, ignore)
     pred = probas.to(dtype)
     if sigmoid:
         if from_logits and ignored is not None:  # NaN/inf logits at ignored pixels: no NaN through the sigmoid
@@ -599,7 +606,7 @@ def lovasz_hinge(
     batch, pixels = labels.shape[0], math.prod(labels.shape[1:])
     pred = logits.to(_compute_dtype(logits)).reshape(batch, 1, pixels)
     lab = labels.reshape(batch, 1, pixels)
-    ignored = None if ignore is None else lab == ignore
+    ignored = _ignored(lab, ignore)
     pred, lab, ignored, ends = _sparse(pred, lab, ignored, ends, per_image, process_group)  # then checked
     _check_values(lab, None if ignored is None else ~ignored, "0 or 1", (lab == 0) | (lab == 1), "labels")
     codes = _codes(lab == 1, ignored)
@@ -702,7 +709,7 @@ def _multilabel(
     pixels = math.prod(logits.shape[2:])
     pred = logits.to(dtype).reshape(batch, num_classes, pixels)
     tgt = targets.reshape(batch, num_classes, pixels)
-    ignored = None if ignore is None else tgt == ignore
+    ignored = _ignored(tgt, ignore)
     pred, tgt, ignored, ends = _sparse(pred, tgt, ignored, ends, per_image, process_group)  # then checked
     _check_values(tgt, None if ignored is None else ~ignored, "0 or 1", (tgt == 0) | (tgt == 1), tname)
     codes = _codes(tgt == 1, ignored)
@@ -1146,7 +1153,8 @@ class CrossEntropyLovaszLoss(_LossModule):
         target = _check_labels(target, input, "target")
         if self.mode == "multiclass" and x.ndim >= 2:
             target = _drop_label_axis(target, [tuple(x.shape[:1] + x.shape[2:])])  # [B, H, W, 1], as LovaszLoss
-        valid = None if self.ignore_index is None else target != self.ignore_index
+        ignored = _ignored(target, self.ignore_index)
+        valid = None if ignored is None else ~ignored
         if self.mode == "multiclass" and x.ndim >= 2 and x.shape[1] > 1:
             if x.shape[:1] + x.shape[2:] != target.shape:
                 raise ValueError(
