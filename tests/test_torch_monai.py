@@ -135,3 +135,14 @@ def test_cross_entropy_term_checks_its_target_and_keeps_float64():
     ce_only = L.CrossEntropyLovaszLoss(lovasz_weight=0.0)
     expected = F.binary_cross_entropy_with_logits(one[:, 0], fg.double())
     torch.testing.assert_close(ce_only(one, fg), expected)
+
+
+def test_one_channel_without_background_and_a_process_group_that_is_none_raise():
+    with pytest.raises(
+        ValueError, match=r"include_background=False leaves out channel 0 of several; input \[2, 1, 5, 6, 3\]"
+    ):
+        L.LovaszLoss("multiclass", include_background=False)(
+            torch.randn(2, 1, 5, 6, 3), torch.zeros(2, 5, 6, 3, dtype=torch.long)
+        )
+    with pytest.raises(TypeError, match=r"^process_group must be a torch.distributed.ProcessGroup .* got 'world'"):
+        L.lovasz_softmax(torch.rand(1, 3, 4), torch.zeros(1, 4, dtype=torch.long), process_group="world")

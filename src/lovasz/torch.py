@@ -292,6 +292,12 @@ def _across(
     """The global batch of ``process_group``, with the options every rank must share; None without a group."""
     if process_group is None:
         return None
+    group_type = getattr(torch.distributed, "ProcessGroup", None)  # (absent from builds without distributed)
+    if group_type is not None and not isinstance(process_group, group_type):
+        raise TypeError(
+            f"process_group must be a torch.distributed.ProcessGroup (dist.group.WORLD, dist.new_group(...)) or "
+            f"None; got {process_group!r}"
+        )
     from lovasz._torch_distributed import GlobalBatch
 
     return GlobalBatch(process_group, loss, ignore, margin, symmetric)
@@ -961,6 +967,11 @@ class LovaszLoss(_LossModule):
         takes a class out of the average, present or not."""
         if self.include_background or not isinstance(input, Tensor) or input.ndim < 2:
             return self.class_weights
+        if input.shape[1] == 1:  # (the weights would be one channel's, against the two classes it is read as)
+            raise ValueError(
+                f"include_background=False leaves out channel 0 of several; input {V.fmt(input.shape)} has one "
+                "channel (a foreground score, read as two classes)"
+            )
         weights = self.class_weights if self.class_weights is not None else input.new_ones(input.shape[1])
         return weights.index_fill(0, weights.new_zeros(1, dtype=torch.int64), 0)
 
