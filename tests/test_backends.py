@@ -875,6 +875,22 @@ def test_flags_are_true_or_false(module):
 
 
 @pytest.mark.parametrize("module", ["lovasz.torch", "lovasz.tf", "lovasz.jax"])
+def test_class_weights_are_finite_and_not_negative(module):
+    """Weights of a negative sum turned the weighted mean's sign (the oracle gave 0), a NaN weight made the
+    loss NaN: where their values are known, they raise."""
+    M = require(module)
+    to = require("torch").as_tensor if module == "lovasz.torch" else np.asarray
+    probas = to(np.full((1, 4, 3) if module == "lovasz.tf" else (1, 3, 4), 1 / 3, "float32"))
+    labels = to(np.array([[0, 1, 2, 1]]))
+    for weights in [[-2.0, 1.0, 0.5], [1.0, float("nan"), 1.0], np.array([1.0, np.inf, 0.0])]:
+        with pytest.raises(
+            ValueError, match=r"^weights must be finite numbers >= 0 \(a weight of 0 takes a class out\)"
+        ):
+            M.lovasz_softmax(probas, labels, weights=weights)
+    assert np.isfinite(float(M.lovasz_softmax(probas, labels, weights=[0.0, 1, 2])))
+
+
+@pytest.mark.parametrize("module", ["lovasz.torch", "lovasz.tf", "lovasz.jax"])
 def test_an_ignore_value_the_labels_cannot_hold_ignores_nothing(module):
     """uint8 labels with ``ignore=-1`` (Pointcept's value): compared as they were, -1 wrapped to 255 and left
     those pixels out without a word; NumPy compares without wrapping, as the oracle and the metrics do."""

@@ -6,6 +6,7 @@ run at trace time under ``torch.compile``, ``tf.function`` and ``jax.jit``.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Iterable, Sequence
 from typing import Any, SupportsIndex
@@ -103,6 +104,14 @@ def ignore_held(ignore: int | None, bounds: Any) -> int | None:
     if ignore is None or bounds is None:
         return ignore
     return ignore if int(bounds.min) <= ignore <= int(bounds.max) else None
+
+
+def check_weight_values(values: Iterable[float], name: str = "weights") -> None:
+    """Class weights, where their values are known: finite and >= 0 (0 takes a class out of the mean). A
+    negative sum would turn the weighted mean's sign, a NaN the loss."""
+    values = [float(v) for v in values]
+    if not all(math.isfinite(v) and v >= 0 for v in values):
+        raise ValueError(f"{name} must be finite numbers >= 0 (a weight of 0 takes a class out); got {values}")
 
 
 def check_weights_shape(shape: Iterable[int | None], num_classes: int, name: str = "weights") -> None:

@@ -186,6 +186,8 @@ def _as_weights(weights: Weights, num_classes: int, dtype: DTypeLike) -> jax.Arr
     if w is None or not (jnp.issubdtype(w.dtype, jnp.floating) or jnp.issubdtype(w.dtype, jnp.integer)):
         raise TypeError(f"weights must be [{num_classes}] real numbers (one weight per class) or None; got {weights!r}")
     V.check_weights_shape(w.shape, num_classes)
+    if not isinstance(w, jax.core.Tracer):
+        V.check_weight_values(np.asarray(w).reshape(-1))
     return w.astype(dtype)
 
 

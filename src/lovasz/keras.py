@@ -561,7 +561,10 @@ def _classes_config(classes: str | Sequence[int]) -> str | list[int]:
 
 
 def _weights_config(class_weights: Sequence[float] | None) -> list[float] | None:
-    return None if class_weights is None else [float(w) for w in class_weights]
+    if class_weights is None:
+        return None
+    V.check_weight_values(class_weights, "class_weights")
+    return [float(w) for w in class_weights]
 
 
 class _ClassAveragedLoss(_LovaszLoss):

@@ -210,6 +210,9 @@ def _as_weights(weights: Weights, num_classes: int, dtype: tf.DType) -> tf.Tenso
     if w is None or not (w.dtype.is_floating or w.dtype.is_integer):
         raise TypeError(f"weights must be [{num_classes}] real numbers (one weight per class) or None; got {weights!r}")
     V.check_weights_shape(w.shape, num_classes)
+    known = w.numpy() if tf.executing_eagerly() else tf.get_static_value(w)  # (None: a graph's values)
+    if known is not None:
+        V.check_weight_values(np.reshape(known, -1))
     return tf.cast(w, dtype)
 
 

@@ -171,6 +171,8 @@ def _as_weights(
     V.check_weights_shape(w.shape, num_classes, name)
     if not (w.is_floating_point() or w.dtype in (torch.int32, torch.int64)):
         raise TypeError(f"{name} must hold real numbers; got dtype {w.dtype}")
+    if not on_device or (w.device.type == "cpu" and not torch.compiler.is_compiling()):  # (values on the host)
+        V.check_weight_values(_unbatched(w.detach()).reshape(-1).tolist(), name)
     return w.to(dtype) if on_device else _constant(tuple(w.tolist()), dtype, device)
 
 
@@ -839,6 +841,7 @@ def _class_weights_buffer(class_weights: Weights) -> Tensor | None:
         ) from None
     if weights.ndim != 1:
         raise ValueError(f"class_weights must be 1-D, one weight per class; got shape {V.fmt(weights.shape)}")
+    V.check_weight_values(weights.tolist(), "class_weights")
     return weights
 
 
