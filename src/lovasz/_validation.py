@@ -106,6 +106,17 @@ def ignore_held(ignore: int | None, bounds: Any) -> int | None:
     return ignore if int(bounds.min) <= ignore <= int(bounds.max) else None
 
 
+def check_count(value: Any, name: str, minimum: int = 0) -> int:
+    """An int of at least ``minimum`` (NumPy's ints too): a bool, a float or a string is no count."""
+    what = {0: "a non-negative int", 1: "a positive int"}.get(minimum, f"an int >= {minimum}")
+    if isinstance(value, (bool, np.bool_)) or not hasattr(value, "__index__"):
+        raise TypeError(f"{name} must be {what}; got {value!r} of type {type(value).__name__}")
+    count = operator.index(value)
+    if count < minimum:
+        raise ValueError(f"{name} must be {what}; got {count}")
+    return count
+
+
 def check_weight_values(values: Iterable[float], name: str = "weights") -> None:
     """Class weights, where their values are known: finite and >= 0 (0 takes a class out of the mean). A
     negative sum would turn the weighted mean's sign, a NaN the loss."""

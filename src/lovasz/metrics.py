@@ -20,13 +20,12 @@ for semantic segmentation", NeurIPS 2023):
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, TypeGuard, Union, overload
 
 import numpy as np
 
-from lovasz._validation import check_flag, check_ignore
+from lovasz._validation import check_count, check_flag, check_ignore
 
 if TYPE_CHECKING:
     import torch
@@ -104,16 +103,6 @@ def _counts(pred: Array, target: Array, num_classes: int, ignore_index: int | No
 # A value outside the classes thus counts in the union of the class on the other side, as a mask of each class would.
 
 
-def _check_num_classes(value: Any, name: str = "num_classes") -> int:
-    """A positive int (NumPy's ints too); a bool or a string is no class count."""
-    if isinstance(value, (bool, np.bool_)) or not hasattr(value, "__index__"):
-        raise TypeError(f"{name} must be a positive int; got {value!r} of type {type(value).__name__}")
-    count = operator.index(value)
-    if count < 1:
-        raise ValueError(f"{name} must be a positive int; got {count}")
-    return count
-
-
 def _check_dense(x: Any, name: str) -> None:
     """Sparse, nested and ragged tensors are no class maps to read as they are: say what to pass."""
     if _is_torch(x):
@@ -140,7 +129,7 @@ def _histogram(
         raise ValueError(
             f"pred and target must both have shape [B, *spatial]; got {list(pred.shape)} and {list(target.shape)}"
         )
-    num_classes = _check_num_classes(num_classes)
+    num_classes = check_count(num_classes, "num_classes", 1)
     ignore_index = check_ignore(ignore_index, "ignore_index")
     c, k = num_classes, num_classes + 4
     bins = k * k
@@ -449,7 +438,7 @@ class IoUMeter:
         process_group: ProcessGroup | None = None,
         sync: bool = True,
     ):
-        self.num_classes = _check_num_classes(num_classes)
+        self.num_classes = check_count(num_classes, "num_classes", 1)
         self.ignore_index = check_ignore(ignore_index, "ignore_index")
         self.process_group, self.sync = process_group, check_flag(sync, "sync")
         self.reset()
@@ -554,7 +543,7 @@ def iou(
         >>> iou(pred, target, C=3, ignore=255).round(2).tolist()
         [75.0, 66.67, 100.0]
     """
-    C = _check_num_classes(C, "C")
+    C = check_count(C, "C", 1)
     ignore = check_ignore(ignore, "ignore")
     if not per_image:
         preds, labels = (preds,), (labels,)

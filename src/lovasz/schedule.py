@@ -14,8 +14,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-import operator
 from typing import Any, Protocol, TypeVar
+
+from lovasz._validation import check_count
 
 
 class Weighted(Protocol):
@@ -52,13 +53,13 @@ class LovaszSchedule:
 
     def __post_init__(self) -> None:
         for name in ("warmup", "ramp"):
-            _check_count(getattr(self, name), name)
+            check_count(getattr(self, name), name)
         for name in ("final_ce_weight", "lovasz_weight"):
             _check_weight(getattr(self, name), name)
 
     def progress(self, t: int) -> float:
         """0 during the warm-up, rising linearly to 1 over the ramp."""
-        t = _check_count(t, "t")
+        t = check_count(t, "t")
         if t < self.warmup:
             return 0.0
         return 1.0 if self.ramp == 0 else min(float((t - self.warmup + 1) / self.ramp), 1.0)
@@ -72,17 +73,6 @@ class LovaszSchedule:
         """Set ``loss.ce_weight`` and ``loss.lovasz_weight`` for ``t``; returns ``loss``."""
         loss.ce_weight, loss.lovasz_weight = self.weights(t)
         return loss
-
-
-# ValueError for a value of the wrong type too (not TypeError): the schedule has always raised ValueError here.
-def _check_count(value: Any, name: str) -> int:
-    """A step or epoch count: a non-negative int (NumPy's ints too; NumPy's bools have no ``__index__``)."""
-    if isinstance(value, bool) or not hasattr(value, "__index__"):
-        raise ValueError(f"{name} must be a non-negative int; got {value!r} of type {type(value).__name__}")
-    count = operator.index(value)
-    if count < 0:
-        raise ValueError(f"{name} must be a non-negative int; got {count}")
-    return count
 
 
 def _check_weight(value: Any, name: str) -> None:
