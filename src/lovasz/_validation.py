@@ -7,6 +7,7 @@ run at trace time under ``torch.compile``, ``tf.function`` and ``jax.jit``.
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 from collections.abc import Iterable, Sequence
 from typing import Any, SupportsIndex
@@ -115,6 +116,21 @@ def check_count(value: Any, name: str, minimum: int = 0) -> int:
     if count < minimum:
         raise ValueError(f"{name} must be {what}; got {count}")
     return count
+
+
+def check_term_weight(value: Any, name: str) -> float:
+    """A loss term's weight (the cross-entropy's, the Lovász term's, a schedule's): a finite non-negative real
+    number (NumPy's floats too, not its bools). NaN passes ``< 0``, and inf makes a schedule's warm-up weight
+    NaN (``1 + (inf - 1) * 0``)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a finite non-negative number; got {value!r} of type {type(value).__name__}")
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int beyond every float: 10**400
+        finite = False
+    if not (finite and float(value) >= 0):
+        raise ValueError(f"{name} must be a finite non-negative number; got {value!r}")
+    return float(value)
 
 
 def check_weight_values(values: Iterable[float], name: str = "weights") -> None:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard, Union, overload
 
 import numpy as np
 
-from lovasz._validation import check_count, check_flag, check_ignore
+from lovasz._validation import check_count, check_flag, check_ignore, ignore_held
 
 if TYPE_CHECKING:
     import torch
@@ -210,7 +210,7 @@ def _ignore_value(target: Any, ignore_index: int) -> Any:
                 return None
             return held if float(held) == ignore_index else None
         info = np.iinfo(target.dtype)
-    return ignore_index if info.min <= ignore_index <= info.max else None
+    return ignore_held(ignore_index, info)
 
 
 def _is_index_dtype(x: Any) -> bool:

@@ -12,11 +12,9 @@ or :class:`lovasz.keras.CrossEntropyLovaszLoss` (whose Keras callback is
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
-from lovasz._validation import check_count
+from lovasz._validation import check_count, check_term_weight
 
 
 class Weighted(Protocol):
@@ -55,7 +53,7 @@ class LovaszSchedule:
         for name in ("warmup", "ramp"):
             check_count(getattr(self, name), name)
         for name in ("final_ce_weight", "lovasz_weight"):
-            _check_weight(getattr(self, name), name)
+            check_term_weight(getattr(self, name), name)
 
     def progress(self, t: int) -> float:
         """0 during the warm-up, rising linearly to 1 over the ramp."""
@@ -73,16 +71,3 @@ class LovaszSchedule:
         """Set ``loss.ce_weight`` and ``loss.lovasz_weight`` for ``t``; returns ``loss``."""
         loss.ce_weight, loss.lovasz_weight = self.weights(t)
         return loss
-
-
-def _check_weight(value: Any, name: str) -> None:
-    """A finite non-negative real number (NumPy's floats too, not its bools): NaN passes ``< 0``, and inf
-    makes the warm-up's weights NaN (``1 + (inf - 1) * 0``)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a finite non-negative number; got {value!r} of type {type(value).__name__}")
-    try:
-        finite = math.isfinite(value)
-    except OverflowError:  # an int beyond every float: 10**400
-        finite = False
-    if not (finite and float(value) >= 0):
-        raise ValueError(f"{name} must be a finite non-negative number; got {value!r}")

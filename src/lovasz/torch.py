@@ -1061,13 +1061,6 @@ def class_indices(input: Tensor, target: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- cross-entropy + Lovász
 
 
-def _term_weight(value: object, name: str) -> float:
-    """A term's weight in the sum: a finite number >= 0 (0 leaves the term out)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0 (0 leaves its term out); got {value!r}")
-    return float(value)
-
-
 def _masked_mean(values: Tensor, weights: Tensor) -> Tensor:
     """Weighted mean that is 0 (not NaN) when every weight is 0, e.g. every pixel ignored."""
     total = weights.sum()
@@ -1128,8 +1121,8 @@ class CrossEntropyLovaszLoss(_LossModule):
         )
         self.mode, self.ignore_index = mode, self.lovasz.ignore_index
         self.ce_weight, self.lovasz_weight = (
-            _term_weight(ce_weight, "ce_weight"),
-            _term_weight(lovasz_weight, "lovasz_weight"),
+            V.check_term_weight(ce_weight, "ce_weight"),
+            V.check_term_weight(lovasz_weight, "lovasz_weight"),
         )
 
     def forward(
