@@ -586,8 +586,22 @@ def test_a_model_trained_on_a_schedule_saves_and_loads(tmp_path):
     np.testing.assert_allclose(loaded.evaluate(x, y, verbose=0), model.evaluate(x, y, verbose=0), rtol=1e-5)
     loss.ce_weight = 0.25  # the attribute and its variable move together
     assert float(keras.ops.convert_to_numpy(loss._variables[0])) == 0.25 and loss.get_config()["ce_weight"] == 0.25
-    with pytest.raises(TypeError, match="ce_weight must be a real number"):
+    with pytest.raises(ValueError, match=r"^ce_weight must be a finite non-negative number; got 'high' of type str"):
         loss.ce_weight = "high"
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -0.5, 10**400, np.bool_(True), "1"])
+@pytest.mark.parametrize("name", ["ce_weight", "lovasz_weight"])
+def test_combined_loss_term_weights_are_finite_non_negative_numbers(name, bad):
+    """NaN or inf term weights made every loss NaN without a word (the setter checked the type only, the
+    constructor not even that); the checks and messages are lovasz.torch's and LovaszSchedule's."""
+    pattern = rf"^{name} must be a finite non-negative number; got "
+    with pytest.raises(ValueError, match=pattern):
+        CrossEntropyLovaszLoss(**{name: bad})
+    loss = CrossEntropyLovaszLoss(ce_weight=np.float32(0.5))
+    with pytest.raises(ValueError, match=pattern):
+        setattr(loss, name, bad)
+    assert (loss.ce_weight, loss.lovasz_weight) == (0.5, 1.0)  # a refused value changes nothing
 
 
 # ----------------------------------------------------------------------------- the options of the combined loss

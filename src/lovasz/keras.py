@@ -1015,7 +1015,11 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
             )
         self.mode = mode
         self.lovasz = _LOVASZ_OF_MODE[mode](**options)
-        self._weights = (float(ce_weight), float(lovasz_weight))  # the Python side: which terms are traced
+        # the Python side of the weights: which terms are traced
+        self._weights = (
+            V.check_term_weight(ce_weight, "ce_weight"),
+            V.check_term_weight(lovasz_weight, "lovasz_weight"),
+        )
         self._variables = (
             keras.Variable(self._weights[0], trainable=False, dtype="float32", name="ce_weight"),
             keras.Variable(self._weights[1], trainable=False, dtype="float32", name="lovasz_weight"),
@@ -1041,10 +1045,8 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
         self._set_weight(1, value, "lovasz_weight")
 
     def _set_weight(self, index: int, value: float, name: str) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-            raise TypeError(f"{name} must be a real number; got {value!r}")
         weights = list(self._weights)
-        weights[index] = float(value)
+        weights[index] = V.check_term_weight(value, name)
         if weights[index] != self._weights[index]:
             self._variables[index].assign(weights[index])
         self._weights = (weights[0], weights[1])
