@@ -175,6 +175,25 @@ def test_bad_segments_raise_clear_errors():
         LJ.lovasz_hinge(x, y % 2, segment_ids=np.array([0, 0, 1, 1]))  # two scores per point
 
 
+@pytest.mark.parametrize("loss", ["softmax", "multilabel"])
+def test_axis_of_points_with_segments_is_checked(loss):
+    """With segment_ids= the class axis of points [N, C] is 1 (or -1): axis=0, 2 or 'x' were replaced by -1
+    without a word."""
+    x, y, segment, _ = data(3, seed=4, multilabel=loss == "multilabel")
+    y = np.where(y == 255, 0, y)
+    function = LJ.lovasz_softmax if loss == "softmax" else LJ.lovasz_multilabel
+    expected = function(x, y, per_image=True, segment_ids=segment)
+    for axis in [1, -1]:
+        np.testing.assert_array_equal(function(x, y, per_image=True, segment_ids=segment, axis=axis), expected)
+    for axis, error, message in [
+        (0, ValueError, r"axis must be a class axis of the rank-2 prediction, in \[1, 1\] .* got 0"),
+        (2, ValueError, r"axis must be a class axis of the rank-2 prediction.* got 2"),
+        ("x", TypeError, r"axis must be an int .* got 'x'"),
+    ]:
+        with pytest.raises(error, match=message):
+            function(x, y, per_image=True, segment_ids=segment, axis=axis)
+
+
 def test_concrete_arrays_a_jitted_function_closes_over():
     """Inside a trace, operations on concrete arrays are traced too: their checks are skipped, not crashed on
     (segment ids and labels captured by a jitted function, as in a training step built once)."""

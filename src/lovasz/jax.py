@@ -338,12 +338,12 @@ def lovasz_softmax(
     per_image, from_logits = V.check_flag(per_image, "per_image"), V.check_flag(from_logits, "from_logits")
     probas = _check_prediction(probas, "probas")
     labels = _check_labels(labels, "labels")
+    axis = _check_axis(axis, probas.ndim)  # of the prediction given (points [N, C]: 1 or -1)
     probas, labels, ends, member = _segments(
         probas, labels, segment_ids, num_segments, per_image, False, ("probas", "labels")
     )
     axis_name = D.check_axis_name(axis_name)
     axis = -1 if segment_ids is not None else axis  # (points [1, N, C] from _segments)
-    axis = _check_axis(axis, probas.ndim)
     extra = V.extra_label_axis(labels.shape, [probas.shape, V.without_axis(probas.shape, axis)])
     if extra is not None:
         labels = jnp.squeeze(labels, extra)  # [B, *spatial, 1] as Keras gives them, or [B, 1, *spatial]
@@ -530,10 +530,10 @@ def lovasz_multilabel(
     logits = _check_prediction(logits, "logits")
     targets = _check_labels(targets, "targets")
     names = ("logits", "targets")
+    axis = _check_axis(axis, logits.ndim)  # of the logits given (points [N, C]: 1 or -1)
     logits, targets, ends, member = _segments(logits, targets, segment_ids, num_segments, per_image, True, names)
     axis_name = D.check_axis_name(axis_name)
     axis = -1 if segment_ids is not None else axis  # (points [1, N, C] from _segments)
-    axis = _check_axis(axis, logits.ndim)
     if logits.ndim >= 2 and logits.shape == targets.shape:
         logits, targets = _channels_first(logits, axis), _channels_first(targets, axis)
     num_classes = V.multilabel_layout(logits.shape, targets.shape)
