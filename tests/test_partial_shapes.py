@@ -237,6 +237,23 @@ def test_tf_function_with_unknown_dims_errors():
         traced(probas[..., 0], tf.zeros([2, 4, 5], tf.int64))
 
 
+@pytest.mark.parametrize("kind", ["softmax", "hinge", "multilabel"])
+@pytest.mark.parametrize("unknown", ["prediction", "labels"])
+def test_tf_function_with_unknown_rank_raises(kind, unknown):
+    """An unknown rank (a tf.py_function's output in tf.data) cannot tell the layouts apart: a clear error
+    naming the argument and how to set the shape (unknown labels failed in TensorShape's iteration)."""
+    tf = require("tensorflow")
+    x, y = {"softmax": (X, Y), "hinge": (X[..., 0], MASKS), "multilabel": (X, TARGETS)}[kind]
+    name = {
+        "prediction": {"softmax": "probas"}.get(kind, "logits"),
+        "labels": {"multilabel": "targets"}.get(kind, "labels"),
+    }
+    shapes = [None if unknown == "prediction" else x.shape, None if unknown == "labels" else y.shape]
+    signature = [tf.TensorSpec(shapes[0], tf.float32), tf.TensorSpec(shapes[1], tf.int64)]
+    with pytest.raises(ValueError, match=rf"{name[unknown]} must have a known rank; got shape <unknown> \(set it with"):
+        _value_and_grad(_function(kind), x, y, signature)
+
+
 @pytest.mark.parametrize(
     "kind, x, y, x_shape, y_shape, message",
     [
@@ -268,19 +285,19 @@ KERAS_FIT = textwrap.dedent(
     import numpy as np
     import tensorflow as tf
     import keras
-    from lovasz.keras import LovaszHingeLoss, LovaszSoftmaxLoss
+    from lovasz.keras import CrossEntropyLovaszLoss, LovaszHingeLoss, LovaszSoftmaxLoss
 
     assert keras.backend.backend() == "tensorflow"
     rng = np.random.default_rng(0)
     x = rng.random((4, 8, 8, 3)).astype("float32")
     y = rng.integers(0, 3, (4, 8, 8))
 
-    def data(labels):
+    def data(labels, label_shape=(None, None)):  # masks of unknown size
         def gen():
             for i in range(4):
                 yield x[i], labels[i]
 
-        spec = (tf.TensorSpec([8, 8, 3]), tf.TensorSpec([None, None], tf.int64))  # masks of unknown size
+        spec = (tf.TensorSpec([8, 8, 3]), tf.TensorSpec(label_shape, tf.int64))
         return tf.data.Dataset.from_generator(gen, output_signature=spec).batch(2)
 
     for loss, channels, labels in [
@@ -294,6 +311,16 @@ KERAS_FIT = textwrap.dedent(
         history = model.fit(data(labels), epochs=2, verbose=0).history["loss"]
         assert len(history) == 2 and all(math.isfinite(v) for v in history), history
         print(type(loss).__name__, history)
+
+    # labels of unknown rank (a tf.py_function's output): a clear error, not TensorShape's
+    for loss in [LovaszSoftmaxLoss(from_logits=True), CrossEntropyLovaszLoss()]:
+        model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(3, 1)])
+        model.compile("sgd", loss)
+        try:
+            model.fit(data(y, None), epochs=1, verbose=0)
+        except ValueError as error:
+            assert "y_true must have a known rank; got shape <unknown>" in str(error), error
+            print("unknown rank refused")
     """
 )
 
@@ -309,3 +336,4 @@ def test_keras_fit_on_tf_data_with_unknown_label_shape(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     assert result.stdout.count("Loss [") == 3, result.stdout
+    assert result.stdout.count("unknown rank refused") == 2, result.stdout
