@@ -30,6 +30,26 @@ def test_markdown_has_a_line_for_each_shape_of_a_case_name():
     ]
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--device", "bogus"], "argument --device: 'bogus' is not a device; available: cpu"),
+        (["--device", "meta"], "argument --device: meta: must be cpu or cuda; available: cpu"),
+        (["--repeats", "0"], "argument --repeats: must be at least 1; got 0"),
+        (["--repeats", "two"], "argument --repeats: must be an integer; got 'two'"),
+        (["--impl", "nope"], "--impl must be one of lovasz, "),
+        (["--case", "nope"], "--case must match one of the cases on cpu: "),
+    ],
+)
+def test_bad_options_are_argparse_errors(argv, message, capsys, monkeypatch):
+    """Each names its option and what it takes, exit status 2 before anything is timed."""
+    monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_quick_bench_writes_table_and_json(tmp_path, capsys):
     table = tmp_path / "table.md"
     argv = ["--quick", "--repeats", "1", "--no-memory", "--out", str(tmp_path), "--markdown", str(table)]

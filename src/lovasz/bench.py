@@ -47,6 +47,7 @@ import torch
 
 import lovasz
 import lovasz.torch as L
+from lovasz.cli import integer, torch_device
 from lovasz.peers import load_original, load_original_tf
 
 
@@ -878,12 +879,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="lovasz bench", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--repeats",
-        type=int,
+        type=integer(1),
         default=None,
         help="timed runs per implementation, median reported (default: 5 on CPU, 20 on CUDA)",
     )
     parser.add_argument(
         "--device",
+        type=torch_device,
         default="cpu",
         help="torch device to run on, e.g. cpu or cuda (default: cpu); cuda uses training-size shapes",
     )
@@ -920,14 +922,7 @@ def main(argv=None) -> int:
     parser.add_argument("--memory-probe", nargs=2, metavar=("CASE", "IMPL"), help=argparse.SUPPRESS)
     parser.add_argument("--keras-worker", nargs=2, metavar=("BACKEND", "CASES"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as error:
-        parser.error(f"--device must be a torch device such as cpu or cuda; got {args.device!r} ({error})")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda, but torch sees no CUDA device (torch.cuda.is_available() is False)")
-    if device.type not in ("cpu", "cuda"):
-        parser.error(f"--device must be cpu or cuda; got {args.device!r}")
+    device = args.device
     for impl in args.impl or ():
         if impl not in implementations(device):
             parser.error(f"--impl must be one of {', '.join(implementations(device))} on {device.type}; got {impl!r}")
@@ -936,8 +931,6 @@ def main(argv=None) -> int:
         if not any(wanted in name for name in names):
             parser.error(f"--case must match one of the cases on {device.type}: {', '.join(names)}; got {wanted!r}")
     repeats = args.repeats if args.repeats is not None else 20 if device.type == "cuda" else 5
-    if repeats < 1:
-        parser.error(f"--repeats must be at least 1; got {repeats}")
     if args.memory_probe:
         case = cases(device, args.quick)[int(args.memory_probe[0])]
         print(peak_memory_here(case, args.memory_probe[1]))
