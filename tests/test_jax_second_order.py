@@ -1,7 +1,7 @@
-"""Derivatives of lovasz.jax's gradient on the C kernel's routes (a CPU, float32): a gradient of a gradient
-(a gradient penalty), ``jax.hessian`` and forward over reverse equal those of the sorts in JAX (the routes
-of ``lovasz.jax.exportable()``, on which JAX differentiates every step); a first gradient never takes the
-sorts' route."""
+"""Derivatives on the C kernel's routes of lovasz.jax (a CPU, float32): of the gradient (a gradient penalty,
+``jax.hessian``, forward over reverse) they equal those of the sorts in JAX (the routes of
+``lovasz.jax.exportable()``, on which JAX differentiates every step); a first derivative, reverse or forward
+mode, never takes the sorts' route."""
 
 import numpy as np
 import pytest
@@ -30,6 +30,7 @@ def cases():
     points = rng.normal(size=(40, 4)).astype(np.float32)
     point_labels = np.where(rng.random(40) < 0.2, -1, rng.integers(0, 4, 40))
     ids = np.sort(rng.integers(0, 3, 40))
+    hinge_labels = np.where(point_labels < 0, -1, point_labels % 2)
     return [
         ("rows", logits, lambda x: LJ.lovasz_softmax(x, labels, from_logits=True)),
         ("rows per image", logits, lambda x: LJ.lovasz_softmax(x, labels, per_image=True, from_logits=True)),
@@ -44,6 +45,13 @@ def cases():
             points,
             lambda x: LJ.lovasz_softmax(
                 x, point_labels, per_image=True, ignore=-1, from_logits=True, segment_ids=ids, num_segments=3
+            ),
+        ),
+        (
+            "segments hinge",
+            points[:, 0],
+            lambda x: LJ.lovasz_hinge(
+                x, hinge_labels, per_image=True, ignore=-1, margin="elu", segment_ids=ids, num_segments=3
             ),
         ),
     ]
@@ -78,12 +86,25 @@ def test_a_first_gradient_stays_on_the_kernel(monkeypatch):
         assert np.isfinite(float(value)) and np.isfinite(np.asarray(grad)).all()
 
 
-def test_forward_mode_of_the_loss_itself_names_the_limit():
-    """``jax.jvp`` of the loss (forward mode, not over a gradient) is JAX's refusal for a custom_vjp
-    function; ``lovasz.jax.exportable()`` is the way there (docs)."""
-    _, x, loss = cases()[0]
-    with pytest.raises(TypeError, match="forward-mode"):
-        jax.jvp(loss, (x,), (jnp.ones_like(x),))
+@pytest.mark.parametrize("name", [case[0] for case in cases()])
+def test_forward_mode_of_the_loss_itself_stays_on_the_kernel(name, monkeypatch):
+    """``jax.jvp``, ``jax.linearize`` and ``jax.jacfwd`` of the loss (forward mode, not over a gradient):
+    the kernel's gradient dotted with the tangent (a custom_vjp took no forward mode: JAX refused it), equal
+    to the sorts' and to reverse mode; the sorts' route is not taken."""
+    _, x, loss = next(case for case in cases() if case[0] == name)
+    direction = jnp.linspace(-1, 1, x.size, dtype=x.dtype).reshape(x.shape)
     with LJ.exportable():
-        _, tangent = jax.jvp(loss, (x,), (jnp.ones_like(x),))
-    assert np.isfinite(float(tangent))
+        _, expected = jax.jvp(loss, (x,), (direction,))
+    grad = jax.grad(loss)(x)
+
+    def refused(*args, **kwargs):
+        raise AssertionError("a first derivative took the sorts' route")
+
+    monkeypatch.setattr(JR, "_with_sorted_grad", refused)
+    value, tangent = jax.jit(lambda x, t: jax.jvp(loss, (x,), (t,)))(x, direction)
+    np.testing.assert_allclose(float(value), float(loss(x)), rtol=1e-6)
+    np.testing.assert_allclose(float(tangent), float(expected), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(float(tangent), float(jnp.vdot(grad, direction)), rtol=1e-4, atol=1e-6)
+    _, linear = jax.linearize(loss, x)
+    np.testing.assert_allclose(float(linear(direction)), float(tangent), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(jax.jacfwd(loss)(x)), np.asarray(grad), rtol=1e-5, atol=1e-7)

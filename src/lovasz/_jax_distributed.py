@@ -52,7 +52,7 @@ def _varying_axes(x: jax.Array) -> frozenset:
 
 def vary_like(outputs: Any, *inputs: jax.Array) -> Any:
     """``outputs`` of a callback typed as varying along every manual axis its inputs vary along: a
-    callback's results carry no such type, and ``custom_vjp`` and ``shard_map`` check it. Nothing
+    callback's results carry no such type, and ``custom_jvp`` and ``shard_map`` check it. Nothing
     to do outside ``shard_map`` (and under ``pmap``, which checks no types)."""
     axes = frozenset().union(*map(_varying_axes, inputs))
     if not axes:
