@@ -236,6 +236,26 @@ def test_shard_map_gives_the_loss_and_gradient_of_one_call(path, case):
 
 
 @on_devices
+@pytest.mark.parametrize("case", ["softmax batch present ignore", "softmax per-image weights sum", "hinge batch"])
+def test_forward_mode_inside_shard_map_gives_one_calls_jvp(path, case):
+    """jax.jvp of the loss inside shard_map (each device its part of the tangent): the global loss's JVP,
+    the dot product of one call's gradient with the whole tangent."""
+    x, y, t = data(dtype_of(path))
+    loss = CASES[case]
+    _, expected_grad = one_call(loss, x, y, t)
+    direction = np.linspace(-1, 1, x.size).reshape(x.shape).astype(x.dtype)
+    mesh, split = mesh_of((DEVICES,), ("i",)), P("i")
+
+    def local(x, y, t, v):
+        tangent = jax.jvp(lambda x: loss(x, y, t, "i"), (x,), (v,))[1]
+        return tangent[None]  # each device's (the same: the loss is the global batch's)
+
+    tangents = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=split, out_specs=split))(x, y, t, direction)
+    expected = float(np.vdot(np.asarray(expected_grad), direction))
+    np.testing.assert_allclose(np.asarray(tangents), np.full(DEVICES, expected), **tolerance(path))
+
+
+@on_devices
 @pytest.mark.parametrize("mode", ["pmap", "outside", "tuple"])
 @pytest.mark.parametrize("case", MODE_CASES)
 def test_pmap_grad_outside_and_axis_tuples_give_the_loss_and_gradient_of_one_call(mode, case):
