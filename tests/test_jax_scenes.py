@@ -194,6 +194,16 @@ def test_axis_of_points_with_segments_is_checked(loss):
             function(x, y, per_image=True, segment_ids=segment, axis=axis)
 
 
+@pytest.mark.parametrize("top", [0, 3, 2**20])  # 2**20 x 5,000 points: past int32, the argsort serves
+def test_points_are_put_in_segment_order_stably(top):
+    """One sort of ``key * N + position`` gives numpy's stable argsort, ties in point order."""
+    rng = np.random.default_rng(top)
+    for n in [0, 1, 7, 5000]:
+        key = rng.integers(0, top + 1, n).astype(np.int32)
+        got = jax.jit(lambda k: LJ._stable_order(k, top))(key)  # noqa: B023
+        np.testing.assert_array_equal(np.asarray(got), np.argsort(key, kind="stable"))
+
+
 def test_concrete_arrays_a_jitted_function_closes_over():
     """Inside a trace, operations on concrete arrays are traced too: their checks are skipped, not crashed on
     (segment ids and labels captured by a jitted function, as in a training step built once)."""

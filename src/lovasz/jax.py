@@ -151,14 +151,14 @@ def _segments(
     if not per_image:  # all points one set, in the order given; under jit, those out of range take no part
         member = in_range if isinstance(in_range, jax.core.Tracer) else None
         return prediction[None], labels[None], None, member
-    # Points in segment order: a stable sort of N where they are not in it already (the sort and its
-    # gathers: ~85 ms of 4 x 120,000 x 19 forward and backward); under jit, ids out of range go last,
-    # in no segment.
+    # Points in segment order: a stable sort of N where they are not in it already (the sort and the
+    # gathers, forward and backward: 17 ms of 240,000 x 19 points of 12 scans); under jit, ids out of
+    # range go last, in no segment.
     key = jnp.where(in_range, ids, num_segments)
     ends = jnp.cumsum(jnp.bincount(key, length=num_segments + 1)[:num_segments])
 
     def regroup(prediction: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
-        order = jnp.argsort(key, stable=True)
+        order = _stable_order(key, num_segments)
         return prediction[order], labels[order]
 
     in_order = jnp.all(key[1:] >= key[:-1])
@@ -166,6 +166,15 @@ def _segments(
     # (the points in no segment, last, take no part, their values not even in a softmax's gradient)
     member = jnp.arange(num_points) < ends[-1] if isinstance(in_range, jax.core.Tracer) and num_points else None
     return prediction[None], labels[None], ends, member
+
+
+def _stable_order(key: jax.Array, top: int) -> jax.Array:
+    """The stable order of ``key [N]``, integers in ``[0, top]``: one sort of ``key * N + position`` where it
+    fits int32 (of 240,000 points: 9 ms on a CPU, where XLA's stable argsort of the key takes 41)."""
+    num_points = key.shape[0]
+    if not isinstance(num_points, int) or (top + 1) * num_points >= 2**31:  # (jax.export's symbolic sizes)
+        return jnp.argsort(key, stable=True)
+    return jax.lax.sort(key.astype(jnp.int32) * num_points + jnp.arange(num_points, dtype=jnp.int32)) % num_points
 
 
 def _in_some_segment(valid: jax.Array | None, member: jax.Array | None) -> jax.Array | None:
