@@ -478,3 +478,24 @@ def test_explicitly_sharded_inputs_give_one_calls_values(case):
 
     expected = segments(*(np.asarray(a) for a in points))
     np.testing.assert_allclose(np.asarray(jax.jit(segments)(*points)), np.asarray(expected), rtol=1e-5)
+
+
+@on_devices
+@pytest.mark.parametrize("sharded", [False, True])
+def test_the_losses_take_their_arguments_by_keyword(sharded):
+    """``lovasz_softmax(probas=..., labels=...)`` and the others by their own names (the wrapper for meshes of
+    explicit axes took ``prediction, labels`` by position only: a TypeError since 445ad64)."""
+    x, y, t = data(np.float32)
+    if sharded:
+        explicit = jax.sharding.Mesh(np.array(jax.devices()), ("i",), axis_types=(jax.sharding.AxisType.Explicit,))
+        x, y, t = (jax.device_put(a, NamedSharding(explicit, P("i"))) for a in (x, y, t))
+    mask = jnp.where(y == 255, 255, y % 2)
+    calls = [
+        (LJ.lovasz_softmax(x, y, ignore=255), LJ.lovasz_softmax(labels=y, probas=x, ignore=255)),
+        (LJ.lovasz_hinge(x[:, 0], mask, ignore=255), LJ.lovasz_hinge(logits=x[:, 0], labels=mask, ignore=255)),
+        (LJ.lovasz_multilabel(x, t, ignore=255), LJ.lovasz_multilabel(x, targets=t, ignore=255)),
+    ]
+    for positional, by_keyword in calls:
+        np.testing.assert_array_equal(np.asarray(by_keyword), np.asarray(positional))
+    with pytest.raises(TypeError, match="missing a required argument: 'labels'"):
+        LJ.lovasz_softmax(probas=x)

@@ -183,18 +183,24 @@ def auto_on_explicit_meshes(loss: Callable[..., jax.Array]) -> Callable[..., jax
     rows). The partitioner then places the rows, as under plain ``jax.jit`` of sharded inputs; the loss
     comes out replicated."""
 
-    @functools.wraps(loss)
-    def on_auto_axes(prediction: Any, labels: Any, *args: Any, **kwargs: Any) -> jax.Array:
-        segment_ids = kwargs.pop("segment_ids", None)
-        mesh = _explicit_mesh(prediction, labels, segment_ids)
-        if mesh is None:
-            return loss(prediction, labels, *args, segment_ids=segment_ids, **kwargs)
+    signature = inspect.signature(loss)
+    per_pixel = (*list(signature.parameters)[:2], "segment_ids")  # (probas or logits, labels or targets)
 
-        def auto(prediction: jax.Array, labels: jax.Array, segment_ids: Any) -> jax.Array:
-            return loss(prediction, labels, *args, segment_ids=segment_ids, **kwargs)
+    @functools.wraps(loss)
+    def on_auto_axes(*args: Any, **kwargs: Any) -> jax.Array:
+        given = signature.bind(*args, **kwargs)  # the loss's own names, by position or keyword
+        mesh = _explicit_mesh(*(given.arguments.get(name) for name in per_pixel))
+        if mesh is None:
+            return loss(*args, **kwargs)
+
+        def auto(*inputs: Any) -> jax.Array:
+            call = signature.bind(*args, **kwargs)
+            call.arguments.update(zip(per_pixel, inputs))
+            return loss(*call.args, **call.kwargs)
 
         out = jax.sharding.NamedSharding(mesh, P())
-        return jax.sharding.auto_axes(auto, axes=mesh.axis_names, out_sharding=out)(prediction, labels, segment_ids)
+        inputs = [given.arguments.get(name) for name in per_pixel]
+        return jax.sharding.auto_axes(auto, axes=mesh.axis_names, out_sharding=out)(*inputs)
 
     return on_auto_axes
 
