@@ -131,7 +131,9 @@ def test_sample_weight_is_one_weight_per_image():
     for loss in [LovaszSoftmaxLoss(from_logits=True), CrossEntropyLovaszLoss(), LovaszHingeLoss(per_image=False)]:
         y = labels if not isinstance(loss, LovaszHingeLoss) else labels == 1
         x = logits if not isinstance(loss, LovaszHingeLoss) else logits[..., :1]
-        with pytest.raises(ValueError, match=r"sample_weight does not apply to a batch-mode loss.*per_image=True"):
+        with pytest.raises(
+            ValueError, match=r"sample_weight does not apply to a batch-mode loss \(without per_image\).*per_image=True"
+        ):
             loss(y, x, sample_weight=weight)
 
 
@@ -661,6 +663,30 @@ def test_combined_loss_hinge_variants_and_channel_weights():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(binary(masks, scores.astype("float32"))), expected, rtol=1e-5)
 
 
+@pytest.mark.parametrize("per_image", [False, True])
+def test_combined_loss_of_one_channel_takes_a_binary_cross_entropy(per_image):
+    """In 'multiclass' mode one channel is the foreground's logit, as for the Lovász term (and as in
+    lovasz.torch): a categorical cross-entropy over one class was 0 whatever the prediction."""
+    rng = np.random.default_rng(4)
+    y_pred = rng.normal(size=(2, 3, 4, 1)).astype("float32")
+    y_true = rng.integers(0, 2, (2, 3, 4))
+    y_true[0, 0] = 255
+    options = dict(lovasz_weight=0.0, ignore_class=255, per_image=per_image)
+    got = keras.ops.convert_to_numpy(CrossEntropyLovaszLoss(**options)(y_true, y_pred))
+    expected = keras.ops.convert_to_numpy(CrossEntropyLovaszLoss("binary", **options)(y_true, y_pred))
+    assert float(expected) > 0.1
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["per_image", "from_logits", "include_background", "global_batch", "scenes_in_labels"])
+def test_flags_must_be_true_or_false(name):
+    """A string or a number counted by its truth (per_image='False' as True) before; NumPy's bools pass."""
+    for bad in ["False", "no", 1, None]:
+        with pytest.raises(TypeError, match=rf"^{name} must be True or False; got "):
+            LovaszSoftmaxLoss(**{name: bad})
+    assert getattr(LovaszSoftmaxLoss(**{name: np.bool_(False)}), name) is False
+
+
 def test_combined_loss_rejects_options_its_mode_has_not():
     with pytest.raises(ValueError, match="class_weights and include_background .* mode='binary' has one"):
         CrossEntropyLovaszLoss("binary", class_weights=[1.0, 2.0])
@@ -865,8 +891,11 @@ def test_bad_scenes_name_themselves():
         loss(packed(labels, scene), logits, sample_weight=np.ones(len(scene), "float32"))
     with pytest.raises(ValueError, match="num_scenes goes with scenes_in_labels=True"):
         LovaszSoftmaxLoss(num_scenes=3)
-    with pytest.raises(TypeError, match="num_scenes must be a non-negative int"):
+    with pytest.raises(ValueError, match="num_scenes must be a non-negative int; got -1"):
         LovaszHingeLoss(scenes_in_labels=True, num_scenes=-1)
+    with pytest.raises(TypeError, match="num_scenes must be a non-negative int; got 2.0"):
+        LovaszHingeLoss(scenes_in_labels=True, num_scenes=2.0)
+    assert LovaszHingeLoss(scenes_in_labels=np.bool_(True), num_scenes=np.int64(2)).num_scenes == 2
 
 
 def test_bad_scenes_name_themselves_in_a_tensorflow_graph():

@@ -173,12 +173,6 @@ def _valid_mask(labels: Tensor, ignore: int | None) -> Tensor:
 _MEANS = ("sum_over_batch_size", "mean", "mean_with_sample_weight")  # Keras divides these by the replicas
 
 
-def _check_global_batch(global_batch: bool) -> bool:
-    if not isinstance(global_batch, bool):
-        raise TypeError(f"global_batch must be True or False; got {global_batch!r}")
-    return global_batch
-
-
 def _replica_context() -> Any:
     """The ``tf.distribute`` replica context of a batch split across several replicas (TensorFlow backend);
     None elsewhere: no strategy, one replica, and JAX, whose ``DataParallel`` computes on the global array."""
@@ -279,9 +273,9 @@ def _check_weights_per_image(one_value: bool, global_batch: bool, sample_weight:
     if sample_weight is None:
         return
     if one_value:
-        mode = "a loss of the global batch as one set (global_batch=True" if global_batch else "a batch-mode loss ("
+        mode = "a loss of the global batch as one set (global_batch=True " if global_batch else "a batch-mode loss ("
         raise ValueError(
-            f"sample_weight does not apply to {mode} without per_image): the batch has one loss; pass "
+            f"sample_weight does not apply to {mode}without per_image): the batch has one loss; pass "
             f"per_image=True for a weight per image, {_NO_PIXEL_WEIGHTS}"
         )
     shape = getattr(sample_weight, "shape", None)
@@ -425,19 +419,17 @@ class _LovaszLoss(keras.losses.Loss):
         data_format = data_format or keras.config.image_data_format()
         if data_format not in DATA_FORMATS:
             raise ValueError(f"data_format must be one of {DATA_FORMATS}; got {data_format!r}")
-        if not isinstance(scenes_in_labels, bool):
-            raise TypeError(f"scenes_in_labels must be True or False; got {scenes_in_labels!r}")
+        scenes_in_labels = V.check_flag(scenes_in_labels, "scenes_in_labels")
         if num_scenes is not None:
-            if isinstance(num_scenes, bool) or not isinstance(num_scenes, int) or num_scenes < 0:
-                raise TypeError(f"num_scenes must be a non-negative int or None; got {num_scenes!r}")
+            num_scenes = V.check_count(num_scenes, "num_scenes")
             if not scenes_in_labels:
                 raise ValueError("num_scenes goes with scenes_in_labels=True (the scene of each point in y_true)")
-        self.per_image = bool(per_image)
+        self.per_image = V.check_flag(per_image, "per_image")
         self.ignore_class = V.check_ignore(ignore_class, "ignore_class")
         self.data_format = data_format
         self.scenes_in_labels = scenes_in_labels
         self.num_scenes = num_scenes
-        self.global_batch = _check_global_batch(global_batch)
+        self.global_batch = V.check_flag(global_batch, "global_batch")
 
     @property
     def _channel_axis(self) -> int:
@@ -592,12 +584,10 @@ class _ClassAveragedLoss(_LovaszLoss):
         **options: Any,
     ):
         super().__init__(**options)
-        if not isinstance(include_background, bool):
-            raise TypeError(f"include_background must be True or False; got {include_background!r}")
-        self.from_logits = bool(from_logits)
+        self.from_logits = V.check_flag(from_logits, "from_logits")
         self.classes = _classes_config(classes)
         self.class_weights = _weights_config(class_weights)
-        self.include_background = include_background
+        self.include_background = V.check_flag(include_background, "include_background")
 
     def _class_weights(self, y_pred: Tensor, axis: int) -> list[float] | None:
         """``class_weights``, with channel 0's made 0 where ``include_background`` is False (MONAI's
@@ -1104,7 +1094,7 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
         rank = len(y_pred.shape)
         ignore = self.lovasz.ignore_class
         class_weights = getattr(self.lovasz, "class_weights", None)
-        if self.mode == "multiclass":
+        if self.mode == "multiclass" and y_pred.shape[axis] != 1:
             labels = ops.cast(_squeeze_channel(y_true, axis, rank), "int32")
             valid = _valid_mask(labels, ignore)
             labels = labels * ops.cast(valid, "int32")  # any class for ignored pixels: they weigh 0
@@ -1113,14 +1103,14 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
             weight = ops.cast(valid, pixel.dtype)
             if class_weights is not None:
                 weight = weight * ops.take(ops.convert_to_tensor(class_weights, pixel.dtype), labels)
-        else:
-            if self.mode == "binary":
+        else:  # binary, multi-label, or one channel: the foreground's logit, as the Lovász term reads it
+            if self.mode != "multilabel":
                 y_true, y_pred = _drop_binary_channel(y_true, y_pred, axis)
             valid = _valid_mask(y_true, ignore)
             target = ops.cast(y_true, "float32") * valid
             pixel = ops.binary_crossentropy(target, y_pred, from_logits=True)
             weight = ops.cast(valid, pixel.dtype)
-            if class_weights is not None:  # multilabel: a weight per channel
+            if class_weights is not None and self.mode == "multilabel":  # a weight per channel
                 shape = [1] * rank
                 shape[axis] = len(class_weights)
                 weight = weight * ops.reshape(ops.convert_to_tensor(class_weights, pixel.dtype), shape)
