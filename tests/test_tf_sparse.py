@@ -93,6 +93,22 @@ def test_channels_first_gathered_equals_dense(monkeypatch, mode, per_image):
     assert_same(gathered, dense, np.broadcast_to((labels == 255)[:, None], x.shape))
 
 
+def test_a_grid_too_large_for_the_kernel_is_gathered_eagerly(monkeypatch):
+    """Eagerly the valid pixels of a grid over the kernel's size limit are gathered (they may fit it), with
+    the dense loss and gradient; in a graph such a grid stays whole (its points' fit would need a tf.cond
+    inside the gathering's)."""
+    logits, labels = grid(5)
+    monkeypatch.setattr(C, "MAX_ELEMENTS", logits.size - 1)  # the grid over the limit, its valid points under
+    options = dict(ignore=255, from_logits=True, per_image=True, reduction="none")
+    gathered, dense = gathered_and_dense(monkeypatch, LT.lovasz_softmax, logits, "eager", labels, **options)
+    assert_same(gathered, dense, labels == 255)
+    monkeypatch.setattr(SCENES, "COMPACT_BELOW", 0.5)
+    runs = scene_kernel_runs(monkeypatch)
+    in_graph = value_and_grad(LT.lovasz_softmax, logits, "function", labels, **options)
+    assert not runs
+    assert_same(in_graph, dense, labels == 255)
+
+
 @pytest.mark.parametrize("ignore", [0, 19, -1])
 def test_lidar_ignore_values(monkeypatch, ignore):
     """Cylinder3D ignores 0, SemanticKITTI's 19-class setups 19, Pointcept -1 (labels shifted to fit)."""

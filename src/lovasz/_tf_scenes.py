@@ -325,7 +325,9 @@ def dense_or_gathered(
     exact zero. Chosen eagerly in Python, in a graph by ``tf.cond`` (the number of valid pixels is
     known when it runs), which also decides, for the branches, whether the grid fits the C kernel where
     that is not known when traced: one ``tf.switch_case``, no ``tf.cond`` nested in another
-    (:func:`_tf_rows.decided_fit`). The points of a grid that fits fit too."""
+    (:func:`_tf_rows.decided_fit`). The points of a grid that fits fit too; in a graph a grid too large
+    for the kernel (over ``C.MAX_ELEMENTS`` values) is not gathered, where its points' fit would need
+    a ``tf.cond`` of its own."""
     axis = 2 if channels_last else 1  # the row axis of [B, N, K] or [B, K, N]
     if valid.shape.rank == 2:  # one per pixel
         pixel_valid, uniform = valid, True
@@ -355,8 +357,8 @@ def dense_or_gathered(
         return run
 
     fits = _tf_rows.fits_kernel(pred)
-    if tf.executing_eagerly():
-        return gathered() if fits and bool(gathers) else whole()
+    if tf.executing_eagerly():  # (the points gathered from a grid too large for the kernel may fit it)
+        return gathered() if bool(gathers) else whole()
     if fits is not None:
         return tf.cond(gathers, decided(gathered, True), whole) if fits else whole()
     branch = tf.where(tf.size(pred, tf.int64) > C.MAX_ELEMENTS, 2, tf.where(gathers, 0, 1))

@@ -93,7 +93,7 @@ def _is_one_hot_shaped(y_true: Tensor, y_pred: Tensor, axis: int) -> bool:
     channels = pred_shape[axis]
     if channels is None or channels < 2 or true_shape[axis] != channels:
         return False
-    return all(t is None or p is None or t == p for t, p in zip(true_shape, pred_shape))
+    return V.compatible(true_shape, pred_shape)
 
 
 def _class_indices(y_true: Tensor, y_pred: Tensor, axis: int) -> Tensor:

@@ -416,8 +416,7 @@ def _on_valid_pixels(
 def _replicas(global_batch: bool) -> tf.distribute.ReplicaContext | None:
     """The replica context whose replicas' batches form the loss, with ``global_batch``; None where the
     batch is whole (no strategy, one replica, the cross-replica context)."""
-    if not isinstance(global_batch, bool):
-        raise TypeError(f"global_batch must be True or False; got {global_batch!r}")
+    global_batch = V.check_flag(global_batch, "global_batch")
     return _tf_distributed.replica_context() if global_batch else None
 
 
