@@ -866,6 +866,9 @@ def test_flags_are_true_or_false(module):
         ),
         "multilabel": (functools.partial(M.lovasz_multilabel, probas, targets), ["per_image", "from_logits"]),
     }
+    if module == "lovasz.tf":
+        for _, flags in calls.values():
+            flags.append("global_batch")
     for fn, flags in calls.values():
         for flag in flags:
             for value in ["no", 1, None]:
@@ -888,6 +891,25 @@ def test_class_weights_are_finite_and_not_negative(module):
         ):
             M.lovasz_softmax(probas, labels, weights=weights)
     assert np.isfinite(float(M.lovasz_softmax(probas, labels, weights=[0.0, 1, 2])))
+    message = r"weights must be finite numbers >= 0"
+    if module == "lovasz.tf":  # constant weights inside a graph are known when traced
+        tf = require("tensorflow")
+        traced = tf.function(lambda p: M.lovasz_softmax(p, labels, weights=tf.constant([1.0, -3.0, 1.0])))
+        with pytest.raises(ValueError, match=message):
+            traced(probas)
+    if module == "lovasz.torch":  # the modules' class_weights
+        for weights in [[1.0, float("nan"), 1.0], [-1.0, 1.0, 1.0]]:
+            with pytest.raises(ValueError, match="class_weights must be finite numbers >= 0"):
+                M.LovaszLoss(class_weights=weights)
+
+
+def test_keras_class_weights_are_finite_and_not_negative():
+    require("keras")
+    K = require("lovasz.keras")
+    for loss in [K.LovaszSoftmaxLoss, K.LovaszMultilabelLoss, K.CrossEntropyLovaszLoss]:
+        for weights in [[-1.0, 1.0, 1.0], [1.0, float("inf"), 1.0]]:
+            with pytest.raises(ValueError, match="class_weights must be finite numbers >= 0"):
+                loss(class_weights=weights)
 
 
 @pytest.mark.parametrize("module", ["lovasz.torch", "lovasz.tf", "lovasz.jax"])

@@ -35,6 +35,7 @@ def test_markdown_has_a_line_for_each_shape_of_a_case_name():
     [
         (["--device", "bogus"], "argument --device: 'bogus' is not a device; available: cpu"),
         (["--device", "meta"], "argument --device: meta: must be cpu or cuda; available: cpu"),
+        (["--device", "cuda:1"], "argument --device: cuda:1: this machine has 1 CUDA device(s); available: cpu, cuda"),
         (["--repeats", "0"], "argument --repeats: must be at least 1; got 0"),
         (["--repeats", "two"], "argument --repeats: must be an integer; got 'two'"),
         (["--impl", "nope"], "--impl must be one of lovasz, "),
@@ -43,7 +44,9 @@ def test_markdown_has_a_line_for_each_shape_of_a_case_name():
 )
 def test_bad_options_are_argparse_errors(argv, message, capsys, monkeypatch):
     """Each names its option and what it takes, exit status 2 before anything is timed."""
-    monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: False)
+    one_gpu = "cuda:1" in argv  # a machine of one GPU, as torch sees it
+    monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: one_gpu)
+    monkeypatch.setattr(bench.torch.cuda, "device_count", lambda: int(one_gpu))
     with pytest.raises(SystemExit) as exit_:
         bench.main(argv)
     assert exit_.value.code == 2

@@ -100,14 +100,12 @@ def test_seeds_below_one_is_refused(tmp_path, capsys, seeds):
     assert f"argument --seeds: must be at least 1; got {seeds}" in capsys.readouterr().err
 
 
-def _no_such_cuda() -> tuple[str, str]:
-    """A CUDA device this machine lacks, and what the demo says about it."""
+def _cuda_devices(monkeypatch, count: int) -> None:
+    """The machine as torch sees it: ``count`` CUDA devices (the messages list what there is)."""
     import torch
 
-    if not torch.cuda.is_available():
-        return "cuda", "cuda: CUDA is not available on this machine; available: cpu"
-    count = torch.cuda.device_count()
-    return f"cuda:{count}", f"cuda:{count}: this machine has {count} CUDA device(s); available: cpu, cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
 
 
 @pytest.mark.parametrize(
@@ -115,7 +113,7 @@ def _no_such_cuda() -> tuple[str, str]:
     [
         (["--device", "bogus"], "argument --device: 'bogus' is not a device; available: cpu"),
         (["--device", "meta"], "argument --device: meta: must be cpu or cuda; available: cpu"),
-        (["--device", _no_such_cuda()[0]], "argument --device: " + _no_such_cuda()[1]),
+        (["--device", "cuda"], "argument --device: cuda: CUDA is not available on this machine; available: cpu"),
         (["--batch-size", "0"], "argument --batch-size: must be at least 1; got 0"),
         (["--batch-size", "-1"], "argument --batch-size: must be at least 1; got -1"),
         (["--seed", "-1"], "argument --seed: must be from 0 to 4294967295; got -1"),
@@ -130,9 +128,11 @@ def _no_such_cuda() -> tuple[str, str]:
     ],
     ids=lambda value: " ".join(value) if isinstance(value, list) else "",
 )
-def test_bad_option_is_a_parse_error_naming_it(tmp_path, capsys, args, message):
+def test_bad_option_is_a_parse_error_naming_it(tmp_path, capsys, monkeypatch, args, message):
     """Refused by argparse, before any work: exit status 2 and `lovasz demo: error: argument --NAME: ...`,
-    whether or not --quick is given (its presets apply only to options not given)."""
+    whether or not --quick is given (its presets apply only to options not given). On a machine without
+    CUDA as torch sees it, so that the devices listed are the same everywhere."""
+    _cuda_devices(monkeypatch, 0)
     for quick in ([], ["--quick"]):
         with pytest.raises(SystemExit) as exit_info:
             demo.main([*quick, *args, "--out", str(tmp_path / "out")])
@@ -140,6 +140,15 @@ def test_bad_option_is_a_parse_error_naming_it(tmp_path, capsys, args, message):
         err = capsys.readouterr().err
         assert err.startswith("usage: lovasz demo") and err.endswith(f"lovasz demo: error: {message}\n"), err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_cuda_index_the_machine_lacks_is_a_parse_error(tmp_path, capsys, monkeypatch):
+    _cuda_devices(monkeypatch, 1)
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main(["--device", "cuda:1", "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    expected = "argument --device: cuda:1: this machine has 1 CUDA device(s); available: cpu, cuda, cuda:0"
+    assert capsys.readouterr().err.endswith(f"lovasz demo: error: {expected}\n")
 
 
 def test_explicit_options_win_over_quick(tmp_path, capsys):

@@ -178,7 +178,7 @@ def test_exportable_ends_with_its_block_even_on_an_error(monkeypatch):
 
 @pytest.mark.parametrize(
     "options",
-    [dict(), dict(per_image=True, ignore=255), dict(axis=-1, ignore=255), dict(segment_ids=True)],
+    [dict(ignore=255), dict(per_image=True, ignore=255), dict(axis=-1, ignore=255), dict(segment_ids=True, ignore=255)],
     ids=["batch", "per image, ignored", "channels-last", "segments"],
 )
 def test_exportable_with_symbolic_sizes(options):

@@ -288,22 +288,24 @@ MIXED_PER_CLASS = [1.0, 0.5, 0.5]  # class 0: 1/1, class 1: 1/2 (pixel 2), class
 
 @pytest.mark.parametrize("first", ["numpy", "torch"])
 def test_meter_takes_numpy_and_torch_batches_in_any_order(first):
-    """The first update decides where the counts live; later batches of the other kind are counted there."""
+    """The first update decides where the counts live; later batches of the other kind are counted there
+    (the other kind's batch is a perfect prediction: the totals show it was counted)."""
     kinds = {"numpy": np.asarray, "torch": dev}
     second = "torch" if first == "numpy" else "numpy"
     meter = M.IoUMeter(3)
-    for kind in (first, second, first):
-        meter.update(kinds[kind](MIXED_PRED), kinds[kind](MIXED_TARGET))
+    for kind, pred in ((first, MIXED_PRED), (second, MIXED_TARGET), (first, MIXED_PRED)):
+        meter.update(kinds[kind](pred), kinds[kind](MIXED_TARGET))
     if first == "numpy":
         assert isinstance(meter.state, np.ndarray)
     else:
         assert torch.is_tensor(meter.state) and meter.state.device == torch_device()
     out = meter.compute()
     per_class = out["per_class"].cpu().numpy() if first == "torch" else out["per_class"]
-    np.testing.assert_allclose(per_class, MIXED_PER_CLASS)
-    assert out["dataset_miou"] == pytest.approx(2 / 3)
-    assert out["per_image_miou"] == pytest.approx(2 / 3)
-    assert out["pixel_accuracy"] == pytest.approx(3 / 4)
+    # class 0: 3/3; class 1: 1/2 + 1/1 + 1/2 = 3/5; class 2: 1/2 + 2/2 + 1/2 = 4/6
+    np.testing.assert_allclose(per_class, [1.0, 3 / 5, 4 / 6])
+    assert out["dataset_miou"] == pytest.approx((1 + 3 / 5 + 4 / 6) / 3)
+    assert out["per_image_miou"] == pytest.approx((2 / 3 + 1 + 2 / 3) / 3)
+    assert out["pixel_accuracy"] == pytest.approx(10 / 12)
     meter.reset()  # and after a reset the next update decides again
     meter.update(kinds[second](MIXED_PRED), kinds[second](MIXED_TARGET))
     assert torch.is_tensor(meter.state) == (second == "torch")

@@ -228,12 +228,12 @@ def test_tf_function_with_unknown_dims_errors():
     traced = tf.function(
         LT.lovasz_softmax, input_signature=[tf.TensorSpec([None, 4, 4, 3]), tf.TensorSpec([None, None, None], tf.int64)]
     )
-    with pytest.raises(tf.errors.InvalidArgumentError):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="labels must have the shape of probas"):
         traced(probas, tf.zeros([2, 5, 5], tf.int64))  # unknown dims that differ: when it runs
     traced = tf.function(
         LT.lovasz_hinge, input_signature=[tf.TensorSpec([None, 4, 4]), tf.TensorSpec([None, None, None], tf.int64)]
     )
-    with pytest.raises(tf.errors.InvalidArgumentError):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="labels must have the shape of logits"):
         traced(probas[..., 0], tf.zeros([2, 4, 5], tf.int64))
 
 

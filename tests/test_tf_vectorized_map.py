@@ -133,3 +133,4 @@ def test_jacobian_of_a_persistent_tape_in_a_function(persistent):
     rows = jacobian(x).numpy()
     for b in range(len(X)):
         np.testing.assert_allclose(rows[b, b], expected[b], rtol=1e-5, atol=1e-7)
+        assert not np.delete(rows[b], b, axis=0).any()  # image b's loss depends on image b alone

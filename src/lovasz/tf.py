@@ -174,22 +174,27 @@ def _check_values(labels: tf.Tensor, ok: tf.Tensor, valid: tf.Tensor | None, all
         )
 
 
-def _check_layout_when_run(labels: tf.Tensor, prediction: tf.Tensor, axis: int | None, names: tuple[str, str]) -> None:
+def _check_layout_when_run(
+    labels: tf.Tensor, prediction: tf.Tensor, axis: int | None, names: tuple[str, str]
+) -> tuple[tf.Tensor, tf.Tensor]:
     """Where unknown dims (a ``tf.function``'s input_signature, a ``tf.data`` pipeline) left the shapes to the
     run, the labels' shape then must be the prediction's, less its class axis ``axis``: the reshapes would
-    take labels of the right size laid out otherwise (height and width swapped) without a word. Under XLA
-    TF compiles no assertion."""
+    take labels of the right size laid out otherwise (height and width swapped) without a word. The labels
+    and the prediction come back after the assertion, so that it runs before their reshapes (which would
+    fail first on another size, naming none of them). Under XLA TF compiles no assertion."""
     if tf.executing_eagerly() or (labels.shape.is_fully_defined() and prediction.shape.is_fully_defined()):
-        return
+        return labels, prediction
     expected = tf.shape(prediction, tf.int64)
     if axis is not None:
         axis %= prediction.shape.rank
         expected = tf.concat([expected[:axis], expected[axis + 1 :]], 0)
     lname, pname = names
     without = "" if axis is None else f" less its axis {axis}"
-    tf.debugging.assert_equal(
+    check = tf.debugging.assert_equal(
         tf.shape(labels, tf.int64), expected, message=f"{lname} must have the shape of {pname}{without}"
     )
+    with tf.control_dependencies([check]):
+        return tf.identity(labels), tf.identity(prediction)
 
 
 def _valid(labels: tf.Tensor, ignore: int | None) -> tf.Tensor | None:
@@ -511,7 +516,7 @@ def lovasz_softmax(
     if probas.shape.rank == labels.shape.rank + 1:
         _check_known_classes(probas.shape[channel_axis], "probas", probas.shape)
     sigmoid, num_classes = V.softmax_layout(probas.shape, labels.shape, channel_axis)
-    _check_layout_when_run(labels, probas, None if sigmoid else channel_axis, ("labels", "probas"))
+    labels, probas = _check_layout_when_run(labels, probas, None if sigmoid else channel_axis, ("labels", "probas"))
     classes = V.check_classes(classes, num_classes)
     ignore = V.check_ignore(ignore)
     reduction = V.check_reduction(reduction)
@@ -644,7 +649,7 @@ def lovasz_hinge(
         if len(s) == rank + 1 and V.same_dim(s[a], 1) and V.compatible(V.without_axis(s, a), labels.shape)
     ]
     if len(s) == rank or len(axes) == 1:
-        _check_layout_when_run(labels, logits, axes[0] if axes else None, ("labels", "logits"))
+        labels, logits = _check_layout_when_run(labels, logits, axes[0] if axes else None, ("labels", "logits"))
     ignore = V.check_ignore(ignore)
     reduction = V.check_reduction(reduction)
     margin, symmetric = V.check_hinge_variant(margin, symmetric)
@@ -721,7 +726,7 @@ def lovasz_multilabel(
     if len(shapes[0]) >= 2:
         _check_known_classes(shapes[0][1], "logits", logits.shape)
     num_classes = V.multilabel_layout(*shapes)  # the class dim is known (checked)
-    _check_layout_when_run(targets, logits, None, ("targets", "logits"))
+    targets, logits = _check_layout_when_run(targets, logits, None, ("targets", "logits"))
     classes = V.check_classes(classes, num_classes)
     ignore = V.check_ignore(ignore)
     reduction = V.check_reduction(reduction)
