@@ -64,6 +64,14 @@ def tf_value_and_grad(loss, x, mode: str = "eager") -> list:
     return [t.numpy() for t in (tf.function(run) if mode == "function" else run)(tf.convert_to_tensor(x))]
 
 
+def cuda_devices(monkeypatch, count: int) -> None:
+    """The machine as torch sees it: ``count`` CUDA devices (the CLIs' device messages list what there is)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+
+
 def host(t):
     """A tensor as a NumPy array on the host, for comparisons."""
     return t.detach().cpu().numpy()

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import require
+from conftest import cuda_devices, require
 
 require("torch")
 bench = require("lovasz.bench")
@@ -44,9 +44,7 @@ def test_markdown_has_a_line_for_each_shape_of_a_case_name():
 )
 def test_bad_options_are_argparse_errors(argv, message, capsys, monkeypatch):
     """Each names its option and what it takes, exit status 2 before anything is timed."""
-    one_gpu = "cuda:1" in argv  # a machine of one GPU, as torch sees it
-    monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: one_gpu)
-    monkeypatch.setattr(bench.torch.cuda, "device_count", lambda: int(one_gpu))
+    cuda_devices(monkeypatch, 1 if "cuda:1" in argv else 0)  # (a machine of one GPU for cuda:1)
     with pytest.raises(SystemExit) as exit_:
         bench.main(argv)
     assert exit_.value.code == 2

@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from conftest import require
+from conftest import cuda_devices, require
 
 require("torch")
 require("matplotlib")
@@ -100,14 +100,6 @@ def test_seeds_below_one_is_refused(tmp_path, capsys, seeds):
     assert f"argument --seeds: must be at least 1; got {seeds}" in capsys.readouterr().err
 
 
-def _cuda_devices(monkeypatch, count: int) -> None:
-    """The machine as torch sees it: ``count`` CUDA devices (the messages list what there is)."""
-    import torch
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
-
-
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -132,7 +124,7 @@ def test_bad_option_is_a_parse_error_naming_it(tmp_path, capsys, monkeypatch, ar
     """Refused by argparse, before any work: exit status 2 and `lovasz demo: error: argument --NAME: ...`,
     whether or not --quick is given (its presets apply only to options not given). On a machine without
     CUDA as torch sees it, so that the devices listed are the same everywhere."""
-    _cuda_devices(monkeypatch, 0)
+    cuda_devices(monkeypatch, 0)
     for quick in ([], ["--quick"]):
         with pytest.raises(SystemExit) as exit_info:
             demo.main([*quick, *args, "--out", str(tmp_path / "out")])
@@ -143,7 +135,7 @@ def test_bad_option_is_a_parse_error_naming_it(tmp_path, capsys, monkeypatch, ar
 
 
 def test_a_cuda_index_the_machine_lacks_is_a_parse_error(tmp_path, capsys, monkeypatch):
-    _cuda_devices(monkeypatch, 1)
+    cuda_devices(monkeypatch, 1)
     with pytest.raises(SystemExit) as exit_info:
         demo.main(["--device", "cuda:1", "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2
