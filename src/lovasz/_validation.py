@@ -107,6 +107,16 @@ def ignore_held(ignore: int | None, bounds: Any) -> int | None:
     return ignore if int(bounds.min) <= ignore <= int(bounds.max) else None
 
 
+def check_known_rank(x: Any, name: str) -> None:
+    """A TF tensor of unknown rank (a ``tf.py_function``'s output in ``tf.data``) cannot be laid out: the
+    layouts are told apart by rank while tracing. Other arrays always have one."""
+    if getattr(getattr(x, "shape", None), "rank", 0) is None:
+        raise ValueError(
+            f"{name} must have a known rank; got shape <unknown> (set it with tf.ensure_shape, or in the "
+            "tf.function's input_signature: unknown dims may be None)"
+        )
+
+
 def check_count(value: Any, name: str, minimum: int = 0) -> int:
     """An int of at least ``minimum`` (NumPy's ints too): a bool, a float or a string is no count."""
     what = {0: "a non-negative int", 1: "a positive int"}.get(minimum, f"an int >= {minimum}")

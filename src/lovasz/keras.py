@@ -384,16 +384,6 @@ def _reduce_scenes(losses: Tensor, counts: Tensor, reduction: str | None, contex
 # ----------------------------------------------------------------------------- the Lovász losses
 
 
-def _check_known_ranks(**tensors: Any) -> None:
-    """TF tensors of unknown rank (a tf.py_function's output in tf.data): the layouts are told apart by rank."""
-    for name, x in tensors.items():
-        if getattr(getattr(x, "shape", None), "rank", 0) is None:
-            raise ValueError(
-                f"{name} must have a known rank; got shape <unknown> (in a tf.data pipeline, set it with "
-                "tf.ensure_shape; unknown dims may be None)"
-            )
-
-
 class _LovaszLoss(keras.losses.Loss):
     """What the three losses share: options, the data format, scenes, the backend dispatch and the config.
 
@@ -444,7 +434,8 @@ class _LovaszLoss(keras.losses.Loss):
         return _replica_context() if self.global_batch else None
 
     def __call__(self, y_true: Tensor, y_pred: Tensor, sample_weight: Tensor | None = None) -> Tensor:
-        _check_known_ranks(y_true=y_true, y_pred=y_pred)
+        V.check_known_rank(y_true, "y_true")
+        V.check_known_rank(y_pred, "y_pred")
         keras_call = super().__call__
         return _reduce_for_replicas(
             lambda w: keras_call(y_true, y_pred, w), self, self.reduction, y_pred, sample_weight
@@ -1081,7 +1072,8 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
         return total
 
     def __call__(self, y_true: Tensor, y_pred: Tensor, sample_weight: Tensor | None = None) -> Tensor:
-        _check_known_ranks(y_true=y_true, y_pred=y_pred)
+        V.check_known_rank(y_true, "y_true")
+        V.check_known_rank(y_pred, "y_pred")
         keras_call = super().__call__
         return _reduce_for_replicas(
             lambda w: keras_call(y_true, y_pred, w), self.lovasz, self.reduction, y_pred, sample_weight

@@ -114,17 +114,8 @@ def _check_prediction(x: Any, name: str) -> tf.Tensor:
     x = _to_tensor(x, name, "a floating-point tensor")
     if not x.dtype.is_floating:
         raise TypeError(f"{name} must be a floating-point tensor; got dtype {x.dtype.name}")
-    _check_known_rank(x, name)
+    V.check_known_rank(x, name)
     return x
-
-
-def _check_known_rank(x: tf.Tensor, name: str) -> None:
-    """The layouts are told apart by rank while tracing (a tf.py_function's output in tf.data has none)."""
-    if x.shape.rank is None:
-        raise ValueError(
-            f"{name} must have a known rank; got shape {x.shape} (set it with tf.ensure_shape, or in the "
-            "tf.function's input_signature: unknown dims may be None)"
-        )
 
 
 def _check_labels(labels: Any, name: str) -> tf.Tensor:
@@ -133,7 +124,7 @@ def _check_labels(labels: Any, name: str) -> tf.Tensor:
     Float labels must hold whole numbers: the functions check that as they check the label range.
     """
     labels = _to_tensor(labels, name, "a tensor of class indices")
-    _check_known_rank(labels, name)
+    V.check_known_rank(labels, name)
     dtype = labels.dtype
     if dtype.is_floating:
         return labels
