@@ -925,3 +925,121 @@ def test_bad_scenes_name_themselves_in_a_tensorflow_graph():
     np.testing.assert_allclose(xla(packed(labels, outside), logits), expected, rtol=1e-5)
     empty = np.zeros((0, 2), "float32"), np.zeros((0, NUM_CLASSES), "float32")  # no point: nothing to assert
     np.testing.assert_array_equal(in_graph(*empty), np.zeros(3))
+
+
+# ----------------------------------------------------------------------------- Keras masks on y_pred
+
+MASKED_LOSSES = {
+    "softmax": lambda **kw: LovaszSoftmaxLoss(from_logits=True, **kw),
+    "softmax-per-image": lambda **kw: LovaszSoftmaxLoss(from_logits=True, per_image=True, **kw),
+    "softmax-channels-first": lambda **kw: LovaszSoftmaxLoss(data_format="channels_first", **kw),
+    "hinge": lambda **kw: LovaszHingeLoss(**kw),
+    "hinge-batch": lambda **kw: LovaszHingeLoss(per_image=False, symmetric=True, **kw),
+    "multilabel": lambda **kw: LovaszMultilabelLoss(per_image=True, **kw),
+    "ce+lovasz": lambda **kw: CrossEntropyLovaszLoss(ce_weight=0.5, class_weights=[1.0, 2.0, 0.5], **kw),
+    "ce+lovasz-binary": lambda **kw: CrossEntropyLovaszLoss("binary", **kw),
+    "ce+lovasz-multilabel": lambda **kw: CrossEntropyLovaszLoss("multilabel", per_image=True, **kw),
+}
+
+
+def with_keras_mask(loss, mask):
+    """``loss`` called on a ``y_pred`` that carries the Keras mask ``mask``, as a layer's ``compute_mask`` gives it."""
+    from keras.src.backend import set_keras_mask
+
+    def masked(y_true, y_pred):
+        y_pred = keras.ops.convert_to_tensor(y_pred)
+        set_keras_mask(y_pred, keras.ops.convert_to_tensor(mask))
+        return loss(y_true, y_pred)
+
+    return masked
+
+
+def masked_case(name, seed=31):
+    """``y_true``, ``y_pred`` ``[2, 4, 5, C]`` (``[2, C, 4, 5]`` channels-first) for the loss ``name``, a pixel
+    mask ``[2, 4, 5]`` and ``y_true`` with the masked pixels labelled 255 (every channel's, multi-label)."""
+    rng = np.random.default_rng(seed)
+    binary = "hinge" in name or "binary" in name
+    multilabel = "multilabel" in name
+    logits = rng.normal(size=(2, 4, 5, 1 if binary else NUM_CLASSES)).astype("float32")
+    if multilabel:
+        y_true = rng.integers(0, 2, logits.shape).astype("float32")
+    else:
+        y_true = rng.integers(0, 2 if binary else NUM_CLASSES, (2, 4, 5)).astype("float32")
+    mask = rng.random((2, 4, 5)) > 0.4
+    ignored = np.where(mask[..., None] if multilabel else mask, y_true, 255).astype("float32")
+    if name.endswith("channels-first"):
+        logits = np.moveaxis(logits, -1, 1)
+        logits = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)  # probabilities
+    return y_true, logits, mask, ignored
+
+
+@pytest.mark.parametrize("ignore_class", [None, 255])
+@pytest.mark.parametrize("name", MASKED_LOSSES)
+def test_a_keras_mask_leaves_its_pixels_out(name, ignore_class):
+    """A Keras mask on ``y_pred`` (a layer's ``compute_mask``) leaves the pixels it masks out of the loss, as
+    ``ignore_class`` does: the same value and gradient, an exact zero gradient at masked pixels, whatever the
+    mask's form ([B, *spatial], with the size-1 channel axis, or [B] for whole images). Keras alone would weigh
+    the loss's values by it: in batch mode it was ignored, per image it failed in a broadcast."""
+    y_true, y_pred, mask, ignored = masked_case(name)
+    expected, expected_grad = value_and_grad(MASKED_LOSSES[name](ignore_class=255), ignored, y_pred)
+    loss = MASKED_LOSSES[name](ignore_class=ignore_class)
+    channel_axis = 1 if name.endswith("channels-first") else -1
+    for form in (mask, np.expand_dims(mask, channel_axis)):
+        got, grad = value_and_grad(with_keras_mask(loss, form), y_true, y_pred)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-7)
+        assert not np.expand_dims(~mask, channel_axis).repeat(y_pred.shape[channel_axis], channel_axis)[grad != 0].any()
+    images = np.array([True, False])
+    second_ignored = np.where(images.reshape((2,) + (1,) * (y_true.ndim - 1)), y_true, 255).astype("float32")
+    whole = value(MASKED_LOSSES[name](ignore_class=255), second_ignored, y_pred)
+    np.testing.assert_allclose(value(with_keras_mask(loss, images), y_true, y_pred), whole, rtol=1e-5)
+
+
+def test_a_keras_mask_of_points_and_bad_masks():
+    logits, labels, scene = points()
+    mask = np.arange(len(scene)) % 3 != 0
+    options = dict(from_logits=True, per_image=True, ignore_class=255, scenes_in_labels=True, reduction=None)
+    loss = LovaszSoftmaxLoss(**options)
+    expected = value(loss, packed(np.where(mask, labels, 255), scene), logits)
+    np.testing.assert_allclose(value(with_keras_mask(loss, mask), packed(labels, scene), logits), expected, rtol=1e-6)
+    y_true, y_pred, mask, _ = masked_case("softmax")
+    message = r"Keras mask of y_pred must mark pixels, shape \[2, 4, 5\] .*got shape \[4, 5\]"
+    with pytest.raises(ValueError, match=message):
+        with_keras_mask(LovaszSoftmaxLoss(), mask[0])(y_true, y_pred)
+    y_pred = keras.ops.convert_to_tensor(y_pred)
+    from keras.src.backend import get_keras_mask, set_keras_mask
+
+    set_keras_mask(y_pred, keras.ops.convert_to_tensor(mask))
+    LovaszSoftmaxLoss()(y_true, y_pred)
+    assert get_keras_mask(y_pred) is not None  # the caller's tensor keeps its mask
+
+
+class MaskedPixels(keras.layers.Layer):
+    """``inputs[0]`` with a Keras mask of the pixels whose first input channel (``inputs[1]``) is above -0.3."""
+
+    def call(self, inputs):
+        return inputs[0]
+
+    def compute_mask(self, inputs, mask=None):
+        return keras.ops.greater(inputs[1][..., 0], -0.3)
+
+
+def test_fit_with_a_masking_layer_takes_the_step_of_ignored_labels():
+    """``fit`` on a model whose output carries a Keras mask takes the same steps as on the same model without
+    it, given the masked pixels as ignore_class: the mask reaches the loss, its gradient and the reduction."""
+    x, y = scenes()
+    ignored = np.where(x[..., 0] > -0.3, y, 255)
+
+    def trained(masked):
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((None, None, NUM_CLASSES))
+        outputs = keras.layers.Conv2D(NUM_CLASSES, 3, padding="same")(inputs)
+        if masked:
+            outputs = MaskedPixels()([outputs, inputs])
+        model = keras.Model(inputs, outputs)
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss=CrossEntropyLovaszLoss(ignore_class=255))
+        model.fit(x, y if masked else ignored, batch_size=4, epochs=2, verbose=0, shuffle=False)
+        return [keras.ops.convert_to_numpy(w) for w in model.weights]
+
+    for a, b in zip(trained(True), trained(False)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -34,7 +34,7 @@ Example:
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
@@ -166,6 +166,43 @@ def _reduced(loss: Tensor, reduction: str | None) -> Tensor:
 def _valid_mask(labels: Tensor, ignore: int | None) -> Tensor:
     """1.0 where a pixel takes part, 0.0 where it is labelled ``ignore``."""
     return ops.ones_like(labels, "float32") if ignore is None else ops.cast(ops.not_equal(labels, ignore), "float32")
+
+
+# ----------------------------------------------------------------------------- Keras masks
+
+try:
+    from keras.src.backend import get_keras_mask as _keras_mask  # what keras.losses.Loss reads
+except ImportError:  # Keras before 3.6 kept the mask as an attribute only
+
+    def _keras_mask(x: Tensor) -> Tensor | None:
+        return getattr(x, "_keras_mask", None)
+
+
+_MASKED = -1  # the label of pixels a Keras mask leaves out, where ignore_class is None (never a class)
+
+
+def _shallow_copy(loss: Any) -> Any:
+    """A copy that shares ``loss``'s attributes (its term-weight variables too): ``copy.copy`` of a Keras
+    object rebuilds it from its config, with new variables."""
+    copied = object.__new__(type(loss))
+    copied.__dict__.update(loss.__dict__)
+    return copied
+
+
+def _unmasked(x: Tensor) -> Tensor:
+    """``x`` as a new tensor without its Keras mask (an alias where the backend has one): the mask is folded
+    into the labels, and Keras would weigh the loss's values by it again, a mask of pixels against one value
+    per image."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.identity(x)
+    if backend == "torch":
+        return x.view_as(x)
+    import jax.numpy as jnp
+
+    return jnp.positive(x)  # a JAX array takes no attribute: Keras keys its mask by the array's id
 
 
 # ----------------------------------------------------------------------------- several replicas (tf.distribute)
@@ -391,6 +428,7 @@ class _LovaszLoss(keras.losses.Loss):
     batches of images, ``_points`` points of scenes."""
 
     _function = ""
+    _mask: Tensor | None = None  # a Keras mask of y_pred, for one call (see _with_mask)
 
     def __init__(
         self,
@@ -434,12 +472,39 @@ class _LovaszLoss(keras.losses.Loss):
         return _replica_context() if self.global_batch else None
 
     def __call__(self, y_true: Tensor, y_pred: Tensor, sample_weight: Tensor | None = None) -> Tensor:
-        V.check_known_rank(y_true, "y_true")
-        V.check_known_rank(y_pred, "y_pred")
-        keras_call = super().__call__
-        return _reduce_for_replicas(
-            lambda w: keras_call(y_true, y_pred, w), self, self.reduction, y_pred, sample_weight
-        )
+        return _loss_call(self, y_true, y_pred, sample_weight)
+
+    def _with_mask(self, mask: Tensor) -> _LovaszLoss:
+        """This loss for one call on a ``y_pred`` with the Keras mask ``mask``: a copy that leaves the
+        pixels (points) the mask leaves out, labelled ``ignore_class`` (without one, ``-1``)."""
+        masked = _shallow_copy(self)
+        masked._mask = mask
+        masked.ignore_class = _MASKED if self.ignore_class is None else self.ignore_class
+        return masked
+
+    def _masked(self, labels: Tensor, pixel_rank: int, axis: int, channels: bool = False) -> Tensor:
+        """``labels`` with the pixels that the Keras mask of ``y_pred`` leaves out labelled ``ignore_class``.
+        ``labels`` have ``pixel_rank`` dims of pixels (points) ``[B, *spatial]`` (``[N]``), and a channel axis
+        at ``axis`` if ``channels``; the mask holds ``[B, *spatial]`` or its leading dims (``[B]``: whole
+        images), with or without ``y_pred``'s size-1 channel axis at ``axis``."""
+        mask = self._mask
+        if mask is None:
+            return labels
+        mask = ops.convert_to_tensor(mask)
+        shape = list(labels.shape)
+        pixels = [n for i, n in enumerate(shape) if not channels or i != axis % len(shape)]
+        if len(mask.shape) == pixel_rank + 1 and mask.shape[axis] == 1:
+            mask = ops.squeeze(mask, axis)
+        rank = len(mask.shape)
+        if not 1 <= rank <= pixel_rank or not V.compatible(tuple(mask.shape), tuple(pixels[:rank])):
+            raise ValueError(
+                f"the Keras mask of y_pred must mark pixels, shape {pixels} (or its leading dims, or with "
+                f"y_pred's size-1 channel axis); got shape {list(mask.shape)}"
+            )
+        mask = ops.reshape(ops.cast(mask, "bool"), list(ops.shape(mask)) + [1] * (pixel_rank - rank))
+        if channels:
+            mask = ops.expand_dims(mask, axis)
+        return ops.where(mask, labels, ops.cast(self.ignore_class, labels.dtype))
 
     def call(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
         if not self.scenes_in_labels:
@@ -473,6 +538,7 @@ class _LovaszLoss(keras.losses.Loss):
         channels = self._function != "lovasz_hinge"
         if not channels and len(y_pred.shape) == 2 and y_pred.shape[-1] == 1:
             y_pred = ops.squeeze(y_pred, -1)
+        labels = self._masked(labels, 1, -1, channels=self._function == "lovasz_multilabel")
         options = self._options(y_pred, -1)
         if not self.per_image:  # all points one set: one image of N pixels, channels-last
             batch = ops.expand_dims(y_pred, 0), ops.expand_dims(labels, 0)
@@ -534,19 +600,28 @@ def _check_no_point_weights(scenes_in_labels: bool, sample_weight: Tensor | None
         )
 
 
-def _reduce_for_replicas(
-    keras_call: Callable[[Any], Tensor], lovasz: _LovaszLoss, reduction: str | None, y_pred: Tensor, sample_weight: Any
+def _loss_call(
+    loss: _LovaszLoss | CrossEntropyLovaszLoss, y_true: Tensor, y_pred: Tensor, sample_weight: Any
 ) -> Tensor:
-    """A Lovász loss (``lovasz``, or the combined loss around it) reduced by Keras, ``keras_call(sample_weight)``,
-    its ``sample_weight`` checked first; under ``tf.distribute`` replicas, each replica's share of the loss."""
+    """``loss(y_true, y_pred, sample_weight)`` as Keras reduces it, ``sample_weight`` checked first; a Keras mask
+    of ``y_pred`` folded into the labels; under ``tf.distribute`` replicas, each replica's share of the loss."""
+    V.check_known_rank(y_true, "y_true")
+    V.check_known_rank(y_pred, "y_pred")
+    mask = _keras_mask(y_pred)
+    if mask is not None:
+        loss, y_pred = loss._with_mask(mask), _unmasked(y_pred)
+    lovasz, reduction = loss if isinstance(loss, _LovaszLoss) else loss.lovasz, loss.reduction
+
+    def keras_call(weights: Any) -> Tensor:
+        return keras.losses.Loss.__call__(loss, y_true, y_pred, weights)
+
     _check_no_point_weights(lovasz.scenes_in_labels, sample_weight)
     _check_weights_per_image(lovasz._one_value(), lovasz.global_batch, sample_weight)
     if lovasz._one_value():
         return _replica_share(_reduced(keras_call(sample_weight), reduction), lovasz.global_batch, reduction)
     context = lovasz._replicas()
     sample_weight = _weights_of_images(sample_weight, y_pred, reduction, context)
-    loss = _reduced(keras_call(sample_weight), reduction)
-    return _share_of_images(loss, y_pred, sample_weight, reduction, context)
+    return _share_of_images(_reduced(keras_call(sample_weight), reduction), y_pred, sample_weight, reduction, context)
 
 
 def _classes_config(classes: str | Sequence[int]) -> str | list[int]:
@@ -716,6 +791,7 @@ class LovaszSoftmaxLoss(_ClassAveragedLoss):
 
     def _dense(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
         labels = self._labels(y_true, y_pred)  # float labels are checked to be whole there
+        labels = self._masked(labels, len(y_pred.shape) - 1, self._channel_axis)
         return self._run("lovasz_softmax", y_pred, labels, **self._options(y_pred, self._channel_axis))
 
 
@@ -787,6 +863,7 @@ class LovaszHingeLoss(_LovaszLoss):
 
     def _dense(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
         y_true, y_pred = _drop_binary_channel(y_true, y_pred, self._channel_axis)
+        y_true = self._masked(y_true, len(y_pred.shape), self._channel_axis)
         return self._run("lovasz_hinge", y_pred, y_true, channels=False, **self._options(y_pred, -1))
 
     def get_config(self) -> dict[str, Any]:
@@ -859,6 +936,7 @@ class LovaszMultilabelLoss(_ClassAveragedLoss):
         return {**super()._options(y_pred, axis), "margin": self.margin, "symmetric": self.symmetric}
 
     def _dense(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
+        y_true = self._masked(y_true, len(y_pred.shape) - 1, self._channel_axis, channels=True)
         return self._run("lovasz_multilabel", y_pred, y_true, **self._options(y_pred, self._channel_axis))
 
     def get_config(self) -> dict[str, Any]:
@@ -1072,12 +1150,13 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
         return total
 
     def __call__(self, y_true: Tensor, y_pred: Tensor, sample_weight: Tensor | None = None) -> Tensor:
-        V.check_known_rank(y_true, "y_true")
-        V.check_known_rank(y_pred, "y_pred")
-        keras_call = super().__call__
-        return _reduce_for_replicas(
-            lambda w: keras_call(y_true, y_pred, w), self.lovasz, self.reduction, y_pred, sample_weight
-        )
+        return _loss_call(self, y_true, y_pred, sample_weight)
+
+    def _with_mask(self, mask: Tensor) -> CrossEntropyLovaszLoss:
+        """This loss for one call on a ``y_pred`` with a Keras mask: both terms leave its pixels out."""
+        masked = _shallow_copy(self)
+        masked.lovasz = self.lovasz._with_mask(mask)
+        return masked
 
     def _cross_entropy(self, y_true: Tensor, y_pred: Tensor, points: bool) -> Tensor:
         """The mean cross-entropy of the non-ignored pixels, weighted by ``class_weights``: of each
@@ -1088,6 +1167,7 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
         class_weights = getattr(self.lovasz, "class_weights", None)
         if self.mode == "multiclass" and y_pred.shape[axis] != 1:
             labels = ops.cast(_squeeze_channel(y_true, axis, rank), "int32")
+            labels = self.lovasz._masked(labels, rank - 1, axis)
             valid = _valid_mask(labels, ignore)
             labels = labels * ops.cast(valid, "int32")  # any class for ignored pixels: they weigh 0
             logits = y_pred if axis in (-1, rank - 1) else ops.moveaxis(y_pred, axis, -1)  # TF's takes axis=-1 only
@@ -1098,6 +1178,9 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
         else:  # binary, multi-label, or one channel: the foreground's logit, as the Lovász term reads it
             if self.mode != "multilabel":
                 y_true, y_pred = _drop_binary_channel(y_true, y_pred, axis)
+                y_true = self.lovasz._masked(y_true, len(y_pred.shape), axis)
+            else:
+                y_true = self.lovasz._masked(y_true, rank - 1, axis, channels=True)
             valid = _valid_mask(y_true, ignore)
             target = ops.cast(y_true, "float32") * valid
             pixel = ops.binary_crossentropy(target, y_pred, from_logits=True)
