@@ -96,6 +96,23 @@ def jax_on_the_cpu():
         yield
 
 
+@pytest.fixture(autouse=True)
+def jax_x64_as_it_was():
+    """JAX's float64 switch back to what it was after each test: the tests that turn it on for float64 inputs
+    would otherwise leave it on for the tests after them in the process, which then would not test JAX's
+    default (float32 everywhere) that users run."""
+    jax = sys.modules.get("jax")
+    before = bool(jax.config.jax_enable_x64) if jax is not None else None
+    yield
+    jax = sys.modules.get("jax")
+    if jax is None:
+        return
+    if before is None:  # imported during the test: JAX's default, from its environment variable
+        before = os.environ.get("JAX_ENABLE_X64", "").lower() in ("1", "true", "yes", "on")
+    if bool(jax.config.jax_enable_x64) != before:
+        jax.config.update("jax_enable_x64", before)
+
+
 collect_ignore = ["keras_checks.py"]  # run per backend, in its own process, by test_keras.py
 
 
