@@ -110,8 +110,9 @@ def test_hinge_per_scene_equals_the_oracle_with_batch_and_offsets(path, margin, 
     order = torch.randperm(len(scene), generator=torch.Generator().manual_seed(0))
     shuffled = L.lovasz_hinge(dev(logits[order]), dev(labels[order]), batch=dev(scene[order]), **options)
     np.testing.assert_allclose(host(shuffled), expected, rtol=1e-5, atol=1e-6)
-    counted = L.lovasz_hinge(dev(logits), dev(labels), batch=dev(scene), num_scenes=len(SIZES) + 2, **options)
-    np.testing.assert_allclose(host(counted), expected + [0.0, 0.0], rtol=1e-5, atol=1e-6)
+    for count in (len(SIZES) + 2, np.int64(len(SIZES) + 2)):  # NumPy's ints count too, as everywhere else
+        counted = L.lovasz_hinge(dev(logits), dev(labels), batch=dev(scene), num_scenes=count, **options)
+        np.testing.assert_allclose(host(counted), expected + [0.0, 0.0], rtol=1e-5, atol=1e-6)
 
 
 def test_multilabel_per_scene_equals_the_oracle_and_the_dense_loss(path):
@@ -372,6 +373,7 @@ def test_nonfinite_logits_count_where_the_point_takes_part_and_not_where_ignored
         (dict(batch=[0, -1, 1, 1]), ValueError, r"scene indices in \[0, 1\]"),
         (dict(offsets=[2, 4], num_scenes=2), TypeError, "num_scenes goes with batch="),
         (dict(batch=[0, 0, 1, 1], num_scenes=2.0), TypeError, "num_scenes must be a non-negative int"),
+        (dict(batch=[0, 0, 1, 1], num_scenes=-1), ValueError, "num_scenes must be a non-negative int; got -1"),
         (dict(num_scenes=2), TypeError, "pass the scenes as batch="),
     ],
 )

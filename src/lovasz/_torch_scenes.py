@@ -138,8 +138,7 @@ def scenes(
                     "under torch.compile and torch.jit.trace, batch= needs num_scenes= (the number of scenes, an int)"
                 )
             num_scenes = int(scene.max()) + 1 if num_points else 0
-        if isinstance(num_scenes, bool) or not isinstance(num_scenes, int) or num_scenes < 0:
-            raise TypeError(f"num_scenes must be a non-negative int; got {num_scenes!r}")
+        num_scenes = V.check_count(num_scenes, "num_scenes")
         ok = torch.all((scene >= 0) & (scene < num_scenes))
         _check(ok, f"batch must hold scene indices in [0, {num_scenes - 1}]", lambda: scene.unique().tolist())
         if grouped:  # points in scene order stay where they are (checked on the CPU only: elsewhere a host sync)
