@@ -165,6 +165,14 @@ def test_bad_segments_raise_clear_errors():
         LJ.lovasz_softmax(x, y, num_segments=2)
     with pytest.raises(TypeError, match="num_segments must be a non-negative int"):
         LJ.lovasz_softmax(x, y, segment_ids=np.array([0, 0, 1, 1]), num_segments=2.0)
+    with pytest.raises(ValueError, match="num_segments must be a non-negative int; got -1"):
+        LJ.lovasz_softmax(x, y, segment_ids=np.array([0, 0, 1, 1]), num_segments=-1)
+    with pytest.raises(TypeError, match="num_segments must be a static int .*not an array"):
+        jax.jit(lambda n: LJ.lovasz_softmax(x, y, segment_ids=np.array([0, 0, 1, 1]), num_segments=n))(2)
+    np.testing.assert_allclose(  # NumPy's ints are static ints
+        LJ.lovasz_softmax(x, y, per_image=True, segment_ids=np.array([0, 0, 1, 1]), num_segments=np.int64(2)),
+        LJ.lovasz_softmax(x, y, per_image=True, segment_ids=np.array([0, 0, 1, 1]), num_segments=2),
+    )
     with pytest.raises(ValueError, match=r"probas must be points-first, \[N, C\]"):
         LJ.lovasz_softmax(rng.random((4, 3, 2)), y, segment_ids=np.array([0, 0, 1, 1]))
     with pytest.raises(ValueError, match=r"labels must have shape \[4\] for probas of shape \[4, 3\]"):
