@@ -141,7 +141,8 @@ def _segments(
             raise TypeError("under jax.jit, segment_ids= needs a static num_segments= (as jax.ops.segment_sum does)")
         num_segments = int(top) + 1
     if isinstance(num_segments, jax.Array):  # a traced one has no value to size the segments by
-        raise TypeError(f"num_segments must be a static int (a Python or NumPy int), not an array; got {num_segments}")
+        kind = type(num_segments).__name__
+        raise TypeError(f"num_segments must be a static int (a Python or NumPy int), not an array; got a {kind}")
     num_segments = V.check_count(num_segments, "num_segments")
     if num_segments == 0 and num_points:
         raise ValueError(f"num_segments=0 leaves the {num_points} points in no segment; there must be at least one")
