@@ -9,7 +9,9 @@ in ``model.fit``. Channels-last by default (``data_format``), as Keras is.
 With ``per_image=True`` a loss returns one value per image and Keras applies
 ``sample_weight`` (one weight per image, ``[B]``) and ``reduction`` to them;
 otherwise the batch is one set and the loss is one number, which no
-``sample_weight`` weighs (``ValueError``, as for a weight per pixel).
+``sample_weight`` weighs (``ValueError``, as for a weight per pixel). A Keras mask on
+``y_pred`` (a layer's ``compute_mask``) leaves the pixels it masks out, as ``ignore_class``
+does.
 
 Several devices: on the TensorFlow backend under a ``tf.distribute`` strategy
 (``MirroredStrategy``), ``global_batch=True`` makes each replica's loss its share of the
