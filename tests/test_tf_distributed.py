@@ -318,20 +318,25 @@ def assert_same_step(name, got, expected, tol=2e-6):
         np.testing.assert_allclose(w, e, rtol=tol, atol=tol, err_msg=f"{name}: the weights after the step")
 
 
-def keras_value_and_grad(loss, y_true, y_pred, sample_weight=None):
-    """A Keras loss and its gradient with respect to ``y_pred``."""
+def keras_value_and_grad(loss, y_true, y_pred, sample_weight=None, mask=None):
+    """A Keras loss and its gradient with respect to ``y_pred`` (given the Keras mask ``mask``)."""
     import tensorflow as tf
 
     with tf.GradientTape() as tape:
         tape.watch(y_pred)
+        if mask is not None:
+            y_pred = tf.identity(y_pred)
+            y_pred._keras_mask = mask  # as a layer's compute_mask leaves it
         value = loss(y_true, y_pred, sample_weight=sample_weight)
     return value, tf.convert_to_tensor(tape.gradient(value, y_pred))  # a gather's gradient: IndexedSlices
 
 
-def assert_shares(name, strategy, make_loss, y_true_shards, pred_shards, y_true, y_pred, weights=None):
+def assert_shares(name, strategy, make_loss, y_true_shards, pred_shards, y_true, y_pred, weights=None, masks=None):
     """``make_loss(global_batch=True)`` on each replica's shard, summed over the replicas, is ``make_loss()``
     on the whole batch, and each replica's gradient is its slice of the whole batch's gradient. ``weights``:
-    the ``sample_weight`` of the whole batch, split as the shards are (a 0-d one goes whole to every replica)."""
+    the ``sample_weight`` of the whole batch, split as the shards are (a 0-d one goes whole to every replica).
+    ``masks``: each shard's Keras mask on its ``y_pred`` (``y_true``, the whole batch's, gives its pixels as
+    ignored instead)."""
     import tensorflow as tf
 
     whole = (tf.constant(y_true), tf.constant(y_pred), None if weights is None else tf.constant(weights))
@@ -342,11 +347,15 @@ def assert_shares(name, strategy, make_loss, y_true_shards, pred_shards, y_true,
         weight_shards = [np.zeros(0, "float32")] * len(pred_shards)  # not passed on
     else:
         weight_shards = np.split(weights, parts) if np.ndim(weights) else [weights] * len(pred_shards)
-    args = tuple(distributed(strategy, shards) for shards in (pred_shards, y_true_shards, weight_shards))
+    mask_shards = [np.zeros(0, bool)] * len(pred_shards) if masks is None else masks
+    args = tuple(distributed(strategy, s) for s in (pred_shards, y_true_shards, weight_shards, mask_shards))
     values, grads = (
         strategy.experimental_local_results(v)
         for v in strategy.run(
-            lambda p, t, w: keras_value_and_grad(loss, t, p, None if weights is None else w), args=args
+            lambda p, t, w, m: keras_value_and_grad(
+                loss, t, p, None if weights is None else w, None if masks is None else m
+            ),
+            args=args,
         )
     )
     total = float(np.sum([v.numpy() for v in values]))
@@ -404,6 +413,29 @@ def check_keras_per_image_means_are_shares_of_the_whole_batch(strategy):
                         raise AssertionError(f"{label}: a 0-d weight made a share")
                     continue
                 assert_shares(label, strategy, make_loss, *shards, y, pred, weights)
+
+
+def check_keras_masks_in_replicas_are_shares_of_the_whole_batch(strategy):
+    """A Keras mask on each replica's ``y_pred`` leaves its pixels out of the global batch's loss: the shares sum
+    to the single-device loss of the same pixels labelled ``ignore_class``, per image for every mean
+    reduction (Keras would divide by the mask's pixels, not the images, were the mask left to it)."""
+    sizes = [2, 2, 1][:REPLICAS]
+    parts = np.cumsum(sizes)[:-1]
+    for name in ("softmax", "softmax per image", "cross-entropy + Lovász per image"):
+        kind, make = keras_losses()[name]
+        x, y, channels = keras_data(kind, sum(sizes))
+        pred = x[..., :channels].astype("float32")
+        mask = x[..., 1] > -0.5
+        mask[-1] = False  # an image with every pixel masked
+        ignored = np.where(mask, y, 255)
+        for reduction in ("sum_over_batch_size", "mean_with_sample_weight"):
+
+            def make_loss(make=make, reduction=reduction, **kw):
+                return make(reduction=reduction, **kw)
+
+            shards = np.split(y, parts), np.split(pred, parts)
+            label = f"{name}, {reduction}, masked"
+            assert_shares(label, strategy, make_loss, *shards, ignored, pred, masks=np.split(mask, parts))
 
 
 def check_keras_scenes_in_replicas_are_shares_of_the_whole_batch(strategy):
@@ -533,6 +565,7 @@ def _tensorflow_checks() -> list:
         check_keras_losses_in_replicas_are_shares_of_the_whole_batch,
         check_keras_per_image_means_are_shares_of_the_whole_batch,
         check_keras_scenes_in_replicas_are_shares_of_the_whole_batch,
+        check_keras_masks_in_replicas_are_shares_of_the_whole_batch,
         check_keras_fit_under_mirrored_strategy_takes_the_single_device_step,
         check_keras_without_global_batch_takes_the_mean_of_the_shards_losses,
         check_keras_global_batch_refuses_sample_weight_in_batch_mode,
