@@ -1014,6 +1014,20 @@ def test_a_keras_mask_of_points_and_bad_masks():
     assert get_keras_mask(y_pred) is not None  # the caller's tensor keeps its mask
 
 
+@pytest.mark.parametrize("per_image", [False, True])
+@pytest.mark.parametrize("mode", ["multiclass", "binary", "multilabel"])
+def test_a_keras_mask_of_points_in_both_terms(mode, per_image):
+    """Points of scenes in every mode of the combined loss: both terms leave the masked points out."""
+    multilabel = mode == "multilabel"
+    logits, labels, scene = points(channels=1 if mode == "binary" else NUM_CLASSES, multilabel=multilabel)
+    labels = labels % 2 if mode == "binary" else labels
+    mask = np.arange(len(scene)) % 3 != 1
+    ignored = np.where(mask[:, None] if multilabel else mask, labels, 255)
+    loss = CrossEntropyLovaszLoss(mode, ignore_class=255, per_image=per_image, scenes_in_labels=True)
+    expected = value(loss, packed(ignored, scene), logits)
+    np.testing.assert_allclose(value(with_keras_mask(loss, mask), packed(labels, scene), logits), expected, rtol=1e-6)
+
+
 class MaskedPixels(keras.layers.Layer):
     """``inputs[0]`` with a Keras mask of the pixels whose first input channel (``inputs[1]``) is above -0.3."""
 
