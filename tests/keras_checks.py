@@ -1006,6 +1006,14 @@ def test_a_keras_mask_of_points_and_bad_masks():
     message = r"Keras mask of y_pred must mark pixels, shape \[2, 4, 5\] .*got shape \[4, 5\]"
     with pytest.raises(ValueError, match=message):
         with_keras_mask(LovaszSoftmaxLoss(), mask[0])(y_true, y_pred)
+    wrong = y_true.copy()
+    wrong[0, 0, 0] = -1  # a label that is no class, where the mask keeps the pixel: the range error, as unmasked
+    mask[0, 0, 0] = True
+    for loss in (LovaszSoftmaxLoss(), CrossEntropyLovaszLoss()):
+        with pytest.raises(ValueError, match=r"labels must be in \[0, 2\].*found -1"):
+            loss(wrong, y_pred)
+        with pytest.raises(ValueError, match=r"labels must be in \[0, 2\].*found -1"):
+            with_keras_mask(loss, mask)(wrong, y_pred)
     y_pred = keras.ops.convert_to_tensor(y_pred)
     from keras.src.backend import get_keras_mask, set_keras_mask
 

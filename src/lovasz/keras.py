@@ -180,7 +180,9 @@ except ImportError:  # Keras before 3.6 kept the mask as an attribute only
         return getattr(x, "_keras_mask", None)
 
 
-_MASKED = -1  # the label of pixels a Keras mask leaves out, where ignore_class is None (never a class)
+# The label of pixels a Keras mask leaves out, where ignore_class is None: never a class, nor a label a user writes
+# (a -1 still fails the range check), and exact in every dtype y_true takes (float16 and bfloat16 too).
+_MASKED = -(1 << 15)
 
 
 def _shallow_copy(loss: Any) -> Any:
@@ -478,7 +480,7 @@ class _LovaszLoss(keras.losses.Loss):
 
     def _with_mask(self, mask: Tensor) -> _LovaszLoss:
         """This loss for one call on a ``y_pred`` with the Keras mask ``mask``: a copy that leaves the
-        pixels (points) the mask leaves out, labelled ``ignore_class`` (without one, ``-1``)."""
+        pixels (points) the mask leaves out, labelled ``ignore_class`` (without one, ``_MASKED``)."""
         masked = _shallow_copy(self)
         masked._mask = mask
         masked.ignore_class = _MASKED if self.ignore_class is None else self.ignore_class
@@ -1142,12 +1144,12 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
             y_true = lovasz._labels(y_true, y_pred)  # one-hot as class indices, for both terms
         ce_on, lovasz_on = self._terms()
         total = None
+        if lovasz_on:  # first: it checks the labels and names what is wrong (TF's cross-entropy op would not)
+            value = lovasz._dense(y_true, y_pred) if scene is None else lovasz._points(y_true, y_pred, scene)
+            total = ops.cast(self._variables[1], value.dtype) * value
         if ce_on:
             ce = self._cross_entropy(y_true, y_pred, points=scene is not None)
-            total = ops.cast(self._variables[0], ce.dtype) * ce
-        if lovasz_on:
-            value = lovasz._dense(y_true, y_pred) if scene is None else lovasz._points(y_true, y_pred, scene)
-            term = ops.cast(self._variables[1], value.dtype) * value
+            term = ops.cast(self._variables[0], ce.dtype) * ce
             total = term if total is None else total + term
         return total
 
