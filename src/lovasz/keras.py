@@ -614,7 +614,8 @@ def _loss_call(
     mask = _keras_mask(y_pred)
     if mask is not None:
         loss, y_pred = loss._with_mask(mask), _unmasked(y_pred)
-    lovasz, reduction = loss if isinstance(loss, _LovaszLoss) else loss.lovasz, loss.reduction
+    lovasz = loss if isinstance(loss, _LovaszLoss) else loss.lovasz  # whose options shape the reduction
+    reduction = loss.reduction
 
     def keras_call(weights: Any) -> Tensor:
         return keras.losses.Loss.__call__(loss, y_true, y_pred, weights)
