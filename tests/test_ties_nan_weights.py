@@ -10,6 +10,8 @@ predictions, and in learned class weights.
 - Class weights that require grad get theirs (finite differences), as in JAX and TF.
 """
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -283,3 +285,33 @@ def test_torch_class_weights_gradient_multilabel_compile_and_jax():
         weights = w.clone().requires_grad_()
         fn(weights).backward()
         np.testing.assert_allclose(weights.grad.numpy(), np.asarray(expected), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("module", ["LovaszLoss", "CrossEntropyLovaszLoss"])
+def test_torch_modules_keep_learned_class_weights_live(dtype, module):
+    """A floating class_weights tensor is the modules' buffer itself, as PyTorch's losses keep ``weight``: an
+    optimiser's step on it reaches the loss (a float32 copy of a float64 one stayed behind), its gradient
+    comes, the module deep-copies, and the loss keeps the input's dtype."""
+    g = torch.Generator().manual_seed(13)
+    logits, labels = torch.randn(2, 3, 5, 5, generator=g), torch.randint(0, 3, (2, 5, 5), generator=g)
+    weights = torch.tensor([1.0, 2.0, 3.0], dtype=dtype, requires_grad=True)
+    loss_fn = getattr(L, module)(class_weights=weights)
+    value = loss_fn(logits, labels)
+    value.backward()
+    assert value.dtype == torch.float32 and weights.grad is not None and bool(weights.grad.abs().sum() > 0)
+    torch.optim.SGD([weights], lr=1.0).step()
+    expected = getattr(L, module)(class_weights=weights.detach().float().tolist())(logits, labels)
+    torch.testing.assert_close(loss_fn(logits, labels), expected)
+    torch.testing.assert_close(copy.deepcopy(loss_fn)(logits, labels), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64, torch.float16])
+def test_torch_weights_of_every_real_dtype(dtype):
+    g = torch.Generator().manual_seed(14)
+    probas, labels = torch.rand(2, 3, 4, 4, generator=g), torch.randint(0, 3, (2, 4, 4), generator=g)
+    expected = L.lovasz_softmax(probas, labels, weights=[1.0, 2.0, 3.0])
+    torch.testing.assert_close(L.lovasz_softmax(probas, labels, weights=torch.tensor([1, 2, 3], dtype=dtype)), expected)
+    for bad in (torch.tensor([True, False, True]), torch.tensor([1j, 2, 3])):
+        with pytest.raises(TypeError, match=r"weights must hold real numbers; got dtype"):
+            L.lovasz_softmax(probas, labels, weights=bad)

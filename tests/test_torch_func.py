@@ -75,6 +75,22 @@ def test_torch_func_errors_are_clear():
         vmap(lambda x, y: L.lovasz_softmax(x, y, ignore=255))(probas, bad)
 
 
+def test_vmap_over_points_takes_the_scenes_from_outside_only():
+    """Scenes shared by every sample map as a loop; scenes of each sample's own (a mapped ``batch=`` or
+    ``offsets=``) decide each sample's grouping, which a vmap cannot: a TypeError that says so, not
+    torch's data-dependent control flow error from inside the check."""
+    g = torch.Generator().manual_seed(5)
+    points, labels = torch.randn(4, 30, 3, generator=g, dtype=torch.float64), torch.randint(0, 3, (30,), generator=g)
+    scene = torch.randint(0, 3, (30,), generator=g)
+    loss = lambda x, batch: L.lovasz_softmax(x, labels, per_image=True, from_logits=True, batch=batch, num_scenes=3)  # noqa: E731
+    torch.testing.assert_close(vmap(lambda x: loss(x, scene))(points), torch.stack([loss(x, scene) for x in points]))
+    with pytest.raises(TypeError, match=r"batch must be the same for every sample of a torch\.func\.vmap"):
+        vmap(loss)(points, scene.expand(4, -1))
+    offsets = torch.tensor([10, 30]).expand(4, -1)
+    with pytest.raises(TypeError, match=r"offsets must be the same for every sample"):
+        vmap(lambda x, o: L.lovasz_softmax(x, labels, per_image=True, offsets=o))(points.softmax(-1), offsets)
+
+
 @pytest.mark.parametrize("per_image", [False, True])
 def test_logits_take_every_transform_as_the_softmax_outside(per_image):
     """With ``from_logits``, torch.func differentiates the softmax too (it is taken outside the op there):

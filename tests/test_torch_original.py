@@ -111,6 +111,27 @@ def test_flat_functions_equal_original():
         assert torch.equal(ours, theirs)
 
 
+def test_flatten_reads_ignore_as_the_losses_do():
+    """``ignore`` is checked, and one the labels' dtype cannot hold leaves out no pixel: compared as it is,
+    -1 wrapped to 255 in uint8 labels (255 to -1 in int8) and dropped those pixels without a word."""
+    probas = dev(torch.rand(1, 3, 1, 4))
+    for labels, ignore in [
+        (torch.tensor([[[0, 1, 255, 2]]], dtype=torch.uint8), -1),
+        (torch.tensor([[[0, -1, 2, 1]]], dtype=torch.int8), 255),
+    ]:
+        labels = dev(labels)
+        flat_probas, flat_labels = L.flatten_probas(probas, labels, ignore)
+        assert flat_probas.shape == (4, 3) and torch.equal(flat_labels, labels.reshape(-1))
+        scores, flat_labels = L.flatten_binary_scores(probas[:, 0], labels, ignore)
+        assert scores.shape == (4,) and torch.equal(flat_labels, labels.reshape(-1))
+    labels = dev(torch.tensor([[[0, 1, 255, 2]]]))
+    assert L.flatten_probas(probas, labels, 255)[1].tolist() == [0, 1, 2]
+    for bad in (True, "255", 255.5):
+        for flatten, prediction in ((L.flatten_probas, probas), (L.flatten_binary_scores, probas[:, 0])):
+            with pytest.raises(TypeError, match=r"ignore must be an int or None"):
+                flatten(prediction, labels, bad)
+
+
 @pytest.mark.parametrize("per_image", [False, True])
 def test_ties_give_equal_loss_and_a_subgradient(per_image):
     """With tied errors the order is arbitrary: the loss is still equal, the gradient a subgradient.

@@ -372,6 +372,49 @@ def test_export_with_dynamic_height_and_width():
     torch.testing.assert_close(exported.module()(x2, y2), _Loss()(x2, y2))
 
 
+@pytest.mark.parametrize("module", [L.LovaszLoss("multiclass"), L.CrossEntropyLovaszLoss("multiclass")])
+def test_multiclass_modules_export_with_dynamic_height_and_width(module):
+    """The modules' one-hot test compares ranks first: a tuple comparison of [B, C, H, W] with [B, H, W] made
+    torch.export guard C == H and refuse a dynamic H."""
+    x, y, _ = _inputs(dtype=torch.float32)
+    y = torch.where(y == 255, 0, y)
+    height, width = torch.export.Dim("height", min=2, max=2048), torch.export.Dim("width", min=2, max=2048)
+    exported = torch.export.export(
+        module, (x, y), dynamic_shapes={"input": {2: height, 3: width}, "target": {1: height, 2: width}}
+    )
+    g = torch.Generator().manual_seed(4)
+    x2 = dev(torch.randn(2, 3, 3, 11, generator=g))  # H = C
+    y2 = dev(torch.randint(0, 3, (2, 3, 11), generator=g))
+    torch.testing.assert_close(exported.module()(x2, y2), module(x2, y2))
+
+
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_compiled_losses_assert_the_labels_range(backend):
+    """Out of range, a label fails an assert in the compiled graph (as on a GPU), not a silent value. On the
+    CPU: on an accelerator the assert is a device-side one, which would end the run's CUDA context."""
+    x = torch.randn(2, 3, 4, 4)
+    y = torch.randint(0, 3, (2, 4, 4), generator=torch.Generator().manual_seed(0))
+    bad, one_hot = y.clone(), torch.nn.functional.one_hot(y, 3).movedim(-1, 1)
+    bad[0, 1, 2] = 7
+    calls = [
+        lambda x, y: L.lovasz_softmax(x, y, ignore=255, from_logits=True),
+        lambda x, y: L.lovasz_hinge(x[:, 0], y),
+        lambda x, y: L.LovaszLoss("multiclass", ignore_index=255)(x, y),
+    ]
+    for call in calls:
+        compiled = torch.compile(call, backend=backend, fullgraph=True)
+        expected = y % 2 if call is calls[1] else y
+        torch.testing.assert_close(compiled(x, expected), call(x, expected))
+        with pytest.raises(RuntimeError, match=r"labels|target"):
+            compiled(x, bad)
+    not_one_hot = one_hot.clone()
+    not_one_hot[0, :, 0, 0] = 1
+    compiled = torch.compile(L.LovaszLoss("multiclass"), backend=backend, fullgraph=True)
+    torch.testing.assert_close(compiled(x, one_hot), L.LovaszLoss("multiclass")(x, y))
+    with pytest.raises(RuntimeError, match="one-hot"):
+        compiled(x, not_one_hot)
+
+
 # ----------------------------------------------------------------------------- inputs
 
 

@@ -611,9 +611,11 @@ def _vmap(info, in_dims, *inputs):
 
 _SECOND_ORDER_WITH_SOFTMAX = (
     "lovasz_softmax(from_logits=True) takes the softmax inside and keeps only the first derivative, so it "
-    "has no second derivative (create_graph=True: Hessian-vector products, gradient penalties); pass "
-    "probabilities instead, "
-    "lovasz_softmax(logits.softmax(1), labels), whose derivatives of every order are exact"
+    "has no second derivative (create_graph=True: Hessian-vector products, gradient penalties, MAML); pass "
+    "probabilities instead, lovasz_softmax(logits.softmax(1), labels), whose derivatives of every order are "
+    "exact (the modules: LovaszLoss(..., from_logits=False) on input.softmax(1); for CrossEntropyLovaszLoss, "
+    "its cross_entropy(input, target) plus that), or differentiate with torch.func (grad, hessian), which "
+    "takes the softmax outside by itself"
 )
 
 

@@ -42,7 +42,22 @@ def _index_tensor(value, name: str, device: torch.device) -> Tensor:
         raise TypeError(f"{name} must be a 1-D integer tensor; got shape {tuple(value.shape)}, dtype {value.dtype}")
     if value.device != device:
         raise ValueError(f"{name} must be on the device of the prediction ({device}); got {value.device}")
+    if not torch.compiler.is_compiling() and _mapped(value):  # (Dynamo traces no functorch query)
+        raise TypeError(
+            f"{name} must be the same for every sample of a torch.func.vmap: the scenes decide how the points are "
+            "grouped; map over the predictions and labels only (pass the scenes as a tensor from outside), or loop"
+        )
     return value.to(torch.int64)
+
+
+def _mapped(x: Tensor) -> bool:
+    """Whether ``x`` is batched by a ``torch.func.vmap`` at some level (each sample has its own values)."""
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(x):
+        if functorch.is_batchedtensor(x):
+            return True
+        x = functorch.get_unwrapped(x)
+    return False
 
 
 def _traced() -> bool:

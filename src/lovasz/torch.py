@@ -128,14 +128,15 @@ def _check_whole(labels: Tensor, valid: Tensor | None, name: str) -> None:
 def _check_values(labels: Tensor, valid: Tensor | None, allowed: str, ok: Tensor, name: str) -> None:
     """Raise if a non-ignored label is not allowed.
 
-    Eager CPU tensors raise a ``ValueError`` at once. On an accelerator the check
-    is queued with ``torch._assert_async`` (no host sync); under ``torch.compile``
-    it is skipped, since raising there would need the data on the host.
+    Eager CPU tensors raise a ``ValueError`` at once. On an accelerator, and in a
+    ``torch.compile`` graph, the check is queued with ``torch._assert_async`` (no host
+    sync): a ``RuntimeError`` with the message when it runs.
     """
-    if torch.compiler.is_compiling():
+    message = f"{name} must be {allowed} at every non-ignored pixel"
+    if torch.compiler.is_compiling():  # (a graph's tensors are no functorch wrappers to take off)
+        torch._assert_async(torch.all(ok if valid is None else ok | ~valid), message)
         return
     bad = _unbatched(~ok if valid is None else valid & ~ok)
-    message = f"{name} must be {allowed} at every non-ignored pixel"
     if labels.device.type != "cpu":
         torch._assert_async(~bad.any(), message)
         return
@@ -169,7 +170,7 @@ def _as_weights(
     except (TypeError, ValueError, RuntimeError):  # a string such as 'balanced', a ragged list, a dict
         raise TypeError(f"{name} must be [C] real numbers (one weight per class) or None; got {weights!r}") from None
     V.check_weights_shape(w.shape, num_classes, name)
-    if not (w.is_floating_point() or w.dtype in (torch.int32, torch.int64)):
+    if w.is_complex() or w.dtype == torch.bool:  # (any int or float dtype holds weights)
         raise TypeError(f"{name} must hold real numbers; got dtype {w.dtype}")
     if not on_device or (w.device.type == "cpu" and not torch.compiler.is_compiling()):  # (values on the host)
         V.check_weight_values(_unbatched(w.detach()).reshape(-1).tolist(), name)
@@ -444,7 +445,8 @@ def lovasz_softmax(
             Exact: each scene's loss equals the dense loss of that scene alone. A scene with
             no valid point gets 0, like an all-ignored image.
         offsets: the scenes as Pointcept marks them instead: ``[S]`` cumulative point counts,
-            the last one ``N`` (the points of scene ``s`` are ``offsets[s-1]:offsets[s]``).
+            the last one ``N`` (the points of scene ``s`` are ``offsets[s-1]:offsets[s]``); not
+            torch_geometric's ``ptr``, whose leading 0 would be an empty scene (pass ``ptr[1:]``).
             Scenes may also come as jagged nested tensors (``torch.nested``,
             ``layout=torch.jagged``): ``probas [S, j, C]`` and ``labels [S, j]``, without
             ``batch`` or ``offsets``.
@@ -771,10 +773,10 @@ def flatten_probas(probas: Tensor, labels: Tensor, ignore: int | None = None) ->
         probas = probas.unsqueeze(1)
     probas = torch.movedim(probas, 1, -1).reshape(-1, probas.shape[1])
     labels = labels.reshape(-1)
-    if ignore is None:
+    ignored = _ignored(labels, V.check_ignore(ignore))
+    if ignored is None:
         return probas, labels
-    valid = labels != ignore
-    return probas[valid], labels[valid]
+    return probas[~ignored], labels[~ignored]
 
 
 def flatten_binary_scores(scores: Tensor, labels: Tensor, ignore: int | None = None) -> tuple[Tensor, Tensor]:
@@ -788,10 +790,10 @@ def flatten_binary_scores(scores: Tensor, labels: Tensor, ignore: int | None = N
     _check_prediction(scores, "scores")
     labels = _check_labels(labels, scores, "labels")
     scores, labels = scores.reshape(-1), labels.reshape(-1)
-    if ignore is None:
+    ignored = _ignored(labels, V.check_ignore(ignore))
+    if ignored is None:
         return scores, labels
-    valid = labels != ignore
-    return scores[valid], labels[valid]
+    return scores[~ignored], labels[~ignored]
 
 
 def lovasz_softmax_flat(probas: Tensor, labels: Tensor, classes: Classes = "present") -> Tensor:
@@ -829,16 +831,20 @@ MODES = ("binary", "multiclass", "multilabel")
 
 
 def _class_weights_buffer(class_weights: Weights) -> Tensor | None:
-    """``class_weights`` as a float32 ``[C]`` tensor (the modules' buffer), or None; its length is
-    checked against the input's classes at each call."""
+    """``class_weights`` as a ``[C]`` tensor (the modules' buffer), or None; its length is checked against the
+    input's classes at each call. A floating tensor is kept as it is, as PyTorch's losses keep ``weight``:
+    a copy would leave learned weights behind after the optimiser's step; anything else becomes float32."""
     if class_weights is None:
         return None
-    try:
-        weights = torch.as_tensor(class_weights, dtype=torch.float32)
-    except (TypeError, ValueError, RuntimeError):  # a string (a file name), a ragged list, a dict
-        raise TypeError(
-            f"class_weights must be [C] real numbers (one weight per class) or None; got {class_weights!r}"
-        ) from None
+    if isinstance(class_weights, Tensor) and class_weights.is_floating_point():
+        weights = class_weights
+    else:
+        try:
+            weights = torch.as_tensor(class_weights, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError):  # a string (a file name), a ragged list, a dict
+            raise TypeError(
+                f"class_weights must be [C] real numbers (one weight per class) or None; got {class_weights!r}"
+            ) from None
     if weights.ndim != 1:
         raise ValueError(f"class_weights must be 1-D, one weight per class; got shape {V.fmt(weights.shape)}")
     V.check_weight_values(weights.tolist(), "class_weights")
@@ -1041,7 +1047,7 @@ def class_indices(input: Tensor, target: Tensor) -> Tensor:
         return target
     if target.ndim == input.ndim and target.shape[1] == 1 and target.shape[2:] == input.shape[2:]:
         return target.squeeze(1)
-    if target.shape != input.shape:
+    if target.ndim != input.ndim or target.shape != input.shape:  # ranks first: torch.export would guard C == H
         return target
     if target.dtype == torch.bool or not target.is_floating_point():
         ones = target.to(torch.int64)
@@ -1049,9 +1055,7 @@ def class_indices(input: Tensor, target: Tensor) -> Tensor:
         ones = target
     ok = ((ones == 0) | (ones == 1)).all(1) & (ones.sum(1) == 1)
     message = f"a target shaped like the input {V.fmt(input.shape)} must be one-hot (one 1 and zeros over dim 1)"
-    if torch.compiler.is_compiling():
-        pass  # raising would need the data on the host
-    elif ok.device.type != "cpu":
+    if torch.compiler.is_compiling() or ok.device.type != "cpu":  # (no host sync: raises when it runs)
         torch._assert_async(ok.all(), message)
     elif not bool(_unbatched(ok).all()):
         raise ValueError(f"{message}; {int((~_unbatched(ok)).sum())} pixels are not")
@@ -1077,8 +1081,10 @@ class CrossEntropyLovaszLoss(_LossModule):
 
     ``per_image``, ``classes``, ``ignore_index``, ``class_weights``, ``margin``, ``symmetric``, ``process_group`` and
     ``include_background`` are those of :class:`LovaszLoss` (a one-hot target too); ``class_weights`` also
-    weigh the cross-entropy (``include_background``, as in MONAI's DiceCELoss, only the Lovász term) (as PyTorch's
-    ``weight``: a weighted mean over pixels). Ignored pixels take no part in either
+    weigh the cross-entropy (``include_background``, as in MONAI's DiceCELoss, only the Lovász term): a
+    weighted mean, over pixels by their target's weight in multiclass mode (as PyTorch's ``weight``), over
+    pixels and channels by the channel's weight in multilabel mode (``BCEWithLogitsLoss(weight=)`` divides
+    by their count instead, not by the weights' sum). Ignored pixels take no part in either
     term; a batch with every pixel ignored gives 0, not NaN. Both weights are plain
     attributes, so :class:`lovasz.schedule.LovaszSchedule` can change them between steps;
     a term whose weight is 0 is not computed.
@@ -1172,7 +1178,7 @@ class CrossEntropyLovaszLoss(_LossModule):
             in_range = (target >= 0) & (target < x.shape[1])
             _check_values(target, valid, f"in [0, {x.shape[1] - 1}]", in_range, "target")
             safe = target.long() if valid is None else torch.where(valid, target.long(), 0)
-            pixel_weight = torch.ones_like(x[:, 0]) if weights is None else weights.to(x.device)[safe]
+            pixel_weight = torch.ones_like(x[:, 0]) if weights is None else weights.to(x.device, x.dtype)[safe]
             values = F.cross_entropy(x, safe, reduction="none")
         else:
             if self.mode != "multilabel" and x.ndim == target.ndim + 1 and x.shape[1] == 1:
@@ -1183,7 +1189,7 @@ class CrossEntropyLovaszLoss(_LossModule):
             safe = target.to(x.dtype) if valid is None else torch.where(valid, target.to(x.dtype), 0.0)
             pixel_weight = torch.ones_like(x)
             if weights is not None and self.mode == "multilabel":
-                pixel_weight = pixel_weight * weights.to(x.device).view(1, -1, *([1] * (x.ndim - 2)))
+                pixel_weight = pixel_weight * weights.to(x.device, x.dtype).view(1, -1, *([1] * (x.ndim - 2)))
             values = F.binary_cross_entropy_with_logits(x, safe, reduction="none")
         if valid is not None:
             pixel_weight = pixel_weight * valid
