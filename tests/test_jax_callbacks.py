@@ -215,3 +215,41 @@ def test_exportable_with_symbolic_sizes(options):
         expected = run(x, y)
         np.testing.assert_allclose(np.asarray(got[0]), np.asarray(expected[0]), rtol=1e-5)
         np.testing.assert_allclose(np.asarray(got[1]), np.asarray(expected[1]), rtol=1e-5, atol=1e-7)
+
+
+SYMBOLIC_BATCH = {
+    "softmax": (lambda x, y: LJ.lovasz_softmax(x, y, from_logits=True, ignore=255), ("b", 3, 4, 5), ("b", 4, 5)),
+    "softmax per image": (
+        lambda x, y: LJ.lovasz_softmax(x, y, per_image=True, ignore=255),
+        ("b", 3, 4, 5),
+        ("b", 4, 5),
+    ),
+    "points": (lambda x, y: LJ.lovasz_softmax(x, y, from_logits=True, ignore=255), ("b", 3), ("b",)),
+    "hinge": (lambda x, y: LJ.lovasz_hinge(x, y % 2), ("b", 4, 5), ("b", 4, 5)),
+    "multilabel": (lambda x, y: LJ.lovasz_multilabel(x, y % 2), ("b", 3, 4), ("b", 3, 4)),
+}
+
+
+@pytest.mark.parametrize("name", SYMBOLIC_BATCH)
+def test_exportable_with_a_symbolic_batch(name):
+    """A symbolic batch size (``jax.export``'s usual one): points ``[B, C]`` of one set are laid out as one image
+    where ``B > 1``, a comparison a symbolic size leaves inconclusive (JAX raised); the layout as it is gives
+    the same loss at every size."""
+    loss, *shapes = SYMBOLIC_BATCH[name]
+    (b,) = jax.export.symbolic_shape("b")
+    run = jax.jit(jax.value_and_grad(loss))
+    with LJ.exportable():
+        exported = jax.export.export(run)(
+            *(
+                jax.ShapeDtypeStruct(tuple(b if d == "b" else d for d in s), t)
+                for s, t in zip(shapes, (jnp.float32, jnp.int32))
+            )
+        )
+    rng = np.random.default_rng(1)
+    for size in (1, 2, 7):
+        concrete = [tuple(size if d == "b" else d for d in s) for s in shapes]
+        x = rng.normal(size=concrete[0]).astype(np.float32)
+        y = rng.integers(0, 3, concrete[1]).astype(np.int32)
+        got, expected = exported.call(x, y), run(x, y)
+        np.testing.assert_allclose(np.asarray(got[0]), np.asarray(expected[0]), rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(got[1]), np.asarray(expected[1]), rtol=1e-5, atol=1e-7)

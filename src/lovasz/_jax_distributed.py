@@ -103,6 +103,13 @@ def check_axis_name(axis_name: object) -> AxisName:
             f"axis_name {axis_name!r} is not a mapped axis here: call the loss inside the shard_map or pmap "
             "that maps it (under plain jax.jit, sharded inputs need no axis_name)"
         ) from None
+    try:  # a vmap's axis is bound too, but takes no invariant gather (JAX: "pvary should be called under shard_map")
+        _gather_invariant(jnp.zeros((1,), jnp.int32), axis_name)  # (unused: compiled away)
+    except ValueError:
+        raise ValueError(
+            f"axis_name {axis_name!r} is an axis of jax.vmap, whose samples are no devices: name an axis of the "
+            "shard_map or pmap that splits the batch across devices (or leave it out: each sample its own batch)"
+        ) from None
     return axis_name
 
 

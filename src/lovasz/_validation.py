@@ -23,6 +23,13 @@ def check_reduction(reduction: str) -> str:
     return reduction
 
 
+def _integer_dtype(dtype: Any) -> bool:
+    try:
+        return np.dtype(dtype).kind in "iu"
+    except TypeError:  # a TensorFlow dtype
+        return bool(getattr(dtype, "is_integer", False))
+
+
 def check_classes(classes: str | Iterable[Any], num_classes: int) -> str | tuple[int, ...]:
     """Return 'present', 'all' or a tuple of ints in ``[0, num_classes)``.
 
@@ -52,6 +59,11 @@ def check_classes(classes: str | Iterable[Any], num_classes: int) -> str | tuple
             indices.append(operator.index(c))
         except (TypeError, AttributeError, ValueError):
             dtype = getattr(classes, "dtype", None)
+            if dtype is not None and _integer_dtype(dtype):  # whole numbers, but not known: traced
+                raise TypeError(
+                    "classes must be known when the function is traced: a list or a NumPy array (under jax.jit a "
+                    f"static argument, not a traced one); got a traced array of dtype {getattr(dtype, 'name', dtype)}"
+                ) from None
             came = (
                 f"an array of dtype {getattr(dtype, 'name', dtype)}"
                 if dtype is not None

@@ -216,7 +216,9 @@ def _lovasz_classes(
     """Loss of ``pred [B, K, N]`` against ``fg [B, K, N]``; ``valid`` broadcasts to them. With ``ends``,
     ``B`` is 1 and the sets are the segments of the points (:mod:`lovasz._jax_rows`). With
     ``axis_name``, the batch is every device's along it (:mod:`lovasz._jax_distributed`)."""
-    if pred.shape[0] > 1 and pred.shape[2] == 1 and not per_image and ends is None and axis_name is None:
+    # (a symbolic batch, jax.export's, may be 1 or more: the layout as it is, the same loss)
+    one_set = not per_image and ends is None and axis_name is None and isinstance(pred.shape[0], int)
+    if one_set and pred.shape[0] > 1 and pred.shape[2] == 1:
         # points [B, K] of one set (Pointcept's call, [N, C]): the layout of one image of B pixels, [1, K, B],
         # where the kernel reads each row at once, not B runs of one pixel (240,000 x 19 points: 152 -> 92 ms)
         pred, fg = jnp.swapaxes(pred, 0, 2), jnp.swapaxes(fg, 0, 2)
