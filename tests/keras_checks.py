@@ -348,7 +348,9 @@ def test_one_hot_rows_must_hold_one_one():
     void[0, 0, :2] = 0
     soft = 0.9 * one_hot + 0.1 / NUM_CLASSES  # label smoothing: no class indices
     for loss in [LovaszSoftmaxLoss(from_logits=True), CrossEntropyLovaszLoss(ignore_class=255)]:
-        with pytest.raises(ValueError, match=r"must be one-hot along the class axis -1 .*ignore_class\); 2 pixels"):
+        with pytest.raises(
+            ValueError, match=r"must be one-hot along the class axis -1 .*ignore_class.*\[B, H, W, 1\]\); 2 pixels"
+        ):
             loss(void, logits)
         with pytest.raises(ValueError, match=r"y_true shaped like y_pred \[2, 4, 5, 3\] must be one-hot.*; 40 pixels"):
             loss(soft, logits)
@@ -555,6 +557,29 @@ def test_schedule_by_batch_changes_the_weights_without_a_retrace(monkeypatch):
     assert record.weights == [ramp.weights(t) for t in range(8)]
     assert len(set(record.weights)) == 4
     np.testing.assert_allclose(record.steps(), expected_steps(model, x, y, record.weights, 2), rtol=2e-4)
+
+
+def test_schedule_by_batch_counts_steps_with_steps_per_execution():
+    """With ``steps_per_execution=k`` Keras calls back once every ``k`` steps, with the first step's index:
+    the schedule counts the steps run (it counted calls: a ramp k times too slow), across epochs too, and an
+    epoch's last call of fewer steps counts those."""
+    if keras.backend.backend() == "torch":
+        pytest.skip("Keras' torch backend runs one step per call (steps_per_execution must be 1)")
+    x, y = scenes(count=20)
+    loss = CrossEntropyLovaszLoss()
+    model = small_model(NUM_CLASSES)
+    model.compile(optimizer="sgd", loss=loss, steps_per_execution=4)
+    schedule, seen = LovaszSchedule(warmup=4, ramp=8), []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            seen.append((batch, (loss.ce_weight, loss.lovasz_weight)))
+
+    callbacks = [LovaszScheduleCallback(schedule, by="batch"), Record()]
+    model.fit(x, y, batch_size=2, epochs=2, verbose=0, shuffle=False, callbacks=callbacks)  # 10 steps an epoch
+    steps = [0, 4, 8, 10, 14, 18]  # each call's first step, counted over both epochs
+    assert [batch for batch, _ in seen] == [0, 4, 8] * 2
+    assert [weights for _, weights in seen] == [schedule.weights(t) for t in steps]
 
 
 def test_schedule_turning_a_term_on_or_off_retraces_once_each(monkeypatch):
@@ -1065,3 +1090,58 @@ def test_fit_with_a_masking_layer_takes_the_step_of_ignored_labels():
 
     for a, b in zip(trained(True), trained(False)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_labels_whose_class_axis_is_unknown_when_traced():
+    """TensorFlow only (the one backend with dims unknown when traced: tf.data from a generator, decoded
+    images): ``y_true`` of ``y_pred``'s rank with an unknown class axis is told apart when the graph runs, a
+    label map ``[B, H, W, 1]`` or one-hot, as eagerly (it was read as one channel's masks, a wrong value)."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("only TensorFlow traces a dim as unknown")
+    import tensorflow as tf
+
+    rng = np.random.default_rng(8)
+    logits = tf.constant(rng.normal(size=(2, 5, 6, NUM_CLASSES)).astype("float32"))
+    labels = rng.integers(0, NUM_CLASSES, (2, 5, 6))
+    one_hot = tf.one_hot(labels, NUM_CLASSES)
+    label_map = tf.constant(labels[..., None].astype("float32"))
+    unknown = tf.TensorSpec([None, None, None, None], tf.float32)
+    predictions = tf.TensorSpec([None, None, None, NUM_CLASSES], tf.float32)  # the classes must be known
+    for loss in (
+        LovaszSoftmaxLoss(from_logits=True),
+        LovaszSoftmaxLoss(from_logits=True, per_image=True),
+        CrossEntropyLovaszLoss(),
+    ):
+        graph = tf.function(lambda y, p, loss=loss: loss(y, p), input_signature=[unknown, predictions])
+        expected = float(loss(label_map, logits))
+        assert float(loss(one_hot, logits)) == pytest.approx(expected, rel=1e-6)
+        assert float(graph(one_hot, logits)) == pytest.approx(expected, rel=1e-6)
+        assert float(graph(label_map, logits)) == pytest.approx(expected, rel=1e-6)
+        with pytest.raises(tf.errors.InvalidArgumentError, match="size-1 class axis"):
+            graph(one_hot[..., :2], logits)
+        with pytest.raises(tf.errors.InvalidArgumentError, match="one-hot"):
+            graph(one_hot * 2, logits)
+    masks, scores = tf.constant((labels == 1)[..., None].astype("float32")), logits[..., :1]
+    for loss in (LovaszHingeLoss(), CrossEntropyLovaszLoss("binary")):
+        scores_spec = tf.TensorSpec([None, None, None, 1], tf.float32)
+        graph = tf.function(lambda y, p, loss=loss: loss(y, p), input_signature=[unknown, scores_spec])
+        assert float(graph(masks, scores)) == pytest.approx(float(loss(masks, scores)), rel=1e-6)
+
+
+def test_a_void_label_without_ignore_class_fails_fit_on_tensorflow():
+    """255 without ``ignore_class``: an eager call raises, and so does ``fit``'s tf.function (an assert), where
+    the loss was computed on it without a word; under ``jax.jit`` and XLA no assert is compiled."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("TensorFlow's graphs take asserts; jax.jit does not, and torch runs eagerly")
+    import tensorflow as tf
+
+    x, y = scenes(count=4)
+    y = y.copy()
+    y[0, 0, 0] = 255
+    model = small_model(NUM_CLASSES)
+    for loss in (LovaszSoftmaxLoss(from_logits=True), CrossEntropyLovaszLoss()):
+        with pytest.raises(ValueError, match=r"labels must be in \[0, 2\].*found 255"):
+            loss(y, model(x))
+        model.compile(optimizer="sgd", loss=loss)
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"labels must be in \[0, 2\]"):
+            model.fit(x, y, batch_size=4, epochs=1, verbose=0)

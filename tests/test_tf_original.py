@@ -114,3 +114,45 @@ def test_the_flat_functions(mode):
     assert_same(hinge(LT), hinge(ORIGINAL), logits, mode)
     gt_sorted = tf.constant([1.0, 1.0, 0.0, 1.0, 0.0, 0.0])
     np.testing.assert_allclose(LT.lovasz_grad(gt_sorted), ORIGINAL.lovasz_grad(gt_sorted), rtol=1e-6)
+
+
+def test_bad_labels_fail_an_assert_in_tf_function():
+    """The original counted a void label without ``ignore`` as background of every class; here it raises
+    eagerly, and in a tf.function (Keras' fit) fails an assert that names the value (XLA compiles none)."""
+    logits, labels = images(7, ignored=0.0)
+    labels = tf.where(labels == 255, tf.constant(0, labels.dtype), labels)
+    bad = tf.tensor_scatter_nd_update(labels, [[0, 1, 2]], tf.constant([255], labels.dtype))
+    calls = {
+        "lovasz_softmax": (lambda x, y: LT.lovasz_softmax(tf.nn.softmax(x), y), r"labels must be in \[0, 3\]"),
+        "lovasz_hinge": (
+            lambda x, y: LT.lovasz_hinge(x[..., 0], tf.where(y == 255, y, y % 2)),
+            r"labels must be 0 or 1",
+        ),
+        "lovasz_multilabel": (
+            lambda x, y: LT.lovasz_multilabel(x, tf.one_hot(y, 4, dtype=tf.int64) + (y[..., None] // 255) * 255),
+            r"targets must be 0 or 1",
+        ),
+    }
+    for call, message in calls.values():
+        with pytest.raises(ValueError, match=message):
+            call(logits, bad)
+        graph = tf.function(call)
+        np.testing.assert_allclose(graph(logits, labels), call(logits, labels), rtol=1e-6)
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message + r".*found:.*255"):
+            graph(logits, bad)
+
+
+def test_flatten_reads_ignore_as_the_losses_do():
+    """An ignore value the labels' dtype cannot hold leaves out no pixel (-1 compared with uint8 labels would
+    wrap to 255), and ``ignore`` is checked."""
+    probas = tf.random.uniform((1, 1, 4, 3))
+    labels = tf.constant([[[0, 1, 255, 2]]], tf.uint8)
+    flat_probas, flat_labels = LT.flatten_probas(probas, labels, ignore=-1)
+    assert flat_probas.shape == (4, 3) and flat_labels.numpy().tolist() == [0, 1, 255, 2]
+    assert LT.flatten_binary_scores(probas[..., 0], labels, ignore=-1)[1].numpy().tolist() == [0, 1, 255, 2]
+    assert LT.flatten_probas(probas, labels, ignore=255)[1].numpy().tolist() == [0, 1, 2]
+    for bad in (True, "255", 255.5):
+        with pytest.raises(TypeError, match="ignore must be an int or None"):
+            LT.flatten_probas(probas, labels, ignore=bad)
+        with pytest.raises(TypeError, match="ignore must be an int or None"):
+            LT.flatten_binary_scores(probas[..., 0], labels, ignore=bad)

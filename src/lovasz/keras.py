@@ -82,8 +82,18 @@ def _channel_kwargs(backend: str, channels_last: bool) -> dict[str, Any]:
 
 
 def _squeeze_channel(x: Tensor, axis: int, rank: int) -> Tensor:
-    """Drop a size-1 channel axis from a rank-``rank`` tensor (Keras masks often come as [B, H, W, 1])."""
-    return ops.squeeze(x, axis) if len(x.shape) == rank and x.shape[axis] == 1 else x
+    """Drop a size-1 channel axis from a rank-``rank`` tensor (Keras masks often come as [B, H, W, 1]); one
+    unknown when traced (``tf.data``; TensorFlow only) is taken as 1, and TF's squeeze checks it when the graph
+    runs (Keras' refuses an unknown dim)."""
+    if len(x.shape) != rank:
+        return x
+    if x.shape[axis] == 1:
+        return ops.squeeze(x, axis)
+    if x.shape[axis] is None and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.squeeze(x, axis)
+    return x
 
 
 def _is_one_hot_shaped(y_true: Tensor, y_pred: Tensor, axis: int) -> bool:
@@ -103,19 +113,54 @@ def _class_indices(y_true: Tensor, y_pred: Tensor, axis: int) -> Tensor:
     ``y_true`` as it is. One-hot is the target of Keras' categorical losses, and lovasz.torch.LovaszLoss takes it
     (MONAI's form) the same way: each pixel must hold one 1 and zeros, so an all-zero row (a void pixel) raises,
     as it does there, instead of becoming class 0."""
+    if _class_axis_unknown(y_true, y_pred, axis):
+        return _indices_when_run(y_true, y_pred, axis)
     if not _is_one_hot_shaped(y_true, y_pred, axis):
         return y_true
-    zero_or_one = ops.logical_or(ops.equal(y_true, 0), ops.equal(y_true, 1))
-    ok = ops.logical_and(ops.all(zero_or_one, axis=axis), ops.equal(ops.sum(y_true, axis=axis), 1))
+    ok = _one_hot_rows(y_true, axis)
     message = (
         f"y_true shaped like y_pred {list(y_pred.shape)} must be one-hot along the class axis {axis} (one 1 and "
-        "zeros per pixel; give void pixels as class indices with ignore_class)"
+        "zeros per pixel; give void pixels as class indices with ignore_class; one channel's sigmoid output "
+        "keeps its size-1 channel axis, [B, H, W, 1])"
     )
     known = _known(ok)
     if known is not None and not known.all():
         raise ValueError(f"{message}; {int((~known).sum())} pixels are not")
     indices = ops.argmax(y_true, axis=axis)
     return indices if known is not None else _asserted(indices, ok, message)
+
+
+def _one_hot_rows(y_true: Tensor, axis: int) -> Tensor:
+    """Where a pixel of ``y_true`` holds one 1 and zeros along ``axis``."""
+    zero_or_one = ops.logical_or(ops.equal(y_true, 0), ops.equal(y_true, 1))
+    return ops.logical_and(ops.all(zero_or_one, axis=axis), ops.equal(ops.sum(y_true, axis=axis), 1))
+
+
+def _class_axis_unknown(y_true: Tensor, y_pred: Tensor, axis: int) -> bool:
+    """Whether ``y_true`` has the rank of a ``y_pred`` of 2 or more known channels, and an unknown dim (when
+    traced: ``tf.data`` from a generator or decoded images) at the class axis: a label map ``[B, H, W, 1]`` or
+    one-hot targets, which only the graph's run tells apart."""
+    true_shape, pred_shape = tuple(y_true.shape), tuple(y_pred.shape)
+    if len(pred_shape) < 2 or len(true_shape) != len(pred_shape) or true_shape[axis] is not None:
+        return False
+    channels = pred_shape[axis]
+    return channels is not None and channels >= 2 and V.compatible(true_shape, pred_shape)
+
+
+def _indices_when_run(y_true: Tensor, y_pred: Tensor, axis: int) -> Tensor:
+    """Class indices ``[B, *spatial]`` of a ``y_true`` whose class axis is unknown until the graph runs: its
+    only channel if it has one, else the class of each one-hot pixel; an assert fails on any other size."""
+    channels = y_pred.shape[axis]
+    size = ops.shape(y_true)[axis]
+    is_map = ops.equal(size, 1)
+    one_hot = ops.logical_and(ops.equal(size, channels), _one_hot_rows(y_true, axis))
+    indices = ops.cast(ops.argmax(y_true, axis=axis), y_true.dtype)
+    labels = ops.where(is_map, ops.take(y_true, 0, axis=axis), indices)
+    message = (
+        f"y_true of shape {list(y_true.shape)} for y_pred {list(y_pred.shape)} must hold class indices with a "
+        f"size-1 class axis {axis}, or be one-hot along it ({channels} channels, one 1 and zeros per pixel)"
+    )
+    return _asserted(labels, ops.logical_or(is_map, one_hot), message)
 
 
 def _asserted(x: Tensor, ok: Tensor, message: str, values: Tensor | None = None) -> Tensor:
@@ -1231,7 +1276,9 @@ class LovaszScheduleCallback(keras.callbacks.Callback):
     Args:
         schedule: the weights of the two terms per epoch (or batch).
         loss: the loss to change; by default the model's compiled loss.
-        by: ``'epoch'`` (the schedule counts epochs) or ``'batch'`` (training steps).
+        by: ``'epoch'`` (the schedule counts epochs) or ``'batch'`` (training steps; with
+            ``steps_per_execution=k`` the weights change every ``k`` steps, between calls of the
+            compiled step, to the schedule's value at the step that comes).
 
     The loss holds its weights in non-trainable variables that the compiled train step
     reads, so a ramp counted in batches costs no retrace on any backend. Only turning a
@@ -1253,7 +1300,8 @@ class LovaszScheduleCallback(keras.callbacks.Callback):
         if by not in ("epoch", "batch"):
             raise ValueError(f"by must be 'epoch' or 'batch'; got {by!r}")
         self.schedule, self.loss, self.by = schedule, loss, by
-        self._step = 0
+        self._step = 0  # training steps taken
+        self._first = 0  # the first step of the call under way
 
     def _target(self) -> CrossEntropyLovaszLoss:
         loss = self.loss if self.loss is not None else getattr(self.model, "loss", None)
@@ -1291,7 +1339,15 @@ class LovaszScheduleCallback(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if self.by == "batch":
             self._apply(self._step)
-            self._step += 1
+            self._first = batch
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        """Counts the steps of the call that ends: with ``steps_per_execution=k``, Keras calls back once every
+        ``k`` steps (``batch`` is the last one's index), and the weights change between calls only."""
+        if self.by == "batch":
+            steps = (self.params or {}).get("steps")  # an epoch's, where known: its last call may run fewer
+            last = batch if not steps else min(batch, steps - 1)
+            self._step += max(last - self._first + 1, 1)
 
 
 from lovasz.schedule import LovaszSchedule  # noqa: E402  re-exported for Keras users

@@ -82,6 +82,11 @@ __all__ = [
     "exportable",
 ]
 
+# In a user's tf.function, AutoGraph would rewrite these functions and all they call: they are written to be
+# traced as they are (tf.cond and asserts where the data decide), and a rewritten call of ours once failed in a
+# long test run for no reason of its own (an argument missing from a converted call).
+_traced_as_written = tf.autograph.experimental.do_not_convert
+
 ORDERS = ("BHWC", "BCHW")  # channels-last, channels-first; any number of spatial dims
 
 Classes = Union[str, Sequence[int]]
@@ -151,18 +156,19 @@ def _check_points_order(order: str, splits: tf.Tensor | None) -> bool:
 
 
 def _check_values(labels: tf.Tensor, ok: tf.Tensor, valid: tf.Tensor | None, allowed: str, name: str) -> None:
-    """Raise ``ValueError`` on a bad non-ignored label, eagerly only.
-
-    Inside ``tf.function`` (and XLA) the values are not known while tracing, and
-    an assertion op would cost a sync, so the check is skipped there.
-    """
-    if not tf.executing_eagerly():
-        return
+    """Raise on a bad non-ignored label: ``ValueError`` eagerly; in a ``tf.function`` graph an assert op (a
+    stateful op, which the function runs), whose ``InvalidArgumentError`` names the first bad value. XLA
+    (``jit_compile=True``) compiles no assert, nor does ``tf.vectorized_map`` take one: there it is unchecked."""
     bad = tf.logical_not(ok) if valid is None else tf.logical_and(valid, tf.logical_not(ok))
+    message = f"{name} must be {allowed} at every non-ignored pixel"
+    if not tf.executing_eagerly():
+        if not (_tf_rows.in_xla() or _tf_rows.in_pfor()):  # (the values are read only if one is bad)
+            tf.debugging.Assert(
+                tf.logical_not(tf.reduce_any(bad)), [f"{message}; found:", tf.boolean_mask(labels, bad)[:1]]
+            )
+        return
     if bool(tf.reduce_any(bad)):
-        raise ValueError(
-            f"{name} must be {allowed} at every non-ignored pixel; found {tf.boolean_mask(labels, bad)[0].numpy()}"
-        )
+        raise ValueError(f"{message}; found {tf.boolean_mask(labels, bad)[0].numpy()}")
 
 
 def _check_layout_when_run(
@@ -180,10 +186,13 @@ def _check_layout_when_run(
         axis %= prediction.shape.rank
         expected = tf.concat([expected[:axis], expected[axis + 1 :]], 0)
     lname, pname = names
-    without = "" if axis is None else f" less its axis {axis}"
-    check = tf.debugging.assert_equal(
-        tf.shape(labels, tf.int64), expected, message=f"{lname} must have the shape of {pname}{without}"
-    )
+    message = f"{lname} must have the shape of {pname}" + ("" if axis is None else f" less its axis {axis}")
+    if axis is None and labels.shape.rank and labels.shape[-1] is None:  # may be [B, *spatial, 1] of classes
+        message += (
+            f" (read as one channel's layout: its rank and a last dim unknown when traced; class indices with "
+            f"a size-1 last axis need it known: tf.ensure_shape({lname}, {[None] * (labels.shape.rank - 1) + [1]}))"
+        )
+    check = tf.debugging.assert_equal(tf.shape(labels, tf.int64), expected, message=message)
     with tf.control_dependencies([check]):
         return tf.identity(labels), tf.identity(prediction)
 
@@ -419,6 +428,7 @@ def _replicas(global_batch: bool) -> tf.distribute.ReplicaContext | None:
 # ----------------------------------------------------------------------------- public functions
 
 
+@_traced_as_written
 def lovasz_softmax(
     probas: TensorOrRagged,
     labels: TensorOrRagged,
@@ -445,7 +455,8 @@ def lovasz_softmax(
             Note the order: ``(probas, labels)``, unlike Keras' ``(y_true, y_pred)``.
         labels: ``[B, *spatial]`` (or ``[B, *spatial, 1]``) class indices in ``[0, C - 1]``, or
             ``ignore``: integers, or floats holding whole numbers. Out-of-range and non-whole
-            labels raise ``ValueError`` eagerly; inside ``tf.function`` they are not checked.
+            labels raise ``ValueError`` eagerly and fail an assert inside ``tf.function``; under XLA
+            they are not checked.
         classes: ``'present'``, ``'all'`` or a list of class indices to average over.
         per_image: the loss of each image, averaged; otherwise the batch is one set.
         ignore: label value of pixels that take no part (e.g. 255).
@@ -581,6 +592,7 @@ def _hinge_classes(
     return loss
 
 
+@_traced_as_written
 def lovasz_hinge(
     logits: TensorOrRagged,
     labels: TensorOrRagged,
@@ -659,6 +671,7 @@ def lovasz_hinge(
     return tf.cast(loss, logits.dtype)
 
 
+@_traced_as_written
 def lovasz_multilabel(
     logits: TensorOrRagged,
     targets: TensorOrRagged,
@@ -747,6 +760,7 @@ def lovasz_multilabel(
 # ----------------------------------------------------------------------------- the original's flat API
 
 
+@_traced_as_written
 def lovasz_grad(gt_sorted: TensorLike) -> tf.Tensor:
     """Gradient of the Lovász extension w.r.t. errors sorted in decreasing order (Algorithm 1).
 
@@ -764,6 +778,7 @@ def lovasz_grad(gt_sorted: TensorLike) -> tf.Tensor:
     return _tf_rows.jaccard_steps(tf.cast(tf.round(tf.cast(gt_sorted, dtype)), tf.int32), dtype)
 
 
+@_traced_as_written
 def flatten_probas(
     probas: TensorLike, labels: TensorLike, ignore: int | None = None, order: str = "BHWC"
 ) -> tuple[tf.Tensor, tf.Tensor]:
@@ -784,12 +799,13 @@ def flatten_probas(
         probas = tf.experimental.numpy.moveaxis(probas, 1, -1)
     probas = tf.reshape(probas, [-1, probas.shape[-1]])
     labels = tf.reshape(labels, [-1])
-    if ignore is None:
+    valid = _valid(labels, V.check_ignore(ignore))
+    if valid is None:
         return probas, labels
-    valid = labels != ignore
     return tf.boolean_mask(probas, valid), tf.boolean_mask(labels, valid)
 
 
+@_traced_as_written
 def flatten_binary_scores(
     scores: TensorLike, labels: TensorLike, ignore: int | None = None
 ) -> tuple[tf.Tensor, tf.Tensor]:
@@ -802,9 +818,9 @@ def flatten_binary_scores(
         ([2.0, 0.5], [1, 1])
     """
     scores, labels = tf.reshape(scores, [-1]), tf.reshape(labels, [-1])
-    if ignore is None:
+    valid = _valid(labels, V.check_ignore(ignore))
+    if valid is None:
         return scores, labels
-    valid = labels != ignore
     return tf.boolean_mask(scores, valid), tf.boolean_mask(labels, valid)
 
 
@@ -834,6 +850,7 @@ def exportable() -> Iterator[None]:
         yield
 
 
+@_traced_as_written
 def lovasz_softmax_flat(probas: TensorLike, labels: TensorLike, classes: Classes = "present") -> tf.Tensor:
     """Lovász-Softmax of flat ``probas [P, C]`` (or sigmoid ``[P]``) against ``labels [P]``.
 
@@ -846,6 +863,7 @@ def lovasz_softmax_flat(probas: TensorLike, labels: TensorLike, classes: Classes
     return lovasz_softmax(probas[None], labels[None], classes=classes, per_image=False)
 
 
+@_traced_as_written
 def lovasz_hinge_flat(logits: TensorLike, labels: TensorLike) -> tf.Tensor:
     """Lovász hinge of flat ``logits [P]`` against 0/1 ``labels [P]``.
 
