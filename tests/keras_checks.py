@@ -1145,3 +1145,19 @@ def test_a_void_label_without_ignore_class_fails_fit_on_tensorflow():
         model.compile(optimizer="sgd", loss=loss)
         with pytest.raises(tf.errors.InvalidArgumentError, match=r"labels must be in \[0, 2\]"):
             model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+
+
+def test_a_half_precision_loss_refuses_labels_its_dtype_cannot_hold():
+    """Keras casts ``y_true`` to the loss's dtype: in bfloat16 class 257 became 256 without a word."""
+    rng = np.random.default_rng(9)
+    logits = rng.normal(size=(1, 4, 4, 300)).astype("float32")
+    labels = rng.integers(0, 300, (1, 4, 4))
+    with pytest.raises(ValueError, match=r"dtype='bfloat16' cannot hold the class indices \(up to 299\).*256"):
+        LovaszSoftmaxLoss(from_logits=True, dtype="bfloat16")(labels, logits)
+    with pytest.raises(ValueError, match=r"dtype='bfloat16' cannot hold the class indices"):
+        CrossEntropyLovaszLoss(dtype="bfloat16")(labels, logits)
+    with pytest.raises(ValueError, match=r"dtype='float16' cannot hold ignore_class \(up to 4000\).*2048"):
+        LovaszHingeLoss(ignore_class=4000, dtype="float16")(labels % 2, logits[..., 0])
+    expected = float(LovaszSoftmaxLoss(from_logits=True)(labels, logits))  # float16 holds 299
+    got = float(keras.ops.convert_to_numpy(LovaszSoftmaxLoss(from_logits=True, dtype="float16")(labels, logits)))
+    assert got == pytest.approx(expected, rel=1e-2)

@@ -40,6 +40,10 @@ def test_markdown_has_a_line_for_each_shape_of_a_case_name():
         (["--repeats", "two"], "argument --repeats: must be an integer; got 'two'"),
         (["--impl", "nope"], "--impl must be one of lovasz, "),
         (["--case", "nope"], "--case must match one of the cases on cpu: "),
+        (["--device", "cpu:1"], "argument --device: cpu:1: must be cpu or cuda; available: cpu"),
+        (["--out", __file__], f"argument --out: must be a folder; {__file__} is a file"),
+        (["--markdown", "/no-such-folder/x.md"], "argument --markdown: the folder /no-such-folder does not exist"),
+        (["--markdown", "/"], "argument --markdown: must be a file name; / is a folder"),
     ],
 )
 def test_bad_options_are_argparse_errors(argv, message, capsys, monkeypatch):

@@ -100,6 +100,16 @@ def test_seeds_below_one_is_refused(tmp_path, capsys, seeds):
     assert f"argument --seeds: must be at least 1; got {seeds}" in capsys.readouterr().err
 
 
+def test_an_out_that_is_a_file_is_refused_before_training(tmp_path, capsys):
+    """It failed with FileExistsError after the whole training."""
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main(["--quick", "--out", str(taken)])
+    assert exit_info.value.code == 2
+    assert f"lovasz demo: error: argument --out: must be a folder; {taken} is a file" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

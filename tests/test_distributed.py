@@ -3,6 +3,7 @@
 import datetime
 import time
 
+import numpy as np
 import pytest
 
 from conftest import require
@@ -119,6 +120,13 @@ def _rank_main(rank: int, init_file: str):
         for key in ("dataset_miou", "per_image_miou", "per_class_image_miou", "pixel_accuracy"):
             assert abs(a[key] - b[key]) < 1e-12, (key, a[key], b[key], rank)
         torch.testing.assert_close(a["per_class"], b["per_class"], equal_nan=True)
+        from_numpy = IoUMeter(4, ignore_index=255)  # NumPy counts are summed over the ranks too
+        from_numpy.update(pred[mine].numpy(), labels[mine].numpy())
+        c = from_numpy.compute()
+        for key in ("dataset_miou", "per_image_miou", "per_class_image_miou", "pixel_accuracy"):
+            assert abs(a[key] - c[key]) < 1e-12, (key, a[key], c[key], rank)
+        assert isinstance(c["per_class"], np.ndarray)
+        np.testing.assert_allclose(c["per_class"], a["per_class"].numpy())
         own = IoUMeter(4, ignore_index=255, sync=False)
         own.update(pred[mine], labels[mine])
         assert own.compute()["pixel_accuracy"] != a["pixel_accuracy"] or rank == 0

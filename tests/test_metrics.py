@@ -496,3 +496,18 @@ def test_torch_metrics_allocate_no_class_masks():
         else:
             peak = _resident_peak(call)
         assert peak < BOUND, f"{name}: {peak / 2**20:.1f} MiB at peak, bound {BOUND / 2**20:.0f} MiB"
+
+
+def test_nested_lists_are_class_maps_and_no_image_scores_zero():
+    """Lists are read as NumPy reads them (each was an AttributeError on ``.shape``), beside a tensor too;
+    ``iou_binary`` of no image is 0, as the original's ``mean(..., empty=0)`` (it was NaN)."""
+    pred, target = [[0, 1, 1], [1, 1, 0]], [[0, 1, 0], [1, 1, 1]]
+    expected = M.dataset_miou(np.array(pred), np.array(target), 2)
+    assert M.dataset_miou(pred, target, 2) == expected
+    assert float(M.dataset_miou(torch.tensor(pred), target, 2)) == pytest.approx(expected)
+    assert M.dataset_miou(pred, torch.tensor(target), 2) == pytest.approx(expected)
+    meter = M.IoUMeter(2)
+    meter.update(pred, target)
+    assert meter.compute()["dataset_miou"] == pytest.approx(expected)
+    empty = np.zeros((0, 3), int)
+    assert M.iou_binary(empty, empty) == 0.0

@@ -97,3 +97,33 @@ def test_sigmoid_input_is_two_classes():
     two = np.stack([1 - p, p], axis=1)
     for classes in ["present", "all", [1]]:
         assert R.lovasz_softmax(p, labels, classes) == pytest.approx(R.lovasz_softmax(two, labels, classes))
+
+
+def test_the_oracle_checks_its_arguments_as_the_backends_do():
+    """An oracle that computed a wrong loss from a bad argument would pass a backend as wrong as itself: a typo
+    in ``margin`` gave the elu loss, ``symmetric='no'`` the symmetric one, negative weights or a void 255
+    without ``ignore`` a value; an empty batch per image gave NaN (the backends: 0)."""
+    rng = np.random.default_rng(3)
+    probas, labels = rng.dirichlet(np.ones(3), size=(2, 4)).transpose(0, 2, 1), rng.integers(0, 3, (2, 4))
+    scores, masks = rng.normal(size=(2, 4)), rng.integers(0, 2, (2, 4))
+    with pytest.raises(ValueError, match="margin must be one of"):
+        R.lovasz_hinge(scores, masks, margin="reluu")
+    for flag in ("symmetric", "per_image"):
+        with pytest.raises(TypeError, match=f"{flag} must be True or False; got 'no'"):
+            R.lovasz_hinge(scores, masks, **{flag: "no"})
+    with pytest.raises(TypeError, match="from_logits must be True or False"):
+        R.lovasz_softmax(probas, labels, from_logits="no")
+    for weights, match in (([1, -1, 1], "finite numbers >= 0"), ([1, np.nan, 1], "finite"), ([1, 1], r"shape \[3\]")):
+        with pytest.raises(ValueError, match=match):
+            R.lovasz_softmax(probas, labels, weights=weights)
+        with pytest.raises(ValueError, match=match):
+            R.lovasz_multilabel(probas, (probas > 0.3).astype(int), weights=weights)
+    void = labels.copy()
+    void[0, 0] = 255
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 2\] at every non-ignored pixel; found 255"):
+        R.lovasz_softmax(probas, void)
+    assert R.lovasz_softmax(probas, void, ignore=255) > 0
+    with pytest.raises(ValueError, match="labels must be 0 or 1 at every non-ignored pixel; found 255"):
+        R.lovasz_hinge(scores, np.where(void == 255, 255, masks))
+    assert R.lovasz_hinge(np.zeros((0, 4)), np.zeros((0, 4), int)) == 0.0
+    assert R.lovasz_softmax(np.zeros((0, 3, 4)), np.zeros((0, 4), int), per_image=True) == 0.0

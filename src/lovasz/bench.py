@@ -47,7 +47,7 @@ import torch
 
 import lovasz
 import lovasz.torch as L
-from lovasz.cli import integer, torch_device
+from lovasz.cli import integer, output_file, output_folder, torch_device
 from lovasz.peers import load_original, load_original_tf
 
 
@@ -892,7 +892,10 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="small shapes, for a smoke test (default: off)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes (default: measured)")
     parser.add_argument(
-        "--out", type=Path, default=Path("bench-output"), help="folder for results.json (default: bench-output)"
+        "--out",
+        type=output_folder,
+        default=Path("bench-output"),
+        help="folder for results.json (default: bench-output)",
     )
     parser.add_argument(
         "--impl",
@@ -910,7 +913,7 @@ def main(argv=None) -> int:
     )
     parser.add_argument(
         "--markdown",
-        type=Path,
+        type=output_file,
         default=None,
         help="also write the README's markdown table (a line per case) to this file (default: none)",
     )

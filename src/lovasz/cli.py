@@ -7,6 +7,7 @@ import importlib
 import importlib.util
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lovasz import __version__
@@ -82,6 +83,25 @@ def positive_float(text: str) -> float:
     return value
 
 
+def output_folder(text: str) -> Path:
+    """An argparse ``type``: a folder to write into, made if missing; an existing file there is an error now,
+    not a traceback after the work."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"must be a folder; {text} is a file")
+    return path
+
+
+def output_file(text: str) -> Path:
+    """An argparse ``type``: a file to write, in a folder that exists (checked now, not after the work)."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"must be a file name; {text} is a folder")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"the folder {path.parent} does not exist")
+    return path
+
+
 def torch_device(text: str) -> torch.device:
     """An argparse ``type``: a torch device this machine has, cpu or cuda (cuda:N); otherwise an error
     that says which devices there are."""
@@ -93,7 +113,7 @@ def torch_device(text: str) -> torch.device:
         device = torch.device(text)
     except RuntimeError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a device; available: {available}") from None
-    if device.type not in ("cpu", "cuda"):
+    if device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index not in (None, 0)):
         raise argparse.ArgumentTypeError(f"{text}: must be cpu or cuda; available: {available}")
     if device.type == "cuda" and not count:
         raise argparse.ArgumentTypeError(f"{text}: CUDA is not available on this machine; available: {available}")

@@ -660,6 +660,7 @@ def _loss_call(
     if mask is not None:
         loss, y_pred = loss._with_mask(mask), _unmasked(y_pred)
     lovasz = loss if isinstance(loss, _LovaszLoss) else loss.lovasz  # whose options shape the reduction
+    _check_labels_exact(loss.dtype, lovasz, y_pred)
     reduction = loss.reduction
 
     def keras_call(weights: Any) -> Tensor:
@@ -672,6 +673,28 @@ def _loss_call(
     context = lovasz._replicas()
     sample_weight = _weights_of_images(sample_weight, y_pred, reduction, context)
     return _share_of_images(_reduced(keras_call(sample_weight), reduction), y_pred, sample_weight, reduction, context)
+
+
+# Keras casts y_true to the loss's dtype before call(): whole numbers above these round to others there
+_EXACT_UP_TO = {"float16": 2048, "bfloat16": 256}
+
+
+def _check_labels_exact(dtype: str, lovasz: _LovaszLoss, y_pred: Tensor) -> None:
+    """Refuse a half-precision loss whose labels (classes, ``ignore_class``, scene indices) its dtype cannot
+    hold: ``dtype='bfloat16'`` read class 257 as 256, without a word."""
+    limit = _EXACT_UP_TO.get(dtype)
+    if limit is None:
+        return
+    largest = {"ignore_class": abs(lovasz.ignore_class or 0), "the scene indices": (lovasz.num_scenes or 1) - 1}
+    if isinstance(lovasz, LovaszSoftmaxLoss):
+        channels = y_pred.shape[-1 if lovasz.scenes_in_labels else lovasz._channel_axis]
+        largest["the class indices"] = (channels or 1) - 1
+    for what, value in largest.items():
+        if value > limit:
+            raise ValueError(
+                f"a loss of dtype={dtype!r} cannot hold {what} (up to {value}): Keras casts y_true to the loss's "
+                f"dtype, whose whole numbers are exact up to {limit} only; use dtype='float32'"
+            )
 
 
 def _classes_config(classes: str | Sequence[int]) -> str | list[int]:

@@ -20,6 +20,7 @@ for semantic segmentation", NeurIPS 2023):
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, TypeGuard, Union, overload
 
@@ -125,6 +126,10 @@ def _histogram(
     """Code-pair counts, ``[B, K, K]`` per image or ``[K, K]`` for the batch: one bincount per block of pixels."""
     _check_dense(pred, "pred")
     _check_dense(target, "target")
+    if not _is_torch(pred):  # nested lists too
+        pred = np.asarray(pred)
+    if not _is_torch(target):
+        target = np.asarray(target)
     if tuple(pred.shape) != tuple(target.shape) or len(pred.shape) < 1:
         raise ValueError(
             f"pred and target must both have shape [B, *spatial]; got {list(pred.shape)} and {list(target.shape)}"
@@ -464,13 +469,22 @@ class IoUMeter:
         self.state = batch if self.state is None else self.state + _like(batch, self.state)
 
     def _synced(self, state: Array) -> Array:
-        if self.sync and _is_torch(state):
-            import torch.distributed as dist
+        """The counts of every rank (``torch.distributed``), whatever kind the batches came as: NumPy counts go
+        through a tensor on the group's device (a GPU for NCCL) and come back as NumPy."""
+        torch = sys.modules.get("torch")  # not imported: no process group either
+        if not self.sync or torch is None:
+            return state
+        import torch.distributed as dist
 
-            if dist.is_available() and dist.is_initialized():
-                state = state.clone()
-                dist.all_reduce(state, group=self.process_group)
-        return state
+        if not (dist.is_available() and dist.is_initialized()):
+            return state
+        if _is_torch(state):
+            total = state.clone()
+        else:
+            on_gpu = dist.get_backend(self.process_group) == "nccl"
+            total = torch.as_tensor(state, device=f"cuda:{torch.cuda.current_device()}" if on_gpu else "cpu").clone()
+        dist.all_reduce(total, group=self.process_group)
+        return total if _is_torch(state) else total.cpu().numpy()
 
     def compute(self) -> dict[str, Any]:
         """``dataset_miou``, ``per_image_miou``, ``per_class_image_miou``, ``pixel_accuracy`` and ``per_class`` IoU."""
@@ -522,7 +536,7 @@ def iou_binary(
         # The original counts label 1 in the union whatever ``ignore`` is: ``ignore=1`` ignores nothing.
         intersection, union = _image_counts(pred, label, 2, None if ignore == 1 else ignore)
         ious.append(EMPTY if not union[1] else float(intersection[1]) / float(union[1]))
-    return 100 * float(np.mean(ious))
+    return 100 * float(np.mean(ious)) if ious else 0.0  # no image: 0, as the original's mean(empty=0)
 
 
 def iou(

@@ -17,8 +17,12 @@ import numpy.typing as npt
 
 from lovasz._validation import (
     check_classes,
+    check_flag,
+    check_hinge_variant,
     check_ignore,
     check_reduction,
+    check_weight_values,
+    check_weights_shape,
     hinge_layout,
     multilabel_layout,
     softmax_layout,
@@ -179,11 +183,28 @@ def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
 
 
 def _reduce(per_set: npt.ArrayLike, reduction: str, per_image: bool) -> Loss:
-    """``reduction='none'``: the loss of each image with ``per_image``, else the batch's one loss."""
+    """``reduction='none'``: the loss of each image with ``per_image``, else the batch's one loss. The mean of
+    no image is 0, as in every backend."""
     per_set = np.asarray(per_set, dtype=np.float64)
     if reduction == "none":
         return per_set if per_image else per_set[0]
-    return per_set.sum() if reduction == "sum" else per_set.mean()
+    return per_set.sum() if reduction == "sum" or not per_set.size else per_set.mean()
+
+
+def _checked_weights(weights: Weights, num_classes: int) -> np.ndarray | None:
+    if weights is None:
+        return None
+    w = np.asarray(weights, dtype=np.float64)
+    check_weights_shape(w.shape, num_classes)
+    check_weight_values(w.tolist())
+    return w
+
+
+def _check_labels(labels: np.ndarray, allowed: np.ndarray, ignore: int | None, what: str, name: str) -> None:
+    """As the backends: a non-ignored label must be ``what`` (a void 255 without ``ignore`` raises)."""
+    bad = ~allowed if ignore is None else ~allowed & (labels != ignore)
+    if bad.any():
+        raise ValueError(f"{name} must be {what} at every non-ignored pixel; found {labels[bad].flat[0]}")
 
 
 def _sets(*arrays: np.ndarray, per_image: bool) -> Iterator[tuple[np.ndarray, ...]]:
@@ -220,6 +241,15 @@ def lovasz_softmax(
     classes = check_classes(classes, num_classes)
     ignore = check_ignore(ignore)
     reduction = check_reduction(reduction)
+    per_image, from_logits = check_flag(per_image, "per_image"), check_flag(from_logits, "from_logits")
+    weights = _checked_weights(weights, num_classes)
+    _check_labels(
+        labels,
+        (labels >= 0) & (labels < num_classes) & (labels == np.round(labels.astype(np.float64))),
+        ignore,
+        f"in [0, {num_classes - 1}]",
+        "labels",
+    )
     if sigmoid:
         if from_logits:
             probas = 1.0 / (1.0 + np.exp(-probas))
@@ -256,6 +286,9 @@ def lovasz_hinge(
     hinge_layout(logits.shape, labels.shape)
     ignore = check_ignore(ignore)
     reduction = check_reduction(reduction)
+    per_image = check_flag(per_image, "per_image")
+    margin, symmetric = check_hinge_variant(margin, symmetric)
+    _check_labels(labels, (labels == 0) | (labels == 1), ignore, "0 or 1", "labels")
     if symmetric:
         return _symmetric(lovasz_hinge, logits, labels, ignore, per_image=per_image, reduction=reduction, margin=margin)
     logits = logits.reshape(labels.shape)
@@ -295,6 +328,10 @@ def lovasz_multilabel(
     classes = check_classes(classes, num_classes)
     ignore = check_ignore(ignore)
     reduction = check_reduction(reduction)
+    per_image = check_flag(per_image, "per_image")
+    margin, symmetric = check_hinge_variant(margin, symmetric)
+    weights = _checked_weights(weights, num_classes)
+    _check_labels(targets, (targets == 0) | (targets == 1), ignore, "0 or 1", "targets")
     if symmetric:
         return _symmetric(
             lovasz_multilabel,

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lovasz.cli import integer, positive_float, torch_device
+from lovasz.cli import integer, output_folder, positive_float, torch_device
 from lovasz.demo.data import CLASS_NAMES, make_dataset
 from lovasz.demo.folder import DataFolderError, load_folder
 from lovasz.demo.model import UNet
@@ -281,7 +281,7 @@ def main(argv=None) -> int:
     )
     parser.add_argument(
         "--out",
-        type=Path,
+        type=output_folder,
         default=Path("demo-output"),
         help="folder for demo.png and demo.json (default: %(default)s)",
     )
