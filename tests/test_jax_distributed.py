@@ -76,12 +76,6 @@ def test_a_vmap_axis_name_is_a_value_error_naming_it():
         jax.vmap(lambda a, b: LJ.lovasz_softmax(a, b, from_logits=True, axis_name="i"), axis_name="i")(x, y)
 
 
-def test_traced_classes_are_named_as_such():
-    x, y = np.zeros((2, 3, 4), np.float32), np.zeros((2, 4), np.int32)
-    with pytest.raises(TypeError, match=r"classes must be known when the function is traced.*static argument"):
-        jax.jit(lambda c: LJ.lovasz_softmax(x, y, classes=c))(np.array([1, 2]))
-
-
 @pytest.mark.parametrize("axis_name", [["batch"], (), ("batch", ["x"])])
 def test_an_axis_name_that_is_no_name_is_a_type_error(axis_name):
     with pytest.raises(TypeError, match=r"axis_name must be the name of a mapped axis .* got"):

@@ -305,3 +305,23 @@ def test_points_in_no_segment_take_no_part_under_jit(path):
     grad, expected_grad = np.asarray(vjp(weights)[0]), np.asarray(expected_vjp(weights)[0])
     assert not grad[~kept].any()
     np.testing.assert_allclose(grad[kept], expected_grad, rtol=1e-5, atol=1e-7)
+
+
+def test_traced_classes_are_named_as_such():
+    x, y = np.zeros((2, 3, 4), np.float32), np.zeros((2, 4), np.int32)
+    with pytest.raises(TypeError, match=r"classes must be known when the function is traced.*static argument"):
+        jax.jit(lambda c: LJ.lovasz_softmax(x, y, classes=c))(np.array([1, 2]))
+
+
+def test_a_traced_ignore_and_a_float_tensor_ignore_are_named():
+    """A traced ``ignore`` got JAX's ConcretizationTypeError from ``int()``; a 0-d float tensor 2.5 was
+    truncated to class 2 by ``int()`` without a word."""
+    torch = pytest.importorskip("torch")
+    from lovasz._validation import check_ignore
+
+    x, y = np.zeros((2, 3, 4), np.float32), np.zeros((2, 4), np.int32)
+    with pytest.raises(TypeError, match=r"ignore must be an int known when the function is traced.*static argument"):
+        jax.jit(lambda i: LJ.lovasz_softmax(x, y, ignore=i))(255)
+    with pytest.raises(TypeError, match=r"ignore must be an int or None; got tensor\(2.5000\)"):
+        check_ignore(torch.tensor(2.5))
+    assert check_ignore(torch.tensor(255)) == 255 and check_ignore(np.uint8(7)) == 7

@@ -106,7 +106,15 @@ def check_ignore(ignore: SupportsIndex | None, name: str = "ignore") -> int | No
         return None
     if isinstance(ignore, bool) or not hasattr(ignore, "__index__"):
         raise TypeError(f"{name} must be an int or None; got {ignore!r}")
-    return int(ignore)
+    try:
+        return operator.index(ignore)  # (int() would truncate a 0-d float tensor's 2.5 to 2)
+    except TypeError:
+        if any(kind.__name__ == "Tracer" for kind in type(ignore).__mro__):  # jax.jit's: known only when run
+            raise TypeError(
+                f"{name} must be an int known when the function is traced (under jax.jit a static argument); "
+                f"got a traced {type(ignore).__name__}"
+            ) from None
+        raise TypeError(f"{name} must be an int or None; got {ignore!r}") from None
 
 
 def ignore_held(ignore: int | None, bounds: Any) -> int | None:
