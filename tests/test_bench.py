@@ -44,6 +44,11 @@ def test_markdown_has_a_line_for_each_shape_of_a_case_name():
         (["--out", __file__], f"argument --out: must be a folder; {__file__} is a file"),
         (["--markdown", "/no-such-folder/x.md"], "argument --markdown: the folder /no-such-folder does not exist"),
         (["--markdown", "/"], "argument --markdown: must be a file name; / is a folder"),
+        # the worker options the parent process passes: a bad one is an error too, not a traceback
+        (["--memory-probe", "x", "lovasz"], "--memory-probe CASE must be a case index below "),
+        (["--memory-probe", "0", "nope"], "--memory-probe IMPL must be one of lovasz, "),
+        (["--keras-worker", "jax", "0,x"], "--keras-worker CASES must be case indices, comma-separated, below "),
+        (["--keras-worker", "tf", "0"], "--keras-worker BACKEND must be one of jax, torch; got 'tf'"),
     ],
 )
 def test_bad_options_are_argparse_errors(argv, message, capsys, monkeypatch):

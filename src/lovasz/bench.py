@@ -875,6 +875,18 @@ def markdown(rows, info: dict[str, object], commit: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _case_indices(
+    parser: argparse.ArgumentParser, option: str, text: str, names: Sequence[str], several: bool = True
+) -> list[int]:
+    """The case indices ``text`` names, comma-separated where ``several`` (the worker options the parent
+    passes), or argparse's error naming ``option``."""
+    parts = text.split(",") if several else [text]
+    if not all(p.isdigit() and int(p) < len(names) for p in parts):
+        what = "case indices, comma-separated," if several else "a case index"
+        parser.error(f"{option} must be {what} below {len(names)}; got {text!r}")
+    return [int(p) for p in parts]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="lovasz bench", description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -935,11 +947,17 @@ def main(argv=None) -> int:
             parser.error(f"--case must match one of the cases on {device.type}: {', '.join(names)}; got {wanted!r}")
     repeats = args.repeats if args.repeats is not None else 20 if device.type == "cuda" else 5
     if args.memory_probe:
-        case = cases(device, args.quick)[int(args.memory_probe[0])]
-        print(peak_memory_here(case, args.memory_probe[1]))
+        index, impl = args.memory_probe
+        if impl not in implementations(device):
+            parser.error(f"--memory-probe IMPL must be one of {', '.join(implementations(device))}; got {impl!r}")
+        (case_index,) = _case_indices(parser, "--memory-probe CASE", index, names, several=False)
+        print(peak_memory_here(cases(device, args.quick)[case_index], impl))
         return 0
     if args.keras_worker:
-        backend, indices = args.keras_worker[0], [int(i) for i in args.keras_worker[1].split(",")]
+        backend, indices = args.keras_worker
+        if backend not in KERAS_BACKENDS.values():
+            parser.error(f"--keras-worker BACKEND must be one of {', '.join(KERAS_BACKENDS.values())}; got {backend!r}")
+        indices = _case_indices(parser, "--keras-worker CASES", indices, names)
         print(json.dumps(keras_worker(backend, indices, args.quick, repeats, not args.no_memory, device)))
         return 0
     # JAX takes most of a GPU's memory at its first use unless told otherwise, leaving torch too little.

@@ -33,7 +33,8 @@ class LovaszSchedule:
 
     Args:
         warmup: steps (or epochs: the unit is whatever ``t`` counts) of cross-entropy alone.
-        ramp: length of the linear ramp after it; 0 switches at once.
+        ramp: length of the linear ramp after it: the Lovász share rises by ``1/ramp`` a step and is
+            whole at step ``warmup + ramp - 1``, so 0 and 1 both switch at once.
         final_ce_weight: the cross-entropy weight after the ramp: 0 for Lovász alone
             (fine-tuning), 1 to keep both.
         lovasz_weight: the Lovász weight after the ramp.
