@@ -470,6 +470,12 @@ def _reduce_scenes(losses: Tensor, counts: Tensor, reduction: str | None, contex
 # ----------------------------------------------------------------------------- the Lovász losses
 
 
+def _dtype_config(dtype: DType, policy: Any) -> Any:
+    """``dtype`` as a config keeps it (Keras's own losses leave it out: a float64 loss came back float32):
+    None where none was given, so the loss follows ``floatx`` where it is loaded."""
+    return dtype if dtype is None or isinstance(dtype, str) else keras.dtype_policies.serialize(policy)
+
+
 class _LovaszLoss(keras.losses.Loss):
     """What the three losses share: options, the data format, scenes, the backend dispatch and the config.
 
@@ -493,6 +499,7 @@ class _LovaszLoss(keras.losses.Loss):
         global_batch: bool = False,
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self._dtype_config = _dtype_config(dtype, self._dtype_policy)
         data_format = data_format or keras.config.image_data_format()
         if data_format not in DATA_FORMATS:
             raise ValueError(f"data_format must be one of {DATA_FORMATS}; got {data_format!r}")
@@ -631,6 +638,7 @@ class _LovaszLoss(keras.losses.Loss):
     def get_config(self) -> dict[str, Any]:
         return {
             **super().get_config(),
+            "dtype": self._dtype_config,
             "per_image": self.per_image,
             "ignore_class": self.ignore_class,
             "data_format": self.data_format,
@@ -1127,6 +1135,7 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
         global_batch: bool = False,
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self._dtype_config = _dtype_config(dtype, self._dtype_policy)
         if mode not in _LOVASZ_OF_MODE:
             raise ValueError(f"mode must be one of {tuple(_LOVASZ_OF_MODE)}; got {mode!r}")
         options: dict[str, Any] = dict(
@@ -1271,6 +1280,7 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
         lovasz = self.lovasz.get_config()
         config = {
             **super().get_config(),
+            "dtype": self._dtype_config,
             "mode": self.mode,
             "ce_weight": self.ce_weight,
             "lovasz_weight": self.lovasz_weight,
