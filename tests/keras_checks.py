@@ -66,7 +66,9 @@ def labels_and_channels(kind):
 
 LOSSES = {
     "softmax": lambda **kw: LovaszSoftmaxLoss(from_logits=True, **kw),
-    "softmax-per-image": lambda **kw: LovaszSoftmaxLoss(from_logits=True, per_image=True, class_weights=[1, 2, 1], **kw),
+    "softmax-per-image": lambda **kw: LovaszSoftmaxLoss(
+        from_logits=True, per_image=True, class_weights=[1, 2, 1], **kw
+    ),
     "hinge": lambda **kw: LovaszHingeLoss(**kw),
     "multilabel": lambda **kw: LovaszMultilabelLoss(**kw),
     "ce+lovasz": lambda **kw: CrossEntropyLovaszLoss(ce_weight=0.5, ignore_class=255, **kw),
