@@ -662,8 +662,8 @@ def test_float_labels_holding_class_indices(module, mode):
         with pytest.raises(tf.errors.InvalidArgumentError, match=r"labels must be in \[0, 2\].*found:.*7"):
             call(module, mode, "softmax", probas, half, True)
         return
-    if mode != "eager":  # XLA and jax.jit compile no assert: not checked there
-        call(module, mode, "softmax", probas, half, True, ignore=255)
+    if mode != "eager":  # XLA and jax.jit compile no assert: a bad label makes the loss and gradient NaN
+        assert_nan_where_bad(module, mode, probas, half)
         return
     with pytest.raises(
         ValueError,
@@ -681,6 +681,22 @@ def test_float_labels_holding_class_indices(module, mode):
         call(module, mode, "hinge", probas[..., 0], np.full((2, 4, 5), 0.5, "float32"))
     with pytest.raises(ValueError, match="targets must be 0 or 1 at every non-ignored pixel; found 0.5"):
         call(module, mode, "multilabel", probas, np.full(probas.shape, 0.5, "float32"), True)
+
+
+def assert_nan_where_bad(module, mode, probas, half):
+    """Where no assert is compiled, each kind's loss of a bad label (1.5 and 7 of 3 classes, 2 of a mask) is NaN,
+    its gradient too, not the loss of a label read as background; ignored, the loss is finite."""
+    good = np.round(half).clip(0, 2)
+    bad_cases = [("softmax", probas, half, True), ("softmax", probas, np.where(half == 1.5, 7, good), True)]
+    targets = (probas > 0.3) * 1.0
+    targets[0, 0, 0, 0] = 2
+    bad_cases += [("hinge", probas[..., 0], good % 2 * 2, None), ("multilabel", probas, targets, True)]
+    for kind, pred, labels, last in bad_cases:
+        value, grad = call(module, mode, kind, pred, labels, last)
+        assert np.isnan(value).all() and np.isnan(grad).any(), (kind, value)  # (absent channels' gradient: 0)
+        ignored = np.where(labels != good if kind == "softmax" else labels == 2, 255, labels)
+        value, grad = call(module, mode, kind, pred, ignored, last, ignore=255)
+        assert np.isfinite(value).all() and np.isfinite(grad).all(), (kind, value)
 
 
 @pytest.mark.parametrize("module,mode", MODES)

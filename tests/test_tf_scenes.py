@@ -500,12 +500,29 @@ def test_bad_row_splits_raise_clear_errors_eagerly(splits, error, match):
 )
 def test_bad_row_splits_fail_when_a_graph_runs(monkeypatch, kernel, splits, match):
     """In tf.function the values are not known when traced: asserts fail the run (under XLA, which drops
-    asserts, they are not checked)."""
+    asserts, the loss is NaN: see below)."""
     if not kernel:
         monkeypatch.setattr(ROWS, "use_kernel", lambda pred: False)
     fn = tf.function(lambda p, t, s: LT.lovasz_softmax(p, t, per_image=True, row_splits=s))
     with pytest.raises(tf.errors.InvalidArgumentError, match=f"row_splits must {match}"):
         fn(tf.random.uniform((4, 3)), tf.constant([0, 1, 2, 0]), tf.constant(splits, tf.int64))
+
+
+@pytest.mark.parametrize("splits", [[1, 3, 4], [0, 3, 2, 4], [0, 1, 3], [0, 1, 7]])
+def test_bad_row_splits_under_xla_make_the_loss_nan(splits):
+    """XLA drops asserts: bad row splits give a NaN loss there (and its gradient), not the loss of scenes cut
+    otherwise without a word; good ones give the loss of the graph without XLA."""
+    x, labels = tf.random.uniform((4, 3)), tf.constant([0, 1, 2, 0])
+    for kind in ("softmax", "hinge"):
+        pred, lab = (x, labels) if kind == "softmax" else (x[:, 0], labels % 2)
+        loss = getattr(LT, f"lovasz_{kind}")
+        xla = tf.function(lambda p, t, s: loss(p, t, per_image=True, row_splits=s), jit_compile=True)
+        with tf.GradientTape() as tape:
+            tape.watch(pred)
+            value = xla(pred, lab, tf.constant(splits, tf.int64))
+        assert np.isnan(value.numpy()) and np.isnan(tape.gradient(value, pred).numpy()).any()
+        good = tf.constant([0, 1, 4], tf.int64)
+        np.testing.assert_allclose(xla(pred, lab, good), loss(pred, lab, per_image=True, row_splits=good), rtol=1e-6)
 
 
 def test_bad_shapes_and_arguments_raise_clear_errors():

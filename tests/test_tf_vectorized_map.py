@@ -134,3 +134,16 @@ def test_jacobian_of_a_persistent_tape_in_a_function(persistent):
     for b in range(len(X)):
         np.testing.assert_allclose(rows[b, b], expected[b], rtol=1e-5, atol=1e-7)
         assert not np.delete(rows[b], b, axis=0).any()  # image b's loss depends on image b alone
+
+
+def test_a_bad_label_inside_vectorized_map_is_nan_in_its_example():
+    """pfor takes no assert: a label out of range (7 of 4 classes, 2 of a mask) makes that example's loss NaN,
+    not a class read as background without a word; the other examples keep their values."""
+    softmax = lambda args: LT.lovasz_softmax(args[0][None], args[1][None], ignore=255, from_logits=True)  # noqa: E731
+    hinge = lambda args: LT.lovasz_hinge(args[0][None, ..., 0], args[1][None], ignore=255)  # noqa: E731
+    for loss, labels in [(softmax, Y), (hinge, np.where(Y == 255, 255, Y % 2))]:
+        bad = labels.copy()
+        bad[1, 0, 0] = 7 if loss is softmax else 2
+        values = tf.vectorized_map(loss, (tf.constant(X), tf.constant(bad))).numpy()
+        expected = tf.vectorized_map(loss, (tf.constant(X), tf.constant(labels))).numpy()
+        assert np.isnan(values[1]) and np.array_equal(values[[0, 2]], expected[[0, 2]])

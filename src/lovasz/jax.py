@@ -21,6 +21,7 @@ CVPR 2018, arXiv:1705.08790.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Iterator, Sequence
 from typing import Any, Optional, Union
@@ -90,13 +91,29 @@ def _check_axis(axis: object, ndim: int) -> int:
     return int(axis)
 
 
-def _check_values(labels: jax.Array, ok: jax.Array, valid: jax.Array | None, allowed: str, name: str) -> None:
-    """Raise ``ValueError`` on a bad non-ignored label when the values are concrete (not traced)."""
+def _check_values(
+    labels: jax.Array, ok: jax.Array, valid: jax.Array | None, allowed: str, name: str
+) -> jax.Array | None:
+    """Raise ``ValueError`` on a bad non-ignored label when the values are concrete; under a trace
+    (jit, grad, vmap: also of concrete arrays a traced function closes over) nothing can raise, and
+    this returns whether every label is good, for :func:`_nan_unless`."""
     bad = ~ok if valid is None else valid & ~ok
     if isinstance(bad, jax.core.Tracer):
-        return  # under jit / grad / vmap the values are unknown (also of concrete arrays a traced function closes over)
+        return ~jnp.any(bad)
     if bool(bad.any()):
         raise ValueError(f"{name} must be {allowed} at every non-ignored pixel; found {labels[bad][0]}")
+    return None
+
+
+def _nan_unless(loss: jax.Array, *good: jax.Array | None) -> jax.Array:
+    """``loss``, or NaN (its gradient too) where a traced check of :func:`_check_values` found a bad label:
+    JAX's answer to an index out of range (``jnp.take_along_axis`` fills with NaN), where the loss would
+    otherwise read a class 7 of 4 as background without a word. Where all are good, ``loss * 1``: the
+    same bits."""
+    traced = [g for g in good if g is not None]
+    if not traced:
+        return loss
+    return loss * jnp.where(functools.reduce(jnp.logical_and, traced), 1, jnp.nan).astype(loss.dtype)
 
 
 def _valid(labels: jax.Array, ignore: int | None) -> jax.Array | None:
@@ -310,7 +327,8 @@ def lovasz_softmax(
             Note the order: ``(probas, labels)``, unlike Keras' ``(y_true, y_pred)``.
         labels: ``[B, *spatial]`` (or ``[B, *spatial, 1]``) class indices in ``[0, C - 1]``, or
             ``ignore``: integers, or floats holding whole numbers. Out-of-range and non-whole
-            labels raise ``ValueError`` when the values are known; under ``jax.jit`` they are not checked.
+            labels raise ``ValueError`` when the values are known; under ``jax.jit`` (no exception can
+            be raised there) they make the loss NaN, as JAX fills an out-of-range gather.
         classes: ``'present'``, ``'all'`` or a list of class indices to average over.
         per_image: the loss of each image, averaged; otherwise the batch is one set.
         ignore: label value of pixels that take no part (e.g. 255).
@@ -371,9 +389,10 @@ def lovasz_softmax(
     batch, pixels = labels.shape[0], math.prod(labels.shape[1:])  # no -1: the batch may be empty
     lab = labels.reshape(batch, 1, pixels)
     valid = _in_some_segment(_valid(lab, ignore), member)
+    good = []
     if jnp.issubdtype(lab.dtype, jnp.floating):  # class indices as floats: whole numbers only (1.5 is no class)
-        _check_values(lab, lab == jnp.round(lab), valid, "whole numbers (class indices)", "labels")
-    _check_values(lab, (lab >= 0) & (lab < num_classes), valid, f"in [0, {num_classes - 1}]", "labels")
+        good.append(_check_values(lab, lab == jnp.round(lab), valid, "whole numbers (class indices)", "labels"))
+    good.append(_check_values(lab, (lab >= 0) & (lab < num_classes), valid, f"in [0, {num_classes - 1}]", "labels"))
     points_first = not sigmoid and axis % probas.ndim == probas.ndim - 1  # channels-last grids, points [N, C]
     if points_first and w is None and isinstance(classes, str) and axis_name is None:
         points = probas.astype(dtype).reshape(-1, num_classes)  # (a view: no copy, no transpose)
@@ -384,7 +403,7 @@ def lovasz_softmax(
             codes = R.pixel_codes(fg, None if valid is None else valid.reshape(1, -1))
             options = R.PointsOptions(from_logits, classes == "present")
             per_set = R.points_first_loss(points, codes, jnp.asarray(set_ends), options)
-            return _reduced(per_set, reduction, per_image).astype(probas.dtype)
+            return _nan_unless(_reduced(per_set, reduction, per_image), *good).astype(probas.dtype)
     pred = probas.astype(dtype) if sigmoid else _channels_first(probas.astype(dtype), axis)
     pred = pred.reshape(batch, 1 if sigmoid else num_classes, pixels)
     if valid is not None and from_logits:  # a NaN logit at an ignored pixel must not reach the gradient
@@ -396,7 +415,7 @@ def lovasz_softmax(
         pred = _softmax_over_classes(pred)
     fg = lab == jnp.arange(num_classes).reshape(1, -1, 1)
     loss = _lovasz_classes(pred, fg, valid, False, classes, per_image, w, reduction, ends, axis_name)
-    return loss.astype(probas.dtype)
+    return _nan_unless(loss, *good).astype(probas.dtype)
 
 
 def _hinge_classes(
@@ -487,9 +506,9 @@ def lovasz_hinge(
     pred = logits.astype(_compute_dtype(logits)).reshape(layout)
     lab = labels.reshape(layout)
     valid = _in_some_segment(_valid(lab, ignore), member)
-    _check_values(lab, (lab == 0) | (lab == 1), valid, "0 or 1", "labels")
+    good = _check_values(lab, (lab == 0) | (lab == 1), valid, "0 or 1", "labels")
     loss = _hinge_classes(pred, lab == 1, valid, "all", per_image, None, reduction, margin, symmetric, ends, axis_name)
-    return loss.astype(logits.dtype)
+    return _nan_unless(loss, good).astype(logits.dtype)
 
 
 @D.auto_on_explicit_meshes
@@ -559,13 +578,13 @@ def lovasz_multilabel(
     pred = logits.astype(dtype).reshape(layout)
     tgt = targets.reshape(layout)
     valid = _in_some_segment(_valid(tgt, ignore), member)
-    _check_values(tgt, (tgt == 0) | (tgt == 1), valid, "0 or 1", "targets")
+    good = _check_values(tgt, (tgt == 0) | (tgt == 1), valid, "0 or 1", "targets")
     if from_logits:
         fg = tgt == 1
         loss = _hinge_classes(pred, fg, valid, classes, per_image, w, reduction, margin, symmetric, ends, axis_name)
     else:
         loss = _lovasz_classes(pred, tgt == 1, valid, False, classes, per_image, w, reduction, ends, axis_name)
-    return loss.astype(logits.dtype)
+    return _nan_unless(loss, good).astype(logits.dtype)
 
 
 @contextlib.contextmanager

@@ -155,20 +155,36 @@ def _check_points_order(order: str, splits: tf.Tensor | None) -> bool:
     return channels_last
 
 
-def _check_values(labels: tf.Tensor, ok: tf.Tensor, valid: tf.Tensor | None, allowed: str, name: str) -> None:
+def _check_values(
+    labels: tf.Tensor, ok: tf.Tensor, valid: tf.Tensor | None, allowed: str, name: str
+) -> tf.Tensor | None:
     """Raise on a bad non-ignored label: ``ValueError`` eagerly; in a ``tf.function`` graph an assert op (a
     stateful op, which the function runs), whose ``InvalidArgumentError`` names the first bad value. XLA
-    (``jit_compile=True``) compiles no assert, nor does ``tf.vectorized_map`` take one: there it is unchecked."""
+    (``jit_compile=True``) compiles no assert, nor does ``tf.vectorized_map`` take one: there this returns
+    whether every label is good, for :func:`_nan_unless`."""
     bad = tf.logical_not(ok) if valid is None else tf.logical_and(valid, tf.logical_not(ok))
     message = f"{name} must be {allowed} at every non-ignored pixel"
     if not tf.executing_eagerly():
-        if not (_tf_rows.in_xla() or _tf_rows.in_pfor()):  # (the values are read only if one is bad)
-            tf.debugging.Assert(
-                tf.logical_not(tf.reduce_any(bad)), [f"{message}; found:", tf.boolean_mask(labels, bad)[:1]]
-            )
-        return
+        if _tf_rows.in_xla() or _tf_rows.in_pfor():
+            return tf.logical_not(tf.reduce_any(bad))
+        tf.debugging.Assert(  # (the values are read only if one is bad)
+            tf.logical_not(tf.reduce_any(bad)), [f"{message}; found:", tf.boolean_mask(labels, bad)[:1]]
+        )
+        return None
     if bool(tf.reduce_any(bad)):
         raise ValueError(f"{message}; found {tf.boolean_mask(labels, bad)[0].numpy()}")
+    return None
+
+
+def _nan_unless(loss: tf.Tensor, *good: tf.Tensor | None) -> tf.Tensor:
+    """``loss``, or NaN (its gradient too) where a check of :func:`_check_values` that could not assert (XLA,
+    ``tf.vectorized_map``) found a bad label, which the loss would otherwise read as background without a
+    word (a class 7 of 4). Where all are good, ``loss * 1``: the same bits."""
+    unasserted = [g for g in good if g is not None]
+    if not unasserted:
+        return loss
+    ok = tf.reduce_all(tf.stack(unasserted))
+    return loss * tf.where(ok, tf.ones((), loss.dtype), tf.constant(float("nan"), loss.dtype))
 
 
 def _check_layout_when_run(
@@ -242,11 +258,14 @@ def _check_known_classes(channels: int | None, name: str, shape: tf.TensorShape)
         )
 
 
-def _check_row_splits(row_splits: TensorLike, num_points: int | tf.Tensor, pname: str) -> tf.Tensor:
-    """``row_splits`` as int64 ``[S + 1]``: 0, then each scene's end, rising to the number of points.
+def _check_row_splits(
+    row_splits: TensorLike, num_points: int | tf.Tensor, pname: str
+) -> tuple[tf.Tensor, tf.Tensor | None]:
+    """``row_splits`` as int64 ``[S + 1]``: 0, then each scene's end, rising to the number of points; and under
+    XLA whether they are good, for :func:`_nan_unless` (else None).
 
     Eagerly a bad value raises ``ValueError``; in a graph, ``tf.debugging`` asserts raise
-    ``InvalidArgumentError`` when it runs (under XLA, which drops asserts, it is not checked).
+    ``InvalidArgumentError`` when it runs; XLA drops asserts: there bad splits make the loss NaN.
     """
     what = "a 1-D integer tensor [S + 1] (0, then each scene's end: TF's row_splits)"
     splits = _to_tensor(row_splits, "row_splits", what)
@@ -263,7 +282,11 @@ def _check_row_splits(row_splits: TensorLike, num_points: int | tf.Tensor, pname
             raise ValueError(f"row_splits must never decrease (each scene's end); got {shown_splits(values)}")
         if values[-1] != n:
             raise ValueError(f"row_splits must end at {n}, the number of points of {pname}; got {shown_splits(values)}")
-    elif not _tf_rows.in_xla():
+    elif _tf_rows.in_xla():
+        n = tf.cast(num_points, tf.int64)
+        rising = tf.reduce_all(splits[1:] >= splits[:-1])
+        return splits, tf.logical_and(tf.logical_and(tf.equal(splits[0], 0), tf.equal(splits[-1], n)), rising)
+    else:
         n = tf.cast(num_points, tf.int64)
         checks = [
             tf.debugging.assert_equal(splits[0], tf.constant(0, tf.int64), message="row_splits must start at 0"),
@@ -272,7 +295,7 @@ def _check_row_splits(row_splits: TensorLike, num_points: int | tf.Tensor, pname
         ]
         with tf.control_dependencies(checks):
             splits = tf.identity(splits)
-    return splits
+    return splits, None
 
 
 def _from_ragged(prediction: Any, labels: Any, names: tuple[str, str]) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -305,14 +328,14 @@ def _from_ragged(prediction: Any, labels: Any, names: tuple[str, str]) -> tuple[
 
 def _points(
     prediction: TensorOrRagged, labels: TensorOrRagged, row_splits: TensorLike | None, kind: str, names: tuple[str, str]
-) -> tuple[TensorOrRagged, TensorOrRagged, tf.Tensor | None]:
+) -> tuple[TensorOrRagged, TensorOrRagged, tf.Tensor | None, tf.Tensor | None]:
     """Points-first inputs of scenes (``row_splits=``, or ragged ``[S, None, ...]``) with a batch
-    axis of one (``[1, N, C]`` / ``[1, N]``) and their row splits (int64 ``[S + 1]``); other
-    inputs as they are, with None."""
+    axis of one (``[1, N, C]`` / ``[1, N]``), their row splits (int64 ``[S + 1]``) and, under XLA,
+    whether ``row_splits=`` are good (see :func:`_check_row_splits`); other inputs as they are, with None."""
     pname, lname = names
     ragged = isinstance(prediction, tf.RaggedTensor) or isinstance(labels, tf.RaggedTensor)
     if row_splits is None and not ragged:
-        return prediction, labels, None
+        return prediction, labels, None, None
     multilabel = kind == "multilabel"
     if ragged:
         if row_splits is not None:
@@ -334,9 +357,10 @@ def _points(
             f"{lname} must have shape {label_shape.as_list()} for {pname} of shape {prediction.shape.as_list()}; "
             f"got {labels.shape.as_list()}"
         )
+    good = None
     if not ragged:
-        row_splits = _check_row_splits(row_splits, _size(prediction, 0, 1), pname)
-    return tf.expand_dims(prediction, 0), tf.expand_dims(labels, 0), row_splits  # (x[None]'s gradient copies)
+        row_splits, good = _check_row_splits(row_splits, _size(prediction, 0, 1), pname)
+    return tf.expand_dims(prediction, 0), tf.expand_dims(labels, 0), row_splits, good  # (x[None]'s gradient copies)
 
 
 def _lovasz_classes(
@@ -456,7 +480,7 @@ def lovasz_softmax(
         labels: ``[B, *spatial]`` (or ``[B, *spatial, 1]``) class indices in ``[0, C - 1]``, or
             ``ignore``: integers, or floats holding whole numbers. Out-of-range and non-whole
             labels raise ``ValueError`` eagerly and fail an assert inside ``tf.function``; under XLA
-            they are not checked.
+            and ``tf.vectorized_map``, which take no assert, they make the loss NaN.
         classes: ``'present'``, ``'all'`` or a list of class indices to average over.
         per_image: the loss of each image, averaged; otherwise the batch is one set.
         ignore: label value of pixels that take no part (e.g. 255).
@@ -474,7 +498,7 @@ def lovasz_softmax(
             loss's on that scene alone; a scene with no valid point gets 0, like an all-ignored
             image. Instead, ``probas`` and ``labels`` may be ``tf.RaggedTensor`` ``[S, None, C]``
             and ``[S, None]`` with equal row splits. Bad row splits raise ``ValueError`` eagerly;
-            in ``tf.function`` an assert fails the run; under XLA they are not checked.
+            in ``tf.function`` an assert fails the run; under XLA they make the loss NaN.
         global_batch: in a ``tf.distribute`` replica context (``strategy.run``), the loss of the
             global batch, the same on every replica: in batch mode each replica all-gathers every
             replica's pixels and computes the loss of their union (shards may differ in batch and
@@ -505,7 +529,7 @@ def lovasz_softmax(
         0.2625
     """
     per_image, from_logits = V.check_flag(per_image, "per_image"), V.check_flag(from_logits, "from_logits")
-    probas, labels, splits = _points(probas, labels, row_splits, "softmax", ("probas", "labels"))
+    probas, labels, splits, good_splits = _points(probas, labels, row_splits, "softmax", ("probas", "labels"))
     probas = _check_prediction(probas, "probas")
     labels = _check_labels(labels, "labels")
     channels_last = _check_points_order(order, splits)
@@ -528,9 +552,10 @@ def lovasz_softmax(
     batch, pixels = tf.shape(labels)[0], _size(labels, 1)
     lab = tf.reshape(labels, [batch, pixels])
     valid = _valid(lab, ignore)
+    good = [good_splits]
     if lab.dtype.is_floating:  # class indices as floats: whole numbers only (1.5 is no class)
-        _check_values(lab, tf.equal(lab, tf.round(lab)), valid, "whole numbers (class indices)", "labels")
-    _check_values(lab, (lab >= 0) & (lab < num_classes), valid, f"in [0, {num_classes - 1}]", "labels")
+        good.append(_check_values(lab, tf.equal(lab, tf.round(lab)), valid, "whole numbers (class indices)", "labels"))
+    good.append(_check_values(lab, (lab >= 0) & (lab < num_classes), valid, f"in [0, {num_classes - 1}]", "labels"))
     lab = tf.cast(lab, tf.int32) if lab.dtype.is_floating else lab
 
     class_axis = 2 if channels_last else 1  # of pred [B, N, C] or [B, C, N]
@@ -557,7 +582,7 @@ def lovasz_softmax(
         return _lovasz_classes(pred, fg, valid, False, classes, per_image, channels_last, w, reduction, scenes, across)
 
     loss = _on_valid_pixels(loss_of, pred, lab, valid, per_image, channels_last, splits, across)
-    return tf.cast(loss, probas.dtype)
+    return tf.cast(_nan_unless(loss, *good), probas.dtype)
 
 
 def _hinge_classes(
@@ -633,7 +658,7 @@ def lovasz_hinge(
         0.25
     """
     per_image = V.check_flag(per_image, "per_image")
-    logits, labels, splits = _points(logits, labels, row_splits, "hinge", ("logits", "labels"))
+    logits, labels, splits, good_splits = _points(logits, labels, row_splits, "hinge", ("logits", "labels"))
     logits = _check_prediction(logits, "logits")
     labels = _check_labels(labels, "labels")
     s = tuple(logits.shape)
@@ -660,7 +685,7 @@ def lovasz_hinge(
     pred = tf.reshape(tf.cast(logits, _compute_dtype(logits)), layout)
     lab = tf.reshape(labels, layout)
     valid = _valid(lab, ignore)
-    _check_values(lab, (lab == 0) | (lab == 1), valid, "0 or 1", "labels")
+    good = _check_values(lab, (lab == 0) | (lab == 1), valid, "0 or 1", "labels")
     across = _replicas(global_batch)
 
     def loss_of(pred: tf.Tensor, lab: tf.Tensor, valid: tf.Tensor | None, scenes: tf.Tensor | None) -> tf.Tensor:
@@ -668,7 +693,7 @@ def lovasz_hinge(
         return _hinge_classes(pred, lab == 1, valid, *options)
 
     loss = _on_valid_pixels(loss_of, pred, lab, valid, per_image, False, splits, across)
-    return tf.cast(loss, logits.dtype)
+    return tf.cast(_nan_unless(loss, good, good_splits), logits.dtype)
 
 
 @_traced_as_written
@@ -717,7 +742,7 @@ def lovasz_multilabel(
         0.0
     """
     per_image, from_logits = V.check_flag(per_image, "per_image"), V.check_flag(from_logits, "from_logits")
-    logits, targets, splits = _points(logits, targets, row_splits, "multilabel", ("logits", "targets"))
+    logits, targets, splits, good_splits = _points(logits, targets, row_splits, "multilabel", ("logits", "targets"))
     logits = _check_prediction(logits, "logits")
     targets = _check_labels(targets, "targets")
     channels_last = _check_points_order(order, splits)
@@ -743,7 +768,7 @@ def lovasz_multilabel(
     pred = tf.reshape(tf.cast(logits, dtype), layout)
     tgt = tf.reshape(targets, layout)
     valid = _valid(tgt, ignore)
-    _check_values(tgt, (tgt == 0) | (tgt == 1), valid, "0 or 1", "targets")
+    good = _check_values(tgt, (tgt == 0) | (tgt == 1), valid, "0 or 1", "targets")
     across = _replicas(global_batch)
 
     def loss_of(pred: tf.Tensor, tgt: tf.Tensor, valid: tf.Tensor | None, scenes: tf.Tensor | None) -> tf.Tensor:
@@ -754,7 +779,7 @@ def lovasz_multilabel(
         return _lovasz_classes(pred, tgt == 1, valid, False, *options)
 
     loss = _on_valid_pixels(loss_of, pred, tgt, valid, per_image, channels_last, splits, across)
-    return tf.cast(loss, logits.dtype)
+    return tf.cast(_nan_unless(loss, good, good_splits), logits.dtype)
 
 
 # ----------------------------------------------------------------------------- the original's flat API
