@@ -36,6 +36,7 @@ Example:
 from __future__ import annotations
 
 import importlib
+import warnings
 from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
@@ -108,13 +109,13 @@ def _is_one_hot_shaped(y_true: Tensor, y_pred: Tensor, axis: int) -> bool:
     return V.compatible(true_shape, pred_shape)
 
 
-def _class_indices(y_true: Tensor, y_pred: Tensor, axis: int) -> Tensor:
+def _class_indices(y_true: Tensor, y_pred: Tensor, axis: int, ignore: int | None) -> Tensor:
     """A one-hot ``y_true`` shaped like ``y_pred`` (``C > 1`` channels at ``axis``) as class indices; any other
     ``y_true`` as it is. One-hot is the target of Keras' categorical losses, and lovasz.torch.LovaszLoss takes it
     (MONAI's form) the same way: each pixel must hold one 1 and zeros, so an all-zero row (a void pixel) raises,
     as it does there, instead of becoming class 0."""
     if _class_axis_unknown(y_true, y_pred, axis):
-        return _indices_when_run(y_true, y_pred, axis)
+        return _indices_when_run(y_true, y_pred, axis, ignore)
     if not _is_one_hot_shaped(y_true, y_pred, axis):
         return y_true
     ok = _one_hot_rows(y_true, axis)
@@ -127,7 +128,11 @@ def _class_indices(y_true: Tensor, y_pred: Tensor, axis: int) -> Tensor:
     if known is not None and not known.all():
         raise ValueError(f"{message}; {int((~known).sum())} pixels are not")
     indices = ops.argmax(y_true, axis=axis)
-    return indices if known is not None else _asserted(indices, ok, message)
+    return (
+        indices
+        if known is not None
+        else _asserted(indices, ok, message, otherwise=_void_label(y_pred.shape[axis], ignore))
+    )
 
 
 def _one_hot_rows(y_true: Tensor, axis: int) -> Tensor:
@@ -147,7 +152,7 @@ def _class_axis_unknown(y_true: Tensor, y_pred: Tensor, axis: int) -> bool:
     return channels is not None and channels >= 2 and V.compatible(true_shape, pred_shape)
 
 
-def _indices_when_run(y_true: Tensor, y_pred: Tensor, axis: int) -> Tensor:
+def _indices_when_run(y_true: Tensor, y_pred: Tensor, axis: int, ignore: int | None) -> Tensor:
     """Class indices ``[B, *spatial]`` of a ``y_true`` whose class axis is unknown until the graph runs: its
     only channel if it has one, else the class of each one-hot pixel; an assert fails on any other size."""
     channels = y_pred.shape[axis]
@@ -160,23 +165,29 @@ def _indices_when_run(y_true: Tensor, y_pred: Tensor, axis: int) -> Tensor:
         f"y_true of shape {list(y_true.shape)} for y_pred {list(y_pred.shape)} must hold class indices with a "
         f"size-1 class axis {axis}, or be one-hot along it ({channels} channels, one 1 and zeros per pixel)"
     )
-    return _asserted(labels, ops.logical_or(is_map, one_hot), message)
+    return _asserted(labels, ops.logical_or(is_map, one_hot), message, otherwise=_void_label(channels, ignore))
 
 
-def _asserted(x: Tensor, ok: Tensor, message: str, values: Tensor | None = None) -> Tensor:
+def _asserted(
+    x: Tensor, ok: Tensor, message: str, values: Tensor | None = None, otherwise: int | None = None
+) -> Tensor:
     """``x``, computed after an assert that ``ok`` holds everywhere, for values not known when the loss is built
     (known ones raise ``ValueError`` before): a ``tf.debugging`` assert in a TensorFlow graph, whose
     ``InvalidArgumentError`` gives ``message`` and the first bad one of ``values`` (without them, how many pixels fail),
-    and an asynchronous one for torch on an accelerator, as lovasz.torch's. XLA (``jit_compile=True``) and
-    ``jax.jit`` compile no assert: there ``x`` is unchecked."""
+    and an asynchronous one for torch on an accelerator, as lovasz.torch's. XLA (``jit_compile=True``), ``jax.jit``
+    and ``torch.compile`` compile no such assert: there ``x`` holds ``otherwise`` where ``ok`` fails (an
+    out-of-range label, which the functions' own checks find: a NaN loss under XLA and ``jax.jit``, an assert
+    under ``torch.compile``), or is unchecked without it."""
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
 
         from lovasz import _tf_rows
 
-        if tf.executing_eagerly() or _tf_rows.in_xla():
+        if tf.executing_eagerly():
             return x
+        if _tf_rows.in_xla():
+            return _where_not(x, ok, otherwise)
         bad = tf.logical_not(ok)
         if values is None:
             shown = [f"{message}; pixels that are not:", tf.reduce_sum(tf.cast(bad, tf.int32))]
@@ -188,9 +199,21 @@ def _asserted(x: Tensor, ok: Tensor, message: str, values: Tensor | None = None)
     if backend == "torch":
         import torch
 
-        if not torch.compiler.is_compiling():
-            torch._assert_async(ok.all(), message)
-    return x
+        if torch.compiler.is_compiling():
+            return _where_not(x, ok, otherwise)
+        torch._assert_async(ok.all(), message)
+        return x
+    return _where_not(x, ok, otherwise)  # JAX: traced (known values raised before)
+
+
+def _where_not(x: Tensor, ok: Tensor, otherwise: int | None) -> Tensor:
+    return x if otherwise is None else ops.where(ok, x, ops.cast(otherwise, x.dtype))
+
+
+def _void_label(channels: int, ignore: int | None) -> int:
+    """A class index out of ``[0, channels)`` that is not ``ignore``: what a bad one-hot row becomes where no assert
+    can be compiled, for the loss's label check to find."""
+    return channels if ignore != channels else channels + 1
 
 
 def _drop_binary_channel(y_true: Tensor, y_pred: Tensor, axis: int) -> tuple[Tensor, Tensor]:
@@ -809,7 +832,7 @@ class LovaszSoftmaxLoss(_ClassAveragedLoss):
     one-hot, shaped like ``y_pred`` (``C > 1``; the target of Keras' categorical losses, taken
     as :class:`lovasz.torch.LovaszLoss` takes MONAI's): each pixel's one 1 marks its class, and
     a row that is not one 1 and zeros (an all-zero void row) raises ``ValueError`` eagerly and
-    fails an assert in ``tf.function`` (unchecked under XLA and ``jax.jit``): give void pixels
+    fails an assert in ``tf.function`` (a NaN loss under XLA and ``jax.jit``): give void pixels
     as class indices with ``ignore_class``. ``y_pred`` holds ``C`` channels, or one channel of
     sigmoid output (read as ``[1 - p, p]``; its target is never one-hot). The loss is 0-d, or
     one value per image with ``per_image`` before Keras' ``reduction``.
@@ -868,7 +891,7 @@ class LovaszSoftmaxLoss(_ClassAveragedLoss):
     def _labels(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
         """``y_true`` of images as class indices ``[B, *spatial]``: one-hot or with a size-1 channel axis too."""
         axis = self._channel_axis
-        return _squeeze_channel(_class_indices(y_true, y_pred, axis), axis, len(y_pred.shape))
+        return _squeeze_channel(_class_indices(y_true, y_pred, axis, self.ignore_class), axis, len(y_pred.shape))
 
     def _dense(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
         labels = self._labels(y_true, y_pred)  # float labels are checked to be whole there
@@ -1177,6 +1200,8 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
             keras.Variable(self._weights[1], trainable=False, dtype="float32", name="lovasz_weight"),
         )
         self._metric: _TermWeights | None = None
+        self._scheduled = False  # a LovaszScheduleCallback rebuilds the compiled steps when a term turns on or off
+        self._jax_traced = False  # called in a JAX trace: a compiled step holds the weights as they were
 
     @property
     def ce_weight(self) -> float:
@@ -1201,10 +1226,24 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
         weights[index] = V.check_term_weight(value, name)
         if weights[index] != self._weights[index]:
             self._variables[index].assign(weights[index])
+            if self._jax_traced and self._metric is None:
+                warnings.warn(
+                    f"{name} changed after a JAX step was compiled with this loss: on the JAX backend a compiled "
+                    "step reads the weight it was traced with. Change it with a LovaszScheduleCallback (which "
+                    "passes the weights into the step), or rebuild the steps: model.make_train_function(force=True) "
+                    "and model.make_test_function(force=True)",
+                    stacklevel=3,
+                )
         self._weights = (weights[0], weights[1])
 
     def _terms(self) -> tuple[bool, bool]:
-        """Which terms the call computes: those of a non-zero weight (the Lovász term if both are 0)."""
+        """Which terms the call computes: those of a non-zero weight (the Lovász term if both are 0) where the
+        step that runs it is built again when one turns on or off: in torch's (eager) steps, and while a
+        LovaszScheduleCallback drives the weights. Else both, each times its weight's variable: a TensorFlow or
+        JAX step compiled with a term left out kept leaving it out when its weight was set by hand, and the
+        test step (``val_loss``, ``evaluate``) when the callback rebuilt only the train step."""
+        if not self._scheduled and keras.backend.backend() != "torch":
+            return True, True
         ce = self._weights[0] != 0
         return ce, self._weights[1] != 0 or not ce
 
@@ -1216,6 +1255,7 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
 
     def call(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
         lovasz, scene = self.lovasz, None
+        self._jax_traced = self._jax_traced or _known(y_pred) is None and keras.backend.backend() == "jax"
         if lovasz.scenes_in_labels:
             y_true, scene = lovasz._split_scenes(y_true, y_pred)
         elif self.mode == "multiclass":
@@ -1315,8 +1355,8 @@ class LovaszScheduleCallback(keras.callbacks.Callback):
 
     The loss holds its weights in non-trainable variables that the compiled train step
     reads, so a ramp counted in batches costs no retrace on any backend. Only turning a
-    term on or off (a weight leaving or reaching 0) rebuilds the train step (on the
-    TensorFlow and JAX backends): at most twice for a schedule, at the warm-up's end
+    term on or off (a weight leaving or reaching 0) rebuilds the train and test steps (on
+    the TensorFlow and JAX backends): at most twice for a schedule, at the warm-up's end
     and, with ``final_ce_weight=0``, at the ramp's end. On the JAX backend, whose train
     step is a pure function of the model's variables, the callback makes the weights a
     metric of the model (with an empty result: the logs don't change) and syncs the
@@ -1349,6 +1389,25 @@ class LovaszScheduleCallback(keras.callbacks.Callback):
         loss = self._target()
         if keras.backend.backend() == "jax":
             _track(self.model, loss._term_weights())
+        terms = loss._terms()
+        loss._scheduled = True  # terms of weight 0 are left out from now on
+        if loss._terms() != terms:
+            self._rebuild_steps()
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        """After ``fit`` the weights may be set by hand, which rebuilds nothing: the steps are traced again
+        with both terms (only if one was left out)."""
+        loss = self._target()
+        terms = loss._terms()
+        loss._scheduled = False
+        if terms != loss._terms():
+            self._rebuild_steps()
+
+    def _rebuild_steps(self) -> None:
+        """Trace the train and test steps again at their next call (on TensorFlow and JAX: torch's run eagerly)."""
+        if keras.backend.backend() != "torch":
+            self.model.make_train_function(force=True)
+            self.model.make_test_function(force=True)
 
     def _apply(self, t: int) -> None:
         loss = self._target()
@@ -1362,8 +1421,8 @@ class LovaszScheduleCallback(keras.callbacks.Callback):
             # the loop takes the state up again, with the new weights, before the next step.
             self.model.jax_state_sync()
         self.schedule.apply(loss, t)
-        if loss._terms() != terms and backend != "torch":
-            self.model.make_train_function(force=True)  # a term on or off: a different graph
+        if loss._terms() != terms:
+            self._rebuild_steps()  # a term on or off: a different graph, for training and validation
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self.by == "epoch":
