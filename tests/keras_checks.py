@@ -591,6 +591,7 @@ def test_schedule_by_batch_changes_the_weights_without_a_retrace(monkeypatch):
     model.fit(x, y, **fit)
     plain = calls.count
     record = BatchLosses(loss)
+    model.optimizer.iterations.assign(0)  # the schedule counts the optimizer's steps: from 0 again
     model.fit(x, y, callbacks=[LovaszScheduleCallback(ramp, by="batch"), record], **fit)
     # the ramp changed the weights at 4 of the 8 steps and traced nothing more than a plain fit
     assert calls.count - plain == plain == (8 if keras.backend.backend() == "torch" else 0)
@@ -622,6 +623,37 @@ def test_schedule_by_batch_counts_steps_with_steps_per_execution():
     assert [weights for _, weights in seen] == [schedule.weights(t) for t in steps]
 
 
+def test_schedule_by_batch_counts_the_optimizers_steps(tmp_path):
+    """``by='batch'`` counts ``optimizer.iterations``, as Keras' learning-rate schedules do: a model saved after 4
+    steps and fit again with a new callback goes on at step 4 (it started over at 0); and data of unknown length
+    with ``steps_per_execution=3``, whose last call runs fewer steps and is followed by an empty one, ran the
+    count ahead (0.875, the weight of step 6, at step 4)."""
+    x, y = scenes(count=8)
+    schedule = LovaszSchedule(warmup=0, ramp=8)  # lovasz_weight (t + 1) / 8 at step t
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            seen.append(self.model.loss.lovasz_weight)
+
+    model = frozen_model(CrossEntropyLovaszLoss())
+    model.fit(x, y, batch_size=2, verbose=0, callbacks=[LovaszScheduleCallback(schedule, by="batch")])
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    loaded.fit(x, y, batch_size=2, verbose=0, callbacks=[LovaszScheduleCallback(schedule, by="batch"), Record()])
+    assert seen == [schedule.weights(t)[1] for t in range(4, 8)]
+    if keras.backend.backend() == "torch":
+        return  # (one step per call)
+    import tensorflow as tf
+
+    model = small_model(NUM_CLASSES)
+    model.compile(optimizer="sgd", loss=CrossEntropyLovaszLoss(), steps_per_execution=3)
+    unknown = tf.data.Dataset.from_tensor_slices((x, y)).filter(lambda *_: True).batch(2)  # 4 batches
+    seen.clear()
+    model.fit(unknown, epochs=2, verbose=0, callbacks=[LovaszScheduleCallback(schedule, by="batch"), Record()])
+    assert seen[3:5] == [schedule.weights(4)[1], schedule.weights(7)[1]]  # epoch 1's calls: steps 4 and 7
+
+
 def test_schedule_turning_a_term_on_or_off_retraces_once_each(monkeypatch):
     x, y = scenes()
     loss = CrossEntropyLovaszLoss(ignore_class=255)
@@ -630,6 +662,7 @@ def test_schedule_turning_a_term_on_or_off_retraces_once_each(monkeypatch):
     model.fit(x, y, **fit)
     calls, record = CountCalls(monkeypatch), BatchLosses(loss)
     schedule = LovaszSchedule(warmup=2, ramp=2)  # CE alone, both, Lovász alone: three term sets
+    model.optimizer.iterations.assign(0)  # the schedule counts the optimizer's steps: from 0 again
     model.fit(x, y, callbacks=[LovaszScheduleCallback(schedule, by="batch"), record], **fit)
     assert record.weights == [schedule.weights(t) for t in range(8)]
     if keras.backend.backend() != "torch":

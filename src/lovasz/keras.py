@@ -1349,9 +1349,11 @@ class LovaszScheduleCallback(keras.callbacks.Callback):
     Args:
         schedule: the weights of the two terms per epoch (or batch).
         loss: the loss to change; by default the model's compiled loss.
-        by: ``'epoch'`` (the schedule counts epochs) or ``'batch'`` (training steps; with
-            ``steps_per_execution=k`` the weights change every ``k`` steps, between calls of the
-            compiled step, to the schedule's value at the step that comes).
+        by: ``'epoch'`` (the schedule counts epochs) or ``'batch'`` (the optimizer's steps,
+            ``optimizer.iterations``, as Keras' learning-rate schedules count them: a ``fit``
+            resumed from a saved model goes on where it stopped; with ``steps_per_execution=k``
+            the weights change every ``k`` steps, between calls of the compiled step, to the
+            schedule's value at the step that comes).
 
     The loss holds its weights in non-trainable variables that the compiled train step
     reads, so a ramp counted in batches costs no retrace on any backend. Only turning a
@@ -1389,6 +1391,8 @@ class LovaszScheduleCallback(keras.callbacks.Callback):
         loss = self._target()
         if keras.backend.backend() == "jax":
             _track(self.model, loss._term_weights())
+        if self.by == "batch":
+            self._step = self._optimizer_steps(self._step)
         terms = loss._terms()
         loss._scheduled = True  # terms of weight 0 are left out from now on
         if loss._terms() != terms:
@@ -1427,6 +1431,17 @@ class LovaszScheduleCallback(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self.by == "epoch":
             self._apply(epoch)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        """The steps counted in the epoch's calls are the optimizer's, except where the data's length is unknown
+        and ``steps_per_execution > 1``: the last call may run fewer, and Keras makes one more, empty, call."""
+        if self.by == "batch":
+            self._step = self._optimizer_steps(self._step)
+
+    def _optimizer_steps(self, otherwise: int) -> int:
+        """The model's optimizer's step count (on JAX synced at the epoch's end, not in it), or ``otherwise``."""
+        iterations = getattr(getattr(self.model, "optimizer", None), "iterations", None)
+        return otherwise if iterations is None else int(ops.convert_to_numpy(iterations))
 
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if self.by == "batch":
