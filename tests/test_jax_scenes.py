@@ -284,6 +284,26 @@ def test_num_segments_zero_with_points_raises():
     assert empty.shape == (0,)
 
 
+@pytest.mark.parametrize("dtype,num_segments", [("int8", 127), ("int8", 128), ("uint8", 256), ("int16", 32767)])
+def test_narrow_segment_ids_up_to_what_their_dtype_holds(dtype, num_segments):
+    """num_segments at the top of the ids' dtype wrapped in the ids' dtype: valid ids were refused eagerly (or an
+    OverflowError) and fell out of their segments under jit (a loss of 0)."""
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(10, 3)).astype("float32"), rng.integers(0, 3, 10)
+    ids = np.array([0, 0, 0, 1, 1, 1, 1, 2, 2, 2])
+    for per_image in [True, False]:
+
+        def loss(ids):
+            options = dict(per_image=per_image, from_logits=True, reduction="none")
+            return LJ.lovasz_softmax(x, y, segment_ids=ids, num_segments=num_segments, **options)  # noqa: B023
+
+        expected = loss(ids.astype("int32"))
+        np.testing.assert_array_equal(loss(ids.astype(dtype)), expected)
+        np.testing.assert_array_equal(jax.jit(loss)(jnp.asarray(ids, dtype)), expected)
+    with pytest.raises(ValueError, match=r"segment_ids must be in \[0, num_segments\); got only negative ones"):
+        LJ.lovasz_softmax(x, y, segment_ids=-1 - ids.astype(dtype.lstrip("u")))
+
+
 def test_points_in_no_segment_take_no_part_under_jit(path):
     """Under jit the segment ids are not checked: points with an id out of range belong to no segment."""
     x, y, segment, _ = data(4, seed=11)

@@ -195,6 +195,23 @@ def test_torch_hinge_and_scenes_nan_gradient(monkeypatch, kernel):
     assert torch.isfinite(logits.grad[rest]).all()
 
 
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("points", [False, True])
+def test_torch_elu_margin_nan_at_an_ignored_pixel_has_a_zero_gradient(points, symmetric):
+    """The elu margin's backward gave 0 * NaN = NaN at an ignored NaN score (vectorised elu; 8 of 64 ignored:
+    no gathering of the valid pixels first), against the documented zero gradient of ignored pixels."""
+    x = torch.randn(64) if points else torch.randn(1, 64)
+    y = torch.randint(0, 2, x.shape)
+    x[..., :8], y[..., :8] = float("nan"), 255
+    scenes = dict(offsets=torch.tensor([32, 64])) if points else {}
+    for loss in [L.lovasz_hinge, lambda x, y, **kw: L.lovasz_multilabel(x[:, None], y[:, None], **kw)]:
+        x.requires_grad_()
+        value = loss(x, y, ignore=255, margin="elu", symmetric=symmetric, **scenes)
+        (grad,) = torch.autograd.grad(value, x)
+        assert torch.isfinite(value) and (grad[..., :8] == 0).all() and torch.isfinite(grad).all()
+        x = x.detach()
+
+
 @pytest.mark.parametrize(
     "module,mode",
     [("lovasz.tf", "eager"), ("lovasz.tf", "function"), ("lovasz.tf", "xla"), ("lovasz.jax", "eager")],

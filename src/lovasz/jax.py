@@ -152,10 +152,14 @@ def _segments(
         raise ValueError(
             f"segment_ids must be integers, one per point, shape ({num_points},); got {ids.shape} {ids.dtype}"
         )
+    if ids.dtype.itemsize < 4:  # int8 ids against num_segments=128 wrapped: points fell out of their segments
+        ids = ids.astype(jnp.int32)
     if num_segments is None:
         top = ids.max() if num_points else -1
         if isinstance(top, jax.core.Tracer):
             raise TypeError("under jax.jit, segment_ids= needs a static num_segments= (as jax.ops.segment_sum does)")
+        if num_points and top < 0:
+            raise ValueError(f"segment_ids must be in [0, num_segments); got only negative ones, the largest {top}")
         num_segments = int(top) + 1
     if isinstance(num_segments, jax.Array):  # a traced one has no value to size the segments by
         kind = type(num_segments).__name__

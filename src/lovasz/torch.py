@@ -370,6 +370,8 @@ def _hinge_classes(
     the hinge of the flipped problem, ``-x'`` against ``1 - y`` (ignored pixels stay ignored).
     """
     if margin == "elu":
+        # a NaN score at an ignored pixel must not reach the gradient through elu's (0 * NaN in its backward)
+        pred = torch.where(codes == IGNORED, 0, pred)
         signs = (codes == FOREGROUND).to(pred.dtype).mul_(2).sub_(1)
         pred = -signs * F.elu(1 - signs * pred)
     args = (classes, num_classes, per_image, weights, reduction, across)
