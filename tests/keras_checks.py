@@ -1256,6 +1256,21 @@ def test_a_void_label_without_ignore_class_fails_fit_on_tensorflow():
             model.fit(x, y, batch_size=4, epochs=1, verbose=0)
 
 
+def test_a_bfloat16_loss_takes_scenes_and_both_terms():
+    """On the torch backend the label checks read a bfloat16 prediction with NumPy, which has no bfloat16:
+    a TypeError from inside the loss."""
+    rng = np.random.default_rng(10)
+    scenes = np.stack([rng.integers(0, 3, 12), np.repeat([0, 1, 2], 4)], 1)
+    points = rng.uniform(size=(12, 3)).astype("float32")
+    for make, y_true, y_pred in [
+        (lambda **kw: LovaszSoftmaxLoss(per_image=True, scenes_in_labels=True, **kw), scenes, points),
+        (lambda **kw: LovaszHingeLoss(per_image=False, scenes_in_labels=True, **kw), scenes % [2, 3], points[:, 0]),
+        (lambda **kw: CrossEntropyLovaszLoss(scenes_in_labels=True, **kw), scenes, points),
+    ]:
+        half = keras.ops.convert_to_numpy(keras.ops.cast(make(dtype="bfloat16")(y_true, y_pred), "float32"))
+        assert half == pytest.approx(float(make()(y_true, y_pred)), abs=2e-2)
+
+
 def test_a_half_precision_loss_refuses_labels_its_dtype_cannot_hold():
     """Keras casts ``y_true`` to the loss's dtype: in bfloat16 class 257 became 256 without a word."""
     rng = np.random.default_rng(9)
@@ -1267,6 +1282,9 @@ def test_a_half_precision_loss_refuses_labels_its_dtype_cannot_hold():
         CrossEntropyLovaszLoss(dtype="bfloat16")(labels, logits)
     with pytest.raises(ValueError, match=r"dtype='float16' cannot hold ignore_class \(up to 4000\).*2048"):
         LovaszHingeLoss(ignore_class=4000, dtype="float16")(labels % 2, logits[..., 0])
+    scenes = np.stack([np.arange(6) % 3, [0, 0, 0, 257, 257, 258]], 1)  # 257 and 256 are one bfloat16
+    with pytest.raises(ValueError, match=r"dtype='bfloat16' cannot hold the scene indices \(up to 258\)"):
+        LovaszSoftmaxLoss(per_image=True, scenes_in_labels=True, dtype="bfloat16")(scenes, logits[0, 0, :6, :3])
     expected = float(LovaszSoftmaxLoss(from_logits=True)(labels, logits))  # float16 holds 299
     got = float(keras.ops.convert_to_numpy(LovaszSoftmaxLoss(from_logits=True, dtype="float16")(labels, logits)))
     assert got == pytest.approx(expected, rel=1e-2)

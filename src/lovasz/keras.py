@@ -414,7 +414,9 @@ def _known(x: Tensor) -> np.ndarray | None:
         return None if isinstance(x, jax.core.Tracer) else np.asarray(x)
     import torch
 
-    return x.detach().numpy() if x.device.type == "cpu" and not torch.compiler.is_compiling() else None
+    if x.device.type != "cpu" or torch.compiler.is_compiling():
+        return None
+    return (x.float() if x.dtype == torch.bfloat16 else x).detach().numpy()  # (NumPy has no bfloat16)
 
 
 def _checked_scenes(scene: Tensor, num_scenes: int | None) -> Tensor:
@@ -691,7 +693,7 @@ def _loss_call(
     if mask is not None:
         loss, y_pred = loss._with_mask(mask), _unmasked(y_pred)
     lovasz = loss if isinstance(loss, _LovaszLoss) else loss.lovasz  # whose options shape the reduction
-    _check_labels_exact(loss.dtype, lovasz, y_pred)
+    _check_labels_exact(loss.dtype, lovasz, y_true, y_pred)
     reduction = loss.reduction
 
     def keras_call(weights: Any) -> Tensor:
@@ -710,13 +712,18 @@ def _loss_call(
 _EXACT_UP_TO = {"float16": 2048, "bfloat16": 256}
 
 
-def _check_labels_exact(dtype: str, lovasz: _LovaszLoss, y_pred: Tensor) -> None:
+def _check_labels_exact(dtype: str, lovasz: _LovaszLoss, y_true: Any, y_pred: Tensor) -> None:
     """Refuse a half-precision loss whose labels (classes, ``ignore_class``, scene indices) its dtype cannot
-    hold: ``dtype='bfloat16'`` read class 257 as 256, without a word."""
+    hold: ``dtype='bfloat16'`` read class 257 as 256, without a word. Scene indices without ``num_scenes``
+    are checked where their values are known before Keras' cast."""
     limit = _EXACT_UP_TO.get(dtype)
     if limit is None:
         return
     largest = {"ignore_class": abs(lovasz.ignore_class or 0), "the scene indices": (lovasz.num_scenes or 1) - 1}
+    if lovasz.scenes_in_labels and lovasz.num_scenes is None:
+        known = np.asarray(y_true) if isinstance(y_true, (np.ndarray, list)) else _known(y_true)
+        if known is not None and known.ndim == 2 and known.size:
+            largest["the scene indices"] = int(np.abs(known[:, -1]).max())
     if isinstance(lovasz, LovaszSoftmaxLoss):
         channels = y_pred.shape[-1 if lovasz.scenes_in_labels else lovasz._channel_axis]
         largest["the class indices"] = (channels or 1) - 1
@@ -1255,7 +1262,7 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
 
     def call(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
         lovasz, scene = self.lovasz, None
-        self._jax_traced = self._jax_traced or _known(y_pred) is None and keras.backend.backend() == "jax"
+        self._jax_traced = self._jax_traced or keras.backend.backend() == "jax" and _known(y_pred) is None
         if lovasz.scenes_in_labels:
             y_true, scene = lovasz._split_scenes(y_true, y_pred)
         elif self.mode == "multiclass":
