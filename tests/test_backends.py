@@ -467,10 +467,30 @@ def test_tf_flat_api_and_lovasz_grad_match_the_reference():
     np.testing.assert_allclose(float(got), R.lovasz_hinge(scores, binary, per_image=False), rtol=1e-10)
     gt = rng.integers(0, 2, 50).astype("float64")
     np.testing.assert_allclose(LTF.lovasz_grad(tf.constant(gt)).numpy(), R.lovasz_grad(gt), rtol=1e-12)
-    np.testing.assert_allclose(np.asarray(require("lovasz.jax").lovasz_grad(gt)), R.lovasz_grad(gt), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(require("lovasz.jax").lovasz_grad(gt)), R.lovasz_grad(gt), atol=1e-6)
     for mask in (gt == 1, tf.constant(gt == 1)):  # a bool mask (JAX's round has none for bools)
         np.testing.assert_allclose(LTF.lovasz_grad(mask).numpy(), R.lovasz_grad(gt), rtol=1e-6)
     np.testing.assert_allclose(np.asarray(require("lovasz.jax").lovasz_grad(gt == 1)), R.lovasz_grad(gt), rtol=1e-6)
+
+
+def test_lovasz_grad_of_soft_labels_is_the_originals_formula_and_differentiable():
+    """Floats went through round() to 0/1: soft labels (label smoothing) got other values than the original's
+    and, in torch, no gradient. Now they take the original's formula (float cumsums), as it computes them."""
+    tf, jnp = require("tensorflow"), require("jax.numpy")
+    soft = np.random.default_rng(5).uniform(size=40)
+    total = soft.sum()  # Berman's lovasz_grad, in float64
+    jaccard = 1 - (total - np.cumsum(soft)) / (total + np.cumsum(1 - soft))
+    expected = np.concatenate([jaccard[:1], np.diff(jaccard)])
+    x = torch.tensor(soft, dtype=torch.float32, requires_grad=True)
+    got = LT.lovasz_grad(x)
+    (grad,) = torch.autograd.grad(got @ torch.arange(40.0), x)
+    assert grad.abs().sum() > 0
+    for out in (got.detach().numpy(), require("lovasz.tf").lovasz_grad(tf.constant(soft, tf.float32)).numpy()):
+        np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(require("lovasz.jax").lovasz_grad(jnp.asarray(soft))), expected, atol=1e-6)
+    original = require("lovasz.peers").load_original_tf().lovasz_grad(tf.constant(soft, tf.float32)).numpy()
+    got = require("lovasz.tf").lovasz_grad(tf.constant(soft, tf.float32))
+    np.testing.assert_allclose(got, original, atol=1e-6)  # (the original's float32 cumsums: 1e-7 off)
 
 
 @pytest.mark.parametrize("module", ["lovasz.tf", "lovasz.jax"])

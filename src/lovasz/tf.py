@@ -790,7 +790,9 @@ def lovasz_grad(gt_sorted: TensorLike) -> tf.Tensor:
     """Gradient of the Lovász extension w.r.t. errors sorted in decreasing order (Algorithm 1).
 
     ``gt_sorted`` is ``[P]`` 0/1 ground truth in the order of the sorted errors; the
-    result ``[P]`` holds ``J(k) - J(k-1)`` (float64 for float64 input, else float32).
+    result ``[P]`` holds ``J(k) - J(k-1)`` (float64 for float64 input, else float32): of integer
+    or bool input in closed form from the counts; of floats by the original's formula, in float,
+    differentiable, and taking soft labels as it does.
 
     Example:
         >>> [round(float(g), 4) for g in lovasz_grad(tf.constant([1.0, 0.0, 1.0]))]
@@ -800,7 +802,12 @@ def lovasz_grad(gt_sorted: TensorLike) -> tf.Tensor:
     if gt_sorted.shape.rank != 1:
         raise ValueError(f"gt_sorted must be a 1-D tensor; got shape {gt_sorted.shape}")
     dtype = tf.float64 if gt_sorted.dtype == tf.float64 else tf.float32
-    return _tf_rows.jaccard_steps(tf.cast(tf.round(tf.cast(gt_sorted, dtype)), tf.int32), dtype)
+    if gt_sorted.dtype.is_floating:  # (rounded to 0/1 before: soft labels lost their values and gradient)
+        gt = tf.cast(gt_sorted, tf.float64)  # (float32 cumsums cancel in the differences)
+        total = tf.reduce_sum(gt)
+        jaccard = 1 - (total - tf.cumsum(gt)) / (total + tf.cumsum(1 - gt))
+        return tf.cast(tf.concat([jaccard[:1], jaccard[1:] - jaccard[:-1]], 0), dtype)
+    return _tf_rows.jaccard_steps(tf.cast(gt_sorted, tf.int32), dtype)
 
 
 @_traced_as_written

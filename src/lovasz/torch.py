@@ -743,7 +743,8 @@ def lovasz_grad(gt_sorted: Tensor) -> Tensor:
     """Gradient of the Lovász extension w.r.t. errors sorted in decreasing order (Algorithm 1).
 
     ``gt_sorted`` is ``[P]`` 0/1 ground truth in the order of the sorted errors; the
-    result ``[P]`` holds ``J(k) - J(k-1)``, computed in closed form from the counts.
+    result ``[P]`` holds ``J(k) - J(k-1)``: of integer or bool input in closed form from the counts;
+    of floats by the original's formula, in float, differentiable, and taking soft labels as it does.
 
     Example:
         >>> lovasz_grad(torch.tensor([1, 0, 1]))
@@ -754,8 +755,12 @@ def lovasz_grad(gt_sorted: Tensor) -> Tensor:
     dtype = torch.float64 if gt_sorted.dtype == torch.float64 else torch.float32
     if gt_sorted.numel() == 0:
         return gt_sorted.new_zeros(0, dtype=dtype)
-    whole = gt_sorted.round() if gt_sorted.is_floating_point() else gt_sorted  # (a bool mask has no round)
-    return _sorted_jaccard_grad(whole.to(torch.int32), dtype)
+    if gt_sorted.is_floating_point():  # (rounded to 0/1 before: soft labels lost their values and gradient)
+        gt = gt_sorted.double()  # (float32 cumsums cancel in the differences: 4e-5 off for 0/1 of 200)
+        total = gt.sum()
+        jaccard = 1 - (total - gt.cumsum(0)) / (total + (1 - gt).cumsum(0))
+        return torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]]).to(dtype)
+    return _sorted_jaccard_grad(gt_sorted.to(torch.int32), dtype)
 
 
 def flatten_probas(probas: Tensor, labels: Tensor, ignore: int | None = None) -> tuple[Tensor, Tensor]:
