@@ -473,6 +473,30 @@ def test_tf_flat_api_and_lovasz_grad_match_the_reference():
     np.testing.assert_allclose(np.asarray(require("lovasz.jax").lovasz_grad(gt == 1)), R.lovasz_grad(gt), rtol=1e-6)
 
 
+def test_flatten_probas_takes_labels_with_a_size_1_axis():
+    """[B, 1, H, W] labels of [B, C, H, W] probas ([B, H, W, 1] of BHWC in TF) were read as a sigmoid's: [P * C, 1]
+    probas for [P] labels, which the flat loss refused (the original flattens any label layout)."""
+    tf = require("tensorflow")
+    LTF = require("lovasz.tf")
+    rng = np.random.default_rng(6)
+    probas = rng.dirichlet(np.ones(3), size=(2, 4, 5)).astype("float32")  # BHWC
+    labels = rng.integers(0, 3, (2, 4, 5))
+    labels[0, 0] = 255
+    expected = R.lovasz_softmax(np.moveaxis(probas, -1, 1), labels, ignore=255)
+    first = torch.from_numpy(np.moveaxis(probas, -1, 1).copy())
+    for extra in (torch.from_numpy(labels)[:, None], torch.from_numpy(labels)):
+        flat_p, flat_l = LT.flatten_probas(first, extra, ignore=255)
+        assert flat_p.shape == (35, 3) and flat_l.shape == (35,)
+        np.testing.assert_allclose(float(LT.lovasz_softmax_flat(flat_p, flat_l)), expected, rtol=1e-6)
+    layouts = [(probas, labels[..., None], "BHWC"), (np.moveaxis(probas, -1, 1), labels[:, None], "BCHW")]
+    for pred, lab, order in layouts:
+        flat_p, flat_l = LTF.flatten_probas(tf.constant(pred), tf.constant(lab), ignore=255, order=order)
+        assert flat_p.shape == (35, 3) and flat_l.shape == (35,)
+        np.testing.assert_allclose(float(LTF.lovasz_softmax_flat(flat_p, flat_l)), expected, rtol=1e-6)
+    sigmoid = LT.flatten_probas(first[:, 0], torch.from_numpy(labels % 2))  # [B, H, W]: one channel
+    assert sigmoid[0].shape == (40, 1) and sigmoid[1].shape == (40,)
+
+
 def test_lovasz_grad_of_soft_labels_is_the_originals_formula_and_differentiable():
     """Floats went through round() to 0/1: soft labels (label smoothing) got other values than the original's
     and, in torch, no gradient. Now they take the original's formula (float cumsums), as it computes them."""

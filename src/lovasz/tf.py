@@ -825,9 +825,15 @@ def flatten_probas(
         (TensorShape([1, 2]), [0])
     """
     probas, labels = tf.convert_to_tensor(probas), tf.convert_to_tensor(labels)
+    channels_last = _check_order(order)
+    if probas.shape.rank is not None and probas.shape.rank >= 2:
+        without_classes = V.without_axis(probas.shape.as_list(), -1 if channels_last else 1)
+        extra = V.extra_label_axis(labels.shape.as_list(), [without_classes])
+        if extra is not None:  # [B, H, W, 1] labels of [B, H, W, C] probas (as Keras gives them): not a sigmoid's
+            labels = tf.squeeze(labels, extra)
     if probas.shape.rank == labels.shape.rank:
         probas = probas[..., None]
-    elif not _check_order(order):
+    elif not channels_last:
         probas = tf.experimental.numpy.moveaxis(probas, 1, -1)
     probas = tf.reshape(probas, [-1, probas.shape[-1]])
     labels = tf.reshape(labels, [-1])
