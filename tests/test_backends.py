@@ -1052,3 +1052,15 @@ def test_sparse_inputs_raise_our_errors(module):
     ]:
         with pytest.raises(TypeError, match=f"^{name} must be a dense .*{message}"):
             call()
+
+
+@pytest.mark.parametrize("module,mode", MODES)
+def test_hinge_channels_first_logits_of_a_last_spatial_dim_of_1(module, mode):
+    """[B, 1, H, W=1] logits with [B, H, 1] labels: TF squeezed the last axis (the one of size 1 that is W),
+    then refused the labels as [1, 1, 3] logits."""
+    logits = np.array([[[[0.5], [-1.0], [2.0]]]], "float32")  # [B=1, 1, H=3, W=1]
+    labels = np.array([[[1], [0], [1]]])  # [B=1, H=3, W=1]
+    value, grad = call(module, mode, "hinge", logits, labels)
+    expected, expected_grad = call_any("lovasz.torch", "eager", "hinge", logits, labels)
+    np.testing.assert_allclose(value, 0.25, rtol=1e-6)
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-6)

@@ -666,8 +666,9 @@ def lovasz_hinge(
     extra = V.extra_label_axis(labels.shape, accepted)
     if extra is not None:
         labels = tf.squeeze(labels, extra)  # [B, *spatial, 1] as Keras gives masks, or [B, 1, *spatial]
-    if logits.shape.rank == labels.shape.rank + 1 and logits.shape[-1] == 1:
-        logits = tf.squeeze(logits, -1)  # [B, *spatial, 1], as Keras models give it
+    s = tuple(logits.shape)
+    if len(s) == labels.shape.rank + 1 and s[-1] == 1 and V.compatible(V.without_axis(s, -1), labels.shape):
+        logits = tf.squeeze(logits, -1)  # [B, *spatial, 1], as Keras models give it (not [B, 1, H, W=1])
     V.hinge_layout(logits.shape, labels.shape)
     s, rank = tuple(logits.shape), labels.shape.rank
     # a channel axis of one left in logits (its size unknown when traced): where only one axis can be it
