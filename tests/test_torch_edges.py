@@ -531,6 +531,9 @@ COMPILE_OPTIONS = [
     ("hinge", dict(per_image=True, ignore=255)),
     ("hinge", dict(per_image=False, reduction="sum")),
     ("multilabel", dict(per_image=True, ignore=255, classes="present")),
+    # weights as a Python list: the host check read them back from a tensor (an error under fullgraph=True)
+    ("softmax", dict(per_image=True, weights=[1.0, 0.0, 2.5])),
+    ("multilabel", dict(per_image=False, ignore=255, weights=(1, 2, 3))),
 ]
 
 

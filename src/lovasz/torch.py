@@ -163,6 +163,12 @@ def _as_weights(
 ) -> Tensor | None:
     if weights is None:
         return None
+    if torch.compiler.is_compiling() and isinstance(weights, (list, tuple)):
+        # numbers of the graph: checked and made in Python (the host path reads a tensor back: a break, and an
+        # error under fullgraph=True)
+        V.check_weights_shape((len(weights),), num_classes, name)
+        V.check_weight_values(list(weights), name)
+        return torch.tensor([float(v) for v in weights], dtype=dtype, device=device)
     on_device = isinstance(weights, Tensor) and weights.device == device
     try:
         # numbers on the host, whatever torch.set_default_device says: they become constants on the input's device
