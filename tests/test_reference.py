@@ -77,6 +77,18 @@ def test_hinge_by_hand():
     assert R.lovasz_hinge(np.array([[2.0, -1.0, 0.5]]), np.array([[1, 0, 1]])) == pytest.approx(0.25)
 
 
+@pytest.mark.parametrize("ignore", [0, 1])
+def test_symmetric_hinge_with_ignore_0_or_1_by_hand(ignore):
+    """The flipped term re-applied ``ignore`` to the flipped labels: with ``ignore=0`` every valid 1 became 0 and
+    left the flipped term (0.2083 for 0.5833)."""
+    x, y = np.array([[2.0, -1.0, 0.5, 0.25]]), np.array([[1, 0, 1, 1]])
+    keep = y != ignore
+    by_hand = (R.lovasz_hinge(x[keep][None], y[keep][None]) + R.lovasz_hinge(-x[keep][None], 1 - y[keep][None])) / 2
+    assert R.lovasz_hinge(x, y, ignore=ignore, symmetric=True) == pytest.approx(by_hand)
+    one_channel = R.lovasz_multilabel(x[:, None], y[:, None], classes="all", ignore=ignore, symmetric=True)
+    assert one_channel == pytest.approx(by_hand)
+
+
 def test_one_hot_prediction_is_one_minus_iou():
     rng = np.random.default_rng(3)
     labels = rng.integers(0, 3, (1, 4, 5))

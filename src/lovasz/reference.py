@@ -143,11 +143,15 @@ def lovasz_hinge_flat(logits: npt.ArrayLike, labels: npt.ArrayLike, margin: str 
 def _symmetric(
     loss: Callable[..., Loss], logits: np.ndarray, labels: np.ndarray, ignore: int | None, **options: Any
 ) -> Loss:
-    """The mean of ``loss(x, y)`` and ``loss(-x, 1 - y)`` (ignored labels stay ignored)."""
-    flipped = np.where(labels == ignore, labels, 1 - labels) if ignore is not None else 1 - labels
+    """The mean of ``loss(x, y)`` and ``loss(-x, 1 - y)`` (ignored labels stay ignored: as 2 in the flipped
+    labels, which with ``ignore=0`` or ``1`` would otherwise take valid pixels flipped onto it out too)."""
+    if ignore is None:
+        flipped, flipped_ignore = 1 - labels, None
+    else:
+        flipped, flipped_ignore = np.where(labels == ignore, 2, 1 - np.asarray(labels, np.int64)), 2
     return (
         np.asarray(loss(logits, labels, ignore=ignore, **options))
-        + np.asarray(loss(-logits, flipped, ignore=ignore, **options))
+        + np.asarray(loss(-logits, flipped, ignore=flipped_ignore, **options))
     ) / 2
 
 
