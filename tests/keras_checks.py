@@ -234,6 +234,30 @@ def test_schedule_callback_needs_the_combined_loss():
         model.fit(x, y, epochs=1, verbose=0, callbacks=[LovaszScheduleCallback(LovaszSchedule(warmup=1))])
 
 
+def test_bad_schedules_weights_and_shapes_name_themselves():
+    """Each came as an error from inside (an AttributeError in fit, 'could not convert string to float', a
+    backend's broadcast error, torch's IndexError) or named a placeholder ([0, 1073741823] for classes)."""
+    with pytest.raises(TypeError, match=r"^schedule must be a lovasz.schedule.LovaszSchedule .*; got str"):
+        LovaszScheduleCallback("x")
+    with pytest.raises(TypeError, match=r"^loss must be a lovasz.keras.CrossEntropyLovaszLoss or None; got"):
+        LovaszScheduleCallback(LovaszSchedule(1), loss=LovaszSoftmaxLoss())
+    for bad in ("abc", 2.0, [1, None]):
+        with pytest.raises(TypeError, match=r"^class_weights must be \[C\] real numbers \(one weight per class\)"):
+            LovaszSoftmaxLoss(class_weights=bad)
+    with pytest.raises(ValueError, match=r"^classes must be class indices >= 0; got -1"):
+        LovaszSoftmaxLoss(classes=[-1])
+    y, logits = np.zeros((2, 4, 4), int), np.zeros((2, 4, 4, NUM_CLASSES), "float32")
+    for weights in (np.ones(3), np.ones((3, 1))):
+        with pytest.raises(ValueError, match=r"^sample_weight must hold one weight per image \(2 in y_pred\); got"):
+            LovaszSoftmaxLoss(per_image=True)(y, logits, sample_weight=weights)
+    for loss in (LovaszSoftmaxLoss(), LovaszMultilabelLoss()):
+        with pytest.raises(ValueError, match=r"must have shape \[B, C, \*spatial\].*; got \[2\]"):
+            loss([0, 1], np.array([0.1, 0.9], "float32"))
+    # nested lists are arrays, as Keras' own losses take them
+    got = keras.ops.convert_to_numpy(LovaszSoftmaxLoss()([[0, 1]], [[[0.9, 0.1], [0.2, 0.8]]]))
+    assert float(got) == pytest.approx(R.lovasz_softmax([[[0.9, 0.2], [0.1, 0.8]]], [[0, 1]]))
+
+
 def value_and_grad(loss, y_true, y_pred):
     """``loss(y_true, y_pred)`` and its gradient with respect to ``y_pred``, as NumPy, on the active backend."""
     backend = keras.backend.backend()
@@ -1035,7 +1059,8 @@ def test_bad_scenes_name_themselves():
 def test_bad_scenes_name_themselves_in_a_tensorflow_graph():
     """In tf.function (fit on TensorFlow) a bad scene index fails an assert that names the scene column and
     num_scenes, not the row splits the loss builds from it; XLA compiles no assert, and the points of a scene
-    from num_scenes on take no part there (as documented)."""
+    from num_scenes on take no part there (as documented), nor do those of a negative or fractional index (a
+    negative one sorted first and took scene 0's place)."""
     if keras.backend.backend() != "tensorflow":
         pytest.skip("tf.function and XLA: the TensorFlow backend only")
     import tensorflow as tf
@@ -1056,7 +1081,9 @@ def test_bad_scenes_name_themselves_in_a_tensorflow_graph():
     xla = tf.function(lambda y_true, y_pred: loss(y_true, y_pred), jit_compile=True)
     kept = scene != 2
     expected = value(loss, packed(labels[kept], scene[kept]), logits[kept])  # scene 2's points: no part
-    np.testing.assert_allclose(xla(packed(labels, outside), logits), expected, rtol=1e-5)
+    for no_scene in (5, -1, 2.5):
+        got = xla(packed(labels, np.where(scene == 2, no_scene, scene)), logits)
+        np.testing.assert_allclose(got, expected, rtol=1e-5)
     empty = np.zeros((0, 2), "float32"), np.zeros((0, NUM_CLASSES), "float32")  # no point: nothing to assert
     np.testing.assert_array_equal(in_graph(*empty), np.zeros(3))
 

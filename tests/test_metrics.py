@@ -511,3 +511,16 @@ def test_nested_lists_are_class_maps_and_no_image_scores_zero():
     assert meter.compute()["dataset_miou"] == pytest.approx(expected)
     empty = np.zeros((0, 3), int)
     assert M.iou_binary(empty, empty) == 0.0
+
+
+def test_bfloat16_class_maps_of_tf_and_jax_are_counted():
+    """TF's and JAX's bfloat16 reach NumPy as an ml_dtypes type of kind 'V': refused as no class indices (torch's
+    bfloat16 was taken); they are whole-number floats like any other."""
+    tf, jnp = require("tensorflow"), require("jax.numpy")
+    pred, target = np.array([[0, 1, 2, 2]]), np.array([[0, 1, 1, 2]])
+    expected = M.dataset_miou(pred, target, 3)
+    assert M.dataset_miou(tf.constant(pred, tf.bfloat16), tf.constant(target), 3) == expected
+    assert M.dataset_miou(jnp.asarray(pred, jnp.bfloat16), jnp.asarray(target, jnp.bfloat16), 3) == expected
+    meter = M.IoUMeter(3)
+    meter.update(jnp.asarray(pred, jnp.bfloat16), target)
+    assert meter.compute()["dataset_miou"] == expected

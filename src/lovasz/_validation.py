@@ -30,8 +30,9 @@ def _integer_dtype(dtype: Any) -> bool:
         return bool(getattr(dtype, "is_integer", False))
 
 
-def check_classes(classes: str | Iterable[Any], num_classes: int) -> str | tuple[int, ...]:
-    """Return 'present', 'all' or a tuple of ints in ``[0, num_classes)``.
+def check_classes(classes: str | Iterable[Any], num_classes: int | None) -> str | tuple[int, ...]:
+    """Return 'present', 'all' or a tuple of ints in ``[0, num_classes)`` (``>= 0`` where the number of
+    classes is not known yet: a Keras loss built before it sees its input).
 
     A list, array or tensor of classes must be 1-D and hold integers: a float 1.7 is an
     error, never class 1 (``int`` would truncate it; ``operator.index`` refuses it).
@@ -71,7 +72,9 @@ def check_classes(classes: str | Iterable[Any], num_classes: int) -> str | tuple
             )
             raise TypeError(f"classes must contain integer class indices; got {came}") from None
     for c in indices:
-        if not 0 <= c < num_classes:
+        if num_classes is None and c < 0:
+            raise ValueError(f"classes must be class indices >= 0; got {c}")
+        if num_classes is not None and not 0 <= c < num_classes:
             raise ValueError(f"classes must lie in [0, {num_classes - 1}] for {num_classes} classes; got {c}")
     return tuple(indices)
 
@@ -166,7 +169,10 @@ def check_term_weight(value: Any, name: str) -> float:
 def check_weight_values(values: Iterable[float], name: str = "weights") -> None:
     """Class weights, where their values are known: finite and >= 0 (0 takes a class out of the mean). A
     negative sum would turn the weighted mean's sign, a NaN the loss."""
-    values = [float(v) for v in values]
+    try:
+        values = [float(v) for v in values]
+    except (TypeError, ValueError):  # a string ('abc' iterates to letters), a number, None inside
+        raise TypeError(f"{name} must be [C] real numbers (one weight per class); got {values!r}") from None
     if not all(math.isfinite(v) and v >= 0 for v in values):
         raise ValueError(f"{name} must be finite numbers >= 0 (a weight of 0 takes a class out); got {values}")
 

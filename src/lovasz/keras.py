@@ -375,7 +375,7 @@ _NO_PIXEL_WEIGHTS = "weigh classes with class_weights, or leave pixels out with 
 _NO_PIXEL_WEIGHTS += "makes a sample_weight per pixel)"
 
 
-def _check_weights_per_image(one_value: bool, global_batch: bool, sample_weight: Any) -> None:
+def _check_weights_per_image(one_value: bool, global_batch: bool, sample_weight: Any, images: int | None) -> None:
     """A ``sample_weight`` weighs the images of a loss per image: one weight per image, ``[B]`` or ``[B, 1]``. Keras
     would broadcast any other against the images' losses (a weight per pixel gives ``[B, H, W, B]``), or scale
     a batch's one loss by the weights' mean."""
@@ -395,6 +395,8 @@ def _check_weights_per_image(one_value: bool, global_batch: bool, sample_weight:
             f"sample_weight must hold one weight per image, shape [B] (or [B, 1]): the loss has one value per "
             f"image; got shape {list(dims)}. Weights per pixel do not apply: {_NO_PIXEL_WEIGHTS}"
         )
+    if dims and None not in (dims[0], images) and dims[0] != images:  # (Keras' broadcast error named none of them)
+        raise ValueError(f"sample_weight must hold one weight per image ({images} in y_pred); got shape {list(dims)}")
 
 
 # ----------------------------------------------------------------------------- points of scenes
@@ -451,12 +453,18 @@ def _scene_losses(
     if backend == "tensorflow":
         import tensorflow as tf
 
-        scene = tf.cast(scene, tf.int32)
-        count = tf.reduce_max(tf.concat([scene, [-1]], 0)) + 1 if num_scenes is None else num_scenes
-        counts = tf.math.bincount(scene, minlength=count, maxlength=count, dtype=tf.int64)
-        order = tf.argsort(scene, stable=True)
+        ids = tf.cast(scene, tf.int32)
+        count = tf.reduce_max(tf.concat([ids, [-1]], 0)) + 1 if num_scenes is None else num_scenes
+        # Where no assert runs (XLA), a point of no scene (an index from num_scenes on, negative or not whole)
+        # takes no part: it goes to one more scene, last, whose loss is dropped. (A negative one sorted first
+        # and took scene 0's place; the splits did not reach N.)
+        inside = (ids >= 0) & (ids < count) & tf.equal(tf.cast(ids, scene.dtype), scene)
+        key = tf.where(inside, ids, count)
+        counts = tf.math.bincount(key, minlength=count + 1, maxlength=count + 1, dtype=tf.int64)
+        order = tf.argsort(key, stable=True)
         splits = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(counts)], 0)
-        return loss(tf.gather(y_pred, order), tf.gather(labels, order), row_splits=splits, **kwargs), counts
+        losses = loss(tf.gather(y_pred, order), tf.gather(labels, order), row_splits=splits, **kwargs)
+        return losses[:count], counts[:count]
     if backend == "jax":
         import jax
         import jax.numpy as jnp
@@ -644,7 +652,7 @@ class _LovaszLoss(keras.losses.Loss):
             channels_last = self.data_format == "channels_last"
         if not channels:
             pass
-        elif backend == "torch" and channels_last:
+        elif backend == "torch" and channels_last and y_pred.ndim >= 2:  # (rank 1: lovasz.torch names the shape)
             y_pred = y_pred.movedim(-1, 1)
             labels = labels.movedim(-1, 1) if function == "lovasz_multilabel" else labels
         else:
@@ -687,6 +695,9 @@ def _loss_call(
 ) -> Tensor:
     """``loss(y_true, y_pred, sample_weight)`` as Keras reduces it, ``sample_weight`` checked first; a Keras mask
     of ``y_pred`` folded into the labels; under ``tf.distribute`` replicas, each replica's share of the loss."""
+    # nested lists are arrays here (Keras' cast maps over them as a structure: a list of scalars)
+    y_true = np.asarray(y_true) if isinstance(y_true, (list, tuple)) else y_true
+    y_pred = np.asarray(y_pred) if isinstance(y_pred, (list, tuple)) else y_pred
     V.check_known_rank(y_true, "y_true")
     V.check_known_rank(y_pred, "y_pred")
     mask = _keras_mask(y_pred)
@@ -700,7 +711,7 @@ def _loss_call(
         return keras.losses.Loss.__call__(loss, y_true, y_pred, weights)
 
     _check_no_point_weights(lovasz.scenes_in_labels, sample_weight)
-    _check_weights_per_image(lovasz._one_value(), lovasz.global_batch, sample_weight)
+    _check_weights_per_image(lovasz._one_value(), lovasz.global_batch, sample_weight, y_pred.shape[0])
     if lovasz._one_value():
         return _replica_share(_reduced(keras_call(sample_weight), reduction), lovasz.global_batch, reduction)
     context = lovasz._replicas()
@@ -736,7 +747,7 @@ def _check_labels_exact(dtype: str, lovasz: _LovaszLoss, y_true: Any, y_pred: Te
 
 
 def _classes_config(classes: str | Sequence[int]) -> str | list[int]:
-    classes = V.check_classes(classes, 1 << 30)  # the form only; the range is checked against the input
+    classes = V.check_classes(classes, None)  # the form only; the range is checked against the input
     return classes if isinstance(classes, str) else list(classes)
 
 
@@ -1381,6 +1392,13 @@ class LovaszScheduleCallback(keras.callbacks.Callback):
         super().__init__()
         if by not in ("epoch", "batch"):
             raise ValueError(f"by must be 'epoch' or 'batch'; got {by!r}")
+        if not all(callable(getattr(schedule, m, None)) for m in ("weights", "apply")):  # (an AttributeError in fit)
+            raise TypeError(
+                "schedule must be a lovasz.schedule.LovaszSchedule (or have its weights(t) and apply(loss, t)); "
+                f"got {type(schedule).__name__}"
+            )
+        if loss is not None and not isinstance(loss, CrossEntropyLovaszLoss):
+            raise TypeError(f"loss must be a lovasz.keras.CrossEntropyLovaszLoss or None; got {type(loss).__name__}")
         self.schedule, self.loss, self.by = schedule, loss, by
         self._step = 0  # training steps taken
         self._first = 0  # the first step of the call under way
@@ -1388,9 +1406,10 @@ class LovaszScheduleCallback(keras.callbacks.Callback):
     def _target(self) -> CrossEntropyLovaszLoss:
         loss = self.loss if self.loss is not None else getattr(self.model, "loss", None)
         if not isinstance(loss, CrossEntropyLovaszLoss):
+            kind = "dict" if isinstance(loss, dict) or type(loss).__name__ == "_DictWrapper" else type(loss).__name__
             raise TypeError(
                 f"LovaszScheduleCallback needs a lovasz.keras.CrossEntropyLovaszLoss (pass loss=, or "
-                f"compile the model with one); got {type(loss).__name__}"
+                f"compile the model with one); got {kind}"
             )
         return loss
 

@@ -127,9 +127,9 @@ def _histogram(
     _check_dense(pred, "pred")
     _check_dense(target, "target")
     if not _is_torch(pred):  # nested lists too
-        pred = np.asarray(pred)
+        pred = _as_numpy(pred)
     if not _is_torch(target):
-        target = np.asarray(target)
+        target = _as_numpy(target)
     if tuple(pred.shape) != tuple(target.shape) or len(pred.shape) < 1:
         raise ValueError(
             f"pred and target must both have shape [B, *spatial]; got {list(pred.shape)} and {list(target.shape)}"
@@ -216,6 +216,12 @@ def _ignore_value(target: Any, ignore_index: int) -> Any:
             return held if float(held) == ignore_index else None
         info = np.iinfo(target.dtype)
     return ignore_held(ignore_index, info)
+
+
+def _as_numpy(x: Any) -> np.ndarray:
+    """``x`` as a NumPy array; bfloat16 (TF's and JAX's, an ml_dtypes type: kind 'V' to NumPy) as float32."""
+    x = np.asarray(x)
+    return x.astype(np.float32) if x.dtype.kind == "V" and "float" in x.dtype.name else x
 
 
 def _is_index_dtype(x: Any) -> bool:
