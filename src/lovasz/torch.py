@@ -28,6 +28,8 @@ from torch import Tensor, nn
 from lovasz import _torch_scenes
 from lovasz import _validation as V
 from lovasz._torch_core import FOREGROUND, IGNORED, _has_tangent, _sorted_jaccard_grad, lovasz_sets
+from lovasz._torch_legacy import StableBCELoss, binary_xloss, isnan, mean, xloss  # noqa: F401  (the original's)
+from lovasz.metrics import iou, iou_binary  # noqa: F401  (re-exported: the original's metrics)
 from lovasz.schedule import LovaszSchedule  # noqa: F401  (re-exported: the schedule of CE then Lovász)
 
 if TYPE_CHECKING:
@@ -47,6 +49,14 @@ __all__ = [
     "LovaszLoss",
     "CrossEntropyLovaszLoss",
     "LovaszSchedule",
+    # the original's other helpers
+    "iou",
+    "iou_binary",
+    "isnan",
+    "mean",
+    "xloss",
+    "binary_xloss",
+    "StableBCELoss",
 ]
 
 Classes = Union[str, Sequence[int]]
