@@ -179,8 +179,8 @@ def test_bad_segments_raise_clear_errors():
         LJ.lovasz_softmax(x, np.zeros((4, 3), int), segment_ids=np.array([0, 0, 1, 1]))
     with pytest.raises(TypeError, match="needs a static num_segments="):
         jax.jit(lambda ids: LJ.lovasz_softmax(x, y, segment_ids=ids))(np.array([0, 0, 1, 1]))
-    with pytest.raises(ValueError, match=r"labels must have shape \[B, \*spatial\] to match logits"):
-        LJ.lovasz_hinge(x, y % 2, segment_ids=np.array([0, 0, 1, 1]))  # two scores per point
+    with pytest.raises(ValueError, match=r"logits must be points-first, \[N\] \(or \[N, 1\].*got \[4, 3\]"):
+        LJ.lovasz_hinge(x, y % 2, segment_ids=np.array([0, 0, 1, 1]))  # three scores per point (the shape given)
 
 
 @pytest.mark.parametrize("loss", ["softmax", "multilabel"])

@@ -6,6 +6,7 @@ int64 keys, float64's two sorts), the module classes, torch.compile, and the err
 """
 
 import itertools
+import warnings
 
 import numpy as np
 import pytest
@@ -371,6 +372,7 @@ def test_nonfinite_logits_count_where_the_point_takes_part_and_not_where_ignored
         (dict(batch=[0, 1, 1]), ValueError, r"batch must give one scene per point, shape \[4\]"),
         (dict(batch=[0, 1, 5, 1], num_scenes=3), ValueError, r"scene indices in \[0, 2\]"),
         (dict(batch=[0, -1, 1, 1]), ValueError, r"scene indices in \[0, 1\]"),
+        (dict(batch=[0, 0, 0, 0], num_scenes=0), ValueError, r"scene indices in a scene, and num_scenes=0 gives none"),
         (dict(offsets=[2, 4], num_scenes=2), TypeError, "num_scenes goes with batch="),
         (dict(batch=[0, 0, 1, 1], num_scenes=2.0), TypeError, "num_scenes must be a non-negative int"),
         (dict(batch=[0, 0, 1, 1], num_scenes=-1), ValueError, "num_scenes must be a non-negative int; got -1"),
@@ -408,6 +410,12 @@ def test_shapes_that_are_not_points_first_raise():
         L.lovasz_multilabel(dev(torch.rand(4, 3)), dev(torch.zeros(4, dtype=torch.long)), offsets=offsets)
     with pytest.raises(TypeError, match="logits must be a torch.Tensor"):
         L.lovasz_hinge([0.5, 1.0], dev(torch.zeros(2)), offsets=offsets)
+    with pytest.raises(ValueError, match=r"logits must be points-first, \[N\] \(or \[N, 1\].*; got \[4, 2\]"):
+        L.lovasz_hinge(dev(torch.rand(4, 2)), dev(torch.zeros(4, dtype=torch.long)), offsets=offsets)  # (was [1, 2, 4])
+    stride_0 = dev(torch.tensor(0)).expand(4)  # one scene: searchsorted warned of a non-contiguous boundary
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        L.lovasz_softmax(dev(torch.rand(4, 3)), dev(torch.zeros(4, dtype=torch.long)), batch=stride_0, per_image=True)
 
 
 @pytest.mark.skipif(not DEVICE_NAME.startswith("cuda"), reason="CUDA only: the host syncs of a GPU")

@@ -155,13 +155,15 @@ def scenes(
             num_scenes = int(scene.max()) + 1 if num_points else 0
         num_scenes = V.check_count(num_scenes, "num_scenes")
         ok = torch.all((scene >= 0) & (scene < num_scenes))
-        _check(ok, f"batch must hold scene indices in [0, {num_scenes - 1}]", lambda: scene.unique().tolist())
+        valid = f"in [0, {num_scenes - 1}]" if num_scenes else "in a scene, and num_scenes=0 gives none"
+        _check(ok, f"batch must hold scene indices {valid}", lambda: scene.unique().tolist())
         if grouped:  # points in scene order stay where they are (checked on the CPU only: elsewhere a host sync)
             in_order = scene.device.type == "cpu" and not _traced()
             if not (in_order and bool(torch.all(scene[1:] >= scene[:-1]))):
                 order = torch.sort(scene, stable=True)  # points grouped by scene; the loss doesn't see the order
                 scene, prediction, labels = order.values, prediction[order.indices], labels[order.indices]
-            ends = torch.searchsorted(scene, torch.arange(num_scenes, device=scene.device), right=True)
+            # (contiguous: a stride-0 batch, torch.tensor(0).expand(N), made searchsorted warn and copy)
+            ends = torch.searchsorted(scene.contiguous(), torch.arange(num_scenes, device=scene.device), right=True)
         else:
             ends = None
     if multilabel or prediction.ndim == 2:

@@ -492,6 +492,8 @@ def lovasz_hinge(
     per_image = V.check_flag(per_image, "per_image")
     logits = _check_prediction(logits, "logits")
     labels = _check_labels(labels, "labels")
+    if segment_ids is not None:
+        V.hinge_points(logits.shape, "with segment_ids=")
     logits, labels, ends, member = _segments(
         logits, labels, segment_ids, num_segments, per_image, False, ("logits", "labels")
     )

@@ -620,6 +620,8 @@ def lovasz_hinge(
         tensor(0.2500)
     """
     per_image = V.check_flag(per_image, "per_image")
+    if (batch, offsets) != (None, None) and isinstance(logits, Tensor):
+        V.hinge_points(logits.shape, "with batch=/offsets=")
     logits, labels, ends = _points(logits, labels, (batch, offsets, num_scenes), per_image, False, ("logits", "labels"))
     _check_prediction(logits, "logits")
     labels = _check_labels(labels, logits, "labels")
