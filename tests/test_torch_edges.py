@@ -603,6 +603,23 @@ def test_torch_compile_dynamic_shapes(per_image):
         torch.testing.assert_close(compiled_x.grad, eager_x.grad)
 
 
+def test_torch_compile_dynamic_shapes_one_hot_targets_and_offsets():
+    """The messages of the queued checks formatted a symbolic size with str() (a graph break: an error under
+    fullgraph=True): LovaszLoss's one-hot target and offsets= with dynamic=True."""
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(2, 3, 4, 4, generator=g), torch.randint(0, 3, (2, 4, 4), generator=g)
+    one_hot = torch.nn.functional.one_hot(y, 3).movedim(-1, 1)
+    points, labels, offsets = torch.randn(10, 3, generator=g), torch.randint(0, 3, (10,), generator=g), [4, 10]
+    torch._dynamo.reset()
+    module = torch.compile(L.LovaszLoss("multiclass"), fullgraph=True, dynamic=True, backend="eager")
+    torch.testing.assert_close(module(dev(x), dev(one_hot)), L.LovaszLoss("multiclass")(dev(x), dev(y)))
+    scenes = torch.compile(
+        lambda p, t, o: L.lovasz_softmax(p, t, offsets=o, per_image=True), fullgraph=True, dynamic=True, backend="eager"
+    )
+    expected = L.lovasz_softmax(dev(points), dev(labels), offsets=dev(torch.tensor(offsets)), per_image=True)
+    torch.testing.assert_close(scenes(dev(points), dev(labels), dev(torch.tensor(offsets))), expected)
+
+
 def test_torch_jit_script_is_a_clear_error():
     class Model(torch.nn.Module):
         def __init__(self):

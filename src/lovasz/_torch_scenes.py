@@ -141,7 +141,8 @@ def scenes(
         ends = _index_tensor(offsets, "offsets", prediction.device)
         ok = torch.all(ends[1:] >= ends[:-1]) & torch.all(ends >= 0)
         ok &= (ends[-1] == num_points) if ends.numel() else torch.tensor(num_points == 0, device=ends.device)
-        _check(ok, f"offsets must be cumulative point counts, rising to {num_points}", lambda: ends.tolist())
+        total = "the number of points" if torch.compiler.is_compiling() else num_points  # (symbolic when compiled)
+        _check(ok, f"offsets must be cumulative point counts, rising to {total}", lambda: ends.tolist())
         ends = ends if grouped else None
     else:
         scene = _index_tensor(batch, "batch", prediction.device)

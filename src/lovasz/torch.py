@@ -1082,7 +1082,9 @@ def class_indices(input: Tensor, target: Tensor) -> Tensor:
     else:
         ones = target
     ok = ((ones == 0) | (ones == 1)).all(1) & (ones.sum(1) == 1)
-    message = f"a target shaped like the input {V.fmt(input.shape)} must be one-hot (one 1 and zeros over dim 1)"
+    # (under torch.compile with dynamic shapes a size is symbolic: str() of it breaks the graph)
+    shape = "" if torch.compiler.is_compiling() else f" {V.fmt(input.shape)}"
+    message = f"a target shaped like the input{shape} must be one-hot (one 1 and zeros over dim 1)"
     if torch.compiler.is_compiling() or ok.device.type != "cpu":  # (no host sync: raises when it runs)
         torch._assert_async(ok.all(), message)
     elif not bool(_unbatched(ok).all()):
