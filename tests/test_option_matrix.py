@@ -22,6 +22,8 @@ NAME = re.compile(r"`([a-z_][a-z0-9_]*)`")  # a parameter; `'multiclass'`, `jax.
 ABSENT = "—"
 # Public, and no option matrix: the original's flat API, kept as the original has it (no options to match).
 FLAT = {"lovasz_grad", "lovasz_softmax_flat", "lovasz_hinge_flat", "flatten_probas", "flatten_binary_scores"}
+# ... and its other helpers, in lovasz.torch as in the original (tested against it in test_torch_legacy.py)
+FLAT |= {"iou", "iou_binary", "isnan", "mean", "xloss", "binary_xloss", "StableBCELoss"}
 # Public, and not a loss: lovasz.jax's context for jax.export.
 NOT_LOSSES = {"exportable"}
 
@@ -142,10 +144,12 @@ def public_losses() -> set[str]:
         loaded = importlib.import_module(module)
         for name in loaded.__all__:
             obj = getattr(loaded, name)
+            if name in FLAT | NOT_LOSSES:
+                continue
             if inspect.isclass(obj):
                 if issubclass(obj, (keras.losses.Loss, nn.Module)):
                     losses.add(f"{module}.{name}")
-            elif callable(obj) and name not in FLAT | NOT_LOSSES:
+            elif callable(obj):
                 losses.add(f"{module}.{name}")
     return losses
 
