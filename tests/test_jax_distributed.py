@@ -231,6 +231,18 @@ def test_the_single_device_reference_is_the_oracle():
 
 
 @on_devices
+@pytest.mark.parametrize("mode", ["shard_map", "pmap"])
+def test_a_bad_label_on_one_device_makes_every_devices_loss_nan(mode):
+    """Nothing can raise in a mapped function: a label out of range makes the loss NaN; with axis_name on
+    every device (the global batch's one value, which shard_map's replication check requires to be)."""
+    x, y, t = data(np.float32)
+    y[6, 2, 0] = 7  # out of range, on the fourth device
+    for case in ("softmax batch present ignore", "softmax per-image weights sum"):
+        value, grad = mapped(CASES[case], mode, False)(x, y, t)
+        assert np.isnan(np.asarray(value)).all() and np.isnan(np.asarray(grad)).any(), case
+
+
+@on_devices
 @pytest.mark.parametrize("case", list(CASES))
 def test_shard_map_gives_the_loss_and_gradient_of_one_call(path, case):
     """Gradient taken inside shard_map (its default check_vma=True): every path."""

@@ -105,15 +105,19 @@ def _check_values(
     return None
 
 
-def _nan_unless(loss: jax.Array, *good: jax.Array | None) -> jax.Array:
+def _nan_unless(loss: jax.Array, *good: jax.Array | None, axis_name: D.AxisName = None) -> jax.Array:
     """``loss``, or NaN (its gradient too) where a traced check of :func:`_check_values` found a bad label:
     JAX's answer to an index out of range (``jnp.take_along_axis`` fills with NaN), where the loss would
     otherwise read a class 7 of 4 as background without a word. Where all are good, ``loss * 1``: the
-    same bits."""
+    same bits. With ``axis_name`` a bad label on any device makes every device's loss NaN (the global
+    batch's loss is one value, the same on every device, as ``shard_map``'s replication check wants)."""
     traced = [g for g in good if g is not None]
     if not traced:
         return loss
-    return loss * jnp.where(functools.reduce(jnp.logical_and, traced), 1, jnp.nan).astype(loss.dtype)
+    ok = functools.reduce(jnp.logical_and, traced)
+    if axis_name is not None:
+        ok = jax.lax.pmin(ok.astype(jnp.int32), axis_name) > 0
+    return loss * jnp.where(ok, 1, jnp.nan).astype(loss.dtype)
 
 
 def _valid(labels: jax.Array, ignore: int | None) -> jax.Array | None:
@@ -407,7 +411,7 @@ def lovasz_softmax(
             codes = R.pixel_codes(fg, None if valid is None else valid.reshape(1, -1))
             options = R.PointsOptions(from_logits, classes == "present")
             per_set = R.points_first_loss(points, codes, jnp.asarray(set_ends), options)
-            return _nan_unless(_reduced(per_set, reduction, per_image), *good).astype(probas.dtype)
+            return _nan_unless(_reduced(per_set, reduction, per_image), *good).astype(probas.dtype)  # (no axis_name)
     pred = probas.astype(dtype) if sigmoid else _channels_first(probas.astype(dtype), axis)
     pred = pred.reshape(batch, 1 if sigmoid else num_classes, pixels)
     if valid is not None and from_logits:  # a NaN logit at an ignored pixel must not reach the gradient
@@ -419,7 +423,7 @@ def lovasz_softmax(
         pred = _softmax_over_classes(pred)
     fg = lab == jnp.arange(num_classes).reshape(1, -1, 1)
     loss = _lovasz_classes(pred, fg, valid, False, classes, per_image, w, reduction, ends, axis_name)
-    return _nan_unless(loss, *good).astype(probas.dtype)
+    return _nan_unless(loss, *good, axis_name=axis_name).astype(probas.dtype)
 
 
 def _hinge_classes(
@@ -514,7 +518,7 @@ def lovasz_hinge(
     valid = _in_some_segment(_valid(lab, ignore), member)
     good = _check_values(lab, (lab == 0) | (lab == 1), valid, "0 or 1", "labels")
     loss = _hinge_classes(pred, lab == 1, valid, "all", per_image, None, reduction, margin, symmetric, ends, axis_name)
-    return _nan_unless(loss, good).astype(logits.dtype)
+    return _nan_unless(loss, good, axis_name=axis_name).astype(logits.dtype)
 
 
 @D.auto_on_explicit_meshes
@@ -590,7 +594,7 @@ def lovasz_multilabel(
         loss = _hinge_classes(pred, fg, valid, classes, per_image, w, reduction, margin, symmetric, ends, axis_name)
     else:
         loss = _lovasz_classes(pred, tgt == 1, valid, False, classes, per_image, w, reduction, ends, axis_name)
-    return _nan_unless(loss, good).astype(logits.dtype)
+    return _nan_unless(loss, good, axis_name=axis_name).astype(logits.dtype)
 
 
 @contextlib.contextmanager
