@@ -774,7 +774,8 @@ def lovasz_grad(gt_sorted: Tensor) -> Tensor:
     if gt_sorted.numel() == 0:
         return gt_sorted.new_zeros(0, dtype=dtype)
     if gt_sorted.is_floating_point():  # (rounded to 0/1 before: soft labels lost their values and gradient)
-        gt = gt_sorted.double()  # (float32 cumsums cancel in the differences: 4e-5 off for 0/1 of 200)
+        # (float32 cumsums cancel in the differences: 4e-5 off for 0/1 of 200; Apple's MPS has no float64)
+        gt = gt_sorted.to(torch.float32 if gt_sorted.device.type == "mps" else torch.float64)
         total = gt.sum()
         jaccard = 1 - (total - gt.cumsum(0)) / (total + (1 - gt).cumsum(0))
         return torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]]).to(dtype)
