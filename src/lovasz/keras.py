@@ -732,7 +732,7 @@ def _check_labels_exact(dtype: str, lovasz: _LovaszLoss, y_true: Any, y_pred: Te
         return
     largest = {"ignore_class": abs(lovasz.ignore_class or 0), "the scene indices": (lovasz.num_scenes or 1) - 1}
     if lovasz.scenes_in_labels and lovasz.num_scenes is None:
-        known = np.asarray(y_true) if isinstance(y_true, (np.ndarray, list)) else _known(y_true)
+        known = y_true if isinstance(y_true, np.ndarray) else _known(y_true)  # (lists: arrays by now)
         if known is not None and known.ndim == 2 and known.size:
             largest["the scene indices"] = int(np.abs(known[:, -1]).max())
     if isinstance(lovasz, LovaszSoftmaxLoss):

@@ -829,7 +829,7 @@ def flatten_probas(
     channels_last = _check_order(order)
     if probas.shape.rank is not None and probas.shape.rank >= 2:
         without_classes = V.without_axis(probas.shape.as_list(), -1 if channels_last else 1)
-        extra = V.extra_label_axis(labels.shape.as_list(), [without_classes])
+        extra = V.extra_label_axis(labels.shape.as_list(), [probas.shape.as_list(), without_classes])
         if extra is not None:  # [B, H, W, 1] labels of [B, H, W, C] probas (as Keras gives them): not a sigmoid's
             labels = tf.squeeze(labels, extra)
     if probas.shape.rank == labels.shape.rank:

@@ -795,9 +795,8 @@ def flatten_probas(probas: Tensor, labels: Tensor, ignore: int | None = None) ->
     """
     _check_prediction(probas, "probas")
     labels = _check_labels(labels, probas, "labels")
-    extra = V.extra_label_axis(labels.shape, [V.without_axis(probas.shape, 1)] if probas.ndim >= 2 else [])
-    if extra is not None:  # [B, 1, H, W] labels of [B, C, H, W] probas: not a sigmoid's [B, *spatial]
-        labels = labels.squeeze(extra)
+    if probas.ndim >= 3:  # [B, 1, H, W] labels of [B, C, H, W] probas: not a sigmoid's [B, *spatial]
+        labels = _drop_label_axis(labels, [tuple(probas.shape), tuple(probas.shape[:1] + probas.shape[2:])])
     if probas.ndim == labels.ndim:
         probas = probas.unsqueeze(1)
     probas = torch.movedim(probas, 1, -1).reshape(-1, probas.shape[1])
