@@ -6,6 +6,7 @@ int64 keys, float64's two sorts), the module classes, torch.compile, and the err
 """
 
 import itertools
+import re
 import warnings
 
 import numpy as np
@@ -412,6 +413,22 @@ def test_shapes_that_are_not_points_first_raise():
         L.lovasz_hinge([0.5, 1.0], dev(torch.zeros(2)), offsets=offsets)
     with pytest.raises(ValueError, match=r"logits must be points-first, \[N\] \(or \[N, 1\].*; got \[4, 2\]"):
         L.lovasz_hinge(dev(torch.rand(4, 2)), dev(torch.zeros(4, dtype=torch.long)), offsets=offsets)  # (was [1, 2, 4])
+    with pytest.raises(ValueError, match=r"logits must be points-first, \[N\] \(or \[N, 1\].*; got \[4, 1, 1\]"):
+        L.lovasz_hinge(dev(torch.rand(4, 1, 1)), dev(torch.zeros(4, dtype=torch.long)), offsets=offsets)
+    # LovaszLoss('binary') with scenes: one score per point, as lovasz_hinge (an [N, 2] input was read as two
+    # per-channel hinges, where the dense binary mode reads one set), and the target's shape as given.
+    binary = L.LovaszLoss("binary", from_logits=True)
+    zeros = dev(torch.zeros(4, dtype=torch.long))
+    shape_of = lambda shape: re.escape(str(list(shape)))  # noqa: E731  ("[4, 2]")
+    for bad in [(4, 2), (4, 1, 1)]:
+        for target in [zeros, dev(torch.zeros(bad, dtype=torch.long))]:
+            with pytest.raises(
+                ValueError, match=rf"input must be points-first, \[N\].*multilabel.*; got {shape_of(bad)}"
+            ):
+                binary(dev(torch.rand(*bad)), target, offsets=offsets)
+    for target in [zeros[:3], zeros[:, None].expand(4, 2)]:
+        with pytest.raises(ValueError, match=rf"target must be \[N\] \(or \[N, 1\]\).*; got {shape_of(target.shape)}$"):
+            binary(dev(torch.rand(4)), target, offsets=offsets)
     stride_0 = dev(torch.tensor(0)).expand(4)  # one scene: searchsorted warned of a non-contiguous boundary
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -216,12 +216,12 @@ def _known_channels(shape: tuple[int | None, ...], axis: int, name: str) -> int:
     return channels
 
 
-def hinge_points(prediction_shape: Iterable[int | None], how: str) -> None:
+def hinge_points(prediction_shape: Iterable[int | None], how: str, name: str = "logits") -> None:
     """The hinge's points-first logits are ``[N]`` or ``[N, 1]``: a message of the shape given (an ``[N, 2]``
     was refused later as the ``[1, 2, N]`` it became)."""
     p = tuple(prediction_shape)
-    if len(p) == 2 and p[1] is not None and p[1] != 1:
-        raise ValueError(f"logits must be points-first, [N] (or [N, 1]: one score per point), {how}; got {fmt(p)}")
+    if len(p) not in (1, 2) or len(p) == 2 and p[1] is not None and p[1] != 1:
+        raise ValueError(f"{name} must be points-first, [N] (or [N, 1]: one score per point), {how}; got {fmt(p)}")
 
 
 def points_layout(

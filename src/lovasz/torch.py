@@ -1015,6 +1015,13 @@ class LovaszLoss(_LossModule):
     def _binary(self, input: Tensor, target: Tensor, scenes: tuple) -> Tensor:
         _check_prediction(input, "input")
         if not all(value is None for value in scenes):  # points [N] or [N, 1]: one channel of [N, C]
+            how = "in binary mode with batch=/offsets= (mode='multilabel' takes [N, C])"
+            V.hinge_points(input.shape, how, "input")
+            if isinstance(target, Tensor) and input.ndim in (1, 2) and not _one_score_each(target, input.shape[0]):
+                raise ValueError(
+                    f"target must be [N] (or [N, 1]) for input of shape {V.fmt(input.shape)} {how}; "
+                    f"got {V.fmt(target.shape)}"
+                )
             input = input.unsqueeze(1) if input.ndim == 1 else input
             target = target.unsqueeze(1) if isinstance(target, Tensor) and target.ndim == 1 else target
             options = (self.per_image, self.ignore_index, self.from_logits, None, self.reduction, self.process_group)
@@ -1054,6 +1061,11 @@ class LovaszLoss(_LossModule):
             + (", symmetric=True" if self.symmetric else "")
             + (", include_background=False" if not self.include_background else "")
         )
+
+
+def _one_score_each(target: Tensor, points: int) -> bool:
+    """``target`` is ``[points]`` or ``[points, 1]``: a binary label per point."""
+    return target.ndim in (1, 2) and target.shape[0] == points and target.shape[1:] in ((), (1,))
 
 
 def _inputs(input: Tensor, target: Tensor, scenes: tuple) -> tuple[Tensor, Tensor, tuple]:
