@@ -109,6 +109,9 @@ def test_sigmoid_input_is_two_classes():
     two = np.stack([1 - p, p], axis=1)
     for classes in ["present", "all", [1]]:
         assert R.lovasz_softmax(p, labels, classes) == pytest.approx(R.lovasz_softmax(two, labels, classes))
+        # [B, 1, *spatial]: the same foreground probability with its channel, as the backends read it (the
+        # oracle read one class there, and refused the label 1)
+        assert R.lovasz_softmax(p[:, None], labels, classes) == pytest.approx(R.lovasz_softmax(two, labels, classes))
 
 
 def test_the_oracle_checks_its_arguments_as_the_backends_do():

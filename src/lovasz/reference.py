@@ -230,7 +230,8 @@ def lovasz_softmax(
     weights: Weights = None,
     reduction: str = "mean",
 ) -> Loss:
-    """Multi-class Lovász-Softmax; see :func:`lovasz.torch.lovasz_softmax` for the arguments.
+    """Multi-class Lovász-Softmax; see :func:`lovasz.torch.lovasz_softmax` for the arguments. One
+    foreground probability per pixel, ``[B, *spatial]`` or ``[B, 1, *spatial]``, is read as two classes.
 
     ``reduction='none'`` gives one loss per image with ``per_image``, else a 0-d array.
 
@@ -241,6 +242,8 @@ def lovasz_softmax(
     """
     probas = np.asarray(probas, dtype=np.float64)
     labels = np.asarray(labels)
+    if probas.ndim >= 2 and probas.shape[1] == 1 and probas.ndim == labels.ndim + 1:
+        probas = probas[:, 0]  # one channel: the foreground probability, as the backends read it
     sigmoid, num_classes = softmax_layout(probas.shape, labels.shape)
     classes = check_classes(classes, num_classes)
     ignore = check_ignore(ignore)
