@@ -1088,6 +1088,95 @@ def test_bad_scenes_name_themselves_in_a_tensorflow_graph():
     np.testing.assert_array_equal(in_graph(*empty), np.zeros(3))
 
 
+def no_assert_compiled(function):
+    """``function`` compiled where no assert runs: XLA on TensorFlow, ``jax.jit`` on JAX (None on torch, whose
+    ``torch.compile`` has lovasz.torch's own asserts)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(function, jit_compile=True)
+    if backend == "jax":
+        import jax
+
+        return jax.jit(function)
+    return None
+
+
+SCENE_LOSSES = {
+    "softmax per scene": lambda **kw: LovaszSoftmaxLoss(from_logits=True, per_image=True, ignore_class=255, **kw),
+    "softmax, one set": lambda **kw: LovaszSoftmaxLoss(from_logits=True, ignore_class=255, **kw),
+    "softmax without ignore_class": lambda **kw: LovaszSoftmaxLoss(from_logits=True, per_image=True, **kw),
+    "hinge, one set": lambda **kw: LovaszHingeLoss(per_image=False, ignore_class=255, **kw),
+    "ce+lovasz per scene": lambda **kw: CrossEntropyLovaszLoss(per_image=True, ignore_class=255, **kw),
+    "ce alone, one set": lambda **kw: CrossEntropyLovaszLoss(ignore_class=255, lovasz_weight=0.0, **kw),
+}
+
+
+@pytest.mark.parametrize("name", SCENE_LOSSES)
+def test_points_of_no_scene_take_no_part_where_no_assert_runs(name):
+    """Under XLA and jax.jit a point whose scene index is not a whole number in [0, num_scenes) takes no part, in
+    either term and with or without per_image, as documented: the points of the other scenes give the loss and
+    the gradient. Before, only TF's per-scene term left them out; per_image=False and the cross-entropy counted
+    them, a -1 made JAX count an absent scene 0 in the mean, and a fraction joined the scene it truncates to."""
+    logits, labels, scene = points(sizes=(4, 5, 6))
+    if "hinge" in name:
+        labels, logits = np.where(labels == 255, 255, labels % 2), logits[:, 0]
+    if "without" in name:
+        labels = np.where(labels == 255, 0, labels)
+    loss = SCENE_LOSSES[name](scenes_in_labels=True, num_scenes=3)
+    compiled = no_assert_compiled(lambda y_true, y_pred: loss(y_true, y_pred))
+    if compiled is None:
+        pytest.skip("torch.compile: lovasz.torch's own check raises (tests/test_torch_scenes.py)")
+    kept = scene != 0  # scene 0's points get no scene: absent from the mean, as a scene with no point
+    expected, expected_grad = value_and_grad(loss, packed(labels[kept], scene[kept]), logits[kept])
+    for no_scene in (3, 7, -1, 1.5, 0.5):
+        got, grad = value_and_grad(compiled, packed(labels, np.where(kept, scene, no_scene)).astype("float32"), logits)
+        np.testing.assert_allclose(got, expected, rtol=1e-5)
+        np.testing.assert_allclose(grad[kept], expected_grad, rtol=1e-5, atol=1e-7)
+        np.testing.assert_array_equal(grad[~kept], 0.0)
+
+
+def test_y_true_must_have_a_row_per_point():
+    """TensorFlow's points of scenes gathered y_pred in the labels' order: 20 rows of labels for 30 points gave
+    the loss of the first 20 without a word (31 rows: a GatherV2 error from inside)."""
+    logits, labels, scene = points(sizes=(10, 10, 10))
+    for make in [
+        lambda: LovaszSoftmaxLoss(from_logits=True, per_image=True, ignore_class=255, scenes_in_labels=True),
+        lambda: CrossEntropyLovaszLoss(per_image=True, ignore_class=255, scenes_in_labels=True),
+    ]:
+        for rows in (20, 31):
+            y_true = packed(np.resize(labels, rows), np.resize(scene, rows))
+            with pytest.raises(
+                ValueError,
+                match=rf"y_true must have a row per point of y_pred; got y_true of {rows} rows for y_pred \[30, 3\]",
+            ):
+                make()(y_true, logits)
+    if keras.backend.backend() != "tensorflow":
+        return
+    import tensorflow as tf
+
+    loss = LovaszSoftmaxLoss(from_logits=True, per_image=True, ignore_class=255, scenes_in_labels=True, num_scenes=3)
+    spec = tf.TensorSpec([None, 2], tf.float32), tf.TensorSpec([None, NUM_CLASSES], tf.float32)
+    in_graph = tf.function(lambda y_true, y_pred: loss(y_true, y_pred), input_signature=spec)
+    short = packed(labels[:20], scene[:20]).astype("float32")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="y_true must have a row per point of y_pred"):
+        in_graph(short, logits)
+    xla = tf.function(lambda y_true, y_pred: loss(y_true, y_pred), input_signature=spec, jit_compile=True)
+    assert np.isnan(xla(short, logits).numpy())
+    whole = packed(labels, scene).astype("float32")
+    np.testing.assert_allclose(xla(whole, logits), value(loss, whole, logits), rtol=1e-5)
+
+
+def test_hinge_of_points_takes_one_score_a_point():
+    """An [N, 2] y_pred to the hinge of points: named as given in batch mode too (it was '[1, 5, 2]')."""
+    logits, labels, scene = points()
+    for per_image in (True, False):
+        loss = LovaszHingeLoss(per_image=per_image, ignore_class=255, scenes_in_labels=True)
+        with pytest.raises(ValueError, match=r"y_pred must be points-first, \[N\] \(or \[N, 1\].*; got \[14, 2\]"):
+            loss(packed(labels % 2, scene), logits[:, :2])
+
+
 # ----------------------------------------------------------------------------- Keras masks on y_pred
 
 MASKED_LOSSES = {

@@ -178,16 +178,14 @@ def _asserted(
     and ``torch.compile`` compile no such assert: there ``x`` holds ``otherwise`` where ``ok`` fails (an
     out-of-range label, which the functions' own checks find: a NaN loss under XLA and ``jax.jit``, an assert
     under ``torch.compile``), or is unchecked without it."""
+    if _unasserted():
+        return _where_not(x, ok, otherwise)
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
 
-        from lovasz import _tf_rows
-
         if tf.executing_eagerly():
             return x
-        if _tf_rows.in_xla():
-            return _where_not(x, ok, otherwise)
         bad = tf.logical_not(ok)
         if values is None:
             shown = [f"{message}; pixels that are not:", tf.reduce_sum(tf.cast(bad, tf.int32))]
@@ -196,14 +194,27 @@ def _asserted(
         check = tf.debugging.Assert(tf.reduce_all(ok), shown)
         with tf.control_dependencies([check]):
             return tf.identity(x)
+    import torch
+
+    torch._assert_async(ok.all(), message)
+    return x
+
+
+def _unasserted() -> bool:
+    """Whether the graph being built compiles no assert: XLA (``jit_compile=True``), a JAX trace (known values
+    raised before) and ``torch.compile``. Checks there change values instead (see :func:`_asserted`)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        from lovasz import _tf_rows
+
+        return not tf.executing_eagerly() and _tf_rows.in_xla()
     if backend == "torch":
         import torch
 
-        if torch.compiler.is_compiling():
-            return _where_not(x, ok, otherwise)
-        torch._assert_async(ok.all(), message)
-        return x
-    return _where_not(x, ok, otherwise)  # JAX: traced (known values raised before)
+        return bool(torch.compiler.is_compiling())
+    return True
 
 
 def _where_not(x: Tensor, ok: Tensor, otherwise: int | None) -> Tensor:
@@ -421,10 +432,13 @@ def _known(x: Tensor) -> np.ndarray | None:
     return (x.float() if x.dtype == torch.bfloat16 else x).detach().numpy()  # (NumPy has no bfloat16)
 
 
-def _checked_scenes(scene: Tensor, num_scenes: int | None) -> Tensor:
+def _checked_scenes(scene: Tensor, num_scenes: int | None) -> tuple[Tensor, Tensor | None]:
     """The scene column of ``y_true``, checked to hold whole numbers in ``[0, num_scenes)``: where the values are
     known at once (``ValueError``), else by an assert (see :func:`_asserted`), so that a bad index is named as
-    such, not by the row splits that TensorFlow's points of scenes are made of."""
+    such, not by the row splits that TensorFlow's points of scenes are made of. Where no assert is compiled
+    (XLA, ``jax.jit``, ``torch.compile``) a point of no scene takes no part: its index becomes -1 (no scene's;
+    ``torch.compile``'s own check of lovasz.torch names it) and the points in a scene come back as a mask
+    (None elsewhere)."""
     top = "" if num_scenes is None else f", below num_scenes={num_scenes}"
     message = f"the last column of y_true (scenes_in_labels=True) must hold scene indices, whole numbers >= 0{top}"
     values = _known(scene)
@@ -433,11 +447,32 @@ def _checked_scenes(scene: Tensor, num_scenes: int | None) -> Tensor:
         bad = values[(values != np.round(values)) | (values < 0) | (values >= limit)]
         if bad.size:
             raise ValueError(f"{message}; found {bad[0]:g}")
-        return scene
+        return scene, None
     ok = ops.logical_and(ops.equal(scene, ops.round(scene)), ops.greater_equal(scene, 0))
     if num_scenes is not None:
         ok = ops.logical_and(ok, ops.less(scene, num_scenes))
-    return _asserted(scene, ok, message, values=scene)
+    if _unasserted():  # (a fraction would join the scene it truncates to, a -1 scene 0's count in JAX's bincount)
+        return _where_not(scene, ok, -1), ok
+    return _asserted(scene, ok, message, values=scene), None
+
+
+def _same_points(labels: Tensor, y_pred: Tensor, function: str, ignore: int | None) -> Tensor:
+    """The labels of ``y_true``, checked to have a row per point of ``y_pred``: TensorFlow's points of scenes gather
+    ``y_pred`` in the labels' order, which read the first points of a longer ``y_pred`` only, without a word. Sizes
+    known when traced raise ``ValueError``; others an assert, or (XLA) labels out of range: a NaN loss."""
+    points, rows = y_pred.shape[0], labels.shape[0]
+    message = (
+        "with scenes_in_labels=True, y_true must have a row per point of y_pred; "
+        f"got y_true of {rows} rows for y_pred {list(y_pred.shape)}"
+    )
+    if points is not None and rows is not None:
+        if points != rows:
+            raise ValueError(message)
+        return labels
+    ok = ops.equal(ops.shape(labels)[0], ops.shape(y_pred)[0])
+    softmax = function == "lovasz_softmax" and len(y_pred.shape) == 2 and y_pred.shape[-1] not in (None, 1)
+    classes = y_pred.shape[-1] if softmax else 2  # (one channel's, the hinge's and multi-label's are 0 or 1)
+    return _asserted(labels, ok, message, otherwise=_void_label(classes, ignore))
 
 
 def _scene_losses(
@@ -478,7 +513,8 @@ def _scene_losses(
                 )
             num_scenes = int(scene.max()) + 1 if scene.size else 0
         losses = loss(y_pred, labels, segment_ids=scene, num_segments=num_scenes, **kwargs)
-        return losses, jnp.bincount(scene, length=num_scenes)
+        # (bincount counts a -1, a point of no scene under jit, as scene 0's: it is counted past the end)
+        return losses, jnp.bincount(jnp.where(scene < 0, num_scenes, scene), length=num_scenes)
     import torch
 
     scene = scene.to(torch.int64)
@@ -598,8 +634,8 @@ class _LovaszLoss(keras.losses.Loss):
     def call(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
         if not self.scenes_in_labels:
             return self._dense(y_true, y_pred)
-        labels, scene = self._split_scenes(y_true, y_pred)
-        return self._points(labels, y_pred, scene)
+        labels, scene, in_scene = self._split_scenes(y_true, y_pred)
+        return self._without(in_scene)._points(labels, y_pred, scene)
 
     def _options(self, y_pred: Tensor, axis: int) -> dict[str, Any]:
         """The function's keyword options for ``y_pred`` with its class axis at ``axis``."""
@@ -608,8 +644,9 @@ class _LovaszLoss(keras.losses.Loss):
     def _dense(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def _split_scenes(self, y_true: Tensor, y_pred: Tensor) -> tuple[Tensor, Tensor]:
-        """``y_true [N, 2]`` (``[N, C + 1]`` multi-label) as the labels and the scene of each point."""
+    def _split_scenes(self, y_true: Tensor, y_pred: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``y_true [N, 2]`` (``[N, C + 1]`` multi-label) as the labels and the scene of each point, and where no
+        assert is compiled, the points that are in a scene (see :func:`_checked_scenes`; else None)."""
         multilabel = self._function == "lovasz_multilabel"
         shape, pred_shape = list(y_true.shape), list(y_pred.shape)
         width = (None if pred_shape[-1] is None else pred_shape[-1] + 1) if multilabel else 2
@@ -619,12 +656,22 @@ class _LovaszLoss(keras.losses.Loss):
                 f"with scenes_in_labels=True, y_pred must be points-first ([N, C]) and y_true {what}; "
                 f"got y_true {shape} for y_pred {pred_shape}"
             )
-        scene = _checked_scenes(y_true[:, -1], self.num_scenes)
-        return (y_true[:, :-1] if multilabel else y_true[:, 0]), scene
+        labels = _same_points(y_true[:, :-1] if multilabel else y_true[:, 0], y_pred, self._function, self.ignore_class)
+        scene, in_scene = _checked_scenes(y_true[:, -1], self.num_scenes)
+        return labels, scene, in_scene
+
+    def _without(self, points: Tensor | None) -> _LovaszLoss:
+        """This loss, or a copy that leaves out the points where ``points`` (a mask) is False, as a Keras mask
+        does (and with it)."""
+        if points is None:
+            return self
+        return self._with_mask(points if self._mask is None else ops.logical_and(ops.cast(self._mask, "bool"), points))
 
     def _points(self, labels: Tensor, y_pred: Tensor, scene: Tensor) -> Tensor:
         """The loss of points ``y_pred [N, C]`` (``[N]`` / ``[N, 1]`` for the hinge) of the scenes ``scene [N]``."""
         channels = self._function != "lovasz_hinge"
+        if not channels:
+            V.hinge_points(y_pred.shape, "with scenes_in_labels=True", "y_pred")
         if not channels and len(y_pred.shape) == 2 and y_pred.shape[-1] == 1:
             y_pred = ops.squeeze(y_pred, -1)
         labels = self._masked(labels, 1, -1, channels=self._function == "lovasz_multilabel")
@@ -833,8 +880,8 @@ class LovaszSoftmaxLoss(_ClassAveragedLoss):
             order). With ``per_image`` the loss is each scene's, averaged over the scenes that
             have points (``reduction=None``: ``[num_scenes]``); without, all points are one set.
             ``sample_weight`` does not apply. A bad scene index raises ``ValueError`` eagerly and
-            fails an assert naming it in ``tf.function``; XLA compiles no assert (points of a
-            scene from ``num_scenes`` on then take no part).
+            fails an assert naming it in ``tf.function``; XLA and ``jax.jit`` compile no assert
+            (a point of no scene then takes no part, in either term).
         num_scenes: with ``scenes_in_labels``, the number of scene indices (the most scenes a
             batch holds); required on the JAX backend under ``jit``, else read from the labels.
         global_batch: on the TensorFlow backend under a ``tf.distribute`` strategy, the loss of
@@ -1272,12 +1319,18 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
         return self._metric
 
     def call(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
-        lovasz, scene = self.lovasz, None
+        loss, scene = self, None
         self._jax_traced = self._jax_traced or keras.backend.backend() == "jax" and _known(y_pred) is None
-        if lovasz.scenes_in_labels:
-            y_true, scene = lovasz._split_scenes(y_true, y_pred)
+        if self.lovasz.scenes_in_labels:
+            y_true, scene, in_scene = self.lovasz._split_scenes(y_true, y_pred)
+            if in_scene is not None:  # both terms leave out the points of no scene
+                loss = self._with_mask(self.lovasz._without(in_scene)._mask)
         elif self.mode == "multiclass":
-            y_true = lovasz._labels(y_true, y_pred)  # one-hot as class indices, for both terms
+            y_true = self.lovasz._labels(y_true, y_pred)  # one-hot as class indices, for both terms
+        return loss._sum_of_terms(y_true, y_pred, scene)
+
+    def _sum_of_terms(self, y_true: Tensor, y_pred: Tensor, scene: Tensor | None) -> Tensor:
+        lovasz = self.lovasz
         ce_on, lovasz_on = self._terms()
         total = None
         if lovasz_on:  # first: it checks the labels and names what is wrong (TF's cross-entropy op would not)
