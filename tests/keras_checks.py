@@ -1135,6 +1135,13 @@ def test_points_of_no_scene_take_no_part_where_no_assert_runs(name):
         np.testing.assert_allclose(got, expected, rtol=1e-5)
         np.testing.assert_allclose(grad[kept], expected_grad, rtol=1e-5, atol=1e-7)
         np.testing.assert_array_equal(grad[~kept], 0.0)
+    # with a Keras mask of y_pred ([N], or [N, 1] with a size-1 channel axis) too: both leave points out
+    mask = np.arange(len(scene)) % 4 != 1
+    expected = value(with_keras_mask(loss, mask[kept]), packed(labels[kept], scene[kept]), logits[kept])
+    y_true = packed(labels, np.where(kept, scene, -1)).astype("float32")
+    for shape in ([-1], [-1, 1]):
+        masked = no_assert_compiled(with_keras_mask(loss, mask.reshape(shape)))
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(masked(y_true, logits)), expected, rtol=1e-5)
 
 
 def test_y_true_must_have_a_row_per_point():

@@ -665,7 +665,10 @@ class _LovaszLoss(keras.losses.Loss):
         does (and with it)."""
         if points is None:
             return self
-        return self._with_mask(points if self._mask is None else ops.logical_and(ops.cast(self._mask, "bool"), points))
+        if self._mask is None:
+            return self._with_mask(points)
+        mask = ops.cast(self._mask, "bool")  # [N], or [N, 1] for y_pred's size-1 channel axis
+        return self._with_mask(ops.logical_and(ops.reshape(mask, [-1]) if len(mask.shape) == 2 else mask, points))
 
     def _points(self, labels: Tensor, y_pred: Tensor, scene: Tensor) -> Tensor:
         """The loss of points ``y_pred [N, C]`` (``[N]`` / ``[N, 1]`` for the hinge) of the scenes ``scene [N]``."""
