@@ -60,6 +60,19 @@ CASES = {
         ),
     ),
     "module": ("softmax", lambda x, y, **kw: L.CrossEntropyLovaszLoss(ignore_index=255, ce_weight=0.0, **kw)(x, y)),
+    # both terms: the cross-entropy was each rank's own mean (the Lovász term weighed 1/W of it in a DDP step)
+    "cross-entropy + Lovász": (
+        "softmax",
+        lambda x, y, **kw: L.CrossEntropyLovaszLoss(ignore_index=255, class_weights=[1.0, 2.0, 0.5, 1.5], **kw)(x, y),
+    ),
+    "cross-entropy + Lovász per image": (
+        "softmax",
+        lambda x, y, **kw: L.CrossEntropyLovaszLoss(ignore_index=255, per_image=True, **kw)(x, y),
+    ),
+    "cross-entropy + Lovász, multilabel": (
+        "multilabel",
+        lambda x, y, **kw: L.CrossEntropyLovaszLoss("multilabel", class_weights=[1.0, 2.0, 0.5, 1.5], **kw)(x, y),
+    ),
 }
 
 
@@ -104,11 +117,15 @@ def _rank_main(rank: int, init_file: str):
             local = logits[mine].clone().requires_grad_()
             got = fn(local, labels[mine], process_group=dist.group.WORLD)
             got.backward()
-            if "per image" in name:  # exact per rank: each rank's share of the sum
-                expected = fn(logits[mine], labels[mine])
+            expected_grad = whole.grad[mine]
+            if "per image" in name:  # exact per rank: the loss of the rank's own images (no set across ranks)
+                own = logits[mine].clone().requires_grad_()
+                expected = fn(own, labels[mine])
+                expected.backward()
+                expected_grad = own.grad
             torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12, msg=f"{name}: value on rank {rank}")
             torch.testing.assert_close(
-                local.grad, whole.grad[mine], rtol=1e-12, atol=1e-12, msg=f"{name}: gradient on rank {rank}"
+                local.grad, expected_grad, rtol=1e-12, atol=1e-12, msg=f"{name}: gradient on rank {rank}"
             )
 
         logits, labels = global_batch("softmax")
@@ -216,6 +233,14 @@ UNEQUAL_LOSSES = {
         lambda x, y, **kw: L.lovasz_softmax(x, y, ignore=255, from_logits=True, offsets=[x.shape[0]], **kw),
     ),
     "module": ("softmax", lambda x, y, **kw: L.LovaszLoss("multiclass", ignore_index=255, **kw)(x, y)),
+    "cross-entropy + Lovász": (
+        "softmax",
+        lambda x, y, **kw: L.CrossEntropyLovaszLoss(ignore_index=255, class_weights=[1.0, 2.0, 0.5, 1.5], **kw)(x, y),
+    ),
+    "cross-entropy + Lovász, binary": (
+        "hinge",
+        lambda x, y, **kw: L.CrossEntropyLovaszLoss("binary", ignore_index=255, **kw)(x, y),
+    ),
 }
 
 

@@ -270,3 +270,17 @@ def _gather_batch(pred: Tensor, codes: Tensor, table: list[list[int]], group: Pr
     pred_parts[me] = _pad(pred, batch, max_pixels, 0.0)
     code_parts[me] = _pad(codes, batch, max_pixels, IGNORED)
     return torch.cat(pred_parts), torch.cat(code_parts)
+
+
+def global_mean(values: Tensor, weights: Tensor, group: ProcessGroup) -> Tensor:
+    """The weighted mean of every rank's ``values`` (0 where every weight is 0), the same on every rank, with the
+    gradient of this rank's own values and weights: its slice of the single-process gradient (the other ranks'
+    sums enter as constants), as the batch-mode Lovász term's. Two numbers are all-reduced."""
+    import torch.distributed as dist
+
+    total, weight = (values * weights).sum(), weights.sum()
+    sums = torch.stack([total.detach(), weight.detach()])
+    dist.all_reduce(sums, group=group)
+    total = total + (sums[0] - total.detach())
+    weight = weight + (sums[1] - weight.detach())
+    return total / torch.where(weight > 0, weight, torch.ones_like(weight))

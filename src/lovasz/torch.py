@@ -1202,7 +1202,8 @@ class CrossEntropyLovaszLoss(_LossModule):
     def cross_entropy(self, input: Tensor, target: Tensor) -> Tensor:
         """The cross-entropy term alone: a mean over the non-ignored pixels (float64 in float64, else float32).
         In multiclass mode one channel is the foreground's logit, as for the Lovász term: a binary
-        cross-entropy."""
+        cross-entropy. With ``process_group`` in batch mode, the mean over every rank's pixels (each rank's
+        gradient its slice of the single-process one, as the Lovász term's)."""
         weights = self.lovasz.class_weights
         x = input.to(_compute_dtype(input))
         target = _check_labels(target, input, "target")
@@ -1235,6 +1236,11 @@ class CrossEntropyLovaszLoss(_LossModule):
             values = F.binary_cross_entropy_with_logits(x, safe, reduction="none")
         if valid is not None:
             pixel_weight = pixel_weight * valid
+        group = self.lovasz.process_group
+        if group is not None and not self.lovasz.per_image:  # the global batch's mean, as the Lovász term's
+            from lovasz._torch_distributed import global_mean
+
+            return global_mean(values, pixel_weight, group)
         return _masked_mean(values, pixel_weight)
 
     def extra_repr(self) -> str:
