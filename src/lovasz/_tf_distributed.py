@@ -14,6 +14,9 @@ loss of the batch. So, in a replica context of several replicas:
   them) are the single-device gradient.
 - per image: each image's loss is its own already; the mean (or sum) over every replica's
   images takes two all-reduces of one number, the gradient again the replica's own slice.
+- per scene (Keras' ``scenes_in_labels``): ``fit`` splits the rows of points over the replicas
+  whatever their scenes, so every replica gathers every replica's points, labels and scene
+  indices and takes each scene's loss whole; again only its own points carry gradient.
 
 Outside a replica context (no strategy, one replica, the cross-replica context where a
 whole batch is at hand) nothing is gathered. Every replica runs the same traced function,
@@ -87,6 +90,25 @@ def gather_set(
     start = tf.cast(context.replica_id_in_sync_group, tf.int32) * most
     all_points = tf.concat([all_points[:start], points, all_points[start + size :]], axis=0)
     return all_points[None], (all_codes == FOREGROUND)[None], (all_codes != IGNORED)[None]
+
+
+def gather_points(
+    pred: tf.Tensor, others: list[tf.Tensor], fills: list[float], context: tf.distribute.ReplicaContext
+) -> tuple[tf.Tensor, list[tf.Tensor]]:
+    """Every replica's points ``[P, ...]`` as one set, in replica order: ``pred``, of which only this replica's own
+    points carry gradient, and ``others`` (labels, scene indices), each shard padded to the largest with its
+    ``fills`` value (a scene index of -1: no scene). A scene split across replicas is one scene again."""
+    size = tf.shape(pred)[0]
+    most = tf.reduce_max(context.all_gather(size[None], axis=0))
+
+    def padded(x: tf.Tensor, fill: float) -> tf.Tensor:
+        return tf.pad(x, [[0, most - size]] + [[0, 0]] * (x.shape.rank - 1), constant_values=fill)
+
+    sent = [padded(tf.stop_gradient(pred), 0)] + [padded(x, fill) for x, fill in zip(others, fills)]
+    gathered = context.all_gather(sent, axis=0)
+    start = tf.cast(context.replica_id_in_sync_group, tf.int32) * most
+    own = tf.concat([gathered[0][:start], pred, gathered[0][start + size :]], axis=0)
+    return own, gathered[1:]
 
 
 def summed(value: tf.Tensor, context: tf.distribute.ReplicaContext) -> tf.Tensor:

@@ -303,18 +303,9 @@ def _replica_context() -> Any:
     return _tf_distributed.replica_context()
 
 
-def _global_sum(total: Tensor, context: Any) -> Tensor:
-    """``total`` summed over the replicas where ``context`` is a replica context, with the gradient of this
-    replica's own ``total``: the sum over the global batch, the same on every replica."""
-    if context is None:
-        return total
-    from lovasz import _tf_distributed
-
-    return _tf_distributed.summed(total, context)
-
-
 def _global_mean(total: Tensor, count: Tensor, context: Any) -> Tensor:
-    """``total / count`` over the global batch (see :func:`_global_sum`); ``count`` takes no gradient."""
+    """``total / count`` over the global batch where ``context`` is a replica context (the sums over the
+    replicas, with the gradient of this replica's own ``total``); ``count`` takes no gradient."""
     if context is not None:
         from lovasz import _tf_distributed
 
@@ -524,16 +515,15 @@ def _scene_losses(
     return losses, torch.bincount(scene, minlength=num_scenes)
 
 
-def _reduce_scenes(losses: Tensor, counts: Tensor, reduction: str | None, context: Any = None) -> Tensor:
+def _reduce_scenes(losses: Tensor, counts: Tensor, reduction: str | None) -> Tensor:
     """Keras' ``reduction`` over the scenes: ``[S]`` unreduced, their sum, or the mean over the scenes
-    that have points (a static ``num_scenes`` may exceed a batch's scenes: the absent ones don't count);
-    with ``context``, a replica context, over every replica's scenes."""
+    that have points (a static ``num_scenes`` may exceed a batch's scenes: the absent ones don't count)."""
     if reduction in (None, "none"):
         return losses
     if reduction == "sum":
-        return _global_sum(ops.sum(losses), context)
+        return ops.sum(losses)
     present = ops.cast(ops.greater(counts, 0), losses.dtype)
-    return _global_mean(ops.sum(losses * present), ops.sum(present), context)
+    return ops.divide_no_nan(ops.sum(losses * present), ops.sum(present))
 
 
 # ----------------------------------------------------------------------------- the Lovász losses
@@ -682,10 +672,15 @@ class _LovaszLoss(keras.losses.Loss):
         if not self.per_image:  # all points one set: one image of N pixels, channels-last
             batch = ops.expand_dims(y_pred, 0), ops.expand_dims(labels, 0)
             return self._run(self._function, *batch, channels=channels, channels_last=True, **options)
+        context = self._replicas()
+        if context is not None:  # fit cuts the rows over the replicas, scenes too: each scene whole, from all
+            from lovasz import _tf_distributed
+
+            y_pred, (labels, scene) = _tf_distributed.gather_points(y_pred, [labels, scene], [0, -1], context)
         losses, counts = _scene_losses(
             self._function, y_pred, labels, scene, self.num_scenes, ignore=self.ignore_class, **options
         )
-        return _reduce_scenes(losses, counts, self.reduction, self._replicas())
+        return _reduce_scenes(losses, counts, self.reduction)
 
     def _run(
         self,
