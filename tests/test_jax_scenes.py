@@ -157,8 +157,10 @@ def test_points_without_segments_are_one_set_as_one_image_of_the_points(path, lo
 def test_bad_segments_raise_clear_errors():
     rng = np.random.default_rng(0)
     x, y = rng.random((4, 3), np.float32), np.array([0, 1, 2, 0])
-    with pytest.raises(ValueError, match=r"segment_ids must be in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"segment_ids must be in \[0, 1\] at every point \(ignored ones too\)"):
         LJ.lovasz_softmax(x, y, per_image=True, segment_ids=np.array([0, 1, 2, 1]), num_segments=2)
+    with pytest.raises(ValueError, match=r"at every point \(ignored ones too\); found 5"):  # (said: non-ignored)
+        LJ.lovasz_softmax(x, [0, 255, 2, 0], per_image=True, ignore=255, segment_ids=[0, 5, 1, 1], num_segments=2)
     with pytest.raises(ValueError, match=r"segment_ids must be integers, one per point, shape \(4,\)"):
         LJ.lovasz_softmax(x, y, segment_ids=np.array([0, 1, 1]))
     with pytest.raises(TypeError, match="num_segments goes with segment_ids="):

@@ -568,3 +568,42 @@ def test_bad_ragged_inputs_raise_clear_errors():
         )
     with pytest.raises(tf.errors.InvalidArgumentError, match="labels must have the scenes of probas"):
         tf.function(LT.lovasz_softmax)(probas, other)
+    # another number of scenes is known when traced: named so (it was an internal 'Dimensions must be equal')
+    three = tf.RaggedTensor.from_row_splits(tf.constant([0, 1, 2, 0]), [0, 1, 2, 4])
+    for jit_compile in (False, True):
+        with pytest.raises(ValueError, match=r"labels must have the scenes of probas .*; got 3 against 2 scenes"):
+            tf.function(LT.lovasz_softmax, jit_compile=jit_compile)(probas, three)
+
+
+def test_ragged_inputs_of_other_scenes_under_xla_make_the_loss_nan():
+    """XLA drops asserts: labels ragged with other row splits than the prediction gave the loss of the
+    prediction's scenes, the labels' own scenes unread, without a word (and any number of scenes where it is
+    unknown when traced). The loss is NaN there now; the same scenes give the loss."""
+    x, labels = tf.random.uniform((7, 3)), tf.constant([0, 2, 1, 1, 0, 2, 1])
+    spec = tf.RaggedTensorSpec([None, None, 3], tf.float32, 1, tf.int64)
+    label_spec = tf.RaggedTensorSpec([None, None], tf.int32, 1, tf.int64)
+    xla = tf.function(lambda p, t: LT.lovasz_softmax(p, t, per_image=True), [spec, label_spec], jit_compile=True)
+    probas = tf.RaggedTensor.from_row_splits(x, tf.constant([0, 3, 7], tf.int64))
+    for splits in ([0, 4, 7], [0, 1, 2, 7], [0, 7]):
+        other = tf.RaggedTensor.from_row_splits(labels, tf.constant(splits, tf.int64))
+        assert np.isnan(xla(probas, other).numpy()), splits
+    same = tf.RaggedTensor.from_row_splits(labels, tf.constant([0, 3, 7], tf.int64))
+    np.testing.assert_allclose(xla(probas, same), LT.lovasz_softmax(probas, same, per_image=True), rtol=1e-6)
+
+
+def test_multilabel_targets_laid_out_otherwise_under_xla_make_the_loss_nan():
+    """Targets [C, N] for logits [N, C], both unknown when traced: the same number of values, read in the
+    logits' layout without a word under XLA (an assert fails in a graph, eagerly a ValueError)."""
+    logits, targets = tf.random.normal((6, 2)), tf.constant(np.random.default_rng(0).integers(0, 2, (6, 2)), tf.int32)
+    spec = [tf.TensorSpec([None, 2]), tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int64)]
+    splits = tf.constant([0, 2, 6], tf.int64)
+    for jit_compile in (False, True):
+        fn = tf.function(lambda x, t, s: LT.lovasz_multilabel(x, t, row_splits=s), spec, jit_compile=jit_compile)
+        np.testing.assert_allclose(
+            fn(logits, targets, splits), LT.lovasz_multilabel(logits, targets, row_splits=splits), rtol=1e-6
+        )
+        if jit_compile:
+            assert np.isnan(fn(logits, tf.transpose(targets), splits).numpy())
+        else:
+            with pytest.raises(tf.errors.InvalidArgumentError, match=r"targets must have the shape of logits\]"):
+                fn(logits, tf.transpose(targets), splits)

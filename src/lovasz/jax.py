@@ -92,7 +92,7 @@ def _check_axis(axis: object, ndim: int) -> int:
 
 
 def _check_values(
-    labels: jax.Array, ok: jax.Array, valid: jax.Array | None, allowed: str, name: str
+    labels: jax.Array, ok: jax.Array, valid: jax.Array | None, allowed: str, name: str, where: str = "non-ignored pixel"
 ) -> jax.Array | None:
     """Raise ``ValueError`` on a bad non-ignored label when the values are concrete; under a trace
     (jit, grad, vmap: also of concrete arrays a traced function closes over) nothing can raise, and
@@ -101,7 +101,7 @@ def _check_values(
     if isinstance(bad, jax.core.Tracer):
         return ~jnp.any(bad)
     if bool(bad.any()):
-        raise ValueError(f"{name} must be {allowed} at every non-ignored pixel; found {labels[bad][0]}")
+        raise ValueError(f"{name} must be {allowed} at every {where}; found {labels[bad][0]}")
     return None
 
 
@@ -172,7 +172,7 @@ def _segments(
     if num_segments == 0 and num_points:
         raise ValueError(f"num_segments=0 leaves the {num_points} points in no segment; there must be at least one")
     in_range = (ids >= 0) & (ids < num_segments)
-    _check_values(ids, in_range, None, f"in [0, {num_segments - 1}]", "segment_ids")
+    _check_values(ids, in_range, None, f"in [0, {num_segments - 1}]", "segment_ids", "point (ignored ones too)")
 
     if not per_image:  # all points one set, in the order given; under jit, those out of range take no part
         member = in_range if isinstance(in_range, jax.core.Tracer) else None

@@ -189,28 +189,31 @@ def _nan_unless(loss: tf.Tensor, *good: tf.Tensor | None) -> tf.Tensor:
 
 def _check_layout_when_run(
     labels: tf.Tensor, prediction: tf.Tensor, axis: int | None, names: tuple[str, str]
-) -> tuple[tf.Tensor, tf.Tensor]:
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None]:
     """Where unknown dims (a ``tf.function``'s input_signature, a ``tf.data`` pipeline) left the shapes to the
     run, the labels' shape then must be the prediction's, less its class axis ``axis``: the reshapes would
-    take labels of the right size laid out otherwise (height and width swapped) without a word. The labels
-    and the prediction come back after the assertion, so that it runs before their reshapes (which would
-    fail first on another size, naming none of them). Under XLA TF compiles no assertion."""
+    take labels of the right size laid out otherwise (height and width swapped, multi-label targets
+    ``[C, N]``) without a word. The labels and the prediction come back after the assertion, so that it runs
+    before their reshapes (which would fail first on another size, naming none of them), with None; under
+    XLA, which compiles no assertion, with whether the shapes agree, for :func:`_nan_unless`."""
     if tf.executing_eagerly() or (labels.shape.is_fully_defined() and prediction.shape.is_fully_defined()):
-        return labels, prediction
+        return labels, prediction, None
     expected = tf.shape(prediction, tf.int64)
     if axis is not None:
         axis %= prediction.shape.rank
         expected = tf.concat([expected[:axis], expected[axis + 1 :]], 0)
+    if _tf_rows.in_xla():  # (the ranks agree: checked when traced)
+        return labels, prediction, tf.reduce_all(tf.equal(tf.shape(labels, tf.int64), expected))
     lname, pname = names
     message = f"{lname} must have the shape of {pname}" + ("" if axis is None else f" less its axis {axis}")
-    if axis is None and labels.shape.rank and labels.shape[-1] is None:  # may be [B, *spatial, 1] of classes
+    if lname == "labels" and axis is None and labels.shape.rank and labels.shape[-1] is None:  # [B, *spatial, 1]?
         message += (
             f" (read as one channel's layout: its rank and a last dim unknown when traced; class indices with "
             f"a size-1 last axis need it known: tf.ensure_shape({lname}, {[None] * (labels.shape.rank - 1) + [1]}))"
         )
     check = tf.debugging.assert_equal(tf.shape(labels, tf.int64), expected, message=message)
     with tf.control_dependencies([check]):
-        return tf.identity(labels), tf.identity(prediction)
+        return tf.identity(labels), tf.identity(prediction), None
 
 
 def _valid(labels: tf.Tensor, ignore: int | None) -> tf.Tensor | None:
@@ -298,8 +301,12 @@ def _check_row_splits(
     return splits, None
 
 
-def _from_ragged(prediction: Any, labels: Any, names: tuple[str, str]) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """The values and row splits of ragged ``[S, None, ...]`` inputs (the labels' splits must be the prediction's)."""
+def _from_ragged(
+    prediction: Any, labels: Any, names: tuple[str, str]
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor | None]:
+    """The values and row splits of ragged ``[S, None, ...]`` inputs (the labels' splits must be the prediction's:
+    ``ValueError`` eagerly or where the scene counts are known, an assert in a graph; under XLA whether they
+    are, for :func:`_nan_unless`, else None)."""
     pname, lname = names
     for x, name, other in ((prediction, pname, lname), (labels, lname, pname)):
         if not isinstance(x, tf.RaggedTensor):
@@ -313,17 +320,24 @@ def _from_ragged(prediction: Any, labels: Any, names: tuple[str, str]) -> tuple[
                 f"got shape {x.shape.as_list()}, ragged_rank {x.ragged_rank}"
             )
     splits, label_splits = tf.cast(prediction.row_splits, tf.int64), tf.cast(labels.row_splits, tf.int64)
+    message = f"{lname} must have the scenes of {pname} (equal row_splits)"
     if tf.executing_eagerly():
         if splits.shape != label_splits.shape or not bool(tf.reduce_all(splits == label_splits)):
             raise ValueError(
-                f"{lname} must have the scenes of {pname} (equal row_splits); got {shown_splits(label_splits.numpy())} "
-                f"against {shown_splits(splits.numpy())}"
+                f"{message}; got {shown_splits(label_splits.numpy())} against {shown_splits(splits.numpy())}"
             )
-    elif not _tf_rows.in_xla():
-        check = tf.debugging.assert_equal(label_splits, splits, message=f"{lname} must have the scenes of {pname}")
-        with tf.control_dependencies([check]):
-            splits = tf.identity(splits)
-    return prediction.values, labels.values, splits
+        return prediction.values, labels.values, splits, None
+    scenes, label_scenes = splits.shape[0], label_splits.shape[0]
+    if scenes is not None and label_scenes is not None and scenes != label_scenes:
+        raise ValueError(f"{message}; got {label_scenes - 1} against {scenes - 1} scenes")
+    common = tf.minimum(tf.size(splits), tf.size(label_splits))  # (splits of two lengths compare as unequal)
+    same = tf.logical_and(
+        tf.equal(tf.size(splits), tf.size(label_splits)), tf.reduce_all(splits[:common] == label_splits[:common])
+    )
+    if _tf_rows.in_xla():  # no assert compiled: the loss is NaN where they differ
+        return prediction.values, labels.values, splits, same
+    with tf.control_dependencies([tf.debugging.Assert(same, [message])]):
+        return prediction.values, labels.values, tf.identity(splits), None
 
 
 def _points(
@@ -340,7 +354,7 @@ def _points(
     if ragged:
         if row_splits is not None:
             raise TypeError(f"pass the scenes as row_splits= or as ragged {pname} and {lname}, not both")
-        prediction, labels, row_splits = _from_ragged(prediction, labels, names)
+        prediction, labels, row_splits, good = _from_ragged(prediction, labels, names)
         how = "as values of a ragged [S, None, ...]"
     else:
         how = "with row_splits="
@@ -357,7 +371,6 @@ def _points(
             f"{lname} must have shape {label_shape.as_list()} for {pname} of shape {prediction.shape.as_list()}; "
             f"got {labels.shape.as_list()}"
         )
-    good = None
     if not ragged:
         row_splits, good = _check_row_splits(row_splits, _size(prediction, 0, 1), pname)
     return tf.expand_dims(prediction, 0), tf.expand_dims(labels, 0), row_splits, good  # (x[None]'s gradient copies)
@@ -542,7 +555,9 @@ def lovasz_softmax(
     if probas.shape.rank == labels.shape.rank + 1:
         _check_known_classes(probas.shape[channel_axis], "probas", probas.shape)
     sigmoid, num_classes = V.softmax_layout(probas.shape, labels.shape, channel_axis)
-    labels, probas = _check_layout_when_run(labels, probas, None if sigmoid else channel_axis, ("labels", "probas"))
+    labels, probas, good_layout = _check_layout_when_run(
+        labels, probas, None if sigmoid else channel_axis, ("labels", "probas")
+    )
     classes = V.check_classes(classes, num_classes)
     ignore = V.check_ignore(ignore)
     reduction = V.check_reduction(reduction)
@@ -552,7 +567,7 @@ def lovasz_softmax(
     batch, pixels = tf.shape(labels)[0], _size(labels, 1)
     lab = tf.reshape(labels, [batch, pixels])
     valid = _valid(lab, ignore)
-    good = [good_splits]
+    good = [good_splits, good_layout]
     if lab.dtype.is_floating:  # class indices as floats: whole numbers only (1.5 is no class)
         good.append(_check_values(lab, tf.equal(lab, tf.round(lab)), valid, "whole numbers (class indices)", "labels"))
     good.append(_check_values(lab, (lab >= 0) & (lab < num_classes), valid, f"in [0, {num_classes - 1}]", "labels"))
@@ -677,8 +692,11 @@ def lovasz_hinge(
         for a in (1, -1)
         if len(s) == rank + 1 and V.same_dim(s[a], 1) and V.compatible(V.without_axis(s, a), labels.shape)
     ]
+    good_layout = None
     if len(s) == rank or len(axes) == 1:
-        labels, logits = _check_layout_when_run(labels, logits, axes[0] if axes else None, ("labels", "logits"))
+        labels, logits, good_layout = _check_layout_when_run(
+            labels, logits, axes[0] if axes else None, ("labels", "logits")
+        )
     ignore = V.check_ignore(ignore)
     reduction = V.check_reduction(reduction)
     margin, symmetric = V.check_hinge_variant(margin, symmetric)
@@ -694,7 +712,7 @@ def lovasz_hinge(
         return _hinge_classes(pred, lab == 1, valid, *options)
 
     loss = _on_valid_pixels(loss_of, pred, lab, valid, per_image, False, splits, across)
-    return tf.cast(_nan_unless(loss, good, good_splits), logits.dtype)
+    return tf.cast(_nan_unless(loss, good, good_splits, good_layout), logits.dtype)
 
 
 @_traced_as_written
@@ -756,7 +774,7 @@ def lovasz_multilabel(
     if len(shapes[0]) >= 2:
         _check_known_classes(shapes[0][1], "logits", logits.shape)
     num_classes = V.multilabel_layout(*shapes)  # the class dim is known (checked)
-    targets, logits = _check_layout_when_run(targets, logits, None, ("targets", "logits"))
+    targets, logits, good_layout = _check_layout_when_run(targets, logits, None, ("targets", "logits"))
     classes = V.check_classes(classes, num_classes)
     ignore = V.check_ignore(ignore)
     reduction = V.check_reduction(reduction)
@@ -780,7 +798,7 @@ def lovasz_multilabel(
         return _lovasz_classes(pred, tgt == 1, valid, False, *options)
 
     loss = _on_valid_pixels(loss_of, pred, tgt, valid, per_image, channels_last, splits, across)
-    return tf.cast(_nan_unless(loss, good, good_splits), logits.dtype)
+    return tf.cast(_nan_unless(loss, good, good_splits, good_layout), logits.dtype)
 
 
 # ----------------------------------------------------------------------------- the original's flat API
