@@ -84,3 +84,11 @@ def test_accepted_values_give_the_hand_computed_weights():
     assert big.weights(0) == (1.0, 0.0) and big.weights(3) == (1e300, 1.0)
     loss = schedule.apply(Weights(), 1)
     assert (loss.ce_weight, loss.lovasz_weight) == (0.75, 1.0)
+
+
+def test_apply_refuses_a_loss_without_the_two_weights():
+    """LovaszSchedule.apply(LovaszLoss(), t) set two attributes the Lovász loss never reads, without a word."""
+    lovasz_torch = pytest.importorskip("lovasz.torch")
+    with pytest.raises(TypeError, match="LovaszLoss has no ce_weight or lovasz_weight"):
+        LovaszSchedule(2).apply(lovasz_torch.LovaszLoss(), 0)
+    assert not hasattr(lovasz_torch.LovaszLoss(), "ce_weight")

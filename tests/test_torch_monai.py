@@ -146,3 +146,67 @@ def test_one_channel_without_background_and_a_process_group_that_is_none_raise()
         )
     with pytest.raises(TypeError, match=r"^process_group must be a torch.distributed.ProcessGroup .* got 'world'"):
         L.lovasz_softmax(torch.rand(1, 3, 4), torch.zeros(1, 4, dtype=torch.long), process_group="world")
+
+
+def test_one_channel_cross_entropy_takes_the_class_weights():
+    """Multiclass mode with one channel reads it as two classes [1 - p, p]: the Lovász term weighed them by
+    class_weights, the cross-entropy did not (0.8104, the unweighted BCE, where the two-channel form gives 0.9034)."""
+    logits, labels = volume(7)
+    fg = (labels == 1).long()
+    one = logits[:, 1:2]
+    two = torch.cat([torch.zeros_like(one), one], 1)  # the same model as two channels [0, x]
+    ce_only = L.CrossEntropyLovaszLoss(lovasz_weight=0.0, class_weights=[1.0, 5.0])
+    expected = F.cross_entropy(two, fg, weight=torch.tensor([1.0, 5.0], dtype=torch.float64))
+    torch.testing.assert_close(ce_only(one, fg), expected)
+    torch.testing.assert_close(ce_only(one, fg), ce_only(two, fg))
+    with pytest.raises(ValueError, match=r"class_weights must have 2 entries for input \[2, 1, 5, 6, 3\]"):
+        L.CrossEntropyLovaszLoss(class_weights=[1.0, 2.0, 3.0]).cross_entropy(one, fg)
+
+
+def test_the_combined_loss_has_one_ignore_index():
+    """Set on the module after it is made (as on nn.CrossEntropyLoss), ignore_index changed the cross-entropy
+    only: the Lovász term kept its own copy."""
+    logits, labels = volume(8)
+    loss_fn = L.CrossEntropyLovaszLoss()
+    loss_fn.ignore_index = 0
+    assert loss_fn.lovasz.ignore_index == 0
+    torch.testing.assert_close(loss_fn(logits, labels), L.CrossEntropyLovaszLoss(ignore_index=0)(logits, labels))
+    with pytest.raises(TypeError, match="ignore_index must be an int or None"):
+        loss_fn.ignore_index = 0.5
+
+
+def test_learned_class_weights_survive_double_and_to():
+    """A learnable nn.Parameter of class weights was a buffer: .double() made the module a copy, and the
+    optimiser's steps never reached the loss (as nn.CrossEntropyLoss(weight=p) does); it is a parameter now."""
+    p = torch.nn.Parameter(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    loss_fn = L.CrossEntropyLovaszLoss(class_weights=p).double().to("cpu")
+    assert loss_fn.lovasz.class_weights is p and p.dtype == torch.float64
+    assert [name for name, _ in loss_fn.named_parameters()] == ["lovasz.class_weights"]
+    logits, labels = volume(9)
+    loss_fn(logits, labels).backward()
+    with torch.no_grad():
+        p -= 0.5 * p.grad
+    moved = p.detach().clone()
+    torch.testing.assert_close(
+        loss_fn(logits, labels), L.CrossEntropyLovaszLoss(class_weights=moved)(logits, labels), rtol=0, atol=0
+    )
+    assert "lovasz.class_weights" in loss_fn.state_dict()
+
+
+def test_binary_mode_takes_a_size_1_axis_of_the_target_as_lovasz_hinge_does():
+    """[B, H, W, 1] targets for [B, 1, H, W] input, and [B, 1, H, W] targets for [B, H, W] input, were refused."""
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(2, 1, 4, 5, generator=g), torch.randint(0, 2, (2, 4, 5), generator=g)
+    module = L.LovaszLoss("binary", per_image=True)
+    expected = L.lovasz_hinge(x, y)
+    for xi, yi in [(x, y[..., None]), (x, y[:, None]), (x[:, 0], y[:, None]), (x[:, 0], y[..., None])]:
+        torch.testing.assert_close(module(xi, yi), expected)
+    with pytest.raises(ValueError, match=r"target must have the shape of input \[2, 4, 5\].*got \[2, 1, 3, 5\]"):
+        module(x[:, 0], y[:, None, :3])
+    with pytest.raises(ValueError, match=r"symmetric=True are variants of the hinge: they need from_logits=True"):
+        L.LovaszLoss("multilabel", from_logits=False, symmetric=True)  # (was refused at the first call only)
+    with pytest.raises(ValueError, match=r"^classes must be class indices >= 0; got -1$"):  # (named 1073741823)
+        L.LovaszLoss(classes=[-1])
+    for module in (L.LovaszLoss("binary"), L.CrossEntropyLovaszLoss("binary")):  # ('... input []; got []')
+        with pytest.raises(ValueError, match=r"^input must be \[B, \*spatial\] or \[B, 1, \*spatial\] in binary mode"):
+            module(torch.tensor(0.5), torch.tensor(1))

@@ -69,6 +69,14 @@ class LovaszSchedule:
         return 1.0 + (float(self.final_ce_weight) - 1.0) * p, float(self.lovasz_weight) * p
 
     def apply(self, loss: WeightedLoss, t: int) -> WeightedLoss:
-        """Set ``loss.ce_weight`` and ``loss.lovasz_weight`` for ``t``; returns ``loss``."""
-        loss.ce_weight, loss.lovasz_weight = self.weights(t)
+        """Set ``loss.ce_weight`` and ``loss.lovasz_weight`` for ``t``; returns ``loss``. A loss without
+        them (a Lovász loss alone) raises ``TypeError``: setting them there would change nothing, silently."""
+        weights = self.weights(t)
+        missing = [name for name in ("ce_weight", "lovasz_weight") if not hasattr(loss, name)]
+        if missing:
+            raise TypeError(
+                f"apply sets the weights of a combined loss (ce_weight and lovasz_weight, as CrossEntropyLovaszLoss "
+                f"has); {type(loss).__name__} has no {' or '.join(missing)}"
+            )
+        loss.ce_weight, loss.lovasz_weight = weights
         return loss

@@ -183,6 +183,8 @@ def _as_weights(
     try:
         # numbers on the host, whatever torch.set_default_device says: they become constants on the input's device
         w = weights if isinstance(weights, Tensor) else torch.as_tensor(weights, device="cpu")
+        if not isinstance(weights, Tensor) and w.is_floating_point():  # numbers: made in the compute dtype below
+            w = torch.as_tensor(weights, dtype=torch.float64, device="cpu")
     except (TypeError, ValueError, RuntimeError):  # a string such as 'balanced', a ragged list, a dict
         raise TypeError(f"{name} must be [C] real numbers (one weight per class) or None; got {weights!r}") from None
     V.check_weights_shape(w.shape, num_classes, name)
@@ -861,7 +863,9 @@ MODES = ("binary", "multiclass", "multilabel")
 def _class_weights_buffer(class_weights: Weights) -> Tensor | None:
     """``class_weights`` as a ``[C]`` tensor (the modules' buffer), or None; its length is checked against the
     input's classes at each call. A floating tensor is kept as it is, as PyTorch's losses keep ``weight``:
-    a copy would leave learned weights behind after the optimiser's step; anything else becomes float32."""
+    a copy would leave learned weights behind after the optimiser's step (an ``nn.Parameter`` is registered as
+    a parameter, which ``.double()`` and ``.to()`` convert in place); numbers become float32, as a module's
+    buffers are (Apple's MPS has no float64); give a float64 tensor for a float64 loss's exact weights."""
     if class_weights is None:
         return None
     if isinstance(class_weights, Tensor) and class_weights.is_floating_point():
@@ -953,21 +957,26 @@ class LovaszLoss(_LossModule):
         self.include_background = include_background
         if not isinstance(classes, str):
             classes = list(classes)
-        V.check_classes(classes, 1 << 30)  # the form only; the range is checked against the input
+        V.check_classes(classes, None)  # the form only; the range is checked against the input
         self.mode = mode
         self.from_logits = V.check_flag(from_logits, "from_logits")
         self.per_image = V.check_flag(per_image, "per_image")
         self.classes = classes
         self.ignore_index = V.check_ignore(ignore_index, "ignore_index")
         self.reduction = V.check_reduction(reduction)
-        self.margin, self.symmetric = V.check_hinge_variant(margin, symmetric)
+        # (on probabilities, from_logits=False, the variants of the hinge are refused here, not at the first call)
+        self.margin, self.symmetric = V.check_hinge_variant(margin, symmetric, self.from_logits or mode == "multiclass")
         if mode == "multiclass" and (self.margin != "relu" or self.symmetric):
             raise ValueError(
                 "margin and symmetric are variants of the hinge (modes 'binary' and 'multilabel'); "
                 f"got margin={margin!r}, symmetric={symmetric} with mode='multiclass'"
             )
         self.process_group = process_group
-        self.register_buffer("class_weights", _class_weights_buffer(class_weights))
+        weights = _class_weights_buffer(class_weights)
+        if isinstance(weights, nn.Parameter):  # learned: .double() / .to() convert it in place, as a layer's
+            self.register_parameter("class_weights", weights)
+        else:
+            self.register_buffer("class_weights", weights)
 
     def forward(
         self,
@@ -1027,11 +1036,20 @@ class LovaszLoss(_LossModule):
             options = (self.per_image, self.ignore_index, self.from_logits, None, self.reduction, self.process_group)
             names = ("input", "target", "class_weights")
             return _multilabel(input, target, "all", *options, names, self.margin, self.symmetric, scenes)
+        if input.ndim < 1:
+            raise ValueError("input must be [B, *spatial] or [B, 1, *spatial] in binary mode; got a 0-d tensor")
         target = _check_labels(target, input, "target")
         given = target.shape
         if input.ndim >= 2 and input.shape[1] == 1 and input.ndim == target.ndim + 1:
             target = target.unsqueeze(1)  # [B, 1, *spatial] input with a [B, *spatial] target
-        if input.ndim < 1 or input.shape != target.shape:
+        elif target.ndim == input.ndim + (input.ndim < 2 or input.shape[1] != 1):
+            # a size-1 axis of the target's own, [B, *spatial, 1] or [B, 1, *spatial] (as lovasz_hinge takes it)
+            pixels = input.shape[:1] + input.shape[2:] if input.ndim >= 2 and input.shape[1] == 1 else input.shape
+            for axis in (1, -1):
+                if target.ndim > 1 and target.shape[axis] == 1 and target.squeeze(axis).shape == pixels:
+                    target = target.squeeze(axis).reshape(input.shape)
+                    break
+        if input.shape != target.shape:
             raise ValueError(
                 f"target must have the shape of input {V.fmt(input.shape)} in binary mode (or that shape "
                 f"without the channel dim for a [B, 1, *spatial] input); got {V.fmt(given)}"
@@ -1167,11 +1185,20 @@ class CrossEntropyLovaszLoss(_LossModule):
             process_group=process_group,
             include_background=include_background,
         )
-        self.mode, self.ignore_index = mode, self.lovasz.ignore_index
+        self.mode = mode
         self.ce_weight, self.lovasz_weight = (
             V.check_term_weight(ce_weight, "ce_weight"),
             V.check_term_weight(lovasz_weight, "lovasz_weight"),
         )
+
+    @property
+    def ignore_index(self) -> int | None:
+        """The one ``ignore_index`` of both terms (the Lovász term's: set here, it changes both)."""
+        return self.lovasz.ignore_index
+
+    @ignore_index.setter
+    def ignore_index(self, value: int | None) -> None:
+        self.lovasz.ignore_index = V.check_ignore(value, "ignore_index")
 
     def forward(
         self,
@@ -1233,6 +1260,13 @@ class CrossEntropyLovaszLoss(_LossModule):
             pixel_weight = torch.ones_like(x)
             if weights is not None and self.mode == "multilabel":
                 pixel_weight = pixel_weight * weights.to(x.device, x.dtype).view(1, -1, *([1] * (x.ndim - 2)))
+            elif weights is not None and self.mode == "multiclass":  # one channel: the target's class, 0 or 1
+                if weights.shape[0] != 2:
+                    raise ValueError(
+                        f"class_weights must have 2 entries for input {V.fmt(input.shape)} (one channel, read as "
+                        f"two classes); got {weights.shape[0]}"
+                    )
+                pixel_weight = weights.to(x.device, x.dtype)[safe.long()]
             values = F.binary_cross_entropy_with_logits(x, safe, reduction="none")
         if valid is not None:
             pixel_weight = pixel_weight * valid
