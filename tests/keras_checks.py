@@ -834,6 +834,17 @@ def test_combined_loss_of_one_channel_takes_a_binary_cross_entropy(per_image):
     expected = keras.ops.convert_to_numpy(CrossEntropyLovaszLoss("binary", **options)(y_true, y_pred))
     assert float(expected) > 0.1
     np.testing.assert_allclose(got, expected, rtol=1e-6)
+    # class_weights weigh its two classes, as the two-channel form [0, x] does (they were left out: 0.7835
+    # where 0.8144), and must be two
+    two = np.concatenate([np.zeros_like(y_pred), y_pred], -1)
+    weighted = dict(options, class_weights=[1.0, 5.0])
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(CrossEntropyLovaszLoss(**weighted)(y_true, y_pred)),
+        keras.ops.convert_to_numpy(CrossEntropyLovaszLoss(**weighted)(y_true, two)),
+        rtol=1e-5,
+    )
+    with pytest.raises(ValueError, match=r"weights must have shape \[2\] \(one weight per class\); got \[3\]"):
+        CrossEntropyLovaszLoss(**dict(options, class_weights=[1.0, 2.0, 3.0]))(y_true, y_pred)
 
 
 @pytest.mark.parametrize("name", ["per_image", "from_logits", "include_background", "global_batch", "scenes_in_labels"])

@@ -1380,6 +1380,10 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
                 shape = [1] * rank
                 shape[axis] = len(class_weights)
                 weight = weight * ops.reshape(ops.convert_to_tensor(class_weights, pixel.dtype), shape)
+            elif class_weights is not None and self.mode == "multiclass":  # one channel: the two classes' weights
+                V.check_weights_shape((len(class_weights),), 2)
+                classes = ops.cast(target, "int32")
+                weight = weight * ops.take(ops.convert_to_tensor(class_weights, pixel.dtype), classes)
         if self.lovasz.per_image and not points:
             axes = tuple(range(1, len(weight.shape)))
             return ops.divide_no_nan(ops.sum(pixel * weight, axis=axes), ops.sum(weight, axis=axes))
