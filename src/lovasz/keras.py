@@ -285,7 +285,7 @@ def _unmasked(x: Tensor) -> Tensor:
         return x.view_as(x)
     import jax.numpy as jnp
 
-    return jnp.positive(x)  # a JAX array takes no attribute: Keras keys its mask by the array's id
+    return jnp.array(x, copy=True)  # Keras keys a JAX mask by the array's id (jit: jnp.positive(x) is x)
 
 
 # ----------------------------------------------------------------------------- several replicas (tf.distribute)
