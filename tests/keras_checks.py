@@ -180,8 +180,15 @@ def test_bad_arguments_name_themselves():
         LovaszSoftmaxLoss(classes="some")
     with pytest.raises(TypeError, match="ignore_class"):
         LovaszHingeLoss(ignore_class="void")
-    with pytest.raises(ValueError, match="labels must have shape"):
+    with pytest.raises(
+        ValueError, match=r"y_true must have shape \[2, 5, 4\] to match y_pred \[2, 5, 4, 3\] \(channels-last"
+    ):
         LovaszSoftmaxLoss()(np.zeros((2, 4, 4)), np.zeros((2, 5, 4, 3), "float32"))
+    # in the user's layout on every backend (torch's named the channels-first [2, 3, 5, 4] it was handed)
+    with pytest.raises(
+        ValueError, match=r"^y_true must have the shape of y_pred \[2, 5, 4, 3\] .*; got \[2, 5, 4, 2\]$"
+    ):
+        LovaszMultilabelLoss()(np.zeros((2, 5, 4, 2)), np.zeros((2, 5, 4, 3), "float32"))
 
 
 def test_cross_entropy_lovasz_is_the_weighted_sum_ignoring_the_same_pixels():

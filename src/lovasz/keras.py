@@ -515,6 +515,18 @@ def _scene_losses(
     return losses, torch.bincount(scene, minlength=num_scenes)
 
 
+def _check_layout(function: str, y_pred: Tensor, labels: Tensor, axis: int) -> None:
+    """``labels`` against ``y_pred`` (its class axis at ``axis``) in Keras' names and layout: lovasz.torch, which
+    the torch backend hands channels-first tensors, named the moved shapes in its messages."""
+    pred_shape, label_shape = tuple(y_pred.shape), tuple(labels.shape)
+    if function == "lovasz_softmax":
+        V.softmax_layout(pred_shape, label_shape, axis, ("y_pred", "y_true"))
+    elif not V.compatible(label_shape, pred_shape):
+        raise ValueError(
+            f"y_true must have the shape of y_pred {list(pred_shape)} (0/1 per channel); got {list(label_shape)}"
+        )
+
+
 def _reduce_scenes(losses: Tensor, counts: Tensor, reduction: str | None) -> Tensor:
     """Keras' ``reduction`` over the scenes: ``[S]`` unreduced, their sum, or the mean over the scenes
     that have points (a static ``num_scenes`` may exceed a batch's scenes: the absent ones don't count)."""
@@ -695,6 +707,8 @@ class _LovaszLoss(keras.losses.Loss):
         backend, module = _functions()
         if channels_last is None:
             channels_last = self.data_format == "channels_last"
+        if channels:  # the shapes as the user gave them, before a backend moves the class axis
+            _check_layout(function, y_pred, labels, -1 if channels_last else 1)
         if not channels:
             pass
         elif backend == "torch" and channels_last and y_pred.ndim >= 2:  # (rank 1: lovasz.torch names the shape)
