@@ -673,6 +673,17 @@ def test_schedule_by_batch_counts_the_optimizers_steps(tmp_path):
     loaded = keras.models.load_model(tmp_path / "model.keras")
     loaded.fit(x, y, batch_size=2, verbose=0, callbacks=[LovaszScheduleCallback(schedule, by="batch"), Record()])
     assert seen == [schedule.weights(t)[1] for t in range(4, 8)]
+
+    class Restore(keras.callbacks.Callback):  # as BackupAndRestore, after the schedule in the list, restores it
+        def on_train_begin(self, logs=None):
+            self.model.optimizer.iterations.assign(4)
+
+    seen.clear()  # (the first resumed epoch ran on the weights of step 0)
+    model = frozen_model(CrossEntropyLovaszLoss())
+    model.fit(
+        x, y, batch_size=2, verbose=0, callbacks=[LovaszScheduleCallback(schedule, by="batch"), Restore(), Record()]
+    )
+    assert seen == [schedule.weights(t)[1] for t in range(4, 8)]
     if keras.backend.backend() == "torch":
         return  # (one step per call)
     import tensorflow as tf

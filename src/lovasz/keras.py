@@ -1526,6 +1526,8 @@ class LovaszScheduleCallback(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self.by == "epoch":
             self._apply(epoch)
+        else:  # (read again: a callback after this one, BackupAndRestore, may restore the optimizer's state)
+            self._step = self._optimizer_steps(self._step)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         """The steps counted in the epoch's calls are the optimizer's, except where the data's length is unknown
