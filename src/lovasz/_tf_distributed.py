@@ -77,18 +77,8 @@ def gather_set(
     if valid is not None:
         codes = tf.where(valid, codes, tf.constant(IGNORED, tf.uint8))
     words = _packed(_points_first(codes, channels_last), classes)
-    size = tf.shape(points)[0]
-    # Every replica's point count first, so that the shards can be padded to one shape: an all-gather
-    # of equal shapes is what every strategy takes (TPUStrategy takes no other).
-    most = tf.reduce_max(context.all_gather(size[None], axis=0))
-    padding = [[0, most - size], [0, 0]]
-    sent_points = tf.pad(tf.stop_gradient(points), padding)
-    sent_words = tf.pad(words, padding, constant_values=_IGNORED_WORD)
-    all_points, all_words = context.all_gather([sent_points, sent_words], axis=0)
+    all_points, (all_words,) = gather_points(points, [words], [_IGNORED_WORD], context)  # padding: ignored
     all_codes = _unpacked(all_words, classes)
-    # Own points: the differentiable ones, in their place (the padding after them stays gathered, ignored).
-    start = tf.cast(context.replica_id_in_sync_group, tf.int32) * most
-    all_points = tf.concat([all_points[:start], points, all_points[start + size :]], axis=0)
     return all_points[None], (all_codes == FOREGROUND)[None], (all_codes != IGNORED)[None]
 
 
@@ -99,6 +89,8 @@ def gather_points(
     points carry gradient, and ``others`` (labels, scene indices), each shard padded to the largest with its
     ``fills`` value (a scene index of -1: no scene). A scene split across replicas is one scene again."""
     size = tf.shape(pred)[0]
+    # Every replica's point count first, so that the shards can be padded to one shape: an all-gather
+    # of equal shapes is what every strategy takes (TPUStrategy takes no other).
     most = tf.reduce_max(context.all_gather(size[None], axis=0))
 
     def padded(x: tf.Tensor, fill: float) -> tf.Tensor:
@@ -106,6 +98,7 @@ def gather_points(
 
     sent = [padded(tf.stop_gradient(pred), 0)] + [padded(x, fill) for x, fill in zip(others, fills)]
     gathered = context.all_gather(sent, axis=0)
+    # Own points: the differentiable ones, in their place (the padding after them stays gathered).
     start = tf.cast(context.replica_id_in_sync_group, tf.int32) * most
     own = tf.concat([gathered[0][:start], pred, gathered[0][start + size :]], axis=0)
     return own, gathered[1:]

@@ -665,12 +665,14 @@ class _LovaszLoss(keras.losses.Loss):
     def _without(self, points: Tensor | None) -> _LovaszLoss:
         """This loss, or a copy that leaves out the points where ``points`` (a mask) is False, as a Keras mask
         does (and with it)."""
-        if points is None:
-            return self
+        return self if points is None else self._with_mask(self._mask_and(points))
+
+    def _mask_and(self, points: Tensor) -> Tensor:
+        """The points ``[N]`` that both ``points`` and this loss's Keras mask (if any) keep."""
         if self._mask is None:
-            return self._with_mask(points)
+            return points
         mask = ops.cast(self._mask, "bool")  # [N], or [N, 1] for y_pred's size-1 channel axis
-        return self._with_mask(ops.logical_and(ops.reshape(mask, [-1]) if len(mask.shape) == 2 else mask, points))
+        return ops.logical_and(ops.reshape(mask, [-1]) if len(mask.shape) == 2 else mask, points)
 
     def _points(self, labels: Tensor, y_pred: Tensor, scene: Tensor) -> Tensor:
         """The loss of points ``y_pred [N, C]`` (``[N]`` / ``[N, 1]`` for the hinge) of the scenes ``scene [N]``."""
@@ -1336,7 +1338,7 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
         if self.lovasz.scenes_in_labels:
             y_true, scene, in_scene = self.lovasz._split_scenes(y_true, y_pred)
             if in_scene is not None:  # both terms leave out the points of no scene
-                loss = self._with_mask(self.lovasz._without(in_scene)._mask)
+                loss = self._with_mask(self.lovasz._mask_and(in_scene))
         elif self.mode == "multiclass":
             y_true = self.lovasz._labels(y_true, y_pred)  # one-hot as class indices, for both terms
         return loss._sum_of_terms(y_true, y_pred, scene)

@@ -1040,15 +1040,12 @@ class LovaszLoss(_LossModule):
             raise ValueError("input must be [B, *spatial] or [B, 1, *spatial] in binary mode; got a 0-d tensor")
         target = _check_labels(target, input, "target")
         given = target.shape
-        if input.ndim >= 2 and input.shape[1] == 1 and input.ndim == target.ndim + 1:
-            target = target.unsqueeze(1)  # [B, 1, *spatial] input with a [B, *spatial] target
-        elif target.ndim == input.ndim + (input.ndim < 2 or input.shape[1] != 1):
-            # a size-1 axis of the target's own, [B, *spatial, 1] or [B, 1, *spatial] (as lovasz_hinge takes it)
-            pixels = input.shape[:1] + input.shape[2:] if input.ndim >= 2 and input.shape[1] == 1 else input.shape
-            for axis in (1, -1):
-                if target.ndim > 1 and target.shape[axis] == 1 and target.squeeze(axis).shape == pixels:
-                    target = target.squeeze(axis).reshape(input.shape)
-                    break
+        # [B, *spatial] pixels, also for a [B, 1, *spatial] input; a size-1 axis of the target's own (as
+        # lovasz_hinge takes it, [B, *spatial, 1] or [B, 1, *spatial]) is dropped
+        pixels = tuple(input.shape[:1] + input.shape[2:] if input.ndim >= 2 and input.shape[1] == 1 else input.shape)
+        target = _drop_label_axis(target, [tuple(input.shape), pixels])
+        if tuple(target.shape) == pixels:
+            target = target.reshape(input.shape)
         if input.shape != target.shape:
             raise ValueError(
                 f"target must have the shape of input {V.fmt(input.shape)} in binary mode (or that shape "
