@@ -762,6 +762,12 @@ def test_a_model_trained_on_a_schedule_saves_and_loads(tmp_path):
     assert type(loaded.loss) is CrossEntropyLovaszLoss and loaded.loss.get_config() == loss.get_config()
     assert [w.shape for w in loaded.weights] == [w.shape for w in model.weights]  # the weights are no model state
     np.testing.assert_allclose(loaded.evaluate(x, y, verbose=0), model.evaluate(x, y, verbose=0), rtol=1e-5)
+    # The old loss given to a schedule for the reloaded model drove a loss the model no longer used, silently
+    restart = LovaszSchedule(warmup=1)
+    with pytest.raises(ValueError, match=r"is not the loss this model is compiled with.*loss=model.loss"):
+        loaded.fit(x, y, epochs=1, verbose=0, callbacks=[LovaszScheduleCallback(restart, loss)])
+    loaded.fit(x, y, epochs=1, verbose=0, callbacks=[LovaszScheduleCallback(restart, loaded.loss)])
+    assert (loaded.loss.ce_weight, loaded.loss.lovasz_weight) == (1.0, 0.0)
     loss.ce_weight = 0.25  # the attribute and its variable move together
     assert float(keras.ops.convert_to_numpy(loss._variables[0])) == 0.25 and loss.get_config()["ce_weight"] == 0.25
     with pytest.raises(ValueError, match=r"^ce_weight must be a finite non-negative number; got 'high' of type str"):

@@ -1484,7 +1484,21 @@ class LovaszScheduleCallback(keras.callbacks.Callback):
             )
         return loss
 
+    def _check_loss_is_compiled(self) -> None:
+        """A ``loss=`` that the model is not compiled with, where it is compiled with another of ours, is a copy
+        (``load_model`` makes one, with the weights saved): scheduling it would change nothing the model trains on."""
+        compiled = getattr(self.model, "loss", None)
+        leaves = [] if compiled is None or isinstance(compiled, str) else keras.tree.flatten(compiled)
+        ours = [leaf for leaf in leaves if isinstance(leaf, CrossEntropyLovaszLoss)]
+        if self.loss is not None and ours and not any(leaf is self.loss for leaf in ours):
+            raise ValueError(
+                "LovaszScheduleCallback(loss=...) is not the loss this model is compiled with, but the model's "
+                "is another CrossEntropyLovaszLoss (a model reloaded with load_model has its own copy): the "
+                "schedule would change a loss the model does not use. Pass loss=model.loss, or leave loss out"
+            )
+
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self._check_loss_is_compiled()
         loss = self._target()
         if keras.backend.backend() == "jax":
             _track(self.model, loss._term_weights())
@@ -1540,7 +1554,7 @@ class LovaszScheduleCallback(keras.callbacks.Callback):
     def _optimizer_steps(self, otherwise: int) -> int:
         """The model's optimizer's step count (on JAX synced at the epoch's end, not in it), or ``otherwise``."""
         iterations = getattr(getattr(self.model, "optimizer", None), "iterations", None)
-        return otherwise if iterations is None else int(ops.convert_to_numpy(iterations))
+        return otherwise if iterations is None else int(iterations)  # (a variable of one integer)
 
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if self.by == "batch":
