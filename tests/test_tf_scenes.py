@@ -6,6 +6,7 @@ loss of each scene; on every path (the C kernel eagerly and in tf.function, XLA'
 with empty and all-ignored scenes, dynamic shapes, and the errors.
 """
 
+import functools
 import itertools
 
 import numpy as np
@@ -523,6 +524,28 @@ def test_bad_row_splits_under_xla_make_the_loss_nan(splits):
         assert np.isnan(value.numpy()) and np.isnan(tape.gradient(value, pred).numpy()).any()
         good = tf.constant([0, 1, 4], tf.int64)
         np.testing.assert_allclose(xla(pred, lab, good), loss(pred, lab, per_image=True, row_splits=good), rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["softmax", "hinge", "multilabel"])
+@pytest.mark.parametrize("per_image", [False, True])
+def test_row_splits_of_no_scene_for_points(kind, per_image):
+    """row_splits [0] for points: a ValueError where the number of points is known when traced; under XLA with
+    shapes left to the run the loss is NaN, where XLA failed to compile (a sum into no segment, a gather of no
+    scene) or aborted the process (no scene known when traced)."""
+    x, labels = tf.random.uniform((4, 3)), tf.constant([0, 1, 2, 0])
+    pred, lab = {"softmax": (x, labels), "hinge": (x[:, 0], labels % 2), "multilabel": (x, tf.one_hot(labels, 3))}[kind]
+    loss = functools.partial(getattr(LT, f"lovasz_{kind}"), per_image=per_image)
+    for jit in (False, True):
+        with pytest.raises(ValueError, match=r"row_splits must end at 4, the number of points of \w+; got \[0\]"):
+            tf.function(lambda p, t: loss(p, t, row_splits=tf.constant([0], tf.int64)), jit_compile=jit)(pred, lab)
+    for splits_shape in ([None], [1]):
+        spec = [tf.TensorSpec([None, *pred.shape[1:]]), tf.TensorSpec([None, *lab.shape[1:]], lab.dtype)]
+        xla = tf.function(
+            lambda p, t, s: loss(p, t, row_splits=s), [*spec, tf.TensorSpec(splits_shape, tf.int64)], jit_compile=True
+        )
+        assert np.isnan(xla(pred, lab, tf.constant([0], tf.int64)).numpy())
+        no_point = xla(pred[:0], lab[:0], tf.constant([0], tf.int64)).numpy()  # no scene of no point: 0
+        assert no_point == 0
 
 
 def test_bad_shapes_and_arguments_raise_clear_errors():

@@ -54,7 +54,7 @@ def _scene_jaccard_steps(
     at_splits = tf.gather(running, splits, axis=1)  # [K, S + 1]
     gts_scene = at_splits[:, 1:] - at_splits[:, :-1]
     fg_cum = running[:, 1:] - tf.gather(at_splits, scene, axis=1)  # foreground among the scene's first k
-    gts = tf.gather(gts_scene, scene, axis=1)
+    gts = tf.gather(tf.pad(gts_scene, [[0, 0], [0, 1]]), scene, axis=1)  # (padded: no scene, for XLA's bad splits)
     k = tf.range(1, tf.shape(fg_sorted)[-1] + 1) - tf.cast(tf.gather(splits, scene), tf.int32)  # from 1 in a scene
     intersection = tf.cast(gts - fg_cum, dtype)
     union = tf.cast(gts + k - fg_cum, dtype)
@@ -66,8 +66,9 @@ def _scene_jaccard_steps(
 def _scene_sums(values: tf.Tensor, scene: tf.Tensor, num_scenes: int | tf.Tensor) -> tf.Tensor:
     """Sums ``[S, K]`` of each scene's points in ``values [K, N]``, accumulated in float64 (a scene's
     sum of many float32 terms stays as exact as the dense loss's)."""
-    sums = tf.math.unsorted_segment_sum(tf.transpose(tf.cast(values, tf.float64)), scene, num_scenes)
-    return tf.cast(sums, values.dtype)
+    # one more segment, dropped: XLA fails to compile a sum into no segment (row_splits [0], under XLA's NaN)
+    sums = tf.math.unsorted_segment_sum(tf.transpose(tf.cast(values, tf.float64)), scene, num_scenes + 1)
+    return tf.cast(sums[:-1], values.dtype)
 
 
 def _scene_sorted_rows(
@@ -372,6 +373,9 @@ def scene_losses(
     pred, fg = tf.squeeze(pred, 0), tf.squeeze(fg, 0)  # (x[0]'s gradient would copy)
     valid = None if valid is None else tf.squeeze(valid, 0)
     rows = tf.transpose if channels_last else tf.identity  # [K, N]: a class's row of every point
+    if splits.shape[0] == 1:  # no scene (so no point, or bad splits: NaN under XLA, whose compile of a sort failed)
+        num_rows = tf.shape(pred)[-1 if channels_last else 0]
+        return tf.zeros([0, num_rows], pred.dtype) + tf.reduce_sum(pred) * 0, tf.zeros([0, num_rows], tf.bool)
 
     def sort() -> tuple[tf.Tensor, tf.Tensor]:
         return _scene_sorted_losses(rows(pred), rows(fg), None if valid is None else rows(valid), hinge, splits)

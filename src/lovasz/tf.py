@@ -277,6 +277,8 @@ def _check_row_splits(
     if splits.shape.rank != 1 or splits.shape[0] == 0:
         raise ValueError(f"row_splits must be {what}; got shape {splits.shape.as_list()}")
     splits = tf.cast(splits, tf.int64)
+    if splits.shape[0] == 1 and isinstance(num_points, int) and num_points > 0:  # (known when traced: XLA failed)
+        raise ValueError(f"row_splits must end at {num_points}, the number of points of {pname}; got [0] (no scene)")
     if tf.executing_eagerly():
         values, n = splits.numpy(), int(num_points)
         if values[0] != 0:
