@@ -276,6 +276,35 @@ def test_second_derivative_equals_the_original():
         torch.testing.assert_close(hvp(ours), expected, rtol=1e-4, atol=1e-6)
 
 
+def test_second_derivative_in_the_loss_input_itself_is_zero_as_the_originals():
+    """The gradient in the prediction is piecewise constant: differentiated again (a gradient penalty) it gives
+    zeros, as the original's graph does; it raised PyTorch's 'element 0 of tensors does not require grad'."""
+    x, y, _ = _inputs()
+    mask = (y == 1).long()
+    points = x.permute(0, 2, 3, 1).reshape(-1, 3)
+    offsets = dev(torch.tensor([25, 60]))
+    losses = [
+        (lambda a: L.lovasz_softmax(a, y, per_image=True), x.softmax(1)),
+        (lambda a: L.lovasz_hinge(a, mask), x[:, 0]),
+        (lambda a: L.lovasz_multilabel(a, mask[:, None].expand(-1, 3, -1, -1)), x),
+        (lambda a: L.lovasz_softmax(a, y.reshape(-1), per_image=True, offsets=offsets), points.softmax(1)),
+        (lambda a: L.lovasz_hinge(a, mask, per_image=True), torch.where(mask.bool(), x[:, 0], float("inf"))),
+    ]
+    for fn, value in losses:
+        a = value.clone().requires_grad_()
+        loss = fn(a)
+        (g,) = torch.autograd.grad(loss, a, create_graph=True)
+        (first,) = torch.autograd.grad(fn(a), a)
+        torch.testing.assert_close(g.detach(), first)
+        g.pow(2).sum().backward()
+        assert torch.equal(a.grad, torch.zeros_like(a))
+    if ORIGINAL is not None:
+        a = x.float().softmax(1).requires_grad_()  # (its copy in segmentation-models-pytorch: float32 only)
+        (g,) = torch.autograd.grad(ORIGINAL._lovasz_softmax(a, y, per_image=True), a, create_graph=True)
+        g.pow(2).sum().backward()
+        assert torch.equal(a.grad, torch.zeros_like(a))
+
+
 def test_second_derivative_with_the_softmax_inside_is_a_clear_error():
     x, y, _ = _inputs()
     a = x.clone().requires_grad_()

@@ -640,14 +640,19 @@ _NO_GRADS = (None,) * (len(OP_ARGS) - 1)  # the gradients of every argument afte
 
 def _setup_context(ctx, inputs, output):
     ctx.softmax, ctx.need_grad = inputs[_ARG["softmax"]], inputs[_ARG["need_grad"]]
-    ctx.mark_non_differentiable(*output[1:])
+    # The gradient is an output that autograd differentiates (to zero, see _backward), so that with
+    # create_graph the gradient returned from it hangs on the prediction: a gradient penalty of the
+    # loss's input differentiates to zeros, as the original's graph does (nothing more is saved).
+    ctx.mark_non_differentiable(*output[2:])
     ctx.save_for_backward(output[1], inputs[_ARG["ends"]])  # the gradient, and the scenes' ends (or None)
-    ctx.set_materialize_grads(False)  # the gradient output gets no gradient: don't fill zeros for it
+    ctx.set_materialize_grads(False)  # most outputs get no gradient: don't fill zeros for them
 
 
-def _backward(ctx, grad_per_set, *_):
-    if grad_per_set is None or not ctx.needs_input_grad[0]:  # (the class weights' gradient: see lovasz_sets)
+def _backward(ctx, grad_per_set, grad_of_grad, *_):
+    if not ctx.needs_input_grad[0]:  # (the class weights' gradient: see lovasz_sets)
         return (None,) + _NO_GRADS
+    if grad_per_set is None:  # the gradient output's alone (a second derivative): piecewise constant, so zeros
+        return (None if grad_of_grad is None else torch.zeros_like(ctx.saved_tensors[0]),) + _NO_GRADS
     if not ctx.need_grad:
         raise RuntimeError(
             "lovasz_loss was called with need_grad=False but a gradient was requested: the prediction did not "
@@ -725,8 +730,14 @@ class _LovaszSets(torch.autograd.Function):
             raise RuntimeError("lovasz_loss was called with need_grad=False but a tangent was given")
         grad, ends = ctx.saved_tensors
         if ends is not None:  # [1, C, N]: each scene's run of points
-            return scene_sums((grad * pred_tangent).sum(1)[0], ends), None, None, None
-        return (grad * pred_tangent).reshape(ctx.num_sets, -1).sum(1), None, None, None
+            return scene_sums((grad * pred_tangent).sum(1)[0], ends), _no_tangent(grad), None, None
+        return (grad * pred_tangent).reshape(ctx.num_sets, -1).sum(1), _no_tangent(grad), None, None
+
+
+def _no_tangent(grad: Tensor) -> Tensor:
+    """The gradient output's tangent: zero (the gradient is piecewise constant). Forward mode needs one, the output
+    being differentiable (see _setup_context), in its layout (an expanded zero fails where it is a view)."""
+    return torch.zeros_like(grad)
 
 
 def lovasz_sets(
