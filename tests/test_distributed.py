@@ -147,6 +147,18 @@ def _rank_main(rank: int, init_file: str):
         own = IoUMeter(4, ignore_index=255, sync=False)
         own.update(pred[mine], labels[mine])
         assert own.compute()["pixel_accuracy"] != a["pixel_accuracy"] or rank == 0
+        # A rank with no batch adds no count (it raised before the sum, and the others waited for it); ranks
+        # of other class counts raise on every rank (gloo aborted the process); no update anywhere raises.
+        idle = IoUMeter(4, ignore_index=255)
+        if rank == 0:
+            idle.update(pred, labels)
+        assert abs(idle.compute()["dataset_miou"] - a["dataset_miou"]) < 1e-12
+        with pytest.raises(RuntimeError, match="before any update"):
+            IoUMeter(4).compute()
+        other = IoUMeter(4 + rank)
+        other.update(pred[mine], labels[mine])
+        with pytest.raises(ValueError, match="count different numbers of classes .num_classes from 4 to 5."):
+            other.compute()
         _done_together()
     finally:
         dist.destroy_process_group()

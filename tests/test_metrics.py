@@ -524,3 +524,61 @@ def test_bfloat16_class_maps_of_tf_and_jax_are_counted():
     meter = M.IoUMeter(3)
     meter.update(jnp.asarray(pred, jnp.bfloat16), target)
     assert meter.compute()["dataset_miou"] == expected
+
+
+@pytest.mark.parametrize(
+    ("torch_dtype", "numpy_dtype", "c"), [(torch.bfloat16, None, 301), (torch.float16, np.float16, 2049)]
+)
+def test_a_value_above_the_classes_of_a_half_precision_map_is_in_no_class(torch_dtype, numpy_dtype, c):
+    """Values above C - 1 were clamped to C in the map's own dtype, where C rounds to C - 1 (301 in bfloat16,
+    2049 in float16): a real class, silently counted (IoU 1.0 where 0.5)."""
+    target, pred = [[c - 1, 4 * c]], [[c - 1, c - 1]]  # class C - 1: intersection 1, union 2
+    for kind, dtype in (("torch", torch_dtype), ("numpy", numpy_dtype)):
+        if dtype is None:
+            continue
+        make = (
+            functools.partial(torch.tensor, dtype=dtype)
+            if kind == "torch"
+            else functools.partial(np.array, dtype=dtype)
+        )
+        for p, t in ((make(pred), make(target)), (make(pred), np.array(target)), (np.array(pred), make(target))):
+            assert float(M.iou_per_class(p, t, c)[c - 1]) == 0.5, (kind, dtype, type(p), type(t))
+
+
+def test_maps_of_the_two_kinds_side_by_side():
+    """A torch map beside a NumPy one went through the other library as it was: a flipped NumPy view, a string
+    array, a bfloat16 or grad-requiring tensor raised NumPy's or torch's own errors."""
+    pred, target = np.array([[0, 1, 2, 2]]), np.array([[2, 1, 1, 0]])[:, ::-1]
+    expected = M.dataset_miou(pred, target, 3)
+    assert float(M.dataset_miou(torch.tensor(pred), target, 3)) == pytest.approx(expected)
+    assert M.dataset_miou(pred, torch.tensor(target.copy(), dtype=torch.bfloat16), 3) == pytest.approx(expected)
+    grad = torch.tensor(target.copy(), dtype=torch.float32, requires_grad=True)
+    assert M.dataset_miou(pred, grad, 3) == pytest.approx(expected)
+    with pytest.raises(ValueError, match=r"target must hold class indices .*; got dtype <U1"):
+        M.dataset_miou(torch.tensor(pred), np.array([["a", "b", "c", "d"]]), 3)
+    assert M.iou(torch.tensor(pred), torch.tensor(target.copy()), 3).tolist() == M.iou(pred, target, 3).tolist()
+
+
+def test_tensor_subclasses_are_tensors():
+    """MONAI's MetaTensor (a torch.Tensor subclass from another package) was read as NumPy: copied to the host,
+    with a NumPy result where the docs promise a tensor on the input's device."""
+
+    class MetaTensor(torch.Tensor):
+        __module__ = "monai.data.meta_tensor"
+
+    pred, target = torch.tensor([[0, 1, 2, 2]]), torch.tensor([[0, 1, 1, 2]])
+    got = M.dataset_miou(pred.as_subclass(MetaTensor), target.as_subclass(MetaTensor), 3)
+    assert isinstance(got, torch.Tensor) and float(got) == pytest.approx(float(M.dataset_miou(pred, target, 3)))
+    meter = M.IoUMeter(3)
+    meter.update(pred.as_subclass(MetaTensor), target)
+    assert isinstance(meter.compute()["per_class"], torch.Tensor)
+
+
+def test_an_ignore_value_too_large_for_float16_ignores_nothing_without_a_warning():
+    import warnings
+
+    target = np.array([[0, 1, 1, 2]], np.float16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # NumPy's "overflow encountered in cast"
+        got = M.dataset_miou(target, target, 3, ignore_index=10**6)
+    assert got == 1.0

@@ -48,7 +48,8 @@ Array = Union[np.ndarray, "torch.Tensor"]
 
 
 def _is_torch(x: object) -> TypeGuard[torch.Tensor]:
-    return type(x).__module__.startswith("torch")
+    torch = sys.modules.get("torch")  # (not imported: no tensor either)
+    return torch is not None and isinstance(x, torch.Tensor)  # subclasses too: MONAI's MetaTensor
 
 
 @overload
@@ -128,8 +129,13 @@ def _histogram(
     _check_dense(target, "target")
     if not _is_torch(pred):  # nested lists too
         pred = _as_numpy(pred)
-    if not _is_torch(target):
+    if not _is_torch(target) or not _is_torch(pred):  # (one kind for both: the prediction's)
         target = _as_numpy(target)
+    for name, x in (("pred", pred), ("target", target)):
+        if not _is_index_dtype(x):
+            raise ValueError(
+                f"{name} must hold class indices (integers, bools or whole-number floats); got dtype {x.dtype}"
+            )
     if tuple(pred.shape) != tuple(target.shape) or len(pred.shape) < 1:
         raise ValueError(
             f"pred and target must both have shape [B, *spatial]; got {list(pred.shape)} and {list(target.shape)}"
@@ -148,18 +154,14 @@ def _histogram(
         import torch
 
         p = pred.reshape(batch, pixels)
-        t = torch.as_tensor(target, device=pred.device).reshape(batch, pixels)
+        t = target if _is_torch(target) else torch.as_tensor(np.ascontiguousarray(target))  # (a flipped view)
+        t = t.to(pred.device).reshape(batch, pixels)
         block = _HOST_BLOCK if p.device.type == "cpu" else _DEVICE_BLOCK
         total = torch.zeros((batch if per_image else 1) * bins, dtype=torch.int64, device=p.device)
     else:
-        p, t = np.asarray(pred).reshape(batch, pixels), np.asarray(target).reshape(batch, pixels)
+        p, t = pred.reshape(batch, pixels), target.reshape(batch, pixels)
         block = _HOST_BLOCK
         total = np.zeros((batch if per_image else 1) * bins, dtype=np.int64)
-    for name, x in (("pred", p), ("target", t)):
-        if not _is_index_dtype(x):
-            raise ValueError(
-                f"{name} must hold class indices (integers, bools or whole-number floats); got dtype {x.dtype}"
-            )
     ignored = None if ignore_index is None else _ignore_value(t, ignore_index)
     rows = max(1, block // max(pixels, 1))  # whole images per block when they fit, else pieces of one image
     cols = max(1, min(pixels, block))  # 1: no block at all when the images are empty
@@ -210,8 +212,9 @@ def _ignore_value(target: Any, ignore_index: int) -> Any:
             return ignore_index if ignore_index in (0, 1) else None
         if target.dtype.kind == "f":
             try:
-                held = np.array(float(ignore_index)).astype(target.dtype)
-            except OverflowError:
+                with np.errstate(over="ignore"):  # (too large for the dtype: inf, which equals no ignore_index)
+                    held = np.array(float(ignore_index)).astype(target.dtype)
+            except OverflowError:  # (too large for a Python float)
                 return None
             return held if float(held) == ignore_index else None
         info = np.iinfo(target.dtype)
@@ -219,7 +222,11 @@ def _ignore_value(target: Any, ignore_index: int) -> Any:
 
 
 def _as_numpy(x: Any) -> np.ndarray:
-    """``x`` as a NumPy array; bfloat16 (TF's and JAX's, an ml_dtypes type: kind 'V' to NumPy) as float32."""
+    """``x`` as a NumPy array; bfloat16 (TF's and JAX's, an ml_dtypes type: kind 'V' to NumPy; torch's) as float32."""
+    if _is_torch(x):  # (beside NumPy: copied to the host)
+        x = x.detach().cpu()
+        x = x.float() if x.dtype == sys.modules["torch"].bfloat16 else x
+        return x.numpy()
     x = np.asarray(x)
     return x.astype(np.float32) if x.dtype.kind == "V" and "float" in x.dtype.name else x
 
@@ -235,11 +242,11 @@ def _codes(x: Any, c: int) -> Any:
     if _is_torch(x):
         import torch
 
-        if x.is_floating_point():
-            return torch.where(x.floor() == x, x.clamp(-1, c), -1).long()  # NaN and 2.5 are in no class
+        if x.is_floating_point():  # clamped in float64: C itself may round to C - 1 in half precision
+            return torch.where(x.floor() == x, x.double().clamp(-1, c), -1).long()  # NaN and 2.5 are in no class
         return x.to(torch.int64, copy=True).clamp_(-1, c)
     if x.dtype.kind == "f":
-        return np.where(np.floor(x) == x, np.clip(x, -1, c), -1).astype(np.int64)
+        return np.where(np.floor(x) == x, np.clip(x.astype(np.float64), -1, c), -1).astype(np.int64)
     codes = x.astype(np.int64)  # uint64 above 2**63 wraps to a negative value: in no class either way
     return np.clip(codes, -1, c, out=codes)
 
@@ -474,29 +481,48 @@ class IoUMeter:
         batch = _float64_vector(counts + scalars, like=image_class)
         self.state = batch if self.state is None else self.state + _like(batch, self.state)
 
-    def _synced(self, state: Array) -> Array:
-        """The counts of every rank (``torch.distributed``), whatever kind the batches came as: NumPy counts go
-        through a tensor on the group's device (a GPU for NCCL) and come back as NumPy."""
-        torch = sys.modules.get("torch")  # not imported: no process group either
-        if not self.sync or torch is None:
-            return state
+    def _syncs(self) -> bool:
+        """Whether ``compute()`` sums the counts of the ranks of a ``torch.distributed`` process group."""
+        if not self.sync or "torch" not in sys.modules:  # torch not imported: no process group either
+            return False
         import torch.distributed as dist
 
-        if not (dist.is_available() and dist.is_initialized()):
-            return state
-        if _is_torch(state):
-            total = state.clone()
-        else:
-            on_gpu = dist.get_backend(self.process_group) == "nccl"
-            total = torch.as_tensor(state, device=f"cuda:{torch.cuda.current_device()}" if on_gpu else "cpu").clone()
+        return dist.is_available() and dist.is_initialized()
+
+    def _synced(self, state: Array | None) -> Array:
+        """The counts of every rank, whatever kind the batches came as: they go through a tensor on the group's
+        device (a GPU for NCCL, CPU counts too) and come back in their own kind and device; a rank with no
+        update adds zeros. The ranks' class counts are compared first: vectors of different lengths would
+        fail inside the collective (gloo aborts the process) or hang."""
+        import torch
+        import torch.distributed as dist
+
+        device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend(self.process_group) == "nccl" else "cpu"
+        updated, state = state is not None, np.zeros(4 * self.num_classes + 4) if state is None else state
+        length = torch.tensor([state.shape[0], -state.shape[0], updated], dtype=torch.int64, device=device)
+        dist.all_reduce(length, op=dist.ReduceOp.MAX, group=self.process_group)
+        if not length[2]:  # (the same answers on every rank: each raises)
+            raise RuntimeError("IoUMeter.compute() called before any update() on any rank of the process group")
+        if length[0] != -length[1]:
+            classes = sorted({(int(length[0]) - 4) // 4, (-int(length[1]) - 4) // 4})
+            raise ValueError(
+                f"IoUMeter: the ranks of the process group count different numbers of classes (num_classes "
+                f"from {classes[0]} to {classes[1]}); every rank's meter must have the same num_classes"
+            )
+        total = torch.as_tensor(state, dtype=torch.float64).to(device, copy=True)
         dist.all_reduce(total, group=self.process_group)
-        return total if _is_torch(state) else total.cpu().numpy()
+        return total.to(state.device) if _is_torch(state) else total.cpu().numpy()
 
     def compute(self) -> dict[str, Any]:
-        """``dataset_miou``, ``per_image_miou``, ``per_class_image_miou``, ``pixel_accuracy`` and ``per_class`` IoU."""
-        if self.state is None:
+        """``dataset_miou``, ``per_image_miou``, ``per_class_image_miou``, ``pixel_accuracy`` and ``per_class`` IoU.
+
+        Under ``torch.distributed`` a rank that had no batch adds no count (and takes part in the sum)."""
+        if self._syncs():
+            state = self._synced(self.state)
+        elif self.state is None:
             raise RuntimeError("IoUMeter.compute() called before any update()")
-        state = self._synced(self.state)
+        else:
+            state = self.state
         c = self.num_classes
         inter, union, class_sum, class_images = (state[i * c : (i + 1) * c] for i in range(4))
         image_sum, images, correct, pixels = (float(v) for v in state[4 * c :])
@@ -517,9 +543,11 @@ def _image_counts(pred: Any, label: Any, num_classes: int, ignore: int | None) -
     """``(intersection, union)`` ``[C]`` of one image (any shape) as NumPy counts."""
     _check_dense(pred, "preds")
     _check_dense(label, "labels")
-    pred, label = np.asarray(pred)[np.newaxis], np.asarray(label)[np.newaxis]
-    intersection, union, _, _ = _from_histogram(_histogram(pred, label, num_classes, ignore, False), num_classes)
-    return np.asarray(intersection), np.asarray(union)
+    pred, label = (x if _is_torch(x) else np.asarray(x) for x in (pred, label))  # (a tensor stays on its device)
+    intersection, union, _, _ = _from_histogram(
+        _histogram(pred[None], label[None], num_classes, ignore, False), num_classes
+    )
+    return _as_numpy(intersection), _as_numpy(union)
 
 
 def iou_binary(
