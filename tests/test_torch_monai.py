@@ -199,8 +199,10 @@ def test_binary_mode_takes_a_size_1_axis_of_the_target_as_lovasz_hinge_does():
     x, y = torch.randn(2, 1, 4, 5, generator=g), torch.randint(0, 2, (2, 4, 5), generator=g)
     module = L.LovaszLoss("binary", per_image=True)
     expected = L.lovasz_hinge(x, y)
+    combined = L.CrossEntropyLovaszLoss("binary", per_image=True)  # (its cross-entropy refused them)
     for xi, yi in [(x, y[..., None]), (x, y[:, None]), (x[:, 0], y[:, None]), (x[:, 0], y[..., None])]:
         torch.testing.assert_close(module(xi, yi), expected)
+        torch.testing.assert_close(combined(xi, yi), combined(x, y))
     with pytest.raises(ValueError, match=r"target must have the shape of input \[2, 4, 5\].*got \[2, 1, 3, 5\]"):
         module(x[:, 0], y[:, None, :3])
     with pytest.raises(ValueError, match=r"symmetric=True are variants of the hinge: they need from_logits=True"):
@@ -210,3 +212,16 @@ def test_binary_mode_takes_a_size_1_axis_of_the_target_as_lovasz_hinge_does():
     for module in (L.LovaszLoss("binary"), L.CrossEntropyLovaszLoss("binary")):  # ('... input []; got []')
         with pytest.raises(ValueError, match=r"^input must be \[B, \*spatial\] or \[B, 1, \*spatial\] in binary mode"):
             module(torch.tensor(0.5), torch.tensor(1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_the_combined_loss_of_half_precision_input_is_in_its_dtype(dtype):
+    """As each term alone and torch's CrossEntropyLoss (float32 under autocast only); it was float32."""
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(2, 3, 4, 5, generator=g).to(dtype), torch.randint(0, 3, (2, 4, 5), generator=g)
+    loss = L.CrossEntropyLovaszLoss()
+    got = loss(x, y)
+    assert got.dtype == dtype
+    assert got == (loss.cross_entropy(x, y) + loss.lovasz(x, y).float()).to(dtype)
+    with torch.autocast("cpu", dtype=dtype):
+        assert loss(x, y).dtype == torch.float32

@@ -256,6 +256,22 @@ def test_compiled_equals_eager():
         uncounted(x, scene)
 
 
+def test_compiled_num_scenes_may_change_between_calls():
+    """A second value of num_scenes makes it a SymInt (automatic dynamic shapes), whose check read hasattr(...,
+    '__index__'): Dynamo's 'Unsupported hasattr call' under fullgraph=True."""
+    step = torch.compile(
+        lambda p, y, s, n: L.lovasz_softmax(p, y, from_logits=True, per_image=True, batch=s, num_scenes=n),
+        backend="eager",
+        fullgraph=True,
+    )
+    g = torch.Generator().manual_seed(18)
+    for scenes in (2, 3, 4):
+        points, labels = torch.randn(5 * scenes, 4, generator=g), torch.randint(0, 4, (5 * scenes,), generator=g)
+        batch = torch.arange(scenes).repeat_interleave(5)
+        eager = L.lovasz_softmax(points, labels, from_logits=True, per_image=True, batch=batch, num_scenes=scenes)
+        torch.testing.assert_close(step(points, labels, batch, scenes), eager)
+
+
 # On a GPU the check is a device-side assert, which ends the process's CUDA context: not caught here.
 @pytest.mark.skipif(DEVICE_NAME != "cpu", reason="the CPU's message only")
 @pytest.mark.parametrize("bad", [-1, len(SIZES)])

@@ -248,6 +248,26 @@ def test_torch_func_grad(name):
     torch.testing.assert_close(torch.func.grad(lambda t: fn(t, y))(x), a.grad)
 
 
+def test_forward_mode_in_the_class_weights_alone():
+    """A tangent of the class weights only (jvp, jacfwd of a module's learned weights) raised 'called with
+    need_grad=False but a tangent was given' (a prediction requiring grad: a TypeError of None)."""
+    x, y, _ = _inputs()
+    w, v = dev(torch.tensor([0.5, 2.0, 1.0], dtype=x.dtype)), dev(torch.tensor([1.0, -1.0, 0.5], dtype=x.dtype))
+    for pred in (x, x.clone().requires_grad_()):
+        fn = lambda weights: L.lovasz_softmax(pred, y, from_logits=True, weights=weights)  # noqa: E731, B023
+        leaf = w.clone().requires_grad_()
+        (grad,) = torch.autograd.grad(fn(leaf), leaf)
+        _, tangent = torch.func.jvp(fn, (w,), (v,))
+        torch.testing.assert_close(tangent, grad @ v)
+    module = L.LovaszLoss("multiclass", class_weights=torch.nn.Parameter(w.clone()))
+    params = dict(module.named_parameters())
+    jacobian = torch.func.jacfwd(lambda p: torch.func.functional_call(module, p, (x, y)))(params)
+    torch.testing.assert_close(
+        jacobian["class_weights"],
+        torch.func.jacrev(lambda p: torch.func.functional_call(module, p, (x, y)))(params)["class_weights"],
+    )
+
+
 def test_second_derivative_equals_the_original():
     """Hessian-vector products through the softmax, and through a curved map before the hinge."""
     if ORIGINAL is None:
@@ -295,6 +315,7 @@ def test_second_derivative_in_the_loss_input_itself_is_zero_as_the_originals():
         loss = fn(a)
         (g,) = torch.autograd.grad(loss, a, create_graph=True)
         (first,) = torch.autograd.grad(fn(a), a)
+        assert not first.requires_grad  # (without create_graph: a gradient to read, write and convert)
         torch.testing.assert_close(g.detach(), first)
         g.pow(2).sum().backward()
         assert torch.equal(a.grad, torch.zeros_like(a))

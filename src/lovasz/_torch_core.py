@@ -674,7 +674,7 @@ def _backward(ctx, grad_per_set, grad_of_grad, *_):
     # factor of 1, as from loss.backward() in batch mode).
     if grad_per_set.device.type != "cpu" or not bool((grad_per_set == 1).all()):
         grad.mul_(scale)
-    return (grad,) + _NO_GRADS
+    return (grad.detach(),) + _NO_GRADS  # (the saved output is differentiable: see _setup_context)
 
 
 def _batched(x: Tensor) -> bool:
@@ -726,9 +726,11 @@ class _LovaszSets(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, pred_tangent, *_):
+        grad, ends = ctx.saved_tensors
+        if pred_tangent is None:  # a tangent of the class weights alone: lovasz_sets adds their term
+            return grad.new_zeros(ctx.num_sets), _no_tangent(grad), None, None
         if not ctx.need_grad:
             raise RuntimeError("lovasz_loss was called with need_grad=False but a tangent was given")
-        grad, ends = ctx.saved_tensors
         if ends is not None:  # [1, C, N]: each scene's run of points
             return scene_sums((grad * pred_tangent).sum(1)[0], ends), _no_tangent(grad), None, None
         return (grad * pred_tangent).reshape(ctx.num_sets, -1).sum(1), _no_tangent(grad), None, None

@@ -1221,7 +1221,7 @@ class CrossEntropyLovaszLoss(_LossModule):
             total = total + self.ce_weight * self.cross_entropy(input, target)
         if not (self.ce_weight or self.lovasz_weight):
             total = total + 0 * input.sum()  # keeps the graph, so backward() still works
-        return total
+        return total.to(_result_dtype(input))  # (half precision: rounded once, as each term alone)
 
     def cross_entropy(self, input: Tensor, target: Tensor) -> Tensor:
         """The cross-entropy term alone: a mean over the non-ignored pixels (float64 in float64, else float32).
@@ -1233,6 +1233,9 @@ class CrossEntropyLovaszLoss(_LossModule):
         target = _check_labels(target, input, "target")
         if self.mode == "multiclass" and x.ndim >= 2:
             target = _drop_label_axis(target, [tuple(x.shape[:1] + x.shape[2:])])  # [B, H, W, 1], as LovaszLoss
+        elif self.mode == "binary":  # a size-1 axis of the target's own, as LovaszLoss('binary') drops it
+            pixels = x.shape[:1] + x.shape[2:] if x.ndim >= 2 and x.shape[1] == 1 else x.shape
+            target = _drop_label_axis(target, [tuple(x.shape), tuple(pixels)])
         ignored = _ignored(target, self.ignore_index)
         valid = None if ignored is None else ~ignored
         if self.mode == "multiclass" and x.ndim >= 2 and x.shape[1] > 1:
