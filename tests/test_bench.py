@@ -44,6 +44,9 @@ def test_markdown_has_a_line_for_each_shape_of_a_case_name():
         (["--out", __file__], f"argument --out: must be a folder; {__file__} is a file"),
         (["--markdown", "/no-such-folder/x.md"], "argument --markdown: the folder /no-such-folder does not exist"),
         (["--markdown", "/"], "argument --markdown: must be a file name; / is a folder"),
+        # a folder that cannot be made or written: now, not a traceback after the cases are timed
+        (["--out", "/dev/null/sub"], "argument --out: cannot make the folder /dev/null/sub: Not a directory"),
+        (["--markdown", "/proc/x.md"], "argument --markdown: cannot write in /proc: "),
         # the worker options the parent process passes: a bad one is an error too, not a traceback
         (["--memory-probe", "x", "lovasz"], "--memory-probe CASE must be a case index below "),
         (["--memory-probe", "0", "nope"], "--memory-probe IMPL must be one of lovasz, "),
@@ -76,9 +79,9 @@ def test_quick_bench_writes_table_and_json(tmp_path, capsys):
     ours = [r for r in result["rows"] if r["impl"] == "lovasz"]
     assert all(r["seconds"] > 0 and "sort floor" in r["ratios"] for r in ours)
     assert "the sort floor" in out and "computes another quantity" in out
-    assert result["commit"] == "abc1234"
+    assert result["commit"] == "abc1234" and result["complete"]
     lines = table.read_text().splitlines()
-    assert "commit abc1234" in lines[0]
+    assert "commit abc1234" in lines[0] and "Partial" not in lines[0]
     assert lines[2].startswith("| case | shape | lovasz ms | original ms |")
     assert len(lines) == 4 + len(bench.QUICK_CASES)
     assert all(line.count("|") == lines[2].count("|") for line in lines[2:])
@@ -98,10 +101,27 @@ def test_results_are_written_after_each_case(tmp_path, monkeypatch):
     argv = ["--quick", "--no-memory", "--out", str(tmp_path), "--markdown", str(tmp_path / "table.md")]
     with pytest.raises(KeyboardInterrupt):
         bench.main([*argv, "--impl", "lovasz", "--impl", "original"])
-    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    result = json.loads((tmp_path / "results.json").read_text())
+    rows = result["rows"]
     assert [(r["case"], r["impl"]) for r in rows] == [(bench.QUICK_CASES[0].name, i) for i in ("lovasz", "original")]
     assert rows[0]["ratios"] == {"original": 1.0}
-    assert len((tmp_path / "table.md").read_text().splitlines()) == 5
+    lines = (tmp_path / "table.md").read_text().splitlines()
+    assert len(lines) == 5
+    # marked as partial, where the run stopped (a complete-looking table of one case of six)
+    assert not result["complete"] and f"stopped with {len(bench.QUICK_CASES) - 1} case(s) left" in lines[0]
+
+
+def test_an_implementation_named_twice_is_timed_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "time_step", lambda step, repeats, device=None: step() and 1e-3 or 1e-3)
+    argv = ["--quick", "--no-memory", "--out", str(tmp_path), "--case", bench.QUICK_CASES[0].name]
+    assert bench.main([*argv, "--impl", "lovasz", "--impl", "lovasz"]) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [r["impl"] for r in rows] == ["lovasz"]
+
+
+def test_times_shown_below_10_ms_keep_3_significant_figures():
+    """0.6 ms beside a sort floor of 0.0 ms read as 17x: the ratios must be checkable from the times."""
+    assert [bench._ms(s) for s in (0.000034, 0.00061234, 0.0061234, 0.061234)] == ["0.034", "0.612", "6.12", "61.2"]
 
 
 @pytest.mark.parametrize("impl", ["lovasz.jax", "lovasz.tf", "lovasz.tf eager"])

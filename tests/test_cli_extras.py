@@ -5,6 +5,7 @@ process, which is what an import of an absent package meets: a ModuleNotFoundErr
 
 from __future__ import annotations
 
+import argparse
 import re
 import subprocess
 import sys
@@ -173,3 +174,22 @@ def test_bad_demo_option_from_the_command_line(tmp_path: Path) -> None:
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.splitlines()[-1] == "lovasz demo: error: argument --batch-size: must be at least 1; got 0"
     assert "Traceback" not in result.stderr and not any(tmp_path.iterdir())
+
+
+def test_ctrl_c_is_one_line_and_the_shells_status(capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A KeyboardInterrupt printed three chained tracebacks through TensorFlow's internals."""
+    import lovasz.info
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lovasz.info, "main", interrupted)
+    assert cli.main(["info"]) == 130
+    assert capsys.readouterr().err == "\nlovasz info: interrupted\n"
+
+
+def test_an_output_folder_that_cannot_be_made_is_refused_before_the_work(tmp_path: Path) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="cannot make the folder /dev/null/out: Not a directory"):
+        cli.output_folder("/dev/null/out")
+    made = cli.output_folder(str(tmp_path / "a" / "b"))
+    assert made.is_dir() and not any(made.iterdir())  # made now, and the write test left nothing

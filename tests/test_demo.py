@@ -8,7 +8,7 @@ import pytest
 
 from conftest import cuda_devices, require
 
-require("torch")
+torch = require("torch")
 require("matplotlib")
 demo = require("lovasz.demo")
 from lovasz.demo.data import CLASS_NAMES, make_dataset  # noqa: E402
@@ -245,3 +245,40 @@ def test_binary_mask_with_other_values_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         demo.main(["--data", str(data), "--mode", "binary", "--epochs", "1", "--out", str(tmp_path / "out")])
     assert "a binary mask must hold 0/1 or 0/255" in capsys.readouterr().err
+
+
+def test_masks_with_no_labelled_pixel_are_refused(tmp_path, capsys):
+    """Every pixel ignored: max() of no value was a RuntimeError from inside torch."""
+    data = write_folder(tmp_path / "data", fmt="npy")
+    for mask in (data / "masks").iterdir():
+        np.save(mask, np.full_like(np.load(mask), 255))
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main(["--data", str(data), "--epochs", "1", "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert "--data: every mask pixel is 255 (ignored): no labelled pixel to train on" in capsys.readouterr().err
+
+
+def test_a_class_of_no_pixel_is_named_and_the_json_stays_strict(tmp_path, capsys):
+    """A stray value (9 in one mask) makes classes no pixel has: said so; their IoU is null in demo.json, whose
+    NaN no strict JSON parser read."""
+    data = write_folder(tmp_path / "data", fmt="npy")
+    mask = data / "masks" / "tile0.npy"
+    stray = np.load(mask)
+    stray[1, 1] = 9
+    np.save(mask, stray)
+    out = tmp_path / "out"
+    assert demo.main(["--data", str(data), "--epochs", "1", "--out", str(out)]) == 0
+    assert "6 of the 10 classes (0 to the largest mask value) have no pixel" in capsys.readouterr().out
+
+    def refuse(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    summary = json.loads((out / "demo.json").read_text(), parse_constant=refuse)
+    assert None in summary["runs"]["cross-entropy"]["per_class_iou"]
+
+
+def test_the_held_out_set_of_a_seed_is_no_other_seeds_training_set():
+    """The held-out scenes of seed s were drawn with seed s + 1: the first training scenes of the next seed."""
+    _, train = make_dataset(16, 32, seed=1)
+    _, held_out = make_dataset(8, 32, seed=(0, 1))
+    assert not any(torch.equal(a, b) for a in held_out for b in train)

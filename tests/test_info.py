@@ -18,6 +18,9 @@ def test_info_lists_versions_kernel_and_devices(capsys):
     assert {"numpy", "torch", "jax", "C kernel"} <= set(rows)
     loaded = C.kernel() is not None
     assert ("loaded" in rows["C kernel"]) and (("NOT" in rows["C kernel"]) != loaded)
+    torch = require("torch")
+    if not torch.cuda.is_available():  # (it named Triton's kernels on a CPU build that has Triton)
+        assert rows["GPU path"].endswith("none: torch sees no CUDA device")
 
 
 def test_a_missing_kernel_is_said_once_with_its_reason(monkeypatch):

@@ -817,11 +817,18 @@ def _ratio_text(peer: str, ratio: float) -> str:
     return f"{ratio:.2f}x faster than {peer}" if ratio >= 1 else f"{1 / ratio:.2f}x slower than {peer}"
 
 
+def _ms(seconds: float) -> str:
+    """Milliseconds to 3 significant figures below 10 ms (one decimal above): the ratios shown beside them must
+    be checkable from them (0.6 and a floor of 0.0 ms gave 17x)."""
+    ms = seconds * 1e3
+    return f"{ms:.1f}" if ms >= 10 else f"{ms:.3g}"
+
+
 def render(rows) -> str:
     header = f"{'case':<24} {'shape':<20} {'impl':<18} {'median ms':>10} {'peak MiB':>9}  notes"
     lines = [header, "-" * len(header)]
     for r in rows:
-        ms = f"{r.seconds * 1e3:10.1f}" if r.seconds is not None else f"{'-':>10}"
+        ms = f"{_ms(r.seconds):>10}" if r.seconds is not None else f"{'-':>10}"
         mib = f"{r.peak_bytes / 2**20:9.0f}" if r.peak_bytes is not None else f"{'-':>9}"
         note = r.note
         if r.ratios:
@@ -845,9 +852,10 @@ _MARKDOWN_COLUMNS = (
 )
 
 
-def markdown(rows, info: dict[str, object], commit: str) -> str:
-    """The README's table: a line per case, a column per implementation measured (ms, median), the
-    ratios against the original and the sort floor, and the peak memory of ours and the original's."""
+def markdown(rows, info: dict[str, object], commit: str, cases_left: int = 0) -> str:
+    """A table of the run: a line per case, a column per implementation measured (ms, median), the ratios
+    against the original and the sort floor, and the peak memory of ours and the original's; with
+    ``cases_left``, a run that stopped before them says so."""
     cases: dict[tuple[str, tuple], dict[str, Row]] = {}  # by name and shape: two cases may share a name
     for r in rows:
         cases.setdefault((r.case, tuple(r.shape)), {})[r.impl] = r
@@ -855,7 +863,8 @@ def markdown(rows, info: dict[str, object], commit: str) -> str:
     header = ["case", "shape", *(f"{i} ms" for i in impls), "vs original", "/ floor", "peak MiB (ours / original)"]
     lines = [
         f"Measured on {info.get('gpu') or info.get('cpu')} ({info.get('device')}, torch {info.get('torch')}), "
-        f"commit {commit}, every figure from this one run.",
+        f"commit {commit}, every figure from this one run."
+        + (f" **Partial: the run stopped with {cases_left} case(s) left.**" if cases_left else ""),
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * 2 + "---:|" * (len(header) - 2),
@@ -864,13 +873,14 @@ def markdown(rows, info: dict[str, object], commit: str) -> str:
         cells = [case, "×".join(str(d) for d in shape)]
         for impl in impls:
             row = by_impl.get(impl)
-            cells.append(f"{row.seconds * 1e3:.1f}" if row is not None and row.seconds is not None else "n/a")
+            cells.append(_ms(row.seconds) if row is not None and row.seconds is not None else "n/a")
         ours = by_impl.get("lovasz")
         ratios = ours.ratios if ours is not None else {}
         cells.append(f"{ratios['original']:.2f}x" if "original" in ratios else "n/a")
         cells.append(f"{1 / ratios['sort floor']:.2f}" if ratios.get("sort floor") else "n/a")
         peaks = [by_impl.get(i) for i in ("lovasz", "original")]
-        cells.append(" / ".join(f"{p.peak_bytes / 2**20:.0f}" if p and p.peak_bytes else "-" for p in peaks))
+        shown = (f"{p.peak_bytes / 2**20:.0f}" if p and p.peak_bytes is not None else "-" for p in peaks)  # 0 too
+        cells.append(" / ".join(shown))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -927,7 +937,8 @@ def main(argv=None) -> int:
         "--markdown",
         type=output_file,
         default=None,
-        help="also write the README's markdown table (a line per case) to this file (default: none)",
+        help="also write a markdown table of the run (a line per case, a column per implementation; "
+        "the README's tables are cut from it) to this file (default: none)",
     )
     parser.add_argument(
         "--commit",
@@ -938,6 +949,7 @@ def main(argv=None) -> int:
     parser.add_argument("--keras-worker", nargs=2, metavar=("BACKEND", "CASES"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     device = args.device
+    args.impl = None if args.impl is None else list(dict.fromkeys(args.impl))  # once each, as given
     for impl in args.impl or ():
         if impl not in implementations(device):
             parser.error(f"--impl must be one of {', '.join(implementations(device))} on {device.type}; got {impl!r}")
@@ -966,20 +978,26 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     info = machine(device)
 
-    def write(rows: list[Row]) -> None:
+    selected = [n for n in names if not args.case or any(wanted in n for wanted in args.case)]
+
+    def write(rows: list[Row], complete: bool = False) -> None:
+        """After each case (what a stopped run measured stays), marked complete at the end only."""
+        cases_left = 0 if complete else len(selected) - len({(r.case, tuple(r.shape)) for r in rows})
         result = {
             "machine": info,
             "commit": args.commit,
             "repeats": repeats,
+            "complete": complete,
             "rows": [{**r.__dict__, "shape": list(r.shape)} for r in rows],
         }
         (args.out / "results.json").write_text(json.dumps(result, indent=2))
         if args.markdown is not None:
-            args.markdown.write_text(markdown(rows, info, args.commit))
+            args.markdown.write_text(markdown(rows, info, args.commit, cases_left))
 
     rows = run(
         repeats, args.quick, not args.no_memory, device=device, impls=args.impl, case_names=args.case, case_done=write
     )
+    write(rows, complete=True)
     print(render(rows))
     print(f"wrote {args.out / 'results.json'}" + (f" and {args.markdown}" if args.markdown is not None else ""))
     return 0

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import importlib.util
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
     import torch
 
 COMMANDS = {
-    "bench": ("lovasz.bench", "time the PyTorch losses against the original, kornia and a bare sort"),
+    "bench": ("lovasz.bench", "time the losses (PyTorch, TF, JAX, Keras) against the original, kornia and a bare sort"),
     "demo": ("lovasz.demo", "train a small U-Net with cross-entropy and with Lovász-Softmax, compare IoU"),
     "info": ("lovasz.info", "versions, the C kernel's state (and why), threads and devices"),
 }
@@ -83,22 +84,38 @@ def positive_float(text: str) -> float:
     return value
 
 
+def _check_writable(folder: Path) -> None:
+    """A file can be written in ``folder``: tried with a temporary file (os.access says yes to root on /proc)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"cannot write in {folder}: {error.strerror}") from None
+
+
 def output_folder(text: str) -> Path:
-    """An argparse ``type``: a folder to write into, made if missing; an existing file there is an error now,
-    not a traceback after the work."""
+    """An argparse ``type``: a folder to write into, made now if missing; a file there, or a folder that cannot
+    be made or written, is an error now, not a traceback after the work."""
     path = Path(text)
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"must be a folder; {text} is a file")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"cannot make the folder {text}: {error.strerror}") from None
+    _check_writable(path)
     return path
 
 
 def output_file(text: str) -> Path:
-    """An argparse ``type``: a file to write, in a folder that exists (checked now, not after the work)."""
+    """An argparse ``type``: a file to write, in a folder that exists and can be written (checked now, not after
+    the work)."""
     path = Path(text)
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"must be a file name; {text} is a folder")
     if not path.parent.is_dir():
         raise argparse.ArgumentTypeError(f"the folder {path.parent} does not exist")
+    _check_writable(path.parent)
     return path
 
 
@@ -149,7 +166,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command in EXTRAS and missing_module in EXTRAS[command][1].values():
             return _refuse(command, missing or [missing_module])
         raise
-    return module.main(options)
+    try:
+        return module.main(options)
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback through the frameworks; the shell's status
+        print(f"\nlovasz {command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ def report() -> list[tuple[str, str]]:
             "C kernel",
             "loaded: float32 rows on the CPU are sorted by it"
             if not why
-            else f"NOT loaded ({why}): torch and JAX sort float32 CPU rows with their own sort, 3-4x slower; "
+            else f"NOT loaded ({why}): torch, TF and JAX sort float32 CPU rows with their own sort, 3-4x slower; "
             "reinstall with a C compiler present",
         )
     )
@@ -68,16 +68,17 @@ def report() -> list[tuple[str, str]]:
             except Exception as error:  # a broken install: say so rather than fail the report
                 rows.append((name, f"error: {type(error).__name__}: {error}"))
     if importlib.util.find_spec("torch") is not None:
+        import torch
+
         from lovasz._torch_core import _triton
 
-        rows.append(
-            (
-                "GPU path",
-                "Triton kernels, on CUDA devices"
-                if _triton("_triton_rows") is not None
-                else "torch.sort (Triton not installed, or LOVASZ_TRITON=0)",
-            )
-        )
+        if not torch.cuda.is_available():  # (a CPU build of torch may come with Triton)
+            path = "none: torch sees no CUDA device"
+        elif _triton("_triton_rows") is not None:
+            path = "Triton kernels, on CUDA devices"
+        else:
+            path = "torch.sort (Triton not installed, or LOVASZ_TRITON=0)"
+        rows.append(("GPU path", path))
     return rows
 
 

@@ -339,7 +339,13 @@ def main(argv=None) -> int:
             held_out, train_index = order[:held_out_count], order[held_out_count:]
             return images[train_index], masks[train_index], images[held_out], masks[held_out]
 
-        num_classes = 2 if binary else int(masks[masks != IGNORE_INDEX].max().item()) + 1
+        labelled = masks[masks != IGNORE_INDEX]
+        if not labelled.numel():
+            parser.error(f"--data: every mask pixel is {IGNORE_INDEX} (ignored): no labelled pixel to train on")
+        num_classes = 2 if binary else int(labelled.max().item()) + 1
+        absent = num_classes - int(torch.bincount(labelled, minlength=num_classes).count_nonzero())
+        if absent:  # (a stray value, 200 in one mask, makes 201 classes)
+            print(f"lovasz demo: {absent} of the {num_classes} classes (0 to the largest mask value) have no pixel")
         class_names = ("background", "foreground") if binary else tuple(f"class {c}" for c in range(num_classes))
         source = (
             f"{args.data}: {len(images) - held_out_count} training and {held_out_count} held-out images of "
@@ -349,7 +355,8 @@ def main(argv=None) -> int:
 
         def make_data(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
             train_x, train_y = make_dataset(args.train_images, args.size, seed=seed)
-            val_x, val_y = make_dataset(max(8, args.train_images // 4), args.size, seed=seed + 1)
+            # a stream of its own: seed + 1 drew the next seed's first training scenes
+            val_x, val_y = make_dataset(max(8, args.train_images // 4), args.size, seed=(seed, 1))
             if binary:
                 train_y, val_y = (train_y == SYNTHETIC_BINARY_CLASS).long(), (val_y == SYNTHETIC_BINARY_CLASS).long()
             return train_x, train_y, val_x, val_y
@@ -399,7 +406,6 @@ def main(argv=None) -> int:
     print(tables(summary, class_names))
     args.out.mkdir(parents=True, exist_ok=True)
     final_miou = {run: [entry["runs"][run]["dataset_miou"] for entry in per_seed] for run in RUNS}
-    figure(args.out / "demo.png", *shown, class_names, final_miou)
     output = {
         "settings": {k: (str(v) if isinstance(v, (Path, torch.device)) else v) for k, v in vars(args).items()},
         "class_names": list(class_names),
@@ -409,9 +415,22 @@ def main(argv=None) -> int:
         "per_seed": per_seed,
         "summary": summary,
     }
-    (args.out / "demo.json").write_text(json.dumps(output, indent=2))
+    # strict JSON: the IoU of a class absent from the held-out set and never predicted is null, not NaN
+    (args.out / "demo.json").write_text(json.dumps(_without_nan(output), indent=2, allow_nan=False))
+    figure(args.out / "demo.png", *shown, class_names, final_miou)  # (after the JSON: both are this run's)
     print(f"wrote {args.out / 'demo.png'} and {args.out / 'demo.json'}")
     return 0
+
+
+def _without_nan(value: Any) -> Any:
+    """``value`` with every NaN float (in dicts, lists and tuples) as None."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {key: _without_nan(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_without_nan(item) for item in value]
+    return value
 
 
 if __name__ == "__main__":

@@ -33,8 +33,9 @@ def _draw(rng: np.random.Generator, size: int) -> np.ndarray:
     return labels
 
 
-def make_dataset(count: int, size: int, seed: int):
-    """``images [N, 3, size, size]`` float32 and ``labels [N, size, size]`` int64."""
+def make_dataset(count: int, size: int, seed: int | tuple[int, ...]):
+    """``images [N, 3, size, size]`` float32 and ``labels [N, size, size]`` int64; ``seed`` as NumPy's
+    ``default_rng`` takes it (a tuple: a stream of its own)."""
     rng = np.random.default_rng(seed)
     labels = np.stack([_draw(rng, size) for _ in range(count)])
     images = _COLOURS[labels].transpose(0, 3, 1, 2) + rng.normal(0, 0.12, (count, 3, size, size))
