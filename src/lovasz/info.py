@@ -83,7 +83,7 @@ def report() -> list[tuple[str, str]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lovasz info", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="lovasz info", description=__doc__.split("\n\n")[0].replace("`", ""))
     parser.parse_args(argv)
     rows = report()
     width = max(len(name) for name, _ in rows)

@@ -195,6 +195,7 @@ def figure(path: Path, val_x, val_y, results, class_names, final_miou=None, samp
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
+    from matplotlib.ticker import MaxNLocator
 
     num_classes = len(class_names)
     synthetic = tuple(class_names) == CLASS_NAMES
@@ -228,6 +229,7 @@ def figure(path: Path, val_x, val_y, results, class_names, final_miou=None, samp
     for run, r in results.items():
         ax.plot(range(1, len(r["curve"]) + 1), r["curve"], marker="o", label=run)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # (1.2, 1.4, ... on a short run)
     ax.set_ylabel("held-out dataset mIoU")
     ax.legend()
     ax.grid(alpha=0.3)
@@ -248,7 +250,7 @@ def figure(path: Path, val_x, val_y, results, class_names, final_miou=None, samp
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="lovasz demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="lovasz demo", description=__doc__.split("\n\n")[0].replace("`", ""))
     # None: not given, filled from QUICK with --quick and from DEFAULTS without, so that a value given wins.
     parser.add_argument(
         "--epochs",
@@ -314,7 +316,7 @@ def main(argv=None) -> int:
         "--mode",
         choices=("multiclass", "binary"),
         default="multiclass",
-        help="binary: one output channel, BCE and the Lovász hinge; masks 0/1 or 0/255 "
+        help="binary: one output channel, BCE and the Lovász hinge; masks 0/1 or 0/255"
         "; on the synthetic scenes, buildings against the rest (default: %(default)s)",
     )
     args = parser.parse_args(argv)
