@@ -1062,6 +1062,22 @@ def test_fit_on_scenes_lowers_the_loss():
     assert all(np.isfinite(losses)) and losses[-1] < 0.7 * losses[0], losses
 
 
+def test_a_compiled_fit_on_scenes_equals_the_eager_one():
+    """jit_compile=True: XLA on TF, jax.jit, torch.compile on the torch backend (whose scene path it had not run)."""
+    x, y = PointBatches(1).batches[0]
+    histories = []
+    for jit_compile in (False, True):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential(
+            [keras.Input((NUM_CLASSES,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(NUM_CLASSES)]
+        )
+        loss = CrossEntropyLovaszLoss(per_image=True, scenes_in_labels=True, num_scenes=3)
+        model.compile(optimizer=keras.optimizers.SGD(0.05), loss=loss, jit_compile=jit_compile)
+        history = model.fit(x, y, batch_size=len(x), epochs=3, verbose=0, shuffle=False).history["loss"]
+        histories.append([*history, model.evaluate(x, y, batch_size=len(x), verbose=0)])
+    np.testing.assert_allclose(histories[1], histories[0], rtol=1e-5)
+
+
 def test_jax_fit_on_scenes_asks_for_num_scenes():
     if keras.backend.backend() != "jax":
         pytest.skip("the JAX backend's jit needs a static number of scenes; the others read it")
