@@ -197,6 +197,28 @@ def check_tf_functions_equal_one_call_on_the_whole_batch(strategy):
         np.testing.assert_allclose(loss.numpy(), fn(*shards[r]).numpy(), rtol=1e-12)
 
 
+def check_tf_global_batch_under_run_functions_eagerly(strategy):
+    """tf.config.run_functions_eagerly(True), to debug a step: TF has no eager all-gather ('all_gather is not
+    supported in eager mode'), so the batch-mode set is gathered by a sum of each replica's block in place."""
+    import tensorflow as tf
+
+    kind, _, fn = tf_cases()["softmax, logits"]
+    shards = [shard(kind, r, shape, "float32") for r, shape in enumerate(shard_shapes("batches"))]
+    xs, ys = [x for x, _ in shards], [y for _, y in shards]
+    expected, expected_grad = tf_value_and_grad(fn, np.concatenate(xs), np.concatenate(ys))
+    expected_grads = np.split(expected_grad.numpy(), np.cumsum([len(x) for x in xs])[:-1])
+    step = tf.function(lambda x, y: tf_value_and_grad(fn, x, y, global_batch=True))
+    tf.config.run_functions_eagerly(True)
+    try:
+        results = strategy.run(step, args=(distributed(strategy, xs), distributed(strategy, ys)))
+    finally:
+        tf.config.run_functions_eagerly(False)
+    losses, grads = (strategy.experimental_local_results(v) for v in results)
+    for r in range(REPLICAS):
+        np.testing.assert_allclose(losses[r].numpy(), expected.numpy(), rtol=2e-6)
+        np.testing.assert_allclose(grads[r].numpy(), expected_grads[r], rtol=2e-6, atol=2e-7)
+
+
 def check_tf_points_of_scenes(strategy):
     """Points-first inputs with row splits: all points one set (batch mode), or one set per scene."""
     import lovasz.tf as L
@@ -564,6 +586,7 @@ def _tensorflow_checks() -> list:
     assert strategy.num_replicas_in_sync == REPLICAS
     checks = [
         check_tf_functions_equal_one_call_on_the_whole_batch,
+        check_tf_global_batch_under_run_functions_eagerly,
         check_tf_points_of_scenes,
         check_tf_outside_replicas_global_batch_changes_nothing,
         check_keras_losses_in_replicas_are_shares_of_the_whole_batch,

@@ -91,17 +91,29 @@ def gather_points(
     size = tf.shape(pred)[0]
     # Every replica's point count first, so that the shards can be padded to one shape: an all-gather
     # of equal shapes is what every strategy takes (TPUStrategy takes no other).
-    most = tf.reduce_max(context.all_gather(size[None], axis=0))
+    most = tf.reduce_max(_all_gather(size[None], context))
 
     def padded(x: tf.Tensor, fill: float) -> tf.Tensor:
         return tf.pad(x, [[0, most - size]] + [[0, 0]] * (x.shape.rank - 1), constant_values=fill)
 
     sent = [padded(tf.stop_gradient(pred), 0)] + [padded(x, fill) for x, fill in zip(others, fills)]
-    gathered = context.all_gather(sent, axis=0)
+    gathered = [_all_gather(x, context) for x in sent]
     # Own points: the differentiable ones, in their place (the padding after them stays gathered).
     start = tf.cast(context.replica_id_in_sync_group, tf.int32) * most
     own = tf.concat([gathered[0][:start], pred, gathered[0][start + size :]], axis=0)
     return own, gathered[1:]
+
+
+def _all_gather(x: tf.Tensor, context: tf.distribute.ReplicaContext) -> tf.Tensor:
+    """Every replica's ``x [m, ...]`` (of one shape), in replica order along axis 0. Eagerly
+    (``tf.config.run_functions_eagerly``, to debug a step) TF has no all-gather: each replica's block in
+    its place of zeros, summed over the replicas."""
+    if not tf.executing_eagerly():
+        return context.all_gather(x, axis=0)
+    replicas, rows = context.num_replicas_in_sync, tf.shape(x)[0]
+    start = tf.cast(context.replica_id_in_sync_group, tf.int32) * rows
+    blocks = [[start, (replicas - 1) * rows - start]] + [[0, 0]] * (x.shape.rank - 1)
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, tf.pad(x, blocks))
 
 
 def summed(value: tf.Tensor, context: tf.distribute.ReplicaContext) -> tf.Tensor:
