@@ -140,6 +140,20 @@ def test_sample_weight_is_one_weight_per_image():
             loss(y, x, sample_weight=weight)
 
 
+def test_evaluate_with_weights_of_another_shape_after_a_first():
+    """On TF a second evaluate with a sample_weight of another shape traces again with the weight's rank unknown,
+    where Keras' own squeeze failed inside ('Cannot take the length of shape with unknown rank'), for [B, 1]
+    too; the per-image check did not run either."""
+    x, y = scenes(count=4, size=6)
+    model = small_model(NUM_CLASSES)
+    model.compile(loss=LovaszSoftmaxLoss(from_logits=True, per_image=True))
+    weight = np.array([1.0, 0.0, 2.0, 0.5], "float32")
+    first = model.evaluate(x, y, batch_size=4, sample_weight=weight, verbose=0)
+    assert model.evaluate(x, y, batch_size=4, sample_weight=weight[:, None], verbose=0) == pytest.approx(first)
+    with pytest.raises(Exception, match=r"sample_weight must hold one weight per image"):  # (an assert on TF)
+        model.evaluate(x, y, batch_size=4, sample_weight=np.ones((4, 6, 6), "float32"), verbose=0)
+
+
 @pytest.mark.parametrize("name", LOSSES)
 def test_config_round_trips(name):
     loss = LOSSES[name]()

@@ -401,6 +401,21 @@ def _check_weights_per_image(one_value: bool, global_batch: bool, sample_weight:
         raise ValueError(f"sample_weight must hold one weight per image ({images} in y_pred); got shape {list(dims)}")
 
 
+def _weights_of_known_rank(sample_weight: Any, y_pred: Tensor) -> Any:
+    """A TF ``sample_weight`` of unknown rank (a ``tf.function`` traced again for a weight of another shape loosens
+    it), where Keras' own squeeze fails inside ("Cannot take the length of shape with unknown rank"): one weight
+    per image ``[B]``, checked when the graph runs; any other as it is."""
+    if getattr(getattr(sample_weight, "shape", None), "rank", 0) is not None:
+        return sample_weight
+    import tensorflow as tf
+
+    images, size = tf.shape(y_pred)[0], tf.size(sample_weight)
+    one_per_image = tf.logical_or(tf.equal(size, images), tf.equal(size, 1))
+    message = f"sample_weight must hold one weight per image, shape [B] (or [B, 1]); {_NO_PIXEL_WEIGHTS}"
+    with tf.control_dependencies([tf.debugging.Assert(one_per_image, [message])]):
+        return tf.broadcast_to(tf.reshape(sample_weight, [-1]), [images])
+
+
 # ----------------------------------------------------------------------------- points of scenes
 
 
@@ -776,7 +791,7 @@ def _loss_call(
     if lovasz._one_value():
         return _replica_share(_reduced(keras_call(sample_weight), reduction), lovasz.global_batch, reduction)
     context = lovasz._replicas()
-    sample_weight = _weights_of_images(sample_weight, y_pred, reduction, context)
+    sample_weight = _weights_of_images(_weights_of_known_rank(sample_weight, y_pred), y_pred, reduction, context)
     return _share_of_images(_reduced(keras_call(sample_weight), reduction), y_pred, sample_weight, reduction, context)
 
 
