@@ -445,6 +445,9 @@ def test_gpu_layout_of_empty_and_tiny_scenes(gpu_scenes, mode, sizes):
     got, expected = run_scene_case("softmax", x, y, splits, IGNORE, mode)
     assert got[0].shape == (len(sizes),) and got[1].shape == x.shape
     assert_matches(got, expected)
+    if not sizes:  # no scene: nothing to sort (XLA failed to compile a sort of no scene with bad row splits)
+        assert gpu_scenes == []
+        return
     scene_bits = max(len(sizes) - 1, 0).bit_length()
     index_bits = ROWS.index_bits_for(sum(sizes))
     assert gpu_scenes and all(
