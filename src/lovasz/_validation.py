@@ -144,12 +144,11 @@ def check_count(value: Any, name: str, minimum: int = 0) -> int:
     """An int of at least ``minimum`` (NumPy's ints too): a bool, a float or a string is no count."""
     what = {0: "a non-negative int", 1: "a positive int"}.get(minimum, f"an int >= {minimum}")
     if isinstance(value, int) and not isinstance(value, bool):  # (torch.compile reads no hasattr of a SymInt)
-        if value < minimum:
-            raise ValueError(f"{name} must be {what}; got {value}")
-        return value
-    if isinstance(value, (bool, np.bool_)) or not hasattr(value, "__index__"):
+        count = value
+    elif isinstance(value, (bool, np.bool_)) or not hasattr(value, "__index__"):
         raise TypeError(f"{name} must be {what}; got {value!r} of type {type(value).__name__}")
-    count = operator.index(value)
+    else:
+        count = operator.index(value)
     if count < minimum:
         raise ValueError(f"{name} must be {what}; got {count}")
     return count

@@ -122,6 +122,11 @@ def _drop_label_axis(labels: Tensor, accepted: Sequence[tuple[int, ...]]) -> Ten
     return labels
 
 
+def _binary_pixels(input: Tensor) -> tuple[int, ...]:
+    """The pixels ``[B, *spatial]`` of a binary input, ``[B, *spatial]`` or ``[B, 1, *spatial]``."""
+    return tuple(input.shape[:1] + input.shape[2:] if input.ndim >= 2 and input.shape[1] == 1 else input.shape)
+
+
 def _ignored(labels: Tensor, ignore: int | None) -> Tensor | None:
     """Where ``labels`` hold ``ignore`` (:func:`V.ignore_held`: a value their dtype cannot hold, none)."""
     integer = not labels.is_floating_point() and labels.dtype != torch.bool
@@ -1042,7 +1047,7 @@ class LovaszLoss(_LossModule):
         given = target.shape
         # [B, *spatial] pixels, also for a [B, 1, *spatial] input; a size-1 axis of the target's own (as
         # lovasz_hinge takes it, [B, *spatial, 1] or [B, 1, *spatial]) is dropped
-        pixels = tuple(input.shape[:1] + input.shape[2:] if input.ndim >= 2 and input.shape[1] == 1 else input.shape)
+        pixels = _binary_pixels(input)
         target = _drop_label_axis(target, [tuple(input.shape), pixels])
         if tuple(target.shape) == pixels:
             target = target.reshape(input.shape)
@@ -1234,8 +1239,7 @@ class CrossEntropyLovaszLoss(_LossModule):
         if self.mode == "multiclass" and x.ndim >= 2:
             target = _drop_label_axis(target, [tuple(x.shape[:1] + x.shape[2:])])  # [B, H, W, 1], as LovaszLoss
         elif self.mode == "binary":  # a size-1 axis of the target's own, as LovaszLoss('binary') drops it
-            pixels = x.shape[:1] + x.shape[2:] if x.ndim >= 2 and x.shape[1] == 1 else x.shape
-            target = _drop_label_axis(target, [tuple(x.shape), tuple(pixels)])
+            target = _drop_label_axis(target, [tuple(x.shape), _binary_pixels(x)])
         ignored = _ignored(target, self.ignore_index)
         valid = None if ignored is None else ~ignored
         if self.mode == "multiclass" and x.ndim >= 2 and x.shape[1] > 1:
