@@ -67,6 +67,50 @@ def test_jacrev_jacfwd_and_compositions():
     assert hessian.shape == probas.shape[1:] * 2 and not hessian.any()
 
 
+@pytest.mark.parametrize("kind", LOSSES)
+def test_transforms_outside_vmap_equal_a_loop(kind):
+    """Per-sample losses of ``vmap`` differentiated outside it: ``.backward()`` (the everyday way to train on
+    per-sample losses), ``grad``, ``jacrev``, ``jacfwd`` and ``jvp``. Under vmap a batched tensor of a leaf
+    that requires grad says it does not (the op then kept no gradient: 'need_grad=False'), and forward mode
+    gave the op's counts a tangent (torch's internal assert)."""
+    probas, labels = samples(4)
+    fn = LOSSES[kind]
+
+    def losses(x):
+        return vmap(lambda x, y: fn(x, y, True))(x, labels)
+
+    expected = probas.new_zeros(len(probas), *probas.shape)  # row i: d loss_i / d probas
+    for i in range(len(probas)):
+        x = probas[i].clone().requires_grad_()
+        fn(x, labels[i], True).backward()
+        expected[i, i] = x.grad
+    x = probas.clone().requires_grad_()
+    weights = torch.arange(1.0, 5, dtype=torch.float64)
+    (losses(x) * weights).sum().backward()
+    torch.testing.assert_close(x.grad, torch.einsum("i,i...->...", weights, expected))
+    torch.testing.assert_close(grad(lambda x: losses(x).sum())(probas), expected.sum(0))
+    torch.testing.assert_close(jacrev(losses)(probas), expected)
+    torch.testing.assert_close(jacfwd(losses)(probas), expected)
+    tangent = torch.randn_like(probas)
+    _, jvp_out = torch.func.jvp(losses, (probas,), (tangent,))
+    torch.testing.assert_close(jvp_out, torch.einsum("ij...,j...->i", expected, tangent))
+
+
+@pytest.mark.parametrize("mapped", [False, True])
+def test_learned_class_weights_take_their_gradient_through_vmap(mapped):
+    """Class weights that require grad, shared or one row per sample (mapped: a batched tensor, which says it
+    requires no grad), take the gradient a loop gives."""
+    probas, labels = samples(5)
+    start = torch.tensor([[1.0, 2.0, 0.5]], dtype=torch.float64).repeat(len(probas) if mapped else 1, 1)
+    w = start.clone().requires_grad_()
+    fn = lambda x, y, w: L.lovasz_softmax(x, y, ignore=255, weights=w)  # noqa: E731
+    vmap(fn, in_dims=(0, 0, 0 if mapped else None))(probas, labels, w if mapped else w[0]).sum().backward()
+    loop = start.clone().requires_grad_()
+    sum(fn(x, y, loop[i if mapped else 0]) for i, (x, y) in enumerate(zip(probas, labels))).backward()
+    assert loop.grad.abs().min() > 0
+    torch.testing.assert_close(w.grad, loop.grad)
+
+
 def test_torch_func_errors_are_clear():
     probas, labels = samples(2)
     bad = labels.clone()

@@ -717,6 +717,9 @@ class _LovaszSets(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         _setup_context(ctx, inputs, output)
+        # Under vmap (the generated rule) the outputs here are batched wrappers of the op's: mark those too, or
+        # forward mode gives the integer counts a tangent (an internal assert of torch)
+        ctx.mark_non_differentiable(*(_unbatched_once(out) for out in output[2:]))
         ctx.save_for_forward(output[1], inputs[_ARG["ends"]])
         ctx.num_sets = output[0].shape[0]
 
@@ -778,14 +781,32 @@ def lovasz_sets(
         points_layout,
     )
     per_set, _, row_loss, present = lovasz_loss(*args) if torch.compiler.is_compiling() else _LovaszSets.apply(*args)
-    if row_weights.requires_grad or _has_tangent(row_weights):
+    if differentiable(row_weights):
         weighted, _ = _set_means(row_loss, present, row_weights, present_only)
         per_set = per_set + (weighted - weighted.detach())
     return per_set
 
 
-def _has_tangent(x: Tensor) -> bool:
-    """Whether ``x`` carries a forward-mode tangent (``torch.autograd.forward_ad``, ``torch.func.jvp``)."""
-    if torch.compiler.is_compiling():
-        return False
-    return torch.autograd.forward_ad.unpack_dual(x).tangent is not None
+def differentiable(x: Tensor) -> bool:
+    """Whether a gradient may be asked of the loss with respect to ``x``: it requires grad (in grad mode) or
+    carries a forward-mode tangent (``torch.autograd.forward_ad``, ``torch.func.jvp``), at any level of
+    torch.func's wrappers: under ``vmap`` the batched tensor of a leaf that requires grad says it does not,
+    and has no batching rule to unpack a tangent; the level below it answers."""
+    if torch.compiler.is_compiling():  # (a graph's tensors are no wrappers, and carry no tangent)
+        return torch.is_grad_enabled() and x.requires_grad
+    while True:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return True
+        try:
+            if torch.autograd.forward_ad.unpack_dual(x).tangent is not None:
+                return True
+        except RuntimeError:  # 'Batching rule not implemented for aten::_unpack_dual': a vmap level
+            pass
+        if not torch._C._functorch.is_functorch_wrapped_tensor(x):
+            return False
+        x = torch._C._functorch.get_unwrapped(x)
+
+
+def _unbatched_once(x: Tensor) -> Tensor:
+    """``x`` without the vmap level that wraps it, if one does."""
+    return torch._C._functorch.get_unwrapped(x) if torch._C._functorch.is_batchedtensor(x) else x

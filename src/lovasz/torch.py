@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from lovasz import _torch_scenes
 from lovasz import _validation as V
-from lovasz._torch_core import FOREGROUND, IGNORED, _has_tangent, _sorted_jaccard_grad, lovasz_sets
+from lovasz._torch_core import FOREGROUND, IGNORED, _sorted_jaccard_grad, differentiable, lovasz_sets
 from lovasz._torch_legacy import StableBCELoss, binary_xloss, isnan, mean, xloss  # noqa: F401  (the original's)
 from lovasz.metrics import iou, iou_binary  # noqa: F401  (re-exported: the original's metrics)
 from lovasz.schedule import LovaszSchedule  # noqa: F401  (re-exported: the schedule of CE then Lovász)
@@ -366,7 +366,7 @@ def _lovasz_classes(
     if ids is not None and counts is not None:
         codes = codes.index_select(1, ids)
         row_weights = row_weights.index_select(0, ids) * counts
-    need_grad = (torch.is_grad_enabled() and pred.requires_grad) or _has_tangent(pred)
+    need_grad = differentiable(pred)
     present_only = classes == "present"
     per_set = lovasz_sets(pred, codes, row_weights, hinge, softmax, per_image, present_only, ids, need_grad, ends)
     return _reduce(per_set, reduction, per_image)
