@@ -304,6 +304,35 @@ def test_torch_class_weights_gradient_multilabel_compile_and_jax():
         np.testing.assert_allclose(weights.grad.numpy(), np.asarray(expected), rtol=1e-9, atol=1e-12)
 
 
+def test_torch_weights_in_a_graph_are_checked_when_it_runs():
+    """A weights tensor in a compiled or exported graph (a learned one may turn negative at any step) holds
+    values only known when the graph runs: an assert there, as for the labels. Unchecked, a negative weight
+    gave a loss of the wrong sign, a NaN one a NaN loss, without a word."""
+    g = torch.Generator().manual_seed(15)
+    logits, labels = torch.randn(2, 3, 5, 5, generator=g), torch.randint(0, 3, (2, 5, 5), generator=g)
+    good, message = torch.tensor([1.0, 2.0, 3.0]), "weights must be finite numbers >= 0"
+
+    class Loss(torch.nn.Module):
+        def forward(self, x, y, w):
+            return L.lovasz_softmax(x, y, from_logits=True, weights=w)
+
+    compiled = torch.compile(Loss(), fullgraph=True, backend="aot_eager")
+    exported = torch.export.export(Loss(), (logits, labels, good)).module()
+    module = L.LovaszLoss("multiclass", class_weights=good.clone())
+    compiled_module = torch.compile(module, fullgraph=True, backend="aot_eager")
+    expected = Loss()(logits, labels, good)
+    for fn in (compiled, exported):
+        torch.testing.assert_close(fn(logits, labels, good), expected)
+    torch.testing.assert_close(compiled_module(logits, labels), expected)
+    for bad in ([1.0, -2.0, 3.0], [1.0, float("nan"), 3.0], [1.0, float("inf"), 0.0]):
+        for fn in (compiled, exported):
+            with pytest.raises(RuntimeError, match=message):
+                fn(logits, labels, torch.tensor(bad))
+        module.class_weights.copy_(torch.tensor(bad))  # an optimiser's step, say
+        with pytest.raises(RuntimeError, match="class_" + message):
+            compiled_module(logits, labels)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
 @pytest.mark.parametrize("module", ["LovaszLoss", "CrossEntropyLovaszLoss"])
 def test_torch_modules_keep_learned_class_weights_live(dtype, module):

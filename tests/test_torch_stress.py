@@ -373,7 +373,7 @@ def test_jit_trace_of_mostly_ignored_inputs_gives_the_eager_values_on_new_inputs
     traced_x, traced_y = _mostly_ignored(0, shape)
     x, y = _mostly_ignored(1, shape)
     without_grad = torch.jit.trace(Loss(), (traced_x, traced_y), check_trace=False)  # keeps need_grad=False
-    with pytest.raises(RuntimeError, match="trace with inputs that require grad"):
+    with pytest.raises(RuntimeError, match="trace or export with inputs that require grad"):
         without_grad(x.clone().requires_grad_(), y).backward()
     traced = torch.jit.trace(Loss(), (traced_x.requires_grad_(), traced_y), check_trace=False)
 

@@ -656,8 +656,8 @@ def _backward(ctx, grad_per_set, grad_of_grad, *_):
     if not ctx.need_grad:
         raise RuntimeError(
             "lovasz_loss was called with need_grad=False but a gradient was requested: the prediction did not "
-            "require grad when the loss was computed, or traced (a torch.jit.trace keeps that choice: trace with "
-            "inputs that require grad)"
+            "require grad when the loss was computed, or traced (torch.jit.trace and torch.export keep that "
+            "choice: trace or export with inputs that require grad)"
         )
     # The loss is piecewise linear in the errors, so the saved gradient is piecewise constant in the
     # prediction: its own derivative is zero, and create_graph=True is exact, except through the

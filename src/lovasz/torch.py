@@ -197,6 +197,10 @@ def _as_weights(
         raise TypeError(f"{name} must hold real numbers; got dtype {w.dtype}")
     if not on_device or (w.device.type == "cpu" and not torch.compiler.is_compiling()):  # (values on the host)
         V.check_weight_values(_unbatched(w.detach()).reshape(-1).tolist(), name)
+    else:  # on an accelerator, or in a graph (a learned weight may turn negative at any step): when it runs
+        values = w.detach() if torch.compiler.is_compiling() else _unbatched(w.detach())  # (Dynamo: no wrappers)
+        ok = torch.all(torch.isfinite(values) & (values >= 0))
+        torch._assert_async(ok, f"{name} must be finite numbers >= 0 (a weight of 0 takes a class out)")
     return w.to(dtype) if on_device else _constant(tuple(w.tolist()), dtype, device)
 
 
