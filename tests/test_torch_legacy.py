@@ -100,6 +100,10 @@ def test_cross_entropy_helpers_as_the_original():
         L.StableBCELoss()(scores.flatten(), binary.flatten()),
         original_stable_bce(scores.flatten(), binary.flatten().float()),
     )
+    for target in (binary[0, 0, :1].float(), binary[0, 0, 0].float(), binary[0].float()):  # broadcast, as theirs
+        torch.testing.assert_close(L.StableBCELoss()(scores, target), original_stable_bce(scores, target))
+    with pytest.raises(ValueError, match="Target size"):  # theirs broadcasts [5, 1] and [5] to [5, 5]
+        L.StableBCELoss()(scores[0, 0, :, None], binary[0, 0].float())
     binary[0, :2] = 255
     kept = binary != 255
     expected = original_stable_bce(scores[kept], binary[kept].float())

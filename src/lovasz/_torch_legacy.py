@@ -8,7 +8,7 @@ import itertools
 from collections.abc import Iterable
 from typing import Any
 
-import torch  # noqa: F401  (the examples use it)
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -73,6 +73,8 @@ class StableBCELoss(nn.Module):
     """
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        if target.shape != input.shape and torch.broadcast_shapes(target.shape, input.shape) == input.shape:
+            target = target.expand_as(input)  # a target that broadcasts to the input's shape, as the original's
         return F.binary_cross_entropy_with_logits(input, target.to(input.dtype))
 
 
