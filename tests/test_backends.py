@@ -1108,3 +1108,20 @@ def test_one_hot_targets_are_refused_not_read_as_a_sigmoid_volume(module):
     volume = rng.random((2, 3, 4, 5))  # a sigmoid volume [B, D, H, W] and its mask
     mask = (rng.random((2, 3, 4, 5)) > 0.6).astype("int64")
     np.testing.assert_allclose(float(call(M.lovasz_softmax, volume, mask)), R.lovasz_softmax(volume, mask), rtol=1e-6)
+
+
+@pytest.mark.parametrize("module", ["lovasz.torch", "lovasz.tf", "lovasz.jax"])
+def test_multilabel_of_no_channel_is_zero_per_image(module):
+    """``[B, 0, N]``: one zero per image, as the oracle gives (TF gave one value for two images, its reshape's
+    -1 reading one set; JAX raised ZeroDivisionError from its reshape)."""
+    M = require(module)
+    to = require("torch").as_tensor if module == "lovasz.torch" else np.asarray
+    logits, targets = np.zeros((2, 0, 4), "float32"), np.zeros((2, 0, 4), "int64")
+    layouts = [{"order": "BCHW"}, {}] if module == "lovasz.tf" else [{}]
+    for options in layouts:
+        shape = (2, 4, 0) if options == {} and module == "lovasz.tf" else (2, 0, 4)
+        x, t = to(logits.reshape(shape)), to(targets.reshape(shape))
+        for per_image in (True, False):
+            got = np.asarray(M.lovasz_multilabel(x, t, per_image=per_image, reduction="none", **options))
+            expected = R.lovasz_multilabel(logits, targets, per_image=per_image, reduction="none")
+            np.testing.assert_array_equal(got, expected)

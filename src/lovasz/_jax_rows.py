@@ -58,7 +58,8 @@ def jaccard_steps(fg_sorted: jax.Array, dtype: DTypeLike) -> jax.Array:
     """
     fg_cum = jnp.cumsum(fg_sorted, axis=-1)
     gts = fg_cum[..., -1:]
-    k = jnp.arange(1, fg_sorted.shape[-1] + 1, dtype=fg_cum.dtype)
+    k = jnp.arange(1, fg_sorted.shape[-1] + 1, dtype=fg_cum.dtype)  # (ranked as fg_cum: rank promotion may raise)
+    k = k.reshape((1,) * (fg_cum.ndim - 1) + k.shape)
     intersection = (gts - fg_cum).astype(dtype)
     union = (gts + k - fg_cum).astype(dtype)
     background_step = intersection / (union * jnp.maximum(union - 1, 1))
@@ -467,7 +468,7 @@ def _segment_steps(fg_sorted: jax.Array, dtype: DTypeLike, ends: jax.Array, segm
     start, end = starts[inside], ends[inside]
     fg_cum = running[:, 1:] - running[:, start]
     gts = running[:, end] - running[:, start]
-    k = jnp.arange(1, fg_sorted.shape[-1] + 1) - start
+    k = (jnp.arange(1, fg_sorted.shape[-1] + 1) - start)[None]  # (rows [R, N]: rank promotion may raise)
     intersection = (gts - fg_cum).astype(dtype)
     union = (gts + k - fg_cum).astype(dtype)
     background_step = intersection / (union * jnp.maximum(union - 1, 1))

@@ -66,6 +66,7 @@ def _check_prediction(x: Any, name: str) -> jax.Array:
 
 def _check_labels(labels: Any, name: str) -> jax.Array:
     """Integer, bool or float labels; floats must hold whole numbers, checked as the label range is."""
+    _check_fits_32_bits(labels, name)
     labels = _to_array(labels, name, "an array of class indices")
     if not (
         jnp.issubdtype(labels.dtype, jnp.integer)
@@ -77,6 +78,28 @@ def _check_labels(labels: Any, name: str) -> jax.Array:
             f"got dtype {labels.dtype}"
         )
     return labels.astype(jnp.int32) if labels.dtype == jnp.bool_ else labels
+
+
+def _check_fits_32_bits(labels: Any, name: str) -> None:
+    """With ``jax_enable_x64`` off, ``jnp.asarray`` narrows 64-bit NumPy labels to 32 bits without a word: a
+    label 2**32 + 1 became class 1 (past the range check), 1 + 1e-12 became a whole 1. Such values raise."""
+    x64 = jax.dtypes.canonicalize_dtype(np.int64) == np.int64
+    if x64 or not isinstance(labels, (np.ndarray, np.generic)) or labels.dtype.itemsize != 8:
+        return
+    values = np.asarray(labels)
+    if values.dtype.kind in "iu":
+        info = np.iinfo(np.int32 if values.dtype.kind == "i" else np.uint32)
+        changed = (values < info.min) | (values > info.max)
+    elif values.dtype.kind == "f":
+        changed = (values.astype(np.float32) != values) & ~np.isnan(values)
+    else:
+        return
+    if np.any(changed):
+        value = values[changed].flat[0]
+        raise ValueError(
+            f"{name} hold {value}, which 32 bits do not: JAX narrows 64-bit arrays with jax_enable_x64 off (enable "
+            "it, or pass labels that int32 holds)"
+        )
 
 
 def _check_axis(axis: object, ndim: int) -> int:
@@ -128,6 +151,16 @@ def _refuse_one_hot(probas: jax.Array, labels: jax.Array, from_logits: bool, axi
             "of 1"
         )
     return None
+
+
+def _is_class(labels: jax.Array, num_classes: int, shape: tuple[int, ...]) -> jax.Array:
+    """``labels == c`` for each class ``c``, the classes shaped ``shape``: in the labels' dtype, as strict dtype
+    promotion wants (it compares no two dtypes), where that holds every class; else the labels widened."""
+    if jnp.issubdtype(labels.dtype, jnp.integer) and jnp.iinfo(labels.dtype).max < num_classes - 1:
+        labels = labels.astype(jnp.int32)  # (uint8 labels of 300 classes: none is above 255)
+    elif jnp.issubdtype(labels.dtype, jnp.floating) and num_classes > 2048:  # (float16 holds every int to 2048)
+        labels = labels.astype(jnp.float32)
+    return labels == jnp.arange(num_classes, dtype=labels.dtype).reshape(shape)
 
 
 def _nan_unless(loss: jax.Array, *good: jax.Array | None, axis_name: D.AxisName = None) -> jax.Array:
@@ -298,10 +331,13 @@ def _lovasz_classes(
         present = R.as_rows(fg, per_image).any(-1)
 
     num_rows = pred.shape[1]
-    loss, present = loss.reshape(-1, num_rows), present.reshape(-1, num_rows)
+    num_sets = -1
+    if not num_rows:  # no class: the number of sets from elsewhere (a -1 would read one)
+        num_sets = (ends.shape[0] if ends is not None else pred.shape[0]) if per_image else 1
+    loss, present = loss.reshape(num_sets, num_rows), present.reshape(num_sets, num_rows)
     w = jnp.ones_like(loss) if weights is None else jnp.broadcast_to(weights, loss.shape)
     if classes == "present":
-        w = w * present
+        w = w * present.astype(w.dtype)
     return _reduced(R.class_mean(loss, w), reduction, per_image, axis_name)
 
 
@@ -432,7 +468,7 @@ def lovasz_softmax(
         if R.points_first_applies(points) and (ends is None or ends.shape[0]):  # (some points: some set)
             step = pixels if per_image else batch * pixels  # the sets: the segments, the images or the batch
             set_ends = ends if ends is not None else np.arange(step, batch * pixels + 1, step, dtype=np.int32)
-            fg = lab.reshape(1, -1) == jnp.arange(num_classes).reshape(-1, 1)  # [C, N], class-major codes
+            fg = _is_class(lab.reshape(1, -1), num_classes, (-1, 1))  # [C, N], class-major codes
             codes = R.pixel_codes(fg, None if valid is None else valid.reshape(1, -1))
             options = R.PointsOptions(from_logits, classes == "present")
             per_set = R.points_first_loss(points, codes, jnp.asarray(set_ends), options)
@@ -446,7 +482,7 @@ def lovasz_softmax(
         pred = jnp.concatenate([1 - pred, pred], axis=1)
     elif from_logits:
         pred = _softmax_over_classes(pred)
-    fg = lab == jnp.arange(num_classes).reshape(1, -1, 1)
+    fg = _is_class(lab, num_classes, (1, -1, 1))
     loss = _lovasz_classes(pred, fg, valid, False, classes, per_image, w, reduction, ends, axis_name)
     return _nan_unless(loss, *good, axis_name=axis_name).astype(probas.dtype)
 

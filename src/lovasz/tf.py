@@ -451,7 +451,10 @@ def _lovasz_classes(
         loss, present = _tf_rows.sorted_losses(pred, fg, valid, hinge, per_image, channels_last)
 
     num_rows = pred.shape[axis]
-    loss, present = tf.reshape(loss, [-1, num_rows]), tf.reshape(present, [-1, num_rows])
+    num_sets = -1
+    if not num_rows:  # no class: the number of sets from elsewhere (a -1 would read one)
+        num_sets = (tf.size(scenes) - 1 if scenes is not None else tf.shape(pred)[0]) if per_image else 1
+    loss, present = tf.reshape(loss, [num_sets, num_rows]), tf.reshape(present, [num_sets, num_rows])
     w = tf.ones_like(loss) if weights is None else tf.broadcast_to(weights, tf.shape(loss))
     if classes == "present":
         w = w * tf.cast(present, loss.dtype)
