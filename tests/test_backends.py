@@ -971,6 +971,30 @@ def test_class_weights_are_finite_and_not_negative(module):
                 M.LovaszLoss(class_weights=weights)
 
 
+@pytest.mark.parametrize("module", ["lovasz.torch", "lovasz.tf", "lovasz.jax"])
+def test_class_weights_the_compute_dtype_cannot_add_up_raise(module):
+    """Weights whose sum overflows the compute dtype made the loss 0 (torch) or NaN (TF, JAX); a weight below
+    its smallest normal number, which XLA's and TF's CPU kernels flush to zero, left its class out (TF and
+    JAX gave 0 for 1e-39 everywhere). TF read float weights as float32 even for a float64 loss."""
+    M = require(module)
+    to = require("torch").as_tensor if module == "lovasz.torch" else np.asarray
+    probas = np.full((1, 4, 3) if module == "lovasz.tf" else (1, 3, 4), 1 / 3)
+    labels = to(np.array([[0, 1, 2, 1]]))
+    message = r"weights must be numbers that float(32|64) adds up.*scale them \(only their ratios count\)"
+    for weights in ([2e38, 2e38, 1.0], [1e-39, 1.0, 1.0]):
+        with pytest.raises(ValueError, match=message):
+            M.lovasz_softmax(to(probas.astype("float32")), labels, weights=weights)
+    expected = R.lovasz_softmax(np.full((1, 3, 4), 1 / 3), np.array([[0, 1, 2, 1]]), weights=[1.0, 2.0, 3.0])
+    for weights in ([1e-300, 2e-300, 3e-300], [1e300, 2e300, 3e300]):  # float64 holds these
+        if module == "lovasz.jax":
+            jax = require("jax")
+            with jax.enable_x64(True):
+                got = M.lovasz_softmax(to(probas), labels, weights=weights)
+        else:
+            got = M.lovasz_softmax(to(probas), labels, weights=weights)
+        np.testing.assert_allclose(float(got), expected, rtol=1e-12)
+
+
 def test_keras_class_weights_are_finite_and_not_negative():
     require("keras")
     K = require("lovasz.keras")

@@ -280,7 +280,7 @@ def _as_weights(weights: Weights, num_classes: int, dtype: DTypeLike) -> jax.Arr
         raise TypeError(f"weights must be [{num_classes}] real numbers (one weight per class) or None; got {weights!r}")
     V.check_weights_shape(w.shape, num_classes)
     if not isinstance(w, jax.core.Tracer):
-        V.check_weight_values(np.asarray(w).reshape(-1))
+        V.check_weight_values(np.asarray(w).reshape(-1), dtype=jax.dtypes.canonicalize_dtype(dtype))
     return w.astype(dtype)
 
 

@@ -266,7 +266,13 @@ def _as_weights(weights: Weights, num_classes: int, dtype: tf.DType) -> tf.Tenso
     if weights is None:
         return None
     try:
-        w = None if isinstance(weights, (str, bytes)) else tf.convert_to_tensor(weights)
+        if isinstance(weights, (str, bytes)):
+            w = None
+        elif isinstance(weights, (tf.Tensor, tf.Variable)):
+            w = tf.convert_to_tensor(weights)
+        else:  # numbers in NumPy's types, a float64 for a float (TF would make float32: 1e-39 was 0, 1e300 refused)
+            numbers = np.asarray(weights)
+            w = tf.constant(numbers) if numbers.dtype.kind in "iuf" else None
     except (TypeError, ValueError):  # ragged lists, dicts, ...
         w = None
     if w is None or not (w.dtype.is_floating or w.dtype.is_integer):
@@ -274,7 +280,7 @@ def _as_weights(weights: Weights, num_classes: int, dtype: tf.DType) -> tf.Tenso
     V.check_weights_shape(w.shape, num_classes)
     known = w.numpy() if tf.executing_eagerly() else tf.get_static_value(w)  # (None: a graph's values)
     if known is not None:
-        V.check_weight_values(np.reshape(known, -1))
+        V.check_weight_values(np.reshape(known, -1), dtype=dtype.as_numpy_dtype)
     return tf.cast(w, dtype)
 
 
