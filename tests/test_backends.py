@@ -1149,3 +1149,38 @@ def test_multilabel_of_no_channel_is_zero_per_image(module):
             got = np.asarray(M.lovasz_multilabel(x, t, per_image=per_image, reduction="none", **options))
             expected = R.lovasz_multilabel(logits, targets, per_image=per_image, reduction="none")
             np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("module", ["lovasz.torch", "lovasz.tf", "lovasz.jax"])
+def test_multilabel_probabilities_match_the_oracle(module):
+    """Multi-label without ``from_logits`` (each channel's foreground term of its probabilities), which the
+    oracle lacked: values, and torch's gradient; every ``classes``, batch and per image, ignore, weights."""
+    M = require(module)
+    rng = np.random.default_rng(22)
+    probas, targets = rng.random((2, 3, 4, 5)), rng.integers(0, 2, (2, 3, 4, 5))
+    targets[0, 0, 0] = 255
+    targets[1, 2] = 0  # a channel absent from an image
+    for per_image in (True, False):
+        for classes in ("present", "all", [2, 0, 0]):
+            options = dict(classes=classes, per_image=per_image, ignore=255, weights=[1.0, 2.0, 3.0])
+            expected = R.lovasz_multilabel(probas, targets, from_logits=False, **options)
+            if module == "lovasz.torch":  # its gradient against the oracle's finite differences
+                x = torch.tensor(probas, requires_grad=True)
+                LT.lovasz_multilabel(x, torch.tensor(targets), from_logits=False, **options).backward()
+                eps, grads = 1e-6, np.zeros_like(probas)
+                for i in range(0, probas.size, 7):  # finite differences of the oracle, every seventh pixel
+                    step = np.zeros(probas.size)
+                    step[i] = eps
+                    up, down = probas + step.reshape(probas.shape), probas - step.reshape(probas.shape)
+                    grads.flat[i] = (
+                        R.lovasz_multilabel(up, targets, from_logits=False, **options)
+                        - R.lovasz_multilabel(down, targets, from_logits=False, **options)
+                    ) / (2 * eps)
+                np.testing.assert_allclose(x.grad.numpy().flat[::7], grads.flat[::7], atol=1e-6)
+            if module == "lovasz.tf":
+                got = M.lovasz_multilabel(probas, targets, from_logits=False, order="BCHW", **options)
+            elif module == "lovasz.jax":
+                got = M.lovasz_multilabel(probas.astype("float32"), targets, from_logits=False, **options)
+            else:
+                got = M.lovasz_multilabel(torch.tensor(probas), torch.tensor(targets), from_logits=False, **options)
+            np.testing.assert_allclose(float(got), expected, rtol=1e-6)

@@ -274,7 +274,7 @@ def _as_weights(weights: Weights, num_classes: int, dtype: DTypeLike) -> jax.Arr
         return None
     try:
         w = None if isinstance(weights, (str, bytes)) else jnp.asarray(weights)
-    except (TypeError, ValueError):  # ragged lists, dicts, ...
+    except (TypeError, ValueError, OverflowError):  # ragged lists, dicts, an int past int64's range
         w = None
     if w is None or not (jnp.issubdtype(w.dtype, jnp.floating) or jnp.issubdtype(w.dtype, jnp.integer)):
         raise TypeError(f"weights must be [{num_classes}] real numbers (one weight per class) or None; got {weights!r}")

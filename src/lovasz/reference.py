@@ -318,8 +318,11 @@ def lovasz_multilabel(
     reduction: str = "mean",
     margin: str = "relu",
     symmetric: bool = False,
+    from_logits: bool = True,
 ) -> Loss:
-    """One Lovász hinge per channel of ``logits [B, C, *spatial]``, averaged over the channels.
+    """One Lovász hinge per channel of ``logits [B, C, *spatial]``, averaged over the channels; without
+    ``from_logits``, ``logits`` are probabilities and each channel's term is the Lovász extension of the
+    errors ``|t - p|`` of its foreground.
 
     ``classes='present'`` averages over the channels with a positive target in the set.
     See :func:`lovasz.torch.lovasz_multilabel` for the arguments.
@@ -336,7 +339,8 @@ def lovasz_multilabel(
     ignore = check_ignore(ignore)
     reduction = check_reduction(reduction)
     per_image = check_flag(per_image, "per_image")
-    margin, symmetric = check_hinge_variant(margin, symmetric)
+    from_logits = check_flag(from_logits, "from_logits")
+    margin, symmetric = check_hinge_variant(margin, symmetric, from_logits)
     weights = _checked_weights(weights, num_classes)
     _check_labels(targets, (targets == 0) | (targets == 1), ignore, "0 or 1", "targets")
     if symmetric:
@@ -364,7 +368,13 @@ def lovasz_multilabel(
             if classes == "present" and not np.any(tc == 1):
                 continue
             w = 1.0 if weights is None else float(weights[c])
-            total += w * (lovasz_hinge_flat(lc, tc, margin) if tc.size else 0.0)
+            if not tc.size:
+                loss = 0.0
+            elif from_logits:
+                loss = lovasz_hinge_flat(lc, tc, margin)
+            else:
+                loss = lovasz_extension(np.abs(tc - lc), tc)
+            total += w * loss
             weight_sum += w
         losses.append(total / weight_sum if weight_sum > 0 else 0.0)
     return _reduce(losses, reduction, per_image)

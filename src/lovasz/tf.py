@@ -932,7 +932,9 @@ def exportable() -> Iterator[None]:
     and on a GPU): the same values to float32 rounding, ties in the same order, slower on a CPU. Only
     traces made inside are affected: a ``tf.function`` traced before (called, or its concrete function
     taken, with the same input signature) keeps its trace, so trace the functions to be saved here
-    first, not around a training loop.
+    first, not around a training loop. Saved outside with unknown dims, even the process that saved it
+    cannot take a gradient of the loaded function (TF's ``AssertionError`` in ``cond_v2``: the kernel or
+    sort chosen by a ``tf.cond`` when the size is known only at run time).
 
     Example:
         >>> class Scorer(tf.Module):
