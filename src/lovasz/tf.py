@@ -268,11 +268,12 @@ def _as_weights(weights: Weights, num_classes: int, dtype: tf.DType) -> tf.Tenso
     try:
         if isinstance(weights, (str, bytes)):
             w = None
-        elif isinstance(weights, (tf.Tensor, tf.Variable)):
-            w = tf.convert_to_tensor(weights)
-        else:  # numbers in NumPy's types, a float64 for a float (TF would make float32: 1e-39 was 0, 1e300 refused)
+        elif isinstance(weights, (list, tuple, np.ndarray, np.generic, int, float)):
+            # numbers in NumPy's types, a float64 for a float (TF would make float32: 1e-39 was 0, 1e300 refused)
             numbers = np.asarray(weights)
             w = tf.constant(numbers) if numbers.dtype.kind in "iuf" else None
+        else:  # a tensor or a variable (a learned weight keeps its gradient)
+            w = tf.convert_to_tensor(weights)
     except (TypeError, ValueError):  # ragged lists, dicts, ...
         w = None
     if w is None or not (w.dtype.is_floating or w.dtype.is_integer):
