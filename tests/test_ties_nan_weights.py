@@ -304,6 +304,25 @@ def test_torch_class_weights_gradient_multilabel_compile_and_jax():
         np.testing.assert_allclose(weights.grad.numpy(), np.asarray(expected), rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("kind", ["tf.Variable", "keras.Variable"])
+def test_tf_learned_class_weights_get_their_gradient(kind):
+    """A variable of class weights stays in the graph (not read as numbers): its gradient is torch's."""
+    tf = require("tensorflow")
+    LTF = require("lovasz.tf")
+    g = torch.Generator().manual_seed(16)
+    probas = torch.randn(2, 3, 5, 5, generator=g, dtype=torch.float64).softmax(1)
+    labels = torch.randint(0, 3, (2, 5, 5), generator=g)
+    start = [0.5, 2.0, 1.5]
+    weights = tf.Variable(start, dtype=tf.float64) if kind == "tf.Variable" else require("keras").Variable(start)
+    with tf.GradientTape() as tape:
+        loss = LTF.lovasz_softmax(probas.numpy(), labels.numpy(), order="BCHW", weights=weights)
+    expected = torch.tensor(start, dtype=torch.float64, requires_grad=True)
+    L.lovasz_softmax(probas, labels, weights=expected).backward()
+    got = tape.gradient(loss, weights)
+    assert got is not None and float(tf.reduce_max(tf.abs(got))) > 0
+    np.testing.assert_allclose(np.asarray(got), expected.grad.numpy(), rtol=1e-5, atol=1e-7)
+
+
 def test_torch_weights_in_a_graph_are_checked_when_it_runs():
     """A weights tensor in a compiled or exported graph (a learned one may turn negative at any step) holds
     values only known when the graph runs: an assert there, as for the labels. Unchecked, a negative weight
