@@ -128,31 +128,6 @@ def _check_values(
     return None
 
 
-def _refuse_one_hot(probas: jax.Array, labels: jax.Array, from_logits: bool, axis: int) -> jax.Array | None:
-    """Labels of the prediction's shape are sigmoid input, ``[B, *spatial]``; so are, by shape, class scores
-    with one-hot targets (Keras' and MONAI's habit), which would be scored as a volume of C slices without a
-    word. A sigmoid mask one-hot over the class axis would hold one foreground voxel in every column, with
-    probabilities summing to 1 there: refused as :func:`_check_values` refuses a bad label (a ``ValueError``
-    when concrete; traced, whether the input is no such pair, for :func:`_nan_unless`)."""
-    if probas.ndim < 3 or probas.shape[axis] < 2 or not probas.size:
-        return None
-    y = labels.astype(jnp.float32)
-    one_hot = jnp.all((y == 0) | (y == 1)) & jnp.all(jnp.sum(y, axis) == 1)
-    if not from_logits:
-        one_hot = one_hot & jnp.all(jnp.abs(jnp.sum(probas.astype(jnp.float32), axis) - 1) <= 1e-3)
-    if isinstance(one_hot, jax.core.Tracer):
-        return ~one_hot
-    if bool(one_hot):
-        scores = "" if from_logits else " where probas sum to 1 (softmax output)"
-        raise ValueError(
-            f"labels of the shape of probas are read as sigmoid input [B, *spatial], but these are one-hot over "
-            f"the class axis {axis}{scores}: pass class indices (labels.argmax({axis})), or use "
-            "lovasz.keras.LovaszSoftmaxLoss, which takes one-hot targets; a sigmoid volume takes a channel axis "
-            "of 1"
-        )
-    return None
-
-
 def _is_class(labels: jax.Array, num_classes: int, shape: tuple[int, ...]) -> jax.Array:
     """``labels == c`` for each class ``c``, the classes shaped ``shape``: in the labels' dtype, as strict dtype
     promotion wants (it compares no two dtypes), where that holds every class; else the labels widened."""
@@ -458,7 +433,7 @@ def lovasz_softmax(
     batch, pixels = labels.shape[0], math.prod(labels.shape[1:])  # no -1: the batch may be empty
     lab = labels.reshape(batch, 1, pixels)
     valid = _in_some_segment(_valid(lab, ignore), member)
-    good = [_refuse_one_hot(probas, labels, from_logits, axis) if sigmoid else None]
+    good = []
     if jnp.issubdtype(lab.dtype, jnp.floating):  # class indices as floats: whole numbers only (1.5 is no class)
         good.append(_check_values(lab, lab == jnp.round(lab), valid, "whole numbers (class indices)", "labels"))
     good.append(_check_values(lab, (lab >= 0) & (lab < num_classes), valid, f"in [0, {num_classes - 1}]", "labels"))

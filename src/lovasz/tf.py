@@ -176,35 +176,6 @@ def _check_values(
     return None
 
 
-def _refuse_one_hot(probas: tf.Tensor, labels: tf.Tensor, from_logits: bool, axis: int) -> tf.Tensor | None:
-    """Labels of the prediction's shape are sigmoid input, ``[B, *spatial]``; so are, by shape, class scores
-    with one-hot targets (Keras' habit), which would be scored as a volume of C slices without a word. A
-    sigmoid mask one-hot over the class axis would hold one foreground voxel in every column, with
-    probabilities summing to 1 there: refused, as :func:`_check_values` refuses a bad label (a ``ValueError``
-    eagerly, an assert in a graph; under XLA, whether the input is no such pair, for :func:`_nan_unless`)."""
-    if probas.shape.rank < 3 or (probas.shape[axis] is not None and probas.shape[axis] < 2):
-        return None
-    y = tf.cast(labels, tf.float64)
-    one_hot = (tf.size(y) > 0) & tf.reduce_all((y == 0) | (y == 1)) & tf.reduce_all(tf.reduce_sum(y, axis) == 1)
-    if not from_logits:
-        sums = tf.reduce_sum(tf.cast(probas, tf.float64), axis)
-        one_hot = one_hot & tf.reduce_all(tf.abs(sums - 1) <= 1e-3)
-    scores = "" if from_logits else " where probas sum to 1 (softmax output)"
-    message = (
-        f"labels of the shape of probas are read as sigmoid input [B, *spatial], but these are one-hot over the "
-        f"class axis {axis}{scores}: pass class indices (tf.argmax(labels, {axis})), or use "
-        "lovasz.keras.LovaszSoftmaxLoss, which takes one-hot targets; a sigmoid volume takes a channel axis of 1"
-    )
-    if tf.executing_eagerly():
-        if bool(one_hot):
-            raise ValueError(message)
-        return None
-    if _tf_rows.in_xla() or _tf_rows.in_pfor():
-        return tf.logical_not(one_hot)
-    tf.debugging.Assert(tf.logical_not(one_hot), [message])
-    return None
-
-
 def _nan_unless(loss: tf.Tensor, *good: tf.Tensor | None) -> tf.Tensor:
     """``loss``, or NaN (its gradient too) where a check of :func:`_check_values` that could not assert (XLA,
     ``tf.vectorized_map``) found a bad label, which the loss would otherwise read as background without a
@@ -608,7 +579,7 @@ def lovasz_softmax(
     batch, pixels = tf.shape(labels)[0], _size(labels, 1)
     lab = tf.reshape(labels, [batch, pixels])
     valid = _valid(lab, ignore)
-    good = [good_splits, good_layout, _refuse_one_hot(probas, labels, from_logits, channel_axis) if sigmoid else None]
+    good = [good_splits, good_layout]
     if lab.dtype.is_floating:  # class indices as floats: whole numbers only (1.5 is no class)
         good.append(_check_values(lab, tf.equal(lab, tf.round(lab)), valid, "whole numbers (class indices)", "labels"))
     good.append(_check_values(lab, (lab >= 0) & (lab < num_classes), valid, f"in [0, {num_classes - 1}]", "labels"))

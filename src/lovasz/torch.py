@@ -541,8 +541,6 @@ def _softmax(
     if probas.ndim >= 2 and probas.shape[1] == 1 and probas.ndim == labels.ndim + 1:
         probas = probas.squeeze(1)  # one channel: the foreground probability, as in the original
     sigmoid, num_classes = V.softmax_layout(probas.shape, labels.shape, names=names[:2])
-    if sigmoid:
-        _refuse_one_hot(probas, labels, from_logits, names[:2])
     classes = V.check_classes(classes, num_classes)
     ignore = V.check_ignore(ignore)
     reduction = V.check_reduction(reduction)
@@ -592,35 +590,6 @@ def _softmax(
         ends=ends,
     )
     return loss.to(_result_dtype(probas))
-
-
-def _refuse_one_hot(probas: Tensor, labels: Tensor, from_logits: bool, names: tuple[str, str]) -> None:
-    """Labels of the prediction's shape are sigmoid input, ``[B, *spatial]``; so are, by shape, class scores
-    ``[B, C, *spatial]`` with one-hot targets (MONAI's and Keras' habit), which would be scored as a volume of
-    C slices without a word. A sigmoid mask one-hot over dim 1 would hold one foreground voxel in every
-    column, with probabilities summing to 1 there: refused. Eagerly on a CPU one column rules most inputs
-    out; elsewhere an assert, when it runs (no host sync)."""
-    if probas.ndim < 3 or probas.shape[1] < 2:
-        return
-    pname, lname = names
-    scores = "" if from_logits else f" where {pname} sum to 1 (softmax output)"
-    message = (
-        f"{lname} of the shape of {pname} are read as sigmoid input [B, *spatial], but these are one-hot over "
-        f"dim 1{scores}: pass class indices ({lname}.argmax(1)), or use LovaszLoss('multiclass'), which "
-        "takes one-hot targets; a sigmoid volume takes a channel axis [B, 1, *spatial]"
-    )
-
-    def one_hot(p: Tensor, y: Tensor) -> Tensor:
-        ok = ((y == 0) | (y == 1)).all() & (y.sum(1) == 1).all()
-        return ok if from_logits else ok & ((p.sum(1, dtype=torch.float64) - 1).abs() <= 1e-3).all()
-
-    if torch.compiler.is_compiling() or probas.device.type != "cpu":
-        torch._assert_async(~one_hot(probas, labels), message)
-        return
-    p, y = _unbatched(probas.detach()), _unbatched(labels)
-    first = (slice(0, 1), slice(None)) + (slice(0, 1),) * (p.ndim - 2)  # one column of the first image
-    if p.numel() and bool(one_hot(p[first], y[first])) and bool(one_hot(p, y)):
-        raise ValueError(message)
 
 
 def lovasz_hinge(
