@@ -972,27 +972,32 @@ def test_class_weights_are_finite_and_not_negative(module):
 
 
 @pytest.mark.parametrize("module", ["lovasz.torch", "lovasz.tf", "lovasz.jax"])
-def test_class_weights_the_compute_dtype_cannot_add_up_raise(module):
-    """Weights whose sum overflows the compute dtype made the loss 0 (torch) or NaN (TF, JAX); a weight below
-    its smallest normal number, which XLA's and TF's CPU kernels flush to zero, left its class out (TF and
-    JAX gave 0 for 1e-39 everywhere). TF read float weights as float32 even for a float64 loss."""
+def test_class_weights_of_any_magnitude_give_the_weighted_mean(module):
+    """Only the weights' ratios count: a sum past float32's largest made the loss 0 (torch) or NaN (TF, JAX),
+    weights below its smallest normal number were flushed to zero by XLA's and TF's CPU kernels (1e-39 for
+    every class gave 0 and a zero gradient), and TF read float weights as float32 for a float64 loss (1e300
+    refused). Known weights far from 1 are scaled by a power of two on the host."""
     M = require(module)
     to = require("torch").as_tensor if module == "lovasz.torch" else np.asarray
     probas = np.full((1, 4, 3) if module == "lovasz.tf" else (1, 3, 4), 1 / 3)
-    labels = to(np.array([[0, 1, 2, 1]]))
-    message = r"weights must be numbers that float(32|64) adds up.*scale them \(only their ratios count\)"
-    for weights in ([2e38, 2e38, 1.0], [1e-39, 1.0, 1.0]):
-        with pytest.raises(ValueError, match=message):
-            M.lovasz_softmax(to(probas.astype("float32")), labels, weights=weights)
-    expected = R.lovasz_softmax(np.full((1, 3, 4), 1 / 3), np.array([[0, 1, 2, 1]]), weights=[1.0, 2.0, 3.0])
-    for weights in ([1e-300, 2e-300, 3e-300], [1e300, 2e300, 3e300]):  # float64 holds these
-        if module == "lovasz.jax":
+    probas[..., 0] = 0.5  # (not all classes' losses equal: the weights matter)
+    labels = np.array([[0, 1, 2, 1]])
+    oracle = np.moveaxis(probas, -1, 1) if module == "lovasz.tf" else probas
+    for weights, dtype in [
+        ([2e38, 3e38, 1e38], "float32"),
+        ([2e-39, 3e-39, 1e-39], "float32"),
+        ([2e-40, 0.0, 1e-40], "float32"),
+        ([2e300, 3e300, 1e300], "float64"),
+        ([2e-310, 3e-310, 1e-310], "float64"),
+    ]:
+        expected = R.lovasz_softmax(oracle, labels, weights=weights)
+        if module == "lovasz.jax" and dtype == "float64":
             jax = require("jax")
             with jax.enable_x64(True):
-                got = M.lovasz_softmax(to(probas), labels, weights=weights)
+                got = M.lovasz_softmax(to(probas), to(labels), weights=weights)
         else:
-            got = M.lovasz_softmax(to(probas), labels, weights=weights)
-        np.testing.assert_allclose(float(got), expected, rtol=1e-12)
+            got = M.lovasz_softmax(to(probas.astype(dtype)), to(labels), weights=weights)
+        np.testing.assert_allclose(float(got), expected, rtol=1e-6 if dtype == "float32" else 1e-12)
 
 
 def test_keras_class_weights_are_finite_and_not_negative():
@@ -1140,3 +1145,16 @@ def test_multilabel_probabilities_match_the_oracle(module):
             else:
                 got = M.lovasz_multilabel(torch.tensor(probas), torch.tensor(targets), from_logits=False, **options)
             np.testing.assert_allclose(float(got), expected, rtol=1e-6)
+
+
+def test_jax_half_precision_labels_of_many_classes():
+    """bfloat16 holds every whole number to 256 only (257 rounds to 256): its labels of 300 classes were
+    compared with classes made in bfloat16, and label 256 matched two of them (0.0235 for 0.0202)."""
+    LJ = require("lovasz.jax")
+    rng = np.random.default_rng(23)
+    probas = rng.dirichlet(np.ones(300), size=(1, 40)).transpose(0, 2, 1).astype("float32")  # [1, 300, 40]
+    labels = 2 * rng.integers(125, 150, (1, 40))  # (even: bfloat16 holds no odd number past 256)
+    expected = float(LJ.lovasz_softmax(probas, labels))
+    for dtype in ("bfloat16", "float16"):
+        got = LJ.lovasz_softmax(probas, require("jax.numpy").asarray(labels, dtype))
+        assert float(got) == pytest.approx(expected, rel=1e-6)

@@ -323,6 +323,23 @@ def test_tf_learned_class_weights_get_their_gradient(kind):
     np.testing.assert_allclose(np.asarray(got), expected.grad.numpy(), rtol=1e-5, atol=1e-7)
 
 
+def test_tf_weights_as_a_list_of_tensors_in_a_graph():
+    """A list of graph tensors as weights is converted by TF (NumPy cannot read a symbolic tensor)."""
+    tf = require("tensorflow")
+    LTF = require("lovasz.tf")
+    g = torch.Generator().manual_seed(17)
+    probas = torch.randn(2, 3, 4, 4, generator=g).softmax(1)
+    labels = torch.randint(0, 3, (2, 4, 4), generator=g)
+    expected = L.lovasz_softmax(probas, labels, weights=[0.5, 2.0, 1.5])
+
+    @tf.function
+    def loss(p, y, w):
+        return LTF.lovasz_softmax(p, y, order="BCHW", weights=[w[0], w[1], 1.5])
+
+    got = loss(probas.numpy(), labels.numpy(), tf.constant([0.5, 2.0]))
+    np.testing.assert_allclose(float(got), float(expected), rtol=1e-6)
+
+
 def test_torch_weights_in_a_graph_are_checked_when_it_runs():
     """A weights tensor in a compiled or exported graph (a learned one may turn negative at any step) holds
     values only known when the graph runs: an assert there, as for the labels. Unchecked, a negative weight

@@ -94,6 +94,8 @@ def test_transforms_outside_vmap_equal_a_loop(kind):
     tangent = torch.randn_like(probas)
     _, jvp_out = torch.func.jvp(losses, (probas,), (tangent,))
     torch.testing.assert_close(jvp_out, torch.einsum("ij...,j...->i", expected, tangent))
+    nested = jacfwd(lambda x: vmap(vmap(lambda x, y: fn(x, y, True)))(x, labels.unflatten(0, (2, 2))))
+    torch.testing.assert_close(nested(probas.unflatten(0, (2, 2))).flatten(0, 1).flatten(1, 2), expected)
 
 
 @pytest.mark.parametrize("mapped", [False, True])

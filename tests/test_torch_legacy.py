@@ -104,6 +104,8 @@ def test_cross_entropy_helpers_as_the_original():
         torch.testing.assert_close(L.StableBCELoss()(scores, target), original_stable_bce(scores, target))
     with pytest.raises(ValueError, match="Target size"):  # theirs broadcasts [5, 1] and [5] to [5, 5]
         L.StableBCELoss()(scores[0, 0, :, None], binary[0, 0].float())
+    with pytest.raises(ValueError, match="Target size"):  # shapes that do not broadcast: torch's message
+        L.StableBCELoss()(scores, binary[:, :3].float())
     binary[0, :2] = 255
     kept = binary != 255
     expected = original_stable_bce(scores[kept], binary[kept].float())

@@ -719,7 +719,7 @@ class _LovaszSets(torch.autograd.Function):
         _setup_context(ctx, inputs, output)
         # Under vmap (the generated rule) the outputs here are batched wrappers of the op's: mark those too, or
         # forward mode gives the integer counts a tangent (an internal assert of torch)
-        ctx.mark_non_differentiable(*(_unbatched_once(out) for out in output[2:]))
+        ctx.mark_non_differentiable(*(_without_vmap(out) for out in output[2:]))
         ctx.save_for_forward(output[1], inputs[_ARG["ends"]])
         ctx.num_sets = output[0].shape[0]
 
@@ -807,6 +807,8 @@ def differentiable(x: Tensor) -> bool:
         x = torch._C._functorch.get_unwrapped(x)
 
 
-def _unbatched_once(x: Tensor) -> Tensor:
-    """``x`` without the vmap level that wraps it, if one does."""
-    return torch._C._functorch.get_unwrapped(x) if torch._C._functorch.is_batchedtensor(x) else x
+def _without_vmap(x: Tensor) -> Tensor:
+    """``x`` without the vmap levels that wrap it (nested vmaps: one each), if any do."""
+    while torch._C._functorch.is_batchedtensor(x):
+        x = torch._C._functorch.get_unwrapped(x)
+    return x

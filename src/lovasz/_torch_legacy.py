@@ -73,9 +73,16 @@ class StableBCELoss(nn.Module):
     """
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        if target.shape != input.shape and torch.broadcast_shapes(target.shape, input.shape) == input.shape:
+        if target.shape != input.shape and _broadcasts_to(target.shape, input.shape):
             target = target.expand_as(input)  # a target that broadcasts to the input's shape, as the original's
         return F.binary_cross_entropy_with_logits(input, target.to(input.dtype))
+
+
+def _broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
+    try:
+        return torch.broadcast_shapes(shape, target) == target
+    except RuntimeError:  # shapes that do not broadcast: binary_cross_entropy_with_logits names both
+        return False
 
 
 def binary_xloss(logits: Tensor, labels: Tensor, ignore: int | None = None) -> Tensor:

@@ -169,25 +169,24 @@ def check_term_weight(value: Any, name: str) -> float:
     return float(value)
 
 
-def check_weight_values(values: Iterable[float], name: str = "weights", dtype: Any = None) -> None:
+def check_weight_values(values: Iterable[float], name: str = "weights") -> float:
     """Class weights, where their values are known: finite and >= 0 (0 takes a class out of the mean). A
-    negative sum would turn the weighted mean's sign, a NaN the loss. With the compute ``dtype`` (a NumPy
-    float type), what it holds: a sum past its largest number made the loss 0 or NaN, a weight below its
-    smallest normal one, which XLA's and TensorFlow's CPU kernels flush to zero, a class left out."""
+    negative sum would turn the weighted mean's sign, a NaN the loss.
+
+    Returns a power of two to scale them by, 1 unless their largest is far from 1: the weighted mean takes
+    only their ratios, and float32 holds neither a sum past 3.4e38 (the loss was 0 or NaN) nor, on XLA's and
+    TensorFlow's CPU kernels, which flush them to zero, numbers below 1.2e-38 (weights of 1e-39 gave 0).
+    Scaled by a power of two, their ratios keep their bits."""
     try:
         values = [float(v) for v in values]
     except (TypeError, ValueError, OverflowError):  # a string ('abc' iterates to letters), a number, None inside
         raise TypeError(f"{name} must be [C] real numbers (one weight per class); got {values!r}") from None
     if not all(math.isfinite(v) and v >= 0 for v in values):
         raise ValueError(f"{name} must be finite numbers >= 0 (a weight of 0 takes a class out); got {values}")
-    if dtype is None:
-        return
-    info = np.finfo(dtype)
-    if sum(v / float(info.max) for v in values) > 1 or any(0 < v < info.tiny for v in values):
-        raise ValueError(
-            f"{name} must be numbers that {info.dtype} adds up, each 0 or in [{info.tiny:.3g}, {info.max:.3g}] "
-            f"and their sum at most the largest; got {values}: scale them (only their ratios count)"
-        )
+    largest = max(values, default=0.0)
+    if largest == 0 or 2.0**-60 <= largest <= 2.0**60:
+        return 1.0
+    return 2.0 ** min(max(-math.frexp(largest)[1], -1022), 1023)  # (a normal float64: kernels flush the rest)
 
 
 def check_weights_shape(shape: Iterable[int | None], num_classes: int, name: str = "weights") -> None:

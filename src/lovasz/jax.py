@@ -133,8 +133,8 @@ def _is_class(labels: jax.Array, num_classes: int, shape: tuple[int, ...]) -> ja
     promotion wants (it compares no two dtypes), where that holds every class; else the labels widened."""
     if jnp.issubdtype(labels.dtype, jnp.integer) and jnp.iinfo(labels.dtype).max < num_classes - 1:
         labels = labels.astype(jnp.int32)  # (uint8 labels of 300 classes: none is above 255)
-    elif jnp.issubdtype(labels.dtype, jnp.floating) and num_classes > 2048:  # (float16 holds every int to 2048)
-        labels = labels.astype(jnp.float32)
+    elif jnp.issubdtype(labels.dtype, jnp.floating) and num_classes - 1 > 2 ** (jnp.finfo(labels.dtype).nmant + 1):
+        labels = labels.astype(jnp.float32)  # (bfloat16 holds every whole number to 256 only: 257 is 256)
     return labels == jnp.arange(num_classes, dtype=labels.dtype).reshape(shape)
 
 
@@ -254,9 +254,12 @@ def _as_weights(weights: Weights, num_classes: int, dtype: DTypeLike) -> jax.Arr
     if w is None or not (jnp.issubdtype(w.dtype, jnp.floating) or jnp.issubdtype(w.dtype, jnp.integer)):
         raise TypeError(f"weights must be [{num_classes}] real numbers (one weight per class) or None; got {weights!r}")
     V.check_weights_shape(w.shape, num_classes)
-    if not isinstance(w, jax.core.Tracer):
-        V.check_weight_values(np.asarray(w).reshape(-1), dtype=jax.dtypes.canonicalize_dtype(dtype))
-    return w.astype(dtype)
+    if isinstance(w, jax.core.Tracer):  # (a learned weight: its values are the trace's)
+        return w.astype(dtype)
+    # numbers: checked, scaled and made on the host (XLA's CPU kernels flush a float32 1e-39 to zero)
+    values = np.asarray(w if isinstance(weights, jax.Array) else weights, dtype=np.float64).reshape(w.shape)
+    scale = V.check_weight_values(values.reshape(-1))
+    return jnp.asarray(values * scale, dtype=dtype) if scale != 1 else w.astype(dtype)
 
 
 def _lovasz_classes(

@@ -239,11 +239,10 @@ def _as_weights(weights: Weights, num_classes: int, dtype: tf.DType) -> tf.Tenso
     try:
         if isinstance(weights, (str, bytes)):
             w = None
-        elif isinstance(weights, (list, tuple, np.ndarray, np.generic, int, float)):
-            # numbers in NumPy's types, a float64 for a float (TF would make float32: 1e-39 was 0, 1e300 refused)
+        elif _numbers(weights):  # in NumPy's types, a float64 for a float (TF makes float32: 1e300 was refused)
             numbers = np.asarray(weights)
             w = tf.constant(numbers) if numbers.dtype.kind in "iuf" else None
-        else:  # a tensor or a variable (a learned weight keeps its gradient)
+        else:  # a tensor, a variable, a list of tensors (a learned weight keeps its gradient)
             w = tf.convert_to_tensor(weights)
     except (TypeError, ValueError):  # ragged lists, dicts, ...
         w = None
@@ -251,9 +250,19 @@ def _as_weights(weights: Weights, num_classes: int, dtype: tf.DType) -> tf.Tenso
         raise TypeError(f"weights must be [{num_classes}] real numbers (one weight per class) or None; got {weights!r}")
     V.check_weights_shape(w.shape, num_classes)
     known = w.numpy() if tf.executing_eagerly() else tf.get_static_value(w)  # (None: a graph's values)
-    if known is not None:
-        V.check_weight_values(np.reshape(known, -1), dtype=dtype.as_numpy_dtype)
-    return tf.cast(w, dtype)
+    scale = 1.0 if known is None else V.check_weight_values(np.reshape(known, -1))
+    if scale == 1:
+        return tf.cast(w, dtype)
+    if hasattr(weights, "assign"):  # a variable: scaled in the graph, keeping its gradient
+        return tf.cast(tf.cast(w, tf.float64) * scale, dtype)
+    return tf.constant(np.asarray(known, np.float64) * scale, dtype)  # (on the host: TF's kernels flush 1e-320)
+
+
+def _numbers(weights: Any) -> bool:
+    """Whether ``weights`` are numbers (a NumPy array, or a sequence of Python or NumPy numbers)."""
+    if isinstance(weights, (np.ndarray, np.generic, int, float)):
+        return True
+    return isinstance(weights, (list, tuple)) and all(isinstance(v, (int, float, np.generic)) for v in weights)
 
 
 # ----------------------------------------------------------------------------- checks of points of scenes

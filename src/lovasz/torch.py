@@ -21,7 +21,6 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Optional, Union
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -183,8 +182,8 @@ def _as_weights(
         # numbers of the graph: checked and made in Python (the host path reads a tensor back: a break, and an
         # error under fullgraph=True)
         V.check_weights_shape((len(weights),), num_classes, name)
-        V.check_weight_values(list(weights), name, _numpy_float(dtype))
-        return torch.tensor([float(v) for v in weights], dtype=dtype, device=device)
+        scale = V.check_weight_values(list(weights), name)
+        return torch.tensor([float(v) * scale for v in weights], dtype=dtype, device=device)
     on_device = isinstance(weights, Tensor) and weights.device == device
     try:
         # numbers on the host, whatever torch.set_default_device says: they become constants on the input's device
@@ -196,18 +195,16 @@ def _as_weights(
     V.check_weights_shape(w.shape, num_classes, name)
     if w.is_complex() or w.dtype == torch.bool:  # (any int or float dtype holds weights)
         raise TypeError(f"{name} must hold real numbers; got dtype {w.dtype}")
+    scale = 1.0
     if not on_device or (w.device.type == "cpu" and not torch.compiler.is_compiling()):  # (values on the host)
-        V.check_weight_values(_unbatched(w.detach()).reshape(-1).tolist(), name, _numpy_float(dtype))
+        scale = V.check_weight_values(_unbatched(w.detach()).reshape(-1).tolist(), name)
     else:  # on an accelerator, or in a graph (a learned weight may turn negative at any step): when it runs
         values = w.detach() if torch.compiler.is_compiling() else _unbatched(w.detach())  # (Dynamo: no wrappers)
         ok = torch.all(torch.isfinite(values) & (values >= 0))
         torch._assert_async(ok, f"{name} must be finite numbers >= 0 (a weight of 0 takes a class out)")
-    return w.to(dtype) if on_device else _constant(tuple(w.tolist()), dtype, device)
-
-
-def _numpy_float(dtype: torch.dtype) -> type:
-    """The NumPy type of a compute dtype (float32 or float64)."""
-    return np.float64 if dtype == torch.float64 else np.float32
+    if on_device:  # (a learned weight keeps its gradient: the weighted mean is the same for scaled weights)
+        return w.to(dtype) if scale == 1 else (w.double() * scale).to(dtype)
+    return _constant(tuple(v * scale for v in w.double().tolist()), dtype, device)
 
 
 _CONSTANTS: OrderedDict[tuple, Tensor] = OrderedDict()  # (values, dtype, device) -> tensor, most recent last
