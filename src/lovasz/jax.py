@@ -91,7 +91,8 @@ def _check_fits_32_bits(labels: Any, name: str) -> None:
         info = np.iinfo(np.int32 if values.dtype.kind == "i" else np.uint32)
         changed = (values < info.min) | (values > info.max)
     elif values.dtype.kind == "f":
-        changed = (values.astype(np.float32) != values) & ~np.isnan(values)
+        narrow = values.astype(np.float32)  # (changed into a whole number: 0.1 stays 0.1, refused as no class)
+        changed = (narrow != values) & (narrow == np.round(narrow)) & ~np.isnan(values)
     else:
         return
     if np.any(changed):
