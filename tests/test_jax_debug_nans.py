@@ -105,6 +105,8 @@ def test_labels_that_32_bits_cannot_hold_raise_with_x64_off():
                 LJ.lovasz_softmax(probas, labels, ignore=255)
         with pytest.raises(ValueError, match="labels hold 1.000000000001"):
             LJ.lovasz_softmax(probas, np.array([[0, 1, 2, 1 + 1e-12]]))
+        with pytest.raises(ValueError, match="labels hold 4294967297"):  # a Python list too
+            LJ.lovasz_softmax(probas, [[0, 1, 2, 2**32 + 1]])
         with pytest.raises(ValueError, match="labels hold 4294967296"):
             LJ.lovasz_hinge(probas[:, 0], np.array([[0, 1, 2**32, 1]], "uint64"))
         labels = np.array([[0, 1, 2, 255]], "int64")  # what 32 bits hold passes

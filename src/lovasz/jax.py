@@ -84,9 +84,14 @@ def _check_fits_32_bits(labels: Any, name: str) -> None:
     """With ``jax_enable_x64`` off, ``jnp.asarray`` narrows 64-bit NumPy labels to 32 bits without a word: a
     label 2**32 + 1 became class 1 (past the range check), 1 + 1e-12 became a whole 1. Such values raise."""
     x64 = jax.dtypes.canonicalize_dtype(np.int64) == np.int64
-    if x64 or not isinstance(labels, (np.ndarray, np.generic)) or labels.dtype.itemsize != 8:
+    if x64 or not isinstance(labels, (np.ndarray, np.generic, list, tuple)):
         return
-    values = np.asarray(labels)
+    try:
+        values = np.asarray(labels)  # (a list of numbers: int64 or float64, as NumPy reads it)
+    except (TypeError, ValueError):  # a ragged list: _to_array names it
+        return
+    if values.dtype.itemsize != 8:
+        return
     if values.dtype.kind in "iu":
         info = np.iinfo(np.int32 if values.dtype.kind == "i" else np.uint32)
         changed = (values < info.min) | (values > info.max)
