@@ -881,7 +881,9 @@ def test_combined_loss_of_one_channel_takes_a_binary_cross_entropy(per_image):
         keras.ops.convert_to_numpy(CrossEntropyLovaszLoss(**weighted)(y_true, two)),
         rtol=1e-5,
     )
-    with pytest.raises(ValueError, match=r"weights must have shape \[2\] \(one weight per class\); got \[3\]"):
+    with pytest.raises(
+        ValueError, match=r"^class_weights must have one weight per class, 2 for y_pred \[2, 3, 4, 1\]; got 3"
+    ):
         CrossEntropyLovaszLoss(**dict(options, class_weights=[1.0, 2.0, 3.0]))(y_true, y_pred)
 
 
@@ -907,6 +909,35 @@ def test_combined_loss_rejects_options_its_mode_has_not():
         LovaszSoftmaxLoss(include_background=False, class_weights=[1, 2])(
             np.zeros((1, 2, 2)), np.zeros((1, 2, 2, 3), "float32")
         )
+
+
+def test_class_weights_of_the_wrong_length_name_class_weights():
+    """With include_background left True the error came from the functions, naming their ``weights``."""
+    y = np.zeros((1, 2, 2))
+    for loss, channels, classes in (
+        (LovaszSoftmaxLoss(class_weights=[1, 2]), 3, 3),
+        (LovaszSoftmaxLoss(class_weights=[1, 2, 3]), 1, 2),  # one sigmoid channel: two classes
+        (LovaszMultilabelLoss(class_weights=[1, 2]), 3, 3),
+        (CrossEntropyLovaszLoss("multiclass", class_weights=[1, 2]), 3, 3),
+    ):
+        y_true = np.zeros((1, 2, 2, channels)) if isinstance(loss, LovaszMultilabelLoss) else y
+        with pytest.raises(ValueError, match=rf"^class_weights must have one weight per class, {classes} for y_pred"):
+            loss(y_true, np.zeros((1, 2, 2, channels), "float32"))
+    # one sigmoid channel, two weights: accepted
+    assert np.isfinite(float(LovaszSoftmaxLoss(class_weights=[1, 2])(y, np.full((1, 2, 2, 1), 0.3, "float32"))))
+
+
+def test_sample_weights_known_must_be_finite_and_not_negative():
+    """A NaN weight gave a NaN loss, a negative one a loss that training pushes up, without a word."""
+    y, probs = np.zeros((2, 4, 4), int), np.full((2, 4, 4, NUM_CLASSES), 1 / NUM_CLASSES, "float32")
+    loss = LovaszSoftmaxLoss(per_image=True)
+    for bad in ([1.0, -1.0], [1.0, np.nan], np.array([np.inf, 1.0], "float32")):
+        with pytest.raises(ValueError, match=r"^sample_weight must be finite numbers >= 0 \(one weight per image\)"):
+            loss(y, probs, sample_weight=bad)
+        with pytest.raises(ValueError, match=r"^sample_weight must be finite numbers >= 0"):
+            loss(y, probs, sample_weight=keras.ops.convert_to_tensor(np.asarray(bad, "float32")))
+    good = float(keras.ops.convert_to_numpy(loss(y, probs, sample_weight=[0.0, 2.0])))
+    assert good == pytest.approx(float(keras.ops.convert_to_numpy(loss(y, probs))))
 
 
 CONFIG_LOSSES = {

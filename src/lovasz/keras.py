@@ -399,6 +399,19 @@ def _check_weights_per_image(one_value: bool, global_batch: bool, sample_weight:
         )
     if dims and None not in (dims[0], images) and dims[0] != images:  # (Keras' broadcast error named none of them)
         raise ValueError(f"sample_weight must hold one weight per image ({images} in y_pred); got shape {list(dims)}")
+    _check_weight_values(sample_weight)
+
+
+def _check_weight_values(sample_weight: Any) -> None:
+    """Where its values are known (arrays, eager tensors, torch on the CPU): finite and >= 0, as class weights. A
+    NaN gave a NaN loss, a negative weight a loss that training pushes up, without a word."""
+    known = _known(sample_weight) if keras.ops.is_tensor(sample_weight) else np.asarray(sample_weight)
+    if known is None or known.dtype.kind not in "biuf":
+        return
+    values = known.astype(np.float64).reshape(-1)
+    if not (np.isfinite(values).all() and (values >= 0).all()):
+        bad = values[~(np.isfinite(values) & (values >= 0))]
+        raise ValueError(f"sample_weight must be finite numbers >= 0 (one weight per image); got {bad[:4].tolist()}")
 
 
 def _weights_of_known_rank(sample_weight: Any, y_pred: Tensor) -> Any:
@@ -838,6 +851,8 @@ class _ClassAveragedLoss(_LovaszLoss):
     """A Lovász loss averaged over class channels: adds ``from_logits``, ``classes``, ``class_weights``
     and ``include_background``."""
 
+    _one_channel_classes = 1  # the classes of a y_pred of one channel
+
     def __init__(
         self,
         *,
@@ -856,19 +871,21 @@ class _ClassAveragedLoss(_LovaszLoss):
     def _class_weights(self, y_pred: Tensor, axis: int) -> list[float] | None:
         """``class_weights``, with channel 0's made 0 where ``include_background`` is False (MONAI's
         convention): a weight of 0 takes a class out of the average, present or not."""
-        if self.include_background:
-            return self.class_weights
         shape = list(y_pred.shape)
         channels = shape[axis] if len(shape) >= 2 else None
+        if self.class_weights is not None and channels is not None:  # (checked here to name class_weights)
+            classes = self._one_channel_classes if channels == 1 else channels
+            if len(self.class_weights) != classes:
+                raise ValueError(
+                    f"class_weights must have one weight per class, {classes} for y_pred {shape}; "
+                    f"got {len(self.class_weights)}"
+                )
+        if self.include_background:
+            return self.class_weights
         if channels is None or channels < 2:
             raise ValueError(
                 "include_background=False leaves channel 0 out of the class average: y_pred needs a class axis "
                 f"of 2 or more channels (known when traced); got shape {shape}"
-            )
-        if self.class_weights is not None and len(self.class_weights) != channels:
-            raise ValueError(
-                f"class_weights must have one weight per class, {channels} for y_pred {shape}; "
-                f"got {len(self.class_weights)}"
             )
         return [0.0] + (self.class_weights[1:] if self.class_weights is not None else [1.0] * (channels - 1))
 
@@ -949,6 +966,8 @@ class LovaszSoftmaxLoss(_ClassAveragedLoss):
     """
 
     _function = "lovasz_softmax"
+
+    _one_channel_classes = 2  # one sigmoid channel: background and foreground
 
     def __init__(
         self,
