@@ -11,6 +11,7 @@ predictions, and in learned class weights.
 """
 
 import copy
+import functools
 
 import numpy as np
 import pytest
@@ -367,6 +368,63 @@ def test_torch_weights_in_a_graph_are_checked_when_it_runs():
         module.class_weights.copy_(torch.tensor(bad))  # an optimiser's step, say
         with pytest.raises(RuntimeError, match="class_" + message):
             compiled_module(logits, labels)
+
+
+def test_tf_weights_in_a_graph_are_checked_when_it_runs():
+    """A variable of weights in a tf.function holds values known only when the graph runs: an assert there;
+    under XLA and tf.vectorized_map, which take none, the loss is NaN. Unchecked, a negative weight gave a loss
+    of the wrong sign, a NaN one a NaN loss, without a word."""
+    tf = require("tensorflow")
+    LTF = require("lovasz.tf")
+    g = torch.Generator().manual_seed(18)
+    probas = torch.randn(2, 3, 4, 4, generator=g).softmax(1)
+    labels = torch.randint(0, 3, (2, 4, 4), generator=g)
+    logits = torch.randn(2, 3, 4, 4, generator=g)
+    weights = tf.Variable([0.5, 2.0, 1.5])
+    softmax = functools.partial(LTF.lovasz_softmax, probas.numpy(), labels.numpy(), order="BCHW")
+    multilabel = functools.partial(LTF.lovasz_multilabel, logits.numpy(), (logits > 0).int().numpy(), order="BCHW")
+    for loss in (softmax, multilabel):
+        graph = tf.function(lambda: loss(weights=weights))
+        xla = tf.function(lambda: loss(weights=weights), jit_compile=True)
+        expected = float(loss(weights=[0.5, 2.0, 1.5]))
+        assert float(graph()) == pytest.approx(expected, rel=1e-6)
+        assert float(xla()) == pytest.approx(expected, rel=1e-6)
+        for bad in ([1.0, -2.0, 3.0], [1.0, float("nan"), 3.0], [1.0, float("inf"), 0.0]):
+            weights.assign(bad)  # an optimiser's step, say
+            with pytest.raises(tf.errors.InvalidArgumentError, match="weights must be finite numbers >= 0"):
+                graph()
+            assert np.isnan(float(xla()))
+            mapped = tf.vectorized_map(lambda w: loss(weights=w), tf.stack([tf.constant([0.5, 2.0, 1.5]), weights]))
+            assert float(mapped[0]) == pytest.approx(expected, rel=1e-6) and np.isnan(float(mapped[1]))
+        weights.assign([0.5, 2.0, 1.5])
+
+
+def test_jax_traced_weights_make_the_loss_nan_where_bad():
+    """Weights traced by jax.jit or jax.grad hold no values to raise on: a negative or NaN one makes the loss
+    and its gradient NaN, as a bad label does (it gave a loss of the wrong sign without a word)."""
+    jax = require("jax")
+    LJ = require("lovasz.jax")
+    g = torch.Generator().manual_seed(19)
+    probas = torch.randn(2, 3, 4, 4, generator=g).softmax(1).numpy()
+    labels = torch.randint(0, 3, (2, 4, 4), generator=g).numpy()
+    logits = torch.randn(2, 3, 4, 4, generator=g).numpy()
+    good = np.array([0.5, 2.0, 1.5], np.float32)
+    for loss, x in (
+        (lambda p, w: LJ.lovasz_softmax(p, labels, weights=w), probas),
+        (lambda p, w: LJ.lovasz_multilabel(p, (logits > 0).astype(np.int32), weights=w), logits),
+    ):
+        jitted = jax.jit(loss)
+        assert float(jitted(x, good)) == pytest.approx(float(loss(x, good)), rel=1e-6)
+        assert np.isfinite(np.asarray(jax.grad(loss, argnums=1)(x, good))).all()
+        for bad in ([1.0, -2.0, 3.0], [1.0, np.nan, 3.0]):
+            bad = np.array(bad, np.float32)
+            assert np.isnan(float(jitted(x, bad)))
+            assert np.isnan(np.asarray(jax.grad(loss, argnums=1)(x, bad))).all()
+            assert np.isnan(np.asarray(jax.jit(jax.grad(loss))(x, bad))).all()
+            with pytest.raises(ValueError, match="weights must be finite numbers >= 0"):
+                loss(x, bad)  # concrete: checked at once
+        per_sample = jax.vmap(lambda w: loss(x, w))(np.stack([good, np.array([1.0, -1.0, 1.0], np.float32)]))
+        assert np.isfinite(float(per_sample[0])) and np.isnan(float(per_sample[1]))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])

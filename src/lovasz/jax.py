@@ -252,9 +252,11 @@ def _in_some_segment(valid: jax.Array | None, member: jax.Array | None) -> jax.A
     return member if valid is None else valid & member
 
 
-def _as_weights(weights: Weights, num_classes: int, dtype: DTypeLike) -> jax.Array | None:
+def _as_weights(weights: Weights, num_classes: int, dtype: DTypeLike) -> tuple[jax.Array | None, jax.Array | None]:
+    """``weights`` as ``[C]`` in ``dtype``, and, for a traced weight (a learned one, whose values are the trace's),
+    whether its values are good, for :func:`_nan_unless` (else None: numbers are checked here)."""
     if weights is None:
-        return None
+        return None, None
     try:
         w = None if isinstance(weights, (str, bytes)) else jnp.asarray(weights)
     except (TypeError, ValueError, OverflowError):  # ragged lists, dicts, an int past int64's range
@@ -262,12 +264,12 @@ def _as_weights(weights: Weights, num_classes: int, dtype: DTypeLike) -> jax.Arr
     if w is None or not (jnp.issubdtype(w.dtype, jnp.floating) or jnp.issubdtype(w.dtype, jnp.integer)):
         raise TypeError(f"weights must be [{num_classes}] real numbers (one weight per class) or None; got {weights!r}")
     V.check_weights_shape(w.shape, num_classes)
-    if isinstance(w, jax.core.Tracer):  # (a learned weight: its values are the trace's)
-        return w.astype(dtype)
+    if isinstance(w, jax.core.Tracer):  # nothing can raise: a negative or NaN weight makes the loss NaN
+        return w.astype(dtype), jnp.all(jnp.isfinite(w) & (w >= 0))
     # numbers: checked, scaled and made on the host (XLA's CPU kernels flush a float32 1e-39 to zero)
     values = np.asarray(w if isinstance(weights, jax.Array) else weights, dtype=np.float64).reshape(w.shape)
     scale = V.check_weight_values(values.reshape(-1))
-    return jnp.asarray(values * scale, dtype=dtype) if scale != 1 else w.astype(dtype)
+    return (jnp.asarray(values * scale, dtype=dtype) if scale != 1 else w.astype(dtype)), None
 
 
 def _lovasz_classes(
@@ -439,12 +441,12 @@ def lovasz_softmax(
     ignore = V.check_ignore(ignore)
     reduction = V.check_reduction(reduction)
     dtype = _compute_dtype(probas)
-    w = _as_weights(weights, num_classes, dtype)
+    w, good_weights = _as_weights(weights, num_classes, dtype)
 
     batch, pixels = labels.shape[0], math.prod(labels.shape[1:])  # no -1: the batch may be empty
     lab = labels.reshape(batch, 1, pixels)
     valid = _in_some_segment(_valid(lab, ignore), member)
-    good = []
+    good = [good_weights]
     if jnp.issubdtype(lab.dtype, jnp.floating):  # class indices as floats: whole numbers only (1.5 is no class)
         good.append(_check_values(lab, lab == jnp.round(lab), valid, "whole numbers (class indices)", "labels"))
     good.append(_check_values(lab, (lab >= 0) & (lab < num_classes), valid, f"in [0, {num_classes - 1}]", "labels"))
@@ -630,7 +632,7 @@ def lovasz_multilabel(
     reduction = V.check_reduction(reduction)
     margin, symmetric = V.check_hinge_variant(margin, symmetric, from_logits)
     dtype = _compute_dtype(logits)
-    w = _as_weights(weights, num_classes, dtype)
+    w, good_weights = _as_weights(weights, num_classes, dtype)
     layout = (logits.shape[0], num_classes, math.prod(logits.shape[2:]))  # no -1: the batch may be empty
     pred = logits.astype(dtype).reshape(layout)
     tgt = targets.reshape(layout)
@@ -641,7 +643,7 @@ def lovasz_multilabel(
         loss = _hinge_classes(pred, fg, valid, classes, per_image, w, reduction, margin, symmetric, ends, axis_name)
     else:
         loss = _lovasz_classes(pred, tgt == 1, valid, False, classes, per_image, w, reduction, ends, axis_name)
-    return _nan_unless(loss, good, axis_name=axis_name).astype(logits.dtype)
+    return _nan_unless(loss, good, good_weights, axis_name=axis_name).astype(logits.dtype)
 
 
 @contextlib.contextmanager

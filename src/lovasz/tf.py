@@ -156,14 +156,19 @@ def _check_points_order(order: str, splits: tf.Tensor | None) -> bool:
 
 
 def _check_values(
-    labels: tf.Tensor, ok: tf.Tensor, valid: tf.Tensor | None, allowed: str, name: str
+    labels: tf.Tensor,
+    ok: tf.Tensor,
+    valid: tf.Tensor | None,
+    allowed: str,
+    name: str,
+    where: str | None = "non-ignored pixel",
 ) -> tf.Tensor | None:
     """Raise on a bad non-ignored label: ``ValueError`` eagerly; in a ``tf.function`` graph an assert op (a
     stateful op, which the function runs), whose ``InvalidArgumentError`` names the first bad value. XLA
     (``jit_compile=True``) compiles no assert, nor does ``tf.vectorized_map`` take one: there this returns
     whether every label is good, for :func:`_nan_unless`."""
     bad = tf.logical_not(ok) if valid is None else tf.logical_and(valid, tf.logical_not(ok))
-    message = f"{name} must be {allowed} at every non-ignored pixel"
+    message = f"{name} must be {allowed}" + (f" at every {where}" if where else "")
     if not tf.executing_eagerly():
         if _tf_rows.in_xla() or _tf_rows.in_pfor():
             return tf.logical_not(tf.reduce_any(bad))
@@ -233,9 +238,12 @@ def _compute_dtype(x: tf.Tensor) -> tf.DType:
     return tf.float64 if x.dtype == tf.float64 else tf.float32
 
 
-def _as_weights(weights: Weights, num_classes: int, dtype: tf.DType) -> tf.Tensor | None:
+def _as_weights(weights: Weights, num_classes: int, dtype: tf.DType) -> tuple[tf.Tensor | None, tf.Tensor | None]:
+    """``weights`` as ``[C]`` in ``dtype``, and, for weights a graph holds (a variable in a ``tf.function``), under
+    XLA or ``tf.vectorized_map``, whether their values are good, for :func:`_nan_unless` (in other graphs an
+    assert checks them when it runs; numbers are checked here)."""
     if weights is None:
-        return None
+        return None, None
     try:
         if isinstance(weights, (str, bytes)):
             w = None
@@ -250,12 +258,16 @@ def _as_weights(weights: Weights, num_classes: int, dtype: tf.DType) -> tf.Tenso
         raise TypeError(f"weights must be [{num_classes}] real numbers (one weight per class) or None; got {weights!r}")
     V.check_weights_shape(w.shape, num_classes)
     known = w.numpy() if tf.executing_eagerly() else tf.get_static_value(w)  # (None: a graph's values)
-    scale = 1.0 if known is None else V.check_weight_values(np.reshape(known, -1))
+    if known is None:  # a learned weight may turn negative at any step: checked when the graph runs
+        wide = tf.cast(w, tf.float64)
+        good = _check_values(wide, tf.math.is_finite(wide) & (wide >= 0), None, "finite numbers >= 0", "weights", None)
+        return tf.cast(w, dtype), good
+    scale = V.check_weight_values(np.reshape(known, -1))
     if scale == 1:
-        return tf.cast(w, dtype)
+        return tf.cast(w, dtype), None
     if hasattr(weights, "assign"):  # a variable: scaled in the graph, keeping its gradient
-        return tf.cast(tf.cast(w, tf.float64) * scale, dtype)
-    return tf.constant(np.asarray(known, np.float64) * scale, dtype)  # (on the host: TF's kernels flush 1e-320)
+        return tf.cast(tf.cast(w, tf.float64) * scale, dtype), None
+    return tf.constant(np.asarray(known, np.float64) * scale, dtype), None  # (on the host: TF flushes 1e-320)
 
 
 def _numbers(weights: Any) -> bool:
@@ -583,12 +595,12 @@ def lovasz_softmax(
     ignore = V.check_ignore(ignore)
     reduction = V.check_reduction(reduction)
     dtype = _compute_dtype(probas)
-    w = _as_weights(weights, num_classes, dtype)
+    w, good_weights = _as_weights(weights, num_classes, dtype)
 
     batch, pixels = tf.shape(labels)[0], _size(labels, 1)
     lab = tf.reshape(labels, [batch, pixels])
     valid = _valid(lab, ignore)
-    good = [good_splits, good_layout]
+    good = [good_splits, good_layout, good_weights]
     if lab.dtype.is_floating:  # class indices as floats: whole numbers only (1.5 is no class)
         good.append(_check_values(lab, tf.equal(lab, tf.round(lab)), valid, "whole numbers (class indices)", "labels"))
     good.append(_check_values(lab, (lab >= 0) & (lab < num_classes), valid, f"in [0, {num_classes - 1}]", "labels"))
@@ -801,7 +813,7 @@ def lovasz_multilabel(
     reduction = V.check_reduction(reduction)
     margin, symmetric = V.check_hinge_variant(margin, symmetric, from_logits)
     dtype = _compute_dtype(logits)
-    w = _as_weights(weights, num_classes, dtype)
+    w, good_weights = _as_weights(weights, num_classes, dtype)
     batch = tf.shape(logits)[0]
     pixels = _size(logits, 1, -1) if channels_last else _size(logits, 2)
     layout = [batch, pixels, num_classes] if channels_last else [batch, num_classes, pixels]
@@ -819,7 +831,7 @@ def lovasz_multilabel(
         return _lovasz_classes(pred, tgt == 1, valid, False, *options)
 
     loss = _on_valid_pixels(loss_of, pred, tgt, valid, per_image, channels_last, splits, across)
-    return tf.cast(_nan_unless(loss, good, good_splits, good_layout), logits.dtype)
+    return tf.cast(_nan_unless(loss, good, good_splits, good_layout, good_weights), logits.dtype)
 
 
 # ----------------------------------------------------------------------------- the original's flat API
