@@ -216,7 +216,8 @@ def test_counts_equal_the_mask_definition(dtype, ignore, block, monkeypatch):
     rng = np.random.default_rng([CASES.index((dtype, ignore)), block or 0])
     for shape in SHAPES:
         pred, target, c = random_maps(rng, shape, dtype, ignore)
-        want = mask_metrics(pred, target, c, ignore)
+        points = len(shape) == 1  # [N]: the points of one scene, one image
+        want = mask_metrics(pred[None], target[None], c, ignore) if points else mask_metrics(pred, target, c, ignore)
         for kind, given in (("numpy", np.asarray), ("torch", dev)):
             p, t = given(pred), given(target)
             inter, union = M.confusion_counts(p, t, c, ignore)
@@ -229,8 +230,8 @@ def test_counts_equal_the_mask_definition(dtype, ignore, block, monkeypatch):
                 assert got == pytest.approx(want[name], rel=1e-12), (kind, shape, name)
             meter = M.IoUMeter(c, ignore)
             half = len(pred) // 2  # the first update is empty when B = 1
-            meter.update(p[:half], t[:half])
-            meter.update(p[half:], t[half:])
+            for p_part, t_part in [(p, t)] if points else [(p[:half], t[:half]), (p[half:], t[half:])]:
+                meter.update(p_part, t_part)
             out = meter.compute()
             for name in ("dataset_miou", "per_image_miou", "per_class_image_miou", "pixel_accuracy"):
                 assert out[name] == pytest.approx(want[name], rel=1e-12), (kind, shape, name)
@@ -582,3 +583,99 @@ def test_an_ignore_value_too_large_for_float16_ignores_nothing_without_a_warning
         warnings.simplefilter("error")  # NumPy's "overflow encountered in cast"
         got = M.dataset_miou(target, target, 3, ignore_index=10**6)
     assert got == 1.0
+
+
+def test_many_small_images_of_many_classes_stay_in_bounded_memory():
+    """Per-image counts are reduced block by block: they took a [B, C+4, C+4] histogram at once (1,000 images
+    of 16 pixels and 150 classes: 190 MB; 20,000 points read as images of one pixel: 176 MB and 1.2 s)."""
+    rng = np.random.default_rng(5)
+    pred, target = rng.integers(0, 150, (1000, 4, 4)), rng.integers(0, 150, (1000, 4, 4))
+    want = mask_metrics(pred, target, 150)
+    tracemalloc.start()
+    try:
+        inter, union = M.confusion_counts(pred, target, 150)
+        meter = M.IoUMeter(150)
+        meter.update(pred, target)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 24 * 2**20, f"{peak / 2**20:.1f} MiB at peak"
+    np.testing.assert_array_equal(inter, want["inter"])
+    np.testing.assert_array_equal(union, want["union"])
+    assert meter.compute()["per_image_miou"] == pytest.approx(want["per_image_miou"], rel=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_points_of_one_scene_are_one_image(kind):
+    """A 1-D map [N] (``logits.argmax(1)`` of points [N, C]) is one image, as the losses read points [N, C]."""
+    rng = np.random.default_rng(6)
+    pred, target = rng.integers(0, 5, 3000), rng.integers(0, 5, 3000)
+    given = dev if kind == "torch" else np.asarray
+    as_numpy = (lambda x: x.cpu().numpy()) if kind == "torch" else np.asarray
+    inter, union = M.confusion_counts(given(pred), given(target), 5)
+    want = mask_metrics(pred[None], target[None], 5)
+    np.testing.assert_array_equal(as_numpy(inter), want["inter"])
+    np.testing.assert_array_equal(as_numpy(union), want["union"])
+    assert float(M.per_image_miou(given(pred), given(target), 5)) == pytest.approx(want["per_image_miou"])
+
+
+def test_pixel_accuracy_compares_by_value_across_dtypes():
+    """torch compared int64 predictions with float16 targets in float16: 2049 (no class) equalled 2048."""
+    for dtype, value in ((torch.float16, 2048), (torch.bfloat16, 256)):
+        pred, target = torch.tensor([[0, value + 1]]), torch.tensor([[0, value]], dtype=dtype)
+        for p, t in ((pred, target), (pred.numpy(), target.float().numpy())):
+            meter = M.IoUMeter(3)
+            meter.update(p, t)
+            assert meter.compute()["pixel_accuracy"] == 0.5, (dtype, type(p))
+
+
+def test_float8_maps_are_counted():
+    if not hasattr(torch, "float8_e4m3fn"):
+        pytest.skip("no float8 in this torch")
+    pred, target = torch.tensor([[0, 1, 2, 2]]), torch.tensor([[0, 1, 1, 2]])
+    expected = M.confusion_counts(pred, target, 3)
+    for got in (
+        M.confusion_counts(pred.to(torch.float8_e4m3fn), target, 3),
+        M.confusion_counts(pred, target.to(torch.float8_e4m3fn), 3),
+    ):
+        for a, b in zip(got, expected):
+            torch.testing.assert_close(a, b)
+
+
+def test_original_helpers_check_their_arguments():
+    """``zip`` dropped the longer batch's last images, a string ``per_image`` counted as True, a ``None`` EMPTY
+    failed inside NumPy, and a shape mismatch was reported with the names and the shapes of another function."""
+    preds, labels = np.array([[1, 1], [0, 0]]), np.ones((3, 2), int)
+    with pytest.raises(ValueError, match=r"^preds and labels must hold as many images; got 2 and 3"):
+        M.iou_binary(preds, labels)
+    with pytest.raises(ValueError, match=r"^preds and labels must hold as many images; got 2 and 3"):
+        M.iou(preds, labels, 2, per_image=True)
+    for call in (lambda: M.iou(preds, preds, 2, per_image="False"), lambda: M.iou_binary(preds, preds, per_image=1)):
+        with pytest.raises(TypeError, match=r"^per_image must be True or False"):
+            call()
+    for bad in (None, "x", True):
+        with pytest.raises(TypeError, match=r"^EMPTY must be a real number"):
+            M.iou_binary(preds, preds, EMPTY=bad)
+    with pytest.raises(
+        ValueError, match=r"^each image of preds and labels must have one shape; got \[2, 3\] and \[3\]"
+    ):
+        M.iou_binary(np.zeros((2, 2, 3)), np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"^preds must be a class map .*nested lists of unequal lengths"):
+        M.iou([np.array([0, 1]), [[0], [1, 0]]], [np.array([0, 1]), np.array([1, 0])], 2, per_image=True)
+    with pytest.raises(ValueError, match=r"^pred must be a class map .*nested lists of unequal lengths"):
+        M.dataset_miou([[0, 1], [0]], [[0, 1], [0, 1]], 2)
+
+
+def test_traced_maps_are_refused_with_what_to_do():
+    """Inside tf.function or jax.jit the metrics failed in NumPy's conversion, naming no argument."""
+    tf, jax = require("tensorflow"), require("jax")
+    maps = np.array([[0, 1, 1]])
+
+    @tf.function
+    def in_graph(p):
+        return M.dataset_miou(p, maps, 2)
+
+    with pytest.raises(TypeError, match=r"pred must hold values the host can read .* outside tf.function and jax.jit"):
+        in_graph(tf.constant(maps))
+    with pytest.raises(TypeError, match=r"^target must hold values the host can read"):
+        jax.jit(lambda t: M.dataset_miou(maps, t, 2))(maps)

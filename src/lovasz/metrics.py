@@ -21,7 +21,7 @@ for semantic segmentation", NeurIPS 2023):
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeGuard, Union, overload
 
 import numpy as np
@@ -66,7 +66,8 @@ def confusion_counts(
     """Per-image intersection and union counts of each class.
 
     Args:
-        pred, target: ``[B, *spatial]`` integer class maps (NumPy or torch, same kind).
+        pred, target: ``[B, *spatial]`` integer class maps (NumPy or torch, same kind); a 1-D map ``[N]``
+            is one image (the points of a scene: ``logits.argmax(1)`` of points ``[N, C]``).
         num_classes: number of classes ``C``.
         ignore_index: target value of pixels left out of every count.
 
@@ -90,9 +91,7 @@ _DEVICE_BLOCK = 1 << 20
 
 
 def _counts(pred: Array, target: Array, num_classes: int, ignore_index: int | None) -> tuple[Array, Array]:
-    inter, union, _, _ = _from_histogram(
-        _histogram(pred, target, num_classes, ignore_index, per_image=True), num_classes
-    )
+    inter, union, _, _ = _image_counts_of(pred, target, num_classes, ignore_index)
     return inter, union
 
 
@@ -121,25 +120,40 @@ def _check_dense(x: Any, name: str) -> None:
         )
 
 
-def _histogram(
-    pred: Array, target: Array, num_classes: int, ignore_index: int | None, per_image: bool, mark_equal: bool = False
-) -> Array:
-    """Code-pair counts, ``[B, K, K]`` per image or ``[K, K]`` for the batch: one bincount per block of pixels."""
-    _check_dense(pred, "pred")
-    _check_dense(target, "target")
+def _checked_maps(pred: Any, target: Any, names: tuple[str, str]) -> tuple[Any, Any]:
+    """``pred`` and ``target`` as two maps of one kind (the prediction's: torch, or NumPy) and one shape, of
+    class indices; a 1-D map ``[N]`` is one image (the points of a scene)."""
+    _check_dense(pred, names[0])
+    _check_dense(target, names[1])
     if not _is_torch(pred):  # nested lists too
-        pred = _as_numpy(pred)
+        pred = _as_numpy(pred, names[0])
     if not _is_torch(target) or not _is_torch(pred):  # (one kind for both: the prediction's)
-        target = _as_numpy(target)
-    for name, x in (("pred", pred), ("target", target)):
+        target = _as_numpy(target, names[1])
+    for name, x in zip(names, (pred, target)):
         if not _is_index_dtype(x):
             raise ValueError(
                 f"{name} must hold class indices (integers, bools or whole-number floats); got dtype {x.dtype}"
             )
     if tuple(pred.shape) != tuple(target.shape) or len(pred.shape) < 1:
         raise ValueError(
-            f"pred and target must both have shape [B, *spatial]; got {list(pred.shape)} and {list(target.shape)}"
+            f"{names[0]} and {names[1]} must both have shape [B, *spatial] (or [N], the points of one scene); "
+            f"got {list(pred.shape)} and {list(target.shape)}"
         )
+    if len(pred.shape) == 1:  # points [N]: one image (as N images of one pixel each, per-image scores mean nothing)
+        pred, target = pred[None], target[None]
+    if _is_torch(pred) and pred.is_floating_point() and pred.element_size() == 1:  # float8: torch has no floor
+        pred = pred.float()
+    if _is_torch(target) and target.is_floating_point() and target.element_size() == 1:
+        target = target.float()
+    return pred, target
+
+
+def _histograms(
+    pred: Array, target: Array, num_classes: int, ignore_index: int | None, per_image: bool, mark_equal: bool
+) -> Iterator[Array]:
+    """Code-pair counts of maps of :func:`_checked_maps`, one bincount per block of pixels: per block of whole
+    images ``[images, K, K]`` (per image; at most ``block`` bins, so memory stays O(block) whatever the batch
+    and the classes), or ``[K, K]`` for the batch."""
     num_classes = check_count(num_classes, "num_classes", 1)
     ignore_index = check_ignore(ignore_index, "ignore_index")
     c, k = num_classes, num_classes + 4
@@ -148,7 +162,6 @@ def _histogram(
     pixels = int(np.prod(pred.shape[1:]))
     p: Any  # the two kinds share the code below (mypy reads their operators apart)
     t: Any
-    total: Any
     torch_input = _is_torch(pred)
     if torch_input:
         import torch
@@ -157,20 +170,24 @@ def _histogram(
         t = target if _is_torch(target) else torch.as_tensor(np.ascontiguousarray(target))  # (a flipped view)
         t = t.to(pred.device).reshape(batch, pixels)
         block = _HOST_BLOCK if p.device.type == "cpu" else _DEVICE_BLOCK
-        total = torch.zeros((batch if per_image else 1) * bins, dtype=torch.int64, device=p.device)
     else:
         p, t = pred.reshape(batch, pixels), target.reshape(batch, pixels)
         block = _HOST_BLOCK
-        total = np.zeros((batch if per_image else 1) * bins, dtype=np.int64)
     ignored = None if ignore_index is None else _ignore_value(t, ignore_index)
     rows = max(1, block // max(pixels, 1))  # whole images per block when they fit, else pieces of one image
+    if per_image:
+        rows = max(1, min(rows, block // bins))  # (each image's K*K bins)
     cols = max(1, min(pixels, block))  # 1: no block at all when the images are empty
+    if per_image and batch == 0:
+        yield _zeros(0, p).reshape(0, k, k)
+    total = _zeros(bins, p)
     for b0 in range(0, batch, rows):
         b1 = min(b0 + rows, batch)
         shift: Any = 2 * k + 2  # both codes from -2.. to 0..
         if per_image:  # and each image's pairs into its own K*K bins (made on the device: a copy there would sync)
             images = torch.arange(b1 - b0, device=p.device) if torch_input else np.arange(b1 - b0)
             shift = (images * bins + shift).reshape(-1, 1)
+            total = _zeros((b1 - b0) * bins, p)
         for n0 in range(0, pixels, cols):
             tb, pb = t[b0:b1, n0 : n0 + cols], p[b0:b1, n0 : n0 + cols]
             index = _codes(tb, c)
@@ -178,16 +195,56 @@ def _histogram(
                 _fill(index, tb == ignored, c + 1)
             predicted = _codes(pb, c)
             if mark_equal:
-                _fill(predicted, (pb == tb) & ((predicted == -1) | (predicted == c)), -2)
+                _fill(predicted, _equal(pb, tb) & ((predicted == -1) | (predicted == c)), -2)
             index *= k
             index += predicted
             index += shift
-            counts = _bincount(index.reshape(-1), (b1 - b0 if per_image else 1) * bins)
-            if per_image:
-                total[b0 * bins : b1 * bins] += counts
-            else:
-                total += counts
-    return total.reshape(-1, k, k) if per_image else total.reshape(k, k)
+            total += _bincount(index.reshape(-1), (b1 - b0 if per_image else 1) * bins)
+        if per_image:
+            yield total.reshape(-1, k, k)
+    if not per_image:
+        yield total.reshape(k, k)
+
+
+def _zeros(length: int, like: Array) -> Array:
+    """int64 zeros: a tensor on ``like``'s device, or NumPy."""
+    if _is_torch(like):
+        import torch
+
+        return torch.zeros(length, dtype=torch.int64, device=like.device)
+    return np.zeros(length, dtype=np.int64)
+
+
+def _batch_histogram(
+    pred: Array, target: Array, num_classes: int, ignore_index: int | None, names: tuple[str, str] = ("pred", "target")
+) -> Array:
+    """The code-pair counts of the whole batch, ``[K, K]``."""
+    pred, target = _checked_maps(pred, target, names)
+    return next(_histograms(pred, target, num_classes, ignore_index, per_image=False, mark_equal=False))
+
+
+def _image_counts_of(
+    pred: Array, target: Array, num_classes: int, ignore_index: int | None, mark_equal: bool = False
+) -> tuple[Array, Array, Array, Array]:
+    """Per image: intersection and union ``[B, C]``, pixels predicted right and pixels counted ``[B]``; each block
+    of images' counts reduced as it comes."""
+    pred, target = _checked_maps(pred, target, ("pred", "target"))
+    histograms = _histograms(pred, target, num_classes, ignore_index, True, mark_equal)
+    blocks = [_from_histogram(h, num_classes) for h in histograms]
+    if len(blocks) == 1:
+        return blocks[0]
+    cat: Any = sys.modules["torch"].cat if _is_torch(pred) else np.concatenate
+    inter, union, correct, counted = (cat([block[i] for block in blocks]) for i in range(4))
+    return inter, union, correct, counted
+
+
+def _equal(pb: Any, tb: Any) -> Any:
+    """``pb == tb`` by value: torch compares a float16 target with int64 predictions in float16 (2049 == 2048)."""
+    if _is_torch(pb) and pb.dtype != tb.dtype and (pb.is_floating_point() or tb.is_floating_point()):
+        import torch
+
+        return pb.to(torch.float64) == tb.to(torch.float64)
+    return pb == tb
 
 
 def _ignore_value(target: Any, ignore_index: int) -> Any:
@@ -221,13 +278,22 @@ def _ignore_value(target: Any, ignore_index: int) -> Any:
     return ignore_held(ignore_index, info)
 
 
-def _as_numpy(x: Any) -> np.ndarray:
+def _as_numpy(x: Any, name: str = "counts") -> np.ndarray:
     """``x`` as a NumPy array; bfloat16 (TF's and JAX's, an ml_dtypes type: kind 'V' to NumPy; torch's) as float32."""
     if _is_torch(x):  # (beside NumPy: copied to the host)
         x = x.detach().cpu()
         x = x.float() if x.dtype == sys.modules["torch"].bfloat16 else x
         return x.numpy()
-    x = np.asarray(x)
+    try:
+        x = np.asarray(x)
+    except ValueError as error:  # ("inhomogeneous shape")
+        raise ValueError(f"{name} must be a class map [B, *spatial]; got nested lists of unequal lengths") from error
+    except (TypeError, NotImplementedError) as error:  # a tf.function's symbolic tensor, a JAX tracer
+        raise TypeError(
+            f"{name} must hold values the host can read (a NumPy array, a torch tensor, an eager TF or JAX array): "
+            f"the metrics count on the host; got a {type(x).__name__} (traced: call them outside tf.function and "
+            "jax.jit, on the values the step returns)"
+        ) from error
     return x.astype(np.float32) if x.dtype.kind == "V" and "float" in x.dtype.name else x
 
 
@@ -332,7 +398,7 @@ def iou_per_class(pred: Array, target: Array, num_classes: int, ignore_index: in
 
 
 def _iou_per_class(pred: Array, target: Array, num_classes: int, ignore_index: int | None) -> Array:
-    inter, union, _, _ = _from_histogram(_histogram(pred, target, num_classes, ignore_index, False), num_classes)
+    inter, union, _, _ = _from_histogram(_batch_histogram(pred, target, num_classes, ignore_index), num_classes)
     return _ratio(inter, union)
 
 
@@ -469,9 +535,9 @@ class IoUMeter:
         self.state: Array | None = None
 
     def update(self, pred: Array, target: Array) -> None:
-        """Add a batch: ``pred`` and ``target`` are ``[B, *spatial]`` class maps (NumPy or torch)."""
-        histogram = _histogram(pred, target, self.num_classes, self.ignore_index, per_image=True, mark_equal=True)
-        inter, union, correct, counted = _from_histogram(histogram, self.num_classes)
+        """Add a batch: ``pred`` and ``target`` are ``[B, *spatial]`` class maps (NumPy or torch), or ``[N]``
+        points of one scene."""
+        inter, union, correct, counted = _image_counts_of(pred, target, self.num_classes, self.ignore_index, True)
         image_class = _ratio(inter, union)  # [B, C], NaN where the class occurs in neither
         occurs = (~image_class.isnan()).sum(0) if _is_torch(image_class) else (~np.isnan(image_class)).sum(0)
         counts = [inter.sum(0), union.sum(0), _nansum0(image_class), occurs]
@@ -543,11 +609,33 @@ def _image_counts(pred: Any, label: Any, num_classes: int, ignore: int | None) -
     """``(intersection, union)`` ``[C]`` of one image (any shape) as NumPy counts."""
     _check_dense(pred, "preds")
     _check_dense(label, "labels")
-    pred, label = (x if _is_torch(x) else np.asarray(x) for x in (pred, label))  # (a tensor stays on its device)
-    intersection, union, _, _ = _from_histogram(
-        _histogram(pred[None], label[None], num_classes, ignore, False), num_classes
-    )
+    pred, label = (x if _is_torch(x) else _as_numpy(x, n) for x, n in ((pred, "preds"), (label, "labels")))
+    if tuple(pred.shape) != tuple(label.shape):
+        raise ValueError(
+            f"each image of preds and labels must have one shape; got {list(pred.shape)} and {list(label.shape)}"
+        )
+    one_image = (pred.reshape(1, -1), label.reshape(1, -1))  # (a tensor stays on its device)
+    histogram = _batch_histogram(*one_image, num_classes, ignore, ("preds", "labels"))
+    intersection, union, _, _ = _from_histogram(histogram, num_classes)
     return _as_numpy(intersection), _as_numpy(union)
+
+
+def _images(preds: Any, labels: Any, per_image: bool) -> list[tuple[Any, Any]]:
+    """The pairs of images of ``preds`` and ``labels`` (the batch as one image without ``per_image``); as many
+    of each: the original's ``zip`` left the longer one's last images out without a word."""
+    if not check_flag(per_image, "per_image"):
+        return [(preds, labels)]
+    preds, labels = list(preds), list(labels)
+    if len(preds) != len(labels):
+        raise ValueError(f"preds and labels must hold as many images; got {len(preds)} and {len(labels)}")
+    return list(zip(preds, labels))
+
+
+def _check_empty(EMPTY: object) -> float:
+    """The score of an image with an empty union: a real number."""
+    if isinstance(EMPTY, (bool, np.bool_)) or not isinstance(EMPTY, (int, float, np.integer, np.floating)):
+        raise TypeError(f"EMPTY must be a real number (the IoU of an empty union); got {EMPTY!r}")
+    return float(EMPTY)
 
 
 def iou_binary(
@@ -563,10 +651,9 @@ def iou_binary(
         50.0
     """
     ignore = check_ignore(ignore, "ignore")
-    if not per_image:
-        preds, labels = (preds,), (labels,)
+    EMPTY = _check_empty(EMPTY)
     ious = []
-    for pred, label in zip(preds, labels):
+    for pred, label in _images(preds, labels, per_image):
         # The original counts label 1 in the union whatever ``ignore`` is: ``ignore=1`` ignores nothing.
         intersection, union = _image_counts(pred, label, 2, None if ignore == 1 else ignore)
         ious.append(EMPTY if not union[1] else float(intersection[1]) / float(union[1]))
@@ -593,10 +680,9 @@ def iou(
     """
     C = check_count(C, "C", 1)
     ignore = check_ignore(ignore, "ignore")
-    if not per_image:
-        preds, labels = (preds,), (labels,)
+    EMPTY = _check_empty(EMPTY)
     ious = []
-    for pred, label in zip(preds, labels):
+    for pred, label in _images(preds, labels, per_image):
         intersection, union = _image_counts(pred, label, C, ignore)
         ious.append(
             [EMPTY if not union[i] else float(intersection[i]) / float(union[i]) for i in range(C) if i != ignore]
