@@ -1546,3 +1546,63 @@ def test_a_half_precision_loss_refuses_labels_its_dtype_cannot_hold():
     expected = float(LovaszSoftmaxLoss(from_logits=True)(labels, logits))  # float16 holds 299
     got = float(keras.ops.convert_to_numpy(LovaszSoftmaxLoss(from_logits=True, dtype="float16")(labels, logits)))
     assert got == pytest.approx(expected, rel=1e-2)
+
+
+def test_cross_entropy_alone_checks_the_labels_and_weights():
+    """With the Lovász term off (lovasz_weight=0, or a LovaszScheduleCallback's warm-up) the cross-entropy took
+    a label 7 of 3 or a mask value 2 without a word (or failed inside TF's ops), and wrong-length class_weights."""
+    rng = np.random.default_rng(7)
+    logits = rng.normal(size=(2, 4, 4, NUM_CLASSES)).astype("float32")
+    labels = rng.integers(0, NUM_CLASSES, (2, 4, 4))
+    bad_labels = labels.copy()
+    bad_labels[0, 0, 0] = 7
+    masks = (logits > 0).astype("int64")
+    bad_masks = masks.copy()
+    bad_masks[1, 2, 3, 0] = 2
+    for mode, y_true, y_pred, allowed in (
+        ("multiclass", bad_labels, logits, r"in \[0, 2\]"),
+        ("multilabel", bad_masks, logits, "0 or 1"),
+        ("binary", bad_masks[..., :1], logits[..., :1], "0 or 1"),
+    ):
+        loss = CrossEntropyLovaszLoss(mode, lovasz_weight=0.0)  # (TF and JAX compute both terms: it names labels)
+        with pytest.raises(ValueError, match=rf"^(y_true|labels|targets) must be {allowed} at every non-ignored"):
+            loss(y_true, y_pred)
+    ignored = bad_labels.copy()
+    ignored[0, 0, 0] = 255  # an ignored pixel may hold anything
+    assert np.isfinite(float(CrossEntropyLovaszLoss(lovasz_weight=0.0, ignore_class=255)(ignored, logits)))
+    for mode, y_true in (("multiclass", labels), ("multilabel", masks)):
+        with pytest.raises(ValueError, match=r"^class_weights must have one weight per class, 3 for y_pred"):
+            CrossEntropyLovaszLoss(mode, lovasz_weight=0.0, class_weights=[1.0, 2.0])(y_true, logits)
+
+
+@pytest.mark.parametrize("mode", ["binary", "multilabel"])
+def test_combined_loss_of_float64_takes_binary_targets(mode):
+    """A dtype other than float32 failed inside TF's multiplication (a float32 target times float64 logits)."""
+    rng = np.random.default_rng(8)
+    channels = 1 if mode == "binary" else NUM_CLASSES
+    logits = rng.normal(size=(2, 4, 4, channels))
+    masks = (rng.random((2, 4, 4, channels)) > 0.5).astype("int64")
+    got = CrossEntropyLovaszLoss(mode, dtype="float64")(masks, logits)
+    expected = CrossEntropyLovaszLoss(mode)(masks, logits.astype("float32"))
+    assert float(keras.ops.convert_to_numpy(got)) == pytest.approx(
+        float(keras.ops.convert_to_numpy(expected)), rel=1e-5
+    )
+
+
+def test_a_schedules_warm_up_checks_the_labels():
+    """During a LovaszScheduleCallback's warm-up only the cross-entropy runs: binary targets 2 and -1 trained
+    with finite losses (the same fit without the callback raised on TF and torch, and was NaN on JAX)."""
+    x, _ = scenes()
+    y = (x[..., :1] > 0).astype("int64")
+    y[0, 0, 0, 0], y[1, 1, 1, 0] = 2, -1
+    model = small_model(1)
+    model.compile(optimizer="adam", loss=CrossEntropyLovaszLoss("binary"))
+    callback = LovaszScheduleCallback(LovaszSchedule(warmup=5))
+    backend = keras.backend.backend()
+    if backend == "jax":  # nothing can raise in a jitted step: the loss is NaN, as the Lovász term's is
+        history = model.fit(x, y, epochs=1, verbose=0, callbacks=[callback])
+        assert np.isnan(history.history["loss"][0])
+        return
+    with pytest.raises(Exception, match="must be 0 or 1 at every non-ignored pixel") as error:
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[callback])
+    assert backend == "tensorflow" or error.type is ValueError

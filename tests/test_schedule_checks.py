@@ -77,7 +77,8 @@ def test_accepted_values_give_the_hand_computed_weights():
     )
     assert [schedule.weights(t) for t in (0, np.int64(1), 2, 3)] == [(1.0, 0.0), (0.75, 1.0), (0.5, 2.0), (0.5, 2.0)]
     assert all(type(w) is float for t in range(4) for w in schedule.weights(t))
-    assert LovaszSchedule(0, final_ce_weight=0, lovasz_weight=0).weights(0) == (0.0, 0.0)
+    with pytest.raises(ValueError, match=r"^final_ce_weight and lovasz_weight are both 0"):
+        LovaszSchedule(2, final_ce_weight=0, lovasz_weight=0)  # a loss of 0 after the ramp: training stopped
     # a ramp of R steps is whole at warmup + R - 1, as documented: ramp=1 switches at once as ramp=0 does
     assert [LovaszSchedule(2, ramp=1).weights(t) for t in range(4)] == [LovaszSchedule(2).weights(t) for t in range(4)]
     big = LovaszSchedule(3, final_ce_weight=1e300)  # large but finite: the warm-up is still CE alone

@@ -70,6 +70,38 @@ def test_zero_weight_term_is_skipped_and_both_zero_still_backpropagates():
     assert out.item() == 0 and x.grad is not None
 
 
+def test_cross_entropy_alone_checks_what_the_lovasz_term_checks():
+    """With the Lovász term off (a weight of 0, a schedule's warm-up) wrong class weights gave an IndexError, a
+    broadcast error or a silent value, and set term weights went unchecked (a negative one: a negative loss)."""
+    logits, labels = batch(classes=3)
+    for mode, x, y, weights in (
+        ("multiclass", logits, labels, [1.0, 2.0]),
+        ("multiclass", logits, labels, [1.0, 2.0, 3.0, 4.0]),
+        ("multilabel", logits, (logits > 0).long(), [1.0, 2.0]),
+        ("multiclass", logits[:, :1], (labels == 1).long(), [1.0, 2.0, 3.0]),  # one channel: two classes
+    ):
+        loss = L.CrossEntropyLovaszLoss(mode, class_weights=weights, lovasz_weight=0.0)
+        with pytest.raises(ValueError, match=r"^class_weights must have shape \[\d\] \(one weight per class\)"):
+            loss(x, y)
+    learned = torch.nn.Parameter(dev(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)))
+    loss = L.CrossEntropyLovaszLoss(class_weights=learned, lovasz_weight=0.0)
+    loss(logits, labels.clamp(0, 2)).backward()
+    assert learned.grad is not None  # (a learned weight keeps its gradient through the check)
+    with torch.no_grad():
+        learned[1] = -1.0  # an optimiser's step, say
+    with pytest.raises((ValueError, RuntimeError), match="class_weights must be finite numbers >= 0"):
+        loss(logits, labels.clamp(0, 2))
+    combined = L.CrossEntropyLovaszLoss(lovasz_weight=0.0)
+    for name, bad in (("ce_weight", -1.0), ("lovasz_weight", float("nan")), ("ce_weight", "1")):
+        with pytest.raises((ValueError, TypeError), match=f"^{name} must be"):
+            setattr(combined, name, bad)
+    combined.lovasz_weight = 2  # checked, and kept as a float
+    assert combined.lovasz_weight == 2.0 and type(combined.lovasz_weight) is float
+    for mode, bad in (("multiclass", torch.randn(5)), ("multilabel", torch.randn(5)), ("binary", torch.randn(()))):
+        with pytest.raises(ValueError, match=r"^input must be"):
+            L.CrossEntropyLovaszLoss(mode, lovasz_weight=0.0)(bad, torch.zeros(bad.shape, dtype=torch.long))
+
+
 def test_schedule_switches_and_ramps():
     switch = LovaszSchedule(warmup=3)
     assert [switch.weights(t) for t in (0, 2, 3, 10)] == [(1.0, 0.0), (1.0, 0.0), (0.0, 1.0), (0.0, 1.0)]

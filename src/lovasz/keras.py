@@ -221,6 +221,25 @@ def _where_not(x: Tensor, ok: Tensor, otherwise: int | None) -> Tensor:
     return x if otherwise is None else ops.where(ok, x, ops.cast(otherwise, x.dtype))
 
 
+def _checked_targets(values: Tensor, valid: Tensor, ok: Tensor, allowed: str) -> Tensor | None:
+    """Refuse a non-ignored ``y_true`` that is not ``allowed`` (where ``ok`` fails), as the Lovász term does, for
+    the cross-entropy alone (which takes a label 7 of 3, or a mask value 2, without a word): ``ValueError`` where
+    the values are known; an assert in a TensorFlow graph and for torch on an accelerator; where no assert is
+    compiled (XLA, ``jax.jit``, ``torch.compile``), whether every target is good, to make the loss NaN."""
+    good = ops.logical_or(ops.equal(valid, 0), ok)
+    message = f"y_true must be {allowed} at every non-ignored pixel"
+    known = _known(good)
+    if known is not None:
+        if not known.all():
+            found = np.asarray(_known(values))[~known].flat[0]
+            raise ValueError(f"{message}; found {found}")
+        return None
+    if _unasserted():
+        return ops.all(good)
+    _asserted(good, good, message, values=values)  # (a stateful assert: the graph runs it)
+    return None
+
+
 def _void_label(channels: int, ignore: int | None) -> int:
     """A class index out of ``[0, channels)`` that is not ``ignore``: what a bad one-hot row becomes where no assert
     can be compiled, for the loss's label check to find."""
@@ -868,18 +887,25 @@ class _ClassAveragedLoss(_LovaszLoss):
         self.class_weights = _weights_config(class_weights)
         self.include_background = V.check_flag(include_background, "include_background")
 
-    def _class_weights(self, y_pred: Tensor, axis: int) -> list[float] | None:
-        """``class_weights``, with channel 0's made 0 where ``include_background`` is False (MONAI's
-        convention): a weight of 0 takes a class out of the average, present or not."""
+    def _check_class_weights(self, y_pred: Tensor, axis: int) -> int | None:
+        """``class_weights`` hold one weight per class of ``y_pred`` (checked here to name class_weights; the
+        functions name their ``weights``); returns the channels, where known."""
         shape = list(y_pred.shape)
         channels = shape[axis] if len(shape) >= 2 else None
-        if self.class_weights is not None and channels is not None:  # (checked here to name class_weights)
+        if self.class_weights is not None and channels is not None:
             classes = self._one_channel_classes if channels == 1 else channels
             if len(self.class_weights) != classes:
                 raise ValueError(
                     f"class_weights must have one weight per class, {classes} for y_pred {shape}; "
                     f"got {len(self.class_weights)}"
                 )
+        return channels
+
+    def _class_weights(self, y_pred: Tensor, axis: int) -> list[float] | None:
+        """``class_weights``, with channel 0's made 0 where ``include_background`` is False (MONAI's
+        convention): a weight of 0 takes a class out of the average, present or not."""
+        channels = self._check_class_weights(y_pred, axis)
+        shape = list(y_pred.shape)
         if self.include_background:
             return self.class_weights
         if channels is None or channels < 2:
@@ -1211,8 +1237,9 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
     (binary cross-entropy per channel and :class:`LovaszMultilabelLoss`). ``y_pred`` are
     logits. The other arguments are those of the Lovász class; ``per_image`` defaults to
     that class's default. The cross-entropy is the mean over the non-ignored pixels of
-    each image (``per_image``) or of the batch (of all points with ``scenes_in_labels``),
-    weighted by ``class_weights`` as PyTorch's ``weight`` (multiclass: each pixel by its
+    each image (``per_image``: one value per image, which ``sample_weight`` weighs; lovasz.torch's is one
+    mean over the batch's pixels, as ``F.cross_entropy``) or of the batch (of all points with
+    ``scenes_in_labels``), weighted by ``class_weights`` as PyTorch's ``weight`` (multiclass: each pixel by its
     class; multilabel: each channel). In ``'multiclass'`` mode ``y_true`` may be one-hot, as
     for :class:`LovaszSoftmaxLoss`: both terms read its class indices (the cross-entropy is
     Keras' categorical one then). :class:`LovaszScheduleCallback` changes the two weights
@@ -1406,11 +1433,17 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
         rank = len(y_pred.shape)
         ignore = self.lovasz.ignore_class
         class_weights = getattr(self.lovasz, "class_weights", None)
+        if class_weights is not None:  # (the Lovász term, which checks them too, may be off)
+            self.lovasz._check_class_weights(y_pred, axis)
         if self.mode == "multiclass" and y_pred.shape[axis] != 1:
             labels = ops.cast(_squeeze_channel(y_true, axis, rank), "int32")
             labels = self.lovasz._masked(labels, rank - 1, axis)
             valid = _valid_mask(labels, ignore)
-            labels = labels * ops.cast(valid, "int32")  # any class for ignored pixels: they weigh 0
+            channels = y_pred.shape[axis]
+            in_range = ops.logical_and(ops.greater_equal(labels, 0), ops.less(labels, channels))
+            good = _checked_targets(labels, valid, in_range, f"in [0, {channels - 1}]")
+            # any class for ignored pixels (they weigh 0), and for bad ones where no check could raise
+            labels = ops.where(ops.logical_and(ops.cast(valid, "bool"), in_range), labels, 0)
             logits = y_pred if axis in (-1, rank - 1) else ops.moveaxis(y_pred, axis, -1)  # TF's takes axis=-1 only
             pixel = ops.sparse_categorical_crossentropy(labels, logits, from_logits=True)
             weight = ops.cast(valid, pixel.dtype)
@@ -1423,7 +1456,9 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
             else:
                 y_true = self.lovasz._masked(y_true, rank - 1, axis, channels=True)
             valid = _valid_mask(y_true, ignore)
-            target = ops.cast(y_true, "float32") * valid
+            binary = ops.logical_or(ops.equal(y_true, 0), ops.equal(y_true, 1))
+            good = _checked_targets(y_true, valid, binary, "0 or 1")
+            target = ops.cast(y_true, y_pred.dtype) * ops.cast(valid, y_pred.dtype)  # (in the loss's dtype)
             pixel = ops.binary_crossentropy(target, y_pred, from_logits=True)
             weight = ops.cast(valid, pixel.dtype)
             if class_weights is not None and self.mode == "multilabel":  # a weight per channel
@@ -1436,8 +1471,10 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
                 weight = weight * ops.take(ops.convert_to_tensor(class_weights, pixel.dtype), classes)
         if self.lovasz.per_image and not points:
             axes = tuple(range(1, len(weight.shape)))
-            return ops.divide_no_nan(ops.sum(pixel * weight, axis=axes), ops.sum(weight, axis=axes))
-        return _global_mean(ops.sum(pixel * weight), ops.sum(weight), self.lovasz._replicas())
+            ce = ops.divide_no_nan(ops.sum(pixel * weight, axis=axes), ops.sum(weight, axis=axes))
+        else:
+            ce = _global_mean(ops.sum(pixel * weight), ops.sum(weight), self.lovasz._replicas())
+        return ce if good is None else ce * ops.where(good, ops.ones((), ce.dtype), ops.cast(float("nan"), ce.dtype))
 
     def get_config(self) -> dict[str, Any]:
         lovasz = self.lovasz.get_config()

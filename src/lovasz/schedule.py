@@ -55,6 +55,11 @@ class LovaszSchedule:
             check_count(getattr(self, name), name)
         for name in ("final_ce_weight", "lovasz_weight"):
             check_term_weight(getattr(self, name), name)
+        if not (self.final_ce_weight or self.lovasz_weight):  # (a loss of 0 after the ramp: training stops)
+            raise ValueError(
+                "final_ce_weight and lovasz_weight are both 0: after the ramp the loss would be 0 and training would "
+                "stop without a word; give the Lovász term a weight (lovasz_weight=1.0, the default)"
+            )
 
     def progress(self, t: int) -> float:
         """0 during the warm-up, rising linearly to 1 over the ramp."""

@@ -1195,10 +1195,25 @@ class CrossEntropyLovaszLoss(_LossModule):
             include_background=include_background,
         )
         self.mode = mode
-        self.ce_weight, self.lovasz_weight = (
-            V.check_term_weight(ce_weight, "ce_weight"),
-            V.check_term_weight(lovasz_weight, "lovasz_weight"),
-        )
+        self.ce_weight, self.lovasz_weight = ce_weight, lovasz_weight
+
+    @property
+    def ce_weight(self) -> float:
+        """The cross-entropy term's weight (set it between steps, as a schedule does: it is checked)."""
+        return self._ce_weight
+
+    @ce_weight.setter
+    def ce_weight(self, value: float) -> None:
+        self._ce_weight = V.check_term_weight(value, "ce_weight")
+
+    @property
+    def lovasz_weight(self) -> float:
+        """The Lovász term's weight (set it between steps, as a schedule does: it is checked)."""
+        return self._lovasz_weight
+
+    @lovasz_weight.setter
+    def lovasz_weight(self, value: float) -> None:
+        self._lovasz_weight = V.check_term_weight(value, "lovasz_weight")
 
     @property
     def ignore_index(self) -> int | None:
@@ -1240,8 +1255,18 @@ class CrossEntropyLovaszLoss(_LossModule):
         In multiclass mode one channel is the foreground's logit, as for the Lovász term: a binary
         cross-entropy. With ``process_group`` in batch mode, the mean over every rank's pixels (each rank's
         gradient its slice of the single-process one, as the Lovász term's)."""
-        weights = self.lovasz.class_weights
         x = input.to(_compute_dtype(input))
+        # (refused as the Lovász term refuses them: it may be off, a weight of 0 or a schedule's warm-up)
+        if self.mode == "binary" and x.ndim < 1:
+            raise ValueError("input must be [B, *spatial] or [B, 1, *spatial] in binary mode; got a 0-d tensor")
+        if self.mode != "binary" and (x.ndim < 2 or x.shape[1] == 0):
+            raise ValueError(
+                f"input must be [B, C, *spatial] (or points [N, C]) with C >= 1 in {self.mode} mode; "
+                f"got {V.fmt(input.shape)}"
+            )
+        classes = 2 if self.mode == "binary" or (self.mode == "multiclass" and x.shape[1] == 1) else x.shape[1]
+        # checked as the Lovász term checks them (it may be off: a weight of 0, a schedule's warm-up)
+        weights = _as_weights(self.lovasz.class_weights, classes, x.dtype, x.device, "class_weights")
         target = _check_labels(target, input, "target")
         if self.mode == "multiclass" and x.ndim >= 2:
             target = _drop_label_axis(target, [tuple(x.shape[:1] + x.shape[2:])])  # [B, H, W, 1], as LovaszLoss
@@ -1272,11 +1297,6 @@ class CrossEntropyLovaszLoss(_LossModule):
             if weights is not None and self.mode == "multilabel":
                 pixel_weight = pixel_weight * weights.to(x.device, x.dtype).view(1, -1, *([1] * (x.ndim - 2)))
             elif weights is not None and self.mode == "multiclass":  # one channel: the target's class, 0 or 1
-                if weights.shape[0] != 2:
-                    raise ValueError(
-                        f"class_weights must have 2 entries for input {V.fmt(input.shape)} (one channel, read as "
-                        f"two classes); got {weights.shape[0]}"
-                    )
                 pixel_weight = weights.to(x.device, x.dtype)[safe.long()]
             values = F.binary_cross_entropy_with_logits(x, safe, reduction="none")
         if valid is not None:
