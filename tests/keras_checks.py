@@ -1560,7 +1560,7 @@ def test_cross_entropy_alone_checks_the_labels_and_weights():
     bad_masks = masks.copy()
     bad_masks[1, 2, 3, 0] = 2
     for mode, y_true, y_pred, allowed in (
-        ("multiclass", bad_labels, logits, r"in \[0, 2\]"),
+        ("multiclass", bad_labels, logits, r"(whole numbers )?in \[0, 2\]"),
         ("multilabel", bad_masks, logits, "0 or 1"),
         ("binary", bad_masks[..., :1], logits[..., :1], "0 or 1"),
     ):
@@ -1606,3 +1606,36 @@ def test_a_schedules_warm_up_checks_the_labels():
     with pytest.raises(Exception, match="must be 0 or 1 at every non-ignored pixel") as error:
         model.fit(x, y, epochs=1, verbose=0, callbacks=[callback])
     assert backend == "tensorflow" or error.type is ValueError
+
+
+def test_cross_entropy_alone_refuses_fractional_labels_and_sums_half_precision_in_float32():
+    """A label 1.5 was read as class 1 by the cross-entropy alone; a float16 loss summed its pixels' weights in
+    float16, which overflows past 65504 pixels (a NaN loss)."""
+    rng = np.random.default_rng(9)
+    logits = rng.normal(size=(2, 4, 4, NUM_CLASSES)).astype("float32")
+    labels = rng.integers(0, NUM_CLASSES, (2, 4, 4)).astype("float32")
+    labels[0, 1, 2] = 1.5
+    with pytest.raises(ValueError, match=r"^(y_true|labels) must be whole numbers"):
+        CrossEntropyLovaszLoss(lovasz_weight=0.0)(labels, logits)
+    big = rng.normal(size=(1, 300, 300, 1)).astype("float32")
+    masks = (rng.random(big.shape) > 0.5).astype("int64")
+    for mode in ("binary", "multilabel"):
+        half = keras.ops.convert_to_numpy(CrossEntropyLovaszLoss(mode, dtype="float16", lovasz_weight=0.0)(masks, big))
+        full = keras.ops.convert_to_numpy(CrossEntropyLovaszLoss(mode, lovasz_weight=0.0)(masks, big))
+        assert np.isfinite(float(half)) and float(half) == pytest.approx(float(full), rel=2e-3)
+
+
+def test_negative_sample_weights_in_fit_are_refused_or_make_the_loss_nan():
+    """In fit's compiled step the values of sample_weight are known only when it runs: a negative one trained
+    with a negative loss (-0.95 on TF). An assert in TF's graph, a ValueError on torch (eager), NaN under jax.jit."""
+    x, y = scenes(count=8)
+    model = small_model(NUM_CLASSES)
+    model.compile(optimizer="adam", loss=LovaszSoftmaxLoss(from_logits=True, per_image=True))
+    weights = np.ones(len(x), "float32")
+    weights[3] = -1.0
+    if keras.backend.backend() == "jax":
+        history = model.fit(x, y, sample_weight=weights, epochs=1, verbose=0)
+        assert np.isnan(history.history["loss"][0])
+        return
+    with pytest.raises(Exception, match="sample_weight must be finite numbers >= 0"):
+        model.fit(x, y, sample_weight=weights, epochs=1, verbose=0)

@@ -41,7 +41,7 @@ def original_stable_bce(x, y):
 def test_the_names_and_signatures_are_the_originals():
     empty = inspect.Parameter.empty
     signatures = {
-        "mean": [("values", empty), ("ignore_nan", False), ("empty", 0)],  # (theirs names the first l)
+        "mean": [("l", empty), ("ignore_nan", False), ("empty", 0)],  # (the original's name, keyword too)
         "isnan": [("x", empty)],
         "xloss": [("logits", empty), ("labels", empty), ("ignore", None)],
         "binary_xloss": [("logits", empty), ("labels", empty), ("ignore", None)],
@@ -122,3 +122,40 @@ def test_iou_helpers_are_the_metrics():
     assert L.iou is metrics.iou and L.iou_binary is metrics.iou_binary
     pred, target = np.array([[[0, 1], [1, 1]]]), np.array([[[0, 1], [0, 1]]])
     assert L.iou_binary(pred, target) == pytest.approx(100 * 2 / 3)
+
+
+def test_lovasz_grad_of_integers_other_than_0_and_1_is_the_originals_formula():
+    """The closed form for integer labels read a 2 or a -1 its own way, unlike the original, the float path
+    and the other framework; integers now take the original's formula (bools keep the closed form)."""
+    tf, LT, LJ = require("tensorflow"), require("lovasz.tf"), require("lovasz.jax")
+    for gt in ([0, 2, 0, 1], [0, 0, -1, 1], [1, 0, 1, 1]):
+        g = np.asarray(gt, np.float64)
+        total = g.sum()
+        jaccard = 1 - (total - np.cumsum(g)) / (total + np.cumsum(1 - g))
+        expected = np.concatenate([jaccard[:1], np.diff(jaccard)])
+        np.testing.assert_allclose(L.lovasz_grad(torch.tensor(gt)).numpy(), expected, rtol=1e-6)
+        np.testing.assert_allclose(LT.lovasz_grad(tf.constant(gt)).numpy(), expected, rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(LJ.lovasz_grad(np.asarray(gt))), expected, rtol=1e-6)
+
+
+def test_helpers_take_the_originals_argument_names_and_name_mismatched_labels():
+    assert L.mean(l=[1.0, 2.0]) == 1.5  # (the original's parameter is l)
+    probas, labels = torch.rand(2, 3, 4, 4).softmax(1), torch.randint(0, 3, (2, 4, 3))
+    for call in (
+        lambda: L.flatten_probas(probas, labels, 255),
+        lambda: L.flatten_probas(probas, labels),  # (the original returned 32 pixels and 24 labels)
+        lambda: L.flatten_binary_scores(probas[:, 0], labels, 255),
+    ):
+        with pytest.raises(ValueError, match=r"^labels must hold one label per pixel of (probas|scores) \[2,"):
+            call()
+    tf, LT = require("tensorflow"), require("lovasz.tf")
+    channels_last = tf.constant(probas.permute(0, 2, 3, 1).numpy())
+    with pytest.raises(ValueError, match=r"^labels must hold one label per pixel of probas"):
+        LT.flatten_probas(channels_last, tf.constant(labels.numpy()), 255)
+    with pytest.raises(ValueError, match=r"^labels must hold one label per pixel of scores"):
+        LT.flatten_binary_scores(channels_last[..., 0], tf.constant(labels.numpy()), 255)
+    flat = tf.function(
+        LT.flatten_probas, input_signature=[tf.TensorSpec([None, 4, 4, 3]), tf.TensorSpec(None, tf.int64)]
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError, match="labels must hold one label per pixel of probas"):
+        flat(channels_last, tf.constant(labels.numpy()))

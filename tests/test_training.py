@@ -146,3 +146,18 @@ def test_schedule_in_a_plain_training_loop_reaches_lovasz():
         optimiser.step()
     assert seen[0] == (1.0, 0.0) and seen[-1] == (0.0, 1.0)
     assert L.lovasz_softmax(model(x), y, from_logits=True).item() < 0.5
+
+
+def test_a_combined_loss_pickled_before_its_weights_were_properties_loads():
+    """A module pickled when ``ce_weight`` and ``lovasz_weight`` were plain attributes keeps them."""
+    import pickle
+
+    loss = L.CrossEntropyLovaszLoss(ce_weight=0.5, lovasz_weight=2.0, ignore_index=255)
+    state = dict(loss.__dict__)
+    state["ce_weight"], state["lovasz_weight"] = state.pop("_ce_weight"), state.pop("_lovasz_weight")
+    old = L.CrossEntropyLovaszLoss.__new__(L.CrossEntropyLovaszLoss)
+    old.__setstate__(state)
+    assert (old.ce_weight, old.lovasz_weight) == (0.5, 2.0)
+    restored = pickle.loads(pickle.dumps(old))
+    logits, labels = batch()
+    torch.testing.assert_close(restored(logits, labels), loss(logits, labels))

@@ -25,7 +25,7 @@ def isnan(x: Any) -> Any:
     return x != x
 
 
-def mean(values: Iterable[Any], ignore_nan: bool = False, empty: Any = 0) -> Any:
+def mean(l: Iterable[Any], ignore_nan: bool = False, empty: Any = 0) -> Any:  # noqa: E741  (the original's name)
     """The mean of an iterable of numbers or tensors, as the original's ``mean`` (which its per-image
     loops call): NaN values left out with ``ignore_nan``; ``empty`` for nothing (``'raise'``: a
     ``ValueError``). Tensors are summed as they are (differentiable).
@@ -35,7 +35,7 @@ def mean(values: Iterable[Any], ignore_nan: bool = False, empty: Any = 0) -> Any
         2.0
     """
     ignore_nan = V.check_flag(ignore_nan, "ignore_nan")
-    items = iter(values)
+    items = iter(l)
     if ignore_nan:
         items = itertools.filterfalse(lambda v: bool(isnan(v)), items)
     try:

@@ -673,9 +673,9 @@ def lovasz_grad(gt_sorted: ArrayLike) -> jax.Array:
     """Gradient of the Lovász extension w.r.t. errors sorted in decreasing order (Algorithm 1).
 
     ``gt_sorted`` is ``[P]`` 0/1 ground truth in the order of the sorted errors; the
-    result ``[P]`` holds ``J(k) - J(k-1)`` (float64 for float64 input, else float32): of integer
-    or bool input in closed form from the counts; of floats by the original's formula, in float,
-    differentiable, and taking soft labels as it does.
+    result ``[P]`` holds ``J(k) - J(k-1)`` (float64 for float64 input, else float32): of bool
+    input in closed form from the counts; of numbers by the original's formula, in float (floats
+    differentiable), taking soft labels and integers other than 0 and 1 as it does.
 
     Example:
         >>> [round(float(g), 4) for g in lovasz_grad(jnp.array([1, 0, 1]))]
@@ -685,7 +685,7 @@ def lovasz_grad(gt_sorted: ArrayLike) -> jax.Array:
     if gt_sorted.ndim != 1:
         raise ValueError(f"gt_sorted must be a 1-D array; got shape {list(gt_sorted.shape)}")
     dtype = jnp.float64 if gt_sorted.dtype == jnp.float64 else jnp.float32
-    if jnp.issubdtype(gt_sorted.dtype, jnp.floating):  # (rounded to 0/1 before: soft labels lost their values)
+    if gt_sorted.dtype != jnp.bool_:  # (rounded to 0/1 before: soft labels lost their values)
         gt = gt_sorted.astype(dtype)  # (float32 unless JAX has float64 enabled: the original's rounding)
         total = gt.sum()
         jaccard = 1 - (total - jnp.cumsum(gt)) / (total + jnp.cumsum(1 - gt))

@@ -169,7 +169,7 @@ def _indices_when_run(y_true: Tensor, y_pred: Tensor, axis: int, ignore: int | N
 
 
 def _asserted(
-    x: Tensor, ok: Tensor, message: str, values: Tensor | None = None, otherwise: int | None = None
+    x: Tensor, ok: Tensor, message: str, values: Tensor | None = None, otherwise: float | None = None
 ) -> Tensor:
     """``x``, computed after an assert that ``ok`` holds everywhere, for values not known when the loss is built
     (known ones raise ``ValueError`` before): a ``tf.debugging`` assert in a TensorFlow graph, whose
@@ -217,7 +217,7 @@ def _unasserted() -> bool:
     return True
 
 
-def _where_not(x: Tensor, ok: Tensor, otherwise: int | None) -> Tensor:
+def _where_not(x: Tensor, ok: Tensor, otherwise: float | None) -> Tensor:
     return x if otherwise is None else ops.where(ok, x, ops.cast(otherwise, x.dtype))
 
 
@@ -236,7 +236,7 @@ def _checked_targets(values: Tensor, valid: Tensor, ok: Tensor, allowed: str) ->
         return None
     if _unasserted():
         return ops.all(good)
-    _asserted(good, good, message, values=values)  # (a stateful assert: the graph runs it)
+    _asserted(good, good, message, values=values)  # (its assert is a stateful op: TF's graph runs it unused)
     return None
 
 
@@ -418,19 +418,30 @@ def _check_weights_per_image(one_value: bool, global_batch: bool, sample_weight:
         )
     if dims and None not in (dims[0], images) and dims[0] != images:  # (Keras' broadcast error named none of them)
         raise ValueError(f"sample_weight must hold one weight per image ({images} in y_pred); got shape {list(dims)}")
-    _check_weight_values(sample_weight)
 
 
-def _check_weight_values(sample_weight: Any) -> None:
-    """Where its values are known (arrays, eager tensors, torch on the CPU): finite and >= 0, as class weights. A
-    NaN gave a NaN loss, a negative weight a loss that training pushes up, without a word."""
+def _checked_weight_values(sample_weight: Any) -> Any:
+    """``sample_weight``, finite and >= 0 as class weights are (a NaN gave a NaN loss, a negative weight a loss
+    that training pushes up, without a word): ``ValueError`` where its values are known (arrays, eager tensors,
+    torch on the CPU); in a graph (``fit``'s compiled step) an assert when it runs, or, where none is compiled
+    (XLA, ``jax.jit``, ``torch.compile``), NaN in place of a bad weight, so the loss is NaN."""
+    if sample_weight is None:
+        return None
     known = _known(sample_weight) if keras.ops.is_tensor(sample_weight) else np.asarray(sample_weight)
-    if known is None or known.dtype.kind not in "biuf":
-        return
+    message = "sample_weight must be finite numbers >= 0 (one weight per image)"
+    if known is None:
+        weights = ops.cast(sample_weight, "float32") if "int" in str(sample_weight.dtype) else sample_weight
+        if keras.backend.standardize_dtype(weights.dtype) == "bool":
+            return sample_weight
+        ok = ops.logical_and(ops.isfinite(weights), ops.greater_equal(weights, 0))
+        return _asserted(weights, ok, message, values=weights, otherwise=float("nan"))
+    if known.dtype.kind not in "biuf":
+        return sample_weight
     values = known.astype(np.float64).reshape(-1)
-    if not (np.isfinite(values).all() and (values >= 0).all()):
-        bad = values[~(np.isfinite(values) & (values >= 0))]
-        raise ValueError(f"sample_weight must be finite numbers >= 0 (one weight per image); got {bad[:4].tolist()}")
+    good = np.isfinite(values) & (values >= 0)
+    if not good.all():
+        raise ValueError(f"{message}; got {values[~good][:4].tolist()}")
+    return sample_weight
 
 
 def _weights_of_known_rank(sample_weight: Any, y_pred: Tensor) -> Any:
@@ -820,6 +831,7 @@ def _loss_call(
 
     _check_no_point_weights(lovasz.scenes_in_labels, sample_weight)
     _check_weights_per_image(lovasz._one_value(), lovasz.global_batch, sample_weight, y_pred.shape[0])
+    sample_weight = _checked_weight_values(sample_weight)
     if lovasz._one_value():
         return _replica_share(_reduced(keras_call(sample_weight), reduction), lovasz.global_batch, reduction)
     context = lovasz._replicas()
@@ -905,13 +917,12 @@ class _ClassAveragedLoss(_LovaszLoss):
         """``class_weights``, with channel 0's made 0 where ``include_background`` is False (MONAI's
         convention): a weight of 0 takes a class out of the average, present or not."""
         channels = self._check_class_weights(y_pred, axis)
-        shape = list(y_pred.shape)
         if self.include_background:
             return self.class_weights
         if channels is None or channels < 2:
             raise ValueError(
                 "include_background=False leaves channel 0 out of the class average: y_pred needs a class axis "
-                f"of 2 or more channels (known when traced); got shape {shape}"
+                f"of 2 or more channels (known when traced); got shape {list(y_pred.shape)}"
             )
         return [0.0] + (self.class_weights[1:] if self.class_weights is not None else [1.0] * (channels - 1))
 
@@ -1435,15 +1446,19 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
         class_weights = getattr(self.lovasz, "class_weights", None)
         if class_weights is not None:  # (the Lovász term, which checks them too, may be off)
             self.lovasz._check_class_weights(y_pred, axis)
+        dtype = keras.backend.standardize_dtype(y_pred.dtype)
+        # in float32 (float64 stays): a float16 sum of the weights overflows past 65504 pixels
+        y_pred = ops.cast(y_pred, "float64" if dtype == "float64" else "float32")
         if self.mode == "multiclass" and y_pred.shape[axis] != 1:
-            labels = ops.cast(_squeeze_channel(y_true, axis, rank), "int32")
-            labels = self.lovasz._masked(labels, rank - 1, axis)
+            labels = self.lovasz._masked(_squeeze_channel(y_true, axis, rank), rank - 1, axis)
             valid = _valid_mask(labels, ignore)
             channels = y_pred.shape[axis]
-            in_range = ops.logical_and(ops.greater_equal(labels, 0), ops.less(labels, channels))
-            good = _checked_targets(labels, valid, in_range, f"in [0, {channels - 1}]")
+            ok = ops.logical_and(ops.greater_equal(labels, 0), ops.less(labels, channels))
+            if keras.backend.is_float_dtype(keras.backend.standardize_dtype(labels.dtype)):  # (Keras casts y_true)
+                ok = ops.logical_and(ok, ops.equal(labels, ops.round(labels)))  # 1.5 is no class, nor is it 1
+            good = _checked_targets(labels, valid, ok, f"whole numbers in [0, {channels - 1}]")
             # any class for ignored pixels (they weigh 0), and for bad ones where no check could raise
-            labels = ops.where(ops.logical_and(ops.cast(valid, "bool"), in_range), labels, 0)
+            labels = ops.where(ops.logical_and(ops.cast(valid, "bool"), ok), ops.cast(labels, "int32"), 0)
             logits = y_pred if axis in (-1, rank - 1) else ops.moveaxis(y_pred, axis, -1)  # TF's takes axis=-1 only
             pixel = ops.sparse_categorical_crossentropy(labels, logits, from_logits=True)
             weight = ops.cast(valid, pixel.dtype)
@@ -1458,7 +1473,7 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
             valid = _valid_mask(y_true, ignore)
             binary = ops.logical_or(ops.equal(y_true, 0), ops.equal(y_true, 1))
             good = _checked_targets(y_true, valid, binary, "0 or 1")
-            target = ops.cast(y_true, y_pred.dtype) * ops.cast(valid, y_pred.dtype)  # (in the loss's dtype)
+            target = ops.cast(y_true, y_pred.dtype) * ops.cast(valid, y_pred.dtype)
             pixel = ops.binary_crossentropy(target, y_pred, from_logits=True)
             weight = ops.cast(valid, pixel.dtype)
             if class_weights is not None and self.mode == "multilabel":  # a weight per channel
@@ -1466,7 +1481,6 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
                 shape[axis] = len(class_weights)
                 weight = weight * ops.reshape(ops.convert_to_tensor(class_weights, pixel.dtype), shape)
             elif class_weights is not None and self.mode == "multiclass":  # one channel: the two classes' weights
-                V.check_weights_shape((len(class_weights),), 2)
                 classes = ops.cast(target, "int32")
                 weight = weight * ops.take(ops.convert_to_tensor(class_weights, pixel.dtype), classes)
         if self.lovasz.per_image and not points:
@@ -1474,7 +1488,8 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
             ce = ops.divide_no_nan(ops.sum(pixel * weight, axis=axes), ops.sum(weight, axis=axes))
         else:
             ce = _global_mean(ops.sum(pixel * weight), ops.sum(weight), self.lovasz._replicas())
-        return ce if good is None else ce * ops.where(good, ops.ones((), ce.dtype), ops.cast(float("nan"), ce.dtype))
+        ce = ce if good is None else ce * ops.where(good, ops.ones((), ce.dtype), ops.cast(float("nan"), ce.dtype))
+        return ops.cast(ce, dtype)  # (the mean of a float16 loss fits float16; its sums did not)
 
     def get_config(self) -> dict[str, Any]:
         lovasz = self.lovasz.get_config()

@@ -88,6 +88,9 @@ def confusion_counts(
 # stay in cache); accelerators take larger blocks, for fewer kernel launches.
 _HOST_BLOCK = 1 << 18
 _DEVICE_BLOCK = 1 << 20
+# Bins of per-image histograms per block of images (int64: 8 MiB): many small images of many classes took
+# B*(C+4)^2 at once (1,000 images of 16 pixels and 150 classes: 190 MB).
+_IMAGE_BINS = 1 << 20
 
 
 def _counts(pred: Array, target: Array, num_classes: int, ignore_index: int | None) -> tuple[Array, Array]:
@@ -141,19 +144,20 @@ def _checked_maps(pred: Any, target: Any, names: tuple[str, str]) -> tuple[Any, 
         )
     if len(pred.shape) == 1:  # points [N]: one image (as N images of one pixel each, per-image scores mean nothing)
         pred, target = pred[None], target[None]
-    if _is_torch(pred) and pred.is_floating_point() and pred.element_size() == 1:  # float8: torch has no floor
-        pred = pred.float()
-    if _is_torch(target) and target.is_floating_point() and target.element_size() == 1:
-        target = target.float()
-    return pred, target
+    return _wider_than_float8(pred), _wider_than_float8(target)
+
+
+def _wider_than_float8(x: Any) -> Any:
+    """A torch float8 map as float32 (torch has no floor for float8); anything else as it is."""
+    return x.float() if _is_torch(x) and x.is_floating_point() and x.element_size() == 1 else x
 
 
 def _histograms(
     pred: Array, target: Array, num_classes: int, ignore_index: int | None, per_image: bool, mark_equal: bool
 ) -> Iterator[Array]:
     """Code-pair counts of maps of :func:`_checked_maps`, one bincount per block of pixels: per block of whole
-    images ``[images, K, K]`` (per image; at most ``block`` bins, so memory stays O(block) whatever the batch
-    and the classes), or ``[K, K]`` for the batch."""
+    images ``[images, K, K]`` (per image: at most :data:`_IMAGE_BINS` bins, or one image's ``K*K``, whatever the
+    batch), or ``[K, K]`` for the batch."""
     num_classes = check_count(num_classes, "num_classes", 1)
     ignore_index = check_ignore(ignore_index, "ignore_index")
     c, k = num_classes, num_classes + 4
@@ -176,11 +180,11 @@ def _histograms(
     ignored = None if ignore_index is None else _ignore_value(t, ignore_index)
     rows = max(1, block // max(pixels, 1))  # whole images per block when they fit, else pieces of one image
     if per_image:
-        rows = max(1, min(rows, block // bins))  # (each image's K*K bins)
+        rows = max(1, min(rows, _IMAGE_BINS // bins))  # (each image's K*K bins)
     cols = max(1, min(pixels, block))  # 1: no block at all when the images are empty
     if per_image and batch == 0:
         yield _zeros(0, p).reshape(0, k, k)
-    total = _zeros(bins, p)
+    total: Any = None if per_image else _zeros(bins, p)  # (per image: made for each block below)
     for b0 in range(0, batch, rows):
         b1 = min(b0 + rows, batch)
         shift: Any = 2 * k + 2  # both codes from -2.. to 0..
@@ -278,7 +282,7 @@ def _ignore_value(target: Any, ignore_index: int) -> Any:
     return ignore_held(ignore_index, info)
 
 
-def _as_numpy(x: Any, name: str = "counts") -> np.ndarray:
+def _as_numpy(x: Any, name: str) -> np.ndarray:
     """``x`` as a NumPy array; bfloat16 (TF's and JAX's, an ml_dtypes type: kind 'V' to NumPy; torch's) as float32."""
     if _is_torch(x):  # (beside NumPy: copied to the host)
         x = x.detach().cpu()
@@ -617,7 +621,7 @@ def _image_counts(pred: Any, label: Any, num_classes: int, ignore: int | None) -
     one_image = (pred.reshape(1, -1), label.reshape(1, -1))  # (a tensor stays on its device)
     histogram = _batch_histogram(*one_image, num_classes, ignore, ("preds", "labels"))
     intersection, union, _, _ = _from_histogram(histogram, num_classes)
-    return _as_numpy(intersection), _as_numpy(union)
+    return _as_numpy(intersection, "intersection"), _as_numpy(union, "union")
 
 
 def _images(preds: Any, labels: Any, per_image: bool) -> list[tuple[Any, Any]]:

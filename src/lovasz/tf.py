@@ -842,9 +842,9 @@ def lovasz_grad(gt_sorted: TensorLike) -> tf.Tensor:
     """Gradient of the Lovász extension w.r.t. errors sorted in decreasing order (Algorithm 1).
 
     ``gt_sorted`` is ``[P]`` 0/1 ground truth in the order of the sorted errors; the
-    result ``[P]`` holds ``J(k) - J(k-1)`` (float64 for float64 input, else float32): of integer
-    or bool input in closed form from the counts; of floats by the original's formula, in float,
-    differentiable, and taking soft labels as it does.
+    result ``[P]`` holds ``J(k) - J(k-1)`` (float64 for float64 input, else float32): of bool
+    input in closed form from the counts; of numbers by the original's formula, in float (floats
+    differentiable), taking soft labels and integers other than 0 and 1 as it does.
 
     Example:
         >>> [round(float(g), 4) for g in lovasz_grad(tf.constant([1.0, 0.0, 1.0]))]
@@ -854,7 +854,7 @@ def lovasz_grad(gt_sorted: TensorLike) -> tf.Tensor:
     if gt_sorted.shape.rank != 1:
         raise ValueError(f"gt_sorted must be a 1-D tensor; got shape {gt_sorted.shape}")
     dtype = tf.float64 if gt_sorted.dtype == tf.float64 else tf.float32
-    if gt_sorted.dtype.is_floating:  # (rounded to 0/1 before: soft labels lost their values and gradient)
+    if gt_sorted.dtype != tf.bool:  # (rounded to 0/1 before: soft labels lost their values and gradient)
         gt = tf.cast(gt_sorted, tf.float64)  # (float32 cumsums cancel in the differences)
         total = tf.reduce_sum(gt)
         jaccard = 1 - (total - tf.cumsum(gt)) / (total + tf.cumsum(1 - gt))
@@ -878,7 +878,7 @@ def flatten_probas(
     """
     probas, labels = tf.convert_to_tensor(probas), tf.convert_to_tensor(labels)
     channels_last = _check_order(order)
-    if probas.shape.rank is not None and probas.shape.rank >= 2:
+    if probas.shape.rank is not None and probas.shape.rank >= 2 and labels.shape.rank is not None:
         without_classes = V.without_axis(probas.shape.as_list(), -1 if channels_last else 1)
         extra = V.extra_label_axis(labels.shape.as_list(), [probas.shape.as_list(), without_classes])
         if extra is not None:  # [B, H, W, 1] labels of [B, H, W, C] probas (as Keras gives them): not a sigmoid's
@@ -887,8 +887,10 @@ def flatten_probas(
         probas = probas[..., None]
     elif not channels_last:
         probas = tf.experimental.numpy.moveaxis(probas, 1, -1)
+    given = (probas.shape, labels.shape)
     probas = tf.reshape(probas, [-1, probas.shape[-1]])
     labels = tf.reshape(labels, [-1])
+    labels = _one_label_each(probas, labels, *given, "probas")
     valid = _valid(labels, V.check_ignore(ignore))
     if valid is None:
         return probas, labels
@@ -907,11 +909,30 @@ def flatten_binary_scores(
         >>> scores.numpy().tolist(), labels.numpy().tolist()
         ([2.0, 0.5], [1, 1])
     """
+    scores, labels = tf.convert_to_tensor(scores), tf.convert_to_tensor(labels)
+    given = (scores.shape, labels.shape)
     scores, labels = tf.reshape(scores, [-1]), tf.reshape(labels, [-1])
+    labels = _one_label_each(scores, labels, *given, "scores")
     valid = _valid(labels, V.check_ignore(ignore))
     if valid is None:
         return scores, labels
     return tf.boolean_mask(scores, valid), tf.boolean_mask(labels, valid)
+
+
+def _one_label_each(
+    flat: tf.Tensor, labels: tf.Tensor, shape: tf.TensorShape, labels_shape: tf.TensorShape, of: str
+) -> tf.Tensor:
+    """``labels [P]``, one per pixel of ``flat [P, ...]`` (TF's own shape error named neither): checked now where
+    the sizes are known, else when the graph runs."""
+    pixels, count = flat.shape[0], labels.shape[0]
+    message = f"labels must hold one label per pixel of {of} {shape.as_list() if shape.rank is not None else shape}"
+    if pixels is not None and count is not None:
+        if pixels != count:
+            raise ValueError(f"{message} ({pixels}); got {count} in shape {labels_shape.as_list()}")
+        return labels
+    check = tf.debugging.assert_equal(tf.shape(labels)[0], tf.shape(flat)[0], message=message)
+    with tf.control_dependencies([check]):
+        return tf.identity(labels)
 
 
 @contextlib.contextmanager

@@ -775,8 +775,9 @@ def lovasz_grad(gt_sorted: Tensor) -> Tensor:
     """Gradient of the Lovász extension w.r.t. errors sorted in decreasing order (Algorithm 1).
 
     ``gt_sorted`` is ``[P]`` 0/1 ground truth in the order of the sorted errors; the
-    result ``[P]`` holds ``J(k) - J(k-1)``: of integer or bool input in closed form from the counts;
-    of floats by the original's formula, in float, differentiable, and taking soft labels as it does.
+    result ``[P]`` holds ``J(k) - J(k-1)``: of bool input in closed form from the counts;
+    of numbers by the original's formula, in float (floats differentiable), taking soft labels and integers
+    other than 0 and 1 as it does.
 
     Example:
         >>> lovasz_grad(torch.tensor([1, 0, 1]))
@@ -787,7 +788,7 @@ def lovasz_grad(gt_sorted: Tensor) -> Tensor:
     dtype = torch.float64 if gt_sorted.dtype == torch.float64 else torch.float32
     if gt_sorted.numel() == 0:
         return gt_sorted.new_zeros(0, dtype=dtype)
-    if gt_sorted.is_floating_point():  # (rounded to 0/1 before: soft labels lost their values and gradient)
+    if gt_sorted.dtype != torch.bool:  # (rounded to 0/1 before: soft labels lost their values and gradient)
         # (float32 cumsums cancel in the differences: 4e-5 off for 0/1 of 200; Apple's MPS has no float64)
         gt = gt_sorted.to(torch.float32 if gt_sorted.device.type == "mps" else torch.float64)
         total = gt.sum()
@@ -813,8 +814,10 @@ def flatten_probas(probas: Tensor, labels: Tensor, ignore: int | None = None) ->
         labels = _drop_label_axis(labels, [tuple(probas.shape), tuple(probas.shape[:1] + probas.shape[2:])])
     if probas.ndim == labels.ndim:
         probas = probas.unsqueeze(1)
+    given = (probas.shape, labels.shape)
     probas = torch.movedim(probas, 1, -1).reshape(-1, probas.shape[1])
     labels = labels.reshape(-1)
+    _check_one_label_each(probas.shape[0], labels.shape[0], *given, "probas")
     ignored = _ignored(labels, V.check_ignore(ignore))
     if ignored is None:
         return probas, labels
@@ -831,11 +834,23 @@ def flatten_binary_scores(scores: Tensor, labels: Tensor, ignore: int | None = N
     """
     _check_prediction(scores, "scores")
     labels = _check_labels(labels, scores, "labels")
+    given = (scores.shape, labels.shape)
     scores, labels = scores.reshape(-1), labels.reshape(-1)
+    _check_one_label_each(scores.shape[0], labels.shape[0], *given, "scores")
     ignored = _ignored(labels, V.check_ignore(ignore))
     if ignored is None:
         return scores, labels
     return scores[~ignored], labels[~ignored]
+
+
+def _check_one_label_each(pixels: int, labels: int, shape: Sequence[int], labels_shape: Sequence[int], of: str) -> None:
+    """The flatten helpers' labels hold one label per pixel (the original crashed inside torch's indexing, or,
+    without ``ignore``, returned more pixels than labels)."""
+    if pixels != labels:
+        raise ValueError(
+            f"labels must hold one label per pixel of {of} {V.fmt(shape)} ({pixels}); got {labels} in shape "
+            f"{V.fmt(labels_shape)}"
+        )
 
 
 def lovasz_softmax_flat(probas: Tensor, labels: Tensor, classes: Classes = "present") -> Tensor:
@@ -1197,6 +1212,13 @@ class CrossEntropyLovaszLoss(_LossModule):
         self.mode = mode
         self.ce_weight, self.lovasz_weight = ce_weight, lovasz_weight
 
+    def __setstate__(self, state: dict) -> None:
+        # (a module pickled before the weights were checked properties holds them as plain attributes)
+        for name in ("ce_weight", "lovasz_weight"):
+            if name in state:
+                state["_" + name] = state.pop(name)
+        super().__setstate__(state)
+
     @property
     def ce_weight(self) -> float:
         """The cross-entropy term's weight (set it between steps, as a schedule does: it is checked)."""
@@ -1265,7 +1287,6 @@ class CrossEntropyLovaszLoss(_LossModule):
                 f"got {V.fmt(input.shape)}"
             )
         classes = 2 if self.mode == "binary" or (self.mode == "multiclass" and x.shape[1] == 1) else x.shape[1]
-        # checked as the Lovász term checks them (it may be off: a weight of 0, a schedule's warm-up)
         weights = _as_weights(self.lovasz.class_weights, classes, x.dtype, x.device, "class_weights")
         target = _check_labels(target, input, "target")
         if self.mode == "multiclass" and x.ndim >= 2:
@@ -1284,7 +1305,7 @@ class CrossEntropyLovaszLoss(_LossModule):
             in_range = (target >= 0) & (target < x.shape[1])
             _check_values(target, valid, f"in [0, {x.shape[1] - 1}]", in_range, "target")
             safe = target.long() if valid is None else torch.where(valid, target.long(), 0)
-            pixel_weight = torch.ones_like(x[:, 0]) if weights is None else weights.to(x.device, x.dtype)[safe]
+            pixel_weight = torch.ones_like(x[:, 0]) if weights is None else weights[safe]
             values = F.cross_entropy(x, safe, reduction="none")
         else:
             if self.mode != "multilabel" and x.ndim == target.ndim + 1 and x.shape[1] == 1:
@@ -1295,9 +1316,9 @@ class CrossEntropyLovaszLoss(_LossModule):
             safe = target.to(x.dtype) if valid is None else torch.where(valid, target.to(x.dtype), 0.0)
             pixel_weight = torch.ones_like(x)
             if weights is not None and self.mode == "multilabel":
-                pixel_weight = pixel_weight * weights.to(x.device, x.dtype).view(1, -1, *([1] * (x.ndim - 2)))
+                pixel_weight = pixel_weight * weights.view(1, -1, *([1] * (x.ndim - 2)))
             elif weights is not None and self.mode == "multiclass":  # one channel: the target's class, 0 or 1
-                pixel_weight = weights.to(x.device, x.dtype)[safe.long()]
+                pixel_weight = weights[safe.long()]
             values = F.binary_cross_entropy_with_logits(x, safe, reduction="none")
         if valid is not None:
             pixel_weight = pixel_weight * valid
