@@ -434,7 +434,10 @@ def _checked_weight_values(sample_weight: Any) -> Any:
         if keras.backend.standardize_dtype(weights.dtype) == "bool":
             return sample_weight
         ok = ops.logical_and(ops.isfinite(weights), ops.greater_equal(weights, 0))
-        return _asserted(weights, ok, message, values=weights, otherwise=float("nan"))
+        if _unasserted():
+            return _where_not(weights, ok, float("nan"))
+        flat = ops.reshape(weights, [-1])  # (a rank unknown when traced: TF's boolean_mask needs one)
+        return _asserted(weights, ops.reshape(ok, [-1]), message, values=flat)
     if known.dtype.kind not in "biuf":
         return sample_weight
     values = known.astype(np.float64).reshape(-1)
