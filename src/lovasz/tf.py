@@ -878,6 +878,7 @@ def flatten_probas(
     """
     probas, labels = tf.convert_to_tensor(probas), tf.convert_to_tensor(labels)
     channels_last = _check_order(order)
+    given_probas = probas.shape  # (as given, for the message below)
     if probas.shape.rank is not None and probas.shape.rank >= 2 and labels.shape.rank is not None:
         without_classes = V.without_axis(probas.shape.as_list(), -1 if channels_last else 1)
         extra = V.extra_label_axis(labels.shape.as_list(), [probas.shape.as_list(), without_classes])
@@ -887,10 +888,10 @@ def flatten_probas(
         probas = probas[..., None]
     elif not channels_last:
         probas = tf.experimental.numpy.moveaxis(probas, 1, -1)
-    given = (probas.shape, labels.shape)
+    given_labels = labels.shape
     probas = tf.reshape(probas, [-1, probas.shape[-1]])
     labels = tf.reshape(labels, [-1])
-    labels = _one_label_each(probas, labels, *given, "probas")
+    labels = _one_label_each(probas, labels, given_probas, given_labels, "probas")
     valid = _valid(labels, V.check_ignore(ignore))
     if valid is None:
         return probas, labels

@@ -812,9 +812,9 @@ def flatten_probas(probas: Tensor, labels: Tensor, ignore: int | None = None) ->
     labels = _check_labels(labels, probas, "labels")
     if probas.ndim >= 3:  # [B, 1, H, W] labels of [B, C, H, W] probas: not a sigmoid's [B, *spatial]
         labels = _drop_label_axis(labels, [tuple(probas.shape), tuple(probas.shape[:1] + probas.shape[2:])])
+    given = (probas.shape, labels.shape)
     if probas.ndim == labels.ndim:
         probas = probas.unsqueeze(1)
-    given = (probas.shape, labels.shape)
     probas = torch.movedim(probas, 1, -1).reshape(-1, probas.shape[1])
     labels = labels.reshape(-1)
     _check_one_label_each(probas.shape[0], labels.shape[0], *given, "probas")
