@@ -223,20 +223,25 @@ def _where_not(x: Tensor, ok: Tensor, otherwise: float | None) -> Tensor:
 
 def _checked_targets(values: Tensor, valid: Tensor, ok: Tensor, allowed: str) -> Tensor | None:
     """Refuse a non-ignored ``y_true`` that is not ``allowed`` (where ``ok`` fails), as the Lovász term does, for
-    the cross-entropy alone (which takes a label 7 of 3, or a mask value 2, without a word): ``ValueError`` where
-    the values are known; an assert in a TensorFlow graph and for torch on an accelerator; where no assert is
-    compiled (XLA, ``jax.jit``, ``torch.compile``), whether every target is good, to make the loss NaN."""
+    the cross-entropy alone (which takes a label 7 of 3, or a mask value 2, without a word); see
+    :func:`_refused_unless`."""
     good = ops.logical_or(ops.equal(valid, 0), ok)
-    message = f"y_true must be {allowed} at every non-ignored pixel"
-    known = _known(good)
+    return _refused_unless(good, values, f"y_true must be {allowed} at every non-ignored pixel")
+
+
+def _refused_unless(ok: Tensor, values: Tensor, message: str) -> Tensor | None:
+    """Refuse ``values`` where ``ok`` fails: ``ValueError`` (naming the first bad value) where they are known; an
+    assert in a TensorFlow graph and for torch on an accelerator; where no assert is compiled (XLA, ``jax.jit``,
+    ``torch.compile``), whether all are good, for the caller to make the loss NaN (else None)."""
+    known = _known(ok)
     if known is not None:
         if not known.all():
             found = np.asarray(_known(values))[~known].flat[0]
             raise ValueError(f"{message}; found {found}")
         return None
     if _unasserted():
-        return ops.all(good)
-    _asserted(good, good, message, values=values)  # (its assert is a stateful op: TF's graph runs it unused)
+        return ops.all(ok)
+    _asserted(ok, ok, message, values=values)  # (its assert is a stateful op: TF's graph runs it unused)
     return None
 
 
@@ -424,7 +429,7 @@ def _checked_weight_values(sample_weight: Any) -> Any:
     """``sample_weight``, finite and >= 0 as class weights are (a NaN gave a NaN loss, a negative weight a loss
     that training pushes up, without a word): ``ValueError`` where its values are known (arrays, eager tensors,
     torch on the CPU); in a graph (``fit``'s compiled step) an assert when it runs, or, where none is compiled
-    (XLA, ``jax.jit``, ``torch.compile``), NaN in place of a bad weight, so the loss is NaN."""
+    (XLA, ``jax.jit``, ``torch.compile``), NaN weights where one is bad, so the loss is NaN."""
     if sample_weight is None:
         return None
     known = _known(sample_weight) if keras.ops.is_tensor(sample_weight) else np.asarray(sample_weight)
@@ -433,11 +438,9 @@ def _checked_weight_values(sample_weight: Any) -> Any:
         weights = ops.cast(sample_weight, "float32") if "int" in str(sample_weight.dtype) else sample_weight
         if keras.backend.standardize_dtype(weights.dtype) == "bool":
             return sample_weight
-        ok = ops.logical_and(ops.isfinite(weights), ops.greater_equal(weights, 0))
-        if _unasserted():
-            return _where_not(weights, ok, float("nan"))
         flat = ops.reshape(weights, [-1])  # (a rank unknown when traced: TF's boolean_mask needs one)
-        return _asserted(weights, ops.reshape(ok, [-1]), message, values=flat)
+        good = _refused_unless(ops.logical_and(ops.isfinite(flat), ops.greater_equal(flat, 0)), flat, message)
+        return weights if good is None else ops.where(good, weights, ops.cast(float("nan"), weights.dtype))
     if known.dtype.kind not in "biuf":
         return sample_weight
     values = known.astype(np.float64).reshape(-1)
