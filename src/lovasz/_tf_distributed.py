@@ -79,7 +79,7 @@ def gather_set(
     words = _packed(_points_first(codes, channels_last), classes)
     all_points, (all_words,) = gather_points(points, [words], [_IGNORED_WORD], context)  # padding: ignored
     all_codes = _unpacked(all_words, classes)
-    return all_points[None], (all_codes == FOREGROUND)[None], (all_codes != IGNORED)[None]
+    return all_points[None], tf.equal(all_codes, FOREGROUND)[None], tf.not_equal(all_codes, IGNORED)[None]
 
 
 def gather_points(

@@ -56,7 +56,7 @@ def jaccard_steps(fg_sorted: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
     intersection = tf.cast(gts - fg_cum, dtype)
     union = tf.cast(gts + k - fg_cum, dtype)
     background_step = intersection / (union * tf.maximum(union - 1, 1))
-    steps = tf.where(fg_sorted == 1, 1 / union, background_step)
+    steps = tf.where(tf.equal(fg_sorted, 1), 1 / union, background_step)
     first = 1 - intersection[..., :1] / union[..., :1]  # J(1); the formula divides by U(0)
     return tf.concat([first, steps[..., 1:]], axis=-1)
 

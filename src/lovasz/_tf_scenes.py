@@ -59,8 +59,8 @@ def _scene_jaccard_steps(
     intersection = tf.cast(gts - fg_cum, dtype)
     union = tf.cast(gts + k - fg_cum, dtype)
     background_step = intersection / (union * tf.maximum(union - 1, 1))
-    steps = tf.where(fg_sorted == 1, 1 / union, background_step)
-    return tf.where(k == 1, 1 - intersection / union, steps), gts_scene  # J(1); the formula divides by U(0)
+    steps = tf.where(tf.equal(fg_sorted, 1), 1 / union, background_step)
+    return tf.where(tf.equal(k, 1), 1 - intersection / union, steps), gts_scene  # J(1); the formula divides by U(0)
 
 
 def _scene_sums(values: tf.Tensor, scene: tf.Tensor, num_scenes: int | tf.Tensor) -> tf.Tensor:

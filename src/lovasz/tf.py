@@ -82,10 +82,28 @@ __all__ = [
     "exportable",
 ]
 
-# In a user's tf.function, AutoGraph would rewrite these functions and all they call: they are written to be
-# traced as they are (tf.cond and asserts where the data decide), and a rewritten call of ours once failed in a
-# long test run for no reason of its own (an argument missing from a converted call).
-_traced_as_written = tf.autograph.experimental.do_not_convert
+
+def _traced_as_written(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A public function of this module, as it is traced and run in each mode of TF.
+
+    In a user's tf.function, AutoGraph would rewrite these functions and all they call: they are written to be
+    traced as they are (tf.cond and asserts where the data decide), and a rewritten call of ours once failed in a
+    long test run for no reason of its own (an argument missing from a converted call).
+
+    In a TF1-style graph (``tf.compat.v1.Session``, the original ``lovasz_losses_tf.py``'s home), outside any
+    tf.function, the call is traced in a ``tf.function`` of its own: a bare graph runs only the ops a fetch needs,
+    so it would drop the asserts that check the labels, the weights and the row splits. (This module compares
+    tensors with ``tf.equal``: there ``==`` compares the Python objects.)
+    """
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if tf.compat.v1.executing_eagerly_outside_functions() or tf.compat.v1.get_default_graph().building_function:
+            return fn(*args, **kwargs)
+        return tf.function(fn, autograph=False)(*args, **kwargs)
+
+    return tf.autograph.experimental.do_not_convert(call)
+
 
 ORDERS = ("BHWC", "BCHW")  # channels-last, channels-first; any number of spatial dims
 
@@ -224,7 +242,11 @@ def _check_layout_when_run(
 def _valid(labels: tf.Tensor, ignore: int | None) -> tf.Tensor | None:
     """Where ``labels`` do not hold ``ignore`` (:func:`V.ignore_held`: a value their dtype cannot hold, none)."""
     ignore = V.ignore_held(ignore, labels.dtype if labels.dtype.is_integer else None)
-    return None if ignore is None else labels != tf.cast(ignore, labels.dtype)
+    return None if ignore is None else tf.not_equal(labels, tf.cast(ignore, labels.dtype))
+
+
+def _zero_or_one(labels: tf.Tensor) -> tf.Tensor:
+    return tf.logical_or(tf.equal(labels, 0), tf.equal(labels, 1))
 
 
 def _size(x: tf.Tensor, start: int, stop: int | None = None) -> int | tf.Tensor:
@@ -352,7 +374,7 @@ def _from_ragged(
     splits, label_splits = tf.cast(prediction.row_splits, tf.int64), tf.cast(labels.row_splits, tf.int64)
     message = f"{lname} must have the scenes of {pname} (equal row_splits)"
     if tf.executing_eagerly():
-        if splits.shape != label_splits.shape or not bool(tf.reduce_all(splits == label_splits)):
+        if splits.shape != label_splits.shape or not bool(tf.reduce_all(tf.equal(splits, label_splits))):
             raise ValueError(
                 f"{message}; got {shown_splits(label_splits.numpy())} against {shown_splits(splits.numpy())}"
             )
@@ -361,9 +383,8 @@ def _from_ragged(
     if scenes is not None and label_scenes is not None and scenes != label_scenes:
         raise ValueError(f"{message}; got {label_scenes - 1} against {scenes - 1} scenes")
     common = tf.minimum(tf.size(splits), tf.size(label_splits))  # (splits of two lengths compare as unequal)
-    same = tf.logical_and(
-        tf.equal(tf.size(splits), tf.size(label_splits)), tf.reduce_all(splits[:common] == label_splits[:common])
-    )
+    same_sizes = tf.equal(tf.size(splits), tf.size(label_splits))
+    same = tf.logical_and(same_sizes, tf.reduce_all(tf.equal(splits[:common], label_splits[:common])))
     if _tf_rows.in_xla():  # no assert compiled: the loss is NaN where they differ
         return prediction.values, labels.values, splits, same
     with tf.control_dependencies([tf.debugging.Assert(same, [message])]):
@@ -737,12 +758,12 @@ def lovasz_hinge(
     pred = tf.reshape(tf.cast(logits, _compute_dtype(logits)), layout)
     lab = tf.reshape(labels, layout)
     valid = _valid(lab, ignore)
-    good = _check_values(lab, (lab == 0) | (lab == 1), valid, "0 or 1", "labels")
+    good = _check_values(lab, _zero_or_one(lab), valid, "0 or 1", "labels")
     across = _replicas(global_batch)
 
     def loss_of(pred: tf.Tensor, lab: tf.Tensor, valid: tf.Tensor | None, scenes: tf.Tensor | None) -> tf.Tensor:
         options = ("all", per_image, False, None, reduction, margin, symmetric, scenes, across)
-        return _hinge_classes(pred, lab == 1, valid, *options)
+        return _hinge_classes(pred, tf.equal(lab, 1), valid, *options)
 
     loss = _on_valid_pixels(loss_of, pred, lab, valid, per_image, False, splits, across)
     return tf.cast(_nan_unless(loss, good, good_splits, good_layout), logits.dtype)
@@ -820,15 +841,15 @@ def lovasz_multilabel(
     pred = tf.reshape(tf.cast(logits, dtype), layout)
     tgt = tf.reshape(targets, layout)
     valid = _valid(tgt, ignore)
-    good = _check_values(tgt, (tgt == 0) | (tgt == 1), valid, "0 or 1", "targets")
+    good = _check_values(tgt, _zero_or_one(tgt), valid, "0 or 1", "targets")
     across = _replicas(global_batch)
 
     def loss_of(pred: tf.Tensor, tgt: tf.Tensor, valid: tf.Tensor | None, scenes: tf.Tensor | None) -> tf.Tensor:
         if from_logits:
             options = (classes, per_image, channels_last, w, reduction, margin, symmetric, scenes, across)
-            return _hinge_classes(pred, tgt == 1, valid, *options)
+            return _hinge_classes(pred, tf.equal(tgt, 1), valid, *options)
         options = (classes, per_image, channels_last, w, reduction, scenes, across)
-        return _lovasz_classes(pred, tgt == 1, valid, False, *options)
+        return _lovasz_classes(pred, tf.equal(tgt, 1), valid, False, *options)
 
     loss = _on_valid_pixels(loss_of, pred, tgt, valid, per_image, channels_last, splits, across)
     return tf.cast(_nan_unless(loss, good, good_splits, good_layout, good_weights), logits.dtype)
