@@ -203,6 +203,15 @@ def test_bad_arguments_name_themselves():
         ValueError, match=r"^y_true must have the shape of y_pred \[2, 5, 4, 3\] .*; got \[2, 5, 4, 2\]$"
     ):
         LovaszMultilabelLoss()(np.zeros((2, 5, 4, 2)), np.zeros((2, 5, 4, 3), "float32"))
+    # the hinge's too, with the shapes given (its function named labels and logits, and the squeezed shape)
+    for y_true, y_pred in [((2, 16, 16), (2, 16, 16, 2)), ((2, 8, 16), (2, 16, 16, 1)), ((2, 8, 16, 1), (2, 16, 16))]:
+        with pytest.raises(
+            ValueError,
+            match=rf"^y_true must have the shape of y_pred \[B, \*spatial\], or that shape less y_pred's size-1 "
+            rf"channel axis \(last\); got y_true {re.escape(str(list(y_true)))} for y_pred "
+            rf"{re.escape(str(list(y_pred)))}$",
+        ):
+            LovaszHingeLoss()(np.zeros(y_true), np.zeros(y_pred, "float32"))
 
 
 def test_cross_entropy_lovasz_is_the_weighted_sum_ignoring_the_same_pixels():

@@ -1122,7 +1122,16 @@ class LovaszHingeLoss(_LovaszLoss):
         return {"margin": self.margin, "symmetric": self.symmetric}
 
     def _dense(self, y_true: Tensor, y_pred: Tensor) -> Tensor:
+        given = list(y_true.shape), list(y_pred.shape)
         y_true, y_pred = _drop_binary_channel(y_true, y_pred, self._channel_axis)
+        try:
+            V.hinge_layout(tuple(y_pred.shape), tuple(y_true.shape))
+        except ValueError:  # lovasz.*.lovasz_hinge's message names its arguments and the shapes it was handed
+            channel = "last" if self.data_format == "channels_last" else "1"
+            raise ValueError(
+                f"y_true must have the shape of y_pred [B, *spatial], or that shape less y_pred's size-1 channel "
+                f"axis ({channel}); got y_true {given[0]} for y_pred {given[1]}"
+            ) from None
         y_true = self._masked(y_true, len(y_pred.shape), self._channel_axis)
         return self._run("lovasz_hinge", y_pred, y_true, channels=False, **self._options(y_pred, -1))
 
