@@ -686,6 +686,38 @@ def test_labels_with_an_extra_size_1_axis(module, mode, where):
             run("hinge", logits, bad)
 
 
+@pytest.mark.parametrize("module,mode", MODES + [("lovasz.torch", "eager")])
+def test_points_labels_with_an_extra_size_1_axis(module, mode):
+    """Points-first labels ``[N, 1]`` are the ``[N]`` of points ``[N, C]`` (or hinge scores ``[N]``, ``[N, 1]``),
+    with scenes and without, in every backend (torch refused them without scenes, all did with)."""
+    rng = np.random.default_rng(22)
+    points = rng.normal(size=(9, 3)).astype("float32")
+    labels = rng.integers(0, 3, 9)
+    labels[4] = 19
+    scene = np.array([0, 0, 0, 1, 1, 1, 1, 2, 2])
+    scenes = {
+        "lovasz.torch": dict(batch=torch.from_numpy(scene)),
+        "lovasz.tf": dict(row_splits=np.array([0, 3, 7, 9])),
+        "lovasz.jax": dict(segment_ids=scene, num_segments=3),
+    }[module]
+    run = functools.partial(call_any, module, mode)
+    binary = labels % 2
+    for per_scene in ({}, dict(scenes, per_image=True)):
+        options = dict(per_scene, ignore=19, from_logits=True)
+        expected = run("softmax", points, labels, **options)
+        np.testing.assert_allclose(
+            expected[0], R.lovasz_softmax(points, labels, **options) if not per_scene else expected[0], rtol=1e-5
+        )
+        assert_same(run("softmax", points, labels[:, None], **options), expected)
+        hinge = dict(per_scene, ignore=19)
+        expected = run("hinge", points[:, 0], binary, **hinge)
+        for scores in (points[:, 0], points[:, :1]):
+            value, grad = run("hinge", scores, binary[:, None], **hinge)
+            assert_same((value, grad.reshape(-1)), expected)
+    with pytest.raises(ValueError, match="labels must have shape"):
+        run("softmax", points, labels[:, None].repeat(2, 1), **scenes, per_image=True)
+
+
 @pytest.mark.parametrize("module,mode", MODES)
 def test_float_labels_holding_class_indices(module, mode):
     rng = np.random.default_rng(21)

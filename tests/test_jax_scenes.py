@@ -179,8 +179,12 @@ def test_bad_segments_raise_clear_errors():
         LJ.lovasz_softmax(rng.random((4, 3, 2)), y, segment_ids=np.array([0, 0, 1, 1]))
     with pytest.raises(ValueError, match=r"labels must have shape \[4\] for probas of shape \[4, 3\]"):
         LJ.lovasz_softmax(x, np.zeros((4, 3), int), segment_ids=np.array([0, 0, 1, 1]))
-    with pytest.raises(TypeError, match="needs a static num_segments="):
+    with pytest.raises(TypeError, match=r"known only when traced \(jax.jit, jax.vmap.*need a static num_segments="):
         jax.jit(lambda ids: LJ.lovasz_softmax(x, y, segment_ids=ids))(np.array([0, 0, 1, 1]))
+    with pytest.raises(TypeError, match="need a static num_segments="):  # vmap traces them too
+        jax.vmap(lambda ids: LJ.lovasz_softmax(x, y, segment_ids=ids))(np.array([[0, 0, 1, 1]]))
+    with pytest.raises(TypeError, match=r"not an array; got an array of shape \(\)$"):
+        LJ.lovasz_softmax(x, y, segment_ids=np.array([0, 0, 1, 1]), num_segments=jax.numpy.int32(2))
     with pytest.raises(ValueError, match=r"logits must be points-first, \[N\] \(or \[N, 1\].*got \[4, 3\]"):
         LJ.lovasz_hinge(x, y % 2, segment_ids=np.array([0, 0, 1, 1]))  # three scores per point (the shape given)
 
@@ -223,7 +227,7 @@ def test_concrete_arrays_a_jitted_function_closes_over():
     eager = LJ.lovasz_softmax(x[order], labels, per_image=True, segment_ids=ids, num_segments=len(SIZES))
     step = jax.jit(lambda p: LJ.lovasz_softmax(p, labels, per_image=True, segment_ids=ids, num_segments=len(SIZES)))
     np.testing.assert_allclose(np.asarray(step(x[order])), np.asarray(eager), rtol=1e-6)
-    with pytest.raises(TypeError, match="needs a static num_segments="):
+    with pytest.raises(TypeError, match="need a static num_segments="):
         jax.jit(lambda p: LJ.lovasz_softmax(p, labels, per_image=True, segment_ids=ids))(x[order])
     dense = jax.jit(lambda p: LJ.lovasz_softmax(p, labels[None] * 1, per_image=True))  # dense labels captured
     assert np.isfinite(np.asarray(dense(x[order].T[None])))

@@ -133,6 +133,8 @@ def scenes(
         raise TypeError("pass the scenes as batch= (a scene index per point) or offsets= (cumulative counts), not both")
     if not isinstance(prediction, Tensor) or not isinstance(labels, Tensor):
         return Scenes(prediction, labels, torch.zeros(0))  # the callers' own checks name what is wrong
+    if V.points_label_axis(prediction.shape, labels.shape, multilabel):
+        labels = labels.squeeze(1)
     V.points_layout(prediction.shape, labels.shape, multilabel, names, "with batch=/offsets=")
     num_points = prediction.shape[0]
     if offsets is not None:

@@ -236,6 +236,15 @@ def hinge_points(prediction_shape: Iterable[int | None], how: str, name: str = "
         raise ValueError(f"{name} must be points-first, [N] (or [N, 1]: one score per point), {how}; got {fmt(p)}")
 
 
+def points_label_axis(
+    prediction_shape: Iterable[int | None], labels_shape: Iterable[int | None], multilabel: bool
+) -> bool:
+    """Whether points-first labels are ``[N, 1]``: the ``[N]`` of a prediction ``[N, C]``, ``[N]`` or ``[N, 1]``
+    with the extra size-1 axis that images' labels may have (``[B, H, W, 1]``), which the caller drops."""
+    p, l = tuple(prediction_shape), tuple(labels_shape)
+    return not multilabel and len(p) in (1, 2) and len(l) == 2 and same_dim(l[1], 1) and same_dim(l[0], p[0])
+
+
 def points_layout(
     prediction_shape: Iterable[int | None],
     labels_shape: Iterable[int | None],

@@ -190,6 +190,8 @@ def _segments(
         if num_segments is not None:
             raise TypeError("num_segments goes with segment_ids= (a segment index per point)")
         return prediction, labels, None, None
+    if V.points_label_axis(prediction.shape, labels.shape, multilabel):
+        labels = jnp.squeeze(labels, 1)
     V.points_layout(prediction.shape, labels.shape, multilabel, names, "with segment_ids=")
     num_points = prediction.shape[0]
     ids = _to_array(segment_ids, "segment_ids", "an integer array")
@@ -202,13 +204,17 @@ def _segments(
     if num_segments is None:
         top = ids.max() if num_points else -1
         if isinstance(top, jax.core.Tracer):
-            raise TypeError("under jax.jit, segment_ids= needs a static num_segments= (as jax.ops.segment_sum does)")
+            raise TypeError(
+                "segment_ids= known only when traced (jax.jit, jax.vmap, jax.lax.scan) need a static num_segments= "
+                "(as jax.ops.segment_sum does)"
+            )
         if num_points and top < 0:
             raise ValueError(f"segment_ids must be in [0, num_segments); got only negative ones, the largest {top}")
         num_segments = int(top) + 1
     if isinstance(num_segments, jax.Array):  # a traced one has no value to size the segments by
-        kind = type(num_segments).__name__
-        raise TypeError(f"num_segments must be a static int (a Python or NumPy int), not an array; got a {kind}")
+        traced = isinstance(num_segments, jax.core.Tracer)
+        what = "a traced array" if traced else f"an array of shape {num_segments.shape}"
+        raise TypeError(f"num_segments must be a static int (a Python or NumPy int), not an array; got {what}")
     num_segments = V.check_count(num_segments, "num_segments")
     if num_segments == 0 and num_points:
         raise ValueError(f"num_segments=0 leaves the {num_points} points in no segment; there must be at least one")

@@ -416,6 +416,8 @@ def _points(
     if shape.rank not in ranks or (kind == "hinge" and shape.rank == 2 and shape[1] != 1):
         shapes = {"softmax": "[N, C] (or [N] for one channel)", "hinge": "[N] (or [N, 1])", "multilabel": "[N, C]"}
         raise ValueError(f"{pname} must be points-first, {shapes[kind]}, {how}; got {prediction.shape.as_list()}")
+    if labels.shape.rank is not None and V.points_label_axis(shape.as_list(), labels.shape.as_list(), multilabel):
+        labels = tf.squeeze(labels, 1)
     label_shape = prediction.shape if multilabel else prediction.shape[:1]
     if not labels.shape.is_compatible_with(label_shape):
         raise ValueError(

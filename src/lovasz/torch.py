@@ -533,7 +533,7 @@ def _softmax(
     probas, labels, ends = _points(probas, labels, scenes, per_image, False, names)
     _check_prediction(probas, pname)
     labels = _check_labels(labels, probas, lname)
-    if probas.ndim >= 3:
+    if probas.ndim >= 2:  # (points [N, C] too: labels [N, 1])
         labels = _drop_label_axis(labels, [tuple(probas.shape), tuple(probas.shape[:1] + probas.shape[2:])])
     if probas.ndim >= 2 and probas.shape[1] == 1 and probas.ndim == labels.ndim + 1:
         probas = probas.squeeze(1)  # one channel: the foreground probability, as in the original
