@@ -186,12 +186,14 @@ def _asserted(
 
         if tf.executing_eagerly():
             return x
+        from lovasz import _tf_rows
+
         bad = tf.logical_not(ok)
         if values is None:
-            shown = [f"{message}; pixels that are not:", tf.reduce_sum(tf.cast(bad, tf.int32))]
+            shown = f"{message}; pixels that are not:", lambda: tf.reduce_sum(tf.cast(bad, tf.int32))
         else:
-            shown = [f"{message}; found:", tf.boolean_mask(values, bad)[:1]]  # empty if none is bad: no points too
-        check = tf.debugging.Assert(tf.reduce_all(ok), shown)
+            shown = f"{message}; found:", lambda: tf.boolean_mask(values, bad)[:1]
+        check = _tf_rows.assert_showing(tf.reduce_all(ok), *shown)
         with tf.control_dependencies([check]):
             return tf.identity(x)
     import torch

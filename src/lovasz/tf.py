@@ -190,8 +190,8 @@ def _check_values(
     if not tf.executing_eagerly():
         if _tf_rows.in_xla() or _tf_rows.in_pfor():
             return tf.logical_not(tf.reduce_any(bad))
-        tf.debugging.Assert(  # (the values are read only if one is bad)
-            tf.logical_not(tf.reduce_any(bad)), [f"{message}; found:", tf.boolean_mask(labels, bad)[:1]]
+        _tf_rows.assert_showing(
+            tf.logical_not(tf.reduce_any(bad)), f"{message}; found:", lambda: tf.boolean_mask(labels, bad)[:1]
         )
         return None
     if bool(tf.reduce_any(bad)):
