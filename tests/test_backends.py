@@ -759,6 +759,31 @@ def test_float_labels_holding_class_indices(module, mode):
         call(module, mode, "multilabel", probas, np.full(probas.shape, 0.5, "float32"), True)
 
 
+@pytest.mark.parametrize("mode", ["eager", "function", "xla"])
+@pytest.mark.parametrize("dtype", ["int32", "int64", "uint32", "uint64"])
+def test_tf_labels_below_0_or_past_the_classes_are_refused(mode, dtype):
+    """lovasz.tf reads integer labels' bits unsigned, so that a negative label is above every class: one
+    comparison for the range. Every label out of it raises (NaN under XLA), none in it does."""
+    tf = require("tensorflow")
+    probas = np.full((1, 2, 3, 4), 0.25, "float32")
+    labels = np.zeros((1, 2, 3), dtype)
+    info = np.iinfo(dtype)
+    bad_values = [4, 5, int(info.max)] + ([-1, int(info.min)] if info.min < 0 else [])
+    for bad in bad_values:
+        labels[0, 1, 2] = bad
+        if mode == "xla":
+            value, grad = call("lovasz.tf", mode, "softmax", probas, labels, True)
+            assert np.isnan(value) and np.isnan(grad).any(), bad
+            continue
+        error = ValueError if mode == "eager" else tf.errors.InvalidArgumentError
+        shown = np.array(bad, dtype).astype("int64")  # (uint64 from 2**63 on is shown as the int64 it becomes)
+        with pytest.raises(error, match=rf"labels must be in \[0, 3\].*found:?\W*{shown}\b"):
+            call("lovasz.tf", mode, "softmax", probas, labels, True)
+    labels[0, 1, 2] = 3
+    value, _ = call("lovasz.tf", mode, "softmax", probas, labels, True)
+    np.testing.assert_allclose(value, R.lovasz_softmax(np.moveaxis(probas, -1, 1), labels), rtol=1e-6)
+
+
 def assert_nan_where_bad(module, mode, probas, half):
     """Where no assert is compiled, each kind's loss of a bad label (1.5 and 7 of 3 classes, 2 of a mask) is NaN,
     its gradient too, not the loss of a label read as background; ignored, the loss is finite."""
