@@ -104,3 +104,37 @@ def test_saved_inside_loads_and_runs_in_another_process(tmp_path):
     np.testing.assert_allclose(restored["losses"], expected_losses.numpy(), rtol=1e-5)
     for got, expected in zip(restored["grads"], expected_grads):
         np.testing.assert_allclose(np.asarray(got), expected.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_traced_inside_a_bad_label_makes_the_loss_nan_in_tf_and_in_tflite():
+    """TFLite drops asserts (a class 7 of 4 gave a finite loss in the converted model): traced inside
+    ``exportable()``, the checks make the loss NaN instead, as under XLA, and the model converts without
+    TF's own ops (no unsigned comparison, no callback)."""
+    rng = np.random.default_rng(4)
+    probas = rng.dirichlet(np.ones(4), size=(2, 5, 6)).astype("float32")
+    labels = rng.integers(0, 4, (2, 5, 6)).astype("int32")
+    spec = [tf.TensorSpec([2, 5, 6, 4]), tf.TensorSpec([2, 5, 6], tf.int32)]
+    cases = [  # (loss, good labels, a bad label)
+        (lambda p, y: LT.lovasz_softmax(p, y, ignore=255, per_image=True), labels, 7),
+        (lambda p, y: LT.lovasz_hinge(p[..., 0], y), labels % 2, 2),
+    ]
+    for loss, good, bad_value in cases:
+        function = tf.function(loss, input_signature=spec)
+        with LT.exportable():
+            concrete = function.get_concrete_function()
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], function)
+        interpreter = tf.lite.Interpreter(model_content=converter.convert())
+        interpreter.allocate_tensors()
+
+        def tflite(p, y):
+            for detail in interpreter.get_input_details():
+                interpreter.set_tensor(detail["index"], p if detail["dtype"] == np.float32 else y)
+            interpreter.invoke()
+            return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+        expected = loss(tf.constant(probas), good).numpy()  # eagerly, with the kernel
+        np.testing.assert_allclose(concrete(probas, good).numpy(), expected, rtol=1e-5)
+        np.testing.assert_allclose(tflite(probas, good), expected, rtol=1e-5)
+        bad = good.copy()
+        bad[0, 2, 3] = bad_value
+        assert np.isnan(concrete(probas, bad).numpy()) and np.isnan(tflite(probas, bad)), bad_value

@@ -443,6 +443,18 @@ def without_callbacks() -> Iterator[None]:
         _NO_CALLBACKS.reset(token)
 
 
+def asserts_dropped() -> bool:
+    """Whether the graph being built may run without its asserts, so that the checks make the loss NaN instead:
+    XLA compiles none, and a trace made inside :func:`without_callbacks` (``lovasz.tf.exportable()``) may be
+    converted by TFLite, which drops them (a class 7 of 4 gave a finite loss in the converted model)."""
+    return in_xla() or exporting()
+
+
+def exporting() -> bool:
+    """Whether functions are traced inside :func:`without_callbacks`, for a SavedModel (and TFLite)."""
+    return _NO_CALLBACKS.get()
+
+
 def in_forward_mode(pred: tf.Tensor) -> bool:
     """Whether a ``tf.autodiff.ForwardAccumulator`` carries a tangent of ``pred``. TF's forward mode sees no
     derivative through a ``tf.numpy_function`` in a graph (a JVP of 0, without a word): the sorts serve."""

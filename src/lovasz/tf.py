@@ -183,12 +183,13 @@ def _check_values(
 ) -> tf.Tensor | None:
     """Raise on a bad non-ignored label: ``ValueError`` eagerly; in a ``tf.function`` graph an assert op (a
     stateful op, which the function runs), whose ``InvalidArgumentError`` names the first bad value. XLA
-    (``jit_compile=True``) compiles no assert, nor does ``tf.vectorized_map`` take one: there this returns
-    whether every label is good, for :func:`_nan_unless`."""
+    (``jit_compile=True``) compiles no assert, ``tf.vectorized_map`` takes none, and TFLite drops those of
+    traces made inside :func:`exportable`: there this returns whether every label is good, for
+    :func:`_nan_unless`."""
     bad = tf.logical_not(ok) if valid is None else tf.logical_and(valid, tf.logical_not(ok))
     message = f"{name} must be {allowed}" + (f" at every {where}" if where else "")
     if not tf.executing_eagerly():
-        if _tf_rows.in_xla() or _tf_rows.in_pfor():
+        if _tf_rows.asserts_dropped() or _tf_rows.in_pfor():
             return tf.logical_not(tf.reduce_any(bad))
         _tf_rows.assert_showing(
             tf.logical_not(tf.reduce_any(bad)), f"{message}; found:", lambda: tf.boolean_mask(labels, bad)[:1]
@@ -225,7 +226,7 @@ def _check_layout_when_run(
     if axis is not None:
         axis %= prediction.shape.rank
         expected = tf.concat([expected[:axis], expected[axis + 1 :]], 0)
-    if _tf_rows.in_xla():  # (the ranks agree: checked when traced)
+    if _tf_rows.asserts_dropped():  # (the ranks agree: checked when traced)
         return labels, prediction, tf.reduce_all(tf.equal(tf.shape(labels, tf.int64), expected))
     lname, pname = names
     message = f"{lname} must have the shape of {pname}" + ("" if axis is None else f" less its axis {axis}")
@@ -248,9 +249,9 @@ def _valid(labels: tf.Tensor, ignore: int | None) -> tf.Tensor | None:
 def _below(labels: tf.Tensor, n: int) -> tf.Tensor:
     """``0 <= labels < n``; integer labels (int32 or int64, as :func:`_check_labels` gives them) in one comparison
     of their bits read unsigned, where a negative label's are above every class (two comparisons of a LiDAR
-    grid's 307,200 int64 labels took 0.4 ms of a 6 ms step)."""
+    grid's 307,200 int64 labels took 0.4 ms of a 6 ms step). Not for export: TFLite compares no unsigned ints."""
     unsigned = {tf.int32: tf.uint32, tf.int64: tf.uint64}.get(labels.dtype)
-    if unsigned is None or n > labels.dtype.max:
+    if unsigned is None or n > labels.dtype.max or _tf_rows.exporting():
         return tf.logical_and(labels >= 0, labels < n)
     return tf.bitcast(labels, unsigned) < tf.constant(n, unsigned)
 
@@ -347,7 +348,7 @@ def _check_row_splits(
             raise ValueError(f"row_splits must never decrease (each scene's end); got {shown_splits(values)}")
         if values[-1] != n:
             raise ValueError(f"row_splits must end at {n}, the number of points of {pname}; got {shown_splits(values)}")
-    elif _tf_rows.in_xla():
+    elif _tf_rows.asserts_dropped():
         n = tf.cast(num_points, tf.int64)
         rising = tf.reduce_all(splits[1:] >= splits[:-1])
         return splits, tf.logical_and(tf.logical_and(tf.equal(splits[0], 0), tf.equal(splits[-1], n)), rising)
@@ -395,7 +396,7 @@ def _from_ragged(
     common = tf.minimum(tf.size(splits), tf.size(label_splits))  # (splits of two lengths compare as unequal)
     same_sizes = tf.equal(tf.size(splits), tf.size(label_splits))
     same = tf.logical_and(same_sizes, tf.reduce_all(tf.equal(splits[:common], label_splits[:common])))
-    if _tf_rows.in_xla():  # no assert compiled: the loss is NaN where they differ
+    if _tf_rows.asserts_dropped():  # the loss is NaN where they differ
         return prediction.values, labels.values, splits, same
     with tf.control_dependencies([tf.debugging.Assert(same, [message])]):
         return prediction.values, labels.values, tf.identity(splits), None
@@ -982,7 +983,9 @@ def exportable() -> Iterator[None]:
     taken, with the same input signature) keeps its trace, so trace the functions to be saved here
     first, not around a training loop. Saved outside with unknown dims, even the process that saved it
     cannot take a gradient of the loaded function (TF's ``AssertionError`` in ``cond_v2``: the kernel or
-    sort chosen by a ``tf.cond`` when the size is known only at run time).
+    sort chosen by a ``tf.cond`` when the size is known only at run time). TFLite converts functions traced
+    here with its builtin ops; as converters drop asserts, a bad label, weight or row split makes the loss of
+    a trace made here NaN (as under XLA) instead of raising.
 
     Example:
         >>> class Scorer(tf.Module):
