@@ -776,12 +776,32 @@ def test_tf_labels_below_0_or_past_the_classes_are_refused(mode, dtype):
             assert np.isnan(value) and np.isnan(grad).any(), bad
             continue
         error = ValueError if mode == "eager" else tf.errors.InvalidArgumentError
-        shown = np.array(bad, dtype).astype("int64")  # (uint64 from 2**63 on is shown as the int64 it becomes)
+        shown = min(bad, 2**63 - 1)  # (uint64 from 2**63 on is shown as the largest int64, which it becomes)
         with pytest.raises(error, match=rf"labels must be in \[0, 3\].*found:?\W*{shown}\b"):
             call("lovasz.tf", mode, "softmax", probas, labels, True)
     labels[0, 1, 2] = 3
     value, _ = call("lovasz.tf", mode, "softmax", probas, labels, True)
     np.testing.assert_allclose(value, R.lovasz_softmax(np.moveaxis(probas, -1, 1), labels), rtol=1e-6)
+
+
+@pytest.mark.parametrize("module", ["lovasz.torch", "lovasz.tf"])
+def test_uint64_labels_past_int64_are_out_of_range_not_ignored(module):
+    """uint64 labels are read as int64: from 2**63 on they wrapped to negatives, and ``ignore=-1`` then left
+    out a label 2**64 - 1 without a word (no uint64 label is -1). They are out of range now, whatever
+    ``ignore`` says, as the oracle has them."""
+    probas = np.full((1, 3, 2, 2), 1 / 3, "float32")
+    labels = np.array([[[0, 1], [2, 2**64 - 1]]], "uint64")
+    for ignore in (-1, None, 255):
+        with pytest.raises(ValueError, match=r"labels must be in \[0, 2\]"):
+            R.lovasz_softmax(probas, labels, ignore=ignore)
+        with pytest.raises(ValueError, match=r"labels must be in \[0, 2\] at every non-ignored pixel; found \d+$"):
+            call_any(module, "eager", "softmax", probas, labels, False, ignore=ignore)
+    labels[0, 1, 1] = 2
+    np.testing.assert_allclose(
+        call_any(module, "eager", "softmax", probas, labels, False, ignore=-1)[0],
+        R.lovasz_softmax(probas, labels, ignore=-1),
+        rtol=1e-6,
+    )
 
 
 def assert_nan_where_bad(module, mode, probas, half):

@@ -155,7 +155,10 @@ def _check_labels(labels: Any, name: str) -> tf.Tensor:
         raise TypeError(
             f"{name} must be a tensor of integer class indices (not one-hot, not probabilities); got dtype {dtype.name}"
         )
-    return tf.cast(labels, tf.int64 if dtype in (tf.int64, tf.uint32, tf.uint64) else tf.int32)
+    wide = tf.cast(labels, tf.int64 if dtype in (tf.int64, tf.uint32, tf.uint64) else tf.int32)
+    # uint64 from 2**63 on would wrap to negatives (2**64 - 1 to -1, then left out by ignore=-1): the largest
+    # int64 instead: out of every class's range, so the range check names it (as that int64)
+    return tf.where(wide < 0, tf.constant(tf.int64.max, tf.int64), wide) if dtype == tf.uint64 else wide
 
 
 def _check_order(order: str) -> bool:

@@ -104,7 +104,12 @@ def _check_labels(labels: object, prediction: Tensor, name: str) -> Tensor:
         )
     if labels.device != prediction.device:
         raise ValueError(f"{name} must be on the device of the prediction ({prediction.device}); got {labels.device}")
-    return labels.to(torch.int64) if labels.dtype in _WIDENED_LABELS else labels
+    if labels.dtype not in _WIDENED_LABELS:
+        return labels
+    wide = labels.to(torch.int64)
+    # uint64 from 2**63 on would wrap to negatives (2**64 - 1 to -1, then left out by ignore=-1): the largest
+    # int64 instead: out of every class's range, so the range check names it (as that int64)
+    return torch.where(wide < 0, torch.iinfo(torch.int64).max, wide) if labels.dtype == torch.uint64 else wide
 
 
 def _drop_label_axis(labels: Tensor, accepted: Sequence[tuple[int, ...]]) -> Tensor:
