@@ -234,6 +234,26 @@ def test_cross_entropy_lovasz_is_the_weighted_sum_ignoring_the_same_pixels():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(per_image), bce + hinge, rtol=1e-5)
 
 
+@pytest.mark.parametrize("mode", ["multiclass", "binary", "multilabel"])
+def test_cross_entropy_lovasz_leaves_nan_and_inf_at_ignored_pixels_out(mode):
+    """A NaN or an infinity at an ignored pixel made the masked cross-entropy NaN (NaN * 0): the loss and the
+    gradient of clean logits now, and a zero gradient at the ignored pixel."""
+    rng = np.random.default_rng(6)
+    channels = 1 if mode == "binary" else NUM_CLASSES
+    logits = rng.normal(size=(2, 4, 5, channels)).astype("float32")
+    shape = (2, 4, 5) if mode == "multiclass" else logits.shape
+    labels = rng.integers(0, NUM_CLASSES if mode == "multiclass" else 2, shape)
+    labels[0, 1, 2] = 255
+    at = np.broadcast_to((labels == 255)[..., None] if mode == "multiclass" else labels == 255, logits.shape)
+    loss = CrossEntropyLovaszLoss(mode, ignore_class=255)
+    expected, expected_grad = value_and_grad(loss, labels, logits)
+    for junk in (np.nan, np.inf, -np.inf):
+        value, grad = value_and_grad(loss, labels, np.where(at, np.float32(junk), logits))
+        np.testing.assert_allclose(value, expected, rtol=1e-6)
+        np.testing.assert_allclose(grad, np.where(at, 0, expected_grad), rtol=1e-5, atol=1e-8)
+        assert np.all(grad[at] == 0)
+
+
 def test_schedule_callback_moves_from_cross_entropy_to_lovasz():
     y, channels = labels_and_channels("softmax")
     loss = CrossEntropyLovaszLoss(ignore_class=255)

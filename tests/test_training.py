@@ -59,6 +59,33 @@ def test_every_pixel_ignored_gives_zero_not_nan():
     assert loss.item() == 0 and torch.count_nonzero(logits.grad) == 0
 
 
+@pytest.mark.parametrize("mode", ["multiclass", "binary", "multilabel"])
+@pytest.mark.parametrize("junk", [float("nan"), float("inf"), -float("inf")])
+def test_nan_or_inf_logits_at_ignored_pixels_change_nothing(mode, junk):
+    """A NaN or an infinity at an ignored pixel (a ``masked_fill`` with -inf) made the cross-entropy NaN,
+    NaN * 0 in its masked mean, and the gradient there: now the loss and the gradient of the other pixels
+    are those of clean logits, and an ignored pixel's gradient is 0."""
+    g = torch.Generator().manual_seed(5)
+    shape = (2, 3, 4, 5) if mode != "binary" else (2, 1, 4, 5)
+    logits = torch.randn(*shape, generator=g, dtype=torch.float64)
+    high = 3 if mode == "multiclass" else 2
+    target = torch.randint(0, high, (2, 4, 5) if mode == "multiclass" else shape, generator=g)
+    ignored = torch.zeros(target.shape, dtype=torch.bool)
+    ignored[0, ..., 1, 2] = True
+    target[ignored] = 255
+    weights = {"multiclass": [1.0, 2.0, 0.5], "binary": None, "multilabel": [1.0, 2.0, 0.5]}[mode]
+    loss = L.CrossEntropyLovaszLoss(mode, ignore_index=255, class_weights=weights)
+    at = ignored.unsqueeze(1).expand(shape) if mode == "multiclass" else ignored
+    dirty = dev(logits.masked_fill(at, junk)).requires_grad_()
+    clean = dev(logits).requires_grad_()
+    expected, got = loss(clean, dev(target)), loss(dirty, dev(target))
+    expected.backward()
+    got.backward()
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(dirty.grad, clean.grad.masked_fill(dev(at), 0))
+    assert torch.all(dirty.grad[dev(at)] == 0)
+
+
 def test_zero_weight_term_is_skipped_and_both_zero_still_backpropagates():
     logits, labels = batch()
     loss = L.CrossEntropyLovaszLoss(ignore_index=255, lovasz_weight=0.0)

@@ -1477,6 +1477,8 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
             # any class for ignored pixels (they weigh 0), and for bad ones where no check could raise
             labels = ops.where(ops.logical_and(ops.cast(valid, "bool"), ok), ops.cast(labels, "int32"), 0)
             logits = y_pred if axis in (-1, rank - 1) else ops.moveaxis(y_pred, axis, -1)  # TF's takes axis=-1 only
+            # 0 at ignored pixels: a NaN or an infinity there made the weighted sum NaN (NaN * 0), and its gradient
+            logits = ops.where(ops.expand_dims(ops.cast(valid, "bool"), -1), logits, 0)
             pixel = ops.sparse_categorical_crossentropy(labels, logits, from_logits=True)
             weight = ops.cast(valid, pixel.dtype)
             if class_weights is not None:
@@ -1491,7 +1493,8 @@ class CrossEntropyLovaszLoss(keras.losses.Loss):
             binary = ops.logical_or(ops.equal(y_true, 0), ops.equal(y_true, 1))
             good = _checked_targets(y_true, valid, binary, "0 or 1")
             target = ops.cast(y_true, y_pred.dtype) * ops.cast(valid, y_pred.dtype)
-            pixel = ops.binary_crossentropy(target, y_pred, from_logits=True)
+            logits = ops.where(ops.cast(valid, "bool"), y_pred, 0)  # (as above)
+            pixel = ops.binary_crossentropy(target, logits, from_logits=True)
             weight = ops.cast(valid, pixel.dtype)
             if class_weights is not None and self.mode == "multilabel":  # a weight per channel
                 shape = [1] * rank

@@ -1154,6 +1154,15 @@ def class_indices(input: Tensor, target: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- cross-entropy + Lovász
 
 
+def _zero_where_ignored(x: Tensor, valid: Tensor | None, class_axis: int | None = None) -> Tensor:
+    """Logits ``x`` with 0 at the ignored pixels (``valid`` False; broadcast over ``class_axis``): a NaN or an
+    infinity there (a ``masked_fill`` with -inf) made the masked cross-entropy NaN (``NaN * 0``), and its
+    gradient, as ``F.cross_entropy(ignore_index=)`` does not."""
+    if valid is None:
+        return x
+    return torch.where(valid if class_axis is None else valid.unsqueeze(class_axis), x, 0)
+
+
 def _masked_mean(values: Tensor, weights: Tensor) -> Tensor:
     """Weighted mean that is 0 (not NaN) when every weight is 0, e.g. every pixel ignored."""
     total = weights.sum()
@@ -1311,7 +1320,7 @@ class CrossEntropyLovaszLoss(_LossModule):
             _check_values(target, valid, f"in [0, {x.shape[1] - 1}]", in_range, "target")
             safe = target.long() if valid is None else torch.where(valid, target.long(), 0)
             pixel_weight = torch.ones_like(x[:, 0]) if weights is None else weights[safe]
-            values = F.cross_entropy(x, safe, reduction="none")
+            values = F.cross_entropy(_zero_where_ignored(x, valid, 1), safe, reduction="none")
         else:
             if self.mode != "multilabel" and x.ndim == target.ndim + 1 and x.shape[1] == 1:
                 x = x.squeeze(1)
@@ -1324,7 +1333,7 @@ class CrossEntropyLovaszLoss(_LossModule):
                 pixel_weight = pixel_weight * weights.view(1, -1, *([1] * (x.ndim - 2)))
             elif weights is not None and self.mode == "multiclass":  # one channel: the target's class, 0 or 1
                 pixel_weight = weights[safe.long()]
-            values = F.binary_cross_entropy_with_logits(x, safe, reduction="none")
+            values = F.binary_cross_entropy_with_logits(_zero_where_ignored(x, valid), safe, reduction="none")
         if valid is not None:
             pixel_weight = pixel_weight * valid
         group = self.lovasz.process_group
