@@ -651,3 +651,20 @@ def test_op_arguments_by_name_match_the_op_schema():
 
     schema = torch.ops.lovasz.lovasz_loss.default._schema
     assert tuple(argument.name for argument in schema.arguments) == core.OP_ARGS
+
+
+def test_modules_with_class_weights_build_on_the_meta_device():
+    """A large model's skeleton is built under ``torch.device("meta")`` (then ``to_empty``): the weights' numbers
+    are checked on the CPU, a meta tensor's values (there are none) when the loss is called."""
+    with torch.device("meta"):
+        numbers = L.LovaszLoss("multiclass", class_weights=[1.0, 2.0, 3.0])
+        L.CrossEntropyLovaszLoss("multiclass", class_weights=torch.tensor([1.0, 2.0, 3.0]))
+        with pytest.raises(ValueError, match="class_weights must be finite numbers >= 0"):
+            L.LovaszLoss("multiclass", class_weights=[1.0, -2.0, 3.0])
+    assert numbers.class_weights.is_meta
+    numbers.to_empty(device="cpu")
+    with torch.no_grad():
+        numbers.class_weights.copy_(torch.tensor([1.0, 2.0, 3.0]))
+    x, y = torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 4, 4))
+    expected = L.LovaszLoss("multiclass", class_weights=[1.0, 2.0, 3.0])(x, y)
+    torch.testing.assert_close(numbers(x, y), expected)

@@ -911,6 +911,12 @@ def _class_weights_buffer(class_weights: Weights) -> Tensor | None:
             ) from None
     if weights.ndim != 1:
         raise ValueError(f"class_weights must be 1-D, one weight per class; got shape {V.fmt(weights.shape)}")
+    if weights.is_meta:  # built under torch.device("meta") (a large model's skeleton): numbers checked on the CPU,
+        if isinstance(class_weights, Tensor):  # a tensor's values when the loss is called
+            return weights
+        weights_on_cpu = torch.as_tensor(class_weights, dtype=torch.float32, device="cpu")
+        V.check_weight_values(weights_on_cpu.tolist(), "class_weights")
+        return weights
     V.check_weight_values(weights.tolist(), "class_weights")
     return weights
 
