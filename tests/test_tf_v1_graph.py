@@ -123,6 +123,14 @@ def test_the_original_api_in_a_session_gives_the_originals_values():
         np.testing.assert_allclose(value, expected.numpy(), rtol=1e-5, err_msg=fn)
 
 
+# The cases of the process with v2 behaviour disabled: (function, prediction, labels, options), arrays by name.
+V1_CASES = {
+    "softmax": ("lovasz_softmax", "probas", "labels", dict(ignore=255)),
+    "softmax-per-image": ("lovasz_softmax", "probas", "labels", dict(ignore=255, per_image=True, classes="all")),
+    "hinge": ("lovasz_hinge", "logits", "binary", dict(per_image=True)),
+    "multilabel": ("lovasz_multilabel", "multi", "targets", dict(ignore=255)),
+}
+
 _V1_SCRIPT = textwrap.dedent(
     """
     import json, sys
@@ -130,20 +138,14 @@ _V1_SCRIPT = textwrap.dedent(
     import tensorflow as tf
     tf.compat.v1.disable_v2_behavior()
     sys.path.insert(0, sys.argv[1])
-    from test_tf_v1_graph import session_run
+    from test_tf_v1_graph import V1_CASES, session_run
     import lovasz.tf as LT
     inputs = np.load(sys.argv[2])
     results = {}
     for dtype in (tf.float32, tf.float64):
-        for name, fn, options in [
-            ("softmax", LT.lovasz_softmax, dict(ignore=255)),
-            ("softmax-per-image", LT.lovasz_softmax, dict(ignore=255, per_image=True, classes="all")),
-            ("hinge", LT.lovasz_hinge, dict(per_image=True)),
-            ("multilabel", LT.lovasz_multilabel, dict(ignore=255)),
-        ]:
-            pred = inputs["logits"] if name == "hinge" else inputs["multi" if name == "multilabel" else "probas"]
-            labels = inputs["binary" if name == "hinge" else "targets" if name == "multilabel" else "labels"]
-            value, grad = session_run(fn, pred.astype(dtype.as_numpy_dtype), labels, dtype, **options)
+        for name, (fn, pred, labels, options) in V1_CASES.items():
+            pred = inputs[pred].astype(dtype.as_numpy_dtype)
+            value, grad = session_run(getattr(LT, fn), pred, inputs[labels], dtype, **options)
             results[f"{name}-{dtype.name}"] = [np.asarray(value).tolist(), grad.tolist()]
     try:
         session_run(LT.lovasz_softmax, inputs["probas"], np.full(inputs["labels"].shape, 9))
@@ -186,19 +188,11 @@ def test_with_v2_behavior_disabled_a_session_matches_eager(tmp_path):
     assert "labels must be in [0, 3]" in results.pop("check")
     for key, (value, grad) in results.items():
         name, dtype = key.rsplit("-", 1)
-        fn = {"hinge": LT.lovasz_hinge, "multilabel": LT.lovasz_multilabel}.get(name, LT.lovasz_softmax)
-        options = {
-            "softmax": dict(ignore=255),
-            "softmax-per-image": dict(ignore=255, per_image=True, classes="all"),
-            "hinge": dict(per_image=True),
-            "multilabel": dict(ignore=255),
-        }[name]
-        pred = inputs["logits" if name == "hinge" else "multi" if name == "multilabel" else "probas"]
-        labels = inputs["binary" if name == "hinge" else "targets" if name == "multilabel" else "labels"]
-        x = tf.constant(pred.astype(dtype))
+        fn, pred, labels, options = V1_CASES[name]
+        x = tf.constant(inputs[pred].astype(dtype))
         with tf.GradientTape() as tape:
             tape.watch(x)
-            eager = tf.reduce_sum(fn(x, labels, **options))
+            eager = tf.reduce_sum(getattr(LT, fn)(x, inputs[labels], **options))
         rtol = 1e-5 if dtype == "float32" else 1e-12
         np.testing.assert_allclose(value, eager.numpy(), rtol=rtol, err_msg=key)
         np.testing.assert_allclose(grad, tape.gradient(eager, x).numpy(), rtol=rtol, atol=1e-9, err_msg=key)

@@ -465,7 +465,7 @@ def use_kernel(pred: tf.Tensor) -> bool:
     """The C kernel takes float32 rows on a CPU, eagerly and in ``tf.function``, not under XLA (where
     a host callback cannot run) nor inside :func:`without_callbacks`, and only where lovasz was
     installed with it; not where TF's forward mode or ``tf.vectorized_map`` would lose its derivative."""
-    if pred.dtype != tf.float32 or _NO_CALLBACKS.get() or in_forward_mode(pred) or in_pfor():
+    if pred.dtype != tf.float32 or exporting() or in_forward_mode(pred) or in_pfor():
         return False
     if C.kernel() is None:
         if on_cpu(pred):
