@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -1175,7 +1176,7 @@ def test_hinge_channels_first_logits_of_a_last_spatial_dim_of_1(module, mode):
 @pytest.mark.parametrize("module", ["lovasz.torch", "lovasz.tf", "lovasz.jax"])
 def test_multilabel_of_no_channel_is_zero_per_image(module):
     """``[B, 0, N]``: one zero per image, as the oracle gives (TF gave one value for two images, its reshape's
-    -1 reading one set; JAX raised ZeroDivisionError from its reshape)."""
+    -1 reading one set; JAX raised ZeroDivisionError from its reshape, with ``ignore`` too: the grid's path)."""
     M = require(module)
     to = require("torch").as_tensor if module == "lovasz.torch" else np.asarray
     logits, targets = np.zeros((2, 0, 4), "float32"), np.zeros((2, 0, 4), "int64")
@@ -1183,10 +1184,10 @@ def test_multilabel_of_no_channel_is_zero_per_image(module):
     for options in layouts:
         shape = (2, 4, 0) if options == {} and module == "lovasz.tf" else (2, 0, 4)
         x, t = to(logits.reshape(shape)), to(targets.reshape(shape))
-        for per_image in (True, False):
-            got = np.asarray(M.lovasz_multilabel(x, t, per_image=per_image, reduction="none", **options))
-            expected = R.lovasz_multilabel(logits, targets, per_image=per_image, reduction="none")
-            np.testing.assert_array_equal(got, expected)
+        for per_image, ignore in itertools.product((True, False), (None, 255)):
+            got = M.lovasz_multilabel(x, t, per_image=per_image, reduction="none", ignore=ignore, **options)
+            expected = R.lovasz_multilabel(logits, targets, per_image=per_image, reduction="none", ignore=ignore)
+            np.testing.assert_array_equal(np.asarray(got), expected)
 
 
 @pytest.mark.parametrize("module", ["lovasz.torch", "lovasz.tf", "lovasz.jax"])

@@ -256,6 +256,17 @@ def test_shard_map_gives_the_loss_and_gradient_of_one_call(path, case):
 
 
 @on_devices
+@pytest.mark.parametrize("per_image", [False, True])
+def test_a_multilabel_of_no_channel_in_shard_map_is_zero(per_image):
+    """No channel (``[B, 0, ...]``): 0 with a gradient of its shape, as one call gives (XLA cannot lower an
+    all-gather of nothing, the batch mode's gather of the rows' losses)."""
+    x, t = np.zeros((BATCH, 0, *SHAPE), np.float32), np.zeros((BATCH, 0, *SHAPE), np.int32)
+    loss = multilabel(per_image=per_image, ignore=255)
+    value, grad = mapped(loss, "shard_map", False)(x, x, t)
+    assert float(value) == 0 and np.shape(grad) == x.shape
+
+
+@on_devices
 @pytest.mark.parametrize("case", ["softmax batch present ignore", "softmax per-image weights sum", "hinge batch"])
 def test_forward_mode_inside_shard_map_gives_one_calls_jvp(path, case):
     """jax.jvp of the loss inside shard_map (each device its part of the tangent): the global loss's JVP,

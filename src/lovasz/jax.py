@@ -311,7 +311,12 @@ def _lovasz_classes(
     grid = valid is not None and ends is None and (axis_name is None or per_image) and R.grid_applies(pred, valid)
     if valid is not None and not grid:  # a NaN at an ignored pixel must reach neither the loss nor the gradient
         pred = jnp.where(valid, pred, 0)  # (the grid path uses no ignored pixel's value, gives each a zero gradient)
-    if ends is not None:
+    num_rows = pred.shape[1]
+    num_sets = -1
+    if not num_rows:  # no class (a multi-label of no channel): no row to sort, no device's rows to gather
+        num_sets = (ends.shape[0] if ends is not None else pred.shape[0]) if per_image else 1
+        loss, present = jnp.zeros((num_sets, 0), pred.dtype), jnp.zeros((num_sets, 0), bool)
+    elif ends is not None:
         errors = R.errors_of(pred, fg, hinge)
         loss, present = R.segment_kernel(errors[0], fg[0], None if valid is None else valid[0], ends)
     elif axis_name is not None and not per_image:  # one set of every device's pixels
@@ -324,10 +329,6 @@ def _lovasz_classes(
         loss = R.lovasz_kernel(R.errors_of(pred, fg, hinge), fg, valid, per_image)
         present = R.as_rows(fg, per_image).any(-1)
 
-    num_rows = pred.shape[1]
-    num_sets = -1
-    if not num_rows:  # no class: the number of sets from elsewhere (a -1 would read one)
-        num_sets = (ends.shape[0] if ends is not None else pred.shape[0]) if per_image else 1
     loss, present = loss.reshape(num_sets, num_rows), present.reshape(num_sets, num_rows)
     w = jnp.ones_like(loss) if weights is None else jnp.broadcast_to(weights, loss.shape)
     if classes == "present":
