@@ -668,3 +668,49 @@ def test_modules_with_class_weights_build_on_the_meta_device():
     x, y = torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 4, 4))
     expected = L.LovaszLoss("multiclass", class_weights=[1.0, 2.0, 3.0])(x, y)
     torch.testing.assert_close(numbers(x, y), expected)
+
+
+@pytest.mark.parametrize("kind", ["softmax", "hinge", "offsets", "grid"])
+def test_dispatch_modes_see_the_op_and_get_the_eager_values(kind):
+    """Eagerly the op's body runs as a Python function (no dispatcher on the way); where something must see
+    the op itself (a dispatch mode such as FlopCounterMode or a tracer, a function mode) it is called as
+    ``lovasz::lovasz_loss``: the same values and gradients, bit for bit."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen, pixels = [], []
+
+    class Seen(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(func)
+            if func == torch.ops.lovasz.lovasz_loss.default:
+                pixels.append(args[0].shape[-1])
+            return func(*args, **(kwargs or {}))
+
+    g = torch.Generator().manual_seed(3)
+    if kind == "grid":  # mostly ignored: gathered first (a PositionalFunction of its own)
+        x = torch.randn(2, 5, 64, 64, 4, generator=g).softmax(1)  # over COMPACT_MIN_VALUES
+        y = torch.randint(1, 5, (2, 64, 64, 4), generator=g).masked_fill(torch.rand(2, 64, 64, 4, generator=g) > 0.1, 0)
+        call = lambda t: L.lovasz_softmax(t, y, ignore=0)  # noqa: E731
+    elif kind == "hinge":
+        x, y = torch.randn(3, 7, 5, generator=g), torch.randint(0, 2, (3, 7, 5), generator=g)
+        call = lambda t: L.lovasz_hinge(t, y)  # noqa: E731
+    else:
+        x, y = torch.randn(30, 4, generator=g), torch.randint(0, 4, (30,), generator=g)
+        offsets = torch.tensor([10, 30]) if kind == "offsets" else None
+        call = lambda t: L.lovasz_softmax(t, y, from_logits=True, offsets=offsets)  # noqa: E731
+
+    def loss_and_grad():
+        t = x.clone().requires_grad_()
+        loss = call(t)
+        loss.backward()
+        return loss.detach(), t.grad
+
+    eager = loss_and_grad()
+    assert not seen
+    with Seen():
+        in_mode = loss_and_grad()
+    assert torch.ops.lovasz.lovasz_loss.default in seen
+    if kind == "grid":  # the op had the valid voxels only
+        assert pixels[0] < 0.2 * y.numel()
+    for a, b in zip(eager, in_mode):
+        assert torch.equal(a, b)

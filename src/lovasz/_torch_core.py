@@ -49,6 +49,7 @@ import torch
 import torch._dynamo  # noqa: F401  (the op's first call would import it: a Ctrl-C there left it half-imported)
 import torch.nn.functional as F
 from torch import Tensor
+from torch._functorch.utils import unwrap_dead_wrappers
 
 from lovasz import _ckernel as C
 from lovasz._codes import FOREGROUND, IGNORED
@@ -701,7 +702,21 @@ def _graph_freed_after_this_backward() -> bool:
 torch.library.register_autograd("lovasz::lovasz_loss", _backward, setup_context=_setup_context)
 
 
-class _LovaszSets(torch.autograd.Function):
+class PositionalFunction(torch.autograd.Function):
+    """A ``torch.autograd.Function`` whose ``apply`` takes every argument positionally, as ``forward``
+    declares them: it skips ``Function.apply``'s binding of the arguments to ``forward``'s signature
+    (``inspect.signature``, ~35 µs a call, a tenth of a small loss's), which changes nothing then. Under
+    torch.func's transforms ``Function.apply``'s own route runs."""
+
+    @classmethod
+    def apply(cls, *args):
+        if torch._C._are_functorch_transforms_active():
+            return super().apply(*args)
+        # (torch._C._FunctionBase.apply, which torch's stubs leave out)
+        return super(torch.autograd.Function, cls).apply(*unwrap_dead_wrappers(args))  # type: ignore[misc]
+
+
+class _LovaszSets(PositionalFunction):
     """The op with the autograd that ``torch.func`` and forward mode need: ``setup_context`` and a JVP.
 
     The JVP is one dot product: the op has each set's gradient already. Under ``torch.func.vmap`` the
@@ -712,6 +727,8 @@ class _LovaszSets(torch.autograd.Function):
 
     @staticmethod
     def forward(*inputs):
+        if _plain_eager(inputs[0]):  # the op's body without the dispatcher's ~40 µs a call (small inputs)
+            return _set_losses(*inputs)
         return lovasz_loss(*inputs)
 
     @staticmethod
@@ -737,6 +754,20 @@ class _LovaszSets(torch.autograd.Function):
         if ends is not None:  # [1, C, N]: each scene's run of points
             return scene_sums((grad * pred_tangent).sum(1)[0], ends), _no_tangent(grad), None, None
         return (grad * pred_tangent).reshape(ctx.num_sets, -1).sum(1), _no_tangent(grad), None, None
+
+
+def _plain_eager(pred: Tensor) -> bool:
+    """Whether the op's body may run as a Python function, not through the dispatcher: a plain tensor on
+    the CPU or a GPU, with nothing that must see the op itself (a trace, a dispatch or function mode such
+    as FakeTensorMode or ``torch.device('meta')``, torch.func's transforms, a tensor subclass)."""
+    return (
+        type(pred) is Tensor
+        and pred.device.type in ("cpu", "cuda")
+        and not torch._C._are_functorch_transforms_active()
+        and torch._C._len_torch_dispatch_stack() == 0
+        and not torch._C._is_torch_function_mode_enabled()
+        and not torch.jit.is_tracing()
+    )
 
 
 def _no_tangent(grad: Tensor) -> Tensor:

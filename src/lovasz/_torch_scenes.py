@@ -330,7 +330,7 @@ def _scatter(values: Tensor, at: Pixels, shape: torch.Size) -> Tensor:
     return grid
 
 
-class _GatherPixels(torch.autograd.Function):
+class _GatherPixels(T.PositionalFunction):
     """:func:`_gather`, whose gradient is :func:`_scatter` (laid out as ``x``, contiguous) and the other way
     round (both are linear): every order of autograd (``create_graph``) and forward mode go through them."""
 
@@ -352,7 +352,7 @@ class _GatherPixels(torch.autograd.Function):
         return _gather(x_tangent, ctx.at)
 
 
-class _ScatterPixels(torch.autograd.Function):
+class _ScatterPixels(T.PositionalFunction):
     """:func:`_scatter`, whose gradient is :func:`_gather`."""
 
     @staticmethod
