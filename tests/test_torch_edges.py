@@ -662,10 +662,12 @@ def test_modules_with_class_weights_build_on_the_meta_device():
         with pytest.raises(ValueError, match="class_weights must be finite numbers >= 0"):
             L.LovaszLoss("multiclass", class_weights=[1.0, -2.0, 3.0])
     assert numbers.class_weights.is_meta
+    x, y = torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 4, 4))
+    with pytest.raises(ValueError, match=r"class_weights must hold values; got a tensor on the meta device.*to_empty"):
+        numbers(x, y)  # (torch's own: "Cannot copy out of meta tensor; no data!")
     numbers.to_empty(device="cpu")
     with torch.no_grad():
         numbers.class_weights.copy_(torch.tensor([1.0, 2.0, 3.0]))
-    x, y = torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 4, 4))
     expected = L.LovaszLoss("multiclass", class_weights=[1.0, 2.0, 3.0])(x, y)
     torch.testing.assert_close(numbers(x, y), expected)
 
@@ -714,3 +716,99 @@ def test_dispatch_modes_see_the_op_and_get_the_eager_values(kind):
         assert pixels[0] < 0.2 * y.numel()
     for a, b in zip(eager, in_mode):
         assert torch.equal(a, b)
+
+
+FAKE_CALLS = {
+    "softmax from logits": lambda x, y: L.lovasz_softmax(x, y, from_logits=True),
+    "softmax ignore weights": lambda x, y: L.lovasz_softmax(x.softmax(1), y, ignore=2, weights=[1.0, 2.0, 3.0]),
+    "hinge none": lambda x, y: L.lovasz_hinge(x[:, 0], y.clamp(max=1), reduction="none"),
+    "multilabel": lambda x, y: L.lovasz_multilabel(x, (y[:, None] == torch.arange(3)[:, None, None]).long()),
+    "module with class weights": lambda x, y: L.CrossEntropyLovaszLoss("multiclass", class_weights=[1, 2, 3])(x, y),
+    "one-hot targets": lambda x, y: L.LovaszLoss("multiclass")(x, F_one_hot(y)),
+    "points offsets": lambda x, y: L.lovasz_softmax(
+        x.movedim(1, -1).reshape(-1, 3), y.reshape(-1), offsets=torch.tensor([x[0, 0].numel(), 2 * x[0, 0].numel()])
+    ),
+    "points batch": lambda x, y: L.lovasz_softmax(
+        x.movedim(1, -1).reshape(-1, 3), y.reshape(-1), batch=torch.arange(y.numel()) % 2, num_scenes=2
+    ),
+    "mostly ignored grid": lambda x, y: L.lovasz_softmax(x, y.masked_fill(y != 1, 0), ignore=0),
+}
+
+
+def F_one_hot(y):
+    return torch.nn.functional.one_hot(y, 3).movedim(-1, 1)
+
+
+@pytest.mark.parametrize("name", list(FAKE_CALLS))
+def test_fake_tensor_mode_gives_the_shapes_of_a_real_call(name):
+    """Under FakeTensorMode (what tools that count a step's FLOPs or its memory without running it use) the
+    tensors have no values: the checks that read them on the host are queued (no DataDependentOutputException),
+    the data-dependent gathering left out, and the loss and gradient have the shapes and dtypes of a real call."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils.flop_counter import FlopCounterMode
+
+    call = FAKE_CALLS[name]
+    shape = (2, 3, 64, 64, 16) if name == "mostly ignored grid" else (2, 3, 5, 4)  # (the grid: gathered when real)
+
+    def run():
+        x = torch.randn(shape, requires_grad=True)
+        loss = call(x, torch.randint(0, 3, (shape[0], *shape[2:])))
+        loss.sum().backward()
+        return loss, x.grad
+
+    real_loss, real_grad = run()
+    with FakeTensorMode(), FlopCounterMode(display=False):
+        fake_loss, fake_grad = run()
+    assert (fake_loss.shape, fake_loss.dtype, fake_grad.shape) == (real_loss.shape, real_loss.dtype, real_grad.shape)
+
+
+def test_fake_tensor_mode_needs_num_scenes_with_batch():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode(), pytest.raises(TypeError, match="make_fx and FakeTensorMode, batch= needs num_scenes="):
+        L.lovasz_softmax(torch.randn(10, 3), torch.randint(0, 3, (10,)), batch=torch.zeros(10, dtype=torch.long))
+
+
+def test_functionalize_gives_the_eager_values_and_a_clear_error_with_another_transform():
+    """torch.func.functionalize (make_fx's way to a graph without mutation) has no rule for an autograd.Function:
+    the op serves there; with grad or vmap around or inside it neither can (torch would blame a setup_context)."""
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(2, 3, 4, 4, generator=g), torch.randint(0, 3, (2, 4, 4), generator=g)
+    calls = [
+        lambda z: L.lovasz_softmax(z, y, from_logits=True, ignore=2),
+        lambda z: L.lovasz_softmax(z.softmax(1), y, weights=[1.0, 2.0, 3.0]),
+        lambda z: L.lovasz_hinge(z[:, 0], y.clamp(max=1)),
+        lambda z: L.CrossEntropyLovaszLoss("multiclass")(z, y),
+    ]
+    for call in calls:
+        assert torch.equal(torch.func.functionalize(call)(x), call(x))
+    for transformed in (
+        torch.func.grad(torch.func.functionalize(calls[0])),
+        torch.func.functionalize(torch.func.grad(calls[0])),
+        torch.func.functionalize(
+            lambda z: torch.func.vmap(lambda a, t: L.lovasz_softmax(a[None], t[None], from_logits=True))(z, y)
+        ),
+    ):
+        with pytest.raises(RuntimeError, match="under torch.func.functionalize the loss has no derivative nor vmap"):
+            transformed(x)
+
+
+@pytest.mark.parametrize("tracing_mode", ["real", "fake", "symbolic"])
+def test_make_fx_graphs_give_the_eager_values_on_new_inputs(tracing_mode):
+    """make_fx (torch.fx's tracer, under a proxy mode): the label and weight checks are queued in the graph, not
+    read on the host (torch's 'trying to get value out of a tracing tensor'), and the graph of the loss and its
+    gradient gives the eager values on other inputs."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    def step(x, y):
+        x = x.detach().requires_grad_()
+        loss = L.lovasz_softmax(x, y, from_logits=True, ignore=2, weights=[1.0, 2.0, 3.0])
+        return loss, torch.autograd.grad(loss, x)[0]
+
+    g = torch.Generator().manual_seed(5)
+    traced = make_fx(step, tracing_mode=tracing_mode)(
+        torch.randn(2, 3, 4, 4, generator=g), torch.randint(0, 3, (2, 4, 4), generator=g)
+    )
+    x, y = torch.randn(2, 3, 4, 4, generator=g), torch.randint(0, 3, (2, 4, 4), generator=g)
+    for got, expected in zip(traced(x, y), step(x, y)):
+        torch.testing.assert_close(got, expected)

@@ -395,7 +395,7 @@ def test_jit_trace_of_scenes_by_batch():
     x, y = dev(torch.randn(300, 4, generator=g)), dev(torch.randint(0, 4, (300,), generator=g))
     in_order = dev(torch.arange(3).repeat_interleave(100))
     shuffled = dev(torch.randint(0, 3, (300,), generator=g))
-    with pytest.raises(TypeError, match="torch.jit.trace, batch= needs num_scenes="):
+    with pytest.raises(TypeError, match="torch.jit.trace, make_fx and FakeTensorMode, batch= needs num_scenes="):
         torch.jit.trace(
             lambda x, y, b: L.lovasz_softmax(x, y, batch=b, per_image=True, from_logits=True), (x, y, in_order)
         )

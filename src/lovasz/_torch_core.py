@@ -668,7 +668,7 @@ def _backward(ctx, grad_per_set, grad_of_grad, *_):
     grad, ends = ctx.saved_tensors
     # [1, C, N]: each point takes its own scene's factor
     scale = grad_per_set.view(-1, 1, 1) if ends is None else per_point(grad_per_set, ends, grad.shape[-1])
-    if not _graph_freed_after_this_backward() or _batched(grad_per_set):
+    if not _graph_freed_after_this_backward() or _batched(grad_per_set) or no_host_values():
         return (scale * grad,) + _NO_GRADS
     # The saved gradient is read for the last time: scaled where it is, not into a new tensor of the
     # input's size (a Cityscapes-like batch on the CPU: 40 MB and a pass less; left as it is for a
@@ -756,6 +756,39 @@ class _LovaszSets(PositionalFunction):
         return (grad * pred_tangent).reshape(ctx.num_sets, -1).sum(1), _no_tangent(grad), None, None
 
 
+_FUNCTIONALIZE_WITH_ANOTHER_TRANSFORM = (
+    "lovasz: under torch.func.functionalize the loss has no derivative nor vmap (torch has no functionalize rule "
+    "for an autograd.Function, and no torch.func support for a custom op's autograd): functionalize the loss "
+    "alone, or trace the training step with torch.compile or torch.export, which differentiate it"
+)
+
+
+def functionalizing() -> bool:
+    """Whether the loss runs under ``torch.func.functionalize``: alone, the op serves (the autograd.Function
+    has no functionalize rule); with another transform inside or around it, neither does (torch's own
+    errors would blame a setup_context), so that is an error of ours."""
+    stack = torch._C._functorch.get_interpreter_stack() or []
+    functionalize = torch._C._functorch.TransformType.Functionalize
+    if not any(interpreter.key() == functionalize for interpreter in stack):
+        return False
+    if len(stack) > 1:
+        raise RuntimeError(_FUNCTIONALIZE_WITH_ANOTHER_TRANSFORM)
+    return True
+
+
+def no_host_values() -> bool:
+    """Whether the call's tensors have no values to read on the host: under FakeTensorMode (tools that count a
+    step's FLOPs or memory without running it) and in ``make_fx``'s trace (a proxy mode). What would read them
+    is queued or left out there, as in a traced graph. (Under torch.compile the graph's own checks decide, and
+    Dynamo must not see the query.)"""
+    if torch.compiler.is_compiling():
+        return False
+    return any(torch._C._get_dispatch_mode(mode) is not None for mode in _VALUELESS_MODES)
+
+
+_VALUELESS_MODES = (torch._C._TorchDispatchModeKey.FAKE, torch._C._TorchDispatchModeKey.PROXY)
+
+
 def _plain_eager(pred: Tensor) -> bool:
     """Whether the op's body may run as a Python function, not through the dispatcher: a plain tensor on
     the CPU or a GPU, with nothing that must see the op itself (a trace, a dispatch or function mode such
@@ -811,7 +844,8 @@ def lovasz_sets(
         ends,
         points_layout,
     )
-    per_set, _, row_loss, present = lovasz_loss(*args) if torch.compiler.is_compiling() else _LovaszSets.apply(*args)
+    direct = torch.compiler.is_compiling() or functionalizing()
+    per_set, _, row_loss, present = lovasz_loss(*args) if direct else _LovaszSets.apply(*args)
     if differentiable(row_weights):
         weighted, _ = _set_means(row_loss, present, row_weights, present_only)
         per_set = per_set + (weighted - weighted.detach())

@@ -61,9 +61,9 @@ def _mapped(x: Tensor) -> bool:
 
 
 def _traced() -> bool:
-    """Whether a graph is being made of this call (torch.compile, torch.export, torch.jit.trace): what the
-    data decide must be decided in the graph, not here."""
-    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+    """Whether a graph is being made of this call (torch.compile, torch.export, torch.jit.trace, make_fx), or its
+    tensors are fakes (FakeTensorMode): what the data decide must be decided in the graph, not here."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or T.no_host_values()
 
 
 def _check(ok: Tensor, message: str, found) -> None:
@@ -153,7 +153,8 @@ def scenes(
         if num_scenes is None:  # the one host sync of this path: pass num_scenes to avoid it
             if _traced():
                 raise TypeError(
-                    "under torch.compile and torch.jit.trace, batch= needs num_scenes= (the number of scenes, an int)"
+                    "under torch.compile, torch.jit.trace, make_fx and FakeTensorMode, batch= needs num_scenes= (the "
+                    "number of scenes, an int)"
                 )
             num_scenes = int(scene.max()) + 1 if num_points else 0
         num_scenes = V.check_count(num_scenes, "num_scenes")

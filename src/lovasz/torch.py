@@ -21,13 +21,22 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Optional, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lovasz import _torch_scenes
 from lovasz import _validation as V
-from lovasz._torch_core import FOREGROUND, IGNORED, _sorted_jaccard_grad, differentiable, lovasz_sets
+from lovasz._torch_core import (
+    FOREGROUND,
+    IGNORED,
+    _sorted_jaccard_grad,
+    differentiable,
+    functionalizing,
+    lovasz_sets,
+    no_host_values,
+)
 from lovasz._torch_legacy import StableBCELoss, binary_xloss, isnan, mean, xloss  # noqa: F401  (the original's)
 from lovasz.metrics import iou, iou_binary  # noqa: F401  (re-exported: the original's metrics)
 from lovasz.schedule import LovaszSchedule  # noqa: F401  (re-exported: the schedule of CE then Lovász)
@@ -157,11 +166,17 @@ def _check_values(labels: Tensor, valid: Tensor | None, allowed: str, ok: Tensor
         torch._assert_async(torch.all(ok if valid is None else ok | ~valid), message)
         return
     bad = _unbatched(~ok if valid is None else valid & ~ok)
-    if labels.device.type != "cpu":
+    if not _values_on_host(labels):
         torch._assert_async(~bad.any(), message)
         return
     if bad.any():
         raise ValueError(f"{message}; found {_unbatched(labels)[bad].flatten()[0].item()}")
+
+
+def _values_on_host(x: Tensor) -> bool:
+    """Whether ``x``'s values can be read now without a host sync: eagerly on the CPU, a real tensor (else a check
+    is queued: on an accelerator, in a graph, under FakeTensorMode and make_fx)."""
+    return x.device.type == "cpu" and not torch.compiler.is_compiling() and not no_host_values()
 
 
 def _under_torch_func(x: Tensor) -> bool:
@@ -183,9 +198,9 @@ def _as_weights(
 ) -> Tensor | None:
     if weights is None:
         return None
-    if torch.compiler.is_compiling() and isinstance(weights, (list, tuple)):
+    if (torch.compiler.is_compiling() or functionalizing() or no_host_values()) and isinstance(weights, (list, tuple)):
         # numbers of the graph: checked and made in Python (the host path reads a tensor back: a break, and an
-        # error under fullgraph=True)
+        # error under fullgraph=True; under functionalize, FakeTensorMode and make_fx a tensor made here has no values)
         V.check_weights_shape((len(weights),), num_classes, name)
         scale = V.check_weight_values(list(weights), name)
         return torch.tensor([float(v) * scale for v in weights], dtype=dtype, device=device)
@@ -198,10 +213,15 @@ def _as_weights(
     except (TypeError, ValueError, RuntimeError):  # a string such as 'balanced', a ragged list, a dict
         raise TypeError(f"{name} must be [C] real numbers (one weight per class) or None; got {weights!r}") from None
     V.check_weights_shape(w.shape, num_classes, name)
+    if w.is_meta and device.type != "meta":
+        raise ValueError(
+            f"{name} must hold values; got a tensor on the meta device, for inputs on {device} (a loss built under "
+            "torch.device('meta') needs to_empty(device=...) and its weights loaded before it is called)"
+        )
     if w.is_complex() or w.dtype == torch.bool:  # (any int or float dtype holds weights)
         raise TypeError(f"{name} must hold real numbers; got dtype {w.dtype}")
     scale = 1.0
-    if not on_device or (w.device.type == "cpu" and not torch.compiler.is_compiling()):  # (values on the host)
+    if not on_device or _values_on_host(w):
         scale = V.check_weight_values(_unbatched(w.detach()).reshape(-1).tolist(), name)
     else:  # on an accelerator, or in a graph (a learned weight may turn negative at any step): when it runs
         values = w.detach() if torch.compiler.is_compiling() else _unbatched(w.detach())  # (Dynamo: no wrappers)
@@ -272,7 +292,7 @@ def _class_codes(lab: Tensor, num_classes: int, ignored: Tensor | None) -> Tenso
         codes = torch.zeros(batch, num_classes, pixels, dtype=torch.uint8, device=lab.device)
         mark = valid.to(torch.uint8)
     else:
-        valid &= ~ignored
+        valid = valid & ~ignored  # (not &=: functionalize has no rule for __iand__)
         codes = ignored.to(torch.uint8).mul_(IGNORED).expand(batch, num_classes, pixels).contiguous()
         mark = valid.to(torch.uint8).masked_fill_(ignored, IGNORED)
     # Each pixel writes one place: its class, or class 0 (with the value already there) if it has none.
@@ -911,11 +931,10 @@ def _class_weights_buffer(class_weights: Weights) -> Tensor | None:
             ) from None
     if weights.ndim != 1:
         raise ValueError(f"class_weights must be 1-D, one weight per class; got shape {V.fmt(weights.shape)}")
-    if weights.is_meta:  # built under torch.device("meta") (a large model's skeleton): numbers checked on the CPU,
-        if isinstance(class_weights, Tensor):  # a tensor's values when the loss is called
+    if weights.is_meta or no_host_values():  # a large model's skeleton (torch.device("meta"), FakeTensorMode): numbers
+        if isinstance(class_weights, Tensor):  # checked as they are, a tensor's values when the loss is called
             return weights
-        weights_on_cpu = torch.as_tensor(class_weights, dtype=torch.float32, device="cpu")
-        V.check_weight_values(weights_on_cpu.tolist(), "class_weights")
+        V.check_weight_values(np.asarray(class_weights, dtype=np.float32).tolist(), "class_weights")
         return weights
     V.check_weight_values(weights.tolist(), "class_weights")
     return weights
@@ -1150,7 +1169,7 @@ def class_indices(input: Tensor, target: Tensor) -> Tensor:
     # (under torch.compile with dynamic shapes a size is symbolic: str() of it breaks the graph)
     shape = "" if torch.compiler.is_compiling() else f" {V.fmt(input.shape)}"
     message = f"a target shaped like the input{shape} must be one-hot (one 1 and zeros over dim 1)"
-    if torch.compiler.is_compiling() or ok.device.type != "cpu":  # (no host sync: raises when it runs)
+    if not _values_on_host(ok):  # (no host sync: raises when it runs)
         torch._assert_async(ok.all(), message)
     elif not bool(_unbatched(ok).all()):
         raise ValueError(f"{message}; {int((~_unbatched(ok)).sum())} pixels are not")
