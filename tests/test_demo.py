@@ -210,6 +210,16 @@ def test_synthetic_binary_mode(tmp_path, capsys):
     assert "IoU building" in capsys.readouterr().out
 
 
+def replace_with_npy(png, as_array, at, value):
+    """``png`` replaced by a .npy of its values (cast by ``as_array``) with ``value`` at ``at``."""
+    from PIL import Image
+
+    array = as_array(np.asarray(Image.open(png)))
+    array[at] = value
+    np.save(png.with_suffix(".npy"), array)
+    png.unlink()
+
+
 @pytest.mark.parametrize(
     "breakage,message",
     [
@@ -229,6 +239,18 @@ def test_synthetic_binary_mode(tmp_path, capsys):
             r"tile0.npy: a mask must be \[H, W\] integer class indices",
         ),
         (lambda d: __import__("shutil").rmtree(d / "masks"), r"masks: missing"),
+        (  # a NaN pixel trained every weight to NaN, and the scores of class 0 everywhere, without a word
+            lambda d: replace_with_npy(d / "images" / "tile1.png", lambda a: a.astype(np.float32), (2, 3), np.nan),
+            r"tile1.npy: image values must be finite; found nan",
+        ),
+        (  # int64 wrapped it to -1; a class past MAX_CLASSES would make the U-Net that many channels
+            lambda d: replace_with_npy(d / "masks" / "tile2.png", lambda a: a.astype(np.uint64), (0, 0), 2**64 - 1),
+            r"tile2.npy: class indices must be in \[0, 1023\] \(or 255, ignored\); found 18446744073709551615",
+        ),
+        (
+            lambda d: replace_with_npy(d / "masks" / "tile2.png", lambda a: a.astype(np.int64), (0, 0), 1024),
+            r"tile2.npy: class indices must be in \[0, 1023\] \(or 255, ignored\); found 1024",
+        ),
     ],
 )
 def test_data_folder_that_does_not_fit_names_the_file(tmp_path, capsys, breakage, message):

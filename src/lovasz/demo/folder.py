@@ -7,7 +7,8 @@ Layout::
 
 Images and masks are paired by file name without extension. All images share one
 size and one channel count. 8-bit images are scaled to [0, 1]; float images are
-used as they are. Multi-class masks hold class indices 0..K-1, with ``ignore_index``
+used as they are (finite values). Multi-class masks hold class indices 0..K-1 (K at most
+:data:`MAX_CLASSES`), with ``ignore_index``
 (255) for pixels that take no part; binary masks hold 0/1 or 0/255.
 The images are cropped to a multiple of 4 pixels (the U-Net down-samples twice).
 """
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 EXTENSIONS = (".png", ".npy")
+MAX_CLASSES = 1024  # the U-Net has a channel per class up to the largest mask value: a stray 2**40 is no class
 
 
 class DataFolderError(ValueError):
@@ -66,6 +68,8 @@ def _image(path: Path) -> np.ndarray:
         array = array / 255.0
     elif not np.issubdtype(array.dtype, np.floating):
         raise DataFolderError(f"{path}: image values must be uint8 or float; got {array.dtype}")
+    elif not np.isfinite(array).all():  # (a NaN pixel made every weight NaN after one step, without a word)
+        raise DataFolderError(f"{path}: image values must be finite; found {array[~np.isfinite(array)][0]}")
     return np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32)
 
 
@@ -78,18 +82,19 @@ def _mask(path: Path, binary: bool, ignore_index: int) -> np.ndarray:
             f"{path}: a mask must be [H, W] integer class indices (a grey or palette PNG); "
             f"got shape {list(array.shape)} of {array.dtype}"
         )
-    array = array.astype(np.int64)
+    # (checked before the cast to int64, which would wrap a uint64 2**64 - 1 to -1)
     if binary:
         values = set(np.unique(array).tolist())
         if not values <= {0, 1} and not values <= {0, 255}:
             raise DataFolderError(f"{path}: a binary mask must hold 0/1 or 0/255; found {sorted(values)[:6]}")
         return (array > 0).astype(np.int64)
-    bad = (array < 0) & (array != ignore_index)
+    bad = ((array < 0) | (array >= MAX_CLASSES)) & (array != ignore_index)
     if bad.any():
         raise DataFolderError(
-            f"{path}: class indices must be >= 0 (or {ignore_index}, ignored); found {int(array[bad][0])}"
+            f"{path}: class indices must be in [0, {MAX_CLASSES - 1}] (or {ignore_index}, ignored); "
+            f"found {array[bad][0]}"
         )
-    return array
+    return array.astype(np.int64)
 
 
 def load_folder(root: Path, binary: bool, ignore_index: int = 255) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
