@@ -724,7 +724,7 @@ FAKE_CALLS = {
     "hinge none": lambda x, y: L.lovasz_hinge(x[:, 0], y.clamp(max=1), reduction="none"),
     "multilabel": lambda x, y: L.lovasz_multilabel(x, (y[:, None] == torch.arange(3)[:, None, None]).long()),
     "module with class weights": lambda x, y: L.CrossEntropyLovaszLoss("multiclass", class_weights=[1, 2, 3])(x, y),
-    "one-hot targets": lambda x, y: L.LovaszLoss("multiclass")(x, F_one_hot(y)),
+    "one-hot targets": lambda x, y: L.LovaszLoss("multiclass")(x, one_hot_of(y)),
     "points offsets": lambda x, y: L.lovasz_softmax(
         x.movedim(1, -1).reshape(-1, 3), y.reshape(-1), offsets=torch.tensor([x[0, 0].numel(), 2 * x[0, 0].numel()])
     ),
@@ -735,7 +735,7 @@ FAKE_CALLS = {
 }
 
 
-def F_one_hot(y):
+def one_hot_of(y):
     return torch.nn.functional.one_hot(y, 3).movedim(-1, 1)
 
 
