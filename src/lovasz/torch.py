@@ -198,7 +198,7 @@ def _as_weights(
 ) -> Tensor | None:
     if weights is None:
         return None
-    if (torch.compiler.is_compiling() or functionalizing() or no_host_values()) and isinstance(weights, (list, tuple)):
+    if isinstance(weights, (list, tuple)) and (torch.compiler.is_compiling() or functionalizing() or no_host_values()):
         # numbers of the graph: checked and made in Python (the host path reads a tensor back: a break, and an
         # error under fullgraph=True; under functionalize, FakeTensorMode and make_fx a tensor made here has no values)
         V.check_weights_shape((len(weights),), num_classes, name)
