@@ -98,7 +98,7 @@ CHECK = textwrap.dedent("""
     assert len(calls) == 6 * 2 + 2 + 1, len(calls)  # every float32 call above took the path
 
     # Points of scenes: the scene kernels against the torch.sort path (empty scenes, scenes across and
-    # on the blocks' bounds, ties, NaN, rows without foreground, a strided gradient buffer).
+    # on the blocks' bounds, ties, NaN, rows without foreground, points-first predictions and gradient).
     for sizes, rows, hinge, with_grad in itertools.product(
         [[7], [3, 0, 1500, 2], [1024, 1025, 0], [0, 5]], [1, 4], [False, True], [False, True]
     ):
@@ -113,6 +113,8 @@ CHECK = textwrap.dedent("""
         expected_grad = torch.full(pred.shape, 7.0, dtype=torch.float64)
         loss, present = core._scene_rows_torch(pred.double(), codes, ends, hinge, expected_grad if with_grad else None)
         grad = (torch.full((n, rows), 7.0).T if hinge else torch.full(pred.shape, 7.0)).to(device)
+        if hinge != with_grad:  # points-first [N, K], read where they lie
+            pred = pred.T.contiguous().T
         pred, codes, ends = pred.to(device), codes.to(device), ends.to(device)
         scene = core.scene_of_points(ends, n)
         got, got_present = T.scene_rows(pred, codes, ends, scene, hinge, grad if with_grad else None, 3)
@@ -138,11 +140,17 @@ CHECK = textwrap.dedent("""
         loss64.backward()
         assert abs(loss.item() - loss64.item()) < 1e-5, (loss.item(), loss64.item())
         torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-5, atol=1e-6)
+        # The op's own gradient is points-first, as the points are: no transposed copy on the way back.
+        y = x.detach().clone().requires_grad_() * 1
+        kwargs = dict(per_image=True, ignore=255, from_logits=from_logits, offsets=offsets.to(device))
+        (grad_y,) = torch.autograd.grad(L.lovasz_softmax(y, point_labels.to(device), **kwargs), y)
+        assert grad_y.is_contiguous(), grad_y.stride()
+        torch.testing.assert_close(grad_y, x.grad, rtol=0, atol=0)
     probas = points.double().softmax(1).numpy()
     expected = sum(R.lovasz_softmax(probas[a:b].T[None], point_labels[a:b].numpy()[None], ignore=255)
                    for a, b in [(0, 25), (25, 60)]) / 3  # the empty scene counts 0 in the mean
     assert abs(loss.item() - expected) < 1e-5, (loss.item(), expected)
-    assert len(scene_calls) == 2, len(scene_calls)  # every float32 scene call took the path
+    assert len(scene_calls) == 4, len(scene_calls)  # every float32 scene call took the path
     print("triton path ok")
 """)
 

@@ -397,6 +397,15 @@ def _set_losses(
     return per_set, grad, loss.to(pred.dtype), present
 
 
+def _class_softmax(pred: Tensor) -> Tensor:
+    """The softmax over ``C`` of ``pred [B, C, N]``; of points-first ``[1, C, N]`` (a view of ``[N, C]``), in
+    their layout: torch's softmax over the last axis of ``[N, C]``, where over axis 1 of the view it would
+    copy the points class-major first."""
+    if pred.shape[0] == 1 and pred.stride(1) == 1 and pred.shape[1] > 1:
+        return pred[0].T.softmax(1).T.unsqueeze(0)
+    return pred.softmax(1)
+
+
 def _row_losses(
     pred: Tensor,
     codes: Tensor,
@@ -410,9 +419,11 @@ def _row_losses(
     ends: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """:func:`_set_losses` on class-major rows (copied so where ``pred`` is not): every other case."""
-    probs = pred.softmax(1) if softmax else pred
-    rows = (probs if class_ids is None else probs.index_select(1, class_ids)).contiguous()
+    probs = _class_softmax(pred) if softmax else pred
+    rows = probs if class_ids is None else probs.index_select(1, class_ids)
     del probs  # where it is a temporary, it lives on as ``rows`` or not at all
+    if not (ends is not None and _use_triton(rows)):  # (the Triton scene kernels read points where they lie)
+        rows = rows.contiguous()
     batch, num_rows, num_pixels = rows.shape
     grad = None
     if need_grad:
@@ -450,10 +461,10 @@ def _row_losses(
 
 def _points_first_grad(pred: Tensor, ends: Tensor | None, points_layout: bool) -> bool:
     """Whether the op's gradient is points-first (the memory of ``[N, C]``, whose view ``[1, C, N]`` the
-    caller has: autograd hands it back with no transposed copy): for points of scenes on the CPU, asked
-    for by ``points_layout``, which :func:`lovasz_sets` sets eagerly from ``pred``'s strides; a compiled
-    graph, whose strides may change, asks for the contiguous layout."""
-    return points_layout and ends is not None and pred.device.type == "cpu"
+    caller has: autograd hands it back with no transposed copy): for points of scenes, asked for by
+    ``points_layout``, which :func:`lovasz_sets` sets eagerly from ``pred``'s strides; a compiled graph,
+    whose strides may change, asks for the contiguous layout."""
+    return points_layout and ends is not None
 
 
 def _empty_grad(pred: Tensor, ends: Tensor | None, points_layout: bool) -> Tensor:

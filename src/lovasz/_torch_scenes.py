@@ -171,10 +171,9 @@ def scenes(
         else:
             ends = None
     if multilabel or prediction.ndim == 2:
-        # [1, C, N]: on the CPU a view of the points, which the C kernel reads where they lie; on an
-        # accelerator a copy, whose class rows are contiguous for the sort
+        # [1, C, N]: a view of the points, which the C kernel and the Triton kernels read where they lie (the
+        # torch.sort path copies them class-major), and whose gradient is points-first too
         prediction = prediction.T.unsqueeze(0)
-        prediction = prediction if prediction.device.type == "cpu" else prediction.contiguous()
     else:
         prediction = prediction.unsqueeze(0)
     labels = labels.T.unsqueeze(0) if multilabel else labels.unsqueeze(0)

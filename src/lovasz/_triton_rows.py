@@ -226,6 +226,7 @@ def _scene_keys(
     flags_ptr,
     num_points,
     pred_row_stride,
+    pred_point_stride,
     codes_row_stride,
     HINGE: tl.constexpr,
     BLOCK: tl.constexpr,
@@ -233,7 +234,7 @@ def _scene_keys(
     block, row = tl.program_id(0), tl.program_id(1).to(tl.int64)
     n = block.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     inside = n < num_points
-    x = tl.load(pred_ptr + row * pred_row_stride + n, mask=inside, other=0.0)
+    x = tl.load(pred_ptr + row * pred_row_stride + n * pred_point_stride, mask=inside, other=0.0)
     code = tl.load(codes_ptr + row * codes_row_stride + n, mask=inside, other=_IGNORED)
     bits, flags = _error_bits(x, code, HINGE)
     low = tl.where(code == _IGNORED, 0xFFFFFFFF, 0x7FFFFFFF - bits.to(tl.int64))
@@ -270,7 +271,10 @@ def _scene_count(
     flags = tl.load(flags_ptr + row * num_points + p, mask=inside, other=0)
     tl.store(sorted_flags_ptr + row * num_points + m, flags, mask=inside)
     fg = ((flags & 1) != 0) & ((key & 0xFFFFFFFF) != 0xFFFFFFFF)
-    tl.store(counts_ptr + row * num_blocks + block, tl.sum(fg.to(tl.int32), axis=0))
+    counts_row = counts_ptr + row * (num_blocks + 1)  # [0, then each block's]: a cumsum makes it a running sum
+    tl.store(counts_row + block + 1, tl.sum(fg.to(tl.int32), axis=0))
+    if block == 0:
+        tl.store(counts_row, 0)
 
 
 @triton.jit
@@ -282,13 +286,13 @@ def _scene_steps(
     hi_ptr,
     block_scene_ptr,
     scene_start_ptr,
-    starts_ptr,
-    totals_ptr,
+    first_block_ptr,
+    end_block_ptr,
+    running_ptr,
     grad_ptr,
     partial_ptr,
     num_points,
     num_blocks,
-    num_scenes,
     grad_row_stride,
     grad_point_stride,
     WRITE_GRAD: tl.constexpr,
@@ -302,10 +306,16 @@ def _scene_steps(
     valid = low != 0xFFFFFFFF
     fg = ((flags & 1) != 0) & valid
     error = tl.where(valid, (0x7FFFFFFF - low).to(tl.int32).to(tl.float32, bitcast=True), 0.0)
-    fg_cum = tl.cumsum(fg.to(tl.int32), axis=0) + tl.load(starts_ptr + row * num_blocks + block)
+    # the row's foreground before this block, before the scene's first block and up to its end block
+    running = running_ptr + row * (num_blocks + 1)
+    scene_before = tl.load(running + tl.load(first_block_ptr + scene))
+    fg_cum = tl.cumsum(fg.to(tl.int32), axis=0) + tl.load(running + block) - scene_before
     k = m - tl.load(scene_start_ptr + scene) + 1  # the position within the scene, from 1
-    step = _jaccard_step(fg, fg_cum, tl.load(totals_ptr + row * num_scenes + scene), k)
-    tl.store(partial_ptr + row * num_blocks + block, tl.sum(tl.where(inside, error * step, 0.0), axis=0))
+    step = _jaccard_step(fg, fg_cum, tl.load(running + tl.load(end_block_ptr + scene)) - scene_before, k)
+    partial_row = partial_ptr + row * (num_blocks + 1)  # [0, then each block's], float64 like counts_row
+    tl.store(partial_row + block + 1, tl.sum(tl.where(inside, error * step, 0.0), axis=0).to(tl.float64))
+    if block == 0:
+        tl.store(partial_row, 0.0)
     if WRITE_GRAD:
         p = tl.load(perm_ptr + row * num_points + m, mask=inside, other=0)
         tl.store(
@@ -336,12 +346,12 @@ def scene_rows(
 ) -> tuple[Tensor, Tensor]:
     """Loss and presence ``[S, K]`` of each (scene, class) row of float32 ``pred [K, N]`` and uint8 ``codes``,
     scene ``s`` the points ``[ends[s - 1], ends[s])`` (``scene [N]``: each point's); d loss / d pred into
-    ``grad`` (``[K, N]``) if given. Rows go ``rows_per_chunk`` at a time."""
+    ``grad`` (``[K, N]``) if given. Rows go ``rows_per_chunk`` at a time. ``pred`` and ``grad`` may have
+    any strides: points-first ``[N, K]`` are read and written where they lie, with no transposed copy."""
     num_rows, num_points = pred.shape
-    pred = pred if pred.stride(1) == 1 else pred.contiguous()
     codes = codes if codes.stride(1) == 1 else codes.contiguous()
     blocks = _SceneBlocks(ends, num_points)
-    losses, present = [], []
+    runs, sums = [], []  # per chunk: the rows' running sums over blocks of the foreground and of the loss
     step = max(1, min(rows_per_chunk, _MAX_GRID_ROWS))
     for start in range(0, num_rows, step):
         stop = min(start + step, num_rows)
@@ -356,22 +366,21 @@ def scene_rows(
             flags,
             num_points,
             pred.stride(0),
+            pred.stride(1),
             codes.stride(0),
             HINGE=hinge,
             BLOCK=BLOCK,
         )
         keys, perm = torch.sort(keys, dim=1, stable=True)
         sorted_flags = torch.empty_like(flags)
-        counts = torch.empty(rows, blocks.count, dtype=torch.int32, device=pred.device)
+        counts = torch.empty(rows, blocks.count + 1, dtype=torch.int32, device=pred.device)
         grid = (blocks.count, rows)
         _scene_count[grid](
             keys, perm, flags, sorted_flags, counts, blocks.lo, blocks.hi, num_points, blocks.count, BLOCK=BLOCK
         )
         del flags
-        running = torch.nn.functional.pad(counts.cumsum(1, dtype=torch.int32), (1, 0))  # [rows, blocks + 1]
-        totals = running[:, blocks.end] - running[:, blocks.first]  # [rows, S]
-        starts = running[:, :-1] - running[:, blocks.first[blocks.scene]]  # each block's count before it in its scene
-        partial = torch.empty(rows, blocks.count, dtype=torch.float32, device=pred.device)
+        running = counts.cumsum(1, dtype=torch.int32)  # [rows, blocks + 1]: the foreground before each block
+        partial = torch.empty(rows, blocks.count + 1, dtype=torch.float64, device=pred.device)
         chunk_grad = grad[start:stop] if grad is not None else partial  # partial: an unused placeholder
         _scene_steps[grid](
             keys,
@@ -381,20 +390,23 @@ def scene_rows(
             blocks.hi,
             blocks.scene,
             blocks.scene_start,
-            starts.contiguous(),
-            totals.contiguous(),
+            blocks.first,
+            blocks.end,
+            running,
             chunk_grad,
             partial,
             num_points,
             blocks.count,
-            ends.shape[0],
             chunk_grad.stride(0),
             chunk_grad.stride(1),
             WRITE_GRAD=grad is not None,
             BLOCK=BLOCK,
         )
-        # Each scene's sum of its blocks: differences of a float64 running sum (no atomics).
-        summed = torch.nn.functional.pad(partial.double().cumsum(1), (1, 0))
-        losses.append((summed[:, blocks.end] - summed[:, blocks.first]).float())
-        present.append(totals > 0)
-    return torch.cat(losses).T, torch.cat(present).T
+        runs.append(running)
+        sums.append(partial.cumsum(1))
+    # Each scene's foreground and loss: differences of the running sums at its end and first block (the
+    # loss's in float64, with no atomics: the same on every run), for every row at once.
+    running, summed = torch.cat(runs), torch.cat(sums)
+    totals = running.index_select(1, blocks.end) - running.index_select(1, blocks.first)
+    losses = (summed.index_select(1, blocks.end) - summed.index_select(1, blocks.first)).float()
+    return losses.T, (totals > 0).T

@@ -24,6 +24,10 @@ def _backward(
     num_pixels,
     logits_batch_stride,
     logits_channel_stride,
+    logits_pixel_stride,
+    grad_batch_stride,
+    grad_channel_stride,
+    grad_pixel_stride,
     HAS_SCALE: tl.constexpr,
     C_BLOCK: tl.constexpr,
     N_BLOCK: tl.constexpr,
@@ -32,13 +36,14 @@ def _backward(
     c = tl.arange(0, C_BLOCK)[:, None]
     n = block.to(tl.int64) * N_BLOCK + tl.arange(0, N_BLOCK)[None, :]
     inside = (c < channels) & (n < num_pixels)
-    x = tl.load(logits_ptr + b * logits_batch_stride + c * logits_channel_stride + n, mask=inside, other=-float("inf"))
+    logits_at = logits_ptr + b * logits_batch_stride + c * logits_channel_stride + n * logits_pixel_stride
+    x = tl.load(logits_at, mask=inside, other=-float("inf"))
     e = tl.exp(x - tl.max(x, axis=0)[None, :])
     p = e / tl.sum(e, axis=0)[None, :]
     # NaN where a pixel's logits hold NaN or inf: 0 instead, so an ignored pixel's zero gradient stays 0
     # (a pixel that is not ignored has made the loss NaN already).
     p = tl.where(p == p, p, 0.0)
-    at = grad_ptr + (b * channels + c) * num_pixels + n
+    at = grad_ptr + b * grad_batch_stride + c * grad_channel_stride + n * grad_pixel_stride
     g = tl.load(at, mask=inside, other=0.0)
     if HAS_SCALE:
         g = g * tl.load(scale_ptr + b * channels + c, mask=c < channels, other=0.0)
@@ -46,11 +51,10 @@ def _backward(
 
 
 def softmax_backward_(grad: Tensor, logits: Tensor, scale: Tensor | None) -> None:
-    """``grad [B, C, N]`` (contiguous) := the gradient w.r.t. ``logits``, given ``grad / scale``
-    w.r.t. their softmax over ``C``; ``scale`` is ``[B, C, 1]`` or None."""
+    """``grad [B, C, N]`` := the gradient w.r.t. ``logits``, given ``grad / scale`` w.r.t. their softmax
+    over ``C``; ``scale`` is ``[B, C, 1]`` or None. Any strides: class-major images and points-first
+    ``[N, C]`` alike (Triton specialises a stride of 1)."""
     batch, channels, num_pixels = grad.shape
-    if logits.stride(2) != 1:
-        logits = logits.contiguous()
     if scale is not None:
         scale = scale.reshape(batch, channels).contiguous()
     c_block = triton.next_power_of_2(channels)
@@ -62,8 +66,8 @@ def softmax_backward_(grad: Tensor, logits: Tensor, scale: Tensor | None) -> Non
         scale if scale is not None else grad,
         channels,
         num_pixels,
-        logits.stride(0),
-        logits.stride(1),
+        *logits.stride(),
+        *grad.stride(),
         HAS_SCALE=scale is not None,
         C_BLOCK=c_block,
         N_BLOCK=n_block,
