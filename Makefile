@@ -39,7 +39,7 @@ demo: $(VENV)/.demo-installed
 	$(PY) -m lovasz.cli demo $(ARGS)
 
 # ruff (lint, and the format check) and mypy ([tool.mypy] in pyproject.toml); `make test` runs them first.
-LINTED := src tests conftest.py setup.py
+LINTED := src tests tools conftest.py setup.py
 
 lint: $(VENV)/.test-installed
 	$(PY) -m ruff check $(LINTED)
@@ -117,7 +117,7 @@ GPU_TESTS := tests/test_torch_cuda.py tests/test_torch_triton.py tests/test_torc
 	tests/test_jax_sparse.py
 # The bench writes its JSON and table after each case (codebases' sizes first), so a time box keeps what it
 # measured. The Keras rows run as a bench of their own (one process per Keras backend, a JAX compile per case),
-# so that a slow one cannot cost the main table, on two dense cases: 210 + 200 + 60 s (on an H200:
+# so that a slow one cannot cost the main table, on two dense cases: 210 + 200 + 40 + 60 s (on an H200:
 # 185 s of tests with 8 processes, about 100 s of main bench).
 GPU_BENCH := env PYTHONPATH=src:/tmp/site:$$PYTHONPATH $(PYTHON) -m lovasz.cli bench --device $(GPU_DEVICE) --repeats 10 \
 	--commit $(COMMIT)
@@ -136,6 +136,9 @@ gpu-report: kernel-inplace
 	-tail -2 $(GPU_OUT)/tests.log; grep -E '^/.*:[0-9]+: ' $(GPU_OUT)/tests.log | cut -c1-200 | sort | uniq -c | sort -rn | head -20
 	-set -o pipefail; timeout 200 $(GPU_BENCH) $(GPU_MAIN_IMPLS) --out $(GPU_OUT) --markdown $(GPU_OUT)/table.md \
 		2>&1 | tee $(GPU_OUT)/bench.log
+	# the rows' chunk against time and peak memory on the points of scenes (tools/scene_chunks.py)
+	-set -o pipefail; PYTHONPATH=src:/tmp/site:$$PYTHONPATH timeout 40 $(PYTHON) tools/scene_chunks.py \
+		--out $(GPU_OUT)/scene-chunks.json 2>&1 | tee $(GPU_OUT)/scene-chunks.log
 	-set -o pipefail; timeout 60 $(GPU_BENCH) $(GPU_KERAS_IMPLS) $(GPU_KERAS_CASES) --out $(GPU_OUT)/keras \
 		--markdown $(GPU_OUT)/keras-table.md 2>&1 | tee $(GPU_OUT)/keras-bench.log
 	-cat $(GPU_OUT)/table.md $(GPU_OUT)/keras-table.md

@@ -298,3 +298,21 @@ def test_keras_torch_peak_memory_is_probed_in_a_keras_process():
         assert isinstance(peak, int) and peak >= 0
     else:
         assert peak is None
+
+
+def test_the_chunk_sweep_gives_the_default_loss_at_every_chunk_and_restores_it(tmp_path, monkeypatch):
+    """tools/scene_chunks.py (run by `make gpu-report`): a row per chunk, the same loss (it exits otherwise),
+    the default chunk back afterwards. On the CPU the float64 torch.sort path is the one chunked; here it only
+    has to run."""
+    core = require("lovasz._torch_core")
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "tools"))
+    import scene_chunks
+
+    default = core._chunk_elements
+    out = tmp_path / "chunks.json"
+    argv = ["--device", "cpu", "--case", "points per-scene", "--repeats", "1", "--chunks", "100", "5000"]
+    assert scene_chunks.main([*argv, "--out", str(out)]) == 0
+    assert [row["chunk"] for row in json.loads(out.read_text())] == ["default", 100, 5000]
+    assert core._chunk_elements is default
+    with pytest.raises(SystemExit):
+        scene_chunks.main(["--device", "cpu", "--case", "no such case"])
