@@ -100,7 +100,10 @@ CHECK = textwrap.dedent("""
     # Points of scenes: the scene kernels against the torch.sort path (empty scenes, scenes across and
     # on the blocks' bounds, ties, NaN, rows without foreground, points-first predictions and gradient).
     for sizes, rows, hinge, with_grad in itertools.product(
-        [[7], [3, 0, 1500, 2], [1024, 1025, 0], [0, 5]], [1, 4], [False, True], [False, True]
+        [[7], [3, 0, 1500, 2], [1024, 1025, 0], [0, 5], [5, 0, 17, 1, 0, 0, 900, 3, 1100, 64, 2, 0, 1]],
+        [1, 4],
+        [False, True],
+        [False, True],
     ):
         n = sum(sizes)
         ends = torch.tensor(sizes).cumsum(0)
@@ -116,8 +119,7 @@ CHECK = textwrap.dedent("""
         if hinge != with_grad:  # points-first [N, K], read where they lie
             pred = pred.T.contiguous().T
         pred, codes, ends = pred.to(device), codes.to(device), ends.to(device)
-        scene = core.scene_of_points(ends, n)
-        got, got_present = T.scene_rows(pred, codes, ends, scene, hinge, grad if with_grad else None, 3)
+        got, got_present = T.scene_rows(pred, codes, ends, hinge, grad if with_grad else None, 3)
         assert torch.equal(got_present.cpu(), present), (sizes, got_present, present)
         torch.testing.assert_close(got.double().cpu(), loss, rtol=1e-5, atol=1e-6, equal_nan=True)
         if with_grad:

@@ -331,7 +331,6 @@ def _scene_rows(pred: Tensor, codes: Tensor, ends: Tensor, hinge: bool, grad: Te
             pred,
             codes,
             ends,
-            scene_of_points(ends, num_points),
             hinge,
             grad,
             _rows_per_chunk(num_rows, num_points, pred.device),

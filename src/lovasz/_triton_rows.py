@@ -214,21 +214,40 @@ def rows(pred: Tensor, codes: Tensor, hinge: bool, grad: Tensor | None, rows_per
 # sort of int64 keys, the scene in the high 32 bits and the complemented error bits below (ignored
 # points: all ones, last in their scene), keeps each scene in its own run, errors descending, ties in
 # point order. The blocks of the two kernels after the sort are cut at the scenes' bounds, so that a
-# block's sums belong to one (row, scene): no atomics, the same result on every run.
+# block's sums belong to one (row, scene): no atomics, the same result on every run. A point's scene,
+# and a block's, are found in the kernels by a binary search of ``ends`` (of the scenes' end blocks):
+# no per-point or per-block tensor is made for them, and no torch op.
+
+
+@triton.jit
+def _searchsorted(sorted_ptr, length, value, STEPS: tl.constexpr):
+    """The number of entries of the rising ``sorted_ptr[:length]`` that are ``<= value`` (scalar or
+    tensor), in ``STEPS >= length.bit_length()`` halvings."""
+    lo = value.to(tl.int32) * 0
+    hi = lo + length
+    for _ in tl.static_range(STEPS):
+        active = lo < hi
+        mid = (lo + hi) // 2
+        right = tl.load(sorted_ptr + mid, mask=active, other=0) <= value
+        lo = tl.where(active & right, mid + 1, lo)
+        hi = tl.where(active & ~right, mid, hi)
+    return lo
 
 
 @triton.jit
 def _scene_keys(
     pred_ptr,
     codes_ptr,
-    scene_ptr,
+    ends_ptr,
     key_ptr,
     flags_ptr,
     num_points,
+    num_scenes,
     pred_row_stride,
     pred_point_stride,
     codes_row_stride,
     HINGE: tl.constexpr,
+    STEPS: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     block, row = tl.program_id(0), tl.program_id(1).to(tl.int64)
@@ -238,17 +257,20 @@ def _scene_keys(
     code = tl.load(codes_ptr + row * codes_row_stride + n, mask=inside, other=_IGNORED)
     bits, flags = _error_bits(x, code, HINGE)
     low = tl.where(code == _IGNORED, 0xFFFFFFFF, 0x7FFFFFFF - bits.to(tl.int64))
-    scene = tl.load(scene_ptr + n, mask=inside, other=0)
+    scene = _searchsorted(ends_ptr, num_scenes, n, STEPS).to(tl.int64)  # the scenes ending at or before n
     tl.store(key_ptr + row * num_points + n, (scene << 32) | low, mask=inside)
     tl.store(flags_ptr + row * num_points + n, flags, mask=inside)
 
 
 @triton.jit
-def _scene_block(lo_ptr, hi_ptr, block, BLOCK: tl.constexpr):
-    """Block ``block``'s positions in the sorted row (within one scene's run) and which are inside it."""
-    lo = tl.load(lo_ptr + block)
-    m = lo + tl.arange(0, BLOCK)
-    return m, m < tl.load(hi_ptr + block)
+def _scene_block(ends_ptr, end_block_ptr, num_scenes, block, STEPS: tl.constexpr, BLOCK: tl.constexpr):
+    """Block ``block`` of a sorted row: its positions (within one scene's run), which are inside the run,
+    its scene, the scene's first point and first block. Blocks past the last scene's are empty."""
+    scene = tl.minimum(_searchsorted(end_block_ptr, num_scenes, block, STEPS), num_scenes - 1)
+    scene_start = tl.load(ends_ptr + scene - 1, mask=scene > 0, other=0)
+    first_block = tl.load(end_block_ptr + scene - 1, mask=scene > 0, other=0)
+    m = scene_start + (block - first_block) * BLOCK + tl.arange(0, BLOCK)
+    return m, m < tl.load(ends_ptr + scene), scene, scene_start, first_block
 
 
 @triton.jit
@@ -258,14 +280,16 @@ def _scene_count(
     flags_ptr,
     sorted_flags_ptr,
     counts_ptr,
-    lo_ptr,
-    hi_ptr,
+    ends_ptr,
+    end_block_ptr,
     num_points,
     num_blocks,
+    num_scenes,
+    STEPS: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     block, row = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    m, inside = _scene_block(lo_ptr, hi_ptr, block, BLOCK)
+    m, inside, _, _, _ = _scene_block(ends_ptr, end_block_ptr, num_scenes, block, STEPS, BLOCK)
     key = tl.load(key_ptr + row * num_points + m, mask=inside, other=0xFFFFFFFF)
     p = tl.load(perm_ptr + row * num_points + m, mask=inside, other=0)
     flags = tl.load(flags_ptr + row * num_points + p, mask=inside, other=0)
@@ -282,25 +306,22 @@ def _scene_steps(
     key_ptr,
     flags_ptr,
     perm_ptr,
-    lo_ptr,
-    hi_ptr,
-    block_scene_ptr,
-    scene_start_ptr,
-    first_block_ptr,
+    ends_ptr,
     end_block_ptr,
     running_ptr,
     grad_ptr,
     partial_ptr,
     num_points,
     num_blocks,
+    num_scenes,
     grad_row_stride,
     grad_point_stride,
     WRITE_GRAD: tl.constexpr,
+    STEPS: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     block, row = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    m, inside = _scene_block(lo_ptr, hi_ptr, block, BLOCK)
-    scene = tl.load(block_scene_ptr + block)
+    m, inside, scene, scene_start, first_block = _scene_block(ends_ptr, end_block_ptr, num_scenes, block, STEPS, BLOCK)
     low = tl.load(key_ptr + row * num_points + m, mask=inside, other=0xFFFFFFFF) & 0xFFFFFFFF
     flags = tl.load(flags_ptr + row * num_points + m, mask=inside, other=0)
     valid = low != 0xFFFFFFFF
@@ -308,9 +329,9 @@ def _scene_steps(
     error = tl.where(valid, (0x7FFFFFFF - low).to(tl.int32).to(tl.float32, bitcast=True), 0.0)
     # the row's foreground before this block, before the scene's first block and up to its end block
     running = running_ptr + row * (num_blocks + 1)
-    scene_before = tl.load(running + tl.load(first_block_ptr + scene))
+    scene_before = tl.load(running + first_block)
     fg_cum = tl.cumsum(fg.to(tl.int32), axis=0) + tl.load(running + block) - scene_before
-    k = m - tl.load(scene_start_ptr + scene) + 1  # the position within the scene, from 1
+    k = m - scene_start + 1  # the position within the scene, from 1
     step = _jaccard_step(fg, fg_cum, tl.load(running + tl.load(end_block_ptr + scene)) - scene_before, k)
     partial_row = partial_ptr + row * (num_blocks + 1)  # [0, then each block's], float64 like counts_row
     tl.store(partial_row + block + 1, tl.sum(tl.where(inside, error * step, 0.0), axis=0).to(tl.float64))
@@ -324,32 +345,29 @@ def _scene_steps(
 
 
 class _SceneBlocks:
-    """The blocks of the rows' sorted runs, cut at the scenes' bounds: each block's ``[lo, hi)`` and scene,
-    and each scene's first and end block. Their number is bounded by ``cdiv(N, BLOCK) + S``, known
-    without reading ``ends`` (no host sync); blocks past the last scene's are empty."""
+    """The blocks of the rows' sorted runs, cut at the scenes' bounds: each scene's first and end block
+    (``first``, ``end``, ``[S]``). Their number is bounded by ``cdiv(N, BLOCK) + S``, known without reading
+    ``ends`` (no host sync); blocks past the last scene's are empty."""
 
     def __init__(self, ends: Tensor, num_points: int):
-        self.scene_start = torch.cat([ends.new_zeros(1), ends[:-1]])
-        blocks_per_scene = (ends - self.scene_start + BLOCK - 1) // BLOCK
+        blocks_per_scene = (torch.diff(ends, prepend=ends.new_zeros(1)) + BLOCK - 1) // BLOCK
         self.end = blocks_per_scene.cumsum(0)
         self.first = self.end - blocks_per_scene
         self.count = triton.cdiv(num_points, BLOCK) + ends.shape[0]
-        block = torch.arange(self.count, device=ends.device)
-        scene = torch.searchsorted(self.end, block, right=True).clamp_(max=ends.shape[0] - 1)
-        self.scene = scene
-        self.lo = self.scene_start[scene] + (block - self.first[scene]) * BLOCK
-        self.hi = torch.where(block < self.end[-1], torch.minimum(self.lo + BLOCK, ends[scene]), self.lo)
 
 
 def scene_rows(
-    pred: Tensor, codes: Tensor, ends: Tensor, scene: Tensor, hinge: bool, grad: Tensor | None, rows_per_chunk: int
+    pred: Tensor, codes: Tensor, ends: Tensor, hinge: bool, grad: Tensor | None, rows_per_chunk: int
 ) -> tuple[Tensor, Tensor]:
     """Loss and presence ``[S, K]`` of each (scene, class) row of float32 ``pred [K, N]`` and uint8 ``codes``,
-    scene ``s`` the points ``[ends[s - 1], ends[s])`` (``scene [N]``: each point's); d loss / d pred into
+    scene ``s`` the points ``[ends[s - 1], ends[s])``; d loss / d pred into
     ``grad`` (``[K, N]``) if given. Rows go ``rows_per_chunk`` at a time. ``pred`` and ``grad`` may have
     any strides: points-first ``[N, K]`` are read and written where they lie, with no transposed copy."""
     num_rows, num_points = pred.shape
     codes = codes if codes.stride(1) == 1 else codes.contiguous()
+    ends = ends.contiguous()
+    num_scenes = ends.shape[0]
+    steps = num_scenes.bit_length()  # of the kernels' binary searches of the scenes
     blocks = _SceneBlocks(ends, num_points)
     runs, sums = [], []  # per chunk: the rows' running sums over blocks of the foreground and of the loss
     step = max(1, min(rows_per_chunk, _MAX_GRID_ROWS))
@@ -361,14 +379,16 @@ def scene_rows(
         _scene_keys[(triton.cdiv(num_points, BLOCK), rows)](
             pred[start:stop],
             codes[start:stop],
-            scene,
+            ends,
             keys,
             flags,
             num_points,
+            num_scenes,
             pred.stride(0),
             pred.stride(1),
             codes.stride(0),
             HINGE=hinge,
+            STEPS=steps,
             BLOCK=BLOCK,
         )
         keys, perm = torch.sort(keys, dim=1, stable=True)
@@ -376,7 +396,18 @@ def scene_rows(
         counts = torch.empty(rows, blocks.count + 1, dtype=torch.int32, device=pred.device)
         grid = (blocks.count, rows)
         _scene_count[grid](
-            keys, perm, flags, sorted_flags, counts, blocks.lo, blocks.hi, num_points, blocks.count, BLOCK=BLOCK
+            keys,
+            perm,
+            flags,
+            sorted_flags,
+            counts,
+            ends,
+            blocks.end,
+            num_points,
+            blocks.count,
+            num_scenes,
+            STEPS=steps,
+            BLOCK=BLOCK,
         )
         del flags
         running = counts.cumsum(1, dtype=torch.int32)  # [rows, blocks + 1]: the foreground before each block
@@ -386,20 +417,18 @@ def scene_rows(
             keys,
             sorted_flags,
             perm,
-            blocks.lo,
-            blocks.hi,
-            blocks.scene,
-            blocks.scene_start,
-            blocks.first,
+            ends,
             blocks.end,
             running,
             chunk_grad,
             partial,
             num_points,
             blocks.count,
+            num_scenes,
             chunk_grad.stride(0),
             chunk_grad.stride(1),
             WRITE_GRAD=grad is not None,
+            STEPS=steps,
             BLOCK=BLOCK,
         )
         runs.append(running)
