@@ -141,8 +141,10 @@ def scenes(
         if num_scenes is not None:
             raise TypeError("num_scenes goes with batch=; offsets= give the number of scenes already")
         ends = _index_tensor(offsets, "offsets", prediction.device)
-        ok = torch.all(ends[1:] >= ends[:-1]) & torch.all(ends >= 0)
-        ok &= (ends[-1] == num_points) if ends.numel() else torch.tensor(num_points == 0, device=ends.device)
+        if ends.numel():  # rising from 0 (no scene of fewer than no points) to the number of points
+            ok = (torch.diff(ends, prepend=ends.new_zeros(1)).min() >= 0) & (ends[-1] == num_points)
+        else:
+            ok = torch.tensor(num_points == 0, device=ends.device)
         total = "the number of points" if torch.compiler.is_compiling() else num_points  # (symbolic when compiled)
         _check(ok, f"offsets must be cumulative point counts, rising to {total}", lambda: ends.tolist())
         ends = ends if grouped else None

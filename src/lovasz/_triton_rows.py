@@ -345,14 +345,14 @@ def _scene_steps(
 
 
 class _SceneBlocks:
-    """The blocks of the rows' sorted runs, cut at the scenes' bounds: each scene's first and end block
-    (``first``, ``end``, ``[S]``). Their number is bounded by ``cdiv(N, BLOCK) + S``, known without reading
-    ``ends`` (no host sync); blocks past the last scene's are empty."""
+    """The blocks of the rows' sorted runs, cut at the scenes' bounds: scene ``s`` has the blocks
+    ``[bounds[s], bounds[s + 1])`` (``end = bounds[1:]``). Their number is bounded by ``cdiv(N, BLOCK) + S``,
+    known without reading ``ends`` (no host sync); blocks past the last scene's are empty."""
 
     def __init__(self, ends: Tensor, num_points: int):
         blocks_per_scene = (torch.diff(ends, prepend=ends.new_zeros(1)) + BLOCK - 1) // BLOCK
-        self.end = blocks_per_scene.cumsum(0)
-        self.first = self.end - blocks_per_scene
+        self.bounds = torch.nn.functional.pad(blocks_per_scene.cumsum(0), (1, 0))
+        self.end = self.bounds[1:]
         self.count = triton.cdiv(num_points, BLOCK) + ends.shape[0]
 
 
@@ -433,9 +433,8 @@ def scene_rows(
         )
         runs.append(running)
         sums.append(partial.cumsum(1))
-    # Each scene's foreground and loss: differences of the running sums at its end and first block (the
+    # Each scene's foreground and loss: differences of the running sums at its first and end block (the
     # loss's in float64, with no atomics: the same on every run), for every row at once.
-    running, summed = torch.cat(runs), torch.cat(sums)
-    totals = running.index_select(1, blocks.end) - running.index_select(1, blocks.first)
-    losses = (summed.index_select(1, blocks.end) - summed.index_select(1, blocks.first)).float()
+    totals = torch.cat(runs).index_select(1, blocks.bounds).diff(dim=1)
+    losses = torch.cat(sums).index_select(1, blocks.bounds).diff(dim=1).float()
     return losses.T, (totals > 0).T
