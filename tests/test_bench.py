@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import sys
 import types
 from pathlib import Path
@@ -316,3 +317,17 @@ def test_the_chunk_sweep_gives_the_default_loss_at_every_chunk_and_restores_it(t
     assert core._chunk_elements is default
     with pytest.raises(SystemExit):
         scene_chunks.main(["--device", "cpu", "--case", "no such case"])
+
+
+def test_the_host_work_proxy_runs_both_layouts():
+    """tools/host_work.py (its own process: it stubs Triton's kernels and forces the GPU path) prints both
+    layouts' host time and their ratio."""
+    pytest.importorskip("triton")
+    import subprocess
+
+    tool = Path(__file__).parent.parent / "tools" / "host_work.py"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [sys.executable, str(tool), "--rounds", "1", "--calls", "2"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert re.search(r"points with offsets \d+ us, dense layout \d+ us, ratio \d+\.\d\d", out.stdout), out.stdout
