@@ -27,6 +27,16 @@ def inputs(batch=2, num_classes=5, spatial=(16, 24), seed=0):
     return logits.to(DEVICE), labels.to(DEVICE)
 
 
+# Scenes of the 768 points, made here: a tensor made from Python values is a copy to the device.
+OFFSETS = torch.tensor([100, 300, 768], device=DEVICE)
+BATCH = torch.arange(768, device=DEVICE) // 200
+
+
+def _points(x, y):
+    """The pixels of ``inputs()`` as points ``[N, C]`` (2 x 16 x 24 = 768 of them) and their labels ``[N]``."""
+    return x.movedim(1, -1).reshape(-1, x.shape[1]), y.reshape(-1)
+
+
 LOSSES = {
     "softmax logits": lambda x, y: L.lovasz_softmax(x, y, from_logits=True, ignore=255),
     "softmax per image, listed classes, weights": lambda x, y: L.lovasz_softmax(
@@ -36,6 +46,17 @@ LOSSES = {
     "sigmoid": lambda x, y: L.lovasz_softmax(x[:, 0], (y == 1).long(), from_logits=True),
     "hinge": lambda x, y: L.lovasz_hinge(x[:, 0], (y > 2).long().masked_fill(y == 255, 255), ignore=255),
     "multilabel": lambda x, y: L.lovasz_multilabel(x, (x > 0.5).long(), per_image=False),
+    "points with offsets": lambda x, y: L.lovasz_softmax(
+        *_points(x, y),
+        per_image=True,
+        ignore=255,
+        from_logits=True,
+        offsets=OFFSETS,
+    ),
+    "points with batch= and num_scenes": lambda x, y: L.lovasz_softmax(
+        *_points(x, y), ignore=255, from_logits=True, batch=BATCH, num_scenes=4
+    ),
+    "points [N, C], one set": lambda x, y: L.lovasz_softmax(*_points(x, y), ignore=255, from_logits=True),
     "module with class weights": L.LovaszLoss("multiclass", ignore_index=255, class_weights=[1, 2, 3, 4, 5]).to(DEVICE),
     "CE + Lovász": L.CrossEntropyLovaszLoss("multiclass", ignore_index=255, class_weights=[1, 2, 3, 4, 5]).to(DEVICE),
 }
