@@ -211,9 +211,11 @@ def rows(pred: Tensor, codes: Tensor, hinge: bool, grad: Tensor | None, rows_per
 
 # ----------------------------------------------------------------------------- points of scenes
 # A class's row ``[K, N]`` holds every point; scene s is the run [ends[s - 1], ends[s]). One ascending
-# sort of int64 keys, the scene in the high 32 bits and the complemented error bits below (ignored
-# points: all ones, last in their scene), keeps each scene in its own run, errors descending, ties in
-# point order. The blocks of the two kernels after the sort are cut at the scenes' bounds, so that a
+# sort of int64 keys, the (row, scene) in the high 32 bits and the complemented error bits below
+# (ignored points: all ones, last in their scene), keeps each scene of each row in its own run, errors
+# descending, ties in point order. The chunk's rows are sorted as one flat run: torch sorts a 1-D tensor
+# with one radix sort, where rows of under a million would go through its segmented path (a sort of all
+# rows with their segment ids as values, then one by segment: half as much memory again, and more passes). The blocks of the two kernels after the sort are cut at the scenes' bounds, so that a
 # block's sums belong to one (row, scene): no atomics, the same result on every run. A point's scene,
 # and a block's, are found in the kernels by a binary search of ``ends`` (of the scenes' end blocks):
 # no per-point or per-block tensor is made for them, and no torch op.
@@ -258,7 +260,7 @@ def _scene_keys(
     bits, flags = _error_bits(x, code, HINGE)
     low = tl.where(code == _IGNORED, 0xFFFFFFFF, 0x7FFFFFFF - bits.to(tl.int64))
     scene = _searchsorted(ends_ptr, num_scenes, n, STEPS).to(tl.int64)  # the scenes ending at or before n
-    tl.store(key_ptr + row * num_points + n, (scene << 32) | low, mask=inside)
+    tl.store(key_ptr + row * num_points + n, ((row * num_scenes + scene) << 32) | low, mask=inside)
     tl.store(flags_ptr + row * num_points + n, flags, mask=inside)
 
 
@@ -291,8 +293,8 @@ def _scene_count(
     block, row = tl.program_id(0), tl.program_id(1).to(tl.int64)
     m, inside, _, _, _ = _scene_block(ends_ptr, end_block_ptr, num_scenes, block, STEPS, BLOCK)
     key = tl.load(key_ptr + row * num_points + m, mask=inside, other=0xFFFFFFFF)
-    p = tl.load(perm_ptr + row * num_points + m, mask=inside, other=0)
-    flags = tl.load(flags_ptr + row * num_points + p, mask=inside, other=0)
+    p = tl.load(perm_ptr + row * num_points + m, mask=inside, other=0)  # of the chunk's flat run
+    flags = tl.load(flags_ptr + p, mask=inside, other=0)
     tl.store(sorted_flags_ptr + row * num_points + m, flags, mask=inside)
     fg = ((flags & 1) != 0) & ((key & 0xFFFFFFFF) != 0xFFFFFFFF)
     counts_row = counts_ptr + row * (num_blocks + 1)  # [0, then each block's]: a cumsum makes it a running sum
@@ -338,9 +340,11 @@ def _scene_steps(
     if block == 0:
         tl.store(partial_row, 0.0)
     if WRITE_GRAD:
-        p = tl.load(perm_ptr + row * num_points + m, mask=inside, other=0)
+        point = tl.load(perm_ptr + row * num_points + m, mask=inside, other=0) - row * num_points
         tl.store(
-            grad_ptr + row * grad_row_stride + p * grad_point_stride, _gradient(error, step, flags, fg), mask=inside
+            grad_ptr + row * grad_row_stride + point * grad_point_stride,
+            _gradient(error, step, flags, fg),
+            mask=inside,
         )
 
 
@@ -370,7 +374,8 @@ def scene_rows(
     steps = num_scenes.bit_length()  # of the kernels' binary searches of the scenes
     blocks = _SceneBlocks(ends, num_points)
     runs, sums = [], []  # per chunk: the rows' running sums over blocks of the foreground and of the loss
-    step = max(1, min(rows_per_chunk, _MAX_GRID_ROWS))
+    # (a chunk's rows times its scenes, the high word of its keys, stay under 2**31)
+    step = max(1, min(rows_per_chunk, _MAX_GRID_ROWS, (2**31 - 1) // num_scenes))
     for start in range(0, num_rows, step):
         stop = min(start + step, num_rows)
         rows = stop - start
@@ -391,7 +396,7 @@ def scene_rows(
             STEPS=steps,
             BLOCK=BLOCK,
         )
-        keys, perm = torch.sort(keys, dim=1, stable=True)
+        keys, perm = torch.sort(keys.view(-1), stable=True)  # flat: see above
         sorted_flags = torch.empty_like(flags)
         counts = torch.empty(rows, blocks.count + 1, dtype=torch.int32, device=pred.device)
         grid = (blocks.count, rows)
