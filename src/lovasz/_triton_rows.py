@@ -215,7 +215,8 @@ def rows(pred: Tensor, codes: Tensor, hinge: bool, grad: Tensor | None, rows_per
 # (ignored points: all ones, last in their scene), keeps each scene of each row in its own run, errors
 # descending, ties in point order. The chunk's rows are sorted as one flat run: torch sorts a 1-D tensor
 # with one radix sort, where rows of under a million would go through its segmented path (a sort of all
-# rows with their segment ids as values, then one by segment: half as much memory again, and more passes). The blocks of the two kernels after the sort are cut at the scenes' bounds, so that a
+# rows with their segment ids as values, then one by segment: half as much memory again, and more
+# passes). The blocks of the two kernels after the sort are cut at the scenes' bounds, so that a
 # block's sums belong to one (row, scene): no atomics, the same result on every run. A point's scene,
 # and a block's, are found in the kernels by a binary search of ``ends`` (of the scenes' end blocks):
 # no per-point or per-block tensor is made for them, and no torch op.
