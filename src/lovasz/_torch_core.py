@@ -240,14 +240,18 @@ def scene_of_points(ends: Tensor, num_points: int) -> Tensor:
     return torch.searchsorted(ends, torch.arange(num_points, device=ends.device), right=True)
 
 
+def scene_sizes(ends: Tensor) -> Tensor:
+    """Each scene's number of points ``[S]``, from the scenes' ``ends`` (negative where they fall)."""
+    return torch.diff(ends, prepend=ends.new_zeros(1))
+
+
 def per_point(values: Tensor, ends: Tensor, num_points: int, dim: int = 0) -> Tensor:
     """Each point's own scene's entry of ``values`` (one per scene along ``dim``), repeated over the scene's
     run of points: ``num_points`` along ``dim`` (no host sync: the size is given). One scene's entry is
     returned as it is, to broadcast."""
     if values.shape[dim] == 1:
         return values
-    counts = torch.diff(ends, prepend=ends.new_zeros(1))
-    return values.repeat_interleave(counts, dim=dim, output_size=num_points)
+    return values.repeat_interleave(scene_sizes(ends), dim=dim, output_size=num_points)
 
 
 def scene_sums(values: Tensor, ends: Tensor) -> Tensor:

@@ -142,7 +142,7 @@ def scenes(
             raise TypeError("num_scenes goes with batch=; offsets= give the number of scenes already")
         ends = _index_tensor(offsets, "offsets", prediction.device)
         if ends.numel():  # rising from 0 (no scene of fewer than no points) to the number of points
-            ok = (torch.diff(ends, prepend=ends.new_zeros(1)).min() >= 0) & (ends[-1] == num_points)
+            ok = (T.scene_sizes(ends).min() >= 0) & (ends[-1] == num_points)
         else:
             ok = torch.tensor(num_points == 0, device=ends.device)
         total = "the number of points" if torch.compiler.is_compiling() else num_points  # (symbolic when compiled)

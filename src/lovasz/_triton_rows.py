@@ -28,6 +28,7 @@ import triton.language as tl
 from torch import Tensor
 
 from lovasz import _codes
+from lovasz._torch_core import scene_sizes
 
 BLOCK = 1024
 _FOREGROUND = tl.constexpr(_codes.FOREGROUND)  # a pixel's codes, as the kernels read them
@@ -355,7 +356,7 @@ class _SceneBlocks:
     known without reading ``ends`` (no host sync); blocks past the last scene's are empty."""
 
     def __init__(self, ends: Tensor, num_points: int):
-        blocks_per_scene = (torch.diff(ends, prepend=ends.new_zeros(1)) + BLOCK - 1) // BLOCK
+        blocks_per_scene = (scene_sizes(ends) + BLOCK - 1) // BLOCK
         self.bounds = torch.nn.functional.pad(blocks_per_scene.cumsum(0), (1, 0))
         self.end = self.bounds[1:]
         self.count = triton.cdiv(num_points, BLOCK) + ends.shape[0]
