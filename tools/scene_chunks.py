@@ -1,8 +1,9 @@
 """Time and peak memory of lovasz.torch on a bench case as the rows' chunk changes (a sweep for a GPU).
 
 On an accelerator the sort path takes a class's rows a chunk at a time: ``_torch_core._chunk_elements``
-values (a sixteenth of the input, 4M to 32M). A bigger chunk means fewer passes of host work, a smaller one
-fewer sort temporaries alive at once (points of scenes: int64 keys, about 49 bytes of them an element).
+values (a sixteenth of the input, 4M to 32M; under 12M, a third of it from 2M). A bigger chunk means fewer
+passes of host work, a smaller one fewer sort temporaries alive at once (points of scenes: int64 keys, about
+49 bytes of them an element).
 `make gpu-report` runs this on "LiDAR points per-scene" (whose peak memory was above the original's), so
 that the chunk is chosen from figures, not guessed. Every row's loss must equal the default's.
 """

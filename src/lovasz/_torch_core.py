@@ -59,16 +59,25 @@ C.kernel()  # loaded with the module, not inside a first call that a Ctrl-C coul
 
 # Elements per chunk, for the rows of the torch.sort path and for the softmax's gradient.
 # On CPU, small chunks keep temporaries in cache and the peak low. On a GPU, big chunks keep
-# the device busy, but each element of a chunk holds about 32 bytes of temporaries (the keys,
+# the device busy, but each element of a chunk holds 30 to 60 bytes of temporaries (the keys,
 # sorted keys, the int64 permutation and the sort's scratch): a sixteenth of the input,
-# between 4M and 32M elements, keeps them under half the input's size.
+# between 4M and 32M elements, keeps them under a few bytes per input element. Under 12M
+# elements a third of the input (from 2M) keeps them under the 20 bytes or so per input
+# element that the original holds for autograd.
 _CHUNK_ELEMENTS = {"cpu": 1 << 21}
 
 
 def _chunk_elements(device: torch.device, total: int = 0) -> int:
     if device.type in _CHUNK_ELEMENTS:
         return _CHUNK_ELEMENTS[device.type]
-    return max(1 << 22, min(total // 16, 1 << 25))
+    return min(max(1 << 22, min(total // 16, 1 << 25)), max(total // 3, 1 << 21))
+
+
+def even_chunks(num_rows: int, most: int) -> int:
+    """Rows per chunk: as few chunks of at most ``most`` rows as hold ``num_rows``, as even as they go
+    (19 rows at most 8 a chunk: 7, 7, 5, not 8, 8, 3), so the largest, which sets the peak, is small."""
+    chunks = max(-(-num_rows // max(most, 1)), 1)
+    return max(-(-num_rows // chunks), 1)
 
 
 _KEY_DTYPE = {torch.float32: torch.int32, torch.float64: torch.int64}
@@ -150,7 +159,7 @@ def _rows_per_chunk(num_rows: int, num_pixels: int, device: torch.device) -> int
     rows = max(_chunk_elements(device, num_rows * num_pixels) // max(num_pixels, 1), 1)
     if device.type == "cpu":
         rows = max(rows, torch.get_num_threads())  # torch.sort parallelises over rows
-    return min(rows, num_rows)
+    return even_chunks(num_rows, rows)
 
 
 def _keys(pred: Tensor, codes: Tensor, hinge: bool, want_slope: bool) -> tuple[Tensor, Tensor | None, Tensor]:

@@ -28,7 +28,7 @@ import triton.language as tl
 from torch import Tensor
 
 from lovasz import _codes
-from lovasz._torch_core import scene_sizes
+from lovasz._torch_core import even_chunks, scene_sizes
 
 BLOCK = 1024
 _FOREGROUND = tl.constexpr(_codes.FOREGROUND)  # a pixel's codes, as the kernels read them
@@ -158,7 +158,7 @@ def rows(pred: Tensor, codes: Tensor, hinge: bool, grad: Tensor | None, rows_per
     codes = codes if codes.stride(2) == 1 or num_pixels == 1 else codes.contiguous()
     row_pixels = sets * num_pixels
     num_blocks = triton.cdiv(row_pixels, BLOCK)
-    step = max(1, min(rows_per_chunk, _MAX_GRID_ROWS))
+    step = even_chunks(num_rows, min(rows_per_chunk, _MAX_GRID_ROWS))
     losses, present = [], []
     for start in range(0, num_rows, step):
         stop = min(start + step, num_rows)
@@ -377,7 +377,7 @@ def scene_rows(
     blocks = _SceneBlocks(ends, num_points)
     runs, sums = [], []  # per chunk: the rows' running sums over blocks of the foreground and of the loss
     # (a chunk's rows times its scenes, the high word of its keys, stay under 2**31)
-    step = max(1, min(rows_per_chunk, _MAX_GRID_ROWS, (2**31 - 1) // num_scenes))
+    step = even_chunks(num_rows, min(rows_per_chunk, _MAX_GRID_ROWS, (2**31 - 1) // num_scenes))
     for start in range(0, num_rows, step):
         stop = min(start + step, num_rows)
         rows = stop - start
