@@ -117,7 +117,7 @@ GPU_TESTS := tests/test_torch_cuda.py tests/test_torch_triton.py tests/test_torc
 	tests/test_jax_sparse.py
 # The bench writes its JSON and table after each case (codebases' sizes first), so a time box keeps what it
 # measured. The Keras rows run as a bench of their own (one process per Keras backend, a JAX compile per case),
-# so that a slow one cannot cost the main table, on two dense cases: 210 + 200 + 40 + 60 s (on an H200:
+# so that a slow one cannot cost the main table, on two dense cases: 210 + 200 + 40 + 40 + 60 s (on an H200:
 # 185 s of tests with 8 processes, about 100 s of main bench).
 GPU_BENCH := env PYTHONPATH=src:/tmp/site:$$PYTHONPATH $(PYTHON) -m lovasz.cli bench --device $(GPU_DEVICE) --repeats 10 \
 	--commit $(COMMIT)
@@ -139,6 +139,9 @@ gpu-report: kernel-inplace
 	# the rows' chunk against time and peak memory on the points of scenes (tools/scene_chunks.py)
 	-set -o pipefail; PYTHONPATH=src:/tmp/site:$$PYTHONPATH timeout 40 $(PYTHON) tools/scene_chunks.py \
 		--out $(GPU_OUT)/scene-chunks.json 2>&1 | tee $(GPU_OUT)/scene-chunks.log
+	# kernels against host work a step, and the ops with the most host time (tools/step_profile.py)
+	-set -o pipefail; PYTHONPATH=src:/tmp/site:$$PYTHONPATH timeout 40 $(PYTHON) tools/step_profile.py \
+		--out $(GPU_OUT)/step-profile.json 2>&1 | grep -v USDT | tee $(GPU_OUT)/step-profile.log
 	-set -o pipefail; timeout 60 $(GPU_BENCH) $(GPU_KERAS_IMPLS) $(GPU_KERAS_CASES) --out $(GPU_OUT)/keras \
 		--markdown $(GPU_OUT)/keras-table.md 2>&1 | tee $(GPU_OUT)/keras-bench.log
 	-cat $(GPU_OUT)/table.md $(GPU_OUT)/keras-table.md

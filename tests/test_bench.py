@@ -319,6 +319,29 @@ def test_the_chunk_sweep_gives_the_default_loss_at_every_chunk_and_restores_it(t
         scene_chunks.main(["--device", "cpu", "--case", "no such case"])
 
 
+def test_the_step_profile_gives_a_row_per_case_and_implementation(tmp_path, monkeypatch):
+    """tools/step_profile.py (run by `make gpu-report`): on the CPU, rows with the step's time, its host ops
+    and the busiest of them; no kernel time (none is recorded there); an implementation that does not apply
+    to a case (the dense layout of a grid) is left out; an unknown case is an argparse error."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "tools"))
+    import step_profile
+
+    out = tmp_path / "profile.json"
+    argv = ["--device", "cpu", "--case", "points per-scene", "--case", "voxels 5%", "--steps", "1", "--top", "3"]
+    assert step_profile.main([*argv, "--impl", "lovasz", "--impl", "lovasz dense", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [(row["case"], row["impl"]) for row in rows] == [
+        ("points per-scene", "lovasz"),
+        ("points per-scene", "lovasz dense"),
+        ("voxels 5%", "lovasz"),
+    ]
+    for row in rows:
+        assert row["ms"] > 0 and row["host ms"] > 0 and row["ops"] > 0 and row["kernels ms"] is None
+        assert len(row["top host ops"]) == 3 and all(op["self us"] >= 0 for op in row["top host ops"])
+    with pytest.raises(SystemExit):
+        step_profile.main(["--device", "cpu", "--case", "no such case"])
+
+
 def test_the_host_work_proxy_runs_both_layouts():
     """tools/host_work.py (its own process: it stubs Triton's kernels and forces the GPU path) prints both
     layouts' host time and their ratio."""
