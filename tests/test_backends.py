@@ -719,6 +719,38 @@ def test_points_labels_with_an_extra_size_1_axis(module, mode):
         run("softmax", points, labels[:, None].repeat(2, 1), **scenes, per_image=True)
 
 
+@pytest.mark.parametrize("module,mode", MODES + [("lovasz.torch", "eager")])
+def test_points_of_one_channel_are_foreground_probabilities(module, mode):
+    """Points ``[N, 1]`` with labels ``[N]`` (a sigmoid's output): the foreground probability read as two
+    classes, as ``[B, 1, H, W]`` is, N images of one pixel; with scenes and without, in every backend. All
+    refused them without scenes (naming a shape ``[N]`` nobody passed), torch with scenes in batch mode too,
+    while ``[N, 1]`` labels were taken."""
+    rng = np.random.default_rng(23)
+    probs = rng.random((9, 1)).astype("float32")
+    labels = rng.integers(0, 2, 9)
+    labels[4] = 19
+    scene = np.array([0, 0, 0, 1, 1, 1, 1, 2, 2])
+    scenes = {
+        "lovasz.torch": dict(batch=torch.from_numpy(scene)),
+        "lovasz.tf": dict(row_splits=np.array([0, 3, 7, 9])),
+        "lovasz.jax": dict(segment_ids=scene, num_segments=3),
+    }[module]
+    run = functools.partial(call_any, module, mode)
+    two = np.concatenate([1 - probs, probs], 1)  # the same as two classes: d/dp = g[:, 1] - g[:, 0]
+    for per_image in (False, True):
+        for per_scene in ({}, scenes):
+            options = dict(per_scene, ignore=19, per_image=per_image)
+            value, grad = run("softmax", probs, labels, **options)
+            two_value, two_grad = run("softmax", two, labels, **options)
+            np.testing.assert_allclose(value, two_value, rtol=1e-5)
+            np.testing.assert_allclose(grad[:, 0], two_grad[:, 1] - two_grad[:, 0], rtol=1e-5, atol=1e-6)
+            assert_same((value, grad), run("softmax", probs, labels[:, None], **options))
+        pixels = R.lovasz_softmax(probs[:, :, None], labels[:, None], ignore=19, per_image=per_image)
+        np.testing.assert_allclose(run("softmax", probs, labels, ignore=19, per_image=per_image)[0], pixels, rtol=1e-5)
+    by_scene = [R.lovasz_softmax(probs[scene == s].T[None], labels[scene == s][None], ignore=19) for s in range(3)]
+    np.testing.assert_allclose(run("softmax", probs, labels, ignore=19, per_image=True, **scenes)[0], np.mean(by_scene))
+
+
 @pytest.mark.parametrize("module,mode", MODES)
 def test_float_labels_holding_class_indices(module, mode):
     rng = np.random.default_rng(21)

@@ -442,7 +442,11 @@ def lovasz_softmax(
     if extra is not None:
         labels = jnp.squeeze(labels, extra)  # [B, *spatial, 1] as Keras gives them, or [B, 1, *spatial]
     if probas.ndim >= 2 and probas.ndim == labels.ndim + 1 and probas.shape[axis] == 1:
-        probas = jnp.squeeze(probas, axis)  # one channel: the foreground probability
+        # one channel: the foreground probability; points [N, 1]: N images of one pixel
+        if probas.ndim == 2:
+            labels = labels[:, None]
+        else:
+            probas = jnp.squeeze(probas, axis)
     sigmoid, num_classes = V.softmax_layout(probas.shape, labels.shape, axis)
     classes = V.check_classes(classes, num_classes)
     ignore = V.check_ignore(ignore)

@@ -243,7 +243,11 @@ def lovasz_softmax(
     probas = np.asarray(probas, dtype=np.float64)
     labels = np.asarray(labels)
     if probas.ndim >= 2 and probas.shape[1] == 1 and probas.ndim == labels.ndim + 1:
-        probas = probas[:, 0]  # one channel: the foreground probability, as the backends read it
+        # one channel: the foreground probability, as the backends read it; [N, 1]: N images of one pixel
+        if probas.ndim == 2:
+            labels = labels[:, None]
+        else:
+            probas = probas[:, 0]
     sigmoid, num_classes = softmax_layout(probas.shape, labels.shape)
     classes = check_classes(classes, num_classes)
     ignore = check_ignore(ignore)

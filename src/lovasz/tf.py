@@ -621,7 +621,11 @@ def lovasz_softmax(
     if extra is not None:
         labels = tf.squeeze(labels, extra)  # [B, *spatial, 1] as Keras gives them, or [B, 1, *spatial]
     if probas.shape.rank == labels.shape.rank + 1 and probas.shape[channel_axis] == 1:
-        probas = tf.squeeze(probas, channel_axis)  # one channel: the foreground probability
+        # one channel: the foreground probability; points [N, 1]: N images of one pixel
+        if probas.shape.rank == 2:
+            labels = tf.expand_dims(labels, 1)
+        else:
+            probas = tf.squeeze(probas, channel_axis)
     if probas.shape.rank == labels.shape.rank + 1:
         _check_known_classes(probas.shape[channel_axis], "probas", probas.shape)
     sigmoid, num_classes = V.softmax_layout(probas.shape, labels.shape, channel_axis)

@@ -561,7 +561,11 @@ def _softmax(
     if probas.ndim >= 2:  # (points [N, C] too: labels [N, 1])
         labels = _drop_label_axis(labels, [tuple(probas.shape), tuple(probas.shape[:1] + probas.shape[2:])])
     if probas.ndim >= 2 and probas.shape[1] == 1 and probas.ndim == labels.ndim + 1:
-        probas = probas.squeeze(1)  # one channel: the foreground probability, as in the original
+        # one channel: the foreground probability, as in the original; points [N, 1]: N images of one pixel
+        if probas.ndim == 2:
+            labels = labels.unsqueeze(1)
+        else:
+            probas = probas.squeeze(1)
     sigmoid, num_classes = V.softmax_layout(probas.shape, labels.shape, names=names[:2])
     classes = V.check_classes(classes, num_classes)
     ignore = V.check_ignore(ignore)
