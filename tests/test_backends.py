@@ -687,6 +687,16 @@ def test_labels_with_an_extra_size_1_axis(module, mode, where):
             run("hinge", logits, bad)
 
 
+def scene_options(module: str, scene: np.ndarray) -> dict:
+    """The options that give ``module`` the scenes of points whose scene ids (rising) are ``scene``."""
+    num_scenes = int(scene.max()) + 1
+    return {
+        "lovasz.torch": dict(batch=torch.from_numpy(scene)),
+        "lovasz.tf": dict(row_splits=np.searchsorted(scene, np.arange(num_scenes + 1))),
+        "lovasz.jax": dict(segment_ids=scene, num_segments=num_scenes),
+    }[module]
+
+
 @pytest.mark.parametrize("module,mode", MODES + [("lovasz.torch", "eager")])
 def test_points_labels_with_an_extra_size_1_axis(module, mode):
     """Points-first labels ``[N, 1]`` are the ``[N]`` of points ``[N, C]`` (or hinge scores ``[N]``, ``[N, 1]``),
@@ -696,11 +706,7 @@ def test_points_labels_with_an_extra_size_1_axis(module, mode):
     labels = rng.integers(0, 3, 9)
     labels[4] = 19
     scene = np.array([0, 0, 0, 1, 1, 1, 1, 2, 2])
-    scenes = {
-        "lovasz.torch": dict(batch=torch.from_numpy(scene)),
-        "lovasz.tf": dict(row_splits=np.array([0, 3, 7, 9])),
-        "lovasz.jax": dict(segment_ids=scene, num_segments=3),
-    }[module]
+    scenes = scene_options(module, scene)
     run = functools.partial(call_any, module, mode)
     binary = labels % 2
     for per_scene in ({}, dict(scenes, per_image=True)):
@@ -730,11 +736,7 @@ def test_points_of_one_channel_are_foreground_probabilities(module, mode):
     labels = rng.integers(0, 2, 9)
     labels[4] = 19
     scene = np.array([0, 0, 0, 1, 1, 1, 1, 2, 2])
-    scenes = {
-        "lovasz.torch": dict(batch=torch.from_numpy(scene)),
-        "lovasz.tf": dict(row_splits=np.array([0, 3, 7, 9])),
-        "lovasz.jax": dict(segment_ids=scene, num_segments=3),
-    }[module]
+    scenes = scene_options(module, scene)
     run = functools.partial(call_any, module, mode)
     two = np.concatenate([1 - probs, probs], 1)  # the same as two classes: d/dp = g[:, 1] - g[:, 0]
     for per_image in (False, True):

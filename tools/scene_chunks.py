@@ -40,8 +40,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, help="also write the rows to this JSON file (default: print them only)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    on_device = bench.CUDA_CASES if device.type == "cuda" else bench.CASES + bench.QUICK_CASES
-    cases = {case.name: case for case in on_device}
+    cases = bench.cases_by_name(device)
     if args.case not in cases:
         parser.error(f"--case must be one of {sorted(cases)} on {device.type}; got {args.case!r}")
     case = cases[args.case]

@@ -68,8 +68,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, help="also write the rows to this JSON file (default: print them only)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    on_device = bench.CUDA_CASES if device.type == "cuda" else bench.CASES + bench.QUICK_CASES
-    cases = {case.name: case for case in on_device}
+    cases = bench.cases_by_name(device)
     wanted = args.case or DEFAULT_CASES
     unknown = [name for name in wanted if name not in cases]
     if unknown:

@@ -156,6 +156,12 @@ def cases(device: torch.device, quick: bool):
     return QUICK_CASES if quick else CUDA_CASES if device.type == "cuda" else CASES
 
 
+def cases_by_name(device: torch.device) -> dict[str, Case]:
+    """Every case that runs on ``device`` by its name (on the CPU the quick ones too), for the tools that take
+    one by name."""
+    return {case.name: case for case in (CUDA_CASES if device.type == "cuda" else CASES + QUICK_CASES)}
+
+
 def implementations(device: torch.device):
     """What ``--impl`` may name on ``device``."""
     return CUDA_IMPLEMENTATIONS if device.type == "cuda" else IMPLEMENTATIONS
