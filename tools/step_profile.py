@@ -5,8 +5,8 @@ A loss step on a GPU is bound by host work where its kernels add up to less than
 This profiles a few steps of each case and implementation with torch.profiler and gives, a step: the time
 (as `lovasz bench` times it), the kernels' total, the aten calls (nested ones too) and kernel launches, and
 the ops that take the most host time (their own CPU time, without their children's; an autograd Function's
-includes its Python): what to cut next. `make gpu-report` runs it
-on the cases of the issue's GPU targets. On the CPU it runs too (no kernels to count).
+includes its Python): what to cut next. `make gpu-report` runs it on the cases of the issue's GPU targets.
+On the CPU it runs too (no kernels to count).
 """
 
 from __future__ import annotations
